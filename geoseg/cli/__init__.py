@@ -1,0 +1,1 @@
+"""geoseg's command line: one module per command, each a thin wrapper around one library call."""

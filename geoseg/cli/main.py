@@ -1,0 +1,19 @@
+"""The ``geoseg`` command group."""
+
+from __future__ import annotations
+
+import click
+
+from geoseg import __version__
+from geoseg.cli.models import models_command
+from geoseg.cli.predict import predict_command
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="geoseg")
+def cli() -> None:
+    """geoseg: seamless tiled semantic segmentation of GeoTIFFs on Dask."""
+
+
+cli.add_command(predict_command)
+cli.add_command(models_command)

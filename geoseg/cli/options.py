@@ -1,0 +1,67 @@
+"""Options shared by several commands, and the one place library errors become Click errors."""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from typing import Any, Callable, TypeVar
+
+import click
+
+from geoseg.errors import GeosegError, GeosegWarning
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def report_errors(func: F) -> F:
+    """Run a command body: GeosegError -> one-line ClickException; geoseg warnings -> stderr."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", GeosegWarning)
+            try:
+                return func(*args, **kwargs)
+            except GeosegError as exc:
+                raise click.ClickException(str(exc)) from exc
+            except MemoryError as exc:
+                raise click.ClickException(
+                    "out of memory; lower --batch-size or --tile, or use fewer --workers"
+                ) from exc
+            finally:
+                for w in caught:
+                    if issubclass(w.category, GeosegWarning):
+                        click.echo(f"Warning: {w.message}", err=True)
+
+    return wrapper  # type: ignore[return-value]
+
+
+overwrite_option = click.option(
+    "--overwrite", is_flag=True, help="Replace output files that already exist."
+)
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
+device_option = click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+    help="Where the network runs; auto uses CUDA when present.",
+)
+workers_option = click.option(
+    "--workers", type=click.IntRange(min=1), default=None,
+    help="Local Dask worker processes (default: half the cores, at least one).",
+)
+scheduler_option = click.option(
+    "--scheduler", metavar="ADDRESS", default=None,
+    help="Address of an existing Dask scheduler (tcp://host:8786); default: a local cluster.",
+)
+
+
+def margin_type(value: str) -> int | str:
+    """``auto`` or a non-negative integer."""
+    if value == "auto":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        raise click.BadParameter("use 'auto' or a number of pixels") from None
+    if n < 0:
+        raise click.BadParameter("must be >= 0")
+    return n

@@ -1,0 +1,351 @@
+"""Scenes in, class rasters out: opening and validating scenes, reading mirrored tile inputs,
+and writing class/probability rasters that become Cloud-Optimized GeoTIFFs by atomic rename."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from rasterio.crs import CRS
+from rasterio.enums import ColorInterp
+from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
+from rasterio.transform import Affine
+from rasterio.windows import Window
+
+from geoseg.errors import GeosegWarning, OutputError, SceneError
+from geoseg.tiling import source_indices
+
+#: Class id written where the scene has no data (and so no prediction).
+CLASS_NODATA = 255
+
+#: GDAL settings for every scene read; scoped with rasterio.Env, never put into os.environ.
+READ_ENV: dict[str, Any] = {
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.vrt,.jp2,.img",
+    "GDAL_HTTP_MULTIRANGE": "YES",
+    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+    "VSI_CACHE": True,
+}
+
+SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+
+
+def is_virtual(path: str) -> bool:
+    """True for GDAL virtual paths and URLs that cannot be checked with os.path."""
+    return path.startswith("/vsi") or "://" in path
+
+
+@dataclass(frozen=True)
+class SceneInfo:
+    """What predict needs to know about a scene, read once on the client."""
+
+    path: str
+    width: int
+    height: int
+    count: int
+    dtype: str
+    crs: CRS | None
+    transform: Affine
+    nodata: float | None
+    descriptions: tuple[str | None, ...]
+    block_shape: tuple[int, int]
+    georeferenced: bool
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def open_scene(path: str | os.PathLike[str]) -> SceneInfo:
+    """Open and describe a scene, turning GDAL's failures into one-line :class:`SceneError`."""
+    path = str(path)
+    if not is_virtual(path):
+        if not os.path.exists(path):
+            raise SceneError(f"scene not found: {path}; check the path")
+        if os.path.isdir(path):
+            raise SceneError(f"{path} is a directory, not a raster; give a GeoTIFF file")
+        if not os.access(path, os.R_OK):
+            raise SceneError(f"scene {path} is not readable; check its permissions")
+    try:
+        with rasterio.Env(**READ_ENV), warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as src:
+                dtypes = set(src.dtypes)
+                if len(dtypes) != 1:
+                    raise SceneError(
+                        f"scene {path} mixes band types {sorted(dtypes)}; "
+                        "convert it to one type (gdal_translate -ot Float32)"
+                    )
+                dtype = src.dtypes[0]
+                if dtype not in SUPPORTED_DTYPES:
+                    raise SceneError(
+                        f"scene {path} has {dtype} bands, which geoseg cannot segment; "
+                        f"convert to one of {', '.join(SUPPORTED_DTYPES)}"
+                    )
+                georef = src.crs is not None and not src.transform.is_identity
+                info = SceneInfo(
+                    path=path,
+                    width=src.width,
+                    height=src.height,
+                    count=src.count,
+                    dtype=dtype,
+                    crs=src.crs,
+                    transform=src.transform,
+                    nodata=src.nodata,
+                    descriptions=tuple(src.descriptions),
+                    block_shape=tuple(src.block_shapes[0]),  # type: ignore[arg-type]
+                    georeferenced=georef,
+                )
+    except SceneError:
+        raise
+    except RasterioIOError as exc:
+        raise SceneError(
+            f"{path} is not a raster GDAL can read ({_first_line(exc)}); give a GeoTIFF or another "
+            "GDAL raster"
+        ) from exc
+    except RasterioError as exc:
+        raise SceneError(f"cannot open scene {path}: {_first_line(exc)}") from exc
+    return info
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def parse_bands(spec: str | Sequence[int] | None, count: int, expected: int) -> list[int]:
+    """Scene bands (1-based, in order) that feed the model; checked against both sides."""
+    if spec is None:
+        if count != expected:
+            raise SceneError(
+                f"the scene has {count} band(s) but the model expects {expected}; "
+                f"choose {expected} of them with --bands (for example --bands "
+                f"{','.join(str(i + 1) for i in range(min(expected, count)))})"
+            )
+        return list(range(1, count + 1))
+    if isinstance(spec, str):
+        try:
+            bands = [int(b) for b in spec.replace(" ", "").split(",") if b]
+        except ValueError:
+            raise SceneError(f"--bands {spec!r} is not a comma-separated list of band numbers")
+    else:
+        bands = [int(b) for b in spec]
+    bad = [b for b in bands if not 1 <= b <= count]
+    if bad:
+        raise SceneError(f"--bands {bad} out of range: the scene has bands 1 to {count}")
+    if len(bands) != expected:
+        raise SceneError(
+            f"--bands gives {len(bands)} band(s) but the model expects {expected}; "
+            f"list exactly {expected}"
+        )
+    return bands
+
+
+def read_mirrored(
+    src: rasterio.io.DatasetReader,
+    bands: Sequence[int],
+    row_start: int,
+    col_start: int,
+    height: int,
+    width: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read a window that may reach past the scene, mirroring the scene at its edges.
+
+    Returns ``(data, valid)``: data (bands, height, width) in the scene's dtype, and a boolean
+    mask of pixels that hold data (nodata value, NaN, internal or alpha masks are invalid).
+    """
+    rows = source_indices(row_start, height, src.height)
+    cols = source_indices(col_start, width, src.width)
+    r0, r1 = int(rows.min()), int(rows.max()) + 1
+    c0, c1 = int(cols.min()), int(cols.max()) + 1
+    window = Window(c0, r0, c1 - c0, r1 - r0)
+    try:
+        block = src.read(list(bands), window=window)
+        mask = src.dataset_mask(window=window) > 0
+    except RasterioError as exc:
+        raise SceneError(
+            f"cannot read window (col {c0}, row {r0}, {c1 - c0}x{r1 - r0}) of {src.name}: "
+            f"{_first_line(exc)}; the file may be corrupt or truncated"
+        ) from exc
+    if np.issubdtype(block.dtype, np.floating):
+        mask &= ~np.isnan(block).any(axis=0)
+    ri = rows - r0
+    ci = cols - c0
+    data = block[:, ri[:, None], ci[None, :]]
+    valid = mask[ri[:, None], ci[None, :]]
+    return data, valid
+
+
+def check_output_path(path: str | os.PathLike[str], overwrite: bool, what: str = "output") -> Path:
+    """Fail early, before any work, if ``path`` cannot be written."""
+    p = Path(path)
+    if p.exists() and not overwrite:
+        raise OutputError(f"{what} {p} exists; pass --overwrite to replace it")
+    if p.exists() and p.is_dir():
+        raise OutputError(f"{what} {p} is a directory; give a file name")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.exists():
+        raise OutputError(f"{what} directory {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"{what} directory {parent} is not writable; choose another location")
+    return p
+
+
+def temporary_sibling(path: Path, suffix: str = ".tif") -> Path:
+    """A fresh hidden file name next to ``path``, so the final rename stays on one file system."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=path.parent)
+    os.close(fd)
+    os.unlink(name)
+    return Path(name)
+
+
+def remove_quietly(*paths: Path | None) -> None:
+    for p in paths:
+        if p is not None:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+            with contextlib.suppress(FileNotFoundError):
+                Path(str(p) + ".aux.xml").unlink()
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    """A class as written into the output raster: value, name and RGB colour."""
+
+    value: int
+    name: str
+    color: tuple[int, int, int]
+
+
+class RasterSink:
+    """A tiled, compressed temporary GeoTIFF written window by window, then published as a COG.
+
+    The final path is touched only by ``os.replace`` in :meth:`commit`; anything else (an
+    exception, an interrupt) leaves at most hidden temporary files, which :meth:`abort` removes.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        scene: SceneInfo,
+        count: int,
+        nodata: int | None,
+        classes: Sequence[ClassInfo] | None = None,
+        tags: dict[str, str] | None = None,
+        band_descriptions: Sequence[str] | None = None,
+        overview_resampling: str = "MODE",
+    ) -> None:
+        self.path = path
+        self.scene = scene
+        self.overview_resampling = overview_resampling
+        self.tmp = temporary_sibling(path)
+        self.cog_tmp: Path | None = None
+        est_bytes = scene.pixels * count
+        profile: dict[str, Any] = {
+            "driver": "GTiff",
+            "width": scene.width,
+            "height": scene.height,
+            "count": count,
+            "dtype": "uint8",
+            "nodata": nodata,
+            "tiled": True,
+            "blockxsize": 512,
+            "blockysize": 512,
+            "compress": "deflate",
+            "predictor": 1,
+            "BIGTIFF": "YES" if est_bytes > 3_500_000_000 else "IF_SAFER",
+            "interleave": "band",
+        }
+        if scene.georeferenced:
+            profile["crs"] = scene.crs
+            profile["transform"] = scene.transform
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            self._dst = rasterio.open(self.tmp, "w", **profile)
+        if classes is not None:
+            cmap = {c.value: (*c.color, 255) for c in classes}
+            if nodata is not None:
+                cmap.setdefault(nodata, (0, 0, 0, 0))
+            self._dst.write_colormap(1, cmap)
+            self._dst.colorinterp = [ColorInterp.palette]
+        if tags:
+            self._dst.update_tags(**tags)
+        for i, desc in enumerate(band_descriptions or (), start=1):
+            self._dst.set_band_description(i, desc)
+
+    def write(self, array: np.ndarray, window: Window) -> None:
+        """Write (bands, h, w) or (h, w) uint8 into ``window``."""
+        if array.ndim == 2:
+            array = array[None]
+        self._dst.write(array, window=window)
+
+    def commit(self) -> Path:
+        """Close the temporary file, convert it to a COG, and rename it onto the final path."""
+        self._dst.close()
+        self.cog_tmp = temporary_sibling(self.path)
+        with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            rasterio.shutil.copy(
+                str(self.tmp),
+                str(self.cog_tmp),
+                driver="COG",
+                COMPRESS="DEFLATE",
+                BLOCKSIZE=512,
+                OVERVIEW_RESAMPLING=self.overview_resampling,
+                BIGTIFF="IF_SAFER",
+            )
+        remove_quietly(self.tmp)
+        os.replace(self.cog_tmp, self.path)
+        remove_quietly(Path(str(self.cog_tmp) + ".aux.xml"))
+        return self.path
+
+    def abort(self) -> None:
+        """Drop everything written so far."""
+        with contextlib.suppress(Exception):
+            self._dst.close()
+        remove_quietly(self.tmp, self.cog_tmp)
+
+
+@contextlib.contextmanager
+def open_sinks(*sinks_factories: Any) -> Iterator[list[RasterSink]]:
+    """Create sinks; commit all on success, abort all on any failure (including KeyboardInterrupt)."""
+    sinks: list[RasterSink] = []
+    try:
+        for factory in sinks_factories:
+            if factory is not None:
+                sinks.append(factory())
+        yield sinks
+    except BaseException:
+        for s in sinks:
+            s.abort()
+        raise
+    else:
+        done: list[RasterSink] = []
+        try:
+            for s in sinks:
+                s.commit()
+                done.append(s)
+        except BaseException:
+            for s in sinks:
+                s.abort()
+            for s in done:
+                remove_quietly(s.path)
+            raise
+
+
+def class_tags(classes: Sequence[ClassInfo], model_name: str) -> dict[str, str]:
+    """Metadata that names the classes, readable by gdalinfo and QGIS."""
+    return {
+        "GEOSEG_CLASSES": json.dumps([{"value": c.value, "name": c.name} for c in classes]),
+        "GEOSEG_MODEL": model_name,
+        **{f"CLASS_{c.value}": c.name for c in classes},
+    }

@@ -1,0 +1,78 @@
+"""Model registry: ``create_model(arch, in_channels, num_classes, **kwargs)`` and ``list_models()``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from torch import nn
+
+from geoseg.errors import ModelError
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A registered architecture: its builder, default arguments and a one-line summary."""
+
+    name: str
+    build: Callable[..., nn.Module]
+    defaults: dict[str, Any]
+    summary: str
+
+
+_REGISTRY: dict[str, Architecture] = {}
+
+
+def register(name: str, build: Callable[..., nn.Module], defaults: dict[str, Any], summary: str) -> None:
+    """Add an architecture to the registry under ``name``."""
+    _REGISTRY[name] = Architecture(name, build, dict(defaults), summary)
+
+
+def list_models() -> list[Architecture]:
+    """Registered architectures, sorted by name."""
+    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+
+
+def get_architecture(name: str) -> Architecture:
+    """The registered architecture ``name``; an unknown name lists the valid ones."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ModelError(
+            f"unknown architecture {name!r}; choose one of {', '.join(sorted(_REGISTRY))}"
+        ) from None
+
+
+def create_model(arch: str, in_channels: int, num_classes: int, **kwargs: Any) -> nn.Module:
+    """Build an untrained network; ``kwargs`` override the architecture's defaults."""
+    spec = get_architecture(arch)
+    args = {**spec.defaults, **kwargs}
+    try:
+        return spec.build(in_channels=in_channels, num_classes=num_classes, **args)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"cannot build {arch} with {args}: {exc}") from exc
+
+
+def output_stride(network: nn.Module) -> int:
+    """The factor by which the network's coarsest features are smaller than its input."""
+    return int(getattr(network, "output_stride", 1))
+
+
+def _register_builtin() -> None:
+    from geoseg.models.unet import UNet
+
+    register(
+        "unet",
+        UNet,
+        {"depth": 4, "base_width": 32, "upsample": "transpose"},
+        "U-Net, skip concatenation; upsample = transpose | unpool | bilinear",
+    )
+    register(
+        "unet-small",
+        UNet,
+        {"depth": 3, "base_width": 16, "upsample": "transpose"},
+        "U-Net sized to train on a CPU in minutes (depth 3, 16 base filters)",
+    )
+
+
+_register_builtin()

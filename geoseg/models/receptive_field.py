@@ -1,0 +1,72 @@
+"""Measure a network's receptive field from the network itself, not from a table.
+
+The support of the input gradient of a few output pixels (one per stride phase) is the set of
+input pixels they depend on; its half-width is the radius predict needs as a tile margin.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def measure_receptive_field(
+    network: nn.Module,
+    in_channels: int,
+    stride: int,
+    trials: int = 2,
+    start_size: int = 128,
+    max_size: int = 2048,
+    seed: int = 0,
+) -> int:
+    """Radius in input pixels of the receptive field of one output pixel (the worst stride phase)."""
+    was_training = network.training
+    network.eval()
+    param = next(network.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    size = max(start_size, 8 * stride)
+    size = -(-size // stride) * stride
+    gen = torch.Generator().manual_seed(seed)
+    try:
+        while True:
+            radius, touches = _support_radius(network, in_channels, stride, size, trials, gen, device)
+            if not touches:
+                return radius
+            if size >= max_size:
+                raise RuntimeError(
+                    f"receptive field reaches past {max_size} pixels; the network is not local"
+                )
+            size *= 2
+    finally:
+        network.train(was_training)
+
+
+def _support_radius(
+    network: nn.Module,
+    in_channels: int,
+    stride: int,
+    size: int,
+    trials: int,
+    gen: torch.Generator,
+    device: torch.device,
+) -> tuple[int, bool]:
+    centre = (size // 2) // stride * stride
+    phases = sorted({0, stride // 2, stride - 1})
+    pixels = [(centre + dy, centre + dx) for dy in phases for dx in phases]
+    support = torch.zeros(size, size, dtype=torch.bool)
+    for _ in range(trials):
+        x = torch.randn(1, in_channels, size, size, generator=gen).to(device).requires_grad_(True)
+        out = network(x)
+        weights = torch.rand(len(pixels), out.shape[1], generator=gen).to(device) + 0.5
+        target = sum((out[0, :, y, xx] * w).sum() for (y, xx), w in zip(pixels, weights))
+        (grad,) = torch.autograd.grad(target, x)
+        support |= (grad[0].abs().sum(0) > 0).cpu()
+    ys, xs = torch.nonzero(support, as_tuple=True)
+    if len(ys) == 0:
+        return 0, False
+    lo = min(int(ys.min()), int(xs.min()))
+    hi = max(int(ys.max()), int(xs.max()))
+    first, last = centre + phases[0], centre + phases[-1]
+    radius = max(first - lo, hi - last, 0)
+    touches = lo == 0 or hi == size - 1
+    return radius, touches

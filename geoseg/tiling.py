@@ -1,0 +1,175 @@
+"""Pure tile geometry: overlap-tile grids aligned to a network's output stride, mirror indices.
+
+No torch and no dask here: a tile is described by integers, and reading it is ``io``'s job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+from rasterio.windows import Window
+
+from geoseg.errors import TilingError
+
+
+def round_up(value: int, multiple: int) -> int:
+    """Smallest multiple of ``multiple`` that is >= ``value``."""
+    return -(-value // multiple) * multiple
+
+
+def reflect_index(index: np.ndarray, n: int) -> np.ndarray:
+    """Map any integer coordinates onto ``[0, n)`` by mirroring at the edges (edge not repeated).
+
+    This is numpy's ``reflect`` padding extended periodically, so it also works for pads wider
+    than the scene itself (scenes smaller than one margin).
+    """
+    index = np.asarray(index, dtype=np.int64)
+    if n <= 1:
+        return np.zeros_like(index)
+    period = 2 * (n - 1)
+    folded = np.mod(index, period)
+    return np.where(folded < n, folded, period - folded)
+
+
+def auto_margin(receptive_field_radius: int, stride: int) -> int:
+    """The margin that makes tiling exact: the receptive-field radius rounded up to the stride."""
+    return round_up(max(int(receptive_field_radius), 0), stride)
+
+
+def validate_tiling(tile: int, margin: int, stride: int) -> None:
+    """Raise :class:`TilingError` with the nearest valid value when the numbers do not fit."""
+    if stride < 1:
+        raise TilingError(f"output stride must be >= 1, got {stride}")
+    if margin < 0:
+        raise TilingError(f"--margin must be >= 0, got {margin}")
+    if margin % stride:
+        raise TilingError(
+            f"--margin {margin} is not a multiple of the model's output stride {stride}; "
+            f"use --margin {round_up(margin, stride)}"
+        )
+    if tile % stride:
+        lower = max(tile // stride * stride, stride)
+        upper = round_up(tile, stride)
+        nearest = lower if (tile - lower) <= (upper - tile) and lower > 2 * margin else upper
+        raise TilingError(
+            f"--tile {tile} is not a multiple of the model's output stride {stride}; "
+            f"use --tile {max(nearest, 2 * margin + stride)}"
+        )
+    if tile <= 2 * margin:
+        raise TilingError(
+            f"--tile {tile} leaves no core inside a margin of {margin} on each side; "
+            f"use --tile {2 * margin + stride} or more (for example {round_up(4 * margin, stride)})"
+        )
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One network input: ``input_*`` may reach past the scene (mirrored); ``core`` is what is kept."""
+
+    index: int
+    grid_row: int
+    grid_col: int
+    input_row: int
+    input_col: int
+    input_height: int
+    input_width: int
+    core: Window
+
+    @property
+    def core_offset(self) -> tuple[int, int]:
+        """Row/column of the core's first pixel inside the network input."""
+        return int(self.core.row_off) - self.input_row, int(self.core.col_off) - self.input_col
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """Overlap-tile grid over a ``height`` x ``width`` scene.
+
+    Cores tile the scene without overlap; each input adds ``margin`` pixels of context on every
+    side. Every input origin sits on the stride lattice shifted by ``-margin``, so pooling grids
+    line up between tiles and with a single whole-scene pass.
+    """
+
+    height: int
+    width: int
+    tile_height: int
+    tile_width: int
+    margin: int
+    stride: int
+
+    @classmethod
+    def create(cls, height: int, width: int, tile: int, margin: int, stride: int) -> "TileGrid":
+        """Validate and build a grid; tiles shrink (staying aligned) for scenes smaller than one."""
+        if height < 1 or width < 1:
+            raise TilingError(f"scene of {height}x{width} pixels has nothing to tile")
+        validate_tiling(tile, margin, stride)
+        core = tile - 2 * margin
+        core_h = min(core, round_up(height, stride))
+        core_w = min(core, round_up(width, stride))
+        return cls(height, width, core_h + 2 * margin, core_w + 2 * margin, margin, stride)
+
+    @property
+    def core_height(self) -> int:
+        return self.tile_height - 2 * self.margin
+
+    @property
+    def core_width(self) -> int:
+        return self.tile_width - 2 * self.margin
+
+    @property
+    def rows(self) -> int:
+        return -(-self.height // self.core_height)
+
+    @property
+    def cols(self) -> int:
+        return -(-self.width // self.core_width)
+
+    def __len__(self) -> int:
+        return self.rows * self.cols
+
+    @property
+    def overlap_factor(self) -> float:
+        """Pixels the network computes per scene pixel kept: (tile / core) squared, for full tiles."""
+        return (self.tile_height * self.tile_width) / (self.core_height * self.core_width)
+
+    def tile(self, grid_row: int, grid_col: int) -> Tile:
+        """The tile at one grid position."""
+        r0 = grid_row * self.core_height
+        c0 = grid_col * self.core_width
+        core = Window(
+            c0, r0, min(self.core_width, self.width - c0), min(self.core_height, self.height - r0)
+        )
+        return Tile(
+            index=grid_row * self.cols + grid_col,
+            grid_row=grid_row,
+            grid_col=grid_col,
+            input_row=r0 - self.margin,
+            input_col=c0 - self.margin,
+            input_height=self.tile_height,
+            input_width=self.tile_width,
+            core=core,
+        )
+
+    def __iter__(self) -> Iterator[Tile]:
+        for r in range(self.rows):
+            for c in range(self.cols):
+                yield self.tile(r, c)
+
+    def groups(self, per_group: int) -> list[list[Tile]]:
+        """Consecutive tiles of one grid row, ``per_group`` at most: one task each.
+
+        Keeping a group inside one row makes its input a single compact window to read.
+        """
+        per_group = max(1, per_group)
+        out: list[list[Tile]] = []
+        for r in range(self.rows):
+            row = [self.tile(r, c) for c in range(self.cols)]
+            out.extend(row[i : i + per_group] for i in range(0, len(row), per_group))
+        return out
+
+
+def source_indices(start: int, length: int, n: int) -> np.ndarray:
+    """Scene indices (mirrored at the edges) for ``length`` positions starting at ``start``."""
+    return reflect_index(np.arange(start, start + length), n)
