@@ -57,6 +57,7 @@ def run_tile_task(task: TileTask) -> list[TileResult]:
     """Read the task's tiles (mirrored at scene edges), run the network, keep the cores."""
     import rasterio
     import torch
+    from rasterio.errors import NotGeoreferencedWarning
 
     from geoseg.cluster import set_torch_threads, worker_model
     from geoseg.infer import forward, normalize, resolve_device
@@ -67,11 +68,15 @@ def run_tile_task(task: TileTask) -> list[TileResult]:
     cfg = model.config
     values = [c.value for c in cfg.classes]
     first, last = task.tiles[0], task.tiles[-1]
-    with rasterio.Env(**READ_ENV), rasterio.open(task.scene) as src:
-        width = last.input_col + last.input_width - first.input_col
-        data, valid = read_mirrored(
-            src, task.bands, first.input_row, first.input_col, first.input_height, width
-        )
+    with rasterio.Env(**READ_ENV):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            src = rasterio.open(task.scene)
+        with src:
+            width = last.input_col + last.input_width - first.input_col
+            data, valid = read_mirrored(
+                src, task.bands, first.input_row, first.input_col, first.input_height, width
+            )
     x = normalize(data, valid, cfg.mean, cfg.std)
     del data
     results: list[TileResult] = []

@@ -122,6 +122,14 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+def root_cause(exc: BaseException) -> str:
+    """The innermost message of an exception chain (GDAL's own words, under rasterio's)."""
+    seen = exc
+    while seen.__cause__ is not None or (seen.__context__ is not None and not seen.__suppress_context__):
+        seen = seen.__cause__ or seen.__context__  # type: ignore[assignment]
+    return _first_line(seen)
+
+
 def parse_bands(spec: str | Sequence[int] | None, count: int, expected: int) -> list[int]:
     """Scene bands (1-based, in order) that feed the model; checked against both sides."""
     if spec is None:
@@ -168,14 +176,19 @@ def read_mirrored(
     r0, r1 = int(rows.min()), int(rows.max()) + 1
     c0, c1 = int(cols.min()), int(cols.max()) + 1
     window = Window(c0, r0, c1 - c0, r1 - r0)
+    failure: str | None = None
     try:
         block = src.read(list(bands), window=window)
         mask = src.dataset_mask(window=window) > 0
     except RasterioError as exc:
+        failure = root_cause(exc)
+    if failure is not None:
+        # Raised outside the except block: GDAL's exception chain does not survive pickling
+        # back from a Dask worker, and this message says all of it.
         raise SceneError(
             f"cannot read window (col {c0}, row {r0}, {c1 - c0}x{r1 - r0}) of {src.name}: "
-            f"{_first_line(exc)}; the file may be corrupt or truncated"
-        ) from exc
+            f"{failure}; the file may be corrupt or truncated"
+        )
     if np.issubdtype(block.dtype, np.floating):
         mask &= ~np.isnan(block).any(axis=0)
     ri = rows - r0

@@ -8,6 +8,8 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 import rasterio
+import warnings
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import from_origin
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -46,8 +48,10 @@ def write_raster(
     if crs is not None:
         profile["crs"] = crs
         profile["transform"] = transform or from_origin(300000, 5800000, 10, 10)
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(array)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(array)
     return path
 
 

@@ -185,6 +185,11 @@ def save_model(path: str | os.PathLike[str], network: nn.Module, config: ModelCo
 
 def read_model_file(path: str | os.PathLike[str]) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """Config and weights of a model file, refusing anything that needs code execution."""
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(
+            f"{path} is not a geoseg model file (not a PyTorch archive); "
+            "give a file written by 'geoseg train'"
+        )
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
