@@ -56,7 +56,9 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def connect(scheduler: str | None, workers: int | None, threads_per_worker: int = 1) -> tuple[Any, Any]:
+def connect(
+    scheduler: str | None, workers: int | None, threads_per_worker: int = 1, processes: bool = True
+) -> tuple[Any, Any]:
     """A ``(client, cluster)`` pair: a connection to ``scheduler``, or a new local cluster.
 
     ``cluster`` is None when connected to an existing scheduler (which we must not close).
@@ -73,12 +75,14 @@ def connect(scheduler: str | None, workers: int | None, threads_per_worker: int 
                 "check the address and that 'dask scheduler' is running"
             ) from exc
         return client, None
-    n = workers or max(1, cpu_count() // 2)
+    n = workers or (max(1, cpu_count() // 2) if processes else 1)
+    if not processes:
+        threads_per_worker = max(threads_per_worker, cpu_count())
     with dask.config.set({"distributed.worker.daemon": False, "logging.distributed": "error"}):
         cluster = LocalCluster(
             n_workers=n,
             threads_per_worker=threads_per_worker,
-            processes=True,
+            processes=processes,
             dashboard_address=":0",
             silence_logs=40,
         )

@@ -130,26 +130,32 @@ def root_cause(exc: BaseException) -> str:
     return _first_line(seen)
 
 
-def parse_bands(spec: str | Sequence[int] | None, count: int, expected: int) -> list[int]:
-    """Scene bands (1-based, in order) that feed the model; checked against both sides."""
+def select_bands(spec: str | Sequence[int] | None, count: int) -> list[int]:
+    """Scene bands (1-based, in order) from ``"3,2,1"`` or a sequence; None means all of them."""
     if spec is None:
-        if count != expected:
-            raise SceneError(
-                f"the scene has {count} band(s) but the model expects {expected}; "
-                f"choose {expected} of them with --bands (for example --bands "
-                f"{','.join(str(i + 1) for i in range(min(expected, count)))})"
-            )
         return list(range(1, count + 1))
     if isinstance(spec, str):
         try:
             bands = [int(b) for b in spec.replace(" ", "").split(",") if b]
         except ValueError:
-            raise SceneError(f"--bands {spec!r} is not a comma-separated list of band numbers")
+            raise SceneError(f"--bands {spec!r} is not a comma-separated list of band numbers") from None
     else:
         bands = [int(b) for b in spec]
     bad = [b for b in bands if not 1 <= b <= count]
-    if bad:
-        raise SceneError(f"--bands {bad} out of range: the scene has bands 1 to {count}")
+    if bad or not bands:
+        raise SceneError(f"--bands {bad or spec!r} out of range: the scene has bands 1 to {count}")
+    return bands
+
+
+def parse_bands(spec: str | Sequence[int] | None, count: int, expected: int) -> list[int]:
+    """Scene bands that feed a model expecting ``expected`` of them; checked against both sides."""
+    if spec is None and count != expected:
+        raise SceneError(
+            f"the scene has {count} band(s) but the model expects {expected}; "
+            f"choose {expected} of them with --bands (for example --bands "
+            f"{','.join(str(i + 1) for i in range(min(expected, count)))})"
+        )
+    bands = select_bands(spec, count)
     if len(bands) != expected:
         raise SceneError(
             f"--bands gives {len(bands)} band(s) but the model expects {expected}; "

@@ -6,6 +6,7 @@ Contains modified Copernicus Sentinel data 2017.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 SAMPLE_SCENE = Path(__file__).resolve().parent / "data" / "sample-s2-brandenburg.tif"
 
@@ -13,3 +14,15 @@ SAMPLE_SCENE = Path(__file__).resolve().parent / "data" / "sample-s2-brandenburg
 def sample_scene_path() -> Path:
     """Path of the sample scene that ships with geoseg."""
     return SAMPLE_SCENE
+
+
+def run_demo(output_dir: str | Path = "demo-output", overwrite: bool = False, quiet: bool = False) -> Any:
+    """Segment the sample scene with the built-in model into ``output_dir``."""
+    from geoseg.graph import predict
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return predict(
+        str(SAMPLE_SCENE), out / "sample-classes.tif",
+        probabilities=out / "sample-probabilities.tif", overwrite=overwrite, quiet=quiet,
+    )

@@ -155,3 +155,25 @@ def scene_factory(tmp_path: Path, rng: np.random.Generator) -> Callable[..., Pat
         return write_raster(tmp_path / f"scene-{next(counter)}.tif", arr, **kwargs)
 
     return factory
+
+
+def labeled_scene(path_image: Path, path_label: Path, rng: np.random.Generator, height: int = 192,
+                  width: int = 192, unlabeled_fraction: float = 0.3, crs: str = "EPSG:32633") -> np.ndarray:
+    """A 3-band scene whose classes (1, 2, 3) are blobs with distinct colours, and its labels
+    with 0 ("not labelled") over ``unlabeled_fraction`` of 16-pixel blocks. Returns the truth."""
+    field = np.kron(rng.normal(size=(2, height // 16 + 1, width // 16 + 1)), np.ones((1, 16, 16)))
+    field = field[:, :height, :width]
+    truth = np.full((height, width), 3, np.uint8)
+    truth[field[1] > 0.4] = 2
+    truth[field[0] > 0.4] = 1
+    colours = {1: (60, 160, 60), 2: (40, 60, 180), 3: (170, 150, 120)}
+    img = np.zeros((3, height, width), np.float64)
+    for v, col in colours.items():
+        img[:, truth == v] = np.array(col, float)[:, None]
+    img += rng.normal(scale=12, size=img.shape)
+    write_raster(path_image, np.clip(img, 0, 255).astype(np.uint8), crs=crs)
+    labels = truth.copy()
+    blocks = rng.random((height // 16 + 1, width // 16 + 1)) < unlabeled_fraction
+    labels[np.kron(blocks, np.ones((16, 16), bool))[:height, :width]] = 0
+    write_raster(path_label, labels, crs=crs)
+    return truth

@@ -5,8 +5,12 @@ from __future__ import annotations
 import click
 
 from geoseg import __version__
+from geoseg.cli.chip import chip_command
+from geoseg.cli.demo import demo_command
+from geoseg.cli.evaluate import evaluate_command
 from geoseg.cli.models import models_command
 from geoseg.cli.predict import predict_command
+from geoseg.cli.train import train_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -17,3 +21,7 @@ def cli() -> None:
 
 cli.add_command(predict_command)
 cli.add_command(models_command)
+cli.add_command(chip_command)
+cli.add_command(train_command)
+cli.add_command(evaluate_command)
+cli.add_command(demo_command)

@@ -1,0 +1,623 @@
+"""Training chips from labeled rasters or vector labels, with a spatial train/val/test split.
+
+Chips are cut inside square split blocks larger than a chip, and each block goes wholly to one
+split, so no chip of one split overlaps a chip of another. Every chip is a georeferenced
+GeoTIFF pair (image, label); ``chips.json`` lists them with their split and class histogram,
+``index.gpkg`` holds their footprints for GIS tools, and per-band statistics (train split,
+valid pixels) give the normalization a model is trained with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import rasterio
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform_bounds
+from rasterio.windows import Window
+from rasterio.windows import transform as window_transform
+
+from geoseg.errors import ChipError
+from geoseg.io import READ_ENV, ClassInfo, open_scene, remove_quietly, select_bands
+
+MANIFEST = "chips.json"
+INDEX = "index.gpkg"
+FORMAT = "geoseg-chips"
+#: Label value for "no label here" when the user names none.
+DEFAULT_IGNORE = 255
+VECTOR_SUFFIXES = {".gpkg", ".geojson", ".json", ".shp", ".fgb", ".parquet", ".geoparquet", ".kml", ".gml"}
+PALETTE = [
+    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
+    (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 215, 180),
+    (0, 0, 128), (128, 128, 128),
+]
+
+
+def default_color(value: int) -> tuple[int, int, int]:
+    return PALETTE[value % len(PALETTE)]
+
+
+@dataclass(frozen=True)
+class LabelSource:
+    """Labels for one image: a raster (any grid, resampled by nearest) or a vector file."""
+
+    path: str
+    kind: str
+    field: str | None = None
+    value_map: tuple[tuple[str, int], ...] | None = None
+
+
+@dataclass(frozen=True)
+class ChipWindow:
+    row: int
+    col: int
+    split: str
+
+
+@dataclass(frozen=True)
+class ChipTask:
+    """One Dask task: cut a batch of chips from one image; carries paths and windows only."""
+
+    image: str
+    image_id: str
+    bands: tuple[int, ...]
+    label: LabelSource
+    windows: tuple[ChipWindow, ...]
+    size: int
+    ignore_value: int
+    min_labeled: float
+    max_nodata: float
+    out_dir: str
+
+
+@dataclass
+class ChipOutcome:
+    """What happened to one candidate chip: kept (with its numbers) or the filter that dropped it."""
+
+    id: str
+    split: str
+    dropped: str | None = None
+    hist: dict[int, int] = field(default_factory=dict)
+    band_sum: list[float] = field(default_factory=list)
+    band_sumsq: list[float] = field(default_factory=list)
+    valid: int = 0
+    labeled_fraction: float = 0.0
+    bounds: tuple[float, float, float, float] | None = None
+
+
+def label_source(path: str, label_field: str | None, value_map: dict[str, int] | None) -> LabelSource:
+    """Classify and check a label path: raster, or vector with an existing field."""
+    p = Path(path)
+    if not p.exists() and not path.startswith("/vsi"):
+        raise ChipError(f"labels not found: {path}; check the path")
+    if p.suffix.lower() in VECTOR_SUFFIXES or p.is_dir():
+        import pyogrio
+
+        try:
+            info = pyogrio.read_info(path)
+        except Exception as exc:  # pyogrio raises its own DataSourceError family
+            raise ChipError(f"cannot read vector labels {path}: {str(exc).splitlines()[0]}") from exc
+        fields = [str(f) for f in info["fields"]]
+        if label_field is None:
+            raise ChipError(f"vector labels need --label-field; {p.name} has fields: {', '.join(fields)}")
+        if label_field not in fields:
+            raise ChipError(
+                f"label field {label_field!r} is not in {p.name}; its fields are: {', '.join(fields)}"
+            )
+        vm = tuple(sorted(value_map.items())) if value_map else None
+        return LabelSource(path, "vector", label_field, vm)
+    return LabelSource(path, "raster")
+
+
+def parse_value_map(text: str | None) -> dict[str, int] | None:
+    """``"farmland=1,forest=2"`` -> {"farmland": 1, "forest": 2}."""
+    if not text:
+        return None
+    out: dict[str, int] = {}
+    for part in text.split(","):
+        if "=" not in part:
+            raise ChipError(f"--value-map entry {part!r} is not NAME=VALUE")
+        k, v = part.split("=", 1)
+        try:
+            out[k.strip()] = int(v)
+        except ValueError:
+            raise ChipError(f"--value-map value {v!r} for {k!r} is not an integer") from None
+    return out
+
+
+def parse_class_names(text: str | None) -> dict[int, str]:
+    """``"1=farmland,2=forest"`` -> {1: "farmland", 2: "forest"}."""
+    if not text:
+        return {}
+    out: dict[int, str] = {}
+    for part in text.split(","):
+        if "=" not in part:
+            raise ChipError(f"--classes entry {part!r} is not VALUE=NAME")
+        v, name = part.split("=", 1)
+        try:
+            out[int(v)] = name.strip()
+        except ValueError:
+            raise ChipError(f"--classes value {v!r} is not an integer") from None
+    return out
+
+
+def plan_windows(
+    height: int, width: int, size: int, stride: int, block: int,
+    val_fraction: float, test_fraction: float, seed: int,
+) -> list[ChipWindow]:
+    """Chip origins inside split blocks; whole blocks go to train, val or test at random (seeded)."""
+    if size > height or size > width:
+        raise ChipError(f"--size {size} is larger than the image ({width}x{height}); use a smaller --size")
+    if block < size:
+        raise ChipError(f"--split-block {block} is smaller than --size {size}; use at least {size}")
+    blocks = [(r, c) for r in range(0, height, block) for c in range(0, width, block)]
+    rnd = random.Random(seed)
+    order = blocks[:]
+    rnd.shuffle(order)
+    n_val = int(round(val_fraction * len(order)))
+    n_test = int(round(test_fraction * len(order)))
+    if val_fraction > 0 and n_val == 0 and len(order) > 1:
+        n_val = 1
+    split_of = {b: "val" for b in order[:n_val]}
+    split_of.update({b: "test" for b in order[n_val : n_val + n_test]})
+    out: list[ChipWindow] = []
+    for br, bc in blocks:
+        r_end = min(br + block, height)
+        c_end = min(bc + block, width)
+        for r in range(br, r_end - size + 1, stride):
+            for c in range(bc, c_end - size + 1, stride):
+                out.append(ChipWindow(r, c, split_of.get((br, bc), "train")))
+    return out
+
+
+def _read_label_window(src_label: Any, window: Window, task: ChipTask, img: Any) -> np.ndarray:
+    if task.label.kind == "raster":
+        arr = src_label.read(1, window=window)
+        if src_label.nodata is not None:
+            arr = np.where(arr == src_label.nodata, task.ignore_value, arr)
+        return arr
+    return _rasterize_vector(task, img, window)
+
+
+def _rasterize_vector(task: ChipTask, img: Any, window: Window) -> np.ndarray:
+    import pyogrio
+    import shapely
+    from rasterio.features import rasterize
+    from rasterio.warp import transform as warp_transform
+
+    size = (int(window.height), int(window.width))
+    wt = window_transform(window, img.transform)
+    left, top = wt.c, wt.f
+    right, bottom = left + wt.a * size[1], top + wt.e * size[0]
+    bounds = (min(left, right), min(top, bottom), max(left, right), max(top, bottom))
+    info = pyogrio.read_info(task.label.path)
+    vcrs = info["crs"]
+    bbox = transform_bounds(img.crs, vcrs, *bounds, densify_pts=21) if vcrs and img.crs else bounds
+    _, _, wkb, fields = pyogrio.raw.read(task.label.path, bbox=bbox, columns=[task.label.field])
+    out = np.full(size, task.ignore_value, dtype=np.uint8)
+    if wkb is None or len(wkb) == 0:
+        return out
+    geoms = shapely.from_wkb(wkb)
+    values = fields[0]
+    if task.label.value_map is not None:
+        vm = dict(task.label.value_map)
+        mapped = [vm.get(str(v)) for v in values]
+    else:
+        mapped = []
+        for v in values:
+            try:
+                mapped.append(int(v))
+            except (TypeError, ValueError):
+                raise ChipError(
+                    f"label field {task.label.field!r} holds {v!r}, not a class number; "
+                    f"give --value-map NAME=VALUE,..."
+                ) from None
+    if vcrs and img.crs and rasterio.crs.CRS.from_user_input(vcrs) != img.crs:
+        src_crs = rasterio.crs.CRS.from_user_input(vcrs)
+
+        def reproject(coords: np.ndarray) -> np.ndarray:
+            xs, ys = warp_transform(src_crs, img.crs, coords[:, 0], coords[:, 1])
+            return np.column_stack([xs, ys])
+
+        geoms = shapely.transform(geoms, reproject)
+    shapes = []
+    for g, v in zip(geoms, mapped):
+        if g is None or v is None or g.is_empty:
+            continue
+        if not 0 <= v <= 254:
+            raise ChipError(f"class value {v} out of range: classes must be 0..254")
+        if not g.is_valid:
+            g = shapely.make_valid(g)
+        shapes.append((g, v))
+    if shapes:
+        rasterize(shapes, out_shape=size, transform=wt, fill=task.ignore_value, out=out, dtype="uint8")
+    return out
+
+
+def run_chip_task(task: ChipTask) -> list[ChipOutcome]:
+    """Read, filter and write the chips of one task (the worker writes the files itself)."""
+    out_dir = Path(task.out_dir)
+    outcomes: list[ChipOutcome] = []
+    with rasterio.Env(**READ_ENV), warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        img = rasterio.open(task.image)
+        lbl: Any = None
+        try:
+            if task.label.kind == "raster":
+                lbl_src = rasterio.open(task.label.path)
+                same = (lbl_src.crs == img.crs and lbl_src.transform == img.transform
+                        and lbl_src.shape == img.shape)
+                lbl = lbl_src if same else WarpedVRT(
+                    lbl_src, crs=img.crs, transform=img.transform, width=img.width,
+                    height=img.height, resampling=rasterio.enums.Resampling.nearest,
+                    nodata=lbl_src.nodata if lbl_src.nodata is not None else task.ignore_value,
+                )
+                if not np.issubdtype(np.dtype(lbl_src.dtypes[0]), np.integer):
+                    raise ChipError(f"label raster {task.label.path} holds {lbl_src.dtypes[0]}, not class numbers")
+            for w in task.windows:
+                outcomes.append(_one_chip(task, img, lbl, w, out_dir))
+        finally:
+            if lbl is not None:
+                lbl.close()
+            img.close()
+    return outcomes
+
+
+def _one_chip(task: ChipTask, img: Any, lbl: Any, w: ChipWindow, out_dir: Path) -> ChipOutcome:
+    cid = f"{task.image_id}_r{w.row:06d}_c{w.col:06d}"
+    window = Window(w.col, w.row, task.size, task.size)
+    try:
+        data = img.read(list(task.bands), window=window)
+        valid = img.dataset_mask(window=window) > 0
+    except RasterioError as exc:
+        raise ChipError(f"cannot read window (col {w.col}, row {w.row}) of {task.image}: {exc}") from None
+    if np.issubdtype(data.dtype, np.floating):
+        valid &= ~np.isnan(data).any(axis=0)
+    labels = _read_label_window(lbl, window, task, img)
+    bad = labels[(labels != task.ignore_value) & (labels > 254)]
+    if bad.size:
+        hint = (f"; if it means 'not labelled', pass --ignore-value {int(bad[0])}"
+                if int(bad[0]) <= 255 else "; recode the labels to 0..254")
+        raise ChipError(f"class value {int(bad[0])} out of range in {task.label.path}: classes must be 0..254{hint}")
+    labels = np.where(valid, labels, task.ignore_value).astype(np.uint8)
+    n = task.size * task.size
+    nodata_frac = 1.0 - valid.sum() / n
+    labeled = labels != task.ignore_value
+    labeled_frac = float(labeled.sum() / n)
+    if nodata_frac > task.max_nodata:
+        return ChipOutcome(cid, w.split, dropped="--max-nodata")
+    if labeled_frac < task.min_labeled or not labeled.any():
+        return ChipOutcome(cid, w.split, dropped="--min-labeled")
+    hist = np.bincount(labels[labeled].ravel(), minlength=1)
+    vals = data[:, valid].astype(np.float64)
+    transform = window_transform(window, img.transform)
+    profile = {
+        "driver": "GTiff", "width": task.size, "height": task.size, "crs": img.crs,
+        "transform": transform, "compress": "deflate", "photometric": "minisblack",
+    }
+    _write_atomic(out_dir / "images" / f"{cid}.tif", data, {**profile, "count": data.shape[0],
+                  "dtype": data.dtype.name, "nodata": img.nodata})
+    _write_atomic(out_dir / "labels" / f"{cid}.tif", labels[None], {**profile, "count": 1,
+                  "dtype": "uint8", "nodata": task.ignore_value})
+    left, top = transform.c, transform.f
+    right, bottom = left + transform.a * task.size, top + transform.e * task.size
+    return ChipOutcome(
+        cid, w.split, None, {int(v): int(c) for v, c in enumerate(hist) if c},
+        vals.sum(axis=1).tolist(), (vals**2).sum(axis=1).tolist(), int(valid.sum()), labeled_frac,
+        (left, bottom, right, top),
+    )
+
+
+def _write_atomic(path: Path, array: np.ndarray, profile: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.part")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(array)
+    os.replace(tmp, path)
+
+
+def image_id(path: str) -> str:
+    """A chip-name prefix unique per image: its stem and a short hash of its full path."""
+    stem = Path(path).stem.replace(" ", "_")[:40]
+    digest = hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:8]
+    return f"{stem}-{digest}"
+
+
+def _check_overlap(image_path: str, img_info: Any, label: LabelSource) -> None:
+    """Raise when the labels' footprint misses the image."""
+    import pyogrio
+
+    if img_info.crs is None:
+        return
+    if label.kind == "raster":
+        with rasterio.open(label.path) as src:
+            if src.crs is None:
+                raise ChipError(f"label raster {label.path} has no CRS; georeference it first")
+            lb = transform_bounds(src.crs, img_info.crs, *src.bounds, densify_pts=21)
+    else:
+        info = pyogrio.read_info(label.path, force_total_bounds=True)
+        if info["crs"] is None:
+            raise ChipError(f"vector labels {label.path} have no CRS; set one (ogr2ogr -a_srs)")
+        lb = transform_bounds(info["crs"], img_info.crs, *info["total_bounds"], densify_pts=21)
+    t = img_info.transform
+    ib = (t.c, t.f + t.e * img_info.height, t.c + t.a * img_info.width, t.f)
+    if lb[0] >= ib[2] or lb[2] <= ib[0] or lb[1] >= ib[3] or lb[3] <= ib[1]:
+        raise ChipError(
+            f"labels {Path(label.path).name} do not overlap image {Path(image_path).name}; "
+            "check that both cover the same place and carry the right CRS"
+        )
+
+
+@dataclass
+class ChipsSummary:
+    """What a chip run produced, for reporting."""
+
+    out_dir: Path
+    added: dict[str, int]
+    dropped: dict[str, int]
+    class_pixels: dict[str, dict[int, int]]
+    total_chips: int
+
+    def table(self, classes: Sequence[ClassInfo]) -> str:
+        names = {c.value: c.name for c in classes}
+        splits = [s for s in ("train", "val", "test") if s in self.class_pixels]
+        lines = ["chips added: " + ", ".join(f"{s} {self.added.get(s, 0)}" for s in ("train", "val", "test"))]
+        if self.dropped:
+            lines.append("dropped: " + ", ".join(f"{k} {v}" for k, v in sorted(self.dropped.items())))
+        lines.append(f"{'class':<20}" + "".join(f"{s:>12}" for s in splits))
+        for v in sorted({v for s in splits for v in self.class_pixels[s]}):
+            label = f"{v} {names.get(v, '')}"
+            lines.append(f"{label:<20}" + "".join(f"{self.class_pixels[s].get(v, 0):>12}" for s in splits))
+        return "\n".join(lines)
+
+
+def load_manifest(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read ``chips.json``, with a clear error when the folder is empty or damaged."""
+    path = Path(out_dir) / MANIFEST
+    if not Path(out_dir).is_dir():
+        raise ChipError(f"chips folder {out_dir} does not exist; run 'geoseg chip' first")
+    if not path.exists():
+        raise ChipError(f"{out_dir} is not a chips folder (no {MANIFEST}); run 'geoseg chip' into it")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ChipError(f"{path} is damaged ({exc}); re-run 'geoseg chip' into a new folder") from exc
+    if manifest.get("format") != FORMAT:
+        raise ChipError(f"{path} is not a geoseg chips manifest")
+    return manifest
+
+
+def manifest_classes(manifest: dict[str, Any]) -> list[ClassInfo]:
+    return [ClassInfo(int(c["value"]), str(c["name"]), tuple(c["color"])) for c in manifest["classes"]]  # type: ignore[arg-type]
+
+
+def make_chips(
+    pairs: Sequence[tuple[str, str]],
+    out_dir: str | os.PathLike[str],
+    size: int = 256,
+    stride: int | None = None,
+    bands: str | Sequence[int] | None = None,
+    label_field: str | None = None,
+    value_map: dict[str, int] | None = None,
+    class_names: dict[int, str] | None = None,
+    ignore_value: int | None = None,
+    min_labeled: float = 0.05,
+    max_nodata: float = 0.1,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.0,
+    split_block: int | None = None,
+    seed: int = 0,
+    oversample_rare: float = 0.0,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    client: Any = None,
+) -> ChipsSummary:
+    """Cut (image, labels) pairs into chips in ``out_dir``; a folder that exists grows."""
+    from geoseg.cluster import connect
+
+    if not pairs:
+        raise ChipError("give at least one IMAGE LABELS pair")
+    if size < 8:
+        raise ChipError(f"--size {size} is too small; use at least 8")
+    stride = stride or size
+    block = split_block or 4 * size
+    ignore = DEFAULT_IGNORE if ignore_value is None else int(ignore_value)
+    if not 0 <= ignore <= 255:
+        raise ChipError(f"--ignore-value {ignore} must be 0..255")
+    out = Path(out_dir)
+    existing = load_manifest(out) if (out / MANIFEST).exists() else None
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "images").mkdir(exist_ok=True)
+    (out / "labels").mkdir(exist_ok=True)
+
+    tasks: list[ChipTask] = []
+    band_names: list[str] | None = None
+    dtype = None
+    for i, (image, labels) in enumerate(pairs):
+        info = open_scene(image)
+        band_list = select_bands(bands, info.count)
+        names = [info.descriptions[b - 1] or f"band{b}" for b in band_list]
+        if band_names is None:
+            band_names, dtype = names, info.dtype
+        elif len(names) != len(band_names):
+            raise ChipError(f"{image} gives {len(names)} bands, the first image {len(band_names)}")
+        src = label_source(labels, label_field, value_map)
+        _check_overlap(image, info, src)
+        windows = plan_windows(info.height, info.width, size, stride, block, val_fraction,
+                               test_fraction, seed + i)
+        iid = image_id(image)
+        for j in range(0, len(windows), 16):
+            tasks.append(ChipTask(image, iid, tuple(band_list), src, tuple(windows[j : j + 16]), size,
+                                  ignore, min_labeled, max_nodata, str(out)))
+    assert band_names is not None
+    if existing is not None:
+        if len(existing["bands"]) != len(band_names) or existing["size"] != size:
+            raise ChipError(
+                f"chips folder {out} was made for {len(existing['bands'])} bands "
+                f"({','.join(existing['bands'])}) and size {existing['size']}; these images give "
+                f"{len(band_names)} bands and size {size}: use another folder"
+            )
+        if existing["ignore_value"] != ignore:
+            raise ChipError(f"chips folder {out} uses ignore value {existing['ignore_value']}, not {ignore}")
+
+    own = client is None
+    cluster = None
+    if own:
+        client, cluster = connect(scheduler, workers, processes=False)
+    written: list[ChipOutcome] = []
+    try:
+        futures = client.map(run_chip_task, tasks, pure=False)
+        outcomes: list[ChipOutcome] = []
+        for fut in futures:
+            batch = fut.result()
+            outcomes.extend(batch)
+            written.extend(o for o in batch if o.dropped is None)
+    except BaseException:
+        for o in written:
+            remove_quietly(out / "images" / f"{o.id}.tif", out / "labels" / f"{o.id}.tif")
+        raise
+    finally:
+        if own:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+    kept = [o for o in outcomes if o.dropped is None]
+    dropped: dict[str, int] = {}
+    for o in outcomes:
+        if o.dropped:
+            dropped[o.dropped] = dropped.get(o.dropped, 0) + 1
+    if not kept and existing is None:
+        worst = max(dropped, key=dropped.get) if dropped else "none"  # type: ignore[arg-type]
+        raise ChipError(
+            f"no chip survived the filters ({', '.join(f'{k} removed {v}' for k, v in dropped.items())}); "
+            f"relax {worst}" + (" or check --ignore-value" if worst == "--min-labeled" else "")
+        )
+    return _update_manifest(out, existing, kept, dropped, band_names, str(dtype), size, ignore,
+                            class_names or {}, oversample_rare, [p[0] for p in pairs])
+
+
+def _update_manifest(
+    out: Path, existing: dict[str, Any] | None, kept: list[ChipOutcome], dropped: dict[str, int],
+    band_names: list[str], dtype: str, size: int, ignore: int, class_names: dict[int, str],
+    oversample_rare: float, images: list[str],
+) -> ChipsSummary:
+    manifest = existing or {
+        "format": FORMAT, "version": 1, "bands": band_names, "dtype": dtype, "size": size,
+        "ignore_value": ignore, "classes": [], "chips": [], "images": [],
+        "stats": {"band_sum": [0.0] * len(band_names), "band_sumsq": [0.0] * len(band_names),
+                  "band_count": 0},
+    }
+    known = {c["id"] for c in manifest["chips"]}
+    new = [o for o in kept if o.id not in known]
+    stats = manifest["stats"]
+    for o in new:
+        if o.split == "train":
+            stats["band_sum"] = [a + b for a, b in zip(stats["band_sum"], o.band_sum)]
+            stats["band_sumsq"] = [a + b for a, b in zip(stats["band_sumsq"], o.band_sumsq)]
+            stats["band_count"] += o.valid
+        manifest["chips"].append({
+            "id": o.id, "split": o.split, "hist": {str(k): v for k, v in o.hist.items()},
+            "labeled_fraction": round(o.labeled_fraction, 4), "bounds": o.bounds, "weight": 1.0,
+        })
+    manifest["images"] = sorted(set(manifest["images"]) | {os.path.abspath(i) for i in images})
+    n = max(stats["band_count"], 1)
+    mean = [s / n for s in stats["band_sum"]]
+    std = [max(float(np.sqrt(max(q / n - m * m, 0.0))), 1e-6) for q, m in zip(stats["band_sumsq"], mean)]
+    stats["mean"], stats["std"] = mean, std
+    # classes: every value seen, named by the user where given, colours kept stable
+    by_value = {int(c["value"]): c for c in manifest["classes"]}
+    seen = {int(v) for c in manifest["chips"] for v in c["hist"]}
+    for v in sorted(seen | set(class_names)):
+        if v == ignore:
+            continue
+        entry = by_value.setdefault(v, {"value": v, "name": f"class {v}", "color": list(default_color(v))})
+        if v in class_names:
+            entry["name"] = class_names[v]
+    manifest["classes"] = [by_value[v] for v in sorted(by_value)]
+    class_pixels: dict[str, dict[int, int]] = {}
+    for c in manifest["chips"]:
+        d = class_pixels.setdefault(c["split"], {})
+        for v, cnt in c["hist"].items():
+            d[int(v)] = d.get(int(v), 0) + int(cnt)
+    stats["class_pixels"] = {s: {str(k): v for k, v in d.items()} for s, d in class_pixels.items()}
+    _set_weights(manifest, class_pixels.get("train", {}), oversample_rare)
+    tmp = out / f".{MANIFEST}.part"
+    tmp.write_text(json.dumps(manifest, indent=1))
+    _write_index(out, manifest)
+    os.replace(tmp, out / MANIFEST)
+    added: dict[str, int] = {}
+    for o in new:
+        added[o.split] = added.get(o.split, 0) + 1
+    return ChipsSummary(out, added, dropped, class_pixels, len(manifest["chips"]))
+
+
+def _set_weights(manifest: dict[str, Any], train_pixels: dict[int, int], factor: float) -> None:
+    """Sampling weight per chip: 1, plus ``factor`` for chips holding a rare class (< half the
+    share an even split would give) on at least 1% of their pixels."""
+    total = sum(train_pixels.values())
+    k = max(len(train_pixels), 1)
+    rare = {v for v, c in train_pixels.items() if total and c / total < 0.5 / k}
+    size2 = manifest["size"] ** 2
+    for c in manifest["chips"]:
+        has_rare = any(int(v) in rare and cnt >= 0.01 * size2 for v, cnt in c["hist"].items())
+        c["weight"] = 1.0 + (factor if has_rare and factor > 0 else 0.0)
+
+
+def _write_index(out: Path, manifest: dict[str, Any]) -> None:
+    """Chip footprints (EPSG:4326) with split and class histogram, for QGIS."""
+    import pyogrio
+    import shapely
+
+    if not manifest["chips"]:
+        return
+    crs = None
+    geoms, ids, splits, hists, fracs = [], [], [], [], []
+    for c in manifest["chips"]:
+        if c["bounds"] is None:
+            continue
+        crs_img = _chip_crs(out, c["id"])
+        b = c["bounds"]
+        if crs_img is not None:
+            b = transform_bounds(crs_img, "EPSG:4326", *b, densify_pts=11)
+            crs = "EPSG:4326"
+        geoms.append(shapely.box(*b))
+        ids.append(c["id"])
+        splits.append(c["split"])
+        hists.append(json.dumps(c["hist"]))
+        fracs.append(float(c["labeled_fraction"]))
+    tmp = out / f".{INDEX}.part.gpkg"
+    remove_quietly(tmp)
+    pyogrio.raw.write(
+        str(tmp), np.array(shapely.to_wkb(geoms), dtype=object),
+        [np.array(ids, dtype=object), np.array(splits, dtype=object), np.array(hists, dtype=object),
+         np.array(fracs)],
+        ["id", "split", "class_histogram", "labeled_fraction"], crs=crs,
+        geometry_type="Polygon", driver="GPKG", layer="chips",
+    )
+    os.replace(tmp, out / INDEX)
+
+
+_CRS_CACHE: dict[str, Any] = {}
+
+
+def _chip_crs(out: Path, cid: str) -> Any:
+    prefix = cid.split("_r")[0]
+    if prefix not in _CRS_CACHE:
+        with rasterio.open(out / "labels" / f"{cid}.tif") as src:
+            _CRS_CACHE[prefix] = src.crs
+    return _CRS_CACHE[prefix]
+
+
+def iter_chips(manifest: dict[str, Any], split: str) -> Iterable[dict[str, Any]]:
+    return (c for c in manifest["chips"] if c["split"] == split)

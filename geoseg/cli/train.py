@@ -1,0 +1,48 @@
+"""``geoseg train``: a chips folder in, a geoseg model file out."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from geoseg.cli.options import device_option, overwrite_option, quiet_option, report_errors
+
+
+@click.command("train")
+@click.argument("chips_dir", type=click.Path(file_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Model file to write (best epoch).")
+@click.option("--arch", default="unet-small", show_default=True, help="Architecture from 'geoseg models'.")
+@click.option("--arch-args", default=None, metavar="JSON", help='Architecture arguments, e.g. \'{"depth": 4}\'.')
+@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Default 16 on the CPU, 32 on CUDA.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True)
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=1e-4, show_default=True)
+@click.option("--schedule", type=click.Choice(["cosine", "poly"]), default="cosine", show_default=True)
+@click.option("--class-weights", "class_weighting", type=click.Choice(["sqrt", "inverse", "none"]), default="sqrt", show_default=True)
+@click.option("--dice-weight", type=click.FloatRange(min=0), default=0.5, show_default=True)
+@device_option
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Data-loading processes.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its last epoch.")
+@overwrite_option
+@quiet_option
+@report_errors
+def train_command(chips_dir: str, output: str, arch: str, arch_args: str | None, epochs: int,
+                  batch_size: int | None, lr: float, weight_decay: float, schedule: str,
+                  class_weighting: str, dice_weight: float, device: str, seed: int, workers: int,
+                  resume: bool, overwrite: bool, quiet: bool) -> None:
+    """Train a segmentation model on CHIPS_DIR (made by 'geoseg chip')."""
+    from geoseg.train import train
+
+    try:
+        kwargs = json.loads(arch_args) if arch_args else {}
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--arch-args") from None
+    result = train(chips_dir, output, arch=arch, arch_kwargs=kwargs, epochs=epochs, batch_size=batch_size,
+                   lr=lr, weight_decay=weight_decay, schedule=schedule, class_weighting=class_weighting,
+                   dice_weight=dice_weight, device=device, seed=seed, workers=workers, resume=resume,
+                   overwrite=overwrite, quiet=quiet)
+    if result.best_scores is not None:
+        click.echo(result.best_scores.table())
+    click.echo(f"wrote {result.output} (best epoch {result.best_epoch}, val mIoU {result.best_miou:.4f})")

@@ -1,0 +1,298 @@
+"""Training loop: weighted cross-entropy plus Dice, D4 augmentation, AdamW with warm-up and
+cosine or poly decay, validation mIoU every epoch, best checkpoint kept, resumable."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, WeightedRandomSampler
+
+from geoseg import __version__
+from geoseg.chips import load_manifest, manifest_classes
+from geoseg.datasets import IGNORE_INDEX, ChipDataset
+from geoseg.errors import ChipError, OutputError, TrainingError
+from geoseg.infer import resolve_device
+from geoseg.io import check_output_path
+from geoseg.metrics import Scores, confusion_matrix
+from geoseg.models import create_model, get_architecture, output_stride
+from geoseg.models.checkpoint import ModelConfig, build_config, save_model
+from geoseg.progress import Progress
+
+DEFAULT_ARCH = "unet-small"
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    loss: float
+    lr: float
+    seconds: float
+    val: dict[str, Any] | None
+
+
+@dataclass
+class TrainResult:
+    """The model file written and how training went."""
+
+    output: Path
+    best_epoch: int
+    best_miou: float
+    history: list[EpochRecord] = field(default_factory=list)
+    best_scores: Scores | None = None
+
+
+def class_weights(pixels: dict[int, int], values: list[int], mode: str) -> torch.Tensor:
+    """Per-class loss weights from train pixel counts: inverse frequency, its square root, or none."""
+    counts = np.array([max(pixels.get(v, 0), 1) for v in values], dtype=np.float64)
+    if mode == "none":
+        w = np.ones_like(counts)
+    elif mode == "inverse":
+        w = counts.sum() / counts
+    elif mode == "sqrt":
+        w = np.sqrt(counts.sum() / counts)
+    else:
+        raise TrainingError(f"unknown --class-weights {mode!r}; use inverse, sqrt or none")
+    return torch.tensor(w / w.mean(), dtype=torch.float32)
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Soft Dice over labelled pixels, averaged over the classes present in the batch."""
+    k = logits.shape[1]
+    valid = (target != ignore_index).unsqueeze(1)
+    probs = torch.softmax(logits.float(), dim=1) * valid
+    onehot = F.one_hot(target.clamp(max=k - 1) * (target != ignore_index), k).permute(0, 3, 1, 2)
+    onehot = onehot.float() * valid
+    inter = (probs * onehot).sum(dim=(0, 2, 3))
+    denom = probs.sum(dim=(0, 2, 3)) + onehot.sum(dim=(0, 2, 3))
+    present = onehot.sum(dim=(0, 2, 3)) > 0
+    if not present.any():
+        return logits.sum() * 0.0
+    dice = (2 * inter + 1.0) / (denom + 1.0)
+    return 1.0 - dice[present].mean()
+
+
+def lr_lambda(total_steps: int, warmup_steps: int, schedule: str) -> Callable[[int], float]:
+    """Linear warm-up, then cosine (to 1%) or poly(0.9) decay, as a multiplier of the base LR."""
+    if schedule not in ("cosine", "poly"):
+        raise TrainingError(f"unknown --schedule {schedule!r}; use cosine or poly")
+
+    def f(step: int) -> float:
+        if step < warmup_steps:
+            return 0.1 + 0.9 * step / max(1, warmup_steps)
+        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        t = min(max(t, 0.0), 1.0)
+        if schedule == "cosine":
+            return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t))
+        return max((1 - t) ** 0.9, 0.01)
+
+    return f
+
+
+@torch.no_grad()
+def validate(network: nn.Module, dataset: ChipDataset, device: torch.device, names: list[str],
+             batch_size: int) -> Scores:
+    """Scores of ``network`` on every labelled pixel of ``dataset``."""
+    network.eval()
+    k = len(names)
+    cm = np.zeros((k, k), dtype=np.int64)
+    for i in range(0, len(dataset), batch_size):
+        x = torch.from_numpy(dataset.images[i : i + batch_size]).to(device)
+        y = dataset.labels[i : i + batch_size].astype(np.int64)
+        pred = network(x).argmax(1).cpu().numpy()
+        y = np.where(y == IGNORE_INDEX, -1, y)
+        cm += confusion_matrix(y, pred, k)
+    return Scores(cm, names)
+
+
+def train(
+    chips_dir: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    arch: str = DEFAULT_ARCH,
+    arch_kwargs: dict[str, Any] | None = None,
+    epochs: int = 30,
+    batch_size: int | None = None,
+    lr: float = 2e-3,
+    weight_decay: float = 1e-4,
+    warmup_epochs: float = 1.0,
+    schedule: str = "cosine",
+    class_weighting: str = "sqrt",
+    dice_weight: float = 0.5,
+    device: str = "auto",
+    seed: int = 0,
+    workers: int = 0,
+    resume: bool = False,
+    overwrite: bool = False,
+    quiet: bool = True,
+    amp: bool = True,
+) -> TrainResult:
+    """Train ``arch`` on a chips folder and write the best model (by validation mIoU) to ``output``."""
+    out = Path(output)
+    state_path = out.with_name(f".{out.name}.state.pt")
+    if not resume:
+        check_output_path(out, overwrite, "model output")
+    elif not state_path.exists():
+        raise OutputError(f"nothing to resume: {state_path} not found; train without --resume")
+    manifest = load_manifest(chips_dir)
+    classes = manifest_classes(manifest)
+    if len(classes) < 2:
+        raise ChipError(f"chips in {chips_dir} hold {len(classes)} class(es); training needs at least 2")
+    names = [c.name for c in classes]
+    values = [c.value for c in classes]
+    get_architecture(arch)
+    dev = resolve_device(device)
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    kwargs = dict(arch_kwargs or {})
+    network = create_model(arch, len(manifest["bands"]), len(classes), **kwargs)
+    stride = output_stride(network)
+    if manifest["size"] % stride:
+        good = -(-manifest["size"] // stride) * stride
+        raise ChipError(
+            f"chip size {manifest['size']} is not a multiple of {arch}'s output stride {stride}; "
+            f"re-chip with --size {good}"
+        )
+    mean, std = manifest["stats"]["mean"], manifest["stats"]["std"]
+    train_ds = ChipDataset(chips_dir, manifest, "train", augment=True)
+    val_ds = ChipDataset(chips_dir, manifest, "val")
+    if len(train_ds) == 0:
+        raise ChipError(f"{chips_dir} has no training chips; lower --val-fraction or add images")
+    config = build_config(network, arch, kwargs, manifest["bands"], mean, std, classes,
+                          manifest["ignore_value"])
+    network.to(dev)
+    if batch_size is None:
+        batch_size = 32 if dev.type == "cuda" else 16
+    use_amp = amp and dev.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    train_pixels = {int(k): int(v) for k, v in manifest["stats"]["class_pixels"].get("train", {}).items()}
+    weights = class_weights(train_pixels, values, class_weighting).to(dev)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=weight_decay)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    start_epoch, best_miou, best_epoch = 0, -1.0, 0
+    history: list[EpochRecord] = []
+    gen = torch.Generator().manual_seed(seed)
+    if resume:
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        network.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, best_miou, best_epoch = int(state["epoch"]), float(state["best_miou"]), int(state["best_epoch"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["rng"])
+        history = [EpochRecord(**h) for h in state["history"]]
+        batch_size = int(state["batch_size"])
+
+    def make_loader(bs: int) -> DataLoader:
+        sampler = WeightedRandomSampler(train_ds.weights, num_samples=len(train_ds), replacement=True,
+                                        generator=gen) if any(w != 1.0 for w in train_ds.weights) else None
+        return DataLoader(train_ds, batch_size=bs, shuffle=sampler is None, sampler=sampler,
+                          generator=gen, num_workers=workers, drop_last=len(train_ds) > bs,
+                          pin_memory=dev.type == "cuda")
+
+    loader = make_loader(batch_size)
+    steps_per_epoch = max(1, len(loader))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(epochs * steps_per_epoch, int(warmup_epochs * steps_per_epoch), schedule)
+    )
+    if resume:
+        scheduler.load_state_dict(state["scheduler"])
+        # the constructor set the step-0 rate; continue from the saved one
+        for group, rate in zip(optimizer.param_groups, scheduler.get_last_lr()):
+            group["lr"] = rate
+    best_scores: Scores | None = None
+    for epoch in range(start_epoch, epochs):
+        t0 = time.perf_counter()
+        while True:
+            try:
+                loss_avg = _run_epoch(network, loader, optimizer, scheduler, scaler, weights, dice_weight,
+                                      dev, use_amp, amp_dtype, quiet, epoch, epochs)
+                break
+            except torch.cuda.OutOfMemoryError:
+                if batch_size <= 1:
+                    raise TrainingError("out of GPU memory even with batch size 1; use a smaller arch or --device cpu") from None
+                batch_size //= 2
+                torch.cuda.empty_cache()
+                if not quiet:
+                    print(f"out of GPU memory: retrying epoch {epoch + 1} with batch size {batch_size}", flush=True)
+                loader = make_loader(batch_size)
+        val_scores = validate(network, val_ds, dev, names, batch_size) if len(val_ds) else None
+        miou = val_scores.miou if val_scores is not None else -loss_avg
+        rec = EpochRecord(epoch + 1, loss_avg, optimizer.param_groups[0]["lr"], time.perf_counter() - t0,
+                          val_scores.as_dict() if val_scores is not None else None)
+        history.append(rec)
+        improved = miou > best_miou
+        if improved:
+            best_miou, best_epoch, best_scores = miou, epoch + 1, val_scores
+            _save_best(out, network, config, manifest, chips_dir, history, best_epoch, val_scores,
+                       dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, schedule=schedule,
+                            class_weighting=class_weighting, dice_weight=dice_weight))
+        if not quiet:
+            vtxt = (f"val mIoU {val_scores.miou:.4f} OA {val_scores.overall_accuracy:.4f}"
+                    if val_scores is not None else "no validation chips")
+            print(f"epoch {epoch + 1}/{epochs}  loss {loss_avg:.4f}  {vtxt}  "
+                  f"{rec.seconds:.1f}s{'  *best' if improved else ''}", flush=True)
+        tmp = state_path.with_name(state_path.name + ".part")
+        torch.save({
+            "model": {k: v.detach().cpu() for k, v in network.state_dict().items()},
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "epoch": epoch + 1, "best_miou": best_miou, "best_epoch": best_epoch,
+            "generator": gen.get_state(), "rng": torch.get_rng_state(),
+            "history": [h.__dict__ for h in history], "batch_size": batch_size,
+        }, tmp)
+        os.replace(tmp, state_path)
+    return TrainResult(out, best_epoch, best_miou, history, best_scores)
+
+
+def _run_epoch(network: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
+               scheduler: Any, scaler: Any, weights: torch.Tensor, dice_weight: float,
+               dev: torch.device, use_amp: bool, amp_dtype: torch.dtype, quiet: bool,
+               epoch: int, epochs: int) -> float:
+    network.train()
+    progress = Progress(len(loader), unit=f"batches (epoch {epoch + 1}/{epochs})", quiet=quiet)
+    total, n = 0.0, 0
+    for x, y in loader:
+        x = x.to(dev, non_blocking=True)
+        y = y.to(dev, non_blocking=True)
+        with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
+            logits = network(x)
+            loss = F.cross_entropy(logits.float(), y, weight=weights, ignore_index=IGNORE_INDEX)
+            if dice_weight:
+                loss = loss + dice_weight * dice_loss(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            continue  # a batch with no labelled pixel gives NaN cross-entropy
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        total += float(loss.detach())
+        n += 1
+        progress.update(1, int(x.shape[0] * x.shape[2] * x.shape[3]))
+    progress.close()
+    return total / max(n, 1)
+
+
+def _save_best(out: Path, network: nn.Module, config: ModelConfig, manifest: dict[str, Any],
+               chips_dir: Any, history: list[EpochRecord], best_epoch: int, scores: Scores | None,
+               options: dict[str, Any]) -> None:
+    config.training = {
+        "chips": str(Path(chips_dir).resolve()),
+        "images": manifest.get("images", []),
+        "train_chips": sum(1 for c in manifest["chips"] if c["split"] == "train"),
+        "val_chips": sum(1 for c in manifest["chips"] if c["split"] == "val"),
+        "chip_size": manifest["size"],
+        "best_epoch": best_epoch,
+        "epochs_run": len(history),
+        "validation": scores.as_dict() if scores is not None else None,
+        "options": options,
+        "geoseg_version": __version__,
+    }
+    save_model(out, network, config)

@@ -1,0 +1,84 @@
+"""``geoseg train``: a small model learns a generated scene; the model file is complete; resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from click.testing import CliRunner
+
+import geoseg
+from geoseg.chips import make_chips
+from geoseg.cli.main import cli
+from geoseg.errors import ChipError
+from geoseg.evaluate import evaluate
+from geoseg.train import train
+from tests.conftest import labeled_scene, write_raster
+
+SMALL = {"depth": 2, "base_width": 8}
+
+
+@pytest.fixture
+def chips(tmp_path: Path, dask_client: Any) -> tuple[Path, Path, np.ndarray]:
+    rng = np.random.default_rng(5)
+    img, lab = tmp_path / "img.tif", tmp_path / "lab.tif"
+    truth = labeled_scene(img, lab, rng, 256, 256)
+    out = tmp_path / "chips"
+    make_chips([(str(img), str(lab))], out, size=64, stride=32, split_block=128, ignore_value=0,
+               val_fraction=0.25, client=dask_client, class_names={1: "grass", 2: "water", 3: "soil"})
+    return out, img, truth
+
+
+def test_small_model_learns_the_scene_and_predicts_it(tmp_path: Path, chips: tuple[Path, Path, np.ndarray], dask_client: Any) -> None:
+    out, img, truth = chips
+    model = tmp_path / "m.pt"
+    result = train(out, model, arch="unet", arch_kwargs=SMALL, epochs=8, batch_size=8, lr=1e-2, seed=0)
+    assert result.best_miou >= 0.8, [h.val["miou"] for h in result.history if h.val]
+    loaded = geoseg.load_model(str(model))
+    cfg = loaded.config
+    assert loaded.in_bands == ["band1", "band2", "band3"] and [c.name for c in loaded.classes] == ["grass", "water", "soil"]
+    assert cfg.ignore_value == 0 and cfg.output_stride == 4 and cfg.receptive_field > 0
+    assert cfg.training["validation"]["miou"] == pytest.approx(result.best_miou, abs=1e-6)
+    assert cfg.training["best_epoch"] == result.best_epoch and cfg.geoseg_version == geoseg.__version__
+    pred = tmp_path / "pred.tif"
+    geoseg.predict(str(img), str(pred), model=str(model), client=dask_client, tile=96)
+    truth_path = write_raster(tmp_path / "truth.tif", truth)
+    scores = evaluate(pred, truth_path)
+    assert scores.miou >= 0.8
+
+
+def test_resume_continues_exactly_where_it_stopped(tmp_path: Path, chips: tuple[Path, Path, np.ndarray]) -> None:
+    out, _, _ = chips
+    full = train(out, tmp_path / "full.pt", arch="unet", arch_kwargs=SMALL, epochs=3, batch_size=8, seed=3)
+    part = tmp_path / "part.pt"
+    train(out, part, arch="unet", arch_kwargs=SMALL, epochs=1, batch_size=8, seed=3)
+    resumed = train(out, part, arch="unet", arch_kwargs=SMALL, epochs=3, batch_size=8, seed=3, resume=True)
+    assert len(resumed.history) == 3
+    assert [h.loss for h in resumed.history] == pytest.approx([h.loss for h in full.history], rel=1e-5)
+    a = torch.load(tmp_path / ".full.pt.state.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / ".part.pt.state.pt", weights_only=True)["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k])
+
+
+def test_train_errors(tmp_path: Path, chips: tuple[Path, Path, np.ndarray]) -> None:
+    out, _, _ = chips
+    runner = CliRunner()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = runner.invoke(cli, ["train", str(empty), "-o", str(tmp_path / "m.pt")])
+    assert r.exit_code != 0 and "not a chips folder" in r.stderr and not (tmp_path / "m.pt").exists()
+    r = runner.invoke(cli, ["train", str(out), "-o", str(tmp_path / "m.pt"), "--arch", "resnet9000"])
+    assert r.exit_code != 0 and "unknown architecture" in r.stderr and "unet" in r.stderr
+    with pytest.raises(ChipError, match="not a multiple"):
+        train(out, tmp_path / "m.pt", arch="unet", arch_kwargs={"depth": 7, "base_width": 2}, epochs=1)
+    existing = tmp_path / "exists.pt"
+    existing.write_bytes(b"x")
+    r = runner.invoke(cli, ["train", str(out), "-o", str(existing)])
+    assert r.exit_code != 0 and "--overwrite" in r.stderr and existing.read_bytes() == b"x"
+    with rasterio.open(next((out / "images").glob("*.tif"))) as src:
+        assert src.count == 3
