@@ -55,6 +55,7 @@ class LabelSource:
     kind: str
     field: str | None = None
     value_map: tuple[tuple[str, int], ...] | None = None
+    background: int | None = None
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,8 @@ class ChipOutcome:
     bounds: tuple[float, float, float, float] | None = None
 
 
-def label_source(path: str, label_field: str | None, value_map: dict[str, int] | None) -> LabelSource:
+def label_source(path: str, label_field: str | None, value_map: dict[str, int] | None,
+                 background: int | None = None) -> LabelSource:
     """Classify and check a label path: raster, or vector with an existing field."""
     p = Path(path)
     if not p.exists() and not path.startswith("/vsi"):
@@ -115,7 +117,7 @@ def label_source(path: str, label_field: str | None, value_map: dict[str, int] |
                 f"label field {label_field!r} is not in {p.name}; its fields are: {', '.join(fields)}"
             )
         vm = tuple(sorted(value_map.items())) if value_map else None
-        return LabelSource(path, "vector", label_field, vm)
+        return LabelSource(path, "vector", label_field, vm, background)
     return LabelSource(path, "raster")
 
 
@@ -204,7 +206,8 @@ def _rasterize_vector(task: ChipTask, img: Any, window: Window) -> np.ndarray:
     vcrs = info["crs"]
     bbox = transform_bounds(img.crs, vcrs, *bounds, densify_pts=21) if vcrs and img.crs else bounds
     _, _, wkb, fields = pyogrio.raw.read(task.label.path, bbox=bbox, columns=[task.label.field])
-    out = np.full(size, task.ignore_value, dtype=np.uint8)
+    fill = task.ignore_value if task.label.background is None else task.label.background
+    out = np.full(size, fill, dtype=np.uint8)
     if wkb is None or len(wkb) == 0:
         return out
     geoms = shapely.from_wkb(wkb)
@@ -240,7 +243,7 @@ def _rasterize_vector(task: ChipTask, img: Any, window: Window) -> np.ndarray:
             g = shapely.make_valid(g)
         shapes.append((g, v))
     if shapes:
-        rasterize(shapes, out_shape=size, transform=wt, fill=task.ignore_value, out=out, dtype="uint8")
+        rasterize(shapes, out_shape=size, transform=wt, fill=fill, out=out, dtype="uint8")
     return out
 
 
@@ -410,6 +413,7 @@ def make_chips(
     bands: str | Sequence[int] | None = None,
     label_field: str | None = None,
     value_map: dict[str, int] | None = None,
+    background: int | None = None,
     class_names: dict[int, str] | None = None,
     ignore_value: int | None = None,
     min_labeled: float = 0.05,
@@ -452,7 +456,7 @@ def make_chips(
             band_names, dtype = names, info.dtype
         elif len(names) != len(band_names):
             raise ChipError(f"{image} gives {len(names)} bands, the first image {len(band_names)}")
-        src = label_source(labels, label_field, value_map)
+        src = label_source(labels, label_field, value_map, background)
         _check_overlap(image, info, src)
         windows = plan_windows(info.height, info.width, size, stride, block, val_fraction,
                                test_fraction, seed + i)

@@ -32,6 +32,7 @@ class Progress:
         if not self.quiet and (now - self._last >= self.interval or self.done >= self.total):
             self._last = now
             self._draw(now)
+            self._drawn_done = self.done
 
     def _draw(self, now: float) -> None:
         elapsed = max(now - self.start, 1e-9)
@@ -48,7 +49,8 @@ class Progress:
 
     def close(self) -> None:
         if not self.quiet:
-            self._draw(time.perf_counter())
+            if getattr(self, "_drawn_done", -1) != self.done:
+                self._draw(time.perf_counter())
             if self._tty:
                 self.stream.write("\n")
             self.stream.flush()

@@ -228,7 +228,9 @@ def train(
         rec = EpochRecord(epoch + 1, loss_avg, optimizer.param_groups[0]["lr"], time.perf_counter() - t0,
                           val_scores.as_dict() if val_scores is not None else None)
         history.append(rec)
-        improved = miou > best_miou
+        if math.isnan(miou):
+            miou = -1.0
+        improved = best_epoch == 0 or miou > best_miou
         if improved:
             best_miou, best_epoch, best_scores = miou, epoch + 1, val_scores
             _save_best(out, network, config, manifest, chips_dir, history, best_epoch, val_scores,

@@ -10,6 +10,7 @@ from geoseg.cli.demo import demo_command
 from geoseg.cli.evaluate import evaluate_command
 from geoseg.cli.models import models_command
 from geoseg.cli.predict import predict_command
+from geoseg.cli.recipe import recipe_command
 from geoseg.cli.train import train_command
 
 
@@ -25,3 +26,8 @@ cli.add_command(chip_command)
 cli.add_command(train_command)
 cli.add_command(evaluate_command)
 cli.add_command(demo_command)
+cli.add_command(recipe_command)
+
+
+if __name__ == "__main__":  # python -m geoseg.cli.main
+    cli()

