@@ -137,20 +137,38 @@ def parse_value_map(text: str | None) -> dict[str, int] | None:
     return out
 
 
-def parse_class_names(text: str | None) -> dict[int, str]:
-    """``"1=farmland,2=forest"`` -> {1: "farmland", 2: "forest"}."""
+ClassSpec = dict[int, "str | tuple[str, tuple[int, int, int] | None]"]
+
+
+def parse_class_names(text: str | None) -> dict[int, tuple[str, tuple[int, int, int] | None]]:
+    """``"1=farmland:#e6c84b,2=forest"`` -> {1: ("farmland", (230, 200, 75)), 2: ("forest", None)}."""
     if not text:
         return {}
-    out: dict[int, str] = {}
+    out: dict[int, tuple[str, tuple[int, int, int] | None]] = {}
     for part in text.split(","):
         if "=" not in part:
-            raise ChipError(f"--classes entry {part!r} is not VALUE=NAME")
-        v, name = part.split("=", 1)
+            raise ChipError(f"--classes entry {part!r} is not VALUE=NAME or VALUE=NAME:#RRGGBB")
+        v, rest = part.split("=", 1)
+        name, _, colour = rest.partition(":")
+        rgb = None
+        if colour:
+            c = colour.strip().lstrip("#")
+            if len(c) != 6:
+                raise ChipError(f"--classes colour {colour!r} is not #RRGGBB")
+            try:
+                rgb = (int(c[0:2], 16), int(c[2:4], 16), int(c[4:6], 16))
+            except ValueError:
+                raise ChipError(f"--classes colour {colour!r} is not #RRGGBB") from None
         try:
-            out[int(v)] = name.strip()
+            out[int(v)] = (name.strip(), rgb)
         except ValueError:
             raise ChipError(f"--classes value {v!r} is not an integer") from None
     return out
+
+
+def _class_spec(spec: "ClassSpec | None") -> dict[int, tuple[str, tuple[int, int, int] | None]]:
+    """Names (and optional colours) per class value, from either form the API accepts."""
+    return {int(v): (x, None) if isinstance(x, str) else (x[0], x[1]) for v, x in (spec or {}).items()}
 
 
 def plan_windows(
@@ -414,7 +432,7 @@ def make_chips(
     label_field: str | None = None,
     value_map: dict[str, int] | None = None,
     background: int | None = None,
-    class_names: dict[int, str] | None = None,
+    class_names: "ClassSpec | None" = None,
     ignore_value: int | None = None,
     min_labeled: float = 0.05,
     max_nodata: float = 0.1,
@@ -474,6 +492,14 @@ def make_chips(
             )
         if existing["ignore_value"] != ignore:
             raise ChipError(f"chips folder {out} uses ignore value {existing['ignore_value']}, not {ignore}")
+        named = {int(c["value"]): c["name"] for c in existing["classes"] if not c["name"].startswith("class ")}
+        clash = {v: (named[v], n) for v, (n, _) in _class_spec(class_names).items() if v in named and named[v] != n}
+        if clash:
+            v, (old, new) = next(iter(clash.items()))
+            raise ChipError(
+                f"chips folder {out} was made for other classes: value {v} is {old!r} there, "
+                f"{new!r} here; use another folder or the same --classes"
+            )
 
     own = client is None
     cluster = None
@@ -508,12 +534,13 @@ def make_chips(
             f"relax {worst}" + (" or check --ignore-value" if worst == "--min-labeled" else "")
         )
     return _update_manifest(out, existing, kept, dropped, band_names, str(dtype), size, ignore,
-                            class_names or {}, oversample_rare, [p[0] for p in pairs])
+                            _class_spec(class_names), oversample_rare, [p[0] for p in pairs])
 
 
 def _update_manifest(
     out: Path, existing: dict[str, Any] | None, kept: list[ChipOutcome], dropped: dict[str, int],
-    band_names: list[str], dtype: str, size: int, ignore: int, class_names: dict[int, str],
+    band_names: list[str], dtype: str, size: int, ignore: int,
+    class_names: dict[int, tuple[str, tuple[int, int, int] | None]],
     oversample_rare: float, images: list[str],
 ) -> ChipsSummary:
     manifest = existing or {
@@ -547,7 +574,10 @@ def _update_manifest(
             continue
         entry = by_value.setdefault(v, {"value": v, "name": f"class {v}", "color": list(default_color(v))})
         if v in class_names:
-            entry["name"] = class_names[v]
+            name, colour = class_names[v]
+            entry["name"] = name
+            if colour is not None:
+                entry["color"] = list(colour)
     manifest["classes"] = [by_value[v] for v in sorted(by_value)]
     class_pixels: dict[str, dict[int, int]] = {}
     for c in manifest["chips"]:

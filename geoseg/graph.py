@@ -157,11 +157,15 @@ def predict(
     tiles_per_task: int | None = None,
     max_in_flight: int | None = None,
     client: Any = None,
+    vector: str | os.PathLike[str] | None = None,
+    vector_options: dict[str, Any] | None = None,
 ) -> PredictResult:
     """Segment ``scene`` into a uint8 class-raster COG at ``output`` (and class probabilities).
 
     The output has the scene's grid exactly; its pixels equal one pass of the network over the
     whole mirror-padded scene, whatever ``tile`` is, because margins cover the receptive field.
+    ``vector`` also polygonizes the class raster (see :func:`geoseg.vectorize.vectorize`, whose
+    keyword arguments ``vector_options`` holds).
     """
     from geoseg.models.checkpoint import load_model
 
@@ -170,6 +174,10 @@ def predict(
     prob_path = check_output_path(probabilities, overwrite, "probabilities output") if probabilities else None
     if prob_path is not None and prob_path.resolve() == out_path.resolve():
         raise TilingError("--probabilities must be a different file from the output")
+    if vector is not None:
+        from geoseg.vectorize import output_format
+
+        output_format(check_output_path(vector, overwrite, "vector output"))
     info = open_scene(scene)
     if not info.georeferenced:
         warnings.warn(
@@ -232,6 +240,12 @@ def predict(
                         prob_sink.write(res.probabilities, res.core)
                     progress.update(1, int(res.core.width * res.core.height))
             progress.close()
+        if vector is not None:
+            from geoseg.vectorize import vectorize
+
+            vres = vectorize(out_path, vector, probabilities=prob_path, overwrite=overwrite,
+                             client=client, quiet=quiet, **(vector_options or {}))
+            progress.message(f"geoseg: {vres.polygons} polygons written to {vres.output}")
     finally:
         if own_client:
             client.close()

@@ -64,6 +64,13 @@ def validate_tiling(tile: int, margin: int, stride: int) -> None:
         )
 
 
+def _balanced_core(size: int, max_core: int, stride: int) -> int:
+    """The smallest stride-aligned core that covers ``size`` in as few tiles as ``max_core`` does,
+    so the last tile of a row is not mostly mirrored padding."""
+    n = -(-size // max_core)
+    return min(max_core, round_up(-(-size // n), stride))
+
+
 @dataclass(frozen=True)
 class Tile:
     """One network input: ``input_*`` may reach past the scene (mirrored); ``core`` is what is kept."""
@@ -101,14 +108,14 @@ class TileGrid:
 
     @classmethod
     def create(cls, height: int, width: int, tile: int, margin: int, stride: int) -> "TileGrid":
-        """Validate and build a grid; tiles shrink (staying aligned) for scenes smaller than one."""
+        """Validate and build a grid. Cores are balanced (and stay stride-aligned): a scene is
+        covered by as few tiles as ``tile`` allows, each no larger than needed."""
         if height < 1 or width < 1:
             raise TilingError(f"scene of {height}x{width} pixels has nothing to tile")
         validate_tiling(tile, margin, stride)
         core = tile - 2 * margin
-        core_h = min(core, round_up(height, stride))
-        core_w = min(core, round_up(width, stride))
-        return cls(height, width, core_h + 2 * margin, core_w + 2 * margin, margin, stride)
+        return cls(height, width, _balanced_core(height, core, stride) + 2 * margin,
+                   _balanced_core(width, core, stride) + 2 * margin, margin, stride)
 
     @property
     def core_height(self) -> int:

@@ -125,7 +125,8 @@ def test_folder_grows_and_refuses_other_bands(tmp_path: Path, rng: np.random.Gen
     out = tmp_path / "chips"
     for i in range(2):
         labeled_scene(tmp_path / f"i{i}.tif", tmp_path / f"l{i}.tif", rng, 96, 96)
-    make_chips([(str(tmp_path / "i0.tif"), str(tmp_path / "l0.tif"))], out, size=32, ignore_value=0, client=dask_client)
+    make_chips([(str(tmp_path / "i0.tif"), str(tmp_path / "l0.tif"))], out, size=32, ignore_value=0,
+               class_names={1: "grass"}, client=dask_client)
     n0 = len(load_manifest(out)["chips"])
     make_chips([(str(tmp_path / "i1.tif"), str(tmp_path / "l1.tif"))], out, size=32, ignore_value=0, client=dask_client)
     n1 = len(load_manifest(out)["chips"])
@@ -133,6 +134,9 @@ def test_folder_grows_and_refuses_other_bands(tmp_path: Path, rng: np.random.Gen
     with pytest.raises(ChipError, match="made for 3 bands"):
         make_chips([(str(tmp_path / "i0.tif"), str(tmp_path / "l0.tif"))], out, size=32, bands="1,2",
                    ignore_value=0, client=dask_client)
+    with pytest.raises(ChipError, match="made for other classes"):
+        make_chips([(str(tmp_path / "i1.tif"), str(tmp_path / "l1.tif"))], out, size=32, ignore_value=0,
+                   class_names={1: "water"}, client=dask_client)
     assert len(load_manifest(out)["chips"]) == n1
 
 

@@ -163,3 +163,47 @@ def test_unreachable_scheduler(tmp_path: Path, scene_factory: Callable[..., Path
     r = invoke("predict", scene, "-o", str(out), "--model", model3, "--scheduler", "tcp://127.0.0.1:9")
     assert_one_line_error(r, "cannot reach the Dask scheduler", "127.0.0.1:9")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+def test_killed_run_leaves_nothing_at_the_output_path(tmp_path: Path, model_factory: Callable[..., Path], sig: str) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    scene = write_raster(tmp_path / "big.tif", random_scene(np.random.default_rng(3), 3, 1024, 1024, "uint8"))
+    out = tmp_path / "o.tif"
+    cmd = [sys.executable, "-m", "geoseg.cli.main", "predict", str(scene), "-o", str(out), "--model",
+           str(model_factory(in_channels=3)), "--tile", "128", "--workers", "1", "--quiet"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while not list(tmp_path.glob(".o.tif.*")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "finished before it could be interrupted"
+    time.sleep(0.5)
+    proc.send_signal(getattr(signal, sig))
+    proc.wait(timeout=60)
+    assert proc.returncode != 0
+    assert not out.exists()
+    if sig == "SIGTERM":  # unwound: temporary files removed too
+        assert not list(tmp_path.glob(".o.tif.*"))
+
+
+def test_gdal_virtual_paths_are_read_by_the_workers(
+    tmp_path: Path, scene_factory: Callable[..., Path], model3: str, sched: str
+) -> None:
+    import zipfile
+
+    scene = scene_factory(bands=3, height=50, width=60)
+    archive = tmp_path / "scenes.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.write(scene, "inside/scene.tif")
+    out = tmp_path / "o.tif"
+    r = invoke("predict", f"/vsizip/{archive}/inside/scene.tif", "-o", str(out), "--model", model3,
+               "--scheduler", sched, "-q")
+    assert r.exit_code == 0, r.stderr
+    direct = tmp_path / "d.tif"
+    invoke("predict", str(scene), "-o", str(direct), "--model", model3, "--scheduler", sched, "-q")
+    with rasterio.open(out) as a, rasterio.open(direct) as b:
+        assert (a.read() == b.read()).all() and a.transform == b.transform

@@ -16,7 +16,7 @@ from geoseg.cli.options import report_errors, scheduler_option, workers_option
 @click.option("--label-field", default=None, help="Attribute holding the class, for vector labels.")
 @click.option("--value-map", default=None, metavar="NAME=VALUE,...", help="Map label-field values to class numbers.")
 @click.option("--background", type=click.IntRange(0, 254), default=None, help="Class of pixels outside every polygon (vector labels); default: not labelled.")
-@click.option("--classes", "class_names", default=None, metavar="VALUE=NAME,...", help="Class names, e.g. 1=farmland,2=forest.")
+@click.option("--classes", "class_names", default=None, metavar="VALUE=NAME[:#RRGGBB],...", help="Class names and colours, e.g. 1=farmland:#e6c84b,2=forest.")
 @click.option("--ignore-value", type=click.IntRange(0, 255), default=None, help="Label value meaning 'not labelled' (default 255).")
 @click.option("--min-labeled", type=click.FloatRange(0, 1), default=0.05, show_default=True, help="Least labelled fraction of a chip.")
 @click.option("--max-nodata", type=click.FloatRange(0, 1), default=0.1, show_default=True, help="Most image-nodata fraction of a chip.")

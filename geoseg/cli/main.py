@@ -12,6 +12,7 @@ from geoseg.cli.models import models_command
 from geoseg.cli.predict import predict_command
 from geoseg.cli.recipe import recipe_command
 from geoseg.cli.train import train_command
+from geoseg.cli.vectorize import vectorize_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -27,6 +28,7 @@ cli.add_command(train_command)
 cli.add_command(evaluate_command)
 cli.add_command(demo_command)
 cli.add_command(recipe_command)
+cli.add_command(vectorize_command)
 
 
 if __name__ == "__main__":  # python -m geoseg.cli.main

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import signal
+import threading
 import warnings
 from typing import Any, Callable, TypeVar
 
@@ -18,6 +20,7 @@ def report_errors(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _terminate_as_interrupt()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", GeosegWarning)
             try:
@@ -34,6 +37,17 @@ def report_errors(func: F) -> F:
                         click.echo(f"Warning: {w.message}", err=True)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _terminate_as_interrupt() -> None:
+    """Let SIGTERM (a scheduler's or a user's kill) unwind like Ctrl-C, so temporary files are
+    removed and nothing is left at the output path."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
 
 
 overwrite_option = click.option(

@@ -8,6 +8,7 @@ from geoseg.cli.options import (
     device_option, margin_type, overwrite_option, quiet_option, report_errors, scheduler_option,
     workers_option,
 )
+from geoseg.cli.vectorize import connectivity_option, min_area_option, simplify_option, skip_option
 
 
 @click.command("predict")
@@ -22,13 +23,19 @@ from geoseg.cli.options import (
 @device_option
 @click.option("--bands", default=None, metavar="1,2,3", help="Scene bands that feed the model, in order (1-based).")
 @click.option("--probabilities", type=click.Path(dir_okay=False), default=None, help="Also write per-class probabilities (uint8 0-255) to this COG.")
+@click.option("--vector", type=click.Path(dir_okay=False), default=None, help="Also write polygons of the classes (.gpkg .fgb .shp .geojson .parquet).")
+@connectivity_option
+@skip_option
+@min_area_option
+@simplify_option
 @overwrite_option
 @quiet_option
 @report_errors
 def predict_command(
     scene: str, output: str, model: str | None, tile: int, margin: str, batch_size: int,
     workers: int | None, scheduler: str | None, device: str, bands: str | None,
-    probabilities: str | None, overwrite: bool, quiet: bool,
+    probabilities: str | None, vector: str | None, connectivity: str, skip_classes: tuple[int, ...],
+    min_area: float, simplify: float | None, overwrite: bool, quiet: bool,
 ) -> None:
     """Segment SCENE into a georeferenced class raster (Cloud-Optimized GeoTIFF)."""
     from geoseg.graph import predict
@@ -40,7 +47,9 @@ def predict_command(
     result = predict(
         scene, output, model=model, tile=tile, margin=margin_value, batch_size=batch_size,
         workers=workers, scheduler=scheduler, device=device, bands=bands,
-        probabilities=probabilities, overwrite=overwrite, quiet=quiet,
+        probabilities=probabilities, overwrite=overwrite, quiet=quiet, vector=vector,
+        vector_options=dict(connectivity=int(connectivity), skip_classes=skip_classes,
+                            min_area=min_area, simplify=simplify),
     )
     if not quiet:
         click.echo(

@@ -1,0 +1,592 @@
+"""Polygons from a class raster, block by block on Dask, merged exactly across block borders.
+
+Each block is labelled into connected components (per class, 4- or 8-connected) and each
+component polygonized in global pixel coordinates. The client joins components that touch
+across a block border (same class, adjacent pixels) with a union-find, unions their parts
+exactly (integer pixel coordinates), applies the geotransform, and streams finished polygons to
+the output as soon as no later block row can extend them. The result equals polygonizing the
+whole raster in one pass.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.errors import NotGeoreferencedWarning
+from rasterio.windows import Window
+
+from geoseg.errors import GeosegError, OutputError
+from geoseg.io import READ_ENV, check_output_path, open_scene, remove_quietly, temporary_sibling
+
+#: Output formats by extension: (GDAL driver, supports any CRS).
+FORMATS: dict[str, tuple[str, bool]] = {
+    ".gpkg": ("GPKG", True),
+    ".fgb": ("FlatGeobuf", True),
+    ".geojson": ("GeoJSON", False),
+    ".json": ("GeoJSON", False),
+    ".shp": ("ESRI Shapefile", True),
+    ".parquet": ("Parquet", True),
+    ".geoparquet": ("Parquet", True),
+}
+
+
+class VectorizeError(GeosegError, ValueError):
+    """The raster cannot be polygonized as asked."""
+
+
+@dataclass(frozen=True)
+class BlockTask:
+    """One block of the class raster, with the halo a sieve needs; paths and windows only."""
+
+    raster: str
+    block_row: int
+    block_col: int
+    row_off: int
+    col_off: int
+    height: int
+    width: int
+    connectivity: int
+    skip: tuple[int, ...]
+    sieve_pixels: int
+    halo: int
+    probabilities: str | None
+    prob_band: tuple[tuple[int, int], ...]
+
+
+@dataclass
+class BlockResult:
+    """Components of one block: class, pixel count, probability sum, polygon, and border ids."""
+
+    block_row: int
+    block_col: int
+    classes: np.ndarray
+    pixels: np.ndarray
+    prob_sum: np.ndarray | None
+    geoms: dict[int, bytes]
+    top: np.ndarray
+    bottom: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+
+
+def _structure(connectivity: int) -> np.ndarray:
+    from scipy import ndimage
+
+    return ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
+
+
+def read_valid_classes(src: Any, window: Window, skip: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Class values and the mask of pixels that become polygons (not nodata, not skipped)."""
+    data = src.read(1, window=window)
+    valid = src.read_masks(1, window=window) > 0
+    if skip:
+        valid &= ~np.isin(data, np.asarray(skip))
+    return data, valid
+
+
+def label_components(data: np.ndarray, valid: np.ndarray, connectivity: int) -> tuple[np.ndarray, np.ndarray]:
+    """Connected components of equal class: label image (0 = none) and class per label."""
+    from scipy import ndimage
+
+    labels = np.zeros(data.shape, dtype=np.int32)
+    classes = [0]
+    structure = _structure(connectivity)
+    n = 0
+    for v in np.unique(data[valid]):
+        lab, k = ndimage.label((data == v) & valid, structure=structure)
+        hit = lab > 0
+        labels[hit] = lab[hit] + n
+        classes.extend([int(v)] * k)
+        n += k
+    return labels, np.asarray(classes, dtype=np.int64)
+
+
+def run_block_task(task: BlockTask) -> BlockResult:
+    """Label and polygonize one block (in global pixel coordinates)."""
+    import shapely
+    from rasterio.features import shapes, sieve
+
+    h = task.halo
+    with rasterio.Env(**READ_ENV), warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(task.raster) as src:
+            r0, c0 = max(task.row_off - h, 0), max(task.col_off - h, 0)
+            r1 = min(task.row_off + task.height + h, src.height)
+            c1 = min(task.col_off + task.width + h, src.width)
+            data, valid = read_valid_classes(src, Window(c0, r0, c1 - c0, r1 - r0), ())
+            if task.sieve_pixels > 1:
+                data = sieve(data, size=task.sieve_pixels, connectivity=task.connectivity,
+                             mask=valid.astype(np.uint8))
+            ys, xs = task.row_off - r0, task.col_off - c0
+            data = data[ys : ys + task.height, xs : xs + task.width]
+            valid = valid[ys : ys + task.height, xs : xs + task.width]
+            if task.skip:
+                valid &= ~np.isin(data, np.asarray(task.skip))
+            probs = None
+            if task.probabilities:
+                with rasterio.open(task.probabilities) as psrc:
+                    probs = psrc.read(window=Window(task.col_off, task.row_off, task.width, task.height))
+    labels, classes = label_components(data, valid, task.connectivity)
+    n = len(classes)
+    pixels = np.bincount(labels.ravel(), minlength=n)
+    prob_sum = None
+    if probs is not None:
+        prob_sum = np.zeros(n, dtype=np.float64)
+        for v, band in task.prob_band:
+            sel = (data == v) & (labels > 0)
+            if sel.any():
+                prob_sum += np.bincount(labels[sel], weights=probs[band][sel] / 255.0, minlength=n)
+    geoms: dict[int, bytes] = {}
+    transform = Affine.translation(task.col_off, task.row_off)
+    for geom, value in shapes(labels, mask=labels > 0, connectivity=task.connectivity, transform=transform):
+        geoms[int(value)] = shapely.to_wkb(shapely.geometry.shape(geom))
+    return BlockResult(task.block_row, task.block_col, classes, pixels, prob_sum, geoms,
+                       labels[0].copy(), labels[-1].copy(), labels[:, 0].copy(), labels[:, -1].copy())
+
+
+class _Groups:
+    """Union-find over global component ids, with the members of each group."""
+
+    def __init__(self) -> None:
+        self.parent: dict[int, int] = {}
+        self.members: dict[int, list[int]] = {}
+
+    def add(self, g: int) -> None:
+        self.parent[g] = g
+        self.members[g] = [g]
+
+    def find(self, g: int) -> int:
+        root = g
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[g] != root:
+            self.parent[g], g = root, self.parent[g]
+        return root
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return
+        if len(self.members[ra]) < len(self.members[rb]):
+            ra, rb = rb, ra
+        self.parent[rb] = ra
+        self.members[ra].extend(self.members.pop(rb))
+
+
+def _join_pairs(groups: _Groups, a: np.ndarray, b: np.ndarray, ca: np.ndarray, cb: np.ndarray,
+                connectivity: int) -> None:
+    """Union components on two facing pixel lines (global ids ``a``/``b``, classes ``ca``/``cb``)."""
+    offsets = (0,) if connectivity == 4 else (-1, 0, 1)
+    n = len(a)
+    for off in offsets:
+        lo, hi = max(0, -off), min(n, n - off)
+        x, y = a[lo:hi], b[lo + off : hi + off]
+        cx, cy = ca[lo:hi], cb[lo + off : hi + off]
+        keep = (x > 0) & (y > 0) & (cx == cy)
+        if keep.any():
+            for p, q in set(zip(x[keep].tolist(), y[keep].tolist())):
+                groups.union(p, q)
+
+
+@dataclass
+class Polygon:
+    """A finished region: class, geometry in pixel coordinates, pixel count, probability sum."""
+
+    value: int
+    geometry: Any
+    pixels: int
+    prob_sum: float | None
+
+
+def merge_blocks(results: Iterator[list[BlockResult]], connectivity: int, n_rows: int) -> Iterator[Polygon]:
+    """Given block rows in order, yield each region once no later row can extend it."""
+    import shapely
+
+    groups = _Groups()
+    info: dict[int, tuple[int, int, float | None, bytes]] = {}
+    prev_bottom: np.ndarray | None = None
+    prev_bottom_cls: np.ndarray | None = None
+    for r, row in enumerate(results):
+        row = sorted(row, key=lambda b: b.block_col)
+        tops, bottoms, tcls, bcls = [], [], [], []
+        lefts_rights: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        for b in row:
+            base = ((r << 20) | b.block_col) << 32
+            gid = np.where(np.arange(len(b.classes)) > 0, np.arange(len(b.classes)) + base, 0)
+            for local, wkb in b.geoms.items():
+                g = base + local
+                groups.add(g)
+                info[g] = (int(b.classes[local]), int(b.pixels[local]),
+                           None if b.prob_sum is None else float(b.prob_sum[local]), wkb)
+            tops.append(gid[b.top])
+            bottoms.append(gid[b.bottom])
+            tcls.append(b.classes[b.top])
+            bcls.append(b.classes[b.bottom])
+            lefts_rights.append((gid[b.left], gid[b.right], b.classes[b.left], b.classes[b.right]))
+        for (_, right, _, rcls), (left, _, lcls, _) in zip(lefts_rights, lefts_rights[1:]):
+            _join_pairs(groups, right, left, rcls, lcls, connectivity)
+        top, top_cls = np.concatenate(tops), np.concatenate(tcls)
+        if prev_bottom is not None and prev_bottom_cls is not None:
+            _join_pairs(groups, prev_bottom, top, prev_bottom_cls, top_cls, connectivity)
+        prev_bottom, prev_bottom_cls = np.concatenate(bottoms), np.concatenate(bcls)
+        last = r == n_rows - 1
+        open_roots = set() if last else {groups.find(int(g)) for g in np.unique(prev_bottom) if g}
+        for root in [g for g in list(groups.members) if g not in open_roots]:
+            members = groups.members.pop(root)
+            parts = [info.pop(m) for m in members]
+            for m in members:
+                del groups.parent[m]
+            geoms = shapely.from_wkb([p[3] for p in parts])
+            geom = geoms[0] if len(geoms) == 1 else shapely.union_all(geoms)
+            if not geom.is_valid:  # 8-connected regions touching themselves at a corner
+                geom = shapely.make_valid(geom)
+            probs = [p[2] for p in parts]
+            yield Polygon(parts[0][0], geom, sum(p[1] for p in parts),
+                          None if probs[0] is None else float(sum(probs)))  # type: ignore[arg-type]
+
+
+def apply_transform(geom: Any, transform: Affine) -> Any:
+    """Pixel coordinates -> CRS coordinates (exact affine map of every vertex)."""
+    import shapely
+
+    a, b, c, d, e, f = transform.a, transform.b, transform.c, transform.d, transform.e, transform.f
+
+    def fn(xy: np.ndarray) -> np.ndarray:
+        return np.column_stack([a * xy[:, 0] + b * xy[:, 1] + c, d * xy[:, 0] + e * xy[:, 1] + f])
+
+    return shapely.transform(geom, fn)
+
+
+class Measurer:
+    """Area (square metres) and perimeter (metres); geodesic on the ellipsoid for geographic CRSs."""
+
+    def __init__(self, crs: Any) -> None:
+        self.geod = None
+        self.factor = 1.0
+        if crs is not None and crs.is_geographic:
+            from pyproj import CRS as ProjCRS
+            from pyproj import Geod
+
+            self.geod = ProjCRS.from_user_input(crs.to_wkt()).get_geod() or Geod(ellps="WGS84")
+        elif crs is not None:
+            self.factor = float(crs.linear_units_factor[1]) if crs.linear_units_factor else 1.0
+
+    def __call__(self, geom: Any) -> tuple[float, float]:
+        if self.geod is not None:
+            area, perimeter = self.geod.geometry_area_perimeter(geom)
+            return abs(area), perimeter
+        return geom.area * self.factor**2, geom.length * self.factor
+
+
+@dataclass
+class VectorizeResult:
+    """What was written and counted."""
+
+    output: Path
+    polygons: int
+    per_class: dict[int, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def output_format(path: Path) -> tuple[str, bool]:
+    """GDAL driver for an output path by extension, or a one-line error listing the choices."""
+    try:
+        return FORMATS[path.suffix.lower()]
+    except KeyError:
+        raise VectorizeError(
+            f"unknown vector format {path.suffix or '(no extension)'!r} for {path.name}; use one of "
+            + ", ".join(sorted(FORMATS))
+        ) from None
+
+
+def _block_size(src: Any, requested: int | None) -> int:
+    """Blocks aligned to the raster's internal tiling: a multiple of its block size, ~1024 px."""
+    bh, bw = src.block_shapes[0]
+    base = max(bh, bw) if bh == bw else max(bh, bw, 256)
+    target = requested or 1024
+    return max(base, target // base * base)
+
+
+def vectorize(
+    raster: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    connectivity: int = 4,
+    skip_classes: Sequence[int] = (),
+    min_area: float = 0.0,
+    simplify: float | None = None,
+    probabilities: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    block_size: int | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    client: Any = None,
+    quiet: bool = True,
+) -> VectorizeResult:
+    """Polygonize a class raster into ``output`` (format by extension), one feature per region.
+
+    ``min_area`` (square CRS units) sieves smaller regions into their neighbours first;
+    ``simplify`` (CRS units) simplifies the whole layer as a coverage, so shared borders stay
+    shared. Attributes (Shapefile-safe names): class, class_name, area_m2, perim_m, pixels, mean_prob
+    when a probabilities raster (from ``geoseg predict --probabilities``) is given.
+    """
+    import shapely
+
+    from geoseg.cluster import connect
+    from geoseg.progress import Progress
+
+    t0 = time.perf_counter()
+    out = check_output_path(output, overwrite, "vector output")
+    driver, any_crs = output_format(out)
+    if connectivity not in (4, 8):
+        raise VectorizeError(f"--connectivity must be 4 or 8, not {connectivity}")
+    info = open_scene(raster)
+    if not np.issubdtype(np.dtype(info.dtype), np.integer):
+        raise VectorizeError(
+            f"{raster} holds {info.dtype} values: not a class raster; polygonize the class raster "
+            "from 'geoseg predict', or round the values to integer classes first"
+        )
+    if info.crs is not None and not any_crs and info.crs.to_epsg() != 4326:
+        raise VectorizeError(
+            f"{driver} holds WGS 84 (EPSG:4326) coordinates only, and the raster is in "
+            f"{info.crs.to_string()}; write .gpkg or .fgb instead"
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(raster) as src:
+            names = _class_names(src)
+            block = _block_size(src, block_size)
+    pixel_area = abs(info.transform.a * info.transform.e - info.transform.b * info.transform.d) or 1.0
+    sieve_px = int(math.ceil(min_area / pixel_area)) if min_area > 0 else 0
+    halo = min(sieve_px, 4 * block) if sieve_px else 0
+    prob_band: tuple[tuple[int, int], ...] = ()
+    if probabilities is not None:
+        prob_band = _probability_bands(str(probabilities), info, names)
+    rows = -(-info.height // block)
+    cols = -(-info.width // block)
+    tasks = [
+        BlockTask(str(raster), r, c, r * block, c * block, min(block, info.height - r * block),
+                  min(block, info.width - c * block), connectivity, tuple(int(s) for s in skip_classes),
+                  sieve_px, halo, str(probabilities) if probabilities else None, prob_band)
+        for r in range(rows) for c in range(cols)
+    ]
+    own = client is None
+    cluster = None
+    if own:
+        client, cluster = connect(scheduler, workers, processes=False)
+    tmp = temporary_sibling(out, ".gpkg")
+    measure = Measurer(info.crs)
+    per_class: dict[int, int] = {}
+    progress = Progress(len(tasks), unit="blocks", quiet=quiet)
+    try:
+        limit = max(2 * cols, 2 * sum(client.nthreads().values()))
+        writer = _GpkgWriter(tmp, info.crs, probabilities is not None)
+        for poly in merge_blocks(_rows(client, tasks, cols, limit, progress), connectivity, rows):
+            geom = poly.geometry
+            if simplify:
+                # a vertex at every pixel corner, so neighbours share identical edges (a valid
+                # coverage, as coverage_simplify requires); exact in integer pixel coordinates
+                geom = shapely.segmentize(geom, 1.0)
+            geom = apply_transform(geom, info.transform) if info.georeferenced else geom
+            area, perim = measure(geom)
+            mean_p = None if poly.prob_sum is None else poly.prob_sum / max(poly.pixels, 1)
+            writer.add(geom, poly.value, names.get(poly.value, str(poly.value)), area, perim, poly.pixels, mean_p)
+            per_class[poly.value] = per_class.get(poly.value, 0) + 1
+        writer.close()
+        progress.close()
+        if simplify:
+            _simplify_layer(tmp, simplify, info.crs, measure)
+        _publish(tmp, out, driver, info.crs)
+    except BaseException:
+        remove_quietly(tmp)
+        raise
+    finally:
+        if own:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+    return VectorizeResult(out, sum(per_class.values()), per_class, time.perf_counter() - t0)
+
+
+def _rows(client: Any, tasks: list[BlockTask], cols: int, limit: int, progress: Any) -> Iterator[list[BlockResult]]:
+    """Block rows in order, computed with at most ``limit`` block tasks in flight."""
+    from distributed import as_completed
+
+    from geoseg.graph import _stat_token
+
+    from dask.base import tokenize
+
+    stat = _stat_token(tasks[0].raster) if tasks else None
+    queue = iter(tasks)
+    pending: dict[int, dict[int, BlockResult]] = {}
+    ac = as_completed(loop=client.loop)
+    inflight = 0
+
+    def submit() -> bool:
+        t = next(queue, None)
+        if t is None:
+            return False
+        key = f"geoseg-polygons-{tokenize(t, stat)}"
+        ac.add(client.submit(run_block_task, t, key=key, pure=False, retries=1))
+        return True
+
+    for _ in range(limit):
+        if submit():
+            inflight += 1
+    next_row = 0
+    n_rows = -(-len(tasks) // cols) if tasks else 0
+    for fut in ac:
+        res: BlockResult = fut.result()
+        fut.release()
+        progress.update(1)
+        pending.setdefault(res.block_row, {})[res.block_col] = res
+        while next_row < n_rows and len(pending.get(next_row, {})) == cols:
+            yield list(pending.pop(next_row).values())
+            next_row += 1
+        submit()
+
+
+def _class_names(src: Any) -> dict[int, str]:
+    try:
+        return {int(c["value"]): str(c["name"]) for c in json.loads(src.tags().get("GEOSEG_CLASSES", "[]"))}
+    except (ValueError, KeyError, TypeError):
+        return {}
+
+
+def _probability_bands(path: str, info: Any, names: dict[int, str]) -> tuple[tuple[int, int], ...]:
+    """Band (0-based) of each class value in a geoseg probabilities raster, checked against the grid."""
+    with rasterio.open(path) as p:
+        if (p.width, p.height) != (info.width, info.height):
+            raise VectorizeError(f"probabilities {path} are {p.width}x{p.height}, the classes {info.width}x{info.height}")
+        values = [int(c["value"]) for c in json.loads(p.tags().get("GEOSEG_CLASSES", "[]"))]
+    if len(values) == 0:
+        raise VectorizeError(f"{path} is not a geoseg probabilities raster (no GEOSEG_CLASSES metadata)")
+    return tuple((v, i) for i, v in enumerate(values))
+
+
+class _GpkgWriter:
+    """Appends features to a GeoPackage in batches, so memory does not grow with the layer."""
+
+    FIELDS = ["class", "class_name", "area_m2", "perim_m", "pixels"]
+
+    def __init__(self, path: Path, crs: Any, with_prob: bool, batch: int = 5000) -> None:
+        self.path = path
+        self.crs = crs.to_wkt() if crs is not None else None
+        self.with_prob = with_prob
+        self.batch = batch
+        self.rows: list[tuple[Any, ...]] = []
+        self.written = False
+
+    def add(self, geom: Any, value: int, name: str, area: float, perim: float, pixels: int,
+            mean_prob: float | None) -> None:
+        self.rows.append((geom, value, name, area, perim, pixels, mean_prob))
+        if len(self.rows) >= self.batch:
+            self.flush()
+
+    def flush(self) -> None:
+        import pyogrio
+        import shapely
+
+        if not self.rows and self.written:
+            return
+        cols = list(zip(*self.rows)) if self.rows else [[] for _ in range(7)]
+        geoms = shapely.to_wkb(np.array(cols[0], dtype=object)) if self.rows else np.array([], dtype=object)
+        data = [np.asarray(cols[1], dtype=np.int32), np.asarray(cols[2], dtype=object),
+                np.asarray(cols[3], dtype=np.float64), np.asarray(cols[4], dtype=np.float64),
+                np.asarray(cols[5], dtype=np.int64)]
+        fields = list(self.FIELDS)
+        if self.with_prob:
+            data.append(np.asarray([np.nan if v is None else v for v in cols[6]], dtype=np.float64))
+            fields.append("mean_prob")
+        pyogrio.raw.write(str(self.path), np.asarray(geoms, dtype=object), data, fields, crs=self.crs,
+                          geometry_type="MultiPolygon", promote_to_multi=True, driver="GPKG",
+                          layer="polygons", append=self.written)
+        self.written = True
+        self.rows = []
+
+    def close(self) -> None:
+        self.flush()
+
+
+def _simplify_layer(path: Path, tolerance: float, crs: Any, measure: Measurer) -> None:
+    """Simplify the whole layer as a coverage (shared borders once), then recompute measures."""
+    import pyogrio
+    import shapely
+
+    meta, _, wkb, data = pyogrio.raw.read(str(path), layer="polygons")
+    if wkb is None or len(wkb) == 0:
+        return
+    geoms = shapely.coverage_simplify(shapely.from_wkb(wkb), tolerance)
+    fields = list(meta["fields"])
+    data = list(data)
+    for i, g in enumerate(geoms):
+        area, perim = measure(g)
+        data[fields.index("area_m2")][i] = area
+        data[fields.index("perim_m")][i] = perim
+    remove_quietly(path)
+    pyogrio.raw.write(str(path), np.asarray(shapely.to_wkb(geoms), dtype=object), data, fields,
+                      crs=meta["crs"], geometry_type="MultiPolygon", promote_to_multi=True,
+                      driver="GPKG", layer="polygons")
+
+
+def _publish(tmp: Path, out: Path, driver: str, crs: Any) -> None:
+    """Move the staged GeoPackage to the output path, converting the format if needed."""
+    import pyogrio
+
+    if driver == "GPKG":
+        os.replace(tmp, out)
+        return
+    staged = temporary_sibling(out, out.suffix)
+    try:
+        if driver == "Parquet":
+            _write_geoparquet(tmp, staged)
+        else:
+            meta, _, wkb, data = pyogrio.raw.read(str(tmp), layer="polygons")
+            opts = {"SPATIAL_INDEX": "YES"} if driver in ("FlatGeobuf", "ESRI Shapefile") else {}
+            if driver == "ESRI Shapefile":
+                staged = staged.with_suffix(".shp")
+            pyogrio.raw.write(str(staged), wkb if wkb is not None else np.array([], dtype=object),
+                              data, list(meta["fields"]), crs=meta["crs"],
+                              geometry_type="MultiPolygon", driver=driver, **opts)
+        if driver == "ESRI Shapefile":
+            for side in staged.parent.glob(staged.stem + ".*"):
+                os.replace(side, out.with_suffix(side.suffix))
+        else:
+            os.replace(staged, out)
+    finally:
+        remove_quietly(tmp)
+
+
+def _write_geoparquet(src: Path, dst: Path) -> None:
+    """GeoParquet 1.0 (WKB geometry + 'geo' metadata) through pyarrow."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise OutputError("GeoParquet output needs pyarrow: pip install 'geoseg[parquet]'") from None
+    import pyogrio
+    import shapely
+
+    meta, _, wkb, data = pyogrio.raw.read(str(src), layer="polygons")
+    geoms = shapely.from_wkb(wkb) if wkb is not None else np.array([])
+    cols = {name: pa.array(values) for name, values in zip(meta["fields"], data)}
+    cols["geometry"] = pa.array(list(wkb) if wkb is not None else [], type=pa.binary())
+    bbox = list(shapely.total_bounds(geoms)) if len(geoms) else []
+    crs_json = None
+    if meta["crs"]:
+        from pyproj import CRS as ProjCRS
+
+        crs_json = ProjCRS.from_user_input(meta["crs"]).to_json_dict()
+    geo = {"version": "1.0.0", "primary_column": "geometry", "columns": {"geometry": {
+        "encoding": "WKB", "geometry_types": ["MultiPolygon"], "crs": crs_json, "bbox": bbox}}}
+    table = pa.table(cols).replace_schema_metadata({b"geo": json.dumps(geo).encode()})
+    pq.write_table(table, dst)
