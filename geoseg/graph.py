@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+import rasterio
 
 from geoseg.errors import GeosegWarning, TilingError
 from geoseg.io import (
     CLASS_NODATA,
     READ_ENV,
+    WRITE_CACHE_MB,
     RasterSink,
     check_output_path,
     class_tags,
@@ -214,7 +216,7 @@ def predict(
             batch_size, prob_path is not None, per_task, torch_threads,
         )
         progress = Progress(len(grid), quiet=quiet)
-        link = getattr(client, "dashboard_link", None)
+        link = dashboard_link(client)
         progress.message(
             f"geoseg: {info.width}x{info.height} px, {len(grid)} tiles of "
             f"{grid.tile_height}x{grid.tile_width} (margin {margin_px}) in {len(tasks)} tasks "
@@ -229,7 +231,7 @@ def predict(
                 [f"p({c.name})" for c in classes], overview_resampling="AVERAGE",
             )) if prob_path is not None else None,
         ]
-        with open_sinks(*sinks) as opened:
+        with rasterio.Env(GDAL_CACHEMAX=WRITE_CACHE_MB), open_sinks(*sinks) as opened:
             class_sink = opened[0]
             prob_sink = opened[1] if len(opened) > 1 else None
             limit = max_in_flight or max(2, 2 * nthreads)
@@ -263,6 +265,15 @@ def predict(
         overlap_factor=grid.overlap_factor,
         model=loaded.name,
     )
+
+
+def dashboard_link(client: Any) -> str | None:
+    """The Dask dashboard address, or how to get one (it needs bokeh)."""
+    try:
+        import bokeh  # noqa: F401
+    except ImportError:
+        return "not available (pip install 'geoseg[dashboard]')"
+    return getattr(client, "dashboard_link", None)
 
 
 def task_key(task: TileTask, index: int) -> str:

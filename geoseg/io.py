@@ -34,7 +34,12 @@ READ_ENV: dict[str, Any] = {
     "GDAL_HTTP_MULTIRANGE": "YES",
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
     "VSI_CACHE": True,
+    # GDAL's block cache would otherwise grow to 5% of RAM per process with the scene size
+    "GDAL_CACHEMAX": 128,
 }
+
+#: Block cache (MB) while writing: partial blocks are flushed instead of piling up in memory.
+WRITE_CACHE_MB = 64
 
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 

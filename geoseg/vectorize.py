@@ -10,6 +10,7 @@ whole raster in one pass.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -331,6 +332,7 @@ def vectorize(
     scheduler: str | None = None,
     client: Any = None,
     quiet: bool = True,
+    timestamp: str | None = None,
 ) -> VectorizeResult:
     """Polygonize a class raster into ``output`` (format by extension), one feature per region.
 
@@ -338,6 +340,7 @@ def vectorize(
     ``simplify`` (CRS units) simplifies the whole layer as a coverage, so shared borders stay
     shared. Attributes (Shapefile-safe names): class, class_name, area_m2, perim_m, pixels, mean_prob
     when a probabilities raster (from ``geoseg predict --probabilities``) is given.
+    ``timestamp`` (ISO 8601) fixes the GeoPackage's last-change date, for byte-identical reruns.
     """
     import shapely
 
@@ -387,8 +390,10 @@ def vectorize(
     measure = Measurer(info.crs)
     per_class: dict[int, int] = {}
     progress = Progress(len(tasks), unit="blocks", quiet=quiet)
+    stack = contextlib.ExitStack()
     try:
         limit = max(2 * cols, 2 * sum(client.nthreads().values()))
+        stack.enter_context(_ogr_date(timestamp))
         writer = _GpkgWriter(tmp, info.crs, probabilities is not None)
         for poly in merge_blocks(_rows(client, tasks, cols, limit, progress), connectivity, rows):
             geom = poly.geometry
@@ -410,11 +415,27 @@ def vectorize(
         remove_quietly(tmp)
         raise
     finally:
+        stack.close()
         if own:
             client.close()
             if cluster is not None:
                 cluster.close()
     return VectorizeResult(out, sum(per_class.values()), per_class, time.perf_counter() - t0)
+
+
+@contextlib.contextmanager
+def _ogr_date(timestamp: str | None) -> Iterator[None]:
+    """Scope OGR_CURRENT_DATE (the GeoPackage last-change stamp) in pyogrio's GDAL, then reset it."""
+    if timestamp is None:
+        yield
+        return
+    import pyogrio
+
+    pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": timestamp})
+    try:
+        yield
+    finally:
+        pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": None})
 
 
 def _rows(client: Any, tasks: list[BlockTask], cols: int, limit: int, progress: Any) -> Iterator[list[BlockResult]]:

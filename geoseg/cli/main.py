@@ -5,12 +5,12 @@ from __future__ import annotations
 import click
 
 from geoseg import __version__
+from geoseg.cli.batch import batch_command
 from geoseg.cli.chip import chip_command
 from geoseg.cli.demo import demo_command
 from geoseg.cli.evaluate import evaluate_command
 from geoseg.cli.models import models_command
 from geoseg.cli.predict import predict_command
-from geoseg.cli.recipe import recipe_command
 from geoseg.cli.train import train_command
 from geoseg.cli.vectorize import vectorize_command
 
@@ -27,7 +27,7 @@ cli.add_command(chip_command)
 cli.add_command(train_command)
 cli.add_command(evaluate_command)
 cli.add_command(demo_command)
-cli.add_command(recipe_command)
+cli.add_command(batch_command)
 cli.add_command(vectorize_command)
 
 

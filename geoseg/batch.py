@@ -1,0 +1,438 @@
+"""Scheduled batch jobs: segment many scenes once each, resumably, from a YAML job file.
+
+A scene counts as done when its sidecar record exists and matches (scene path, size and
+modification time, the model's content hash, the options, the geoseg version). The record is
+written last and atomically, after every output has been renamed into place, so a job killed at
+any moment and started again redoes exactly the unfinished scenes. A lock file keeps two runs
+of one job apart. One failing scene does not stop the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import glob
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import yaml
+
+from geoseg import __version__
+from geoseg.errors import GeosegError
+
+#: Keys of a prediction job and the types they take (None: free-form checked elsewhere).
+SCHEMA: dict[str, Any] = {
+    "description": str,
+    "scenes": list,
+    "manifest": str,
+    "model": str,
+    "scheduler": str,
+    "workers": int,
+    "output": {"folder": str, "pattern": str},
+    "predict": {"tile": int, "margin": (int, str), "batch_size": int, "device": str, "bands": (str, list),
+                "probabilities": bool},
+    "vector": {"format": str, "connectivity": int, "skip_class": list, "min_area": (int, float),
+               "simplify": (int, float)},
+}
+VECTOR_FORMATS = ("gpkg", "fgb", "geojson", "shp", "parquet")
+RECORD_SUFFIX = ".geoseg.json"
+
+
+class JobError(GeosegError, ValueError):
+    """The job file has problems; the message lists each with its place in the file."""
+
+
+class JobLockedError(GeosegError, RuntimeError):
+    """Another run of the same job holds its lock."""
+
+
+@dataclass
+class Job:
+    """A validated prediction job."""
+
+    path: Path
+    scenes: list[str]
+    model: str | None
+    folder: Path
+    pattern: str
+    predict: dict[str, Any]
+    vector: dict[str, Any] | None
+    scheduler: str | None
+    workers: int | None
+
+
+@dataclass
+class SceneOutcome:
+    scene: str
+    status: str  # done | skipped | failed
+    error: str | None = None
+    megapixels: float = 0.0
+    seconds: float = 0.0
+    outputs: list[str] = field(default_factory=list)
+
+
+@dataclass
+class BatchReport:
+    job: str
+    outcomes: list[SceneOutcome]
+    seconds: float
+
+    def count(self, status: str) -> int:
+        return sum(1 for o in self.outcomes if o.status == status)
+
+    @property
+    def megapixels(self) -> float:
+        return sum(o.megapixels for o in self.outcomes if o.status == "done")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "job": self.job, "geoseg_version": __version__, "seconds": round(self.seconds, 3),
+            "done": self.count("done"), "skipped": self.count("skipped"), "failed": self.count("failed"),
+            "megapixels": round(self.megapixels, 3),
+            "megapixels_per_second": round(self.megapixels / self.seconds, 4) if self.seconds else None,
+            "scenes": [o.__dict__ for o in self.outcomes],
+        }
+
+    def table(self) -> str:
+        lines = [f"{'status':<8} {'MP':>8} {'s':>7}  scene"]
+        for o in self.outcomes:
+            lines.append(f"{o.status:<8} {o.megapixels:>8.2f} {o.seconds:>7.1f}  {o.scene}"
+                         + (f"\n{'':<27}{o.error}" if o.error else ""))
+        mps = self.megapixels / self.seconds if self.seconds else 0.0
+        lines.append(f"done {self.count('done')}, skipped {self.count('skipped')}, failed {self.count('failed')}; "
+                     f"{self.megapixels:.2f} MP in {self.seconds:.1f} s ({mps:.3f} MP/s)")
+        return "\n".join(lines)
+
+
+def _check(value: Any, schema: Any, place: str, problems: list[str]) -> None:
+    if isinstance(schema, dict):
+        if not isinstance(value, dict):
+            problems.append(f"{place}: expected a mapping, got {type(value).__name__}")
+            return
+        for k in value:
+            if k not in schema:
+                problems.append(f"{place}.{k}: unknown key (known: {', '.join(schema)})".lstrip("."))
+        for k, sub in schema.items():
+            if k in value and value[k] is not None:
+                _check(value[k], sub, f"{place}.{k}".lstrip("."), problems)
+        return
+    types = schema if isinstance(schema, tuple) else (schema,)
+    if isinstance(value, bool) and bool not in types:
+        problems.append(f"{place}: expected {'/'.join(t.__name__ for t in types)}, got a boolean")
+    elif not isinstance(value, types):
+        problems.append(f"{place}: expected {'/'.join(t.__name__ for t in types)}, got {type(value).__name__} {value!r}")
+
+
+def _resolve(base: Path, text: str) -> str:
+    if text.startswith("/vsi") or "://" in text or os.path.isabs(text):
+        return text
+    return str((base / text).resolve())
+
+
+def load_job(path: str | os.PathLike[str]) -> Job:
+    """Read and validate a prediction job; every problem is reported in one error, before any work."""
+    from geoseg.models.checkpoint import BUILTIN_MODELS
+
+    p = Path(path)
+    try:
+        doc = yaml.safe_load(p.read_text())
+    except FileNotFoundError:
+        raise JobError(f"job file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise JobError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(doc, dict):
+        raise JobError(f"{path}: a job file is a mapping (scenes, model, output, ...)")
+    problems: list[str] = []
+    _check(doc, SCHEMA, "", problems)
+    base = p.resolve().parent
+    scenes: list[str] = []
+    patterns = doc.get("scenes") or []
+    if not isinstance(patterns, list):
+        patterns = []
+    for i, pat in enumerate(patterns):
+        if not isinstance(pat, str):
+            problems.append(f"scenes[{i}]: expected a path or glob, got {pat!r}")
+            continue
+        full = _resolve(base, pat)
+        if full.startswith("/vsi") or "://" in full:
+            scenes.append(full)
+            continue
+        matched = sorted(glob.glob(full)) if any(ch in pat for ch in "*?[") else ([full] if os.path.exists(full) else [])
+        if not matched:
+            problems.append(f"scenes[{i}]: {pat!r} matches no file")
+        scenes.extend(matched)
+    manifest = doc.get("manifest")
+    if isinstance(manifest, str):
+        mpath = Path(_resolve(base, manifest))
+        if not mpath.exists():
+            problems.append(f"manifest: {manifest!r} not found")
+        else:
+            for n, line in enumerate(mpath.read_text().splitlines(), start=1):
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    full = _resolve(mpath.parent, line)
+                    if not (full.startswith("/vsi") or "://" in full or os.path.exists(full)):
+                        problems.append(f"manifest line {n}: {line!r} not found")
+                    else:
+                        scenes.append(full)
+    if not patterns and not manifest:
+        problems.append("scenes: give 'scenes' (paths or globs) or 'manifest' (a file of paths)")
+    model = doc.get("model")
+    if isinstance(model, str) and model not in BUILTIN_MODELS:
+        model = _resolve(base, model)
+        if not os.path.isfile(model):
+            problems.append(f"model: {doc['model']!r} is neither a file nor a built-in model "
+                            f"({', '.join(BUILTIN_MODELS)})")
+    out = doc.get("output") or {}
+    folder = out.get("folder") if isinstance(out, dict) else None
+    if not isinstance(folder, str):
+        problems.append("output.folder: required")
+        folder = "."
+    pattern = out.get("pattern", "{stem}-classes.tif") if isinstance(out, dict) else "{stem}-classes.tif"
+    if isinstance(pattern, str):
+        if "{stem}" not in pattern or not pattern.endswith(".tif") or "/" in pattern:
+            problems.append("output.pattern: a file name ending in .tif that contains {stem}")
+    vector = doc.get("vector")
+    if isinstance(vector, dict) and vector.get("format", "gpkg") not in VECTOR_FORMATS:
+        problems.append(f"vector.format: {vector.get('format')!r} is not one of {', '.join(VECTOR_FORMATS)}")
+    predict = doc.get("predict") or {}
+    if isinstance(predict, dict) and predict.get("device", "auto") not in ("auto", "cpu", "cuda"):
+        problems.append("predict.device: auto, cpu or cuda")
+    stems = [Path(s).stem for s in scenes]
+    dupes = sorted({s for s in stems if stems.count(s) > 1})
+    if dupes:
+        problems.append(f"scenes: several scenes share the name(s) {dupes}, so their outputs would collide")
+    if problems:
+        raise JobError(f"{path}: " + "; ".join(problems))
+    return Job(p, list(dict.fromkeys(scenes)), model, Path(_resolve(base, folder)), str(pattern),
+               dict(predict) if isinstance(predict, dict) else {},
+               dict(vector) if isinstance(vector, dict) else None, doc.get("scheduler"), doc.get("workers"))
+
+
+def scene_token(scene: str) -> dict[str, Any]:
+    """What identifies a scene's content cheaply: its path, size and modification time."""
+    try:
+        st = os.stat(scene)
+        return {"path": scene, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    except OSError:
+        return {"path": scene, "size": None, "mtime_ns": None}
+
+
+def outputs_for(job: Job, scene: str) -> dict[str, Path]:
+    """Output paths of one scene: classes, and probabilities / polygons / STAC item as asked."""
+    stem = Path(scene).stem
+    classes = job.folder / job.pattern.format(stem=stem)
+    base = classes.name[: -len(".tif")]
+    out = {"classes": classes, "stac": classes.with_name(base + ".stac.json")}
+    if job.predict.get("probabilities"):
+        out["probabilities"] = classes.with_name(base.replace("classes", "probabilities") + ".tif"
+                                                 if "classes" in base else base + "-probabilities.tif")
+    if job.vector is not None:
+        out["vector"] = classes.with_name(base + "." + job.vector.get("format", "gpkg"))
+    return out
+
+
+def record_path(classes: Path) -> Path:
+    return classes.with_name(classes.name + RECORD_SUFFIX)
+
+
+def expected_record(job: Job, scene: str, model_sha: str) -> dict[str, Any]:
+    return {"scene": scene_token(scene), "model_sha256": model_sha, "predict": job.predict,
+            "vector": job.vector, "geoseg_version": __version__}
+
+
+def is_done(job: Job, scene: str, model_sha: str) -> bool:
+    """True when the scene's record matches and every output it lists exists."""
+    outs = outputs_for(job, scene)
+    rec = record_path(outs["classes"])
+    try:
+        stored = json.loads(rec.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    want = expected_record(job, scene, model_sha)
+    return all(stored.get(k) == v for k, v in want.items()) and all(p.exists() for p in outs.values())
+
+
+@contextlib.contextmanager
+def job_lock(folder: Path, job_path: Path) -> Iterator[None]:
+    """An exclusive lock per (job, output folder); the kernel releases it if the process dies."""
+    folder.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha1(str(job_path.resolve()).encode()).hexdigest()[:12]
+    lock = folder / f".geoseg-batch-{digest}.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            raise JobLockedError(
+                f"another run of {job_path.name} (pid {holder}) is writing into {folder}; "
+                "wait for it to finish"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def remove_stale_parts(outs: dict[str, Path]) -> None:
+    """Hidden temporary files left by a killed run of this scene (safe: we hold the job lock)."""
+    for p in outs.values():
+        for stale in p.parent.glob(f".{p.name}.*"):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+    rec = record_path(outs["classes"])
+    for stale in rec.parent.glob(f".{rec.name}.*"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.part")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def stac_item(scene: str, outs: dict[str, Path], model_name: str, model_sha: str, classes: list[Any]) -> dict[str, Any]:
+    """A STAC 1.0 Item for one scene's outputs, with the class raster and polygons as assets."""
+    import rasterio
+    from rasterio.warp import transform_bounds, transform_geom
+
+    with rasterio.open(outs["classes"]) as src:
+        bounds, crs, shape, transform = src.bounds, src.crs, src.shape, src.transform
+    if crs is not None:
+        wgs = transform_bounds(crs, "EPSG:4326", *bounds, densify_pts=21)
+        geom = transform_geom(crs, "EPSG:4326", {"type": "Polygon", "coordinates": [[
+            (bounds.left, bounds.bottom), (bounds.right, bounds.bottom), (bounds.right, bounds.top),
+            (bounds.left, bounds.top), (bounds.left, bounds.bottom)]]})
+    else:
+        wgs, geom = None, None
+    stamp = _scene_time(scene)
+    assets: dict[str, Any] = {"classes": {
+        "href": outs["classes"].name, "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+        "roles": ["data"], "title": "class raster",
+        "classification:classes": [{"value": c.value, "name": c.name,
+                                    "color_hint": "%02X%02X%02X" % tuple(c.color)} for c in classes]}}
+    if "probabilities" in outs:
+        assets["probabilities"] = {"href": outs["probabilities"].name, "roles": ["data"],
+                                   "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+                                   "title": "class probabilities (0-255)"}
+    if "vector" in outs:
+        assets["polygons"] = {"href": outs["vector"].name, "roles": ["data"], "title": "class polygons"}
+    props: dict[str, Any] = {"datetime": stamp, "geoseg:model": model_name, "geoseg:model_sha256": model_sha,
+                             "geoseg:version": __version__, "geoseg:source": scene}
+    if crs is not None:
+        props.update({"proj:wkt2": crs.to_wkt(), "proj:shape": list(shape), "proj:transform": list(transform)[:6]})
+        if crs.to_epsg():
+            props["proj:epsg"] = crs.to_epsg()
+    return {
+        "type": "Feature", "stac_version": "1.0.0",
+        "stac_extensions": ["https://stac-extensions.github.io/projection/v1.1.0/schema.json",
+                            "https://stac-extensions.github.io/classification/v1.1.0/schema.json"],
+        "id": outs["classes"].stem, "geometry": geom, "bbox": list(wgs) if wgs else None,
+        "properties": props, "assets": assets,
+        "links": [],
+    }
+
+
+def _scene_time(scene: str) -> str:
+    """The scene file's modification time, ISO 8601 UTC: stable across reruns."""
+    st = scene_token(scene)
+    return datetime.fromtimestamp((st["mtime_ns"] or 0) / 1e9, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def run_batch(
+    job_path: str | os.PathLike[str],
+    force: bool = False,
+    report_path: str | os.PathLike[str] | None = None,
+    client: Any = None,
+    echo: Callable[[str], Any] = lambda s: None,
+) -> BatchReport:
+    """Run a prediction job (or a recipe job with ``steps``) and return its report."""
+    t0 = time.perf_counter()
+    doc = _peek(job_path)
+    if isinstance(doc, dict) and "steps" in doc:
+        from geoseg.recipe import run_recipe
+
+        run_recipe(job_path, echo=echo)
+        return BatchReport(str(job_path), [], time.perf_counter() - t0)
+    job = load_job(job_path)
+    from geoseg.models.checkpoint import load_model
+
+    model = load_model(job.model)
+    outcomes: list[SceneOutcome] = []
+    with job_lock(job.folder, job.path):
+        own = client is None
+        cluster = None
+        if own:
+            from geoseg.cluster import connect
+
+            client, cluster = connect(job.scheduler, job.workers)
+        try:
+            for scene in job.scenes:
+                outcomes.append(_one_scene(job, scene, model, force, client, echo))
+        finally:
+            if own:
+                client.close()
+                if cluster is not None:
+                    cluster.close()
+    report = BatchReport(str(job.path), outcomes, time.perf_counter() - t0)
+    write_json_atomic(Path(report_path) if report_path else job.folder / "batch-report.json", report.as_dict())
+    return report
+
+
+def _peek(path: str | os.PathLike[str]) -> Any:
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise JobError(f"job file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise JobError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+
+
+def _one_scene(job: Job, scene: str, model: Any, force: bool, client: Any, echo: Callable[[str], Any]) -> SceneOutcome:
+    from geoseg.graph import predict
+
+    if not force and is_done(job, scene, model.sha256):
+        echo(f"skip  {scene} (outputs match their record)")
+        return SceneOutcome(scene, "skipped")
+    outs = outputs_for(job, scene)
+    remove_stale_parts(outs)
+    rec = record_path(outs["classes"])
+    with contextlib.suppress(FileNotFoundError):
+        rec.unlink()  # the outputs are about to change: they no longer match any record
+    t = time.perf_counter()
+    echo(f"start {scene}")
+    opts = {k: v for k, v in job.predict.items() if k != "probabilities"}
+    vector_opts = None
+    if job.vector is not None:
+        vector_opts = {k: v for k, v in job.vector.items() if k != "format"}
+        # the scene's own time, so a rerun writes byte-identical GeoPackages
+        vector_opts["timestamp"] = _scene_time(scene)
+        if "skip_class" in vector_opts:
+            vector_opts["skip_classes"] = tuple(vector_opts.pop("skip_class"))
+    try:
+        result = predict(scene, outs["classes"], model=model.path, overwrite=True, client=client,
+                         probabilities=outs.get("probabilities"), vector=outs.get("vector"),
+                         vector_options=vector_opts, **opts)
+        write_json_atomic(outs["stac"], stac_item(scene, outs, model.name, model.sha256, model.classes))
+        record = expected_record(job, scene, model.sha256)
+        record["outputs"] = {k: p.name for k, p in outs.items()}
+        write_json_atomic(rec, record)
+    except GeosegError as exc:
+        echo(f"FAIL  {scene}: {exc}")
+        return SceneOutcome(scene, "failed", str(exc).splitlines()[0], 0.0, time.perf_counter() - t)
+    except Exception as exc:  # one bad scene must not stop the others
+        msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        echo(f"FAIL  {scene}: {msg}")
+        return SceneOutcome(scene, "failed", msg, 0.0, time.perf_counter() - t)
+    echo(f"done  {scene} ({result.pixels / 1e6:.2f} MP in {result.seconds:.1f} s)")
+    return SceneOutcome(scene, "done", None, result.pixels / 1e6, time.perf_counter() - t,
+                        [p.name for p in outs.values()])
