@@ -43,7 +43,8 @@ print(len(geoms))
 
 
 def build(path: Path, size: int, seed: int = 0) -> None:
-    """A blocky multi-scale class raster, written strip by strip."""
+    """A land-cover-like class raster (fields of 64 px, parcels of 16 px, some single pixels),
+    written strip by strip: about 3,000 polygons per megapixel."""
     rng = np.random.default_rng(seed)
     coarse = rng.integers(0, 8, (size // 64 + 2, size // 64 + 2)).astype(np.uint8)
     profile = dict(driver="GTiff", width=size, height=size, count=1, dtype="uint8", nodata=255,
@@ -54,10 +55,11 @@ def build(path: Path, size: int, seed: int = 0) -> None:
             h = min(1024, size - r0)
             rows = np.arange(r0, r0 + h)
             strip = coarse[rows // 64][:, np.arange(size) // 64]
-            mid = rng.integers(0, 8, (h // 8 + 1, size // 8 + 1)).astype(np.uint8)
-            mid = np.kron(mid, np.ones((8, 8), np.uint8))[:h, :size]
-            strip = np.where(rng.random((h, size)) < 0.15, mid, strip)
-            speck = rng.random((h, size)) < 0.002
+            mid = rng.integers(0, 8, (h // 16 + 1, size // 16 + 1)).astype(np.uint8)
+            pick = np.kron(rng.random((h // 16 + 1, size // 16 + 1)) < 0.1, np.ones((16, 16), bool))[:h, :size]
+            mid = np.kron(mid, np.ones((16, 16), np.uint8))[:h, :size]
+            strip = np.where(pick, mid, strip)
+            speck = rng.random((h, size)) < 0.0005
             strip[speck] = rng.integers(0, 8, speck.sum())
             dst.write(strip[None], window=Window(0, r0, size, h))
 

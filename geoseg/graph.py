@@ -26,6 +26,7 @@ from geoseg.io import (
     RasterSink,
     check_output_path,
     class_tags,
+    file_token,
     open_scene,
     open_sinks,
     parse_bands,
@@ -280,16 +281,8 @@ def task_key(task: TileTask, index: int) -> str:
     """Deterministic key: the same scene, model and options give the same keys on every run."""
     from dask.base import tokenize
 
-    stat = _stat_token(task.scene)
+    stat = file_token(task.scene)
     return f"geoseg-tiles-{tokenize(task, stat)}-{index}"
-
-
-def _stat_token(path: str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-        return st.st_size, st.st_mtime_ns
-    except OSError:
-        return None
 
 
 def stream_tasks(client: Any, tasks: Sequence[TileTask], limit: int) -> Iterable[list[TileResult]]:

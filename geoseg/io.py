@@ -209,6 +209,16 @@ def read_mirrored(
     return data, valid
 
 
+def file_token(path: str) -> tuple[int, int] | None:
+    """Size and modification time of a local file (None for virtual paths): part of task keys, so
+    a changed file never reuses results computed from its old content."""
+    try:
+        st = os.stat(path)
+        return st.st_size, st.st_mtime_ns
+    except OSError:
+        return None
+
+
 def check_output_path(path: str | os.PathLike[str], overwrite: bool, what: str = "output") -> Path:
     """Fail early, before any work, if ``path`` cannot be written."""
     p = Path(path)

@@ -62,11 +62,27 @@ class BlockTask:
     halo: int
     probabilities: str | None
     prob_band: tuple[tuple[int, int], ...]
+    transform: tuple[float, ...] | None = None
+    crs_wkt: str | None = None
+    segmentize: bool = False
+
+
+@dataclass
+class Finished:
+    """Regions completed inside one block, already in CRS coordinates and measured (columns)."""
+
+    wkb: list[bytes]
+    classes: np.ndarray
+    area: np.ndarray
+    perimeter: np.ndarray
+    pixels: np.ndarray
+    prob_sum: np.ndarray | None
 
 
 @dataclass
 class BlockResult:
-    """Components of one block: class, pixel count, probability sum, polygon, and border ids."""
+    """Components of one block: the regions it finished, and the parts touching its border
+    (class, pixel count, probability sum, polygon in pixel coordinates) with border ids."""
 
     block_row: int
     block_col: int
@@ -78,6 +94,7 @@ class BlockResult:
     bottom: np.ndarray
     left: np.ndarray
     right: np.ndarray
+    finished: Finished | None = None
 
 
 def _structure(connectivity: int) -> np.ndarray:
@@ -147,12 +164,35 @@ def run_block_task(task: BlockTask) -> BlockResult:
             sel = (data == v) & (labels > 0)
             if sel.any():
                 prob_sum += np.bincount(labels[sel], weights=probs[band][sel] / 255.0, minlength=n)
-    geoms: dict[int, bytes] = {}
+    on_border = np.zeros(n, dtype=bool)
+    on_border[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = True
     transform = Affine.translation(task.col_off, task.row_off)
+    geoms: dict[int, bytes] = {}
+    inner_ids: list[int] = []
+    inner_geoms: list[Any] = []
     for geom, value in shapes(labels, mask=labels > 0, connectivity=task.connectivity, transform=transform):
-        geoms[int(value)] = shapely.to_wkb(shapely.geometry.shape(geom))
+        g = shapely.geometry.shape(geom)
+        if on_border[int(value)]:
+            geoms[int(value)] = shapely.to_wkb(g)
+        else:
+            inner_ids.append(int(value))
+            inner_geoms.append(g)
+    finished = None
+    if inner_ids:
+        ids = np.asarray(inner_ids)
+        arr = np.asarray(inner_geoms, dtype=object)
+        if task.segmentize:
+            arr = shapely.segmentize(arr, 1.0)
+        if not shapely.is_valid(arr).all():  # 8-connected regions touching themselves at a corner
+            arr = shapely.make_valid(arr)
+        if task.transform is not None:
+            arr = apply_transform(arr, Affine(*task.transform))
+        area, perim = Measurer.from_wkt(task.crs_wkt).many(arr)
+        finished = Finished(list(shapely.to_wkb(arr)), classes[ids], area, perim, pixels[ids],
+                            None if prob_sum is None else prob_sum[ids])
     return BlockResult(task.block_row, task.block_col, classes, pixels, prob_sum, geoms,
-                       labels[0].copy(), labels[-1].copy(), labels[:, 0].copy(), labels[:, -1].copy())
+                       labels[0].copy(), labels[-1].copy(), labels[:, 0].copy(), labels[:, -1].copy(),
+                       finished)
 
 
 class _Groups:
@@ -209,8 +249,9 @@ class Polygon:
     prob_sum: float | None
 
 
-def merge_blocks(results: Iterator[list[BlockResult]], connectivity: int, n_rows: int) -> Iterator[Polygon]:
-    """Given block rows in order, yield each region once no later row can extend it."""
+def merge_blocks(results: Iterator[list[BlockResult]], connectivity: int, n_rows: int) -> Iterator[Polygon | Finished]:
+    """Given block rows in order, yield each block's finished regions, and each region that
+    crosses block borders once no later row can extend it."""
     import shapely
 
     groups = _Groups()
@@ -222,6 +263,8 @@ def merge_blocks(results: Iterator[list[BlockResult]], connectivity: int, n_rows
         tops, bottoms, tcls, bcls = [], [], [], []
         lefts_rights: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         for b in row:
+            if b.finished is not None:
+                yield b.finished
             base = ((r << 20) | b.block_col) << 32
             gid = np.where(np.arange(len(b.classes)) > 0, np.arange(len(b.classes)) + base, 0)
             for local, wkb in b.geoms.items():
@@ -282,11 +325,26 @@ class Measurer:
         elif crs is not None:
             self.factor = float(crs.linear_units_factor[1]) if crs.linear_units_factor else 1.0
 
+    @classmethod
+    def from_wkt(cls, wkt: str | None) -> "Measurer":
+        from rasterio.crs import CRS
+
+        return cls(CRS.from_wkt(wkt) if wkt else None)
+
     def __call__(self, geom: Any) -> tuple[float, float]:
         if self.geod is not None:
             area, perimeter = self.geod.geometry_area_perimeter(geom)
             return abs(area), perimeter
         return geom.area * self.factor**2, geom.length * self.factor
+
+    def many(self, geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Areas and perimeters of an array of geometries (vectorized unless geodesic)."""
+        import shapely
+
+        if self.geod is not None:
+            pairs = [self(g) for g in geoms]
+            return np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+        return shapely.area(geoms) * self.factor**2, shapely.length(geoms) * self.factor
 
 
 @dataclass
@@ -379,13 +437,18 @@ def vectorize(
     tasks = [
         BlockTask(str(raster), r, c, r * block, c * block, min(block, info.height - r * block),
                   min(block, info.width - c * block), connectivity, tuple(int(s) for s in skip_classes),
-                  sieve_px, halo, str(probabilities) if probabilities else None, prob_band)
+                  sieve_px, halo, str(probabilities) if probabilities else None, prob_band,
+                  tuple(info.transform)[:6] if info.georeferenced else None,
+                  info.crs.to_wkt() if info.crs is not None else None, bool(simplify))
         for r in range(rows) for c in range(cols)
     ]
     own = client is None
     cluster = None
     if own:
-        client, cluster = connect(scheduler, workers, processes=False)
+        from geoseg.cluster import cpu_count
+
+        # processes, not threads: turning GDAL's polygons into geometries holds the GIL
+        client, cluster = connect(scheduler, workers or cpu_count(), processes=True)
     tmp = temporary_sibling(out, ".gpkg")
     measure = Measurer(info.crs)
     per_class: dict[int, int] = {}
@@ -395,17 +458,22 @@ def vectorize(
         limit = max(2 * cols, 2 * sum(client.nthreads().values()))
         stack.enter_context(_ogr_date(timestamp))
         writer = _GpkgWriter(tmp, info.crs, probabilities is not None)
-        for poly in merge_blocks(_rows(client, tasks, cols, limit, progress), connectivity, rows):
-            geom = poly.geometry
+        for item in merge_blocks(_rows(client, tasks, cols, limit, progress), connectivity, rows):
+            if isinstance(item, Finished):
+                writer.add_many(item, names)
+                for v, k in zip(*np.unique(item.classes, return_counts=True)):
+                    per_class[int(v)] = per_class.get(int(v), 0) + int(k)
+                continue
+            geom = item.geometry
             if simplify:
                 # a vertex at every pixel corner, so neighbours share identical edges (a valid
                 # coverage, as coverage_simplify requires); exact in integer pixel coordinates
                 geom = shapely.segmentize(geom, 1.0)
             geom = apply_transform(geom, info.transform) if info.georeferenced else geom
             area, perim = measure(geom)
-            mean_p = None if poly.prob_sum is None else poly.prob_sum / max(poly.pixels, 1)
-            writer.add(geom, poly.value, names.get(poly.value, str(poly.value)), area, perim, poly.pixels, mean_p)
-            per_class[poly.value] = per_class.get(poly.value, 0) + 1
+            mean_p = None if item.prob_sum is None else item.prob_sum / max(item.pixels, 1)
+            writer.add(geom, item.value, names.get(item.value, str(item.value)), area, perim, item.pixels, mean_p)
+            per_class[item.value] = per_class.get(item.value, 0) + 1
         writer.close()
         progress.close()
         if simplify:
@@ -442,11 +510,11 @@ def _rows(client: Any, tasks: list[BlockTask], cols: int, limit: int, progress: 
     """Block rows in order, computed with at most ``limit`` block tasks in flight."""
     from distributed import as_completed
 
-    from geoseg.graph import _stat_token
-
     from dask.base import tokenize
 
-    stat = _stat_token(tasks[0].raster) if tasks else None
+    from geoseg.io import file_token
+
+    stat = file_token(tasks[0].raster) if tasks else None
     queue = iter(tasks)
     pending: dict[int, dict[int, BlockResult]] = {}
     ac = as_completed(loop=client.loop)
@@ -499,40 +567,60 @@ class _GpkgWriter:
 
     FIELDS = ["class", "class_name", "area_m2", "perim_m", "pixels"]
 
-    def __init__(self, path: Path, crs: Any, with_prob: bool, batch: int = 5000) -> None:
+    def __init__(self, path: Path, crs: Any, with_prob: bool, batch: int = 20000) -> None:
         self.path = path
         self.crs = crs.to_wkt() if crs is not None else None
         self.with_prob = with_prob
         self.batch = batch
-        self.rows: list[tuple[Any, ...]] = []
         self.written = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self.wkb: list[bytes] = []
+        self.cols: list[list[Any]] = [[] for _ in range(6)]
 
     def add(self, geom: Any, value: int, name: str, area: float, perim: float, pixels: int,
             mean_prob: float | None) -> None:
-        self.rows.append((geom, value, name, area, perim, pixels, mean_prob))
-        if len(self.rows) >= self.batch:
+        import shapely
+
+        self.wkb.append(shapely.to_wkb(geom))
+        for col, v in zip(self.cols, (value, name, area, perim, pixels, mean_prob)):
+            col.append(v)
+        if len(self.wkb) >= self.batch:
+            self.flush()
+
+    def add_many(self, f: Finished, names: dict[int, str]) -> None:
+        """Append a block's finished regions (already measured, WKB)."""
+        values = f.classes.tolist()
+        self.wkb.extend(f.wkb)
+        self.cols[0].extend(values)
+        self.cols[1].extend(names.get(v, str(v)) for v in values)
+        self.cols[2].extend(f.area.tolist())
+        self.cols[3].extend(f.perimeter.tolist())
+        self.cols[4].extend(f.pixels.tolist())
+        mean = [None] * len(values) if f.prob_sum is None else (f.prob_sum / np.maximum(f.pixels, 1)).tolist()
+        self.cols[5].extend(mean)
+        if len(self.wkb) >= self.batch:
             self.flush()
 
     def flush(self) -> None:
         import pyogrio
-        import shapely
 
-        if not self.rows and self.written:
+        if not self.wkb and self.written:
             return
-        cols = list(zip(*self.rows)) if self.rows else [[] for _ in range(7)]
-        geoms = shapely.to_wkb(np.array(cols[0], dtype=object)) if self.rows else np.array([], dtype=object)
-        data = [np.asarray(cols[1], dtype=np.int32), np.asarray(cols[2], dtype=object),
-                np.asarray(cols[3], dtype=np.float64), np.asarray(cols[4], dtype=np.float64),
-                np.asarray(cols[5], dtype=np.int64)]
+        c = self.cols
+        data = [np.asarray(c[0], dtype=np.int32), np.asarray(c[1], dtype=object),
+                np.asarray(c[2], dtype=np.float64), np.asarray(c[3], dtype=np.float64),
+                np.asarray(c[4], dtype=np.int64)]
         fields = list(self.FIELDS)
         if self.with_prob:
-            data.append(np.asarray([np.nan if v is None else v for v in cols[6]], dtype=np.float64))
+            data.append(np.asarray([np.nan if v is None else v for v in c[5]], dtype=np.float64))
             fields.append("mean_prob")
-        pyogrio.raw.write(str(self.path), np.asarray(geoms, dtype=object), data, fields, crs=self.crs,
+        pyogrio.raw.write(str(self.path), np.asarray(self.wkb, dtype=object), data, fields, crs=self.crs,
                           geometry_type="MultiPolygon", promote_to_multi=True, driver="GPKG",
                           layer="polygons", append=self.written)
         self.written = True
-        self.rows = []
+        self._reset()
 
     def close(self) -> None:
         self.flush()
