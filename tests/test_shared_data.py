@@ -96,3 +96,31 @@ def test_vector_labels_reproduce_the_shipped_label_raster(
             agree += int(((lab == expect) & ok).sum())
             total += int(ok.sum())
     assert total > 0 and agree / total > 0.97, agree / total
+
+
+def test_polygons_of_a_real_prediction_equal_one_pass(tmp_path: Path, dask_client: Any) -> None:
+    """The built-in model on the real Sentinel-2 scene, polygonized in small blocks."""
+    from affine import Affine
+    from rasterio.features import shapes
+
+    import pyogrio
+    import shapely
+
+    from geoseg.vectorize import vectorize
+
+    scene = LABELED / "s2_brandenburg_osm" / "image.tif"
+    classes = tmp_path / "classes.tif"
+    geoseg.predict(str(scene), str(classes), client=dask_client)
+    out = tmp_path / "polygons.fgb"
+    vectorize(classes, out, block_size=256, client=dask_client)
+    with rasterio.open(classes) as src:
+        arr = src.read(1)
+        t: Affine = src.transform
+    want = [(int(v), shapely.geometry.shape(g)) for g, v in shapes(arr, mask=arr != CLASS_NODATA, transform=t)]
+    meta, _, wkb, data = pyogrio.raw.read(str(out))
+    got_cls = data[list(meta["fields"]).index("class")]
+    assert len(wkb) == len(want)
+    for v in {c for c, _ in want}:
+        got_area = sum(g.area for c, g in zip(got_cls, shapely.from_wkb(wkb)) if c == v)
+        want_area = sum(g.area for c, g in want if c == v)
+        assert got_area == pytest.approx(want_area, rel=1e-9), v
