@@ -56,6 +56,7 @@ class LabelSource:
     field: str | None = None
     value_map: tuple[tuple[str, int], ...] | None = None
     background: int | None = None
+    nodata_is_class: bool = False
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ class ChipOutcome:
 
 
 def label_source(path: str, label_field: str | None, value_map: dict[str, int] | None,
-                 background: int | None = None) -> LabelSource:
+                 background: int | None = None, nodata_is_class: bool = False) -> LabelSource:
     """Classify and check a label path: raster, or vector with an existing field."""
     p = Path(path)
     if not p.exists() and not path.startswith("/vsi"):
@@ -118,7 +119,7 @@ def label_source(path: str, label_field: str | None, value_map: dict[str, int] |
             )
         vm = tuple(sorted(value_map.items())) if value_map else None
         return LabelSource(path, "vector", label_field, vm, background)
-    return LabelSource(path, "raster")
+    return LabelSource(path, "raster", nodata_is_class=nodata_is_class)
 
 
 def parse_value_map(text: str | None) -> dict[str, int] | None:
@@ -203,7 +204,7 @@ def plan_windows(
 def _read_label_window(src_label: Any, window: Window, task: ChipTask, img: Any) -> np.ndarray:
     if task.label.kind == "raster":
         arr = src_label.read(1, window=window)
-        if src_label.nodata is not None:
+        if src_label.nodata is not None and not task.label.nodata_is_class:
             arr = np.where(arr == src_label.nodata, task.ignore_value, arr)
         return arr
     return _rasterize_vector(task, img, window)
@@ -432,6 +433,7 @@ def make_chips(
     label_field: str | None = None,
     value_map: dict[str, int] | None = None,
     background: int | None = None,
+    label_nodata_is_class: bool = False,
     class_names: "ClassSpec | None" = None,
     ignore_value: int | None = None,
     min_labeled: float = 0.05,
@@ -474,7 +476,7 @@ def make_chips(
             band_names, dtype = names, info.dtype
         elif len(names) != len(band_names):
             raise ChipError(f"{image} gives {len(names)} bands, the first image {len(band_names)}")
-        src = label_source(labels, label_field, value_map, background)
+        src = label_source(labels, label_field, value_map, background, label_nodata_is_class)
         _check_overlap(image, info, src)
         windows = plan_windows(info.height, info.width, size, stride, block, val_fraction,
                                test_fraction, seed + i)

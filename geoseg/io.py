@@ -21,7 +21,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOEr
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
-from geoseg.errors import GeosegWarning, OutputError, SceneError
+from geoseg.errors import OutputError, SceneError
 from geoseg.tiling import source_indices
 
 #: Class id written where the scene has no data (and so no prediction).

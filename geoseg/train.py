@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -221,7 +222,8 @@ def train(
                 batch_size //= 2
                 torch.cuda.empty_cache()
                 if not quiet:
-                    print(f"out of GPU memory: retrying epoch {epoch + 1} with batch size {batch_size}", flush=True)
+                    print(f"out of GPU memory: retrying epoch {epoch + 1} with batch size {batch_size}",
+                          file=sys.stderr, flush=True)
                 loader = make_loader(batch_size)
         val_scores = validate(network, val_ds, dev, names, batch_size) if len(val_ds) else None
         miou = val_scores.miou if val_scores is not None else -loss_avg
@@ -240,7 +242,7 @@ def train(
             vtxt = (f"val mIoU {val_scores.miou:.4f} OA {val_scores.overall_accuracy:.4f}"
                     if val_scores is not None else "no validation chips")
             print(f"epoch {epoch + 1}/{epochs}  loss {loss_avg:.4f}  {vtxt}  "
-                  f"{rec.seconds:.1f}s{'  *best' if improved else ''}", flush=True)
+                  f"{rec.seconds:.1f}s{'  *best' if improved else ''}", file=sys.stderr, flush=True)
         tmp = state_path.with_name(state_path.name + ".part")
         torch.save({
             "model": {k: v.detach().cpu() for k, v in network.state_dict().items()},

@@ -164,3 +164,15 @@ def test_chip_errors(tmp_path: Path, pair: tuple[Path, Path, np.ndarray], rng: n
     (tmp_path / "c4" / "chips.json").write_text("{broken")
     with pytest.raises(ChipError, match="damaged"):
         load_manifest(tmp_path / "c4")
+
+
+def test_label_raster_nodata_is_unlabelled_unless_it_is_a_class(tmp_path: Path, rng: np.random.Generator, dask_client: object) -> None:
+    img = write_raster(tmp_path / "img.tif", rng.integers(0, 255, (3, 64, 64), dtype=np.uint8))
+    lab = np.zeros((64, 64), np.uint8)
+    lab[16:48, 16:48] = 1
+    path = write_raster(tmp_path / "lab.tif", lab, nodata=0)
+    make_chips([(str(img), str(path))], tmp_path / "a", size=64, val_fraction=0, client=dask_client)
+    assert [c["value"] for c in load_manifest(tmp_path / "a")["classes"]] == [1]
+    make_chips([(str(img), str(path))], tmp_path / "b", size=64, val_fraction=0, label_nodata_is_class=True,
+               client=dask_client)
+    assert [c["value"] for c in load_manifest(tmp_path / "b")["classes"]] == [0, 1]

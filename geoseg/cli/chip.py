@@ -16,6 +16,7 @@ from geoseg.cli.options import report_errors, scheduler_option, workers_option
 @click.option("--label-field", default=None, help="Attribute holding the class, for vector labels.")
 @click.option("--value-map", default=None, metavar="NAME=VALUE,...", help="Map label-field values to class numbers.")
 @click.option("--background", type=click.IntRange(0, 254), default=None, help="Class of pixels outside every polygon (vector labels); default: not labelled.")
+@click.option("--label-nodata-is-class", is_flag=True, help="Read a label raster's nodata value as a class (some rasters flag background as nodata).")
 @click.option("--classes", "class_names", default=None, metavar="VALUE=NAME[:#RRGGBB],...", help="Class names and colours, e.g. 1=farmland:#e6c84b,2=forest.")
 @click.option("--ignore-value", type=click.IntRange(0, 255), default=None, help="Label value meaning 'not labelled' (default 255).")
 @click.option("--min-labeled", type=click.FloatRange(0, 1), default=0.05, show_default=True, help="Least labelled fraction of a chip.")
@@ -29,7 +30,8 @@ from geoseg.cli.options import report_errors, scheduler_option, workers_option
 @scheduler_option
 @report_errors
 def chip_command(pairs: tuple[str, ...], out_dir: str, size: int, stride: int | None, bands: str | None,
-                 label_field: str | None, value_map: str | None, background: int | None, class_names: str | None,
+                 label_field: str | None, value_map: str | None, background: int | None,
+                 label_nodata_is_class: bool, class_names: str | None,
                  ignore_value: int | None, min_labeled: float, max_nodata: float, val_fraction: float,
                  test_fraction: float, split_block: int | None, seed: int, oversample_rare: float,
                  workers: int | None, scheduler: str | None) -> None:
@@ -41,6 +43,7 @@ def chip_command(pairs: tuple[str, ...], out_dir: str, size: int, stride: int | 
     summary = make_chips(
         list(zip(pairs[::2], pairs[1::2])), out_dir, size=size, stride=stride, bands=bands,
         label_field=label_field, value_map=parse_value_map(value_map), background=background,
+        label_nodata_is_class=label_nodata_is_class,
         class_names=parse_class_names(class_names), ignore_value=ignore_value,
         min_labeled=min_labeled, max_nodata=max_nodata, val_fraction=val_fraction,
         test_fraction=test_fraction, split_block=split_block, seed=seed,
