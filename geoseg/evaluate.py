@@ -15,7 +15,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from geoseg.errors import EvaluationError, SceneError
-from geoseg.io import open_scene
+from geoseg.io import open_scene, read_class_names
 from geoseg.metrics import Scores
 
 
@@ -75,7 +75,7 @@ def evaluate(
                 if ignore_value is not None:
                     keep &= t != ignore_value
                 cm += np.bincount(t[keep] * 256 + p[keep], minlength=256 * 256).reshape(256, 256)
-        names = _class_names(pred)
+        names = read_class_names(pred)
         if ref is not ref_src:
             ref.close()
     finally:
@@ -94,14 +94,6 @@ def evaluate(
         tmp.write_text(json.dumps(report, indent=1))
         os.replace(tmp, out)
     return scores
-
-
-def _class_names(src: Any) -> dict[int, str]:
-    tags = src.tags()
-    try:
-        return {int(c["value"]): str(c["name"]) for c in json.loads(tags.get("GEOSEG_CLASSES", "[]"))}
-    except (ValueError, KeyError, TypeError):
-        return {}
 
 
 __all__ = ["evaluate", "SceneError"]

@@ -383,3 +383,11 @@ def class_tags(classes: Sequence[ClassInfo], model_name: str) -> dict[str, str]:
         "GEOSEG_MODEL": model_name,
         **{f"CLASS_{c.value}": c.name for c in classes},
     }
+
+
+def read_class_names(src: Any) -> dict[int, str]:
+    """Class value -> name from the metadata :func:`class_tags` writes (empty if absent)."""
+    try:
+        return {int(c["value"]): str(c["name"]) for c in json.loads(src.tags().get("GEOSEG_CLASSES", "[]"))}
+    except (ValueError, KeyError, TypeError):
+        return {}

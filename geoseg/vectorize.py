@@ -27,7 +27,9 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from geoseg.errors import GeosegError, OutputError
-from geoseg.io import READ_ENV, check_output_path, open_scene, remove_quietly, temporary_sibling
+from geoseg.io import (
+    READ_ENV, check_output_path, open_scene, read_class_names, remove_quietly, temporary_sibling,
+)
 
 #: Output formats by extension: (GDAL driver, supports any CRS).
 FORMATS: dict[str, tuple[str, bool]] = {
@@ -424,7 +426,7 @@ def vectorize(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(raster) as src:
-            names = _class_names(src)
+            names = read_class_names(src)
             block = _block_size(src, block_size)
     pixel_area = abs(info.transform.a * info.transform.e - info.transform.b * info.transform.d) or 1.0
     sieve_px = int(math.ceil(min_area / pixel_area)) if min_area > 0 else 0
@@ -542,13 +544,6 @@ def _rows(client: Any, tasks: list[BlockTask], cols: int, limit: int, progress: 
             yield list(pending.pop(next_row).values())
             next_row += 1
         submit()
-
-
-def _class_names(src: Any) -> dict[int, str]:
-    try:
-        return {int(c["value"]): str(c["name"]) for c in json.loads(src.tags().get("GEOSEG_CLASSES", "[]"))}
-    except (ValueError, KeyError, TypeError):
-        return {}
 
 
 def _probability_bands(path: str, info: Any, names: dict[int, str]) -> tuple[tuple[int, int], ...]:
