@@ -13,21 +13,22 @@ import hashlib
 import json
 import os
 import random
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 import rasterio
-from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.errors import RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from geoseg.errors import ChipError
-from geoseg.io import READ_ENV, ClassInfo, open_scene, remove_quietly, select_bands
+from geoseg.io import (
+    READ_ENV, ClassInfo, no_georef_warning, open_scene, remove_quietly, select_bands,
+)
 
 MANIFEST = "chips.json"
 INDEX = "index.gpkg"
@@ -270,8 +271,7 @@ def run_chip_task(task: ChipTask) -> list[ChipOutcome]:
     """Read, filter and write the chips of one task (the worker writes the files itself)."""
     out_dir = Path(task.out_dir)
     outcomes: list[ChipOutcome] = []
-    with rasterio.Env(**READ_ENV), warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+    with rasterio.Env(**READ_ENV), no_georef_warning():
         img = rasterio.open(task.image)
         lbl: Any = None
         try:
@@ -342,8 +342,7 @@ def _one_chip(task: ChipTask, img: Any, lbl: Any, w: ChipWindow, out_dir: Path) 
 
 def _write_atomic(path: Path, array: np.ndarray, profile: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.part")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+    with no_georef_warning():
         with rasterio.open(tmp, "w", **profile) as dst:
             dst.write(array)
     os.replace(tmp, path)

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import rasterio
-from rasterio.errors import NotGeoreferencedWarning
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from geoseg.errors import EvaluationError, SceneError
-from geoseg.io import open_scene, read_class_names
+from geoseg.io import no_georef_warning, open_scene, read_class_names
 from geoseg.metrics import Scores
 
 
@@ -38,8 +36,7 @@ def evaluate(
     """
     for p in (prediction, reference):
         open_scene(p)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+    with no_georef_warning():
         pred = rasterio.open(prediction)
         ref_src = rasterio.open(reference)
     try:

@@ -27,6 +27,7 @@ from geoseg.io import (
     check_output_path,
     class_tags,
     file_token,
+    no_georef_warning,
     open_scene,
     open_sinks,
     parse_bands,
@@ -59,8 +60,6 @@ class TileTask:
 def run_tile_task(task: TileTask) -> list[TileResult]:
     """Read the task's tiles (mirrored at scene edges), run the network, keep the cores."""
     import rasterio
-    import torch
-    from rasterio.errors import NotGeoreferencedWarning
 
     from geoseg.cluster import set_torch_threads, worker_model
     from geoseg.infer import forward, normalize, resolve_device
@@ -72,8 +71,7 @@ def run_tile_task(task: TileTask) -> list[TileResult]:
     values = [c.value for c in cfg.classes]
     first, last = task.tiles[0], task.tiles[-1]
     with rasterio.Env(**READ_ENV):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with no_georef_warning():
             src = rasterio.open(task.scene)
         with src:
             width = last.input_col + last.input_width - first.input_col
@@ -94,8 +92,6 @@ def run_tile_task(task: TileTask) -> list[TileResult]:
             v = valid[r : r + core.shape[1], o + c : o + c + core.shape[2]]
             results.append(to_result(core, v, t, values, task.probabilities, task.keep_logits))
         del batch, logits
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return results
 
 

@@ -44,6 +44,14 @@ WRITE_CACHE_MB = 64
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 
 
+@contextlib.contextmanager
+def no_georef_warning() -> Iterator[None]:
+    """Silence rasterio's warning for rasters without georeferencing: predict warns once itself."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        yield
+
+
 def is_virtual(path: str) -> bool:
     """True for GDAL virtual paths and URLs that cannot be checked with os.path."""
     return path.startswith("/vsi") or "://" in path
@@ -81,8 +89,7 @@ def open_scene(path: str | os.PathLike[str]) -> SceneInfo:
         if not os.access(path, os.R_OK):
             raise SceneError(f"scene {path} is not readable; check its permissions")
     try:
-        with rasterio.Env(**READ_ENV), warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.Env(**READ_ENV), no_georef_warning():
             with rasterio.open(path) as src:
                 dtypes = set(src.dtypes)
                 if len(dtypes) != 1:
@@ -302,8 +309,7 @@ class RasterSink:
         if scene.georeferenced:
             profile["crs"] = scene.crs
             profile["transform"] = scene.transform
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with no_georef_warning():
             self._dst = rasterio.open(self.tmp, "w", **profile)
         if classes is not None:
             cmap = {c.value: (*c.color, 255) for c in classes}
@@ -326,8 +332,7 @@ class RasterSink:
         """Close the temporary file, convert it to a COG, and rename it onto the final path."""
         self._dst.close()
         self.cog_tmp = temporary_sibling(self.path)
-        with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"), no_georef_warning():
             rasterio.shutil.copy(
                 str(self.tmp),
                 str(self.cog_tmp),

@@ -15,7 +15,6 @@ import json
 import math
 import os
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -23,12 +22,12 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import rasterio
 from affine import Affine
-from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from geoseg.errors import GeosegError, OutputError
 from geoseg.io import (
-    READ_ENV, check_output_path, open_scene, read_class_names, remove_quietly, temporary_sibling,
+    READ_ENV, check_output_path, no_georef_warning, open_scene, read_class_names, remove_quietly,
+    temporary_sibling,
 )
 
 #: Output formats by extension: (GDAL driver, supports any CRS).
@@ -137,8 +136,7 @@ def run_block_task(task: BlockTask) -> BlockResult:
     from rasterio.features import shapes, sieve
 
     h = task.halo
-    with rasterio.Env(**READ_ENV), warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+    with rasterio.Env(**READ_ENV), no_georef_warning():
         with rasterio.open(task.raster) as src:
             r0, c0 = max(task.row_off - h, 0), max(task.col_off - h, 0)
             r1 = min(task.row_off + task.height + h, src.height)
@@ -423,8 +421,7 @@ def vectorize(
             f"{driver} holds WGS 84 (EPSG:4326) coordinates only, and the raster is in "
             f"{info.crs.to_string()}; write .gpkg or .fgb instead"
         )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+    with no_georef_warning():
         with rasterio.open(raster) as src:
             names = read_class_names(src)
             block = _block_size(src, block_size)
