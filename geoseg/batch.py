@@ -36,7 +36,7 @@ SCHEMA: dict[str, Any] = {
     "workers": int,
     "output": {"folder": str, "pattern": str},
     "predict": {"tile": int, "margin": (int, str), "batch_size": int, "device": str, "bands": (str, list),
-                "probabilities": bool},
+                "probabilities": bool, "tta": str, "scales": list, "crf": (bool, dict)},
     "vector": {"format": str, "connectivity": int, "skip_class": list, "min_area": (int, float),
                "simplify": (int, float)},
 }

@@ -18,7 +18,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import rasterio
 
+from geoseg.crf import CRFParams
 from geoseg.errors import GeosegWarning, TilingError
+from geoseg.infer import InferenceOptions
 from geoseg.io import (
     CLASS_NODATA,
     READ_ENV,
@@ -39,6 +41,8 @@ from geoseg.tiling import Tile, TileGrid, auto_margin
 
 DEFAULT_TILE = 512
 DEFAULT_BATCH = 4
+#: Margin for models whose receptive field is the whole input (global pooling): a compromise.
+GLOBAL_MODEL_MARGIN = 128
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,7 @@ class TileTask:
     probabilities: bool
     keep_logits: bool = False
     torch_threads: int | None = None
+    options: InferenceOptions = InferenceOptions()
 
 
 def run_tile_task(task: TileTask) -> list[TileResult]:
@@ -85,7 +90,7 @@ def run_tile_task(task: TileTask) -> list[TileResult]:
         chunk = task.tiles[start : start + task.batch_size]
         offsets = [t.input_col - first.input_col for t in chunk]
         batch = np.stack([x[:, :, o : o + t.input_width] for o, t in zip(offsets, chunk)])
-        logits = forward(model.network, batch, device)
+        logits = forward(model.network, batch, device, task.options)
         for t, o, lg in zip(chunk, offsets, logits):
             core = crop_core(lg, t)
             r, c = t.core_offset
@@ -120,6 +125,7 @@ def plan_tasks(
     grid: TileGrid, scene: str, bands: Sequence[int], model_path: str, model_sha256: str,
     device: str, batch_size: int, probabilities: bool, tiles_per_task: int,
     torch_threads: int | None = None, keep_logits: bool = False,
+    options: InferenceOptions = InferenceOptions(),
 ) -> list[TileTask]:
     """Every task of a scene, in grid order."""
     return [
@@ -127,6 +133,7 @@ def plan_tasks(
             scene=scene, bands=tuple(bands), tiles=tuple(g), model_path=model_path,
             model_sha256=model_sha256, device=device, batch_size=batch_size,
             probabilities=probabilities, keep_logits=keep_logits, torch_threads=torch_threads,
+            options=options,
         )
         for g in grid.groups(tiles_per_task)
     ]
@@ -158,13 +165,18 @@ def predict(
     client: Any = None,
     vector: str | os.PathLike[str] | None = None,
     vector_options: dict[str, Any] | None = None,
+    tta: str = "none",
+    scales: Sequence[float] = (1.0,),
+    crf: CRFParams | dict[str, Any] | bool | None = None,
 ) -> PredictResult:
     """Segment ``scene`` into a uint8 class-raster COG at ``output`` (and class probabilities).
 
     The output has the scene's grid exactly; its pixels equal one pass of the network over the
     whole mirror-padded scene, whatever ``tile`` is, because margins cover the receptive field.
     ``vector`` also polygonizes the class raster (see :func:`geoseg.vectorize.vectorize`, whose
-    keyword arguments ``vector_options`` holds).
+    keyword arguments ``vector_options`` holds). ``tta`` (``flip`` or ``d4``), ``scales`` and
+    ``crf`` (True or :class:`CRFParams`) add test-time augmentation and the dense CRF; the
+    automatic margin grows to cover them, so tiling stays exact.
     """
     from geoseg.models.checkpoint import load_model
 
@@ -186,9 +198,17 @@ def predict(
     loaded = load_model(model, device="cpu")
     cfg = loaded.config
     band_list = parse_bands(bands, info.count, cfg.in_channels)
-    stride = cfg.output_stride
+    options = InferenceOptions(tta=tta, scales=tuple(float(s) for s in scales), crf=crf_params(crf))
+    stride = options.alignment(cfg.output_stride)
     if margin == "auto" or margin is None:
-        margin_px = auto_margin(cfg.receptive_field, stride)
+        if cfg.receptive_field < 0:
+            warnings.warn(
+                f"{loaded.name} pools over its whole input ({cfg.arch} with global image pooling), "
+                "so its output depends on --tile; prefer a model trained with image_pooling=window",
+                GeosegWarning, stacklevel=2,
+            )
+        rf = GLOBAL_MODEL_MARGIN if cfg.receptive_field < 0 else cfg.receptive_field
+        margin_px = auto_margin(options.context(rf), stride)
     else:
         margin_px = int(margin)
     grid = TileGrid.create(info.height, info.width, int(tile), margin_px, stride)
@@ -210,7 +230,7 @@ def predict(
             torch_threads = max(1, cpu_count() // nthreads)
         tasks = plan_tasks(
             grid, info.path, band_list, str(Path(loaded.path).resolve()), loaded.sha256, device,
-            batch_size, prob_path is not None, per_task, torch_threads,
+            batch_size, prob_path is not None, per_task, torch_threads, options=options,
         )
         progress = Progress(len(grid), quiet=quiet)
         link = dashboard_link(client)
@@ -262,6 +282,20 @@ def predict(
         overlap_factor=grid.overlap_factor,
         model=loaded.name,
     )
+
+
+def crf_params(crf: CRFParams | dict[str, Any] | bool | None) -> CRFParams | None:
+    """CRF settings from True (defaults), a dict of :class:`CRFParams` fields, or None/False."""
+    if crf is None or crf is False:
+        return None
+    if crf is True:
+        return CRFParams()
+    if isinstance(crf, dict):
+        try:
+            return CRFParams(**crf)
+        except TypeError as exc:
+            raise TilingError(f"bad CRF settings {crf}: {exc}") from None
+    return crf
 
 
 def dashboard_link(client: Any) -> str | None:

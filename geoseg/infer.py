@@ -1,14 +1,54 @@
-"""A batch of raw tiles in, logits out: device choice, normalization, inference mode."""
+"""A batch of raw tiles in, logits out: device choice, normalization, test-time augmentation
+(D4 flips and rotations, input scales) and the dense CRF."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
+from geoseg.crf import CRFParams, dense_crf
 from geoseg.errors import ModelError
+from geoseg.tiling import context_radius, scale_fractions, scales_alignment
+
+TTA_MODES = ("none", "flip", "d4")
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """What happens to a normalized batch besides one forward pass; part of every tile task.
+
+    ``tta``: ``flip`` averages logits over the identity and a horizontal flip, ``d4`` over the
+    eight flips and rotations. ``scales``: logits averaged over rescaled inputs. ``crf``: dense
+    CRF mean-field on the averaged scores.
+    """
+
+    tta: str = "none"
+    scales: tuple[float, ...] = (1.0,)
+    crf: CRFParams | None = None
+
+    def __post_init__(self) -> None:
+        if self.tta not in TTA_MODES:
+            raise ModelError(f"unknown --tta {self.tta!r}; use {', '.join(TTA_MODES)}")
+        if not self.scales:
+            raise ModelError("--scales needs at least one scale, e.g. 1 or 0.75,1,1.25")
+        scale_fractions(self.scales)
+
+    @property
+    def plain(self) -> bool:
+        return self.tta == "none" and tuple(self.scales) == (1.0,) and self.crf is None
+
+    def alignment(self, stride: int) -> int:
+        """Tile origins and sizes must be multiples of this (the stride, more with scales)."""
+        return scales_alignment(stride, self.scales)
+
+    def context(self, receptive_field: int) -> int:
+        """Pixels of context one output pixel needs: the tile margin that keeps tiling exact."""
+        return context_radius(receptive_field, self.scales, self.crf.reach if self.crf else 0)
 
 
 def resolve_device(spec: str | torch.device = "auto") -> torch.device:
@@ -43,10 +83,57 @@ def normalize(
 
 
 @torch.inference_mode()
-def forward(network: nn.Module, batch: np.ndarray, device: torch.device) -> torch.Tensor:
-    """Logits (float32, on the CPU) for a normalized N x C x H x W batch."""
+def forward(
+    network: nn.Module, batch: np.ndarray, device: torch.device, options: InferenceOptions | None = None
+) -> torch.Tensor:
+    """Logits (float32, on the CPU) for a normalized N x C x H x W batch; with a CRF, its
+    log-probabilities (same argmax and softmax semantics)."""
     x = torch.from_numpy(batch)
     if device.type == "cuda":
         x = x.pin_memory().to(device, non_blocking=True)
-    logits = network(x)
-    return logits.float().cpu()
+    if options is None or options.plain:
+        return network(x).float().cpu()
+    logits = _scales_tta(network, x, options)
+    if options.crf is not None:
+        logits = torch.cat([dense_crf(lg[None], xi[None], options.crf) for lg, xi in zip(logits, x.float())])
+    return logits.cpu()
+
+
+def _d4(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    x = torch.rot90(x, k, (2, 3))
+    return torch.flip(x, (3,)) if flip else x
+
+
+def _d4_inverse(y: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    if flip:
+        y = torch.flip(y, (3,))
+    return torch.rot90(y, -k, (2, 3))
+
+
+def _transforms(tta: str) -> list[tuple[int, bool]]:
+    if tta == "d4":
+        return [(k, f) for k in range(4) for f in (False, True)]
+    if tta == "flip":
+        return [(0, False), (0, True)]
+    return [(0, False)]
+
+
+def _scales_tta(network: nn.Module, x: torch.Tensor, options: InferenceOptions) -> torch.Tensor:
+    """Mean logits over every (scale, D4 transform) pair, at the input's resolution."""
+    size = x.shape[-2:]
+    total: torch.Tensor | None = None
+    count = 0
+    for p, q in scale_fractions(options.scales):
+        if (p, q) == (1, 1):
+            xs = x
+        else:
+            scaled = (size[0] * p // q, size[1] * p // q)
+            xs = F.interpolate(x, size=scaled, mode="bilinear", align_corners=False, antialias=p < q)
+        for k, flip in _transforms(options.tta):
+            y = _d4_inverse(network(_d4(xs, k, flip)).float(), k, flip)
+            if y.shape[-2:] != size:
+                y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+            total = y if total is None else total + y
+            count += 1
+    assert total is not None
+    return total / count

@@ -180,3 +180,37 @@ class TileGrid:
 def source_indices(start: int, length: int, n: int) -> np.ndarray:
     """Scene indices (mirrored at the edges) for ``length`` positions starting at ``start``."""
     return reflect_index(np.arange(start, start + length), n)
+
+
+def scale_fractions(scales: "tuple[float, ...] | list[float]") -> list[tuple[int, int]]:
+    """Each input scale as a fraction ``p/q`` with a small denominator (at most 8)."""
+    from fractions import Fraction
+
+    out = []
+    for s in scales:
+        if not 0.1 <= float(s) <= 4:
+            raise TilingError(f"scale {s} is out of range; use scales between 0.1 and 4, e.g. 0.75,1,1.25")
+        f = Fraction(float(s)).limit_denominator(8)
+        out.append((f.numerator, f.denominator))
+    return out
+
+
+def scales_alignment(stride: int, scales: "tuple[float, ...] | list[float]") -> int:
+    """The tile alignment that keeps multi-scale inference seamless.
+
+    A tile origin ``o`` maps to ``o * p / q`` at scale ``p/q``; that must land on the network's
+    stride lattice, so origins (and tile sizes) must be multiples of ``stride * q``.
+    """
+    from math import lcm
+
+    return stride * lcm(*(q for _, q in scale_fractions(scales))) if scales else stride
+
+
+def context_radius(receptive_field: int, scales: "tuple[float, ...] | list[float]" = (), extra: int = 0) -> int:
+    """Input pixels one output pixel depends on, with rescaled inputs (the receptive field grows
+    by 1/scale, plus the bilinear resampling taps both ways) and ``extra`` post-processing reach."""
+    radius = int(receptive_field)
+    for p, q in scale_fractions(scales):
+        if (p, q) != (1, 1):
+            radius = max(radius, -(-(int(receptive_field) + 2) * q // p) + 2)
+    return radius + int(extra)

@@ -97,6 +97,8 @@ def make_model_file(
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.3, 0.3)
             m.running_var.uniform_(0.5, 1.5)
+        if isinstance(m, torch.nn.Conv2d) and not m.weight.any():
+            torch.nn.init.normal_(m.weight, std=0.2)  # FCN's zero-initialised skip scores
     net.eval()
     with torch.no_grad():
         head = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)][-1]

@@ -8,6 +8,7 @@ from geoseg.cli.options import (
     device_option, margin_type, overwrite_option, quiet_option, report_errors, scheduler_option,
     workers_option,
 )
+from geoseg.crf import CRFParams
 from geoseg.cli.vectorize import connectivity_option, min_area_option, simplify_option, skip_option
 
 
@@ -23,6 +24,16 @@ from geoseg.cli.vectorize import connectivity_option, min_area_option, simplify_
 @device_option
 @click.option("--bands", default=None, metavar="1,2,3", help="Scene bands that feed the model, in order (1-based).")
 @click.option("--probabilities", type=click.Path(dir_okay=False), default=None, help="Also write per-class probabilities (uint8 0-255) to this COG.")
+@click.option("--tta", type=click.Choice(["none", "flip", "d4"]), default="none", show_default=True, help="Test-time augmentation: average logits over flips (d4: and rotations).")
+@click.option("--scales", default="1", show_default=True, metavar="0.75,1,1.25", help="Average logits over these input scales.")
+@click.option("--crf", is_flag=True, help="Refine with the dense CRF (DeepLab v1); margin grows by iterations x radius.")
+@click.option("--crf-iterations", type=click.IntRange(min=1), default=CRFParams.iterations, show_default=True)
+@click.option("--crf-radius", type=click.IntRange(min=1), default=CRFParams.radius, show_default=True, help="Kernel window radius (pixels).")
+@click.option("--crf-theta-alpha", type=click.FloatRange(min=0, min_open=True), default=CRFParams.theta_alpha, show_default=True, help="Bilateral kernel: position scale (pixels).")
+@click.option("--crf-theta-beta", type=click.FloatRange(min=0, min_open=True), default=CRFParams.theta_beta, show_default=True, help="Bilateral kernel: colour scale (normalized band units).")
+@click.option("--crf-theta-gamma", type=click.FloatRange(min=0, min_open=True), default=CRFParams.theta_gamma, show_default=True, help="Gaussian kernel: position scale (pixels).")
+@click.option("--crf-w-bilateral", type=click.FloatRange(min=0), default=CRFParams.w_bilateral, show_default=True)
+@click.option("--crf-w-gaussian", type=click.FloatRange(min=0), default=CRFParams.w_gaussian, show_default=True)
 @click.option("--vector", type=click.Path(dir_okay=False), default=None, help="Also write polygons of the classes (.gpkg .fgb .shp .geojson .parquet).")
 @connectivity_option
 @skip_option
@@ -35,7 +46,9 @@ def predict_command(
     scene: str, output: str, model: str | None, tile: int, margin: str, batch_size: int,
     workers: int | None, scheduler: str | None, device: str, bands: str | None,
     probabilities: str | None, vector: str | None, connectivity: str, skip_classes: tuple[int, ...],
-    min_area: float, simplify: float | None, overwrite: bool, quiet: bool,
+    min_area: float, simplify: float | None, overwrite: bool, quiet: bool, tta: str, scales: str,
+    crf: bool, crf_iterations: int, crf_radius: int, crf_theta_alpha: float, crf_theta_beta: float,
+    crf_theta_gamma: float, crf_w_bilateral: float, crf_w_gaussian: float,
 ) -> None:
     """Segment SCENE into a georeferenced class raster (Cloud-Optimized GeoTIFF)."""
     from geoseg.graph import predict
@@ -44,12 +57,20 @@ def predict_command(
         margin_value = margin_type(margin)
     except click.BadParameter as exc:
         raise click.BadParameter(str(exc), param_hint="--margin") from None
+    try:
+        scale_list = [float(v) for v in scales.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{scales!r} is not a comma-separated list of numbers, e.g. 0.75,1,1.25",
+                                 param_hint="--scales") from None
+    crf_params = CRFParams(crf_iterations, crf_radius, crf_theta_alpha, crf_theta_beta, crf_theta_gamma,
+                           crf_w_bilateral, crf_w_gaussian) if crf else None
     result = predict(
         scene, output, model=model, tile=tile, margin=margin_value, batch_size=batch_size,
         workers=workers, scheduler=scheduler, device=device, bands=bands,
         probabilities=probabilities, overwrite=overwrite, quiet=quiet, vector=vector,
         vector_options=dict(connectivity=int(connectivity), skip_classes=skip_classes,
                             min_area=min_area, simplify=simplify),
+        tta=tta, scales=scale_list, crf=crf_params,
     )
     if not quiet:
         click.echo(

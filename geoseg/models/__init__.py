@@ -59,6 +59,8 @@ def output_stride(network: nn.Module) -> int:
 
 
 def _register_builtin() -> None:
+    from geoseg.models.deeplab import DeepLabV1, DeepLabV3Plus
+    from geoseg.models.fcn import FCN
     from geoseg.models.unet import UNet
 
     register(
@@ -72,6 +74,30 @@ def _register_builtin() -> None:
         UNet,
         {"depth": 3, "base_width": 16, "upsample": "transpose"},
         "U-Net sized to train on a CPU in minutes (depth 3, 16 base filters)",
+    )
+    for variant in (32, 16, 8):
+        register(
+            f"fcn{variant}s",
+            FCN,
+            {"variant": variant, "width": 1.0, "fc_channels": 4096, "batch_norm": True},
+            f"FCN-{variant}s on VGG-16(-BN), fc6/fc7 as convolutions"
+            + ("" if variant == 32 else ", score fusion of " + ("pool4" if variant == 16 else "pool4 and pool3"))
+            + ", bilinear-initialised transposed convolutions",
+        )
+    register(
+        "deeplabv1",
+        DeepLabV1,
+        {"width": 1.0, "fc_channels": 1024, "fc6_rate": 12, "dilations": [2, 2, 2], "msc": False},
+        "DeepLab v1 LargeFOV on VGG-16(-BN): stride-1 pool4/pool5, dilated conv5 and fc6 (rate 12); "
+        "msc = multi-scale heads; use with predict --crf",
+    )
+    register(
+        "deeplabv3plus",
+        DeepLabV3Plus,
+        {"backbone": "resnet50", "output_stride": 16, "aspp_rates": [6, 12, 18],
+         "dilations": [1, 2, 2], "image_pooling": "window", "pool_window": 128},
+        "DeepLab v3+: ResNet-50 or MobileNetV3 backbone, ASPP (6, 12, 18) with image pooling over "
+        "a sliding window (tiling-safe; 'global' is the paper's), low-level decoder",
     )
 
 

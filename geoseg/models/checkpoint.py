@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import pickle
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,8 @@ from geoseg import __version__
 from geoseg.errors import CheckpointError, ModelError
 from geoseg.io import ClassInfo
 from geoseg.models import create_model, output_stride
-from geoseg.models.receptive_field import measure_receptive_field
+from geoseg.models.dilation import GriddingWarning
+from geoseg.models.receptive_field import NonLocalError, measure_receptive_field
 
 FORMAT = "geoseg-model"
 FORMAT_VERSION = 1
@@ -31,6 +33,8 @@ DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 #: Models that ship inside the package: name -> file in geoseg/data.
 BUILTIN_MODELS = {"s2-landcover-unet": "s2-landcover-unet.pt"}
 DEFAULT_MODEL = "s2-landcover-unet"
+#: ``receptive_field`` of a network that pools over its whole input.
+GLOBAL_RECEPTIVE_FIELD = -1
 
 
 @dataclass
@@ -157,7 +161,10 @@ def build_config(
 ) -> ModelConfig:
     """A config whose receptive field and stride are measured from ``network``."""
     stride = output_stride(network)
-    rf = measure_receptive_field(network, len(band_names), stride)
+    try:
+        rf = measure_receptive_field(network, len(band_names), stride)
+    except NonLocalError:
+        rf = GLOBAL_RECEPTIVE_FIELD
     return ModelConfig(
         arch=arch,
         arch_kwargs=dict(arch_kwargs),
@@ -222,7 +229,10 @@ def load_model(
     """Load a model (``None`` = the built-in one) in eval mode on ``device``."""
     path, name = resolve_model_path(name_or_path)
     config, state = read_model_file(path)
-    network = create_model(config.arch, config.in_channels, len(config.classes), **config.arch_kwargs)
+    with warnings.catch_warnings():
+        # A trained model's dilation schedule is fixed; the warning is for whoever trains one.
+        warnings.simplefilter("ignore", GriddingWarning)
+        network = create_model(config.arch, config.in_channels, len(config.classes), **config.arch_kwargs)
     try:
         network.load_state_dict(state)
     except RuntimeError as exc:
