@@ -35,8 +35,9 @@ SCHEMA: dict[str, Any] = {
     "scheduler": str,
     "workers": int,
     "output": {"folder": str, "pattern": str},
-    "predict": {"tile": int, "margin": (int, str), "batch_size": int, "device": str, "bands": (str, list),
-                "probabilities": bool, "tta": str, "scales": list, "crf": (bool, dict)},
+    "predict": {"tile": (int, str), "margin": (int, str), "batch_size": int, "device": str, "bands": (str, list),
+                "probabilities": bool, "tta": str, "scales": list, "crf": (bool, dict), "precision": str,
+                "channels_last": bool, "on_error": str},
     "vector": {"format": str, "connectivity": int, "skip_class": list, "min_area": (int, float),
                "simplify": (int, float)},
 }

@@ -1,41 +1,106 @@
 """Dask clients from settings, and the per-worker model cache.
 
-A worker loads a model the first time a task names it (by path and content hash) and keeps it,
-so tasks carry only the path and hash, never weights.
+A worker loads a model the first time a task names it (by content hash) and keeps it, so tasks
+carry only the path and hash, never weights. On a cluster the client scatters the model file's
+bytes once (broadcast, keyed by content); a worker that has no such file path reads those
+bytes instead, so workers need no shared file system for the model.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
+import tempfile
 import threading
+import warnings
+from pathlib import Path
 from typing import Any
 
 from geoseg.errors import SchedulerError
 
-_MODELS: dict[tuple[str, str, str], Any] = {}
+_MODELS: dict[tuple[str, str, bool, bool], Any] = {}
 _LOCK = threading.Lock()
+_BATCH_LIMITS: dict[tuple[str, str], int] = {}
+log = logging.getLogger("geoseg")
 
 
-def worker_model(path: str, sha256: str, device: str) -> Any:
-    """The loaded model for ``(path, sha256, device)`` in this process, loading it once."""
-    key = (path, sha256, device)
+def worker_model(
+    path: str, sha256: str, device: str, blob: bytes | None = None,
+    channels_last: bool = False, compile: bool = False,
+) -> Any:
+    """The loaded model with content hash ``sha256`` on ``device`` in this process, loaded once.
+
+    ``blob`` (the file's bytes, scattered by the client) is used when ``path`` is not readable
+    here or holds a different file.
+    """
+    key = (sha256, device, channels_last, compile)
     model = _MODELS.get(key)
     if model is not None:
         return model
     with _LOCK:
         model = _MODELS.get(key)
         if model is None:
-            from geoseg.errors import CheckpointError
-            from geoseg.models.checkpoint import load_model
+            model = _load(path, sha256, device, blob)
+            if channels_last:
+                import torch
 
-            model = load_model(path, device=device)
-            if model.sha256 != sha256:
-                raise CheckpointError(
-                    f"model {path} on this worker differs from the client's copy "
-                    "(content hash mismatch); give every worker the same file"
-                )
+                model.network = model.network.to(memory_format=torch.channels_last)
+            if compile:
+                model.network = _compiled(model.network)
             _MODELS[key] = model
     return model
+
+
+def _load(path: str, sha256: str, device: str, blob: bytes | None) -> Any:
+    from geoseg.errors import CheckpointError
+    from geoseg.models.checkpoint import file_sha256, load_model
+
+    if os.path.isfile(path) and file_sha256(path) == sha256:
+        return load_model(path, device=device)
+    if blob is None:
+        raise CheckpointError(
+            f"model {path} is not on this worker, or differs from the client's copy (content hash "
+            "mismatch); give every worker the same file"
+        )
+    if hashlib.sha256(blob).hexdigest() != sha256:
+        raise CheckpointError("the model bytes sent to this worker are damaged (content hash mismatch)")
+    cache = Path(tempfile.gettempdir()) / "geoseg-models"
+    cache.mkdir(exist_ok=True)
+    local = cache / f"{sha256}.pt"
+    if not local.exists():
+        tmp = cache / f".{sha256}.{os.getpid()}.part"
+        tmp.write_bytes(blob)
+        os.replace(tmp, local)
+    model = load_model(local, device=device)
+    model.path = path
+    return model
+
+
+def _compiled(network: Any) -> Any:
+    """``torch.compile`` the network; where that cannot work (no compiler), keep it eager."""
+    import torch
+
+    try:
+        return torch.compile(network, dynamic=False)
+    except Exception as exc:  # noqa: BLE001 - compilation is an optimisation, never a failure
+        warnings.warn(f"torch.compile unavailable ({exc}); running eagerly", RuntimeWarning, stacklevel=2)
+        return network
+
+
+def batch_limit(sha256: str, device: str, requested: int) -> int:
+    """The batch size this worker uses for a model: ``requested``, or less after CUDA ran out of memory."""
+    return min(requested, _BATCH_LIMITS.get((sha256, device), requested))
+
+
+def lower_batch_limit(sha256: str, device: str, failed: int) -> int:
+    """Halve the batch after an out-of-memory error; logged once per model and size."""
+    new = max(1, failed // 2)
+    key = (sha256, device)
+    if _BATCH_LIMITS.get(key, failed + 1) > new:
+        _BATCH_LIMITS[key] = new
+        log.warning("geoseg: %s ran out of memory at batch %d; using batch %d from now on", device, failed, new)
+    return new
 
 
 def set_torch_threads(n: int | None) -> None:

@@ -28,7 +28,11 @@ class CheckpointError(ModelError):
 
 
 class SchedulerError(GeosegError, ConnectionError):
-    """The Dask scheduler cannot be reached."""
+    """The Dask scheduler cannot be reached, or was lost during a run."""
+
+
+class TileError(GeosegError, RuntimeError):
+    """One tile task could not be read or inferred; the message names the scene and window."""
 
 
 class ChipError(GeosegError, ValueError):

@@ -8,6 +8,7 @@ memory does not depend on the size of the scene.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import warnings
@@ -17,9 +18,12 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import rasterio
+from rasterio.windows import Window
 
 from geoseg.crf import CRFParams
-from geoseg.errors import GeosegWarning, TilingError
+from geoseg.errors import (
+    CheckpointError, GeosegWarning, ModelError, SchedulerError, TileError, TilingError,
+)
 from geoseg.infer import InferenceOptions
 from geoseg.io import (
     CLASS_NODATA,
@@ -37,9 +41,15 @@ from geoseg.io import (
 )
 from geoseg.progress import Progress
 from geoseg.stitch import TileResult, crop_core, to_result
-from geoseg.tiling import Tile, TileGrid, auto_margin
+from geoseg.tiling import Tile, TileGrid, auto_margin, round_up
 
 DEFAULT_TILE = 512
+
+
+def auto_tile(margin: int, alignment: int) -> int:
+    """Tile size for ``tile="auto"``: 512, or four margins for models with a wide receptive field,
+    so the core stays at least half the tile and the overlap factor at most 4."""
+    return max(DEFAULT_TILE, round_up(4 * margin, alignment))
 DEFAULT_BATCH = 4
 #: Margin for models whose receptive field is the whole input (global pooling): a compromise.
 GLOBAL_MODEL_MARGIN = 128
@@ -60,18 +70,58 @@ class TileTask:
     keep_logits: bool = False
     torch_threads: int | None = None
     options: InferenceOptions = InferenceOptions()
+    skip_errors: bool = False
 
 
-def run_tile_task(task: TileTask) -> list[TileResult]:
-    """Read the task's tiles (mirrored at scene edges), run the network, keep the cores."""
+def run_tile_task(task: TileTask, model_blob: bytes | None = None) -> list[TileResult]:
+    """Read the task's tiles (mirrored at scene edges), run the network, keep the cores.
+
+    Any failure becomes a :class:`TileError` naming the scene and the window; with
+    ``skip_errors`` the tiles are retried one by one and those that still fail come back as
+    nodata results carrying the error.
+    """
+    try:
+        return _run_tile_task(task, model_blob)
+    except (CheckpointError, ModelError, MemoryError):
+        raise  # not this tile's fault: every tile would fail the same way
+    except Exception as exc:
+        if task.skip_errors:
+            return _tile_by_tile(task, model_blob)
+        first, last = task.tiles[0].core, task.tiles[-1].core
+        raise TileError(
+            f"{task.scene}: tiles at rows {first.row_off}-{last.row_off + last.height}, columns "
+            f"{first.col_off}-{last.col_off + last.width} failed ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); --on-error skip writes nodata there instead"
+        ) from exc
+
+
+def _tile_by_tile(task: TileTask, model_blob: bytes | None) -> list[TileResult]:
+    from dataclasses import replace
+
+    results: list[TileResult] = []
+    for tile in task.tiles:
+        single = replace(task, tiles=(tile,), skip_errors=False)
+        try:
+            results.extend(run_tile_task(single, model_blob))
+        except TileError as exc:
+            (res,) = nodata_results(single, 0, False)
+            res.error = str(exc)
+            results.append(res)
+    return results
+
+
+def _run_tile_task(task: TileTask, model_blob: bytes | None) -> list[TileResult]:
     import rasterio
+    import torch
 
-    from geoseg.cluster import set_torch_threads, worker_model
+    from geoseg.cluster import batch_limit, lower_batch_limit, set_torch_threads, worker_model
     from geoseg.infer import forward, normalize, resolve_device
 
     set_torch_threads(task.torch_threads)
     device = resolve_device(task.device)
-    model = worker_model(task.model_path, task.model_sha256, str(device))
+    opts = task.options
+    model = worker_model(task.model_path, task.model_sha256, str(device), model_blob,
+                         opts.channels_last, opts.compile)
     cfg = model.config
     values = [c.value for c in cfg.classes]
     first, last = task.tiles[0], task.tiles[-1]
@@ -86,17 +136,28 @@ def run_tile_task(task: TileTask) -> list[TileResult]:
     x = normalize(data, valid, cfg.mean, cfg.std)
     del data
     results: list[TileResult] = []
-    for start in range(0, len(task.tiles), task.batch_size):
-        chunk = task.tiles[start : start + task.batch_size]
+    start = 0
+    while start < len(task.tiles):
+        size = batch_limit(task.model_sha256, str(device), task.batch_size)
+        chunk = task.tiles[start : start + size]
         offsets = [t.input_col - first.input_col for t in chunk]
         batch = np.stack([x[:, :, o : o + t.input_width] for o, t in zip(offsets, chunk)])
-        logits = forward(model.network, batch, device, task.options)
+        try:
+            logits = forward(model.network, batch, device, opts)
+        except torch.cuda.OutOfMemoryError:
+            if size == 1:
+                raise
+            del batch
+            torch.cuda.empty_cache()
+            lower_batch_limit(task.model_sha256, str(device), size)
+            continue
         for t, o, lg in zip(chunk, offsets, logits):
             core = crop_core(lg, t)
             r, c = t.core_offset
             v = valid[r : r + core.shape[1], o + c : o + c + core.shape[2]]
             results.append(to_result(core, v, t, values, task.probabilities, task.keep_logits))
         del batch, logits
+        start += len(chunk)
     return results
 
 
@@ -114,6 +175,7 @@ class PredictResult:
     margin: int
     overlap_factor: float
     model: str
+    skipped: list[Window] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -125,7 +187,7 @@ def plan_tasks(
     grid: TileGrid, scene: str, bands: Sequence[int], model_path: str, model_sha256: str,
     device: str, batch_size: int, probabilities: bool, tiles_per_task: int,
     torch_threads: int | None = None, keep_logits: bool = False,
-    options: InferenceOptions = InferenceOptions(),
+    options: InferenceOptions = InferenceOptions(), skip_errors: bool = False,
 ) -> list[TileTask]:
     """Every task of a scene, in grid order."""
     return [
@@ -133,7 +195,7 @@ def plan_tasks(
             scene=scene, bands=tuple(bands), tiles=tuple(g), model_path=model_path,
             model_sha256=model_sha256, device=device, batch_size=batch_size,
             probabilities=probabilities, keep_logits=keep_logits, torch_threads=torch_threads,
-            options=options,
+            options=options, skip_errors=skip_errors,
         )
         for g in grid.groups(tiles_per_task)
     ]
@@ -150,7 +212,7 @@ def predict(
     scene: str | os.PathLike[str],
     output: str | os.PathLike[str],
     model: str | os.PathLike[str] | None = None,
-    tile: int = DEFAULT_TILE,
+    tile: int | str = "auto",
     margin: int | str = "auto",
     batch_size: int = DEFAULT_BATCH,
     workers: int | None = None,
@@ -168,15 +230,25 @@ def predict(
     tta: str = "none",
     scales: Sequence[float] = (1.0,),
     crf: CRFParams | dict[str, Any] | bool | None = None,
+    precision: str = "fp32",
+    channels_last: bool = False,
+    compile: bool = False,
+    on_error: str = "fail",
 ) -> PredictResult:
     """Segment ``scene`` into a uint8 class-raster COG at ``output`` (and class probabilities).
+
+    ``tile`` is the network input size including margins; ``auto`` is 512, or four margins
+    when the model's receptive field is wide (see :func:`auto_tile`).
 
     The output has the scene's grid exactly; its pixels equal one pass of the network over the
     whole mirror-padded scene, whatever ``tile`` is, because margins cover the receptive field.
     ``vector`` also polygonizes the class raster (see :func:`geoseg.vectorize.vectorize`, whose
     keyword arguments ``vector_options`` holds). ``tta`` (``flip`` or ``d4``), ``scales`` and
     ``crf`` (True or :class:`CRFParams`) add test-time augmentation and the dense CRF; the
-    automatic margin grows to cover them, so tiling stays exact.
+    automatic margin grows to cover them, so tiling stays exact. ``precision`` (bf16, fp16),
+    ``channels_last`` and ``compile`` tune the forward pass. ``on_error="skip"`` writes nodata
+    where a tile task fails and lists those windows (result ``skipped``, and a JSON report
+    beside the output) instead of failing the run.
     """
     from geoseg.models.checkpoint import load_model
 
@@ -198,7 +270,10 @@ def predict(
     loaded = load_model(model, device="cpu")
     cfg = loaded.config
     band_list = parse_bands(bands, info.count, cfg.in_channels)
-    options = InferenceOptions(tta=tta, scales=tuple(float(s) for s in scales), crf=crf_params(crf))
+    if on_error not in ("fail", "skip"):
+        raise TilingError(f"unknown --on-error {on_error!r}; use fail or skip")
+    options = InferenceOptions(tta=tta, scales=tuple(float(s) for s in scales), crf=crf_params(crf),
+                               precision=precision, channels_last=channels_last, compile=compile)
     stride = options.alignment(cfg.output_stride)
     if margin == "auto" or margin is None:
         if cfg.receptive_field < 0:
@@ -211,12 +286,14 @@ def predict(
         margin_px = auto_margin(options.context(rf), stride)
     else:
         margin_px = int(margin)
-    grid = TileGrid.create(info.height, info.width, int(tile), margin_px, stride)
+    tile_px = auto_tile(margin_px, stride) if tile == "auto" or tile is None else int(tile)
+    grid = TileGrid.create(info.height, info.width, tile_px, margin_px, stride)
     batch_size = max(1, int(batch_size))
     per_task = tiles_per_task or default_tiles_per_task(grid, batch_size)
 
     own_client = client is None
     cluster = None
+    skipped: list[SkippedTile] = []
     if own_client:
         from geoseg.cluster import connect
 
@@ -231,7 +308,10 @@ def predict(
         tasks = plan_tasks(
             grid, info.path, band_list, str(Path(loaded.path).resolve()), loaded.sha256, device,
             batch_size, prob_path is not None, per_task, torch_threads, options=options,
+            skip_errors=on_error == "skip",
         )
+        resources = gpu_resources(client, device)
+        blob = client.scatter(Path(loaded.path).read_bytes(), broadcast=True, hash=True)
         progress = Progress(len(grid), quiet=quiet)
         link = dashboard_link(client)
         progress.message(
@@ -252,13 +332,25 @@ def predict(
             class_sink = opened[0]
             prob_sink = opened[1] if len(opened) > 1 else None
             limit = max_in_flight or max(2, 2 * nthreads)
-            for results in stream_tasks(client, tasks, limit):
-                for res in results:
+            for _task, outcome in stream_tasks(client, tasks, limit, blob, resources):
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                for res in outcome:
+                    if res.error is not None:
+                        skipped.append(SkippedTile(res.core, res.error))
+                        progress.message(f"geoseg: skipped: {res.error}")
+                        if prob_sink is not None:
+                            res.probabilities = np.zeros((len(classes), *res.classes.shape), np.uint8)
                     class_sink.write(res.classes, res.core)
                     if prob_sink is not None and res.probabilities is not None:
                         prob_sink.write(res.probabilities, res.core)
                     progress.update(1, int(res.core.width * res.core.height))
             progress.close()
+        report = out_path.with_name(out_path.name + ".skipped.json")
+        if skipped:
+            write_skipped_report(report, info.path, skipped)
+        elif report.exists() and overwrite:
+            report.unlink()
         if vector is not None:
             from geoseg.vectorize import vectorize
 
@@ -277,11 +369,56 @@ def predict(
         tasks=len(tasks),
         pixels=info.pixels,
         seconds=time.perf_counter() - t0,
-        tile=int(tile),
+        tile=tile_px,
         margin=margin_px,
         overlap_factor=grid.overlap_factor,
         model=loaded.name,
+        skipped=[s.window for s in skipped],
     )
+
+
+@dataclass
+class SkippedTile:
+    """A tile that failed under ``on_error="skip"``: its core window (written as nodata) and why."""
+
+    window: Window
+    error: str
+
+
+def nodata_results(task: TileTask, classes: int, probabilities: bool) -> list[TileResult]:
+    """What a skipped task writes: nodata classes and zero probabilities over its cores."""
+    out = []
+    for t in task.tiles:
+        h, w = int(t.core.height), int(t.core.width)
+        out.append(TileResult(core=t.core, classes=np.full((h, w), CLASS_NODATA, np.uint8),
+                              probabilities=np.zeros((classes, h, w), np.uint8) if probabilities else None))
+    return out
+
+
+def write_skipped_report(path: Path, scene: str, skipped: list[SkippedTile]) -> None:
+    """JSON list of the windows written as nodata and why, beside the output."""
+    import json
+
+    doc = {"scene": scene, "windows": [
+        {"row_off": int(s.window.row_off), "col_off": int(s.window.col_off),
+         "height": int(s.window.height), "width": int(s.window.width), "error": s.error}
+        for s in skipped
+    ]}
+    tmp = path.with_name(f".{path.name}.part")
+    tmp.write_text(json.dumps(doc, indent=1))
+    os.replace(tmp, path)
+
+
+def gpu_resources(client: Any, device: str) -> dict[str, float] | None:
+    """``{"GPU": 1}`` when inference is to run on CUDA: asked for (``cuda``), or ``auto`` on a
+    cluster whose workers advertise GPUs; reading and writing need none."""
+    if str(device).startswith("cuda"):
+        return {"GPU": 1}
+    if device == "auto":
+        workers = client.scheduler_info().get("workers", {}).values()
+        if any(w.get("resources", {}).get("GPU") for w in workers):
+            return {"GPU": 1}
+    return None
 
 
 def crf_params(crf: CRFParams | dict[str, Any] | bool | None) -> CRFParams | None:
@@ -315,24 +452,33 @@ def task_key(task: TileTask, index: int) -> str:
     return f"geoseg-tiles-{tokenize(task, stat)}-{index}"
 
 
-def stream_tasks(client: Any, tasks: Sequence[TileTask], limit: int) -> Iterable[list[TileResult]]:
-    """Submit tasks keeping at most ``limit`` in flight; yield results as they complete.
+def stream_tasks(
+    client: Any, tasks: Sequence[TileTask], limit: int, model_blob: Any = None,
+    resources: dict[str, float] | None = None,
+) -> Iterable[tuple[TileTask, list[TileResult] | BaseException]]:
+    """Submit tasks keeping at most ``limit`` in flight; yield ``(task, results or error)`` as
+    they complete.
 
     Bounding the window on the client is what keeps memory flat: Dask's own queueing does not
-    apply to tasks with resource restrictions, and results would otherwise pile up.
+    apply to tasks with resource restrictions, and results would otherwise pile up. A task
+    whose worker dies is recomputed elsewhere by the scheduler; losing the scheduler itself
+    raises :class:`SchedulerError`.
     """
+    from concurrent.futures import CancelledError
+
     from distributed import as_completed
 
     queue = iter(enumerate(tasks))
-    pending: dict[str, Any] = {}
+    pending: dict[str, tuple[Any, TileTask]] = {}
 
     def submit_next(ac: Any | None) -> Any | None:
         nxt = next(queue, None)
         if nxt is None:
             return None
         i, t = nxt
-        fut = client.submit(run_tile_task, t, key=task_key(t, i), pure=False, retries=1)
-        pending[fut.key] = fut
+        fut = client.submit(run_tile_task, t, model_blob, key=task_key(t, i), pure=False, retries=1,
+                            resources=resources)
+        pending[fut.key] = (fut, t)
         if ac is not None:
             ac.add(fut)
         return fut
@@ -342,11 +488,20 @@ def stream_tasks(client: Any, tasks: Sequence[TileTask], limit: int) -> Iterable
     del first
     try:
         for fut in ac:
-            pending.pop(fut.key, None)
-            result = fut.result()
+            _, task = pending.pop(fut.key)
+            try:
+                outcome: list[TileResult] | BaseException = fut.result()
+            except TileError as exc:
+                outcome = exc
+            except (OSError, TimeoutError, CancelledError) as exc:
+                raise SchedulerError(
+                    f"lost the Dask scheduler during the run ({type(exc).__name__}); "
+                    "nothing was written to the output; rerun when the cluster is back"
+                ) from exc
             fut.release()
             submit_next(ac)
-            yield result
+            yield task, outcome
     finally:
         if pending:
-            client.cancel(list(pending.values()))
+            with contextlib.suppress(Exception):
+                client.cancel([f for f, _ in pending.values()])

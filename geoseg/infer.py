@@ -16,6 +16,7 @@ from geoseg.errors import ModelError
 from geoseg.tiling import context_radius, scale_fractions, scales_alignment
 
 TTA_MODES = ("none", "flip", "d4")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -30,8 +31,13 @@ class InferenceOptions:
     tta: str = "none"
     scales: tuple[float, ...] = (1.0,)
     crf: CRFParams | None = None
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ModelError(f"unknown --precision {self.precision!r}; use {', '.join(PRECISIONS)}")
         if self.tta not in TTA_MODES:
             raise ModelError(f"unknown --tta {self.tta!r}; use {', '.join(TTA_MODES)}")
         if not self.scales:
@@ -41,6 +47,11 @@ class InferenceOptions:
     @property
     def plain(self) -> bool:
         return self.tta == "none" and tuple(self.scales) == (1.0,) and self.crf is None
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The autocast dtype, or None for float32."""
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
 
     def alignment(self, stride: int) -> int:
         """Tile origins and sizes must be multiples of this (the stride, more with scales)."""
@@ -88,12 +99,16 @@ def forward(
 ) -> torch.Tensor:
     """Logits (float32, on the CPU) for a normalized N x C x H x W batch; with a CRF, its
     log-probabilities (same argmax and softmax semantics)."""
+    options = options or InferenceOptions()
     x = torch.from_numpy(batch)
     if device.type == "cuda":
         x = x.pin_memory().to(device, non_blocking=True)
-    if options is None or options.plain:
-        return network(x).float().cpu()
-    logits = _scales_tta(network, x, options)
+    if options.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, dtype=options.dtype or torch.float32, enabled=options.dtype is not None):
+        if options.plain:
+            return network(x).float().cpu()
+        logits = _scales_tta(network, x, options)
     if options.crf is not None:
         logits = torch.cat([dense_crf(lg[None], xi[None], options.crf) for lg, xi in zip(logits, x.float())])
     return logits.cpu()

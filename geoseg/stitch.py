@@ -21,6 +21,7 @@ class TileResult:
     classes: np.ndarray
     probabilities: np.ndarray | None = None
     logits: np.ndarray | None = None
+    error: str | None = None
 
 
 def crop_core(logits: torch.Tensor, tile: Tile) -> torch.Tensor:

@@ -134,7 +134,7 @@ def dask_client() -> Any:
     from distributed import Client, LocalCluster
 
     cluster = LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                           protocol="tcp", dashboard_address=None, silence_logs=40)
+                           protocol="tcp", dashboard_address=":0", silence_logs=40)
     client = Client(cluster, set_as_default=False)
     yield client
     client.close()

@@ -190,3 +190,22 @@ def test_fcn_upsampling_starts_as_bilinear_interpolation() -> None:
     got = up(x)
     # the transposed convolution equals bilinear interpolation away from the border
     assert torch.allclose(got[..., 32:-32, 32:-32], ref[..., 32:-32, 32:-32], atol=1e-5)
+
+
+def test_models_command_lists_stride_receptive_field_and_warnings() -> None:
+    from click.testing import CliRunner
+
+    from geoseg.cli.main import cli
+
+    runner = CliRunner()
+    res = runner.invoke(cli, ["models", "deeplabv1", "--arch-args",
+                              '{"width": 0.125, "fc_channels": 8, "dilations": [2, 2, 2]}'])
+    assert res.exit_code == 0, res.output
+    row = next(line for line in res.output.splitlines() if line.startswith("deeplabv1"))
+    assert row.split()[1] == "8" and int(row.split()[2]) > 100
+    assert "grids" in res.output
+    res = runner.invoke(cli, ["models", "deeplabv3plus", "--arch-args",
+                              '{"backbone": "mobilenetv3", "width_mult": 0.25, "image_pooling": "global"}'])
+    assert res.exit_code == 0 and "global" in res.output.splitlines()[1]
+    res = runner.invoke(cli, ["models", "segformer"])
+    assert res.exit_code != 0 and "unknown architecture" in res.output

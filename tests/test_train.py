@@ -82,3 +82,26 @@ def test_train_errors(tmp_path: Path, chips: tuple[Path, Path, np.ndarray]) -> N
     assert r.exit_code != 0 and "--overwrite" in r.stderr and existing.read_bytes() == b"x"
     with rasterio.open(next((out / "images").glob("*.tif"))) as src:
         assert src.count == 3
+
+
+def test_cli_trains_a_deeplab_and_predicts_with_crf_and_tta(
+    tmp_path: Path, chips: tuple[Path, Path, np.ndarray], dask_client: Any
+) -> None:
+    """``geoseg train --arch`` with arguments, then ``predict --crf --tta``: the model file
+    carries the architecture, and the refined prediction still matches the scene."""
+    out, img, truth = chips
+    model = tmp_path / "dl.pt"
+    args = '{"width": 0.125, "fc_channels": 32, "dilations": "hdc", "msc": true, "msc_channels": 8, "dropout": 0.1}'
+    runner = CliRunner()
+    res = runner.invoke(cli, ["train", str(out), "-o", str(model), "--arch", "deeplabv1", "--arch-args", args,
+                              "--epochs", "6", "--batch-size", "8", "--lr", "0.005", "--quiet"])
+    assert res.exit_code == 0, res.output
+    cfg = geoseg.load_model(str(model)).config
+    assert cfg.arch == "deeplabv1" and cfg.arch_kwargs["msc"] is True and cfg.output_stride == 8
+    pred = tmp_path / "pred.tif"
+    res = runner.invoke(cli, ["predict", str(img), "-o", str(pred), "--model", str(model), "--crf",
+                              "--tta", "flip", "--workers", "1", "--quiet"])
+    assert res.exit_code == 0, res.output
+    with rasterio.open(pred) as src:
+        accuracy = float((src.read(1) == truth).mean())
+    assert accuracy >= 0.8

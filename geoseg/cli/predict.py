@@ -16,7 +16,7 @@ from geoseg.cli.vectorize import connectivity_option, min_area_option, simplify_
 @click.argument("scene")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Class raster (COG) to write.")
 @click.option("--model", "model", default=None, metavar="NAME_OR_PATH", help="Model file or built-in name (default: the built-in model).")
-@click.option("--tile", type=click.IntRange(min=1), default=512, show_default=True, help="Network input size in pixels, margins included.")
+@click.option("--tile", default="auto", show_default=True, help="Network input size in pixels, margins included; auto = 512, or 4 x margin for wide receptive fields.")
 @click.option("--margin", default="auto", show_default=True, help="Context pixels on each side of a tile's core; auto = receptive field.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Tiles per forward pass.")
 @workers_option
@@ -34,6 +34,10 @@ from geoseg.cli.vectorize import connectivity_option, min_area_option, simplify_
 @click.option("--crf-theta-gamma", type=click.FloatRange(min=0, min_open=True), default=CRFParams.theta_gamma, show_default=True, help="Gaussian kernel: position scale (pixels).")
 @click.option("--crf-w-bilateral", type=click.FloatRange(min=0), default=CRFParams.w_bilateral, show_default=True)
 @click.option("--crf-w-gaussian", type=click.FloatRange(min=0), default=CRFParams.w_gaussian, show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True, help="Autocast precision of the forward pass (bf16/fp16 mainly for CUDA).")
+@click.option("--channels-last", is_flag=True, help="Channels-last memory format (faster convolutions on recent GPUs).")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the network on each worker (falls back to eager).")
+@click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True, help="A tile that cannot be read or inferred: fail the run, or write nodata there and list it in OUTPUT.skipped.json.")
 @click.option("--vector", type=click.Path(dir_okay=False), default=None, help="Also write polygons of the classes (.gpkg .fgb .shp .geojson .parquet).")
 @connectivity_option
 @skip_option
@@ -43,12 +47,13 @@ from geoseg.cli.vectorize import connectivity_option, min_area_option, simplify_
 @quiet_option
 @report_errors
 def predict_command(
-    scene: str, output: str, model: str | None, tile: int, margin: str, batch_size: int,
+    scene: str, output: str, model: str | None, tile: str, margin: str, batch_size: int,
     workers: int | None, scheduler: str | None, device: str, bands: str | None,
     probabilities: str | None, vector: str | None, connectivity: str, skip_classes: tuple[int, ...],
     min_area: float, simplify: float | None, overwrite: bool, quiet: bool, tta: str, scales: str,
     crf: bool, crf_iterations: int, crf_radius: int, crf_theta_alpha: float, crf_theta_beta: float,
-    crf_theta_gamma: float, crf_w_bilateral: float, crf_w_gaussian: float,
+    crf_theta_gamma: float, crf_w_bilateral: float, crf_w_gaussian: float, precision: str,
+    channels_last: bool, compile_: bool, on_error: str,
 ) -> None:
     """Segment SCENE into a georeferenced class raster (Cloud-Optimized GeoTIFF)."""
     from geoseg.graph import predict
@@ -64,14 +69,27 @@ def predict_command(
                                  param_hint="--scales") from None
     crf_params = CRFParams(crf_iterations, crf_radius, crf_theta_alpha, crf_theta_beta, crf_theta_gamma,
                            crf_w_bilateral, crf_w_gaussian) if crf else None
+    if tile != "auto":
+        try:
+            tile_value: int | str = int(tile)
+            if tile_value < 1:
+                raise ValueError
+        except ValueError:
+            raise click.BadParameter(f"{tile!r} is not a positive integer or 'auto'", param_hint="--tile") from None
+    else:
+        tile_value = "auto"
     result = predict(
-        scene, output, model=model, tile=tile, margin=margin_value, batch_size=batch_size,
+        scene, output, model=model, tile=tile_value, margin=margin_value, batch_size=batch_size,
         workers=workers, scheduler=scheduler, device=device, bands=bands,
         probabilities=probabilities, overwrite=overwrite, quiet=quiet, vector=vector,
         vector_options=dict(connectivity=int(connectivity), skip_classes=skip_classes,
                             min_area=min_area, simplify=simplify),
-        tta=tta, scales=scale_list, crf=crf_params,
+        tta=tta, scales=scale_list, crf=crf_params, precision=precision, channels_last=channels_last,
+        compile=compile_, on_error=on_error,
     )
+    for window in result.skipped:
+        click.echo(f"skipped window rows {window.row_off}-{window.row_off + window.height}, columns "
+                   f"{window.col_off}-{window.col_off + window.width} (nodata written)", err=True)
     if not quiet:
         click.echo(
             f"wrote {result.output} ({result.pixels / 1e6:.2f} MP in {result.seconds:.1f} s, "

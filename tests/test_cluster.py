@@ -1,0 +1,177 @@
+"""A real cluster on loopback: a ``dask scheduler`` process and two ``dask worker`` processes.
+
+Predict through ``--scheduler`` equals the local result byte for byte, also when a worker is
+SIGKILLed in the middle of the scene; losing the scheduler leaves nothing at the output path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import geoseg
+from geoseg.errors import GeosegError
+from tests.conftest import random_scene, write_raster
+
+DASK = str(Path(sys.executable).with_name("dask"))
+
+
+class LoopbackCluster:
+    """Scheduler and worker processes started with the ``dask`` command line, as a user would."""
+
+    def __init__(self, root: Path, workers: int = 2) -> None:
+        self.root = root
+        self.file = root / "scheduler.json"
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        common = {"cwd": root, "env": env, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+        self.scheduler = subprocess.Popen(
+            [DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+             "--scheduler-file", str(self.file)], **common)
+        self._wait(lambda: self.file.exists() and self.file.stat().st_size > 0, "scheduler")
+        self.address = json.loads(self.file.read_text())["address"]
+        self.workers = [
+            subprocess.Popen([DASK, "worker", "--scheduler-file", str(self.file), "--nthreads", "1",
+                              "--no-nanny", "--no-dashboard", "--name", f"w{i}", "--memory-limit", "3GB"],
+                             **common)
+            for i in range(workers)
+        ]
+        from distributed import Client
+
+        self.client = Client(self.address, timeout="20s", set_as_default=False)
+        self.client.wait_for_workers(workers, timeout=60)
+
+    @staticmethod
+    def _wait(ready: Callable[[], bool], what: str, timeout: float = 60) -> None:
+        end = time.monotonic() + timeout
+        while not ready():
+            if time.monotonic() > end:
+                raise TimeoutError(f"{what} did not start")
+            time.sleep(0.1)
+
+    def worker_pid(self, name: str) -> int:
+        info = self.client.scheduler_info()["workers"]
+        address = next(a for a, w in info.items() if w["name"] == name)
+        return int(self.client.run(os.getpid, workers=[address])[address])
+
+    def close(self) -> None:
+        self.client.close()
+        for p in [*self.workers, self.scheduler]:
+            if p.poll() is None:
+                p.kill()
+            p.wait(timeout=30)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[LoopbackCluster]:
+    c = LoopbackCluster(tmp_path)
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def scene_and_reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, bytes]:
+    """A scene with a few hundred tiles, and its class raster from the local (in-process) path."""
+    from tests.conftest import make_model_file
+
+    root = tmp_path_factory.mktemp("cluster")
+    model = make_model_file(root / "m.pt", 3)
+    scene = write_raster(root / "scene.tif", random_scene(np.random.default_rng(11), 3, 480, 640, "uint8"))
+    ref = root / "ref.tif"
+    geoseg.predict(str(scene), str(ref), model=str(model), tile=96, workers=1)
+    return scene, model, ref.read_bytes()
+
+
+OPTIONS: dict[str, Any] = {"tile": 96, "tiles_per_task": 2, "max_in_flight": 4}
+
+
+def test_predict_on_the_cluster_equals_the_local_result(
+    cluster: LoopbackCluster, scene_and_reference: tuple[Path, Path, bytes], tmp_path: Path
+) -> None:
+    scene, model, reference = scene_and_reference
+    out = tmp_path / "c.tif"
+    geoseg.predict(str(scene), str(out), model=str(model), scheduler=cluster.address, **OPTIONS)
+    assert out.read_bytes() == reference
+    assert not list(tmp_path.glob(".*part*"))
+
+
+def test_worker_killed_mid_scene_gives_the_identical_raster(
+    cluster: LoopbackCluster, scene_and_reference: tuple[Path, Path, bytes], tmp_path: Path
+) -> None:
+    scene, model, reference = scene_and_reference
+    out = tmp_path / "k.tif"
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            geoseg.predict(str(scene), str(out), model=str(model), scheduler=cluster.address, **OPTIONS)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    victim = cluster.worker_pid("w0")
+    thread = threading.Thread(target=run)
+    thread.start()
+    end = time.monotonic() + 60
+    while not cluster.client.processing().get(next(
+        a for a, w in cluster.client.scheduler_info()["workers"].items() if w["name"] == "w0"), ()):
+        assert time.monotonic() < end, "w0 never got work"
+        time.sleep(0.05)
+    time.sleep(0.5)
+    assert thread.is_alive(), "the run finished before the worker could be killed"
+    os.kill(victim, signal.SIGKILL)
+    thread.join(timeout=300)
+    assert not errors, errors
+    assert len(cluster.client.scheduler_info()["workers"]) == 1
+    assert out.read_bytes() == reference
+
+
+def test_losing_the_scheduler_leaves_no_output(
+    cluster: LoopbackCluster, scene_and_reference: tuple[Path, Path, bytes], tmp_path: Path
+) -> None:
+    scene, model, _ = scene_and_reference
+    out = tmp_path / "s.tif"
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            geoseg.predict(str(scene), str(out), model=str(model), scheduler=cluster.address, **OPTIONS)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    end = time.monotonic() + 60
+    while not any(cluster.client.processing().values()):
+        assert time.monotonic() < end
+        time.sleep(0.05)
+    cluster.scheduler.kill()
+    thread.join(timeout=300)
+    assert not thread.is_alive()
+    assert errors and isinstance(errors[0], GeosegError), errors
+    assert "\\n" not in str(errors[0])
+    assert not out.exists() and not list(tmp_path.glob(".*part*"))
+
+
+def test_model_bytes_reach_a_worker_without_the_file(tmp_path: Path) -> None:
+    from geoseg.cluster import worker_model
+    from geoseg.models.checkpoint import file_sha256
+    from tests.conftest import make_model_file
+
+    model = make_model_file(tmp_path / "gone.pt", 3, seed=5)
+    sha, blob = file_sha256(model), model.read_bytes()
+    shutil.move(model, tmp_path / "elsewhere.pt")
+    loaded = worker_model(str(model), sha, "cpu", blob)
+    assert loaded.sha256 == sha and loaded is worker_model(str(model), sha, "cpu", None)
+    with pytest.raises(GeosegError, match="hash"):
+        worker_model(str(tmp_path / "nothing.pt"), "0" * 64, "cpu", blob)
