@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.geoseg-installed
 
-.PHONY: install demo test test-all bench
+.PHONY: install demo test test-all bench lock
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,3 +24,9 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/predict.py
+
+# Pin the runtime dependencies of the container images from this environment.
+DEV_PACKAGES := geoseg|hadolint|hypothesis|iniconfig|pluggy|pytest|ruff|rio-cogeo|morecantile|pydantic|annotated-types|typing-inspection|scikit-learn|joblib|threadpoolctl|nvidia-|cuda-|triton|Pygments|pyarrow|narwhals|lazy-importer
+lock: $(STAMP)
+	{ head -3 docker/requirements.lock; $(BIN)/pip freeze --exclude-editable | grep -Ev '^(-e|#)' | grep -Ev '^($(DEV_PACKAGES))'; } > docker/requirements.lock.new
+	mv docker/requirements.lock.new docker/requirements.lock

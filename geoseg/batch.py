@@ -35,7 +35,7 @@ SCHEMA: dict[str, Any] = {
     "scheduler": str,
     "workers": int,
     "output": {"folder": str, "pattern": str},
-    "predict": {"tile": (int, str), "margin": (int, str), "batch_size": int, "device": str, "bands": (str, list),
+    "predict": {"tile": "int|auto", "margin": "int|auto", "batch_size": int, "device": str, "bands": (str, list),
                 "probabilities": bool, "tta": str, "scales": list, "crf": (bool, dict), "precision": str,
                 "channels_last": bool, "on_error": str},
     "vector": {"format": str, "connectivity": int, "skip_class": list, "min_area": (int, float),
@@ -122,6 +122,10 @@ def _check(value: Any, schema: Any, place: str, problems: list[str]) -> None:
         for k, sub in schema.items():
             if k in value and value[k] is not None:
                 _check(value[k], sub, f"{place}.{k}".lstrip("."), problems)
+        return
+    if schema == "int|auto":
+        if value != "auto" and (isinstance(value, bool) or not isinstance(value, int)):
+            problems.append(f"{place}: expected int or 'auto', got {type(value).__name__} {value!r}")
         return
     types = schema if isinstance(schema, tuple) else (schema,)
     if isinstance(value, bool) and bool not in types:

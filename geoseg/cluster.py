@@ -1,9 +1,10 @@
 """Dask clients from settings, and the per-worker model cache.
 
 A worker loads a model the first time a task names it (by content hash) and keeps it, so tasks
-carry only the path and hash, never weights. On a cluster the client scatters the model file's
-bytes once (broadcast, keyed by content); a worker that has no such file path reads those
-bytes instead, so workers need no shared file system for the model.
+carry only the path and hash, never weights. The client also registers a worker plugin holding
+the model file's bytes, named by their hash: the scheduler hands it to every worker once,
+including workers that join or restart later, and the plugin drops the file into the worker's
+local model cache, so workers need no shared file system for the model.
 """
 
 from __future__ import annotations
@@ -25,15 +26,47 @@ _BATCH_LIMITS: dict[tuple[str, str], int] = {}
 log = logging.getLogger("geoseg")
 
 
-def worker_model(
-    path: str, sha256: str, device: str, blob: bytes | None = None,
-    channels_last: bool = False, compile: bool = False,
-) -> Any:
-    """The loaded model with content hash ``sha256`` on ``device`` in this process, loaded once.
+def model_cache_dir() -> Path:
+    """Where a worker keeps model files it received, named by content hash."""
+    return Path(tempfile.gettempdir()) / "geoseg-models"
 
-    ``blob`` (the file's bytes, scattered by the client) is used when ``path`` is not readable
-    here or holds a different file.
-    """
+
+class ModelPlugin:
+    """Worker plugin carrying one model file's bytes to every worker (once per content hash)."""
+
+    def __init__(self, sha256: str, blob: bytes) -> None:
+        self.sha256 = sha256
+        self.blob = blob
+        self.name = f"geoseg-model-{sha256[:16]}"
+
+    def setup(self, worker: Any = None) -> None:
+        if hashlib.sha256(self.blob).hexdigest() != self.sha256:
+            raise ValueError("the model bytes sent to this worker are damaged (content hash mismatch)")
+        cache = model_cache_dir()
+        cache.mkdir(exist_ok=True)
+        local = cache / f"{self.sha256}.pt"
+        if not local.exists():
+            tmp = cache / f".{self.sha256}.{os.getpid()}.{threading.get_ident()}.part"
+            tmp.write_bytes(self.blob)
+            os.replace(tmp, local)
+
+    def teardown(self, worker: Any = None) -> None:
+        """Nothing to undo: the cached file may serve later runs of the same model."""
+
+
+def send_model(client: Any, path: str | os.PathLike[str], sha256: str) -> None:
+    """Make the model available on every worker of ``client``'s cluster, now and later."""
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    plugin = type("GeosegModelPlugin", (ModelPlugin, WorkerPlugin), {})(sha256, Path(path).read_bytes())
+    client.register_plugin(plugin, name=plugin.name)
+
+
+def worker_model(
+    path: str, sha256: str, device: str, channels_last: bool = False, compile: bool = False,
+) -> Any:
+    """The loaded model with content hash ``sha256`` on ``device`` in this process, loaded once:
+    from ``path`` when that file is here and has that hash, else from the model cache."""
     key = (sha256, device, channels_last, compile)
     model = _MODELS.get(key)
     if model is not None:
@@ -41,7 +74,7 @@ def worker_model(
     with _LOCK:
         model = _MODELS.get(key)
         if model is None:
-            model = _load(path, sha256, device, blob)
+            model = _load(path, sha256, device)
             if channels_last:
                 import torch
 
@@ -52,29 +85,21 @@ def worker_model(
     return model
 
 
-def _load(path: str, sha256: str, device: str, blob: bytes | None) -> Any:
+def _load(path: str, sha256: str, device: str) -> Any:
     from geoseg.errors import CheckpointError
     from geoseg.models.checkpoint import file_sha256, load_model
 
     if os.path.isfile(path) and file_sha256(path) == sha256:
         return load_model(path, device=device)
-    if blob is None:
-        raise CheckpointError(
-            f"model {path} is not on this worker, or differs from the client's copy (content hash "
-            "mismatch); give every worker the same file"
-        )
-    if hashlib.sha256(blob).hexdigest() != sha256:
-        raise CheckpointError("the model bytes sent to this worker are damaged (content hash mismatch)")
-    cache = Path(tempfile.gettempdir()) / "geoseg-models"
-    cache.mkdir(exist_ok=True)
-    local = cache / f"{sha256}.pt"
-    if not local.exists():
-        tmp = cache / f".{sha256}.{os.getpid()}.part"
-        tmp.write_bytes(blob)
-        os.replace(tmp, local)
-    model = load_model(local, device=device)
-    model.path = path
-    return model
+    cached = model_cache_dir() / f"{sha256}.pt"
+    if cached.is_file() and file_sha256(cached) == sha256:
+        model = load_model(cached, device=device)
+        model.path = path
+        return model
+    raise CheckpointError(
+        f"model {path} is not on this worker, or differs from the client's copy (content hash "
+        "mismatch); give every worker the same file"
+    )
 
 
 def _compiled(network: Any) -> Any:

@@ -73,7 +73,7 @@ class TileTask:
     skip_errors: bool = False
 
 
-def run_tile_task(task: TileTask, model_blob: bytes | None = None) -> list[TileResult]:
+def run_tile_task(task: TileTask) -> list[TileResult]:
     """Read the task's tiles (mirrored at scene edges), run the network, keep the cores.
 
     Any failure becomes a :class:`TileError` naming the scene and the window; with
@@ -81,12 +81,12 @@ def run_tile_task(task: TileTask, model_blob: bytes | None = None) -> list[TileR
     nodata results carrying the error.
     """
     try:
-        return _run_tile_task(task, model_blob)
+        return _run_tile_task(task)
     except (CheckpointError, ModelError, MemoryError):
         raise  # not this tile's fault: every tile would fail the same way
     except Exception as exc:
         if task.skip_errors:
-            return _tile_by_tile(task, model_blob)
+            return _tile_by_tile(task)
         first, last = task.tiles[0].core, task.tiles[-1].core
         raise TileError(
             f"{task.scene}: tiles at rows {first.row_off}-{last.row_off + last.height}, columns "
@@ -95,14 +95,14 @@ def run_tile_task(task: TileTask, model_blob: bytes | None = None) -> list[TileR
         ) from exc
 
 
-def _tile_by_tile(task: TileTask, model_blob: bytes | None) -> list[TileResult]:
+def _tile_by_tile(task: TileTask) -> list[TileResult]:
     from dataclasses import replace
 
     results: list[TileResult] = []
     for tile in task.tiles:
         single = replace(task, tiles=(tile,), skip_errors=False)
         try:
-            results.extend(run_tile_task(single, model_blob))
+            results.extend(run_tile_task(single))
         except TileError as exc:
             (res,) = nodata_results(single, 0, False)
             res.error = str(exc)
@@ -110,7 +110,7 @@ def _tile_by_tile(task: TileTask, model_blob: bytes | None) -> list[TileResult]:
     return results
 
 
-def _run_tile_task(task: TileTask, model_blob: bytes | None) -> list[TileResult]:
+def _run_tile_task(task: TileTask) -> list[TileResult]:
     import rasterio
     import torch
 
@@ -120,8 +120,7 @@ def _run_tile_task(task: TileTask, model_blob: bytes | None) -> list[TileResult]
     set_torch_threads(task.torch_threads)
     device = resolve_device(task.device)
     opts = task.options
-    model = worker_model(task.model_path, task.model_sha256, str(device), model_blob,
-                         opts.channels_last, opts.compile)
+    model = worker_model(task.model_path, task.model_sha256, str(device), opts.channels_last, opts.compile)
     cfg = model.config
     values = [c.value for c in cfg.classes]
     first, last = task.tiles[0], task.tiles[-1]
@@ -311,7 +310,9 @@ def predict(
             skip_errors=on_error == "skip",
         )
         resources = gpu_resources(client, device)
-        blob = client.scatter(Path(loaded.path).read_bytes(), broadcast=True, hash=True)
+        from geoseg.cluster import send_model
+
+        send_model(client, loaded.path, loaded.sha256)
         progress = Progress(len(grid), quiet=quiet)
         link = dashboard_link(client)
         progress.message(
@@ -332,7 +333,7 @@ def predict(
             class_sink = opened[0]
             prob_sink = opened[1] if len(opened) > 1 else None
             limit = max_in_flight or max(2, 2 * nthreads)
-            for _task, outcome in stream_tasks(client, tasks, limit, blob, resources):
+            for _task, outcome in stream_tasks(client, tasks, limit, resources):
                 if isinstance(outcome, BaseException):
                     raise outcome
                 for res in outcome:
@@ -453,8 +454,7 @@ def task_key(task: TileTask, index: int) -> str:
 
 
 def stream_tasks(
-    client: Any, tasks: Sequence[TileTask], limit: int, model_blob: Any = None,
-    resources: dict[str, float] | None = None,
+    client: Any, tasks: Sequence[TileTask], limit: int, resources: dict[str, float] | None = None,
 ) -> Iterable[tuple[TileTask, list[TileResult] | BaseException]]:
     """Submit tasks keeping at most ``limit`` in flight; yield ``(task, results or error)`` as
     they complete.
@@ -476,8 +476,7 @@ def stream_tasks(
         if nxt is None:
             return None
         i, t = nxt
-        fut = client.submit(run_tile_task, t, model_blob, key=task_key(t, i), pure=False, retries=1,
-                            resources=resources)
+        fut = client.submit(run_tile_task, t, key=task_key(t, i), pure=False, retries=1, resources=resources)
         pending[fut.key] = (fut, t)
         if ac is not None:
             ac.add(fut)

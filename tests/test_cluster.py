@@ -60,11 +60,6 @@ class LoopbackCluster:
                 raise TimeoutError(f"{what} did not start")
             time.sleep(0.1)
 
-    def worker_pid(self, name: str) -> int:
-        info = self.client.scheduler_info()["workers"]
-        address = next(a for a, w in info.items() if w["name"] == name)
-        return int(self.client.run(os.getpid, workers=[address])[address])
-
     def close(self) -> None:
         self.client.close()
         for p in [*self.workers, self.scheduler]:
@@ -119,17 +114,17 @@ def test_worker_killed_mid_scene_gives_the_identical_raster(
         except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
             errors.append(exc)
 
-    victim = cluster.worker_pid("w0")
+    pids = cluster.client.run(os.getpid)
     thread = threading.Thread(target=run)
     thread.start()
-    end = time.monotonic() + 60
-    while not cluster.client.processing().get(next(
-        a for a, w in cluster.client.scheduler_info()["workers"].items() if w["name"] == "w0"), ()):
-        assert time.monotonic() < end, "w0 never got work"
-        time.sleep(0.05)
-    time.sleep(0.5)
+    end = time.monotonic() + 120
+    busy: list[str] = []
+    while not busy:
+        assert time.monotonic() < end and thread.is_alive(), "no worker got work while the run was going"
+        busy = [a for a, keys in cluster.client.processing().items() if keys]
+        time.sleep(0.02)
+    os.kill(pids[busy[0]], signal.SIGKILL)
     assert thread.is_alive(), "the run finished before the worker could be killed"
-    os.kill(victim, signal.SIGKILL)
     thread.join(timeout=300)
     assert not errors, errors
     assert len(cluster.client.scheduler_info()["workers"]) == 1
@@ -163,15 +158,18 @@ def test_losing_the_scheduler_leaves_no_output(
     assert not out.exists() and not list(tmp_path.glob(".*part*"))
 
 
-def test_model_bytes_reach_a_worker_without_the_file(tmp_path: Path) -> None:
-    from geoseg.cluster import worker_model
+def test_model_reaches_a_worker_without_the_file(cluster: LoopbackCluster, tmp_path: Path) -> None:
+    """The plugin puts the model into each worker's cache once; a task naming a path the worker
+    does not have still finds it by content hash."""
+    from geoseg.cluster import send_model, worker_model
     from geoseg.models.checkpoint import file_sha256
     from tests.conftest import make_model_file
 
     model = make_model_file(tmp_path / "gone.pt", 3, seed=5)
-    sha, blob = file_sha256(model), model.read_bytes()
+    sha = file_sha256(model)
+    send_model(cluster.client, model, sha)
     shutil.move(model, tmp_path / "elsewhere.pt")
-    loaded = worker_model(str(model), sha, "cpu", blob)
-    assert loaded.sha256 == sha and loaded is worker_model(str(model), sha, "cpu", None)
+    got = cluster.client.run(lambda: worker_model(str(model), sha, "cpu").sha256)
+    assert set(got.values()) == {sha} and len(got) == 2
     with pytest.raises(GeosegError, match="hash"):
-        worker_model(str(tmp_path / "nothing.pt"), "0" * 64, "cpu", blob)
+        worker_model(str(tmp_path / "nothing.pt"), "0" * 64, "cpu")
