@@ -14,7 +14,6 @@ import logging
 import os
 import tempfile
 import threading
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -103,14 +102,26 @@ def _load(path: str, sha256: str, device: str) -> Any:
 
 
 def _compiled(network: Any) -> Any:
-    """``torch.compile`` the network; where that cannot work (no compiler), keep it eager."""
+    """``torch.compile`` the network; where compiling fails (no C compiler, unsupported op) the
+    first call says so once and the network runs eagerly from then on."""
     import torch
 
-    try:
-        return torch.compile(network, dynamic=False)
-    except Exception as exc:  # noqa: BLE001 - compilation is an optimisation, never a failure
-        warnings.warn(f"torch.compile unavailable ({exc}); running eagerly", RuntimeWarning, stacklevel=2)
-        return network
+    class CompiledOrEager(torch.nn.Module):
+        def __init__(self, net: torch.nn.Module) -> None:
+            super().__init__()
+            self.net = net
+            self.compiled: Any = torch.compile(net, dynamic=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.compiled is not None:
+                try:
+                    return self.compiled(x)
+                except Exception as exc:  # noqa: BLE001 - compilation is an optimisation only
+                    log.warning("geoseg: torch.compile failed (%s); running eagerly", str(exc).splitlines()[0])
+                    self.compiled = None
+            return self.net(x)
+
+    return CompiledOrEager(network).eval()
 
 
 def batch_limit(sha256: str, device: str, requested: int) -> int:

@@ -411,14 +411,15 @@ def write_skipped_report(path: Path, scene: str, skipped: list[SkippedTile]) -> 
 
 
 def gpu_resources(client: Any, device: str) -> dict[str, float] | None:
-    """``{"GPU": 1}`` when inference is to run on CUDA: asked for (``cuda``), or ``auto`` on a
-    cluster whose workers advertise GPUs; reading and writing need none."""
-    if str(device).startswith("cuda"):
+    """``{"GPU": 1}`` when inference may run on CUDA (``auto`` or ``cuda``) and the cluster has
+    workers started with ``--resources GPU=N``: inference tasks then go only there, while
+    reading and writing need no GPU. Without such workers nothing is restricted (a restriction
+    no worker satisfies would wait forever)."""
+    if str(device) == "cpu":
+        return None
+    workers = client.scheduler_info().get("workers", {}).values()
+    if any(w.get("resources", {}).get("GPU") for w in workers):
         return {"GPU": 1}
-    if device == "auto":
-        workers = client.scheduler_info().get("workers", {}).values()
-        if any(w.get("resources", {}).get("GPU") for w in workers):
-            return {"GPU": 1}
     return None
 
 

@@ -173,3 +173,23 @@ def test_model_reaches_a_worker_without_the_file(cluster: LoopbackCluster, tmp_p
     assert set(got.values()) == {sha} and len(got) == 2
     with pytest.raises(GeosegError, match="hash"):
         worker_model(str(tmp_path / "nothing.pt"), "0" * 64, "cpu")
+
+
+def test_inference_asks_for_a_gpu_only_where_workers_offer_one(
+    tmp_path: Path, dask_client: Any, model_factory: Callable[..., Path]
+) -> None:
+    from distributed import Client, LocalCluster
+
+    from geoseg.graph import gpu_resources
+
+    assert gpu_resources(dask_client, "cuda") is None and gpu_resources(dask_client, "auto") is None
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, resources={"GPU": 1},
+                      dashboard_address=":0", silence_logs=40) as gpu_cluster, \
+            Client(gpu_cluster, set_as_default=False) as client:
+        assert gpu_resources(client, "auto") == {"GPU": 1} and gpu_resources(client, "cpu") is None
+        # the restricted tasks run there (on the CPU here, as this machine has no CUDA)
+        scene = write_raster(tmp_path / "s.tif", random_scene(np.random.default_rng(0), 3, 40, 50, "uint8"))
+        out = tmp_path / "o.tif"
+        geoseg.predict(str(scene), str(out), model=str(model_factory(in_channels=3)), client=client,
+                       device="auto" if not __import__("torch").cuda.is_available() else "cuda")
+        assert out.exists()
