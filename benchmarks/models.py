@@ -93,6 +93,8 @@ def main() -> None:
     ap.add_argument("--work", default=str(ROOT / "build" / "models-bench"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "models.json"))
     ap.add_argument("--only", nargs="*", default=None)
+    ap.add_argument("--throughput-only", action="store_true",
+                    help="re-measure forward throughput of the trained models, all in this one run")
     args = ap.parse_args()
     chips, work = Path(args.chips), Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -103,12 +105,19 @@ def main() -> None:
     out = Path(args.out)
     results: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
     results.setdefault("rows", {})
-    results.update(epochs=args.epochs, threads=torch.get_num_threads(), torch=torch.__version__,
-                   val_chips=len(val))
+    if not args.throughput_only:
+        results.update(epochs=args.epochs, threads=torch.get_num_threads(), torch=torch.__version__,
+                       val_chips=len(val))
     for label, (arch, kwargs) in CONFIGS.items():
         if args.only and label not in args.only:
             continue
         model_file = work / (label.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "").replace("+", "p") + ".pt")
+        if args.throughput_only:
+            if label in results["rows"] and model_file.exists():
+                model = load_model(model_file)
+                results["rows"][label]["forward_mps"] = forward_mps(model.network, model.config.in_channels)
+                print(label, results["rows"][label]["forward_mps"], flush=True)
+            continue
         t = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", GriddingWarning)
@@ -129,6 +138,7 @@ def main() -> None:
         results["rows"][label] = row
         out.write_text(json.dumps(results, indent=1))
         print(label, json.dumps(row), flush=True)
+    out.write_text(json.dumps(results, indent=1))
     print(table(results))
 
 
