@@ -13,11 +13,9 @@ from click.testing import CliRunner
 
 from geoseg.cli.main import cli
 from geoseg.crf import CRFParams, dense_crf
-from geoseg.graph import plan_tasks, run_tile_task
 from geoseg.infer import InferenceOptions, _scales_tta, forward
-from geoseg.models.checkpoint import file_sha256, load_model
+from geoseg.models.checkpoint import load_model
 from geoseg.models.receptive_field import measure_receptive_field
-from geoseg.tiling import TileGrid, auto_margin
 from tests.conftest import random_scene, write_raster
 
 CPU = torch.device("cpu")
@@ -34,25 +32,6 @@ def test_d4_averaging_makes_predictions_rotation_and_flip_equivariant(model_fact
     assert torch.allclose(forward(net, flipped, CPU, d4), torch.flip(base, (3,)), atol=1e-4)
     plain = forward(net, x, CPU)
     assert not torch.allclose(forward(net, rotated, CPU), torch.rot90(plain, 1, (2, 3)), atol=1e-2)
-
-
-def stitched(scene: Path, model_path: Path, core: int, options: InferenceOptions) -> np.ndarray:
-    cfg = load_model(model_path).config
-    with rasterio.open(scene) as src:
-        h, w, count = src.height, src.width, src.count
-    align = options.alignment(cfg.output_stride)
-    margin = auto_margin(options.context(cfg.receptive_field), align)
-    grid = TileGrid.create(h, w, 2 * margin + core, margin, align)
-    tasks = plan_tasks(grid, str(scene), list(range(1, count + 1)), str(model_path), file_sha256(model_path),
-                       "cpu", 2, False, 2, keep_logits=True, options=options)
-    out = np.full((len(cfg.classes), h, w), np.nan, np.float32)
-    for task in tasks:
-        for res in run_tile_task(task):
-            c = res.core
-            assert res.logits is not None
-            out[:, c.row_off : c.row_off + c.height, c.col_off : c.col_off + c.width] = res.logits
-    assert not np.isnan(out).any()
-    return out
 
 
 class Augmented(torch.nn.Module):
@@ -84,16 +63,6 @@ def test_margin_covers_the_measured_reach_of_augmentation_and_crf(
     measured = measure_receptive_field(Augmented(model.network, options), 3, align, trials=1)
     context = options.context(model.config.receptive_field)
     assert measured <= context <= measured + align + 4
-
-
-def test_augmented_and_crf_predictions_do_not_depend_on_the_tile(tmp_path: Path, model_factory: Callable[..., Path]) -> None:
-    options = InferenceOptions(tta="flip", scales=(0.5, 1.0), crf=CRFParams(iterations=2, radius=3))
-    model_path = model_factory(in_channels=3)
-    scene = write_raster(tmp_path / "s.tif", random_scene(np.random.default_rng(5), 3, 70, 90, "uint8"))
-    align = options.alignment(load_model(model_path).config.output_stride)
-    a = stitched(scene, model_path, align, options)
-    b = stitched(scene, model_path, 3 * align, options)
-    np.testing.assert_allclose(a, b, atol=2e-4)
 
 
 def test_crf_removes_speckle_and_keeps_the_colour_edge() -> None:
