@@ -50,7 +50,8 @@ class LoopbackCluster:
         from distributed import Client
 
         self.client = Client(self.address, timeout="20s", set_as_default=False)
-        self.client.wait_for_workers(workers, timeout=60)
+        if workers:
+            self.client.wait_for_workers(workers, timeout=60)
 
     @staticmethod
     def _wait(ready: Callable[[], bool], what: str, timeout: float = 60) -> None:
@@ -193,3 +194,32 @@ def test_inference_asks_for_a_gpu_only_where_workers_offer_one(
         geoseg.predict(str(scene), str(out), model=str(model_factory(in_channels=3)), client=client,
                        device="auto" if not __import__("torch").cuda.is_available() else "cuda")
         assert out.exists()
+
+
+def test_worker_commands_give_each_gpu_its_own_worker() -> None:
+    from geoseg.worker import worker_commands
+
+    gpu = worker_commands("tcp://h:8786", 2)
+    assert [dict(c.env)["CUDA_VISIBLE_DEVICES"] for c in gpu] == ["0", "1"]
+    assert all("--resources" in c.args and "GPU=1" in c.args and "tcp://h:8786" in c.args for c in gpu)
+    (cpu,) = worker_commands("tcp://h:8786", 0, nthreads=3)
+    assert "--resources" not in cpu.args and cpu.args[cpu.args.index("--nthreads") + 1] == "3"
+
+
+def test_geoseg_worker_joins_a_scheduler_and_serves_predict(tmp_path: Path, model_factory: Callable[..., Path]) -> None:
+    cluster = LoopbackCluster(tmp_path, workers=0)
+    worker = subprocess.Popen([str(Path(sys.executable).with_name("geoseg")), "worker", cluster.address,
+                               "--gpus", "0", "--nthreads", "1"], cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        cluster.client.wait_for_workers(1, timeout=60)
+        scene = write_raster(tmp_path / "s.tif", random_scene(np.random.default_rng(0), 3, 40, 50, "uint8"))
+        out = tmp_path / "o.tif"
+        geoseg.predict(str(scene), str(out), model=str(model_factory(in_channels=3)), scheduler=cluster.address)
+        assert out.exists()
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=60) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        cluster.close()

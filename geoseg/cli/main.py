@@ -13,6 +13,7 @@ from geoseg.cli.models import models_command
 from geoseg.cli.predict import predict_command
 from geoseg.cli.train import train_command
 from geoseg.cli.vectorize import vectorize_command
+from geoseg.cli.worker import worker_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -29,6 +30,7 @@ cli.add_command(evaluate_command)
 cli.add_command(demo_command)
 cli.add_command(batch_command)
 cli.add_command(vectorize_command)
+cli.add_command(worker_command)
 
 
 if __name__ == "__main__":  # python -m geoseg.cli.main

@@ -1,0 +1,37 @@
+"""``geoseg worker``: Dask workers for this machine's GPUs (or CPU) joining a scheduler."""
+
+from __future__ import annotations
+
+import click
+
+from geoseg.cli.options import report_errors
+
+
+@click.command("worker")
+@click.argument("scheduler")
+@click.option("--gpus", default="auto", show_default=True, help="Workers with GPU=1, one per device; auto = all CUDA devices, 0 = one CPU worker.")
+@click.option("--nthreads", type=click.IntRange(min=1), default=None, help="Threads per worker (default 2 per GPU worker, all cores for a CPU worker).")
+@click.option("--memory-limit", default="auto", show_default=True)
+@click.option("--name", default=None, help="Worker name prefix.")
+@click.option("--dry-run", is_flag=True, help="Print the dask worker commands instead of running them.")
+@report_errors
+def worker_command(scheduler: str, gpus: str, nthreads: int | None, memory_limit: str, name: str | None,
+                   dry_run: bool) -> None:
+    """Start Dask workers joining SCHEDULER (tcp://host:8786) with the flags geoseg relies on."""
+    from geoseg.worker import gpu_count, run_workers, worker_commands
+
+    if gpus == "auto":
+        n = gpu_count()
+    else:
+        try:
+            n = int(gpus)
+            if n < 0:
+                raise ValueError
+        except ValueError:
+            raise click.BadParameter(f"{gpus!r} is not 'auto' or a number of GPUs", param_hint="--gpus") from None
+    commands = worker_commands(scheduler, n, nthreads, memory_limit, name)
+    if dry_run:
+        for c in commands:
+            click.echo(" ".join(f"{k}={v}" for k, v in c.env) + (" " if c.env else "") + " ".join(c.args))
+        return
+    run_workers(commands)

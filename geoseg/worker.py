@@ -1,0 +1,78 @@
+"""``geoseg worker``: start Dask workers for a geoseg cluster on this machine.
+
+One worker per GPU, each seeing only its own device (``CUDA_VISIBLE_DEVICES``), advertising
+``GPU=1`` so inference tasks go there, with two threads so one task reads while the other
+computes; without GPUs one CPU worker. It only runs ``dask worker`` with those flags: any
+Dask deployment that sets them works the same.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+
+from geoseg.cluster import cpu_count
+from geoseg.errors import SchedulerError
+
+
+@dataclass(frozen=True)
+class WorkerCommand:
+    """One ``dask worker`` process: its arguments and extra environment."""
+
+    args: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()
+
+
+def gpu_count() -> int:
+    """CUDA devices visible to this process."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def worker_commands(
+    scheduler: str, gpus: int, nthreads: int | None = None, memory_limit: str = "auto",
+    name: str | None = None,
+) -> list[WorkerCommand]:
+    """The worker processes to start: one per GPU (2 threads each), or one CPU worker."""
+    dask = [sys.executable, "-m", "distributed.cli.dask_worker", scheduler, "--memory-limit", memory_limit]
+    if gpus > 0:
+        return [
+            WorkerCommand(
+                tuple(dask + ["--nthreads", str(nthreads or 2), "--resources", "GPU=1"]
+                      + (["--name", f"{name}-gpu{i}"] if name else [])),
+                (("CUDA_VISIBLE_DEVICES", str(i)),),
+            )
+            for i in range(gpus)
+        ]
+    return [WorkerCommand(tuple(dask + ["--nthreads", str(nthreads or cpu_count())]
+                                + (["--name", f"{name}-cpu"] if name else [])))]
+
+
+def run_workers(commands: list[WorkerCommand]) -> int:
+    """Run the workers until they exit or this process is told to stop; returns their worst code."""
+    procs = [subprocess.Popen(list(c.args), env={**os.environ, **dict(c.env)}) for c in commands]
+
+    def stop(signum: int, frame: object) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:
+        stop(signal.SIGINT, None)
+        codes = [p.wait() for p in procs]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    bad = [c for c in codes if c not in (0, -signal.SIGTERM, -signal.SIGINT)]
+    if bad and all(c != 0 for c in codes):
+        raise SchedulerError(
+            f"the Dask workers exited with code {bad[0]}; check that the scheduler address is right "
+            "and reachable from this machine"
+        )
+    return 0
