@@ -1,7 +1,8 @@
 """The Dask graph for one scene: read -> infer -> stitch on workers, write on the client.
 
 Tasks carry a scene path, band list, tile windows and a model path with its content hash;
-workers read their own pixels and keep the model loaded. The client keeps a bounded number of
+workers read their own pixels and keep the model loaded (the model file reaches each worker
+once, through a worker plugin: see :mod:`geoseg.cluster`). The client keeps a bounded number of
 tasks in flight and writes each finished group into a temporary GeoTIFF as it arrives, so
 memory does not depend on the size of the scene.
 """
