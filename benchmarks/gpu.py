@@ -27,6 +27,7 @@ import torch
 import geoseg
 from geoseg.infer import InferenceOptions, forward, normalize
 from geoseg.models.checkpoint import load_model
+from geoseg.worker import worker_commands
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,9 +94,8 @@ def gpu_workers(n: int) -> tuple[subprocess.Popen, list[subprocess.Popen], str]:
         time.sleep(0.2)
     time.sleep(0.5)
     address = json.loads((tmp / "s.json").read_text())["address"]
-    workers = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "2",
-                                 "--resources", "GPU=1", "--no-dashboard"],
-                                env={**os.environ, "CUDA_VISIBLE_DEVICES": str(i)}) for i in range(n)]
+    workers = [subprocess.Popen(list(c.args), env={**os.environ, **dict(c.env)})
+               for c in worker_commands(address, n)]
     return sched, workers, address
 
 

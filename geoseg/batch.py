@@ -25,6 +25,7 @@ import yaml
 
 from geoseg import __version__
 from geoseg.errors import GeosegError
+from geoseg.io import write_json_atomic
 
 #: Keys of a prediction job and the types they take (None: free-form checked elsewhere).
 SCHEMA: dict[str, Any] = {
@@ -297,12 +298,6 @@ def remove_stale_parts(outs: dict[str, Path]) -> None:
     for stale in rec.parent.glob(f".{rec.name}.*"):
         with contextlib.suppress(OSError):
             stale.unlink()
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
 
 
 def stac_item(scene: str, outs: dict[str, Path], model_name: str, model_sha: str, classes: list[Any]) -> dict[str, Any]:

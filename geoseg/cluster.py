@@ -17,6 +17,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from distributed.diagnostics.plugin import WorkerPlugin
+
 from geoseg.errors import SchedulerError
 
 _MODELS: dict[tuple[str, str, bool, bool], Any] = {}
@@ -30,7 +32,7 @@ def model_cache_dir() -> Path:
     return Path(tempfile.gettempdir()) / "geoseg-models"
 
 
-class ModelPlugin:
+class ModelPlugin(WorkerPlugin):
     """Worker plugin carrying one model file's bytes to every worker (once per content hash)."""
 
     def __init__(self, sha256: str, blob: bytes) -> None:
@@ -55,9 +57,7 @@ class ModelPlugin:
 
 def send_model(client: Any, path: str | os.PathLike[str], sha256: str) -> None:
     """Make the model available on every worker of ``client``'s cluster, now and later."""
-    from distributed.diagnostics.plugin import WorkerPlugin
-
-    plugin = type("GeosegModelPlugin", (ModelPlugin, WorkerPlugin), {})(sha256, Path(path).read_bytes())
+    plugin = ModelPlugin(sha256, Path(path).read_bytes())
     client.register_plugin(plugin, name=plugin.name)
 
 

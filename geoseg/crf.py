@@ -10,6 +10,7 @@ pixel (like pydensecrf's default normalisation), so the weights are on the logit
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -67,7 +68,7 @@ def dense_crf(logits: torch.Tensor, image: torch.Tensor, params: CRFParams = CRF
         d2 = float(dy * dy + dx * dx)
         colour = (image - _shift(image, dy, dx, r)).pow(2).mean(1, keepdim=True)
         k = params.w_bilateral * torch.exp(-d2 / (2 * params.theta_alpha**2) - colour / (2 * params.theta_beta**2))
-        k = k + params.w_gaussian * torch.exp(torch.tensor(-d2 / (2 * params.theta_gamma**2)))
+        k = k + params.w_gaussian * math.exp(-d2 / (2 * params.theta_gamma**2))
         k = k * _shift(ones, dy, dx, r)
         kernels.append(k)
         total += k

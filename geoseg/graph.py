@@ -39,21 +39,22 @@ from geoseg.io import (
     open_sinks,
     parse_bands,
     read_mirrored,
+    write_json_atomic,
 )
 from geoseg.progress import Progress
 from geoseg.stitch import TileResult, crop_core, to_result
 from geoseg.tiling import Tile, TileGrid, auto_margin, round_up
 
 DEFAULT_TILE = 512
+DEFAULT_BATCH = 4
+#: Margin for models whose receptive field is the whole input (global pooling): a compromise.
+GLOBAL_MODEL_MARGIN = 128
 
 
 def auto_tile(margin: int, alignment: int) -> int:
     """Tile size for ``tile="auto"``: 512, or four margins for models with a wide receptive field,
     so the core stays at least half the tile and the overlap factor at most 4."""
     return max(DEFAULT_TILE, round_up(4 * margin, alignment))
-DEFAULT_BATCH = 4
-#: Margin for models whose receptive field is the whole input (global pooling): a compromise.
-GLOBAL_MODEL_MARGIN = 128
 
 
 @dataclass(frozen=True)
@@ -105,9 +106,8 @@ def _tile_by_tile(task: TileTask) -> list[TileResult]:
         try:
             results.extend(run_tile_task(single))
         except TileError as exc:
-            (res,) = nodata_results(single, 0, False)
-            res.error = str(exc)
-            results.append(res)
+            h, w = int(tile.core.height), int(tile.core.width)
+            results.append(TileResult(tile.core, np.full((h, w), CLASS_NODATA, np.uint8), error=str(exc)))
     return results
 
 
@@ -334,10 +334,8 @@ def predict(
             class_sink = opened[0]
             prob_sink = opened[1] if len(opened) > 1 else None
             limit = max_in_flight or max(2, 2 * nthreads)
-            for _task, outcome in stream_tasks(client, tasks, limit, resources):
-                if isinstance(outcome, BaseException):
-                    raise outcome
-                for res in outcome:
+            for results in stream_tasks(client, tasks, limit, resources):
+                for res in results:
                     if res.error is not None:
                         skipped.append(SkippedTile(res.core, res.error))
                         progress.message(f"geoseg: skipped: {res.error}")
@@ -387,28 +385,13 @@ class SkippedTile:
     error: str
 
 
-def nodata_results(task: TileTask, classes: int, probabilities: bool) -> list[TileResult]:
-    """What a skipped task writes: nodata classes and zero probabilities over its cores."""
-    out = []
-    for t in task.tiles:
-        h, w = int(t.core.height), int(t.core.width)
-        out.append(TileResult(core=t.core, classes=np.full((h, w), CLASS_NODATA, np.uint8),
-                              probabilities=np.zeros((classes, h, w), np.uint8) if probabilities else None))
-    return out
-
-
 def write_skipped_report(path: Path, scene: str, skipped: list[SkippedTile]) -> None:
     """JSON list of the windows written as nodata and why, beside the output."""
-    import json
-
-    doc = {"scene": scene, "windows": [
+    write_json_atomic(path, {"scene": scene, "windows": [
         {"row_off": int(s.window.row_off), "col_off": int(s.window.col_off),
          "height": int(s.window.height), "width": int(s.window.width), "error": s.error}
         for s in skipped
-    ]}
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, path)
+    ]})
 
 
 def gpu_resources(client: Any, device: str) -> dict[str, float] | None:
@@ -457,9 +440,8 @@ def task_key(task: TileTask, index: int) -> str:
 
 def stream_tasks(
     client: Any, tasks: Sequence[TileTask], limit: int, resources: dict[str, float] | None = None,
-) -> Iterable[tuple[TileTask, list[TileResult] | BaseException]]:
-    """Submit tasks keeping at most ``limit`` in flight; yield ``(task, results or error)`` as
-    they complete.
+) -> Iterable[list[TileResult]]:
+    """Submit tasks keeping at most ``limit`` in flight; yield their results as they complete.
 
     Bounding the window on the client is what keeps memory flat: Dask's own queueing does not
     apply to tasks with resource restrictions, and results would otherwise pile up. A task
@@ -471,7 +453,7 @@ def stream_tasks(
     from distributed import as_completed
 
     queue = iter(enumerate(tasks))
-    pending: dict[str, tuple[Any, TileTask]] = {}
+    pending: dict[str, Any] = {}
 
     def submit_next(ac: Any | None) -> Any | None:
         nxt = next(queue, None)
@@ -479,7 +461,7 @@ def stream_tasks(
             return None
         i, t = nxt
         fut = client.submit(run_tile_task, t, key=task_key(t, i), pure=False, retries=1, resources=resources)
-        pending[fut.key] = (fut, t)
+        pending[fut.key] = fut
         if ac is not None:
             ac.add(fut)
         return fut
@@ -489,11 +471,9 @@ def stream_tasks(
     del first
     try:
         for fut in ac:
-            _, task = pending.pop(fut.key)
+            pending.pop(fut.key, None)
             try:
-                outcome: list[TileResult] | BaseException = fut.result()
-            except TileError as exc:
-                outcome = exc
+                result = fut.result()
             except (OSError, TimeoutError, CancelledError) as exc:
                 raise SchedulerError(
                     f"lost the Dask scheduler during the run ({type(exc).__name__}); "
@@ -501,8 +481,8 @@ def stream_tasks(
                 ) from exc
             fut.release()
             submit_next(ac)
-            yield task, outcome
+            yield result
     finally:
         if pending:
             with contextlib.suppress(Exception):
-                client.cancel([f for f, _ in pending.values()])
+                client.cancel(list(pending.values()))

@@ -396,3 +396,12 @@ def read_class_names(src: Any) -> dict[int, str]:
         return {int(c["value"]): str(c["name"]) for c in json.loads(src.tags().get("GEOSEG_CLASSES", "[]"))}
     except (ValueError, KeyError, TypeError):
         return {}
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON through a hidden temporary beside ``path``, then rename."""
+    import json
+
+    tmp = path.with_name(f".{path.name}.part")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    os.replace(tmp, path)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import warnings
 
 import click
 
-from geoseg.cli.options import report_errors
+from geoseg.cli.options import json_object, report_errors
 
 
 @click.command("models")
@@ -25,10 +24,7 @@ def models_command(arch: str | None, arch_args: str | None, in_channels: int) ->
     from geoseg.models.checkpoint import builtin_model_names, load_model
     from geoseg.models.receptive_field import NonLocalError, measure_receptive_field
 
-    try:
-        kwargs = json.loads(arch_args) if arch_args else {}
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not JSON: {exc}", param_hint="--arch-args") from None
+    kwargs = json_object(arch_args, "--arch-args")
     archs = [get_architecture(arch)] if arch else list_models()
     click.echo(f"{'architecture':<15}{'stride':>7}{'RF radius':>10}{'params':>9}  summary")
     for spec in archs:

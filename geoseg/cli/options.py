@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import signal
 import threading
 import warnings
@@ -68,14 +69,25 @@ scheduler_option = click.option(
 )
 
 
-def margin_type(value: str) -> int | str:
-    """``auto`` or a non-negative integer."""
+def auto_or_int(value: str, minimum: int, hint: str) -> int | str:
+    """``auto``, or an integer of at least ``minimum``, for the option ``hint``."""
     if value == "auto":
         return value
     try:
         n = int(value)
     except ValueError:
-        raise click.BadParameter("use 'auto' or a number of pixels") from None
-    if n < 0:
-        raise click.BadParameter("must be >= 0")
+        raise click.BadParameter(f"{value!r} is not 'auto' or a whole number", param_hint=hint) from None
+    if n < minimum:
+        raise click.BadParameter(f"must be 'auto' or >= {minimum}, got {n}", param_hint=hint)
     return n
+
+
+def json_object(text: str | None, hint: str) -> dict[str, Any]:
+    """A JSON object given on the command line (empty when not given)."""
+    try:
+        value = json.loads(text) if text else {}
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint=hint) from None
+    if not isinstance(value, dict):
+        raise click.BadParameter('give a JSON object, e.g. \'{"depth": 4}\'', param_hint=hint)
+    return value

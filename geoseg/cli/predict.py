@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from geoseg.cli.options import (
-    device_option, margin_type, overwrite_option, quiet_option, report_errors, scheduler_option,
+    auto_or_int, device_option, overwrite_option, quiet_option, report_errors, scheduler_option,
     workers_option,
 )
 from geoseg.crf import CRFParams
@@ -58,10 +58,8 @@ def predict_command(
     """Segment SCENE into a georeferenced class raster (Cloud-Optimized GeoTIFF)."""
     from geoseg.graph import predict
 
-    try:
-        margin_value = margin_type(margin)
-    except click.BadParameter as exc:
-        raise click.BadParameter(str(exc), param_hint="--margin") from None
+    margin_value = auto_or_int(margin, 0, "--margin")
+    tile_value = auto_or_int(tile, 1, "--tile")
     try:
         scale_list = [float(v) for v in scales.split(",") if v.strip()]
     except ValueError:
@@ -69,15 +67,6 @@ def predict_command(
                                  param_hint="--scales") from None
     crf_params = CRFParams(crf_iterations, crf_radius, crf_theta_alpha, crf_theta_beta, crf_theta_gamma,
                            crf_w_bilateral, crf_w_gaussian) if crf else None
-    if tile != "auto":
-        try:
-            tile_value: int | str = int(tile)
-            if tile_value < 1:
-                raise ValueError
-        except ValueError:
-            raise click.BadParameter(f"{tile!r} is not a positive integer or 'auto'", param_hint="--tile") from None
-    else:
-        tile_value = "auto"
     result = predict(
         scene, output, model=model, tile=tile_value, margin=margin_value, batch_size=batch_size,
         workers=workers, scheduler=scheduler, device=device, bands=bands,

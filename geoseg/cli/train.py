@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
-from geoseg.cli.options import device_option, overwrite_option, quiet_option, report_errors
+from geoseg.cli.options import device_option, json_object, overwrite_option, quiet_option, report_errors
 
 
 @click.command("train")
@@ -35,10 +33,7 @@ def train_command(chips_dir: str, output: str, arch: str, arch_args: str | None,
     """Train a segmentation model on CHIPS_DIR (made by 'geoseg chip')."""
     from geoseg.train import train
 
-    try:
-        kwargs = json.loads(arch_args) if arch_args else {}
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not JSON: {exc}", param_hint="--arch-args") from None
+    kwargs = json_object(arch_args, "--arch-args")
     result = train(chips_dir, output, arch=arch, arch_kwargs=kwargs, epochs=epochs, batch_size=batch_size,
                    lr=lr, weight_decay=weight_decay, schedule=schedule, class_weighting=class_weighting,
                    dice_weight=dice_weight, device=device, seed=seed, workers=workers, resume=resume,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from geoseg.cli.options import report_errors
+from geoseg.cli.options import auto_or_int, report_errors
 
 
 @click.command("worker")
@@ -20,15 +20,8 @@ def worker_command(scheduler: str, gpus: str, nthreads: int | None, memory_limit
     """Start Dask workers joining SCHEDULER (tcp://host:8786) with the flags geoseg relies on."""
     from geoseg.worker import gpu_count, run_workers, worker_commands
 
-    if gpus == "auto":
-        n = gpu_count()
-    else:
-        try:
-            n = int(gpus)
-            if n < 0:
-                raise ValueError
-        except ValueError:
-            raise click.BadParameter(f"{gpus!r} is not 'auto' or a number of GPUs", param_hint="--gpus") from None
+    count = auto_or_int(gpus, 0, "--gpus")
+    n = gpu_count() if count == "auto" else int(count)
     commands = worker_commands(scheduler, n, nthreads, memory_limit, name)
     if dry_run:
         for c in commands:

@@ -169,12 +169,10 @@ class _ResNetBackbone(nn.Module):
         net = resnet50(weights=None, replace_stride_with_dilation=[False, output_stride == 8, True])
         if in_channels != 3:
             net.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
-        base = 2 if output_stride == 16 else 4
+        scale = 16 // output_stride  # the schedule is in units of the stride-16 rate
         rates = resolve_schedule(dilations, len(net.layer4), stage="ResNet layer4")
         for block, r in zip(net.layer4, rates):
-            block.conv2.dilation = (base * r // 2 or 1, base * r // 2 or 1)
-            block.conv2.padding = block.conv2.dilation
-        self.rates = [block.conv2.dilation[0] for block in net.layer4]
+            block.conv2.dilation = block.conv2.padding = (r * scale, r * scale)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         self.low_channels, self.high_channels = 256, 2048
@@ -201,6 +199,7 @@ class _MobileNetBackbone(nn.Module):
         first = features[0][0]
         if in_channels != 3:
             features[0][0] = nn.Conv2d(in_channels, first.out_channels, 3, stride=2, padding=1, bias=False)
+        features.eval()  # the probe below must not move batch-norm statistics
         with torch.no_grad():
             x = torch.zeros(1, in_channels, 64, 64)
             split = 0
@@ -212,9 +211,9 @@ class _MobileNetBackbone(nn.Module):
                 if x.shape[-1] == 16:
                     split, self.low_channels = i + 1, x.shape[1]
             self.high_channels = x.shape[1]
+        features.train()
         self.low = features[:split]
         self.high = features[split:]
-        self.rates: list[int] = []
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         low = self.low(x)

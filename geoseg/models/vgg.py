@@ -8,7 +8,6 @@ selects VGG-16-BN, which trains from scratch where plain VGG-16 needs ImageNet w
 from __future__ import annotations
 
 from torch import nn
-from torchvision.models.vgg import cfgs, make_layers
 
 
 def scaled_widths(width: float) -> list[int]:
@@ -20,6 +19,8 @@ def scaled_widths(width: float) -> list[int]:
 
 def vgg16_stages(in_channels: int, width: float = 1.0, batch_norm: bool = True) -> nn.ModuleList:
     """Five stages, each ending in its 2x2 max pooling (pool1 .. pool5)."""
+    from torchvision.models.vgg import cfgs, make_layers  # 160 MB and 3 s: only when building one
+
     widths = iter(scaled_widths(width))
     cfg: list[int | str] = []
     stage_width = next(widths)
