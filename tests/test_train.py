@@ -94,7 +94,7 @@ def test_cli_trains_a_deeplab_and_predicts_with_crf_and_tta(
     args = '{"width": 0.125, "fc_channels": 32, "dilations": "hdc", "msc": true, "msc_channels": 8, "dropout": 0.1}'
     runner = CliRunner()
     res = runner.invoke(cli, ["train", str(out), "-o", str(model), "--arch", "deeplabv1", "--arch-args", args,
-                              "--epochs", "6", "--batch-size", "8", "--lr", "0.005", "--quiet"])
+                              "--epochs", "12", "--batch-size", "8", "--lr", "0.01", "--quiet"])
     assert res.exit_code == 0, res.output
     cfg = geoseg.load_model(str(model)).config
     assert cfg.arch == "deeplabv1" and cfg.arch_kwargs["msc"] is True and cfg.output_stride == 8
