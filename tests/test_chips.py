@@ -156,9 +156,13 @@ def test_chip_errors(tmp_path: Path, pair: tuple[Path, Path, np.ndarray], rng: n
     with pytest.raises(ChipError, match="out of range"):
         make_chips([(str(img), str(wide))], tmp_path / "c3", size=32, client=dask_client)
     unlabeled = write_raster(tmp_path / "none.tif", np.zeros((192, 192), np.uint8))
-    with pytest.raises(ChipError, match="no chip survived.*--min-labeled"):
+    with pytest.raises(ChipError, match="no labelled pixel.*--ignore-value"):
         make_chips([(str(img), str(unlabeled))], tmp_path / "c4", size=32, ignore_value=0, client=dask_client)
-    assert not (tmp_path / "c4" / "chips.json").exists()
+    assert not (tmp_path / "c4").exists()  # a folder the failed run created is gone again
+    with pytest.raises(ChipError, match="no chip survived.*--min-labeled"):
+        make_chips([(str(img), str(unlabeled))], tmp_path / "c4", size=32, ignore_value=0, min_labeled=0.05,
+                   client=dask_client)
+    (tmp_path / "c4").mkdir()
     with pytest.raises(ChipError, match="not a chips folder"):
         load_manifest(tmp_path / "c4")
     (tmp_path / "c4" / "chips.json").write_text("{broken")

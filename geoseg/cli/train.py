@@ -40,4 +40,8 @@ def train_command(chips_dir: str, output: str, arch: str, arch_args: str | None,
                    overwrite=overwrite, quiet=quiet)
     if result.best_scores is not None:
         click.echo(result.best_scores.table())
-    click.echo(f"wrote {result.output} (best epoch {result.best_epoch}, val mIoU {result.best_miou:.4f})")
+    if result.best_miou is None:
+        click.echo(f"wrote {result.output} (last epoch {result.best_epoch}; no validation chips, so no score: "
+                   "chip with --val-fraction above 0 to measure one)")
+    else:
+        click.echo(f"wrote {result.output} (best epoch {result.best_epoch}, val mIoU {result.best_miou:.4f})")
