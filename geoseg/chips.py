@@ -223,7 +223,7 @@ def _starts(begin: int, end: int, size: int, stride: int) -> list[int]:
 
 def plan_windows(
     height: int, width: int, size: int, stride: int, block: int,
-    val_fraction: float, test_fraction: float, seed: int,
+    val_fraction: float, test_fraction: float, seed: int | str,
     labelled_blocks: set[tuple[int, int]] | None = None,
 ) -> list[ChipWindow]:
     """Chip origins inside split blocks; whole blocks go to train, val or test at random (seeded).
@@ -437,8 +437,9 @@ def _write_atomic(path: Path, array: np.ndarray, profile: dict[str, Any]) -> Non
 def image_id(path: str) -> str:
     """A chip-name prefix unique per image: its stem and a short hash of its resolved path (so
     ``./a.tif``, ``a.tif`` and a link to it are one image)."""
-    stem = Path(path).stem.replace(" ", "_")[:40]
-    digest = hashlib.sha1(_resolved(path).encode()).hexdigest()[:8]
+    real = _resolved(path)
+    stem = Path(real).stem.replace(" ", "_")[:40]
+    digest = hashlib.sha1(real.encode()).hexdigest()[:8]
     return f"{stem}-{digest}"
 
 
@@ -637,12 +638,13 @@ def _make_chips_locked(
     stride = stride or size
     tasks: list[ChipTask] = []
     run_ids: set[str] = set()
-    for i, (image, info, band_list, src, area) in enumerate(scenes):
+    for image, info, band_list, src, area in scenes:
         block = split_block or auto_split_block(*area, size)
         labelled = _labelled_blocks(src, info, block, ignore)
-        windows = plan_windows(info.height, info.width, size, stride, block, val_fraction,
-                               test_fraction, seed + i, labelled)
         iid = image_id(image)
+        # seeded per image, not per position: an image re-chipped alone gets the same split
+        windows = plan_windows(info.height, info.width, size, stride, block, val_fraction,
+                               test_fraction, f"{seed}-{iid}", labelled)
         if iid in run_ids:
             raise ChipError(f"{image} is given twice; give each image once")
         run_ids.add(iid)
