@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from geoseg.io import check_output_path, remove_quietly
 from geoseg.metrics import Scores, confusion_matrix
 from geoseg.models import create_model, get_architecture, output_stride
 from geoseg.models.checkpoint import ModelConfig, build_config, save_model
+from geoseg.models.pretrained import load_pretrained
 from geoseg.progress import Progress
 
 DEFAULT_ARCH = "unet-small"
@@ -136,6 +137,8 @@ def train(
     overwrite: bool = False,
     quiet: bool = True,
     amp: bool = True,
+    pretrained: str | None = None,
+    pretrained_bands: Sequence[str] | None = None,
 ) -> TrainResult:
     """Train ``arch`` on a chips folder and write the best model (by validation mIoU) to ``output``."""
     out = Path(output)
@@ -157,13 +160,18 @@ def train(
     state: dict[str, Any] = {}
     if resume:
         state = _load_state(state_path, identity)
-    else:
-        # a new run: the previous run's resume state must never be continued by a later --resume
-        remove_quietly(state_path, state_path.with_name(state_path.name + ".part"))
     dev = resolve_device(device)
     torch.manual_seed(seed)
     np.random.seed(seed)
     network = create_model(arch, len(manifest["bands"]), len(classes), **kwargs)
+    pretrained_from = None
+    if pretrained is not None and not resume:  # a resumed run continues its own weights
+        pretrained_from = load_pretrained(network, arch, pretrained, manifest["bands"], pretrained_bands)
+        if not quiet:
+            print(f"encoder starts from {pretrained_from}", file=sys.stderr, flush=True)
+    if not resume:
+        # a new run: the previous run's resume state must never be continued by a later --resume
+        remove_quietly(state_path, state_path.with_name(state_path.name + ".part"))
     stride = output_stride(network)
     if manifest["size"] % stride:
         good = -(-manifest["size"] // stride) * stride
@@ -257,7 +265,8 @@ def train(
             best_miou, best_epoch, best_scores = miou, epoch + 1, val_scores
             _save_best(out, network, config, manifest, chips_dir, history, best_epoch, val_scores,
                        dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, schedule=schedule,
-                            class_weighting=class_weighting, dice_weight=dice_weight))
+                            class_weighting=class_weighting, dice_weight=dice_weight,
+                            pretrained=pretrained_from))
         if not quiet:
             vtxt = (f"val mIoU {val_scores.miou:.4f} OA {val_scores.overall_accuracy:.4f}"
                     if val_scores is not None else "no validation chips")
