@@ -30,7 +30,7 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
-from geoseg.errors import ChipError
+from geoseg.errors import ChipError, first_line
 from geoseg.io import (
     READ_ENV, ClassInfo, no_georef_warning, open_scene, remove_quietly, select_bands,
 )
@@ -129,7 +129,7 @@ def label_source(path: str, label_field: str | None, value_map: dict[str, int] |
         try:
             info = pyogrio.read_info(path)
         except Exception as exc:  # pyogrio raises its own DataSourceError family
-            raise ChipError(f"cannot read vector labels {path}: {str(exc).splitlines()[0]}") from exc
+            raise ChipError(f"cannot read vector labels {path}: {first_line(exc)}") from exc
         fields = [str(f) for f in info["fields"]]
         if label_field is None:
             raise ChipError(f"vector labels need --label-field; {p.name} has fields: {', '.join(fields)}")
@@ -611,8 +611,6 @@ def _make_chips_locked(
     scheduler: str | None, client: Any,
 ) -> ChipsSummary:
     """``make_chips`` while holding the folder's lock."""
-    from geoseg.cluster import connect
-
     existing = load_manifest(out) if (out / MANIFEST).exists() else None
     for stale in out.glob(f"{STAGING}*"):  # left by a killed run (we hold the lock)
         shutil.rmtree(stale, ignore_errors=True)
@@ -666,7 +664,7 @@ def _make_chips_locked(
         (stage / "images").mkdir()
         (stage / "labels").mkdir()
         tasks = [ChipTask(**{**t.__dict__, "out_dir": str(stage)}) for t in tasks]
-        outcomes = _run_tasks(tasks, client, scheduler, workers, connect)
+        outcomes = _run_tasks(tasks, client, scheduler, workers)
         kept = [o for o in outcomes if o.dropped is None]
         dropped: dict[str, int] = {}
         for o in outcomes:
@@ -689,29 +687,18 @@ def _make_chips_locked(
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def _run_tasks(tasks: list[ChipTask], client: Any, scheduler: str | None, workers: int | None,
-               connect: Any) -> list[ChipOutcome]:
-    """Run the chip tasks on ``client`` (or a cluster of our own); cancel them all on failure."""
-    own = client is None
-    cluster = None
-    if own:
-        client, cluster = connect(scheduler, workers, processes=False)
-    futures: list[Any] = []
-    try:
-        futures = client.map(run_chip_task, tasks, pure=False)
-        outcomes: list[ChipOutcome] = []
-        for fut in futures:
-            outcomes.extend(fut.result())
-        return outcomes
-    except BaseException:
-        with contextlib.suppress(Exception):
-            client.cancel(futures)
-        raise
-    finally:
-        if own:
-            client.close()
-            if cluster is not None:
-                cluster.close()
+def _run_tasks(tasks: list[ChipTask], client: Any, scheduler: str | None,
+               workers: int | None) -> list[ChipOutcome]:
+    """Run the chip tasks (bounded, in Dask); outcomes in task order, as planned. Work still
+    pending when one task fails is cancelled."""
+    from geoseg.cluster import dask_session, stream
+
+    by_task: dict[int, list[ChipOutcome]] = {}
+    with dask_session(client, scheduler, workers, processes=False) as session:
+        limit = max(2, 2 * session.threads)
+        for i, batch in stream(session.client, run_chip_task, tasks, limit, retries=0):
+            by_task[i] = batch
+    return [o for i in sorted(by_task) for o in by_task[i]]
 
 
 def _check_compatible(out: Path, existing: dict[str, Any], band_names: list[str], size: int, ignore: int,

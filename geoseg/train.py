@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from geoseg import __version__
 from geoseg.chips import load_manifest, manifest_classes
 from geoseg.datasets import IGNORE_INDEX, ChipDataset
-from geoseg.errors import ChipError, OutputError, TrainingError
+from geoseg.errors import ChipError, OutputError, TrainingError, first_line
 from geoseg.infer import resolve_device
 from geoseg.io import check_output_path, remove_quietly
 from geoseg.metrics import Scores, confusion_matrix
@@ -208,7 +208,7 @@ def train(
             optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as exc:
             raise TrainingError(
-                f"cannot resume from {state_path}: its weights do not fit {arch} ({str(exc).splitlines()[0][:120]}); "
+                f"cannot resume from {state_path}: its weights do not fit {arch} ({first_line(exc)[:120]}); "
                 "train without --resume, with --overwrite"
             ) from None
         start_epoch, best_miou, best_epoch = int(state["epoch"]), float(state["best_miou"]), int(state["best_epoch"])
@@ -301,7 +301,7 @@ def _load_state(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file: torch raises several kinds
-        raise TrainingError(f"cannot resume: {path} is damaged ({str(exc).splitlines()[0][:120]}); "
+        raise TrainingError(f"cannot resume: {path} is damaged ({first_line(exc)[:120]}); "
                             "train without --resume, with --overwrite") from None
     if not isinstance(state, dict) or "model" not in state:
         raise TrainingError(f"cannot resume: {path} is not a geoseg training state; train without --resume")

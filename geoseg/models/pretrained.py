@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from geoseg.errors import ModelError, TrainingError
+from geoseg.errors import ModelError, TrainingError, first_line
 
 #: torchvision weights enum per backbone, for ``--pretrained imagenet``.
 IMAGENET_WEIGHTS = {
@@ -95,7 +95,7 @@ def imagenet_state_dict(backbone: Backbone) -> dict[str, torch.Tensor]:
     try:
         return dict(weights.get_state_dict(progress=False, check_hash=True))
     except (urllib.error.URLError, OSError, RuntimeError) as exc:
-        reason = str(getattr(exc, "reason", "") or exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
+        reason = first_line(str(getattr(exc, "reason", "") or "") or exc)[:100]
         raise TrainingError(
             f"cannot download the ImageNet weights of {backbone.name} ({reason}); offline, fetch "
             f"{weights.url} on a machine with internet and pass --pretrained PATH"
@@ -111,7 +111,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     try:
         blob: Any = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickled code, a truncated file, not a torch file: several kinds
-        first = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        first = first_line(exc)[:120]
         raise TrainingError(f"cannot read pretrained weights {path} without executing code ({first})") from None
     for key in ("state_dict", "model"):
         if isinstance(blob, dict) and isinstance(blob.get(key), dict):
