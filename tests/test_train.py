@@ -145,7 +145,8 @@ def test_without_validation_chips_no_score_is_reported(tmp_path: Path, dask_clie
     out = tmp_path / "chips"
     make_chips([(str(img), str(lab))], out, size=32, ignore_value=0, val_fraction=0, client=dask_client)
     r = CliRunner().invoke(cli, ["train", str(out), "-o", str(tmp_path / "m.pt"), "--arch", "unet",
-                                 "--arch-args", '{"depth": 2, "base_width": 4}', "--epochs", "2"])
+                                 "--arch-args", '{"depth": 2, "base_width": 4}', "--epochs", "2",
+                                 "--precision", "bf16", "--channels-last"])
     assert r.exit_code == 0, r.output
     assert "no validation chips" in r.stderr and "no validation chips, so no score" in r.stdout
     assert "mIoU" not in r.stdout + r.stderr
