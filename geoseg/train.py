@@ -48,6 +48,12 @@ def auto_patience(epochs: int) -> int:
     return max(10, epochs // 6)
 
 
+def min_epochs(epochs: int) -> int:
+    """Epochs always trained before early stopping may end a run: on a small validation set an
+    untrained network that predicts the majority class can hold the best score for a while."""
+    return epochs // 3
+
+
 @dataclass
 class EpochRecord:
     epoch: int
@@ -266,7 +272,8 @@ def train(
             group["lr"] = rate
     best_scores: Scores | None = None
     for epoch in range(start_epoch, epochs):
-        if len(val_ds) and patience and best_epoch and epoch - best_epoch >= patience:
+        if (len(val_ds) and patience and best_epoch and epoch - best_epoch >= patience
+                and epoch >= min_epochs(epochs)):
             if not quiet:
                 print(f"stopping early: no better validation mIoU for {patience} epochs",
                       file=sys.stderr, flush=True)

@@ -165,6 +165,7 @@ def test_epochs_are_automatic_and_training_stops_after_patience(tmp_path: Path, 
     result = train(out, tmp_path / "m.pt", arch="unet", arch_kwargs={"depth": 2, "base_width": 4},
                    epochs=6, patience=1, lr=1e-4)
     n = len(result.history)
-    # whatever the scores on this CPU: training ends at the limit or one epoch after the best
-    assert n == 6 or n == result.best_epoch + 1
+    # whatever the scores on this CPU: training ends at the limit, or one epoch after the best
+    # once the first third of the epochs is done
+    assert n == 6 or (n - result.best_epoch >= 1 and n >= 2 and (n == result.best_epoch + 1 or n == 2))
     assert result.best_miou == pytest.approx(max(h.val["miou"] for h in result.history), abs=1e-5)

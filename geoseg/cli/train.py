@@ -13,7 +13,7 @@ from geoseg.cli.options import device_option, json_object, overwrite_option, qui
 @click.option("--arch", default="unet-small", show_default=True, help="Architecture from 'geoseg models'.")
 @click.option("--arch-args", default=None, metavar="JSON", help='Architecture arguments, e.g. \'{"depth": 4}\'.')
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Most epochs (default: about 1000 optimizer steps, 15 to 150 epochs).")
-@click.option("--patience", type=click.IntRange(min=0), default=None, help="Stop after this many epochs without a better validation mIoU (default: max(10, epochs/6); 0: never).")
+@click.option("--patience", type=click.IntRange(min=0), default=None, help="Stop after this many epochs without a better validation mIoU, once a third of the epochs ran (default: max(10, epochs/6); 0: never).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Default: 16 on the CPU, 32 on CUDA, less for small chip sets (at least 4 steps an epoch).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True)
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=1e-4, show_default=True)
