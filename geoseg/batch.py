@@ -38,9 +38,9 @@ SCHEMA: dict[str, Any] = {
     "output": {"folder": str, "pattern": str},
     "predict": {"tile": "int|auto", "margin": "int|auto", "batch_size": int, "device": str, "bands": (str, list),
                 "probabilities": bool, "tta": str, "scales": list, "crf": (bool, dict), "precision": str,
-                "channels_last": bool, "on_error": str},
+                "channels_last": bool, "on_error": str, "resampling": str},
     "vector": {"format": str, "connectivity": int, "skip_class": list, "min_area": (int, float),
-               "simplify": (int, float)},
+               "simplify": (int, float), "dst_crs": str},
 }
 VECTOR_FORMATS = ("gpkg", "fgb", "geojson", "shp", "parquet")
 RECORD_SUFFIX = ".geoseg.json"
@@ -300,8 +300,10 @@ def remove_stale_parts(outs: dict[str, Path]) -> None:
             stale.unlink()
 
 
-def stac_item(scene: str, outs: dict[str, Path], model_name: str, model_sha: str, classes: list[Any]) -> dict[str, Any]:
-    """A STAC 1.0 Item for one scene's outputs, with the class raster and polygons as assets."""
+def stac_item(scene: str, outs: dict[str, Path], model_name: str, model_sha: str, classes: list[Any],
+              source_item: str | None = None) -> dict[str, Any]:
+    """A STAC 1.0 Item for one scene's outputs, with the class raster and polygons as assets, and
+    a ``derived_from`` link to the scene's own STAC item when it was given as one."""
     import rasterio
     from rasterio.warp import transform_bounds, transform_geom
 
@@ -338,7 +340,8 @@ def stac_item(scene: str, outs: dict[str, Path], model_name: str, model_sha: str
                             "https://stac-extensions.github.io/classification/v1.1.0/schema.json"],
         "id": outs["classes"].stem, "geometry": geom, "bbox": list(wgs) if wgs else None,
         "properties": props, "assets": assets,
-        "links": [],
+        "links": [{"rel": "derived_from", "href": source_item, "type": "application/geo+json",
+                   "title": "source scene"}] if source_item else [],
     }
 
 
@@ -422,7 +425,8 @@ def _one_scene(job: Job, scene: str, model: Any, force: bool, client: Any, echo:
         result = predict(scene, outs["classes"], model=model.path, overwrite=True, client=client,
                          probabilities=outs.get("probabilities"), vector=outs.get("vector"),
                          vector_options=vector_opts, **opts)
-        write_json_atomic(outs["stac"], stac_item(scene, outs, model.name, model.sha256, model.classes))
+        write_json_atomic(outs["stac"], stac_item(scene, outs, model.name, model.sha256, model.classes,
+                                                    result.stac_item))
         record = expected_record(job, scene, model.sha256)
         record["outputs"] = {k: p.name for k, p in outs.items()}
         write_json_atomic(rec, record)

@@ -42,6 +42,7 @@ from geoseg.io import (
     write_json_atomic,
 )
 from geoseg.progress import Progress
+from geoseg.scenes import DEFAULT_RESAMPLING, describe, resolve_scene
 from geoseg.stitch import TileResult, crop_core, to_result
 from geoseg.tiling import Tile, TileGrid, auto_margin, round_up
 
@@ -91,7 +92,7 @@ def run_tile_task(task: TileTask) -> list[TileResult]:
             return _tile_by_tile(task)
         first, last = task.tiles[0].core, task.tiles[-1].core
         raise TileError(
-            f"{task.scene}: tiles at rows {first.row_off}-{last.row_off + last.height}, columns "
+            f"{describe(task.scene)}: tiles at rows {first.row_off}-{last.row_off + last.height}, columns "
             f"{first.col_off}-{last.col_off + last.width} failed ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}); --on-error skip writes nodata there instead"
         ) from exc
@@ -176,6 +177,7 @@ class PredictResult:
     overlap_factor: float
     model: str
     skipped: list[Window] = field(default_factory=list)
+    stac_item: str | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -209,7 +211,7 @@ def default_tiles_per_task(grid: TileGrid, batch_size: int) -> int:
 
 
 def predict(
-    scene: str | os.PathLike[str],
+    scene: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     output: str | os.PathLike[str],
     model: str | os.PathLike[str] | None = None,
     tile: int | str = "auto",
@@ -234,6 +236,7 @@ def predict(
     channels_last: bool = False,
     compile: bool = False,
     on_error: str = "fail",
+    resampling: str = DEFAULT_RESAMPLING,
 ) -> PredictResult:
     """Segment ``scene`` into a uint8 class-raster COG at ``output`` (and class probabilities).
 
@@ -249,6 +252,10 @@ def predict(
     ``channels_last`` and ``compile`` tune the forward pass. ``on_error="skip"`` writes nodata
     where a tile task fails and lists those windows (result ``skipped``, and a JSON report
     beside the output) instead of failing the run.
+
+    ``scene`` is a raster, a list of single-band files, or a STAC item (``.json``, a file or
+    an http(s) URL); band files and STAC assets are matched to the model's bands and resampled
+    onto the finest band's grid with ``resampling`` (see :mod:`geoseg.scenes`).
     """
     from geoseg.models.checkpoint import load_model
 
@@ -261,14 +268,19 @@ def predict(
         from geoseg.vectorize import output_format
 
         output_format(check_output_path(vector, overwrite, "vector output"))
-    info = open_scene(scene)
-    if not info.georeferenced:
-        warnings.warn(
-            f"{info.path} has no CRS or geotransform; the output keeps its pixel grid without "
-            "georeferencing", GeosegWarning, stacklevel=2,
-        )
     loaded = load_model(model, device="cpu")
     cfg = loaded.config
+    resolved = resolve_scene(scene, cfg.band_names, resampling, match_names=bands is None)
+    info = open_scene(resolved.dataset)
+    if vector is not None:
+        from geoseg.vectorize import output_crs
+
+        output_crs(Path(vector), info.crs, (vector_options or {}).get("dst_crs"))
+    if not info.georeferenced:
+        warnings.warn(
+            f"{describe(info.path)} has no CRS or geotransform; the output keeps its pixel grid without "
+            "georeferencing", GeosegWarning, stacklevel=2,
+        )
     band_list = parse_bands(bands, info.count, cfg.in_channels)
     if on_error not in ("fail", "skip"):
         raise TilingError(f"unknown --on-error {on_error!r}; use fail or skip")
@@ -348,7 +360,7 @@ def predict(
             progress.close()
         report = out_path.with_name(out_path.name + ".skipped.json")
         if skipped:
-            write_skipped_report(report, info.path, skipped)
+            write_skipped_report(report, describe(info.path), skipped)
         elif report.exists() and overwrite:
             report.unlink()
         if vector is not None:
@@ -374,6 +386,7 @@ def predict(
         overlap_factor=grid.overlap_factor,
         model=loaded.name,
         skipped=[s.window for s in skipped],
+        stac_item=resolved.stac_item,
     )
 
 

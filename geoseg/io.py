@@ -53,8 +53,10 @@ def no_georef_warning() -> Iterator[None]:
 
 
 def is_virtual(path: str) -> bool:
-    """True for GDAL virtual paths and URLs that cannot be checked with os.path."""
-    return path.startswith("/vsi") or "://" in path
+    """True for GDAL virtual paths, URLs and VRT XML strings, which os.path cannot check."""
+    from geoseg.scenes import is_vrt_xml
+
+    return path.startswith("/vsi") or "://" in path or is_vrt_xml(path)
 
 
 @dataclass(frozen=True)
@@ -194,6 +196,8 @@ def read_mirrored(
     r0, r1 = int(rows.min()), int(rows.max()) + 1
     c0, c1 = int(cols.min()), int(cols.max()) + 1
     window = Window(c0, r0, c1 - c0, r1 - r0)
+    from geoseg.scenes import describe
+
     failure: str | None = None
     try:
         block = src.read(list(bands), window=window)
@@ -204,7 +208,7 @@ def read_mirrored(
         # Raised outside the except block: GDAL's exception chain does not survive pickling
         # back from a Dask worker, and this message says all of it.
         raise SceneError(
-            f"cannot read window (col {c0}, row {r0}, {c1 - c0}x{r1 - r0}) of {src.name}: "
+            f"cannot read window (col {c0}, row {r0}, {c1 - c0}x{r1 - r0}) of {describe(src.name)}: "
             f"{failure}; the file may be corrupt or truncated"
         )
     if np.issubdtype(block.dtype, np.floating):
@@ -216,9 +220,13 @@ def read_mirrored(
     return data, valid
 
 
-def file_token(path: str) -> tuple[int, int] | None:
-    """Size and modification time of a local file (None for virtual paths): part of task keys, so
-    a changed file never reuses results computed from its old content."""
+def file_token(path: str) -> tuple[int, int] | None | list[Any]:
+    """Size and modification time of a local file (None for virtual paths; one per source file of
+    a VRT string): part of task keys, so a changed file never reuses results from its old content."""
+    from geoseg.scenes import is_vrt_xml, vrt_sources
+
+    if is_vrt_xml(path):
+        return [file_token(s) for s in vrt_sources(path)]
     try:
         st = os.stat(path)
         return st.st_size, st.st_mtime_ns

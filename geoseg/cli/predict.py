@@ -9,11 +9,14 @@ from geoseg.cli.options import (
     workers_option,
 )
 from geoseg.crf import CRFParams
-from geoseg.cli.vectorize import connectivity_option, min_area_option, simplify_option, skip_option
+from geoseg.scenes import DEFAULT_RESAMPLING, RESAMPLING
+from geoseg.cli.vectorize import (
+    connectivity_option, dst_crs_option, min_area_option, simplify_option, skip_option,
+)
 
 
 @click.command("predict")
-@click.argument("scene")
+@click.argument("scene", nargs=-1, required=True)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Class raster (COG) to write.")
 @click.option("--model", "model", default=None, metavar="NAME_OR_PATH", help="Model file or built-in name (default: the built-in model).")
 @click.option("--tile", default="auto", show_default=True, help="Network input size in pixels, margins included; auto = 512, or 4 x margin for wide receptive fields.")
@@ -23,6 +26,7 @@ from geoseg.cli.vectorize import connectivity_option, min_area_option, simplify_
 @scheduler_option
 @device_option
 @click.option("--bands", default=None, metavar="1,2,3", help="Scene bands that feed the model, in order (1-based).")
+@click.option("--resampling", type=click.Choice(RESAMPLING), default=DEFAULT_RESAMPLING, show_default=True, help="How band files / STAC assets at coarser resolutions are resampled onto the finest grid.")
 @click.option("--probabilities", type=click.Path(dir_okay=False), default=None, help="Also write per-class probabilities (uint8 0-255) to this COG.")
 @click.option("--tta", type=click.Choice(["none", "flip", "d4"]), default="none", show_default=True, help="Test-time augmentation: average logits over flips (d4: and rotations).")
 @click.option("--scales", default="1", show_default=True, metavar="0.75,1,1.25", help="Average logits over these input scales.")
@@ -43,19 +47,23 @@ from geoseg.cli.vectorize import connectivity_option, min_area_option, simplify_
 @skip_option
 @min_area_option
 @simplify_option
+@dst_crs_option
 @overwrite_option
 @quiet_option
 @report_errors
 def predict_command(
-    scene: str, output: str, model: str | None, tile: str, margin: str, batch_size: int,
+    scene: tuple[str, ...], output: str, model: str | None, tile: str, margin: str, batch_size: int,
     workers: int | None, scheduler: str | None, device: str, bands: str | None,
     probabilities: str | None, vector: str | None, connectivity: str, skip_classes: tuple[int, ...],
-    min_area: float, simplify: float | None, overwrite: bool, quiet: bool, tta: str, scales: str,
+    min_area: float, simplify: float | None, dst_crs: str | None, overwrite: bool, quiet: bool, tta: str, scales: str,
     crf: bool, crf_iterations: int, crf_radius: int, crf_theta_alpha: float, crf_theta_beta: float,
     crf_theta_gamma: float, crf_w_bilateral: float, crf_w_gaussian: float, precision: str,
-    channels_last: bool, compile_: bool, on_error: str,
+    channels_last: bool, compile_: bool, on_error: str, resampling: str,
 ) -> None:
-    """Segment SCENE into a georeferenced class raster (Cloud-Optimized GeoTIFF)."""
+    """Segment SCENE into a georeferenced class raster (Cloud-Optimized GeoTIFF).
+
+    SCENE is one raster, one file per band (B02.tif B03.tif ...), or a STAC item (.json).
+    """
     from geoseg.graph import predict
 
     margin_value = auto_or_int(margin, 0, "--margin")
@@ -68,13 +76,13 @@ def predict_command(
     crf_params = CRFParams(crf_iterations, crf_radius, crf_theta_alpha, crf_theta_beta, crf_theta_gamma,
                            crf_w_bilateral, crf_w_gaussian) if crf else None
     result = predict(
-        scene, output, model=model, tile=tile_value, margin=margin_value, batch_size=batch_size,
+        scene[0] if len(scene) == 1 else list(scene), output, model=model, tile=tile_value, margin=margin_value, batch_size=batch_size,
         workers=workers, scheduler=scheduler, device=device, bands=bands,
         probabilities=probabilities, overwrite=overwrite, quiet=quiet, vector=vector,
         vector_options=dict(connectivity=int(connectivity), skip_classes=skip_classes,
-                            min_area=min_area, simplify=simplify),
+                            min_area=min_area, simplify=simplify, dst_crs=dst_crs),
         tta=tta, scales=scale_list, crf=crf_params, precision=precision, channels_last=channels_last,
-        compile=compile_, on_error=on_error,
+        compile=compile_, on_error=on_error, resampling=resampling,
     )
     for window in result.skipped:
         click.echo(f"skipped window rows {window.row_off}-{window.row_off + window.height}, columns "
