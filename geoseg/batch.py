@@ -40,7 +40,7 @@ SCHEMA: dict[str, Any] = {
                 "probabilities": bool, "tta": str, "scales": list, "crf": (bool, dict), "precision": str,
                 "channels_last": bool, "on_error": str, "resampling": str},
     "vector": {"format": str, "connectivity": int, "skip_class": list, "min_area": (int, float),
-               "simplify": (int, float), "dst_crs": str},
+               "simplify": (int, float), "dst_crs": str, "style": bool},
 }
 VECTOR_FORMATS = ("gpkg", "fgb", "geojson", "shp", "parquet")
 RECORD_SUFFIX = ".geoseg.json"

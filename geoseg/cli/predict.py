@@ -11,7 +11,7 @@ from geoseg.cli.options import (
 from geoseg.crf import CRFParams
 from geoseg.scenes import DEFAULT_RESAMPLING, RESAMPLING
 from geoseg.cli.vectorize import (
-    connectivity_option, dst_crs_option, min_area_option, simplify_option, skip_option,
+    connectivity_option, dst_crs_option, min_area_option, simplify_option, skip_option, style_option,
 )
 
 
@@ -48,6 +48,7 @@ from geoseg.cli.vectorize import (
 @min_area_option
 @simplify_option
 @dst_crs_option
+@style_option
 @overwrite_option
 @quiet_option
 @report_errors
@@ -55,7 +56,7 @@ def predict_command(
     scene: tuple[str, ...], output: str, model: str | None, tile: str, margin: str, batch_size: int,
     workers: int | None, scheduler: str | None, device: str, bands: str | None,
     probabilities: str | None, vector: str | None, connectivity: str, skip_classes: tuple[int, ...],
-    min_area: float, simplify: float | None, dst_crs: str | None, overwrite: bool, quiet: bool, tta: str, scales: str,
+    min_area: float, simplify: float | None, dst_crs: str | None, style: bool, overwrite: bool, quiet: bool, tta: str, scales: str,
     crf: bool, crf_iterations: int, crf_radius: int, crf_theta_alpha: float, crf_theta_beta: float,
     crf_theta_gamma: float, crf_w_bilateral: float, crf_w_gaussian: float, precision: str,
     channels_last: bool, compile_: bool, on_error: str, resampling: str,
@@ -80,7 +81,7 @@ def predict_command(
         workers=workers, scheduler=scheduler, device=device, bands=bands,
         probabilities=probabilities, overwrite=overwrite, quiet=quiet, vector=vector,
         vector_options=dict(connectivity=int(connectivity), skip_classes=skip_classes,
-                            min_area=min_area, simplify=simplify, dst_crs=dst_crs),
+                            min_area=min_area, simplify=simplify, dst_crs=dst_crs, style=style),
         tta=tta, scales=scale_list, crf=crf_params, precision=precision, channels_last=channels_last,
         compile=compile_, on_error=on_error, resampling=resampling,
     )

@@ -16,6 +16,8 @@ min_area_option = click.option("--min-area", type=click.FloatRange(min=0), defau
                                help="Merge regions smaller than this (square CRS units) into a neighbour.")
 dst_crs_option = click.option("--dst-crs", default=None, metavar="CRS",
                                help="Write polygons in this CRS (e.g. EPSG:4326); areas stay measured in the raster's CRS.")
+style_option = click.option("--style/--no-style", default=True, show_default=True,
+                             help="Add QGIS's default style, categorized by class in the model's colours (GeoPackage: layer_styles table; else a .qml sidecar).")
 simplify_option = click.option("--simplify", type=click.FloatRange(min=0), default=None,
                                help="Simplify the layer as a coverage with this tolerance (CRS units).")
 
@@ -29,6 +31,7 @@ simplify_option = click.option("--simplify", type=click.FloatRange(min=0), defau
 @min_area_option
 @simplify_option
 @dst_crs_option
+@style_option
 @click.option("--probabilities", default=None, type=click.Path(dir_okay=False),
               help="Probabilities raster from 'geoseg predict', for a mean_probability attribute.")
 @click.option("--block-size", type=click.IntRange(min=64), default=None, help="Block size in pixels (default ~1024).")
@@ -38,14 +41,14 @@ simplify_option = click.option("--simplify", type=click.FloatRange(min=0), defau
 @quiet_option
 @report_errors
 def vectorize_command(raster: str, output: str, connectivity: str, skip_classes: tuple[int, ...],
-                      min_area: float, simplify: float | None, dst_crs: str | None, probabilities: str | None,
+                      min_area: float, simplify: float | None, dst_crs: str | None, style: bool, probabilities: str | None,
                       block_size: int | None, workers: int | None, scheduler: str | None,
                       overwrite: bool, quiet: bool) -> None:
     """Polygonize a class RASTER: one polygon per connected region, merged across blocks."""
     from geoseg.vectorize import vectorize
 
     result = vectorize(raster, output, connectivity=int(connectivity), skip_classes=skip_classes,
-                       min_area=min_area, simplify=simplify, dst_crs=dst_crs, probabilities=probabilities,
+                       min_area=min_area, simplify=simplify, dst_crs=dst_crs, style=style, probabilities=probabilities,
                        overwrite=overwrite, block_size=block_size, workers=workers,
                        scheduler=scheduler, quiet=quiet)
     if not quiet:
