@@ -32,6 +32,7 @@ from geoseg.io import (
     WRITE_CACHE_MB,
     RasterSink,
     check_output_path,
+    class_raster_dtype,
     class_tags,
     file_token,
     no_georef_warning,
@@ -238,7 +239,8 @@ def predict(
     on_error: str = "fail",
     resampling: str = DEFAULT_RESAMPLING,
 ) -> PredictResult:
-    """Segment ``scene`` into a uint8 class-raster COG at ``output`` (and class probabilities).
+    """Segment ``scene`` into a class-raster COG at ``output`` (and class probabilities): uint8,
+    or uint16 when a class value is above 254 (see :func:`geoseg.io.class_raster_dtype`).
 
     ``tile`` is the network input size including margins; ``auto`` is 512, or four margins
     when the model's receptive field is wide (see :func:`auto_tile`).
@@ -335,8 +337,9 @@ def predict(
         )
         classes = cfg.classes
         tags = class_tags(classes, loaded.name)
+        class_dtype, class_nodata = class_raster_dtype([c.value for c in classes])
         sinks = [
-            lambda: RasterSink(out_path, info, 1, CLASS_NODATA, classes, tags, ["class"]),
+            lambda: RasterSink(out_path, info, 1, class_nodata, classes, tags, ["class"], dtype=class_dtype),
             (lambda: RasterSink(
                 prob_path, info, len(classes), None, None, tags,
                 [f"p({c.name})" for c in classes], overview_resampling="AVERAGE",
@@ -349,6 +352,7 @@ def predict(
             for results in stream_tasks(client, tasks, limit, resources):
                 for res in results:
                     if res.error is not None:
+                        res.classes = np.full(res.classes.shape, class_nodata, class_dtype)
                         skipped.append(SkippedTile(res.core, res.error))
                         progress.message(f"geoseg: skipped: {res.error}")
                         if prob_sink is not None:

@@ -24,8 +24,10 @@ from rasterio.windows import Window
 from geoseg.errors import OutputError, SceneError
 from geoseg.tiling import source_indices
 
-#: Class id written where the scene has no data (and so no prediction).
+#: Class id written where the scene has no data (and so no prediction), in uint8 class rasters.
 CLASS_NODATA = 255
+#: The same in uint16 class rasters, for models with class values above 254.
+CLASS_NODATA_16 = 65535
 
 #: GDAL settings for every scene read; scoped with rasterio.Env, never put into os.environ.
 READ_ENV: dict[str, Any] = {
@@ -266,6 +268,14 @@ def remove_quietly(*paths: Path | None) -> None:
                 Path(str(p) + ".aux.xml").unlink()
 
 
+def class_raster_dtype(values: Sequence[int]) -> tuple[str, int]:
+    """``(dtype, nodata)`` of the class raster for these class values: uint8 with nodata 255 while
+    every value fits in 0..254, else uint16 with nodata 65535. The one place this is decided
+    (sinks, the worker's argmax lookup, engines)."""
+    top = max((int(v) for v in values), default=0)
+    return ("uint8", CLASS_NODATA) if top < CLASS_NODATA else ("uint16", CLASS_NODATA_16)
+
+
 @dataclass(frozen=True)
 class ClassInfo:
     """A class as written into the output raster: value, name and RGB colour."""
@@ -292,19 +302,20 @@ class RasterSink:
         tags: dict[str, str] | None = None,
         band_descriptions: Sequence[str] | None = None,
         overview_resampling: str = "MODE",
+        dtype: str = "uint8",
     ) -> None:
         self.path = path
         self.scene = scene
         self.overview_resampling = overview_resampling
         self.tmp = temporary_sibling(path)
         self.cog_tmp: Path | None = None
-        est_bytes = scene.pixels * count
+        est_bytes = scene.pixels * count * np.dtype(dtype).itemsize
         profile: dict[str, Any] = {
             "driver": "GTiff",
             "width": scene.width,
             "height": scene.height,
             "count": count,
-            "dtype": "uint8",
+            "dtype": dtype,
             "nodata": nodata,
             "tiled": True,
             "blockxsize": 512,
@@ -331,7 +342,7 @@ class RasterSink:
             self._dst.set_band_description(i, desc)
 
     def write(self, array: np.ndarray, window: Window) -> None:
-        """Write (bands, h, w) or (h, w) uint8 into ``window``."""
+        """Write (bands, h, w) or (h, w) values of the sink's dtype into ``window``."""
         if array.ndim == 2:
             array = array[None]
         self._dst.write(array, window=window)
