@@ -330,7 +330,9 @@ def match_assets(item: dict[str, Any], band_names: Sequence[str], href: str) -> 
         if not hits:
             missing.append(band)
             continue
-        hits.sort(key=lambda ka: (ka[0].lower() != want, _type_rank(ka[1])))
+        # single-band assets first (not a 3-band "visual" that also lists red), then by key, then
+        # cloud-optimized GeoTIFF before other rasters
+        hits.sort(key=lambda ka: (_band_count(ka[1]) > 1, ka[0].lower() != want, _type_rank(ka[1])))
         chosen.append(hits[0])
     if missing:
         have = []
@@ -342,6 +344,10 @@ def match_assets(item: dict[str, Any], band_names: Sequence[str], href: str) -> 
             f"{', '.join(band_names)}; the item has {', '.join(have) or 'no assets'}"
         )
     return chosen
+
+
+def _band_count(asset: dict[str, Any]) -> int:
+    return max(len(asset.get("eo:bands") or []), len(asset.get("bands") or []), 1)
 
 
 def _type_rank(asset: dict[str, Any]) -> int:

@@ -45,6 +45,13 @@ def _hex(c: Sequence[int]) -> str:
     return "#" + "".join(f"{int(v):02x}" for v in c[:3])
 
 
+def _fill(c: ClassInfo) -> dict[str, str]:
+    """A QGIS SimpleFill in the class's colour with a thin dark outline."""
+    return {"color": f"{_rgb(c.color)},255", "outline_color": f"{_rgb(OUTLINE)},255",
+            "outline_style": "solid", "outline_width": "0.1", "outline_width_unit": "MM",
+            "style": "solid", "joinstyle": "bevel"}
+
+
 def qml(classes: Sequence[ClassInfo], field: str = CLASS_FIELD) -> str:
     """A QGIS layer style (QML): a categorized renderer, one solid fill per class."""
     cats = "\n".join(
@@ -52,14 +59,10 @@ def qml(classes: Sequence[ClassInfo], field: str = CLASS_FIELD) -> str:
         f"label={quoteattr(c.name)}/>"
         for i, c in enumerate(classes)
     )
-    props = lambda c: (  # noqa: E731  (both spellings: <Option> for QGIS >= 3.26, <prop> before)
-        {"color": f"{_rgb(c.color)},255", "outline_color": f"{_rgb(OUTLINE)},255",
-         "outline_style": "solid", "outline_width": "0.1", "outline_width_unit": "MM",
-         "style": "solid", "joinstyle": "bevel"}
-    )
     symbols = []
     for i, c in enumerate(classes):
-        p = props(c)
+        p = _fill(c)
+        # both spellings: <Option> (QGIS >= 3.26) and <prop> (before), each reads its own
         options = "\n".join(f'            <Option name="{k}" type="QString" value="{v}"/>' for k, v in p.items())
         legacy = "\n".join(f'          <prop k="{k}" v="{v}"/>' for k, v in p.items())
         symbols.append(
