@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 import yaml
 
 from geoseg import __version__
-from geoseg.errors import GeosegError
+from geoseg.errors import GeosegError, JobError, JobLockedError, first_line
 from geoseg.io import write_json_atomic
 
 #: Keys of a prediction job and the types they take (None: free-form checked elsewhere).
@@ -44,14 +44,6 @@ SCHEMA: dict[str, Any] = {
 }
 VECTOR_FORMATS = ("gpkg", "fgb", "geojson", "shp", "parquet")
 RECORD_SUFFIX = ".geoseg.json"
-
-
-class JobError(GeosegError, ValueError):
-    """The job file has problems; the message lists each with its place in the file."""
-
-
-class JobLockedError(GeosegError, RuntimeError):
-    """Another run of the same job holds its lock."""
 
 
 @dataclass
@@ -151,7 +143,7 @@ def load_job(path: str | os.PathLike[str]) -> Job:
     except FileNotFoundError:
         raise JobError(f"job file not found: {path}") from None
     except yaml.YAMLError as exc:
-        raise JobError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise JobError(f"{path} is not valid YAML: {first_line(exc)}") from None
     if not isinstance(doc, dict):
         raise JobError(f"{path}: a job file is a mapping (scenes, model, output, ...)")
     problems: list[str] = []
@@ -372,20 +364,11 @@ def run_batch(
     model = load_model(job.model)
     outcomes: list[SceneOutcome] = []
     with job_lock(job.folder, job.path):
-        own = client is None
-        cluster = None
-        if own:
-            from geoseg.cluster import connect
+        from geoseg.cluster import dask_session
 
-            client, cluster = connect(job.scheduler, job.workers)
-        try:
+        with dask_session(client, job.scheduler, job.workers) as session:
             for scene in job.scenes:
-                outcomes.append(_one_scene(job, scene, model, force, client, echo))
-        finally:
-            if own:
-                client.close()
-                if cluster is not None:
-                    cluster.close()
+                outcomes.append(_one_scene(job, scene, model, force, session.client, echo))
     report = BatchReport(str(job.path), outcomes, time.perf_counter() - t0)
     write_json_atomic(Path(report_path) if report_path else job.folder / "batch-report.json", report.as_dict())
     return report
@@ -397,11 +380,11 @@ def _peek(path: str | os.PathLike[str]) -> Any:
     except FileNotFoundError:
         raise JobError(f"job file not found: {path}") from None
     except yaml.YAMLError as exc:
-        raise JobError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise JobError(f"{path} is not valid YAML: {first_line(exc)}") from None
 
 
 def _one_scene(job: Job, scene: str, model: Any, force: bool, client: Any, echo: Callable[[str], Any]) -> SceneOutcome:
-    from geoseg.graph import predict
+    from geoseg.predict import predict
 
     if not force and is_done(job, scene, model.sha256):
         echo(f"skip  {scene} (outputs match their record)")
@@ -432,9 +415,9 @@ def _one_scene(job: Job, scene: str, model: Any, force: bool, client: Any, echo:
         write_json_atomic(rec, record)
     except GeosegError as exc:
         echo(f"FAIL  {scene}: {exc}")
-        return SceneOutcome(scene, "failed", str(exc).splitlines()[0], 0.0, time.perf_counter() - t)
+        return SceneOutcome(scene, "failed", first_line(exc), 0.0, time.perf_counter() - t)
     except Exception as exc:  # one bad scene must not stop the others
-        msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        msg = f"{type(exc).__name__}: {first_line(str(exc))}"
         echo(f"FAIL  {scene}: {msg}")
         return SceneOutcome(scene, "failed", msg, 0.0, time.perf_counter() - t)
     echo(f"done  {scene} ({result.pixels / 1e6:.2f} MP in {result.seconds:.1f} s)")

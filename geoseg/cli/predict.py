@@ -65,7 +65,7 @@ def predict_command(
 
     SCENE is one raster, one file per band (B02.tif B03.tif ...), or a STAC item (.json).
     """
-    from geoseg.graph import predict
+    from geoseg.predict import predict
 
     margin_value = auto_or_int(margin, 0, "--margin")
     tile_value = auto_or_int(tile, 1, "--tile")
