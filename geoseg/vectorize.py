@@ -693,7 +693,9 @@ def _publish(tmp: Path, out: Path, driver: str, crs: Any) -> None:
             _write_geoparquet(tmp, staged)
         else:
             meta, _, wkb, data = pyogrio.raw.read(str(tmp), layer="polygons")
-            opts = {"SPATIAL_INDEX": "YES"} if driver in ("FlatGeobuf", "ESRI Shapefile") else {}
+            opts: dict[str, Any] = {"SPATIAL_INDEX": "YES"} if driver in ("FlatGeobuf", "ESRI Shapefile") else {}
+            if driver in ("GeoJSON", "FlatGeobuf"):
+                opts["layer"] = out.stem  # not the staged file's hidden name
             if driver == "ESRI Shapefile":
                 staged = staged.with_suffix(".shp")
             pyogrio.raw.write(str(staged), wkb if wkb is not None else np.array([], dtype=object),
