@@ -112,8 +112,8 @@ def resolve_scene(
 
 
 def _band_pattern(name: str) -> re.Pattern[str]:
-    """A band name as a token in a file name: ``B02`` in ``T33_B02_10m.tif``, not in ``B021``."""
-    return re.compile(rf"(?<![A-Za-z0-9]){re.escape(name)}(?![0-9])", re.IGNORECASE)
+    """A band name as a word in a file name: ``B02`` in ``T33_B02_10m.tif``; not ``B8`` in ``B8A``."""
+    return re.compile(rf"(?<![A-Za-z0-9]){re.escape(name)}(?![A-Za-z0-9])", re.IGNORECASE)
 
 
 def order_band_files(paths: Sequence[str], band_names: Sequence[str]) -> list[str]:
