@@ -10,6 +10,7 @@ of one job apart. One failing scene does not stop the others.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import glob
 import hashlib
@@ -26,6 +27,7 @@ import yaml
 from geoseg import __version__
 from geoseg.errors import GeosegError, JobError, JobLockedError, first_line
 from geoseg.io import write_json_atomic
+from geoseg.options import PredictOptions, VectorOptions, job_schema, key_of
 
 #: Keys of a prediction job and the types they take (None: free-form checked elsewhere).
 SCHEMA: dict[str, Any] = {
@@ -36,11 +38,9 @@ SCHEMA: dict[str, Any] = {
     "scheduler": str,
     "workers": int,
     "output": {"folder": str, "pattern": str},
-    "predict": {"tile": "int|auto", "margin": "int|auto", "batch_size": int, "device": str, "bands": (str, list),
-                "probabilities": bool, "tta": str, "scales": list, "crf": (bool, dict), "precision": str,
-                "channels_last": bool, "on_error": str, "resampling": str},
-    "vector": {"format": str, "connectivity": int, "skip_class": list, "min_area": (int, float),
-               "simplify": (int, float), "dst_crs": str, "style": bool},
+    # derived from the options dataclasses, so a new predict or vector option is a job key too
+    "predict": {**job_schema(PredictOptions), "probabilities": bool},
+    "vector": {"format": str, **job_schema(VectorOptions)},
 }
 VECTOR_FORMATS = ("gpkg", "fgb", "geojson", "shp", "parquet")
 RECORD_SUFFIX = ".geoseg.json"
@@ -127,6 +127,19 @@ def _check(value: Any, schema: Any, place: str, problems: list[str]) -> None:
         problems.append(f"{place}: expected {'/'.join(t.__name__ for t in types)}, got {type(value).__name__} {value!r}")
 
 
+def _check_values(section: Any, options: type, place: str, problems: list[str],
+                  extra: tuple[str, ...] = ()) -> None:
+    """Check a section's values by building its options dataclass (once its types are right)."""
+    if not isinstance(section, dict) or any(p.startswith(place + ".") for p in problems):
+        return
+    names = {key_of(f): f.name for f in dataclasses.fields(options)}
+    try:
+        options(**{names[k]: (tuple(v) if isinstance(v, list) and k != "bands" else v)
+                   for k, v in section.items() if k not in extra and v is not None})
+    except GeosegError as exc:
+        problems.append(f"{place}: {first_line(exc)}")
+
+
 def _resolve(base: Path, text: str) -> str:
     if text.startswith("/vsi") or "://" in text or os.path.isabs(text):
         return text
@@ -200,8 +213,8 @@ def load_job(path: str | os.PathLike[str]) -> Job:
     if isinstance(vector, dict) and vector.get("format", "gpkg") not in VECTOR_FORMATS:
         problems.append(f"vector.format: {vector.get('format')!r} is not one of {', '.join(VECTOR_FORMATS)}")
     predict = doc.get("predict") or {}
-    if isinstance(predict, dict) and predict.get("device", "auto") not in ("auto", "cpu", "cuda"):
-        problems.append("predict.device: auto, cpu or cuda")
+    _check_values(predict, PredictOptions, "predict", problems, extra=("probabilities",))
+    _check_values(vector, VectorOptions, "vector", problems, extra=("format",))
     stems = [Path(s).stem for s in scenes]
     dupes = sorted({s for s in stems if stems.count(s) > 1})
     if dupes:

@@ -21,9 +21,10 @@ from xml.sax.saxutils import escape, quoteattr
 import numpy as np
 
 from geoseg.errors import SceneError
+from geoseg.options import Resampling, choices
 
-#: GDAL resampling names usable on a VRT source (``--resampling``).
-RESAMPLING = ("nearest", "bilinear", "cubic", "cubicspline", "lanczos", "average", "mode")
+#: GDAL resampling names usable on a VRT source (``--resampling``, a PredictOptions field).
+RESAMPLING: tuple[str, ...] = choices(Resampling)
 DEFAULT_RESAMPLING = "bilinear"
 
 _GDAL_TYPES = {
