@@ -68,9 +68,13 @@ def describe(dataset: str) -> str:
 
 
 def is_stac_item(path: str) -> bool:
-    """True for what looks like a STAC item: a ``.json`` path or URL."""
-    p = urllib.parse.urlparse(path.replace("/vsicurl/", "", 1)).path if "://" in path else path
-    return p.lower().endswith((".json", ".geojson"))
+    """True for what looks like a STAC item: a ``.json`` file or URL, or an http(s) URL without a
+    file extension (a STAC API's ``.../collections/C/items/ID``)."""
+    if re.match(r"(/vsicurl/)?https?://", path):
+        url_path = urllib.parse.urlparse(path.replace("/vsicurl/", "", 1)).path
+        name = url_path.rstrip("/").rsplit("/", 1)[-1]
+        return url_path.lower().endswith((".json", ".geojson")) or "." not in name
+    return path.lower().endswith((".json", ".geojson"))
 
 
 def resolve_scene(

@@ -208,3 +208,13 @@ def test_sentinel2_band_files_at_10_and_20_m(tmp_path: Path, dask_client: Any) -
         assert c.transform == a.transform and c.shape == a.shape
         agree = (c.read(1) == want).mean()
     assert 0.6 < agree < 1.0, agree  # measured 0.93 here, 0.90 on the whole scene
+
+
+def test_what_counts_as_a_stac_item() -> None:
+    from geoseg.scenes import is_stac_item
+
+    for path in ["item.json", "/data/S2A.geojson", "https://earth-search.example/v1/collections/s2/items/S2A_33UVU",
+                 "/vsicurl/https://host/item.json"]:
+        assert is_stac_item(path), path
+    for path in ["scene.tif", "https://host/B02.tif", "https://host/x.tif?sig=abc", "/vsis3/bucket/scene.vrt"]:
+        assert not is_stac_item(path), path
