@@ -38,7 +38,7 @@ SCHEMA: dict[str, Any] = {
     "output": {"folder": str, "pattern": str},
     "predict": {"tile": "int|auto", "margin": "int|auto", "batch_size": int, "device": str, "bands": (str, list),
                 "probabilities": bool, "tta": str, "scales": list, "crf": (bool, dict), "precision": str,
-                "channels_last": bool, "on_error": str},
+                "channels_last": bool, "on_error": str, "engine": str},
     "vector": {"format": str, "connectivity": int, "skip_class": list, "min_area": (int, float),
                "simplify": (int, float)},
 }

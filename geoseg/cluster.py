@@ -84,21 +84,83 @@ def worker_model(
     return model
 
 
-def _load(path: str, sha256: str, device: str) -> Any:
+def worker_model_file(path: str, sha256: str) -> str:
+    """The model file with content hash ``sha256`` on this worker: ``path`` when it is here with
+    that hash, else the copy the worker plugin put into the model cache."""
     from geoseg.errors import CheckpointError
-    from geoseg.models.checkpoint import file_sha256, load_model
+    from geoseg.models.checkpoint import file_sha256
 
     if os.path.isfile(path) and file_sha256(path) == sha256:
-        return load_model(path, device=device)
+        return path
     cached = model_cache_dir() / f"{sha256}.pt"
     if cached.is_file() and file_sha256(cached) == sha256:
-        model = load_model(cached, device=device)
-        model.path = path
-        return model
+        return str(cached)
     raise CheckpointError(
         f"model {path} is not on this worker, or differs from the client's copy (content hash "
         "mismatch); give every worker the same file"
     )
+
+
+def _load(path: str, sha256: str, device: str) -> Any:
+    from geoseg.models.checkpoint import load_model
+
+    model = load_model(worker_model_file(path, sha256), device=device)
+    model.path = path
+    return model
+
+
+_ENGINES: dict[tuple[Any, ...], Any] = {}
+
+
+def worker_engine(path: str, sha256: str, device: str, engine: str, options: Any) -> Any:
+    """The inference engine for a model on ``device`` in this process, built once per model hash,
+    engine and options: ``auto`` resolves here, where the device is known (ONNX Runtime on the
+    CPU, PyTorch with channels-last on CUDA); a ``.pt`` model is converted to ONNX once per hash
+    (see :func:`geoseg.models.onnx.cached_onnx`)."""
+    key = (sha256, device, engine, options)
+    found = _ENGINES.get(key)
+    if found is not None:
+        return found
+    with _LOCK:
+        found = _ENGINES.get(key)
+        if found is None:
+            found = _ENGINES[key] = _build_engine(path, sha256, device, engine, options)
+    return found
+
+
+def _build_engine(path: str, sha256: str, device: str, engine: str, options: Any) -> Any:
+    from dataclasses import replace
+
+    import torch
+
+    from geoseg.engines import resolve_engine
+    from geoseg.models.onnx import cached_onnx, is_onnx_file, read_onnx_model
+
+    local = worker_model_file(path, sha256)
+    fmt = "onnx" if is_onnx_file(local) else "torch"
+    dev = torch.device(device)
+    name = resolve_engine(engine, fmt, dev.type, options)
+    if name == "torch":
+        from geoseg.engines.pytorch import TorchEngine
+
+        if engine == "auto" and dev.type == "cuda":
+            options = replace(options, channels_last=True)
+        model = _MODELS.get((sha256, device, options.channels_last, options.compile))
+        if model is None:  # the lock is held: load directly
+            model = _load(path, sha256, device)
+            if options.channels_last:
+                model.network = model.network.to(memory_format=torch.channels_last)
+            if options.compile:
+                model.network = _compiled(model.network)
+            _MODELS[(sha256, device, options.channels_last, options.compile)] = model
+        return TorchEngine(model.network, model.config, dev, options)
+    from geoseg.engines.ort import OnnxEngine
+
+    if fmt == "onnx":
+        config, _ = read_onnx_model(local)
+        return OnnxEngine(local, config, dev, options)
+    loaded = _load(path, sha256, "cpu")
+    return OnnxEngine(cached_onnx(local, sha256, loaded), loaded.config, dev, options)
 
 
 def _compiled(network: Any) -> Any:

@@ -22,6 +22,7 @@ import rasterio
 from rasterio.windows import Window
 
 from geoseg.crf import CRFParams
+from geoseg.engines import check_engine
 from geoseg.errors import (
     CheckpointError, GeosegWarning, ModelError, SchedulerError, TileError, TilingError,
 )
@@ -42,7 +43,7 @@ from geoseg.io import (
     write_json_atomic,
 )
 from geoseg.progress import Progress
-from geoseg.stitch import TileResult, crop_core, to_result
+from geoseg.stitch import TileResult, core_result
 from geoseg.tiling import Tile, TileGrid, auto_margin, round_up
 
 DEFAULT_TILE = 512
@@ -73,6 +74,8 @@ class TileTask:
     torch_threads: int | None = None
     options: InferenceOptions = InferenceOptions()
     skip_errors: bool = False
+    #: ``auto``, ``torch`` or ``onnx``; ``auto`` resolves on the worker, which knows its device.
+    engine: str = "auto"
 
 
 def run_tile_task(task: TileTask) -> list[TileResult]:
@@ -112,53 +115,82 @@ def _tile_by_tile(task: TileTask) -> list[TileResult]:
 
 
 def _run_tile_task(task: TileTask) -> list[TileResult]:
-    import rasterio
     import torch
 
-    from geoseg.cluster import batch_limit, lower_batch_limit, set_torch_threads, worker_model
-    from geoseg.infer import forward, normalize, resolve_device
+    from geoseg.cluster import batch_limit, lower_batch_limit, set_torch_threads, worker_engine
+    from geoseg.infer import resolve_device
 
     set_torch_threads(task.torch_threads)
     device = resolve_device(task.device)
-    opts = task.options
-    model = worker_model(task.model_path, task.model_sha256, str(device), opts.channels_last, opts.compile)
-    cfg = model.config
-    values = [c.value for c in cfg.classes]
-    first, last = task.tiles[0], task.tiles[-1]
-    with rasterio.Env(**READ_ENV):
-        with no_georef_warning():
-            src = rasterio.open(task.scene)
-        with src:
-            width = last.input_col + last.input_width - first.input_col
-            data, valid = read_mirrored(
-                src, task.bands, first.input_row, first.input_col, first.input_height, width
-            )
-    x = normalize(data, valid, cfg.mean, cfg.std)
-    del data
+    engine = worker_engine(task.model_path, task.model_sha256, str(device), task.engine, task.options)
+    size = batch_limit(task.model_sha256, str(device), task.batch_size)
+    chunks = [task.tiles[i : i + size] for i in range(0, len(task.tiles), size)]
     results: list[TileResult] = []
-    start = 0
-    while start < len(task.tiles):
-        size = batch_limit(task.model_sha256, str(device), task.batch_size)
-        chunk = task.tiles[start : start + size]
-        offsets = [t.input_col - first.input_col for t in chunk]
-        batch = np.stack([x[:, :, o : o + t.input_width] for o, t in zip(offsets, chunk)])
-        try:
-            logits = forward(model.network, batch, device, opts)
-        except torch.cuda.OutOfMemoryError:
-            if size == 1:
-                raise
-            del batch
-            torch.cuda.empty_cache()
-            lower_batch_limit(task.model_sha256, str(device), size)
-            continue
-        for t, o, lg in zip(chunk, offsets, logits):
-            core = crop_core(lg, t)
-            r, c = t.core_offset
-            v = valid[r : r + core.shape[1], o + c : o + c + core.shape[2]]
-            results.append(to_result(core, v, t, values, task.probabilities, task.keep_logits))
-        del batch, logits
-        start += len(chunk)
+    with TileReader(task.scene, task.bands) as reader:
+        pending = reader.prefetch(chunks[0])
+        for i, chunk in enumerate(chunks):
+            data, valid = pending.result()
+            if i + 1 < len(chunks):
+                pending = reader.prefetch(chunks[i + 1])  # read the next batch while this one runs
+            start = 0
+            while start < len(chunk):
+                size = batch_limit(task.model_sha256, str(device), task.batch_size)
+                part = chunk[start : start + size]
+                try:
+                    out = engine.run(data[start : start + size], valid[start : start + size],
+                                     task.probabilities, task.keep_logits)
+                except torch.cuda.OutOfMemoryError:
+                    if size == 1:
+                        raise
+                    torch.cuda.empty_cache()
+                    lower_batch_limit(task.model_sha256, str(device), size)
+                    continue
+                results.extend(core_result(out, j, t) for j, t in enumerate(part))
+                del out
+                start += len(part)
     return results
+
+
+class TileReader:
+    """Reads batches of tiles (mirrored at scene edges) in a background thread that owns the
+    open dataset, so the next batch's pixels are read and decoded while the engine runs."""
+
+    def __init__(self, scene: str, bands: Sequence[int]) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.scene, self.bands = scene, list(bands)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="geoseg-read")
+        self._src: Any = None
+
+    def __enter__(self) -> "TileReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.submit(self._close).result()
+        self._pool.shutdown()
+
+    def prefetch(self, tiles: Sequence[Tile]) -> Any:
+        """A future of ``(data, valid)``: N x C x H x W raw pixels and N x H x W validity."""
+        return self._pool.submit(self._read, tuple(tiles))
+
+    def _read(self, tiles: tuple[Tile, ...]) -> tuple[np.ndarray, np.ndarray]:
+        first, last = tiles[0], tiles[-1]
+        width = last.input_col + last.input_width - first.input_col
+        with rasterio.Env(**READ_ENV):
+            if self._src is None:
+                with no_georef_warning():
+                    self._src = rasterio.open(self.scene)
+            data, valid = read_mirrored(
+                self._src, self.bands, first.input_row, first.input_col, first.input_height, width
+            )
+        offsets = [t.input_col - first.input_col for t in tiles]
+        return (np.stack([data[:, :, o : o + t.input_width] for o, t in zip(offsets, tiles)]),
+                np.stack([valid[:, o : o + t.input_width] for o, t in zip(offsets, tiles)]))
+
+    def _close(self) -> None:
+        if self._src is not None:
+            self._src.close()
+            self._src = None
 
 
 @dataclass
@@ -187,7 +219,7 @@ def plan_tasks(
     grid: TileGrid, scene: str, bands: Sequence[int], model_path: str, model_sha256: str,
     device: str, batch_size: int, probabilities: bool, tiles_per_task: int,
     torch_threads: int | None = None, keep_logits: bool = False,
-    options: InferenceOptions = InferenceOptions(), skip_errors: bool = False,
+    options: InferenceOptions = InferenceOptions(), skip_errors: bool = False, engine: str = "auto",
 ) -> list[TileTask]:
     """Every task of a scene, in grid order."""
     return [
@@ -195,7 +227,7 @@ def plan_tasks(
             scene=scene, bands=tuple(bands), tiles=tuple(g), model_path=model_path,
             model_sha256=model_sha256, device=device, batch_size=batch_size,
             probabilities=probabilities, keep_logits=keep_logits, torch_threads=torch_threads,
-            options=options, skip_errors=skip_errors,
+            options=options, skip_errors=skip_errors, engine=engine,
         )
         for g in grid.groups(tiles_per_task)
     ]
@@ -230,10 +262,11 @@ def predict(
     tta: str = "none",
     scales: Sequence[float] = (1.0,),
     crf: CRFParams | dict[str, Any] | bool | None = None,
-    precision: str = "fp32",
+    precision: str = "auto",
     channels_last: bool = False,
     compile: bool = False,
     on_error: str = "fail",
+    engine: str = "auto",
 ) -> PredictResult:
     """Segment ``scene`` into a uint8 class-raster COG at ``output`` (and class probabilities).
 
@@ -246,7 +279,8 @@ def predict(
     keyword arguments ``vector_options`` holds). ``tta`` (``flip`` or ``d4``), ``scales`` and
     ``crf`` (True or :class:`CRFParams`) add test-time augmentation and the dense CRF; the
     automatic margin grows to cover them, so tiling stays exact. ``precision`` (bf16, fp16),
-    ``channels_last`` and ``compile`` tune the forward pass. ``on_error="skip"`` writes nodata
+    ``channels_last`` and ``compile`` tune the PyTorch forward pass. ``engine``: ``onnx`` (ONNX
+    Runtime), ``torch``, or ``auto`` (ONNX Runtime on the CPU, PyTorch on CUDA). ``on_error="skip"`` writes nodata
     where a tile task fails and lists those windows (result ``skipped``, and a JSON report
     beside the output) instead of failing the run.
     """
@@ -274,6 +308,7 @@ def predict(
         raise TilingError(f"unknown --on-error {on_error!r}; use fail or skip")
     options = InferenceOptions(tta=tta, scales=tuple(float(s) for s in scales), crf=crf_params(crf),
                                precision=precision, channels_last=channels_last, compile=compile)
+    check_engine(engine, loaded.format, options)
     stride = options.alignment(cfg.output_stride)
     if margin == "auto" or margin is None:
         if cfg.receptive_field < 0:
@@ -308,7 +343,7 @@ def predict(
         tasks = plan_tasks(
             grid, info.path, band_list, str(Path(loaded.path).resolve()), loaded.sha256, device,
             batch_size, prob_path is not None, per_task, torch_threads, options=options,
-            skip_errors=on_error == "skip",
+            skip_errors=on_error == "skip", engine=engine,
         )
         resources = gpu_resources(client, device)
         from geoseg.cluster import send_model

@@ -27,6 +27,12 @@ from geoseg.tiling import source_indices
 #: Class id written where the scene has no data (and so no prediction).
 CLASS_NODATA = 255
 
+
+def class_dtype(class_values: Sequence[int]) -> np.dtype:
+    """The dtype of a class raster for these class values: the one place that decides it (the
+    engines produce it on the device, the writer writes it)."""
+    return np.dtype(np.uint8)
+
 #: GDAL settings for every scene read; scoped with rasterio.Env, never put into os.environ.
 READ_ENV: dict[str, Any] = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",

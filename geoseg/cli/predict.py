@@ -34,7 +34,8 @@ from geoseg.cli.vectorize import connectivity_option, min_area_option, simplify_
 @click.option("--crf-theta-gamma", type=click.FloatRange(min=0, min_open=True), default=CRFParams.theta_gamma, show_default=True, help="Gaussian kernel: position scale (pixels).")
 @click.option("--crf-w-bilateral", type=click.FloatRange(min=0), default=CRFParams.w_bilateral, show_default=True)
 @click.option("--crf-w-gaussian", type=click.FloatRange(min=0), default=CRFParams.w_gaussian, show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True, help="Autocast precision of the forward pass (bf16/fp16 mainly for CUDA).")
+@click.option("--engine", type=click.Choice(["auto", "torch", "onnx"]), default="auto", show_default=True, help="Inference engine: onnx (ONNX Runtime), torch, or auto (ONNX Runtime on the CPU, PyTorch on CUDA).")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True, help="Autocast precision of the PyTorch forward pass; auto = bf16 on CUDA GPUs that have it, else fp32.")
 @click.option("--channels-last", is_flag=True, help="Channels-last memory format (faster convolutions on recent GPUs).")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the network on each worker (falls back to eager).")
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True, help="A tile that cannot be read or inferred: fail the run, or write nodata there and list it in OUTPUT.skipped.json.")
@@ -53,7 +54,7 @@ def predict_command(
     min_area: float, simplify: float | None, overwrite: bool, quiet: bool, tta: str, scales: str,
     crf: bool, crf_iterations: int, crf_radius: int, crf_theta_alpha: float, crf_theta_beta: float,
     crf_theta_gamma: float, crf_w_bilateral: float, crf_w_gaussian: float, precision: str,
-    channels_last: bool, compile_: bool, on_error: str,
+    channels_last: bool, compile_: bool, on_error: str, engine: str,
 ) -> None:
     """Segment SCENE into a georeferenced class raster (Cloud-Optimized GeoTIFF)."""
     from geoseg.graph import predict
@@ -74,7 +75,7 @@ def predict_command(
         vector_options=dict(connectivity=int(connectivity), skip_classes=skip_classes,
                             min_area=min_area, simplify=simplify),
         tta=tta, scales=scale_list, crf=crf_params, precision=precision, channels_last=channels_last,
-        compile=compile_, on_error=on_error,
+        compile=compile_, on_error=on_error, engine=engine,
     )
     for window in result.skipped:
         click.echo(f"skipped window rows {window.row_off}-{window.row_off + window.height}, columns "
