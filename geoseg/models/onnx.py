@@ -195,21 +195,33 @@ def _save(proto: Any, path: Path, config: ModelConfig) -> Path:
 
 
 def export_network(network: nn.Module, in_channels: int, stride: int) -> Any:
-    """An ONNX ModelProto of ``network`` (eval mode, CPU) with free batch, height and width."""
+    """An ONNX ModelProto of ``network`` (eval mode, CPU) with free batch, height and width.
+
+    PyTorch's TorchScript-based exporter does a convolutional network in a tenth of a second;
+    where it cannot, the ``torch.export``-based one (seconds, needs onnxscript) takes over.
+    """
+    import io
+
     import onnx
 
     network = network.eval().cpu()
     x = torch.randn(1, in_channels, 4 * max(stride, 8), 4 * max(stride, 8))
-    dim = torch.export.Dim.DYNAMIC
+    names = {"input_names": ["image"], "output_names": ["logits"]}
     with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            network, (x,), dynamo=True, opset_version=OPSET, input_names=["image"],
-            output_names=["logits"], dynamic_shapes=({0: dim, 2: dim, 3: dim},), verbose=False,
-            external_data=False,
-        )
-    assert program is not None
-    proto = program.model_proto
+        warnings.simplefilter("ignore")  # both exporters warn about their own future
+        try:
+            buf = io.BytesIO()
+            free = {0: "batch", 2: "height", 3: "width"}
+            torch.onnx.export(network, (x,), buf, dynamo=False, opset_version=OPSET,
+                              dynamic_axes={"image": free, "logits": free}, **names)  # type: ignore[arg-type]
+            proto = onnx.load_from_string(buf.getvalue())
+        except Exception:  # noqa: BLE001 - an op the TorchScript exporter lacks: try the other
+            dim = torch.export.Dim.DYNAMIC
+            program = torch.onnx.export(network, (x,), dynamo=True, opset_version=OPSET,
+                                        dynamic_shapes=({0: dim, 2: dim, 3: dim},), external_data=False,
+                                        **names)  # type: ignore[arg-type]
+            assert program is not None
+            proto = program.model_proto
     onnx.checker.check_model(proto)
     return proto
 
@@ -366,13 +378,21 @@ def _stride(session: Any, channels: int, classes: int, size: int, rng: np.random
 
 
 def _radius(session: Any, channels: int, stride: int, size: int, rng: np.random.Generator) -> tuple[int, bool]:
-    """Largest distance from an impulse to an output it changes; whether it reached the edge."""
+    """The tile margin the network needs, from impulses at every stride phase of one input
+    column (then row), and whether the responses reached the strip's edge.
+
+    Tile cores start and end on the stride lattice, so an impulse at ``p`` that changes outputs
+    ``q_min..q_max`` needs ``floor_s(q_max) - p`` pixels of context left of a core and
+    ``p - (floor_s(q_min) + s - 1)`` right of it: the same margin the gradient-support
+    measurement of PyTorch models gives.
+    """
     height = max(64, 4 * stride)
     radius, touches = 0, False
     for axis in (3, 2):
         shape = (1, channels, height, size) if axis == 3 else (1, channels, size, height)
         x = rng.normal(size=shape).astype(np.float32)
         base = _run(session, x)
+        scale = max(1.0, float(np.abs(base).max()))
         centre = size // 2 // stride * stride
         for phase in range(stride):
             p = centre + phase
@@ -383,11 +403,13 @@ def _radius(session: Any, channels: int, stride: int, size: int, rng: np.random.
             else:
                 y[0, :, p, :] += bump
             diff = np.abs(_run(session, y) - base)
-            changed = diff.max(axis=(0, 1, 2) if axis == 3 else (0, 1, 3)) > 1e-6 * max(1.0, float(np.abs(base).max()))
+            changed = diff.max(axis=(0, 1, 2) if axis == 3 else (0, 1, 3)) > 1e-6 * scale
             (idx,) = np.nonzero(changed)
             if len(idx) == 0:
                 continue
-            radius = max(radius, p - int(idx.min()), int(idx.max()) - p)
-            touches |= bool(idx.min() == 0 or idx.max() == size - 1)
+            lo, hi = int(idx.min()), int(idx.max())
+            left = hi // stride * stride - p
+            right = p - (lo // stride * stride + stride - 1)
+            radius = max(radius, left, right)
+            touches |= lo == 0 or hi == size - 1
     return radius, touches
-
