@@ -10,6 +10,7 @@ of one job apart. One failing scene does not stop the others.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import glob
 import hashlib
@@ -24,8 +25,9 @@ from typing import Any, Callable, Iterator
 import yaml
 
 from geoseg import __version__
-from geoseg.errors import GeosegError
+from geoseg.errors import GeosegError, JobError, JobLockedError, first_line
 from geoseg.io import write_json_atomic
+from geoseg.options import PredictOptions, VectorOptions, job_schema, key_of
 
 #: Keys of a prediction job and the types they take (None: free-form checked elsewhere).
 SCHEMA: dict[str, Any] = {
@@ -36,22 +38,12 @@ SCHEMA: dict[str, Any] = {
     "scheduler": str,
     "workers": int,
     "output": {"folder": str, "pattern": str},
-    "predict": {"tile": "int|auto", "margin": "int|auto", "batch_size": int, "device": str, "bands": (str, list),
-                "probabilities": bool, "tta": str, "scales": list, "crf": (bool, dict), "precision": str,
-                "channels_last": bool, "on_error": str, "engine": str},
-    "vector": {"format": str, "connectivity": int, "skip_class": list, "min_area": (int, float),
-               "simplify": (int, float)},
+    # derived from the options dataclasses, so a new predict or vector option is a job key too
+    "predict": {**job_schema(PredictOptions), "probabilities": bool},
+    "vector": {"format": str, **job_schema(VectorOptions)},
 }
 VECTOR_FORMATS = ("gpkg", "fgb", "geojson", "shp", "parquet")
 RECORD_SUFFIX = ".geoseg.json"
-
-
-class JobError(GeosegError, ValueError):
-    """The job file has problems; the message lists each with its place in the file."""
-
-
-class JobLockedError(GeosegError, RuntimeError):
-    """Another run of the same job holds its lock."""
 
 
 @dataclass
@@ -135,6 +127,19 @@ def _check(value: Any, schema: Any, place: str, problems: list[str]) -> None:
         problems.append(f"{place}: expected {'/'.join(t.__name__ for t in types)}, got {type(value).__name__} {value!r}")
 
 
+def _check_values(section: Any, options: type, place: str, problems: list[str],
+                  extra: tuple[str, ...] = ()) -> None:
+    """Check a section's values by building its options dataclass (once its types are right)."""
+    if not isinstance(section, dict) or any(p.startswith(place + ".") for p in problems):
+        return
+    names = {key_of(f): f.name for f in dataclasses.fields(options)}
+    try:
+        options(**{names[k]: (tuple(v) if isinstance(v, list) and k != "bands" else v)
+                   for k, v in section.items() if k not in extra and v is not None})
+    except GeosegError as exc:
+        problems.append(f"{place}: {first_line(exc)}")
+
+
 def _resolve(base: Path, text: str) -> str:
     if text.startswith("/vsi") or "://" in text or os.path.isabs(text):
         return text
@@ -151,7 +156,7 @@ def load_job(path: str | os.PathLike[str]) -> Job:
     except FileNotFoundError:
         raise JobError(f"job file not found: {path}") from None
     except yaml.YAMLError as exc:
-        raise JobError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise JobError(f"{path} is not valid YAML: {first_line(exc)}") from None
     if not isinstance(doc, dict):
         raise JobError(f"{path}: a job file is a mapping (scenes, model, output, ...)")
     problems: list[str] = []
@@ -208,8 +213,8 @@ def load_job(path: str | os.PathLike[str]) -> Job:
     if isinstance(vector, dict) and vector.get("format", "gpkg") not in VECTOR_FORMATS:
         problems.append(f"vector.format: {vector.get('format')!r} is not one of {', '.join(VECTOR_FORMATS)}")
     predict = doc.get("predict") or {}
-    if isinstance(predict, dict) and predict.get("device", "auto") not in ("auto", "cpu", "cuda"):
-        problems.append("predict.device: auto, cpu or cuda")
+    _check_values(predict, PredictOptions, "predict", problems, extra=("probabilities",))
+    _check_values(vector, VectorOptions, "vector", problems, extra=("format",))
     stems = [Path(s).stem for s in scenes]
     dupes = sorted({s for s in stems if stems.count(s) > 1})
     if dupes:
@@ -369,20 +374,11 @@ def run_batch(
     model = load_model(job.model)
     outcomes: list[SceneOutcome] = []
     with job_lock(job.folder, job.path):
-        own = client is None
-        cluster = None
-        if own:
-            from geoseg.cluster import connect
+        from geoseg.cluster import dask_session
 
-            client, cluster = connect(job.scheduler, job.workers)
-        try:
+        with dask_session(client, job.scheduler, job.workers) as session:
             for scene in job.scenes:
-                outcomes.append(_one_scene(job, scene, model, force, client, echo))
-        finally:
-            if own:
-                client.close()
-                if cluster is not None:
-                    cluster.close()
+                outcomes.append(_one_scene(job, scene, model, force, session.client, echo))
     report = BatchReport(str(job.path), outcomes, time.perf_counter() - t0)
     write_json_atomic(Path(report_path) if report_path else job.folder / "batch-report.json", report.as_dict())
     return report
@@ -394,11 +390,11 @@ def _peek(path: str | os.PathLike[str]) -> Any:
     except FileNotFoundError:
         raise JobError(f"job file not found: {path}") from None
     except yaml.YAMLError as exc:
-        raise JobError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise JobError(f"{path} is not valid YAML: {first_line(exc)}") from None
 
 
 def _one_scene(job: Job, scene: str, model: Any, force: bool, client: Any, echo: Callable[[str], Any]) -> SceneOutcome:
-    from geoseg.graph import predict
+    from geoseg.predict import predict
 
     if not force and is_done(job, scene, model.sha256):
         echo(f"skip  {scene} (outputs match their record)")
@@ -428,9 +424,9 @@ def _one_scene(job: Job, scene: str, model: Any, force: bool, client: Any, echo:
         write_json_atomic(rec, record)
     except GeosegError as exc:
         echo(f"FAIL  {scene}: {exc}")
-        return SceneOutcome(scene, "failed", str(exc).splitlines()[0], 0.0, time.perf_counter() - t)
+        return SceneOutcome(scene, "failed", first_line(exc), 0.0, time.perf_counter() - t)
     except Exception as exc:  # one bad scene must not stop the others
-        msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        msg = f"{type(exc).__name__}: {first_line(str(exc))}"
         echo(f"FAIL  {scene}: {msg}")
         return SceneOutcome(scene, "failed", msg, 0.0, time.perf_counter() - t)
     echo(f"done  {scene} ({result.pixels / 1e6:.2f} MP in {result.seconds:.1f} s)")

@@ -1,214 +1,34 @@
-"""Dask clients from settings, and the per-worker model cache.
+"""Dask plumbing shared by predict, chip, vectorize and batch, and ``geoseg worker``.
 
-A worker loads a model the first time a task names it (by content hash) and keeps it, so tasks
-carry only the path and hash, never weights. The client also registers a worker plugin holding
-the model file's bytes, named by their hash: the scheduler hands it to every worker once,
-including workers that join or restart later, and the plugin drops the file into the worker's
-local model cache, so workers need no shared file system for the model.
+* :func:`dask_session`: the one way to get a client: the caller's own, a connection to a
+  scheduler, or a new local cluster, closed again only when this helper started it.
+* :func:`stream`: the one bounded submission loop: at most ``limit`` tasks in flight, results
+  yielded as they complete, a lost scheduler reported as :class:`SchedulerError` and pending
+  work cancelled.
+* :class:`ModelPlugin`: a worker plugin carrying a model file's bytes, named by their hash, so
+  workers need no shared file system for the model (the worker side is :mod:`geoseg.worker`).
+* :func:`worker_commands` / :func:`run_workers`: ``geoseg worker``, one Dask worker per GPU.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import logging
 import os
-import tempfile
+import signal
+import subprocess
+import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from geoseg.errors import SchedulerError
 
-_MODELS: dict[tuple[str, str, bool, bool], Any] = {}
-_LOCK = threading.Lock()
-_BATCH_LIMITS: dict[tuple[str, str], int] = {}
-log = logging.getLogger("geoseg")
-
-
-def model_cache_dir() -> Path:
-    """Where a worker keeps model files it received, named by content hash."""
-    return Path(tempfile.gettempdir()) / "geoseg-models"
-
-
-class ModelPlugin(WorkerPlugin):
-    """Worker plugin carrying one model file's bytes to every worker (once per content hash)."""
-
-    def __init__(self, sha256: str, blob: bytes) -> None:
-        self.sha256 = sha256
-        self.blob = blob
-        self.name = f"geoseg-model-{sha256[:16]}"
-
-    def setup(self, worker: Any = None) -> None:
-        if hashlib.sha256(self.blob).hexdigest() != self.sha256:
-            raise ValueError("the model bytes sent to this worker are damaged (content hash mismatch)")
-        cache = model_cache_dir()
-        cache.mkdir(exist_ok=True)
-        local = cache / f"{self.sha256}.pt"
-        if not local.exists():
-            tmp = cache / f".{self.sha256}.{os.getpid()}.{threading.get_ident()}.part"
-            tmp.write_bytes(self.blob)
-            os.replace(tmp, local)
-
-    def teardown(self, worker: Any = None) -> None:
-        """Nothing to undo: the cached file may serve later runs of the same model."""
-
-
-def send_model(client: Any, path: str | os.PathLike[str], sha256: str) -> None:
-    """Make the model available on every worker of ``client``'s cluster, now and later."""
-    plugin = ModelPlugin(sha256, Path(path).read_bytes())
-    client.register_plugin(plugin, name=plugin.name)
-
-
-def worker_model(
-    path: str, sha256: str, device: str, channels_last: bool = False, compile: bool = False,
-) -> Any:
-    """The loaded model with content hash ``sha256`` on ``device`` in this process, loaded once:
-    from ``path`` when that file is here and has that hash, else from the model cache."""
-    key = (sha256, device, channels_last, compile)
-    model = _MODELS.get(key)
-    if model is not None:
-        return model
-    with _LOCK:
-        model = _MODELS.get(key)
-        if model is None:
-            model = _load(path, sha256, device)
-            if channels_last:
-                import torch
-
-                model.network = model.network.to(memory_format=torch.channels_last)
-            if compile:
-                model.network = _compiled(model.network)
-            _MODELS[key] = model
-    return model
-
-
-def worker_model_file(path: str, sha256: str) -> str:
-    """The model file with content hash ``sha256`` on this worker: ``path`` when it is here with
-    that hash, else the copy the worker plugin put into the model cache."""
-    from geoseg.errors import CheckpointError
-    from geoseg.models.checkpoint import file_sha256
-
-    if os.path.isfile(path) and file_sha256(path) == sha256:
-        return path
-    cached = model_cache_dir() / f"{sha256}.pt"
-    if cached.is_file() and file_sha256(cached) == sha256:
-        return str(cached)
-    raise CheckpointError(
-        f"model {path} is not on this worker, or differs from the client's copy (content hash "
-        "mismatch); give every worker the same file"
-    )
-
-
-def _load(path: str, sha256: str, device: str) -> Any:
-    from geoseg.models.checkpoint import load_model
-
-    model = load_model(worker_model_file(path, sha256), device=device)
-    model.path = path
-    return model
-
-
-_ENGINES: dict[tuple[Any, ...], Any] = {}
-
-
-def worker_engine(path: str, sha256: str, device: str, engine: str, options: Any) -> Any:
-    """The inference engine for a model on ``device`` in this process, built once per model hash,
-    engine and options: ``auto`` resolves here, where the device is known (ONNX Runtime on the
-    CPU, PyTorch with channels-last on CUDA); a ``.pt`` model is converted to ONNX once per hash
-    (see :func:`geoseg.models.onnx.cached_onnx`)."""
-    key = (sha256, device, engine, options)
-    found = _ENGINES.get(key)
-    if found is not None:
-        return found
-    with _LOCK:
-        found = _ENGINES.get(key)
-        if found is None:
-            found = _ENGINES[key] = _build_engine(path, sha256, device, engine, options)
-    return found
-
-
-def _build_engine(path: str, sha256: str, device: str, engine: str, options: Any) -> Any:
-    from dataclasses import replace
-
-    import torch
-
-    from geoseg.engines import resolve_engine
-    from geoseg.models.onnx import cached_onnx, is_onnx_file, read_onnx_model
-
-    local = worker_model_file(path, sha256)
-    fmt = "onnx" if is_onnx_file(local) else "torch"
-    dev = torch.device(device)
-    name = resolve_engine(engine, fmt, dev.type, options)
-    if name == "torch":
-        from geoseg.engines.pytorch import TorchEngine
-
-        if engine == "auto" and dev.type == "cuda":
-            options = replace(options, channels_last=True)
-        model = _MODELS.get((sha256, device, options.channels_last, options.compile))
-        if model is None:  # the lock is held: load directly
-            model = _load(path, sha256, device)
-            if options.channels_last:
-                model.network = model.network.to(memory_format=torch.channels_last)
-            if options.compile:
-                model.network = _compiled(model.network)
-            _MODELS[(sha256, device, options.channels_last, options.compile)] = model
-        return TorchEngine(model.network, model.config, dev, options)
-    from geoseg.engines.ort import OnnxEngine
-
-    if fmt == "onnx":
-        config, _ = read_onnx_model(local)
-        return OnnxEngine(local, config, dev, options)
-    loaded = _load(path, sha256, "cpu")
-    return OnnxEngine(cached_onnx(local, sha256, loaded), loaded.config, dev, options)
-
-
-def _compiled(network: Any) -> Any:
-    """``torch.compile`` the network; where compiling fails (no C compiler, unsupported op) the
-    first call says so once and the network runs eagerly from then on."""
-    import torch
-
-    class CompiledOrEager(torch.nn.Module):
-        def __init__(self, net: torch.nn.Module) -> None:
-            super().__init__()
-            self.net = net
-            self.compiled: Any = torch.compile(net, dynamic=False)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if self.compiled is not None:
-                try:
-                    return self.compiled(x)
-                except Exception as exc:  # noqa: BLE001 - compilation is an optimisation only
-                    log.warning("geoseg: torch.compile failed (%s); running eagerly", str(exc).splitlines()[0])
-                    self.compiled = None
-            return self.net(x)
-
-    return CompiledOrEager(network).eval()
-
-
-def batch_limit(sha256: str, device: str, requested: int) -> int:
-    """The batch size this worker uses for a model: ``requested``, or less after CUDA ran out of memory."""
-    return min(requested, _BATCH_LIMITS.get((sha256, device), requested))
-
-
-def lower_batch_limit(sha256: str, device: str, failed: int) -> int:
-    """Halve the batch after an out-of-memory error; logged once per model and size."""
-    new = max(1, failed // 2)
-    key = (sha256, device)
-    if _BATCH_LIMITS.get(key, failed + 1) > new:
-        _BATCH_LIMITS[key] = new
-        log.warning("geoseg: %s ran out of memory at batch %d; using batch %d from now on", device, failed, new)
-    return new
-
-
-def set_torch_threads(n: int | None) -> None:
-    """Limit torch's intra-op threads in this process (once), so workers do not oversubscribe."""
-    if not n:
-        return
-    import torch
-
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def cpu_count() -> int:
@@ -219,12 +39,29 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+# --- sessions --------------------------------------------------------------------------------
+
+
+@dataclass
+class DaskSession:
+    """A client, and the local cluster behind it when this process started one (else None)."""
+
+    client: Any
+    cluster: Any = None
+
+    @property
+    def threads(self) -> int:
+        """Worker threads of the cluster (at least 1)."""
+        return sum(self.client.nthreads().values()) or 1
+
+
 def connect(
     scheduler: str | None, workers: int | None, threads_per_worker: int = 1, processes: bool = True
 ) -> tuple[Any, Any]:
     """A ``(client, cluster)`` pair: a connection to ``scheduler``, or a new local cluster.
 
     ``cluster`` is None when connected to an existing scheduler (which we must not close).
+    Prefer :func:`dask_session`, which also closes what it opened.
     """
     import dask
     from distributed import Client, LocalCluster
@@ -251,3 +88,200 @@ def connect(
         )
     client = Client(cluster, set_as_default=False)
     return client, cluster
+
+
+@contextlib.contextmanager
+def dask_session(
+    client: Any = None, scheduler: str | None = None, workers: int | None = None,
+    threads_per_worker: int = 1, processes: bool = True,
+) -> Iterator[DaskSession]:
+    """``client`` when given (left open), else a connection to ``scheduler`` or a new local
+    cluster of ``workers`` processes (threads with ``processes=False``), closed on exit."""
+    if client is not None:
+        yield DaskSession(client)
+        return
+    own, cluster = connect(scheduler, workers, threads_per_worker, processes)
+    try:
+        yield DaskSession(own, cluster)
+    finally:
+        own.close()
+        if cluster is not None:
+            cluster.close()
+
+
+# --- bounded submission ----------------------------------------------------------------------
+
+
+def stream(
+    client: Any,
+    func: Callable[[T], R],
+    tasks: Sequence[T],
+    limit: int,
+    key: Callable[[T, int], str] | None = None,
+    resources: dict[str, float] | None = None,
+    retries: int = 1,
+) -> Iterator[tuple[int, R]]:
+    """Run ``func`` on every task with at most ``limit`` in flight; yield ``(index, result)`` as
+    each completes.
+
+    Bounding the window on the client is what keeps memory flat: Dask's own queueing does not
+    apply to tasks with resource restrictions, and results would otherwise pile up. ``key``
+    gives deterministic task keys. A task whose worker dies is recomputed elsewhere by the
+    scheduler; a task's own exception propagates unchanged; losing the scheduler raises
+    :class:`SchedulerError`. Work still pending when the caller stops is cancelled.
+    """
+    from concurrent.futures import CancelledError
+
+    from distributed import as_completed
+
+    queue: Iterable[tuple[int, T]] = iter(enumerate(tasks))
+    pending: dict[str, Any] = {}
+    index: dict[str, int] = {}
+
+    def submit_next(ac: Any | None) -> Any | None:
+        nxt = next(queue, None)  # type: ignore[call-overload]
+        if nxt is None:
+            return None
+        i, t = nxt
+        fut = client.submit(func, t, key=key(t, i) if key else None, pure=False, retries=retries,
+                            resources=resources)
+        pending[fut.key] = fut
+        index[fut.key] = i
+        if ac is not None:
+            ac.add(fut)
+        return fut
+
+    first = [f for f in (submit_next(None) for _ in range(max(1, limit))) if f is not None]
+    if not first:
+        return
+    ac = as_completed(first, loop=client.loop)
+    del first
+    try:
+        for fut in ac:
+            pending.pop(fut.key, None)
+            try:
+                result = fut.result()
+            except (OSError, TimeoutError, CancelledError) as exc:
+                if fut.status == "error":
+                    raise  # the task's own error, not the cluster's
+                raise SchedulerError(
+                    f"lost the Dask scheduler during the run ({type(exc).__name__}); "
+                    "nothing was written to the output; rerun when the cluster is back"
+                ) from exc
+            fut.release()
+            submit_next(ac)
+            yield index.pop(fut.key), result
+    finally:
+        if pending:
+            with contextlib.suppress(Exception):
+                client.cancel(list(pending.values()))
+
+
+def dashboard_link(client: Any) -> str | None:
+    """The Dask dashboard address, or how to get one (it needs bokeh)."""
+    try:
+        import bokeh  # noqa: F401
+    except ImportError:
+        return "not available (pip install 'geoseg[dashboard]')"
+    return getattr(client, "dashboard_link", None)
+
+
+# --- the model file on every worker ----------------------------------------------------------
+
+
+class ModelPlugin(WorkerPlugin):  # type: ignore[misc]
+    """Worker plugin carrying one model file's bytes to every worker (once per content hash),
+    including workers that join or restart later; it drops the file into the worker's model
+    cache (:func:`geoseg.worker.model_cache_dir`)."""
+
+    def __init__(self, sha256: str, blob: bytes) -> None:
+        self.sha256 = sha256
+        self.blob = blob
+        self.name = f"geoseg-model-{sha256[:16]}"
+
+    def setup(self, worker: Any = None) -> None:
+        if hashlib.sha256(self.blob).hexdigest() != self.sha256:
+            raise ValueError("the model bytes sent to this worker are damaged (content hash mismatch)")
+        from geoseg.worker import model_cache_dir  # imports torch: only on workers
+
+        cache = model_cache_dir()
+        cache.mkdir(exist_ok=True)
+        local = cache / f"{self.sha256}.pt"
+        if not local.exists():
+            tmp = cache / f".{self.sha256}.{os.getpid()}.{threading.get_ident()}.part"
+            tmp.write_bytes(self.blob)
+            os.replace(tmp, local)
+
+    def teardown(self, worker: Any = None) -> None:
+        """Nothing to undo: the cached file may serve later runs of the same model."""
+
+
+def send_model(client: Any, path: str | os.PathLike[str], sha256: str) -> None:
+    """Make the model available on every worker of ``client``'s cluster, now and later."""
+    plugin = ModelPlugin(sha256, Path(path).read_bytes())
+    client.register_plugin(plugin, name=plugin.name)
+
+
+# --- geoseg worker ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkerCommand:
+    """One ``dask worker`` process: its arguments and extra environment."""
+
+    args: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()
+
+
+def gpu_count() -> int:
+    """CUDA devices visible to this process."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def worker_commands(
+    scheduler: str, gpus: int, nthreads: int | None = None, memory_limit: str = "auto",
+    name: str | None = None,
+) -> list[WorkerCommand]:
+    """The worker processes to start: one per GPU, each seeing only its device
+    (``CUDA_VISIBLE_DEVICES``), advertising ``GPU=1``, 2 threads (one reads while the other
+    computes); without GPUs one CPU worker. Any Dask deployment setting these flags works the same."""
+    dask = [sys.executable, "-m", "distributed.cli.dask_worker", scheduler, "--memory-limit", memory_limit]
+    if gpus > 0:
+        return [
+            WorkerCommand(
+                tuple(dask + ["--nthreads", str(nthreads or 2), "--resources", "GPU=1"]
+                      + (["--name", f"{name}-gpu{i}"] if name else [])),
+                (("CUDA_VISIBLE_DEVICES", str(i)),),
+            )
+            for i in range(gpus)
+        ]
+    return [WorkerCommand(tuple(dask + ["--nthreads", str(nthreads or cpu_count())]
+                                + (["--name", f"{name}-cpu"] if name else [])))]
+
+
+def run_workers(commands: list[WorkerCommand]) -> int:
+    """Run the workers until they exit or this process is told to stop; returns their worst code."""
+    procs = [subprocess.Popen(list(c.args), env={**os.environ, **dict(c.env)}) for c in commands]
+
+    def stop(signum: int, frame: object) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:
+        stop(signal.SIGINT, None)
+        codes = [p.wait() for p in procs]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    bad = [c for c in codes if c not in (0, -signal.SIGTERM, -signal.SIGINT)]
+    if bad and all(c != 0 for c in codes):
+        raise SchedulerError(
+            f"the Dask workers exited with code {bad[0]}; check that the scheduler address is right "
+            "and reachable from this machine"
+        )
+    return 0

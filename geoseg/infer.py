@@ -11,16 +11,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from geoseg.crf import CRFParams, dense_crf
-from geoseg.errors import ModelError
+from geoseg.crf import dense_crf
+from geoseg.errors import ModelError, OptionError
+from geoseg.options import CRFParams, Precision, Tta, choices
 from geoseg.tiling import context_radius, scale_fractions, scales_alignment
 
 #: A forward pass: normalized float32 N x C x H x W -> logits N x K x H x W (any engine).
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 
-TTA_MODES = ("none", "flip", "d4")
-#: ``auto``: bf16 on a CUDA device that has it, else fp32.
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+TTA_MODES = choices(Tta)
+PRECISIONS = choices(Precision)
 
 
 @dataclass(frozen=True)
@@ -32,20 +32,20 @@ class InferenceOptions:
     CRF mean-field on the averaged scores.
     """
 
-    tta: str = "none"
+    tta: Tta = "none"
     scales: tuple[float, ...] = (1.0,)
     crf: CRFParams | None = None
-    precision: str = "auto"
+    precision: Precision = "auto"
     channels_last: bool = False
     compile: bool = False
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
-            raise ModelError(f"unknown --precision {self.precision!r}; use {', '.join(PRECISIONS)}")
+            raise OptionError(f"unknown --precision {self.precision!r}; use {', '.join(PRECISIONS)}")
         if self.tta not in TTA_MODES:
-            raise ModelError(f"unknown --tta {self.tta!r}; use {', '.join(TTA_MODES)}")
+            raise OptionError(f"unknown --tta {self.tta!r}; use {', '.join(TTA_MODES)}")
         if not self.scales:
-            raise ModelError("--scales needs at least one scale, e.g. 1 or 0.75,1,1.25")
+            raise OptionError("--scales needs at least one scale, e.g. 1 or 0.75,1,1.25")
         scale_fractions(self.scales)
 
     @property
@@ -85,7 +85,7 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
         raise ModelError("--device cuda asked for, but this machine has no CUDA device; use --device cpu")
     if spec.startswith("cuda") or spec == "cpu":
         return torch.device(spec)
-    raise ModelError(f"unknown device {spec!r}; use auto, cpu or cuda")
+    raise OptionError(f"unknown device {spec!r}; use auto, cpu or cuda")
 
 
 def normalize(

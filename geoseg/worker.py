@@ -1,78 +1,323 @@
-"""``geoseg worker``: start Dask workers for a geoseg cluster on this machine.
+"""What runs on a Dask worker: read a row of tiles -> run the engine -> keep the cores.
 
-One worker per GPU, each seeing only its own device (``CUDA_VISIBLE_DEVICES``), advertising
-``GPU=1`` so inference tasks go there, with two threads so one task reads while the other
-computes; without GPUs one CPU worker. It only runs ``dask worker`` with those flags: any
-Dask deployment that sets them works the same.
+A task (:class:`TileTask`) carries a scene path, band list, tile windows and the model's path
+and content hash, never arrays or weights. The worker opens the scene itself, loads the model
+once per content hash and keeps it (:func:`worker_model`; the file reaches workers through
+:class:`geoseg.cluster.ModelPlugin`), and halves its batch for good after CUDA runs out of
+memory (:func:`batch_limit`). The engine (:func:`worker_engine`) takes raw tiles and returns uint8
+class values and probabilities; a background thread reads the next batch while it runs.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-import signal
-import subprocess
-import sys
-from dataclasses import dataclass
+import tempfile
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
 
-from geoseg.cluster import cpu_count
-from geoseg.errors import SchedulerError
+import numpy as np
+import rasterio
+
+from geoseg.errors import CheckpointError, ModelError, OptionError, TileError, first_line
+from geoseg.infer import InferenceOptions
+from geoseg.io import CLASS_NODATA, READ_ENV, no_georef_warning, read_mirrored
+from geoseg.stitch import TileResult, core_result
+from geoseg.tiling import Tile
+
+_MODELS: dict[tuple[str, str, bool, bool], Any] = {}
+_LOCK = threading.Lock()
+_BATCH_LIMITS: dict[tuple[str, str], int] = {}
+log = logging.getLogger("geoseg")
 
 
 @dataclass(frozen=True)
-class WorkerCommand:
-    """One ``dask worker`` process: its arguments and extra environment."""
+class TileTask:
+    """What one Dask task needs: small, picklable, and the same on every run (deterministic keys)."""
 
-    args: tuple[str, ...]
-    env: tuple[tuple[str, str], ...] = ()
+    scene: str
+    bands: tuple[int, ...]
+    tiles: tuple[Tile, ...]
+    model_path: str
+    model_sha256: str
+    device: str
+    batch_size: int
+    probabilities: bool
+    keep_logits: bool = False
+    torch_threads: int | None = None
+    options: InferenceOptions = InferenceOptions()
+    skip_errors: bool = False
+    #: ``auto``, ``torch`` or ``onnx``; ``auto`` resolves on the worker, which knows its device.
+    engine: str = "auto"
 
 
-def gpu_count() -> int:
-    """CUDA devices visible to this process."""
+def run_tile_task(task: TileTask) -> list[TileResult]:
+    """Read the task's tiles (mirrored at scene edges), run the network, keep the cores.
+
+    Any failure becomes a :class:`TileError` naming the scene and the window; with
+    ``skip_errors`` the tiles are retried one by one and those that still fail come back as
+    nodata results carrying the error.
+    """
+    try:
+        return _run_tile_task(task)
+    except (CheckpointError, ModelError, OptionError, MemoryError):
+        raise  # not this tile's fault: every tile would fail the same way
+    except Exception as exc:
+        if task.skip_errors:
+            return _tile_by_tile(task)
+        first, last = task.tiles[0].core, task.tiles[-1].core
+        raise TileError(
+            f"{task.scene}: tiles at rows {first.row_off}-{last.row_off + last.height}, columns "
+            f"{first.col_off}-{last.col_off + last.width} failed ({type(exc).__name__}: "
+            f"{first_line(str(exc))}); --on-error skip writes nodata there instead"
+        ) from exc
+
+
+def _tile_by_tile(task: TileTask) -> list[TileResult]:
+    """Each tile of a failed task on its own; those that fail again become nodata results."""
+    results: list[TileResult] = []
+    for tile in task.tiles:
+        single = replace(task, tiles=(tile,), skip_errors=False)
+        try:
+            results.extend(run_tile_task(single))
+        except TileError as exc:
+            h, w = int(tile.core.height), int(tile.core.width)
+            results.append(TileResult(tile.core, np.full((h, w), CLASS_NODATA, np.uint8), error=str(exc)))
+    return results
+
+
+def _run_tile_task(task: TileTask) -> list[TileResult]:
     import torch
 
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    from geoseg.infer import resolve_device
+
+    set_torch_threads(task.torch_threads)
+    device = resolve_device(task.device)
+    engine = worker_engine(task.model_path, task.model_sha256, str(device), task.engine, task.options)
+    size = batch_limit(task.model_sha256, str(device), task.batch_size)
+    chunks = [task.tiles[i : i + size] for i in range(0, len(task.tiles), size)]
+    results: list[TileResult] = []
+    with TileReader(task.scene, task.bands) as reader:
+        pending = reader.prefetch(chunks[0])
+        for i, chunk in enumerate(chunks):
+            data, valid = pending.result()
+            if i + 1 < len(chunks):
+                pending = reader.prefetch(chunks[i + 1])  # read the next batch while this one runs
+            start = 0
+            while start < len(chunk):
+                size = batch_limit(task.model_sha256, str(device), task.batch_size)
+                part = chunk[start : start + size]
+                try:
+                    out = engine.run(data[start : start + size], valid[start : start + size],
+                                     task.probabilities, task.keep_logits)
+                except torch.cuda.OutOfMemoryError:
+                    if size == 1:
+                        raise
+                    torch.cuda.empty_cache()
+                    lower_batch_limit(task.model_sha256, str(device), size)
+                    continue
+                results.extend(core_result(out, j, t) for j, t in enumerate(part))
+                del out
+                start += len(part)
+    return results
 
 
-def worker_commands(
-    scheduler: str, gpus: int, nthreads: int | None = None, memory_limit: str = "auto",
-    name: str | None = None,
-) -> list[WorkerCommand]:
-    """The worker processes to start: one per GPU (2 threads each), or one CPU worker."""
-    dask = [sys.executable, "-m", "distributed.cli.dask_worker", scheduler, "--memory-limit", memory_limit]
-    if gpus > 0:
-        return [
-            WorkerCommand(
-                tuple(dask + ["--nthreads", str(nthreads or 2), "--resources", "GPU=1"]
-                      + (["--name", f"{name}-gpu{i}"] if name else [])),
-                (("CUDA_VISIBLE_DEVICES", str(i)),),
+class TileReader:
+    """Reads batches of tiles (mirrored at scene edges) in a background thread that owns the
+    open dataset, so the next batch's pixels are read and decoded while the engine runs."""
+
+    def __init__(self, scene: str, bands: Sequence[int]) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.scene, self.bands = scene, list(bands)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="geoseg-read")
+        self._src: Any = None
+
+    def __enter__(self) -> "TileReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.submit(self._close).result()
+        self._pool.shutdown()
+
+    def prefetch(self, tiles: Sequence[Tile]) -> Any:
+        """A future of ``(data, valid)``: N x C x H x W raw pixels and N x H x W validity."""
+        return self._pool.submit(self._read, tuple(tiles))
+
+    def _read(self, tiles: tuple[Tile, ...]) -> tuple[np.ndarray, np.ndarray]:
+        first, last = tiles[0], tiles[-1]
+        width = last.input_col + last.input_width - first.input_col
+        with rasterio.Env(**READ_ENV):
+            if self._src is None:
+                with no_georef_warning():
+                    self._src = rasterio.open(self.scene)
+            data, valid = read_mirrored(
+                self._src, self.bands, first.input_row, first.input_col, first.input_height, width
             )
-            for i in range(gpus)
-        ]
-    return [WorkerCommand(tuple(dask + ["--nthreads", str(nthreads or cpu_count())]
-                                + (["--name", f"{name}-cpu"] if name else [])))]
+        offsets = [t.input_col - first.input_col for t in tiles]
+        return (np.stack([data[:, :, o : o + t.input_width] for o, t in zip(offsets, tiles)]),
+                np.stack([valid[:, o : o + t.input_width] for o, t in zip(offsets, tiles)]))
+
+    def _close(self) -> None:
+        if self._src is not None:
+            self._src.close()
+            self._src = None
 
 
-def run_workers(commands: list[WorkerCommand]) -> int:
-    """Run the workers until they exit or this process is told to stop; returns their worst code."""
-    procs = [subprocess.Popen(list(c.args), env={**os.environ, **dict(c.env)}) for c in commands]
+# --- the model cache: one loaded model per content hash, device and tuning, per process -----
 
-    def stop(signum: int, frame: object) -> None:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
 
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        codes = [p.wait() for p in procs]
-    except KeyboardInterrupt:
-        stop(signal.SIGINT, None)
-        codes = [p.wait() for p in procs]
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    bad = [c for c in codes if c not in (0, -signal.SIGTERM, -signal.SIGINT)]
-    if bad and all(c != 0 for c in codes):
-        raise SchedulerError(
-            f"the Dask workers exited with code {bad[0]}; check that the scheduler address is right "
-            "and reachable from this machine"
-        )
-    return 0
+def model_cache_dir() -> Path:
+    """Where a worker keeps model files it received, named by content hash."""
+    return Path(tempfile.gettempdir()) / "geoseg-models"
+
+
+def worker_model(
+    path: str, sha256: str, device: str, channels_last: bool = False, compile: bool = False,
+) -> Any:
+    """The loaded model with content hash ``sha256`` on ``device`` in this process, loaded once:
+    from ``path`` when that file is here and has that hash, else from the model cache."""
+    key = (sha256, device, channels_last, compile)
+    model = _MODELS.get(key)
+    if model is not None:
+        return model
+    with _LOCK:
+        return _tuned_model(path, sha256, device, channels_last, compile)
+
+
+def _tuned_model(path: str, sha256: str, device: str, channels_last: bool, compile: bool) -> Any:
+    """The cached model for these settings, loaded and tuned if new; the caller holds ``_LOCK``."""
+    key = (sha256, device, channels_last, compile)
+    model = _MODELS.get(key)
+    if model is None:
+        model = _load(path, sha256, device)
+        if channels_last:
+            import torch
+
+            model.network = model.network.to(memory_format=torch.channels_last)
+        if compile:
+            model.network = _compiled(model.network)
+        _MODELS[key] = model
+    return model
+
+
+def worker_model_file(path: str, sha256: str) -> str:
+    """The model file with content hash ``sha256`` on this worker: ``path`` when it is here with
+    that hash, else the copy the worker plugin put into the model cache."""
+    from geoseg.models.checkpoint import file_sha256
+
+    if os.path.isfile(path) and file_sha256(path) == sha256:
+        return path
+    cached = model_cache_dir() / f"{sha256}.pt"
+    if cached.is_file() and file_sha256(cached) == sha256:
+        return str(cached)
+    raise CheckpointError(
+        f"model {path} is not on this worker, or differs from the client's copy (content hash "
+        "mismatch); give every worker the same file"
+    )
+
+
+def _load(path: str, sha256: str, device: str) -> Any:
+    from geoseg.models.checkpoint import load_model
+
+    model = load_model(worker_model_file(path, sha256), device=device)
+    model.path = path
+    return model
+
+
+_ENGINES: dict[tuple[Any, ...], Any] = {}
+
+
+def worker_engine(path: str, sha256: str, device: str, engine: str, options: InferenceOptions) -> Any:
+    """The inference engine for a model on ``device`` in this process, built once per model hash,
+    engine and options: ``auto`` resolves here, where the device is known (ONNX Runtime on the
+    CPU, PyTorch with channels-last on CUDA); a ``.pt`` model is converted to ONNX once per hash
+    (see :func:`geoseg.models.onnx.cached_onnx`), never per task."""
+    key = (sha256, device, engine, options)
+    found = _ENGINES.get(key)
+    if found is not None:
+        return found
+    with _LOCK:
+        found = _ENGINES.get(key)
+        if found is None:
+            found = _ENGINES[key] = _build_engine(path, sha256, device, engine, options)
+    return found
+
+
+def _build_engine(path: str, sha256: str, device: str, engine: str, options: InferenceOptions) -> Any:
+    import torch
+
+    from geoseg.engines import resolve_engine
+    from geoseg.models.onnx import cached_onnx, is_onnx_file, read_onnx_model
+
+    local = worker_model_file(path, sha256)
+    fmt = "onnx" if is_onnx_file(local) else "torch"
+    dev = torch.device(device)
+    name = resolve_engine(engine, fmt, dev.type, options)
+    if name == "torch":
+        from geoseg.engines.pytorch import TorchEngine
+
+        if engine == "auto" and dev.type == "cuda":
+            options = replace(options, channels_last=True)
+        model = _tuned_model(path, sha256, device, options.channels_last, options.compile)
+        return TorchEngine(model.network, model.config, dev, options)
+    from geoseg.engines.ort import OnnxEngine
+
+    if fmt == "onnx":
+        config, _ = read_onnx_model(local)
+        return OnnxEngine(local, config, dev, options)
+    loaded = _tuned_model(path, sha256, "cpu", False, False)
+    return OnnxEngine(cached_onnx(local, sha256, loaded), loaded.config, dev, options)
+
+
+def _compiled(network: Any) -> Any:
+    """``torch.compile`` the network; where compiling fails (no C compiler, unsupported op) the
+    first call says so once and the network runs eagerly from then on."""
+    import torch
+
+    class CompiledOrEager(torch.nn.Module):
+        def __init__(self, net: torch.nn.Module) -> None:
+            super().__init__()
+            self.net = net
+            self.compiled: Any = torch.compile(net, dynamic=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.compiled is not None:
+                try:
+                    return self.compiled(x)  # type: ignore[no-any-return]
+                except Exception as exc:  # noqa: BLE001 - compilation is an optimisation only
+                    log.warning("geoseg: torch.compile failed (%s); running eagerly", first_line(exc))
+                    self.compiled = None
+            return self.net(x)  # type: ignore[no-any-return]
+
+    return CompiledOrEager(network).eval()
+
+
+# --- per-process limits ----------------------------------------------------------------------
+
+
+def batch_limit(sha256: str, device: str, requested: int) -> int:
+    """The batch size this worker uses for a model: ``requested``, or less after CUDA ran out of memory."""
+    return min(requested, _BATCH_LIMITS.get((sha256, device), requested))
+
+
+def lower_batch_limit(sha256: str, device: str, failed: int) -> int:
+    """Halve the batch after an out-of-memory error; logged once per model and size."""
+    new = max(1, failed // 2)
+    key = (sha256, device)
+    if _BATCH_LIMITS.get(key, failed + 1) > new:
+        _BATCH_LIMITS[key] = new
+        log.warning("geoseg: %s ran out of memory at batch %d; using batch %d from now on", device, failed, new)
+    return new
+
+
+def set_torch_threads(n: int | None) -> None:
+    """Limit torch's intra-op threads in this process (once), so workers do not oversubscribe."""
+    if not n:
+        return
+    import torch
+
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)

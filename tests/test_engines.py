@@ -15,10 +15,10 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper
 
 from geoseg.cli.main import cli
-from geoseg.cluster import worker_engine
 from geoseg.engines import resolve_engine
 from geoseg.errors import ModelError
-from geoseg.graph import plan_tasks, run_tile_task
+from geoseg.predict.plan import plan_tasks
+from geoseg.worker import run_tile_task, worker_engine
 from geoseg.infer import InferenceOptions, forward, normalize
 from geoseg.models.checkpoint import DATA_DIR, file_sha256, load_model
 from geoseg.models.onnx import cache_dir

@@ -11,15 +11,17 @@ docs/benchmarks.md) and PyTorch on CUDA.
 from __future__ import annotations
 
 import importlib.util
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from geoseg.errors import ModelError
+from geoseg.options import EngineName, choices
 
 if TYPE_CHECKING:
     from geoseg.infer import InferenceOptions
 
-EngineName = Literal["auto", "torch", "onnx"]
-ENGINES: tuple[str, ...] = ("auto", "torch", "onnx")
+__all__ = ["ENGINES", "EngineName", "check_engine", "onnxruntime_available", "resolve_engine"]
+
+ENGINES: tuple[str, ...] = choices(EngineName)
 
 
 def onnxruntime_available() -> bool:

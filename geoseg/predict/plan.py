@@ -1,0 +1,139 @@
+"""Predict, stage 1: check everything and decide the tiling before any work starts.
+
+Outputs are checked (free, or ``overwrite``), the scene opened, the model loaded and matched to
+the bands, and the margin (the receptive field, grown by TTA, scales and the CRF), tile size
+and grid fixed. Nothing here needs a cluster; a bad input fails here, before a task runs.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from geoseg.engines import check_engine
+from geoseg.errors import GeosegWarning, OutputError
+from geoseg.infer import InferenceOptions
+from geoseg.io import SceneInfo, check_output_path, open_scene, parse_bands
+from geoseg.models.checkpoint import LoadedModel
+from geoseg.options import PredictOptions
+from geoseg.tiling import TileGrid, auto_margin, round_up
+from geoseg.worker import TileTask
+
+DEFAULT_TILE = 512
+#: Margin for models whose receptive field is the whole input (global pooling): a compromise.
+GLOBAL_MODEL_MARGIN = 128
+
+
+@dataclass
+class PredictPlan:
+    """Everything decided before running: checked paths, scene, model, bands, options, grid."""
+
+    scene: SceneInfo
+    output: Path
+    probabilities: Path | None
+    vector: Path | None
+    model: LoadedModel
+    bands: list[int]
+    options: InferenceOptions
+    device: str
+    margin: int
+    tile: int
+    grid: TileGrid
+    batch_size: int
+    tiles_per_task: int
+    skip_errors: bool
+    #: ``auto``, ``torch`` or ``onnx``, checked against the model and options.
+    engine: str = "auto"
+
+
+def auto_tile(margin: int, alignment: int) -> int:
+    """Tile size for ``tile="auto"``: 512, or four margins for models with a wide receptive field,
+    so the core stays at least half the tile and the overlap factor at most 4."""
+    return max(DEFAULT_TILE, round_up(4 * margin, alignment))
+
+
+def default_tiles_per_task(grid: TileGrid, batch_size: int) -> int:
+    """Enough tiles that a task does well over 100 ms of work: at least one full batch and
+    about 1.5 megapixels of network input."""
+    per_tile = grid.tile_height * grid.tile_width
+    return max(batch_size, -(-1_500_000 // per_tile))
+
+
+def plan_predict(
+    scene: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    model: str | os.PathLike[str] | None = None,
+    options: PredictOptions = PredictOptions(),
+    probabilities: str | os.PathLike[str] | None = None,
+    vector: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    tiles_per_task: int | None = None,
+) -> PredictPlan:
+    """Check the request and fix the tiling; raises a :class:`GeosegError` on any bad input."""
+    from geoseg.models.checkpoint import load_model
+
+    out_path = check_output_path(output, overwrite)
+    prob_path = check_output_path(probabilities, overwrite, "probabilities output") if probabilities else None
+    if prob_path is not None and prob_path.resolve() == out_path.resolve():
+        raise OutputError("--probabilities must be a different file from the output")
+    vector_path = None
+    if vector is not None:
+        from geoseg.vectorize import output_format
+
+        vector_path = check_output_path(vector, overwrite, "vector output")
+        output_format(vector_path)
+    info = open_scene(scene)
+    if not info.georeferenced:
+        warnings.warn(
+            f"{info.path} has no CRS or geotransform; the output keeps its pixel grid without "
+            "georeferencing", GeosegWarning, stacklevel=3,
+        )
+    loaded = load_model(model, device="cpu")
+    cfg = loaded.config
+    band_list = parse_bands(options.bands, info.count, cfg.in_channels)
+    inference = InferenceOptions(tta=options.tta, scales=options.scales, crf=options.crf,
+                                 precision=options.precision, channels_last=options.channels_last,
+                                 compile=options.compile)
+    check_engine(options.engine, loaded.format, inference)
+    stride = inference.alignment(cfg.output_stride)
+    if options.margin == "auto":
+        if cfg.receptive_field < 0:
+            warnings.warn(
+                f"{loaded.name} pools over its whole input ({cfg.arch} with global image pooling), "
+                "so its output depends on --tile; prefer a model trained with image_pooling=window",
+                GeosegWarning, stacklevel=3,
+            )
+        rf = GLOBAL_MODEL_MARGIN if cfg.receptive_field < 0 else cfg.receptive_field
+        margin_px = auto_margin(inference.context(rf), stride)
+    else:
+        margin_px = int(options.margin)
+    tile_px = auto_tile(margin_px, stride) if options.tile == "auto" else int(options.tile)
+    grid = TileGrid.create(info.height, info.width, tile_px, margin_px, stride)
+    return PredictPlan(
+        scene=info, output=out_path, probabilities=prob_path, vector=vector_path, model=loaded,
+        bands=band_list, options=inference, device=options.device, margin=margin_px, tile=tile_px,
+        grid=grid, batch_size=options.batch_size,
+        tiles_per_task=tiles_per_task or default_tiles_per_task(grid, options.batch_size),
+        skip_errors=options.on_error == "skip", engine=options.engine,
+    )
+
+
+def plan_tasks(
+    grid: TileGrid, scene: str, bands: Sequence[int], model_path: str, model_sha256: str,
+    device: str, batch_size: int, probabilities: bool, tiles_per_task: int,
+    torch_threads: int | None = None, keep_logits: bool = False,
+    options: InferenceOptions = InferenceOptions(), skip_errors: bool = False, engine: str = "auto",
+) -> list[TileTask]:
+    """Every task of a scene, in grid order."""
+    return [
+        TileTask(
+            scene=scene, bands=tuple(bands), tiles=tuple(g), model_path=model_path,
+            model_sha256=model_sha256, device=device, batch_size=batch_size,
+            probabilities=probabilities, keep_logits=keep_logits, torch_threads=torch_threads,
+            options=options, skip_errors=skip_errors, engine=engine,
+        )
+        for g in grid.groups(tiles_per_task)
+    ]
