@@ -10,6 +10,7 @@ of one job apart. One failing scene does not stop the others.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import glob
 import hashlib
@@ -26,6 +27,7 @@ import yaml
 from geoseg import __version__
 from geoseg.errors import GeosegError, JobError, JobLockedError, first_line
 from geoseg.io import write_json_atomic
+from geoseg.options import PredictOptions, VectorOptions, job_schema, key_of
 
 #: Keys of a prediction job and the types they take (None: free-form checked elsewhere).
 SCHEMA: dict[str, Any] = {
@@ -36,11 +38,9 @@ SCHEMA: dict[str, Any] = {
     "scheduler": str,
     "workers": int,
     "output": {"folder": str, "pattern": str},
-    "predict": {"tile": "int|auto", "margin": "int|auto", "batch_size": int, "device": str, "bands": (str, list),
-                "probabilities": bool, "tta": str, "scales": list, "crf": (bool, dict), "precision": str,
-                "channels_last": bool, "on_error": str},
-    "vector": {"format": str, "connectivity": int, "skip_class": list, "min_area": (int, float),
-               "simplify": (int, float)},
+    # derived from the options dataclasses, so a new predict or vector option is a job key too
+    "predict": {**job_schema(PredictOptions), "probabilities": bool},
+    "vector": {"format": str, **job_schema(VectorOptions)},
 }
 VECTOR_FORMATS = ("gpkg", "fgb", "geojson", "shp", "parquet")
 RECORD_SUFFIX = ".geoseg.json"
@@ -127,6 +127,19 @@ def _check(value: Any, schema: Any, place: str, problems: list[str]) -> None:
         problems.append(f"{place}: expected {'/'.join(t.__name__ for t in types)}, got {type(value).__name__} {value!r}")
 
 
+def _check_values(section: Any, options: type, place: str, problems: list[str],
+                  extra: tuple[str, ...] = ()) -> None:
+    """Check a section's values by building its options dataclass (once its types are right)."""
+    if not isinstance(section, dict) or any(p.startswith(place + ".") for p in problems):
+        return
+    names = {key_of(f): f.name for f in dataclasses.fields(options)}
+    try:
+        options(**{names[k]: (tuple(v) if isinstance(v, list) and k != "bands" else v)
+                   for k, v in section.items() if k not in extra and v is not None})
+    except GeosegError as exc:
+        problems.append(f"{place}: {first_line(exc)}")
+
+
 def _resolve(base: Path, text: str) -> str:
     if text.startswith("/vsi") or "://" in text or os.path.isabs(text):
         return text
@@ -200,8 +213,8 @@ def load_job(path: str | os.PathLike[str]) -> Job:
     if isinstance(vector, dict) and vector.get("format", "gpkg") not in VECTOR_FORMATS:
         problems.append(f"vector.format: {vector.get('format')!r} is not one of {', '.join(VECTOR_FORMATS)}")
     predict = doc.get("predict") or {}
-    if isinstance(predict, dict) and predict.get("device", "auto") not in ("auto", "cpu", "cuda"):
-        problems.append("predict.device: auto, cpu or cuda")
+    _check_values(predict, PredictOptions, "predict", problems, extra=("probabilities",))
+    _check_values(vector, VectorOptions, "vector", problems, extra=("format",))
     stems = [Path(s).stem for s in scenes]
     dupes = sorted({s for s in stems if stems.count(s) > 1})
     if dupes:
@@ -292,8 +305,10 @@ def remove_stale_parts(outs: dict[str, Path]) -> None:
             stale.unlink()
 
 
-def stac_item(scene: str, outs: dict[str, Path], model_name: str, model_sha: str, classes: list[Any]) -> dict[str, Any]:
-    """A STAC 1.0 Item for one scene's outputs, with the class raster and polygons as assets."""
+def stac_item(scene: str, outs: dict[str, Path], model_name: str, model_sha: str, classes: list[Any],
+              source_item: str | None = None) -> dict[str, Any]:
+    """A STAC 1.0 Item for one scene's outputs, with the class raster and polygons as assets, and
+    a ``derived_from`` link to the scene's own STAC item when it was given as one."""
     import rasterio
     from rasterio.warp import transform_bounds, transform_geom
 
@@ -330,7 +345,8 @@ def stac_item(scene: str, outs: dict[str, Path], model_name: str, model_sha: str
                             "https://stac-extensions.github.io/classification/v1.1.0/schema.json"],
         "id": outs["classes"].stem, "geometry": geom, "bbox": list(wgs) if wgs else None,
         "properties": props, "assets": assets,
-        "links": [],
+        "links": [{"rel": "derived_from", "href": source_item, "type": "application/geo+json",
+                   "title": "source scene"}] if source_item else [],
     }
 
 
@@ -405,7 +421,8 @@ def _one_scene(job: Job, scene: str, model: Any, force: bool, client: Any, echo:
         result = predict(scene, outs["classes"], model=model.path, overwrite=True, client=client,
                          probabilities=outs.get("probabilities"), vector=outs.get("vector"),
                          vector_options=vector_opts, **opts)
-        write_json_atomic(outs["stac"], stac_item(scene, outs, model.name, model.sha256, model.classes))
+        write_json_atomic(outs["stac"], stac_item(scene, outs, model.name, model.sha256, model.classes,
+                                                    result.stac_item))
         record = expected_record(job, scene, model.sha256)
         record["outputs"] = {k: p.name for k, p in outs.items()}
         write_json_atomic(rec, record)
