@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import click
 
 from geoseg.cli.options import json_object, report_errors
@@ -17,36 +15,31 @@ from geoseg.cli.options import json_object, report_errors
 def models_command(arch: str | None, arch_args: str | None, in_channels: int) -> None:
     """List architectures (output stride, measured receptive field) and built-in models.
 
-    With ARCH (and --arch-args), measure that one configuration. Measuring runs the network
-    on a strip of random input, a few seconds for the VGG- and ResNet-based ones.
+    The built-in architectures at their default arguments are listed from measurements made
+    once; with ARCH and --arch-args (or another --in-channels) that configuration is measured
+    now: a few seconds for the VGG- and ResNet-based ones.
     """
-    from geoseg.models import create_model, get_architecture, list_models, output_stride
+    from geoseg.models import get_architecture, list_models
     from geoseg.models.checkpoint import builtin_model_names, load_model
-    from geoseg.models.receptive_field import NonLocalError, measure_receptive_field
+    from geoseg.models.measured import DEFAULTS, IN_CHANNELS, measure
 
     kwargs = json_object(arch_args, "--arch-args")
     archs = [get_architecture(arch)] if arch else list_models()
     click.echo(f"{'architecture':<15}{'stride':>7}{'RF radius':>10}{'params':>9}  summary")
     for spec in archs:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            net = create_model(spec.name, in_channels, 2, **kwargs)
-        stride = output_stride(net)
-        try:
-            rf = str(measure_receptive_field(net, in_channels, stride))
-        except NonLocalError:
-            rf = "global"
-        params = sum(p.numel() for p in net.parameters())
-        click.echo(f"{spec.name:<15}{stride:>7}{rf:>10}{params / 1e6:>8.2f}M  {spec.summary}")
-        for w in caught:
-            click.echo(f"{'':<15}warning: {w.message}")
+        known = DEFAULTS.get(spec.name) if not kwargs and in_channels == IN_CHANNELS else None
+        m = known or measure(spec.name, in_channels, **kwargs)
+        rf = "global" if m.receptive_field is None else str(m.receptive_field)
+        click.echo(f"{spec.name:<15}{m.stride:>7}{rf:>10}{m.params / 1e6:>8.2f}M  {spec.summary}")
+        for w in m.warnings:
+            click.echo(f"{'':<15}warning: {w}")
     if arch:
         return
     click.echo("\nbuilt-in models:")
     for name in builtin_model_names():
-        m = load_model(name)
-        classes = ", ".join(c.name for c in m.classes)
+        loaded = load_model(name)
+        classes = ", ".join(c.name for c in loaded.classes)
         click.echo(
-            f"  {name}: {m.config.arch}, bands {','.join(m.in_bands)}, stride {m.output_stride}, "
-            f"RF radius {m.receptive_field}; classes {classes}"
+            f"  {name}: {loaded.config.arch}, bands {','.join(loaded.in_bands)}, stride {loaded.output_stride}, "
+            f"RF radius {loaded.receptive_field}; classes {classes}"
         )
