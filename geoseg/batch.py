@@ -26,7 +26,7 @@ import yaml
 
 from geoseg import __version__
 from geoseg.errors import GeosegError, JobError, JobLockedError, first_line
-from geoseg.io import write_json_atomic
+from geoseg.io import is_virtual, write_json_atomic
 from geoseg.options import PredictOptions, VectorOptions, job_schema, key_of
 
 #: Keys of a prediction job and the types they take (None: free-form checked elsewhere).
@@ -141,7 +141,7 @@ def _check_values(section: Any, options: type, place: str, problems: list[str],
 
 
 def _resolve(base: Path, text: str) -> str:
-    if text.startswith("/vsi") or "://" in text or os.path.isabs(text):
+    if is_virtual(text) or os.path.isabs(text):
         return text
     return str((base / text).resolve())
 
@@ -171,7 +171,7 @@ def load_job(path: str | os.PathLike[str]) -> Job:
             problems.append(f"scenes[{i}]: expected a path or glob, got {pat!r}")
             continue
         full = _resolve(base, pat)
-        if full.startswith("/vsi") or "://" in full:
+        if is_virtual(full):
             scenes.append(full)
             continue
         matched = sorted(glob.glob(full)) if any(ch in pat for ch in "*?[") else ([full] if os.path.exists(full) else [])
@@ -188,7 +188,7 @@ def load_job(path: str | os.PathLike[str]) -> Job:
                 line = line.strip()
                 if line and not line.startswith("#"):
                     full = _resolve(mpath.parent, line)
-                    if not (full.startswith("/vsi") or "://" in full or os.path.exists(full)):
+                    if not (is_virtual(full) or os.path.exists(full)):
                         problems.append(f"manifest line {n}: {line!r} not found")
                     else:
                         scenes.append(full)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from geoseg.errors import EvaluationError, SceneError
-from geoseg.io import no_georef_warning, open_scene, read_class_names
+from geoseg.io import no_georef_warning, open_scene, read_class_names, write_json_atomic
 from geoseg.metrics import Scores
 
 
@@ -84,12 +83,9 @@ def evaluate(
     sub = cm[np.ix_(present, present)]
     scores = Scores(sub, [f"{v} {names[int(v)]}" if int(v) in names else str(v) for v in present])
     if json_path is not None:
-        out = Path(json_path)
-        tmp = out.with_name(f".{out.name}.part")
         report = {"prediction": str(prediction), "reference": str(reference),
                   "ignore_value": ignore_value, "values": [int(v) for v in present], **scores.as_dict()}
-        tmp.write_text(json.dumps(report, indent=1))
-        os.replace(tmp, out)
+        write_json_atomic(Path(json_path), report)
     return scores
 
 
