@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import click
 
+from typing import TYPE_CHECKING
+
 from geoseg.cli.options import json_object, report_errors
+
+if TYPE_CHECKING:
+    from geoseg.models.checkpoint import LoadedModel
 
 
 @click.command("models")
@@ -18,11 +23,17 @@ def models_command(arch: str | None, arch_args: str | None, in_channels: int) ->
     The built-in architectures at their default arguments are listed from measurements made
     once; with ARCH and --arch-args (or another --in-channels) that configuration is measured
     now: a few seconds for the VGG- and ResNet-based ones.
+    ARCH may also be a model file (.pt or ONNX): then that model is described.
     """
+    import os
+
     from geoseg.models import get_architecture, list_models
     from geoseg.models.checkpoint import builtin_model_names, load_model
     from geoseg.models.measured import DEFAULTS, IN_CHANNELS, measure
 
+    if arch and os.path.isfile(arch):
+        click.echo(describe(load_model(arch)))
+        return
     kwargs = json_object(arch_args, "--arch-args")
     archs = [get_architecture(arch)] if arch else list_models()
     click.echo(f"{'architecture':<15}{'stride':>7}{'RF radius':>10}{'params':>9}  summary")
@@ -37,9 +48,11 @@ def models_command(arch: str | None, arch_args: str | None, in_channels: int) ->
         return
     click.echo("\nbuilt-in models:")
     for name in builtin_model_names():
-        loaded = load_model(name)
-        classes = ", ".join(c.name for c in loaded.classes)
-        click.echo(
-            f"  {name}: {loaded.config.arch}, bands {','.join(loaded.in_bands)}, stride {loaded.output_stride}, "
-            f"RF radius {loaded.receptive_field}; classes {classes}"
-        )
+        click.echo(f"  {describe(load_model(name))}")
+
+
+def describe(m: "LoadedModel") -> str:
+    """One line about a loaded model: format, architecture, bands, stride, receptive field, classes."""
+    classes = ", ".join(c.name for c in m.classes)
+    return (f"{m.name}: {m.format} model, {m.config.arch}, bands {','.join(m.in_bands)}, stride "
+            f"{m.output_stride}, RF radius {m.receptive_field}; classes {classes}")

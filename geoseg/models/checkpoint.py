@@ -108,6 +108,8 @@ class LoadedModel:
     path: str
     sha256: str
     name: str
+    #: ``torch`` (a ``.pt`` file) or ``onnx`` (an ONNX file, run by ONNX Runtime).
+    format: str = "torch"
 
     @property
     def in_bands(self) -> list[str]:
@@ -246,8 +248,13 @@ def read_model_file(path: str | os.PathLike[str]) -> tuple[ModelConfig, dict[str
 def load_model(
     name_or_path: str | os.PathLike[str] | None = None, device: str | torch.device = "cpu"
 ) -> LoadedModel:
-    """Load a model (``None`` = the built-in one) in eval mode on ``device``."""
+    """Load a model (``None`` = the built-in one, a ``.pt`` file or an ONNX geoseg model) in eval
+    mode on ``device``."""
     path, name = resolve_model_path(name_or_path)
+    from geoseg.models.onnx import is_onnx_file, load_onnx_model
+
+    if is_onnx_file(path):
+        return load_onnx_model(path, name, device)
     config, state = read_model_file(path)
     with warnings.catch_warnings():
         # A trained model's dilation schedule is fixed; the warning is for whoever trains one.
