@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from geoseg.errors import SchedulerError
+from geoseg.errors import CheckpointError, SchedulerError
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -201,7 +201,7 @@ class ModelPlugin(WorkerPlugin):
 
     def setup(self, worker: Any = None) -> None:
         if hashlib.sha256(self.blob).hexdigest() != self.sha256:
-            raise ValueError("the model bytes sent to this worker are damaged (content hash mismatch)")
+            raise CheckpointError("the model bytes sent to this worker are damaged (content hash mismatch)")
         from geoseg.worker import model_cache_dir  # imports torch: only on workers
 
         cache = model_cache_dir()

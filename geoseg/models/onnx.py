@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from geoseg.errors import CheckpointError, ModelError
+from geoseg.errors import CheckpointError, ModelError, first_line
 from geoseg.io import ClassInfo, check_output_path
 from geoseg.models.checkpoint import (
     GLOBAL_RECEPTIVE_FIELD, LoadedModel, ModelConfig, file_sha256, load_model, resolve_model_path,
@@ -70,7 +70,7 @@ def _proto(path: str | os.PathLike[str]) -> Any:
         return onnx.load(str(path), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError) as exc:
         raise CheckpointError(
-            f"{path} is not an ONNX model ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+            f"{path} is not an ONNX model ({first_line(exc)})"
         ) from None
 
 
@@ -357,7 +357,7 @@ def _stride(session: Any, channels: int, classes: int, size: int, rng: np.random
     try:
         base = _run(session, np.ascontiguousarray(x[..., MAX_STRIDE:]))
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own classes
-        raise ModelError(f"{path} cannot run on a {height}x{size} input ({str(exc).splitlines()[0]})") from None
+        raise ModelError(f"{path} cannot run on a {height}x{size} input ({first_line(exc)})") from None
     if base.ndim != 4 or base.shape[0] != 1 or base.shape[2:] != (height, size):
         raise ModelError(
             f"{path}: output shape {tuple(base.shape)} for input 1x{channels}x{height}x{size}; geoseg "
