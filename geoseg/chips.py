@@ -27,7 +27,7 @@ from rasterio.windows import transform as window_transform
 
 from geoseg.errors import ChipError
 from geoseg.io import (
-    READ_ENV, ClassInfo, no_georef_warning, open_scene, remove_quietly, select_bands,
+    READ_ENV, ClassInfo, check_distinct_paths, no_georef_warning, open_scene, remove_quietly, select_bands,
 )
 
 MANIFEST = "chips.json"
@@ -459,6 +459,11 @@ def make_chips(
     if not 0 <= ignore <= 255:
         raise ChipError(f"--ignore-value {ignore} must be 0..255")
     out = Path(out_dir)
+    check_distinct_paths(
+        {f"{kind} of pair {i + 1}": path for i, pair in enumerate(pairs) for kind, path in zip(("image", "labels"), pair)},
+        {"chips manifest": out / MANIFEST, "chips index": out / INDEX},
+        {"the chips image folder": out / "images", "the chips label folder": out / "labels"},
+    )
     existing = load_manifest(out) if (out / MANIFEST).exists() else None
     out.mkdir(parents=True, exist_ok=True)
     (out / "images").mkdir(exist_ok=True)

@@ -31,6 +31,10 @@ class SchedulerError(GeosegError, ConnectionError):
     """The Dask scheduler cannot be reached, or was lost during a run."""
 
 
+class FolderLockedError(GeosegError, RuntimeError):
+    """Another live geoseg run holds the output folder's lock."""
+
+
 class TileError(GeosegError, RuntimeError):
     """One tile task could not be read or inferred; the message names the scene and window."""
 

@@ -31,9 +31,11 @@ from geoseg.io import (
     READ_ENV,
     WRITE_CACHE_MB,
     RasterSink,
+    check_distinct_paths,
     check_output_path,
     class_tags,
     file_token,
+    lock_output_folders,
     no_georef_warning,
     open_scene,
     open_sinks,
@@ -250,13 +252,16 @@ def predict(
     where a tile task fails and lists those windows (result ``skipped``, and a JSON report
     beside the output) instead of failing the run.
     """
-    from geoseg.models.checkpoint import load_model
+    from geoseg.models.checkpoint import load_model, resolve_model_path
 
     t0 = time.perf_counter()
     out_path = check_output_path(output, overwrite)
     prob_path = check_output_path(probabilities, overwrite, "probabilities output") if probabilities else None
-    if prob_path is not None and prob_path.resolve() == out_path.resolve():
-        raise TilingError("--probabilities must be a different file from the output")
+    check_distinct_paths(
+        {"scene": scene, "model file": resolve_model_path(model)[0]},
+        {"output": out_path, "probabilities output": prob_path, "vector output": vector,
+         "skipped-tiles report": skipped_report_path(out_path)},
+    )
     if vector is not None:
         from geoseg.vectorize import output_format
 
@@ -298,6 +303,7 @@ def predict(
         from geoseg.cluster import connect
 
         client, cluster = connect(scheduler, workers)
+    locks = lock_output_folders([out_path, prob_path, vector], "predict")
     try:
         nthreads = sum(client.nthreads().values()) or 1
         torch_threads = None
@@ -346,7 +352,7 @@ def predict(
                         prob_sink.write(res.probabilities, res.core)
                     progress.update(1, int(res.core.width * res.core.height))
             progress.close()
-        report = out_path.with_name(out_path.name + ".skipped.json")
+        report = skipped_report_path(out_path)
         if skipped:
             write_skipped_report(report, info.path, skipped)
         elif report.exists() and overwrite:
@@ -358,6 +364,7 @@ def predict(
                              client=client, quiet=quiet, **(vector_options or {}))
             progress.message(f"geoseg: {vres.polygons} polygons written to {vres.output}")
     finally:
+        locks.close()
         if own_client:
             client.close()
             if cluster is not None:
@@ -375,6 +382,11 @@ def predict(
         model=loaded.name,
         skipped=[s.window for s in skipped],
     )
+
+
+def skipped_report_path(output: Path) -> Path:
+    """Where the windows written as nodata under ``on_error="skip"`` are listed."""
+    return output.with_name(output.name + ".skipped.json")
 
 
 @dataclass

@@ -241,11 +241,136 @@ def check_output_path(path: str | os.PathLike[str], overwrite: bool, what: str =
     return p
 
 
+def path_identity(path: str) -> tuple[str, tuple[int, int] | None]:
+    """Resolved path and (device, inode) of a local path (the inode only when it exists)."""
+    real = os.path.realpath(path)
+    try:
+        st = os.stat(real)
+        return real, (st.st_dev, st.st_ino)
+    except OSError:
+        return real, None
+
+
+def check_distinct_paths(
+    inputs: dict[str, str | os.PathLike[str] | None],
+    outputs: dict[str, str | os.PathLike[str] | None],
+    owned_folders: dict[str, str | os.PathLike[str] | None] | None = None,
+) -> None:
+    """Refuse, before any work, an output that is an input or another output.
+
+    Paths are the same when they resolve to one path (symlinks, ``..``) or are one file (hard
+    links, case-insensitive file systems): the output would destroy the input, or two outputs
+    would overwrite each other. ``owned_folders`` are folders geoseg fills and cleans itself
+    (chip folders): no input may lie inside them. Virtual paths (``/vsis3/``, URLs) are skipped.
+    """
+    seen: list[tuple[str, str, tuple[str, tuple[int, int] | None]]] = []
+    for what, path in inputs.items():
+        if path is not None and not is_virtual(str(path)):
+            seen.append(("input", what, path_identity(str(path))))
+    for what, path in outputs.items():
+        if path is None or is_virtual(str(path)):
+            continue
+        ident = path_identity(str(path))
+        for kind, other, (real, inode) in seen:
+            if ident[0] == real or (inode is not None and ident[1] == inode):
+                if kind == "input":
+                    raise OutputError(
+                        f"{what} {path} is the same file as the {other} ({real}); writing it would "
+                        f"destroy the {other}: choose another {what} path"
+                    )
+                raise OutputError(
+                    f"{what} {path} and {other} are the same file ({real}); give them different names"
+                )
+        seen.append(("output", what, ident))
+    for what, folder in (owned_folders or {}).items():
+        if folder is None:
+            continue
+        root = os.path.realpath(folder)
+        for kind, other, (real, _) in seen:
+            if kind == "input" and os.path.commonpath([root, real]) == root:
+                raise OutputError(
+                    f"the {other} ({real}) lies inside {what} {folder}, which geoseg writes and "
+                    "cleans; move it out, or choose another output folder"
+                )
+
+
+def create_exclusive(path: Path, mode: int = 0o600) -> int:
+    """Create ``path`` only if nothing (not even a dangling symlink) is there; return its fd."""
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
+
+
+#: Lock file in every folder geoseg writes into; see :func:`folder_lock`.
+LOCK_NAME = ".geoseg.lock"
+#: Folder locks this process holds: resolved folder -> (fd, exclusive). Reentrant, so a batch
+#: run holding its folder calls predict, which would lock the folder again.
+_HELD_LOCKS: dict[str, tuple[int, bool]] = {}
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, exclusive: bool, what: str = "geoseg run") -> Iterator[None]:
+    """Lock an output folder: shared by single runs (predict, vectorize), exclusive for a batch
+    job, which also removes what killed runs left behind. The kernel releases the lock when the
+    process dies, so a lock held means a live run; the lock file is opened without following
+    symlinks."""
+    import fcntl
+
+    from geoseg.errors import FolderLockedError
+
+    key = os.path.realpath(folder)
+    held = _HELD_LOCKS.get(key)
+    if held is not None and (held[1] or not exclusive):
+        yield
+        return
+    path = Path(folder) / LOCK_NAME
+    flags = os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, os.O_RDWR | flags, 0o644)
+    except PermissionError:  # another user's lock file: reading is enough to lock it
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:
+        raise OutputError(f"cannot create the lock file {path} ({exc.strerror}); "
+                          "check the folder's permissions, and that the lock file is no symlink") from None
+    try:
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            # a batch job holds it alone and says who it is; shared holders write nothing
+            holder = "" if exclusive else os.pread(fd, 64, 0).decode(errors="replace").strip()
+            raise FolderLockedError(
+                f"another geoseg run{f' ({holder})' if holder else ''} is writing into {folder}; "
+                f"wait for it to finish or give this {what} another output folder"
+            ) from None
+        if exclusive:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"geoseg batch, pid {os.getpid()}".encode(), 0)
+        _HELD_LOCKS[key] = (fd, exclusive)
+        yield
+    finally:
+        if _HELD_LOCKS.get(key, (None,))[0] == fd:
+            del _HELD_LOCKS[key]
+        os.close(fd)
+
+
+def lock_output_folders(paths: Sequence[str | os.PathLike[str] | None], what: str) -> contextlib.ExitStack:
+    """Shared locks (see :func:`folder_lock`) on the folders of ``paths``, held until the
+    returned stack is closed."""
+    stack = contextlib.ExitStack()
+    folders = {os.path.realpath(Path(p).parent) for p in paths if p is not None and not is_virtual(str(p))}
+    try:
+        for folder in sorted(folders):
+            stack.enter_context(folder_lock(Path(folder), exclusive=False, what=what))
+    except BaseException:
+        stack.close()
+        raise
+    return stack
+
+
 def temporary_sibling(path: Path, suffix: str = ".tif") -> Path:
-    """A fresh hidden file name next to ``path``, so the final rename stays on one file system."""
+    """A fresh hidden file next to ``path`` (so the final rename stays on one file system),
+    created exclusively with an unpredictable name; the caller writes over it and renames it."""
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=path.parent)
     os.close(fd)
-    os.unlink(name)
     return Path(name)
 
 
@@ -330,6 +455,12 @@ class RasterSink:
 
     def commit(self) -> Path:
         """Close the temporary file, convert it to a COG, and rename it onto the final path."""
+        publish_all([(self.prepare(), self.path)])
+        return self.path
+
+    def prepare(self) -> Path:
+        """Close the temporary file and convert it to a hidden COG beside the output; returns it.
+        Nothing at the final path changes yet (see :func:`publish_all`)."""
         self._dst.close()
         self.cog_tmp = temporary_sibling(self.path)
         with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"), no_georef_warning():
@@ -343,9 +474,9 @@ class RasterSink:
                 BIGTIFF="IF_SAFER",
             )
         remove_quietly(self.tmp)
-        os.replace(self.cog_tmp, self.path)
-        remove_quietly(Path(str(self.cog_tmp) + ".aux.xml"))
-        return self.path
+        with contextlib.suppress(FileNotFoundError):
+            Path(str(self.cog_tmp) + ".aux.xml").unlink()
+        return self.cog_tmp
 
     def abort(self) -> None:
         """Drop everything written so far."""
@@ -368,17 +499,49 @@ def open_sinks(*sinks_factories: Any) -> Iterator[list[RasterSink]]:
             s.abort()
         raise
     else:
-        done: list[RasterSink] = []
         try:
-            for s in sinks:
-                s.commit()
-                done.append(s)
+            # every COG is made before any output is touched: a failure here (a full disk)
+            # leaves the previous outputs exactly as they were
+            staged = [(s.prepare(), s.path) for s in sinks]
+            publish_all(staged)
         except BaseException:
             for s in sinks:
                 s.abort()
-            for s in done:
-                remove_quietly(s.path)
             raise
+
+
+def publish_all(staged: Sequence[tuple[Path, Path]]) -> None:
+    """Rename each staged file onto its final path, all or nothing.
+
+    A file already at a final path is kept as a hidden hard link (or renamed aside) until every
+    rename succeeded; if one fails, the earlier ones are undone and the previous outputs are
+    back exactly as they were.
+    """
+    backups: list[tuple[Path, Path | None]] = []  # (final, its previous content or None)
+    try:
+        for tmp, final in staged:
+            backup: Path | None = None
+            if os.path.lexists(final):
+                backup = temporary_sibling(final, ".old")
+                os.unlink(backup)
+                try:
+                    os.link(final, backup, follow_symlinks=False)
+                except OSError:  # no hard links here: move it aside instead
+                    os.replace(final, backup)
+            backups.append((final, backup))
+            os.replace(tmp, final)
+    except BaseException:
+        for final, backup in reversed(backups):
+            with contextlib.suppress(OSError):
+                if backup is not None:
+                    os.replace(backup, final)
+                else:
+                    final.unlink()
+        raise
+    for _, backup in backups:
+        if backup is not None:
+            with contextlib.suppress(FileNotFoundError):
+                backup.unlink()
 
 
 def class_tags(classes: Sequence[ClassInfo], model_name: str) -> dict[str, str]:
@@ -399,9 +562,15 @@ def read_class_names(src: Any) -> dict[int, str]:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON through a hidden temporary beside ``path``, then rename."""
-    import json
-
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    """Write ``data`` as JSON through a fresh hidden temporary beside ``path`` (created
+    exclusively, never through a symlink), then rename."""
+    path = Path(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part.json", dir=path.parent)
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    except BaseException:
+        remove_quietly(tmp)
+        raise

@@ -26,8 +26,8 @@ from rasterio.windows import Window
 
 from geoseg.errors import GeosegError, OutputError
 from geoseg.io import (
-    READ_ENV, check_output_path, no_georef_warning, open_scene, read_class_names, remove_quietly,
-    temporary_sibling,
+    READ_ENV, check_distinct_paths, check_output_path, lock_output_folders, no_georef_warning, open_scene,
+    read_class_names, remove_quietly, temporary_sibling,
 )
 
 #: Output formats by extension: (GDAL driver, supports any CRS).
@@ -407,6 +407,7 @@ def vectorize(
 
     t0 = time.perf_counter()
     out = check_output_path(output, overwrite, "vector output")
+    check_distinct_paths({"class raster": raster, "probabilities raster": probabilities}, {"vector output": out})
     driver, any_crs = output_format(out)
     if connectivity not in (4, 8):
         raise VectorizeError(f"--connectivity must be 4 or 8, not {connectivity}")
@@ -448,6 +449,7 @@ def vectorize(
 
         # processes, not threads: turning GDAL's polygons into geometries holds the GIL
         client, cluster = connect(scheduler, workers or cpu_count(), processes=True)
+    locks = lock_output_folders([out], "vectorize")
     tmp = temporary_sibling(out, ".gpkg")
     measure = Measurer(info.crs)
     per_class: dict[int, int] = {}
@@ -483,6 +485,7 @@ def vectorize(
         raise
     finally:
         stack.close()
+        locks.close()
         if own:
             client.close()
             if cluster is not None:
