@@ -262,15 +262,17 @@ def _is_geoseg_raster(path: str) -> bool:
 def _drop_own_outputs(job: Job, places: dict[str, str], globbed: set[str], problems: list[str]) -> list[str]:
     """Scenes without geoseg's own outputs: a glob that also matches the output folder would
     otherwise segment last run's class rasters as scenes. Listed by name, such a file is an error."""
-    produced: dict[str, str] = {}
+    produced: dict[str, tuple[str, str]] = {}
     for scene in job.scenes:
         for kind, out in outputs_for(job, scene).items():
-            produced[os.path.realpath(out)] = f"the {kind} output of {places.get(scene, scene)}"
+            produced[os.path.realpath(out)] = (scene, f"the {kind} output of {places.get(scene, scene)}")
     folder = os.path.realpath(job.folder)
     kept = []
     for scene in job.scenes:
         real = os.path.realpath(scene)
-        owner = produced.get(real)
+        source, owner = produced.get(real, (scene, None))
+        if source == scene:
+            owner = None  # a scene that is its own output: a collision, reported by _collisions
         in_folder = not is_virtual(scene) and os.path.dirname(real) == folder
         if scene in globbed and (owner is not None or (in_folder and _is_geoseg_raster(scene))):
             continue  # geoseg's own output, not a scene

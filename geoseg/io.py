@@ -310,36 +310,22 @@ _HELD_LOCKS: dict[str, tuple[int, bool]] = {}
 def folder_lock(folder: Path, exclusive: bool, what: str = "geoseg run") -> Iterator[None]:
     """Lock an output folder: shared by single runs (predict, vectorize), exclusive for a batch
     job, which also removes what killed runs left behind. The kernel releases the lock when the
-    process dies, so a lock held means a live run; the lock file is opened without following
-    symlinks."""
+    process dies, so a lock held means a live run. The lock file is opened without following
+    symlinks, and removed by the last run to leave."""
     import fcntl
 
     from geoseg.errors import FolderLockedError
 
     key = os.path.realpath(folder)
-    held = _HELD_LOCKS.get(key)
-    if held is not None and (held[1] or not exclusive):
-        yield
+    if key in _HELD_LOCKS and not exclusive:
+        yield  # this process writes there already (predict inside a batch job)
         return
+    if key in _HELD_LOCKS:
+        raise FolderLockedError(f"another run of geoseg in this process is writing into {folder}; "
+                                f"wait for it to finish or give this {what} another output folder")
     path = Path(folder) / LOCK_NAME
-    flags = os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = _open_lock(path, exclusive, what)
     try:
-        fd = os.open(path, os.O_RDWR | flags, 0o644)
-    except PermissionError:  # another user's lock file: reading is enough to lock it
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except OSError as exc:
-        raise OutputError(f"cannot create the lock file {path} ({exc.strerror}); "
-                          "check the folder's permissions, and that the lock file is no symlink") from None
-    try:
-        try:
-            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-        except BlockingIOError:
-            # a batch job holds it alone and says who it is; shared holders write nothing
-            holder = "" if exclusive else os.pread(fd, 64, 0).decode(errors="replace").strip()
-            raise FolderLockedError(
-                f"another geoseg run{f' ({holder})' if holder else ''} is writing into {folder}; "
-                f"wait for it to finish or give this {what} another output folder"
-            ) from None
         if exclusive:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)
@@ -347,9 +333,53 @@ def folder_lock(folder: Path, exclusive: bool, what: str = "geoseg run") -> Iter
         _HELD_LOCKS[key] = (fd, exclusive)
         yield
     finally:
-        if _HELD_LOCKS.get(key, (None,))[0] == fd:
-            del _HELD_LOCKS[key]
+        _HELD_LOCKS.pop(key, None)
+        try:  # the last holder removes the file; one that cannot lock it alone leaves it
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if _same_inode(fd, path):
+                os.unlink(path)
+        except OSError:
+            pass
         os.close(fd)
+
+
+def _same_inode(fd: int, path: Path) -> bool:
+    try:
+        st, here = os.fstat(fd), os.lstat(path)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (here.st_dev, here.st_ino)
+
+
+def _open_lock(path: Path, exclusive: bool, what: str) -> int:
+    """Open and flock the lock file; retried when it was removed between open and lock."""
+    import fcntl
+
+    from geoseg.errors import FolderLockedError
+
+    nofollow = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(20):
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | nofollow, 0o644)
+        except PermissionError:  # another user's lock file: reading is enough to lock it
+            fd = os.open(path, os.O_RDONLY | nofollow)
+        except OSError as exc:
+            raise OutputError(f"cannot create the lock file {path} ({exc.strerror}); check the folder's "
+                              "permissions, and that the lock file is not a symlink") from None
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            # a batch job holds it alone and says who it is; shared holders write nothing
+            holder = "" if exclusive else os.pread(fd, 64, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise FolderLockedError(
+                f"another run of geoseg{f' ({holder})' if holder else ''} is writing into {path.parent}; "
+                f"wait for it to finish or give this {what} another output folder"
+            ) from None
+        if _same_inode(fd, path):
+            return fd
+        os.close(fd)  # its last holder removed it meanwhile: lock the new one
+    raise OutputError(f"cannot lock {path}: it keeps changing; is another program removing it?")
 
 
 def lock_output_folders(paths: Sequence[str | os.PathLike[str] | None], what: str) -> contextlib.ExitStack:
@@ -533,10 +563,12 @@ def publish_all(staged: Sequence[tuple[Path, Path]]) -> None:
     except BaseException:
         for final, backup in reversed(backups):
             with contextlib.suppress(OSError):
-                if backup is not None:
-                    os.replace(backup, final)
-                else:
+                if backup is None:
                     final.unlink()
+                elif os.path.samestat(os.lstat(backup), os.lstat(final)):
+                    backup.unlink()  # never replaced: the hard link is not needed
+                else:
+                    os.replace(backup, final)
         raise
     for _, backup in backups:
         if backup is not None:
