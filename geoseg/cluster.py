@@ -9,9 +9,11 @@ local model cache, so workers need no shared file system for the model.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import stat
 import tempfile
 import threading
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from geoseg.errors import SchedulerError
+from geoseg.errors import CheckpointError, SchedulerError
 
 _MODELS: dict[tuple[str, str, bool, bool], Any] = {}
 _LOCK = threading.Lock()
@@ -28,8 +30,20 @@ log = logging.getLogger("geoseg")
 
 
 def model_cache_dir() -> Path:
-    """Where a worker keeps model files it received, named by content hash."""
-    return Path(tempfile.gettempdir()) / "geoseg-models"
+    """Where a worker keeps model files it received, named by content hash: one folder per user,
+    readable by that user only (0700), so no other user can swap a file in it or be blocked by it."""
+    folder = Path(tempfile.gettempdir()) / f"geoseg-models-{os.getuid()}"
+    with contextlib.suppress(FileExistsError):
+        folder.mkdir(mode=0o700)
+    st = os.lstat(folder)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise CheckpointError(
+            f"the model cache {folder} is not a folder of this user; remove it (another user or a "
+            "symlink is in the way) and run again"
+        )
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        os.chmod(folder, 0o700)
+    return folder
 
 
 class ModelPlugin(WorkerPlugin):
@@ -44,11 +58,11 @@ class ModelPlugin(WorkerPlugin):
         if hashlib.sha256(self.blob).hexdigest() != self.sha256:
             raise ValueError("the model bytes sent to this worker are damaged (content hash mismatch)")
         cache = model_cache_dir()
-        cache.mkdir(exist_ok=True)
         local = cache / f"{self.sha256}.pt"
         if not local.exists():
-            tmp = cache / f".{self.sha256}.{os.getpid()}.{threading.get_ident()}.part"
-            tmp.write_bytes(self.blob)
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.sha256}.", suffix=".part", dir=cache)
+            with os.fdopen(fd, "wb") as f:
+                f.write(self.blob)
             os.replace(tmp, local)
 
     def teardown(self, worker: Any = None) -> None:
@@ -57,7 +71,10 @@ class ModelPlugin(WorkerPlugin):
 
 def send_model(client: Any, path: str | os.PathLike[str], sha256: str) -> None:
     """Make the model available on every worker of ``client``'s cluster, now and later."""
-    plugin = ModelPlugin(sha256, Path(path).read_bytes())
+    blob = Path(path).read_bytes()
+    if hashlib.sha256(blob).hexdigest() != sha256:
+        raise CheckpointError(f"model file {path} changed while this run was starting; run again")
+    plugin = ModelPlugin(sha256, blob)
     client.register_plugin(plugin, name=plugin.name)
 
 
@@ -85,16 +102,19 @@ def worker_model(
 
 
 def _load(path: str, sha256: str, device: str) -> Any:
-    from geoseg.errors import CheckpointError
-    from geoseg.models.checkpoint import file_sha256, load_model
+    """Load from ``path`` or the cache, whichever holds bytes with that hash; the bytes hashed
+    are the bytes loaded, so a file swapped after the check cannot be loaded."""
+    from geoseg.models.checkpoint import load_model
 
-    if os.path.isfile(path) and file_sha256(path) == sha256:
-        return load_model(path, device=device)
-    cached = model_cache_dir() / f"{sha256}.pt"
-    if cached.is_file() and file_sha256(cached) == sha256:
-        model = load_model(cached, device=device)
-        model.path = path
-        return model
+    for candidate in (Path(path), model_cache_dir() / f"{sha256}.pt"):
+        try:
+            data = candidate.read_bytes()
+        except OSError:
+            continue
+        if hashlib.sha256(data).hexdigest() == sha256:
+            model = load_model(candidate, device=device, data=data)
+            model.path = path
+            return model
     raise CheckpointError(
         f"model {path} is not on this worker, or differs from the client's copy (content hash "
         "mismatch); give every worker the same file"
