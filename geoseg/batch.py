@@ -445,11 +445,12 @@ def run_batch(
     client: Any = None,
     echo: Callable[[str], Any] = lambda s: None,
     overwrite: bool = False,
+    verbose: bool = False,
 ) -> BatchReport:
     """Run a prediction job (or a recipe job with ``steps``) and return its report.
 
     The report replaces an earlier report of the same job; any other existing file only with
-    ``overwrite``, and never a scene or another output."""
+    ``overwrite``, and never a scene or another output. ``verbose`` shows the local workers' logs."""
     t0 = time.perf_counter()
     doc = _peek(job_path)
     if isinstance(doc, dict) and "steps" in doc:
@@ -470,7 +471,7 @@ def run_batch(
         if own:
             from geoseg.cluster import connect
 
-            client, cluster = connect(job.scheduler, job.workers)
+            client, cluster = connect(job.scheduler, job.workers, verbose=verbose)
         try:
             for scene in job.scenes:
                 outcomes.append(_one_scene(job, scene, model, force, client, echo))

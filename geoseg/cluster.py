@@ -178,11 +178,14 @@ def cpu_count() -> int:
 
 
 def connect(
-    scheduler: str | None, workers: int | None, threads_per_worker: int = 1, processes: bool = True
+    scheduler: str | None, workers: int | None, threads_per_worker: int = 1, processes: bool = True,
+    verbose: bool = False,
 ) -> tuple[Any, Any]:
     """A ``(client, cluster)`` pair: a connection to ``scheduler``, or a new local cluster.
 
-    ``cluster`` is None when connected to an existing scheduler (which we must not close).
+    ``cluster`` is None when connected to an existing scheduler (which we must not close). The
+    local workers' own logs (a failed task's traceback, once per attempt) stay off the user's
+    terminal unless ``verbose``: geoseg reports each failure itself, in one line.
     """
     import dask
     from distributed import Client, LocalCluster
@@ -199,13 +202,15 @@ def connect(
     n = workers or (max(1, cpu_count() // 2) if processes else 1)
     if not processes:
         threads_per_worker = max(threads_per_worker, cpu_count())
-    with dask.config.set({"distributed.worker.daemon": False, "logging.distributed": "error"}):
+    level = logging.WARNING if verbose else logging.CRITICAL
+    with dask.config.set({"distributed.worker.daemon": False,
+                          "logging.distributed": logging.getLevelName(level).lower()}):
         cluster = LocalCluster(
             n_workers=n,
             threads_per_worker=threads_per_worker,
             processes=processes,
             dashboard_address=":0",
-            silence_logs=40,
+            silence_logs=level,
         )
     client = Client(cluster, set_as_default=False)
     return client, cluster

@@ -91,10 +91,8 @@ def run_tile_task(task: TileTask) -> list[TileResult]:
     except Exception as exc:
         if task.skip_errors:
             return _tile_by_tile(task)
-        first, last = task.tiles[0].core, task.tiles[-1].core
         raise TileError(
-            f"{task.scene}: tiles at rows {first.row_off}-{last.row_off + last.height}, columns "
-            f"{first.col_off}-{last.col_off + last.width} failed ({type(exc).__name__}: "
+            f"{task.scene}: {tiles_text(task)} failed ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}); --on-error skip writes nodata there instead"
         ) from exc
 
@@ -108,9 +106,21 @@ def _tile_by_tile(task: TileTask) -> list[TileResult]:
         try:
             results.extend(run_tile_task(single))
         except TileError as exc:
-            h, w = int(tile.core.height), int(tile.core.width)
-            results.append(TileResult(tile.core, np.full((h, w), CLASS_NODATA, np.uint8), error=str(exc)))
+            results.extend(nodata_results((tile,), str(exc)))
     return results
+
+
+def nodata_results(tiles: Sequence[Tile], error: str) -> list[TileResult]:
+    """Results that write nodata over ``tiles``' cores and say why (``on_error="skip"``)."""
+    return [TileResult(t.core, np.full((int(t.core.height), int(t.core.width)), CLASS_NODATA, np.uint8),
+                       error=error) for t in tiles]
+
+
+def tiles_text(task: TileTask) -> str:
+    """Where a task's tiles are, for messages: rows and columns of their cores."""
+    first, last = task.tiles[0].core, task.tiles[-1].core
+    return (f"tiles at rows {first.row_off}-{last.row_off + last.height}, columns "
+            f"{first.col_off}-{last.col_off + last.width}")
 
 
 def _run_tile_task(task: TileTask) -> list[TileResult]:
@@ -236,6 +246,7 @@ def predict(
     channels_last: bool = False,
     compile: bool = False,
     on_error: str = "fail",
+    verbose: bool = False,
 ) -> PredictResult:
     """Segment ``scene`` into a uint8 class-raster COG at ``output`` (and class probabilities).
 
@@ -250,7 +261,8 @@ def predict(
     automatic margin grows to cover them, so tiling stays exact. ``precision`` (bf16, fp16),
     ``channels_last`` and ``compile`` tune the forward pass. ``on_error="skip"`` writes nodata
     where a tile task fails and lists those windows (result ``skipped``, and a JSON report
-    beside the output) instead of failing the run.
+    beside the output) instead of failing the run. ``verbose`` lets the local workers' own logs
+    through to stderr.
     """
     from geoseg.models.checkpoint import load_model, resolve_model_path
 
@@ -302,7 +314,7 @@ def predict(
     if own_client:
         from geoseg.cluster import connect
 
-        client, cluster = connect(scheduler, workers)
+        client, cluster = connect(scheduler, workers, verbose=verbose)
     locks = lock_output_folders([out_path, prob_path, vector], "predict")
     try:
         nthreads = sum(client.nthreads().values()) or 1
@@ -462,18 +474,22 @@ def stream_tasks(
     """
     from concurrent.futures import CancelledError
 
-    from distributed import as_completed
+    from distributed import KilledWorker, as_completed
 
     queue = iter(enumerate(tasks))
     pending: dict[str, Any] = {}
+    task_of: dict[str, TileTask] = {}
 
     def submit_next(ac: Any | None) -> Any | None:
         nxt = next(queue, None)
         if nxt is None:
             return None
         i, t = nxt
-        fut = client.submit(run_tile_task, t, key=task_key(t, i), pure=False, retries=1, resources=resources)
+        # no retries: a tile that fails fails the same way again; a task whose worker is lost
+        # is rescheduled by Dask itself (until it has killed too many, see KilledWorker below)
+        fut = client.submit(run_tile_task, t, key=task_key(t, i), pure=False, retries=0, resources=resources)
         pending[fut.key] = fut
+        task_of[fut.key] = t
         if ac is not None:
             ac.add(fut)
         return fut
@@ -484,8 +500,18 @@ def stream_tasks(
     try:
         for fut in ac:
             pending.pop(fut.key, None)
+            task = task_of.pop(fut.key)
             try:
                 result = fut.result()
+            except KilledWorker as exc:
+                # the task took down every worker that ran it (out of memory, a crash in native
+                # code): like a tile that cannot be read, it fails the run or, under skip, is nodata
+                message = (f"{task.scene}: {tiles_text(task)} failed: the workers running them died "
+                           f"({type(exc).__name__}; out of memory or a crash); lower --batch-size or "
+                           "--tile, or --on-error skip writes nodata there instead")
+                if not task.skip_errors:
+                    raise TileError(message) from None
+                result = nodata_results(task.tiles, message)
             except (OSError, TimeoutError, CancelledError) as exc:
                 raise SchedulerError(
                     f"lost the Dask scheduler during the run ({type(exc).__name__}); "

@@ -391,6 +391,7 @@ def vectorize(
     client: Any = None,
     quiet: bool = True,
     timestamp: str | None = None,
+    verbose: bool = False,
 ) -> VectorizeResult:
     """Polygonize a class raster into ``output`` (format by extension), one feature per region.
 
@@ -399,6 +400,7 @@ def vectorize(
     shared. Attributes (Shapefile-safe names): class, class_name, area_m2, perim_m, pixels, mean_prob
     when a probabilities raster (from ``geoseg predict --probabilities``) is given.
     ``timestamp`` (ISO 8601) fixes the GeoPackage's last-change date, for byte-identical reruns.
+    ``verbose`` lets the local workers' own logs through to stderr.
     """
     import shapely
 
@@ -448,7 +450,7 @@ def vectorize(
         from geoseg.cluster import cpu_count
 
         # processes, not threads: turning GDAL's polygons into geometries holds the GIL
-        client, cluster = connect(scheduler, workers or cpu_count(), processes=True)
+        client, cluster = connect(scheduler, workers or cpu_count(), processes=True, verbose=verbose)
     locks = lock_output_folders([out], "vectorize")
     tmp = temporary_sibling(out, ".gpkg")
     measure = Measurer(info.crs)

@@ -6,7 +6,7 @@ import click
 
 from geoseg.cli.options import (
     auto_or_int, device_option, overwrite_option, quiet_option, report_errors, scheduler_option,
-    workers_option,
+    verbose_option, workers_option,
 )
 from geoseg.crf import CRFParams
 from geoseg.cli.vectorize import connectivity_option, min_area_option, simplify_option, skip_option
@@ -45,6 +45,7 @@ from geoseg.cli.vectorize import connectivity_option, min_area_option, simplify_
 @simplify_option
 @overwrite_option
 @quiet_option
+@verbose_option
 @report_errors
 def predict_command(
     scene: str, output: str, model: str | None, tile: str, margin: str, batch_size: int,
@@ -53,7 +54,7 @@ def predict_command(
     min_area: float, simplify: float | None, overwrite: bool, quiet: bool, tta: str, scales: str,
     crf: bool, crf_iterations: int, crf_radius: int, crf_theta_alpha: float, crf_theta_beta: float,
     crf_theta_gamma: float, crf_w_bilateral: float, crf_w_gaussian: float, precision: str,
-    channels_last: bool, compile_: bool, on_error: str,
+    channels_last: bool, compile_: bool, on_error: str, verbose: bool,
 ) -> None:
     """Segment SCENE into a georeferenced class raster (Cloud-Optimized GeoTIFF)."""
     from geoseg.graph import predict
@@ -74,7 +75,7 @@ def predict_command(
         vector_options=dict(connectivity=int(connectivity), skip_classes=skip_classes,
                             min_area=min_area, simplify=simplify),
         tta=tta, scales=scale_list, crf=crf_params, precision=precision, channels_last=channels_last,
-        compile=compile_, on_error=on_error,
+        compile=compile_, on_error=on_error, verbose=verbose,
     )
     for window in result.skipped:
         click.echo(f"skipped window rows {window.row_off}-{window.row_off + window.height}, columns "

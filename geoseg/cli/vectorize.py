@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from geoseg.cli.options import (
-    overwrite_option, quiet_option, report_errors, scheduler_option, workers_option,
+    overwrite_option, quiet_option, report_errors, scheduler_option, verbose_option, workers_option,
 )
 
 connectivity_option = click.option("--connectivity", type=click.Choice(["4", "8"]), default="4", show_default=True,
@@ -33,17 +33,18 @@ simplify_option = click.option("--simplify", type=click.FloatRange(min=0), defau
 @scheduler_option
 @overwrite_option
 @quiet_option
+@verbose_option
 @report_errors
 def vectorize_command(raster: str, output: str, connectivity: str, skip_classes: tuple[int, ...],
                       min_area: float, simplify: float | None, probabilities: str | None,
                       block_size: int | None, workers: int | None, scheduler: str | None,
-                      overwrite: bool, quiet: bool) -> None:
+                      overwrite: bool, quiet: bool, verbose: bool) -> None:
     """Polygonize a class RASTER: one polygon per connected region, merged across blocks."""
     from geoseg.vectorize import vectorize
 
     result = vectorize(raster, output, connectivity=int(connectivity), skip_classes=skip_classes,
                        min_area=min_area, simplify=simplify, probabilities=probabilities,
                        overwrite=overwrite, block_size=block_size, workers=workers,
-                       scheduler=scheduler, quiet=quiet)
+                       scheduler=scheduler, quiet=quiet, verbose=verbose)
     if not quiet:
         click.echo(f"wrote {result.output}: {result.polygons} polygons in {result.seconds:.1f} s", err=True)
