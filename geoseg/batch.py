@@ -215,6 +215,8 @@ def load_job(path: str | os.PathLike[str]) -> Job:
     vector = doc.get("vector")
     if isinstance(vector, dict) and vector.get("format", "gpkg") not in VECTOR_FORMATS:
         problems.append(f"vector.format: {vector.get('format')!r} is not one of {', '.join(VECTOR_FORMATS)}")
+    elif isinstance(vector, dict):
+        problems.extend(_vector_problems(vector, scenes))
     predict = doc.get("predict") or {}
     if isinstance(predict, dict) and predict.get("device", "auto") not in ("auto", "cpu", "cuda"):
         problems.append("predict.device: auto, cpu or cuda")
@@ -227,6 +229,40 @@ def load_job(path: str | os.PathLike[str]) -> Job:
     if problems:
         raise JobError(f"{path}: " + "; ".join(problems))
     return job
+
+
+def _vector_problems(vector: dict[str, Any], scenes: list[str]) -> list[str]:
+    """The vector section checked as predict will use it, before any scene is segmented:
+    options, what the format needs (pyarrow), and for GeoJSON every scene's CRS."""
+    from geoseg.errors import GeosegError
+    from geoseg.vectorize import check_vector_options
+
+    opts = {k: v for k, v in vector.items() if k not in ("format", "skip_class")}
+    if isinstance(vector.get("skip_class"), list):
+        opts["skip_classes"] = tuple(vector["skip_class"])
+    name = "polygons." + str(vector.get("format", "gpkg"))
+    try:
+        check_vector_options(name, None, **opts)
+    except GeosegError as exc:
+        return [f"vector: {exc}"]
+    if vector.get("format") != "geojson":
+        return []
+    import rasterio
+
+    from geoseg.io import no_georef_warning
+
+    problems = []
+    for scene in scenes:
+        try:
+            with no_georef_warning(), rasterio.open(scene) as src:
+                crs = src.crs
+        except Exception:  # noqa: BLE001 - an unreadable scene fails alone when its turn comes
+            continue
+        try:
+            check_vector_options(name, crs, **opts)
+        except GeosegError as exc:
+            problems.append(f"vector.format: {Path(scene).name}: {exc}")
+    return problems
 
 
 def _pattern_problems(pattern: str) -> list[str]:

@@ -275,10 +275,12 @@ def predict(
          "skipped-tiles report": skipped_report_path(out_path)},
     )
     if vector is not None:
-        from geoseg.vectorize import output_format
-
-        output_format(check_output_path(vector, overwrite, "vector output"))
+        check_output_path(vector, overwrite, "vector output")
     info = open_scene(scene)
+    if vector is not None:  # all of them now, not after the prediction
+        from geoseg.vectorize import check_vector_options
+
+        check_vector_options(vector, info.crs if info.georeferenced else None, **(vector_options or {}))
     if not info.georeferenced:
         warnings.warn(
             f"{info.path} has no CRS or geotransform; the output keeps its pixel grid without "

@@ -11,6 +11,7 @@ whole raster in one pass.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import math
 import os
@@ -258,6 +259,7 @@ def merge_blocks(results: Iterator[list[BlockResult]], connectivity: int, n_rows
     info: dict[int, tuple[int, int, float | None, bytes]] = {}
     prev_bottom: np.ndarray | None = None
     prev_bottom_cls: np.ndarray | None = None
+    next_id = 0  # global ids: a running count of components, unique and far from int64's end
     for r, row in enumerate(results):
         row = sorted(row, key=lambda b: b.block_col)
         tops, bottoms, tcls, bcls = [], [], [], []
@@ -265,8 +267,10 @@ def merge_blocks(results: Iterator[list[BlockResult]], connectivity: int, n_rows
         for b in row:
             if b.finished is not None:
                 yield b.finished
-            base = ((r << 20) | b.block_col) << 32
-            gid = np.where(np.arange(len(b.classes)) > 0, np.arange(len(b.classes)) + base, 0)
+            base = next_id
+            next_id += len(b.classes)
+            local_ids = np.arange(len(b.classes), dtype=np.int64)
+            gid = np.where(local_ids > 0, local_ids + base, 0)
             for local, wkb in b.geoms.items():
                 g = base + local
                 groups.add(g)
@@ -410,19 +414,12 @@ def vectorize(
     t0 = time.perf_counter()
     out = check_output_path(output, overwrite, "vector output")
     check_distinct_paths({"class raster": raster, "probabilities raster": probabilities}, {"vector output": out})
-    driver, any_crs = output_format(out)
-    if connectivity not in (4, 8):
-        raise VectorizeError(f"--connectivity must be 4 or 8, not {connectivity}")
     info = open_scene(raster)
+    driver, any_crs = check_vector_options(out, info.crs, connectivity, tuple(skip_classes), min_area, simplify)
     if not np.issubdtype(np.dtype(info.dtype), np.integer):
         raise VectorizeError(
             f"{raster} holds {info.dtype} values: not a class raster; polygonize the class raster "
             "from 'geoseg predict', or round the values to integer classes first"
-        )
-    if info.crs is not None and not any_crs and info.crs.to_epsg() != 4326:
-        raise VectorizeError(
-            f"{driver} holds WGS 84 (EPSG:4326) coordinates only, and the raster is in "
-            f"{info.crs.to_string()}; write .gpkg or .fgb instead"
         )
     with no_georef_warning():
         with rasterio.open(raster) as src:
@@ -664,7 +661,7 @@ def _publish(tmp: Path, out: Path, driver: str, crs: Any) -> None:
                               data, list(meta["fields"]), crs=meta["crs"],
                               geometry_type="MultiPolygon", driver=driver, **opts)
         if driver == "ESRI Shapefile":
-            for side in staged.parent.glob(staged.stem + ".*"):
+            for side in staged.parent.glob(glob.escape(staged.stem) + ".*"):
                 os.replace(side, out.with_suffix(side.suffix))
         else:
             os.replace(staged, out)
@@ -674,11 +671,9 @@ def _publish(tmp: Path, out: Path, driver: str, crs: Any) -> None:
 
 def _write_geoparquet(src: Path, dst: Path) -> None:
     """GeoParquet 1.0 (WKB geometry + 'geo' metadata) through pyarrow."""
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise OutputError("GeoParquet output needs pyarrow: pip install 'geoseg[parquet]'") from None
+    _require_pyarrow()
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     import pyogrio
     import shapely
 
@@ -696,3 +691,43 @@ def _write_geoparquet(src: Path, dst: Path) -> None:
         "encoding": "WKB", "geometry_types": ["MultiPolygon"], "crs": crs_json, "bbox": bbox}}}
     table = pa.table(cols).replace_schema_metadata({b"geo": json.dumps(geo).encode()})
     pq.write_table(table, dst)
+
+
+def _require_pyarrow() -> None:
+    try:
+        import pyarrow  # noqa: F401
+        import pyarrow.parquet  # noqa: F401
+    except ImportError:
+        raise OutputError("GeoParquet output needs pyarrow: pip install 'geoseg[parquet]'") from None
+
+
+def check_vector_options(
+    output: str | os.PathLike[str], crs: Any = None, connectivity: Any = 4, skip_classes: Any = (),
+    min_area: Any = 0.0, simplify: Any = None, **others: Any,
+) -> tuple[str, bool]:
+    """Check polygon output options before any work (predict runs it before predicting): the
+    format and what it needs, the raster's CRS for GeoJSON, connectivity, classes, sizes.
+    ``others`` are further :func:`vectorize` keywords, passed through unchecked."""
+    unknown = sorted(set(others) - {"timestamp", "block_size", "quiet", "verbose", "workers", "scheduler"})
+    if unknown:
+        raise VectorizeError(f"unknown vector option(s) {', '.join(unknown)}")
+    driver, any_crs = output_format(Path(output))
+    if isinstance(connectivity, bool) or connectivity not in (4, 8):
+        raise VectorizeError(f"--connectivity must be 4 or 8, not {connectivity!r}")
+    if isinstance(skip_classes, (str, bytes)) or not isinstance(skip_classes, (list, tuple)):
+        raise VectorizeError(f"--skip-class takes class values, not {skip_classes!r}")
+    bad = [c for c in skip_classes if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c <= 255]
+    if bad:
+        raise VectorizeError(f"--skip-class {', '.join(map(repr, bad))}: class values are whole numbers 0..254")
+    for name, value in (("--min-area", min_area), ("--simplify", simplify)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value) or value < 0):
+            raise VectorizeError(f"{name} must be a number >= 0, not {value!r}")
+    if crs is not None and not any_crs and crs.to_epsg() != 4326:
+        raise VectorizeError(
+            f"{driver} holds WGS 84 (EPSG:4326) coordinates only, and the raster is in "
+            f"{crs.to_string()}; write .gpkg or .fgb instead"
+        )
+    if driver == "Parquet":
+        _require_pyarrow()
+    return driver, any_crs

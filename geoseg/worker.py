@@ -33,18 +33,36 @@ def gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def visible_devices() -> list[str] | None:
+    """The GPUs this process was given (``CUDA_VISIBLE_DEVICES``: indices, UUIDs or MIG
+    instances, as SLURM and MIG set it), or None when it is not set."""
+    text = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if text is None:
+        return None
+    return [d.strip() for d in text.split(",") if d.strip()]
+
+
 def worker_commands(
     scheduler: str, gpus: int, nthreads: int | None = None, memory_limit: str = "auto",
-    name: str | None = None,
+    name: str | None = None, visible: list[str] | None = None,
 ) -> list[WorkerCommand]:
-    """The worker processes to start: one per GPU (2 threads each), or one CPU worker."""
+    """The worker processes to start: one per GPU (2 threads each), or one CPU worker.
+
+    Worker i sees the i-th GPU this process may use: the i-th entry of an inherited
+    ``CUDA_VISIBLE_DEVICES`` (``visible``, read from the environment when None), else GPU i."""
     dask = [sys.executable, "-m", "distributed.cli.dask_worker", scheduler, "--memory-limit", memory_limit]
     if gpus > 0:
+        devices = visible if visible is not None else visible_devices()
+        if devices is not None and gpus > len(devices):
+            raise SchedulerError(
+                f"{gpus} GPU workers asked for, but CUDA_VISIBLE_DEVICES gives this process "
+                f"{len(devices)} GPU(s) ({','.join(devices) or 'none'}); ask for at most {len(devices)}"
+            )
         return [
             WorkerCommand(
                 tuple(dask + ["--nthreads", str(nthreads or 2), "--resources", "GPU=1"]
                       + (["--name", f"{name}-gpu{i}"] if name else [])),
-                (("CUDA_VISIBLE_DEVICES", str(i)),),
+                (("CUDA_VISIBLE_DEVICES", devices[i] if devices is not None else str(i)),),
             )
             for i in range(gpus)
         ]
