@@ -41,7 +41,7 @@ from geoseg.io import (
     open_sinks,
     parse_bands,
     read_mirrored,
-    write_json_atomic,
+    stage_json,
 )
 from geoseg.progress import Progress
 from geoseg.stitch import TileResult, crop_core, to_result
@@ -350,7 +350,19 @@ def predict(
                 [f"p({c.name})" for c in classes], overview_resampling="AVERAGE",
             )) if prob_path is not None else None,
         ]
-        with rasterio.Env(GDAL_CACHEMAX=WRITE_CACHE_MB), open_sinks(*sinks) as opened:
+        report = skipped_report_path(out_path)
+        staged: list[tuple[Path, Path]] = []
+
+        def polygons() -> None:
+            """Runs once the rasters are in place; if it fails, they are put back as they were."""
+            if vector is not None:
+                from geoseg.vectorize import vectorize
+
+                vres = vectorize(out_path, vector, probabilities=prob_path, overwrite=overwrite,
+                                 client=client, quiet=quiet, **(vector_options or {}))
+                progress.message(f"geoseg: {vres.polygons} polygons written to {vres.output}")
+
+        with rasterio.Env(GDAL_CACHEMAX=WRITE_CACHE_MB), open_sinks(*sinks, extra=staged, then=polygons) as opened:
             class_sink = opened[0]
             prob_sink = opened[1] if len(opened) > 1 else None
             limit = max_in_flight or max(2, 2 * nthreads)
@@ -366,17 +378,11 @@ def predict(
                         prob_sink.write(res.probabilities, res.core)
                     progress.update(1, int(res.core.width * res.core.height))
             progress.close()
-        report = skipped_report_path(out_path)
-        if skipped:
-            write_skipped_report(report, info.path, skipped)
-        elif report.exists() and overwrite:
-            report.unlink()
-        if vector is not None:
-            from geoseg.vectorize import vectorize
-
-            vres = vectorize(out_path, vector, probabilities=prob_path, overwrite=overwrite,
-                             client=client, quiet=quiet, **(vector_options or {}))
-            progress.message(f"geoseg: {vres.polygons} polygons written to {vres.output}")
+            if skipped:  # published together with the rasters
+                staged.append((stage_json(report, skipped_report(info.path, skipped)), report))
+        if not skipped and overwrite:  # the old list of holes no longer describes the output
+            with contextlib.suppress(FileNotFoundError):
+                report.unlink()
     finally:
         locks.close()
         if own_client:
@@ -411,13 +417,13 @@ class SkippedTile:
     error: str
 
 
-def write_skipped_report(path: Path, scene: str, skipped: list[SkippedTile]) -> None:
-    """JSON list of the windows written as nodata and why, beside the output."""
-    write_json_atomic(path, {"scene": scene, "windows": [
+def skipped_report(scene: str, skipped: list[SkippedTile]) -> dict[str, Any]:
+    """The windows written as nodata and why: the JSON written beside the output."""
+    return {"scene": scene, "windows": [
         {"row_off": int(s.window.row_off), "col_off": int(s.window.col_off),
          "height": int(s.window.height), "width": int(s.window.width), "error": s.error}
         for s in skipped
-    ]})
+    ]}
 
 
 def gpu_resources(client: Any, device: str) -> dict[str, float] | None:

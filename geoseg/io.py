@@ -10,7 +10,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import rasterio
@@ -516,9 +516,17 @@ class RasterSink:
 
 
 @contextlib.contextmanager
-def open_sinks(*sinks_factories: Any) -> Iterator[list[RasterSink]]:
-    """Create sinks; commit all on success, abort all on any failure (including KeyboardInterrupt)."""
+def open_sinks(
+    *sinks_factories: Any, extra: list[tuple[Path, Path]] | None = None,
+    then: Callable[[], Any] | None = None,
+) -> Iterator[list[RasterSink]]:
+    """Create sinks; commit all on success, abort all on any failure (including KeyboardInterrupt).
+
+    The commit is all or nothing (:func:`publish_all`), together with ``extra`` staged files
+    (temporary, final) the caller adds while writing, and ``then``, run once they are in place:
+    if it fails, every output is put back as it was."""
     sinks: list[RasterSink] = []
+    extra = extra if extra is not None else []
     try:
         for factory in sinks_factories:
             if factory is not None:
@@ -527,25 +535,27 @@ def open_sinks(*sinks_factories: Any) -> Iterator[list[RasterSink]]:
     except BaseException:
         for s in sinks:
             s.abort()
+        remove_quietly(*(tmp for tmp, _ in extra))
         raise
     else:
         try:
             # every COG is made before any output is touched: a failure here (a full disk)
             # leaves the previous outputs exactly as they were
             staged = [(s.prepare(), s.path) for s in sinks]
-            publish_all(staged)
+            publish_all(staged + list(extra), then)
         except BaseException:
             for s in sinks:
                 s.abort()
+            remove_quietly(*(tmp for tmp, _ in extra))
             raise
 
 
-def publish_all(staged: Sequence[tuple[Path, Path]]) -> None:
-    """Rename each staged file onto its final path, all or nothing.
+def publish_all(staged: Sequence[tuple[Path, Path]], then: Callable[[], Any] | None = None) -> None:
+    """Rename each staged file onto its final path, all or nothing, then run ``then``.
 
     A file already at a final path is kept as a hidden hard link (or renamed aside) until every
-    rename succeeded; if one fails, the earlier ones are undone and the previous outputs are
-    back exactly as they were.
+    rename and ``then`` succeeded; if one fails, the renames are undone and the previous outputs
+    are back exactly as they were.
     """
     backups: list[tuple[Path, Path | None]] = []  # (final, its previous content or None)
     try:
@@ -560,6 +570,8 @@ def publish_all(staged: Sequence[tuple[Path, Path]]) -> None:
                     os.replace(final, backup)
             backups.append((final, backup))
             os.replace(tmp, final)
+        if then is not None:
+            then()
     except BaseException:
         for final, backup in reversed(backups):
             with contextlib.suppress(OSError):
@@ -593,15 +605,25 @@ def read_class_names(src: Any) -> dict[int, str]:
         return {}
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON through a fresh hidden temporary beside ``path`` (created
-    exclusively, never through a symlink), then rename."""
+def stage_json(path: Path, data: Any) -> Path:
+    """``data`` as JSON in a fresh hidden temporary beside ``path`` (created exclusively, never
+    through a symlink), to be renamed onto ``path``."""
     path = Path(path)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part.json", dir=path.parent)
     tmp = Path(name)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(json.dumps(data, indent=1, sort_keys=True))
+    except BaseException:
+        remove_quietly(tmp)
+        raise
+    return tmp
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON through :func:`stage_json`, then rename."""
+    tmp = stage_json(path, data)
+    try:
         os.replace(tmp, path)
     except BaseException:
         remove_quietly(tmp)

@@ -226,6 +226,27 @@ def test_a_failed_commit_leaves_the_previous_outputs_exactly_as_they_were(
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+def test_a_failed_polygon_step_puts_the_previous_rasters_back(
+    tmp_path: Path, model_factory: Callable[..., Path], dask_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scene = small_scene(tmp_path / "s.tif")
+    outs = {name: tmp_path / name for name in ("c.tif", "p.tif", "c.gpkg", "c.tif.skipped.json")}
+    for path in outs.values():
+        path.write_bytes(b"old " + path.name.encode())
+
+    def disk_full(*args: Any, **kwargs: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("geoseg.vectorize.vectorize", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        geoseg.predict(str(scene), str(outs["c.tif"]), model=str(model_factory(in_channels=3)), tile=64,
+                       probabilities=str(outs["p.tif"]), vector=str(outs["c.gpkg"]), overwrite=True,
+                       client=dask_client)
+    for path in outs.values():
+        assert path.read_bytes() == b"old " + path.name.encode(), path.name
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
 # 8. partial scenes --------------------------------------------------------------------------
 
 def test_a_scene_with_skipped_tiles_is_recorded_partial_and_redone(
