@@ -5,19 +5,16 @@ Importing geoseg does not import torch or dask; the public functions import them
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
+# geoseg.predict imports neither torch nor dask; importing it here also keeps the name
+# ``geoseg.predict`` bound to the function (not the package) once its stages are imported.
+from geoseg.predict import PredictResult, predict  # noqa: E402
+
 if TYPE_CHECKING:  # pragma: no cover
     from geoseg.models.checkpoint import LoadedModel
-
-
-def predict(scene: str, output: str, **options: Any) -> Any:
-    """Segment ``scene`` into a class raster COG at ``output``; see :func:`geoseg.graph.predict`."""
-    from geoseg.graph import predict as _predict
-
-    return _predict(scene, output, **options)
 
 
 def load_model(name_or_path: str | None = None, device: str = "cpu") -> "LoadedModel":
@@ -34,4 +31,4 @@ def sample_scene() -> str:
     return str(sample_scene_path())
 
 
-__all__ = ["__version__", "predict", "load_model", "sample_scene"]
+__all__ = ["__version__", "PredictResult", "predict", "load_model", "sample_scene"]

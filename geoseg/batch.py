@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 import yaml
 
 from geoseg import __version__
-from geoseg.errors import FolderLockedError, GeosegError
+from geoseg.errors import GeosegError, JobError, JobLockedError, first_line
 from geoseg.io import is_virtual, write_json_atomic
 
 #: Keys of a prediction job and the types they take (None: free-form checked elsewhere).
@@ -43,14 +43,6 @@ SCHEMA: dict[str, Any] = {
 }
 VECTOR_FORMATS = ("gpkg", "fgb", "geojson", "shp", "parquet")
 RECORD_SUFFIX = ".geoseg.json"
-
-
-class JobError(GeosegError, ValueError):
-    """The job file has problems; the message lists each with its place in the file."""
-
-
-class JobLockedError(FolderLockedError):
-    """Another run (this job or another) is writing into the job's output folder."""
 
 
 @dataclass
@@ -151,7 +143,7 @@ def load_job(path: str | os.PathLike[str]) -> Job:
     except FileNotFoundError:
         raise JobError(f"job file not found: {path}") from None
     except yaml.YAMLError as exc:
-        raise JobError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise JobError(f"{path} is not valid YAML: {first_line(exc)}") from None
     if not isinstance(doc, dict):
         raise JobError(f"{path}: a job file is a mapping (scenes, model, output, ...)")
     problems: list[str] = []
@@ -502,20 +494,11 @@ def run_batch(
     model = load_model(job.model)
     outcomes: list[SceneOutcome] = []
     with job_lock(job.folder, job.path):
-        own = client is None
-        cluster = None
-        if own:
-            from geoseg.cluster import connect
+        from geoseg.cluster import dask_session
 
-            client, cluster = connect(job.scheduler, job.workers, verbose=verbose)
-        try:
+        with dask_session(client, job.scheduler, job.workers, verbose=verbose) as session:
             for scene in job.scenes:
-                outcomes.append(_one_scene(job, scene, model, force, client, echo))
-        finally:
-            if own:
-                client.close()
-                if cluster is not None:
-                    cluster.close()
+                outcomes.append(_one_scene(job, scene, model, force, session.client, echo))
     report = BatchReport(str(job.path), outcomes, time.perf_counter() - t0)
     write_json_atomic(report_file, report.as_dict())
     return report
@@ -549,11 +532,12 @@ def _peek(path: str | os.PathLike[str]) -> Any:
     except FileNotFoundError:
         raise JobError(f"job file not found: {path}") from None
     except yaml.YAMLError as exc:
-        raise JobError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise JobError(f"{path} is not valid YAML: {first_line(exc)}") from None
 
 
 def _one_scene(job: Job, scene: str, model: Any, force: bool, client: Any, echo: Callable[[str], Any]) -> SceneOutcome:
-    from geoseg.graph import predict, skipped_report_path
+    from geoseg.predict import predict
+    from geoseg.predict.write import skipped_report_path
 
     if not force and is_done(job, scene, model.sha256):
         echo(f"skip  {scene} (outputs match their record)")
@@ -586,9 +570,9 @@ def _one_scene(job: Job, scene: str, model: Any, force: bool, client: Any, echo:
         write_json_atomic(rec, record)
     except GeosegError as exc:
         echo(f"FAIL  {scene}: {exc}")
-        return SceneOutcome(scene, "failed", str(exc).splitlines()[0], 0.0, time.perf_counter() - t)
+        return SceneOutcome(scene, "failed", first_line(exc), 0.0, time.perf_counter() - t)
     except Exception as exc:  # one bad scene must not stop the others
-        msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        msg = f"{type(exc).__name__}: {first_line(str(exc))}"
         echo(f"FAIL  {scene}: {msg}")
         return SceneOutcome(scene, "failed", msg, 0.0, time.perf_counter() - t)
     if result.skipped:

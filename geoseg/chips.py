@@ -25,7 +25,7 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
-from geoseg.errors import ChipError
+from geoseg.errors import ChipError, first_line
 from geoseg.io import (
     READ_ENV, ClassInfo, check_distinct_paths, no_georef_warning, open_scene, remove_quietly, select_bands,
 )
@@ -110,7 +110,7 @@ def label_source(path: str, label_field: str | None, value_map: dict[str, int] |
         try:
             info = pyogrio.read_info(path)
         except Exception as exc:  # pyogrio raises its own DataSourceError family
-            raise ChipError(f"cannot read vector labels {path}: {str(exc).splitlines()[0]}") from exc
+            raise ChipError(f"cannot read vector labels {path}: {first_line(exc)}") from exc
         fields = [str(f) for f in info["fields"]]
         if label_field is None:
             raise ChipError(f"vector labels need --label-field; {p.name} has fields: {', '.join(fields)}")
@@ -447,7 +447,7 @@ def make_chips(
     client: Any = None,
 ) -> ChipsSummary:
     """Cut (image, labels) pairs into chips in ``out_dir``; a folder that exists grows."""
-    from geoseg.cluster import connect
+    from geoseg.cluster import dask_session, stream
 
     if not pairs:
         raise ChipError("give at least one IMAGE LABELS pair")
@@ -507,27 +507,19 @@ def make_chips(
                 f"{new!r} here; use another folder or the same --classes"
             )
 
-    own = client is None
-    cluster = None
-    if own:
-        client, cluster = connect(scheduler, workers, processes=False)
     written: list[ChipOutcome] = []
+    by_task: dict[int, list[ChipOutcome]] = {}
     try:
-        futures = client.map(run_chip_task, tasks, pure=False)
-        outcomes: list[ChipOutcome] = []
-        for fut in futures:
-            batch = fut.result()
-            outcomes.extend(batch)
-            written.extend(o for o in batch if o.dropped is None)
+        with dask_session(client, scheduler, workers, processes=False) as session:
+            limit = max(2, 2 * session.threads)
+            for i, batch in stream(session.client, run_chip_task, tasks, limit, retries=0):
+                by_task[i] = batch
+                written.extend(o for o in batch if o.dropped is None)
     except BaseException:
         for o in written:
             remove_quietly(out / "images" / f"{o.id}.tif", out / "labels" / f"{o.id}.tif")
         raise
-    finally:
-        if own:
-            client.close()
-            if cluster is not None:
-                cluster.close()
+    outcomes = [o for i in sorted(by_task) for o in by_task[i]]  # task order, as planned
     kept = [o for o in outcomes if o.dropped is None]
     dropped: dict[str, int] = {}
     for o in outcomes:

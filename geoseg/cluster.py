@@ -1,10 +1,13 @@
-"""Dask clients from settings, and the per-worker model cache.
+"""Dask plumbing shared by predict, chip, vectorize and batch, and ``geoseg worker``.
 
-A worker loads a model the first time a task names it (by content hash) and keeps it, so tasks
-carry only the path and hash, never weights. The client also registers a worker plugin holding
-the model file's bytes, named by their hash: the scheduler hands it to every worker once,
-including workers that join or restart later, and the plugin drops the file into the worker's
-local model cache, so workers need no shared file system for the model.
+* :func:`dask_session`: the one way to get a client: the caller's own, a connection to a
+  scheduler, or a new local cluster, closed again only when this helper started it.
+* :func:`stream`: the one bounded submission loop: at most ``limit`` tasks in flight, results
+  yielded as they complete, a lost scheduler reported as :class:`SchedulerError` and pending
+  work cancelled.
+* :class:`ModelPlugin`: a worker plugin carrying a model file's bytes, named by their hash, so
+  workers need no shared file system for the model (the worker side is :mod:`geoseg.worker`).
+* :func:`worker_commands` / :func:`run_workers`: ``geoseg worker``, one Dask worker per GPU.
 """
 
 from __future__ import annotations
@@ -13,160 +16,20 @@ import contextlib
 import hashlib
 import logging
 import os
-import stat
+import signal
+import subprocess
+import sys
 import tempfile
-import threading
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from geoseg.errors import CheckpointError, SchedulerError
 
-_MODELS: dict[tuple[str, str, bool, bool], Any] = {}
-_LOCK = threading.Lock()
-_BATCH_LIMITS: dict[tuple[str, str], int] = {}
-log = logging.getLogger("geoseg")
-
-
-def model_cache_dir() -> Path:
-    """Where a worker keeps model files it received, named by content hash: one folder per user,
-    readable by that user only (0700), so no other user can swap a file in it or be blocked by it."""
-    folder = Path(tempfile.gettempdir()) / f"geoseg-models-{os.getuid()}"
-    with contextlib.suppress(FileExistsError):
-        folder.mkdir(mode=0o700)
-    st = os.lstat(folder)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
-        raise CheckpointError(
-            f"the model cache {folder} is not a folder of this user; remove it (another user or a "
-            "symlink is in the way) and run again"
-        )
-    if stat.S_IMODE(st.st_mode) & 0o077:
-        os.chmod(folder, 0o700)
-    return folder
-
-
-class ModelPlugin(WorkerPlugin):
-    """Worker plugin carrying one model file's bytes to every worker (once per content hash)."""
-
-    def __init__(self, sha256: str, blob: bytes) -> None:
-        self.sha256 = sha256
-        self.blob = blob
-        self.name = f"geoseg-model-{sha256[:16]}"
-
-    def setup(self, worker: Any = None) -> None:
-        if hashlib.sha256(self.blob).hexdigest() != self.sha256:
-            raise ValueError("the model bytes sent to this worker are damaged (content hash mismatch)")
-        cache = model_cache_dir()
-        local = cache / f"{self.sha256}.pt"
-        if not local.exists():
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.sha256}.", suffix=".part", dir=cache)
-            with os.fdopen(fd, "wb") as f:
-                f.write(self.blob)
-            os.replace(tmp, local)
-
-    def teardown(self, worker: Any = None) -> None:
-        """Nothing to undo: the cached file may serve later runs of the same model."""
-
-
-def send_model(client: Any, path: str | os.PathLike[str], sha256: str) -> None:
-    """Make the model available on every worker of ``client``'s cluster, now and later."""
-    blob = Path(path).read_bytes()
-    if hashlib.sha256(blob).hexdigest() != sha256:
-        raise CheckpointError(f"model file {path} changed while this run was starting; run again")
-    plugin = ModelPlugin(sha256, blob)
-    client.register_plugin(plugin, name=plugin.name)
-
-
-def worker_model(
-    path: str, sha256: str, device: str, channels_last: bool = False, compile: bool = False,
-) -> Any:
-    """The loaded model with content hash ``sha256`` on ``device`` in this process, loaded once:
-    from ``path`` when that file is here and has that hash, else from the model cache."""
-    key = (sha256, device, channels_last, compile)
-    model = _MODELS.get(key)
-    if model is not None:
-        return model
-    with _LOCK:
-        model = _MODELS.get(key)
-        if model is None:
-            model = _load(path, sha256, device)
-            if channels_last:
-                import torch
-
-                model.network = model.network.to(memory_format=torch.channels_last)
-            if compile:
-                model.network = _compiled(model.network)
-            _MODELS[key] = model
-    return model
-
-
-def _load(path: str, sha256: str, device: str) -> Any:
-    """Load from ``path`` or the cache, whichever holds bytes with that hash; the bytes hashed
-    are the bytes loaded, so a file swapped after the check cannot be loaded."""
-    from geoseg.models.checkpoint import load_model
-
-    for candidate in (Path(path), model_cache_dir() / f"{sha256}.pt"):
-        try:
-            data = candidate.read_bytes()
-        except OSError:
-            continue
-        if hashlib.sha256(data).hexdigest() == sha256:
-            model = load_model(candidate, device=device, data=data)
-            model.path = path
-            return model
-    raise CheckpointError(
-        f"model {path} is not on this worker, or differs from the client's copy (content hash "
-        "mismatch); give every worker the same file"
-    )
-
-
-def _compiled(network: Any) -> Any:
-    """``torch.compile`` the network; where compiling fails (no C compiler, unsupported op) the
-    first call says so once and the network runs eagerly from then on."""
-    import torch
-
-    class CompiledOrEager(torch.nn.Module):
-        def __init__(self, net: torch.nn.Module) -> None:
-            super().__init__()
-            self.net = net
-            self.compiled: Any = torch.compile(net, dynamic=False)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if self.compiled is not None:
-                try:
-                    return self.compiled(x)
-                except Exception as exc:  # noqa: BLE001 - compilation is an optimisation only
-                    log.warning("geoseg: torch.compile failed (%s); running eagerly", str(exc).splitlines()[0])
-                    self.compiled = None
-            return self.net(x)
-
-    return CompiledOrEager(network).eval()
-
-
-def batch_limit(sha256: str, device: str, requested: int) -> int:
-    """The batch size this worker uses for a model: ``requested``, or less after CUDA ran out of memory."""
-    return min(requested, _BATCH_LIMITS.get((sha256, device), requested))
-
-
-def lower_batch_limit(sha256: str, device: str, failed: int) -> int:
-    """Halve the batch after an out-of-memory error; logged once per model and size."""
-    new = max(1, failed // 2)
-    key = (sha256, device)
-    if _BATCH_LIMITS.get(key, failed + 1) > new:
-        _BATCH_LIMITS[key] = new
-        log.warning("geoseg: %s ran out of memory at batch %d; using batch %d from now on", device, failed, new)
-    return new
-
-
-def set_torch_threads(n: int | None) -> None:
-    """Limit torch's intra-op threads in this process (once), so workers do not oversubscribe."""
-    if not n:
-        return
-    import torch
-
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def cpu_count() -> int:
@@ -177,15 +40,32 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+# --- sessions --------------------------------------------------------------------------------
+
+
+@dataclass
+class DaskSession:
+    """A client, and the local cluster behind it when this process started one (else None)."""
+
+    client: Any
+    cluster: Any = None
+
+    @property
+    def threads(self) -> int:
+        """Worker threads of the cluster (at least 1)."""
+        return sum(self.client.nthreads().values()) or 1
+
+
 def connect(
     scheduler: str | None, workers: int | None, threads_per_worker: int = 1, processes: bool = True,
     verbose: bool = False,
 ) -> tuple[Any, Any]:
     """A ``(client, cluster)`` pair: a connection to ``scheduler``, or a new local cluster.
 
-    ``cluster`` is None when connected to an existing scheduler (which we must not close). The
-    local workers' own logs (a failed task's traceback, once per attempt) stay off the user's
-    terminal unless ``verbose``: geoseg reports each failure itself, in one line.
+    ``cluster`` is None when connected to an existing scheduler (which we must not close).
+    Prefer :func:`dask_session`, which also closes what it opened. The local workers' own logs
+    (a failed task's traceback) stay off the user's terminal unless ``verbose``: geoseg reports
+    each failure itself, in one line.
     """
     import dask
     from distributed import Client, LocalCluster
@@ -214,3 +94,233 @@ def connect(
         )
     client = Client(cluster, set_as_default=False)
     return client, cluster
+
+
+@contextlib.contextmanager
+def dask_session(
+    client: Any = None, scheduler: str | None = None, workers: int | None = None,
+    threads_per_worker: int = 1, processes: bool = True, verbose: bool = False,
+) -> Iterator[DaskSession]:
+    """``client`` when given (left open), else a connection to ``scheduler`` or a new local
+    cluster of ``workers`` processes (threads with ``processes=False``), closed on exit;
+    ``verbose`` lets the local workers' logs through (see :func:`connect`)."""
+    if client is not None:
+        yield DaskSession(client)
+        return
+    own, cluster = connect(scheduler, workers, threads_per_worker, processes, verbose)
+    try:
+        yield DaskSession(own, cluster)
+    finally:
+        own.close()
+        if cluster is not None:
+            cluster.close()
+
+
+# --- bounded submission ----------------------------------------------------------------------
+
+
+def stream(
+    client: Any,
+    func: Callable[[T], R],
+    tasks: Sequence[T],
+    limit: int,
+    key: Callable[[T, int], str] | None = None,
+    resources: dict[str, float] | None = None,
+    retries: int = 0,
+    on_killed: Callable[[T, BaseException], R] | None = None,
+) -> Iterator[tuple[int, R]]:
+    """Run ``func`` on every task with at most ``limit`` in flight; yield ``(index, result)`` as
+    each completes.
+
+    Bounding the window on the client is what keeps memory flat: Dask's own queueing does not
+    apply to tasks with resource restrictions, and results would otherwise pile up. ``key``
+    gives deterministic task keys. A task whose worker dies is recomputed elsewhere by the
+    scheduler (no ``retries`` by default: a task that fails fails the same way again); a task's
+    own exception propagates unchanged, and so does ``KilledWorker`` when it took down every
+    worker that ran it, unless ``on_killed(task, exc)`` turns it into a result or an error;
+    losing the scheduler raises :class:`SchedulerError`. Work still pending when the caller
+    stops is cancelled.
+    """
+    from concurrent.futures import CancelledError
+
+    from distributed import KilledWorker, as_completed
+
+    queue: Iterable[tuple[int, T]] = iter(enumerate(tasks))
+    pending: dict[str, Any] = {}
+    index: dict[str, int] = {}
+    task_of: dict[str, T] = {}
+
+    def submit_next(ac: Any | None) -> Any | None:
+        nxt = next(queue, None)  # type: ignore[call-overload]
+        if nxt is None:
+            return None
+        i, t = nxt
+        fut = client.submit(func, t, key=key(t, i) if key else None, pure=False, retries=retries,
+                            resources=resources)
+        pending[fut.key] = fut
+        index[fut.key] = i
+        task_of[fut.key] = t
+        if ac is not None:
+            ac.add(fut)
+        return fut
+
+    first = [f for f in (submit_next(None) for _ in range(max(1, limit))) if f is not None]
+    if not first:
+        return
+    ac = as_completed(first, loop=client.loop)
+    del first
+    try:
+        for fut in ac:
+            pending.pop(fut.key, None)
+            task = task_of.pop(fut.key)
+            try:
+                result = fut.result()
+            except KilledWorker as exc:
+                if on_killed is None:
+                    raise
+                result = on_killed(task, exc)
+            except (OSError, TimeoutError, CancelledError) as exc:
+                if fut.status == "error":
+                    raise  # the task's own error, not the cluster's
+                raise SchedulerError(
+                    f"lost the Dask scheduler during the run ({type(exc).__name__}); "
+                    "nothing was written to the output; rerun when the cluster is back"
+                ) from exc
+            fut.release()
+            submit_next(ac)
+            yield index.pop(fut.key), result
+    finally:
+        if pending:
+            with contextlib.suppress(Exception):
+                client.cancel(list(pending.values()))
+
+
+def dashboard_link(client: Any) -> str | None:
+    """The Dask dashboard address, or how to get one (it needs bokeh)."""
+    try:
+        import bokeh  # noqa: F401
+    except ImportError:
+        return "not available (pip install 'geoseg[dashboard]')"
+    return getattr(client, "dashboard_link", None)
+
+
+# --- the model file on every worker ----------------------------------------------------------
+
+
+class ModelPlugin(WorkerPlugin):  # type: ignore[misc]
+    """Worker plugin carrying one model file's bytes to every worker (once per content hash),
+    including workers that join or restart later; it drops the file into the worker's model
+    cache (:func:`geoseg.worker.model_cache_dir`)."""
+
+    def __init__(self, sha256: str, blob: bytes) -> None:
+        self.sha256 = sha256
+        self.blob = blob
+        self.name = f"geoseg-model-{sha256[:16]}"
+
+    def setup(self, worker: Any = None) -> None:
+        if hashlib.sha256(self.blob).hexdigest() != self.sha256:
+            raise ValueError("the model bytes sent to this worker are damaged (content hash mismatch)")
+        from geoseg.worker import model_cache_dir  # imports torch: only on workers
+
+        cache = model_cache_dir()
+        local = cache / f"{self.sha256}.pt"
+        if not local.exists():
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.sha256}.", suffix=".part", dir=cache)
+            with os.fdopen(fd, "wb") as f:
+                f.write(self.blob)
+            os.replace(tmp, local)
+
+    def teardown(self, worker: Any = None) -> None:
+        """Nothing to undo: the cached file may serve later runs of the same model."""
+
+
+def send_model(client: Any, path: str | os.PathLike[str], sha256: str) -> None:
+    """Make the model available on every worker of ``client``'s cluster, now and later."""
+    blob = Path(path).read_bytes()
+    if hashlib.sha256(blob).hexdigest() != sha256:
+        raise CheckpointError(f"model file {path} changed while this run was starting; run again")
+    plugin = ModelPlugin(sha256, blob)
+    client.register_plugin(plugin, name=plugin.name)
+
+
+# --- geoseg worker ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkerCommand:
+    """One ``dask worker`` process: its arguments and extra environment."""
+
+    args: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()
+
+
+def gpu_count() -> int:
+    """CUDA devices visible to this process."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def visible_devices() -> list[str] | None:
+    """The GPUs this process was given (``CUDA_VISIBLE_DEVICES``: indices, UUIDs or MIG
+    instances, as SLURM and MIG set it), or None when it is not set."""
+    text = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if text is None:
+        return None
+    return [d.strip() for d in text.split(",") if d.strip()]
+
+
+def worker_commands(
+    scheduler: str, gpus: int, nthreads: int | None = None, memory_limit: str = "auto",
+    name: str | None = None, visible: list[str] | None = None,
+) -> list[WorkerCommand]:
+    """The worker processes to start: one per GPU, each seeing only its device
+    (``CUDA_VISIBLE_DEVICES``), advertising ``GPU=1``, 2 threads (one reads while the other
+    computes); without GPUs one CPU worker. Any Dask deployment setting these flags works the same.
+
+    Worker i sees the i-th GPU this process may use: the i-th entry of an inherited
+    ``CUDA_VISIBLE_DEVICES`` (``visible``, read from the environment when None), else GPU i."""
+    dask = [sys.executable, "-m", "distributed.cli.dask_worker", scheduler, "--memory-limit", memory_limit]
+    if gpus > 0:
+        devices = visible if visible is not None else visible_devices()
+        if devices is not None and gpus > len(devices):
+            raise SchedulerError(
+                f"{gpus} GPU workers asked for, but CUDA_VISIBLE_DEVICES gives this process "
+                f"{len(devices)} GPU(s) ({','.join(devices) or 'none'}); ask for at most {len(devices)}"
+            )
+        return [
+            WorkerCommand(
+                tuple(dask + ["--nthreads", str(nthreads or 2), "--resources", "GPU=1"]
+                      + (["--name", f"{name}-gpu{i}"] if name else [])),
+                (("CUDA_VISIBLE_DEVICES", devices[i] if devices is not None else str(i)),),
+            )
+            for i in range(gpus)
+        ]
+    return [WorkerCommand(tuple(dask + ["--nthreads", str(nthreads or cpu_count())]
+                                + (["--name", f"{name}-cpu"] if name else [])))]
+
+
+def run_workers(commands: list[WorkerCommand]) -> int:
+    """Run the workers until they exit or this process is told to stop; returns their worst code."""
+    procs = [subprocess.Popen(list(c.args), env={**os.environ, **dict(c.env)}) for c in commands]
+
+    def stop(signum: int, frame: object) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:
+        stop(signal.SIGINT, None)
+        codes = [p.wait() for p in procs]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    bad = [c for c in codes if c not in (0, -signal.SIGTERM, -signal.SIGINT)]
+    if bad and all(c != 0 for c in codes):
+        raise SchedulerError(
+            f"the Dask workers exited with code {bad[0]}; check that the scheduler address is right "
+            "and reachable from this machine"
+        )
+    return 0

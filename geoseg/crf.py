@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
+from geoseg.errors import OptionError
+
 
 @dataclass(frozen=True)
 class CRFParams:
@@ -32,11 +34,11 @@ class CRFParams:
 
     def __post_init__(self) -> None:
         if self.iterations < 1 or self.radius < 1:
-            raise ValueError("CRF iterations and radius must be at least 1")
+            raise OptionError("CRF iterations and radius must be at least 1")
         if min(self.theta_alpha, self.theta_beta, self.theta_gamma) <= 0:
-            raise ValueError("CRF theta values must be positive")
+            raise OptionError("CRF theta values must be positive")
         if min(self.w_bilateral, self.w_gaussian) < 0:
-            raise ValueError("CRF weights must be non-negative")
+            raise OptionError("CRF weights must be non-negative")
 
     @property
     def reach(self) -> int:

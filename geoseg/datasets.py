@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from geoseg.chips import iter_chips, manifest_classes
-from geoseg.errors import ChipError
+from geoseg.errors import ChipError, first_line
 from geoseg.infer import normalize
 
 #: Target index for pixels that count in neither loss nor scores.
@@ -46,7 +46,7 @@ class ChipDataset(Dataset):
                     lab = src.read(1)
             except rasterio.errors.RasterioIOError as exc:
                 raise ChipError(
-                    f"chip {c['id']} listed in {root} cannot be read ({str(exc).splitlines()[0]}); "
+                    f"chip {c['id']} listed in {root} cannot be read ({first_line(exc)}); "
                     "the chips folder is damaged: re-run 'geoseg chip'"
                 ) from None
             if np.issubdtype(data.dtype, np.floating):

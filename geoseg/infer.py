@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from geoseg.crf import CRFParams, dense_crf
-from geoseg.errors import ModelError
+from geoseg.errors import ModelError, OptionError
 from geoseg.tiling import context_radius, scale_fractions, scales_alignment
 
 TTA_MODES = ("none", "flip", "d4")
@@ -37,11 +37,11 @@ class InferenceOptions:
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
-            raise ModelError(f"unknown --precision {self.precision!r}; use {', '.join(PRECISIONS)}")
+            raise OptionError(f"unknown --precision {self.precision!r}; use {', '.join(PRECISIONS)}")
         if self.tta not in TTA_MODES:
-            raise ModelError(f"unknown --tta {self.tta!r}; use {', '.join(TTA_MODES)}")
+            raise OptionError(f"unknown --tta {self.tta!r}; use {', '.join(TTA_MODES)}")
         if not self.scales:
-            raise ModelError("--scales needs at least one scale, e.g. 1 or 0.75,1,1.25")
+            raise OptionError("--scales needs at least one scale, e.g. 1 or 0.75,1,1.25")
         scale_fractions(self.scales)
 
     @property
@@ -73,7 +73,7 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
         raise ModelError("--device cuda asked for, but this machine has no CUDA device; use --device cpu")
     if spec.startswith("cuda") or spec == "cpu":
         return torch.device(spec)
-    raise ModelError(f"unknown device {spec!r}; use auto, cpu or cuda")
+    raise OptionError(f"unknown device {spec!r}; use auto, cpu or cuda")
 
 
 def normalize(

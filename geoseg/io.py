@@ -21,7 +21,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOEr
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
-from geoseg.errors import OutputError, SceneError
+from geoseg.errors import OutputError, SceneError, first_line
 from geoseg.tiling import source_indices
 
 #: Class id written where the scene has no data (and so no prediction).
@@ -121,17 +121,12 @@ def open_scene(path: str | os.PathLike[str]) -> SceneInfo:
         raise
     except RasterioIOError as exc:
         raise SceneError(
-            f"{path} is not a raster GDAL can read ({_first_line(exc)}); give a GeoTIFF or another "
+            f"{path} is not a raster GDAL can read ({first_line(exc)}); give a GeoTIFF or another "
             "GDAL raster"
         ) from exc
     except RasterioError as exc:
-        raise SceneError(f"cannot open scene {path}: {_first_line(exc)}") from exc
+        raise SceneError(f"cannot open scene {path}: {first_line(exc)}") from exc
     return info
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def root_cause(exc: BaseException) -> str:
@@ -139,7 +134,7 @@ def root_cause(exc: BaseException) -> str:
     seen = exc
     while seen.__cause__ is not None or (seen.__context__ is not None and not seen.__suppress_context__):
         seen = seen.__cause__ or seen.__context__  # type: ignore[assignment]
-    return _first_line(seen)
+    return first_line(seen)
 
 
 def select_bands(spec: str | Sequence[int] | None, count: int) -> list[int]:

@@ -15,13 +15,9 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
-from geoseg.errors import GeosegError
+from geoseg.errors import RecipeError, first_line
 
 ALLOWED = ("chip", "train", "evaluate", "predict")
-
-
-class RecipeError(GeosegError, ValueError):
-    """The recipe file is malformed; the message lists every problem with its place."""
 
 
 def load_recipe(path: str | os.PathLike[str], overrides: dict[str, str] | None = None) -> list[tuple[str, list[str]]]:
@@ -32,7 +28,7 @@ def load_recipe(path: str | os.PathLike[str], overrides: dict[str, str] | None =
     except FileNotFoundError:
         raise RecipeError(f"recipe not found: {path}") from None
     except yaml.YAMLError as exc:
-        raise RecipeError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise RecipeError(f"{path} is not valid YAML: {first_line(exc)}") from None
     problems: list[str] = []
     if not isinstance(doc, dict):
         raise RecipeError(f"{path}: a recipe is a mapping with 'variables' and 'steps'")

@@ -25,7 +25,7 @@ import rasterio
 from affine import Affine
 from rasterio.windows import Window
 
-from geoseg.errors import GeosegError, OutputError
+from geoseg.errors import OutputError, VectorizeError
 from geoseg.io import (
     READ_ENV, check_distinct_paths, check_output_path, lock_output_folders, no_georef_warning, open_scene,
     read_class_names, remove_quietly, temporary_sibling,
@@ -41,10 +41,6 @@ FORMATS: dict[str, tuple[str, bool]] = {
     ".parquet": ("Parquet", True),
     ".geoparquet": ("Parquet", True),
 }
-
-
-class VectorizeError(GeosegError, ValueError):
-    """The raster cannot be polygonized as asked."""
 
 
 @dataclass(frozen=True)
@@ -408,7 +404,7 @@ def vectorize(
     """
     import shapely
 
-    from geoseg.cluster import connect
+    from geoseg.cluster import cpu_count, dask_session
     from geoseg.progress import Progress
 
     t0 = time.perf_counter()
@@ -441,54 +437,43 @@ def vectorize(
                   info.crs.to_wkt() if info.crs is not None else None, bool(simplify))
         for r in range(rows) for c in range(cols)
     ]
-    own = client is None
-    cluster = None
-    if own:
-        from geoseg.cluster import cpu_count
-
-        # processes, not threads: turning GDAL's polygons into geometries holds the GIL
-        client, cluster = connect(scheduler, workers or cpu_count(), processes=True, verbose=verbose)
     locks = lock_output_folders([out], "vectorize")
     tmp = temporary_sibling(out, ".gpkg")
     measure = Measurer(info.crs)
     per_class: dict[int, int] = {}
     progress = Progress(len(tasks), unit="blocks", quiet=quiet)
-    stack = contextlib.ExitStack()
     try:
-        limit = max(2 * cols, 2 * sum(client.nthreads().values()))
-        stack.enter_context(_ogr_date(timestamp))
-        writer = _GpkgWriter(tmp, info.crs, probabilities is not None)
-        for item in merge_blocks(_rows(client, tasks, cols, limit, progress), connectivity, rows):
-            if isinstance(item, Finished):
-                writer.add_many(item, names)
-                for v, k in zip(*np.unique(item.classes, return_counts=True)):
-                    per_class[int(v)] = per_class.get(int(v), 0) + int(k)
-                continue
-            geom = item.geometry
+        # processes, not threads: turning GDAL's polygons into geometries holds the GIL
+        with dask_session(client, scheduler, workers or cpu_count(), processes=True,
+                          verbose=verbose) as session, _ogr_date(timestamp):
+            limit = max(2 * cols, 2 * session.threads)
+            writer = _GpkgWriter(tmp, info.crs, probabilities is not None)
+            for item in merge_blocks(_rows(session.client, tasks, cols, limit, progress), connectivity, rows):
+                if isinstance(item, Finished):
+                    writer.add_many(item, names)
+                    for v, k in zip(*np.unique(item.classes, return_counts=True)):
+                        per_class[int(v)] = per_class.get(int(v), 0) + int(k)
+                    continue
+                geom = item.geometry
+                if simplify:
+                    # a vertex at every pixel corner, so neighbours share identical edges (a valid
+                    # coverage, as coverage_simplify requires); exact in integer pixel coordinates
+                    geom = shapely.segmentize(geom, 1.0)
+                geom = apply_transform(geom, info.transform) if info.georeferenced else geom
+                area, perim = measure(geom)
+                mean_p = None if item.prob_sum is None else item.prob_sum / max(item.pixels, 1)
+                writer.add(geom, item.value, names.get(item.value, str(item.value)), area, perim, item.pixels, mean_p)
+                per_class[item.value] = per_class.get(item.value, 0) + 1
+            writer.close()
+            progress.close()
             if simplify:
-                # a vertex at every pixel corner, so neighbours share identical edges (a valid
-                # coverage, as coverage_simplify requires); exact in integer pixel coordinates
-                geom = shapely.segmentize(geom, 1.0)
-            geom = apply_transform(geom, info.transform) if info.georeferenced else geom
-            area, perim = measure(geom)
-            mean_p = None if item.prob_sum is None else item.prob_sum / max(item.pixels, 1)
-            writer.add(geom, item.value, names.get(item.value, str(item.value)), area, perim, item.pixels, mean_p)
-            per_class[item.value] = per_class.get(item.value, 0) + 1
-        writer.close()
-        progress.close()
-        if simplify:
-            _simplify_layer(tmp, simplify, info.crs, measure)
-        _publish(tmp, out, driver, info.crs)
+                _simplify_layer(tmp, simplify, info.crs, measure)
+            _publish(tmp, out, driver, info.crs)
     except BaseException:
         remove_quietly(tmp)
         raise
     finally:
-        stack.close()
         locks.close()
-        if own:
-            client.close()
-            if cluster is not None:
-                cluster.close()
     return VectorizeResult(out, sum(per_class.values()), per_class, time.perf_counter() - t0)
 
 
@@ -509,40 +494,22 @@ def _ogr_date(timestamp: str | None) -> Iterator[None]:
 
 def _rows(client: Any, tasks: list[BlockTask], cols: int, limit: int, progress: Any) -> Iterator[list[BlockResult]]:
     """Block rows in order, computed with at most ``limit`` block tasks in flight."""
-    from distributed import as_completed
-
     from dask.base import tokenize
 
+    from geoseg.cluster import stream
     from geoseg.io import file_token
 
     stat = file_token(tasks[0].raster) if tasks else None
-    queue = iter(tasks)
     pending: dict[int, dict[int, BlockResult]] = {}
-    ac = as_completed(loop=client.loop)
-    inflight = 0
-
-    def submit() -> bool:
-        t = next(queue, None)
-        if t is None:
-            return False
-        key = f"geoseg-polygons-{tokenize(t, stat)}"
-        ac.add(client.submit(run_block_task, t, key=key, pure=False, retries=1))
-        return True
-
-    for _ in range(limit):
-        if submit():
-            inflight += 1
     next_row = 0
     n_rows = -(-len(tasks) // cols) if tasks else 0
-    for fut in ac:
-        res: BlockResult = fut.result()
-        fut.release()
+    for _, res in stream(client, run_block_task, tasks, limit,
+                         key=lambda t, i: f"geoseg-polygons-{tokenize(t, stat)}"):
         progress.update(1)
         pending.setdefault(res.block_row, {})[res.block_col] = res
         while next_row < n_rows and len(pending.get(next_row, {})) == cols:
             yield list(pending.pop(next_row).values())
             next_row += 1
-        submit()
 
 
 def _probability_bands(path: str, info: Any, names: dict[int, str]) -> tuple[tuple[int, int], ...]:

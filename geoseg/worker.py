@@ -1,96 +1,260 @@
-"""``geoseg worker``: start Dask workers for a geoseg cluster on this machine.
+"""What runs on a Dask worker: read a row of tiles -> run the network -> keep the cores.
 
-One worker per GPU, each seeing only its own device (``CUDA_VISIBLE_DEVICES``), advertising
-``GPU=1`` so inference tasks go there, with two threads so one task reads while the other
-computes; without GPUs one CPU worker. It only runs ``dask worker`` with those flags: any
-Dask deployment that sets them works the same.
+A task (:class:`TileTask`) carries a scene path, band list, tile windows and the model's path
+and content hash, never arrays or weights. The worker opens the scene itself, loads the model
+once per content hash and keeps it (:func:`worker_model`; the file reaches workers through
+:class:`geoseg.cluster.ModelPlugin`), and halves its batch for good after CUDA runs out of
+memory (:func:`batch_limit`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import logging
 import os
-import signal
-import subprocess
-import sys
-from dataclasses import dataclass
+import stat
+import tempfile
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
 
-from geoseg.cluster import cpu_count
-from geoseg.errors import SchedulerError
+import numpy as np
+
+from geoseg.errors import CheckpointError, ModelError, OptionError, TileError, first_line
+from geoseg.infer import InferenceOptions
+from geoseg.io import CLASS_NODATA, READ_ENV, no_georef_warning, read_mirrored
+from geoseg.stitch import TileResult, crop_core, to_result
+from geoseg.tiling import Tile
+
+_MODELS: dict[tuple[str, str, bool, bool], Any] = {}
+_LOCK = threading.Lock()
+_BATCH_LIMITS: dict[tuple[str, str], int] = {}
+log = logging.getLogger("geoseg")
 
 
 @dataclass(frozen=True)
-class WorkerCommand:
-    """One ``dask worker`` process: its arguments and extra environment."""
+class TileTask:
+    """What one Dask task needs: small, picklable, and the same on every run (deterministic keys)."""
 
-    args: tuple[str, ...]
-    env: tuple[tuple[str, str], ...] = ()
+    scene: str
+    bands: tuple[int, ...]
+    tiles: tuple[Tile, ...]
+    model_path: str
+    model_sha256: str
+    device: str
+    batch_size: int
+    probabilities: bool
+    keep_logits: bool = False
+    torch_threads: int | None = None
+    options: InferenceOptions = InferenceOptions()
+    skip_errors: bool = False
 
 
-def gpu_count() -> int:
-    """CUDA devices visible to this process."""
+def run_tile_task(task: TileTask) -> list[TileResult]:
+    """Read the task's tiles (mirrored at scene edges), run the network, keep the cores.
+
+    Any failure becomes a :class:`TileError` naming the scene and the window; with
+    ``skip_errors`` the tiles are retried one by one and those that still fail come back as
+    nodata results carrying the error.
+    """
+    try:
+        return _run_tile_task(task)
+    except (CheckpointError, ModelError, OptionError, MemoryError):
+        raise  # not this tile's fault: every tile would fail the same way
+    except Exception as exc:
+        if task.skip_errors:
+            return _tile_by_tile(task)
+        raise TileError(
+            f"{task.scene}: {tiles_text(task)} failed ({type(exc).__name__}: "
+            f"{first_line(str(exc))}); --on-error skip writes nodata there instead"
+        ) from exc
+
+
+def _tile_by_tile(task: TileTask) -> list[TileResult]:
+    """Each tile of a failed task on its own; those that fail again become nodata results."""
+    results: list[TileResult] = []
+    for tile in task.tiles:
+        single = replace(task, tiles=(tile,), skip_errors=False)
+        try:
+            results.extend(run_tile_task(single))
+        except TileError as exc:
+            results.extend(nodata_results((tile,), str(exc)))
+    return results
+
+
+def nodata_results(tiles: Sequence[Tile], error: str) -> list[TileResult]:
+    """Results that write nodata over ``tiles``' cores and say why (``on_error="skip"``)."""
+    return [TileResult(t.core, np.full((int(t.core.height), int(t.core.width)), CLASS_NODATA, np.uint8),
+                       error=error) for t in tiles]
+
+
+def tiles_text(task: TileTask) -> str:
+    """Where a task's tiles are, for messages: rows and columns of their cores."""
+    first, last = task.tiles[0].core, task.tiles[-1].core
+    return (f"tiles at rows {first.row_off}-{last.row_off + last.height}, columns "
+            f"{first.col_off}-{last.col_off + last.width}")
+
+
+def _run_tile_task(task: TileTask) -> list[TileResult]:
+    import rasterio
     import torch
 
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    from geoseg.infer import forward, normalize, resolve_device
 
-
-def visible_devices() -> list[str] | None:
-    """The GPUs this process was given (``CUDA_VISIBLE_DEVICES``: indices, UUIDs or MIG
-    instances, as SLURM and MIG set it), or None when it is not set."""
-    text = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if text is None:
-        return None
-    return [d.strip() for d in text.split(",") if d.strip()]
-
-
-def worker_commands(
-    scheduler: str, gpus: int, nthreads: int | None = None, memory_limit: str = "auto",
-    name: str | None = None, visible: list[str] | None = None,
-) -> list[WorkerCommand]:
-    """The worker processes to start: one per GPU (2 threads each), or one CPU worker.
-
-    Worker i sees the i-th GPU this process may use: the i-th entry of an inherited
-    ``CUDA_VISIBLE_DEVICES`` (``visible``, read from the environment when None), else GPU i."""
-    dask = [sys.executable, "-m", "distributed.cli.dask_worker", scheduler, "--memory-limit", memory_limit]
-    if gpus > 0:
-        devices = visible if visible is not None else visible_devices()
-        if devices is not None and gpus > len(devices):
-            raise SchedulerError(
-                f"{gpus} GPU workers asked for, but CUDA_VISIBLE_DEVICES gives this process "
-                f"{len(devices)} GPU(s) ({','.join(devices) or 'none'}); ask for at most {len(devices)}"
+    set_torch_threads(task.torch_threads)
+    device = resolve_device(task.device)
+    opts = task.options
+    model = worker_model(task.model_path, task.model_sha256, str(device), opts.channels_last, opts.compile)
+    cfg = model.config
+    values = [c.value for c in cfg.classes]
+    first, last = task.tiles[0], task.tiles[-1]
+    with rasterio.Env(**READ_ENV):
+        with no_georef_warning():
+            src = rasterio.open(task.scene)
+        with src:
+            width = last.input_col + last.input_width - first.input_col
+            data, valid = read_mirrored(
+                src, task.bands, first.input_row, first.input_col, first.input_height, width
             )
-        return [
-            WorkerCommand(
-                tuple(dask + ["--nthreads", str(nthreads or 2), "--resources", "GPU=1"]
-                      + (["--name", f"{name}-gpu{i}"] if name else [])),
-                (("CUDA_VISIBLE_DEVICES", devices[i] if devices is not None else str(i)),),
-            )
-            for i in range(gpus)
-        ]
-    return [WorkerCommand(tuple(dask + ["--nthreads", str(nthreads or cpu_count())]
-                                + (["--name", f"{name}-cpu"] if name else [])))]
+    x = normalize(data, valid, cfg.mean, cfg.std)
+    del data
+    results: list[TileResult] = []
+    start = 0
+    while start < len(task.tiles):
+        size = batch_limit(task.model_sha256, str(device), task.batch_size)
+        chunk = task.tiles[start : start + size]
+        offsets = [t.input_col - first.input_col for t in chunk]
+        batch = np.stack([x[:, :, o : o + t.input_width] for o, t in zip(offsets, chunk)])
+        try:
+            logits = forward(model.network, batch, device, opts)
+        except torch.cuda.OutOfMemoryError:
+            if size == 1:
+                raise
+            del batch
+            torch.cuda.empty_cache()
+            lower_batch_limit(task.model_sha256, str(device), size)
+            continue
+        for t, o, lg in zip(chunk, offsets, logits):
+            core = crop_core(lg, t)
+            r, c = t.core_offset
+            v = valid[r : r + core.shape[1], o + c : o + c + core.shape[2]]
+            results.append(to_result(core, v, t, values, task.probabilities, task.keep_logits))
+        del batch, logits
+        start += len(chunk)
+    return results
 
 
-def run_workers(commands: list[WorkerCommand]) -> int:
-    """Run the workers until they exit or this process is told to stop; returns their worst code."""
-    procs = [subprocess.Popen(list(c.args), env={**os.environ, **dict(c.env)}) for c in commands]
+# --- the model cache: one loaded model per content hash, device and tuning, per process -----
 
-    def stop(signum: int, frame: object) -> None:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
 
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        codes = [p.wait() for p in procs]
-    except KeyboardInterrupt:
-        stop(signal.SIGINT, None)
-        codes = [p.wait() for p in procs]
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    bad = [c for c in codes if c not in (0, -signal.SIGTERM, -signal.SIGINT)]
-    if bad and all(c != 0 for c in codes):
-        raise SchedulerError(
-            f"the Dask workers exited with code {bad[0]}; check that the scheduler address is right "
-            "and reachable from this machine"
+def model_cache_dir() -> Path:
+    """Where a worker keeps model files it received, named by content hash: one folder per user,
+    readable by that user only (0700), so no other user can swap a file in it or be blocked by it."""
+    folder = Path(tempfile.gettempdir()) / f"geoseg-models-{os.getuid()}"
+    with contextlib.suppress(FileExistsError):
+        folder.mkdir(mode=0o700)
+    st = os.lstat(folder)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise CheckpointError(
+            f"the model cache {folder} is not a folder of this user; remove it (another user or a "
+            "symlink is in the way) and run again"
         )
-    return 0
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        os.chmod(folder, 0o700)
+    return folder
+
+
+def worker_model(
+    path: str, sha256: str, device: str, channels_last: bool = False, compile: bool = False,
+) -> Any:
+    """The loaded model with content hash ``sha256`` on ``device`` in this process, loaded once:
+    from ``path`` when that file is here and has that hash, else from the model cache."""
+    key = (sha256, device, channels_last, compile)
+    model = _MODELS.get(key)
+    if model is not None:
+        return model
+    with _LOCK:
+        model = _MODELS.get(key)
+        if model is None:
+            model = _load(path, sha256, device)
+            if channels_last:
+                import torch
+
+                model.network = model.network.to(memory_format=torch.channels_last)
+            if compile:
+                model.network = _compiled(model.network)
+            _MODELS[key] = model
+    return model
+
+
+def _load(path: str, sha256: str, device: str) -> Any:
+    """Load from ``path`` or the cache, whichever holds bytes with that hash; the bytes hashed
+    are the bytes loaded, so a file swapped after the check cannot be loaded."""
+    from geoseg.models.checkpoint import load_model
+
+    for candidate in (Path(path), model_cache_dir() / f"{sha256}.pt"):
+        try:
+            data = candidate.read_bytes()
+        except OSError:
+            continue
+        if hashlib.sha256(data).hexdigest() == sha256:
+            model = load_model(candidate, device=device, data=data)
+            model.path = path
+            return model
+    raise CheckpointError(
+        f"model {path} is not on this worker, or differs from the client's copy (content hash "
+        "mismatch); give every worker the same file"
+    )
+
+
+def _compiled(network: Any) -> Any:
+    """``torch.compile`` the network; where compiling fails (no C compiler, unsupported op) the
+    first call says so once and the network runs eagerly from then on."""
+    import torch
+
+    class CompiledOrEager(torch.nn.Module):
+        def __init__(self, net: torch.nn.Module) -> None:
+            super().__init__()
+            self.net = net
+            self.compiled: Any = torch.compile(net, dynamic=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.compiled is not None:
+                try:
+                    return self.compiled(x)  # type: ignore[no-any-return]
+                except Exception as exc:  # noqa: BLE001 - compilation is an optimisation only
+                    log.warning("geoseg: torch.compile failed (%s); running eagerly", first_line(exc))
+                    self.compiled = None
+            return self.net(x)  # type: ignore[no-any-return]
+
+    return CompiledOrEager(network).eval()
+
+
+# --- per-process limits ----------------------------------------------------------------------
+
+
+def batch_limit(sha256: str, device: str, requested: int) -> int:
+    """The batch size this worker uses for a model: ``requested``, or less after CUDA ran out of memory."""
+    return min(requested, _BATCH_LIMITS.get((sha256, device), requested))
+
+
+def lower_batch_limit(sha256: str, device: str, failed: int) -> int:
+    """Halve the batch after an out-of-memory error; logged once per model and size."""
+    new = max(1, failed // 2)
+    key = (sha256, device)
+    if _BATCH_LIMITS.get(key, failed + 1) > new:
+        _BATCH_LIMITS[key] = new
+        log.warning("geoseg: %s ran out of memory at batch %d; using batch %d from now on", device, failed, new)
+    return new
+
+
+def set_torch_threads(n: int | None) -> None:
+    """Limit torch's intra-op threads in this process (once), so workers do not oversubscribe."""
+    if not n:
+        return
+    import torch
+
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)

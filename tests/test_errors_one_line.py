@@ -9,7 +9,9 @@ from typing import Any, Callable
 import pytest
 from click.testing import CliRunner
 
-from geoseg import graph
+from geoseg.predict import run as graph
+from geoseg.predict.plan import plan_tasks
+from geoseg.worker import TileTask
 from geoseg.cli.main import cli
 from geoseg.errors import TileError
 from geoseg.tiling import TileGrid
@@ -18,13 +20,13 @@ from tests.test_faults import scene_with_corrupt_block
 CALLS: list[str] = []
 
 
-def failing_task(task: graph.TileTask) -> list[Any]:
+def failing_task(task: TileTask) -> list[Any]:
     """Stands in for run_tile_task: a deterministic failure."""
     CALLS.append(task.scene)
     raise ValueError("always fails")
 
 
-def killing_task(task: graph.TileTask) -> list[Any]:
+def killing_task(task: TileTask) -> list[Any]:
     """Stands in for run_tile_task: what the client gets when the task killed its workers."""
     from types import SimpleNamespace
 
@@ -33,9 +35,9 @@ def killing_task(task: graph.TileTask) -> list[Any]:
     raise KilledWorker(task.scene, SimpleNamespace(address="tcp://gone:1"), 3)  # type: ignore[arg-type]
 
 
-def tasks(skip: bool, scene: str = "scene.tif") -> list[graph.TileTask]:
+def tasks(skip: bool, scene: str = "scene.tif") -> list[TileTask]:
     grid = TileGrid.create(40, 40, 32, 8, 8)
-    return graph.plan_tasks(grid, scene, [1], "m.pt", "0" * 64, "cpu", 1, False, 4, skip_errors=skip)
+    return plan_tasks(grid, scene, [1], "m.pt", "0" * 64, "cpu", 1, False, 4, skip_errors=skip)
 
 
 def test_a_failing_tile_is_not_retried(monkeypatch: pytest.MonkeyPatch, dask_client: Any) -> None:

@@ -77,9 +77,10 @@ def test_cuda_out_of_memory_halves_the_batch_once_and_gives_the_same_result(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path,
     model_factory: Callable[..., Path],
 ) -> None:
-    import geoseg.cluster
     import geoseg.infer
-    from geoseg.graph import plan_tasks, run_tile_task
+    import geoseg.worker
+    from geoseg.predict.plan import plan_tasks
+    from geoseg.worker import run_tile_task
     from geoseg.models.checkpoint import file_sha256, load_model
     from geoseg.tiling import TileGrid, auto_margin
     from tests.conftest import write_raster
@@ -102,7 +103,7 @@ def test_cuda_out_of_memory_halves_the_batch_once_and_gives_the_same_result(
         return real_forward(network, batch, *args)
 
     monkeypatch.setattr(geoseg.infer, "forward", small_memory)
-    monkeypatch.setattr(geoseg.cluster, "_BATCH_LIMITS", {})
+    monkeypatch.setattr(geoseg.worker, "_BATCH_LIMITS", {})
     with caplog.at_level(logging.WARNING, logger="geoseg"):
         got = [r.classes for t in tasks for r in run_tile_task(t)]
     assert all((a == b).all() for a, b in zip(got, expected, strict=True))

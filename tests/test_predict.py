@@ -18,7 +18,7 @@ from geoseg.io import CLASS_NODATA
 from tests.conftest import random_scene, write_raster
 
 
-def run(scene: Path, out: Path, model: Path, client: Any, **kw: Any) -> geoseg.graph.PredictResult:
+def run(scene: Path, out: Path, model: Path, client: Any, **kw: Any) -> geoseg.PredictResult:
     return geoseg.predict(str(scene), str(out), model=str(model), client=client, **kw)
 
 

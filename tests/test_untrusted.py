@@ -77,24 +77,24 @@ def test_the_bytes_hashed_are_the_bytes_loaded(tmp_path: Path, model_factory: Ca
 def test_worker_model_cache_is_private_and_refuses_swapped_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from geoseg import cluster
+    from geoseg import cluster, worker
 
     monkeypatch.setattr("tempfile.gettempdir", lambda: str(tmp_path))
     shared = tmp_path / f"geoseg-models-{os.getuid()}"
     shared.mkdir(mode=0o755)
     os.chmod(shared, 0o777)
-    assert cluster.model_cache_dir() == shared and stat.S_IMODE(shared.stat().st_mode) == 0o700
+    assert worker.model_cache_dir() == shared and stat.S_IMODE(shared.stat().st_mode) == 0o700
     data = BUILTIN.read_bytes()
     sha = hashlib.sha256(data).hexdigest()
     cluster.ModelPlugin(sha, data).setup()
     assert (shared / f"{sha}.pt").read_bytes() == data
     (shared / f"{sha}.pt").write_bytes(b"swapped")  # another process changed the cached file
     with pytest.raises(CheckpointError, match="content hash mismatch"):
-        cluster._load(str(tmp_path / "not-here.pt"), sha, "cpu")
+        worker._load(str(tmp_path / "not-here.pt"), sha, "cpu")
     shared.rename(tmp_path / "elsewhere")
     shared.symlink_to(tmp_path / "elsewhere")
     with pytest.raises(CheckpointError, match="not a folder of this user"):
-        cluster.model_cache_dir()
+        worker.model_cache_dir()
 
 
 def test_temporary_and_lock_files_never_follow_symlinks(tmp_path: Path) -> None:

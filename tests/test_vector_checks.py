@@ -15,7 +15,7 @@ import geoseg
 from geoseg.batch import JobError, load_job
 from geoseg.errors import GeosegError, SchedulerError
 from geoseg.vectorize import BlockResult, Polygon, merge_blocks, vectorize
-from geoseg.worker import worker_commands
+from geoseg.cluster import worker_commands
 from tests.conftest import random_scene, write_raster
 
 

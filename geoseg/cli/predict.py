@@ -57,7 +57,7 @@ def predict_command(
     channels_last: bool, compile_: bool, on_error: str, verbose: bool,
 ) -> None:
     """Segment SCENE into a georeferenced class raster (Cloud-Optimized GeoTIFF)."""
-    from geoseg.graph import predict
+    from geoseg.predict import predict
 
     margin_value = auto_or_int(margin, 0, "--margin")
     tile_value = auto_or_int(tile, 1, "--tile")

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from geoseg import __version__
-from geoseg.errors import CheckpointError, ModelError
+from geoseg.errors import CheckpointError, ModelError, first_line
 from geoseg.io import ClassInfo
 from geoseg.models import create_model, output_stride
 from geoseg.models.dilation import GriddingWarning
@@ -336,7 +336,7 @@ def read_model_file(
         ) from exc
     except (RuntimeError, zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
         raise CheckpointError(
-            f"{path} is not a geoseg model file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+            f"{path} is not a geoseg model file ({first_line(exc)}); "
             "give a file written by 'geoseg train'"
         ) from exc
     if not isinstance(blob, dict) or "geoseg" not in blob or "state_dict" not in blob:
@@ -377,7 +377,7 @@ def load_model(
         network.load_state_dict(state)
     except RuntimeError as exc:
         raise CheckpointError(
-            f"{path}: weights do not fit architecture {config.arch} ({str(exc).splitlines()[0]})"
+            f"{path}: weights do not fit architecture {config.arch} ({first_line(exc)})"
         ) from exc
     network.eval().to(device)
     return LoadedModel(network, config, str(path), hashlib.sha256(data).hexdigest(), name)

@@ -15,14 +15,13 @@ import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
-from geoseg.errors import GeosegWarning
+from geoseg.errors import GriddingWarning
 
 #: Named schedules for a stage of three 3x3 convolutions.
 NAMED_SCHEDULES: dict[str, tuple[int, ...]] = {"hdc": (1, 2, 5), "hdc-wide": (2, 3, 7)}
 
 
-class GriddingWarning(GeosegWarning):
-    """A dilation schedule leaves holes in the receptive field."""
+__all__ = ["GriddingWarning", "NAMED_SCHEDULES", "check_schedule", "hdc_max_distance", "resolve_schedule"]
 
 
 @dataclass(frozen=True)

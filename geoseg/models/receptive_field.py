@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from geoseg.errors import NonLocalError
 
-class NonLocalError(RuntimeError):
-    """The network's outputs depend on the whole input (global pooling)."""
+__all__ = ["NonLocalError", "measure_receptive_field"]
 
 
 def measure_receptive_field(

@@ -1,0 +1,145 @@
+"""``geoseg.predict``: a scene in, a seamless class-raster COG out, in three stages.
+
+* :mod:`geoseg.predict.plan`: checks, model, margin and tile, grid; fails before any work.
+* :mod:`geoseg.predict.run`: tasks on the Dask cluster, a bounded number in flight.
+* :mod:`geoseg.predict.write`: results into temporary sinks as they arrive, then the commit.
+
+What runs on a worker (read tile -> network -> core) is :mod:`geoseg.worker`. This module
+imports neither torch nor dask (``geoseg`` re-exports :func:`predict`); the stages do.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:
+    from rasterio.windows import Window
+
+    from geoseg.crf import CRFParams
+
+DEFAULT_BATCH = 4
+
+
+@dataclass
+class PredictResult:
+    """What a predict run wrote and measured."""
+
+    output: Path
+    probabilities: Path | None
+    tiles: int
+    tasks: int
+    pixels: int
+    seconds: float
+    tile: int
+    margin: int
+    overlap_factor: float
+    model: str
+    skipped: list[Window] = field(default_factory=list)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def megapixels_per_second(self) -> float:
+        return self.pixels / 1e6 / self.seconds if self.seconds else float("nan")
+
+
+def predict(
+    scene: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    model: str | os.PathLike[str] | None = None,
+    tile: int | str = "auto",
+    margin: int | str = "auto",
+    batch_size: int = DEFAULT_BATCH,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    device: str = "auto",
+    bands: str | Sequence[int] | None = None,
+    probabilities: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    quiet: bool = True,
+    tiles_per_task: int | None = None,
+    max_in_flight: int | None = None,
+    client: Any = None,
+    vector: str | os.PathLike[str] | None = None,
+    vector_options: dict[str, Any] | None = None,
+    tta: str = "none",
+    scales: Sequence[float] = (1.0,),
+    crf: CRFParams | dict[str, Any] | bool | None = None,
+    precision: str = "fp32",
+    channels_last: bool = False,
+    compile: bool = False,
+    on_error: str = "fail",
+    verbose: bool = False,
+) -> PredictResult:
+    """Segment ``scene`` into a uint8 class-raster COG at ``output`` (and class probabilities).
+
+    ``tile`` is the network input size including margins; ``auto`` is 512, or four margins
+    when the model's receptive field is wide (see :func:`geoseg.predict.plan.auto_tile`).
+
+    The output has the scene's grid exactly; its pixels equal one pass of the network over the
+    whole mirror-padded scene, whatever ``tile`` is, because margins cover the receptive field.
+    ``vector`` also polygonizes the class raster (see :func:`geoseg.vectorize.vectorize`, whose
+    keyword arguments ``vector_options`` holds). ``tta`` (``flip`` or ``d4``), ``scales`` and
+    ``crf`` (True or :class:`CRFParams`) add test-time augmentation and the dense CRF; the
+    automatic margin grows to cover them, so tiling stays exact. ``precision`` (bf16, fp16),
+    ``channels_last`` and ``compile`` tune the forward pass. ``on_error="skip"`` writes nodata
+    where a tile task fails and lists those windows (result ``skipped``, and a JSON report
+    beside the output) instead of failing the run. ``client``: an existing
+    ``distributed.Client`` (else ``scheduler``, else a local cluster of ``workers``).
+    ``verbose`` lets the local workers' own logs through to stderr.
+
+    No output may be the scene, the model or another output; while writing, the output folders
+    are locked (shared: a batch job cannot clean them up meanwhile); the outputs are committed
+    all or nothing, polygons included.
+    """
+    from geoseg.cluster import dashboard_link, dask_session
+    from geoseg.io import lock_output_folders
+    from geoseg.predict.plan import plan_predict
+    from geoseg.predict.run import run_tasks
+    from geoseg.predict.write import write_outputs, write_vector
+    from geoseg.progress import Progress
+
+    t0 = time.perf_counter()
+    plan = plan_predict(
+        scene, output, model=model, tile=tile, margin=margin, batch_size=batch_size, device=device,
+        bands=bands, probabilities=probabilities, overwrite=overwrite, vector=vector,
+        vector_options=vector_options, tta=tta,
+        scales=scales, crf=crf, precision=precision, channels_last=channels_last, compile=compile,
+        on_error=on_error, tiles_per_task=tiles_per_task,
+    )
+    grid = plan.grid
+    locks = lock_output_folders([plan.output, plan.probabilities, plan.vector], "predict")
+    with locks, dask_session(client, scheduler, workers, verbose=verbose) as session:
+        run = run_tasks(session, plan, max_in_flight)
+        progress = Progress(len(grid), quiet=quiet)
+        link = dashboard_link(session.client)
+        progress.message(
+            f"geoseg: {plan.scene.width}x{plan.scene.height} px, {len(grid)} tiles of "
+            f"{grid.tile_height}x{grid.tile_width} (margin {plan.margin}) in {len(run.tasks)} tasks "
+            f"on {run.threads} worker thread(s)" + (f"; dashboard {link}" if link else "")
+        )
+
+        def polygons() -> None:
+            if plan.vector is not None:
+                write_vector(plan, session.client, overwrite, quiet, vector_options, progress)
+
+        skipped = write_outputs(plan, run.results, progress, overwrite, then=polygons)
+    return PredictResult(
+        output=plan.output,
+        probabilities=plan.probabilities,
+        tiles=len(grid),
+        tasks=len(run.tasks),
+        pixels=plan.scene.pixels,
+        seconds=time.perf_counter() - t0,
+        tile=plan.tile,
+        margin=plan.margin,
+        overlap_factor=grid.overlap_factor,
+        model=plan.model.name,
+        skipped=[s.window for s in skipped],
+    )
+
+
+__all__ = ["PredictResult", "predict"]

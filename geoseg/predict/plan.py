@@ -1,0 +1,172 @@
+"""Predict, stage 1: check everything and decide the tiling before any work starts.
+
+Outputs are checked (free, or ``overwrite``), the scene opened, the model loaded and matched to
+the bands, and the margin (the receptive field, grown by TTA, scales and the CRF), tile size
+and grid fixed. Nothing here needs a cluster; a bad input fails here, before a task runs.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from geoseg.crf import CRFParams
+from geoseg.errors import GeosegWarning, OptionError
+from geoseg.infer import InferenceOptions
+from geoseg.io import SceneInfo, check_distinct_paths, check_output_path, open_scene, parse_bands
+from geoseg.models.checkpoint import LoadedModel
+from geoseg.tiling import TileGrid, auto_margin, round_up
+from geoseg.worker import TileTask
+
+from geoseg.predict import DEFAULT_BATCH
+
+DEFAULT_TILE = 512
+#: Margin for models whose receptive field is the whole input (global pooling): a compromise.
+GLOBAL_MODEL_MARGIN = 128
+
+
+@dataclass
+class PredictPlan:
+    """Everything decided before running: checked paths, scene, model, bands, options, grid."""
+
+    scene: SceneInfo
+    output: Path
+    probabilities: Path | None
+    vector: Path | None
+    model: LoadedModel
+    bands: list[int]
+    options: InferenceOptions
+    device: str
+    margin: int
+    tile: int
+    grid: TileGrid
+    batch_size: int
+    tiles_per_task: int
+    skip_errors: bool
+
+
+def auto_tile(margin: int, alignment: int) -> int:
+    """Tile size for ``tile="auto"``: 512, or four margins for models with a wide receptive field,
+    so the core stays at least half the tile and the overlap factor at most 4."""
+    return max(DEFAULT_TILE, round_up(4 * margin, alignment))
+
+
+def crf_params(crf: CRFParams | dict[str, Any] | bool | None) -> CRFParams | None:
+    """CRF settings from True (defaults), a dict of :class:`CRFParams` fields, or None/False."""
+    if crf is None or crf is False:
+        return None
+    if crf is True:
+        return CRFParams()
+    if isinstance(crf, dict):
+        try:
+            return CRFParams(**crf)
+        except TypeError as exc:
+            raise OptionError(f"bad CRF settings {crf}: {exc}") from None
+    return crf
+
+
+def default_tiles_per_task(grid: TileGrid, batch_size: int) -> int:
+    """Enough tiles that a task does well over 100 ms of work: at least one full batch and
+    about 1.5 megapixels of network input."""
+    per_tile = grid.tile_height * grid.tile_width
+    return max(batch_size, -(-1_500_000 // per_tile))
+
+
+def plan_predict(
+    scene: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    model: str | os.PathLike[str] | None = None,
+    tile: int | str | None = "auto",
+    margin: int | str | None = "auto",
+    batch_size: int = DEFAULT_BATCH,
+    device: str = "auto",
+    bands: str | Sequence[int] | None = None,
+    probabilities: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    vector: str | os.PathLike[str] | None = None,
+    vector_options: dict[str, Any] | None = None,
+    tta: str = "none",
+    scales: Sequence[float] = (1.0,),
+    crf: CRFParams | dict[str, Any] | bool | None = None,
+    precision: str = "fp32",
+    channels_last: bool = False,
+    compile: bool = False,
+    on_error: str = "fail",
+    tiles_per_task: int | None = None,
+) -> PredictPlan:
+    """Check the request and fix the tiling; raises a :class:`GeosegError` on any bad input.
+
+    No output may be the scene, the model file or another output (even with ``overwrite``), and
+    the polygon options (``vector_options``, see :func:`geoseg.vectorize.check_vector_options`)
+    are checked here, before any prediction."""
+    from geoseg.models.checkpoint import load_model, resolve_model_path
+    from geoseg.predict.write import skipped_report_path
+
+    out_path = check_output_path(output, overwrite)
+    prob_path = check_output_path(probabilities, overwrite, "probabilities output") if probabilities else None
+    vector_path = check_output_path(vector, overwrite, "vector output") if vector is not None else None
+    check_distinct_paths(
+        {"scene": scene, "model file": resolve_model_path(model)[0]},
+        {"output": out_path, "probabilities output": prob_path, "vector output": vector_path,
+         "skipped-tiles report": skipped_report_path(out_path)},
+    )
+    info = open_scene(scene)
+    if vector_path is not None:
+        from geoseg.vectorize import check_vector_options
+
+        check_vector_options(vector_path, info.crs if info.georeferenced else None, **(vector_options or {}))
+    if not info.georeferenced:
+        warnings.warn(
+            f"{info.path} has no CRS or geotransform; the output keeps its pixel grid without "
+            "georeferencing", GeosegWarning, stacklevel=3,
+        )
+    loaded = load_model(model, device="cpu")
+    cfg = loaded.config
+    band_list = parse_bands(bands, info.count, cfg.in_channels)
+    if on_error not in ("fail", "skip"):
+        raise OptionError(f"unknown --on-error {on_error!r}; use fail or skip")
+    options = InferenceOptions(tta=tta, scales=tuple(float(s) for s in scales), crf=crf_params(crf),
+                               precision=precision, channels_last=channels_last, compile=compile)
+    stride = options.alignment(cfg.output_stride)
+    if margin == "auto" or margin is None:
+        if cfg.receptive_field < 0:
+            warnings.warn(
+                f"{loaded.name} pools over its whole input ({cfg.arch} with global image pooling), "
+                "so its output depends on --tile; prefer a model trained with image_pooling=window",
+                GeosegWarning, stacklevel=3,
+            )
+        rf = GLOBAL_MODEL_MARGIN if cfg.receptive_field < 0 else cfg.receptive_field
+        margin_px = auto_margin(options.context(rf), stride)
+    else:
+        margin_px = int(margin)
+    tile_px = auto_tile(margin_px, stride) if tile == "auto" or tile is None else int(tile)
+    grid = TileGrid.create(info.height, info.width, tile_px, margin_px, stride)
+    batch = max(1, int(batch_size))
+    return PredictPlan(
+        scene=info, output=out_path, probabilities=prob_path,
+        vector=vector_path, model=loaded, bands=band_list,
+        options=options, device=device, margin=margin_px, tile=tile_px, grid=grid, batch_size=batch,
+        tiles_per_task=tiles_per_task or default_tiles_per_task(grid, batch),
+        skip_errors=on_error == "skip",
+    )
+
+
+def plan_tasks(
+    grid: TileGrid, scene: str, bands: Sequence[int], model_path: str, model_sha256: str,
+    device: str, batch_size: int, probabilities: bool, tiles_per_task: int,
+    torch_threads: int | None = None, keep_logits: bool = False,
+    options: InferenceOptions = InferenceOptions(), skip_errors: bool = False,
+) -> list[TileTask]:
+    """Every task of a scene, in grid order."""
+    return [
+        TileTask(
+            scene=scene, bands=tuple(bands), tiles=tuple(g), model_path=model_path,
+            model_sha256=model_sha256, device=device, batch_size=batch_size,
+            probabilities=probabilities, keep_logits=keep_logits, torch_threads=torch_threads,
+            options=options, skip_errors=skip_errors,
+        )
+        for g in grid.groups(tiles_per_task)
+    ]
