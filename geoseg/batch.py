@@ -10,6 +10,7 @@ of one job apart. One failing scene does not stop the others.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
 import json
 import os
@@ -25,6 +26,7 @@ import yaml
 from geoseg import __version__
 from geoseg.errors import GeosegError, JobError, JobLockedError, first_line
 from geoseg.io import is_virtual, write_json_atomic
+from geoseg.options import PredictOptions, VectorOptions, job_schema, key_of
 
 #: Keys of a prediction job and the types they take (None: free-form checked elsewhere).
 SCHEMA: dict[str, Any] = {
@@ -35,11 +37,9 @@ SCHEMA: dict[str, Any] = {
     "scheduler": str,
     "workers": int,
     "output": {"folder": str, "pattern": str},
-    "predict": {"tile": "int|auto", "margin": "int|auto", "batch_size": int, "device": str, "bands": (str, list),
-                "probabilities": bool, "tta": str, "scales": list, "crf": (bool, dict), "precision": str,
-                "channels_last": bool, "on_error": str},
-    "vector": {"format": str, "connectivity": int, "skip_class": list, "min_area": (int, float),
-               "simplify": (int, float)},
+    # derived from the options dataclasses, so a new predict or vector option is a job key too
+    "predict": {**job_schema(PredictOptions), "probabilities": bool},
+    "vector": {"format": str, **job_schema(VectorOptions)},
 }
 VECTOR_FORMATS = ("gpkg", "fgb", "geojson", "shp", "parquet")
 RECORD_SUFFIX = ".geoseg.json"
@@ -127,6 +127,19 @@ def _check(value: Any, schema: Any, place: str, problems: list[str]) -> None:
         problems.append(f"{place}: expected {'/'.join(t.__name__ for t in types)}, got {type(value).__name__} {value!r}")
 
 
+def _check_values(section: Any, options: type, place: str, problems: list[str],
+                  extra: tuple[str, ...] = ()) -> None:
+    """Check a section's values by building its options dataclass (once its types are right)."""
+    if not isinstance(section, dict) or any(p.startswith(place + ".") for p in problems):
+        return
+    names = {key_of(f): f.name for f in dataclasses.fields(options)}
+    try:
+        options(**{names[k]: (tuple(v) if isinstance(v, list) and k != "bands" else v)
+                   for k, v in section.items() if k not in extra and v is not None})
+    except GeosegError as exc:
+        problems.append(f"{place}: {first_line(exc)}")
+
+
 def _resolve(base: Path, text: str) -> str:
     if text.startswith("/vsi") or "://" in text or os.path.isabs(text):
         return text
@@ -210,8 +223,8 @@ def load_job(path: str | os.PathLike[str]) -> Job:
     elif isinstance(vector, dict):
         problems.extend(_vector_problems(vector, scenes))
     predict = doc.get("predict") or {}
-    if isinstance(predict, dict) and predict.get("device", "auto") not in ("auto", "cpu", "cuda"):
-        problems.append("predict.device: auto, cpu or cuda")
+    _check_values(predict, PredictOptions, "predict", problems, extra=("probabilities",))
+    _check_values(vector, VectorOptions, "vector", problems, extra=("format",))
     job = Job(p, list(dict.fromkeys(scenes)), model, Path(_resolve(base, folder)), str(pattern),
               dict(predict) if isinstance(predict, dict) else {},
               dict(vector) if isinstance(vector, dict) else None, doc.get("scheduler"), doc.get("workers"))
@@ -224,19 +237,16 @@ def load_job(path: str | os.PathLike[str]) -> Job:
 
 
 def _vector_problems(vector: dict[str, Any], scenes: list[str]) -> list[str]:
-    """The vector section checked as predict will use it, before any scene is segmented:
-    options, what the format needs (pyarrow), and for GeoJSON every scene's CRS."""
+    """What the polygon format needs, checked before any scene is segmented: pyarrow for
+    GeoParquet, and for GeoJSON scenes in EPSG:4326 (the options are checked as VectorOptions)."""
     from geoseg.errors import GeosegError
     from geoseg.vectorize import check_vector_options
 
-    opts = {k: v for k, v in vector.items() if k not in ("format", "skip_class")}
-    if isinstance(vector.get("skip_class"), list):
-        opts["skip_classes"] = tuple(vector["skip_class"])
     name = "polygons." + str(vector.get("format", "gpkg"))
     try:
-        check_vector_options(name, None, **opts)
+        check_vector_options(name)
     except GeosegError as exc:
-        return [f"vector: {exc}"]
+        return [f"vector.format: {exc}"]
     if vector.get("format") != "geojson":
         return []
     import rasterio
@@ -251,7 +261,7 @@ def _vector_problems(vector: dict[str, Any], scenes: list[str]) -> list[str]:
         except Exception:  # noqa: BLE001 - an unreadable scene fails alone when its turn comes
             continue
         try:
-            check_vector_options(name, crs, **opts)
+            check_vector_options(name, crs)
         except GeosegError as exc:
             problems.append(f"vector.format: {Path(scene).name}: {exc}")
     return problems
@@ -418,8 +428,10 @@ def remove_stale_parts(outs: dict[str, Path]) -> None:
                 stale.unlink()
 
 
-def stac_item(scene: str, outs: dict[str, Path], model_name: str, model_sha: str, classes: list[Any]) -> dict[str, Any]:
-    """A STAC 1.0 Item for one scene's outputs, with the class raster and polygons as assets."""
+def stac_item(scene: str, outs: dict[str, Path], model_name: str, model_sha: str, classes: list[Any],
+              source_item: str | None = None) -> dict[str, Any]:
+    """A STAC 1.0 Item for one scene's outputs, with the class raster and polygons as assets, and
+    a ``derived_from`` link to the scene's own STAC item when it was given as one."""
     import rasterio
     from rasterio.warp import transform_bounds, transform_geom
 
@@ -456,7 +468,8 @@ def stac_item(scene: str, outs: dict[str, Path], model_name: str, model_sha: str
                             "https://stac-extensions.github.io/classification/v1.1.0/schema.json"],
         "id": outs["classes"].stem, "geometry": geom, "bbox": list(wgs) if wgs else None,
         "properties": props, "assets": assets,
-        "links": [],
+        "links": [{"rel": "derived_from", "href": source_item, "type": "application/geo+json",
+                   "title": "source scene"}] if source_item else [],
     }
 
 
@@ -561,7 +574,8 @@ def _one_scene(job: Job, scene: str, model: Any, force: bool, client: Any, echo:
         result = predict(scene, outs["classes"], model=model.path, overwrite=True, client=client,
                          probabilities=outs.get("probabilities"), vector=outs.get("vector"),
                          vector_options=vector_opts, **opts)
-        write_json_atomic(outs["stac"], stac_item(scene, outs, model.name, model.sha256, model.classes))
+        write_json_atomic(outs["stac"], stac_item(scene, outs, model.name, model.sha256, model.classes,
+                                                    result.stac_item))
         record = expected_record(job, scene, model.sha256)
         record["outputs"] = {k: p.name for k, p in outs.items()}
         if result.skipped:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from rasterio.windows import Window
 
-from geoseg.io import CLASS_NODATA
+from geoseg.io import class_raster_dtype
 from geoseg.tiling import Tile
 
 
@@ -40,9 +40,10 @@ def to_result(
     keep_logits: bool = False,
 ) -> TileResult:
     """Argmax to class values (nodata where the input had none) and optional uint8 probabilities."""
-    lookup = np.asarray(class_values, dtype=np.uint8)
+    dtype, nodata = class_raster_dtype(class_values)
+    lookup = np.asarray(class_values, dtype=dtype)
     classes = lookup[core_logits.argmax(0).numpy()]
-    classes[~valid] = CLASS_NODATA
+    classes[~valid] = nodata
     probs = None
     if want_probabilities:
         p = torch.softmax(core_logits, dim=0).numpy()

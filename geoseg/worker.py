@@ -25,6 +25,7 @@ import numpy as np
 from geoseg.errors import CheckpointError, ModelError, OptionError, TileError, first_line
 from geoseg.infer import InferenceOptions
 from geoseg.io import CLASS_NODATA, READ_ENV, no_georef_warning, read_mirrored
+from geoseg.scenes import describe
 from geoseg.stitch import TileResult, crop_core, to_result
 from geoseg.tiling import Tile
 
@@ -67,7 +68,7 @@ def run_tile_task(task: TileTask) -> list[TileResult]:
         if task.skip_errors:
             return _tile_by_tile(task)
         raise TileError(
-            f"{task.scene}: {tiles_text(task)} failed ({type(exc).__name__}: "
+            f"{describe(task.scene)}: {tiles_text(task)} failed ({type(exc).__name__}: "
             f"{first_line(str(exc))}); --on-error skip writes nodata there instead"
         ) from exc
 

@@ -39,9 +39,9 @@ def set_class(i: int, value: Any) -> Callable[[dict[str, Any]], None]:
 @pytest.mark.parametrize(("change", "message"), [
     (lambda c: c.update(output_stride=0), "output stride 0 is not 1..1024"),
     (lambda c: c.update(receptive_field=10**9), "receptive field 1000000000 is not -1..8192"),
-    (set_class(0, 255), "class values [255] are not 0..254"),
-    (set_class(0, 300), "class values [300] are not 0..254"),
-    (set_class(1, 1), "class values [1] repeat"),
+    (set_class(0, 65535), "class value 65535 out of range"),
+    (set_class(0, -1), "class value -1 out of range"),
+    (set_class(1, 1), "class value(s) [1] appear more than once"),
     (lambda c: c.update(std=[0.0, 1.0, 1.0, 1.0]), "std holds values <= 0"),
     (lambda c: c.update(arch_kwargs={"base_width": 10**6}), "base_width=1000000 is out of range"),
     (lambda c: c.update(arch_kwargs={"base_width": 4096}), "weights do not fit"),

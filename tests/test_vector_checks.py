@@ -22,9 +22,10 @@ from tests.conftest import random_scene, write_raster
 @pytest.mark.parametrize(("vector", "options", "message"), [
     ("p.geojson", {}, "GeoJSON holds WGS 84 (EPSG:4326) coordinates only"),
     ("p.parquet", {}, "GeoParquet output needs pyarrow"),
-    ("p.gpkg", {"skip_classes": ("water",)}, "--skip-class 'water'"),
-    ("p.gpkg", {"connectivity": 6}, "--connectivity must be 4 or 8"),
-    ("p.gpkg", {"min_area": -1.0}, "--min-area must be a number >= 0"),
+    ("p.gpkg", {"skip_classes": ("water",)}, "--skip-classes must be a whole number, got 'water'"),
+    ("p.gpkg", {"connectivity": 6}, "unknown --connectivity 6"),
+    ("p.gpkg", {"min_area": -1.0}, "--min-area must be at least 0"),
+    ("p.gpkg", {"colour": "red"}, "unknown vector option"),
 ])
 def test_predict_checks_vector_options_before_predicting(
     tmp_path: Path, model_factory: Callable[..., Path], monkeypatch: pytest.MonkeyPatch,
@@ -46,9 +47,7 @@ def test_batch_checks_vector_options_when_validating(
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     write_raster(tmp_path / "a.tif", random_scene(np.random.default_rng(0), 3, 32, 32, "uint8"))
     model = model_factory(in_channels=3)
-    for vector, message in (("{format: parquet}", "vector: GeoParquet output needs pyarrow"),
-                            ("{format: gpkg, connectivity: 6}", "vector: --connectivity must be 4 or 8"),
-                            ("{skip_class: [water]}", "vector: --skip-class 'water'"),
+    for vector, message in (("{format: parquet}", "vector.format: GeoParquet output needs pyarrow"),
                             ("{format: geojson}", "vector.format: a.tif: GeoJSON holds WGS 84")):
         job = tmp_path / "job.yaml"
         job.write_text(f"scenes: [a.tif]\nmodel: {model}\noutput: {{folder: out}}\nvector: {vector}\n")

@@ -14,6 +14,7 @@ import os
 import pickle
 import warnings
 import zipfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,7 +24,7 @@ from torch import nn
 
 from geoseg import __version__
 from geoseg.errors import CheckpointError, ModelError, first_line
-from geoseg.io import ClassInfo
+from geoseg.io import CLASS_NODATA_16, ClassInfo
 from geoseg.models import create_model, output_stride
 from geoseg.models.dilation import GriddingWarning
 from geoseg.models.receptive_field import NonLocalError, measure_receptive_field
@@ -75,7 +76,25 @@ class ModelConfig:
                 f"(expects {FORMAT_VERSION}); retrain or upgrade geoseg"
             )
         d["classes"] = [ClassInfo(int(c["value"]), str(c["name"]), tuple(c["color"])) for c in d["classes"]]  # type: ignore[arg-type]
+        check_classes(d["classes"])
         return cls(**d)
+
+
+def check_classes(classes: Sequence[ClassInfo]) -> None:
+    """Class values fit a class raster (0..65534: uint8 up to 254, else uint16, the top value
+    being nodata), are unique, and colours are RGB 0..255."""
+    if not classes:
+        raise CheckpointError("the model has no classes")
+    values = [c.value for c in classes]
+    bad = [v for v in values if not 0 <= v < CLASS_NODATA_16]
+    if bad:
+        raise CheckpointError(f"class value {bad[0]} out of range: class values must be 0..{CLASS_NODATA_16 - 1}")
+    dupes = sorted(v for v, n in Counter(values).items() if n > 1)
+    if dupes:
+        raise CheckpointError(f"class value(s) {dupes} appear more than once")
+    for c in classes:
+        if len(c.color) != 3 or not all(0 <= int(v) <= 255 for v in c.color):
+            raise CheckpointError(f"class {c.value} ({c.name}) has colour {list(c.color)}: give 3 values 0..255")
 
 
 @dataclass
@@ -162,6 +181,7 @@ def build_config(
     training: dict[str, Any] | None = None,
 ) -> ModelConfig:
     """A config whose receptive field and stride are measured from ``network``."""
+    check_classes(classes)
     stride = output_stride(network)
     try:
         rf = measure_receptive_field(network, len(band_names), stride)
@@ -200,7 +220,6 @@ def save_model(path: str | os.PathLike[str], network: nn.Module, config: ModelCo
 
 #: Bounds on what a model file may ask for, checked before anything is built: a model file is
 #: untrusted input, and its numbers size tensors, tiles and output values.
-MAX_CLASS_VALUE = 254  # 255 is nodata in the class raster
 MAX_BANDS = 1024
 MAX_STRIDE = 1024
 MAX_RECEPTIVE_FIELD = 8192  # as far as measure_receptive_field looks
@@ -227,8 +246,8 @@ def _check_arg(name: str, value: Any) -> str | None:
 
 def validate_config(config: ModelConfig) -> None:
     """Refuse a config whose values would crash, exhaust memory or corrupt outputs, before any
-    network is built: architecture and arguments, bands, normalization, classes, stride and
-    receptive field."""
+    network is built: architecture and arguments, bands, normalization, stride and receptive
+    field (classes: :func:`check_classes`)."""
     import inspect
 
     from geoseg.models import get_architecture
@@ -261,18 +280,6 @@ def validate_config(config: ModelConfig) -> None:
                 problems.append(f"{what} holds values that are not finite numbers")
         if isinstance(config.std, list) and any(isinstance(v, (int, float)) and v <= 0 for v in config.std):
             problems.append("std holds values <= 0")
-    values = [c.value for c in config.classes]
-    if not values:
-        problems.append("no classes")
-    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_CLASS_VALUE]
-    if bad:
-        problems.append(f"class values {bad} are not 0..{MAX_CLASS_VALUE} (255 marks nodata)")
-    if len(set(values)) != len(values):
-        problems.append(f"class values {sorted(v for v in set(values) if values.count(v) > 1)} repeat")
-    for c in config.classes:
-        if len(c.color) != 3 or not all(isinstance(x, int) and 0 <= x <= 255 for x in c.color):
-            problems.append(f"class {c.value} has colour {list(c.color)}, not three values 0..255")
-            break
     stride = config.output_stride
     if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= MAX_STRIDE:
         problems.append(f"output stride {stride!r} is not 1..{MAX_STRIDE}")

@@ -14,14 +14,12 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rasterio.windows import Window
 
-    from geoseg.crf import CRFParams
-
-DEFAULT_BATCH = 4
+    from geoseg.options import PredictOptions
 
 
 @dataclass
@@ -39,6 +37,8 @@ class PredictResult:
     overlap_factor: float
     model: str
     skipped: list[Window] = field(default_factory=list)
+    #: the STAC item the scene came from (absolute path or URL), when it was given as one
+    stac_item: str | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -47,37 +47,35 @@ class PredictResult:
 
 
 def predict(
-    scene: str | os.PathLike[str],
+    scene: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     output: str | os.PathLike[str],
     model: str | os.PathLike[str] | None = None,
-    tile: int | str = "auto",
-    margin: int | str = "auto",
-    batch_size: int = DEFAULT_BATCH,
-    workers: int | None = None,
-    scheduler: str | None = None,
-    device: str = "auto",
-    bands: str | Sequence[int] | None = None,
+    options: PredictOptions | None = None,
+    *,
     probabilities: str | os.PathLike[str] | None = None,
-    overwrite: bool = False,
-    quiet: bool = True,
-    tiles_per_task: int | None = None,
-    max_in_flight: int | None = None,
-    client: Any = None,
     vector: str | os.PathLike[str] | None = None,
     vector_options: dict[str, Any] | None = None,
-    tta: str = "none",
-    scales: Sequence[float] = (1.0,),
-    crf: CRFParams | dict[str, Any] | bool | None = None,
-    precision: str = "fp32",
-    channels_last: bool = False,
-    compile: bool = False,
-    on_error: str = "fail",
+    overwrite: bool = False,
+    quiet: bool = True,
     verbose: bool = False,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    client: Any = None,
+    tiles_per_task: int | None = None,
+    max_in_flight: int | None = None,
+    **option_keywords: Any,
 ) -> PredictResult:
-    """Segment ``scene`` into a uint8 class-raster COG at ``output`` (and class probabilities).
+    """Segment ``scene`` into a class-raster COG at ``output`` (and class probabilities): uint8,
+    or uint16 when a class value is above 254 (see :func:`geoseg.io.class_raster_dtype`).
 
-    ``tile`` is the network input size including margins; ``auto`` is 512, or four margins
-    when the model's receptive field is wide (see :func:`geoseg.predict.plan.auto_tile`).
+    ``scene`` is a raster, a list of single-band files, or a STAC item (``.json``, a file or
+    an http(s) URL); band files and STAC assets are matched to the model's bands and resampled
+    onto the finest band's grid with the ``resampling`` option (see :mod:`geoseg.scenes`).
+
+    How it tiles and infers is a :class:`geoseg.options.PredictOptions`: ``options``, with any of
+    its fields also given as keywords (``tile=512, tta="d4"``). ``tile`` is the network input
+    size including margins; ``auto`` is 512, or four margins when the model's receptive field
+    is wide (see :func:`geoseg.predict.plan.auto_tile`).
 
     The output has the scene's grid exactly; its pixels equal one pass of the network over the
     whole mirror-padded scene, whatever ``tile`` is, because margins cover the receptive field.
@@ -102,14 +100,12 @@ def predict(
     from geoseg.predict.write import write_outputs, write_vector
     from geoseg.progress import Progress
 
+    from geoseg.options import PredictOptions
+
     t0 = time.perf_counter()
-    plan = plan_predict(
-        scene, output, model=model, tile=tile, margin=margin, batch_size=batch_size, device=device,
-        bands=bands, probabilities=probabilities, overwrite=overwrite, vector=vector,
-        vector_options=vector_options, tta=tta,
-        scales=scales, crf=crf, precision=precision, channels_last=channels_last, compile=compile,
-        on_error=on_error, tiles_per_task=tiles_per_task,
-    )
+    opts = PredictOptions.from_keywords(options, **option_keywords)
+    plan = plan_predict(scene, output, model, opts, probabilities, vector, overwrite, tiles_per_task,
+                        vector_options=vector_options)
     grid = plan.grid
     locks = lock_output_folders([plan.output, plan.probabilities, plan.vector], "predict")
     with locks, dask_session(client, scheduler, workers, verbose=verbose) as session:
@@ -139,6 +135,7 @@ def predict(
         overlap_factor=grid.overlap_factor,
         model=plan.model.name,
         skipped=[s.window for s in skipped],
+        stac_item=plan.stac_item,
     )
 
 

@@ -13,15 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from geoseg.crf import CRFParams
-from geoseg.errors import GeosegWarning, OptionError
+from geoseg.errors import GeosegWarning
 from geoseg.infer import InferenceOptions
 from geoseg.io import SceneInfo, check_distinct_paths, check_output_path, open_scene, parse_bands
 from geoseg.models.checkpoint import LoadedModel
+from geoseg.scenes import describe, resolve_scene
+from geoseg.options import PredictOptions
 from geoseg.tiling import TileGrid, auto_margin, round_up
 from geoseg.worker import TileTask
-
-from geoseg.predict import DEFAULT_BATCH
 
 DEFAULT_TILE = 512
 #: Margin for models whose receptive field is the whole input (global pooling): a compromise.
@@ -46,26 +45,13 @@ class PredictPlan:
     batch_size: int
     tiles_per_task: int
     skip_errors: bool
+    stac_item: str | None = None
 
 
 def auto_tile(margin: int, alignment: int) -> int:
     """Tile size for ``tile="auto"``: 512, or four margins for models with a wide receptive field,
     so the core stays at least half the tile and the overlap factor at most 4."""
     return max(DEFAULT_TILE, round_up(4 * margin, alignment))
-
-
-def crf_params(crf: CRFParams | dict[str, Any] | bool | None) -> CRFParams | None:
-    """CRF settings from True (defaults), a dict of :class:`CRFParams` fields, or None/False."""
-    if crf is None or crf is False:
-        return None
-    if crf is True:
-        return CRFParams()
-    if isinstance(crf, dict):
-        try:
-            return CRFParams(**crf)
-        except TypeError as exc:
-            raise OptionError(f"bad CRF settings {crf}: {exc}") from None
-    return crf
 
 
 def default_tiles_per_task(grid: TileGrid, batch_size: int) -> int:
@@ -76,62 +62,56 @@ def default_tiles_per_task(grid: TileGrid, batch_size: int) -> int:
 
 
 def plan_predict(
-    scene: str | os.PathLike[str],
+    scene: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     output: str | os.PathLike[str],
     model: str | os.PathLike[str] | None = None,
-    tile: int | str | None = "auto",
-    margin: int | str | None = "auto",
-    batch_size: int = DEFAULT_BATCH,
-    device: str = "auto",
-    bands: str | Sequence[int] | None = None,
+    options: PredictOptions = PredictOptions(),
     probabilities: str | os.PathLike[str] | None = None,
-    overwrite: bool = False,
     vector: str | os.PathLike[str] | None = None,
-    vector_options: dict[str, Any] | None = None,
-    tta: str = "none",
-    scales: Sequence[float] = (1.0,),
-    crf: CRFParams | dict[str, Any] | bool | None = None,
-    precision: str = "fp32",
-    channels_last: bool = False,
-    compile: bool = False,
-    on_error: str = "fail",
+    overwrite: bool = False,
     tiles_per_task: int | None = None,
+    vector_options: dict[str, Any] | None = None,
 ) -> PredictPlan:
     """Check the request and fix the tiling; raises a :class:`GeosegError` on any bad input.
 
-    No output may be the scene, the model file or another output (even with ``overwrite``), and
-    the polygon options (``vector_options``, see :func:`geoseg.vectorize.check_vector_options`)
-    are checked here, before any prediction."""
+    ``scene`` may be band files or a STAC item: :func:`geoseg.scenes.resolve_scene` makes it
+    one VRT string matched to the model's bands, which the tasks carry.
+
+    No output may be a scene file, the model file or another output (even with ``overwrite``),
+    and the polygon options (``vector_options``, see :func:`geoseg.vectorize.check_vector_options`)
+    are checked here, before any prediction.
+    """
     from geoseg.models.checkpoint import load_model, resolve_model_path
     from geoseg.predict.write import skipped_report_path
 
     out_path = check_output_path(output, overwrite)
     prob_path = check_output_path(probabilities, overwrite, "probabilities output") if probabilities else None
     vector_path = check_output_path(vector, overwrite, "vector output") if vector is not None else None
+    scenes = [scene] if isinstance(scene, (str, os.PathLike)) else list(scene)
     check_distinct_paths(
-        {"scene": scene, "model file": resolve_model_path(model)[0]},
+        {**{f"scene {describe(str(s))}": s for s in scenes}, "model file": resolve_model_path(model)[0]},
         {"output": out_path, "probabilities output": prob_path, "vector output": vector_path,
          "skipped-tiles report": skipped_report_path(out_path)},
     )
-    info = open_scene(scene)
+    loaded = load_model(model, device="cpu")
+    cfg = loaded.config
+    resolved = resolve_scene(scene, cfg.band_names, options.resampling, match_names=options.bands is None)
+    info = open_scene(resolved.dataset)
+    if not info.georeferenced:
+        warnings.warn(
+            f"{describe(info.path)} has no CRS or geotransform; the output keeps its pixel grid "
+            "without georeferencing", GeosegWarning, stacklevel=3,
+        )
     if vector_path is not None:
         from geoseg.vectorize import check_vector_options
 
-        check_vector_options(vector_path, info.crs if info.georeferenced else None, **(vector_options or {}))
-    if not info.georeferenced:
-        warnings.warn(
-            f"{info.path} has no CRS or geotransform; the output keeps its pixel grid without "
-            "georeferencing", GeosegWarning, stacklevel=3,
-        )
-    loaded = load_model(model, device="cpu")
-    cfg = loaded.config
-    band_list = parse_bands(bands, info.count, cfg.in_channels)
-    if on_error not in ("fail", "skip"):
-        raise OptionError(f"unknown --on-error {on_error!r}; use fail or skip")
-    options = InferenceOptions(tta=tta, scales=tuple(float(s) for s in scales), crf=crf_params(crf),
-                               precision=precision, channels_last=channels_last, compile=compile)
-    stride = options.alignment(cfg.output_stride)
-    if margin == "auto" or margin is None:
+        check_vector_options(vector_path, info.crs, **(vector_options or {}))
+    band_list = parse_bands(options.bands, info.count, cfg.in_channels)
+    inference = InferenceOptions(tta=options.tta, scales=options.scales, crf=options.crf,
+                                 precision=options.precision, channels_last=options.channels_last,
+                                 compile=options.compile)
+    stride = inference.alignment(cfg.output_stride)
+    if options.margin == "auto":
         if cfg.receptive_field < 0:
             warnings.warn(
                 f"{loaded.name} pools over its whole input ({cfg.arch} with global image pooling), "
@@ -139,18 +119,17 @@ def plan_predict(
                 GeosegWarning, stacklevel=3,
             )
         rf = GLOBAL_MODEL_MARGIN if cfg.receptive_field < 0 else cfg.receptive_field
-        margin_px = auto_margin(options.context(rf), stride)
+        margin_px = auto_margin(inference.context(rf), stride)
     else:
-        margin_px = int(margin)
-    tile_px = auto_tile(margin_px, stride) if tile == "auto" or tile is None else int(tile)
+        margin_px = int(options.margin)
+    tile_px = auto_tile(margin_px, stride) if options.tile == "auto" else int(options.tile)
     grid = TileGrid.create(info.height, info.width, tile_px, margin_px, stride)
-    batch = max(1, int(batch_size))
     return PredictPlan(
-        scene=info, output=out_path, probabilities=prob_path,
-        vector=vector_path, model=loaded, bands=band_list,
-        options=options, device=device, margin=margin_px, tile=tile_px, grid=grid, batch_size=batch,
-        tiles_per_task=tiles_per_task or default_tiles_per_task(grid, batch),
-        skip_errors=on_error == "skip",
+        scene=info, output=out_path, probabilities=prob_path, vector=vector_path, model=loaded,
+        bands=band_list, options=inference, device=options.device, margin=margin_px, tile=tile_px,
+        grid=grid, batch_size=options.batch_size,
+        tiles_per_task=tiles_per_task or default_tiles_per_task(grid, options.batch_size),
+        skip_errors=options.on_error == "skip", stac_item=resolved.stac_item,
     )
 
 

@@ -16,6 +16,7 @@ from geoseg.io import file_token
 from geoseg.predict.plan import PredictPlan, plan_tasks
 from geoseg.stitch import TileResult
 from geoseg.errors import TileError
+from geoseg.scenes import describe
 from geoseg.worker import TileTask, nodata_results, run_tile_task, tiles_text
 
 
@@ -83,7 +84,7 @@ def stream_tasks(
 def killed_workers(task: TileTask, exc: BaseException) -> list[TileResult]:
     """A task that took down its workers (out of memory, a crash in native code): like a tile
     that cannot be read, it fails the run, or under ``on_error="skip"`` its tiles are nodata."""
-    message = (f"{task.scene}: {tiles_text(task)} failed: the workers running them died "
+    message = (f"{describe(task.scene)}: {tiles_text(task)} failed: the workers running them died "
                f"({type(exc).__name__}; out of memory or a crash); lower --batch-size or --tile, "
                "or --on-error skip writes nodata there instead")
     if not task.skip_errors:
