@@ -381,6 +381,12 @@ def _open_lock(path: Path, exclusive: bool, what: str) -> int:
                 f"another run of geoseg{f' ({holder})' if holder else ''} is writing into {path.parent}; "
                 f"wait for it to finish or give this {what} another output folder"
             ) from None
+        except OSError as exc:  # a file system without locks (some network file systems)
+            from geoseg.errors import GeosegWarning
+
+            warnings.warn(f"cannot lock {path.parent} ({exc.strerror}); make sure no other geoseg run "
+                          "writes there at the same time", GeosegWarning, stacklevel=4)
+            return fd
         if _same_inode(fd, path):
             return fd
         os.close(fd)  # its last holder removed it meanwhile: lock the new one
