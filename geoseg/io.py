@@ -29,6 +29,7 @@ CLASS_NODATA = 255
 #: The same in uint16 class rasters, for models with class values above 254.
 CLASS_NODATA_16 = 65535
 
+
 #: GDAL settings for every scene read; scoped with rasterio.Env, never put into os.environ.
 READ_ENV: dict[str, Any] = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
@@ -42,6 +43,9 @@ READ_ENV: dict[str, Any] = {
 
 #: Block cache (MB) while writing: partial blocks are flushed instead of piling up in memory.
 WRITE_CACHE_MB = 64
+#: DEFLATE threads for the temporary GeoTIFF and the COG (GDAL's NUM_THREADS creation option),
+#: so one client keeps up with many workers.
+WRITE_THREADS = "ALL_CPUS"
 
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 
@@ -480,6 +484,7 @@ class RasterSink:
             "predictor": 1,
             "BIGTIFF": "YES" if est_bytes > 3_500_000_000 else "IF_SAFER",
             "interleave": "band",
+            "num_threads": WRITE_THREADS,
         }
         if scene.georeferenced:
             profile["crs"] = scene.crs
@@ -513,12 +518,13 @@ class RasterSink:
         Nothing at the final path changes yet (see :func:`publish_all`)."""
         self._dst.close()
         self.cog_tmp = temporary_sibling(self.path)
-        with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"), no_georef_warning():
+        with rasterio.Env(GDAL_NUM_THREADS=WRITE_THREADS), no_georef_warning():
             rasterio.shutil.copy(
                 str(self.tmp),
                 str(self.cog_tmp),
                 driver="COG",
                 COMPRESS="DEFLATE",
+                NUM_THREADS=WRITE_THREADS,
                 BLOCKSIZE=512,
                 OVERVIEW_RESAMPLING=self.overview_resampling,
                 BIGTIFF="IF_SAFER",

@@ -20,7 +20,9 @@ from geoseg.errors import OptionError
 
 Auto = Literal["auto"]
 Tta = Literal["none", "flip", "d4"]
-Precision = Literal["fp32", "bf16", "fp16"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+#: ``auto``: ONNX Runtime on the CPU, PyTorch on CUDA (see :mod:`geoseg.engines`).
+EngineName = Literal["auto", "torch", "onnx"]
 OnError = Literal["fail", "skip"]
 Device = Literal["auto", "cpu", "cuda"]
 #: GDAL resampling of band files / STAC assets coarser than the finest band (VRT source resampling).
@@ -82,8 +84,10 @@ class PredictOptions:
         "Average logits over these input scales.", metavar="0.75,1,1.25"))
     crf: CRFParams | None = field(default=None, metadata=_help(
         "Refine with the dense CRF (DeepLab v1); margin grows by iterations x radius."))
-    precision: Precision = field(default="fp32", metadata=_help(
-        "Autocast precision of the forward pass (bf16/fp16 mainly for CUDA)."))
+    engine: EngineName = field(default="auto", metadata=_help(
+        "Inference engine: onnx (ONNX Runtime), torch, or auto (ONNX Runtime on the CPU, PyTorch on CUDA)."))
+    precision: Precision = field(default="auto", metadata=_help(
+        "Autocast precision of the PyTorch forward pass; auto = bf16 on CUDA GPUs that have it, else fp32."))
     channels_last: bool = field(default=False, metadata=_help(
         "Channels-last memory format (faster convolutions on recent GPUs)."))
     compile: bool = field(default=False, metadata=_help(

@@ -110,6 +110,8 @@ class LoadedModel:
     path: str
     sha256: str
     name: str
+    #: ``torch`` (a ``.pt`` file) or ``onnx`` (an ONNX file, run by ONNX Runtime).
+    format: str = "torch"
 
     @property
     def in_bands(self) -> list[str]:
@@ -244,18 +246,21 @@ def _check_arg(name: str, value: Any) -> str | None:
     return f"{name} has type {type(value).__name__}"
 
 
-def validate_config(config: ModelConfig) -> None:
+def validate_config(config: ModelConfig, architecture: bool = True) -> None:
     """Refuse a config whose values would crash, exhaust memory or corrupt outputs, before any
     network is built: architecture and arguments, bands, normalization, stride and receptive
-    field (classes: :func:`check_classes`)."""
+    field (classes: :func:`check_classes`). ``architecture=False`` skips the architecture and
+    its arguments (ONNX models carry a graph, not a registry name)."""
     import inspect
 
     from geoseg.models import get_architecture
 
     problems: list[str] = []
-    spec = get_architecture(config.arch) if isinstance(config.arch, str) else None
-    if spec is None:
-        problems.append(f"architecture {config.arch!r} is not a name")
+    spec = None
+    if architecture:
+        spec = get_architecture(config.arch) if isinstance(config.arch, str) else None
+        if spec is None:
+            problems.append(f"architecture {config.arch!r} is not a name")
     if not isinstance(config.arch_kwargs, dict):
         problems.append("architecture arguments are not a mapping")
     elif spec is not None:
@@ -367,11 +372,16 @@ def load_model(
     name_or_path: str | os.PathLike[str] | None = None, device: str | torch.device = "cpu",
     data: bytes | None = None,
 ) -> LoadedModel:
-    """Load a model (``None`` = the built-in one) in eval mode on ``device``.
+    """Load a model (``None`` = the built-in one, a ``.pt`` file or an ONNX geoseg model) in eval
+    mode on ``device``.
 
-    The file is read once; its hash and its weights come from the same bytes (``data``, when
-    the caller has read and checked them already), so the file cannot change in between."""
+    A ``.pt`` file is read once; its hash and its weights come from the same bytes (``data``,
+    when the caller has read and checked them already), so the file cannot change in between."""
     path, name = resolve_model_path(name_or_path)
+    from geoseg.models.onnx import is_onnx_file, load_onnx_model
+
+    if is_onnx_file(path):
+        return load_onnx_model(path, name, device)
     if data is None:
         data = path.read_bytes()
     config, state = read_model_file(path, data)

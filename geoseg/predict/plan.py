@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from geoseg.engines import check_engine
 from geoseg.errors import GeosegWarning
 from geoseg.infer import InferenceOptions
 from geoseg.io import SceneInfo, check_distinct_paths, check_output_path, open_scene, parse_bands
@@ -46,6 +47,8 @@ class PredictPlan:
     tiles_per_task: int
     skip_errors: bool
     stac_item: str | None = None
+    #: ``auto``, ``torch`` or ``onnx``, checked against the model and options.
+    engine: str = "auto"
 
 
 def auto_tile(margin: int, alignment: int) -> int:
@@ -110,6 +113,7 @@ def plan_predict(
     inference = InferenceOptions(tta=options.tta, scales=options.scales, crf=options.crf,
                                  precision=options.precision, channels_last=options.channels_last,
                                  compile=options.compile)
+    check_engine(options.engine, loaded.format, inference)
     stride = inference.alignment(cfg.output_stride)
     if options.margin == "auto":
         if cfg.receptive_field < 0:
@@ -130,6 +134,7 @@ def plan_predict(
         grid=grid, batch_size=options.batch_size,
         tiles_per_task=tiles_per_task or default_tiles_per_task(grid, options.batch_size),
         skip_errors=options.on_error == "skip", stac_item=resolved.stac_item,
+        engine=options.engine,
     )
 
 
@@ -137,7 +142,7 @@ def plan_tasks(
     grid: TileGrid, scene: str, bands: Sequence[int], model_path: str, model_sha256: str,
     device: str, batch_size: int, probabilities: bool, tiles_per_task: int,
     torch_threads: int | None = None, keep_logits: bool = False,
-    options: InferenceOptions = InferenceOptions(), skip_errors: bool = False,
+    options: InferenceOptions = InferenceOptions(), skip_errors: bool = False, engine: str = "auto",
 ) -> list[TileTask]:
     """Every task of a scene, in grid order."""
     return [
@@ -145,7 +150,7 @@ def plan_tasks(
             scene=scene, bands=tuple(bands), tiles=tuple(g), model_path=model_path,
             model_sha256=model_sha256, device=device, batch_size=batch_size,
             probabilities=probabilities, keep_logits=keep_logits, torch_threads=torch_threads,
-            options=options, skip_errors=skip_errors,
+            options=options, skip_errors=skip_errors, engine=engine,
         )
         for g in grid.groups(tiles_per_task)
     ]
