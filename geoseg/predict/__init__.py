@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from geoseg.options import PredictOptions
+
 if TYPE_CHECKING:
     from rasterio.windows import Window
-
-    from geoseg.options import PredictOptions
 
 
 @dataclass
@@ -99,8 +99,6 @@ def predict(
     from geoseg.predict.run import run_tasks
     from geoseg.predict.write import write_outputs, write_vector
     from geoseg.progress import Progress
-
-    from geoseg.options import PredictOptions
 
     t0 = time.perf_counter()
     opts = PredictOptions.from_keywords(options, **option_keywords)
