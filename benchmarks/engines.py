@@ -2,8 +2,9 @@
 pipeline's own cost with a network of near-zero cost against its floor; all in one run.
 
     python benchmarks/engines.py [--sizes 4096,8192] [--cheap-size 8192] [--archs all|unet-small,...]
+        [--forward-tile 256] [--forward-batch 2] [--compile-archs unet-small] [--skip forward,e2e,cheap]
 
-1. Forward Mpx/s of every built-in architecture (3 bands, 8 classes, --tile, --batch-size) under
+1. Forward Mpx/s of every built-in architecture (3 bands, 8 classes, --forward-tile/-batch) under
    PyTorch eager, channels-last, torch.compile (where it compiles) and ONNX Runtime (CPU).
 2. ``geoseg predict`` end to end with ``--engine torch`` and ``--engine auto`` (ONNX Runtime on
    the CPU) on scenes mirror-tiled from the real Landsat scene (see benchmarks/predict.py), with
@@ -154,6 +155,8 @@ def main() -> None:
     ap.add_argument("--cheap-size", type=int, default=8192)
     ap.add_argument("--tile", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--forward-tile", type=int, default=256, help="tile of the per-architecture table")
+    ap.add_argument("--forward-batch", type=int, default=2)
     ap.add_argument("--archs", default="all")
     ap.add_argument("--compile-archs", default="unet-small", help="architectures to try torch.compile on")
     ap.add_argument("--seconds", type=float, default=3.0, help="per forward measurement round")
@@ -175,7 +178,8 @@ def main() -> None:
 
     if "forward" not in skip:
         archs = [] if args.archs == "all" else args.archs.split(",")
-        result["forward"] = forward_table(archs, args.tile, args.batch_size, args.seconds,
+        result["forward_tile"], result["forward_batch"] = args.forward_tile, args.forward_batch
+        result["forward"] = forward_table(archs, args.forward_tile, args.forward_batch, args.seconds,
                                           args.compile_archs.split(","))
         save()
     if not LANDSAT.exists():
@@ -215,7 +219,7 @@ def main() -> None:
 
 def print_tables(r: dict[str, Any]) -> None:
     if "forward" in r:
-        print(f"\nforward Mpx/s (tile {r['tile']}, batch {r['batch_size']}, {r['cpu_count']} threads)")
+        print(f"\nforward Mpx/s (tile {r['forward_tile']}, batch {r['forward_batch']}, {r['cpu_count']} threads)")
         print(f"{'arch':<15}{'eager':>8}{'ch-last':>9}{'compile':>9}{'ORT':>8}{'ORT/eager':>10}")
         for f in r["forward"]:
             comp = f.get("compile")
