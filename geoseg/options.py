@@ -25,6 +25,8 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 EngineName = Literal["auto", "torch", "onnx"]
 OnError = Literal["fail", "skip"]
 Device = Literal["auto", "cpu", "cuda"]
+#: GDAL resampling of band files / STAC assets coarser than the finest band (VRT source resampling).
+Resampling = Literal["bilinear", "nearest", "cubic", "cubicspline", "lanczos", "average", "mode"]
 
 
 def choices(literal: Any) -> tuple[Any, ...]:
@@ -92,6 +94,8 @@ class PredictOptions:
         "torch.compile the network on each worker (falls back to eager)."))
     on_error: OnError = field(default="fail", metadata=_help(
         "A tile that cannot be read or inferred: fail the run, or write nodata there and list it in OUTPUT.skipped.json."))
+    resampling: Resampling = field(default="bilinear", metadata=_help(
+        "How band files / STAC assets at a coarser resolution are resampled onto the finest band's grid."))
 
     def __post_init__(self) -> None:
         # normalise the forms a job file or a caller gives (lists, True, a dict of CRF settings)
@@ -196,6 +200,11 @@ class VectorOptions:
         "Simplify the layer as a coverage with this tolerance (CRS units).", min=0))
     block_size: int | None = field(default=None, metadata=_help(
         "Block size in pixels (default ~1024).", min=64))
+    dst_crs: str | None = field(default=None, metadata=_help(
+        "Write polygons in this CRS (e.g. EPSG:4326); areas stay measured in the raster's CRS.", metavar="CRS"))
+    style: bool = field(default=True, metadata=_help(
+        "Add QGIS's default style, categorized by class in the model's colours "
+        "(GeoPackage: layer_styles table; other formats: a .qml sidecar)."))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "skip_classes", tuple(self.skip_classes))

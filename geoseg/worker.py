@@ -24,6 +24,7 @@ import rasterio
 from geoseg.errors import CheckpointError, ModelError, OptionError, TileError, first_line
 from geoseg.infer import InferenceOptions
 from geoseg.io import CLASS_NODATA, READ_ENV, no_georef_warning, read_mirrored
+from geoseg.scenes import describe
 from geoseg.stitch import TileResult, core_result
 from geoseg.tiling import Tile
 
@@ -69,7 +70,7 @@ def run_tile_task(task: TileTask) -> list[TileResult]:
             return _tile_by_tile(task)
         first, last = task.tiles[0].core, task.tiles[-1].core
         raise TileError(
-            f"{task.scene}: tiles at rows {first.row_off}-{last.row_off + last.height}, columns "
+            f"{describe(task.scene)}: tiles at rows {first.row_off}-{last.row_off + last.height}, columns "
             f"{first.col_off}-{last.col_off + last.width} failed ({type(exc).__name__}: "
             f"{first_line(str(exc))}); --on-error skip writes nodata there instead"
         ) from exc

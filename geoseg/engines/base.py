@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from geoseg.infer import InferenceOptions, scores
-from geoseg.io import CLASS_NODATA, class_dtype
+from geoseg.io import class_raster_dtype
 from geoseg.models.checkpoint import ModelConfig
 
 _TORCH_DTYPES = {np.dtype(np.uint8): torch.uint8, np.dtype(np.uint16): torch.uint16}
@@ -21,7 +21,7 @@ _TORCH_DTYPES = {np.dtype(np.uint8): torch.uint8, np.dtype(np.uint16): torch.uin
 class EngineOutput:
     """One batch's results, whole tiles (margins included), on the host.
 
-    ``classes``: N x H x W class values, :data:`CLASS_NODATA` where the input had no data.
+    ``classes``: N x H x W class values, the class raster's nodata (:func:`geoseg.io.class_raster_dtype`) where the input had no data.
     ``probabilities``: N x K x H x W uint8 (0-255 = 0-1), 0 where the input had no data.
     ``logits``: N x K x H x W float32 scores, only when asked for (tests).
     """
@@ -44,9 +44,10 @@ class Engine(ABC):
         self.mean = torch.tensor(config.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(config.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         values = [c.value for c in config.classes]
-        dtype = _TORCH_DTYPES.get(class_dtype(values), torch.int32)
+        np_dtype, nodata = class_raster_dtype(values)
+        dtype = _TORCH_DTYPES[np.dtype(np_dtype)]
         self.lookup = torch.tensor(values, dtype=torch.int64, device=device).to(dtype)
-        self.class_nodata = torch.tensor(CLASS_NODATA, dtype=dtype, device=device)
+        self.class_nodata = torch.tensor(nodata, dtype=dtype, device=device)
         self._pinned: dict[tuple[tuple[int, ...], np.dtype], torch.Tensor] = {}
 
     @abstractmethod

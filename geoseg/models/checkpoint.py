@@ -12,6 +12,7 @@ import os
 import pickle
 import warnings
 import zipfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,7 +22,7 @@ from torch import nn
 
 from geoseg import __version__
 from geoseg.errors import CheckpointError, ModelError, first_line
-from geoseg.io import ClassInfo
+from geoseg.io import CLASS_NODATA_16, ClassInfo
 from geoseg.models import create_model, output_stride
 from geoseg.models.dilation import GriddingWarning
 from geoseg.models.receptive_field import NonLocalError, measure_receptive_field
@@ -73,7 +74,25 @@ class ModelConfig:
                 f"(expects {FORMAT_VERSION}); retrain or upgrade geoseg"
             )
         d["classes"] = [ClassInfo(int(c["value"]), str(c["name"]), tuple(c["color"])) for c in d["classes"]]  # type: ignore[arg-type]
+        check_classes(d["classes"])
         return cls(**d)
+
+
+def check_classes(classes: Sequence[ClassInfo]) -> None:
+    """Class values fit a class raster (0..65534: uint8 up to 254, else uint16, the top value
+    being nodata), are unique, and colours are RGB 0..255."""
+    if not classes:
+        raise CheckpointError("the model has no classes")
+    values = [c.value for c in classes]
+    bad = [v for v in values if not 0 <= v < CLASS_NODATA_16]
+    if bad:
+        raise CheckpointError(f"class value {bad[0]} out of range: class values must be 0..{CLASS_NODATA_16 - 1}")
+    dupes = sorted(v for v, n in Counter(values).items() if n > 1)
+    if dupes:
+        raise CheckpointError(f"class value(s) {dupes} appear more than once")
+    for c in classes:
+        if len(c.color) != 3 or not all(0 <= int(v) <= 255 for v in c.color):
+            raise CheckpointError(f"class {c.value} ({c.name}) has colour {list(c.color)}: give 3 values 0..255")
 
 
 @dataclass
@@ -162,6 +181,7 @@ def build_config(
     training: dict[str, Any] | None = None,
 ) -> ModelConfig:
     """A config whose receptive field and stride are measured from ``network``."""
+    check_classes(classes)
     stride = output_stride(network)
     try:
         rf = measure_receptive_field(network, len(band_names), stride)

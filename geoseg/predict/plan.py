@@ -18,6 +18,7 @@ from geoseg.errors import GeosegWarning, OutputError
 from geoseg.infer import InferenceOptions
 from geoseg.io import SceneInfo, check_output_path, open_scene, parse_bands
 from geoseg.models.checkpoint import LoadedModel
+from geoseg.scenes import describe, resolve_scene
 from geoseg.options import PredictOptions
 from geoseg.tiling import TileGrid, auto_margin, round_up
 from geoseg.worker import TileTask
@@ -45,6 +46,7 @@ class PredictPlan:
     batch_size: int
     tiles_per_task: int
     skip_errors: bool
+    stac_item: str | None = None
     #: ``auto``, ``torch`` or ``onnx``, checked against the model and options.
     engine: str = "auto"
 
@@ -63,7 +65,7 @@ def default_tiles_per_task(grid: TileGrid, batch_size: int) -> int:
 
 
 def plan_predict(
-    scene: str | os.PathLike[str],
+    scene: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     output: str | os.PathLike[str],
     model: str | os.PathLike[str] | None = None,
     options: PredictOptions = PredictOptions(),
@@ -71,8 +73,13 @@ def plan_predict(
     vector: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     tiles_per_task: int | None = None,
+    vector_dst_crs: str | None = None,
 ) -> PredictPlan:
-    """Check the request and fix the tiling; raises a :class:`GeosegError` on any bad input."""
+    """Check the request and fix the tiling; raises a :class:`GeosegError` on any bad input.
+
+    ``scene`` may be band files or a STAC item: :func:`geoseg.scenes.resolve_scene` makes it
+    one VRT string matched to the model's bands, which the tasks carry.
+    """
     from geoseg.models.checkpoint import load_model
 
     out_path = check_output_path(output, overwrite)
@@ -85,14 +92,19 @@ def plan_predict(
 
         vector_path = check_output_path(vector, overwrite, "vector output")
         output_format(vector_path)
-    info = open_scene(scene)
-    if not info.georeferenced:
-        warnings.warn(
-            f"{info.path} has no CRS or geotransform; the output keeps its pixel grid without "
-            "georeferencing", GeosegWarning, stacklevel=3,
-        )
     loaded = load_model(model, device="cpu")
     cfg = loaded.config
+    resolved = resolve_scene(scene, cfg.band_names, options.resampling, match_names=options.bands is None)
+    info = open_scene(resolved.dataset)
+    if not info.georeferenced:
+        warnings.warn(
+            f"{describe(info.path)} has no CRS or geotransform; the output keeps its pixel grid "
+            "without georeferencing", GeosegWarning, stacklevel=3,
+        )
+    if vector_path is not None:
+        from geoseg.vectorize import output_crs
+
+        output_crs(vector_path, info.crs, vector_dst_crs)
     band_list = parse_bands(options.bands, info.count, cfg.in_channels)
     inference = InferenceOptions(tta=options.tta, scales=options.scales, crf=options.crf,
                                  precision=options.precision, channels_last=options.channels_last,
@@ -117,7 +129,8 @@ def plan_predict(
         bands=band_list, options=inference, device=options.device, margin=margin_px, tile=tile_px,
         grid=grid, batch_size=options.batch_size,
         tiles_per_task=tiles_per_task or default_tiles_per_task(grid, options.batch_size),
-        skip_errors=options.on_error == "skip", engine=options.engine,
+        skip_errors=options.on_error == "skip", stac_item=resolved.stac_item,
+        engine=options.engine,
     )
 
 
