@@ -141,7 +141,7 @@ def _check_values(section: Any, options: type, place: str, problems: list[str],
 
 
 def _resolve(base: Path, text: str) -> str:
-    if text.startswith("/vsi") or "://" in text or os.path.isabs(text):
+    if is_virtual(text) or os.path.isabs(text):
         return text
     return str((base / text).resolve())
 
@@ -173,7 +173,7 @@ def load_job(path: str | os.PathLike[str]) -> Job:
             problems.append(f"scenes[{i}]: expected a path or glob, got {pat!r}")
             continue
         full = _resolve(base, pat)
-        if full.startswith("/vsi") or "://" in full:
+        if is_virtual(full):
             scenes.append(full)
             places.setdefault(full, f"scenes[{i}]")
             continue
@@ -196,7 +196,7 @@ def load_job(path: str | os.PathLike[str]) -> Job:
                 line = line.strip()
                 if line and not line.startswith("#"):
                     full = _resolve(mpath.parent, line)
-                    if not (full.startswith("/vsi") or "://" in full or os.path.exists(full)):
+                    if not (is_virtual(full) or os.path.exists(full)):
                         problems.append(f"manifest line {n}: {line!r} not found")
                     else:
                         scenes.append(full)

@@ -20,7 +20,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import rasterio
@@ -158,7 +158,7 @@ def parse_value_map(text: str | None) -> dict[str, int] | None:
     return out
 
 
-ClassSpec = dict[int, "str | tuple[str, tuple[int, int, int] | None]"]
+ClassSpec = Mapping[int, "str | tuple[str, tuple[int, int, int] | None]"]
 
 
 def parse_class_names(text: str | None) -> dict[int, tuple[str, tuple[int, int, int] | None]]:
@@ -522,7 +522,7 @@ def load_manifest(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def manifest_classes(manifest: dict[str, Any]) -> list[ClassInfo]:
-    return [ClassInfo(int(c["value"]), str(c["name"]), tuple(c["color"])) for c in manifest["classes"]]  # type: ignore[arg-type]
+    return [ClassInfo(int(c["value"]), str(c["name"]), tuple(c["color"])) for c in manifest["classes"]]
 
 
 @contextlib.contextmanager

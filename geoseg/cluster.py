@@ -207,7 +207,7 @@ def dashboard_link(client: Any) -> str | None:
 # --- the model file on every worker ----------------------------------------------------------
 
 
-class ModelPlugin(WorkerPlugin):  # type: ignore[misc]
+class ModelPlugin(WorkerPlugin):
     """Worker plugin carrying one model file's bytes to every worker (once per content hash),
     including workers that join or restart later; it drops the file into the worker's model
     cache (:func:`geoseg.worker.model_cache_dir`)."""

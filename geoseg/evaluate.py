@@ -89,7 +89,7 @@ def evaluate(
     if present.size == 0:
         raise EvaluationError("no pixel is labelled in both rasters; check --ignore-value and nodata")
     sub = cm[np.ix_(present, present)]
-    scores = Scores(sub, [f"{v} {names[v]}" if v in names else str(v) for v in present])
+    scores = Scores(sub, [f"{v} {names[int(v)]}" if int(v) in names else str(v) for v in present])
     if json_path is not None:
         report = {"prediction": str(prediction), "reference": str(reference),
                   "ignore_value": ignore_value, "values": [int(v) for v in present], **scores.as_dict()}

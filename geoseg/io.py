@@ -122,7 +122,7 @@ def open_scene(path: str | os.PathLike[str]) -> SceneInfo:
                     transform=src.transform,
                     nodata=src.nodata,
                     descriptions=tuple(src.descriptions),
-                    block_shape=tuple(src.block_shapes[0]),  # type: ignore[arg-type]
+                    block_shape=tuple(src.block_shapes[0]),
                     georeferenced=georef,
                 )
     except SceneError:

@@ -324,11 +324,11 @@ def _compiled(network: Any) -> Any:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             if self.compiled is not None:
                 try:
-                    return self.compiled(x)  # type: ignore[no-any-return]
+                    return self.compiled(x)
                 except Exception as exc:  # noqa: BLE001 - compilation is an optimisation only
                     log.warning("geoseg: torch.compile failed (%s); running eagerly", first_line(exc))
                     self.compiled = None
-            return self.net(x)  # type: ignore[no-any-return]
+            return self.net(x)
 
     return CompiledOrEager(network).eval()
 

@@ -75,7 +75,7 @@ class ModelConfig:
                 f"model file format {version} is not supported by geoseg {__version__} "
                 f"(expects {FORMAT_VERSION}); retrain or upgrade geoseg"
             )
-        d["classes"] = [ClassInfo(int(c["value"]), str(c["name"]), tuple(c["color"])) for c in d["classes"]]  # type: ignore[arg-type]
+        d["classes"] = [ClassInfo(int(c["value"]), str(c["name"]), tuple(c["color"])) for c in d["classes"]]
         check_classes(d["classes"])
         return cls(**d)
 

@@ -214,7 +214,7 @@ def export_network(network: nn.Module, in_channels: int, stride: int) -> Any:
         try:
             buf = io.BytesIO()
             free = {0: "batch", 2: "height", 3: "width"}
-            torch.onnx.export(network, (x,), buf, dynamo=False, opset_version=OPSET,
+            torch.onnx.export(network, (x,), buf, dynamo=False, opset_version=OPSET,  # type: ignore[arg-type]
                               dynamic_axes={"image": free, "logits": free}, **names)  # type: ignore[arg-type]
             proto = onnx.load_from_string(buf.getvalue())
         except Exception:  # noqa: BLE001 - an op the TorchScript exporter lacks: try the other
