@@ -32,7 +32,7 @@ from rasterio.windows import transform as window_transform
 
 from geoseg.errors import ChipError, first_line
 from geoseg.io import (
-    READ_ENV, ClassInfo, no_georef_warning, open_scene, remove_quietly, select_bands,
+    READ_ENV, ClassInfo, check_distinct_paths, no_georef_warning, open_scene, remove_quietly, select_bands,
 )
 
 MANIFEST = "chips.json"
@@ -583,6 +583,11 @@ def make_chips(
     if not 0 <= ignore <= 255:
         raise ChipError(f"--ignore-value {ignore} must be 0..255")
     out = Path(out_dir)
+    check_distinct_paths(
+        {f"{kind} of pair {i + 1}": path for i, pair in enumerate(pairs) for kind, path in zip(("image", "labels"), pair)},
+        {"chips manifest": out / MANIFEST, "chips index": out / INDEX},
+        {"the chips image folder": out / "images", "the chips label folder": out / "labels"},
+    )
     if out.exists() and not out.is_dir():
         raise ChipError(f"chips folder {out} is a file; give a folder")
     created = not out.exists()

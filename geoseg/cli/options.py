@@ -59,6 +59,9 @@ overwrite_option = click.option(
     "--overwrite", is_flag=True, help="Replace output files that already exist."
 )
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
+verbose_option = click.option(
+    "--verbose", "-v", is_flag=True, help="Also show the local Dask workers' own logs on stderr."
+)
 device_option = click.option(
     "--device", type=click.Choice(choices(Device)), default="auto", show_default=True,
     help="Where the network runs; auto uses CUDA when present.",

@@ -23,6 +23,7 @@ from geoseg.errors import CheckpointError, ModelError, first_line
 from geoseg.io import ClassInfo, check_output_path
 from geoseg.models.checkpoint import (
     GLOBAL_RECEPTIVE_FIELD, LoadedModel, ModelConfig, file_sha256, load_model, resolve_model_path,
+    validate_config,
 )
 
 #: metadata_props key holding the geoseg config JSON.
@@ -143,7 +144,8 @@ def read_onnx_model(path: str | os.PathLike[str]) -> tuple[ModelConfig, Any]:
         )
     try:
         config = ModelConfig.from_json(meta[METADATA_KEY])
-    except CheckpointError as exc:
+        validate_config(config, architecture=False)  # stride, receptive field, bands: bounded
+    except (CheckpointError, ModelError) as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     except (TypeError, KeyError, ValueError) as exc:
         raise CheckpointError(f"{path} has damaged geoseg metadata ({exc}); run 'geoseg import' again") from None

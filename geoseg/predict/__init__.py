@@ -57,6 +57,7 @@ def predict(
     vector_options: dict[str, Any] | None = None,
     overwrite: bool = False,
     quiet: bool = True,
+    verbose: bool = False,
     workers: int | None = None,
     scheduler: str | None = None,
     client: Any = None,
@@ -86,8 +87,14 @@ def predict(
     where a tile task fails and lists those windows (result ``skipped``, and a JSON report
     beside the output) instead of failing the run. ``client``: an existing
     ``distributed.Client`` (else ``scheduler``, else a local cluster of ``workers``).
+    ``verbose`` lets the local workers' own logs through to stderr.
+
+    No output may be the scene, the model or another output; while writing, the output folders
+    are locked (shared: a batch job cannot clean them up meanwhile); the outputs are committed
+    all or nothing, polygons included.
     """
     from geoseg.cluster import dashboard_link, dask_session
+    from geoseg.io import lock_output_folders
     from geoseg.predict.plan import plan_predict
     from geoseg.predict.run import run_tasks
     from geoseg.predict.write import write_outputs, write_vector
@@ -96,9 +103,10 @@ def predict(
     t0 = time.perf_counter()
     opts = PredictOptions.from_keywords(options, **option_keywords)
     plan = plan_predict(scene, output, model, opts, probabilities, vector, overwrite, tiles_per_task,
-                        vector_dst_crs=(vector_options or {}).get("dst_crs"))
+                        vector_options=vector_options)
     grid = plan.grid
-    with dask_session(client, scheduler, workers) as session:
+    locks = lock_output_folders([plan.output, plan.probabilities, plan.vector], "predict")
+    with locks, dask_session(client, scheduler, workers, verbose=verbose) as session:
         run = run_tasks(session, plan, max_in_flight)
         progress = Progress(len(grid), quiet=quiet)
         link = dashboard_link(session.client)
@@ -107,9 +115,12 @@ def predict(
             f"{grid.tile_height}x{grid.tile_width} (margin {plan.margin}) in {len(run.tasks)} tasks "
             f"on {run.threads} worker thread(s)" + (f"; dashboard {link}" if link else "")
         )
-        skipped = write_outputs(plan, run.results, progress, overwrite)
-        if plan.vector is not None:
-            write_vector(plan, session.client, overwrite, quiet, vector_options, progress)
+
+        def polygons() -> None:
+            if plan.vector is not None:
+                write_vector(plan, session.client, overwrite, quiet, vector_options, progress)
+
+        skipped = write_outputs(plan, run.results, progress, overwrite, then=polygons)
     return PredictResult(
         output=plan.output,
         probabilities=plan.probabilities,
