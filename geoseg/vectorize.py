@@ -759,8 +759,9 @@ def check_vector_options(output: str | os.PathLike[str], crs: Any = None, **opti
 
     run_keys = ("timestamp", "quiet", "verbose", "workers", "scheduler", "dst_crs", "style")
     try:
-        VectorOptions(**{k: (tuple(v) if k == "skip_classes" and isinstance(v, list) else v)
-                         for k, v in options.items() if k not in run_keys})
+        values: dict[str, Any] = {k: (tuple(v) if k == "skip_classes" and isinstance(v, list) else v)
+                                  for k, v in options.items() if k not in run_keys}
+        VectorOptions(**values)
     except TypeError as exc:
         raise VectorizeError(f"unknown vector option ({first_line(exc)})") from None
     out = Path(output)
