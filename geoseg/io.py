@@ -41,6 +41,10 @@ READ_ENV: dict[str, Any] = {
 #: Block cache (MB) while writing: partial blocks are flushed instead of piling up in memory.
 WRITE_CACHE_MB = 64
 
+#: GDAL compression threads for every raster geoseg writes (the temporary GeoTIFF's DEFLATE
+#: blocks and the COG conversion): the client's writing keeps pace with many workers.
+WRITE_THREADS = "ALL_CPUS"
+
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 
 
@@ -300,6 +304,7 @@ class RasterSink:
             "predictor": 1,
             "BIGTIFF": "YES" if est_bytes > 3_500_000_000 else "IF_SAFER",
             "interleave": "band",
+            "num_threads": WRITE_THREADS,
         }
         if scene.georeferenced:
             profile["crs"] = scene.crs
@@ -327,7 +332,7 @@ class RasterSink:
         """Close the temporary file, convert it to a COG, and rename it onto the final path."""
         self._dst.close()
         self.cog_tmp = temporary_sibling(self.path)
-        with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"), no_georef_warning():
+        with rasterio.Env(GDAL_NUM_THREADS=WRITE_THREADS), no_georef_warning():
             rasterio.shutil.copy(
                 str(self.tmp),
                 str(self.cog_tmp),

@@ -14,10 +14,11 @@ import contextlib
 import json
 import math
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 import rasterio
@@ -29,6 +30,9 @@ from geoseg.io import (
     READ_ENV, check_output_path, no_georef_warning, open_scene, read_class_names, remove_quietly,
     temporary_sibling,
 )
+
+if TYPE_CHECKING:
+    from geoseg.cluster import TaskSlots
 
 #: Output formats by extension: (GDAL driver, supports any CRS).
 FORMATS: dict[str, tuple[str, bool]] = {
@@ -387,6 +391,7 @@ def vectorize(
     client: Any = None,
     quiet: bool = True,
     timestamp: str | None = None,
+    max_in_flight: int | TaskSlots | None = None,
 ) -> VectorizeResult:
     """Polygonize a class raster into ``output`` (format by extension), one feature per region.
 
@@ -395,6 +400,8 @@ def vectorize(
     shared. Attributes (Shapefile-safe names): class, class_name, area_m2, perim_m, pixels, mean_prob
     when a probabilities raster (from ``geoseg predict --probabilities``) is given.
     ``timestamp`` (ISO 8601) fixes the GeoPackage's last-change date, for byte-identical reruns.
+    ``max_in_flight``: block tasks in flight (default: two block rows, at least 2 per worker
+    thread), or :class:`~geoseg.cluster.TaskSlots` shared with other work (a batch's scenes).
     """
     import shapely
 
@@ -445,7 +452,7 @@ def vectorize(
         # processes, not threads: turning GDAL's polygons into geometries holds the GIL
         with dask_session(client, scheduler, workers or cpu_count(), processes=True) as session, \
                 _ogr_date(timestamp):
-            limit = max(2 * cols, 2 * session.threads)
+            limit = max_in_flight or max(2 * cols, 2 * session.threads)
             writer = _GpkgWriter(tmp, info.crs, probabilities is not None)
             for item in merge_blocks(_rows(session.client, tasks, cols, limit, progress), connectivity, rows):
                 if isinstance(item, Finished):
@@ -474,6 +481,10 @@ def vectorize(
     return VectorizeResult(out, sum(per_class.values()), per_class, time.perf_counter() - t0)
 
 
+#: Serializes the process-wide OGR_CURRENT_DATE (see :func:`_ogr_date`).
+_OGR_DATE_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def _ogr_date(timestamp: str | None) -> Iterator[None]:
     """Scope OGR_CURRENT_DATE (the GeoPackage last-change stamp) in pyogrio's GDAL, then reset it."""
@@ -482,14 +493,16 @@ def _ogr_date(timestamp: str | None) -> Iterator[None]:
         return
     import pyogrio
 
-    pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": timestamp})
-    try:
-        yield
-    finally:
-        pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": None})
+    # the option is process-wide: polygonizations run at once (a batch's scenes) take turns
+    with _OGR_DATE_LOCK:
+        pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": timestamp})
+        try:
+            yield
+        finally:
+            pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": None})
 
 
-def _rows(client: Any, tasks: list[BlockTask], cols: int, limit: int, progress: Any) -> Iterator[list[BlockResult]]:
+def _rows(client: Any, tasks: list[BlockTask], cols: int, limit: int | TaskSlots, progress: Any) -> Iterator[list[BlockResult]]:
     """Block rows in order, computed with at most ``limit`` block tasks in flight."""
     from dask.base import tokenize
 

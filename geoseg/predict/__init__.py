@@ -19,6 +19,10 @@ from typing import TYPE_CHECKING, Any, Sequence
 if TYPE_CHECKING:
     from rasterio.windows import Window
 
+    from geoseg.cluster import DaskSession, TaskSlots
+    from geoseg.predict.plan import PredictPlan
+    from geoseg.progress import Progress
+
     from geoseg.crf import CRFParams
 
 DEFAULT_BATCH = 4
@@ -61,7 +65,7 @@ def predict(
     overwrite: bool = False,
     quiet: bool = True,
     tiles_per_task: int | None = None,
-    max_in_flight: int | None = None,
+    max_in_flight: int | TaskSlots | None = None,
     client: Any = None,
     vector: str | os.PathLike[str] | None = None,
     vector_options: dict[str, Any] | None = None,
@@ -89,10 +93,8 @@ def predict(
     beside the output) instead of failing the run. ``client``: an existing
     ``distributed.Client`` (else ``scheduler``, else a local cluster of ``workers``).
     """
-    from geoseg.cluster import dashboard_link, dask_session
+    from geoseg.cluster import dask_session
     from geoseg.predict.plan import plan_predict
-    from geoseg.predict.run import run_tasks
-    from geoseg.predict.write import write_outputs, write_vector
     from geoseg.progress import Progress
 
     t0 = time.perf_counter()
@@ -102,19 +104,42 @@ def predict(
         scales=scales, crf=crf, precision=precision, channels_last=channels_last, compile=compile,
         on_error=on_error, tiles_per_task=tiles_per_task,
     )
-    grid = plan.grid
     with dask_session(client, scheduler, workers) as session:
-        run = run_tasks(session, plan, max_in_flight)
-        progress = Progress(len(grid), quiet=quiet)
-        link = dashboard_link(session.client)
-        progress.message(
-            f"geoseg: {plan.scene.width}x{plan.scene.height} px, {len(grid)} tiles of "
-            f"{grid.tile_height}x{grid.tile_width} (margin {plan.margin}) in {len(run.tasks)} tasks "
-            f"on {run.threads} worker thread(s)" + (f"; dashboard {link}" if link else "")
-        )
-        skipped = write_outputs(plan, run.results, progress, overwrite)
-        if plan.vector is not None:
-            write_vector(plan, session.client, overwrite, quiet, vector_options, progress)
+        return execute(plan, session, Progress(len(plan.grid), quiet=quiet), max_in_flight=max_in_flight,
+                       overwrite=overwrite, vector_options=vector_options, started=t0)
+
+
+def execute(
+    plan: PredictPlan,
+    session: DaskSession,
+    progress: Progress,
+    max_in_flight: int | TaskSlots | None = None,
+    overwrite: bool = False,
+    vector_options: dict[str, Any] | None = None,
+    started: float | None = None,
+) -> PredictResult:
+    """Run a checked plan on ``session``'s cluster and commit its outputs (stages 2 and 3).
+
+    :func:`predict` calls it for one scene; a batch calls it for several scenes at once, their
+    tasks drawing on one :class:`~geoseg.cluster.TaskSlots` (``max_in_flight``).
+    """
+    from geoseg.cluster import dashboard_link
+    from geoseg.predict.run import run_tasks
+    from geoseg.predict.write import write_outputs, write_vector
+
+    t0 = time.perf_counter() if started is None else started
+    grid = plan.grid
+    run = run_tasks(session, plan, max_in_flight)
+    link = dashboard_link(session.client)
+    progress.message(
+        f"geoseg: {plan.scene.width}x{plan.scene.height} px, {len(grid)} tiles of "
+        f"{grid.tile_height}x{grid.tile_width} (margin {plan.margin}) in {len(run.tasks)} tasks "
+        f"on {run.threads} worker thread(s)" + (f"; dashboard {link}" if link else "")
+    )
+    skipped = write_outputs(plan, run.results, progress, overwrite)
+    if plan.vector is not None:
+        write_vector(plan, session.client, overwrite, progress.quiet, vector_options, progress,
+                     max_in_flight=max_in_flight)
     return PredictResult(
         output=plan.output,
         probabilities=plan.probabilities,
@@ -130,4 +155,4 @@ def predict(
     )
 
 
-__all__ = ["PredictResult", "predict"]
+__all__ = ["PredictResult", "execute", "predict"]
