@@ -10,6 +10,7 @@ of one job apart. One failing scene does not stop the others.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import glob
 import hashlib
@@ -27,6 +28,7 @@ import yaml
 from geoseg import __version__
 from geoseg.errors import GeosegError, JobError, JobLockedError, first_line
 from geoseg.io import write_json_atomic
+from geoseg.options import PredictOptions, VectorOptions, job_schema, key_of
 
 #: Keys of a prediction job and the types they take (None: free-form checked elsewhere).
 SCHEMA: dict[str, Any] = {
@@ -38,11 +40,9 @@ SCHEMA: dict[str, Any] = {
     "workers": int,
     "concurrency": "int|auto",
     "output": {"folder": str, "pattern": str},
-    "predict": {"tile": "int|auto", "margin": "int|auto", "batch_size": int, "device": str, "bands": (str, list),
-                "probabilities": bool, "tta": str, "scales": list, "crf": (bool, dict), "precision": str,
-                "channels_last": bool, "on_error": str},
-    "vector": {"format": str, "connectivity": int, "skip_class": list, "min_area": (int, float),
-               "simplify": (int, float)},
+    # derived from the options dataclasses, so a new predict or vector option is a job key too
+    "predict": {**job_schema(PredictOptions), "probabilities": bool},
+    "vector": {"format": str, **job_schema(VectorOptions)},
 }
 VECTOR_FORMATS = ("gpkg", "fgb", "geojson", "shp", "parquet")
 RECORD_SUFFIX = ".geoseg.json"
@@ -130,6 +130,19 @@ def _check(value: Any, schema: Any, place: str, problems: list[str]) -> None:
         problems.append(f"{place}: expected {'/'.join(t.__name__ for t in types)}, got {type(value).__name__} {value!r}")
 
 
+def _check_values(section: Any, options: type, place: str, problems: list[str],
+                  extra: tuple[str, ...] = ()) -> None:
+    """Check a section's values by building its options dataclass (once its types are right)."""
+    if not isinstance(section, dict) or any(p.startswith(place + ".") for p in problems):
+        return
+    names = {key_of(f): f.name for f in dataclasses.fields(options)}
+    try:
+        options(**{names[k]: (tuple(v) if isinstance(v, list) and k != "bands" else v)
+                   for k, v in section.items() if k not in extra and v is not None})
+    except GeosegError as exc:
+        problems.append(f"{place}: {first_line(exc)}")
+
+
 def _resolve(base: Path, text: str) -> str:
     if text.startswith("/vsi") or "://" in text or os.path.isabs(text):
         return text
@@ -203,8 +216,8 @@ def load_job(path: str | os.PathLike[str]) -> Job:
     if isinstance(vector, dict) and vector.get("format", "gpkg") not in VECTOR_FORMATS:
         problems.append(f"vector.format: {vector.get('format')!r} is not one of {', '.join(VECTOR_FORMATS)}")
     predict = doc.get("predict") or {}
-    if isinstance(predict, dict) and predict.get("device", "auto") not in ("auto", "cpu", "cuda"):
-        problems.append("predict.device: auto, cpu or cuda")
+    _check_values(predict, PredictOptions, "predict", problems, extra=("probabilities",))
+    _check_values(vector, VectorOptions, "vector", problems, extra=("format",))
     concurrency = doc.get("concurrency", "auto")
     if isinstance(concurrency, int) and not isinstance(concurrency, bool) and concurrency < 1:
         problems.append(f"concurrency: scenes at once must be 1 or more (or 'auto'), not {concurrency}")
@@ -487,8 +500,8 @@ def _one_scene(job: Job, scene: str, model: Any, session: Any, slots: Any, bar: 
             if "skip_class" in vector_opts:
                 vector_opts["skip_classes"] = tuple(vector_opts.pop("skip_class"))
         try:
-            plan = plan_predict(scene, outs["classes"], model=model.path, overwrite=True,
-                                probabilities=outs.get("probabilities"), vector=outs.get("vector"), **opts)
+            plan = plan_predict(scene, outs["classes"], model.path, PredictOptions.from_keywords(None, **opts),
+                                outs.get("probabilities"), outs.get("vector"), overwrite=True)
             progress = bar.scene(plan.scene.pixels)
         finally:
             opened()

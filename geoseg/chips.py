@@ -9,13 +9,18 @@ valid pixels) give the normalization a model is trained with.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import math
 import os
 import random
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import rasterio
@@ -32,6 +37,15 @@ from geoseg.io import (
 
 MANIFEST = "chips.json"
 INDEX = "index.gpkg"
+LOCK = ".geoseg-chip.lock"
+#: Prefix of the hidden folder a run writes its chips into before committing them.
+STAGING = ".geoseg-chip-staging-"
+#: Chip sizes ``chip`` chooses from, largest first, when --size is not given.
+AUTO_SIZES = (256, 128, 64, 32)
+#: Fewest whole chips the labelled area should hold at the chosen size.
+AUTO_MIN_CHIPS = 24
+#: Fewest split blocks the labelled area is cut into (so that validation gets a share).
+AUTO_MIN_BLOCKS = 6
 FORMAT = "geoseg-chips"
 #: Label value for "no label here" when the user names none.
 DEFAULT_IGNORE = 255
@@ -62,9 +76,14 @@ class LabelSource:
 
 @dataclass(frozen=True)
 class ChipWindow:
+    """A chip's origin, its extent inside its split block and the scene (``height`` x ``width``,
+    at most the chip size; the rest is padded) and its split."""
+
     row: int
     col: int
     split: str
+    height: int = 0
+    width: int = 0
 
 
 @dataclass(frozen=True)
@@ -173,33 +192,93 @@ def _class_spec(spec: "ClassSpec | None") -> dict[int, tuple[str, tuple[int, int
     return {int(v): (x, None) if isinstance(x, str) else (x[0], x[1]) for v, x in (spec or {}).items()}
 
 
+def auto_chip_size(height: int, width: int) -> int:
+    """The largest of 256/128/64/32 px at which the labelled area holds ``AUTO_MIN_CHIPS`` whole
+    chips (smaller scenes get smaller chips rather than none)."""
+    for s in AUTO_SIZES:
+        if (height // s) * (width // s) >= AUTO_MIN_CHIPS:
+            return s
+    return AUTO_SIZES[-1]
+
+
+def auto_split_block(height: int, width: int, size: int) -> int:
+    """The largest multiple of ``size`` up to 4x that cuts the area into ``AUTO_MIN_BLOCKS`` split
+    blocks, so that every scene big enough for two chips has blocks for validation."""
+    for k in (4, 3, 2):
+        b = k * size
+        if math.ceil(height / b) * math.ceil(width / b) >= AUTO_MIN_BLOCKS:
+            return b
+    return size
+
+
+def _starts(begin: int, end: int, size: int, stride: int) -> list[int]:
+    """Chip origins from ``begin`` to ``end``; the last chip may be partial (padded later), and
+    one that adds no row or column beyond its predecessor is skipped."""
+    out = [begin]
+    for r in range(begin + stride, end, stride):
+        if r + size - stride < end:
+            out.append(r)
+    return out
+
+
 def plan_windows(
     height: int, width: int, size: int, stride: int, block: int,
-    val_fraction: float, test_fraction: float, seed: int,
+    val_fraction: float, test_fraction: float, seed: int | str,
+    labelled_blocks: set[tuple[int, int]] | None = None,
 ) -> list[ChipWindow]:
-    """Chip origins inside split blocks; whole blocks go to train, val or test at random (seeded)."""
-    if size > height or size > width:
-        raise ChipError(f"--size {size} is larger than the image ({width}x{height}); use a smaller --size")
+    """Chip origins inside split blocks; whole blocks go to train, val or test at random (seeded).
+
+    Chips never cross a block edge: the part beyond it is padded, so no chip of one split
+    overlaps another split. Blocks known to hold labels (``labelled_blocks``) are drawn first
+    for validation and testing, so a sparsely labelled scene still gets a validation split.
+    """
     if block < size:
         raise ChipError(f"--split-block {block} is smaller than --size {size}; use at least {size}")
     blocks = [(r, c) for r in range(0, height, block) for c in range(0, width, block)]
     rnd = random.Random(seed)
     order = blocks[:]
     rnd.shuffle(order)
-    n_val = int(round(val_fraction * len(order)))
-    n_test = int(round(test_fraction * len(order)))
-    if val_fraction > 0 and n_val == 0 and len(order) > 1:
+    if labelled_blocks is not None:
+        order.sort(key=lambda b: b not in labelled_blocks)  # stable: labelled blocks first, shuffled
+        n = sum(1 for b in blocks if b in labelled_blocks)
+    else:
+        n = len(order)
+    n_val = int(round(val_fraction * n))
+    n_test = int(round(test_fraction * n))
+    if val_fraction > 0 and n_val == 0 and n > 1:
         n_val = 1
+    if n_val + n_test >= n and n > 1:
+        n_test = max(0, min(n_test, n - 1 - n_val))
     split_of = {b: "val" for b in order[:n_val]}
     split_of.update({b: "test" for b in order[n_val : n_val + n_test]})
     out: list[ChipWindow] = []
     for br, bc in blocks:
         r_end = min(br + block, height)
         c_end = min(bc + block, width)
-        for r in range(br, r_end - size + 1, stride):
-            for c in range(bc, c_end - size + 1, stride):
-                out.append(ChipWindow(r, c, split_of.get((br, bc), "train")))
+        for r in _starts(br, r_end, size, stride):
+            for c in _starts(bc, c_end, size, stride):
+                out.append(ChipWindow(r, c, split_of.get((br, bc), "train"),
+                                      min(size, r_end - r), min(size, c_end - c)))
     return out
+
+
+def _labelled_blocks(label: LabelSource, info: Any, block: int, ignore: int) -> set[tuple[int, int]] | None:
+    """Split blocks holding a labelled pixel, from a decimated read of a label raster on the
+    image's grid; None when that cannot be known cheaply (vector labels, another grid)."""
+    if label.kind != "raster":
+        return None
+    with rasterio.Env(**READ_ENV), rasterio.open(label.path) as src:
+        if src.shape != (info.height, info.width) or src.transform != info.transform:
+            return None
+        step = max(1, block // 16)
+        shape = (max(1, info.height // step), max(1, info.width // step))
+        arr = src.read(1, out_shape=shape, resampling=rasterio.enums.Resampling.nearest)
+        labelled = arr != ignore
+        if src.nodata is not None and not label.nodata_is_class:
+            labelled &= arr != src.nodata
+    rows, cols = np.nonzero(labelled)
+    fy, fx = info.height / shape[0], info.width / shape[1]
+    return {(int(r * fy) // block * block, int(c * fx) // block * block) for r, c in zip(rows, cols)}
 
 
 def _read_label_window(src_label: Any, window: Window, task: ChipTask, img: Any) -> np.ndarray:
@@ -297,7 +376,8 @@ def run_chip_task(task: ChipTask) -> list[ChipOutcome]:
 
 def _one_chip(task: ChipTask, img: Any, lbl: Any, w: ChipWindow, out_dir: Path) -> ChipOutcome:
     cid = f"{task.image_id}_r{w.row:06d}_c{w.col:06d}"
-    window = Window(w.col, w.row, task.size, task.size)
+    h, wd = (w.height or task.size), (w.width or task.size)
+    window = Window(w.col, w.row, wd, h)
     try:
         data = img.read(list(task.bands), window=window)
         valid = img.dataset_mask(window=window) > 0
@@ -312,7 +392,7 @@ def _one_chip(task: ChipTask, img: Any, lbl: Any, w: ChipWindow, out_dir: Path) 
                 if int(bad[0]) <= 255 else "; recode the labels to 0..254")
         raise ChipError(f"class value {int(bad[0])} out of range in {task.label.path}: classes must be 0..254{hint}")
     labels = np.where(valid, labels, task.ignore_value).astype(np.uint8)
-    n = task.size * task.size
+    n = h * wd
     nodata_frac = 1.0 - valid.sum() / n
     labeled = labels != task.ignore_value
     labeled_frac = float(labeled.sum() / n)
@@ -322,6 +402,12 @@ def _one_chip(task: ChipTask, img: Any, lbl: Any, w: ChipWindow, out_dir: Path) 
         return ChipOutcome(cid, w.split, dropped="--min-labeled")
     hist = np.bincount(labels[labeled].ravel(), minlength=1)
     vals = data[:, valid].astype(np.float64)
+    if (h, wd) != (task.size, task.size):
+        # a chip cut short by its split block or the scene edge: the image is mirrored, as
+        # predict mirrors scene edges, and the padding carries no label
+        pad = ((0, task.size - h), (0, task.size - wd))
+        data = np.pad(data, ((0, 0), *pad), mode="symmetric")
+        labels = np.pad(labels, pad, mode="constant", constant_values=task.ignore_value)
     transform = window_transform(window, img.transform)
     profile = {
         "driver": "GTiff", "width": task.size, "height": task.size, "crs": img.crs,
@@ -332,7 +418,7 @@ def _one_chip(task: ChipTask, img: Any, lbl: Any, w: ChipWindow, out_dir: Path) 
     _write_atomic(out_dir / "labels" / f"{cid}.tif", labels[None], {**profile, "count": 1,
                   "dtype": "uint8", "nodata": task.ignore_value})
     left, top = transform.c, transform.f
-    right, bottom = left + transform.a * task.size, top + transform.e * task.size
+    right, bottom = left + transform.a * wd, top + transform.e * h
     return ChipOutcome(
         cid, w.split, None, {int(v): int(c) for v, c in enumerate(hist) if c},
         vals.sum(axis=1).tolist(), (vals**2).sum(axis=1).tolist(), int(valid.sum()), labeled_frac,
@@ -349,18 +435,31 @@ def _write_atomic(path: Path, array: np.ndarray, profile: dict[str, Any]) -> Non
 
 
 def image_id(path: str) -> str:
-    """A chip-name prefix unique per image: its stem and a short hash of its full path."""
-    stem = Path(path).stem.replace(" ", "_")[:40]
-    digest = hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:8]
+    """A chip-name prefix unique per image: its stem and a short hash of its resolved path (so
+    ``./a.tif``, ``a.tif`` and a link to it are one image)."""
+    real = _resolved(path)
+    stem = Path(real).stem.replace(" ", "_")[:40]
+    digest = hashlib.sha1(real.encode()).hexdigest()[:8]
     return f"{stem}-{digest}"
 
 
-def _check_overlap(image_path: str, img_info: Any, label: LabelSource) -> None:
-    """Raise when the labels' footprint misses the image."""
+def _resolved(path: str) -> str:
+    """The real path of a local file (links and ``..`` resolved); virtual paths as given."""
+    return path if path.startswith("/vsi") else os.path.realpath(path)
+
+
+def image_of_chip(chip_id: str) -> str:
+    """The image id a chip id starts with (ids end in ``_rROW_cCOL``)."""
+    return chip_id.rsplit("_r", 1)[0]
+
+
+def _check_overlap(image_path: str, img_info: Any, label: LabelSource) -> tuple[int, int]:
+    """Raise when the labels' footprint misses the image; else the height and width (pixels)
+    of the part of the image the labels cover."""
     import pyogrio
 
     if img_info.crs is None:
-        return
+        return img_info.height, img_info.width
     if label.kind == "raster":
         with rasterio.open(label.path) as src:
             if src.crs is None:
@@ -378,6 +477,9 @@ def _check_overlap(image_path: str, img_info: Any, label: LabelSource) -> None:
             f"labels {Path(label.path).name} do not overlap image {Path(image_path).name}; "
             "check that both cover the same place and carry the right CRS"
         )
+    w = (min(lb[2], ib[2]) - max(lb[0], ib[0])) / abs(t.a)
+    h = (min(lb[3], ib[3]) - max(lb[1], ib[1])) / abs(t.e)
+    return max(1, min(img_info.height, int(h))), max(1, min(img_info.width, int(w)))
 
 
 @dataclass
@@ -423,10 +525,30 @@ def manifest_classes(manifest: dict[str, Any]) -> list[ClassInfo]:
     return [ClassInfo(int(c["value"]), str(c["name"]), tuple(c["color"])) for c in manifest["classes"]]  # type: ignore[arg-type]
 
 
+@contextlib.contextmanager
+def folder_lock(out: Path) -> Iterator[None]:
+    """One ``chip`` run per chips folder at a time; the kernel releases the lock if the run dies.
+    The lock file is opened without following links."""
+    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            raise ChipError(
+                f"another 'geoseg chip' (pid {holder}) is writing into {out}; wait for it to finish"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
 def make_chips(
     pairs: Sequence[tuple[str, str]],
     out_dir: str | os.PathLike[str],
-    size: int = 256,
+    size: int | None = None,
     stride: int | None = None,
     bands: str | Sequence[int] | None = None,
     label_field: str | None = None,
@@ -435,8 +557,8 @@ def make_chips(
     label_nodata_is_class: bool = False,
     class_names: "ClassSpec | None" = None,
     ignore_value: int | None = None,
-    min_labeled: float = 0.05,
-    max_nodata: float = 0.1,
+    min_labeled: float = 0.0,
+    max_nodata: float = 1.0,
     val_fraction: float = 0.2,
     test_fraction: float = 0.0,
     split_block: int | None = None,
@@ -446,28 +568,58 @@ def make_chips(
     scheduler: str | None = None,
     client: Any = None,
 ) -> ChipsSummary:
-    """Cut (image, labels) pairs into chips in ``out_dir``; a folder that exists grows."""
-    from geoseg.cluster import dask_session, stream
+    """Cut (image, labels) pairs into chips in ``out_dir``; a folder that exists grows.
 
+    ``size`` and ``split_block`` default to values that fit the first scene's labelled area.
+    Re-chipping an image already in the folder replaces its chips and statistics. The run is
+    all or nothing: chips are written into a hidden staging folder and moved in at the end, so
+    a failed or interrupted run leaves the folder exactly as it was.
+    """
     if not pairs:
         raise ChipError("give at least one IMAGE LABELS pair")
-    if size < 8:
+    if size is not None and size < 8:
         raise ChipError(f"--size {size} is too small; use at least 8")
-    stride = stride or size
-    block = split_block or 4 * size
     ignore = DEFAULT_IGNORE if ignore_value is None else int(ignore_value)
     if not 0 <= ignore <= 255:
         raise ChipError(f"--ignore-value {ignore} must be 0..255")
     out = Path(out_dir)
-    existing = load_manifest(out) if (out / MANIFEST).exists() else None
+    if out.exists() and not out.is_dir():
+        raise ChipError(f"chips folder {out} is a file; give a folder")
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    (out / "images").mkdir(exist_ok=True)
-    (out / "labels").mkdir(exist_ok=True)
+    try:
+        with folder_lock(out):
+            return _make_chips_locked(
+                pairs, out, size, stride, bands, label_field, value_map, background,
+                label_nodata_is_class, class_names, ignore, min_labeled, max_nodata, val_fraction,
+                test_fraction, split_block, seed, oversample_rare, workers, scheduler, client,
+            )
+    except BaseException:
+        if created:
+            remove_quietly(out / LOCK)
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
 
-    tasks: list[ChipTask] = []
+
+def _make_chips_locked(
+    pairs: Sequence[tuple[str, str]], out: Path, size: int | None, stride: int | None,
+    bands: str | Sequence[int] | None, label_field: str | None, value_map: dict[str, int] | None,
+    background: int | None, label_nodata_is_class: bool, class_names: "ClassSpec | None",
+    ignore: int, min_labeled: float, max_nodata: float, val_fraction: float, test_fraction: float,
+    split_block: int | None, seed: int, oversample_rare: float, workers: int | None,
+    scheduler: str | None, client: Any,
+) -> ChipsSummary:
+    """``make_chips`` while holding the folder's lock."""
+    existing = load_manifest(out) if (out / MANIFEST).exists() else None
+    for stale in out.glob(f"{STAGING}*"):  # left by a killed run (we hold the lock)
+        shutil.rmtree(stale, ignore_errors=True)
+    if existing is not None and size is None:
+        size = int(existing["size"])
+    scenes = []
     band_names: list[str] | None = None
     dtype = None
-    for i, (image, labels) in enumerate(pairs):
+    for image, labels in pairs:
         info = open_scene(image)
         band_list = select_bands(bands, info.count)
         names = [info.descriptions[b - 1] or f"band{b}" for b in band_list]
@@ -476,63 +628,141 @@ def make_chips(
         elif len(names) != len(band_names):
             raise ChipError(f"{image} gives {len(names)} bands, the first image {len(band_names)}")
         src = label_source(labels, label_field, value_map, background, label_nodata_is_class)
-        _check_overlap(image, info, src)
-        windows = plan_windows(info.height, info.width, size, stride, block, val_fraction,
-                               test_fraction, seed + i)
+        area = _check_overlap(image, info, src)
+        if size is None:
+            size = auto_chip_size(*area)
+        scenes.append((image, info, band_list, src, area))
+    assert band_names is not None and size is not None
+    stride = stride or size
+    tasks: list[ChipTask] = []
+    run_ids: set[str] = set()
+    for image, info, band_list, src, area in scenes:
+        block = split_block or auto_split_block(*area, size)
+        labelled = _labelled_blocks(src, info, block, ignore)
         iid = image_id(image)
+        # seeded per image, not per position: an image re-chipped alone gets the same split
+        windows = plan_windows(info.height, info.width, size, stride, block, val_fraction,
+                               test_fraction, f"{seed}-{iid}", labelled)
+        if iid in run_ids:
+            raise ChipError(f"{image} is given twice; give each image once")
+        run_ids.add(iid)
         for j in range(0, len(windows), 16):
             tasks.append(ChipTask(image, iid, tuple(band_list), src, tuple(windows[j : j + 16]), size,
-                                  ignore, min_labeled, max_nodata, str(out)))
-    assert band_names is not None
+                                  ignore, min_labeled, max_nodata, ""))
     if existing is not None:
-        if len(existing["bands"]) != len(band_names) or existing["size"] != size:
+        _check_compatible(out, existing, band_names, size, ignore, class_names)
+        redone = {image_of_chip(c["id"]) for c in existing["chips"]} & run_ids
+        old = [c for c in existing["chips"] if image_of_chip(c["id"]) in redone]
+        if any("band_sum" not in c for c in old):
             raise ChipError(
-                f"chips folder {out} was made for {len(existing['bands'])} bands "
-                f"({','.join(existing['bands'])}) and size {existing['size']}; these images give "
-                f"{len(band_names)} bands and size {size}: use another folder"
-            )
-        if existing["ignore_value"] != ignore:
-            raise ChipError(f"chips folder {out} uses ignore value {existing['ignore_value']}, not {ignore}")
-        named = {int(c["value"]): c["name"] for c in existing["classes"] if not c["name"].startswith("class ")}
-        clash = {v: (named[v], n) for v, (n, _) in _class_spec(class_names).items() if v in named and named[v] != n}
-        if clash:
-            v, (old, new) = next(iter(clash.items()))
-            raise ChipError(
-                f"chips folder {out} was made for other classes: value {v} is {old!r} there, "
-                f"{new!r} here; use another folder or the same --classes"
+                f"chips folder {out} was made by an older geoseg and already holds chips of these "
+                "images; chip them into a new folder"
             )
 
-    written: list[ChipOutcome] = []
-    by_task: dict[int, list[ChipOutcome]] = {}
+    stage = Path(tempfile.mkdtemp(prefix=STAGING, dir=out))
     try:
-        with dask_session(client, scheduler, workers, processes=False) as session:
-            limit = max(2, 2 * session.threads)
-            for i, batch in stream(session.client, run_chip_task, tasks, limit, retries=0):
-                by_task[i] = batch
-                written.extend(o for o in batch if o.dropped is None)
-    except BaseException:
-        for o in written:
-            remove_quietly(out / "images" / f"{o.id}.tif", out / "labels" / f"{o.id}.tif")
-        raise
-    outcomes = [o for i in sorted(by_task) for o in by_task[i]]  # task order, as planned
-    kept = [o for o in outcomes if o.dropped is None]
-    dropped: dict[str, int] = {}
-    for o in outcomes:
-        if o.dropped:
-            dropped[o.dropped] = dropped.get(o.dropped, 0) + 1
-    if not kept and existing is None:
-        worst = max(dropped, key=dropped.get) if dropped else "none"  # type: ignore[arg-type]
+        (stage / "images").mkdir()
+        (stage / "labels").mkdir()
+        tasks = [ChipTask(**{**t.__dict__, "out_dir": str(stage)}) for t in tasks]
+        outcomes = _run_tasks(tasks, client, scheduler, workers)
+        kept = [o for o in outcomes if o.dropped is None]
+        dropped: dict[str, int] = {}
+        for o in outcomes:
+            if o.dropped:
+                dropped[o.dropped] = dropped.get(o.dropped, 0) + 1
+        if not kept and existing is None:
+            if min_labeled <= 0 and max_nodata >= 1:
+                raise ChipError(
+                    f"no labelled pixel in the labels (every pixel is nodata or the ignore value {ignore}); "
+                    "check the labels and --ignore-value"
+                )
+            worst = max(dropped, key=dropped.get) if dropped else "none"  # type: ignore[arg-type]
+            raise ChipError(
+                f"no chip survived the filters ({', '.join(f'{k} removed {v}' for k, v in dropped.items())}); "
+                f"relax {worst}" + (" or check --ignore-value" if worst == "--min-labeled" else "")
+            )
+        return _commit(out, stage, existing, run_ids, kept, dropped, band_names, str(dtype), size,
+                       ignore, _class_spec(class_names), oversample_rare, [p[0] for p in pairs])
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _run_tasks(tasks: list[ChipTask], client: Any, scheduler: str | None,
+               workers: int | None) -> list[ChipOutcome]:
+    """Run the chip tasks (bounded, in Dask); outcomes in task order, as planned. Work still
+    pending when one task fails is cancelled."""
+    from geoseg.cluster import dask_session, stream
+
+    by_task: dict[int, list[ChipOutcome]] = {}
+    with dask_session(client, scheduler, workers, processes=False) as session:
+        limit = max(2, 2 * session.threads)
+        for i, batch in stream(session.client, run_chip_task, tasks, limit, retries=0):
+            by_task[i] = batch
+    return [o for i in sorted(by_task) for o in by_task[i]]
+
+
+def _check_compatible(out: Path, existing: dict[str, Any], band_names: list[str], size: int, ignore: int,
+                      class_names: "ClassSpec | None") -> None:
+    """Refuse to add chips that do not fit a folder's bands, size, ignore value or class names."""
+    if len(existing["bands"]) != len(band_names) or existing["size"] != size:
         raise ChipError(
-            f"no chip survived the filters ({', '.join(f'{k} removed {v}' for k, v in dropped.items())}); "
-            f"relax {worst}" + (" or check --ignore-value" if worst == "--min-labeled" else "")
+            f"chips folder {out} was made for {len(existing['bands'])} bands "
+            f"({','.join(existing['bands'])}) and size {existing['size']}; these images give "
+            f"{len(band_names)} bands and size {size}: use another folder"
         )
-    return _update_manifest(out, existing, kept, dropped, band_names, str(dtype), size, ignore,
-                            _class_spec(class_names), oversample_rare, [p[0] for p in pairs])
+    if existing["ignore_value"] != ignore:
+        raise ChipError(f"chips folder {out} uses ignore value {existing['ignore_value']}, not {ignore}")
+    named = {int(c["value"]): c["name"] for c in existing["classes"] if not c["name"].startswith("class ")}
+    clash = {v: (named[v], n) for v, (n, _) in _class_spec(class_names).items() if v in named and named[v] != n}
+    if clash:
+        v, (old, new) = next(iter(clash.items()))
+        raise ChipError(
+            f"chips folder {out} was made for other classes: value {v} is {old!r} there, "
+            f"{new!r} here; use another folder or the same --classes"
+        )
+
+
+def _commit(
+    out: Path, stage: Path, existing: dict[str, Any] | None, run_ids: set[str], kept: list[ChipOutcome],
+    dropped: dict[str, int], band_names: list[str], dtype: str, size: int, ignore: int,
+    class_names: dict[int, tuple[str, tuple[int, int, int] | None]], oversample_rare: float,
+    images: list[str],
+) -> ChipsSummary:
+    """Move the staged chips in, replacing the chips of re-chipped images, and write the manifest
+    last; on any failure, undo the moves so the folder is as it was."""
+    (out / "images").mkdir(exist_ok=True)
+    (out / "labels").mkdir(exist_ok=True)
+    backup = stage / "previous"
+    (backup / "images").mkdir(parents=True)
+    (backup / "labels").mkdir()
+    old_chips = existing["chips"] if existing is not None else []
+    replaced = [c["id"] for c in old_chips if image_of_chip(c["id"]) in run_ids]
+    saved: list[tuple[Path, Path]] = []
+    moved: list[Path] = []
+    try:
+        for cid in replaced:
+            for kind in ("images", "labels"):
+                src = out / kind / f"{cid}.tif"
+                if src.exists():
+                    os.replace(src, backup / kind / src.name)
+                    saved.append((backup / kind / src.name, src))
+        for o in kept:
+            for kind in ("images", "labels"):
+                dst = out / kind / f"{o.id}.tif"
+                os.replace(stage / kind / f"{o.id}.tif", dst)
+                moved.append(dst)
+        return _update_manifest(out, existing, set(replaced), kept, dropped, band_names, dtype, size,
+                                ignore, class_names, oversample_rare, images)
+    except BaseException:
+        remove_quietly(*moved)
+        for a, b in saved:
+            os.replace(a, b)
+        raise
 
 
 def _update_manifest(
-    out: Path, existing: dict[str, Any] | None, kept: list[ChipOutcome], dropped: dict[str, int],
-    band_names: list[str], dtype: str, size: int, ignore: int,
+    out: Path, existing: dict[str, Any] | None, replaced: set[str], kept: list[ChipOutcome],
+    dropped: dict[str, int], band_names: list[str], dtype: str, size: int, ignore: int,
     class_names: dict[int, tuple[str, tuple[int, int, int] | None]],
     oversample_rare: float, images: list[str],
 ) -> ChipsSummary:
@@ -542,19 +772,24 @@ def _update_manifest(
         "stats": {"band_sum": [0.0] * len(band_names), "band_sumsq": [0.0] * len(band_names),
                   "band_count": 0},
     }
-    known = {c["id"] for c in manifest["chips"]}
-    new = [o for o in kept if o.id not in known]
+    manifest["chips"] = [c for c in manifest["chips"] if c["id"] not in replaced]
     stats = manifest["stats"]
-    for o in new:
-        if o.split == "train":
+    for o in kept:
+        if o.split == "train" and not replaced:  # folders from older versions lack per-chip sums
             stats["band_sum"] = [a + b for a, b in zip(stats["band_sum"], o.band_sum)]
             stats["band_sumsq"] = [a + b for a, b in zip(stats["band_sumsq"], o.band_sumsq)]
             stats["band_count"] += o.valid
         manifest["chips"].append({
             "id": o.id, "split": o.split, "hist": {str(k): v for k, v in o.hist.items()},
             "labeled_fraction": round(o.labeled_fraction, 4), "bounds": o.bounds, "weight": 1.0,
+            "band_sum": o.band_sum, "band_sumsq": o.band_sumsq, "valid": o.valid,
         })
-    manifest["images"] = sorted(set(manifest["images"]) | {os.path.abspath(i) for i in images})
+    if replaced:  # re-chipped images: the statistics are summed again from every chip
+        train = [c for c in manifest["chips"] if c["split"] == "train"]
+        stats["band_sum"] = [float(sum(c["band_sum"][b] for c in train)) for b in range(len(band_names))]
+        stats["band_sumsq"] = [float(sum(c["band_sumsq"][b] for c in train)) for b in range(len(band_names))]
+        stats["band_count"] = int(sum(c["valid"] for c in train))
+    manifest["images"] = sorted(set(manifest["images"]) | {_resolved(i) for i in images})
     n = max(stats["band_count"], 1)
     mean = [s / n for s in stats["band_sum"]]
     std = [max(float(np.sqrt(max(q / n - m * m, 0.0))), 1e-6) for q, m in zip(stats["band_sumsq"], mean)]
@@ -581,10 +816,12 @@ def _update_manifest(
     _set_weights(manifest, class_pixels.get("train", {}), oversample_rare)
     tmp = out / f".{MANIFEST}.part"
     tmp.write_text(json.dumps(manifest, indent=1))
-    _write_index(out, manifest)
+    index = _write_index(out, manifest)
     os.replace(tmp, out / MANIFEST)
+    if index is not None:
+        os.replace(index, out / INDEX)
     added: dict[str, int] = {}
-    for o in new:
+    for o in kept:
         added[o.split] = added.get(o.split, 0) + 1
     return ChipsSummary(out, added, dropped, class_pixels, len(manifest["chips"]))
 
@@ -601,13 +838,15 @@ def _set_weights(manifest: dict[str, Any], train_pixels: dict[int, int], factor:
         c["weight"] = 1.0 + (factor if has_rare and factor > 0 else 0.0)
 
 
-def _write_index(out: Path, manifest: dict[str, Any]) -> None:
-    """Chip footprints (EPSG:4326) with split and class histogram, for QGIS."""
+def _write_index(out: Path, manifest: dict[str, Any]) -> Path | None:
+    """Chip footprints (EPSG:4326) with split and class histogram, for QGIS, into a temporary
+    file the caller moves into place; None when there is no chip."""
     import pyogrio
     import shapely
 
     if not manifest["chips"]:
-        return
+        remove_quietly(out / INDEX)
+        return None
     crs = None
     geoms, ids, splits, hists, fracs = [], [], [], [], []
     for c in manifest["chips"]:
@@ -632,14 +871,14 @@ def _write_index(out: Path, manifest: dict[str, Any]) -> None:
         ["id", "split", "class_histogram", "labeled_fraction"], crs=crs,
         geometry_type="Polygon", driver="GPKG", layer="chips",
     )
-    os.replace(tmp, out / INDEX)
+    return tmp
 
 
 _CRS_CACHE: dict[str, Any] = {}
 
 
 def _chip_crs(out: Path, cid: str) -> Any:
-    prefix = cid.split("_r")[0]
+    prefix = image_of_chip(cid)
     if prefix not in _CRS_CACHE:
         with rasterio.open(out / "labels" / f"{cid}.tif") as src:
             _CRS_CACHE[prefix] = src.crs

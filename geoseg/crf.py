@@ -11,39 +11,13 @@ pixel (like pydensecrf's default normalisation), so the weights are on the logit
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch.nn import functional as F
 
-from geoseg.errors import OptionError
+from geoseg.options import CRFParams
 
-
-@dataclass(frozen=True)
-class CRFParams:
-    """Mean-field settings. Positions are in pixels; colour is in normalised band units
-    (band values minus mean over std), its squared distance averaged over the bands."""
-
-    iterations: int = 5
-    radius: int = 4
-    theta_alpha: float = 8.0
-    theta_beta: float = 0.5
-    theta_gamma: float = 2.0
-    w_bilateral: float = 5.0
-    w_gaussian: float = 3.0
-
-    def __post_init__(self) -> None:
-        if self.iterations < 1 or self.radius < 1:
-            raise OptionError("CRF iterations and radius must be at least 1")
-        if min(self.theta_alpha, self.theta_beta, self.theta_gamma) <= 0:
-            raise OptionError("CRF theta values must be positive")
-        if min(self.w_bilateral, self.w_gaussian) < 0:
-            raise OptionError("CRF weights must be non-negative")
-
-    @property
-    def reach(self) -> int:
-        """How far (pixels) information travels: what the tile margin must add."""
-        return self.iterations * self.radius
+__all__ = ["CRFParams", "dense_crf"]
 
 
 def _shift(x: torch.Tensor, dy: int, dx: int, r: int) -> torch.Tensor:

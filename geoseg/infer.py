@@ -11,12 +11,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from geoseg.crf import CRFParams, dense_crf
+from geoseg.crf import dense_crf
 from geoseg.errors import ModelError, OptionError
+from geoseg.options import CRFParams, Precision, Tta, choices
 from geoseg.tiling import context_radius, scale_fractions, scales_alignment
 
-TTA_MODES = ("none", "flip", "d4")
-PRECISIONS = ("fp32", "bf16", "fp16")
+TTA_MODES = choices(Tta)
+PRECISIONS = choices(Precision)
 
 
 @dataclass(frozen=True)
@@ -28,10 +29,10 @@ class InferenceOptions:
     CRF mean-field on the averaged scores.
     """
 
-    tta: str = "none"
+    tta: Tta = "none"
     scales: tuple[float, ...] = (1.0,)
     crf: CRFParams | None = None
-    precision: str = "fp32"
+    precision: Precision = "fp32"
     channels_last: bool = False
     compile: bool = False
 

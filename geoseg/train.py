@@ -3,13 +3,14 @@ cosine or poly decay, validation mIoU every epoch, best checkpoint kept, resumab
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -20,12 +21,13 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from geoseg import __version__
 from geoseg.chips import load_manifest, manifest_classes
 from geoseg.datasets import IGNORE_INDEX, ChipDataset
-from geoseg.errors import ChipError, OutputError, TrainingError
+from geoseg.errors import ChipError, OutputError, TrainingError, first_line
 from geoseg.infer import resolve_device
-from geoseg.io import check_output_path
+from geoseg.io import check_output_path, remove_quietly
 from geoseg.metrics import Scores, confusion_matrix
 from geoseg.models import create_model, get_architecture, output_stride
 from geoseg.models.checkpoint import ModelConfig, build_config, save_model
+from geoseg.models.pretrained import load_pretrained
 from geoseg.progress import Progress
 
 DEFAULT_ARCH = "unet-small"
@@ -46,7 +48,8 @@ class TrainResult:
 
     output: Path
     best_epoch: int
-    best_miou: float
+    #: validation mIoU of the kept epoch; None without validation chips (never a loss)
+    best_miou: float | None
     history: list[EpochRecord] = field(default_factory=list)
     best_scores: Scores | None = None
 
@@ -134,10 +137,12 @@ def train(
     overwrite: bool = False,
     quiet: bool = True,
     amp: bool = True,
+    pretrained: str | None = None,
+    pretrained_bands: Sequence[str] | None = None,
 ) -> TrainResult:
     """Train ``arch`` on a chips folder and write the best model (by validation mIoU) to ``output``."""
     out = Path(output)
-    state_path = out.with_name(f".{out.name}.state.pt")
+    state_path = resume_state_path(out)
     if not resume:
         check_output_path(out, overwrite, "model output")
     elif not state_path.exists():
@@ -149,11 +154,24 @@ def train(
     names = [c.name for c in classes]
     values = [c.value for c in classes]
     get_architecture(arch)
+    kwargs = dict(arch_kwargs or {})
+    identity = {"arch": arch, "arch_kwargs": kwargs, "classes": [[c.value, c.name] for c in classes],
+                "bands": list(manifest["bands"])}
+    state: dict[str, Any] = {}
+    if resume:
+        state = _load_state(state_path, identity)
     dev = resolve_device(device)
     torch.manual_seed(seed)
     np.random.seed(seed)
-    kwargs = dict(arch_kwargs or {})
     network = create_model(arch, len(manifest["bands"]), len(classes), **kwargs)
+    pretrained_from = None
+    if pretrained is not None and not resume:  # a resumed run continues its own weights
+        pretrained_from = load_pretrained(network, arch, pretrained, manifest["bands"], pretrained_bands)
+        if not quiet:
+            print(f"encoder starts from {pretrained_from}", file=sys.stderr, flush=True)
+    if not resume:
+        # a new run: the previous run's resume state must never be continued by a later --resume
+        remove_quietly(state_path, state_path.with_name(state_path.name + ".part"))
     stride = output_stride(network)
     if manifest["size"] % stride:
         good = -(-manifest["size"] // stride) * stride
@@ -166,6 +184,9 @@ def train(
     val_ds = ChipDataset(chips_dir, manifest, "val")
     if len(train_ds) == 0:
         raise ChipError(f"{chips_dir} has no training chips; lower --val-fraction or add images")
+    if len(val_ds) == 0 and not quiet:
+        print(f"no validation chips in {chips_dir}: keeping the last epoch, with no score "
+              "(chip with --val-fraction above 0 to measure one)", file=sys.stderr, flush=True)
     config = build_config(network, arch, kwargs, manifest["bands"], mean, std, classes,
                           manifest["ignore_value"])
     network.to(dev)
@@ -182,9 +203,14 @@ def train(
     history: list[EpochRecord] = []
     gen = torch.Generator().manual_seed(seed)
     if resume:
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        network.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            network.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise TrainingError(
+                f"cannot resume from {state_path}: its weights do not fit {arch} ({first_line(exc)[:120]}); "
+                "train without --resume, with --overwrite"
+            ) from None
         start_epoch, best_miou, best_epoch = int(state["epoch"]), float(state["best_miou"]), int(state["best_epoch"])
         gen.set_state(state["generator"])
         torch.set_rng_state(state["rng"])
@@ -226,18 +252,21 @@ def train(
                           file=sys.stderr, flush=True)
                 loader = make_loader(batch_size)
         val_scores = validate(network, val_ds, dev, names, batch_size) if len(val_ds) else None
-        miou = val_scores.miou if val_scores is not None else -loss_avg
         rec = EpochRecord(epoch + 1, loss_avg, optimizer.param_groups[0]["lr"], time.perf_counter() - t0,
                           val_scores.as_dict() if val_scores is not None else None)
         history.append(rec)
-        if math.isnan(miou):
+        if val_scores is None:
+            improved = True  # nothing to choose by: the last epoch is kept
             miou = -1.0
-        improved = best_epoch == 0 or miou > best_miou
+        else:
+            miou = -1.0 if math.isnan(val_scores.miou) else val_scores.miou
+            improved = best_epoch == 0 or miou > best_miou
         if improved:
             best_miou, best_epoch, best_scores = miou, epoch + 1, val_scores
             _save_best(out, network, config, manifest, chips_dir, history, best_epoch, val_scores,
                        dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, schedule=schedule,
-                            class_weighting=class_weighting, dice_weight=dice_weight))
+                            class_weighting=class_weighting, dice_weight=dice_weight,
+                            pretrained=pretrained_from))
         if not quiet:
             vtxt = (f"val mIoU {val_scores.miou:.4f} OA {val_scores.overall_accuracy:.4f}"
                     if val_scores is not None else "no validation chips")
@@ -250,9 +279,41 @@ def train(
             "epoch": epoch + 1, "best_miou": best_miou, "best_epoch": best_epoch,
             "generator": gen.get_state(), "rng": torch.get_rng_state(),
             "history": [h.__dict__ for h in history], "batch_size": batch_size,
+            "identity": json.dumps(identity, sort_keys=True),
         }, tmp)
         os.replace(tmp, state_path)
-    return TrainResult(out, best_epoch, best_miou, history, best_scores)
+    return TrainResult(out, best_epoch, best_miou if len(val_ds) else None, history, best_scores)
+
+
+def resume_state_path(output: Path) -> Path:
+    """Where training keeps what ``--resume`` needs, next to the model file."""
+    return output.with_name(f".{output.name}.state.pt")
+
+
+def _describe(identity: dict[str, Any]) -> str:
+    classes = ",".join(f"{v}={n}" for v, n in identity["classes"])
+    args = json.dumps(identity["arch_kwargs"], sort_keys=True) if identity["arch_kwargs"] else "default arguments"
+    return f"{identity['arch']} ({args}), classes {classes}, {len(identity['bands'])} bands"
+
+
+def _load_state(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
+    """A resume state, refused in one line when it belongs to another architecture or class set."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file: torch raises several kinds
+        raise TrainingError(f"cannot resume: {path} is damaged ({first_line(exc)[:120]}); "
+                            "train without --resume, with --overwrite") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise TrainingError(f"cannot resume: {path} is not a geoseg training state; train without --resume")
+    if "identity" in state:
+        saved = json.loads(state["identity"])
+        if saved != json.loads(json.dumps(identity, sort_keys=True)):
+            raise TrainingError(
+                f"cannot resume: the interrupted run trained {_describe(saved)}, this one asks for "
+                f"{_describe(identity)}; resume with the same --arch, --arch-args and chips, "
+                "or train without --resume, with --overwrite"
+            )
+    return state
 
 
 def _run_epoch(network: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,

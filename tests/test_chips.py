@@ -13,7 +13,7 @@ from rasterio.transform import from_origin
 
 from geoseg.chips import load_manifest, make_chips
 from geoseg.cli.main import cli
-from geoseg.errors import ChipError
+from geoseg.errors import ChipError, SceneError
 from tests.conftest import labeled_scene, write_raster
 
 
@@ -156,9 +156,13 @@ def test_chip_errors(tmp_path: Path, pair: tuple[Path, Path, np.ndarray], rng: n
     with pytest.raises(ChipError, match="out of range"):
         make_chips([(str(img), str(wide))], tmp_path / "c3", size=32, client=dask_client)
     unlabeled = write_raster(tmp_path / "none.tif", np.zeros((192, 192), np.uint8))
-    with pytest.raises(ChipError, match="no chip survived.*--min-labeled"):
+    with pytest.raises(ChipError, match="no labelled pixel.*--ignore-value"):
         make_chips([(str(img), str(unlabeled))], tmp_path / "c4", size=32, ignore_value=0, client=dask_client)
-    assert not (tmp_path / "c4" / "chips.json").exists()
+    assert not (tmp_path / "c4").exists()  # a folder the failed run created is gone again
+    with pytest.raises(ChipError, match="no chip survived.*--min-labeled"):
+        make_chips([(str(img), str(unlabeled))], tmp_path / "c4", size=32, ignore_value=0, min_labeled=0.05,
+                   client=dask_client)
+    (tmp_path / "c4").mkdir()
     with pytest.raises(ChipError, match="not a chips folder"):
         load_manifest(tmp_path / "c4")
     (tmp_path / "c4" / "chips.json").write_text("{broken")
@@ -176,3 +180,141 @@ def test_label_raster_nodata_is_unlabelled_unless_it_is_a_class(tmp_path: Path, 
     make_chips([(str(img), str(path))], tmp_path / "b", size=64, val_fraction=0, label_nodata_is_class=True,
                client=dask_client)
     assert [c["value"] for c in load_manifest(tmp_path / "b")["classes"]] == [0, 1]
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` (the lock file aside) with its bytes."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != ".geoseg-chip.lock"}
+
+
+def test_a_failed_or_interrupted_run_leaves_the_folder_exactly_as_it_was(
+    tmp_path: Path, rng: np.random.Generator, dask_client: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import geoseg.chips
+
+    img, lab = tmp_path / "i.tif", tmp_path / "l.tif"
+    labeled_scene(img, lab, rng, 96, 96)
+    out = tmp_path / "chips"
+    make_chips([(str(img), str(lab))], out, size=32, ignore_value=0, client=dask_client)
+    before = snapshot(out)
+    # the same image with other labels, then a pair that fails in its chip tasks
+    write_raster(lab, np.full((96, 96), 2, np.uint8))
+    wide = write_raster(tmp_path / "wide.tif", np.full((96, 96), 300, np.uint16))
+    with pytest.raises(SceneError, match="not found"):
+        make_chips([(str(img), str(lab)), (str(img).replace("i.tif", "j.tif"), str(wide))], out, size=32,
+                   ignore_value=0, client=dask_client)
+    assert snapshot(out) == before
+    write_raster(tmp_path / "j.tif", rng.integers(0, 255, (3, 96, 96), dtype=np.uint8))
+    with pytest.raises(ChipError, match="out of range"):
+        make_chips([(str(img), str(lab)), (str(tmp_path / "j.tif"), str(wide))], out, size=32,
+                   ignore_value=0, client=dask_client)
+    assert snapshot(out) == before
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    # interrupted while the new chips are being moved in: the moves are undone
+    monkeypatch.setattr(geoseg.chips, "_update_manifest", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        make_chips([(str(img), str(lab))], out, size=32, ignore_value=0, client=dask_client)
+    assert snapshot(out) == before
+    assert not list(out.glob(".geoseg-chip-staging-*"))
+
+
+def test_a_folder_takes_one_chip_run_at_a_time(tmp_path: Path, pair: tuple[Path, Path, np.ndarray],
+                                               dask_client: object) -> None:
+    from geoseg.chips import folder_lock
+
+    img, lab, _ = pair
+    out = tmp_path / "chips"
+    out.mkdir()
+    with folder_lock(out):
+        with pytest.raises(ChipError, match="another 'geoseg chip'.*is writing into"):
+            make_chips([(str(img), str(lab))], out, size=32, ignore_value=0, client=dask_client)
+    assert not (out / "chips.json").exists()
+    make_chips([(str(img), str(lab))], out, size=32, ignore_value=0, client=dask_client)
+    assert (out / "chips.json").exists()
+
+
+def test_rechipping_changed_labels_equals_chipping_them_fresh_and_paths_resolve(
+    tmp_path: Path, rng: np.random.Generator, dask_client: object
+) -> None:
+    for i in range(2):
+        labeled_scene(tmp_path / f"i{i}.tif", tmp_path / f"l{i}.tif", rng, 96, 96)
+    grown = tmp_path / "grown"
+    pairs = [(str(tmp_path / f"i{i}.tif"), str(tmp_path / f"l{i}.tif")) for i in range(2)]
+    make_chips(pairs, grown, size=32, ignore_value=0, client=dask_client)
+    # new labels for image 0, given through another spelling of its path and through a link
+    new = np.where(rng.random((96, 96)) < 0.5, 1, 3).astype(np.uint8)
+    write_raster(tmp_path / "l0.tif", new)
+    (tmp_path / "link.tif").symlink_to(tmp_path / "i0.tif")
+    (tmp_path / "sub").mkdir()
+    make_chips([(str(tmp_path / "sub" / ".." / "i0.tif"), str(tmp_path / "l0.tif"))], grown, size=32,
+               ignore_value=0, client=dask_client)
+    make_chips([(str(tmp_path / "link.tif"), str(tmp_path / "l0.tif"))], grown, size=32, ignore_value=0,
+               client=dask_client)
+    fresh = tmp_path / "fresh"
+    make_chips(pairs[::-1], fresh, size=32, ignore_value=0, client=dask_client)
+    a, b = load_manifest(grown), load_manifest(fresh)
+    assert sorted(c["id"] for c in a["chips"]) == sorted(c["id"] for c in b["chips"])
+    assert sorted(a["images"]) == sorted(b["images"])
+    assert a["stats"]["class_pixels"] == b["stats"]["class_pixels"]
+    np.testing.assert_allclose(a["stats"]["mean"], b["stats"]["mean"], rtol=1e-9)
+    np.testing.assert_allclose(a["stats"]["std"], b["stats"]["std"], rtol=1e-9)
+    assert sorted(p.name for p in (grown / "labels").iterdir()) == sorted(p.name for p in (fresh / "labels").iterdir())
+    for c in a["chips"]:
+        with rasterio.open(grown / "labels" / f"{c['id']}.tif") as src:
+            lab_chip = src.read(1)
+        assert {int(k): v for k, v in c["hist"].items()} == {
+            int(v): int((lab_chip == v).sum()) for v in np.unique(lab_chip) if v != 0}
+
+
+def test_defaults_fit_a_small_scene_with_nodata_borders(tmp_path: Path, rng: np.random.Generator,
+                                                        dask_client: object) -> None:
+    """A 100 x 150 scene whose left columns are nodata: every labelled pixel lands in a chip,
+    chips stay inside their split blocks, there is a validation split, and padding is unlabelled."""
+    img, lab = tmp_path / "i.tif", tmp_path / "l.tif"
+    labeled_scene(img, lab, rng, 100, 150)
+    with rasterio.open(img) as src:
+        data = src.read()
+    data[:, :, :20] = 0
+    write_raster(img, data, nodata=0)
+    out = tmp_path / "chips"
+    make_chips([(str(img), str(lab))], out, ignore_value=0, client=dask_client)
+    m = load_manifest(out)
+    assert m["size"] == 32
+    splits = {c["split"] for c in m["chips"]}
+    assert {"train", "val"} <= splits
+    with rasterio.open(lab) as src:
+        labels = src.read(1)
+    labels[:, :20] = 0
+    covered = np.zeros_like(labels, bool)
+    for c in m["chips"]:
+        with rasterio.open(out / "labels" / f"{c['id']}.tif") as src:
+            chip = src.read(1)
+            row, col = (int(round(v)) for v in ~src.transform * (src.transform.c, src.transform.f))
+            with rasterio.open(lab) as full:
+                r0, c0 = full.index(src.transform.c + 1, src.transform.f - 1)
+        h, w = min(32, 100 - r0), min(32, 150 - c0)
+        assert (chip[h:] == 0).all() and (chip[:, w:] == 0).all()  # the padding is unlabelled
+        covered[r0 : r0 + h, c0 : c0 + w] = True
+    assert covered[labels != 0].all()
+
+
+def test_plan_windows_cover_the_scene_without_crossing_blocks() -> None:
+    from geoseg.chips import auto_chip_size, auto_split_block, plan_windows
+
+    for height, width, stride in ((100, 150, 32), (293, 443, 64), (512, 512, 32), (40, 33, 32)):
+        size = auto_chip_size(height, width)
+        block = auto_split_block(height, width, size)
+        windows = plan_windows(height, width, size, stride, block, 0.2, 0.0, 0)
+        covered = np.zeros((height, width), np.int32)
+        for w in windows:
+            assert w.row // block == (w.row + w.height - 1) // block
+            assert w.col // block == (w.col + w.width - 1) // block
+            covered[w.row : w.row + w.height, w.col : w.col + w.width] += 1
+        assert covered.min() >= 1
+        if (height // size) * (width // size) >= 2:
+            assert any(w.split == "val" for w in windows), (height, width)
+    assert auto_chip_size(293, 443) == 64 and auto_chip_size(768, 1536) == 128

@@ -33,7 +33,11 @@ SMALL: dict[str, tuple[str, dict[str, Any]]] = {
     "deeplabv3plus-mobilenet": ("deeplabv3plus", {"backbone": "mobilenetv3", "width_mult": 0.25,
                                                   "aspp_channels": 16}),
 }
-SLOW = {"deeplabv3plus-resnet50": ("deeplabv3plus", {"aspp_channels": 32})}
+SLOW = {"deeplabv3plus-resnet50": ("deeplabv3plus", {"aspp_channels": 32}),
+        "unet-resnet18": ("unet", {"encoder": "resnet18", "base_width": 8})}
+#: Cases whose receptive field (hundreds of pixels) makes tiling and learning checks slow:
+#: the default run checks their shapes only.
+SHAPES_ONLY = ["unet-resnet18"]
 
 
 def build(case: str, in_channels: int = 3, num_classes: int = 3, seed: int = 0) -> torch.nn.Module:
@@ -47,7 +51,7 @@ def test_every_registered_architecture_has_a_test_case() -> None:
     assert {a.name for a in list_models()} - {"unet-small"} <= covered
 
 
-@pytest.mark.parametrize("case", sorted(SMALL))
+@pytest.mark.parametrize("case", sorted(SMALL) + SHAPES_ONLY)
 def test_logits_at_input_resolution_for_any_multiple_of_the_stride(case: str) -> None:
     net = build(case, in_channels=5, num_classes=7).eval()
     s = output_stride(net)
@@ -154,6 +158,20 @@ def test_small_model_learns_a_generated_scene(case: str) -> None:
 @pytest.mark.slow
 def test_resnet50_deeplabv3plus_learns_a_generated_scene() -> None:
     assert learn("deeplabv3plus-resnet50", steps=80) >= 0.8
+
+
+@pytest.mark.slow
+def test_resnet_unet_tiles_seamlessly_and_learns(tmp_path: Path, model_factory: Callable[..., Path]) -> None:
+    arch, kwargs = SLOW["unet-resnet18"]
+    model_path = model_factory(in_channels=3, arch=arch, **kwargs)
+    cfg = load_model(model_path).config
+    assert cfg.output_stride == 32 and cfg.receptive_field > 0
+    scene = write_raster(tmp_path / "s.tif", random_scene(np.random.default_rng(3), 3, 60, 70, "uint8"))
+    margin = auto_margin(cfg.receptive_field, cfg.output_stride)
+    reference = whole_scene_logits(scene, model_path)
+    for core in (32, 64):
+        assert_same_prediction(stitched_logits(scene, model_path, 2 * margin + core), reference)
+    assert learn("unet-resnet18", steps=80) >= 0.8
 
 
 def dilated_stack_has_holes(rates: list[int]) -> bool:

@@ -105,3 +105,48 @@ def test_cli_trains_a_deeplab_and_predicts_with_crf_and_tta(
     with rasterio.open(pred) as src:
         accuracy = float((src.read(1) == truth).mean())
     assert accuracy >= 0.8
+
+
+def test_overwrite_drops_the_old_resume_state_and_resume_refuses_another_run(
+    tmp_path: Path, chips: tuple[Path, Path, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import geoseg.train
+    from geoseg.errors import OutputError, TrainingError
+
+    out, _, _ = chips
+    model = tmp_path / "m.pt"
+    state = tmp_path / ".m.pt.state.pt"
+    train(out, model, arch="unet", arch_kwargs=SMALL, epochs=1, batch_size=8)
+    assert state.exists()
+    runner = CliRunner()
+    r = runner.invoke(cli, ["train", str(out), "-o", str(model), "--arch", "unet", "--arch-args",
+                            '{"depth": 2, "base_width": 4}', "--epochs", "2", "--resume"])
+    assert r.exit_code != 0 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "cannot resume" in r.stderr and "base_width" in r.stderr
+    with pytest.raises(TrainingError, match="cannot resume.*unet-small"):
+        train(out, model, arch="unet-small", epochs=2, resume=True)
+
+    def interrupted(*args: Any, **kwargs: Any) -> float:
+        raise KeyboardInterrupt
+
+    # a new run over the old one, interrupted in its first epoch: nothing is left to resume
+    monkeypatch.setattr(geoseg.train, "_run_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(out, model, arch="unet", arch_kwargs={"depth": 2, "base_width": 4}, epochs=1, overwrite=True)
+    assert not state.exists()
+    with pytest.raises(OutputError, match="nothing to resume"):
+        train(out, model, arch="unet", arch_kwargs=SMALL, epochs=2, resume=True)
+
+
+def test_without_validation_chips_no_score_is_reported(tmp_path: Path, dask_client: Any) -> None:
+    rng = np.random.default_rng(7)
+    img, lab = tmp_path / "img.tif", tmp_path / "lab.tif"
+    labeled_scene(img, lab, rng, 64, 64)
+    out = tmp_path / "chips"
+    make_chips([(str(img), str(lab))], out, size=32, ignore_value=0, val_fraction=0, client=dask_client)
+    r = CliRunner().invoke(cli, ["train", str(out), "-o", str(tmp_path / "m.pt"), "--arch", "unet",
+                                 "--arch-args", '{"depth": 2, "base_width": 4}', "--epochs", "2"])
+    assert r.exit_code == 0, r.output
+    assert "no validation chips" in r.stderr and "no validation chips, so no score" in r.stdout
+    assert "mIoU" not in r.stdout + r.stderr
+    assert geoseg.load_model(str(tmp_path / "m.pt")).config.training["best_epoch"] == 2

@@ -10,7 +10,7 @@ from geoseg.cli.options import report_errors, scheduler_option, workers_option
 @click.command("chip")
 @click.argument("pairs", nargs=-1, required=True, metavar="IMAGE LABELS [IMAGE LABELS ...]")
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False), help="Chips folder (created, or grown if it exists).")
-@click.option("--size", type=click.IntRange(min=8), default=256, show_default=True, help="Chip size in pixels.")
+@click.option("--size", type=click.IntRange(min=8), default=None, help="Chip size in pixels (default: the largest of 256/128/64/32 that fits 24 chips in the labelled area; a grown folder keeps its size).")
 @click.option("--stride", type=click.IntRange(min=1), default=None, help="Step between chips (default: --size).")
 @click.option("--bands", default=None, metavar="1,2,3", help="Image bands to keep, in order (default: all).")
 @click.option("--label-field", default=None, help="Attribute holding the class, for vector labels.")
@@ -19,17 +19,17 @@ from geoseg.cli.options import report_errors, scheduler_option, workers_option
 @click.option("--label-nodata-is-class", is_flag=True, help="Read a label raster's nodata value as a class (some rasters flag background as nodata).")
 @click.option("--classes", "class_names", default=None, metavar="VALUE=NAME[:#RRGGBB],...", help="Class names and colours, e.g. 1=farmland:#e6c84b,2=forest.")
 @click.option("--ignore-value", type=click.IntRange(0, 255), default=None, help="Label value meaning 'not labelled' (default 255).")
-@click.option("--min-labeled", type=click.FloatRange(0, 1), default=0.05, show_default=True, help="Least labelled fraction of a chip.")
-@click.option("--max-nodata", type=click.FloatRange(0, 1), default=0.1, show_default=True, help="Most image-nodata fraction of a chip.")
+@click.option("--min-labeled", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="Least labelled fraction of a chip (0: any chip with a labelled pixel).")
+@click.option("--max-nodata", type=click.FloatRange(0, 1), default=1.0, show_default=True, help="Most image-nodata fraction of a chip (nodata pixels are never learned from).")
 @click.option("--val-fraction", type=click.FloatRange(0, 1), default=0.2, show_default=True, help="Share of split blocks for validation.")
 @click.option("--test-fraction", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="Share of split blocks for testing.")
-@click.option("--split-block", type=click.IntRange(min=8), default=None, help="Split block size in pixels (default: 4 x --size).")
+@click.option("--split-block", type=click.IntRange(min=8), default=None, help="Split block size in pixels (default: the largest of 4, 3 or 2 x --size that gives 6 blocks).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split.")
 @click.option("--oversample-rare", type=click.FloatRange(min=0), default=0.0, show_default=True, help="Extra sampling weight of chips holding rare classes.")
 @workers_option
 @scheduler_option
 @report_errors
-def chip_command(pairs: tuple[str, ...], out_dir: str, size: int, stride: int | None, bands: str | None,
+def chip_command(pairs: tuple[str, ...], out_dir: str, size: int | None, stride: int | None, bands: str | None,
                  label_field: str | None, value_map: str | None, background: int | None,
                  label_nodata_is_class: bool, class_names: str | None,
                  ignore_value: int | None, min_labeled: float, max_nodata: float, val_fraction: float,

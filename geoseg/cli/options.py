@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import signal
 import threading
+import types
+import typing
 import warnings
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Literal, TypeVar, Union
 
 import click
 
 from geoseg.errors import GeosegError, GeosegWarning
+from geoseg.options import CRFParams, Device, PredictOptions, VectorOptions, choices
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -56,7 +60,7 @@ overwrite_option = click.option(
 )
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
 device_option = click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+    "--device", type=click.Choice(choices(Device)), default="auto", show_default=True,
     help="Where the network runs; auto uses CUDA when present.",
 )
 workers_option = click.option(
@@ -91,3 +95,98 @@ def json_object(text: str | None, hint: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise click.BadParameter('give a JSON object, e.g. \'{"depth": 4}\'', param_hint=hint)
     return value
+
+
+# --- options generated from geoseg.options (one source for API, CLI and job file) --------------
+
+
+def _field_option(f: dataclasses.Field[Any], hint: Any, prefix: str = "") -> Callable[[F], F]:
+    """One Click option for a field of an options dataclass, typed from its annotation."""
+    meta = f.metadata
+    name = prefix + str(meta.get("flag", f.name))
+    flag = "--" + name.replace("_", "-")
+    param = prefix + f.name
+    kw: dict[str, Any] = {"help": meta.get("help"), "default": f.default, "show_default": True}
+    low = meta.get("min")
+    union = typing.get_origin(hint) in (Union, types.UnionType)
+    parts = tuple(p for p in (typing.get_args(hint) if union else (hint,)) if p is not type(None))
+    literal_values = tuple(v for p in parts if typing.get_origin(p) is Literal for v in typing.get_args(p))
+    if hint is bool:
+        return click.option(flag, param, is_flag=True, help=kw["help"])
+    if literal_values == ("auto",) and int in parts:
+        return click.option(flag, param, default="auto", show_default=True, help=kw["help"],
+                            callback=lambda ctx, p, v: auto_or_int(v, low or 0, flag))
+    if literal_values and len(parts) == 1:
+        if all(isinstance(v, int) for v in literal_values):  # e.g. connectivity 4 | 8
+            return click.option(flag, param, type=click.Choice([str(v) for v in literal_values]),
+                                default=str(f.default), show_default=True, help=kw["help"],
+                                callback=lambda ctx, p, v: int(v))
+        return click.option(flag, param, type=click.Choice(literal_values), **kw)
+    if typing.get_origin(hint) is tuple and typing.get_args(hint)[0] is float:  # scales
+        return click.option(flag, param, default=",".join(f"{v:g}" for v in f.default), show_default=True,
+                            metavar=meta.get("metavar"), help=kw["help"],
+                            callback=lambda ctx, p, v: _float_list(v, flag))
+    if typing.get_origin(hint) is tuple:  # repeatable values, e.g. --skip-class
+        return click.option(flag, param, type=typing.get_args(hint)[0], multiple=True, help=kw["help"])
+    if str in parts:  # free text parsed by the library, e.g. --bands 1,2,3
+        return click.option(flag, param, default=None, metavar=meta.get("metavar"), help=kw["help"])
+    if int in parts:
+        return click.option(flag, param, type=click.IntRange(min=low), **kw)
+    if float in parts:
+        return click.option(flag, param, type=click.FloatRange(min=low, min_open=bool(meta.get("min_open"))), **kw)
+    raise TypeError(f"no Click option for {f.name}: {hint}")  # pragma: no cover - a new field type
+
+
+def _float_list(text: str, flag: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers, e.g. 0.75,1,1.25",
+                                 param_hint=flag) from None
+
+
+def _field_options(cls: type, prefix: str = "") -> list[Callable[[F], F]]:
+    """Click options for every field of an options dataclass, in field order; a nested options
+    dataclass (``crf``) becomes a flag plus one ``--crf-*`` option per setting."""
+    hints = typing.get_type_hints(cls)
+    made: list[Callable[[F], F]] = []
+    for f in dataclasses.fields(cls):
+        nested = [p for p in typing.get_args(hints[f.name]) if dataclasses.is_dataclass(p)]
+        if nested:
+            made.append(click.option("--" + f.name.replace("_", "-"), is_flag=True, help=f.metadata["help"]))
+            made.extend(_field_options(nested[0], prefix=f.name + "_"))
+        else:
+            made.append(_field_option(f, hints[f.name], prefix))
+    return made
+
+
+def _apply(options: list[Callable[[F], F]], func: F) -> F:
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def predict_options(func: F) -> F:
+    """One option per :class:`PredictOptions` field (``--crf`` plus ``--crf-*`` per CRF setting)."""
+    return _apply(_field_options(PredictOptions), func)
+
+
+def vector_options(func: F) -> F:
+    """One option per :class:`VectorOptions` field (``--connectivity``, ``--skip-class``, ...)."""
+    return _apply(_field_options(VectorOptions), func)
+
+
+_PREDICT_FIELDS = {f.name: f for f in dataclasses.fields(PredictOptions)}
+
+
+def take_predict_options(values: dict[str, Any]) -> PredictOptions:
+    """Remove the predict options' values from a command's parameters and build them."""
+    crf = {f.name: values.pop("crf_" + f.name) for f in dataclasses.fields(CRFParams)}
+    use_crf = values.pop("crf")
+    kw = {name: values.pop(name) for name in _PREDICT_FIELDS if name != "crf"}
+    return PredictOptions(**kw, crf=CRFParams(**crf) if use_crf else None)
+
+
+def take_vector_options(values: dict[str, Any]) -> dict[str, Any]:
+    """Remove the vector options' values from a command's parameters (as vectorize keywords)."""
+    return {f.name: values.pop(f.name) for f in dataclasses.fields(VectorOptions)}

@@ -22,6 +22,8 @@ from geoseg.cli.options import device_option, json_object, overwrite_option, qui
 @device_option
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Data-loading processes.")
+@click.option("--pretrained", default=None, metavar="imagenet|PATH", help="Start the encoder from torchvision's ImageNet weights (downloaded once) or a local state dict (torchvision, torchgeo or timm layout); first convolution adapted to the bands by name.")
+@click.option("--pretrained-bands", default=None, metavar="NAME,...", help="Band names of the --pretrained PATH weights' input, in order (ImageNet: red,green,blue).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last epoch.")
 @overwrite_option
 @quiet_option
@@ -29,7 +31,7 @@ from geoseg.cli.options import device_option, json_object, overwrite_option, qui
 def train_command(chips_dir: str, output: str, arch: str, arch_args: str | None, epochs: int,
                   batch_size: int | None, lr: float, weight_decay: float, schedule: str,
                   class_weighting: str, dice_weight: float, device: str, seed: int, workers: int,
-                  resume: bool, overwrite: bool, quiet: bool) -> None:
+                  pretrained: str | None, pretrained_bands: str | None, resume: bool, overwrite: bool, quiet: bool) -> None:
     """Train a segmentation model on CHIPS_DIR (made by 'geoseg chip')."""
     from geoseg.train import train
 
@@ -37,7 +39,12 @@ def train_command(chips_dir: str, output: str, arch: str, arch_args: str | None,
     result = train(chips_dir, output, arch=arch, arch_kwargs=kwargs, epochs=epochs, batch_size=batch_size,
                    lr=lr, weight_decay=weight_decay, schedule=schedule, class_weighting=class_weighting,
                    dice_weight=dice_weight, device=device, seed=seed, workers=workers, resume=resume,
-                   overwrite=overwrite, quiet=quiet)
+                   overwrite=overwrite, quiet=quiet, pretrained=pretrained,
+                   pretrained_bands=[b.strip() for b in pretrained_bands.split(",")] if pretrained_bands else None)
     if result.best_scores is not None:
         click.echo(result.best_scores.table())
-    click.echo(f"wrote {result.output} (best epoch {result.best_epoch}, val mIoU {result.best_miou:.4f})")
+    if result.best_miou is None:
+        click.echo(f"wrote {result.output} (last epoch {result.best_epoch}; no validation chips, so no score: "
+                   "chip with --val-fraction above 0 to measure one)")
+    else:
+        click.echo(f"wrote {result.output} (best epoch {result.best_epoch}, val mIoU {result.best_miou:.4f})")

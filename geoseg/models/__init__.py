@@ -67,7 +67,8 @@ def _register_builtin() -> None:
         "unet",
         UNet,
         {"depth": 4, "base_width": 32, "upsample": "transpose"},
-        "U-Net, skip concatenation; upsample = transpose | unpool | bilinear",
+        "U-Net, skip concatenation; upsample = transpose | unpool | bilinear; "
+        "encoder = resnet18 | resnet34 | resnet50 (torchvision ResNet, pretrainable)",
     )
     register(
         "unet-small",

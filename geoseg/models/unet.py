@@ -5,6 +5,10 @@ context the paper gets from 'valid' convolutions comes from geoseg's overlap til
 The expanding path upsamples by one of the three classic methods: learned transposed
 convolution, max-unpooling with the encoder's pooling indices, or bilinear interpolation
 followed by a convolution.
+
+With ``encoder`` (resnet18 | resnet34 | resnet50) the contracting path is a torchvision ResNet
+(output stride 32, five skips) that can start from pretrained weights, and the expanding path
+has ``8, 4, 2, 1, 1/2 x base_width`` filters; ``depth`` does not apply (a ResNet halves 5 times).
 """
 
 from __future__ import annotations
@@ -66,8 +70,13 @@ class UNet(nn.Module):
         depth: int = 4,
         base_width: int = 32,
         upsample: str = "transpose",
+        encoder: str | None = None,
     ) -> None:
         super().__init__()
+        self.encoder_name = encoder
+        if encoder is not None:
+            self._build_with_encoder(in_channels, num_classes, base_width, upsample, encoder)
+            return
         if upsample not in UPSAMPLE_METHODS:
             raise ValueError(
                 f"unknown upsample {upsample!r}; choose one of {', '.join(UPSAMPLE_METHODS)}"
@@ -88,7 +97,35 @@ class UNet(nn.Module):
         )
         self.head = nn.Conv2d(widths[0], num_classes, 1)
 
+    def _build_with_encoder(self, in_channels: int, num_classes: int, base_width: int, upsample: str,
+                            encoder: str) -> None:
+        from geoseg.models.encoders import ResNetEncoder
+
+        if upsample not in ("transpose", "bilinear"):
+            raise ValueError(f"upsample {upsample!r} does not work with an encoder; use transpose or bilinear")
+        self.encoder = ResNetEncoder(encoder, in_channels)
+        self.depth = 5
+        self.upsample = upsample
+        self.output_stride = 32
+        skips = self.encoder.channels[:-1][::-1] + [0]  # strides 16, 8, 4, 2, then none at 1
+        widths = [max(4, base_width * 8 // 2**i) for i in range(4)] + [max(4, base_width // 2)]
+        cin = self.encoder.channels[-1]
+        self.ups = nn.ModuleList()
+        self.decoders = nn.ModuleList()
+        for skip, width in zip(skips, widths):
+            self.ups.append(Up(cin, width, upsample))
+            self.decoders.append(ConvBlock(width + skip, width))
+            cin = width
+        self.head = nn.Conv2d(cin, num_classes, 1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.encoder_name is not None:
+            feats = self.encoder(x)
+            x = feats.pop()
+            for up, dec in zip(self.ups, self.decoders):
+                x = up(x, None)
+                x = dec(torch.cat([feats.pop(), x], dim=1) if feats else x)
+            return self.head(x)
         skips: list[torch.Tensor] = []
         indices: list[torch.Tensor | None] = []
         for i, enc in enumerate(self.encoders):

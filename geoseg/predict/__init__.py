@@ -14,18 +14,15 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rasterio.windows import Window
 
     from geoseg.cluster import DaskSession, TaskSlots
+    from geoseg.options import PredictOptions
     from geoseg.predict.plan import PredictPlan
     from geoseg.progress import Progress
-
-    from geoseg.crf import CRFParams
-
-DEFAULT_BATCH = 4
 
 
 @dataclass
@@ -54,33 +51,26 @@ def predict(
     scene: str | os.PathLike[str],
     output: str | os.PathLike[str],
     model: str | os.PathLike[str] | None = None,
-    tile: int | str = "auto",
-    margin: int | str = "auto",
-    batch_size: int = DEFAULT_BATCH,
-    workers: int | None = None,
-    scheduler: str | None = None,
-    device: str = "auto",
-    bands: str | Sequence[int] | None = None,
+    options: PredictOptions | None = None,
+    *,
     probabilities: str | os.PathLike[str] | None = None,
-    overwrite: bool = False,
-    quiet: bool = True,
-    tiles_per_task: int | None = None,
-    max_in_flight: int | TaskSlots | None = None,
-    client: Any = None,
     vector: str | os.PathLike[str] | None = None,
     vector_options: dict[str, Any] | None = None,
-    tta: str = "none",
-    scales: Sequence[float] = (1.0,),
-    crf: CRFParams | dict[str, Any] | bool | None = None,
-    precision: str = "fp32",
-    channels_last: bool = False,
-    compile: bool = False,
-    on_error: str = "fail",
+    overwrite: bool = False,
+    quiet: bool = True,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    client: Any = None,
+    tiles_per_task: int | None = None,
+    max_in_flight: int | TaskSlots | None = None,
+    **option_keywords: Any,
 ) -> PredictResult:
     """Segment ``scene`` into a uint8 class-raster COG at ``output`` (and class probabilities).
 
-    ``tile`` is the network input size including margins; ``auto`` is 512, or four margins
-    when the model's receptive field is wide (see :func:`geoseg.predict.plan.auto_tile`).
+    How it tiles and infers is a :class:`geoseg.options.PredictOptions`: ``options``, with any of
+    its fields also given as keywords (``tile=512, tta="d4"``). ``tile`` is the network input
+    size including margins; ``auto`` is 512, or four margins when the model's receptive field
+    is wide (see :func:`geoseg.predict.plan.auto_tile`).
 
     The output has the scene's grid exactly; its pixels equal one pass of the network over the
     whole mirror-padded scene, whatever ``tile`` is, because margins cover the receptive field.
@@ -97,13 +87,11 @@ def predict(
     from geoseg.predict.plan import plan_predict
     from geoseg.progress import Progress
 
+    from geoseg.options import PredictOptions
+
     t0 = time.perf_counter()
-    plan = plan_predict(
-        scene, output, model=model, tile=tile, margin=margin, batch_size=batch_size, device=device,
-        bands=bands, probabilities=probabilities, overwrite=overwrite, vector=vector, tta=tta,
-        scales=scales, crf=crf, precision=precision, channels_last=channels_last, compile=compile,
-        on_error=on_error, tiles_per_task=tiles_per_task,
-    )
+    opts = PredictOptions.from_keywords(options, **option_keywords)
+    plan = plan_predict(scene, output, model, opts, probabilities, vector, overwrite, tiles_per_task)
     with dask_session(client, scheduler, workers) as session:
         return execute(plan, session, Progress(len(plan.grid), quiet=quiet), max_in_flight=max_in_flight,
                        overwrite=overwrite, vector_options=vector_options, started=t0)

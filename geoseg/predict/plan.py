@@ -11,17 +11,15 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
-from geoseg.crf import CRFParams
-from geoseg.errors import GeosegWarning, OptionError, OutputError
+from geoseg.errors import GeosegWarning, OutputError
 from geoseg.infer import InferenceOptions
 from geoseg.io import SceneInfo, check_output_path, open_scene, parse_bands
 from geoseg.models.checkpoint import LoadedModel
+from geoseg.options import PredictOptions
 from geoseg.tiling import TileGrid, auto_margin, round_up
 from geoseg.worker import TileTask
-
-from geoseg.predict import DEFAULT_BATCH
 
 DEFAULT_TILE = 512
 #: Margin for models whose receptive field is the whole input (global pooling): a compromise.
@@ -54,20 +52,6 @@ def auto_tile(margin: int, alignment: int) -> int:
     return max(DEFAULT_TILE, round_up(4 * margin, alignment))
 
 
-def crf_params(crf: CRFParams | dict[str, Any] | bool | None) -> CRFParams | None:
-    """CRF settings from True (defaults), a dict of :class:`CRFParams` fields, or None/False."""
-    if crf is None or crf is False:
-        return None
-    if crf is True:
-        return CRFParams()
-    if isinstance(crf, dict):
-        try:
-            return CRFParams(**crf)
-        except TypeError as exc:
-            raise OptionError(f"bad CRF settings {crf}: {exc}") from None
-    return crf
-
-
 def default_tiles_per_task(grid: TileGrid, batch_size: int) -> int:
     """Enough tiles that a task does well over 100 ms of work: at least one full batch and
     about 1.5 megapixels of network input."""
@@ -79,21 +63,10 @@ def plan_predict(
     scene: str | os.PathLike[str],
     output: str | os.PathLike[str],
     model: str | os.PathLike[str] | None = None,
-    tile: int | str | None = "auto",
-    margin: int | str | None = "auto",
-    batch_size: int = DEFAULT_BATCH,
-    device: str = "auto",
-    bands: str | Sequence[int] | None = None,
+    options: PredictOptions = PredictOptions(),
     probabilities: str | os.PathLike[str] | None = None,
-    overwrite: bool = False,
     vector: str | os.PathLike[str] | None = None,
-    tta: str = "none",
-    scales: Sequence[float] = (1.0,),
-    crf: CRFParams | dict[str, Any] | bool | None = None,
-    precision: str = "fp32",
-    channels_last: bool = False,
-    compile: bool = False,
-    on_error: str = "fail",
+    overwrite: bool = False,
     tiles_per_task: int | None = None,
 ) -> PredictPlan:
     """Check the request and fix the tiling; raises a :class:`GeosegError` on any bad input."""
@@ -117,13 +90,12 @@ def plan_predict(
         )
     loaded = load_model(model, device="cpu")
     cfg = loaded.config
-    band_list = parse_bands(bands, info.count, cfg.in_channels)
-    if on_error not in ("fail", "skip"):
-        raise OptionError(f"unknown --on-error {on_error!r}; use fail or skip")
-    options = InferenceOptions(tta=tta, scales=tuple(float(s) for s in scales), crf=crf_params(crf),
-                               precision=precision, channels_last=channels_last, compile=compile)
-    stride = options.alignment(cfg.output_stride)
-    if margin == "auto" or margin is None:
+    band_list = parse_bands(options.bands, info.count, cfg.in_channels)
+    inference = InferenceOptions(tta=options.tta, scales=options.scales, crf=options.crf,
+                                 precision=options.precision, channels_last=options.channels_last,
+                                 compile=options.compile)
+    stride = inference.alignment(cfg.output_stride)
+    if options.margin == "auto":
         if cfg.receptive_field < 0:
             warnings.warn(
                 f"{loaded.name} pools over its whole input ({cfg.arch} with global image pooling), "
@@ -131,18 +103,17 @@ def plan_predict(
                 GeosegWarning, stacklevel=3,
             )
         rf = GLOBAL_MODEL_MARGIN if cfg.receptive_field < 0 else cfg.receptive_field
-        margin_px = auto_margin(options.context(rf), stride)
+        margin_px = auto_margin(inference.context(rf), stride)
     else:
-        margin_px = int(margin)
-    tile_px = auto_tile(margin_px, stride) if tile == "auto" or tile is None else int(tile)
+        margin_px = int(options.margin)
+    tile_px = auto_tile(margin_px, stride) if options.tile == "auto" else int(options.tile)
     grid = TileGrid.create(info.height, info.width, tile_px, margin_px, stride)
-    batch = max(1, int(batch_size))
     return PredictPlan(
-        scene=info, output=out_path, probabilities=prob_path,
-        vector=vector_path, model=loaded, bands=band_list,
-        options=options, device=device, margin=margin_px, tile=tile_px, grid=grid, batch_size=batch,
-        tiles_per_task=tiles_per_task or default_tiles_per_task(grid, batch),
-        skip_errors=on_error == "skip",
+        scene=info, output=out_path, probabilities=prob_path, vector=vector_path, model=loaded,
+        bands=band_list, options=inference, device=options.device, margin=margin_px, tile=tile_px,
+        grid=grid, batch_size=options.batch_size,
+        tiles_per_task=tiles_per_task or default_tiles_per_task(grid, options.batch_size),
+        skip_errors=options.on_error == "skip",
     )
 
 

@@ -1,0 +1,237 @@
+"""Options of predict (and its polygons): the one source for API keywords, CLI options and
+the job-file schema.
+
+:class:`PredictOptions` lists every knob of the tiled inference with its type, default and
+help. ``geoseg.predict`` takes its fields as keywords, ``geoseg predict`` makes one Click option
+per field (:func:`geoseg.cli.options.predict_options`), and ``batch.SCHEMA["predict"]`` is derived
+from it (:func:`job_schema`), so a new field appears in all three. Fields typed with a
+``Literal`` are checked against its values. Importing this module imports neither torch nor dask.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
+
+from geoseg.errors import OptionError
+
+Auto = Literal["auto"]
+Tta = Literal["none", "flip", "d4"]
+Precision = Literal["fp32", "bf16", "fp16"]
+OnError = Literal["fail", "skip"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+def choices(literal: Any) -> tuple[Any, ...]:
+    """The values of a ``Literal`` type, for ``click.Choice`` and error messages."""
+    return typing.get_args(literal)
+
+
+def _help(text: str, **extra: Any) -> dict[str, Any]:
+    return {"help": text, **extra}
+
+
+@dataclass(frozen=True)
+class CRFParams:
+    """Dense-CRF mean-field settings. Positions are in pixels; colour is in normalised band
+    units (band values minus mean over std), its squared distance averaged over the bands."""
+
+    iterations: int = field(default=5, metadata=_help("Mean-field iterations.", min=1))
+    radius: int = field(default=4, metadata=_help("Kernel window radius (pixels).", min=1))
+    theta_alpha: float = field(default=8.0, metadata=_help("Bilateral kernel: position scale (pixels).", min=0, min_open=True))
+    theta_beta: float = field(default=0.5, metadata=_help("Bilateral kernel: colour scale (normalized band units).", min=0, min_open=True))
+    theta_gamma: float = field(default=2.0, metadata=_help("Gaussian kernel: position scale (pixels).", min=0, min_open=True))
+    w_bilateral: float = field(default=5.0, metadata=_help("Weight of the bilateral kernel.", min=0))
+    w_gaussian: float = field(default=3.0, metadata=_help("Weight of the Gaussian kernel.", min=0))
+
+    def __post_init__(self) -> None:
+        if self.iterations < 1 or self.radius < 1:
+            raise OptionError("CRF iterations and radius must be at least 1")
+        if min(self.theta_alpha, self.theta_beta, self.theta_gamma) <= 0:
+            raise OptionError("CRF theta values must be positive")
+        if min(self.w_bilateral, self.w_gaussian) < 0:
+            raise OptionError("CRF weights must be non-negative")
+
+    @property
+    def reach(self) -> int:
+        """How far (pixels) information travels: what the tile margin must add."""
+        return self.iterations * self.radius
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """How a scene is tiled and inferred; every field is a ``geoseg.predict`` keyword, a
+    ``geoseg predict`` option (``--batch-size`` for ``batch_size``) and a job-file key."""
+
+    tile: int | Auto = field(default="auto", metadata=_help(
+        "Network input size in pixels, margins included; auto = 512, or 4 x margin for wide receptive fields.", min=1))
+    margin: int | Auto = field(default="auto", metadata=_help(
+        "Context pixels on each side of a tile's core; auto = receptive field.", min=0))
+    batch_size: int = field(default=4, metadata=_help("Tiles per forward pass.", min=1))
+    device: Device = field(default="auto", metadata=_help("Where the network runs; auto uses CUDA when present."))
+    bands: str | tuple[int, ...] | None = field(default=None, metadata=_help(
+        "Scene bands that feed the model, in order (1-based).", metavar="1,2,3"))
+    tta: Tta = field(default="none", metadata=_help(
+        "Test-time augmentation: average logits over flips (d4: and rotations)."))
+    scales: tuple[float, ...] = field(default=(1.0,), metadata=_help(
+        "Average logits over these input scales.", metavar="0.75,1,1.25"))
+    crf: CRFParams | None = field(default=None, metadata=_help(
+        "Refine with the dense CRF (DeepLab v1); margin grows by iterations x radius."))
+    precision: Precision = field(default="fp32", metadata=_help(
+        "Autocast precision of the forward pass (bf16/fp16 mainly for CUDA)."))
+    channels_last: bool = field(default=False, metadata=_help(
+        "Channels-last memory format (faster convolutions on recent GPUs)."))
+    compile: bool = field(default=False, metadata=_help(
+        "torch.compile the network on each worker (falls back to eager)."))
+    on_error: OnError = field(default="fail", metadata=_help(
+        "A tile that cannot be read or inferred: fail the run, or write nodata there and list it in OUTPUT.skipped.json."))
+
+    def __post_init__(self) -> None:
+        # normalise the forms a job file or a caller gives (lists, True, a dict of CRF settings)
+        if isinstance(self.scales, (list, tuple)):
+            try:
+                object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
+            except (TypeError, ValueError):
+                raise OptionError(f"--scales takes numbers, e.g. 0.75,1,1.25; got {self.scales!r}") from None
+        if isinstance(self.bands, list):
+            object.__setattr__(self, "bands", tuple(self.bands))
+        object.__setattr__(self, "crf", _crf(self.crf))
+        for name in ("tile", "margin"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, "auto")
+        _check_fields(self)
+        if not self.scales:
+            raise OptionError("--scales needs at least one scale, e.g. 1 or 0.75,1,1.25")
+
+    @classmethod
+    def from_keywords(cls, base: PredictOptions | None = None, **keywords: Any) -> PredictOptions:
+        """``base`` (or the defaults) with ``keywords`` replaced; an unknown keyword is an error
+        that lists the known ones."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(keywords) - known)
+        if unknown:
+            raise OptionError(f"unknown predict option(s) {unknown}; known: {', '.join(sorted(known))}")
+        return dataclasses.replace(base or cls(), **keywords)
+
+
+def _crf(value: Any) -> CRFParams | None:
+    """CRF settings from True (defaults), a dict of :class:`CRFParams` fields, or None/False."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return CRFParams()
+    if isinstance(value, dict):
+        try:
+            return CRFParams(**value)
+        except TypeError as exc:
+            raise OptionError(f"bad CRF settings {value}: {exc}") from None
+    if isinstance(value, CRFParams):
+        return value
+    raise OptionError(f"crf: give true, false or a mapping of CRF settings, not {value!r}")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_fields(options: Any) -> None:
+    """Check every field of an options dataclass against its type (Literal values, int minimums)."""
+    hints = typing.get_type_hints(type(options))
+    for f in dataclasses.fields(options):
+        _check_value(f.name, getattr(options, f.name), hints[f.name], f.metadata)
+
+
+def _check_value(name: str, value: Any, hint: Any, meta: Any) -> None:
+    """Check ``value`` against a field's type: Literal values, numbers (with ``min``), tuples."""
+    if value is None:
+        return
+    union = typing.get_origin(hint) in (Union, types.UnionType)
+    parts = typing.get_args(hint) if union else (hint,)
+    allowed = tuple(v for p in parts if typing.get_origin(p) is Literal for v in typing.get_args(p))
+    if any(value == v and type(value) is type(v) for v in allowed):
+        return
+    for p in parts:
+        if typing.get_origin(p) is tuple and isinstance(value, tuple):
+            for v in value:
+                _check_value(name, v, typing.get_args(p)[0], {})
+            return
+        if p in (int, float) and isinstance(value, (int, float)) and not isinstance(value, bool) \
+                and (p is float or isinstance(value, int)):
+            low = meta.get("min")
+            if low is not None and (value < low or (meta.get("min_open") and value == low)):
+                raise OptionError(f"{_flag(name)} must be {'above' if meta.get('min_open') else 'at least'} "
+                                  f"{low}, got {value}")
+            return
+        if p in (str, bool) and type(value) is p:
+            return
+        if dataclasses.is_dataclass(p) and isinstance(value, p):
+            return
+    if allowed and not {int, float} & set(parts):
+        raise OptionError(f"unknown {_flag(name)} {value!r}; use {', '.join(map(str, allowed))}")
+    what = " or ".join([repr(v) for v in allowed] + [
+        {int: "a whole number", float: "a number", str: "text", bool: "true or false"}.get(p, getattr(p, "__name__", str(p)))
+        for p in parts if typing.get_origin(p) is not Literal and p is not type(None)])
+    raise OptionError(f"{_flag(name)} must be {what}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class VectorOptions:
+    """How a class raster becomes polygons: ``geoseg.vectorize`` keywords, ``geoseg vectorize``
+    options and the job file's ``vector`` keys (plus ``format``)."""
+
+    connectivity: Literal[4, 8] = field(default=4, metadata=_help(
+        "Pixel neighbourhood of a region (GDAL's default is 4)."))
+    skip_classes: tuple[int, ...] = field(default=(), metadata=_help(
+        "Class value to leave out (repeatable), e.g. background.", flag="skip_class"))
+    min_area: float = field(default=0.0, metadata=_help(
+        "Merge regions smaller than this (square CRS units) into a neighbour.", min=0))
+    simplify: float | None = field(default=None, metadata=_help(
+        "Simplify the layer as a coverage with this tolerance (CRS units).", min=0))
+    block_size: int | None = field(default=None, metadata=_help(
+        "Block size in pixels (default ~1024).", min=64))
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "skip_classes", tuple(self.skip_classes))
+        _check_fields(self)
+
+
+def key_of(f: dataclasses.Field[Any]) -> str:
+    """A field's name in the job file and on the command line (``skip_class`` for ``skip_classes``)."""
+    return str(f.metadata.get("flag", f.name))
+
+
+def job_schema(cls: type) -> dict[str, Any]:
+    """The job-file schema of an options dataclass: each field's key and the YAML types it takes."""
+    hints = typing.get_type_hints(cls)
+    return {key_of(f): _yaml_types(hints[f.name]) for f in dataclasses.fields(cls)}
+
+
+def _yaml_types(hint: Any) -> Any:
+    """YAML types for a field type: 'int|auto' for ``int | Literal['auto']``, else a type or tuple."""
+    union = typing.get_origin(hint) in (Union, types.UnionType)
+    parts = typing.get_args(hint) if union else (hint,)
+    if CRFParams in parts:
+        return (bool, dict)
+    out: list[type] = []
+    auto = False
+    for p in parts:
+        if p is type(None):
+            continue
+        if typing.get_origin(p) is Literal:
+            values = typing.get_args(p)
+            if values == ("auto",):
+                auto = True
+            else:
+                out.extend(t for t in dict.fromkeys(type(v) for v in values) if t not in out)
+        elif typing.get_origin(p) is tuple:
+            out.append(list)
+        elif p is float:
+            out.extend(t for t in (int, float) if t not in out)
+        elif isinstance(p, type):
+            out.append(p)
+    if auto and out == [int]:
+        return "int|auto"
+    return out[0] if len(out) == 1 else tuple(out)
