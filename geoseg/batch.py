@@ -500,7 +500,7 @@ def _one_scene(job: Job, scene: str, model: Any, session: Any, slots: Any, bar: 
             if "skip_class" in vector_opts:
                 vector_opts["skip_classes"] = tuple(vector_opts.pop("skip_class"))
         try:
-            plan = plan_predict(scene, outs["classes"], model.path, PredictOptions.from_keywords(None, **opts),
+            plan = plan_predict(scene, outs["classes"], model, PredictOptions.from_keywords(None, **opts),
                                 outs.get("probabilities"), outs.get("vector"), overwrite=True)
             progress = bar.scene(plan.scene.pixels)
         finally:

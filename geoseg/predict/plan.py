@@ -62,7 +62,7 @@ def default_tiles_per_task(grid: TileGrid, batch_size: int) -> int:
 def plan_predict(
     scene: str | os.PathLike[str],
     output: str | os.PathLike[str],
-    model: str | os.PathLike[str] | None = None,
+    model: str | os.PathLike[str] | LoadedModel | None = None,
     options: PredictOptions = PredictOptions(),
     probabilities: str | os.PathLike[str] | None = None,
     vector: str | os.PathLike[str] | None = None,
@@ -88,7 +88,8 @@ def plan_predict(
             f"{info.path} has no CRS or geotransform; the output keeps its pixel grid without "
             "georeferencing", GeosegWarning, stacklevel=3,
         )
-    loaded = load_model(model, device="cpu")
+    # a batch plans many scenes with the one model it has loaded and checked already
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, device="cpu")
     cfg = loaded.config
     band_list = parse_bands(options.bands, info.count, cfg.in_channels)
     inference = InferenceOptions(tta=options.tta, scales=options.scales, crf=options.crf,
