@@ -26,7 +26,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/predict.py
 
 # Pin the runtime dependencies of the container images from this environment.
-DEV_PACKAGES := geoseg|hadolint|hypothesis|iniconfig|pluggy|pytest|ruff|rio-cogeo|morecantile|pydantic|annotated-types|typing-inspection|scikit-learn|joblib|threadpoolctl|nvidia-|cuda-|triton|Pygments|pyarrow|narwhals|lazy-importer
+DEV_PACKAGES := geoseg|hadolint|hypothesis|iniconfig|pluggy|pytest|ruff|rio-cogeo|morecantile|pydantic|annotated-types|typing-inspection|scikit-learn|joblib|threadpoolctl|nvidia-|cuda-|triton|Pygments|pyarrow|lazy-importer
 lock: $(STAMP)
 	{ head -3 docker/requirements.lock; $(BIN)/pip freeze --exclude-editable | grep -Ev '^(-e|#)' | grep -Ev '^($(DEV_PACKAGES))'; } > docker/requirements.lock.new
 	mv docker/requirements.lock.new docker/requirements.lock

@@ -312,8 +312,10 @@ def remove_stale_parts(outs: dict[str, Path]) -> None:
             stale.unlink()
 
 
-def stac_item(scene: str, outs: dict[str, Path], model_name: str, model_sha: str, classes: list[Any]) -> dict[str, Any]:
-    """A STAC 1.0 Item for one scene's outputs, with the class raster and polygons as assets."""
+def stac_item(scene: str, outs: dict[str, Path], model_name: str, model_sha: str, classes: list[Any],
+              source_item: str | None = None) -> dict[str, Any]:
+    """A STAC 1.0 Item for one scene's outputs, with the class raster and polygons as assets, and
+    a ``derived_from`` link to the scene's own STAC item when it was given as one."""
     import rasterio
     from rasterio.warp import transform_bounds, transform_geom
 
@@ -350,7 +352,8 @@ def stac_item(scene: str, outs: dict[str, Path], model_name: str, model_sha: str
                             "https://stac-extensions.github.io/classification/v1.1.0/schema.json"],
         "id": outs["classes"].stem, "geometry": geom, "bbox": list(wgs) if wgs else None,
         "properties": props, "assets": assets,
-        "links": [],
+        "links": [{"rel": "derived_from", "href": source_item, "type": "application/geo+json",
+                   "title": "source scene"}] if source_item else [],
     }
 
 
@@ -509,7 +512,8 @@ def _one_scene(job: Job, scene: str, model: Any, session: Any, slots: Any, bar: 
                          vector_options=vector_opts, started=t)
         if slots.cancelled:
             raise KeyboardInterrupt("the job was interrupted")
-        write_json_atomic(outs["stac"], stac_item(scene, outs, model.name, model.sha256, model.classes))
+        write_json_atomic(outs["stac"], stac_item(scene, outs, model.name, model.sha256, model.classes,
+                                                    result.stac_item))
         record = expected_record(job, scene, model.sha256)
         record["outputs"] = {k: p.name for k, p in outs.items()}
         write_json_atomic(rec, record)

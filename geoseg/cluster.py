@@ -273,7 +273,7 @@ def dashboard_link(client: Any) -> str | None:
     try:
         import bokeh  # noqa: F401
     except ImportError:
-        return "not available (pip install 'geoseg[dashboard]')"
+        return "not available (bokeh is missing: pip install 'bokeh>=3.1')"
     return getattr(client, "dashboard_link", None)
 
 

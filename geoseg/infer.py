@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -15,6 +15,9 @@ from geoseg.crf import dense_crf
 from geoseg.errors import ModelError, OptionError
 from geoseg.options import CRFParams, Precision, Tta, choices
 from geoseg.tiling import context_radius, scale_fractions, scales_alignment
+
+#: A forward pass: normalized float32 N x C x H x W -> logits N x K x H x W (any engine).
+LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 
 TTA_MODES = choices(Tta)
 PRECISIONS = choices(Precision)
@@ -32,7 +35,7 @@ class InferenceOptions:
     tta: Tta = "none"
     scales: tuple[float, ...] = (1.0,)
     crf: CRFParams | None = None
-    precision: Precision = "fp32"
+    precision: Precision = "auto"
     channels_last: bool = False
     compile: bool = False
 
@@ -51,8 +54,16 @@ class InferenceOptions:
 
     @property
     def dtype(self) -> torch.dtype | None:
-        """The autocast dtype, or None for float32."""
+        """The autocast dtype, or None for float32 (``auto``: see :meth:`dtype_on`)."""
         return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+
+    def dtype_on(self, device: torch.device) -> torch.dtype | None:
+        """The autocast dtype on ``device``: ``auto`` is bf16 on CUDA devices that support it."""
+        if self.precision == "auto":
+            if device.type == "cuda" and torch.cuda.is_bf16_supported():
+                return torch.bfloat16
+            return None
+        return self.dtype
 
     def alignment(self, stride: int) -> int:
         """Tile origins and sizes must be multiples of this (the stride, more with scales)."""
@@ -106,13 +117,26 @@ def forward(
         x = x.pin_memory().to(device, non_blocking=True)
     if options.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(device.type, dtype=options.dtype or torch.float32, enabled=options.dtype is not None):
-        if options.plain:
-            return network(x).float().cpu()
-        logits = _scales_tta(network, x, options)
+
+    dtype = options.dtype_on(device)
+
+    def run(t: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            return network(t).float()
+
+    return scores(run, x, options).cpu()
+
+
+def scores(logits: LogitsFn, x: torch.Tensor, options: InferenceOptions) -> torch.Tensor:
+    """What the class decision is taken on, for any engine's forward pass ``logits``: the logits,
+    averaged over test-time augmentations and scales, then refined by the CRF (which returns
+    log-probabilities: same argmax and softmax semantics)."""
+    if options.plain:
+        return logits(x).float()
+    out = _scales_tta(logits, x, options)
     if options.crf is not None:
-        logits = torch.cat([dense_crf(lg[None], xi[None], options.crf) for lg, xi in zip(logits, x.float())])
-    return logits.cpu()
+        out = torch.cat([dense_crf(lg[None], xi[None], options.crf) for lg, xi in zip(out, x.float())])
+    return out
 
 
 def _d4(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
@@ -134,7 +158,7 @@ def _transforms(tta: str) -> list[tuple[int, bool]]:
     return [(0, False)]
 
 
-def _scales_tta(network: nn.Module, x: torch.Tensor, options: InferenceOptions) -> torch.Tensor:
+def _scales_tta(network: LogitsFn, x: torch.Tensor, options: InferenceOptions) -> torch.Tensor:
     """Mean logits over every (scale, D4 transform) pair, at the input's resolution."""
     size = x.shape[-2:]
     total: torch.Tensor | None = None

@@ -24,8 +24,11 @@ from rasterio.windows import Window
 from geoseg.errors import OutputError, SceneError, first_line
 from geoseg.tiling import source_indices
 
-#: Class id written where the scene has no data (and so no prediction).
+#: Class id written where the scene has no data (and so no prediction), in uint8 class rasters.
 CLASS_NODATA = 255
+#: The same in uint16 class rasters, for models with class values above 254.
+CLASS_NODATA_16 = 65535
+
 
 #: GDAL settings for every scene read; scoped with rasterio.Env, never put into os.environ.
 READ_ENV: dict[str, Any] = {
@@ -40,6 +43,9 @@ READ_ENV: dict[str, Any] = {
 
 #: Block cache (MB) while writing: partial blocks are flushed instead of piling up in memory.
 WRITE_CACHE_MB = 64
+#: DEFLATE threads for the temporary GeoTIFF and the COG (GDAL's NUM_THREADS creation option),
+#: so one client keeps up with many workers.
+WRITE_THREADS = "ALL_CPUS"
 
 #: GDAL compression threads for every raster geoseg writes (the temporary GeoTIFF's DEFLATE
 #: blocks and the COG conversion): the client's writing keeps pace with many workers.
@@ -57,8 +63,10 @@ def no_georef_warning() -> Iterator[None]:
 
 
 def is_virtual(path: str) -> bool:
-    """True for GDAL virtual paths and URLs that cannot be checked with os.path."""
-    return path.startswith("/vsi") or "://" in path
+    """True for GDAL virtual paths, URLs and VRT XML strings, which os.path cannot check."""
+    from geoseg.scenes import is_vrt_xml
+
+    return path.startswith("/vsi") or "://" in path or is_vrt_xml(path)
 
 
 @dataclass(frozen=True)
@@ -193,6 +201,8 @@ def read_mirrored(
     r0, r1 = int(rows.min()), int(rows.max()) + 1
     c0, c1 = int(cols.min()), int(cols.max()) + 1
     window = Window(c0, r0, c1 - c0, r1 - r0)
+    from geoseg.scenes import describe
+
     failure: str | None = None
     try:
         block = src.read(list(bands), window=window)
@@ -203,7 +213,7 @@ def read_mirrored(
         # Raised outside the except block: GDAL's exception chain does not survive pickling
         # back from a Dask worker, and this message says all of it.
         raise SceneError(
-            f"cannot read window (col {c0}, row {r0}, {c1 - c0}x{r1 - r0}) of {src.name}: "
+            f"cannot read window (col {c0}, row {r0}, {c1 - c0}x{r1 - r0}) of {describe(src.name)}: "
             f"{failure}; the file may be corrupt or truncated"
         )
     if np.issubdtype(block.dtype, np.floating):
@@ -215,9 +225,13 @@ def read_mirrored(
     return data, valid
 
 
-def file_token(path: str) -> tuple[int, int] | None:
-    """Size and modification time of a local file (None for virtual paths): part of task keys, so
-    a changed file never reuses results computed from its old content."""
+def file_token(path: str) -> tuple[int, int] | None | list[Any]:
+    """Size and modification time of a local file (None for virtual paths; one per source file of
+    a VRT string): part of task keys, so a changed file never reuses results from its old content."""
+    from geoseg.scenes import is_vrt_xml, vrt_sources
+
+    if is_vrt_xml(path):
+        return [file_token(s) for s in vrt_sources(path)]
     try:
         st = os.stat(path)
         return st.st_size, st.st_mtime_ns
@@ -257,6 +271,14 @@ def remove_quietly(*paths: Path | None) -> None:
                 Path(str(p) + ".aux.xml").unlink()
 
 
+def class_raster_dtype(values: Sequence[int]) -> tuple[str, int]:
+    """``(dtype, nodata)`` of the class raster for these class values: uint8 with nodata 255 while
+    every value fits in 0..254, else uint16 with nodata 65535. The one place this is decided
+    (sinks, the worker's argmax lookup, engines)."""
+    top = max((int(v) for v in values), default=0)
+    return ("uint8", CLASS_NODATA) if top < CLASS_NODATA else ("uint16", CLASS_NODATA_16)
+
+
 @dataclass(frozen=True)
 class ClassInfo:
     """A class as written into the output raster: value, name and RGB colour."""
@@ -283,19 +305,20 @@ class RasterSink:
         tags: dict[str, str] | None = None,
         band_descriptions: Sequence[str] | None = None,
         overview_resampling: str = "MODE",
+        dtype: str = "uint8",
     ) -> None:
         self.path = path
         self.scene = scene
         self.overview_resampling = overview_resampling
         self.tmp = temporary_sibling(path)
         self.cog_tmp: Path | None = None
-        est_bytes = scene.pixels * count
+        est_bytes = scene.pixels * count * np.dtype(dtype).itemsize
         profile: dict[str, Any] = {
             "driver": "GTiff",
             "width": scene.width,
             "height": scene.height,
             "count": count,
-            "dtype": "uint8",
+            "dtype": dtype,
             "nodata": nodata,
             "tiled": True,
             "blockxsize": 512,
@@ -323,7 +346,7 @@ class RasterSink:
             self._dst.set_band_description(i, desc)
 
     def write(self, array: np.ndarray, window: Window) -> None:
-        """Write (bands, h, w) or (h, w) uint8 into ``window``."""
+        """Write (bands, h, w) or (h, w) values of the sink's dtype into ``window``."""
         if array.ndim == 2:
             array = array[None]
         self._dst.write(array, window=window)
@@ -338,6 +361,7 @@ class RasterSink:
                 str(self.cog_tmp),
                 driver="COG",
                 COMPRESS="DEFLATE",
+                NUM_THREADS=WRITE_THREADS,
                 BLOCKSIZE=512,
                 OVERVIEW_RESAMPLING=self.overview_resampling,
                 BIGTIFF="IF_SAFER",

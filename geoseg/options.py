@@ -20,9 +20,13 @@ from geoseg.errors import OptionError
 
 Auto = Literal["auto"]
 Tta = Literal["none", "flip", "d4"]
-Precision = Literal["fp32", "bf16", "fp16"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+#: ``auto``: ONNX Runtime on the CPU, PyTorch on CUDA (see :mod:`geoseg.engines`).
+EngineName = Literal["auto", "torch", "onnx"]
 OnError = Literal["fail", "skip"]
 Device = Literal["auto", "cpu", "cuda"]
+#: GDAL resampling of band files / STAC assets coarser than the finest band (VRT source resampling).
+Resampling = Literal["bilinear", "nearest", "cubic", "cubicspline", "lanczos", "average", "mode"]
 
 
 def choices(literal: Any) -> tuple[Any, ...]:
@@ -80,14 +84,18 @@ class PredictOptions:
         "Average logits over these input scales.", metavar="0.75,1,1.25"))
     crf: CRFParams | None = field(default=None, metadata=_help(
         "Refine with the dense CRF (DeepLab v1); margin grows by iterations x radius."))
-    precision: Precision = field(default="fp32", metadata=_help(
-        "Autocast precision of the forward pass (bf16/fp16 mainly for CUDA)."))
+    engine: EngineName = field(default="auto", metadata=_help(
+        "Inference engine: onnx (ONNX Runtime), torch, or auto (ONNX Runtime on the CPU, PyTorch on CUDA)."))
+    precision: Precision = field(default="auto", metadata=_help(
+        "Autocast precision of the PyTorch forward pass; auto = bf16 on CUDA GPUs that have it, else fp32."))
     channels_last: bool = field(default=False, metadata=_help(
         "Channels-last memory format (faster convolutions on recent GPUs)."))
     compile: bool = field(default=False, metadata=_help(
         "torch.compile the network on each worker (falls back to eager)."))
     on_error: OnError = field(default="fail", metadata=_help(
         "A tile that cannot be read or inferred: fail the run, or write nodata there and list it in OUTPUT.skipped.json."))
+    resampling: Resampling = field(default="bilinear", metadata=_help(
+        "How band files / STAC assets at a coarser resolution are resampled onto the finest band's grid."))
 
     def __post_init__(self) -> None:
         # normalise the forms a job file or a caller gives (lists, True, a dict of CRF settings)
@@ -192,6 +200,11 @@ class VectorOptions:
         "Simplify the layer as a coverage with this tolerance (CRS units).", min=0))
     block_size: int | None = field(default=None, metadata=_help(
         "Block size in pixels (default ~1024).", min=64))
+    dst_crs: str | None = field(default=None, metadata=_help(
+        "Write polygons in this CRS (e.g. EPSG:4326); areas stay measured in the raster's CRS.", metavar="CRS"))
+    style: bool = field(default=True, metadata=_help(
+        "Add QGIS's default style, categorized by class in the model's colours "
+        "(GeoPackage: layer_styles table; other formats: a .qml sidecar)."))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "skip_classes", tuple(self.skip_classes))

@@ -1,15 +1,13 @@
-"""From a tile's logits to what is written: crop the margin, argmax to class values, probabilities."""
+"""From an engine's whole-tile output to what is written: the kept core of each tile."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
-import torch
 from rasterio.windows import Window
 
-from geoseg.io import CLASS_NODATA
+from geoseg.engines.base import EngineOutput
 from geoseg.tiling import Tile
 
 
@@ -24,33 +22,15 @@ class TileResult:
     error: str | None = None
 
 
-def crop_core(logits: torch.Tensor, tile: Tile) -> torch.Tensor:
-    """The core of a K x H x W tile output; margins were context only."""
+def core_result(out: EngineOutput, index: int, tile: Tile) -> TileResult:
+    """Tile ``index`` of a batch output, cropped to its core (margins were context only); copies,
+    so the batch's arrays are freed."""
     r, c = tile.core_offset
     h, w = int(tile.core.height), int(tile.core.width)
-    return logits[:, r : r + h, c : c + w]
 
+    def crop(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else np.ascontiguousarray(a[index, ..., r : r + h, c : c + w])
 
-def to_result(
-    core_logits: torch.Tensor,
-    valid: np.ndarray,
-    tile: Tile,
-    class_values: Sequence[int],
-    want_probabilities: bool,
-    keep_logits: bool = False,
-) -> TileResult:
-    """Argmax to class values (nodata where the input had none) and optional uint8 probabilities."""
-    lookup = np.asarray(class_values, dtype=np.uint8)
-    classes = lookup[core_logits.argmax(0).numpy()]
-    classes[~valid] = CLASS_NODATA
-    probs = None
-    if want_probabilities:
-        p = torch.softmax(core_logits, dim=0).numpy()
-        probs = np.rint(p * 255.0).astype(np.uint8)
-        probs[:, ~valid] = 0
-    return TileResult(
-        core=tile.core,
-        classes=classes,
-        probabilities=probs,
-        logits=core_logits.numpy().copy() if keep_logits else None,
-    )
+    classes = crop(out.classes)
+    assert classes is not None
+    return TileResult(tile.core, classes, crop(out.probabilities), crop(out.logits))

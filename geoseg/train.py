@@ -31,6 +31,21 @@ from geoseg.models.pretrained import load_pretrained
 from geoseg.progress import Progress
 
 DEFAULT_ARCH = "unet-small"
+#: Optimizer steps the automatic epoch count aims at, and its bounds.
+AUTO_STEPS = 1000
+AUTO_EPOCHS = (15, 150)
+
+
+def auto_epochs(steps_per_epoch: int) -> int:
+    """Epochs for about ``AUTO_STEPS`` optimizer steps: many passes over a small chip set, few
+    over a large one; early stopping usually ends training well before."""
+    lo, hi = AUTO_EPOCHS
+    return int(min(hi, max(lo, math.ceil(AUTO_STEPS / max(1, steps_per_epoch)))))
+
+
+def auto_patience(epochs: int) -> int:
+    """Epochs without a better validation mIoU after which training stops."""
+    return max(10, epochs // 6)
 
 
 @dataclass
@@ -122,7 +137,8 @@ def train(
     output: str | os.PathLike[str],
     arch: str = DEFAULT_ARCH,
     arch_kwargs: dict[str, Any] | None = None,
-    epochs: int = 30,
+    epochs: int | None = None,
+    patience: int | None = None,
     batch_size: int | None = None,
     lr: float = 2e-3,
     weight_decay: float = 1e-4,
@@ -191,7 +207,8 @@ def train(
                           manifest["ignore_value"])
     network.to(dev)
     if batch_size is None:
-        batch_size = 32 if dev.type == "cuda" else 16
+        # at least four steps an epoch: a small chip set needs updates more than big batches
+        batch_size = min(32 if dev.type == "cuda" else 16, max(2, len(train_ds) // 4))
     use_amp = amp and dev.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     train_pixels = {int(k): int(v) for k, v in manifest["stats"]["class_pixels"].get("train", {}).items()}
@@ -226,6 +243,10 @@ def train(
 
     loader = make_loader(batch_size)
     steps_per_epoch = max(1, len(loader))
+    if epochs is None:
+        epochs = int(state["epochs"]) if resume and "epochs" in state else auto_epochs(steps_per_epoch)
+    if patience is None:
+        patience = auto_patience(epochs)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(epochs * steps_per_epoch, int(warmup_epochs * steps_per_epoch), schedule)
     )
@@ -236,6 +257,11 @@ def train(
             group["lr"] = rate
     best_scores: Scores | None = None
     for epoch in range(start_epoch, epochs):
+        if len(val_ds) and patience and best_epoch and epoch - best_epoch >= patience:
+            if not quiet:
+                print(f"stopping early: no better validation mIoU for {patience} epochs",
+                      file=sys.stderr, flush=True)
+            break
         t0 = time.perf_counter()
         while True:
             try:
@@ -264,7 +290,8 @@ def train(
         if improved:
             best_miou, best_epoch, best_scores = miou, epoch + 1, val_scores
             _save_best(out, network, config, manifest, chips_dir, history, best_epoch, val_scores,
-                       dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, schedule=schedule,
+                       dict(epochs=epochs, patience=patience, batch_size=batch_size, lr=lr, seed=seed,
+                            schedule=schedule,
                             class_weighting=class_weighting, dice_weight=dice_weight,
                             pretrained=pretrained_from))
         if not quiet:
@@ -278,7 +305,7 @@ def train(
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "epoch": epoch + 1, "best_miou": best_miou, "best_epoch": best_epoch,
             "generator": gen.get_state(), "rng": torch.get_rng_state(),
-            "history": [h.__dict__ for h in history], "batch_size": batch_size,
+            "history": [h.__dict__ for h in history], "batch_size": batch_size, "epochs": epochs,
             "identity": json.dumps(identity, sort_keys=True),
         }, tmp)
         os.replace(tmp, state_path)

@@ -30,6 +30,7 @@ from geoseg.io import (
     READ_ENV, check_output_path, no_georef_warning, open_scene, read_class_names, remove_quietly,
     temporary_sibling,
 )
+from geoseg.styles import qml_sidecar, raster_classes, write_gpkg_style, write_qml_sidecar
 
 if TYPE_CHECKING:
     from geoseg.cluster import TaskSlots
@@ -391,6 +392,8 @@ def vectorize(
     client: Any = None,
     quiet: bool = True,
     timestamp: str | None = None,
+    dst_crs: str | None = None,
+    style: bool = True,
     max_in_flight: int | TaskSlots | None = None,
 ) -> VectorizeResult:
     """Polygonize a class raster into ``output`` (format by extension), one feature per region.
@@ -400,6 +403,10 @@ def vectorize(
     shared. Attributes (Shapefile-safe names): class, class_name, area_m2, perim_m, pixels, mean_prob
     when a probabilities raster (from ``geoseg predict --probabilities``) is given.
     ``timestamp`` (ISO 8601) fixes the GeoPackage's last-change date, for byte-identical reruns.
+    ``dst_crs`` (anything rasterio's ``CRS.from_user_input`` reads) writes the polygons in another
+    CRS; areas and perimeters are still measured in the raster's CRS (geodesically when it is
+    geographic). ``style`` adds the default QGIS style, categorized by class in the raster's colours
+    (GeoPackage: its ``layer_styles`` table; other formats: a ``.qml`` sidecar).
     ``max_in_flight``: block tasks in flight (default: two block rows, at least 2 per worker
     thread), or :class:`~geoseg.cluster.TaskSlots` shared with other work (a batch's scenes).
     """
@@ -410,7 +417,7 @@ def vectorize(
 
     t0 = time.perf_counter()
     out = check_output_path(output, overwrite, "vector output")
-    driver, any_crs = output_format(out)
+    driver = output_format(out)[0]
     if connectivity not in (4, 8):
         raise VectorizeError(f"--connectivity must be 4 or 8, not {connectivity}")
     info = open_scene(raster)
@@ -419,15 +426,16 @@ def vectorize(
             f"{raster} holds {info.dtype} values: not a class raster; polygonize the class raster "
             "from 'geoseg predict', or round the values to integer classes first"
         )
-    if info.crs is not None and not any_crs and info.crs.to_epsg() != 4326:
-        raise VectorizeError(
-            f"{driver} holds WGS 84 (EPSG:4326) coordinates only, and the raster is in "
-            f"{info.crs.to_string()}; write .gpkg or .fgb instead"
-        )
+    target, out_crs = output_crs(out, info.crs, dst_crs)
     with no_georef_warning():
         with rasterio.open(raster) as src:
             names = read_class_names(src)
             block = _block_size(src, block_size)
+            classes = [c for c in raster_classes(src) if c.value not in set(skip_classes)] if style else []
+    sidecar = qml_sidecar(out) if classes and driver != "GPKG" else None
+    if sidecar is not None:
+        check_output_path(sidecar, overwrite, "style sidecar")
+    reproject = _reprojector(info.crs, target) if target is not None else None
     pixel_area = abs(info.transform.a * info.transform.e - info.transform.b * info.transform.d) or 1.0
     sieve_px = int(math.ceil(min_area / pixel_area)) if min_area > 0 else 0
     halo = min(sieve_px, 4 * block) if sieve_px else 0
@@ -453,7 +461,8 @@ def vectorize(
         with dask_session(client, scheduler, workers or cpu_count(), processes=True) as session, \
                 _ogr_date(timestamp):
             limit = max_in_flight or max(2 * cols, 2 * session.threads)
-            writer = _GpkgWriter(tmp, info.crs, probabilities is not None)
+            writer = _GpkgWriter(tmp, info.crs if simplify else out_crs, probabilities is not None,
+                                 reproject=None if simplify else reproject)
             for item in merge_blocks(_rows(session.client, tasks, cols, limit, progress), connectivity, rows):
                 if isinstance(item, Finished):
                     writer.add_many(item, names)
@@ -473,12 +482,65 @@ def vectorize(
             writer.close()
             progress.close()
             if simplify:
-                _simplify_layer(tmp, simplify, info.crs, measure)
-            _publish(tmp, out, driver, info.crs)
+                _simplify_layer(tmp, simplify, measure, reproject, out_crs)
+            if classes and driver == "GPKG":
+                write_gpkg_style(tmp, classes, "polygons", timestamp=timestamp)
+            _publish(tmp, out, driver, out_crs)
+            if sidecar is not None:
+                write_qml_sidecar(out, classes)
     except BaseException:
         remove_quietly(tmp)
         raise
     return VectorizeResult(out, sum(per_class.values()), per_class, time.perf_counter() - t0)
+
+
+def output_crs(out: Path, src_crs: Any, dst_crs: str | None) -> tuple[Any, Any]:
+    """``(target, written)``: the CRS to reproject to (None: keep the raster's) and the CRS the
+    file ends up in, checked against the format (GeoJSON holds EPSG:4326 only, as RFC 7946 says)."""
+    driver, any_crs = output_format(out)
+    target = _target_crs(dst_crs, src_crs)
+    written = target if target is not None else src_crs
+    if written is not None and not any_crs and written.to_epsg() != 4326:
+        raise VectorizeError(
+            f"{driver} holds WGS 84 (EPSG:4326) coordinates only, and the raster is in "
+            f"{written.to_string()}; add --dst-crs EPSG:4326, or write .gpkg or .fgb instead"
+        )
+    return target, written
+
+
+def _target_crs(dst_crs: str | None, src_crs: Any) -> Any:
+    """The CRS polygons are written in when ``--dst-crs`` is given (None: the raster's own)."""
+    if dst_crs is None:
+        return None
+    from rasterio.crs import CRS
+    from rasterio.errors import CRSError
+
+    try:
+        crs = CRS.from_user_input(dst_crs)
+    except CRSError:
+        raise VectorizeError(
+            f"--dst-crs {dst_crs!r} is not a CRS PROJ knows; give e.g. EPSG:4326 or a WKT string"
+        ) from None
+    if src_crs is None:
+        raise VectorizeError("--dst-crs needs a raster with a CRS; this one has none")
+    return None if crs == src_crs else crs
+
+
+def _reprojector(src_crs: Any, dst_crs: Any) -> Any:
+    """A function reprojecting an array of geometries (vertices, x/y order) from the raster's CRS."""
+    import shapely
+    from pyproj import Transformer
+
+    transformer = Transformer.from_crs(src_crs.to_wkt(), dst_crs.to_wkt(), always_xy=True)
+
+    def xy(coords: np.ndarray) -> np.ndarray:
+        x, y = transformer.transform(coords[:, 0], coords[:, 1])
+        return np.column_stack([x, y])
+
+    def apply(geoms: Any) -> Any:
+        return shapely.transform(geoms, xy)
+
+    return apply
 
 
 #: Serializes the process-wide OGR_CURRENT_DATE (see :func:`_ogr_date`).
@@ -538,9 +600,11 @@ class _GpkgWriter:
 
     FIELDS = ["class", "class_name", "area_m2", "perim_m", "pixels"]
 
-    def __init__(self, path: Path, crs: Any, with_prob: bool, batch: int = 20000) -> None:
+    def __init__(self, path: Path, crs: Any, with_prob: bool, batch: int = 20000,
+                 reproject: Any = None) -> None:
         self.path = path
         self.crs = crs.to_wkt() if crs is not None else None
+        self.reproject = reproject
         self.with_prob = with_prob
         self.batch = batch
         self.written = False
@@ -584,10 +648,15 @@ class _GpkgWriter:
                 np.asarray(c[2], dtype=np.float64), np.asarray(c[3], dtype=np.float64),
                 np.asarray(c[4], dtype=np.int64)]
         fields = list(self.FIELDS)
+        wkb = np.asarray(self.wkb, dtype=object)
+        if self.reproject is not None and len(wkb):
+            import shapely
+
+            wkb = shapely.to_wkb(self.reproject(shapely.from_wkb(wkb)))
         if self.with_prob:
             data.append(np.asarray([np.nan if v is None else v for v in c[5]], dtype=np.float64))
             fields.append("mean_prob")
-        pyogrio.raw.write(str(self.path), np.asarray(self.wkb, dtype=object), data, fields, crs=self.crs,
+        pyogrio.raw.write(str(self.path), wkb, data, fields, crs=self.crs,
                           geometry_type="MultiPolygon", promote_to_multi=True, driver="GPKG",
                           layer="polygons", append=self.written)
         self.written = True
@@ -597,8 +666,10 @@ class _GpkgWriter:
         self.flush()
 
 
-def _simplify_layer(path: Path, tolerance: float, crs: Any, measure: Measurer) -> None:
-    """Simplify the whole layer as a coverage (shared borders once), then recompute measures."""
+def _simplify_layer(path: Path, tolerance: float, measure: Measurer, reproject: Any = None,
+                    out_crs: Any = None) -> None:
+    """Simplify the whole layer as a coverage (shared borders once), recompute measures, then
+    reproject it when asked (simplification and measures work in the raster's CRS)."""
     import pyogrio
     import shapely
 
@@ -612,9 +683,13 @@ def _simplify_layer(path: Path, tolerance: float, crs: Any, measure: Measurer) -
         area, perim = measure(g)
         data[fields.index("area_m2")][i] = area
         data[fields.index("perim_m")][i] = perim
+    crs = meta["crs"]
+    if reproject is not None:
+        geoms = reproject(geoms)
+        crs = out_crs.to_wkt()
     remove_quietly(path)
     pyogrio.raw.write(str(path), np.asarray(shapely.to_wkb(geoms), dtype=object), data, fields,
-                      crs=meta["crs"], geometry_type="MultiPolygon", promote_to_multi=True,
+                      crs=crs, geometry_type="MultiPolygon", promote_to_multi=True,
                       driver="GPKG", layer="polygons")
 
 
@@ -631,7 +706,9 @@ def _publish(tmp: Path, out: Path, driver: str, crs: Any) -> None:
             _write_geoparquet(tmp, staged)
         else:
             meta, _, wkb, data = pyogrio.raw.read(str(tmp), layer="polygons")
-            opts = {"SPATIAL_INDEX": "YES"} if driver in ("FlatGeobuf", "ESRI Shapefile") else {}
+            opts: dict[str, Any] = {"SPATIAL_INDEX": "YES"} if driver in ("FlatGeobuf", "ESRI Shapefile") else {}
+            if driver in ("GeoJSON", "FlatGeobuf"):
+                opts["layer"] = out.stem  # not the staged file's hidden name
             if driver == "ESRI Shapefile":
                 staged = staged.with_suffix(".shp")
             pyogrio.raw.write(str(staged), wkb if wkb is not None else np.array([], dtype=object),

@@ -1,10 +1,11 @@
-"""What runs on a Dask worker: read a row of tiles -> run the network -> keep the cores.
+"""What runs on a Dask worker: read a row of tiles -> run the engine -> keep the cores.
 
 A task (:class:`TileTask`) carries a scene path, band list, tile windows and the model's path
 and content hash, never arrays or weights. The worker opens the scene itself, loads the model
 once per content hash and keeps it (:func:`worker_model`; the file reaches workers through
 :class:`geoseg.cluster.ModelPlugin`), and halves its batch for good after CUDA runs out of
-memory (:func:`batch_limit`).
+memory (:func:`batch_limit`). The engine (:func:`worker_engine`) takes raw tiles and returns uint8
+class values and probabilities; a background thread reads the next batch while it runs.
 """
 
 from __future__ import annotations
@@ -15,14 +16,16 @@ import tempfile
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
+import rasterio
 
 from geoseg.errors import CheckpointError, ModelError, OptionError, TileError, first_line
 from geoseg.infer import InferenceOptions
 from geoseg.io import CLASS_NODATA, READ_ENV, no_georef_warning, read_mirrored
-from geoseg.stitch import TileResult, crop_core, to_result
+from geoseg.scenes import describe
+from geoseg.stitch import TileResult, core_result
 from geoseg.tiling import Tile
 
 _MODELS: dict[tuple[str, str, bool, bool], Any] = {}
@@ -47,6 +50,8 @@ class TileTask:
     torch_threads: int | None = None
     options: InferenceOptions = InferenceOptions()
     skip_errors: bool = False
+    #: ``auto``, ``torch`` or ``onnx``; ``auto`` resolves on the worker, which knows its device.
+    engine: str = "auto"
 
 
 def run_tile_task(task: TileTask) -> list[TileResult]:
@@ -65,7 +70,7 @@ def run_tile_task(task: TileTask) -> list[TileResult]:
             return _tile_by_tile(task)
         first, last = task.tiles[0].core, task.tiles[-1].core
         raise TileError(
-            f"{task.scene}: tiles at rows {first.row_off}-{last.row_off + last.height}, columns "
+            f"{describe(task.scene)}: tiles at rows {first.row_off}-{last.row_off + last.height}, columns "
             f"{first.col_off}-{last.col_off + last.width} failed ({type(exc).__name__}: "
             f"{first_line(str(exc))}); --on-error skip writes nodata there instead"
         ) from exc
@@ -85,52 +90,81 @@ def _tile_by_tile(task: TileTask) -> list[TileResult]:
 
 
 def _run_tile_task(task: TileTask) -> list[TileResult]:
-    import rasterio
     import torch
 
-    from geoseg.infer import forward, normalize, resolve_device
+    from geoseg.infer import resolve_device
 
     set_torch_threads(task.torch_threads)
     device = resolve_device(task.device)
-    opts = task.options
-    model = worker_model(task.model_path, task.model_sha256, str(device), opts.channels_last, opts.compile)
-    cfg = model.config
-    values = [c.value for c in cfg.classes]
-    first, last = task.tiles[0], task.tiles[-1]
-    with rasterio.Env(**READ_ENV):
-        with no_georef_warning():
-            src = rasterio.open(task.scene)
-        with src:
-            width = last.input_col + last.input_width - first.input_col
-            data, valid = read_mirrored(
-                src, task.bands, first.input_row, first.input_col, first.input_height, width
-            )
-    x = normalize(data, valid, cfg.mean, cfg.std)
-    del data
+    engine = worker_engine(task.model_path, task.model_sha256, str(device), task.engine, task.options)
+    size = batch_limit(task.model_sha256, str(device), task.batch_size)
+    chunks = [task.tiles[i : i + size] for i in range(0, len(task.tiles), size)]
     results: list[TileResult] = []
-    start = 0
-    while start < len(task.tiles):
-        size = batch_limit(task.model_sha256, str(device), task.batch_size)
-        chunk = task.tiles[start : start + size]
-        offsets = [t.input_col - first.input_col for t in chunk]
-        batch = np.stack([x[:, :, o : o + t.input_width] for o, t in zip(offsets, chunk)])
-        try:
-            logits = forward(model.network, batch, device, opts)
-        except torch.cuda.OutOfMemoryError:
-            if size == 1:
-                raise
-            del batch
-            torch.cuda.empty_cache()
-            lower_batch_limit(task.model_sha256, str(device), size)
-            continue
-        for t, o, lg in zip(chunk, offsets, logits):
-            core = crop_core(lg, t)
-            r, c = t.core_offset
-            v = valid[r : r + core.shape[1], o + c : o + c + core.shape[2]]
-            results.append(to_result(core, v, t, values, task.probabilities, task.keep_logits))
-        del batch, logits
-        start += len(chunk)
+    with TileReader(task.scene, task.bands) as reader:
+        pending = reader.prefetch(chunks[0])
+        for i, chunk in enumerate(chunks):
+            data, valid = pending.result()
+            if i + 1 < len(chunks):
+                pending = reader.prefetch(chunks[i + 1])  # read the next batch while this one runs
+            start = 0
+            while start < len(chunk):
+                size = batch_limit(task.model_sha256, str(device), task.batch_size)
+                part = chunk[start : start + size]
+                try:
+                    out = engine.run(data[start : start + size], valid[start : start + size],
+                                     task.probabilities, task.keep_logits)
+                except torch.cuda.OutOfMemoryError:
+                    if size == 1:
+                        raise
+                    torch.cuda.empty_cache()
+                    lower_batch_limit(task.model_sha256, str(device), size)
+                    continue
+                results.extend(core_result(out, j, t) for j, t in enumerate(part))
+                del out
+                start += len(part)
     return results
+
+
+class TileReader:
+    """Reads batches of tiles (mirrored at scene edges) in a background thread that owns the
+    open dataset, so the next batch's pixels are read and decoded while the engine runs."""
+
+    def __init__(self, scene: str, bands: Sequence[int]) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.scene, self.bands = scene, list(bands)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="geoseg-read")
+        self._src: Any = None
+
+    def __enter__(self) -> "TileReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.submit(self._close).result()
+        self._pool.shutdown()
+
+    def prefetch(self, tiles: Sequence[Tile]) -> Any:
+        """A future of ``(data, valid)``: N x C x H x W raw pixels and N x H x W validity."""
+        return self._pool.submit(self._read, tuple(tiles))
+
+    def _read(self, tiles: tuple[Tile, ...]) -> tuple[np.ndarray, np.ndarray]:
+        first, last = tiles[0], tiles[-1]
+        width = last.input_col + last.input_width - first.input_col
+        with rasterio.Env(**READ_ENV):
+            if self._src is None:
+                with no_georef_warning():
+                    self._src = rasterio.open(self.scene)
+            data, valid = read_mirrored(
+                self._src, self.bands, first.input_row, first.input_col, first.input_height, width
+            )
+        offsets = [t.input_col - first.input_col for t in tiles]
+        return (np.stack([data[:, :, o : o + t.input_width] for o, t in zip(offsets, tiles)]),
+                np.stack([valid[:, o : o + t.input_width] for o, t in zip(offsets, tiles)]))
+
+    def _close(self) -> None:
+        if self._src is not None:
+            self._src.close()
+            self._src = None
 
 
 # --- the model cache: one loaded model per content hash, device and tuning, per process -----
@@ -151,33 +185,92 @@ def worker_model(
     if model is not None:
         return model
     with _LOCK:
-        model = _MODELS.get(key)
-        if model is None:
-            model = _load(path, sha256, device)
-            if channels_last:
-                import torch
+        return _tuned_model(path, sha256, device, channels_last, compile)
 
-                model.network = model.network.to(memory_format=torch.channels_last)
-            if compile:
-                model.network = _compiled(model.network)
-            _MODELS[key] = model
+
+def _tuned_model(path: str, sha256: str, device: str, channels_last: bool, compile: bool) -> Any:
+    """The cached model for these settings, loaded and tuned if new; the caller holds ``_LOCK``."""
+    key = (sha256, device, channels_last, compile)
+    model = _MODELS.get(key)
+    if model is None:
+        model = _load(path, sha256, device)
+        if channels_last:
+            import torch
+
+            model.network = model.network.to(memory_format=torch.channels_last)
+        if compile:
+            model.network = _compiled(model.network)
+        _MODELS[key] = model
     return model
 
 
-def _load(path: str, sha256: str, device: str) -> Any:
-    from geoseg.models.checkpoint import file_sha256, load_model
+def worker_model_file(path: str, sha256: str) -> str:
+    """The model file with content hash ``sha256`` on this worker: ``path`` when it is here with
+    that hash, else the copy the worker plugin put into the model cache."""
+    from geoseg.models.checkpoint import file_sha256
 
     if os.path.isfile(path) and file_sha256(path) == sha256:
-        return load_model(path, device=device)
+        return path
     cached = model_cache_dir() / f"{sha256}.pt"
     if cached.is_file() and file_sha256(cached) == sha256:
-        model = load_model(cached, device=device)
-        model.path = path
-        return model
+        return str(cached)
     raise CheckpointError(
         f"model {path} is not on this worker, or differs from the client's copy (content hash "
         "mismatch); give every worker the same file"
     )
+
+
+def _load(path: str, sha256: str, device: str) -> Any:
+    from geoseg.models.checkpoint import load_model
+
+    model = load_model(worker_model_file(path, sha256), device=device)
+    model.path = path
+    return model
+
+
+_ENGINES: dict[tuple[Any, ...], Any] = {}
+
+
+def worker_engine(path: str, sha256: str, device: str, engine: str, options: InferenceOptions) -> Any:
+    """The inference engine for a model on ``device`` in this process, built once per model hash,
+    engine and options: ``auto`` resolves here, where the device is known (ONNX Runtime on the
+    CPU, PyTorch with channels-last on CUDA); a ``.pt`` model is converted to ONNX once per hash
+    (see :func:`geoseg.models.onnx.cached_onnx`), never per task."""
+    key = (sha256, device, engine, options)
+    found = _ENGINES.get(key)
+    if found is not None:
+        return found
+    with _LOCK:
+        found = _ENGINES.get(key)
+        if found is None:
+            found = _ENGINES[key] = _build_engine(path, sha256, device, engine, options)
+    return found
+
+
+def _build_engine(path: str, sha256: str, device: str, engine: str, options: InferenceOptions) -> Any:
+    import torch
+
+    from geoseg.engines import resolve_engine
+    from geoseg.models.onnx import cached_onnx, is_onnx_file, read_onnx_model
+
+    local = worker_model_file(path, sha256)
+    fmt = "onnx" if is_onnx_file(local) else "torch"
+    dev = torch.device(device)
+    name = resolve_engine(engine, fmt, dev.type, options)
+    if name == "torch":
+        from geoseg.engines.pytorch import TorchEngine
+
+        if engine == "auto" and dev.type == "cuda":
+            options = replace(options, channels_last=True)
+        model = _tuned_model(path, sha256, device, options.channels_last, options.compile)
+        return TorchEngine(model.network, model.config, dev, options)
+    from geoseg.engines.ort import OnnxEngine
+
+    if fmt == "onnx":
+        config, _ = read_onnx_model(local)
+        return OnnxEngine(local, config, dev, options)
+    loaded = _tuned_model(path, sha256, "cpu", False, False)
+    return OnnxEngine(cached_onnx(local, sha256, loaded), loaded.config, dev, options)
 
 
 def _compiled(network: Any) -> Any:

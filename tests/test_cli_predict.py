@@ -48,6 +48,7 @@ def test_predict_writes_the_class_raster_with_a_local_process_cluster(
                  "--tile", "64")
     assert res.exit_code == 0, res.output
     assert "tiles" in res.stderr and "wrote" in res.stderr
+    assert "dashboard http://" in res.stderr  # bokeh is a default dependency
     with rasterio.open(out) as o:
         assert o.shape == (70, 90)
 

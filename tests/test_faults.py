@@ -77,8 +77,8 @@ def test_cuda_out_of_memory_halves_the_batch_once_and_gives_the_same_result(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path,
     model_factory: Callable[..., Path],
 ) -> None:
-    import geoseg.infer
     import geoseg.worker
+    from geoseg.engines.base import Engine
     from geoseg.predict.plan import plan_tasks
     from geoseg.worker import run_tile_task
     from geoseg.models.checkpoint import file_sha256, load_model
@@ -93,16 +93,16 @@ def test_cuda_out_of_memory_halves_the_batch_once_and_gives_the_same_result(
     tasks = plan_tasks(grid, str(scene), [1, 2, 3], str(model), file_sha256(model), "cpu", 8, False, 16)
     expected = [r.classes for t in tasks for r in run_tile_task(t)]
 
-    real_forward = geoseg.infer.forward
+    real_run = Engine.run
     seen: list[int] = []
 
-    def small_memory(network: Any, batch: np.ndarray, *args: Any) -> torch.Tensor:
+    def small_memory(self: Engine, batch: np.ndarray, *args: Any) -> Any:
         seen.append(len(batch))
         if len(batch) > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real_forward(network, batch, *args)
+        return real_run(self, batch, *args)
 
-    monkeypatch.setattr(geoseg.infer, "forward", small_memory)
+    monkeypatch.setattr(Engine, "run", small_memory)
     monkeypatch.setattr(geoseg.worker, "_BATCH_LIMITS", {})
     with caplog.at_level(logging.WARNING, logger="geoseg"):
         got = [r.classes for t in tasks for r in run_tile_task(t)]

@@ -23,7 +23,9 @@ from geoseg.tiling import TileGrid, auto_margin, round_up
 from tests.conftest import random_scene, write_raster
 
 
-def stitched_logits(scene: Path, model_path: Path, tile: int, per_task: int = 2) -> np.ndarray:
+def stitched(scene: Path, model_path: Path, tile: int, per_task: int = 2,
+             engine: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """Logits and class raster stitched from the tile tasks' results."""
     model = load_model(model_path)
     cfg = model.config
     with rasterio.open(scene) as src:
@@ -31,14 +33,22 @@ def stitched_logits(scene: Path, model_path: Path, tile: int, per_task: int = 2)
     margin = auto_margin(cfg.receptive_field, cfg.output_stride)
     grid = TileGrid.create(h, w, tile, margin, cfg.output_stride)
     tasks = plan_tasks(grid, str(scene), list(range(1, count + 1)), str(model_path),
-                       file_sha256(model_path), "cpu", 3, False, per_task, keep_logits=True)
+                       file_sha256(model_path), "cpu", 3, False, per_task, keep_logits=True, engine=engine)
     out = np.full((len(cfg.classes), h, w), np.nan, dtype=np.float32)
+    classes = np.zeros((h, w), np.uint8)
     for task in tasks:
         for res in run_tile_task(task):
             win = res.core
             assert res.logits is not None
-            out[:, win.row_off : win.row_off + win.height, win.col_off : win.col_off + win.width] = res.logits
-    return out
+            rows = slice(win.row_off, win.row_off + win.height)
+            cols = slice(win.col_off, win.col_off + win.width)
+            out[:, rows, cols] = res.logits
+            classes[rows, cols] = res.classes
+    return out, classes
+
+
+def stitched_logits(scene: Path, model_path: Path, tile: int, per_task: int = 2) -> np.ndarray:
+    return stitched(scene, model_path, tile, per_task)[0]
 
 
 def whole_scene_logits(scene: Path, model_path: Path) -> np.ndarray:
@@ -97,3 +107,23 @@ def test_every_upsampling_method_tiles_seamlessly(tmp_path: Path, model_factory:
         for core in (cfg.output_stride, 3 * cfg.output_stride, 64):
             got = stitched_logits(scene, model_path, 2 * margin + core)
             assert_same_prediction(got, reference)
+
+
+def test_class_raster_does_not_change_with_tile_under_any_engine(
+    tmp_path: Path, model_factory: Callable[..., Path]
+) -> None:
+    rng = np.random.default_rng(11)
+    scene = write_raster(tmp_path / "s.tif", random_scene(rng, 3, 45, 61, "uint16"))
+    model_path = model_factory(in_channels=3, dtype="uint16")
+    cfg = load_model(model_path).config
+    margin = auto_margin(cfg.receptive_field, cfg.output_stride)
+    reference = whole_scene_logits(scene, model_path)
+    values = np.array([c.value for c in cfg.classes], np.uint8)
+    for engine in ("torch", "onnx"):
+        rasters = []
+        for core in (3 * cfg.output_stride, 7 * cfg.output_stride):
+            logits, classes = stitched(scene, model_path, 2 * margin + core, per_task=4, engine=engine)
+            assert_same_prediction(logits, reference)
+            assert (classes == values[logits.argmax(0)]).all()
+            rasters.append(classes)
+        assert (rasters[0] == rasters[1]).all(), engine

@@ -150,3 +150,20 @@ def test_without_validation_chips_no_score_is_reported(tmp_path: Path, dask_clie
     assert "no validation chips" in r.stderr and "no validation chips, so no score" in r.stdout
     assert "mIoU" not in r.stdout + r.stderr
     assert geoseg.load_model(str(tmp_path / "m.pt")).config.training["best_epoch"] == 2
+
+
+def test_epochs_are_automatic_and_training_stops_after_patience(tmp_path: Path, dask_client: Any) -> None:
+    from geoseg.train import AUTO_EPOCHS, auto_epochs
+
+    assert auto_epochs(1) == AUTO_EPOCHS[1] and auto_epochs(10_000) == AUTO_EPOCHS[0]
+    rng = np.random.default_rng(9)
+    img, lab = tmp_path / "img.tif", tmp_path / "lab.tif"
+    labeled_scene(img, lab, rng, 64, 64)
+    out = tmp_path / "chips"
+    make_chips([(str(img), str(lab))], out, size=32, ignore_value=0, client=dask_client)
+    result = train(out, tmp_path / "m.pt", arch="unet", arch_kwargs={"depth": 2, "base_width": 4},
+                   epochs=6, patience=1, lr=1e-4)
+    n = len(result.history)
+    # whatever the scores on this CPU: training ends at the limit or one epoch after the best
+    assert n == 6 or n == result.best_epoch + 1
+    assert result.best_miou == pytest.approx(max(h.val["miou"] for h in result.history), abs=1e-5)

@@ -166,7 +166,7 @@ def test_cli_and_predict_vector(tmp_path: Path, dask_client: Any, model_factory:
     r = CliRunner().invoke(cli, ["predict", str(scene), "-o", str(classes), "--model", str(model_factory(in_channels=3)),
                                  "--probabilities", str(probs), "--vector", str(vec), "--scheduler", sched, "-q"])
     assert r.exit_code == 0, r.stderr
-    meta, _, wkb, data = pyogrio.raw.read(str(vec))
+    meta, _, wkb, data = pyogrio.raw.read(str(vec), layer="polygons")
     fields = list(meta["fields"])
     assert {"class", "class_name", "area_m2", "perim_m", "mean_prob"} <= set(fields)
     mp = data[fields.index("mean_prob")]

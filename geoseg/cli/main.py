@@ -10,6 +10,7 @@ from geoseg.cli.chip import chip_command
 from geoseg.cli.demo import demo_command
 from geoseg.cli.evaluate import evaluate_command
 from geoseg.cli.models import models_command
+from geoseg.cli.onnx import export_command, import_command
 from geoseg.cli.predict import predict_command
 from geoseg.cli.train import train_command
 from geoseg.cli.vectorize import vectorize_command
@@ -31,6 +32,8 @@ cli.add_command(demo_command)
 cli.add_command(batch_command)
 cli.add_command(vectorize_command)
 cli.add_command(worker_command)
+cli.add_command(export_command)
+cli.add_command(import_command)
 
 
 if __name__ == "__main__":  # python -m geoseg.cli.main

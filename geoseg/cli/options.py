@@ -112,6 +112,8 @@ def _field_option(f: dataclasses.Field[Any], hint: Any, prefix: str = "") -> Cal
     parts = tuple(p for p in (typing.get_args(hint) if union else (hint,)) if p is not type(None))
     literal_values = tuple(v for p in parts if typing.get_origin(p) is Literal for v in typing.get_args(p))
     if hint is bool:
+        if f.default is True:  # on by default: --style / --no-style
+            return click.option(f"{flag}/--no-{flag[2:]}", param, default=True, show_default=True, help=kw["help"])
         return click.option(flag, param, is_flag=True, help=kw["help"])
     if literal_values == ("auto",) and int in parts:
         return click.option(flag, param, default="auto", show_default=True, help=kw["help"],

@@ -13,7 +13,7 @@ from geoseg.cli.options import (
 
 
 @click.command("predict")
-@click.argument("scene")
+@click.argument("scene", nargs=-1, required=True)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Class raster (COG) to write.")
 @click.option("--model", "model", default=None, metavar="NAME_OR_PATH", help="Model file or built-in name (default: the built-in model).")
 @predict_options
@@ -26,16 +26,19 @@ from geoseg.cli.options import (
 @quiet_option
 @report_errors
 def predict_command(
-    scene: str, output: str, model: str | None, workers: int | None, scheduler: str | None,
+    scene: tuple[str, ...], output: str, model: str | None, workers: int | None, scheduler: str | None,
     probabilities: str | None, vector: str | None, overwrite: bool, quiet: bool, **options: Any,
 ) -> None:
-    """Segment SCENE into a georeferenced class raster (Cloud-Optimized GeoTIFF)."""
+    """Segment SCENE into a georeferenced class raster (Cloud-Optimized GeoTIFF).
+
+    SCENE is one raster, one file per band (B02.tif B03.tif ...), or a STAC item (.json).
+    """
     from geoseg.predict import predict
 
     predict_opts = take_predict_options(options)
     vector_opts = take_vector_options(options)
     result = predict(
-        scene, output, model, predict_opts, workers=workers, scheduler=scheduler,
+        scene[0] if len(scene) == 1 else list(scene), output, model, predict_opts, workers=workers, scheduler=scheduler,
         probabilities=probabilities, overwrite=overwrite, quiet=quiet, vector=vector,
         vector_options=vector_opts,
     )

@@ -12,8 +12,9 @@ from geoseg.cli.options import device_option, json_object, overwrite_option, qui
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Model file to write (best epoch).")
 @click.option("--arch", default="unet-small", show_default=True, help="Architecture from 'geoseg models'.")
 @click.option("--arch-args", default=None, metavar="JSON", help='Architecture arguments, e.g. \'{"depth": 4}\'.')
-@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Default 16 on the CPU, 32 on CUDA.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Most epochs (default: about 1000 optimizer steps, 15 to 150 epochs).")
+@click.option("--patience", type=click.IntRange(min=0), default=None, help="Stop after this many epochs without a better validation mIoU (default: max(10, epochs/6); 0: never).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Default: 16 on the CPU, 32 on CUDA, less for small chip sets (at least 4 steps an epoch).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True)
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=1e-4, show_default=True)
 @click.option("--schedule", type=click.Choice(["cosine", "poly"]), default="cosine", show_default=True)
@@ -28,7 +29,8 @@ from geoseg.cli.options import device_option, json_object, overwrite_option, qui
 @overwrite_option
 @quiet_option
 @report_errors
-def train_command(chips_dir: str, output: str, arch: str, arch_args: str | None, epochs: int,
+def train_command(chips_dir: str, output: str, arch: str, arch_args: str | None, epochs: int | None,
+                  patience: int | None,
                   batch_size: int | None, lr: float, weight_decay: float, schedule: str,
                   class_weighting: str, dice_weight: float, device: str, seed: int, workers: int,
                   pretrained: str | None, pretrained_bands: str | None, resume: bool, overwrite: bool, quiet: bool) -> None:
@@ -36,7 +38,8 @@ def train_command(chips_dir: str, output: str, arch: str, arch_args: str | None,
     from geoseg.train import train
 
     kwargs = json_object(arch_args, "--arch-args")
-    result = train(chips_dir, output, arch=arch, arch_kwargs=kwargs, epochs=epochs, batch_size=batch_size,
+    result = train(chips_dir, output, arch=arch, arch_kwargs=kwargs, epochs=epochs, patience=patience,
+                   batch_size=batch_size,
                    lr=lr, weight_decay=weight_decay, schedule=schedule, class_weighting=class_weighting,
                    dice_weight=dice_weight, device=device, seed=seed, workers=workers, resume=resume,
                    overwrite=overwrite, quiet=quiet, pretrained=pretrained,

@@ -12,6 +12,7 @@ import os
 import pickle
 import warnings
 import zipfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,7 +22,7 @@ from torch import nn
 
 from geoseg import __version__
 from geoseg.errors import CheckpointError, ModelError, first_line
-from geoseg.io import ClassInfo
+from geoseg.io import CLASS_NODATA_16, ClassInfo
 from geoseg.models import create_model, output_stride
 from geoseg.models.dilation import GriddingWarning
 from geoseg.models.receptive_field import NonLocalError, measure_receptive_field
@@ -73,7 +74,25 @@ class ModelConfig:
                 f"(expects {FORMAT_VERSION}); retrain or upgrade geoseg"
             )
         d["classes"] = [ClassInfo(int(c["value"]), str(c["name"]), tuple(c["color"])) for c in d["classes"]]  # type: ignore[arg-type]
+        check_classes(d["classes"])
         return cls(**d)
+
+
+def check_classes(classes: Sequence[ClassInfo]) -> None:
+    """Class values fit a class raster (0..65534: uint8 up to 254, else uint16, the top value
+    being nodata), are unique, and colours are RGB 0..255."""
+    if not classes:
+        raise CheckpointError("the model has no classes")
+    values = [c.value for c in classes]
+    bad = [v for v in values if not 0 <= v < CLASS_NODATA_16]
+    if bad:
+        raise CheckpointError(f"class value {bad[0]} out of range: class values must be 0..{CLASS_NODATA_16 - 1}")
+    dupes = sorted(v for v, n in Counter(values).items() if n > 1)
+    if dupes:
+        raise CheckpointError(f"class value(s) {dupes} appear more than once")
+    for c in classes:
+        if len(c.color) != 3 or not all(0 <= int(v) <= 255 for v in c.color):
+            raise CheckpointError(f"class {c.value} ({c.name}) has colour {list(c.color)}: give 3 values 0..255")
 
 
 @dataclass
@@ -89,6 +108,8 @@ class LoadedModel:
     path: str
     sha256: str
     name: str
+    #: ``torch`` (a ``.pt`` file) or ``onnx`` (an ONNX file, run by ONNX Runtime).
+    format: str = "torch"
 
     @property
     def in_bands(self) -> list[str]:
@@ -160,6 +181,7 @@ def build_config(
     training: dict[str, Any] | None = None,
 ) -> ModelConfig:
     """A config whose receptive field and stride are measured from ``network``."""
+    check_classes(classes)
     stride = output_stride(network)
     try:
         rf = measure_receptive_field(network, len(band_names), stride)
@@ -226,8 +248,13 @@ def read_model_file(path: str | os.PathLike[str]) -> tuple[ModelConfig, dict[str
 def load_model(
     name_or_path: str | os.PathLike[str] | None = None, device: str | torch.device = "cpu"
 ) -> LoadedModel:
-    """Load a model (``None`` = the built-in one) in eval mode on ``device``."""
+    """Load a model (``None`` = the built-in one, a ``.pt`` file or an ONNX geoseg model) in eval
+    mode on ``device``."""
     path, name = resolve_model_path(name_or_path)
+    from geoseg.models.onnx import is_onnx_file, load_onnx_model
+
+    if is_onnx_file(path):
+        return load_onnx_model(path, name, device)
     config, state = read_model_file(path)
     with warnings.catch_warnings():
         # A trained model's dilation schedule is fixed; the warning is for whoever trains one.

@@ -40,6 +40,8 @@ class PredictResult:
     overlap_factor: float
     model: str
     skipped: list[Window] = field(default_factory=list)
+    #: the STAC item the scene came from (absolute path or URL), when it was given as one
+    stac_item: str | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -48,7 +50,7 @@ class PredictResult:
 
 
 def predict(
-    scene: str | os.PathLike[str],
+    scene: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     output: str | os.PathLike[str],
     model: str | os.PathLike[str] | None = None,
     options: PredictOptions | None = None,
@@ -65,7 +67,12 @@ def predict(
     max_in_flight: int | TaskSlots | None = None,
     **option_keywords: Any,
 ) -> PredictResult:
-    """Segment ``scene`` into a uint8 class-raster COG at ``output`` (and class probabilities).
+    """Segment ``scene`` into a class-raster COG at ``output`` (and class probabilities): uint8,
+    or uint16 when a class value is above 254 (see :func:`geoseg.io.class_raster_dtype`).
+
+    ``scene`` is a raster, a list of single-band files, or a STAC item (``.json``, a file or
+    an http(s) URL); band files and STAC assets are matched to the model's bands and resampled
+    onto the finest band's grid with the ``resampling`` option (see :mod:`geoseg.scenes`).
 
     How it tiles and infers is a :class:`geoseg.options.PredictOptions`: ``options``, with any of
     its fields also given as keywords (``tile=512, tta="d4"``). ``tile`` is the network input
@@ -91,7 +98,8 @@ def predict(
 
     t0 = time.perf_counter()
     opts = PredictOptions.from_keywords(options, **option_keywords)
-    plan = plan_predict(scene, output, model, opts, probabilities, vector, overwrite, tiles_per_task)
+    plan = plan_predict(scene, output, model, opts, probabilities, vector, overwrite, tiles_per_task,
+                        vector_dst_crs=(vector_options or {}).get("dst_crs"))
     with dask_session(client, scheduler, workers) as session:
         return execute(plan, session, Progress(len(plan.grid), quiet=quiet), max_in_flight=max_in_flight,
                        overwrite=overwrite, vector_options=vector_options, started=t0)
@@ -140,6 +148,7 @@ def execute(
         overlap_factor=grid.overlap_factor,
         model=plan.model.name,
         skipped=[s.window for s in skipped],
+        stac_item=plan.stac_item,
     )
 
 

@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from geoseg.engines import check_engine
 from geoseg.errors import GeosegWarning, OutputError
 from geoseg.infer import InferenceOptions
 from geoseg.io import SceneInfo, check_output_path, open_scene, parse_bands
 from geoseg.models.checkpoint import LoadedModel
+from geoseg.scenes import describe, resolve_scene
 from geoseg.options import PredictOptions
 from geoseg.tiling import TileGrid, auto_margin, round_up
 from geoseg.worker import TileTask
@@ -44,6 +46,9 @@ class PredictPlan:
     batch_size: int
     tiles_per_task: int
     skip_errors: bool
+    stac_item: str | None = None
+    #: ``auto``, ``torch`` or ``onnx``, checked against the model and options.
+    engine: str = "auto"
 
 
 def auto_tile(margin: int, alignment: int) -> int:
@@ -60,7 +65,7 @@ def default_tiles_per_task(grid: TileGrid, batch_size: int) -> int:
 
 
 def plan_predict(
-    scene: str | os.PathLike[str],
+    scene: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     output: str | os.PathLike[str],
     model: str | os.PathLike[str] | LoadedModel | None = None,
     options: PredictOptions = PredictOptions(),
@@ -68,8 +73,13 @@ def plan_predict(
     vector: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     tiles_per_task: int | None = None,
+    vector_dst_crs: str | None = None,
 ) -> PredictPlan:
-    """Check the request and fix the tiling; raises a :class:`GeosegError` on any bad input."""
+    """Check the request and fix the tiling; raises a :class:`GeosegError` on any bad input.
+
+    ``scene`` may be band files or a STAC item: :func:`geoseg.scenes.resolve_scene` makes it
+    one VRT string matched to the model's bands, which the tasks carry.
+    """
     from geoseg.models.checkpoint import load_model
 
     out_path = check_output_path(output, overwrite)
@@ -82,19 +92,25 @@ def plan_predict(
 
         vector_path = check_output_path(vector, overwrite, "vector output")
         output_format(vector_path)
-    info = open_scene(scene)
-    if not info.georeferenced:
-        warnings.warn(
-            f"{info.path} has no CRS or geotransform; the output keeps its pixel grid without "
-            "georeferencing", GeosegWarning, stacklevel=3,
-        )
     # a batch plans many scenes with the one model it has loaded and checked already
     loaded = model if isinstance(model, LoadedModel) else load_model(model, device="cpu")
     cfg = loaded.config
+    resolved = resolve_scene(scene, cfg.band_names, options.resampling, match_names=options.bands is None)
+    info = open_scene(resolved.dataset)
+    if not info.georeferenced:
+        warnings.warn(
+            f"{describe(info.path)} has no CRS or geotransform; the output keeps its pixel grid "
+            "without georeferencing", GeosegWarning, stacklevel=3,
+        )
+    if vector_path is not None:
+        from geoseg.vectorize import output_crs
+
+        output_crs(vector_path, info.crs, vector_dst_crs)
     band_list = parse_bands(options.bands, info.count, cfg.in_channels)
     inference = InferenceOptions(tta=options.tta, scales=options.scales, crf=options.crf,
                                  precision=options.precision, channels_last=options.channels_last,
                                  compile=options.compile)
+    check_engine(options.engine, loaded.format, inference)
     stride = inference.alignment(cfg.output_stride)
     if options.margin == "auto":
         if cfg.receptive_field < 0:
@@ -114,7 +130,8 @@ def plan_predict(
         bands=band_list, options=inference, device=options.device, margin=margin_px, tile=tile_px,
         grid=grid, batch_size=options.batch_size,
         tiles_per_task=tiles_per_task or default_tiles_per_task(grid, options.batch_size),
-        skip_errors=options.on_error == "skip",
+        skip_errors=options.on_error == "skip", stac_item=resolved.stac_item,
+        engine=options.engine,
     )
 
 
@@ -122,7 +139,7 @@ def plan_tasks(
     grid: TileGrid, scene: str, bands: Sequence[int], model_path: str, model_sha256: str,
     device: str, batch_size: int, probabilities: bool, tiles_per_task: int,
     torch_threads: int | None = None, keep_logits: bool = False,
-    options: InferenceOptions = InferenceOptions(), skip_errors: bool = False,
+    options: InferenceOptions = InferenceOptions(), skip_errors: bool = False, engine: str = "auto",
 ) -> list[TileTask]:
     """Every task of a scene, in grid order."""
     return [
@@ -130,7 +147,7 @@ def plan_tasks(
             scene=scene, bands=tuple(bands), tiles=tuple(g), model_path=model_path,
             model_sha256=model_sha256, device=device, batch_size=batch_size,
             probabilities=probabilities, keep_logits=keep_logits, torch_threads=torch_threads,
-            options=options, skip_errors=skip_errors,
+            options=options, skip_errors=skip_errors, engine=engine,
         )
         for g in grid.groups(tiles_per_task)
     ]

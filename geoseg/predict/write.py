@@ -17,8 +17,9 @@ import rasterio
 from rasterio.windows import Window
 
 from geoseg.io import (
-    CLASS_NODATA, WRITE_CACHE_MB, RasterSink, class_tags, open_sinks, write_json_atomic,
+    WRITE_CACHE_MB, RasterSink, class_raster_dtype, class_tags, open_sinks, write_json_atomic,
 )
+from geoseg.scenes import describe
 from geoseg.predict.plan import PredictPlan
 from geoseg.progress import Progress
 from geoseg.stitch import TileResult
@@ -43,8 +44,9 @@ def write_outputs(plan: PredictPlan, results: Iterable[list[TileResult]], progre
     classes = plan.model.classes
     tags = class_tags(classes, plan.model.name)
     prob_path = plan.probabilities
+    class_dtype, class_nodata = class_raster_dtype([c.value for c in classes])
     sinks: list[Callable[[], RasterSink] | None] = [
-        lambda: RasterSink(plan.output, info, 1, CLASS_NODATA, classes, tags, ["class"]),
+        lambda: RasterSink(plan.output, info, 1, class_nodata, classes, tags, ["class"], dtype=class_dtype),
         (lambda: RasterSink(
             prob_path, info, len(classes), None, None, tags,
             [f"p({c.name})" for c in classes], overview_resampling="AVERAGE",
@@ -57,6 +59,7 @@ def write_outputs(plan: PredictPlan, results: Iterable[list[TileResult]], progre
         for batch in results:
             for res in batch:
                 if res.error is not None:
+                    res.classes = np.full(res.classes.shape, class_nodata, class_dtype)
                     skipped.append(SkippedTile(res.core, res.error))
                     progress.message(f"geoseg: skipped: {res.error}")
                     if prob_sink is not None:
@@ -68,7 +71,7 @@ def write_outputs(plan: PredictPlan, results: Iterable[list[TileResult]], progre
         progress.close()
     report = plan.output.with_name(plan.output.name + ".skipped.json")
     if skipped:
-        write_skipped_report(report, info.path, skipped)
+        write_skipped_report(report, describe(info.path), skipped)
     elif report.exists() and overwrite:
         report.unlink()
     return skipped

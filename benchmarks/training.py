@@ -1,0 +1,203 @@
+"""The training recipe, measured: ``geoseg chip`` + ``geoseg train`` with no tuning flags
+against a per-pixel random forest, on every labeled scene in ../shared/data.
+
+    nice python benchmarks/training.py [--only s2_brandenburg_osm,...] [--threads 2]
+
+Each scene is split in space: its last quarter along the longer side is the test area, used
+neither for training nor for choosing the epoch. The first three quarters are chipped and
+trained on with the defaults (chip size, split blocks, epochs, early stopping: all automatic);
+the model then predicts the test area through ``geoseg.predict`` (tiled, mirror-padded edges).
+The forest (200 trees) learns the band values of the same labelled train-split pixels (at most
+200,000, drawn at random) and classifies every test pixel. Both are scored on the labelled
+test pixels. Writes benchmarks/training.json (one row per scene, updated in place with --only);
+docs/training.md holds the table. Needs the 'baseline' extra (scikit-learn).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import torch
+from rasterio.windows import Window
+from rasterio.windows import transform as window_transform
+
+import geoseg
+from geoseg.chips import load_manifest, make_chips, manifest_classes
+from geoseg.cluster import dask_session
+from geoseg.datasets import IGNORE_INDEX, ChipDataset
+from geoseg.infer import normalize
+from geoseg.metrics import Scores, confusion_matrix
+from geoseg.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "labeled"
+OUT = ROOT / "benchmarks" / "training.json"
+RF_TREES = 200
+RF_PIXELS = 200_000
+
+#: name, folder, bands, ignore value, whether the label raster's nodata is a class: facts of
+#: the data (README of ../shared/data), not tuning
+SCENES: list[tuple[str, str, str | None, int | None, bool]] = [
+    ("nb_bakerlake", "nb_bakerlake/2of2", None, 0, False),
+    ("nrcan_tiles", "nrcan_tiles/tile1", None, None, True),
+    ("mass_buildings", "mass_buildings/22978945", None, None, False),
+    ("spacenet_sn7_mosaic", "spacenet_sn7_mosaic", "1,2,3", None, False),
+    ("spacenet_sn4_atlanta_pan", "spacenet_sn4_atlanta_pan", None, None, False),
+    ("s2_brandenburg_osm", "s2_brandenburg_osm", None, 0, False),
+    ("spacenet_sn3_vegas_roads", "spacenet_sn3_vegas_roads", None, None, False),
+]
+
+
+def crop(src_path: Path, window: Window, dst_path: Path, drop_nodata: bool = False) -> None:
+    """Write ``window`` of a raster as its own GeoTIFF (same CRS, shifted transform)."""
+    with rasterio.open(src_path) as src:
+        data = src.read(window=window)
+        profile = src.profile.copy()
+        profile.update(width=int(window.width), height=int(window.height),
+                       transform=window_transform(window, src.transform), tiled=False, compress="deflate")
+        profile.pop("blockxsize", None)
+        profile.pop("blockysize", None)
+        if drop_nodata:
+            profile["nodata"] = None
+        descriptions = src.descriptions
+    with rasterio.open(dst_path, "w", **profile) as dst:
+        dst.write(data)
+        dst.descriptions = descriptions
+
+
+def split_scene(root: Path, work: Path, label_nodata_is_class: bool) -> dict[str, Path]:
+    """Train area (first three quarters along the longer side) and test area (the rest)."""
+    with rasterio.open(root / "image.tif") as src:
+        h, w = src.height, src.width
+    if w >= h:
+        cut = (w * 3) // 4
+        areas = {"train": Window(0, 0, cut, h), "test": Window(cut, 0, w - cut, h)}
+    else:
+        cut = (h * 3) // 4
+        areas = {"train": Window(0, 0, w, cut), "test": Window(0, cut, w, h - cut)}
+    out = {}
+    for name, win in areas.items():
+        crop(root / "image.tif", win, work / f"{name}-image.tif")
+        crop(root / "label.tif", win, work / f"{name}-label.tif", drop_nodata=label_nodata_is_class)
+        out[f"{name}-image"] = work / f"{name}-image.tif"
+        out[f"{name}-label"] = work / f"{name}-label.tif"
+    return out
+
+
+def holdout_pixels(paths: dict[str, Path], bands: list[int], values: list[int], ignore: int,
+                mean: list[float], std: list[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Normalized band values, class indices (-1: not scored) and validity of the test area."""
+    with rasterio.open(paths["test-image"]) as src:
+        data = src.read(bands)
+        valid = src.dataset_mask() > 0
+    if np.issubdtype(data.dtype, np.floating):
+        valid &= ~np.isnan(data).any(axis=0)
+    with rasterio.open(paths["test-label"]) as src:
+        lab = src.read(1)
+        nodata = src.nodata
+    lut = np.full(256, -1, np.int64)
+    for i, v in enumerate(values):
+        lut[v] = i
+    target = lut[lab.astype(np.int64).clip(0, 255)]
+    target[(lab == ignore) | ~valid] = -1
+    if nodata is not None:
+        target[lab == nodata] = -1
+    return normalize(data, valid, mean, std), target, valid
+
+
+def forest(chips: Path, x_test: np.ndarray, y_test: np.ndarray, names: list[str], threads: int) -> Scores:
+    from sklearn.ensemble import RandomForestClassifier
+
+    m = load_manifest(chips)
+    ds = ChipDataset(chips, m, "train")
+    x = ds.images.transpose(0, 2, 3, 1).reshape(-1, ds.images.shape[1])
+    y = ds.labels.reshape(-1)
+    keep = y != IGNORE_INDEX
+    x, y = x[keep], y[keep]
+    rng = np.random.default_rng(0)
+    if len(y) > RF_PIXELS:
+        pick = rng.choice(len(y), RF_PIXELS, replace=False)
+        x, y = x[pick], y[pick]
+    rf = RandomForestClassifier(n_estimators=RF_TREES, n_jobs=threads, random_state=0).fit(x, y)
+    flat = x_test.reshape(x_test.shape[0], -1).T
+    scored = y_test.reshape(-1) >= 0
+    pred = rf.predict(flat[scored])
+    return Scores(confusion_matrix(y_test.reshape(-1)[scored], pred, len(names)), names)
+
+
+def run_scene(name: str, folder: str, bands: str | None, ignore: int | None, nodata_is_class: bool,
+              work: Path, client: Any, threads: int) -> dict[str, Any]:
+    root = DATA / folder
+    paths = split_scene(root, work, nodata_is_class)
+    chips = work / "chips"
+    t0 = time.perf_counter()
+    make_chips([(str(paths["train-image"]), str(paths["train-label"]))], chips, bands=bands,
+               ignore_value=ignore, client=client)
+    m = load_manifest(chips)
+    classes = manifest_classes(m)
+    names = [c.name for c in classes]
+    values = [c.value for c in classes]
+    model = work / "model.pt"
+    result = train(chips, model, seed=0, quiet=False)
+    train_s = time.perf_counter() - t0
+    pred = work / "test-classes.tif"
+    geoseg.predict(str(paths["test-image"]), str(pred), model=str(model), client=client, bands=bands)
+    band_list = [int(b) for b in bands.split(",")] if bands else list(range(1, len(m["bands"]) + 1))
+    x_test, y_test, _ = holdout_pixels(paths, band_list, values, m["ignore_value"], m["stats"]["mean"],
+                                    m["stats"]["std"])
+    with rasterio.open(pred) as src:
+        p = src.read(1)
+    lut = np.full(256, 0, np.int64)
+    for i, v in enumerate(values):
+        lut[v] = i
+    scored = y_test >= 0
+    net = Scores(confusion_matrix(y_test[scored], lut[p[scored]], len(names)), names)
+    t1 = time.perf_counter()
+    rf = forest(chips, x_test, y_test, names, threads)
+    rf_s = time.perf_counter() - t1
+    split = {s: sum(c["split"] == s for c in m["chips"]) for s in ("train", "val")}
+    return {
+        "scene": name, "classes": names, "chip_size": m["size"], "chips_train": split["train"],
+        "chips_val": split["val"], "test_pixels": int(scored.sum()),
+        "epochs_run": len(result.history), "best_epoch": result.best_epoch,
+        "val_miou": result.best_miou,
+        "net_miou": net.miou, "net_iou": [round(float(v), 4) for v in net.iou],
+        "rf_miou": rf.miou, "rf_iou": [round(float(v), 4) for v in rf.iou],
+        "ratio": net.miou / rf.miou if rf.miou > 0 else None,
+        "train_seconds": round(train_s), "forest_seconds": round(rf_s),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", default=None, help="comma-separated scene names")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = json.loads(OUT.read_text()) if OUT.exists() else []
+    by_name = {r["scene"]: r for r in rows}
+    with dask_session(None, None, 1, processes=False) as session:
+        for name, folder, bands, ignore, nodata_is_class in SCENES:
+            if args.only and name not in args.only.split(","):
+                continue
+            with tempfile.TemporaryDirectory(prefix=f"geoseg-training-{name}-") as tmp:
+                row = run_scene(name, folder, bands, ignore, nodata_is_class, Path(tmp), session.client,
+                                args.threads)
+            print(json.dumps(row), flush=True)
+            by_name[name] = row
+            OUT.write_text(json.dumps([by_name[n] for n, *_ in SCENES if n in by_name], indent=1))
+    print(f"\n{'scene':<26}{'chip':>5}{'t/v':>8}{'epochs':>7}{'net mIoU':>9}{'RF mIoU':>8}{'ratio':>6}")
+    for r in (by_name[n] for n, *_ in SCENES if n in by_name):
+        print(f"{r['scene']:<26}{r['chip_size']:>5}{str(r['chips_train']) + '/' + str(r['chips_val']):>8}"
+              f"{r['epochs_run']:>7}{r['net_miou']:>9.3f}{r['rf_miou']:>8.3f}{(r['ratio'] or 0):>6.2f}")
+
+
+if __name__ == "__main__":
+    main()

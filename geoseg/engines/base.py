@@ -1,0 +1,104 @@
+"""What every engine does around its forward pass, in torch on the engine's device: raw tiles
+in, normalisation and nodata fill, augmentations and CRF, argmax to class values and softmax to
+uint8 probabilities; only uint8 (and float logits when asked for) comes back to the host."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from geoseg.infer import InferenceOptions, scores
+from geoseg.io import class_raster_dtype
+from geoseg.models.checkpoint import ModelConfig
+
+_TORCH_DTYPES = {np.dtype(np.uint8): torch.uint8, np.dtype(np.uint16): torch.uint16}
+
+
+@dataclass
+class EngineOutput:
+    """One batch's results, whole tiles (margins included), on the host.
+
+    ``classes``: N x H x W class values, the class raster's nodata (:func:`geoseg.io.class_raster_dtype`) where the input had no data.
+    ``probabilities``: N x K x H x W uint8 (0-255 = 0-1), 0 where the input had no data.
+    ``logits``: N x K x H x W float32 scores, only when asked for (tests).
+    """
+
+    classes: np.ndarray
+    probabilities: np.ndarray | None = None
+    logits: np.ndarray | None = None
+
+
+class Engine(ABC):
+    """A model ready to run on one device; subclasses supply only :meth:`logits`."""
+
+    #: Engine name as ``--engine`` spells it.
+    name: str = ""
+
+    def __init__(self, config: ModelConfig, device: torch.device, options: InferenceOptions) -> None:
+        self.config = config
+        self.device = device
+        self.options = options
+        self.mean = torch.tensor(config.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(config.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        values = [c.value for c in config.classes]
+        np_dtype, nodata = class_raster_dtype(values)
+        dtype = _TORCH_DTYPES[np.dtype(np_dtype)]
+        self.lookup = torch.tensor(values, dtype=torch.int64, device=device).to(dtype)
+        self.class_nodata = torch.tensor(nodata, dtype=dtype, device=device)
+        self._pinned: dict[tuple[tuple[int, ...], np.dtype], torch.Tensor] = {}
+
+    @abstractmethod
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """One forward pass: normalized float32 N x C x H x W on :attr:`device` -> logits N x K x H x W."""
+
+    @torch.inference_mode()
+    def run(
+        self, raw: np.ndarray, valid: np.ndarray, probabilities: bool = False, keep_logits: bool = False,
+    ) -> EngineOutput:
+        """Classes (and uint8 probabilities) for raw N x C x H x W tiles in the scene's dtype,
+        with ``valid`` (N x H x W, bool) saying which pixels hold data."""
+        x = self.upload(raw)
+        mask = self.upload(valid)
+        x = self.normalize(x, mask)
+        s = scores(self.logits, x, self.options)
+        del x
+        classes = torch.where(mask, self.lookup[s.argmax(1)], self.class_nodata)
+        probs = None
+        if probabilities:
+            p = torch.softmax(s, dim=1).mul_(255.0).round_().to(torch.uint8)
+            probs = p.mul_(mask[:, None]).cpu().numpy()
+        return EngineOutput(
+            classes=classes.cpu().numpy(),
+            probabilities=probs,
+            logits=s.float().cpu().numpy() if keep_logits else None,
+        )
+
+    def upload(self, array: np.ndarray) -> torch.Tensor:
+        """The array on the engine's device as is (raw dtype: fewer bytes to move than float32);
+        through a reused pinned buffer and a non-blocking copy on CUDA."""
+        if array.dtype not in (np.uint8, np.int8, np.int16, np.int32, np.int64, np.float32,
+                               np.float64, np.bool_, np.uint16, np.uint32):
+            array = array.astype(np.float32)
+        t = torch.from_numpy(np.ascontiguousarray(array))
+        if self.device.type != "cuda":
+            return t
+        key = (tuple(array.shape), array.dtype)
+        buf = self._pinned.get(key)
+        if buf is None:
+            if len(self._pinned) > 8:  # tile sizes vary at scene edges only; keep a few
+                self._pinned.clear()
+            buf = self._pinned[key] = torch.empty(t.shape, dtype=t.dtype).pin_memory()
+        buf.copy_(t)
+        return buf.to(self.device, non_blocking=True)
+
+    def normalize(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``(x - mean) / std`` per band as float32; pixels without data (and non-finite values)
+        become 0, the band mean: a neutral input without edges, so whatever lies under nodata
+        cannot paint its class into valid neighbours (same as :func:`geoseg.infer.normalize`)."""
+        x = x.to(torch.float32)
+        x = (x - self.mean) / self.std
+        x.masked_fill_(~mask[:, None], 0.0)
+        return torch.nan_to_num_(x, nan=0.0, posinf=0.0, neginf=0.0)

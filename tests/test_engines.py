@@ -1,0 +1,179 @@
+"""Engines (PyTorch, ONNX Runtime) and ONNX models: same answers, exact tiling, clear refusals."""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import rasterio
+import torch
+from click.testing import CliRunner
+from onnx import TensorProto, helper
+
+from geoseg.cli.main import cli
+from geoseg.engines import resolve_engine
+from geoseg.errors import ModelError
+from geoseg.predict.plan import plan_tasks
+from geoseg.worker import run_tile_task, worker_engine
+from geoseg.infer import InferenceOptions, forward, normalize
+from geoseg.models.checkpoint import DATA_DIR, file_sha256, load_model
+from geoseg.models.onnx import cache_dir
+from geoseg.tiling import TileGrid, auto_margin
+from tests.conftest import random_scene, write_raster
+from tests.test_seamless import stitched
+
+SAMPLE = DATA_DIR / "sample-s2-brandenburg.tif"
+
+
+def predict_in_process(scene: Path, model: Path, engine: str, tile: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """Class raster and probabilities from the tile tasks, run in this process."""
+    cfg = load_model(model).config
+    with rasterio.open(scene) as src:
+        h, w, count = src.height, src.width, src.count
+    grid = TileGrid.create(h, w, tile, auto_margin(cfg.receptive_field, cfg.output_stride), cfg.output_stride)
+    tasks = plan_tasks(grid, str(scene), list(range(1, count + 1)), str(model), file_sha256(model), "cpu",
+                       4, True, 4, engine=engine)
+    classes = np.zeros((h, w), np.uint8)
+    probs = np.zeros((len(cfg.classes), h, w), np.uint8)
+    for task in tasks:
+        for res in run_tile_task(task):
+            win = res.core
+            rows, cols = slice(win.row_off, win.row_off + win.height), slice(win.col_off, win.col_off + win.width)
+            classes[rows, cols] = res.classes
+            assert res.probabilities is not None
+            probs[:, rows, cols] = res.probabilities
+    return classes, probs
+
+
+def test_engines_agree_on_the_sample_scene() -> None:
+    model = DATA_DIR / "s2-landcover-unet.pt"
+    c_torch, p_torch = predict_in_process(SAMPLE, model, "torch")
+    c_onnx, p_onnx = predict_in_process(SAMPLE, model, "onnx")
+    assert (c_torch == c_onnx).mean() >= 0.9999
+    assert np.abs(p_torch.astype(int) - p_onnx).max() <= 2
+    assert len(np.unique(c_torch)) > 3  # a real segmentation, not one class everywhere
+
+
+@pytest.mark.parametrize("engine", ["torch", "onnx"])
+def test_engine_normalizes_fills_nodata_and_returns_uint8(engine: str, model_factory: Callable[..., Path]) -> None:
+    path = model_factory(in_channels=3, dtype="float32")
+    model = load_model(path)
+    cfg = model.config
+    rng = np.random.default_rng(5)
+    raw = np.stack([random_scene(rng, 3, 32, 40, "float32") for _ in range(2)])
+    valid = rng.random((2, 32, 40)) > 0.2
+    raw[0, 1, 3, 4] = np.nan
+    valid[0, 3, 4] = False
+    raw[:, :, ~valid.any(0)] = -9999.0
+    eng = worker_engine(str(path), file_sha256(path), "cpu", engine, InferenceOptions())
+    out = eng.run(raw, valid, probabilities=True, keep_logits=True)
+    assert out.classes.dtype == np.uint8 and out.probabilities is not None and out.probabilities.dtype == np.uint8
+    values = np.array([c.value for c in cfg.classes], np.uint8)
+    reference = forward(model.network, np.stack([normalize(r, v, cfg.mean, cfg.std) for r, v in zip(raw, valid)]),
+                        torch.device("cpu")).numpy()
+    np.testing.assert_allclose(out.logits, reference, rtol=1e-4, atol=1e-4)
+    assert (out.classes[valid] == values[reference.argmax(1)][valid]).mean() > 0.999
+    assert (out.classes[~valid] == 255).all()
+    assert (out.probabilities.transpose(0, 2, 3, 1)[~valid] == 0).all()
+    sums = out.probabilities.sum(1, dtype=int)[valid]
+    assert (np.abs(sums - 255) <= len(cfg.classes)).all()
+
+
+def test_auto_engine_choice() -> None:
+    plain = InferenceOptions()
+    assert resolve_engine("auto", "torch", "cpu", plain) == "onnx"
+    assert resolve_engine("auto", "torch", "cuda", plain) == "torch"
+    assert resolve_engine("auto", "torch", "cpu", InferenceOptions(channels_last=True)) == "torch"
+    assert resolve_engine("auto", "onnx", "cpu", InferenceOptions(tta="flip")) == "onnx"
+    with pytest.raises(ModelError, match="--engine onnx or auto"):
+        resolve_engine("torch", "onnx", "cpu", plain)
+    with pytest.raises(ModelError, match="--compile .*--engine torch"):
+        resolve_engine("onnx", "torch", "cpu", InferenceOptions(compile=True))
+
+
+def test_engine_onnx_without_onnxruntime_names_the_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model_factory: Callable[..., Path]
+) -> None:
+    import geoseg.engines
+
+    monkeypatch.setattr(geoseg.engines, "onnxruntime_available", lambda: False)
+    scene = write_raster(tmp_path / "s.tif", random_scene(np.random.default_rng(0), 3, 20, 20, "uint8"))
+    res = CliRunner().invoke(cli, ["predict", str(scene), "-o", str(tmp_path / "c.tif"), "--engine", "onnx",
+                                   "--model", str(model_factory(in_channels=3))])
+    assert res.exit_code != 0 and "pip install onnxruntime" in res.output
+    assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "c.tif").exists()
+    assert resolve_engine("auto", "torch", "cpu", InferenceOptions()) == "torch"
+
+
+def test_export_import_roundtrip_keeps_margins_exact(tmp_path: Path, model_factory: Callable[..., Path]) -> None:
+    runner = CliRunner()
+    pt = model_factory(in_channels=3, num_classes=3)
+    cfg = load_model(pt).config
+    exported = tmp_path / "m.onnx"
+    res = runner.invoke(cli, ["export", str(pt), "-o", str(exported)])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(cli, ["models", str(exported)])
+    assert res.exit_code == 0 and "onnx model" in res.output and f"RF radius {cfg.receptive_field}" in res.output
+
+    # The same network as someone else's ONNX file: no geoseg metadata.
+    proto = onnx.load(str(exported))
+    del proto.metadata_props[:]
+    foreign = tmp_path / "foreign.onnx"
+    onnx.save(proto, str(foreign))
+    scene = write_raster(tmp_path / "s.tif", random_scene(np.random.default_rng(3), 3, 40, 52, "uint8"))
+    res = runner.invoke(cli, ["predict", str(scene), "-o", str(tmp_path / "c.tif"), "--model", str(foreign)])
+    assert res.exit_code != 0 and "geoseg import" in res.output and len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "c.tif").exists()
+
+    imported = tmp_path / "imported.onnx"
+    res = runner.invoke(cli, ["import", str(foreign), "-o", str(imported), "--classes", "1=a,2=b,3=c",
+                              "--mean", ",".join(map(str, cfg.mean)), "--std", ",".join(map(str, cfg.std)),
+                              "--bands", "r,g,b"])
+    assert res.exit_code == 0, res.output
+    model = load_model(imported)
+    assert model.format == "onnx" and model.in_bands == ["r", "g", "b"]
+    assert model.output_stride == cfg.output_stride
+    assert model.receptive_field == cfg.receptive_field  # same margin as the gradient measure
+
+    margin = auto_margin(model.receptive_field, model.output_stride)
+    reference = stitched(scene, pt, 2 * margin + 8 * cfg.output_stride, per_task=4, engine="torch")[1]
+    for core in (2, 5):
+        _, classes = stitched(scene, imported, 2 * margin + core * model.output_stride, per_task=4)
+        assert (classes == reference).all()
+
+
+def _graph(path: Path, in_shape: list, out_shape: list, op: str = "Identity") -> Path:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)
+    model = helper.make_model(helper.make_graph([helper.make_node(op, ["x"], ["y"])], "g", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 18)])
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("in_shape, out_shape, classes, mean, message", [
+    (["n", 3, "h"], ["n", 3, "h"], "1=a,2=b,3=c", "0,0,0", "rank 3"),
+    (["n", 3, 64, 64], ["n", 3, 64, 64], "1=a,2=b,3=c", "0,0,0", "fixed at 64x64"),
+    (["n", 3, "h", "w"], ["n", 3, "h"], "1=a,2=b,3=c", "0,0,0", "N x K x H x W"),
+    (["n", 3, "h", "w"], ["n", 3, "h", "w"], "1=a,2=b", "0,0,0", "outputs 3 classes but 2"),
+    (["n", 3, "h", "w"], ["n", 3, "h", "w"], "1=a,2=b,3=c", "0,0", "takes 3 channels"),
+])
+def test_import_refuses_what_cannot_be_tiled(
+    tmp_path: Path, in_shape: list, out_shape: list, classes: str, mean: str, message: str
+) -> None:
+    src = _graph(tmp_path / "x.onnx", in_shape, out_shape)
+    out = tmp_path / "out.onnx"
+    std = ",".join("1" for _ in mean.split(","))
+    res = CliRunner().invoke(cli, ["import", str(src), "-o", str(out), "--classes", classes,
+                                   "--mean", mean, "--std", std])
+    assert res.exit_code != 0 and message in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_onnx_cache_is_private() -> None:
+    mode = stat.S_IMODE(cache_dir().stat().st_mode)
+    assert mode == 0o700
