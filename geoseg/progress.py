@@ -91,6 +91,7 @@ class JobProgress:
         self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.interval = interval if self._tty else max(interval, 10.0)
         self._last = 0.0
+        self._state: tuple[int, ...] | None = None
 
     def scene(self, pixels: int) -> Progress:
         """A scene's own progress (tiles written), which feeds this line and prints nothing."""
@@ -123,12 +124,13 @@ class JobProgress:
         with self._lock:
             self.stream.write(("\r\033[K" if self._tty else "") + text + "\n")
             self.stream.flush()
-            self._last = 0.0
-        self._maybe_draw()
+            self._state = None  # on a terminal the line was wiped: draw it again
+        if self._tty:
+            self._maybe_draw(force=True)
 
     def close(self) -> None:
         if not self.quiet:
-            self._maybe_draw(force=True)
+            self._maybe_draw(force=True, changed_only=True)
             if self._tty:
                 with self._lock:
                     self.stream.write("\n")
@@ -151,16 +153,17 @@ class JobProgress:
         failed = f", {self.failed} failed" if self.failed else ""
         skipped = f", {self.skipped} skipped" if self.skipped else ""
         return (f"scenes: {self.done} done, {self.running} running, {left_scenes} left{failed}{skipped}  "
-                f"{self.pixels / 1e6 / elapsed:6.2f} MP/s  {_fmt(elapsed)} elapsed, {_fmt(left)} left")
+                f"{self.pixels / 1e6 / elapsed:.3g} MP/s  {_fmt(elapsed)} elapsed, {_fmt(left)} left")
 
-    def _maybe_draw(self, force: bool = False) -> None:
+    def _maybe_draw(self, force: bool = False, changed_only: bool = False) -> None:
         if self.quiet:
             return
         with self._lock:
             now = time.perf_counter()
-            if not force and now - self._last < self.interval:
+            state = (self.done, self.failed, self.skipped, self.running, self.pixels)
+            if (not force and now - self._last < self.interval) or (changed_only and state == self._state):
                 return
-            self._last = now
+            self._last, self._state = now, state
             self.stream.write(("\r\033[K" if self._tty else "") + self._line(now) + ("" if self._tty else "\n"))
             self.stream.flush()
 

@@ -224,3 +224,24 @@ def test_ctrl_c_stops_every_scene_and_leaves_nothing_half_written(tmp_path: Path
     assert len(list(out.glob("*.geoseg.json"))) < 5
     report = run_batch(job, client=dask_client)
     assert report.count("failed") == 0 and report.count("done") + report.count("skipped") == 5
+
+
+def test_job_progress_line_counts_scenes_and_estimates_time_left() -> None:
+    import io
+
+    from geoseg.progress import JobProgress
+
+    out = io.StringIO()
+    bar = JobProgress(4, stream=out)
+    bar.finished("skipped")
+    bar.started()
+    scene = bar.scene(2_000_000)
+    scene.update(1, 1_000_000)
+    assert bar.line().startswith("scenes: 0 done, 1 running, 2 left, 1 skipped")
+    assert "elapsed" in bar.line() and "--:-- left" not in bar.line()
+    bar.message("start x.tif")
+    bar.finished("failed")
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert "start x.tif" in lines and "1 failed" in lines[-1]
+    assert len(lines) == len(set(lines)), "no line is drawn twice"
