@@ -456,7 +456,7 @@ def _run_scenes(job: Job, model: Any, force: bool, session: Any, bar: Any,
                 bar.started()
                 running[pool.submit(_one_scene, job, scene, model, session, slots, bar, say, opened)] = i
             if running:
-                finished, _ = wait(list(running), timeout=0.5, return_when=FIRST_COMPLETED)
+                finished, _ = wait(list(running), timeout=0.1, return_when=FIRST_COMPLETED)
                 for fut in finished:
                     outcome = fut.result()
                     outcomes[running.pop(fut)] = outcome
