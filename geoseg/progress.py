@@ -84,7 +84,7 @@ class JobProgress:
         self.quiet = quiet
         self.stream = stream or sys.stderr
         self.start = time.perf_counter()
-        self.done = self.failed = self.skipped = self.running = 0
+        self.done = self.partial = self.failed = self.skipped = self.running = 0
         self.pixels = 0  # written so far, over every scene
         self._planned: list[int] = []  # pixel counts of the scenes opened so far
         self._lock = threading.Lock()
@@ -105,7 +105,8 @@ class JobProgress:
         self._maybe_draw()
 
     def finished(self, status: str) -> None:
-        """A scene ended as ``done``, ``failed`` or ``skipped`` (skipped scenes never started)."""
+        """A scene ended as ``done``, ``partial``, ``failed`` or ``skipped`` (skipped scenes
+        never started)."""
         with self._lock:
             if status != "skipped":
                 self.running -= 1
@@ -143,14 +144,14 @@ class JobProgress:
 
     def _line(self, now: float) -> str:
         elapsed = max(now - self.start, 1e-9)
-        finished = self.done + self.failed + self.skipped
+        finished = self.done + self.partial + self.failed + self.skipped
         left_scenes = self.scenes - finished - self.running
         opened = len(self._planned)
         mean = sum(self._planned) / opened if opened else 0.0
         total = sum(self._planned) + mean * max(self.scenes - self.skipped - opened, 0)
         frac = min(self.pixels / total, 1.0) if total else 0.0
         left = elapsed / frac - elapsed if frac > 0 else float("nan")
-        failed = f", {self.failed} failed" if self.failed else ""
+        failed = (f", {self.partial} partial" if self.partial else "") + (f", {self.failed} failed" if self.failed else "")
         skipped = f", {self.skipped} skipped" if self.skipped else ""
         return (f"scenes: {self.done} done, {self.running} running, {left_scenes} left{failed}{skipped}  "
                 f"{self.pixels / 1e6 / elapsed:.3g} MP/s  {_fmt(elapsed)} elapsed, {_fmt(left)} left")
@@ -160,7 +161,7 @@ class JobProgress:
             return
         with self._lock:
             now = time.perf_counter()
-            state = (self.done, self.failed, self.skipped, self.running, self.pixels)
+            state = (self.done, self.partial, self.failed, self.skipped, self.running, self.pixels)
             if (not force and now - self._last < self.interval) or (changed_only and state == self._state):
                 return
             self._last, self._state = now, state

@@ -11,6 +11,7 @@ whole raster in one pass.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import math
 import os
@@ -25,10 +26,10 @@ import rasterio
 from affine import Affine
 from rasterio.windows import Window
 
-from geoseg.errors import OutputError, VectorizeError
+from geoseg.errors import OutputError, VectorizeError, first_line
 from geoseg.io import (
-    READ_ENV, check_output_path, no_georef_warning, open_scene, read_class_names, remove_quietly,
-    temporary_sibling,
+    READ_ENV, check_distinct_paths, check_output_path, lock_output_folders, no_georef_warning, open_scene,
+    read_class_names, remove_quietly, temporary_sibling,
 )
 from geoseg.styles import qml_sidecar, raster_classes, write_gpkg_style, write_qml_sidecar
 
@@ -259,6 +260,7 @@ def merge_blocks(results: Iterator[list[BlockResult]], connectivity: int, n_rows
     info: dict[int, tuple[int, int, float | None, bytes]] = {}
     prev_bottom: np.ndarray | None = None
     prev_bottom_cls: np.ndarray | None = None
+    next_id = 0  # global ids: a running count of components, unique and far from int64's end
     for r, row in enumerate(results):
         row = sorted(row, key=lambda b: b.block_col)
         tops, bottoms, tcls, bcls = [], [], [], []
@@ -266,8 +268,10 @@ def merge_blocks(results: Iterator[list[BlockResult]], connectivity: int, n_rows
         for b in row:
             if b.finished is not None:
                 yield b.finished
-            base = ((r << 20) | b.block_col) << 32
-            gid = np.where(np.arange(len(b.classes)) > 0, np.arange(len(b.classes)) + base, 0)
+            base = next_id
+            next_id += len(b.classes)
+            local_ids = np.arange(len(b.classes), dtype=np.int64)
+            gid = np.where(local_ids > 0, local_ids + base, 0)
             for local, wkb in b.geoms.items():
                 g = base + local
                 groups.add(g)
@@ -394,6 +398,7 @@ def vectorize(
     timestamp: str | None = None,
     dst_crs: str | None = None,
     style: bool = True,
+    verbose: bool = False,
     max_in_flight: int | TaskSlots | None = None,
 ) -> VectorizeResult:
     """Polygonize a class raster into ``output`` (format by extension), one feature per region.
@@ -407,6 +412,7 @@ def vectorize(
     CRS; areas and perimeters are still measured in the raster's CRS (geodesically when it is
     geographic). ``style`` adds the default QGIS style, categorized by class in the raster's colours
     (GeoPackage: its ``layer_styles`` table; other formats: a ``.qml`` sidecar).
+    ``verbose`` lets the local workers' own logs through to stderr.
     ``max_in_flight``: block tasks in flight (default: two block rows, at least 2 per worker
     thread), or :class:`~geoseg.cluster.TaskSlots` shared with other work (a batch's scenes).
     """
@@ -417,16 +423,16 @@ def vectorize(
 
     t0 = time.perf_counter()
     out = check_output_path(output, overwrite, "vector output")
+    check_distinct_paths({"class raster": raster, "probabilities raster": probabilities}, {"vector output": out})
     driver = output_format(out)[0]
-    if connectivity not in (4, 8):
-        raise VectorizeError(f"--connectivity must be 4 or 8, not {connectivity}")
     info = open_scene(raster)
+    target, out_crs = check_vector_options(out, info.crs, connectivity=connectivity, skip_classes=skip_classes,
+                                           min_area=min_area, simplify=simplify, dst_crs=dst_crs)
     if not np.issubdtype(np.dtype(info.dtype), np.integer):
         raise VectorizeError(
             f"{raster} holds {info.dtype} values: not a class raster; polygonize the class raster "
             "from 'geoseg predict', or round the values to integer classes first"
         )
-    target, out_crs = output_crs(out, info.crs, dst_crs)
     with no_georef_warning():
         with rasterio.open(raster) as src:
             names = read_class_names(src)
@@ -452,14 +458,15 @@ def vectorize(
                   info.crs.to_wkt() if info.crs is not None else None, bool(simplify))
         for r in range(rows) for c in range(cols)
     ]
+    locks = lock_output_folders([out], "vectorize")
     tmp = temporary_sibling(out, ".gpkg")
     measure = Measurer(info.crs)
     per_class: dict[int, int] = {}
     progress = Progress(len(tasks), unit="blocks", quiet=quiet)
     try:
         # processes, not threads: turning GDAL's polygons into geometries holds the GIL
-        with dask_session(client, scheduler, workers or cpu_count(), processes=True) as session, \
-                _ogr_date(timestamp):
+        with dask_session(client, scheduler, workers or cpu_count(), processes=True,
+                          verbose=verbose) as session, _ogr_date(timestamp):
             limit = max_in_flight or max(2 * cols, 2 * session.threads)
             writer = _GpkgWriter(tmp, info.crs if simplify else out_crs, probabilities is not None,
                                  reproject=None if simplify else reproject)
@@ -491,6 +498,8 @@ def vectorize(
     except BaseException:
         remove_quietly(tmp)
         raise
+    finally:
+        locks.close()
     return VectorizeResult(out, sum(per_class.values()), per_class, time.perf_counter() - t0)
 
 
@@ -715,7 +724,7 @@ def _publish(tmp: Path, out: Path, driver: str, crs: Any) -> None:
                               data, list(meta["fields"]), crs=meta["crs"],
                               geometry_type="MultiPolygon", driver=driver, **opts)
         if driver == "ESRI Shapefile":
-            for side in staged.parent.glob(staged.stem + ".*"):
+            for side in staged.parent.glob(glob.escape(staged.stem) + ".*"):
                 os.replace(side, out.with_suffix(side.suffix))
         else:
             os.replace(staged, out)
@@ -725,11 +734,9 @@ def _publish(tmp: Path, out: Path, driver: str, crs: Any) -> None:
 
 def _write_geoparquet(src: Path, dst: Path) -> None:
     """GeoParquet 1.0 (WKB geometry + 'geo' metadata) through pyarrow."""
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise OutputError("GeoParquet output needs pyarrow: pip install 'geoseg[parquet]'") from None
+    _require_pyarrow()
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     import pyogrio
     import shapely
 
@@ -747,3 +754,29 @@ def _write_geoparquet(src: Path, dst: Path) -> None:
         "encoding": "WKB", "geometry_types": ["MultiPolygon"], "crs": crs_json, "bbox": bbox}}}
     table = pa.table(cols).replace_schema_metadata({b"geo": json.dumps(geo).encode()})
     pq.write_table(table, dst)
+
+
+def _require_pyarrow() -> None:
+    try:
+        import pyarrow  # noqa: F401
+        import pyarrow.parquet  # noqa: F401
+    except ImportError:
+        raise OutputError("GeoParquet output needs pyarrow: pip install 'geoseg[parquet]'") from None
+
+
+def check_vector_options(output: str | os.PathLike[str], crs: Any = None, **options: Any) -> tuple[Any, Any]:
+    """Check polygon options before any work (predict runs it before predicting): the values
+    (as :class:`geoseg.options.VectorOptions`), the format and what it needs (pyarrow), and the
+    CRS the file would be in (GeoJSON: EPSG:4326). Returns :func:`output_crs`'s ``(target, written)``."""
+    from geoseg.options import VectorOptions
+
+    run_keys = ("timestamp", "quiet", "verbose", "workers", "scheduler", "dst_crs", "style")
+    try:
+        VectorOptions(**{k: (tuple(v) if k == "skip_classes" and isinstance(v, list) else v)
+                         for k, v in options.items() if k not in run_keys})
+    except TypeError as exc:
+        raise VectorizeError(f"unknown vector option ({first_line(exc)})") from None
+    out = Path(output)
+    if output_format(out)[0] == "Parquet":
+        _require_pyarrow()
+    return output_crs(out, crs, options.get("dst_crs"))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import click
 
 from typing import TYPE_CHECKING
@@ -22,14 +20,16 @@ if TYPE_CHECKING:
 def models_command(arch: str | None, arch_args: str | None, in_channels: int) -> None:
     """List architectures (output stride, measured receptive field) and built-in models.
 
-    With ARCH (and --arch-args), measure that one configuration. Measuring runs the network
-    on a strip of random input, a few seconds for the VGG- and ResNet-based ones. ARCH may also
-    be a model file (.pt or ONNX): then that model is described.
+    The built-in architectures at their default arguments are listed from measurements made
+    once; with ARCH and --arch-args (or another --in-channels) that configuration is measured
+    now: a few seconds for the VGG- and ResNet-based ones.
+    ARCH may also be a model file (.pt or ONNX): then that model is described.
     """
     import os
-    from geoseg.models import create_model, get_architecture, list_models, output_stride
+
+    from geoseg.models import get_architecture, list_models
     from geoseg.models.checkpoint import builtin_model_names, load_model
-    from geoseg.models.receptive_field import NonLocalError, measure_receptive_field
+    from geoseg.models.measured import DEFAULTS, IN_CHANNELS, measure
 
     if arch and os.path.isfile(arch):
         click.echo(describe(load_model(arch)))
@@ -38,18 +38,12 @@ def models_command(arch: str | None, arch_args: str | None, in_channels: int) ->
     archs = [get_architecture(arch)] if arch else list_models()
     click.echo(f"{'architecture':<15}{'stride':>7}{'RF radius':>10}{'params':>9}  summary")
     for spec in archs:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            net = create_model(spec.name, in_channels, 2, **kwargs)
-        stride = output_stride(net)
-        try:
-            rf = str(measure_receptive_field(net, in_channels, stride))
-        except NonLocalError:
-            rf = "global"
-        params = sum(p.numel() for p in net.parameters())
-        click.echo(f"{spec.name:<15}{stride:>7}{rf:>10}{params / 1e6:>8.2f}M  {spec.summary}")
-        for w in caught:
-            click.echo(f"{'':<15}warning: {w.message}")
+        known = DEFAULTS.get(spec.name) if not kwargs and in_channels == IN_CHANNELS else None
+        m = known or measure(spec.name, in_channels, **kwargs)
+        rf = "global" if m.receptive_field is None else str(m.receptive_field)
+        click.echo(f"{spec.name:<15}{m.stride:>7}{rf:>10}{m.params / 1e6:>8.2f}M  {spec.summary}")
+        for w in m.warnings:
+            click.echo(f"{'':<15}warning: {w}")
     if arch:
         return
     click.echo("\nbuilt-in models:")

@@ -23,6 +23,7 @@ from geoseg.errors import CheckpointError, ModelError
 from geoseg.io import ClassInfo, check_output_path
 from geoseg.models.checkpoint import (
     GLOBAL_RECEPTIVE_FIELD, LoadedModel, ModelConfig, file_sha256, load_model, resolve_model_path,
+    validate_config,
 )
 
 #: metadata_props key holding the geoseg config JSON.
@@ -143,7 +144,8 @@ def read_onnx_model(path: str | os.PathLike[str]) -> tuple[ModelConfig, Any]:
         )
     try:
         config = ModelConfig.from_json(meta[METADATA_KEY])
-    except CheckpointError as exc:
+        validate_config(config, architecture=False)  # stride, receptive field, bands: bounded
+    except (CheckpointError, ModelError) as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     except (TypeError, KeyError, ValueError) as exc:
         raise CheckpointError(f"{path} has damaged geoseg metadata ({exc}); run 'geoseg import' again") from None
@@ -212,7 +214,7 @@ def export_network(network: nn.Module, in_channels: int, stride: int) -> Any:
         try:
             buf = io.BytesIO()
             free = {0: "batch", 2: "height", 3: "width"}
-            torch.onnx.export(network, (x,), buf, dynamo=False, opset_version=OPSET,
+            torch.onnx.export(network, (x,), buf, dynamo=False, opset_version=OPSET,  # type: ignore[arg-type]
                               dynamic_axes={"image": free, "logits": free}, **names)  # type: ignore[arg-type]
             proto = onnx.load_from_string(buf.getvalue())
         except Exception:  # noqa: BLE001 - an op the TorchScript exporter lacks: try the other

@@ -15,7 +15,9 @@ from geoseg.cluster import DaskSession, TaskSlots, cpu_count, send_model, stream
 from geoseg.io import file_token
 from geoseg.predict.plan import PredictPlan, plan_tasks
 from geoseg.stitch import TileResult
-from geoseg.worker import TileTask, run_tile_task
+from geoseg.errors import TileError
+from geoseg.scenes import describe
+from geoseg.worker import TileTask, nodata_results, run_tile_task, tiles_text
 
 
 @dataclass
@@ -72,6 +74,20 @@ def task_key(task: TileTask, index: int) -> str:
 def stream_tasks(
     client: Any, tasks: Sequence[TileTask], limit: int | TaskSlots, resources: dict[str, float] | None = None,
 ) -> Iterator[list[TileResult]]:
-    """Tile results of ``tasks`` as they complete, at most ``limit`` tasks in flight."""
-    for _, results in stream(client, run_tile_task, tasks, limit, key=task_key, resources=resources):
+    """Tile results of ``tasks`` as they complete, at most ``limit`` tasks in flight. A tile that
+    fails is not retried (it would fail again); a task that killed every worker running it
+    (``KilledWorker``) fails the run in one line, or is written as nodata under skip."""
+    for _, results in stream(client, run_tile_task, tasks, limit, key=task_key, resources=resources,
+                             on_killed=killed_workers):
         yield results
+
+
+def killed_workers(task: TileTask, exc: BaseException) -> list[TileResult]:
+    """A task that took down its workers (out of memory, a crash in native code): like a tile
+    that cannot be read, it fails the run, or under ``on_error="skip"`` its tiles are nodata."""
+    message = (f"{describe(task.scene)}: {tiles_text(task)} failed: the workers running them died "
+               f"({type(exc).__name__}; out of memory or a crash); lower --batch-size or --tile, "
+               "or --on-error skip writes nodata there instead")
+    if not task.skip_errors:
+        raise TileError(message) from None
+    return nodata_results(task.tiles, message)
