@@ -15,6 +15,7 @@ import glob
 import json
 import os
 import string
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -36,6 +37,7 @@ SCHEMA: dict[str, Any] = {
     "model": str,
     "scheduler": str,
     "workers": int,
+    "concurrency": "int|auto",
     "output": {"folder": str, "pattern": str},
     # derived from the options dataclasses, so a new predict or vector option is a job key too
     "predict": {**job_schema(PredictOptions), "probabilities": bool},
@@ -58,6 +60,7 @@ class Job:
     vector: dict[str, Any] | None
     scheduler: str | None
     workers: int | None
+    concurrency: int | str = "auto"
 
 
 @dataclass
@@ -225,9 +228,13 @@ def load_job(path: str | os.PathLike[str]) -> Job:
     predict = doc.get("predict") or {}
     _check_values(predict, PredictOptions, "predict", problems, extra=("probabilities",))
     _check_values(vector, VectorOptions, "vector", problems, extra=("format",))
+    concurrency = doc.get("concurrency", "auto")
+    if isinstance(concurrency, int) and not isinstance(concurrency, bool) and concurrency < 1:
+        problems.append(f"concurrency: scenes at once must be 1 or more (or 'auto'), not {concurrency}")
     job = Job(p, list(dict.fromkeys(scenes)), model, Path(_resolve(base, folder)), str(pattern),
               dict(predict) if isinstance(predict, dict) else {},
-              dict(vector) if isinstance(vector, dict) else None, doc.get("scheduler"), doc.get("workers"))
+              dict(vector) if isinstance(vector, dict) else None, doc.get("scheduler"), doc.get("workers"),
+              concurrency if concurrency is not None else "auto")
     if not pattern_problems:
         job.scenes = _drop_own_outputs(job, places, globbed, problems)
         problems.extend(_collisions(job, places))
@@ -487,11 +494,16 @@ def run_batch(
     echo: Callable[[str], Any] = lambda s: None,
     overwrite: bool = False,
     verbose: bool = False,
+    progress: bool = False,
 ) -> BatchReport:
     """Run a prediction job (or a recipe job with ``steps``) and return its report.
 
-    The report replaces an earlier report of the same job; any other existing file only with
-    ``overwrite``, and never a scene or another output. ``verbose`` shows the local workers' logs."""
+    Several scenes run at once on one Dask client (the job's ``concurrency``), their tasks
+    drawing on one in-flight budget. ``echo`` receives a recipe's step lines and, when
+    ``verbose``, a line per scene (start, done, PART, skip, FAIL); ``verbose`` also shows the
+    local workers' logs. ``progress`` draws the whole job's line (scenes done / running / left,
+    MP/s, time left) on stderr. The report replaces an earlier report of the same job; any
+    other existing file only with ``overwrite``, and never a scene or another output."""
     t0 = time.perf_counter()
     doc = _peek(job_path)
     if isinstance(doc, dict) and "steps" in doc:
@@ -501,20 +513,88 @@ def run_batch(
         return BatchReport(str(job_path), [], time.perf_counter() - t0)
     job = load_job(job_path)
     from geoseg.models.checkpoint import load_model
+    from geoseg.progress import JobProgress
 
     report_file = Path(report_path) if report_path else job.folder / "batch-report.json"
     _check_report_path(job, report_file, overwrite)
     model = load_model(job.model)
-    outcomes: list[SceneOutcome] = []
+    bar = JobProgress(len(job.scenes), quiet=not progress)
+    say: Callable[[str], Any] = (lambda s: None) if not verbose else (bar.message if progress else echo)
     with job_lock(job.folder, job.path):
         from geoseg.cluster import dask_session
 
         with dask_session(client, job.scheduler, job.workers, verbose=verbose) as session:
-            for scene in job.scenes:
-                outcomes.append(_one_scene(job, scene, model, force, session.client, echo))
+            outcomes = _run_scenes(job, model, force, session, bar, say)
+    bar.close()
     report = BatchReport(str(job.path), outcomes, time.perf_counter() - t0)
     write_json_atomic(report_file, report.as_dict())
     return report
+
+
+def scenes_at_once(concurrency: int | str, threads: int) -> tuple[int, bool]:
+    """How many scenes may be in flight, and whether more start only when the running ones run
+    out of tasks to submit (``auto``: enough scenes to fill every slot, plus scenes finishing)."""
+    if concurrency == "auto":
+        return 3 * max(1, threads) + 1, True
+    return max(1, int(concurrency)), False
+
+
+def _run_scenes(job: Job, model: Any, force: bool, session: Any, bar: Any,
+                say: Callable[[str], Any]) -> list[SceneOutcome]:
+    """Every scene of the job, several at once in client threads, their tile and polygon tasks
+    sharing one in-flight budget of 2 tasks per worker thread; outcomes in job order.
+
+    Ctrl-C (KeyboardInterrupt here) cancels the budget: every scene in flight stops, aborts its
+    temporary files and leaves nothing at its output paths; then the interrupt propagates.
+    """
+    from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
+    from geoseg.cluster import TaskSlots
+
+    slots = TaskSlots(2 * session.threads)
+    cap, auto = scenes_at_once(job.concurrency, session.threads)
+    opening = [0]  # scenes admitted but not yet streaming tasks (their demand is unknown)
+    lock = threading.Lock()
+    outcomes: dict[int, SceneOutcome] = {}
+    running: dict[Future[SceneOutcome], int] = {}
+    queue = list(enumerate(job.scenes))[::-1]
+
+    def hungry() -> bool:
+        """Whether the running scenes already have enough tasks waiting to fill the budget."""
+        with lock:
+            return opening[0] > 0 or slots.demand >= slots.size
+
+    def opened() -> None:
+        with lock:
+            opening[0] -= 1
+
+    pool = ThreadPoolExecutor(max_workers=cap, thread_name_prefix="geoseg-scene")
+    try:
+        while queue or running:
+            while queue and len(running) < cap and not (auto and running and hungry()):
+                i, scene = queue.pop()
+                if not force and is_done(job, scene, model.sha256):
+                    say(f"skip  {scene} (outputs match their record)")
+                    outcomes[i] = SceneOutcome(scene, "skipped")
+                    bar.finished("skipped")
+                    continue
+                with lock:
+                    opening[0] += 1
+                bar.started()
+                running[pool.submit(_one_scene, job, scene, model, session, slots, bar, say, opened)] = i
+            if running:
+                finished, _ = wait(list(running), timeout=0.1, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    outcome = fut.result()
+                    outcomes[running.pop(fut)] = outcome
+                    bar.finished(outcome.status)
+    except BaseException:
+        slots.cancel()
+        wait(list(running))
+        raise
+    finally:
+        pool.shutdown(wait=True)
+    return [outcomes[i] for i in sorted(outcomes)]
 
 
 def _check_report_path(job: Job, report: Path, overwrite: bool) -> None:
@@ -548,32 +628,40 @@ def _peek(path: str | os.PathLike[str]) -> Any:
         raise JobError(f"{path} is not valid YAML: {first_line(exc)}") from None
 
 
-def _one_scene(job: Job, scene: str, model: Any, force: bool, client: Any, echo: Callable[[str], Any]) -> SceneOutcome:
-    from geoseg.predict import predict
+def _one_scene(job: Job, scene: str, model: Any, session: Any, slots: Any, bar: Any,
+               say: Callable[[str], Any], opened: Callable[[], None]) -> SceneOutcome:
+    """Predict, describe and record one scene (in a client thread, beside other scenes);
+    ``opened`` is called once the scene's tasks are known (or it failed before that)."""
+    from geoseg.predict import execute
+    from geoseg.predict.plan import plan_predict
     from geoseg.predict.write import skipped_report_path
 
-    if not force and is_done(job, scene, model.sha256):
-        echo(f"skip  {scene} (outputs match their record)")
-        return SceneOutcome(scene, "skipped")
-    outs = outputs_for(job, scene)
-    remove_stale_parts(outs)
-    rec = record_path(outs["classes"])
-    with contextlib.suppress(FileNotFoundError):
-        rec.unlink()  # the outputs are about to change: they no longer match any record
     t = time.perf_counter()
-    echo(f"start {scene}")
-    opts = {k: v for k, v in job.predict.items() if k != "probabilities"}
-    vector_opts = None
-    if job.vector is not None:
-        vector_opts = {k: v for k, v in job.vector.items() if k != "format"}
-        # the scene's own time, so a rerun writes byte-identical GeoPackages
-        vector_opts["timestamp"] = _scene_time(scene)
-        if "skip_class" in vector_opts:
-            vector_opts["skip_classes"] = tuple(vector_opts.pop("skip_class"))
     try:
-        result = predict(scene, outs["classes"], model=model.path, overwrite=True, client=client,
-                         probabilities=outs.get("probabilities"), vector=outs.get("vector"),
-                         vector_options=vector_opts, **opts)
+        outs = outputs_for(job, scene)
+        remove_stale_parts(outs)
+        rec = record_path(outs["classes"])
+        with contextlib.suppress(FileNotFoundError):
+            rec.unlink()  # the outputs are about to change: they no longer match any record
+        say(f"start {scene}")
+        opts = {k: v for k, v in job.predict.items() if k != "probabilities"}
+        vector_opts = None
+        if job.vector is not None:
+            vector_opts = {k: v for k, v in job.vector.items() if k != "format"}
+            # the scene's own time, so a rerun writes byte-identical GeoPackages
+            vector_opts["timestamp"] = _scene_time(scene)
+            if "skip_class" in vector_opts:
+                vector_opts["skip_classes"] = tuple(vector_opts.pop("skip_class"))
+        try:
+            plan = plan_predict(scene, outs["classes"], model, PredictOptions.from_keywords(None, **opts),
+                                outs.get("probabilities"), outs.get("vector"), overwrite=True)
+            progress = bar.scene(plan.scene.pixels)
+        finally:
+            opened()
+        result = execute(plan, session, progress, max_in_flight=slots, overwrite=True,
+                         vector_options=vector_opts, started=t)
+        if slots.cancelled:
+            raise KeyboardInterrupt("the job was interrupted")
         write_json_atomic(outs["stac"], stac_item(scene, outs, model.name, model.sha256, model.classes,
                                                     result.stac_item))
         record = expected_record(job, scene, model.sha256)
@@ -583,18 +671,18 @@ def _one_scene(job: Job, scene: str, model: Any, force: bool, client: Any, echo:
                                  "report": skipped_report_path(outs["classes"]).name}
         write_json_atomic(rec, record)
     except GeosegError as exc:
-        echo(f"FAIL  {scene}: {exc}")
+        say(f"FAIL  {scene}: {first_line(exc)}")
         return SceneOutcome(scene, "failed", first_line(exc), 0.0, time.perf_counter() - t)
     except Exception as exc:  # one bad scene must not stop the others
         msg = f"{type(exc).__name__}: {first_line(str(exc))}"
-        echo(f"FAIL  {scene}: {msg}")
+        say(f"FAIL  {scene}: {msg}")
         return SceneOutcome(scene, "failed", msg, 0.0, time.perf_counter() - t)
     if result.skipped:
         msg = (f"{len(result.skipped)} window(s) written as nodata (listed in "
                f"{skipped_report_path(outs['classes']).name}); the next run redoes this scene")
-        echo(f"PART  {scene}: {msg}")
+        say(f"PART  {scene}: {msg}")
         return SceneOutcome(scene, "partial", msg, result.pixels / 1e6, time.perf_counter() - t,
                             [p.name for p in outs.values()])
-    echo(f"done  {scene} ({result.pixels / 1e6:.2f} MP in {result.seconds:.1f} s)")
+    say(f"done  {scene} ({result.pixels / 1e6:.2f} MP in {result.seconds:.1f} s)")
     return SceneOutcome(scene, "done", None, result.pixels / 1e6, time.perf_counter() - t,
                         [p.name for p in outs.values()])

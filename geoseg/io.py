@@ -47,6 +47,10 @@ WRITE_CACHE_MB = 64
 #: so one client keeps up with many workers.
 WRITE_THREADS = "ALL_CPUS"
 
+#: GDAL compression threads for every raster geoseg writes (the temporary GeoTIFF's DEFLATE
+#: blocks and the COG conversion): the client's writing keeps pace with many workers.
+WRITE_THREADS = "ALL_CPUS"
+
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 
 

@@ -15,10 +15,11 @@ import glob
 import json
 import math
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 import rasterio
@@ -31,6 +32,9 @@ from geoseg.io import (
     read_class_names, remove_quietly, temporary_sibling,
 )
 from geoseg.styles import qml_sidecar, raster_classes, write_gpkg_style, write_qml_sidecar
+
+if TYPE_CHECKING:
+    from geoseg.cluster import TaskSlots
 
 #: Output formats by extension: (GDAL driver, supports any CRS).
 FORMATS: dict[str, tuple[str, bool]] = {
@@ -395,6 +399,7 @@ def vectorize(
     dst_crs: str | None = None,
     style: bool = True,
     verbose: bool = False,
+    max_in_flight: int | TaskSlots | None = None,
 ) -> VectorizeResult:
     """Polygonize a class raster into ``output`` (format by extension), one feature per region.
 
@@ -408,6 +413,8 @@ def vectorize(
     geographic). ``style`` adds the default QGIS style, categorized by class in the raster's colours
     (GeoPackage: its ``layer_styles`` table; other formats: a ``.qml`` sidecar).
     ``verbose`` lets the local workers' own logs through to stderr.
+    ``max_in_flight``: block tasks in flight (default: two block rows, at least 2 per worker
+    thread), or :class:`~geoseg.cluster.TaskSlots` shared with other work (a batch's scenes).
     """
     import shapely
 
@@ -460,7 +467,7 @@ def vectorize(
         # processes, not threads: turning GDAL's polygons into geometries holds the GIL
         with dask_session(client, scheduler, workers or cpu_count(), processes=True,
                           verbose=verbose) as session, _ogr_date(timestamp):
-            limit = max(2 * cols, 2 * session.threads)
+            limit = max_in_flight or max(2 * cols, 2 * session.threads)
             writer = _GpkgWriter(tmp, info.crs if simplify else out_crs, probabilities is not None,
                                  reproject=None if simplify else reproject)
             for item in merge_blocks(_rows(session.client, tasks, cols, limit, progress), connectivity, rows):
@@ -545,6 +552,10 @@ def _reprojector(src_crs: Any, dst_crs: Any) -> Any:
     return apply
 
 
+#: Serializes the process-wide OGR_CURRENT_DATE (see :func:`_ogr_date`).
+_OGR_DATE_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def _ogr_date(timestamp: str | None) -> Iterator[None]:
     """Scope OGR_CURRENT_DATE (the GeoPackage last-change stamp) in pyogrio's GDAL, then reset it."""
@@ -553,14 +564,16 @@ def _ogr_date(timestamp: str | None) -> Iterator[None]:
         return
     import pyogrio
 
-    pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": timestamp})
-    try:
-        yield
-    finally:
-        pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": None})
+    # the option is process-wide: polygonizations run at once (a batch's scenes) take turns
+    with _OGR_DATE_LOCK:
+        pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": timestamp})
+        try:
+            yield
+        finally:
+            pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": None})
 
 
-def _rows(client: Any, tasks: list[BlockTask], cols: int, limit: int, progress: Any) -> Iterator[list[BlockResult]]:
+def _rows(client: Any, tasks: list[BlockTask], cols: int, limit: int | TaskSlots, progress: Any) -> Iterator[list[BlockResult]]:
     """Block rows in order, computed with at most ``limit`` block tasks in flight."""
     from dask.base import tokenize
 

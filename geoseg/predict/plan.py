@@ -67,7 +67,7 @@ def default_tiles_per_task(grid: TileGrid, batch_size: int) -> int:
 def plan_predict(
     scene: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     output: str | os.PathLike[str],
-    model: str | os.PathLike[str] | None = None,
+    model: str | os.PathLike[str] | LoadedModel | None = None,
     options: PredictOptions = PredictOptions(),
     probabilities: str | os.PathLike[str] | None = None,
     vector: str | os.PathLike[str] | None = None,
@@ -91,12 +91,14 @@ def plan_predict(
     prob_path = check_output_path(probabilities, overwrite, "probabilities output") if probabilities else None
     vector_path = check_output_path(vector, overwrite, "vector output") if vector is not None else None
     scenes = [scene] if isinstance(scene, (str, os.PathLike)) else list(scene)
+    model_file = model.path if isinstance(model, LoadedModel) else resolve_model_path(model)[0]
     check_distinct_paths(
-        {**{f"scene {describe(str(s))}": s for s in scenes}, "model file": resolve_model_path(model)[0]},
+        {**{f"scene {describe(str(s))}": s for s in scenes}, "model file": model_file},
         {"output": out_path, "probabilities output": prob_path, "vector output": vector_path,
          "skipped-tiles report": skipped_report_path(out_path)},
     )
-    loaded = load_model(model, device="cpu")
+    # a batch plans many scenes with the one model it has loaded and checked already
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, device="cpu")
     cfg = loaded.config
     resolved = resolve_scene(scene, cfg.band_names, options.resampling, match_names=options.bands is None)
     info = open_scene(resolved.dataset)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from geoseg.cluster import DaskSession, cpu_count, send_model, stream
+from geoseg.cluster import DaskSession, TaskSlots, cpu_count, send_model, stream
 from geoseg.io import file_token
 from geoseg.predict.plan import PredictPlan, plan_tasks
 from geoseg.stitch import TileResult
@@ -29,10 +29,11 @@ class TaskRun:
     results: Iterator[list[TileResult]]
 
 
-def run_tasks(session: DaskSession, plan: PredictPlan, max_in_flight: int | None = None,
+def run_tasks(session: DaskSession, plan: PredictPlan, max_in_flight: int | TaskSlots | None = None,
               keep_logits: bool = False) -> TaskRun:
     """Submit the plan's tasks lazily, at most ``max_in_flight`` at a time (default: 2 per
-    worker thread), and hand back their results in completion order."""
+    worker thread; or slots shared with scenes run at once), and hand back their results in
+    completion order."""
     client = session.client
     nthreads = session.threads
     # a local cluster we started: share this machine's cores among its worker threads
@@ -71,7 +72,7 @@ def task_key(task: TileTask, index: int) -> str:
 
 
 def stream_tasks(
-    client: Any, tasks: Sequence[TileTask], limit: int, resources: dict[str, float] | None = None,
+    client: Any, tasks: Sequence[TileTask], limit: int | TaskSlots, resources: dict[str, float] | None = None,
 ) -> Iterator[list[TileResult]]:
     """Tile results of ``tasks`` as they complete, at most ``limit`` tasks in flight. A tile that
     fails is not retried (it would fail again); a task that killed every worker running it

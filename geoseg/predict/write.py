@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 import rasterio
@@ -24,6 +24,9 @@ from geoseg.scenes import describe
 from geoseg.predict.plan import PredictPlan
 from geoseg.progress import Progress
 from geoseg.stitch import TileResult
+
+if TYPE_CHECKING:
+    from geoseg.cluster import TaskSlots
 
 
 @dataclass
@@ -95,11 +98,13 @@ def skipped_report(scene: str, skipped: list[SkippedTile]) -> dict[str, Any]:
 
 
 def write_vector(plan: PredictPlan, client: Any, overwrite: bool, quiet: bool,
-                 vector_options: dict[str, Any] | None, progress: Progress) -> None:
-    """Polygonize the committed class raster into ``plan.vector`` on the same cluster."""
+                 vector_options: dict[str, Any] | None, progress: Progress,
+                 max_in_flight: int | TaskSlots | None = None) -> None:
+    """Polygonize the committed class raster into ``plan.vector`` on the same cluster (drawing
+    on the same in-flight slots as the tile tasks, when shared)."""
     from geoseg.vectorize import vectorize
 
     assert plan.vector is not None
     vres = vectorize(plan.output, plan.vector, probabilities=plan.probabilities, overwrite=overwrite,
-                     client=client, quiet=quiet, **(vector_options or {}))
+                     client=client, quiet=quiet, max_in_flight=max_in_flight, **(vector_options or {}))
     progress.message(f"geoseg: {vres.polygons} polygons written to {vres.output}")
