@@ -48,6 +48,12 @@ def auto_patience(epochs: int) -> int:
     return max(10, epochs // 6)
 
 
+def min_epochs(epochs: int) -> int:
+    """Epochs always trained before early stopping may end a run: on a small validation set an
+    untrained network that predicts the majority class can hold the best score for a while."""
+    return epochs // 3
+
+
 @dataclass
 class EpochRecord:
     epoch: int
@@ -153,6 +159,8 @@ def train(
     overwrite: bool = False,
     quiet: bool = True,
     amp: bool = True,
+    precision: str = "auto",
+    channels_last: bool = False,
     pretrained: str | None = None,
     pretrained_bands: Sequence[str] | None = None,
 ) -> TrainResult:
@@ -209,8 +217,15 @@ def train(
     if batch_size is None:
         # at least four steps an epoch: a small chip set needs updates more than big batches
         batch_size = min(32 if dev.type == "cuda" else 16, max(2, len(train_ds) // 4))
-    use_amp = amp and dev.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    if precision not in ("auto", "fp32", "bf16"):
+        raise TrainingError(f"unknown --precision {precision!r}; use auto, fp32 or bf16")
+    # auto: mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling), fp32 on
+    # the CPU; bf16: bf16 autocast anywhere (CPUs with AMX or AVX-512 BF16 gain from it)
+    use_amp = amp and (precision == "bf16" or (precision == "auto" and dev.type == "cuda"))
+    amp_dtype = (torch.bfloat16 if precision == "bf16" or dev.type != "cuda" or torch.cuda.is_bf16_supported()
+                 else torch.float16)
+    if channels_last:
+        network.to(memory_format=torch.channels_last)
     train_pixels = {int(k): int(v) for k, v in manifest["stats"]["class_pixels"].get("train", {}).items()}
     weights = class_weights(train_pixels, values, class_weighting).to(dev)
     optimizer = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=weight_decay)
@@ -257,7 +272,8 @@ def train(
             group["lr"] = rate
     best_scores: Scores | None = None
     for epoch in range(start_epoch, epochs):
-        if len(val_ds) and patience and best_epoch and epoch - best_epoch >= patience:
+        if (len(val_ds) and patience and best_epoch and epoch - best_epoch >= patience
+                and epoch >= min_epochs(epochs)):
             if not quiet:
                 print(f"stopping early: no better validation mIoU for {patience} epochs",
                       file=sys.stderr, flush=True)
@@ -266,7 +282,7 @@ def train(
         while True:
             try:
                 loss_avg = _run_epoch(network, loader, optimizer, scheduler, scaler, weights, dice_weight,
-                                      dev, use_amp, amp_dtype, quiet, epoch, epochs)
+                                      dev, use_amp, amp_dtype, quiet, epoch, epochs, channels_last)
                 break
             except torch.cuda.OutOfMemoryError:
                 if batch_size <= 1:
@@ -346,12 +362,14 @@ def _load_state(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
 def _run_epoch(network: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                scheduler: Any, scaler: Any, weights: torch.Tensor, dice_weight: float,
                dev: torch.device, use_amp: bool, amp_dtype: torch.dtype, quiet: bool,
-               epoch: int, epochs: int) -> float:
+               epoch: int, epochs: int, channels_last: bool = False) -> float:
     network.train()
     progress = Progress(len(loader), unit=f"batches (epoch {epoch + 1}/{epochs})", quiet=quiet)
     total, n = 0.0, 0
     for x, y in loader:
         x = x.to(dev, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         y = y.to(dev, non_blocking=True)
         with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
             logits = network(x)

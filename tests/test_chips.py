@@ -290,12 +290,12 @@ def test_defaults_fit_a_small_scene_with_nodata_borders(tmp_path: Path, rng: np.
         labels = src.read(1)
     labels[:, :20] = 0
     covered = np.zeros_like(labels, bool)
+    with rasterio.open(lab) as full:
+        grid = full.transform
     for c in m["chips"]:
         with rasterio.open(out / "labels" / f"{c['id']}.tif") as src:
             chip = src.read(1)
-            row, col = (int(round(v)) for v in ~src.transform * (src.transform.c, src.transform.f))
-            with rasterio.open(lab) as full:
-                r0, c0 = full.index(src.transform.c + 1, src.transform.f - 1)
+            r0, c0 = rasterio.transform.rowcol(grid, src.transform.c + 1, src.transform.f - 1)
         h, w = min(32, 100 - r0), min(32, 150 - c0)
         assert (chip[h:] == 0).all() and (chip[:, w:] == 0).all()  # the padding is unlabelled
         covered[r0 : r0 + h, c0 : c0 + w] = True

@@ -145,7 +145,8 @@ def test_without_validation_chips_no_score_is_reported(tmp_path: Path, dask_clie
     out = tmp_path / "chips"
     make_chips([(str(img), str(lab))], out, size=32, ignore_value=0, val_fraction=0, client=dask_client)
     r = CliRunner().invoke(cli, ["train", str(out), "-o", str(tmp_path / "m.pt"), "--arch", "unet",
-                                 "--arch-args", '{"depth": 2, "base_width": 4}', "--epochs", "2"])
+                                 "--arch-args", '{"depth": 2, "base_width": 4}', "--epochs", "2",
+                                 "--precision", "bf16", "--channels-last"])
     assert r.exit_code == 0, r.output
     assert "no validation chips" in r.stderr and "no validation chips, so no score" in r.stdout
     assert "mIoU" not in r.stdout + r.stderr
@@ -164,6 +165,7 @@ def test_epochs_are_automatic_and_training_stops_after_patience(tmp_path: Path, 
     result = train(out, tmp_path / "m.pt", arch="unet", arch_kwargs={"depth": 2, "base_width": 4},
                    epochs=6, patience=1, lr=1e-4)
     n = len(result.history)
-    # whatever the scores on this CPU: training ends at the limit or one epoch after the best
-    assert n == 6 or n == result.best_epoch + 1
+    # whatever the scores on this CPU: training ends at the limit, or one epoch after the best
+    # once the first third of the epochs is done
+    assert n == 6 or (n - result.best_epoch >= 1 and n >= 2 and (n == result.best_epoch + 1 or n == 2))
     assert result.best_miou == pytest.approx(max(h.val["miou"] for h in result.history), abs=1e-5)

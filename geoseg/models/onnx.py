@@ -19,10 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from geoseg.errors import CheckpointError, ModelError
+from geoseg.errors import CheckpointError, ModelError, first_line
 from geoseg.io import ClassInfo, check_output_path
 from geoseg.models.checkpoint import (
     GLOBAL_RECEPTIVE_FIELD, LoadedModel, ModelConfig, file_sha256, load_model, resolve_model_path,
+    validate_config,
 )
 
 #: metadata_props key holding the geoseg config JSON.
@@ -70,7 +71,7 @@ def _proto(path: str | os.PathLike[str]) -> Any:
         return onnx.load(str(path), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError) as exc:
         raise CheckpointError(
-            f"{path} is not an ONNX model ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+            f"{path} is not an ONNX model ({first_line(exc)})"
         ) from None
 
 
@@ -143,7 +144,8 @@ def read_onnx_model(path: str | os.PathLike[str]) -> tuple[ModelConfig, Any]:
         )
     try:
         config = ModelConfig.from_json(meta[METADATA_KEY])
-    except CheckpointError as exc:
+        validate_config(config, architecture=False)  # stride, receptive field, bands: bounded
+    except (CheckpointError, ModelError) as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     except (TypeError, KeyError, ValueError) as exc:
         raise CheckpointError(f"{path} has damaged geoseg metadata ({exc}); run 'geoseg import' again") from None
@@ -212,7 +214,7 @@ def export_network(network: nn.Module, in_channels: int, stride: int) -> Any:
         try:
             buf = io.BytesIO()
             free = {0: "batch", 2: "height", 3: "width"}
-            torch.onnx.export(network, (x,), buf, dynamo=False, opset_version=OPSET,
+            torch.onnx.export(network, (x,), buf, dynamo=False, opset_version=OPSET,  # type: ignore[arg-type]
                               dynamic_axes={"image": free, "logits": free}, **names)  # type: ignore[arg-type]
             proto = onnx.load_from_string(buf.getvalue())
         except Exception:  # noqa: BLE001 - an op the TorchScript exporter lacks: try the other
@@ -357,7 +359,7 @@ def _stride(session: Any, channels: int, classes: int, size: int, rng: np.random
     try:
         base = _run(session, np.ascontiguousarray(x[..., MAX_STRIDE:]))
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own classes
-        raise ModelError(f"{path} cannot run on a {height}x{size} input ({str(exc).splitlines()[0]})") from None
+        raise ModelError(f"{path} cannot run on a {height}x{size} input ({first_line(exc)})") from None
     if base.ndim != 4 or base.shape[0] != 1 or base.shape[2:] != (height, size):
         raise ModelError(
             f"{path}: output shape {tuple(base.shape)} for input 1x{channels}x{height}x{size}; geoseg "
