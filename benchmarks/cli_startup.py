@@ -41,7 +41,9 @@ def main() -> None:
         "python -c 'import torch'": timed([sys.executable, "-c", "import torch"], args.repeat),
         "geoseg --help": timed([geoseg, "--help"], args.repeat),
     }
-    for command in ("predict", "chip", "train", "evaluate", "vectorize", "batch", "models", "worker", "demo"):
+    from geoseg.cli.main import cli
+
+    for command in sorted(cli.commands):
         rows[f"geoseg {command} --help"] = timed([geoseg, command, "--help"], args.repeat)
     rows["geoseg models"] = timed([geoseg, "models"], max(1, args.repeat // 2))
     base_wall, base_cpu = rows["rio --help"]

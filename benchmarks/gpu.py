@@ -1,5 +1,7 @@
 """GPU inference: end-to-end throughput against the network's own forward pass, batch sweep,
-one vs two GPU workers, and what mixed precision changes in the class raster.
+one vs two GPU workers, what mixed precision changes in the class raster, and the engines
+(PyTorch fp32, PyTorch bf16 + channels-last, ONNX Runtime's CUDA provider when installed): one
+whole engine step each (raw tiles in, uint8 out) and predict end to end per ``--engine``.
 
     python benchmarks/gpu.py [--scene SCENE.tif] [--model NAME_OR_PATH] [--size 4096]
 
@@ -85,6 +87,40 @@ def e2e(scene: Path, model: str | None, tile: int, batch: int, scheduler: str | 
     return res.pixels * res.overlap_factor / 1e6 / res.seconds, res.megapixels_per_second
 
 
+def engine_rates(model: str | None, tile: int, batch: int, device: str, seconds: float = 10.0) -> list[dict[str, Any]]:
+    """Megapixels per second of one whole engine step (raw uint16 tiles in: upload, normalisation,
+    forward, argmax and uint8 probabilities back) per engine and setting on ``device``."""
+    from geoseg.engines import onnxruntime_available
+    from geoseg.models.checkpoint import file_sha256, resolve_model_path
+    from geoseg.worker import worker_engine
+
+    path, _ = resolve_model_path(model)
+    sha = file_sha256(path)
+    channels = load_model(model).config.in_channels
+    raw = np.random.default_rng(0).normal(1500, 600, size=(batch, channels, tile, tile)).clip(0, 1e4).astype(np.uint16)
+    valid = np.ones((batch, tile, tile), bool)
+    settings = [("torch", InferenceOptions(precision="fp32")),
+                ("torch", InferenceOptions(precision="bf16", channels_last=True))]
+    if onnxruntime_available():
+        settings.append(("onnx", InferenceOptions(precision="fp32")))
+    rows = []
+    for engine, opts in settings:
+        try:
+            eng = worker_engine(str(path), sha, device, engine, opts)
+        except Exception as exc:  # noqa: BLE001 - e.g. no CUDA provider in this onnxruntime build
+            rows.append({"engine": engine, "precision": opts.precision, "error": str(exc).splitlines()[0]})
+            continue
+        eng.run(raw, valid, True)
+        n, t = 0, time.perf_counter()
+        while n == 0 or time.perf_counter() - t < seconds:
+            eng.run(raw, valid, True)
+            n += 1
+        rows.append({"engine": engine, "precision": opts.precision, "channels_last": opts.channels_last,
+                     "step_mps": n * batch * tile * tile / 1e6 / (time.perf_counter() - t)})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def gpu_workers(n: int) -> tuple[subprocess.Popen, list[subprocess.Popen], str]:
     """A scheduler and ``n`` single-GPU workers (CUDA_VISIBLE_DEVICES=i, resources GPU=1)."""
     tmp = Path(tempfile.mkdtemp())
@@ -114,6 +150,7 @@ def main() -> None:
     if not torch.cuda.is_available():
         result["device"] = "cpu (no CUDA here: only the precision check ran)"
         result["precision_changed_fraction"] = precision_effect(scene, args.model, "cpu")
+        result["engines_cpu"] = engine_rates(args.model, 512, 4, "cpu", seconds=3.0)
         Path(args.out).write_text(json.dumps(result, indent=1))
         print(json.dumps(result, indent=1))
         return
@@ -121,6 +158,12 @@ def main() -> None:
     result["device"] = torch.cuda.get_device_name(0)
     result["gpus"] = torch.cuda.device_count()
     result["precision_changed_fraction"] = precision_effect(scene, args.model, "cuda")
+    result["engines"] = engine_rates(args.model, args.tile, 8, "cuda")
+    result["engines_e2e"] = {
+        engine: e2e(scene, args.model, args.tile, 8, None, 1, {"engine": engine})[0]
+        for engine in ("auto", "torch", "onnx") if engine != "onnx" or any(
+            "error" not in r for r in result["engines"] if r["engine"] == "onnx")
+    }
     sweep = []
     for precision in ("fp32", "bf16"):
         opts = InferenceOptions(precision=precision, channels_last=True)

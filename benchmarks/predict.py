@@ -122,9 +122,11 @@ class PeakRSS(threading.Thread):
             time.sleep(0.1)
 
 
-def run_predict(scene: Path, out: Path, model: Path, tile: int, batch: int) -> tuple[float, int]:
+def run_predict(scene: Path, out: Path, model: Path, tile: int, batch: int,
+                extra: list[str] | None = None) -> tuple[float, int]:
     cmd = [sys.executable, "-m", "geoseg.cli.main", "predict", str(scene), "-o", str(out), "--model",
-           str(model), "--tile", str(tile), "--batch-size", str(batch), "--overwrite", "--quiet"]
+           str(model), "--tile", str(tile), "--batch-size", str(batch), "--overwrite", "--quiet",
+           *(extra or [])]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd)
     mon = PeakRSS(proc.pid)

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import glob
-import hashlib
 import json
 import os
+import string
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -26,7 +26,7 @@ import yaml
 
 from geoseg import __version__
 from geoseg.errors import GeosegError, JobError, JobLockedError, first_line
-from geoseg.io import write_json_atomic
+from geoseg.io import is_virtual, write_json_atomic
 from geoseg.options import PredictOptions, VectorOptions, job_schema, key_of
 
 #: Keys of a prediction job and the types they take (None: free-form checked elsewhere).
@@ -37,6 +37,7 @@ SCHEMA: dict[str, Any] = {
     "model": str,
     "scheduler": str,
     "workers": int,
+    "concurrency": "int|auto",
     "output": {"folder": str, "pattern": str},
     # derived from the options dataclasses, so a new predict or vector option is a job key too
     "predict": {**job_schema(PredictOptions), "probabilities": bool},
@@ -59,12 +60,13 @@ class Job:
     vector: dict[str, Any] | None
     scheduler: str | None
     workers: int | None
+    concurrency: int | str = "auto"
 
 
 @dataclass
 class SceneOutcome:
     scene: str
-    status: str  # done | skipped | failed
+    status: str  # done | partial (written with nodata holes; redone next run) | skipped | failed
     error: str | None = None
     megapixels: float = 0.0
     seconds: float = 0.0
@@ -82,12 +84,13 @@ class BatchReport:
 
     @property
     def megapixels(self) -> float:
-        return sum(o.megapixels for o in self.outcomes if o.status == "done")
+        return sum(o.megapixels for o in self.outcomes if o.status in ("done", "partial"))
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "job": self.job, "geoseg_version": __version__, "seconds": round(self.seconds, 3),
-            "done": self.count("done"), "skipped": self.count("skipped"), "failed": self.count("failed"),
+            "done": self.count("done"), "partial": self.count("partial"), "skipped": self.count("skipped"),
+            "failed": self.count("failed"),
             "megapixels": round(self.megapixels, 3),
             "megapixels_per_second": round(self.megapixels / self.seconds, 4) if self.seconds else None,
             "scenes": [o.__dict__ for o in self.outcomes],
@@ -99,7 +102,7 @@ class BatchReport:
             lines.append(f"{o.status:<8} {o.megapixels:>8.2f} {o.seconds:>7.1f}  {o.scene}"
                          + (f"\n{'':<27}{o.error}" if o.error else ""))
         mps = self.megapixels / self.seconds if self.seconds else 0.0
-        lines.append(f"done {self.count('done')}, skipped {self.count('skipped')}, failed {self.count('failed')}; "
+        lines.append(f"done {self.count('done')}, partial {self.count('partial')}, skipped {self.count('skipped')}, failed {self.count('failed')}; "
                      f"{self.megapixels:.2f} MP in {self.seconds:.1f} s ({mps:.3f} MP/s)")
         return "\n".join(lines)
 
@@ -141,7 +144,7 @@ def _check_values(section: Any, options: type, place: str, problems: list[str],
 
 
 def _resolve(base: Path, text: str) -> str:
-    if text.startswith("/vsi") or "://" in text or os.path.isabs(text):
+    if is_virtual(text) or os.path.isabs(text):
         return text
     return str((base / text).resolve())
 
@@ -163,6 +166,8 @@ def load_job(path: str | os.PathLike[str]) -> Job:
     _check(doc, SCHEMA, "", problems)
     base = p.resolve().parent
     scenes: list[str] = []
+    places: dict[str, str] = {}  # scene -> where the job file names it
+    globbed: set[str] = set()  # scenes matched by a glob, not named
     patterns = doc.get("scenes") or []
     if not isinstance(patterns, list):
         patterns = []
@@ -171,13 +176,19 @@ def load_job(path: str | os.PathLike[str]) -> Job:
             problems.append(f"scenes[{i}]: expected a path or glob, got {pat!r}")
             continue
         full = _resolve(base, pat)
-        if full.startswith("/vsi") or "://" in full:
+        if is_virtual(full):
             scenes.append(full)
+            places.setdefault(full, f"scenes[{i}]")
             continue
-        matched = sorted(glob.glob(full)) if any(ch in pat for ch in "*?[") else ([full] if os.path.exists(full) else [])
+        is_glob = any(ch in pat for ch in "*?[")
+        matched = sorted(glob.glob(full)) if is_glob else ([full] if os.path.exists(full) else [])
         if not matched:
             problems.append(f"scenes[{i}]: {pat!r} matches no file")
         scenes.extend(matched)
+        for m in matched:
+            places.setdefault(m, f"scenes[{i}] ({Path(m).name})" if is_glob else f"scenes[{i}]")
+            if is_glob:
+                globbed.add(m)
     manifest = doc.get("manifest")
     if isinstance(manifest, str):
         mpath = Path(_resolve(base, manifest))
@@ -188,10 +199,11 @@ def load_job(path: str | os.PathLike[str]) -> Job:
                 line = line.strip()
                 if line and not line.startswith("#"):
                     full = _resolve(mpath.parent, line)
-                    if not (full.startswith("/vsi") or "://" in full or os.path.exists(full)):
+                    if not (is_virtual(full) or os.path.exists(full)):
                         problems.append(f"manifest line {n}: {line!r} not found")
                     else:
                         scenes.append(full)
+                        places.setdefault(full, f"manifest line {n}")
     if not patterns and not manifest:
         problems.append("scenes: give 'scenes' (paths or globs) or 'manifest' (a file of paths)")
     model = doc.get("model")
@@ -206,24 +218,149 @@ def load_job(path: str | os.PathLike[str]) -> Job:
         problems.append("output.folder: required")
         folder = "."
     pattern = out.get("pattern", "{stem}-classes.tif") if isinstance(out, dict) else "{stem}-classes.tif"
-    if isinstance(pattern, str):
-        if "{stem}" not in pattern or not pattern.endswith(".tif") or "/" in pattern:
-            problems.append("output.pattern: a file name ending in .tif that contains {stem}")
+    pattern_problems = _pattern_problems(pattern) if isinstance(pattern, str) else ["output.pattern: not text"]
+    problems.extend(p for p in pattern_problems if p not in problems)
     vector = doc.get("vector")
     if isinstance(vector, dict) and vector.get("format", "gpkg") not in VECTOR_FORMATS:
         problems.append(f"vector.format: {vector.get('format')!r} is not one of {', '.join(VECTOR_FORMATS)}")
+    elif isinstance(vector, dict):
+        problems.extend(_vector_problems(vector, scenes))
     predict = doc.get("predict") or {}
     _check_values(predict, PredictOptions, "predict", problems, extra=("probabilities",))
     _check_values(vector, VectorOptions, "vector", problems, extra=("format",))
-    stems = [Path(s).stem for s in scenes]
-    dupes = sorted({s for s in stems if stems.count(s) > 1})
-    if dupes:
-        problems.append(f"scenes: several scenes share the name(s) {dupes}, so their outputs would collide")
+    concurrency = doc.get("concurrency", "auto")
+    if isinstance(concurrency, int) and not isinstance(concurrency, bool) and concurrency < 1:
+        problems.append(f"concurrency: scenes at once must be 1 or more (or 'auto'), not {concurrency}")
+    job = Job(p, list(dict.fromkeys(scenes)), model, Path(_resolve(base, folder)), str(pattern),
+              dict(predict) if isinstance(predict, dict) else {},
+              dict(vector) if isinstance(vector, dict) else None, doc.get("scheduler"), doc.get("workers"),
+              concurrency if concurrency is not None else "auto")
+    if not pattern_problems:
+        job.scenes = _drop_own_outputs(job, places, globbed, problems)
+        problems.extend(_collisions(job, places))
     if problems:
         raise JobError(f"{path}: " + "; ".join(problems))
-    return Job(p, list(dict.fromkeys(scenes)), model, Path(_resolve(base, folder)), str(pattern),
-               dict(predict) if isinstance(predict, dict) else {},
-               dict(vector) if isinstance(vector, dict) else None, doc.get("scheduler"), doc.get("workers"))
+    return job
+
+
+def _vector_problems(vector: dict[str, Any], scenes: list[str]) -> list[str]:
+    """What the polygon format needs, checked before any scene is segmented: pyarrow for
+    GeoParquet, and for GeoJSON scenes in EPSG:4326 (the options are checked as VectorOptions)."""
+    from geoseg.errors import GeosegError
+    from geoseg.vectorize import check_vector_options
+
+    name = "polygons." + str(vector.get("format", "gpkg"))
+    try:
+        check_vector_options(name)
+    except GeosegError as exc:
+        return [f"vector.format: {exc}"]
+    if vector.get("format") != "geojson":
+        return []
+    import rasterio
+
+    from geoseg.io import no_georef_warning
+
+    problems = []
+    for scene in scenes:
+        try:
+            with no_georef_warning(), rasterio.open(scene) as src:
+                crs = src.crs
+        except Exception:  # noqa: BLE001 - an unreadable scene fails alone when its turn comes
+            continue
+        try:
+            check_vector_options(name, crs)
+        except GeosegError as exc:
+            problems.append(f"vector.format: {Path(scene).name}: {exc}")
+    return problems
+
+
+def _pattern_problems(pattern: str) -> list[str]:
+    """What is wrong with an output file-name pattern; only ``{stem}`` is filled in."""
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(pattern) if f is not None]
+    except ValueError as exc:
+        return [f"output.pattern: {pattern!r} is not a valid pattern ({exc}); write {{stem}} where the "
+                "scene's file name goes, and {{{{ }}}} for literal braces"]
+    problems = []
+    unknown = sorted({f for f in fields if f != "stem"})
+    if unknown:
+        problems.append(f"output.pattern: unknown field(s) {', '.join('{' + f + '}' for f in unknown)} in "
+                        f"{pattern!r}; only {{stem}} (the scene's file name without extension) is filled in")
+    if "stem" not in fields or not pattern.endswith(".tif") or "/" in pattern:
+        problems.append("output.pattern: a file name ending in .tif that contains {stem}")
+    return problems
+
+
+def _is_geoseg_raster(path: str) -> bool:
+    """True for a class or probabilities raster geoseg wrote (it carries geoseg's class tags)."""
+    import rasterio
+
+    from geoseg.io import no_georef_warning
+
+    try:
+        with no_georef_warning(), rasterio.open(path) as src:
+            return "GEOSEG_MODEL" in src.tags()
+    except Exception:  # noqa: BLE001 - not readable here: predict reports it as the scene's error
+        return False
+
+
+def _drop_own_outputs(job: Job, places: dict[str, str], globbed: set[str], problems: list[str]) -> list[str]:
+    """Scenes without geoseg's own outputs: a glob that also matches the output folder would
+    otherwise segment last run's class rasters as scenes. Listed by name, such a file is an error."""
+    produced: dict[str, tuple[str, str]] = {}
+    for scene in job.scenes:
+        for kind, out in outputs_for(job, scene).items():
+            produced[os.path.realpath(out)] = (scene, f"the {kind} output of {places.get(scene, scene)}")
+    folder = os.path.realpath(job.folder)
+    kept = []
+    for scene in job.scenes:
+        real = os.path.realpath(scene)
+        source, owner = produced.get(real, (scene, None))
+        if source == scene:
+            owner = None  # a scene that is its own output: a collision, reported by _collisions
+        in_folder = not is_virtual(scene) and os.path.dirname(real) == folder
+        if scene in globbed and (owner is not None or (in_folder and _is_geoseg_raster(scene))):
+            continue  # geoseg's own output, not a scene
+        if owner is not None:
+            problems.append(f"{places.get(scene, scene)}: {scene} is {owner}; list scenes only, or "
+                            "write the outputs to another output.folder")
+        kept.append(scene)
+    return kept
+
+
+def _collisions(job: Job, places: dict[str, str]) -> list[str]:
+    """Every output name of every scene against all the others and against every input (scenes,
+    model): two scenes writing one file, or an output replacing a scene, is refused up front."""
+    from geoseg.io import path_identity
+
+    owners: dict[Any, str] = {}
+    problems: list[str] = []
+
+    def claim(path: str | Path, what: str) -> str | None:
+        """Record ``path`` as ``what``; returns what already had it, if anything."""
+        real, inode = path_identity(str(path))
+        other = owners.get(real) or (owners.get(inode) if inode is not None else None)
+        if other is None:
+            owners[real] = what
+            if inode is not None:
+                owners[inode] = what
+        return other
+
+    for scene in job.scenes:
+        if not is_virtual(scene):
+            claim(scene, f"the scene of {places.get(scene, scene)}")
+    if job.model is not None and os.path.isfile(job.model):
+        claim(job.model, "the model file")
+    for scene in job.scenes:
+        outs = dict(outputs_for(job, scene))
+        outs["record"] = record_path(outs["classes"])
+        outs["skipped-tiles report"] = outs["classes"].with_name(outs["classes"].name + ".skipped.json")
+        for kind, out in outs.items():
+            other = claim(out, f"the {kind} output of {places.get(scene, scene)}")
+            if other:
+                problems.append(f"output: the {kind} output of {places.get(scene, scene)} ({out.name}) would "
+                                f"overwrite {other}; change output.pattern or output.folder")
+    return problems
 
 
 def scene_token(scene: str) -> dict[str, Any]:
@@ -242,8 +379,10 @@ def outputs_for(job: Job, scene: str) -> dict[str, Path]:
     base = classes.name[: -len(".tif")]
     out = {"classes": classes, "stac": classes.with_name(base + ".stac.json")}
     if job.predict.get("probabilities"):
-        out["probabilities"] = classes.with_name(base.replace("classes", "probabilities") + ".tif"
-                                                 if "classes" in base else base + "-probabilities.tif")
+        # the last "classes" in the name becomes "probabilities" (x-classes -> x-probabilities)
+        head, found, tail = base.rpartition("classes")
+        out["probabilities"] = classes.with_name(f"{head}probabilities{tail}.tif" if found
+                                                 else base + "-probabilities.tif")
     if job.vector is not None:
         out["vector"] = classes.with_name(base + "." + job.vector.get("format", "gpkg"))
     return out
@@ -267,42 +406,33 @@ def is_done(job: Job, scene: str, model_sha: str) -> bool:
     except (OSError, json.JSONDecodeError):
         return False
     want = expected_record(job, scene, model_sha)
+    if stored.get("partial"):
+        return False  # written with holes under on_error: skip; tried again on every run
     return all(stored.get(k) == v for k, v in want.items()) and all(p.exists() for p in outs.values())
 
 
 @contextlib.contextmanager
 def job_lock(folder: Path, job_path: Path) -> Iterator[None]:
-    """An exclusive lock per (job, output folder); the kernel releases it if the process dies."""
+    """The output folder, locked for this job alone: one folder, one writer. Single predict and
+    vectorize runs share the same lock, so a job never removes a live run's temporary files."""
+    from geoseg.errors import FolderLockedError
+    from geoseg.io import folder_lock
+
     folder.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha1(str(job_path.resolve()).encode()).hexdigest()[:12]
-    lock = folder / f".geoseg-batch-{digest}.lock"
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-            raise JobLockedError(
-                f"another run of {job_path.name} (pid {holder}) is writing into {folder}; "
-                "wait for it to finish"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        yield
-    finally:
-        os.close(fd)
+        with folder_lock(folder, exclusive=True, what=f"job {job_path.name}"):
+            yield
+    except FolderLockedError as exc:
+        raise JobLockedError(str(exc)) from None
 
 
 def remove_stale_parts(outs: dict[str, Path]) -> None:
-    """Hidden temporary files left by a killed run of this scene (safe: we hold the job lock)."""
-    for p in outs.values():
-        for stale in p.parent.glob(f".{p.name}.*"):
+    """Hidden temporary files left by a killed run of this scene (safe: no live run can own them
+    while this job holds the folder's lock)."""
+    for p in [*outs.values(), record_path(outs["classes"])]:
+        for stale in p.parent.glob(f".{glob.escape(p.name)}.*"):
             with contextlib.suppress(OSError):
                 stale.unlink()
-    rec = record_path(outs["classes"])
-    for stale in rec.parent.glob(f".{rec.name}.*"):
-        with contextlib.suppress(OSError):
-            stale.unlink()
 
 
 def stac_item(scene: str, outs: dict[str, Path], model_name: str, model_sha: str, classes: list[Any],
@@ -362,8 +492,18 @@ def run_batch(
     report_path: str | os.PathLike[str] | None = None,
     client: Any = None,
     echo: Callable[[str], Any] = lambda s: None,
+    overwrite: bool = False,
+    verbose: bool = False,
+    progress: bool = False,
 ) -> BatchReport:
-    """Run a prediction job (or a recipe job with ``steps``) and return its report."""
+    """Run a prediction job (or a recipe job with ``steps``) and return its report.
+
+    Several scenes run at once on one Dask client (the job's ``concurrency``), their tasks
+    drawing on one in-flight budget. ``echo`` receives a recipe's step lines and, when
+    ``verbose``, a line per scene (start, done, PART, skip, FAIL); ``verbose`` also shows the
+    local workers' logs. ``progress`` draws the whole job's line (scenes done / running / left,
+    MP/s, time left) on stderr. The report replaces an earlier report of the same job; any
+    other existing file only with ``overwrite``, and never a scene or another output."""
     t0 = time.perf_counter()
     doc = _peek(job_path)
     if isinstance(doc, dict) and "steps" in doc:
@@ -373,18 +513,110 @@ def run_batch(
         return BatchReport(str(job_path), [], time.perf_counter() - t0)
     job = load_job(job_path)
     from geoseg.models.checkpoint import load_model
+    from geoseg.progress import JobProgress
 
+    report_file = Path(report_path) if report_path else job.folder / "batch-report.json"
+    _check_report_path(job, report_file, overwrite)
     model = load_model(job.model)
-    outcomes: list[SceneOutcome] = []
+    bar = JobProgress(len(job.scenes), quiet=not progress)
+    say: Callable[[str], Any] = (lambda s: None) if not verbose else (bar.message if progress else echo)
     with job_lock(job.folder, job.path):
         from geoseg.cluster import dask_session
 
-        with dask_session(client, job.scheduler, job.workers) as session:
-            for scene in job.scenes:
-                outcomes.append(_one_scene(job, scene, model, force, session.client, echo))
+        with dask_session(client, job.scheduler, job.workers, verbose=verbose) as session:
+            outcomes = _run_scenes(job, model, force, session, bar, say)
+    bar.close()
     report = BatchReport(str(job.path), outcomes, time.perf_counter() - t0)
-    write_json_atomic(Path(report_path) if report_path else job.folder / "batch-report.json", report.as_dict())
+    write_json_atomic(report_file, report.as_dict())
     return report
+
+
+def scenes_at_once(concurrency: int | str, threads: int) -> tuple[int, bool]:
+    """How many scenes may be in flight, and whether more start only when the running ones run
+    out of tasks to submit (``auto``: enough scenes to fill every slot, plus scenes finishing)."""
+    if concurrency == "auto":
+        return 3 * max(1, threads) + 1, True
+    return max(1, int(concurrency)), False
+
+
+def _run_scenes(job: Job, model: Any, force: bool, session: Any, bar: Any,
+                say: Callable[[str], Any]) -> list[SceneOutcome]:
+    """Every scene of the job, several at once in client threads, their tile and polygon tasks
+    sharing one in-flight budget of 2 tasks per worker thread; outcomes in job order.
+
+    Ctrl-C (KeyboardInterrupt here) cancels the budget: every scene in flight stops, aborts its
+    temporary files and leaves nothing at its output paths; then the interrupt propagates.
+    """
+    from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
+    from geoseg.cluster import TaskSlots
+
+    slots = TaskSlots(2 * session.threads)
+    cap, auto = scenes_at_once(job.concurrency, session.threads)
+    opening = [0]  # scenes admitted but not yet streaming tasks (their demand is unknown)
+    lock = threading.Lock()
+    outcomes: dict[int, SceneOutcome] = {}
+    running: dict[Future[SceneOutcome], int] = {}
+    queue = list(enumerate(job.scenes))[::-1]
+
+    def hungry() -> bool:
+        """Whether the running scenes already have enough tasks waiting to fill the budget."""
+        with lock:
+            return opening[0] > 0 or slots.demand >= slots.size
+
+    def opened() -> None:
+        with lock:
+            opening[0] -= 1
+
+    pool = ThreadPoolExecutor(max_workers=cap, thread_name_prefix="geoseg-scene")
+    try:
+        while queue or running:
+            while queue and len(running) < cap and not (auto and running and hungry()):
+                i, scene = queue.pop()
+                if not force and is_done(job, scene, model.sha256):
+                    say(f"skip  {scene} (outputs match their record)")
+                    outcomes[i] = SceneOutcome(scene, "skipped")
+                    bar.finished("skipped")
+                    continue
+                with lock:
+                    opening[0] += 1
+                bar.started()
+                running[pool.submit(_one_scene, job, scene, model, session, slots, bar, say, opened)] = i
+            if running:
+                finished, _ = wait(list(running), timeout=0.1, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    outcome = fut.result()
+                    outcomes[running.pop(fut)] = outcome
+                    bar.finished(outcome.status)
+    except BaseException:
+        slots.cancel()
+        wait(list(running))
+        raise
+    finally:
+        pool.shutdown(wait=True)
+    return [outcomes[i] for i in sorted(outcomes)]
+
+
+def _check_report_path(job: Job, report: Path, overwrite: bool) -> None:
+    """Refuse a report path that holds something other than this job's last report (unless
+    ``overwrite``), or that is a scene, the model or a scene's output."""
+    from geoseg.io import check_distinct_paths, check_output_path
+
+    previous_report = False
+    if report.is_file():
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            previous_report = json.loads(report.read_text()).get("job") == str(job.path)
+    if not previous_report:
+        if not report.parent.exists() and report.parent == job.folder:
+            return  # the output folder is created by the run
+        check_output_path(report, overwrite, "batch report")
+    outputs: dict[str, Any] = {"batch report": report}
+    inputs: dict[str, Any] = {"job file": job.path, "model file": job.model}
+    for i, scene in enumerate(job.scenes):
+        inputs[f"scene {scene}"] = scene
+        for kind, out in outputs_for(job, scene).items():
+            inputs[f"{kind} output of {Path(scene).name}"] = out
+    check_distinct_paths(inputs, outputs)
 
 
 def _peek(path: str | os.PathLike[str]) -> Any:
@@ -396,43 +628,61 @@ def _peek(path: str | os.PathLike[str]) -> Any:
         raise JobError(f"{path} is not valid YAML: {first_line(exc)}") from None
 
 
-def _one_scene(job: Job, scene: str, model: Any, force: bool, client: Any, echo: Callable[[str], Any]) -> SceneOutcome:
-    from geoseg.predict import predict
+def _one_scene(job: Job, scene: str, model: Any, session: Any, slots: Any, bar: Any,
+               say: Callable[[str], Any], opened: Callable[[], None]) -> SceneOutcome:
+    """Predict, describe and record one scene (in a client thread, beside other scenes);
+    ``opened`` is called once the scene's tasks are known (or it failed before that)."""
+    from geoseg.predict import execute
+    from geoseg.predict.plan import plan_predict
+    from geoseg.predict.write import skipped_report_path
 
-    if not force and is_done(job, scene, model.sha256):
-        echo(f"skip  {scene} (outputs match their record)")
-        return SceneOutcome(scene, "skipped")
-    outs = outputs_for(job, scene)
-    remove_stale_parts(outs)
-    rec = record_path(outs["classes"])
-    with contextlib.suppress(FileNotFoundError):
-        rec.unlink()  # the outputs are about to change: they no longer match any record
     t = time.perf_counter()
-    echo(f"start {scene}")
-    opts = {k: v for k, v in job.predict.items() if k != "probabilities"}
-    vector_opts = None
-    if job.vector is not None:
-        vector_opts = {k: v for k, v in job.vector.items() if k != "format"}
-        # the scene's own time, so a rerun writes byte-identical GeoPackages
-        vector_opts["timestamp"] = _scene_time(scene)
-        if "skip_class" in vector_opts:
-            vector_opts["skip_classes"] = tuple(vector_opts.pop("skip_class"))
     try:
-        result = predict(scene, outs["classes"], model=model.path, overwrite=True, client=client,
-                         probabilities=outs.get("probabilities"), vector=outs.get("vector"),
-                         vector_options=vector_opts, **opts)
+        outs = outputs_for(job, scene)
+        remove_stale_parts(outs)
+        rec = record_path(outs["classes"])
+        with contextlib.suppress(FileNotFoundError):
+            rec.unlink()  # the outputs are about to change: they no longer match any record
+        say(f"start {scene}")
+        opts = {k: v for k, v in job.predict.items() if k != "probabilities"}
+        vector_opts = None
+        if job.vector is not None:
+            vector_opts = {k: v for k, v in job.vector.items() if k != "format"}
+            # the scene's own time, so a rerun writes byte-identical GeoPackages
+            vector_opts["timestamp"] = _scene_time(scene)
+            if "skip_class" in vector_opts:
+                vector_opts["skip_classes"] = tuple(vector_opts.pop("skip_class"))
+        try:
+            plan = plan_predict(scene, outs["classes"], model, PredictOptions.from_keywords(None, **opts),
+                                outs.get("probabilities"), outs.get("vector"), overwrite=True)
+            progress = bar.scene(plan.scene.pixels)
+        finally:
+            opened()
+        result = execute(plan, session, progress, max_in_flight=slots, overwrite=True,
+                         vector_options=vector_opts, started=t)
+        if slots.cancelled:
+            raise KeyboardInterrupt("the job was interrupted")
         write_json_atomic(outs["stac"], stac_item(scene, outs, model.name, model.sha256, model.classes,
                                                     result.stac_item))
         record = expected_record(job, scene, model.sha256)
         record["outputs"] = {k: p.name for k, p in outs.items()}
+        if result.skipped:
+            record["partial"] = {"skipped_windows": len(result.skipped),
+                                 "report": skipped_report_path(outs["classes"]).name}
         write_json_atomic(rec, record)
     except GeosegError as exc:
-        echo(f"FAIL  {scene}: {exc}")
+        say(f"FAIL  {scene}: {first_line(exc)}")
         return SceneOutcome(scene, "failed", first_line(exc), 0.0, time.perf_counter() - t)
     except Exception as exc:  # one bad scene must not stop the others
         msg = f"{type(exc).__name__}: {first_line(str(exc))}"
-        echo(f"FAIL  {scene}: {msg}")
+        say(f"FAIL  {scene}: {msg}")
         return SceneOutcome(scene, "failed", msg, 0.0, time.perf_counter() - t)
-    echo(f"done  {scene} ({result.pixels / 1e6:.2f} MP in {result.seconds:.1f} s)")
+    if result.skipped:
+        msg = (f"{len(result.skipped)} window(s) written as nodata (listed in "
+               f"{skipped_report_path(outs['classes']).name}); the next run redoes this scene")
+        say(f"PART  {scene}: {msg}")
+        return SceneOutcome(scene, "partial", msg, result.pixels / 1e6, time.perf_counter() - t,
+                            [p.name for p in outs.values()])
+    say(f"done  {scene} ({result.pixels / 1e6:.2f} MP in {result.seconds:.1f} s)")
     return SceneOutcome(scene, "done", None, result.pixels / 1e6, time.perf_counter() - t,
                         [p.name for p in outs.values()])

@@ -20,7 +20,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import rasterio
@@ -32,7 +32,7 @@ from rasterio.windows import transform as window_transform
 
 from geoseg.errors import ChipError, first_line
 from geoseg.io import (
-    READ_ENV, ClassInfo, no_georef_warning, open_scene, remove_quietly, select_bands,
+    READ_ENV, ClassInfo, check_distinct_paths, no_georef_warning, open_scene, remove_quietly, select_bands,
 )
 
 MANIFEST = "chips.json"
@@ -158,7 +158,7 @@ def parse_value_map(text: str | None) -> dict[str, int] | None:
     return out
 
 
-ClassSpec = dict[int, "str | tuple[str, tuple[int, int, int] | None]"]
+ClassSpec = Mapping[int, "str | tuple[str, tuple[int, int, int] | None]"]
 
 
 def parse_class_names(text: str | None) -> dict[int, tuple[str, tuple[int, int, int] | None]]:
@@ -522,7 +522,7 @@ def load_manifest(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def manifest_classes(manifest: dict[str, Any]) -> list[ClassInfo]:
-    return [ClassInfo(int(c["value"]), str(c["name"]), tuple(c["color"])) for c in manifest["classes"]]  # type: ignore[arg-type]
+    return [ClassInfo(int(c["value"]), str(c["name"]), tuple(c["color"])) for c in manifest["classes"]]
 
 
 @contextlib.contextmanager
@@ -583,6 +583,11 @@ def make_chips(
     if not 0 <= ignore <= 255:
         raise ChipError(f"--ignore-value {ignore} must be 0..255")
     out = Path(out_dir)
+    check_distinct_paths(
+        {f"{kind} of pair {i + 1}": path for i, pair in enumerate(pairs) for kind, path in zip(("image", "labels"), pair)},
+        {"chips manifest": out / MANIFEST, "chips index": out / INDEX},
+        {"the chips image folder": out / "images", "the chips label folder": out / "labels"},
+    )
     if out.exists() and not out.is_dir():
         raise ChipError(f"chips folder {out} is a file; give a folder")
     created = not out.exists()

@@ -72,8 +72,12 @@ class RecipeError(JobError):
 # --- what failed while running -------------------------------------------------------------
 
 
-class JobLockedError(GeosegError, RuntimeError):
-    """Another run of the same job holds its lock."""
+class FolderLockedError(GeosegError, RuntimeError):
+    """Another live geoseg run holds the output folder's lock."""
+
+
+class JobLockedError(FolderLockedError):
+    """Another run (of this job or another) is writing into the job's output folder."""
 
 
 class SchedulerError(GeosegError, ConnectionError):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,10 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from geoseg.errors import EvaluationError, SceneError
-from geoseg.io import no_georef_warning, open_scene, read_class_names
+from geoseg.io import (
+    check_distinct_paths, check_output_path, no_georef_warning, open_scene, read_class_names,
+    write_json_atomic,
+)
 from geoseg.metrics import Scores
 
 
@@ -28,12 +30,17 @@ def evaluate(
     resample: bool = False,
     json_path: str | os.PathLike[str] | None = None,
     block: int = 1024,
+    overwrite: bool = False,
 ) -> Scores:
     """Compare two class rasters block by block (memory stays flat with raster size).
 
     Prediction nodata and reference ``ignore_value``/nodata are left out. Classes are every value
     in either raster; names come from the prediction's geoseg metadata where it has them.
+    An existing ``json_path`` is replaced only with ``overwrite``, and never when it is an input.
     """
+    if json_path is not None:
+        check_output_path(json_path, overwrite, "JSON report")
+        check_distinct_paths({"prediction": prediction, "reference": reference}, {"JSON report": json_path})
     for p in (prediction, reference):
         open_scene(p)
     with no_georef_warning():
@@ -82,14 +89,11 @@ def evaluate(
     if present.size == 0:
         raise EvaluationError("no pixel is labelled in both rasters; check --ignore-value and nodata")
     sub = cm[np.ix_(present, present)]
-    scores = Scores(sub, [f"{v} {names[v]}" if v in names else str(v) for v in present])
+    scores = Scores(sub, [f"{v} {names[int(v)]}" if int(v) in names else str(v) for v in present])
     if json_path is not None:
-        out = Path(json_path)
-        tmp = out.with_name(f".{out.name}.part")
         report = {"prediction": str(prediction), "reference": str(reference),
                   "ignore_value": ignore_value, "values": [int(v) for v in present], **scores.as_dict()}
-        tmp.write_text(json.dumps(report, indent=1))
-        os.replace(tmp, out)
+        write_json_atomic(Path(json_path), report)
     return scores
 
 

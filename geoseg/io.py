@@ -10,7 +10,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import rasterio
@@ -45,6 +45,10 @@ READ_ENV: dict[str, Any] = {
 WRITE_CACHE_MB = 64
 #: DEFLATE threads for the temporary GeoTIFF and the COG (GDAL's NUM_THREADS creation option),
 #: so one client keeps up with many workers.
+WRITE_THREADS = "ALL_CPUS"
+
+#: GDAL compression threads for every raster geoseg writes (the temporary GeoTIFF's DEFLATE
+#: blocks and the COG conversion): the client's writing keeps pace with many workers.
 WRITE_THREADS = "ALL_CPUS"
 
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
@@ -122,7 +126,7 @@ def open_scene(path: str | os.PathLike[str]) -> SceneInfo:
                     transform=src.transform,
                     nodata=src.nodata,
                     descriptions=tuple(src.descriptions),
-                    block_shape=tuple(src.block_shapes[0]),  # type: ignore[arg-type]
+                    block_shape=tuple(src.block_shapes[0]),
                     georeferenced=georef,
                 )
     except SceneError:
@@ -250,11 +254,172 @@ def check_output_path(path: str | os.PathLike[str], overwrite: bool, what: str =
     return p
 
 
+def path_identity(path: str) -> tuple[str, tuple[int, int] | None]:
+    """Resolved path and (device, inode) of a local path (the inode only when it exists)."""
+    real = os.path.realpath(path)
+    try:
+        st = os.stat(real)
+        return real, (st.st_dev, st.st_ino)
+    except OSError:
+        return real, None
+
+
+def check_distinct_paths(
+    inputs: dict[str, str | os.PathLike[str] | None],
+    outputs: dict[str, str | os.PathLike[str] | None],
+    owned_folders: dict[str, str | os.PathLike[str] | None] | None = None,
+) -> None:
+    """Refuse, before any work, an output that is an input or another output.
+
+    Paths are the same when they resolve to one path (symlinks, ``..``) or are one file (hard
+    links, case-insensitive file systems): the output would destroy the input, or two outputs
+    would overwrite each other. ``owned_folders`` are folders geoseg fills and cleans itself
+    (chip folders): no input may lie inside them. Virtual paths (``/vsis3/``, URLs) are skipped.
+    """
+    seen: list[tuple[str, str, tuple[str, tuple[int, int] | None]]] = []
+    for what, path in inputs.items():
+        if path is not None and not is_virtual(str(path)):
+            seen.append(("input", what, path_identity(str(path))))
+    for what, path in outputs.items():
+        if path is None or is_virtual(str(path)):
+            continue
+        ident = path_identity(str(path))
+        for kind, other, (real, inode) in seen:
+            if ident[0] == real or (inode is not None and ident[1] == inode):
+                if kind == "input":
+                    raise OutputError(
+                        f"{what} {path} is the same file as the {other} ({real}); writing it would "
+                        f"destroy the {other}: choose another {what} path"
+                    )
+                raise OutputError(
+                    f"{what} {path} and {other} are the same file ({real}); give them different names"
+                )
+        seen.append(("output", what, ident))
+    for what, folder in (owned_folders or {}).items():
+        if folder is None:
+            continue
+        root = os.path.realpath(folder)
+        for kind, other, (real, _) in seen:
+            if kind == "input" and os.path.commonpath([root, real]) == root:
+                raise OutputError(
+                    f"the {other} ({real}) lies inside {what} {folder}, which geoseg writes and "
+                    "cleans; move it out, or choose another output folder"
+                )
+
+
+def create_exclusive(path: Path, mode: int = 0o600) -> int:
+    """Create ``path`` only if nothing (not even a dangling symlink) is there; return its fd."""
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
+
+
+#: Lock file in every folder geoseg writes into; see :func:`folder_lock`.
+LOCK_NAME = ".geoseg.lock"
+#: Folder locks this process holds: resolved folder -> (fd, exclusive). Reentrant, so a batch
+#: run holding its folder calls predict, which would lock the folder again.
+_HELD_LOCKS: dict[str, tuple[int, bool]] = {}
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, exclusive: bool, what: str = "geoseg run") -> Iterator[None]:
+    """Lock an output folder: shared by single runs (predict, vectorize), exclusive for a batch
+    job, which also removes what killed runs left behind. The kernel releases the lock when the
+    process dies, so a lock held means a live run. The lock file is opened without following
+    symlinks, and removed by the last run to leave."""
+    import fcntl
+
+    from geoseg.errors import FolderLockedError
+
+    key = os.path.realpath(folder)
+    if key in _HELD_LOCKS and not exclusive:
+        yield  # this process writes there already (predict inside a batch job)
+        return
+    if key in _HELD_LOCKS:
+        raise FolderLockedError(f"another run of geoseg in this process is writing into {folder}; "
+                                f"wait for it to finish or give this {what} another output folder")
+    path = Path(folder) / LOCK_NAME
+    fd = _open_lock(path, exclusive, what)
+    try:
+        if exclusive:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"geoseg batch, pid {os.getpid()}".encode(), 0)
+        _HELD_LOCKS[key] = (fd, exclusive)
+        yield
+    finally:
+        _HELD_LOCKS.pop(key, None)
+        try:  # the last holder removes the file; one that cannot lock it alone leaves it
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if _same_inode(fd, path):
+                os.unlink(path)
+        except OSError:
+            pass
+        os.close(fd)
+
+
+def _same_inode(fd: int, path: Path) -> bool:
+    try:
+        st, here = os.fstat(fd), os.lstat(path)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (here.st_dev, here.st_ino)
+
+
+def _open_lock(path: Path, exclusive: bool, what: str) -> int:
+    """Open and flock the lock file; retried when it was removed between open and lock."""
+    import fcntl
+
+    from geoseg.errors import FolderLockedError
+
+    nofollow = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(20):
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | nofollow, 0o644)
+        except PermissionError:  # another user's lock file: reading is enough to lock it
+            fd = os.open(path, os.O_RDONLY | nofollow)
+        except OSError as exc:
+            raise OutputError(f"cannot create the lock file {path} ({exc.strerror}); check the folder's "
+                              "permissions, and that the lock file is not a symlink") from None
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            # a batch job holds it alone and says who it is; shared holders write nothing
+            holder = "" if exclusive else os.pread(fd, 64, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise FolderLockedError(
+                f"another run of geoseg{f' ({holder})' if holder else ''} is writing into {path.parent}; "
+                f"wait for it to finish or give this {what} another output folder"
+            ) from None
+        except OSError as exc:  # a file system without locks (some network file systems)
+            from geoseg.errors import GeosegWarning
+
+            warnings.warn(f"cannot lock {path.parent} ({exc.strerror}); make sure no other geoseg run "
+                          "writes there at the same time", GeosegWarning, stacklevel=4)
+            return fd
+        if _same_inode(fd, path):
+            return fd
+        os.close(fd)  # its last holder removed it meanwhile: lock the new one
+    raise OutputError(f"cannot lock {path}: it keeps changing; is another program removing it?")
+
+
+def lock_output_folders(paths: Sequence[str | os.PathLike[str] | None], what: str) -> contextlib.ExitStack:
+    """Shared locks (see :func:`folder_lock`) on the folders of ``paths``, held until the
+    returned stack is closed."""
+    stack = contextlib.ExitStack()
+    folders = {os.path.realpath(Path(p).parent) for p in paths if p is not None and not is_virtual(str(p))}
+    try:
+        for folder in sorted(folders):
+            stack.enter_context(folder_lock(Path(folder), exclusive=False, what=what))
+    except BaseException:
+        stack.close()
+        raise
+    return stack
+
+
 def temporary_sibling(path: Path, suffix: str = ".tif") -> Path:
-    """A fresh hidden file name next to ``path``, so the final rename stays on one file system."""
+    """A fresh hidden file next to ``path`` (so the final rename stays on one file system),
+    created exclusively with an unpredictable name; the caller writes over it and renames it."""
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=path.parent)
     os.close(fd)
-    os.unlink(name)
     return Path(name)
 
 
@@ -349,6 +514,12 @@ class RasterSink:
 
     def commit(self) -> Path:
         """Close the temporary file, convert it to a COG, and rename it onto the final path."""
+        publish_all([(self.prepare(), self.path)])
+        return self.path
+
+    def prepare(self) -> Path:
+        """Close the temporary file and convert it to a hidden COG beside the output; returns it.
+        Nothing at the final path changes yet (see :func:`publish_all`)."""
         self._dst.close()
         self.cog_tmp = temporary_sibling(self.path)
         with rasterio.Env(GDAL_NUM_THREADS=WRITE_THREADS), no_georef_warning():
@@ -363,9 +534,9 @@ class RasterSink:
                 BIGTIFF="IF_SAFER",
             )
         remove_quietly(self.tmp)
-        os.replace(self.cog_tmp, self.path)
-        remove_quietly(Path(str(self.cog_tmp) + ".aux.xml"))
-        return self.path
+        with contextlib.suppress(FileNotFoundError):
+            Path(str(self.cog_tmp) + ".aux.xml").unlink()
+        return self.cog_tmp
 
     def abort(self) -> None:
         """Drop everything written so far."""
@@ -375,9 +546,17 @@ class RasterSink:
 
 
 @contextlib.contextmanager
-def open_sinks(*sinks_factories: Any) -> Iterator[list[RasterSink]]:
-    """Create sinks; commit all on success, abort all on any failure (including KeyboardInterrupt)."""
+def open_sinks(
+    *sinks_factories: Any, extra: list[tuple[Path, Path]] | None = None,
+    then: Callable[[], Any] | None = None,
+) -> Iterator[list[RasterSink]]:
+    """Create sinks; commit all on success, abort all on any failure (including KeyboardInterrupt).
+
+    The commit is all or nothing (:func:`publish_all`), together with ``extra`` staged files
+    (temporary, final) the caller adds while writing, and ``then``, run once they are in place:
+    if it fails, every output is put back as it was."""
     sinks: list[RasterSink] = []
+    extra = extra if extra is not None else []
     try:
         for factory in sinks_factories:
             if factory is not None:
@@ -386,19 +565,57 @@ def open_sinks(*sinks_factories: Any) -> Iterator[list[RasterSink]]:
     except BaseException:
         for s in sinks:
             s.abort()
+        remove_quietly(*(tmp for tmp, _ in extra))
         raise
     else:
-        done: list[RasterSink] = []
         try:
-            for s in sinks:
-                s.commit()
-                done.append(s)
+            # every COG is made before any output is touched: a failure here (a full disk)
+            # leaves the previous outputs exactly as they were
+            staged = [(s.prepare(), s.path) for s in sinks]
+            publish_all(staged + list(extra), then)
         except BaseException:
             for s in sinks:
                 s.abort()
-            for s in done:
-                remove_quietly(s.path)
+            remove_quietly(*(tmp for tmp, _ in extra))
             raise
+
+
+def publish_all(staged: Sequence[tuple[Path, Path]], then: Callable[[], Any] | None = None) -> None:
+    """Rename each staged file onto its final path, all or nothing, then run ``then``.
+
+    A file already at a final path is kept as a hidden hard link (or renamed aside) until every
+    rename and ``then`` succeeded; if one fails, the renames are undone and the previous outputs
+    are back exactly as they were.
+    """
+    backups: list[tuple[Path, Path | None]] = []  # (final, its previous content or None)
+    try:
+        for tmp, final in staged:
+            backup: Path | None = None
+            if os.path.lexists(final):
+                backup = temporary_sibling(final, ".old")
+                os.unlink(backup)
+                try:
+                    os.link(final, backup, follow_symlinks=False)
+                except OSError:  # no hard links here: move it aside instead
+                    os.replace(final, backup)
+            backups.append((final, backup))
+            os.replace(tmp, final)
+        if then is not None:
+            then()
+    except BaseException:
+        for final, backup in reversed(backups):
+            with contextlib.suppress(OSError):
+                if backup is None:
+                    final.unlink()
+                elif os.path.samestat(os.lstat(backup), os.lstat(final)):
+                    backup.unlink()  # never replaced: the hard link is not needed
+                else:
+                    os.replace(backup, final)
+        raise
+    for _, backup in backups:
+        if backup is not None:
+            with contextlib.suppress(FileNotFoundError):
+                backup.unlink()
 
 
 def class_tags(classes: Sequence[ClassInfo], model_name: str) -> dict[str, str]:
@@ -418,10 +635,26 @@ def read_class_names(src: Any) -> dict[int, str]:
         return {}
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON through a hidden temporary beside ``path``, then rename."""
-    import json
+def stage_json(path: Path, data: Any) -> Path:
+    """``data`` as JSON in a fresh hidden temporary beside ``path`` (created exclusively, never
+    through a symlink), to be renamed onto ``path``."""
+    path = Path(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part.json", dir=path.parent)
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(data, indent=1, sort_keys=True))
+    except BaseException:
+        remove_quietly(tmp)
+        raise
+    return tmp
 
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON through :func:`stage_json`, then rename."""
+    tmp = stage_json(path, data)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        remove_quietly(tmp)
+        raise

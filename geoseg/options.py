@@ -104,8 +104,9 @@ class PredictOptions:
                 object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
             except (TypeError, ValueError):
                 raise OptionError(f"--scales takes numbers, e.g. 0.75,1,1.25; got {self.scales!r}") from None
-        if isinstance(self.bands, list):
-            object.__setattr__(self, "bands", tuple(self.bands))
+        bands: Any = self.bands  # a job file gives a list
+        if isinstance(bands, list):
+            object.__setattr__(self, "bands", tuple(bands))
         object.__setattr__(self, "crf", _crf(self.crf))
         for name in ("tile", "margin"):
             if getattr(self, name) is None:
@@ -175,7 +176,7 @@ def _check_value(name: str, value: Any, hint: Any, meta: Any) -> None:
             return
         if p in (str, bool) and type(value) is p:
             return
-        if dataclasses.is_dataclass(p) and isinstance(value, p):
+        if isinstance(p, type) and dataclasses.is_dataclass(p) and isinstance(value, p):
             return
     if allowed and not {int, float} & set(parts):
         raise OptionError(f"unknown {_flag(name)} {value!r}; use {', '.join(map(str, allowed))}")

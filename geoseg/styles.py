@@ -34,7 +34,7 @@ def raster_classes(src: Any) -> list[ClassInfo]:
         cmap = {}
     values = sorted(names) if names else []
     grey = (128, 128, 128)
-    return [ClassInfo(v, names.get(v, str(v)), tuple(cmap.get(v, grey)[:3])) for v in values]  # type: ignore[misc]
+    return [ClassInfo(v, names.get(v, str(v)), tuple(cmap.get(v, grey)[:3])) for v in values]
 
 
 def _rgb(c: Sequence[int]) -> str:

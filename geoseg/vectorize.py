@@ -11,25 +11,30 @@ whole raster in one pass.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import math
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.windows import Window
 
-from geoseg.errors import OutputError, VectorizeError
+from geoseg.errors import OutputError, VectorizeError, first_line
 from geoseg.io import (
-    READ_ENV, check_output_path, no_georef_warning, open_scene, read_class_names, remove_quietly,
-    temporary_sibling,
+    READ_ENV, check_distinct_paths, check_output_path, lock_output_folders, no_georef_warning, open_scene,
+    read_class_names, remove_quietly, temporary_sibling,
 )
 from geoseg.styles import qml_sidecar, raster_classes, write_gpkg_style, write_qml_sidecar
+
+if TYPE_CHECKING:
+    from geoseg.cluster import TaskSlots
 
 #: Output formats by extension: (GDAL driver, supports any CRS).
 FORMATS: dict[str, tuple[str, bool]] = {
@@ -255,6 +260,7 @@ def merge_blocks(results: Iterator[list[BlockResult]], connectivity: int, n_rows
     info: dict[int, tuple[int, int, float | None, bytes]] = {}
     prev_bottom: np.ndarray | None = None
     prev_bottom_cls: np.ndarray | None = None
+    next_id = 0  # global ids: a running count of components, unique and far from int64's end
     for r, row in enumerate(results):
         row = sorted(row, key=lambda b: b.block_col)
         tops, bottoms, tcls, bcls = [], [], [], []
@@ -262,8 +268,10 @@ def merge_blocks(results: Iterator[list[BlockResult]], connectivity: int, n_rows
         for b in row:
             if b.finished is not None:
                 yield b.finished
-            base = ((r << 20) | b.block_col) << 32
-            gid = np.where(np.arange(len(b.classes)) > 0, np.arange(len(b.classes)) + base, 0)
+            base = next_id
+            next_id += len(b.classes)
+            local_ids = np.arange(len(b.classes), dtype=np.int64)
+            gid = np.where(local_ids > 0, local_ids + base, 0)
             for local, wkb in b.geoms.items():
                 g = base + local
                 groups.add(g)
@@ -390,6 +398,8 @@ def vectorize(
     timestamp: str | None = None,
     dst_crs: str | None = None,
     style: bool = True,
+    verbose: bool = False,
+    max_in_flight: int | TaskSlots | None = None,
 ) -> VectorizeResult:
     """Polygonize a class raster into ``output`` (format by extension), one feature per region.
 
@@ -402,6 +412,9 @@ def vectorize(
     CRS; areas and perimeters are still measured in the raster's CRS (geodesically when it is
     geographic). ``style`` adds the default QGIS style, categorized by class in the raster's colours
     (GeoPackage: its ``layer_styles`` table; other formats: a ``.qml`` sidecar).
+    ``verbose`` lets the local workers' own logs through to stderr.
+    ``max_in_flight``: block tasks in flight (default: two block rows, at least 2 per worker
+    thread), or :class:`~geoseg.cluster.TaskSlots` shared with other work (a batch's scenes).
     """
     import shapely
 
@@ -410,16 +423,16 @@ def vectorize(
 
     t0 = time.perf_counter()
     out = check_output_path(output, overwrite, "vector output")
+    check_distinct_paths({"class raster": raster, "probabilities raster": probabilities}, {"vector output": out})
     driver = output_format(out)[0]
-    if connectivity not in (4, 8):
-        raise VectorizeError(f"--connectivity must be 4 or 8, not {connectivity}")
     info = open_scene(raster)
+    target, out_crs = check_vector_options(out, info.crs, connectivity=connectivity, skip_classes=skip_classes,
+                                           min_area=min_area, simplify=simplify, dst_crs=dst_crs)
     if not np.issubdtype(np.dtype(info.dtype), np.integer):
         raise VectorizeError(
             f"{raster} holds {info.dtype} values: not a class raster; polygonize the class raster "
             "from 'geoseg predict', or round the values to integer classes first"
         )
-    target, out_crs = output_crs(out, info.crs, dst_crs)
     with no_georef_warning():
         with rasterio.open(raster) as src:
             names = read_class_names(src)
@@ -445,15 +458,16 @@ def vectorize(
                   info.crs.to_wkt() if info.crs is not None else None, bool(simplify))
         for r in range(rows) for c in range(cols)
     ]
+    locks = lock_output_folders([out], "vectorize")
     tmp = temporary_sibling(out, ".gpkg")
     measure = Measurer(info.crs)
     per_class: dict[int, int] = {}
     progress = Progress(len(tasks), unit="blocks", quiet=quiet)
     try:
         # processes, not threads: turning GDAL's polygons into geometries holds the GIL
-        with dask_session(client, scheduler, workers or cpu_count(), processes=True) as session, \
-                _ogr_date(timestamp):
-            limit = max(2 * cols, 2 * session.threads)
+        with dask_session(client, scheduler, workers or cpu_count(), processes=True,
+                          verbose=verbose) as session, _ogr_date(timestamp):
+            limit = max_in_flight or max(2 * cols, 2 * session.threads)
             writer = _GpkgWriter(tmp, info.crs if simplify else out_crs, probabilities is not None,
                                  reproject=None if simplify else reproject)
             for item in merge_blocks(_rows(session.client, tasks, cols, limit, progress), connectivity, rows):
@@ -484,6 +498,8 @@ def vectorize(
     except BaseException:
         remove_quietly(tmp)
         raise
+    finally:
+        locks.close()
     return VectorizeResult(out, sum(per_class.values()), per_class, time.perf_counter() - t0)
 
 
@@ -536,6 +552,10 @@ def _reprojector(src_crs: Any, dst_crs: Any) -> Any:
     return apply
 
 
+#: Serializes the process-wide OGR_CURRENT_DATE (see :func:`_ogr_date`).
+_OGR_DATE_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def _ogr_date(timestamp: str | None) -> Iterator[None]:
     """Scope OGR_CURRENT_DATE (the GeoPackage last-change stamp) in pyogrio's GDAL, then reset it."""
@@ -544,14 +564,16 @@ def _ogr_date(timestamp: str | None) -> Iterator[None]:
         return
     import pyogrio
 
-    pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": timestamp})
-    try:
-        yield
-    finally:
-        pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": None})
+    # the option is process-wide: polygonizations run at once (a batch's scenes) take turns
+    with _OGR_DATE_LOCK:
+        pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": timestamp})
+        try:
+            yield
+        finally:
+            pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": None})
 
 
-def _rows(client: Any, tasks: list[BlockTask], cols: int, limit: int, progress: Any) -> Iterator[list[BlockResult]]:
+def _rows(client: Any, tasks: list[BlockTask], cols: int, limit: int | TaskSlots, progress: Any) -> Iterator[list[BlockResult]]:
     """Block rows in order, computed with at most ``limit`` block tasks in flight."""
     from dask.base import tokenize
 
@@ -702,7 +724,7 @@ def _publish(tmp: Path, out: Path, driver: str, crs: Any) -> None:
                               data, list(meta["fields"]), crs=meta["crs"],
                               geometry_type="MultiPolygon", driver=driver, **opts)
         if driver == "ESRI Shapefile":
-            for side in staged.parent.glob(staged.stem + ".*"):
+            for side in staged.parent.glob(glob.escape(staged.stem) + ".*"):
                 os.replace(side, out.with_suffix(side.suffix))
         else:
             os.replace(staged, out)
@@ -712,11 +734,9 @@ def _publish(tmp: Path, out: Path, driver: str, crs: Any) -> None:
 
 def _write_geoparquet(src: Path, dst: Path) -> None:
     """GeoParquet 1.0 (WKB geometry + 'geo' metadata) through pyarrow."""
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise OutputError("GeoParquet output needs pyarrow: pip install 'geoseg[parquet]'") from None
+    _require_pyarrow()
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     import pyogrio
     import shapely
 
@@ -734,3 +754,30 @@ def _write_geoparquet(src: Path, dst: Path) -> None:
         "encoding": "WKB", "geometry_types": ["MultiPolygon"], "crs": crs_json, "bbox": bbox}}}
     table = pa.table(cols).replace_schema_metadata({b"geo": json.dumps(geo).encode()})
     pq.write_table(table, dst)
+
+
+def _require_pyarrow() -> None:
+    try:
+        import pyarrow  # noqa: F401
+        import pyarrow.parquet  # noqa: F401
+    except ImportError:
+        raise OutputError("GeoParquet output needs pyarrow: pip install 'geoseg[parquet]'") from None
+
+
+def check_vector_options(output: str | os.PathLike[str], crs: Any = None, **options: Any) -> tuple[Any, Any]:
+    """Check polygon options before any work (predict runs it before predicting): the values
+    (as :class:`geoseg.options.VectorOptions`), the format and what it needs (pyarrow), and the
+    CRS the file would be in (GeoJSON: EPSG:4326). Returns :func:`output_crs`'s ``(target, written)``."""
+    from geoseg.options import VectorOptions
+
+    run_keys = ("timestamp", "quiet", "verbose", "workers", "scheduler", "dst_crs", "style")
+    try:
+        values: dict[str, Any] = {k: (tuple(v) if k == "skip_classes" and isinstance(v, list) else v)
+                                  for k, v in options.items() if k not in run_keys}
+        VectorOptions(**values)
+    except TypeError as exc:
+        raise VectorizeError(f"unknown vector option ({first_line(exc)})") from None
+    out = Path(output)
+    if output_format(out)[0] == "Parquet":
+        _require_pyarrow()
+    return output_crs(out, crs, options.get("dst_crs"))

@@ -10,8 +10,11 @@ class values and probabilities; a background thread reads the next batch while i
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import os
+import stat
 import tempfile
 import threading
 from dataclasses import dataclass, replace
@@ -68,10 +71,8 @@ def run_tile_task(task: TileTask) -> list[TileResult]:
     except Exception as exc:
         if task.skip_errors:
             return _tile_by_tile(task)
-        first, last = task.tiles[0].core, task.tiles[-1].core
         raise TileError(
-            f"{describe(task.scene)}: tiles at rows {first.row_off}-{last.row_off + last.height}, columns "
-            f"{first.col_off}-{last.col_off + last.width} failed ({type(exc).__name__}: "
+            f"{describe(task.scene)}: {tiles_text(task)} failed ({type(exc).__name__}: "
             f"{first_line(str(exc))}); --on-error skip writes nodata there instead"
         ) from exc
 
@@ -84,9 +85,21 @@ def _tile_by_tile(task: TileTask) -> list[TileResult]:
         try:
             results.extend(run_tile_task(single))
         except TileError as exc:
-            h, w = int(tile.core.height), int(tile.core.width)
-            results.append(TileResult(tile.core, np.full((h, w), CLASS_NODATA, np.uint8), error=str(exc)))
+            results.extend(nodata_results((tile,), str(exc)))
     return results
+
+
+def nodata_results(tiles: Sequence[Tile], error: str) -> list[TileResult]:
+    """Results that write nodata over ``tiles``' cores and say why (``on_error="skip"``)."""
+    return [TileResult(t.core, np.full((int(t.core.height), int(t.core.width)), CLASS_NODATA, np.uint8),
+                       error=error) for t in tiles]
+
+
+def tiles_text(task: TileTask) -> str:
+    """Where a task's tiles are, for messages: rows and columns of their cores."""
+    first, last = task.tiles[0].core, task.tiles[-1].core
+    return (f"tiles at rows {first.row_off}-{last.row_off + last.height}, columns "
+            f"{first.col_off}-{last.col_off + last.width}")
 
 
 def _run_tile_task(task: TileTask) -> list[TileResult]:
@@ -171,8 +184,20 @@ class TileReader:
 
 
 def model_cache_dir() -> Path:
-    """Where a worker keeps model files it received, named by content hash."""
-    return Path(tempfile.gettempdir()) / "geoseg-models"
+    """Where a worker keeps model files it received, named by content hash: one folder per user,
+    readable by that user only (0700), so no other user can swap a file in it or be blocked by it."""
+    folder = Path(tempfile.gettempdir()) / f"geoseg-models-{os.getuid()}"
+    with contextlib.suppress(FileExistsError):
+        folder.mkdir(mode=0o700)
+    st = os.lstat(folder)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise CheckpointError(
+            f"the model cache {folder} is not a folder of this user; remove it (another user or a "
+            "symlink is in the way) and run again"
+        )
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        os.chmod(folder, 0o700)
+    return folder
 
 
 def worker_model(
@@ -206,7 +231,7 @@ def _tuned_model(path: str, sha256: str, device: str, channels_last: bool, compi
 
 def worker_model_file(path: str, sha256: str) -> str:
     """The model file with content hash ``sha256`` on this worker: ``path`` when it is here with
-    that hash, else the copy the worker plugin put into the model cache."""
+    that hash, else the copy the worker plugin put into the model cache (private to this user)."""
     from geoseg.models.checkpoint import file_sha256
 
     if os.path.isfile(path) and file_sha256(path) == sha256:
@@ -221,11 +246,23 @@ def worker_model_file(path: str, sha256: str) -> str:
 
 
 def _load(path: str, sha256: str, device: str) -> Any:
+    """Load from ``path`` or the cache, whichever holds bytes with that hash; the bytes hashed
+    are the bytes loaded (for ``.pt`` files), so a file swapped after the check is never loaded."""
     from geoseg.models.checkpoint import load_model
 
-    model = load_model(worker_model_file(path, sha256), device=device)
-    model.path = path
-    return model
+    for candidate in (Path(path), model_cache_dir() / f"{sha256}.pt"):
+        try:
+            data = candidate.read_bytes()
+        except OSError:
+            continue
+        if hashlib.sha256(data).hexdigest() == sha256:
+            model = load_model(candidate, device=device, data=data)
+            model.path = path
+            return model
+    raise CheckpointError(
+        f"model {path} is not on this worker, or differs from the client's copy (content hash "
+        "mismatch); give every worker the same file"
+    )
 
 
 _ENGINES: dict[tuple[Any, ...], Any] = {}
@@ -269,8 +306,10 @@ def _build_engine(path: str, sha256: str, device: str, engine: str, options: Inf
     if fmt == "onnx":
         config, _ = read_onnx_model(local)
         return OnnxEngine(local, config, dev, options)
-    loaded = _tuned_model(path, sha256, "cpu", False, False)
-    return OnnxEngine(cached_onnx(local, sha256, loaded), loaded.config, dev, options)
+    # the .pt model is loaded only to convert it, and not kept: the session is all this worker needs
+    converted = cached_onnx(local, sha256)
+    config, _ = read_onnx_model(converted)
+    return OnnxEngine(converted, config, dev, options)
 
 
 def _compiled(network: Any) -> Any:
@@ -287,11 +326,11 @@ def _compiled(network: Any) -> Any:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             if self.compiled is not None:
                 try:
-                    return self.compiled(x)  # type: ignore[no-any-return]
+                    return self.compiled(x)
                 except Exception as exc:  # noqa: BLE001 - compilation is an optimisation only
                     log.warning("geoseg: torch.compile failed (%s); running eagerly", first_line(exc))
                     self.compiled = None
-            return self.net(x)  # type: ignore[no-any-return]
+            return self.net(x)
 
     return CompiledOrEager(network).eval()
 

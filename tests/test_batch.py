@@ -134,3 +134,114 @@ extra: 1
     r = CliRunner().invoke(cli, ["batch", str(bad)])
     assert r.exit_code != 0 and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_scenes_at_once_give_the_same_bytes_as_one_at_a_time(tmp_path: Path, job: Path, dask_client: Any) -> None:
+    """A scene's outputs do not depend on which scenes ran beside it."""
+    base = job.read_text()
+    one, three = tmp_path / "one.yaml", tmp_path / "three.yaml"
+    one.write_text(base.replace("folder: out", "folder: out1") + "concurrency: 1\n")
+    three.write_text(base.replace("folder: out", "folder: out3") + "concurrency: 3\n")
+    a = run_batch(one, client=dask_client)
+    b = run_batch(three, client=dask_client)
+    assert a.count("done") == b.count("done") == 3
+    assert [o.scene for o in b.outcomes] == [o.scene for o in a.outcomes], "the report keeps job order"
+    assert digest(tmp_path / "out1") == digest(tmp_path / "out3")
+
+
+def test_concurrency_must_be_auto_or_positive(tmp_path: Path, job: Path) -> None:
+    for bad, message in (("0", "concurrency: scenes at once must be 1 or more"), ("many", "concurrency: expected int")):
+        path = tmp_path / f"bad-{bad}.yaml"
+        path.write_text(job.read_text() + f"concurrency: {bad}\n")
+        with pytest.raises(JobError, match=message):
+            load_job(path)
+    assert load_job(job).concurrency == "auto"
+
+
+def test_shared_slots_bound_every_stream_and_cancel_stops_them(dask_client: Any) -> None:
+    """Two streams drawing on one budget never exceed it together; cancel() stops both at once."""
+    import threading
+
+    from geoseg.cluster import TaskSlots, stream
+
+    slots = TaskSlots(2)
+    peak, results, errors = [0], {0: [], 1: []}, []
+
+    def consume(n: int) -> None:
+        for _, r in stream(dask_client, time.sleep, [0.05] * 6, slots):
+            peak[0] = max(peak[0], slots.in_flight)
+            results[n].append(r)
+
+    threads = [threading.Thread(target=consume, args=(n,)) for n in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(results[0]) == len(results[1]) == 6 and 1 <= peak[0] <= 2
+    assert slots.in_flight == 0 and slots.demand == 0
+
+    slots = TaskSlots(2)
+
+    def consume_until_cancelled() -> None:
+        try:
+            for _ in stream(dask_client, time.sleep, [0.5] * 40, slots):
+                pass
+        except KeyboardInterrupt:
+            errors.append("interrupted")
+
+    threads = [threading.Thread(target=consume_until_cancelled) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    t0 = time.perf_counter()
+    slots.cancel()
+    for t in threads:
+        t.join(10)
+    assert errors == ["interrupted", "interrupted"] and time.perf_counter() - t0 < 5
+
+
+def test_ctrl_c_stops_every_scene_and_leaves_nothing_half_written(tmp_path: Path, job: Path,
+                                                                  dask_client: Any) -> None:
+    rng = np.random.default_rng(5)
+    for i in range(3, 5):  # larger scenes, so the interrupt lands while scenes are in flight
+        write_raster(tmp_path / "incoming" / f"scene{i}.tif", random_scene(rng, 3, 192, 192, "uint8"))
+    job.write_text(job.read_text().replace("workers: 1", "workers: 1\nconcurrency: 3"))
+    proc = subprocess.Popen([sys.executable, "-m", "geoseg.cli.main", "batch", str(job)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    out = tmp_path / "out"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if out.exists() and any(p.name.startswith(".") and ".part" in p.name for p in out.iterdir()):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the job finished before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0, err
+    assert not [p for p in out.iterdir() if p.name.startswith(".") and not p.name.endswith(".lock")]
+    for tif in out.glob("*.tif"):
+        assert cog_validate(str(tif))[0], tif  # whatever reached an output path is complete
+    assert len(list(out.glob("*.geoseg.json"))) < 5
+    report = run_batch(job, client=dask_client)
+    assert report.count("failed") == 0 and report.count("done") + report.count("skipped") == 5
+
+
+def test_job_progress_line_counts_scenes_and_estimates_time_left() -> None:
+    import io
+
+    from geoseg.progress import JobProgress
+
+    out = io.StringIO()
+    bar = JobProgress(4, stream=out)
+    bar.finished("skipped")
+    bar.started()
+    scene = bar.scene(2_000_000)
+    scene.update(1, 1_000_000)
+    assert bar.line().startswith("scenes: 0 done, 1 running, 2 left, 1 skipped")
+    assert "elapsed" in bar.line() and "--:-- left" not in bar.line()
+    bar.message("start x.tif")
+    bar.finished("failed")
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert "start x.tif" in lines and "1 failed" in lines[-1]
+    assert len(lines) == len(set(lines)), "no line is drawn twice"

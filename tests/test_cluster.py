@@ -197,9 +197,10 @@ def test_inference_asks_for_a_gpu_only_where_workers_offer_one(
         assert out.exists()
 
 
-def test_worker_commands_give_each_gpu_its_own_worker() -> None:
+def test_worker_commands_give_each_gpu_its_own_worker(monkeypatch: pytest.MonkeyPatch) -> None:
     from geoseg.cluster import worker_commands
 
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     gpu = worker_commands("tcp://h:8786", 2)
     assert [dict(c.env)["CUDA_VISIBLE_DEVICES"] for c in gpu] == ["0", "1"]
     assert all("--resources" in c.args and "GPU=1" in c.args and "tcp://h:8786" in c.args for c in gpu)

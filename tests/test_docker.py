@@ -57,6 +57,9 @@ def test_compose_has_scheduler_cpu_and_gpu_workers_on_a_shared_volume() -> None:
     for name in ("cpu-worker", "gpu-worker"):
         assert "tcp://scheduler:8786" in services[name]["entrypoint"]
     assert "data" in doc["volumes"]
+    # the scheduler runs whatever a client sends: published on loopback unless asked otherwise
+    for port in services["scheduler"]["ports"]:
+        assert port.startswith("${GEOSEG_BIND:-127.0.0.1}:"), port
     docker = shutil.which("docker")
     if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
         res = subprocess.run([docker, "compose", "-f", str(DOCKER / "compose.yaml"), "config", "--quiet"],

@@ -177,3 +177,17 @@ def test_import_refuses_what_cannot_be_tiled(
 def test_onnx_cache_is_private() -> None:
     mode = stat.S_IMODE(cache_dir().stat().st_mode)
     assert mode == 0o700
+
+
+def test_tta_scales_and_crf_run_under_every_engine(model_factory: Callable[..., Path]) -> None:
+    from geoseg.options import CRFParams
+
+    path = model_factory(in_channels=3)
+    options = InferenceOptions(tta="flip", scales=(0.5, 1.0), crf=CRFParams(iterations=1, radius=2))
+    rng = np.random.default_rng(9)
+    raw = np.stack([random_scene(rng, 3, 48, 64, "uint8") for _ in range(2)])
+    valid = np.ones((2, 48, 64), bool)
+    out = {e: worker_engine(str(path), file_sha256(path), "cpu", e, options).run(raw, valid, keep_logits=True)
+           for e in ("torch", "onnx")}
+    np.testing.assert_allclose(out["onnx"].logits, out["torch"].logits, rtol=1e-4, atol=1e-4)
+    assert (out["onnx"].classes == out["torch"].classes).mean() > 0.999

@@ -14,7 +14,8 @@ from geoseg.errors import OptionError
 from geoseg.options import CRFParams, PredictOptions, VectorOptions, choices, key_of
 
 #: geoseg predict's options that say where things go and how the run is hosted, not how it infers
-RUN_OPTIONS = {"output", "model", "workers", "scheduler", "probabilities", "vector", "overwrite", "quiet", "help"}
+RUN_OPTIONS = {"output", "model", "workers", "scheduler", "probabilities", "vector", "overwrite", "quiet", "verbose",
+               "help"}
 
 
 def _options(command: str) -> dict[str, click.Option]:

@@ -59,6 +59,9 @@ overwrite_option = click.option(
     "--overwrite", is_flag=True, help="Replace output files that already exist."
 )
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
+verbose_option = click.option(
+    "--verbose", "-v", is_flag=True, help="Also show the local Dask workers' own logs on stderr."
+)
 device_option = click.option(
     "--device", type=click.Choice(choices(Device)), default="auto", show_default=True,
     help="Where the network runs; auto uses CUDA when present.",
@@ -125,7 +128,8 @@ def _field_option(f: dataclasses.Field[Any], hint: Any, prefix: str = "") -> Cal
                                 callback=lambda ctx, p, v: int(v))
         return click.option(flag, param, type=click.Choice(literal_values), **kw)
     if typing.get_origin(hint) is tuple and typing.get_args(hint)[0] is float:  # scales
-        return click.option(flag, param, default=",".join(f"{v:g}" for v in f.default), show_default=True,
+        default = typing.cast("tuple[float, ...]", f.default)
+        return click.option(flag, param, default=",".join(f"{v:g}" for v in default), show_default=True,
                             metavar=meta.get("metavar"), help=kw["help"],
                             callback=lambda ctx, p, v: _float_list(v, flag))
     if typing.get_origin(hint) is tuple:  # repeatable values, e.g. --skip-class
@@ -147,13 +151,13 @@ def _float_list(text: str, flag: str) -> tuple[float, ...]:
                                  param_hint=flag) from None
 
 
-def _field_options(cls: type, prefix: str = "") -> list[Callable[[F], F]]:
+def _field_options(cls: type, prefix: str = "") -> list[Callable[[Any], Any]]:
     """Click options for every field of an options dataclass, in field order; a nested options
     dataclass (``crf``) becomes a flag plus one ``--crf-*`` option per setting."""
     hints = typing.get_type_hints(cls)
-    made: list[Callable[[F], F]] = []
+    made: list[Callable[[Any], Any]] = []
     for f in dataclasses.fields(cls):
-        nested = [p for p in typing.get_args(hints[f.name]) if dataclasses.is_dataclass(p)]
+        nested = [p for p in typing.get_args(hints[f.name]) if isinstance(p, type) and dataclasses.is_dataclass(p)]
         if nested:
             made.append(click.option("--" + f.name.replace("_", "-"), is_flag=True, help=f.metadata["help"]))
             made.extend(_field_options(nested[0], prefix=f.name + "_"))
@@ -162,7 +166,7 @@ def _field_options(cls: type, prefix: str = "") -> list[Callable[[F], F]]:
     return made
 
 
-def _apply(options: list[Callable[[F], F]], func: F) -> F:
+def _apply(options: list[Callable[[Any], Any]], func: F) -> F:
     for option in reversed(options):
         func = option(func)
     return func

@@ -8,7 +8,7 @@ import click
 
 from geoseg.cli.options import (
     overwrite_option, predict_options, quiet_option, report_errors, scheduler_option,
-    take_predict_options, take_vector_options, vector_options, workers_option,
+    take_predict_options, take_vector_options, vector_options, verbose_option, workers_option,
 )
 
 
@@ -24,10 +24,12 @@ from geoseg.cli.options import (
 @vector_options
 @overwrite_option
 @quiet_option
+@verbose_option
 @report_errors
 def predict_command(
     scene: tuple[str, ...], output: str, model: str | None, workers: int | None, scheduler: str | None,
-    probabilities: str | None, vector: str | None, overwrite: bool, quiet: bool, **options: Any,
+    probabilities: str | None, vector: str | None, overwrite: bool, quiet: bool, verbose: bool,
+    **options: Any,
 ) -> None:
     """Segment SCENE into a georeferenced class raster (Cloud-Optimized GeoTIFF).
 
@@ -40,7 +42,7 @@ def predict_command(
     result = predict(
         scene[0] if len(scene) == 1 else list(scene), output, model, predict_opts, workers=workers, scheduler=scheduler,
         probabilities=probabilities, overwrite=overwrite, quiet=quiet, vector=vector,
-        vector_options=vector_opts,
+        vector_options=vector_opts, verbose=verbose,
     )
     for window in result.skipped:
         click.echo(f"skipped window rows {window.row_off}-{window.row_off + window.height}, columns "

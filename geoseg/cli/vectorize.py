@@ -8,7 +8,7 @@ import click
 
 from geoseg.cli.options import (
     overwrite_option, quiet_option, report_errors, scheduler_option, take_vector_options,
-    vector_options, workers_option,
+    vector_options, verbose_option, workers_option,
 )
 
 
@@ -23,13 +23,16 @@ from geoseg.cli.options import (
 @scheduler_option
 @overwrite_option
 @quiet_option
+@verbose_option
 @report_errors
 def vectorize_command(raster: str, output: str, probabilities: str | None, workers: int | None,
-                      scheduler: str | None, overwrite: bool, quiet: bool, **options: Any) -> None:
+                      scheduler: str | None, overwrite: bool, quiet: bool, verbose: bool,
+                      **options: Any) -> None:
     """Polygonize a class RASTER: one polygon per connected region, merged across blocks."""
     from geoseg.vectorize import vectorize
 
     result = vectorize(raster, output, probabilities=probabilities, overwrite=overwrite,
-                       workers=workers, scheduler=scheduler, quiet=quiet, **take_vector_options(options))
+                       workers=workers, scheduler=scheduler, quiet=quiet, verbose=verbose,
+                       **take_vector_options(options))
     if not quiet:
         click.echo(f"wrote {result.output}: {result.polygons} polygons in {result.seconds:.1f} s", err=True)

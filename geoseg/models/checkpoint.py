@@ -7,7 +7,9 @@ read back with ``torch.load(weights_only=True)``, which refuses pickled code.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import math
 import os
 import pickle
 import warnings
@@ -73,7 +75,7 @@ class ModelConfig:
                 f"model file format {version} is not supported by geoseg {__version__} "
                 f"(expects {FORMAT_VERSION}); retrain or upgrade geoseg"
             )
-        d["classes"] = [ClassInfo(int(c["value"]), str(c["name"]), tuple(c["color"])) for c in d["classes"]]  # type: ignore[arg-type]
+        d["classes"] = [ClassInfo(int(c["value"]), str(c["name"]), tuple(c["color"])) for c in d["classes"]]
         check_classes(d["classes"])
         return cls(**d)
 
@@ -204,23 +206,141 @@ def build_config(
 
 def save_model(path: str | os.PathLike[str], network: nn.Module, config: ModelConfig) -> Path:
     """Write weights and config atomically (temporary file, then rename)."""
+    from geoseg.io import remove_quietly, temporary_sibling
+
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.part")
+    tmp = temporary_sibling(path, ".pt")
     state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
-    torch.save({"geoseg": config.to_json(), "state_dict": state}, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save({"geoseg": config.to_json(), "state_dict": state}, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        remove_quietly(tmp)
+        raise
     return path
 
 
-def read_model_file(path: str | os.PathLike[str]) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """Config and weights of a model file, refusing anything that needs code execution."""
-    if not zipfile.is_zipfile(path):
+#: Bounds on what a model file may ask for, checked before anything is built: a model file is
+#: untrusted input, and its numbers size tensors, tiles and output values.
+MAX_BANDS = 1024
+MAX_STRIDE = 1024
+MAX_RECEPTIVE_FIELD = 8192  # as far as measure_receptive_field looks
+MAX_ARG_INT = 65536
+MAX_ARG_LIST = 64
+
+
+def _check_arg(name: str, value: Any) -> str | None:
+    """What is wrong with one architecture argument from a file (JSON scalars and short lists)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return None if abs(value) <= MAX_ARG_INT else f"{name}={value} is out of range"
+    if isinstance(value, float):
+        return None if math.isfinite(value) and abs(value) <= MAX_ARG_INT else f"{name}={value} is out of range"
+    if isinstance(value, str):
+        return None if len(value) <= 64 else f"{name} is a {len(value)}-character string"
+    if isinstance(value, list):
+        if len(value) > MAX_ARG_LIST:
+            return f"{name} lists {len(value)} values"
+        return next((e for e in (_check_arg(f"{name}[{i}]", v) for i, v in enumerate(value)) if e), None)
+    return f"{name} has type {type(value).__name__}"
+
+
+def validate_config(config: ModelConfig, architecture: bool = True) -> None:
+    """Refuse a config whose values would crash, exhaust memory or corrupt outputs, before any
+    network is built: architecture and arguments, bands, normalization, stride and receptive
+    field (classes: :func:`check_classes`). ``architecture=False`` skips the architecture and
+    its arguments (ONNX models carry a graph, not a registry name)."""
+    import inspect
+
+    from geoseg.models import get_architecture
+
+    problems: list[str] = []
+    spec = None
+    if architecture:
+        spec = get_architecture(config.arch) if isinstance(config.arch, str) else None
+        if spec is None:
+            problems.append(f"architecture {config.arch!r} is not a name")
+    if not isinstance(config.arch_kwargs, dict):
+        problems.append("architecture arguments are not a mapping")
+    elif spec is not None:
+        params = inspect.signature(spec.build).parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        known = set(params) - {"self", "in_channels", "num_classes"}
+        for k, v in config.arch_kwargs.items():
+            if not takes_any and k not in known:
+                problems.append(f"unknown argument {k!r} of {config.arch}")
+            elif (err := _check_arg(k, v)) is not None:
+                problems.append(err)
+    n = config.in_channels
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_BANDS:
+        problems.append(f"in_channels {n!r} is not 1..{MAX_BANDS}")
+    else:
+        for what, seq in (("band_names", config.band_names), ("mean", config.mean), ("std", config.std)):
+            if not isinstance(seq, list) or len(seq) != n:
+                problems.append(f"{what} does not list {n} bands")
+        for what, seq in (("mean", config.mean), ("std", config.std)):
+            if isinstance(seq, list) and not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                 and math.isfinite(v) for v in seq):
+                problems.append(f"{what} holds values that are not finite numbers")
+        if isinstance(config.std, list) and any(isinstance(v, (int, float)) and v <= 0 for v in config.std):
+            problems.append("std holds values <= 0")
+    stride = config.output_stride
+    if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= MAX_STRIDE:
+        problems.append(f"output stride {stride!r} is not 1..{MAX_STRIDE}")
+    rf = config.receptive_field
+    if isinstance(rf, bool) or not isinstance(rf, int) or not GLOBAL_RECEPTIVE_FIELD <= rf <= MAX_RECEPTIVE_FIELD:
+        problems.append(f"receptive field {rf!r} is not {GLOBAL_RECEPTIVE_FIELD}..{MAX_RECEPTIVE_FIELD}")
+    iv = config.ignore_value
+    if iv is not None and (isinstance(iv, bool) or not isinstance(iv, int) or not 0 <= iv <= 255):
+        problems.append(f"ignore value {iv!r} is not 0..255")
+    if problems:
+        raise CheckpointError("; ".join(problems))
+
+
+def _check_shapes(path: Path, config: ModelConfig, state: dict[str, Any]) -> None:
+    """Build the network without memory (meta device) and compare its tensors with the file's,
+    so the real build allocates no more than the file holds."""
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", GriddingWarning)
+            network = create_model(config.arch, config.in_channels, len(config.classes), **config.arch_kwargs)
+    except (ModelError, RuntimeError, ValueError, TypeError, OverflowError, RecursionError) as exc:
+        raise CheckpointError(
+            f"{path}: architecture {config.arch} cannot be built with {config.arch_kwargs} "
+            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); give a file written by 'geoseg train'"
+        ) from None
+    want = {k: tuple(v.shape) for k, v in network.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if want != have or len(have) != len(state):
+        diff = sorted(set(want.items()) ^ set(have.items()))[:1]
+        raise CheckpointError(
+            f"{path}: weights do not fit architecture {config.arch} with its arguments "
+            f"({'tensor ' + diff[0][0] + ' ' + str(diff[0][1]) if diff else 'entries that are not tensors'}); "
+            "give a file written by 'geoseg train'"
+        )
+    if output_stride(network) != config.output_stride:
+        raise CheckpointError(
+            f"{path}: records output stride {config.output_stride}, but {config.arch} with its arguments "
+            f"has {output_stride(network)}; give a file written by 'geoseg train'"
+        )
+
+
+def read_model_file(
+    path: str | os.PathLike[str], data: bytes | None = None,
+) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """Config and weights of a model file (from ``data``, its bytes, when given), refusing
+    anything that needs code execution and any config outside :func:`validate_config`'s bounds."""
+    source: Any = io.BytesIO(data) if data is not None else path
+    if not zipfile.is_zipfile(source):
         raise CheckpointError(
             f"{path} is not a geoseg model file (not a PyTorch archive); "
             "give a file written by 'geoseg train'"
         )
+    if data is not None:
+        source.seek(0)
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        blob = torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"{path} would need code execution to load (it pickles Python objects); geoseg only "
@@ -238,24 +358,34 @@ def read_model_file(path: str | os.PathLike[str]) -> tuple[ModelConfig, dict[str
         )
     try:
         config = ModelConfig.from_json(blob["geoseg"])
-    except CheckpointError as exc:
+        validate_config(config)
+    except ModelError as exc:
         raise CheckpointError(f"{path}: {exc}") from exc
-    except (TypeError, KeyError, json.JSONDecodeError) as exc:
+    except (TypeError, KeyError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"{path} has a damaged geoseg config ({exc}); retrain the model") from exc
+    if not isinstance(blob["state_dict"], dict):
+        raise CheckpointError(f"{path} has no weights table; give a file written by 'geoseg train'")
     return config, blob["state_dict"]
 
 
 def load_model(
-    name_or_path: str | os.PathLike[str] | None = None, device: str | torch.device = "cpu"
+    name_or_path: str | os.PathLike[str] | None = None, device: str | torch.device = "cpu",
+    data: bytes | None = None,
 ) -> LoadedModel:
     """Load a model (``None`` = the built-in one, a ``.pt`` file or an ONNX geoseg model) in eval
-    mode on ``device``."""
+    mode on ``device``.
+
+    A ``.pt`` file is read once; its hash and its weights come from the same bytes (``data``,
+    when the caller has read and checked them already), so the file cannot change in between."""
     path, name = resolve_model_path(name_or_path)
     from geoseg.models.onnx import is_onnx_file, load_onnx_model
 
     if is_onnx_file(path):
         return load_onnx_model(path, name, device)
-    config, state = read_model_file(path)
+    if data is None:
+        data = path.read_bytes()
+    config, state = read_model_file(path, data)
+    _check_shapes(path, config, state)
     with warnings.catch_warnings():
         # A trained model's dilation schedule is fixed; the warning is for whoever trains one.
         warnings.simplefilter("ignore", GriddingWarning)
@@ -267,4 +397,4 @@ def load_model(
             f"{path}: weights do not fit architecture {config.arch} ({first_line(exc)})"
         ) from exc
     network.eval().to(device)
-    return LoadedModel(network, config, str(path), file_sha256(path), name)
+    return LoadedModel(network, config, str(path), hashlib.sha256(data).hexdigest(), name)

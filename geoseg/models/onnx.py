@@ -10,7 +10,6 @@ file, counts that match) run before any session is built.
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -19,10 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from geoseg.errors import CheckpointError, ModelError
+from geoseg.errors import CheckpointError, ModelError, first_line
 from geoseg.io import ClassInfo, check_output_path
 from geoseg.models.checkpoint import (
     GLOBAL_RECEPTIVE_FIELD, LoadedModel, ModelConfig, file_sha256, load_model, resolve_model_path,
+    validate_config,
 )
 
 #: metadata_props key holding the geoseg config JSON.
@@ -48,18 +48,11 @@ def is_onnx_file(path: str | os.PathLike[str]) -> bool:
 
 
 def cache_dir() -> Path:
-    """Per-user folder (mode 0700) for ONNX files converted from ``.pt`` models, by content hash."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    path = Path(base) / "geoseg" / "onnx"
-    try:
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(path, 0o700)
-    except OSError:  # no writable home (some containers): a private folder in the temp dir
-        path = Path(tempfile.gettempdir()) / f"geoseg-onnx-{os.getuid()}"
-        path.mkdir(exist_ok=True, mode=0o700)
-        if path.stat().st_uid != os.getuid() or path.stat().st_mode & 0o077:
-            raise ModelError(f"{path} belongs to another user or is open to others; remove it") from None
-    return path
+    """Where ONNX files converted from ``.pt`` models are kept, by content hash: the worker's
+    per-user model cache (mode 0700, :func:`geoseg.worker.model_cache_dir`)."""
+    from geoseg.worker import model_cache_dir
+
+    return model_cache_dir()
 
 
 def _proto(path: str | os.PathLike[str]) -> Any:
@@ -70,7 +63,7 @@ def _proto(path: str | os.PathLike[str]) -> Any:
         return onnx.load(str(path), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError) as exc:
         raise CheckpointError(
-            f"{path} is not an ONNX model ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+            f"{path} is not an ONNX model ({first_line(exc)})"
         ) from None
 
 
@@ -143,7 +136,8 @@ def read_onnx_model(path: str | os.PathLike[str]) -> tuple[ModelConfig, Any]:
         )
     try:
         config = ModelConfig.from_json(meta[METADATA_KEY])
-    except CheckpointError as exc:
+        validate_config(config, architecture=False)  # stride, receptive field, bands: bounded
+    except (CheckpointError, ModelError) as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     except (TypeError, KeyError, ValueError) as exc:
         raise CheckpointError(f"{path} has damaged geoseg metadata ({exc}); run 'geoseg import' again") from None
@@ -212,7 +206,7 @@ def export_network(network: nn.Module, in_channels: int, stride: int) -> Any:
         try:
             buf = io.BytesIO()
             free = {0: "batch", 2: "height", 3: "width"}
-            torch.onnx.export(network, (x,), buf, dynamo=False, opset_version=OPSET,
+            torch.onnx.export(network, (x,), buf, dynamo=False, opset_version=OPSET,  # type: ignore[arg-type]
                               dynamic_axes={"image": free, "logits": free}, **names)  # type: ignore[arg-type]
             proto = onnx.load_from_string(buf.getvalue())
         except Exception:  # noqa: BLE001 - an op the TorchScript exporter lacks: try the other
@@ -357,7 +351,7 @@ def _stride(session: Any, channels: int, classes: int, size: int, rng: np.random
     try:
         base = _run(session, np.ascontiguousarray(x[..., MAX_STRIDE:]))
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own classes
-        raise ModelError(f"{path} cannot run on a {height}x{size} input ({str(exc).splitlines()[0]})") from None
+        raise ModelError(f"{path} cannot run on a {height}x{size} input ({first_line(exc)})") from None
     if base.ndim != 4 or base.shape[0] != 1 or base.shape[2:] != (height, size):
         raise ModelError(
             f"{path}: output shape {tuple(base.shape)} for input 1x{channels}x{height}x{size}; geoseg "

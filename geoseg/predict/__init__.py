@@ -14,12 +14,16 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from geoseg.options import PredictOptions
 
 if TYPE_CHECKING:
     from rasterio.windows import Window
+
+    from geoseg.cluster import DaskSession, TaskSlots
+    from geoseg.predict.plan import PredictPlan
+    from geoseg.progress import Progress
 
 
 @dataclass
@@ -57,11 +61,12 @@ def predict(
     vector_options: dict[str, Any] | None = None,
     overwrite: bool = False,
     quiet: bool = True,
+    verbose: bool = False,
     workers: int | None = None,
     scheduler: str | None = None,
     client: Any = None,
     tiles_per_task: int | None = None,
-    max_in_flight: int | None = None,
+    max_in_flight: int | TaskSlots | None = None,
     **option_keywords: Any,
 ) -> PredictResult:
     """Segment ``scene`` into a class-raster COG at ``output`` (and class probabilities): uint8,
@@ -86,30 +91,62 @@ def predict(
     where a tile task fails and lists those windows (result ``skipped``, and a JSON report
     beside the output) instead of failing the run. ``client``: an existing
     ``distributed.Client`` (else ``scheduler``, else a local cluster of ``workers``).
+    ``verbose`` lets the local workers' own logs through to stderr.
+
+    No output may be the scene, the model or another output; while writing, the output folders
+    are locked (shared: a batch job cannot clean them up meanwhile); the outputs are committed
+    all or nothing, polygons included.
     """
-    from geoseg.cluster import dashboard_link, dask_session
+    from geoseg.cluster import dask_session
+    from geoseg.io import lock_output_folders
     from geoseg.predict.plan import plan_predict
-    from geoseg.predict.run import run_tasks
-    from geoseg.predict.write import write_outputs, write_vector
     from geoseg.progress import Progress
 
     t0 = time.perf_counter()
     opts = PredictOptions.from_keywords(options, **option_keywords)
     plan = plan_predict(scene, output, model, opts, probabilities, vector, overwrite, tiles_per_task,
-                        vector_dst_crs=(vector_options or {}).get("dst_crs"))
+                        vector_options=vector_options)
+    locks = lock_output_folders([plan.output, plan.probabilities, plan.vector], "predict")
+    with locks, dask_session(client, scheduler, workers, verbose=verbose) as session:
+        return execute(plan, session, Progress(len(plan.grid), quiet=quiet), max_in_flight=max_in_flight,
+                       overwrite=overwrite, vector_options=vector_options, started=t0)
+
+
+def execute(
+    plan: PredictPlan,
+    session: DaskSession,
+    progress: Progress,
+    max_in_flight: int | TaskSlots | None = None,
+    overwrite: bool = False,
+    vector_options: dict[str, Any] | None = None,
+    started: float | None = None,
+) -> PredictResult:
+    """Run a checked plan on ``session``'s cluster and commit its outputs, polygons included,
+    all or nothing (stages 2 and 3; the caller holds the output folders' locks).
+
+    :func:`predict` calls it for one scene; a batch calls it for several scenes at once, their
+    tasks drawing on one :class:`~geoseg.cluster.TaskSlots` (``max_in_flight``).
+    """
+    from geoseg.cluster import dashboard_link
+    from geoseg.predict.run import run_tasks
+    from geoseg.predict.write import write_outputs, write_vector
+
+    t0 = time.perf_counter() if started is None else started
     grid = plan.grid
-    with dask_session(client, scheduler, workers) as session:
-        run = run_tasks(session, plan, max_in_flight)
-        progress = Progress(len(grid), quiet=quiet)
-        link = dashboard_link(session.client)
-        progress.message(
-            f"geoseg: {plan.scene.width}x{plan.scene.height} px, {len(grid)} tiles of "
-            f"{grid.tile_height}x{grid.tile_width} (margin {plan.margin}) in {len(run.tasks)} tasks "
-            f"on {run.threads} worker thread(s)" + (f"; dashboard {link}" if link else "")
-        )
-        skipped = write_outputs(plan, run.results, progress, overwrite)
+    run = run_tasks(session, plan, max_in_flight)
+    link = dashboard_link(session.client)
+    progress.message(
+        f"geoseg: {plan.scene.width}x{plan.scene.height} px, {len(grid)} tiles of "
+        f"{grid.tile_height}x{grid.tile_width} (margin {plan.margin}) in {len(run.tasks)} tasks "
+        f"on {run.threads} worker thread(s)" + (f"; dashboard {link}" if link else "")
+    )
+
+    def polygons() -> None:
         if plan.vector is not None:
-            write_vector(plan, session.client, overwrite, quiet, vector_options, progress)
+            write_vector(plan, session.client, overwrite, progress.quiet, vector_options, progress,
+                         max_in_flight=max_in_flight)
+
+    skipped = write_outputs(plan, run.results, progress, overwrite, then=polygons)
     return PredictResult(
         output=plan.output,
         probabilities=plan.probabilities,
@@ -126,4 +163,4 @@ def predict(
     )
 
 
-__all__ = ["PredictResult", "predict"]
+__all__ = ["PredictResult", "execute", "predict"]

@@ -11,12 +11,12 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from geoseg.engines import check_engine
-from geoseg.errors import GeosegWarning, OutputError
+from geoseg.errors import GeosegWarning
 from geoseg.infer import InferenceOptions
-from geoseg.io import SceneInfo, check_output_path, open_scene, parse_bands
+from geoseg.io import SceneInfo, check_distinct_paths, check_output_path, open_scene, parse_bands
 from geoseg.models.checkpoint import LoadedModel
 from geoseg.scenes import describe, resolve_scene
 from geoseg.options import PredictOptions
@@ -67,32 +67,38 @@ def default_tiles_per_task(grid: TileGrid, batch_size: int) -> int:
 def plan_predict(
     scene: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     output: str | os.PathLike[str],
-    model: str | os.PathLike[str] | None = None,
+    model: str | os.PathLike[str] | LoadedModel | None = None,
     options: PredictOptions = PredictOptions(),
     probabilities: str | os.PathLike[str] | None = None,
     vector: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     tiles_per_task: int | None = None,
-    vector_dst_crs: str | None = None,
+    vector_options: dict[str, Any] | None = None,
 ) -> PredictPlan:
     """Check the request and fix the tiling; raises a :class:`GeosegError` on any bad input.
 
     ``scene`` may be band files or a STAC item: :func:`geoseg.scenes.resolve_scene` makes it
     one VRT string matched to the model's bands, which the tasks carry.
+
+    No output may be a scene file, the model file or another output (even with ``overwrite``),
+    and the polygon options (``vector_options``, see :func:`geoseg.vectorize.check_vector_options`)
+    are checked here, before any prediction.
     """
-    from geoseg.models.checkpoint import load_model
+    from geoseg.models.checkpoint import load_model, resolve_model_path
+    from geoseg.predict.write import skipped_report_path
 
     out_path = check_output_path(output, overwrite)
     prob_path = check_output_path(probabilities, overwrite, "probabilities output") if probabilities else None
-    if prob_path is not None and prob_path.resolve() == out_path.resolve():
-        raise OutputError("--probabilities must be a different file from the output")
-    vector_path = None
-    if vector is not None:
-        from geoseg.vectorize import output_format
-
-        vector_path = check_output_path(vector, overwrite, "vector output")
-        output_format(vector_path)
-    loaded = load_model(model, device="cpu")
+    vector_path = check_output_path(vector, overwrite, "vector output") if vector is not None else None
+    scenes = [scene] if isinstance(scene, (str, os.PathLike)) else list(scene)
+    model_file = model.path if isinstance(model, LoadedModel) else resolve_model_path(model)[0]
+    check_distinct_paths(
+        {**{f"scene {describe(str(s))}": s for s in scenes}, "model file": model_file},
+        {"output": out_path, "probabilities output": prob_path, "vector output": vector_path,
+         "skipped-tiles report": skipped_report_path(out_path)},
+    )
+    # a batch plans many scenes with the one model it has loaded and checked already
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, device="cpu")
     cfg = loaded.config
     resolved = resolve_scene(scene, cfg.band_names, options.resampling, match_names=options.bands is None)
     info = open_scene(resolved.dataset)
@@ -102,9 +108,9 @@ def plan_predict(
             "without georeferencing", GeosegWarning, stacklevel=3,
         )
     if vector_path is not None:
-        from geoseg.vectorize import output_crs
+        from geoseg.vectorize import check_vector_options
 
-        output_crs(vector_path, info.crs, vector_dst_crs)
+        check_vector_options(vector_path, info.crs, **(vector_options or {}))
     band_list = parse_bands(options.bands, info.count, cfg.in_channels)
     inference = InferenceOptions(tta=options.tta, scales=options.scales, crf=options.crf,
                                  precision=options.precision, channels_last=options.channels_last,

@@ -11,11 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from geoseg.cluster import DaskSession, cpu_count, send_model, stream
+from geoseg.cluster import DaskSession, TaskSlots, cpu_count, send_model, stream
 from geoseg.io import file_token
 from geoseg.predict.plan import PredictPlan, plan_tasks
 from geoseg.stitch import TileResult
-from geoseg.worker import TileTask, run_tile_task
+from geoseg.errors import TileError
+from geoseg.scenes import describe
+from geoseg.worker import TileTask, nodata_results, run_tile_task, tiles_text
 
 
 @dataclass
@@ -27,10 +29,11 @@ class TaskRun:
     results: Iterator[list[TileResult]]
 
 
-def run_tasks(session: DaskSession, plan: PredictPlan, max_in_flight: int | None = None,
+def run_tasks(session: DaskSession, plan: PredictPlan, max_in_flight: int | TaskSlots | None = None,
               keep_logits: bool = False) -> TaskRun:
     """Submit the plan's tasks lazily, at most ``max_in_flight`` at a time (default: 2 per
-    worker thread), and hand back their results in completion order."""
+    worker thread; or slots shared with scenes run at once), and hand back their results in
+    completion order."""
     client = session.client
     nthreads = session.threads
     # a local cluster we started: share this machine's cores among its worker threads
@@ -69,8 +72,22 @@ def task_key(task: TileTask, index: int) -> str:
 
 
 def stream_tasks(
-    client: Any, tasks: Sequence[TileTask], limit: int, resources: dict[str, float] | None = None,
+    client: Any, tasks: Sequence[TileTask], limit: int | TaskSlots, resources: dict[str, float] | None = None,
 ) -> Iterator[list[TileResult]]:
-    """Tile results of ``tasks`` as they complete, at most ``limit`` tasks in flight."""
-    for _, results in stream(client, run_tile_task, tasks, limit, key=task_key, resources=resources):
+    """Tile results of ``tasks`` as they complete, at most ``limit`` tasks in flight. A tile that
+    fails is not retried (it would fail again); a task that killed every worker running it
+    (``KilledWorker``) fails the run in one line, or is written as nodata under skip."""
+    for _, results in stream(client, run_tile_task, tasks, limit, key=task_key, resources=resources,
+                             on_killed=killed_workers):
         yield results
+
+
+def killed_workers(task: TileTask, exc: BaseException) -> list[TileResult]:
+    """A task that took down its workers (out of memory, a crash in native code): like a tile
+    that cannot be read, it fails the run, or under ``on_error="skip"`` its tiles are nodata."""
+    message = (f"{describe(task.scene)}: {tiles_text(task)} failed: the workers running them died "
+               f"({type(exc).__name__}; out of memory or a crash); lower --batch-size or --tile, "
+               "or --on-error skip writes nodata there instead")
+    if not task.skip_errors:
+        raise TileError(message) from None
+    return nodata_results(task.tiles, message)

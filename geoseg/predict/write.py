@@ -8,21 +8,25 @@ listed in ``OUTPUT.skipped.json``; polygons, when asked for, are made from the f
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 import rasterio
 from rasterio.windows import Window
 
 from geoseg.io import (
-    WRITE_CACHE_MB, RasterSink, class_raster_dtype, class_tags, open_sinks, write_json_atomic,
+    WRITE_CACHE_MB, RasterSink, class_raster_dtype, class_tags, open_sinks, stage_json,
 )
 from geoseg.scenes import describe
 from geoseg.predict.plan import PredictPlan
 from geoseg.progress import Progress
 from geoseg.stitch import TileResult
+
+if TYPE_CHECKING:
+    from geoseg.cluster import TaskSlots
 
 
 @dataclass
@@ -34,9 +38,12 @@ class SkippedTile:
 
 
 def write_outputs(plan: PredictPlan, results: Iterable[list[TileResult]], progress: Progress,
-                  overwrite: bool) -> list[SkippedTile]:
-    """Write every result into the class (and probability) sinks, commit them, and report
-    skipped tiles beside the output; returns the skipped tiles."""
+                  overwrite: bool, then: Callable[[], Any] | None = None) -> list[SkippedTile]:
+    """Write every result into the class (and probability) sinks and commit them, all or
+    nothing, with the list of skipped tiles beside the output; returns the skipped tiles.
+
+    ``then`` (polygonizing) runs once the rasters are in place; if it fails, the previous
+    outputs are put back exactly as they were (see :func:`geoseg.io.publish_all`)."""
     info = plan.scene
     classes = plan.model.classes
     tags = class_tags(classes, plan.model.name)
@@ -50,7 +57,9 @@ def write_outputs(plan: PredictPlan, results: Iterable[list[TileResult]], progre
         )) if prob_path is not None else None,
     ]
     skipped: list[SkippedTile] = []
-    with rasterio.Env(GDAL_CACHEMAX=WRITE_CACHE_MB), open_sinks(*sinks) as opened:
+    report = skipped_report_path(plan.output)
+    staged: list[tuple[Path, Path]] = []
+    with rasterio.Env(GDAL_CACHEMAX=WRITE_CACHE_MB), open_sinks(*sinks, extra=staged, then=then) as opened:
         class_sink = opened[0]
         prob_sink = opened[1] if len(opened) > 1 else None
         for batch in results:
@@ -66,29 +75,36 @@ def write_outputs(plan: PredictPlan, results: Iterable[list[TileResult]], progre
                     prob_sink.write(res.probabilities, res.core)
                 progress.update(1, int(res.core.width * res.core.height))
         progress.close()
-    report = plan.output.with_name(plan.output.name + ".skipped.json")
-    if skipped:
-        write_skipped_report(report, describe(info.path), skipped)
-    elif report.exists() and overwrite:
-        report.unlink()
+        if skipped:  # published together with the rasters
+            staged.append((stage_json(report, skipped_report(describe(info.path), skipped)), report))
+    if not skipped and overwrite:  # the old list of holes no longer describes the output
+        with contextlib.suppress(FileNotFoundError):
+            report.unlink()
     return skipped
 
 
-def write_skipped_report(path: Path, scene: str, skipped: list[SkippedTile]) -> None:
-    """JSON list of the windows written as nodata and why, beside the output."""
-    write_json_atomic(path, {"scene": scene, "windows": [
+def skipped_report_path(output: Path) -> Path:
+    """Where the windows written as nodata under ``on_error="skip"`` are listed."""
+    return output.with_name(output.name + ".skipped.json")
+
+
+def skipped_report(scene: str, skipped: list[SkippedTile]) -> dict[str, Any]:
+    """The windows written as nodata and why: the JSON written beside the output."""
+    return {"scene": scene, "windows": [
         {"row_off": int(s.window.row_off), "col_off": int(s.window.col_off),
          "height": int(s.window.height), "width": int(s.window.width), "error": s.error}
         for s in skipped
-    ]})
+    ]}
 
 
 def write_vector(plan: PredictPlan, client: Any, overwrite: bool, quiet: bool,
-                 vector_options: dict[str, Any] | None, progress: Progress) -> None:
-    """Polygonize the committed class raster into ``plan.vector`` on the same cluster."""
+                 vector_options: dict[str, Any] | None, progress: Progress,
+                 max_in_flight: int | TaskSlots | None = None) -> None:
+    """Polygonize the committed class raster into ``plan.vector`` on the same cluster (drawing
+    on the same in-flight slots as the tile tasks, when shared)."""
     from geoseg.vectorize import vectorize
 
     assert plan.vector is not None
     vres = vectorize(plan.output, plan.vector, probabilities=plan.probabilities, overwrite=overwrite,
-                     client=client, quiet=quiet, **(vector_options or {}))
+                     client=client, quiet=quiet, max_in_flight=max_in_flight, **(vector_options or {}))
     progress.message(f"geoseg: {vres.polygons} polygons written to {vres.output}")
