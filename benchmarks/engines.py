@@ -162,6 +162,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=3.0, help="per forward measurement round")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: forward,e2e,cheap")
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "engines.json"))
     args = ap.parse_args()
     skip = set(args.skip.split(","))
     work = Path(args.workdir or tempfile.mkdtemp(prefix="geoseg-engines-"))
@@ -171,7 +172,7 @@ def main() -> None:
     import onnxruntime
 
     result["onnxruntime"] = onnxruntime.__version__
-    out_json = ROOT / "benchmarks" / "engines.json"
+    out_json = Path(args.out)
 
     def save() -> None:
         out_json.write_text(json.dumps(result, indent=1))

@@ -645,9 +645,10 @@ def _make_chips_locked(
         block = split_block or auto_split_block(*area, size)
         labelled = _labelled_blocks(src, info, block, ignore)
         iid = image_id(image)
-        # seeded per image, not per position: an image re-chipped alone gets the same split
+        # seeded by the image's file name, not its position or folder: an image re-chipped alone,
+        # or a copy of it elsewhere, gets the same split
         windows = plan_windows(info.height, info.width, size, stride, block, val_fraction,
-                               test_fraction, f"{seed}-{iid}", labelled)
+                               test_fraction, f"{seed}-{Path(_resolved(image)).name}", labelled)
         if iid in run_ids:
             raise ChipError(f"{image} is given twice; give each image once")
         run_ids.add(iid)

@@ -306,8 +306,10 @@ def _build_engine(path: str, sha256: str, device: str, engine: str, options: Inf
     if fmt == "onnx":
         config, _ = read_onnx_model(local)
         return OnnxEngine(local, config, dev, options)
-    loaded = _tuned_model(path, sha256, "cpu", False, False)
-    return OnnxEngine(cached_onnx(local, sha256, loaded), loaded.config, dev, options)
+    # the .pt model is loaded only to convert it, and not kept: the session is all this worker needs
+    converted = cached_onnx(local, sha256)
+    config, _ = read_onnx_model(converted)
+    return OnnxEngine(converted, config, dev, options)
 
 
 def _compiled(network: Any) -> Any:

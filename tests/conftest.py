@@ -180,17 +180,3 @@ def labeled_scene(path_image: Path, path_label: Path, rng: np.random.Generator, 
     write_raster(path_label, labels, crs=crs)
     return truth
 
-
-@pytest.fixture(scope="session", autouse=True)
-def private_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """ONNX conversions of the tests' models go to a folder of this run, not the user's cache
-    (worker processes started by the tests inherit it)."""
-    import os
-
-    old = os.environ.get("XDG_CACHE_HOME")
-    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
-    yield
-    if old is None:
-        os.environ.pop("XDG_CACHE_HOME", None)
-    else:
-        os.environ["XDG_CACHE_HOME"] = old

@@ -10,7 +10,6 @@ file, counts that match) run before any session is built.
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -49,18 +48,11 @@ def is_onnx_file(path: str | os.PathLike[str]) -> bool:
 
 
 def cache_dir() -> Path:
-    """Per-user folder (mode 0700) for ONNX files converted from ``.pt`` models, by content hash."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    path = Path(base) / "geoseg" / "onnx"
-    try:
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(path, 0o700)
-    except OSError:  # no writable home (some containers): a private folder in the temp dir
-        path = Path(tempfile.gettempdir()) / f"geoseg-onnx-{os.getuid()}"
-        path.mkdir(exist_ok=True, mode=0o700)
-        if path.stat().st_uid != os.getuid() or path.stat().st_mode & 0o077:
-            raise ModelError(f"{path} belongs to another user or is open to others; remove it") from None
-    return path
+    """Where ONNX files converted from ``.pt`` models are kept, by content hash: the worker's
+    per-user model cache (mode 0700, :func:`geoseg.worker.model_cache_dir`)."""
+    from geoseg.worker import model_cache_dir
+
+    return model_cache_dir()
 
 
 def _proto(path: str | os.PathLike[str]) -> Any:
