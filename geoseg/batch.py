@@ -268,7 +268,7 @@ def _vector_problems(vector: dict[str, Any], scenes: list[str]) -> list[str]:
         except Exception:  # noqa: BLE001 - an unreadable scene fails alone when its turn comes
             continue
         try:
-            check_vector_options(name, crs)
+            check_vector_options(name, crs, dst_crs=vector.get("dst_crs"))
         except GeosegError as exc:
             problems.append(f"vector.format: {Path(scene).name}: {exc}")
     return problems
@@ -654,7 +654,8 @@ def _one_scene(job: Job, scene: str, model: Any, session: Any, slots: Any, bar: 
                 vector_opts["skip_classes"] = tuple(vector_opts.pop("skip_class"))
         try:
             plan = plan_predict(scene, outs["classes"], model, PredictOptions.from_keywords(None, **opts),
-                                outs.get("probabilities"), outs.get("vector"), overwrite=True)
+                                outs.get("probabilities"), outs.get("vector"), overwrite=True,
+                                vector_options=vector_opts)
             progress = bar.scene(plan.scene.pixels)
         finally:
             opened()
