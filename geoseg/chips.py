@@ -33,6 +33,7 @@ from rasterio.windows import transform as window_transform
 from geoseg.errors import ChipError, first_line
 from geoseg.io import (
     READ_ENV, ClassInfo, check_distinct_paths, no_georef_warning, open_scene, remove_quietly, select_bands,
+    temporary_sibling,
 )
 
 MANIFEST = "chips.json"
@@ -427,7 +428,7 @@ def _one_chip(task: ChipTask, img: Any, lbl: Any, w: ChipWindow, out_dir: Path) 
 
 
 def _write_atomic(path: Path, array: np.ndarray, profile: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.part")
+    tmp = temporary_sibling(path)
     with no_georef_warning():
         with rasterio.open(tmp, "w", **profile) as dst:
             dst.write(array)
@@ -619,6 +620,8 @@ def _make_chips_locked(
     existing = load_manifest(out) if (out / MANIFEST).exists() else None
     for stale in out.glob(f"{STAGING}*"):  # left by a killed run (we hold the lock)
         shutil.rmtree(stale, ignore_errors=True)
+    for name in (MANIFEST, INDEX):
+        remove_quietly(*out.glob(f".{name}.*.part*"))
     if existing is not None and size is None:
         size = int(existing["size"])
     scenes = []
@@ -820,7 +823,7 @@ def _update_manifest(
             d[int(v)] = d.get(int(v), 0) + int(cnt)
     stats["class_pixels"] = {s: {str(k): v for k, v in d.items()} for s, d in class_pixels.items()}
     _set_weights(manifest, class_pixels.get("train", {}), oversample_rare)
-    tmp = out / f".{MANIFEST}.part"
+    tmp = temporary_sibling(out / MANIFEST, ".json")
     tmp.write_text(json.dumps(manifest, indent=1))
     index = _write_index(out, manifest)
     os.replace(tmp, out / MANIFEST)
@@ -868,8 +871,8 @@ def _write_index(out: Path, manifest: dict[str, Any]) -> Path | None:
         splits.append(c["split"])
         hists.append(json.dumps(c["hist"]))
         fracs.append(float(c["labeled_fraction"]))
-    tmp = out / f".{INDEX}.part.gpkg"
-    remove_quietly(tmp)
+    tmp = temporary_sibling(out / INDEX, ".gpkg")
+    remove_quietly(tmp)  # an unguessable name, created exclusively; the GPKG driver wants no file there
     pyogrio.raw.write(
         str(tmp), np.array(shapely.to_wkb(geoms), dtype=object),
         [np.array(ids, dtype=object), np.array(splits, dtype=object), np.array(hists, dtype=object),

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 from xml.sax.saxutils import escape, quoteattr
 
-from geoseg.io import ClassInfo
+from geoseg.io import ClassInfo, temporary_sibling
 
 #: The attribute the style categorizes on (written by :mod:`geoseg.vectorize`).
 CLASS_FIELD = "class"
@@ -160,7 +160,7 @@ def qml_sidecar(output: Path) -> Path:
 def write_qml_sidecar(output: Path, classes: Sequence[ClassInfo]) -> Path:
     """Write the style beside ``output`` (atomically), for formats without a style table."""
     side = qml_sidecar(output)
-    tmp = side.with_name(f".{side.name}.part")
+    tmp = temporary_sibling(side, ".qml")
     tmp.write_text(qml(classes), encoding="utf-8")
     os.replace(tmp, side)
     return side

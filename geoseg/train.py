@@ -23,7 +23,7 @@ from geoseg.chips import load_manifest, manifest_classes
 from geoseg.datasets import IGNORE_INDEX, ChipDataset
 from geoseg.errors import ChipError, OutputError, TrainingError, first_line
 from geoseg.infer import resolve_device
-from geoseg.io import check_output_path, remove_quietly
+from geoseg.io import check_output_path, remove_quietly, temporary_sibling
 from geoseg.metrics import Scores, confusion_matrix
 from geoseg.models import create_model, get_architecture, output_stride
 from geoseg.models.checkpoint import ModelConfig, build_config, save_model
@@ -195,7 +195,7 @@ def train(
             print(f"encoder starts from {pretrained_from}", file=sys.stderr, flush=True)
     if not resume:
         # a new run: the previous run's resume state must never be continued by a later --resume
-        remove_quietly(state_path, state_path.with_name(state_path.name + ".part"))
+        remove_quietly(state_path, *state_path.parent.glob(f".{state_path.name}.*.part*"))
     stride = output_stride(network)
     if manifest["size"] % stride:
         good = -(-manifest["size"] // stride) * stride
@@ -315,7 +315,7 @@ def train(
                     if val_scores is not None else "no validation chips")
             print(f"epoch {epoch + 1}/{epochs}  loss {loss_avg:.4f}  {vtxt}  "
                   f"{rec.seconds:.1f}s{'  *best' if improved else ''}", file=sys.stderr, flush=True)
-        tmp = state_path.with_name(state_path.name + ".part")
+        tmp = temporary_sibling(state_path, ".pt")
         torch.save({
             "model": {k: v.detach().cpu() for k, v in network.state_dict().items()},
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),

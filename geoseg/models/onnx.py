@@ -179,7 +179,9 @@ def _save(proto: Any, path: Path, config: ModelConfig) -> Path:
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, config.to_json()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    from geoseg.io import temporary_sibling
+
+    tmp = temporary_sibling(path, ".onnx")
     try:
         onnx.save(proto, str(tmp), save_as_external_data=False)
         os.replace(tmp, path)
