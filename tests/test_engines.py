@@ -191,3 +191,15 @@ def test_tta_scales_and_crf_run_under_every_engine(model_factory: Callable[..., 
            for e in ("torch", "onnx")}
     np.testing.assert_allclose(out["onnx"].logits, out["torch"].logits, rtol=1e-4, atol=1e-4)
     assert (out["onnx"].classes == out["torch"].classes).mean() > 0.999
+
+
+def test_channel_argmax_equals_torch_argmax_ties_included() -> None:
+    """The per-class pass that replaces ``argmax(1)`` keeps its answer, first index on ties."""
+    import torch
+
+    from geoseg.engines.base import channel_argmax
+
+    g = torch.Generator().manual_seed(0)
+    for k in (1, 2, 8, 70):
+        s = torch.randint(-3, 3, (2, k, 17, 23), generator=g).float()  # small integers: many ties
+        assert torch.equal(channel_argmax(s), s.argmax(1)), k

@@ -65,7 +65,7 @@ class Engine(ABC):
         x = self.normalize(x, mask)
         s = scores(self.logits, x, self.options)
         del x
-        classes = torch.where(mask, self.lookup[s.argmax(1)], self.class_nodata)
+        classes = torch.where(mask, self.lookup[channel_argmax(s)], self.class_nodata)
         probs = None
         if probabilities:
             p = torch.softmax(s, dim=1).mul_(255.0).round_().to(torch.uint8)
@@ -102,3 +102,23 @@ class Engine(ABC):
         x = (x - self.mean) / self.std
         x.masked_fill_(~mask[:, None], 0.0)
         return torch.nan_to_num_(x, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+#: Up to this many classes :func:`channel_argmax` compares channel by channel.
+_LOOP_ARGMAX_MAX_CLASSES = 64
+
+
+def channel_argmax(s: torch.Tensor) -> torch.Tensor:
+    """Index of the largest score along dim 1 (the first one on ties, as ``argmax``), as one
+    elementwise pass per class: torch's ``argmax(1)`` reduces across a strided axis and took
+    2.6x the forward pass of a cheap network on the CPU (11x slower than this for 8 classes)."""
+    k = s.shape[1]
+    if k > _LOOP_ARGMAX_MAX_CLASSES:
+        return s.argmax(1)
+    best = s[:, 0].clone()
+    index = torch.zeros(best.shape, dtype=torch.int64, device=s.device)
+    for c in range(1, k):
+        sc = s[:, c]
+        index.masked_fill_(sc > best, c)
+        torch.maximum(best, sc, out=best)
+    return index
