@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from geoseg.batch import run_batch
 from geoseg.cluster import dask_session
