@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import click
 
-from typing import TYPE_CHECKING
-
 from geoseg.cli.options import json_object, report_errors
-
-if TYPE_CHECKING:
-    from geoseg.models.checkpoint import LoadedModel
 
 
 @click.command("models")
@@ -32,7 +27,7 @@ def models_command(arch: str | None, arch_args: str | None, in_channels: int) ->
     from geoseg.models.measured import DEFAULTS, IN_CHANNELS, measure
 
     if arch and os.path.isfile(arch):
-        click.echo(describe(load_model(arch)))
+        click.echo(load_model(arch).summary())
         return
     kwargs = json_object(arch_args, "--arch-args")
     archs = [get_architecture(arch)] if arch else list_models()
@@ -48,11 +43,5 @@ def models_command(arch: str | None, arch_args: str | None, in_channels: int) ->
         return
     click.echo("\nbuilt-in models:")
     for name in builtin_model_names():
-        click.echo(f"  {describe(load_model(name))}")
+        click.echo(f"  {load_model(name).summary()}")
 
-
-def describe(m: "LoadedModel") -> str:
-    """One line about a loaded model: format, architecture, bands, stride, receptive field, classes."""
-    classes = ", ".join(c.name for c in m.classes)
-    return (f"{m.name}: {m.format} model, {m.config.arch}, bands {','.join(m.in_bands)}, stride "
-            f"{m.output_stride}, RF radius {m.receptive_field}; classes {classes}")

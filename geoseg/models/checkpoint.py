@@ -129,6 +129,12 @@ class LoadedModel:
     def receptive_field(self) -> int:
         return self.config.receptive_field
 
+    def summary(self) -> str:
+        """One line about the model: format, architecture, bands, stride, receptive field, classes."""
+        classes = ", ".join(c.name for c in self.classes)
+        return (f"{self.name}: {self.format} model, {self.config.arch}, bands {','.join(self.in_bands)}, "
+                f"stride {self.output_stride}, RF radius {self.receptive_field}; classes {classes}")
+
     @property
     def normalization(self) -> dict[str, list[float]]:
         """Per-band ``(x - mean) / std``, applied to the raw scene values."""
