@@ -693,7 +693,20 @@ def _make_chips_locked(
         return _commit(out, stage, existing, run_ids, kept, dropped, band_names, str(dtype), size,
                        ignore, _class_spec(class_names), oversample_rare, [p[0] for p in pairs])
     finally:
+        _remove_stage(stage)
+
+
+def _remove_stage(stage: Path, tries: int = 50) -> None:
+    """Remove the staging folder, again while it is still there: after a failure, chip tasks
+    already running on workers are not stopped by cancelling them and may still be writing a
+    chip into it. They never create folders, so once it is gone nothing can reappear."""
+    import time
+
+    for _ in range(tries):
         shutil.rmtree(stage, ignore_errors=True)
+        if not stage.exists():
+            return
+        time.sleep(0.1)
 
 
 def _run_tasks(tasks: list[ChipTask], client: Any, scheduler: str | None,
