@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import tempfile
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,12 +55,32 @@ WRITE_THREADS = "ALL_CPUS"
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 
 
+_GEOREF_LOCK = threading.Lock()
+_GEOREF_USERS = 0
+_GEOREF_FILTER = ("ignore", None, NotGeoreferencedWarning, None, 0)
+
+
 @contextlib.contextmanager
 def no_georef_warning() -> Iterator[None]:
-    """Silence rasterio's warning for rasters without georeferencing: predict warns once itself."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+    """Silence rasterio's warning for rasters without georeferencing: predict warns once itself.
+
+    Thread-safe, unlike ``warnings.catch_warnings`` (which saves and restores the process's whole
+    filter list, so one thread leaving could lift the filter while another is still inside: batch
+    runs scenes and Dask runs tasks in threads). The filter stays while any thread is inside."""
+    global _GEOREF_USERS
+    with _GEOREF_LOCK:
+        if _GEOREF_USERS == 0:
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        _GEOREF_USERS += 1
+    try:
         yield
+    finally:
+        with _GEOREF_LOCK:
+            _GEOREF_USERS -= 1
+            if _GEOREF_USERS == 0:
+                with contextlib.suppress(ValueError):  # gone already if someone reset the filters
+                    warnings.filters.remove(_GEOREF_FILTER)  # type: ignore[attr-defined]
+                    warnings._filters_mutated()  # type: ignore[attr-defined]
 
 
 def is_virtual(path: str) -> bool:

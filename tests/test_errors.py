@@ -49,3 +49,36 @@ def test_the_library_never_imports_the_cli() -> None:
                 assert not node.module.startswith("geoseg.cli"), path
             if isinstance(node, ast.Import):
                 assert not any(a.name.startswith("geoseg.cli") for a in node.names), path
+
+
+def test_no_georef_warning_holds_while_other_threads_leave_it() -> None:
+    """Batch scenes and Dask tasks run in threads: one thread leaving the silencer must not lift
+    it for another still inside (``warnings.catch_warnings`` restores the whole filter list)."""
+    import threading
+    import time
+    import warnings
+
+    from rasterio.errors import NotGeoreferencedWarning
+
+    from geoseg.io import no_georef_warning
+
+    raised: list[Warning] = []
+
+    def work() -> None:
+        for _ in range(300):
+            with no_georef_warning():
+                time.sleep(0.0002)
+                try:
+                    warnings.warn("no geotransform", NotGeoreferencedWarning)
+                except NotGeoreferencedWarning as exc:
+                    raised.append(exc)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not raised
+        assert not any(f[2] is NotGeoreferencedWarning for f in warnings.filters)
