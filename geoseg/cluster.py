@@ -58,9 +58,20 @@ class DaskSession:
         """Worker threads of the cluster (at least 1)."""
         return sum(self.client.nthreads().values()) or 1
 
+    @property
+    def workers(self) -> int:
+        """Workers of the cluster (at least 1)."""
+        return len(self.client.nthreads()) or 1
+
+
+#: Threads of each local worker that runs inference: one task's batch runs on the engine (with
+#: all the worker's cores, see :attr:`geoseg.engines.base.Engine.lock`) while the other task
+#: reads and decodes its tiles.
+INFERENCE_THREADS = 2
+
 
 def connect(
-    scheduler: str | None, workers: int | None, threads_per_worker: int = 1, processes: bool = True,
+    scheduler: str | None, workers: int | None, threads_per_worker: int | None = None, processes: bool = True,
     verbose: bool = False,
 ) -> tuple[Any, Any]:
     """A ``(client, cluster)`` pair: a connection to ``scheduler``, or a new local cluster.
@@ -83,8 +94,8 @@ def connect(
             ) from exc
         return client, None
     n = workers or (max(1, cpu_count() // 2) if processes else 1)
-    if not processes:
-        threads_per_worker = max(threads_per_worker, cpu_count())
+    # default: one thread per worker process; an in-process worker gets a thread per core
+    threads_per_worker = threads_per_worker or (1 if processes else cpu_count())
     level = logging.WARNING if verbose else logging.CRITICAL
     with dask.config.set({"distributed.worker.daemon": False,
                           "logging.distributed": logging.getLevelName(level).lower()}):
@@ -102,7 +113,7 @@ def connect(
 @contextlib.contextmanager
 def dask_session(
     client: Any = None, scheduler: str | None = None, workers: int | None = None,
-    threads_per_worker: int = 1, processes: bool = True, verbose: bool = False,
+    threads_per_worker: int | None = None, processes: bool = True, verbose: bool = False,
 ) -> Iterator[DaskSession]:
     """``client`` when given (left open), else a connection to ``scheduler`` or a new local
     cluster of ``workers`` processes (threads with ``processes=False``), closed on exit;
@@ -117,6 +128,21 @@ def dask_session(
         own.close()
         if cluster is not None:
             cluster.close()
+
+
+def inference_session(
+    client: Any = None, scheduler: str | None = None, workers: int | None = None, verbose: bool = False,
+) -> contextlib.AbstractContextManager[DaskSession]:
+    """The session predict and batch run on: ``client`` or ``scheduler`` when given; with
+    ``workers``, that many local worker processes; else one worker in this process.
+
+    In this process the engine, ONNX Runtime or PyTorch, and GDAL release the GIL, so threads
+    lose nothing to processes, while starting none saves a second import of torch, the model's
+    load and every result's trip through a socket: 3 s of a 10 s run of a cheap network at
+    8192² (docs/benchmarks.md). Each worker has :data:`INFERENCE_THREADS` threads.
+    """
+    return dask_session(client, scheduler, workers, INFERENCE_THREADS, processes=workers is not None,
+                        verbose=verbose)
 
 
 # --- bounded submission ----------------------------------------------------------------------

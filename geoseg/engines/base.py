@@ -4,6 +4,7 @@ uint8 probabilities; only uint8 (and float logits when asked for) comes back to 
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -49,6 +50,9 @@ class Engine(ABC):
         self.lookup = torch.tensor(values, dtype=torch.int64, device=device).to(dtype)
         self.class_nodata = torch.tensor(nodata, dtype=dtype, device=device)
         self._pinned: dict[tuple[tuple[int, ...], np.dtype], torch.Tensor] = {}
+        #: Held by a worker around :meth:`run`: one batch at a time uses the device (all of the
+        #: worker's cores, or the GPU) while the worker's other tasks read their tiles.
+        self.lock = threading.Lock()
 
     @abstractmethod
     def logits(self, x: torch.Tensor) -> torch.Tensor:
