@@ -207,8 +207,8 @@ def test_channel_argmax_equals_torch_argmax_ties_included() -> None:
 
 @pytest.mark.parametrize("dtype", ["uint8", "int16", "float32"])
 def test_fused_graph_equals_the_torch_steps(dtype: str, model_factory: Callable[..., Path]) -> None:
-    """ONNX Runtime's one graph (raw pixels -> class values, uint8 probabilities) gives what the
-    network's own graph between geoseg's torch steps gives: nodata, NaN and inf included."""
+    """The network extended to class values and uint8 probabilities in ONNX Runtime gives what
+    the network's own graph followed by geoseg's torch steps gives: nodata, NaN and inf included."""
     from geoseg.engines.ort import OnnxEngine
 
     path = model_factory(in_channels=3, dtype=dtype)
@@ -220,15 +220,16 @@ def test_fused_graph_equals_the_torch_steps(dtype: str, model_factory: Callable[
         raw[1, 2, 5, :] = np.inf
     eng = worker_engine(str(path), file_sha256(path), "cpu", "onnx", InferenceOptions())
     assert isinstance(eng, OnnxEngine)
-    fused = eng.run(raw, valid, probabilities=True)
-    steps = super(OnnxEngine, eng).run(raw, valid, probabilities=True)  # Engine.run: torch steps
-    assert eng.fused_session(raw.dtype, True) is not None
-    assert fused.classes.dtype == steps.classes.dtype == np.uint8
-    assert (fused.classes == steps.classes).mean() > 0.999
-    assert (fused.classes[~valid] == 255).all() and len(np.unique(fused.classes[valid])) > 1
-    assert fused.probabilities is not None and steps.probabilities is not None
-    assert np.abs(fused.probabilities.astype(int) - steps.probabilities).max() <= 1
-    assert (fused.probabilities.transpose(0, 2, 3, 1)[~valid] == 0).all()
+    for mask in (valid, np.ones_like(valid)):  # the graph with the nodata mask, and the one without
+        fused = eng.run(raw, mask, probabilities=True)
+        steps = super(OnnxEngine, eng).run(raw, mask, probabilities=True)  # Engine.run: torch steps
+        assert eng.fused_session(True, not mask.all()) is not None
+        assert fused.classes.dtype == steps.classes.dtype == np.uint8
+        assert (fused.classes == steps.classes).mean() > 0.999
+        assert (fused.classes[~mask] == 255).all() and len(np.unique(fused.classes[mask])) > 1
+        assert fused.probabilities is not None and steps.probabilities is not None
+        assert np.abs(fused.probabilities.astype(int) - steps.probabilities).max() <= 1
+        assert (fused.probabilities.transpose(0, 2, 3, 1)[~mask] == 0).all()
 
 
 def test_models_older_than_opset_13_run_unfused(model_factory: Callable[..., Path]) -> None:
@@ -246,6 +247,6 @@ def test_models_older_than_opset_13_run_unfused(model_factory: Callable[..., Pat
     raw = random_scene(np.random.default_rng(2), 3, 32, 32, "uint8")[None]
     valid = np.ones((1, 32, 32), bool)
     out = eng.run(raw, valid)
-    assert eng.fused_session(raw.dtype, False) is None
+    assert eng.fused_session(False, False) is None
     fresh = worker_engine(str(path), file_sha256(path), "cpu", "onnx", InferenceOptions()).run(raw, valid)
     assert (out.classes == fresh.classes).mean() > 0.999

@@ -135,7 +135,7 @@ def execute(
     t0 = time.perf_counter() if started is None else started
     grid = plan.grid
     run = run_tasks(session, plan, max_in_flight)
-    link = dashboard_link(session.client)
+    link = dashboard_link(session)
     progress.message(
         f"geoseg: {plan.scene.width}x{plan.scene.height} px, {len(grid)} tiles of "
         f"{grid.tile_height}x{grid.tile_width} (margin {plan.margin}) in {len(run.tasks)} tasks "
