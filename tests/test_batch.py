@@ -67,6 +67,8 @@ def test_batch_writes_everything_then_skips_everything(tmp_path: Path, job: Path
 
 
 def test_sigkill_then_rerun_gives_identical_outputs(tmp_path: Path, job: Path, dask_client: Any) -> None:
+    # one scene at a time, so the job is still running when the first scene's record appears
+    job.write_text(job.read_text() + "concurrency: 1\n")
     reference = tmp_path / "reference"
     ref_job = tmp_path / "ref.yaml"
     ref_job.write_text(job.read_text().replace("folder: out", f"folder: {reference}"))
