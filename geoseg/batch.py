@@ -521,9 +521,9 @@ def run_batch(
     bar = JobProgress(len(job.scenes), quiet=not progress)
     say: Callable[[str], Any] = (lambda s: None) if not verbose else (bar.message if progress else echo)
     with job_lock(job.folder, job.path):
-        from geoseg.cluster import dask_session
+        from geoseg.cluster import inference_session
 
-        with dask_session(client, job.scheduler, job.workers, verbose=verbose) as session:
+        with inference_session(client, job.scheduler, job.workers, verbose) as session:
             outcomes = _run_scenes(job, model, force, session, bar, say)
     bar.close()
     report = BatchReport(str(job.path), outcomes, time.perf_counter() - t0)

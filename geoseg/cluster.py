@@ -52,16 +52,29 @@ class DaskSession:
 
     client: Any
     cluster: Any = None
+    #: False for a local cluster started without the dashboard
+    dashboard: bool = True
 
     @property
     def threads(self) -> int:
         """Worker threads of the cluster (at least 1)."""
         return sum(self.client.nthreads().values()) or 1
 
+    @property
+    def workers(self) -> int:
+        """Workers of the cluster (at least 1)."""
+        return len(self.client.nthreads()) or 1
+
+
+#: Threads of each local worker that runs inference: one task's batch runs on the engine (with
+#: all the worker's cores, see :attr:`geoseg.engines.base.Engine.lock`) while the other task
+#: reads and decodes its tiles.
+INFERENCE_THREADS = 2
+
 
 def connect(
-    scheduler: str | None, workers: int | None, threads_per_worker: int = 1, processes: bool = True,
-    verbose: bool = False,
+    scheduler: str | None, workers: int | None, threads_per_worker: int | None = None, processes: bool = True,
+    verbose: bool = False, dashboard: bool = True,
 ) -> tuple[Any, Any]:
     """A ``(client, cluster)`` pair: a connection to ``scheduler``, or a new local cluster.
 
@@ -83,8 +96,8 @@ def connect(
             ) from exc
         return client, None
     n = workers or (max(1, cpu_count() // 2) if processes else 1)
-    if not processes:
-        threads_per_worker = max(threads_per_worker, cpu_count())
+    # default: one thread per worker process; an in-process worker gets a thread per core
+    threads_per_worker = threads_per_worker or (1 if processes else cpu_count())
     level = logging.WARNING if verbose else logging.CRITICAL
     with dask.config.set({"distributed.worker.daemon": False,
                           "logging.distributed": logging.getLevelName(level).lower()}):
@@ -93,6 +106,8 @@ def connect(
             threads_per_worker=threads_per_worker,
             processes=processes,
             dashboard_address=":0",
+            # without a dashboard: Dask's HTTP server stays (on a free port), bokeh is not imported
+            scheduler_kwargs=None if dashboard else {"dashboard": False},
             silence_logs=level,
         )
     client = Client(cluster, set_as_default=False)
@@ -102,21 +117,41 @@ def connect(
 @contextlib.contextmanager
 def dask_session(
     client: Any = None, scheduler: str | None = None, workers: int | None = None,
-    threads_per_worker: int = 1, processes: bool = True, verbose: bool = False,
+    threads_per_worker: int | None = None, processes: bool = True, verbose: bool = False,
+    dashboard: bool = True,
 ) -> Iterator[DaskSession]:
     """``client`` when given (left open), else a connection to ``scheduler`` or a new local
-    cluster of ``workers`` processes (threads with ``processes=False``), closed on exit;
-    ``verbose`` lets the local workers' logs through (see :func:`connect`)."""
+    cluster of ``workers`` processes (threads with ``processes=False``; with a dashboard unless
+    ``dashboard`` is false), closed on exit; ``verbose`` lets the local workers' logs through
+    (see :func:`connect`)."""
     if client is not None:
         yield DaskSession(client)
         return
-    own, cluster = connect(scheduler, workers, threads_per_worker, processes, verbose)
+    own, cluster = connect(scheduler, workers, threads_per_worker, processes, verbose, dashboard)
     try:
-        yield DaskSession(own, cluster)
+        yield DaskSession(own, cluster, dashboard=dashboard or cluster is None)
     finally:
         own.close()
         if cluster is not None:
             cluster.close()
+
+
+def inference_session(
+    client: Any = None, scheduler: str | None = None, workers: int | None = None, verbose: bool = False,
+) -> contextlib.AbstractContextManager[DaskSession]:
+    """The session predict and batch run on: ``client`` or ``scheduler`` when given; with
+    ``workers``, that many local worker processes; else one worker in this process.
+
+    In this process the engine, ONNX Runtime or PyTorch, and GDAL release the GIL, so threads
+    lose nothing to processes, while starting none saves a second import of torch, the model's
+    load and every result's trip through a socket: 3 s of a 10 s run of a cheap network at
+    8192² (docs/benchmarks.md). It has no dashboard either (bokeh's import and its updates took
+    CPU from the run); local worker processes and clusters have one. Each worker has
+    :data:`INFERENCE_THREADS` threads.
+    """
+    local = workers is not None
+    return dask_session(client, scheduler, workers, INFERENCE_THREADS, processes=local, verbose=verbose,
+                        dashboard=local)
 
 
 # --- bounded submission ----------------------------------------------------------------------
@@ -286,13 +321,16 @@ def stream(
                 cancel_pending()
 
 
-def dashboard_link(client: Any) -> str | None:
-    """The Dask dashboard address, or how to get one (it needs bokeh)."""
-    try:
-        import bokeh  # noqa: F401
-    except ImportError:
+def dashboard_link(session: DaskSession) -> str | None:
+    """The Dask dashboard address, how to get one (it needs bokeh), or None when the session's
+    cluster runs without one (geoseg's in-process default)."""
+    import importlib.util
+
+    if not session.dashboard:
+        return None
+    if importlib.util.find_spec("bokeh") is None:
         return "not available (bokeh is missing: pip install 'bokeh>=3.1')"
-    return getattr(client, "dashboard_link", None)
+    return getattr(session.client, "dashboard_link", None)
 
 
 # --- the model file on every worker ----------------------------------------------------------

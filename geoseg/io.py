@@ -239,11 +239,18 @@ def read_mirrored(
         )
     if np.issubdtype(block.dtype, np.floating):
         mask &= ~np.isnan(block).any(axis=0)
+    if _in_order(rows) and _in_order(cols):  # inside the scene: the block is the window
+        return block, mask
     ri = rows - r0
     ci = cols - c0
     data = block[:, ri[:, None], ci[None, :]]
     valid = mask[ri[:, None], ci[None, :]]
     return data, valid
+
+
+def _in_order(indices: np.ndarray) -> bool:
+    """Whether ``indices`` are consecutive and ascending (nothing mirrored)."""
+    return bool(np.all(np.diff(indices) == 1))
 
 
 def file_token(path: str) -> tuple[int, int] | None | list[Any]:

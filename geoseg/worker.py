@@ -17,6 +17,7 @@ import os
 import stat
 import tempfile
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -124,8 +125,9 @@ def _run_tile_task(task: TileTask) -> list[TileResult]:
                 size = batch_limit(task.model_sha256, str(device), task.batch_size)
                 part = chunk[start : start + size]
                 try:
-                    out = engine.run(data[start : start + size], valid[start : start + size],
-                                     task.probabilities, task.keep_logits)
+                    with engine.lock:  # one batch at a time on the device; other tasks read meanwhile
+                        out = engine.run(data[start : start + size], valid[start : start + size],
+                                         task.probabilities, task.keep_logits)
                 except torch.cuda.OutOfMemoryError:
                     if size == 1:
                         raise
@@ -139,45 +141,88 @@ def _run_tile_task(task: TileTask) -> list[TileResult]:
 
 
 class TileReader:
-    """Reads batches of tiles (mirrored at scene edges) in a background thread that owns the
-    open dataset, so the next batch's pixels are read and decoded while the engine runs."""
+    """Reads batches of tiles (mirrored at scene edges) for one task in this process's reader
+    thread, so the next batch's pixels are read and decoded while the engine runs.
+
+    The reader thread is shared by every task of the process (one per worker) and keeps the last
+    few scenes open (:data:`OPEN_SCENES`): a task's reads queue behind those of the task running
+    before it, so with two threads per worker one task reads while the other computes, and
+    GDAL's block cache still holds the blocks a neighbouring row of tiles also covers (a new
+    dataset per task decoded every block twice). A scene is reopened when its file changed.
+    """
 
     def __init__(self, scene: str, bands: Sequence[int]) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
         self.scene, self.bands = scene, list(bands)
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="geoseg-read")
-        self._src: Any = None
 
     def __enter__(self) -> "TileReader":
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._pool.submit(self._close).result()
-        self._pool.shutdown()
+        pass
 
     def prefetch(self, tiles: Sequence[Tile]) -> Any:
         """A future of ``(data, valid)``: N x C x H x W raw pixels and N x H x W validity."""
-        return self._pool.submit(self._read, tuple(tiles))
+        return _reader_pool().submit(self._read, tuple(tiles))
 
     def _read(self, tiles: tuple[Tile, ...]) -> tuple[np.ndarray, np.ndarray]:
         first, last = tiles[0], tiles[-1]
         width = last.input_col + last.input_width - first.input_col
         with rasterio.Env(**READ_ENV):
-            if self._src is None:
-                with no_georef_warning():
-                    self._src = rasterio.open(self.scene)
-            data, valid = read_mirrored(
-                self._src, self.bands, first.input_row, first.input_col, first.input_height, width
-            )
+            src = _open_scene(self.scene)
+            data, valid = read_mirrored(src, self.bands, first.input_row, first.input_col, first.input_height, width)
         offsets = [t.input_col - first.input_col for t in tiles]
         return (np.stack([data[:, :, o : o + t.input_width] for o, t in zip(offsets, tiles)]),
                 np.stack([valid[:, o : o + t.input_width] for o, t in zip(offsets, tiles)]))
 
-    def _close(self) -> None:
-        if self._src is not None:
-            self._src.close()
-            self._src = None
+
+#: Scenes the reader thread keeps open (least recently used closed first).
+OPEN_SCENES = 4
+_OPEN: "OrderedDict[tuple[str, Any], Any]" = OrderedDict()
+_POOL: Any = None
+_POOL_PID = -1
+_POOL_LOCK = threading.Lock()
+
+
+def _reader_pool() -> Any:
+    """This process's reader thread (created on first use; in a forked child, anew)."""
+    global _POOL, _POOL_PID
+    with _POOL_LOCK:
+        if _POOL is None or _POOL_PID != os.getpid():
+            from concurrent.futures import ThreadPoolExecutor
+
+            _POOL, _POOL_PID = ThreadPoolExecutor(1, thread_name_prefix="geoseg-read"), os.getpid()
+            _OPEN.clear()
+        return _POOL
+
+
+def _open_scene(scene: str) -> Any:
+    """The open dataset of ``scene`` as its file is now; runs in the reader thread only."""
+    from geoseg.io import file_token
+
+    key = (scene, repr(file_token(scene)))
+    src = _OPEN.get(key)
+    if src is not None:
+        _OPEN.move_to_end(key)
+        return src
+    for old in [k for k in _OPEN if k[0] == scene]:  # the file changed: its old handle is stale
+        _OPEN.pop(old).close()
+    with no_georef_warning():
+        src = rasterio.open(scene)
+    _OPEN[key] = src
+    while len(_OPEN) > OPEN_SCENES:
+        _OPEN.popitem(last=False)[1].close()
+    return src
+
+
+def close_scenes() -> None:
+    """Close the scenes the reader thread keeps open (a worker between jobs, tests)."""
+    if _POOL is not None and _POOL_PID == os.getpid():
+        _POOL.submit(_close_all).result()
+
+
+def _close_all() -> None:
+    while _OPEN:
+        _OPEN.popitem()[1].close()
 
 
 # --- the model cache: one loaded model per content hash, device and tuning, per process -----
@@ -303,13 +348,10 @@ def _build_engine(path: str, sha256: str, device: str, engine: str, options: Inf
         return TorchEngine(model.network, model.config, dev, options)
     from geoseg.engines.ort import OnnxEngine
 
-    if fmt == "onnx":
-        config, _ = read_onnx_model(local)
-        return OnnxEngine(local, config, dev, options)
-    # the .pt model is loaded only to convert it, and not kept: the session is all this worker needs
-    converted = cached_onnx(local, sha256)
-    config, _ = read_onnx_model(converted)
-    return OnnxEngine(converted, config, dev, options)
+    # a .pt model is loaded only to convert it, and not kept: the session is all this worker needs
+    onnx_file = local if fmt == "onnx" else cached_onnx(local, sha256)
+    config, proto = read_onnx_model(onnx_file)
+    return OnnxEngine(onnx_file, config, dev, options, proto=proto)
 
 
 def _compiled(network: Any) -> Any:

@@ -173,16 +173,17 @@ def test_killed_run_leaves_nothing_at_the_output_path(tmp_path: Path, model_fact
     import sys
     import time
 
-    scene = write_raster(tmp_path / "big.tif", random_scene(np.random.default_rng(3), 3, 1024, 1024, "uint8"))
+    # big enough that the default (in-process) run is still writing when the signal comes
+    scene = write_raster(tmp_path / "big.tif", random_scene(np.random.default_rng(3), 3, 3072, 3072, "uint8"))
     out = tmp_path / "o.tif"
     cmd = [sys.executable, "-m", "geoseg.cli.main", "predict", str(scene), "-o", str(out), "--model",
-           str(model_factory(in_channels=3)), "--tile", "128", "--workers", "1", "--quiet"]
+           str(model_factory(in_channels=3)), "--tile", "128", "--quiet"]
     proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     while not list(tmp_path.glob(".o.tif.*")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
+    time.sleep(0.3)
     assert proc.poll() is None, "finished before it could be interrupted"
-    time.sleep(0.5)
     proc.send_signal(getattr(signal, sig))
     proc.wait(timeout=60)
     assert proc.returncode != 0

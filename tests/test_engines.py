@@ -203,3 +203,50 @@ def test_channel_argmax_equals_torch_argmax_ties_included() -> None:
     for k in (1, 2, 8, 70):
         s = torch.randint(-3, 3, (2, k, 17, 23), generator=g).float()  # small integers: many ties
         assert torch.equal(channel_argmax(s), s.argmax(1)), k
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int16", "float32"])
+def test_fused_graph_equals_the_torch_steps(dtype: str, model_factory: Callable[..., Path]) -> None:
+    """The network extended to class values and uint8 probabilities in ONNX Runtime gives what
+    the network's own graph followed by geoseg's torch steps gives: nodata, NaN and inf included."""
+    from geoseg.engines.ort import OnnxEngine
+
+    path = model_factory(in_channels=3, dtype=dtype)
+    rng = np.random.default_rng(11)
+    raw = np.stack([random_scene(rng, 3, 48, 40, dtype) for _ in range(3)])
+    valid = rng.random((3, 48, 40)) > 0.15
+    if dtype == "float32":
+        raw[0, 1, :4, :4] = np.nan
+        raw[1, 2, 5, :] = np.inf
+    eng = worker_engine(str(path), file_sha256(path), "cpu", "onnx", InferenceOptions())
+    assert isinstance(eng, OnnxEngine)
+    for mask in (valid, np.ones_like(valid)):  # the graph with the nodata mask, and the one without
+        fused = eng.run(raw, mask, probabilities=True)
+        steps = super(OnnxEngine, eng).run(raw, mask, probabilities=True)  # Engine.run: torch steps
+        assert eng.fused_session(True, not mask.all()) is not None
+        assert fused.classes.dtype == steps.classes.dtype == np.uint8
+        assert (fused.classes == steps.classes).mean() > 0.999
+        assert (fused.classes[~mask] == 255).all() and len(np.unique(fused.classes[mask])) > 1
+        assert fused.probabilities is not None and steps.probabilities is not None
+        assert np.abs(fused.probabilities.astype(int) - steps.probabilities).max() <= 1
+        assert (fused.probabilities.transpose(0, 2, 3, 1)[~mask] == 0).all()
+
+
+def test_models_older_than_opset_13_run_unfused(model_factory: Callable[..., Path]) -> None:
+    from geoseg.engines.graph import MIN_OPSET
+    from geoseg.engines.ort import OnnxEngine
+    from geoseg.models.onnx import cached_onnx, read_onnx_model
+
+    path = model_factory(in_channels=3)
+    config, proto = read_onnx_model(cached_onnx(str(path), file_sha256(path)))
+    for entry in proto.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            entry.version = MIN_OPSET - 1
+    eng = OnnxEngine(cached_onnx(str(path), file_sha256(path)), config, torch.device("cpu"), InferenceOptions(),
+                     proto=proto)
+    raw = random_scene(np.random.default_rng(2), 3, 32, 32, "uint8")[None]
+    valid = np.ones((1, 32, 32), bool)
+    out = eng.run(raw, valid)
+    assert eng.fused_session(False, False) is None
+    fresh = worker_engine(str(path), file_sha256(path), "cpu", "onnx", InferenceOptions()).run(raw, valid)
+    assert (out.classes == fresh.classes).mean() > 0.999

@@ -93,16 +93,21 @@ def test_cuda_out_of_memory_halves_the_batch_once_and_gives_the_same_result(
     tasks = plan_tasks(grid, str(scene), [1, 2, 3], str(model), file_sha256(model), "cpu", 8, False, 16)
     expected = [r.classes for t in tasks for r in run_tile_task(t)]
 
-    real_run = Engine.run
+    from geoseg.engines.ort import OnnxEngine
+
     seen: list[int] = []
 
-    def small_memory(self: Engine, batch: np.ndarray, *args: Any) -> Any:
-        seen.append(len(batch))
-        if len(batch) > 2:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real_run(self, batch, *args)
+    def small_memory(real_run: Any) -> Any:
+        def run(self: Engine, batch: np.ndarray, *args: Any) -> Any:
+            seen.append(len(batch))
+            if len(batch) > 2:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+            return real_run(self, batch, *args)
+        return run
 
-    monkeypatch.setattr(Engine, "run", small_memory)
+    # the engine the worker picks (ONNX Runtime on the CPU) and the torch one: both fail alike
+    monkeypatch.setattr(OnnxEngine, "run", small_memory(OnnxEngine.run))
+    monkeypatch.setattr(Engine, "run", small_memory(Engine.run))
     monkeypatch.setattr(geoseg.worker, "_BATCH_LIMITS", {})
     with caplog.at_level(logging.WARNING, logger="geoseg"):
         got = [r.classes for t in tasks for r in run_tile_task(t)]

@@ -154,3 +154,28 @@ def test_existing_output_is_kept_without_overwrite(
     assert out.read_bytes() == b"precious"
     run(scene, out, model_factory(in_channels=3), dask_client, overwrite=True)
     assert read(out).shape == (1, 40, 40)
+
+
+def test_a_worker_reads_a_rewritten_scene_afresh(tmp_path: Path, model_factory: Callable[..., Path]) -> None:
+    """Workers keep scenes open between tasks (for GDAL's block cache); a file rewritten in
+    place is read as it is now, never from the old handle."""
+    from geoseg.models.checkpoint import file_sha256
+    from geoseg.predict.plan import plan_tasks
+    from geoseg.tiling import TileGrid
+    from geoseg.worker import run_tile_task
+
+    model = model_factory(in_channels=3)
+    scene = tmp_path / "s.tif"
+    grid = TileGrid.create(64, 64, 64, 8, 4)
+
+    def classes() -> list[np.ndarray]:
+        tasks = plan_tasks(grid, str(scene), [1, 2, 3], str(model), file_sha256(model), "cpu", 4, False, 4)
+        return [r.classes for t in tasks for r in run_tile_task(t)]
+
+    write_raster(scene, random_scene(np.random.default_rng(1), 3, 64, 64, "uint8"))
+    first = classes()
+    write_raster(scene, random_scene(np.random.default_rng(2), 3, 64, 64, "uint8"))
+    second = classes()
+    assert not all((a == b).all() for a, b in zip(first, second))
+    write_raster(scene, random_scene(np.random.default_rng(1), 3, 64, 64, "uint8"))
+    assert all((a == b).all() for a, b in zip(first, classes()))

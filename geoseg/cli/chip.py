@@ -26,7 +26,7 @@ from geoseg.cli.options import report_errors, scheduler_option, workers_option
 @click.option("--split-block", type=click.IntRange(min=8), default=None, help="Split block size in pixels (default: the largest of 4, 3 or 2 x --size that gives 6 blocks).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split.")
 @click.option("--oversample-rare", type=click.FloatRange(min=0), default=0.0, show_default=True, help="Extra sampling weight of chips holding rare classes.")
-@workers_option
+@workers_option("Local Dask workers, threads of this process (default: one, a thread per core).")
 @scheduler_option
 @report_errors
 def chip_command(pairs: tuple[str, ...], out_dir: str, size: int | None, stride: int | None, bands: str | None,

@@ -66,10 +66,9 @@ device_option = click.option(
     "--device", type=click.Choice(choices(Device)), default="auto", show_default=True,
     help="Where the network runs; auto uses CUDA when present.",
 )
-workers_option = click.option(
-    "--workers", type=click.IntRange(min=1), default=None,
-    help="Local Dask worker processes (default: half the cores, at least one).",
-)
+def workers_option(help: str) -> Callable[[F], F]:
+    """``--workers N`` for a local Dask cluster; ``help`` says what N starts and the default."""
+    return click.option("--workers", type=click.IntRange(min=1), default=None, help=help)
 scheduler_option = click.option(
     "--scheduler", metavar="ADDRESS", default=None,
     help="Address of an existing Dask scheduler (tcp://host:8786); default: a local cluster.",

@@ -17,7 +17,7 @@ from geoseg.cli.options import (
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Class raster (COG) to write.")
 @click.option("--model", "model", default=None, metavar="NAME_OR_PATH", help="Model file or built-in name (default: the built-in model).")
 @predict_options
-@workers_option
+@workers_option("Local Dask worker processes, 2 threads each (default: one worker in this process; see README).")
 @scheduler_option
 @click.option("--probabilities", type=click.Path(dir_okay=False), default=None, help="Also write per-class probabilities (uint8 0-255) to this COG.")
 @click.option("--vector", type=click.Path(dir_okay=False), default=None, help="Also write polygons of the classes (.gpkg .fgb .shp .geojson .parquet); the options below shape them.")

@@ -19,7 +19,7 @@ from geoseg.cli.options import (
 @vector_options
 @click.option("--probabilities", default=None, type=click.Path(dir_okay=False),
               help="Probabilities raster from 'geoseg predict', for a mean_probability attribute.")
-@workers_option
+@workers_option("Local Dask worker processes (default: one per core).")
 @scheduler_option
 @overwrite_option
 @quiet_option

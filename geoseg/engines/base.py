@@ -4,6 +4,7 @@ uint8 probabilities; only uint8 (and float logits when asked for) comes back to 
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -49,6 +50,9 @@ class Engine(ABC):
         self.lookup = torch.tensor(values, dtype=torch.int64, device=device).to(dtype)
         self.class_nodata = torch.tensor(nodata, dtype=dtype, device=device)
         self._pinned: dict[tuple[tuple[int, ...], np.dtype], torch.Tensor] = {}
+        #: Held by a worker around :meth:`run`: one batch at a time uses the device (all of the
+        #: worker's cores, or the GPU) while the worker's other tasks read their tiles.
+        self.lock = threading.Lock()
 
     @abstractmethod
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -97,11 +101,15 @@ class Engine(ABC):
     def normalize(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``(x - mean) / std`` per band as float32; pixels without data (and non-finite values)
         become 0, the band mean: a neutral input without edges, so whatever lies under nodata
-        cannot paint its class into valid neighbours (same as :func:`geoseg.infer.normalize`)."""
-        x = x.to(torch.float32)
-        x = (x - self.mean) / self.std
-        x.masked_fill_(~mask[:, None], 0.0)
-        return torch.nan_to_num_(x, nan=0.0, posinf=0.0, neginf=0.0)
+        cannot paint its class into valid neighbours (same as :func:`geoseg.infer.normalize`).
+        Two passes over the pixels for integer scenes without nodata, the common case."""
+        floating = x.is_floating_point()
+        if x.dtype not in (torch.float32, torch.uint8, torch.int8, torch.int16, torch.uint16, torch.int32):
+            x = x.to(torch.float32)  # float64 and int64 would make the subtraction float64
+        x = torch.sub(x, self.mean).div_(self.std)  # cast and subtract in one pass, in a new tensor
+        if not bool(mask.all()):
+            x.masked_fill_(~mask[:, None], 0.0)
+        return torch.nan_to_num_(x, nan=0.0, posinf=0.0, neginf=0.0) if floating else x
 
 
 #: Up to this many classes :func:`channel_argmax` compares channel by channel.

@@ -13,8 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from geoseg.engines.base import Engine
+from geoseg.engines.base import Engine, EngineOutput
+from geoseg.engines.graph import CLASSES, PROBABILITIES, VALID, fused_graph, graph_input_name
 from geoseg.infer import InferenceOptions
+from geoseg.io import class_raster_dtype
 from geoseg.models.checkpoint import ModelConfig
 
 
@@ -33,6 +35,9 @@ def make_session(model: str | Path | bytes, device: torch.device, threads: int |
     # the last, smaller one), 340 MB more peak memory for the built-in model at 512², no faster
     so.enable_mem_pattern = False
     so.log_severity_level = 3
+    # idle intra-op threads sleep instead of spinning: the reader thread and the writer need
+    # those cores between batches (spinning made a cheap network's predict 8 % slower)
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers: list[str | tuple[str, dict[str, int]]] = ["CPUExecutionProvider"]
     if device.type == "cuda":
         if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -46,31 +51,98 @@ def make_session(model: str | Path | bytes, device: torch.device, threads: int |
 
 
 class OnnxEngine(Engine):
-    """A network in an ONNX file under ONNX Runtime."""
+    """A network in an ONNX file under ONNX Runtime.
+
+    For plain inference (no TTA, scales or CRF; no float logits asked for) and opset 13 or
+    later, the session runs the network extended by :func:`geoseg.engines.graph.fused_graph`:
+    normalized tiles in (from :meth:`Engine.normalize`, on the same device), class values and
+    uint8 probabilities out. Otherwise the network's own graph runs between the torch steps of
+    :class:`Engine`.
+    """
 
     name = "onnx"
 
     def __init__(
         self, model: str | Path | bytes, config: ModelConfig, device: torch.device,
-        options: InferenceOptions, threads: int | None = None,
+        options: InferenceOptions, threads: int | None = None, proto: Any = None,
     ) -> None:
         super().__init__(config, device, options)
-        self.session = make_session(model, device, threads)
-        self.input_name = self.session.get_inputs()[0].name
-        self.output_name = self.session.get_outputs()[0].name
+        self.model, self.threads = model, threads
+        self._proto = proto
+        self._session: Any = None
+        self._fused: dict[tuple[bool, bool], Any] = {}
         self.classes = len(config.classes)
+
+    @property
+    def session(self) -> Any:
+        """The session of the network's own graph (logits out), created on first use."""
+        if self._session is None:
+            self._session = make_session(self.model, self.device, self.threads)
+            self.input_name = self._session.get_inputs()[0].name
+            self.output_name = self._session.get_outputs()[0].name
+        return self._session
+
+    def proto(self) -> Any:
+        """The network's ONNX graph (loaded from the model once, if not given)."""
+        if self._proto is None:
+            import onnx
+
+            self._proto = (onnx.load_from_string(self.model) if isinstance(self.model, bytes)
+                           else onnx.load(str(self.model)))
+        return self._proto
+
+    def fused_session(self, probabilities: bool, masked: bool) -> Any | None:
+        """The session of the fused graph (None: this model's opset is too old for it)."""
+        key = (probabilities, masked)
+        if key not in self._fused:
+            values = [c.value for c in self.config.classes]
+            dtype, nodata = class_raster_dtype(values)
+            graph = fused_graph(self.proto(), values, np.dtype(dtype), nodata, probabilities, masked)
+            self._fused[key] = (
+                None if graph is None else make_session(graph.SerializeToString(), self.device, self.threads))
+        return self._fused[key]
+
+    @torch.inference_mode()
+    def run(
+        self, raw: np.ndarray, valid: np.ndarray, probabilities: bool = False, keep_logits: bool = False,
+    ) -> EngineOutput:
+        masked = not bool(valid.all())  # most batches hold no nodata: a graph without the mask
+        session = self.fused_session(probabilities, masked) if not keep_logits and self.options.plain else None
+        if session is None:
+            return super().run(raw, valid, probabilities, keep_logits)
+        mask = self.upload(valid)
+        x = self.normalize(self.upload(raw), mask).contiguous()
+        mask = mask[:, None].contiguous()
+        names = [CLASSES, PROBABILITIES] if probabilities else [CLASSES]
+        image = graph_input_name(self.proto())
+        if self.device.type != "cuda":
+            feed = {image: x.numpy(), VALID: mask.numpy()} if masked else {image: x.numpy()}
+            out = session.run(names, feed)
+        else:  # inputs stay on the GPU; only the uint8 outputs are copied to the host
+            binding = session.io_binding()
+            index = self.device.index or 0
+            binding.bind_input(image, "cuda", index, np.float32, tuple(x.shape), x.data_ptr())
+            if masked:
+                binding.bind_input(VALID, "cuda", index, np.bool_, tuple(mask.shape), mask.data_ptr())
+            for n in names:
+                binding.bind_output(n, "cpu")
+            torch.cuda.current_stream(self.device).synchronize()
+            session.run_with_iobinding(binding)
+            out = binding.copy_outputs_to_cpu()
+        return EngineOutput(classes=out[0][:, 0], probabilities=out[1] if probabilities else None)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous()
+        session = self.session
         if self.device.type != "cuda":
-            (y,) = self.session.run([self.output_name], {self.input_name: x.numpy()})
+            (y,) = session.run([self.output_name], {self.input_name: x.numpy()})
             return torch.from_numpy(y)
-        binding = self.session.io_binding()
+        binding = session.io_binding()
         binding.bind_input(self.input_name, "cuda", self.device.index or 0, np.float32,
                            tuple(x.shape), x.data_ptr())
         out = torch.empty((x.shape[0], self.classes, *x.shape[2:]), dtype=torch.float32, device=self.device)
         binding.bind_output(self.output_name, "cuda", self.device.index or 0, np.float32,
                             tuple(out.shape), out.data_ptr())
         torch.cuda.current_stream(self.device).synchronize()
-        self.session.run_with_iobinding(binding)
+        session.run_with_iobinding(binding)
         return out

@@ -90,14 +90,15 @@ def predict(
     ``channels_last`` and ``compile`` tune the forward pass. ``on_error="skip"`` writes nodata
     where a tile task fails and lists those windows (result ``skipped``, and a JSON report
     beside the output) instead of failing the run. ``client``: an existing
-    ``distributed.Client`` (else ``scheduler``, else a local cluster of ``workers``).
+    ``distributed.Client`` (else ``scheduler``, else ``workers`` local worker processes, else
+    one worker in this process: see :func:`geoseg.cluster.inference_session`).
     ``verbose`` lets the local workers' own logs through to stderr.
 
     No output may be the scene, the model or another output; while writing, the output folders
     are locked (shared: a batch job cannot clean them up meanwhile); the outputs are committed
     all or nothing, polygons included.
     """
-    from geoseg.cluster import dask_session
+    from geoseg.cluster import inference_session
     from geoseg.io import lock_output_folders
     from geoseg.predict.plan import plan_predict
     from geoseg.progress import Progress
@@ -107,7 +108,7 @@ def predict(
     plan = plan_predict(scene, output, model, opts, probabilities, vector, overwrite, tiles_per_task,
                         vector_options=vector_options)
     locks = lock_output_folders([plan.output, plan.probabilities, plan.vector], "predict")
-    with locks, dask_session(client, scheduler, workers, verbose=verbose) as session:
+    with locks, inference_session(client, scheduler, workers, verbose) as session:
         return execute(plan, session, Progress(len(plan.grid), quiet=quiet), max_in_flight=max_in_flight,
                        overwrite=overwrite, vector_options=vector_options, started=t0)
 
@@ -134,7 +135,7 @@ def execute(
     t0 = time.perf_counter() if started is None else started
     grid = plan.grid
     run = run_tasks(session, plan, max_in_flight)
-    link = dashboard_link(session.client)
+    link = dashboard_link(session)
     progress.message(
         f"geoseg: {plan.scene.width}x{plan.scene.height} px, {len(grid)} tiles of "
         f"{grid.tile_height}x{grid.tile_width} (margin {plan.margin}) in {len(run.tasks)} tasks "

@@ -36,8 +36,9 @@ def run_tasks(session: DaskSession, plan: PredictPlan, max_in_flight: int | Task
     completion order."""
     client = session.client
     nthreads = session.threads
-    # a local cluster we started: share this machine's cores among its worker threads
-    torch_threads = max(1, cpu_count() // nthreads) if session.cluster is not None else None
+    # a local cluster we started: share this machine's cores among its workers (each runs one
+    # batch at a time on them, see Engine.lock)
+    torch_threads = max(1, cpu_count() // session.workers) if session.cluster is not None else None
     tasks = plan_tasks(
         plan.grid, plan.scene.path, plan.bands, str(Path(plan.model.path).resolve()),
         plan.model.sha256, plan.device, plan.batch_size, plan.probabilities is not None,
