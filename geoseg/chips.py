@@ -225,15 +225,13 @@ def _starts(begin: int, end: int, size: int, stride: int) -> list[int]:
 def plan_windows(
     height: int, width: int, size: int, stride: int, block: int,
     val_fraction: float, test_fraction: float, seed: int | str,
-    labelled_blocks: Mapping[tuple[int, int], frozenset[int]] | None = None,
+    labelled_blocks: set[tuple[int, int]] | None = None,
 ) -> list[ChipWindow]:
     """Chip origins inside split blocks; whole blocks go to train, val or test at random (seeded).
 
     Chips never cross a block edge: the part beyond it is padded, so no chip of one split
-    overlaps another split. Blocks known to hold labels (``labelled_blocks``, each with the
-    class values seen in it) are drawn first for validation and testing, so a sparsely
-    labelled scene still gets a validation split; among them, blocks that add a class the
-    validation blocks lack come first (see ``_diverse_first``).
+    overlaps another split. Blocks known to hold labels (``labelled_blocks``) are drawn first
+    for validation and testing, so a sparsely labelled scene still gets a validation split.
     """
     if block < size:
         raise ChipError(f"--split-block {block} is smaller than --size {size}; use at least {size}")
@@ -252,8 +250,6 @@ def plan_windows(
         n_val = 1
     if n_val + n_test >= n and n > 1:
         n_test = max(0, min(n_test, n - 1 - n_val))
-    if labelled_blocks is not None:
-        order = _diverse_first(order[:n], labelled_blocks, n_val) + order[n:]
     split_of = {b: "val" for b in order[:n_val]}
     split_of.update({b: "test" for b in order[n_val : n_val + n_test]})
     out: list[ChipWindow] = []
@@ -267,52 +263,9 @@ def plan_windows(
     return out
 
 
-def _diverse_first(order: list[tuple[int, int]], classes: Mapping[tuple[int, int], frozenset[int]],
-                   n_val: int) -> list[tuple[int, int]]:
-    """``order`` with up to ``n_val`` blocks moved to the front: first those that add the most
-    classes the blocks in front lack (ties: the first in ``order``), then the next in ``order``;
-    never a block holding the last other copy of a class, so training keeps every class it had.
-    Validation then scores the classes (one whose blocks hold background only cannot choose an
-    epoch by mIoU), and beyond that the draw stays random.
-    """
-    left: dict[int, int] = {}
-    for b in order:
-        for v in classes[b]:
-            left[v] = left.get(v, 0) + 1
-    front: list[tuple[int, int]] = []
-    covered: set[int] = set()
-
-    def spare(b: tuple[int, int]) -> bool:
-        return b not in front and all(left[v] >= 2 for v in classes[b])
-
-    def take(b: tuple[int, int]) -> None:
-        front.append(b)
-        covered.update(classes[b])
-        for v in classes[b]:
-            left[v] -= 1
-
-    while len(front) < n_val:
-        gain, pick = 0, None
-        for b in order:
-            g = len(classes[b] - covered)
-            if g > gain and spare(b):
-                gain, pick = g, b
-        if pick is None:
-            break
-        take(pick)
-    for b in order:  # the rest at random, still sparing each class's last training block
-        if len(front) >= n_val:
-            break
-        if spare(b):
-            take(b)
-    return front + [b for b in order if b not in front]
-
-
-def _labelled_blocks(label: LabelSource, info: Any, block: int,
-                     ignore: int) -> dict[tuple[int, int], frozenset[int]] | None:
-    """Split blocks holding a labelled pixel, each with the label values seen in it, from a
-    decimated read of a label raster on the image's grid; None when that cannot be known
-    cheaply (vector labels, another grid)."""
+def _labelled_blocks(label: LabelSource, info: Any, block: int, ignore: int) -> set[tuple[int, int]] | None:
+    """Split blocks holding a labelled pixel, from a decimated read of a label raster on the
+    image's grid; None when that cannot be known cheaply (vector labels, another grid)."""
     if label.kind != "raster":
         return None
     with rasterio.Env(**READ_ENV), rasterio.open(label.path) as src:
@@ -326,10 +279,7 @@ def _labelled_blocks(label: LabelSource, info: Any, block: int,
             labelled &= arr != src.nodata
     rows, cols = np.nonzero(labelled)
     fy, fx = info.height / shape[0], info.width / shape[1]
-    found: dict[tuple[int, int], set[int]] = {}
-    for r, c, v in zip(rows, cols, arr[rows, cols]):
-        found.setdefault((int(r * fy) // block * block, int(c * fx) // block * block), set()).add(int(v))
-    return {b: frozenset(v) for b, v in found.items()}
+    return {(int(r * fy) // block * block, int(c * fx) // block * block) for r, c in zip(rows, cols)}
 
 
 def _read_label_window(src_label: Any, window: Window, task: ChipTask, img: Any) -> np.ndarray:

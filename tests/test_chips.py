@@ -318,23 +318,3 @@ def test_plan_windows_cover_the_scene_without_crossing_blocks() -> None:
         if (height // size) * (width // size) >= 2:
             assert any(w.split == "val" for w in windows), (height, width)
     assert auto_chip_size(293, 443) == 64 and auto_chip_size(768, 1536) == 128
-
-
-def test_validation_blocks_hold_the_classes_training_can_spare() -> None:
-    """Blocks adding the most missing classes go to validation first, never the last other
-    block of a class; the others stay in their seeded random order."""
-    from geoseg.chips import plan_windows
-
-    # 4 x 4 blocks of 32 px: background everywhere, class 1 in two blocks, class 2 in one only
-    classes = {(r, c): frozenset({0}) for r in range(0, 128, 32) for c in range(0, 128, 32)}
-    classes[(32, 64)] = frozenset({0, 1})
-    classes[(96, 0)] = frozenset({0, 1})
-    classes[(64, 96)] = frozenset({0, 2})
-    for seed in range(20):
-        windows = plan_windows(128, 128, 32, 32, 32, 0.2, 0.0, seed, classes)
-        val = {(w.row, w.col) for w in windows if w.split == "val"}
-        assert len(val) == 3 and (64, 96) not in val  # class 2 has no other block: it stays in training
-        assert len(val & {(32, 64), (96, 0)}) == 1  # one of class 1's two blocks validates it
-    draws = {frozenset((w.row, w.col) for w in plan_windows(128, 128, 32, 32, 32, 0.2, 0.0, s, classes)
-                       if w.split == "val") for s in range(20)}
-    assert len(draws) > 5  # still drawn at random beyond that
