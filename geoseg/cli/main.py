@@ -50,9 +50,9 @@ def main() -> None:
     import sys
     import threading
 
+    code = 0
     try:
-        cli.main(prog_name="geoseg")
-        code: int = 0
+        cli.main(prog_name="geoseg")  # always ends in SystemExit (standalone mode)
     except SystemExit as exc:
         if exc.code is None or isinstance(exc.code, int):
             code = exc.code or 0
