@@ -150,8 +150,24 @@ def inference_session(
     :data:`INFERENCE_THREADS` threads.
     """
     local = workers is not None
-    return dask_session(client, scheduler, workers, INFERENCE_THREADS, processes=local, verbose=verbose,
-                        dashboard=local)
+    session = dask_session(client, scheduler, workers, INFERENCE_THREADS, processes=local, verbose=verbose,
+                           dashboard=local)
+    if client is not None or scheduler is not None or local:
+        return session
+    return _closing_scenes(session)
+
+
+@contextlib.contextmanager
+def _closing_scenes(session: contextlib.AbstractContextManager[DaskSession]) -> Iterator[DaskSession]:
+    """``session``, and when it ends, the scenes this process's reader thread kept open are
+    closed (a worker process keeps them for its next tasks; this process may go on for long)."""
+    try:
+        with session as s:
+            yield s
+    finally:
+        from geoseg.worker import close_scenes
+
+        close_scenes()
 
 
 # --- bounded submission ----------------------------------------------------------------------
