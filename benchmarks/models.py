@@ -4,7 +4,9 @@ the dense CRF and D4 test-time augmentation.
 
     python benchmarks/models.py [--chips build/builtin-model/chips] [--epochs 20] [--only NAME ...]
 
-The chips are the built-in model's (workflows/builtin-model.yaml; made here if missing).
+The chips are the built-in model's recipe's (workflows/builtin-model.yaml) when that ran; if
+missing, they are made here with the shipped model's hand-set options (128 px, stride 64,
+256-px blocks), with which docs/models.md's table was measured.
 Every network is trained with the same recipe (AdamW, lr 2e-3, cosine, batch 16, seed 0) for
 the same number of epochs; VGG-based networks run at a quarter of VGG-16's width so they train
 on a CPU in minutes (the table says so). Writes benchmarks/models.json and prints a Markdown table.

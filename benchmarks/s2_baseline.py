@@ -1,10 +1,13 @@
-"""Per-pixel random-forest baseline against a trained geoseg model, on the same validation chips.
+"""Per-pixel random-forest baseline against trained geoseg models, on the same validation chips.
 
-    python benchmarks/s2_baseline.py CHIPS_DIR MODEL.pt
+    python benchmarks/s2_baseline.py CHIPS_DIR MODEL.pt [MODEL2.pt ...]
 
 Trains a random forest on the band values of (up to 300,000) labelled train-split pixels,
-scores it on every labelled validation pixel, and prints it beside the model's own validation
-scores (recomputed here on the same chips). Needs the 'baseline' extra (scikit-learn).
+scores it on every labelled validation pixel, and prints it beside each model's scores on the
+same chips (each model normalizes the chips with its own mean and std, as predict would).
+Comparing two models is fair only on validation blocks neither trained on: the built-in
+model's recipe (workflows/builtin-model.yaml) draws the previous model's validation blocks for
+that reason (README.md, model card). Needs the 'baseline' extra (scikit-learn).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from geoseg.metrics import Scores, confusion_matrix
 from geoseg.train import validate
 
 
-def main(chips_dir: str, model_path: str, max_pixels: int = 300_000, seed: int = 0) -> None:
+def main(chips_dir: str, model_paths: list[str], max_pixels: int = 300_000, seed: int = 0) -> None:
     from sklearn.ensemble import RandomForestClassifier
 
     manifest = load_manifest(chips_dir)
@@ -43,17 +46,23 @@ def main(chips_dir: str, model_path: str, max_pixels: int = 300_000, seed: int =
     rf = RandomForestClassifier(n_estimators=100, min_samples_leaf=5, n_jobs=-1, random_state=seed)
     rf.fit(xt, yt)
     xv, yv = pixels(val)
-    rf_scores = Scores(confusion_matrix(yv, rf.predict(xv), len(names)), names)
-    model = geoseg.load_model(model_path)
-    net_scores = validate(model.network, val, torch.device("cpu"), names, 16)
-    print(f"validation pixels: {len(yv)}  (train pixels for the forest: {len(yt)})")
-    print(f"{'class':<14}{'RF IoU':>8}{'U-Net IoU':>11}")
-    for i, n in enumerate(names):
-        print(f"{n:<14}{rf_scores.iou[i]:>8.3f}{net_scores.iou[i]:>11.3f}")
-    print(f"{'mIoU':<14}{rf_scores.miou:>8.3f}{net_scores.miou:>11.3f}")
-    print(f"{'OA':<14}{rf_scores.overall_accuracy:>8.3f}{net_scores.overall_accuracy:>11.3f}")
-    print(f"{'kappa':<14}{rf_scores.kappa:>8.3f}{net_scores.kappa:>11.3f}")
+    columns = [("random forest", Scores(confusion_matrix(yv, rf.predict(xv), len(names)), names))]
+    for path in model_paths:
+        model = geoseg.load_model(path)
+        norm = model.normalization
+        own = ChipDataset(chips_dir, manifest, "val", mean=list(norm["mean"]), std=list(norm["std"]))
+        columns.append((path, validate(model.network, own, torch.device("cpu"), names, 16)))
+    print(f"validation chips: {len(val)}, pixels: {len(yv)}  (train pixels for the forest: {len(yt)})")
+    for i, (label, _) in enumerate(columns):
+        print(f"  [{i}] {label}")
+    print(f"{'class':<14}" + "".join(f"{f'[{i}] IoU':>10}" for i in range(len(columns))))
+    for j, n in enumerate(names):
+        print(f"{n:<14}" + "".join(f"{s.iou[j]:>10.3f}" for _, s in columns))
+    for key, get in (("mIoU", lambda s: s.miou), ("OA", lambda s: s.overall_accuracy), ("kappa", lambda s: s.kappa)):
+        print(f"{key:<14}" + "".join(f"{get(s):>10.3f}" for _, s in columns))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    if len(sys.argv) < 3:
+        sys.exit(__doc__)
+    main(sys.argv[1], sys.argv[2:])

@@ -2,6 +2,7 @@
 against a per-pixel random forest, on every labeled scene in ../shared/data.
 
     nice python benchmarks/training.py [--only s2_brandenburg_osm,...] [--threads 2]
+    nice python benchmarks/training.py --only nb_bakerlake --chip-args '{"stride": 32}' --out /tmp/t.json
 
 Each scene is split in space: its last quarter along the longer side is the test area, used
 neither for training nor for choosing the epoch. The first three quarters are chipped and
@@ -133,19 +134,20 @@ def forest(chips: Path, x_test: np.ndarray, y_test: np.ndarray, names: list[str]
 
 
 def run_scene(name: str, folder: str, bands: str | None, ignore: int | None, nodata_is_class: bool,
-              work: Path, client: Any, threads: int) -> dict[str, Any]:
+              work: Path, client: Any, threads: int, chip_args: dict[str, Any] | None = None,
+              train_args: dict[str, Any] | None = None) -> dict[str, Any]:
     root = DATA / folder
     paths = split_scene(root, work, nodata_is_class)
     chips = work / "chips"
     t0 = time.perf_counter()
     make_chips([(str(paths["train-image"]), str(paths["train-label"]))], chips, bands=bands,
-               ignore_value=ignore, client=client)
+               ignore_value=ignore, client=client, **(chip_args or {}))
     m = load_manifest(chips)
     classes = manifest_classes(m)
     names = [c.name for c in classes]
     values = [c.value for c in classes]
     model = work / "model.pt"
-    result = train(chips, model, seed=0, quiet=False)
+    result = train(chips, model, seed=0, quiet=False, **(train_args or {}))
     train_s = time.perf_counter() - t0
     pred = work / "test-classes.tif"
     geoseg.predict(str(paths["test-image"]), str(pred), model=str(model), client=client, bands=bands)
@@ -179,9 +181,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", default=None, help="comma-separated scene names")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--chip-args", type=json.loads, default=None,
+                    help='extra make_chips keywords as JSON, to try a lever (e.g. \'{"oversample_rare": 2}\')')
+    ap.add_argument("--train-args", type=json.loads, default=None, help="extra train keywords as JSON")
+    ap.add_argument("--out", type=Path, default=OUT, help=f"results file (default {OUT.name}; use another for trials)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    rows = json.loads(OUT.read_text()) if OUT.exists() else []
+    out = args.out
+    rows = json.loads(out.read_text()) if out.exists() else []
     by_name = {r["scene"]: r for r in rows}
     with dask_session(None, None, 1, processes=False) as session:
         for name, folder, bands, ignore, nodata_is_class in SCENES:
@@ -189,10 +196,12 @@ def main() -> None:
                 continue
             with tempfile.TemporaryDirectory(prefix=f"geoseg-training-{name}-") as tmp:
                 row = run_scene(name, folder, bands, ignore, nodata_is_class, Path(tmp), session.client,
-                                args.threads)
+                                args.threads, args.chip_args, args.train_args)
+            if args.chip_args or args.train_args:
+                row["chip_args"], row["train_args"] = args.chip_args, args.train_args
             print(json.dumps(row), flush=True)
             by_name[name] = row
-            OUT.write_text(json.dumps([by_name[n] for n, *_ in SCENES if n in by_name], indent=1))
+            out.write_text(json.dumps([by_name[n] for n, *_ in SCENES if n in by_name], indent=1))
     print(f"\n{'scene':<26}{'chip':>5}{'t/v':>8}{'epochs':>7}{'net mIoU':>9}{'RF mIoU':>8}{'ratio':>6}")
     for r in (by_name[n] for n, *_ in SCENES if n in by_name):
         print(f"{r['scene']:<26}{r['chip_size']:>5}{str(r['chips_train']) + '/' + str(r['chips_val']):>8}"
