@@ -7,7 +7,6 @@ and output stay on the device through I/O binding.
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +35,6 @@ def make_session(model: str | Path | bytes, device: torch.device, threads: int |
     # the last, smaller one), 340 MB more peak memory for the built-in model at 512², no faster
     so.enable_mem_pattern = False
     so.log_severity_level = 3
-    if device.type == "cpu" and _shared_cpu_arena():
-        so.add_session_config_entry("session.use_env_allocators", "1")
     # idle intra-op threads sleep instead of spinning: the reader thread and the writer need
     # those cores between batches (spinning made a cheap network's predict 8 % slower)
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -51,28 +48,6 @@ def make_session(model: str | Path | bytes, device: torch.device, threads: int |
         providers = [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, so, providers=providers)
-
-
-_ARENA: list[bool] = []
-_ARENA_LOCK = threading.Lock()
-
-
-def _shared_cpu_arena() -> bool:
-    """Register, once per process, one CPU memory arena that every session uses: the fused
-    graph's variants (with and without the nodata mask, with probabilities) then share their
-    activations' memory instead of growing one arena each (500 MB per variant for the built-in
-    model at 512² tiles, batch 4). False where this ONNX Runtime cannot."""
-    with _ARENA_LOCK:
-        if not _ARENA:
-            import onnxruntime as ort
-
-            try:
-                info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-                ort.create_and_register_allocator(info, ort.OrtArenaCfg({}))
-                _ARENA.append(True)
-            except Exception:  # noqa: BLE001 - an optimisation only
-                _ARENA.append(False)
-        return _ARENA[0]
 
 
 class OnnxEngine(Engine):
