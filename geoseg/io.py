@@ -44,10 +44,6 @@ READ_ENV: dict[str, Any] = {
 
 #: Block cache (MB) while writing: partial blocks are flushed instead of piling up in memory.
 WRITE_CACHE_MB = 64
-#: DEFLATE threads for the temporary GeoTIFF and the COG (GDAL's NUM_THREADS creation option),
-#: so one client keeps up with many workers.
-WRITE_THREADS = "ALL_CPUS"
-
 #: GDAL compression threads for every raster geoseg writes (the temporary GeoTIFF's DEFLATE
 #: blocks and the COG conversion): the client's writing keeps pace with many workers.
 WRITE_THREADS = "ALL_CPUS"

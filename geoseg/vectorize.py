@@ -172,7 +172,10 @@ def run_block_task(task: BlockTask) -> BlockResult:
     geoms: dict[int, bytes] = {}
     inner_ids: list[int] = []
     inner_geoms: list[Any] = []
-    for geom, value in shapes(labels, mask=labels > 0, connectivity=task.connectivity, transform=transform):
+    # shapes() builds in-memory rasters (the mask's has no geotransform): rasterio warns about them
+    with no_georef_warning():
+        found = list(shapes(labels, mask=labels > 0, connectivity=task.connectivity, transform=transform))
+    for geom, value in found:
         g = shapely.geometry.shape(geom)
         if on_border[int(value)]:
             geoms[int(value)] = shapely.to_wkb(g)
