@@ -153,7 +153,7 @@ def floor_seconds(model: Path, scene: Path, classes: Path, tile: int, batch: int
     with rasterio.open(classes) as src:
         blocks = [(win, src.read(1, window=win)) for _, win in src.block_windows(1)]
     t0 = time.perf_counter()
-    with rasterio.Env(GDAL_CACHEMAX=64):
+    if True:  # the block cache as predict bounds it (RasterSink)
         sink = RasterSink(work / "floor-classes.tif", info, 1, 255, CLASSES, {}, ["class"])
         for win, arr in blocks:
             sink.write(arr, win)

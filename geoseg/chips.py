@@ -32,7 +32,7 @@ from rasterio.windows import transform as window_transform
 
 from geoseg.errors import ChipError, first_line
 from geoseg.io import (
-    READ_ENV, ClassInfo, check_distinct_paths, no_georef_warning, open_scene, remove_quietly, select_bands,
+    ClassInfo, check_distinct_paths, no_georef_warning, open_scene, read_env, remove_quietly, select_bands,
     temporary_sibling,
 )
 
@@ -268,7 +268,7 @@ def _labelled_blocks(label: LabelSource, info: Any, block: int, ignore: int) -> 
     image's grid; None when that cannot be known cheaply (vector labels, another grid)."""
     if label.kind != "raster":
         return None
-    with rasterio.Env(**READ_ENV), rasterio.open(label.path) as src:
+    with read_env(), rasterio.open(label.path) as src:
         if src.shape != (info.height, info.width) or src.transform != info.transform:
             return None
         step = max(1, block // 16)
@@ -351,7 +351,7 @@ def run_chip_task(task: ChipTask) -> list[ChipOutcome]:
     """Read, filter and write the chips of one task (the worker writes the files itself)."""
     out_dir = Path(task.out_dir)
     outcomes: list[ChipOutcome] = []
-    with rasterio.Env(**READ_ENV), no_georef_warning():
+    with read_env(), no_georef_warning():
         img = rasterio.open(task.image)
         lbl: Any = None
         try:

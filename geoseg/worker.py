@@ -27,7 +27,7 @@ import rasterio
 
 from geoseg.errors import CheckpointError, ModelError, OptionError, TileError, first_line
 from geoseg.infer import InferenceOptions
-from geoseg.io import CLASS_NODATA, READ_ENV, no_georef_warning, read_mirrored
+from geoseg.io import CLASS_NODATA, no_georef_warning, read_env, read_mirrored
 from geoseg.scenes import describe
 from geoseg.stitch import TileResult, core_result
 from geoseg.tiling import Tile
@@ -167,7 +167,7 @@ class TileReader:
     def _read(self, tiles: tuple[Tile, ...]) -> tuple[np.ndarray, np.ndarray]:
         first, last = tiles[0], tiles[-1]
         width = last.input_col + last.input_width - first.input_col
-        with rasterio.Env(**READ_ENV):
+        with read_env():
             src = _open_scene(self.scene)
             data, valid = read_mirrored(src, self.bands, first.input_row, first.input_col, first.input_height, width)
         offsets = [t.input_col - first.input_col for t in tiles]
