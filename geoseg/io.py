@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 import threading
 import warnings
@@ -72,7 +73,9 @@ SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "f
 
 _GEOREF_LOCK = threading.Lock()
 _GEOREF_USERS = 0
-_GEOREF_FILTER = ("ignore", None, NotGeoreferencedWarning, None, 0)
+# a module pattern makes this filter differ from a plain "ignore::NotGeoreferencedWarning" that a
+# caller (or pytest's configuration) has installed: leaving must remove ours, never theirs
+_GEOREF_FILTER = ("ignore", None, NotGeoreferencedWarning, re.compile(".*"), 0)
 
 
 @contextlib.contextmanager
@@ -85,7 +88,7 @@ def no_georef_warning() -> Iterator[None]:
     global _GEOREF_USERS
     with _GEOREF_LOCK:
         if _GEOREF_USERS == 0:
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            warnings.filterwarnings("ignore", category=NotGeoreferencedWarning, module=".*")
         _GEOREF_USERS += 1
     try:
         yield

@@ -60,7 +60,7 @@ def test_no_georef_warning_holds_while_other_threads_leave_it() -> None:
 
     from rasterio.errors import NotGeoreferencedWarning
 
-    from geoseg.io import no_georef_warning
+    from geoseg.io import _GEOREF_FILTER, no_georef_warning
 
     raised: list[Warning] = []
 
@@ -81,4 +81,19 @@ def test_no_georef_warning_holds_while_other_threads_leave_it() -> None:
         for t in threads:
             t.join()
         assert not raised
-        assert not any(f[2] is NotGeoreferencedWarning for f in warnings.filters)
+        assert _GEOREF_FILTER not in warnings.filters  # lifted once the last thread left
+
+
+def test_no_georef_warning_leaves_the_callers_own_filter() -> None:
+    """Leaving removes geoseg's filter only: a caller's "ignore" for the same warning stays."""
+    import warnings
+
+    from rasterio.errors import NotGeoreferencedWarning
+
+    from geoseg.io import no_georef_warning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with no_georef_warning():
+            pass
+        assert ("ignore", None, NotGeoreferencedWarning, None, 0) in warnings.filters
