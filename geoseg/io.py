@@ -43,7 +43,7 @@ READ_ENV: dict[str, Any] = {
 
 #: GDAL's block cache of a process, for reading and writing alike (bytes); GDAL's default, 5 % of
 #: RAM, grew with the scene. Set once per process by :func:`bound_block_cache`, never in an Env.
-BLOCK_CACHE_BYTES = 256 * 2**20
+BLOCK_CACHE_BYTES = 64 * 2**20
 _BLOCK_CACHE_SET: list[int] = []
 
 
