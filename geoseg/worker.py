@@ -27,7 +27,7 @@ import rasterio
 
 from geoseg.errors import CheckpointError, ModelError, OptionError, TileError, first_line
 from geoseg.infer import InferenceOptions
-from geoseg.io import CLASS_NODATA, no_georef_warning, read_env, read_mirrored
+from geoseg.io import CLASS_NODATA, file_token, no_georef_warning, read_env, read_mirrored
 from geoseg.scenes import describe
 from geoseg.stitch import TileResult, core_result
 from geoseg.tiling import Tile
@@ -197,8 +197,6 @@ def _reader_pool() -> Any:
 
 def _open_scene(scene: str) -> Any:
     """The open dataset of ``scene`` as its file is now; runs in the reader thread only."""
-    from geoseg.io import file_token
-
     key = (scene, repr(file_token(scene)))
     src = _OPEN.get(key)
     if src is not None:

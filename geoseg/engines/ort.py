@@ -71,6 +71,7 @@ class OnnxEngine(Engine):
         self._proto = proto
         self._session: Any = None
         self._fused: dict[tuple[bool, bool], Any] = {}
+        self._image_input: str | None = None
         self.classes = len(config.classes)
 
     @property
@@ -114,7 +115,9 @@ class OnnxEngine(Engine):
         x = self.normalize(self.upload(raw), mask).contiguous()
         mask = mask[:, None].contiguous()
         names = [CLASSES, PROBABILITIES] if probabilities else [CLASSES]
-        image = graph_input_name(self.proto())
+        if self._image_input is None:  # looked up once, not per batch
+            self._image_input = graph_input_name(self.proto())
+        image = self._image_input
         if self.device.type != "cuda":
             feed = {image: x.numpy(), VALID: mask.numpy()} if masked else {image: x.numpy()}
             out = session.run(names, feed)
