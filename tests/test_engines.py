@@ -250,3 +250,25 @@ def test_models_older_than_opset_13_run_unfused(model_factory: Callable[..., Pat
     assert eng.fused_session(False, False) is None
     fresh = worker_engine(str(path), file_sha256(path), "cpu", "onnx", InferenceOptions()).run(raw, valid)
     assert (out.classes == fresh.classes).mean() > 0.999
+
+
+def test_cpu_batches_split_into_runs_give_the_whole_batch_answer(
+    model_factory: Callable[..., Path], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On the CPU a batch goes through ONNX Runtime in runs of a few tiles (bounded arena): the
+    runs' classes, probabilities and logits, put back together, are those of one run."""
+    from geoseg.engines import ort
+
+    path = model_factory(in_channels=3)
+    raw = np.stack([random_scene(np.random.default_rng(i), 3, 32, 32, "uint8") for i in range(5)])
+    valid = np.ones((5, 32, 32), bool)
+    valid[3, :5] = False
+    eng = worker_engine(str(path), file_sha256(path), "cpu", "onnx", InferenceOptions())
+    whole = [eng.run(raw, valid, probabilities=True), eng.run(raw, valid, keep_logits=True)]
+    monkeypatch.setattr(ort, "CPU_RUN_PIXELS", 2 * 32 * 32)
+    assert [(r.start, r.stop) for r in ort.cpu_runs(5, 32, 32)] == [(0, 2), (2, 4), (4, 5)]
+    split = [eng.run(raw, valid, probabilities=True), eng.run(raw, valid, keep_logits=True)]
+    for a, b in zip(whole, split):
+        assert np.array_equal(a.classes, b.classes)
+    assert np.array_equal(whole[0].probabilities, split[0].probabilities)
+    assert np.allclose(whole[1].logits, split[1].logits, atol=1e-5)
