@@ -512,12 +512,12 @@ def run_batch(
         run_recipe(job_path, echo=echo)
         return BatchReport(str(job_path), [], time.perf_counter() - t0)
     job = load_job(job_path)
-    from geoseg.models.checkpoint import load_model
+    from geoseg.models.config import read_model_config
     from geoseg.progress import JobProgress
 
     report_file = Path(report_path) if report_path else job.folder / "batch-report.json"
     _check_report_path(job, report_file, overwrite)
-    model = load_model(job.model)
+    model = read_model_config(job.model)
     bar = JobProgress(len(job.scenes), quiet=not progress)
     say: Callable[[str], Any] = (lambda s: None) if not verbose else (bar.message if progress else echo)
     with job_lock(job.folder, job.path):

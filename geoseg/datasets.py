@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from geoseg.chips import iter_chips, manifest_classes
 from geoseg.errors import ChipError, first_line
-from geoseg.infer import normalize
+from geoseg.normalize import normalize
 
 #: Target index for pixels that count in neither loss nor scores.
 IGNORE_INDEX = 255

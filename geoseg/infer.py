@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -13,65 +12,17 @@ from torch.nn import functional as F
 
 from geoseg.crf import dense_crf
 from geoseg.errors import ModelError, OptionError
-from geoseg.options import CRFParams, Precision, Tta, choices
-from geoseg.tiling import context_radius, scale_fractions, scales_alignment
+from geoseg.normalize import normalize
+from geoseg.options import PRECISIONS, TTA_MODES, InferenceOptions
+from geoseg.tiling import scale_fractions
+
+#: InferenceOptions (and the choices) live in :mod:`geoseg.options`, which imports no torch.
+__all__ = ["PRECISIONS", "TTA_MODES", "InferenceOptions", "LogitsFn", "forward", "normalize",
+           "resolve_device", "scores"]
 
 #: A forward pass: normalized float32 N x C x H x W -> logits N x K x H x W (any engine).
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 
-TTA_MODES = choices(Tta)
-PRECISIONS = choices(Precision)
-
-
-@dataclass(frozen=True)
-class InferenceOptions:
-    """What happens to a normalized batch besides one forward pass; part of every tile task.
-
-    ``tta``: ``flip`` averages logits over the identity and a horizontal flip, ``d4`` over the
-    eight flips and rotations. ``scales``: logits averaged over rescaled inputs. ``crf``: dense
-    CRF mean-field on the averaged scores.
-    """
-
-    tta: Tta = "none"
-    scales: tuple[float, ...] = (1.0,)
-    crf: CRFParams | None = None
-    precision: Precision = "auto"
-    channels_last: bool = False
-    compile: bool = False
-
-    def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise OptionError(f"unknown --precision {self.precision!r}; use {', '.join(PRECISIONS)}")
-        if self.tta not in TTA_MODES:
-            raise OptionError(f"unknown --tta {self.tta!r}; use {', '.join(TTA_MODES)}")
-        if not self.scales:
-            raise OptionError("--scales needs at least one scale, e.g. 1 or 0.75,1,1.25")
-        scale_fractions(self.scales)
-
-    @property
-    def plain(self) -> bool:
-        return self.tta == "none" and tuple(self.scales) == (1.0,) and self.crf is None
-
-    @property
-    def dtype(self) -> torch.dtype | None:
-        """The autocast dtype, or None for float32 (``auto``: see :meth:`dtype_on`)."""
-        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
-
-    def dtype_on(self, device: torch.device) -> torch.dtype | None:
-        """The autocast dtype on ``device``: ``auto`` is bf16 on CUDA devices that support it."""
-        if self.precision == "auto":
-            if device.type == "cuda" and torch.cuda.is_bf16_supported():
-                return torch.bfloat16
-            return None
-        return self.dtype
-
-    def alignment(self, stride: int) -> int:
-        """Tile origins and sizes must be multiples of this (the stride, more with scales)."""
-        return scales_alignment(stride, self.scales)
-
-    def context(self, receptive_field: int) -> int:
-        """Pixels of context one output pixel needs: the tile margin that keeps tiling exact."""
-        return context_radius(receptive_field, self.scales, self.crf.reach if self.crf else 0)
 
 
 def resolve_device(spec: str | torch.device = "auto") -> torch.device:
@@ -86,23 +37,6 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
     if spec.startswith("cuda") or spec == "cpu":
         return torch.device(spec)
     raise OptionError(f"unknown device {spec!r}; use auto, cpu or cuda")
-
-
-def normalize(
-    data: np.ndarray, valid: np.ndarray, mean: Sequence[float], std: Sequence[float]
-) -> np.ndarray:
-    """``(x - mean) / std`` per band as float32; pixels without data become 0, the band mean.
-
-    Filling nodata with the mean is a neutral input: it carries no edge or texture, so it does
-    not paint its own class into valid neighbours the way a 0 or a -9999 would.
-    """
-    m = np.asarray(mean, dtype=np.float32)[:, None, None]
-    s = np.asarray(std, dtype=np.float32)[:, None, None]
-    out = (data.astype(np.float32) - m) / s
-    out[:, ~valid] = 0.0
-    if not np.isfinite(out).all():
-        out[~np.isfinite(out)] = 0.0
-    return out
 
 
 @torch.inference_mode()

@@ -14,9 +14,12 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 from geoseg.errors import OptionError
+
+if TYPE_CHECKING:
+    import torch
 
 Auto = Literal["auto"]
 Tta = Literal["none", "flip", "d4"]
@@ -63,6 +66,71 @@ class CRFParams:
     def reach(self) -> int:
         """How far (pixels) information travels: what the tile margin must add."""
         return self.iterations * self.radius
+
+
+TTA_MODES = choices(Tta)
+PRECISIONS = choices(Precision)
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """What happens to a normalized batch besides one forward pass; part of every tile task.
+
+    ``tta``: ``flip`` averages logits over the identity and a horizontal flip, ``d4`` over the
+    eight flips and rotations. ``scales``: logits averaged over rescaled inputs. ``crf``: dense
+    CRF mean-field on the averaged scores.
+    """
+
+    tta: Tta = "none"
+    scales: tuple[float, ...] = (1.0,)
+    crf: CRFParams | None = None
+    precision: Precision = "auto"
+    channels_last: bool = False
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise OptionError(f"unknown --precision {self.precision!r}; use {', '.join(PRECISIONS)}")
+        if self.tta not in TTA_MODES:
+            raise OptionError(f"unknown --tta {self.tta!r}; use {', '.join(TTA_MODES)}")
+        if not self.scales:
+            raise OptionError("--scales needs at least one scale, e.g. 1 or 0.75,1,1.25")
+        from geoseg.tiling import scale_fractions
+
+        scale_fractions(self.scales)
+
+    @property
+    def plain(self) -> bool:
+        return self.tta == "none" and tuple(self.scales) == (1.0,) and self.crf is None
+
+    @property
+    def dtype(self) -> "torch.dtype | None":
+        """The autocast dtype, or None for float32 (``auto``: see :meth:`dtype_on`)."""
+        import torch
+
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+
+    def dtype_on(self, device: "torch.device") -> "torch.dtype | None":
+        """The autocast dtype on ``device``: ``auto`` is bf16 on CUDA devices that support it."""
+        import torch
+
+        if self.precision == "auto":
+            if device.type == "cuda" and torch.cuda.is_bf16_supported():
+                return torch.bfloat16
+            return None
+        return self.dtype
+
+    def alignment(self, stride: int) -> int:
+        """Tile origins and sizes must be multiples of this (the stride, more with scales)."""
+        from geoseg.tiling import scales_alignment
+
+        return scales_alignment(stride, self.scales)
+
+    def context(self, receptive_field: int) -> int:
+        """Pixels of context one output pixel needs: the tile margin that keeps tiling exact."""
+        from geoseg.tiling import context_radius
+
+        return context_radius(receptive_field, self.scales, self.crf.reach if self.crf else 0)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from rasterio.windows import Window
 
-from geoseg.engines.base import EngineOutput
+from geoseg.engines import EngineOutput
 from geoseg.tiling import Tile
 
 

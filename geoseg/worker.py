@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 import stat
+import sys
 import tempfile
 import threading
 from collections import OrderedDict
@@ -26,7 +27,7 @@ import numpy as np
 import rasterio
 
 from geoseg.errors import CheckpointError, ModelError, OptionError, TileError, first_line
-from geoseg.infer import InferenceOptions
+from geoseg.options import InferenceOptions
 from geoseg.io import CLASS_NODATA, file_token, no_georef_warning, read_env, read_mirrored
 from geoseg.scenes import describe
 from geoseg.stitch import TileResult, core_result
@@ -104,14 +105,14 @@ def tiles_text(task: TileTask) -> str:
 
 
 def _run_tile_task(task: TileTask) -> list[TileResult]:
-    import torch
+    from geoseg.engines import device_name
 
-    from geoseg.infer import resolve_device
-
-    set_torch_threads(task.torch_threads)
-    device = resolve_device(task.device)
-    engine = worker_engine(task.model_path, task.model_sha256, str(device), task.engine, task.options)
-    size = batch_limit(task.model_sha256, str(device), task.batch_size)
+    device = device_name(task.device)
+    engine = worker_engine(task.model_path, task.model_sha256, device, task.engine, task.options,
+                           task.torch_threads)
+    if engine.uses_torch:
+        set_torch_threads(task.torch_threads)
+    size = batch_limit(task.model_sha256, device, task.batch_size)
     chunks = [task.tiles[i : i + size] for i in range(0, len(task.tiles), size)]
     results: list[TileResult] = []
     with TileReader(task.scene, task.bands) as reader:
@@ -122,17 +123,17 @@ def _run_tile_task(task: TileTask) -> list[TileResult]:
                 pending = reader.prefetch(chunks[i + 1])  # read the next batch while this one runs
             start = 0
             while start < len(chunk):
-                size = batch_limit(task.model_sha256, str(device), task.batch_size)
+                size = batch_limit(task.model_sha256, device, task.batch_size)
                 part = chunk[start : start + size]
                 try:
                     with engine.lock:  # one batch at a time on the device; other tasks read meanwhile
                         out = engine.run(data[start : start + size], valid[start : start + size],
                                          task.probabilities, task.keep_logits)
-                except torch.cuda.OutOfMemoryError:
-                    if size == 1:
+                except Exception as exc:
+                    if size == 1 or not cuda_out_of_memory(exc):
                         raise
-                    torch.cuda.empty_cache()
-                    lower_batch_limit(task.model_sha256, str(device), size)
+                    sys.modules["torch"].cuda.empty_cache()
+                    lower_batch_limit(task.model_sha256, device, size)
                     continue
                 results.extend(core_result(out, j, t) for j, t in enumerate(part))
                 del out
@@ -275,7 +276,7 @@ def _tuned_model(path: str, sha256: str, device: str, channels_last: bool, compi
 def worker_model_file(path: str, sha256: str) -> str:
     """The model file with content hash ``sha256`` on this worker: ``path`` when it is here with
     that hash, else the copy the worker plugin put into the model cache (private to this user)."""
-    from geoseg.models.checkpoint import file_sha256
+    from geoseg.models.config import file_sha256
 
     if os.path.isfile(path) and file_sha256(path) == sha256:
         return path
@@ -311,11 +312,16 @@ def _load(path: str, sha256: str, device: str) -> Any:
 _ENGINES: dict[tuple[Any, ...], Any] = {}
 
 
-def worker_engine(path: str, sha256: str, device: str, engine: str, options: InferenceOptions) -> Any:
+def worker_engine(path: str, sha256: str, device: str, engine: str, options: InferenceOptions,
+                  threads: int | None = None) -> Any:
     """The inference engine for a model on ``device`` in this process, built once per model hash,
     engine and options: ``auto`` resolves here, where the device is known (ONNX Runtime on the
     CPU, PyTorch with channels-last on CUDA); a ``.pt`` model is converted to ONNX once per hash
-    (see :func:`geoseg.models.onnx.cached_onnx`), never per task."""
+    (see :func:`geoseg.models.onnx.cached_onnx`), never per task. ``threads``: ONNX Runtime's
+    intra-op threads for a new engine (default: torch's count where torch is loaded, else all).
+
+    Plain inference under ONNX Runtime on the CPU from an ONNX file (an ONNX model, or a ``.pt``
+    model converted before) is :class:`geoseg.engines.onnx_cpu.CpuEngine`: it imports no torch."""
     key = (sha256, device, engine, options)
     found = _ENGINES.get(key)
     if found is not None:
@@ -323,33 +329,47 @@ def worker_engine(path: str, sha256: str, device: str, engine: str, options: Inf
     with _LOCK:
         found = _ENGINES.get(key)
         if found is None:
-            found = _ENGINES[key] = _build_engine(path, sha256, device, engine, options)
+            found = _ENGINES[key] = _build_engine(path, sha256, device, engine, options, threads)
     return found
 
 
-def _build_engine(path: str, sha256: str, device: str, engine: str, options: InferenceOptions) -> Any:
-    import torch
-
+def _build_engine(path: str, sha256: str, device: str, engine: str, options: InferenceOptions,
+                  threads: int | None) -> Any:
     from geoseg.engines import resolve_engine
-    from geoseg.models.onnx import cached_onnx, is_onnx_file, read_onnx_model
+    from geoseg.models.onnx_file import cached_onnx_path, is_onnx_file, read_onnx_model
 
     local = worker_model_file(path, sha256)
     fmt = "onnx" if is_onnx_file(local) else "torch"
-    dev = torch.device(device)
-    name = resolve_engine(engine, fmt, dev.type, options)
-    if name == "torch":
-        from geoseg.engines.pytorch import TorchEngine
+    name = resolve_engine(engine, fmt, device.split(":")[0], options)
+    if name == "onnx":
+        # a .pt model is loaded (with torch) only to convert it, once per hash, and not kept
+        onnx_file: str | Path = local
+        if fmt == "torch":
+            onnx_file = cached_onnx_path(sha256)
+            if not onnx_file.is_file():
+                from geoseg.models.onnx import cached_onnx
 
-        if engine == "auto" and dev.type == "cuda":
-            options = replace(options, channels_last=True)
-        model = _tuned_model(path, sha256, device, options.channels_last, options.compile)
-        return TorchEngine(model.network, model.config, dev, options)
-    from geoseg.engines.ort import OnnxEngine
+                onnx_file = cached_onnx(local, sha256)
+        config, proto = read_onnx_model(onnx_file)
+        if device == "cpu" and options.plain:
+            from geoseg.engines.onnx_cpu import CpuEngine
 
-    # a .pt model is loaded only to convert it, and not kept: the session is all this worker needs
-    onnx_file = local if fmt == "onnx" else cached_onnx(local, sha256)
-    config, proto = read_onnx_model(onnx_file)
-    return OnnxEngine(onnx_file, config, dev, options, proto=proto)
+            cpu = CpuEngine(onnx_file, config, options, threads, proto=proto)
+            if cpu.fused_available():
+                return cpu
+        import torch
+
+        from geoseg.engines.ort import OnnxEngine
+
+        return OnnxEngine(onnx_file, config, torch.device(device), options, threads, proto=proto)
+    import torch
+
+    from geoseg.engines.pytorch import TorchEngine
+
+    if engine == "auto" and device.startswith("cuda"):
+        options = replace(options, channels_last=True)
+    model = _tuned_model(path, sha256, device, options.channels_last, options.compile)
+    return TorchEngine(model.network, model.config, torch.device(device), options)
 
 
 def _compiled(network: Any) -> Any:
@@ -391,6 +411,12 @@ def lower_batch_limit(sha256: str, device: str, failed: int) -> int:
         _BATCH_LIMITS[key] = new
         log.warning("geoseg: %s ran out of memory at batch %d; using batch %d from now on", device, failed, new)
     return new
+
+
+def cuda_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is CUDA running out of memory (never where torch is not loaded)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError)
 
 
 def set_torch_threads(n: int | None) -> None:

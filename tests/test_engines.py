@@ -207,9 +207,11 @@ def test_channel_argmax_equals_torch_argmax_ties_included() -> None:
 
 @pytest.mark.parametrize("dtype", ["uint8", "int16", "float32"])
 def test_fused_graph_equals_the_torch_steps(dtype: str, model_factory: Callable[..., Path]) -> None:
-    """The network extended to class values and uint8 probabilities in ONNX Runtime gives what
-    the network's own graph followed by geoseg's torch steps gives: nodata, NaN and inf included."""
-    from geoseg.engines.ort import OnnxEngine
+    """The network extended to class values and uint8 probabilities in ONNX Runtime, fed by
+    numpy's normalisation (the torch-free CPU engine, and the ONNX engine on the CPU), gives
+    what the network's own graph between geoseg's torch steps gives: nodata, NaN and inf included."""
+    from geoseg.engines.base import Engine
+    from geoseg.engines.onnx_cpu import CpuEngine
 
     path = model_factory(in_channels=3, dtype=dtype)
     rng = np.random.default_rng(11)
@@ -219,17 +221,19 @@ def test_fused_graph_equals_the_torch_steps(dtype: str, model_factory: Callable[
         raw[0, 1, :4, :4] = np.nan
         raw[1, 2, 5, :] = np.inf
     eng = worker_engine(str(path), file_sha256(path), "cpu", "onnx", InferenceOptions())
-    assert isinstance(eng, OnnxEngine)
+    assert isinstance(eng, CpuEngine)
     for mask in (valid, np.ones_like(valid)):  # the graph with the nodata mask, and the one without
         fused = eng.run(raw, mask, probabilities=True)
-        steps = super(OnnxEngine, eng).run(raw, mask, probabilities=True)  # Engine.run: torch steps
-        assert eng.fused_session(True, not mask.all()) is not None
+        steps = Engine.run(eng.full(), raw, mask, probabilities=True)  # the torch steps
+        assert eng.sessions.get(True, not mask.all()) is not None
         assert fused.classes.dtype == steps.classes.dtype == np.uint8
         assert (fused.classes == steps.classes).mean() > 0.999
         assert (fused.classes[~mask] == 255).all() and len(np.unique(fused.classes[mask])) > 1
         assert fused.probabilities is not None and steps.probabilities is not None
         assert np.abs(fused.probabilities.astype(int) - steps.probabilities).max() <= 1
         assert (fused.probabilities.transpose(0, 2, 3, 1)[~mask] == 0).all()
+        same = eng.full().run(raw, mask, probabilities=True)  # the ONNX engine's own CPU path
+        assert np.array_equal(same.classes, fused.classes)
 
 
 def test_models_older_than_opset_13_run_unfused(model_factory: Callable[..., Path]) -> None:
@@ -257,7 +261,7 @@ def test_cpu_batches_split_into_runs_give_the_whole_batch_answer(
 ) -> None:
     """On the CPU a batch goes through ONNX Runtime in runs of a few tiles (bounded arena): the
     runs' classes, probabilities and logits, put back together, are those of one run."""
-    from geoseg.engines import ort
+    from geoseg.engines import onnx_cpu
 
     path = model_factory(in_channels=3)
     raw = np.stack([random_scene(np.random.default_rng(i), 3, 32, 32, "uint8") for i in range(5)])
@@ -265,10 +269,38 @@ def test_cpu_batches_split_into_runs_give_the_whole_batch_answer(
     valid[3, :5] = False
     eng = worker_engine(str(path), file_sha256(path), "cpu", "onnx", InferenceOptions())
     whole = [eng.run(raw, valid, probabilities=True), eng.run(raw, valid, keep_logits=True)]
-    monkeypatch.setattr(ort, "CPU_RUN_PIXELS", 2 * 32 * 32)
-    assert [(r.start, r.stop) for r in ort.cpu_runs(5, 32, 32)] == [(0, 2), (2, 4), (4, 5)]
+    monkeypatch.setattr(onnx_cpu, "CPU_RUN_PIXELS", 2 * 32 * 32)
+    assert [(r.start, r.stop) for r in onnx_cpu.cpu_runs(5, 32, 32)] == [(0, 2), (2, 4), (4, 5)]
     split = [eng.run(raw, valid, probabilities=True), eng.run(raw, valid, keep_logits=True)]
     for a, b in zip(whole, split):
         assert np.array_equal(a.classes, b.classes)
     assert np.array_equal(whole[0].probabilities, split[0].probabilities)
     assert np.allclose(whole[1].logits, split[1].logits, atol=1e-5)
+
+
+def test_cpu_predict_from_a_converted_model_imports_no_torch(
+    tmp_path: Path, model_factory: Callable[..., Path],
+) -> None:
+    """Once a ``.pt`` model is converted (its first ONNX Runtime run), predict on the CPU plans
+    and runs without importing torch (a second and ~500 MB per process), and writes the classes
+    the same tiles give in this process."""
+    import subprocess
+    import sys
+
+    from geoseg.models.onnx import cached_onnx
+
+    model = model_factory(in_channels=3, seed=21)
+    scene = write_raster(tmp_path / "s.tif", random_scene(np.random.default_rng(4), 3, 150, 130, "uint8"))
+    cached_onnx(str(model), file_sha256(model))
+    code = (
+        "import sys, geoseg\n"
+        f"geoseg.predict({str(scene)!r}, {str(tmp_path / 'out.tif')!r}, model={str(model)!r}, tile=64, "
+        "device='auto')\n"
+        "print('torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "False"
+    expected, _ = predict_in_process(scene, model, "onnx", tile=64)
+    with rasterio.open(tmp_path / "out.tif") as src:
+        assert np.array_equal(src.read(1), expected)

@@ -93,6 +93,7 @@ def test_cuda_out_of_memory_halves_the_batch_once_and_gives_the_same_result(
     tasks = plan_tasks(grid, str(scene), [1, 2, 3], str(model), file_sha256(model), "cpu", 8, False, 16)
     expected = [r.classes for t in tasks for r in run_tile_task(t)]
 
+    from geoseg.engines.onnx_cpu import CpuEngine
     from geoseg.engines.ort import OnnxEngine
 
     seen: list[int] = []
@@ -105,7 +106,8 @@ def test_cuda_out_of_memory_halves_the_batch_once_and_gives_the_same_result(
             return real_run(self, batch, *args)
         return run
 
-    # the engine the worker picks (ONNX Runtime on the CPU) and the torch one: both fail alike
+    # the engine the worker picks (ONNX Runtime on the CPU, without torch) and the others: all fail alike
+    monkeypatch.setattr(CpuEngine, "run", small_memory(CpuEngine.run))
     monkeypatch.setattr(OnnxEngine, "run", small_memory(OnnxEngine.run))
     monkeypatch.setattr(Engine, "run", small_memory(Engine.run))
     monkeypatch.setattr(geoseg.worker, "_BATCH_LIMITS", {})

@@ -11,17 +11,36 @@ docs/benchmarks.md) and PyTorch on CUDA.
 from __future__ import annotations
 
 import importlib.util
+import os
+import sys
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from geoseg.errors import ModelError
 from geoseg.options import EngineName, choices
 
 if TYPE_CHECKING:
-    from geoseg.infer import InferenceOptions
+    from geoseg.options import InferenceOptions
 
-__all__ = ["ENGINES", "EngineName", "check_engine", "onnxruntime_available", "resolve_engine"]
+__all__ = ["ENGINES", "EngineName", "EngineOutput", "cuda_possible", "device_name", "check_engine", "onnxruntime_available", "resolve_engine"]
 
 ENGINES: tuple[str, ...] = choices(EngineName)
+
+
+@dataclass
+class EngineOutput:
+    """One batch's results, whole tiles (margins included), on the host.
+
+    ``classes``: N x H x W class values, the class raster's nodata (:func:`geoseg.io.class_raster_dtype`) where the input had no data.
+    ``probabilities``: N x K x H x W uint8 (0-255 = 0-1), 0 where the input had no data.
+    ``logits``: N x K x H x W float32 scores, only when asked for (tests).
+    """
+
+    classes: np.ndarray
+    probabilities: np.ndarray | None = None
+    logits: np.ndarray | None = None
 
 
 def onnxruntime_available() -> bool:
@@ -73,3 +92,22 @@ def resolve_engine(engine: str, model_format: str, device_type: str, options: "I
     if device_type == "cuda" or torch_only_options(options) or not onnxruntime_available():
         return "torch"
     return "onnx"
+
+
+def cuda_possible() -> bool:
+    """False where this machine certainly has no CUDA device (Linux without NVIDIA's driver
+    or WSL's GPU device, or macOS), so ``auto`` picks the CPU without importing torch."""
+    platform: str = sys.platform  # a variable: mypy would take the branch for its own platform only
+    if platform.startswith("linux"):
+        return any(os.path.exists(p) for p in ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/dxg"))
+    return platform != "darwin"
+
+
+def device_name(spec: str) -> str:
+    """``cpu`` or ``cuda[:N]`` for ``--device`` (``auto``: CUDA when present), asking torch only
+    where CUDA is possible: see :func:`geoseg.infer.resolve_device` for the errors."""
+    if str(spec).lower() == "cpu" or (str(spec).lower() == "auto" and not cuda_possible()):
+        return "cpu"
+    from geoseg.infer import resolve_device
+
+    return str(resolve_device(spec))

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from geoseg.engines import EngineOutput
 from geoseg.infer import InferenceOptions, scores
 from geoseg.io import class_raster_dtype
 from geoseg.models.checkpoint import ModelConfig
@@ -18,25 +18,13 @@ from geoseg.models.checkpoint import ModelConfig
 _TORCH_DTYPES = {np.dtype(np.uint8): torch.uint8, np.dtype(np.uint16): torch.uint16}
 
 
-@dataclass
-class EngineOutput:
-    """One batch's results, whole tiles (margins included), on the host.
-
-    ``classes``: N x H x W class values, the class raster's nodata (:func:`geoseg.io.class_raster_dtype`) where the input had no data.
-    ``probabilities``: N x K x H x W uint8 (0-255 = 0-1), 0 where the input had no data.
-    ``logits``: N x K x H x W float32 scores, only when asked for (tests).
-    """
-
-    classes: np.ndarray
-    probabilities: np.ndarray | None = None
-    logits: np.ndarray | None = None
-
-
 class Engine(ABC):
     """A model ready to run on one device; subclasses supply only :meth:`logits`."""
 
     #: Engine name as ``--engine`` spells it.
     name: str = ""
+    #: Whether the worker sets torch's threads for this engine (see :class:`geoseg.engines.onnx_cpu.CpuEngine`).
+    uses_torch = True
 
     def __init__(self, config: ModelConfig, device: torch.device, options: InferenceOptions) -> None:
         self.config = config

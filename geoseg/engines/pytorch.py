@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from geoseg.engines.base import Engine
-from geoseg.infer import InferenceOptions
+from geoseg.options import InferenceOptions
 from geoseg.models.checkpoint import ModelConfig
 
 

@@ -1,13 +1,17 @@
-"""Model registry: ``create_model(arch, in_channels, num_classes, **kwargs)`` and ``list_models()``."""
+"""Model registry: ``create_model(arch, in_channels, num_classes, **kwargs)`` and ``list_models()``.
+
+The built-in architectures (and torch) are imported on first use of the registry, not with this
+package: reading a model's config or an ONNX model needs no torch (see :mod:`geoseg.models.config`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
-
-from torch import nn
+from typing import TYPE_CHECKING, Any, Callable
 
 from geoseg.errors import ModelError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -21,25 +25,36 @@ class Architecture:
 
 
 _REGISTRY: dict[str, Architecture] = {}
+_BUILTIN_LOADED: list[bool] = []
+
+
+def _registry() -> dict[str, Architecture]:
+    """The registry, with the built-in architectures (imported here, once)."""
+    if not _BUILTIN_LOADED:
+        _BUILTIN_LOADED.append(True)
+        _register_builtin()
+    return _REGISTRY
 
 
 def register(name: str, build: Callable[..., nn.Module], defaults: dict[str, Any], summary: str) -> None:
     """Add an architecture to the registry under ``name``."""
-    _REGISTRY[name] = Architecture(name, build, dict(defaults), summary)
+    _registry()[name] = Architecture(name, build, dict(defaults), summary)  # built-ins first: ours win
 
 
 def list_models() -> list[Architecture]:
     """Registered architectures, sorted by name."""
-    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+    registry = _registry()
+    return [registry[k] for k in sorted(registry)]
 
 
 def get_architecture(name: str) -> Architecture:
     """The registered architecture ``name``; an unknown name lists the valid ones."""
+    registry = _registry()
     try:
-        return _REGISTRY[name]
+        return registry[name]
     except KeyError:
         raise ModelError(
-            f"unknown architecture {name!r}; choose one of {', '.join(sorted(_REGISTRY))}"
+            f"unknown architecture {name!r}; choose one of {', '.join(sorted(registry))}"
         ) from None
 
 
@@ -59,6 +74,7 @@ def output_stride(network: nn.Module) -> int:
 
 
 def _register_builtin() -> None:
+    """Register the built-in architectures (the registry's first use does, once)."""
     from geoseg.models.deeplab import DeepLabV1, DeepLabV3Plus
     from geoseg.models.fcn import FCN
     from geoseg.models.unet import UNet
@@ -101,5 +117,3 @@ def _register_builtin() -> None:
         "a sliding window (tiling-safe; 'global' is the paper's), low-level decoder",
     )
 
-
-_register_builtin()

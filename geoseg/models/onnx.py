@@ -1,10 +1,7 @@
-"""geoseg models as ONNX files: export, import (with measured stride and receptive field), load.
+"""geoseg models as ONNX files: export, import (with measured stride and receptive field),
+conversion of ``.pt`` models (cached by content hash), load as a torch module.
 
-An ONNX geoseg model is a plain ONNX file (N x C x H x W normalized float32 in, N x K x H x W
-logits out, height and width free) whose ``metadata_props`` hold the same JSON config a ``.pt``
-model file carries (key ``geoseg``). ONNX files are protobuf: parsing one runs no code, and the
-checks below (one rank-4 float input, free spatial size, a rank-4 output, weights inside the
-file, counts that match) run before any session is built.
+The file format and its checks, which need no torch, are :mod:`geoseg.models.onnx_file`.
 """
 
 from __future__ import annotations
@@ -24,125 +21,19 @@ from geoseg.models.checkpoint import (
     GLOBAL_RECEPTIVE_FIELD, LoadedModel, ModelConfig, file_sha256, load_model, resolve_model_path,
     validate_config,
 )
+from geoseg.models.onnx_file import (
+    METADATA_KEY, OPSET, cache_dir, cached_onnx_path, check_counts, check_graph, is_onnx_file, parse_onnx,
+    read_onnx_model, write_onnx_model,
+)
 
-#: metadata_props key holding the geoseg config JSON.
-METADATA_KEY = "geoseg"
-#: ONNX opset of exported models: ONNX Runtime 1.17 and later run it.
-OPSET = 18
+__all__ = [
+    "METADATA_KEY", "OPSET", "OnnxNetwork", "cache_dir", "cached_onnx", "cached_onnx_path", "check_graph",
+    "export_model", "export_network", "import_model", "is_onnx_file", "load_onnx_model", "probe",
+    "read_onnx_model",
+]
+
 #: Output strides tried when probing an imported model.
 MAX_STRIDE = 64
-ONNX_MAGIC_SUFFIXES = (".onnx",)
-
-
-def is_onnx_file(path: str | os.PathLike[str]) -> bool:
-    """An ONNX file by name, or by content (a protobuf, not a PyTorch zip archive): workers keep
-    received model files under their hash, without the suffix."""
-    import zipfile
-
-    if str(path).lower().endswith(ONNX_MAGIC_SUFFIXES):
-        return True
-    with open(path, "rb") as f:
-        head = f.read(2)
-    # ModelProto starts with field 1 (ir_version, varint): tag byte 0x08.
-    return not zipfile.is_zipfile(path) and head[:1] == b"\x08"
-
-
-def cache_dir() -> Path:
-    """Where ONNX files converted from ``.pt`` models are kept, by content hash: the worker's
-    per-user model cache (mode 0700, :func:`geoseg.worker.model_cache_dir`)."""
-    from geoseg.worker import model_cache_dir
-
-    return model_cache_dir()
-
-
-def _proto(path: str | os.PathLike[str]) -> Any:
-    import onnx
-    from google.protobuf.message import DecodeError
-
-    try:
-        return onnx.load(str(path), load_external_data=False)
-    except (DecodeError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(
-            f"{path} is not an ONNX model ({first_line(exc)})"
-        ) from None
-
-
-def _dims(value_info: Any) -> list[int | str | None]:
-    """A graph input's or output's shape: ints where fixed, names (or None) where free."""
-    t = value_info.type.tensor_type
-    if not t.HasField("shape"):
-        return []
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
-
-
-def check_graph(proto: Any, path: str | os.PathLike[str]) -> tuple[int | None, int | None]:
-    """Check what geoseg needs of an ONNX graph; returns the input channels and output classes
-    where the graph fixes them."""
-    import onnx
-
-    graph = proto.graph
-    for init in graph.initializer:
-        if init.data_location == onnx.TensorProto.EXTERNAL:
-            raise CheckpointError(
-                f"{path} keeps its weights in external files; save it as one file "
-                "(onnx.save(model, path, save_as_external_data=False))"
-            )
-    inits = {i.name for i in graph.initializer}
-    inputs = [i for i in graph.input if i.name not in inits]
-    if len(inputs) != 1:
-        raise ModelError(f"{path} has {len(inputs)} inputs; geoseg needs one N x C x H x W image input")
-    shape = _dims(inputs[0])
-    if len(shape) != 4:
-        raise ModelError(f"{path}: input {inputs[0].name!r} has rank {len(shape)}; geoseg needs rank 4 (N x C x H x W)")
-    if inputs[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
-        raise ModelError(f"{path}: input {inputs[0].name!r} is not float32; geoseg feeds normalized float32")
-    if isinstance(shape[2], int) and shape[2] > 0 or isinstance(shape[3], int) and shape[3] > 0:
-        raise ModelError(
-            f"{path}: input size is fixed at {shape[2]}x{shape[3]}, so tiles cannot be fed; re-export "
-            "it with free height and width (torch.onnx.export dynamic_shapes, tf2onnx without fixed shapes)"
-        )
-    if not graph.output:
-        raise ModelError(f"{path} has no outputs")
-    out = _dims(graph.output[0])
-    if out and len(out) != 4:
-        raise ModelError(f"{path}: output {graph.output[0].name!r} has rank {len(out)}; geoseg needs N x K x H x W logits")
-    channels = shape[1] if isinstance(shape[1], int) and shape[1] > 0 else None
-    classes = out[1] if out and isinstance(out[1], int) and out[1] > 0 else None
-    return channels, classes
-
-
-def _check_counts(config: ModelConfig, channels: int | None, classes: int | None, path: Any) -> None:
-    n = config.in_channels
-    for what, values in (("mean", config.mean), ("std", config.std), ("bands", config.band_names)):
-        if len(values) != n:
-            raise ModelError(f"{path}: {len(values)} {what} values for {n} input channels; give one per channel")
-    if channels is not None and channels != n:
-        raise ModelError(f"{path}: the model takes {channels} channels but {n} bands, means and stds are given")
-    if classes is not None and classes != len(config.classes):
-        raise ModelError(f"{path}: the model outputs {classes} classes but {len(config.classes)} are named; name one per output channel")
-    if any(s <= 0 for s in config.std):
-        raise ModelError(f"{path}: every --std value must be positive")
-
-
-def read_onnx_model(path: str | os.PathLike[str]) -> tuple[ModelConfig, Any]:
-    """Config and checked graph of an ONNX geoseg model; no session is built yet."""
-    proto = _proto(path)
-    channels, classes = check_graph(proto, path)
-    meta = {p.key: p.value for p in proto.metadata_props}
-    if METADATA_KEY not in meta:
-        raise CheckpointError(
-            f"{path} is an ONNX model without geoseg metadata; run 'geoseg import {path} -o MODEL.onnx "
-            "--classes ... --mean ... --std ...' first"
-        )
-    try:
-        config = ModelConfig.from_json(meta[METADATA_KEY])
-        validate_config(config, architecture=False)  # stride, receptive field, bands: bounded
-    except (CheckpointError, ModelError) as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
-    except (TypeError, KeyError, ValueError) as exc:
-        raise CheckpointError(f"{path} has damaged geoseg metadata ({exc}); run 'geoseg import' again") from None
-    _check_counts(config, channels, classes, path)
-    return config, proto
 
 
 class OnnxNetwork(nn.Module):
@@ -151,7 +42,7 @@ class OnnxNetwork(nn.Module):
 
     def __init__(self, model: bytes | str | Path, device: torch.device = torch.device("cpu")) -> None:
         super().__init__()
-        from geoseg.engines.ort import make_session
+        from geoseg.engines.onnx_cpu import make_session
 
         self.session = make_session(model, device)
         self.input_name = self.session.get_inputs()[0].name
@@ -170,24 +61,6 @@ def load_onnx_model(path: Path, name: str, device: str | torch.device = "cpu") -
         raise ModelError(f"{path} is an ONNX model and needs ONNX Runtime; pip install onnxruntime")
     net = OnnxNetwork(proto.SerializeToString(), torch.device(device) if isinstance(device, str) else device)
     return LoadedModel(net, config, str(path), file_sha256(path), name, format="onnx")
-
-
-def _save(proto: Any, path: Path, config: ModelConfig) -> Path:
-    """Write ``proto`` with ``config`` in its metadata, atomically."""
-    import onnx
-
-    del proto.metadata_props[:]
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, config.to_json()
-    from geoseg.io import temporary_sibling
-
-    tmp = temporary_sibling(path, ".onnx")
-    try:
-        onnx.save(proto, str(tmp), save_as_external_data=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def export_network(network: nn.Module, in_channels: int, stride: int) -> Any:
@@ -233,16 +106,16 @@ def export_model(
         raise ModelError("the ONNX output would replace the model it is made from; choose another -o")
     loaded = load_model(model)
     if loaded.format == "onnx":
-        return _save(read_onnx_model(loaded.path)[1], out, loaded.config)
+        return write_onnx_model(read_onnx_model(loaded.path)[1], out, loaded.config)
     proto = onnx_proto_for(loaded)
-    return _save(proto, out, loaded.config)
+    return write_onnx_model(proto, out, loaded.config)
 
 
 def onnx_proto_for(loaded: LoadedModel) -> Any:
     """Export a loaded PyTorch model and check ONNX Runtime gives its logits."""
     cfg = loaded.config
     proto = export_network(loaded.network, cfg.in_channels, cfg.output_stride)
-    from geoseg.engines.ort import make_session
+    from geoseg.engines.onnx_cpu import make_session
 
     size = 2 * max(cfg.output_stride, 8)
     x = torch.randn(2, cfg.in_channels, size, 3 * size, generator=torch.Generator().manual_seed(0))
@@ -258,12 +131,12 @@ def onnx_proto_for(loaded: LoadedModel) -> Any:
 def cached_onnx(model_path: str, sha256: str, loaded: LoadedModel | None = None) -> Path:
     """The ONNX file for the ``.pt`` model with content hash ``sha256``, converted once and kept in
     :func:`cache_dir` (atomic rename, so concurrent workers never see half a file)."""
-    target = cache_dir() / f"{sha256}-opset{OPSET}-torch{torch.__version__.split('+')[0]}.onnx"
+    target = cached_onnx_path(sha256)
     if target.is_file():
         return target
     if loaded is None:
         loaded = load_model(model_path)
-    return _save(onnx_proto_for(loaded), target, loaded.config)
+    return write_onnx_model(onnx_proto_for(loaded), target, loaded.config)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -286,7 +159,7 @@ def import_model(
     out = check_output_path(output, overwrite)
     if out.exists() and out.resolve() == src.resolve():
         raise ModelError("geoseg import would replace its own input; choose another -o")
-    proto = _proto(src)
+    proto = parse_onnx(src)
     channels, k = check_graph(proto, src)
     named = parse_class_names(classes) if isinstance(classes, str) else dict(classes)
     if not named:
@@ -300,13 +173,13 @@ def import_model(
         in_channels=n_in, band_names=band_names, mean=[float(m) for m in mean],
         std=[float(s) for s in std], classes=infos,
     )
-    _check_counts(config, channels, k, src)
-    from geoseg.engines.ort import make_session
+    check_counts(config, channels, k, src)
+    from geoseg.engines.onnx_cpu import make_session
 
     session = make_session(proto.SerializeToString(), torch.device("cpu"))
     stride, rf = probe(session, n_in, len(infos), src)
     config.output_stride, config.receptive_field = stride, rf
-    _save(proto, out, config)
+    write_onnx_model(proto, out, config)
     return load_model(out)
 
 

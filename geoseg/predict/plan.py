@@ -15,9 +15,9 @@ from typing import Any, Sequence
 
 from geoseg.engines import check_engine
 from geoseg.errors import GeosegWarning
-from geoseg.infer import InferenceOptions
+from geoseg.options import InferenceOptions
 from geoseg.io import SceneInfo, check_distinct_paths, check_output_path, open_scene, parse_bands
-from geoseg.models.checkpoint import LoadedModel
+from geoseg.models.config import LoadedModel
 from geoseg.scenes import describe, resolve_scene
 from geoseg.options import PredictOptions
 from geoseg.tiling import TileGrid, auto_margin, round_up
@@ -84,7 +84,7 @@ def plan_predict(
     and the polygon options (``vector_options``, see :func:`geoseg.vectorize.check_vector_options`)
     are checked here, before any prediction.
     """
-    from geoseg.models.checkpoint import load_model, resolve_model_path
+    from geoseg.models.config import read_model_config, resolve_model_path
     from geoseg.predict.write import skipped_report_path
 
     out_path = check_output_path(output, overwrite)
@@ -98,7 +98,7 @@ def plan_predict(
          "skipped-tiles report": skipped_report_path(out_path)},
     )
     # a batch plans many scenes with the one model it has loaded and checked already
-    loaded = model if isinstance(model, LoadedModel) else load_model(model, device="cpu")
+    loaded = model if isinstance(model, LoadedModel) else read_model_config(model)
     cfg = loaded.config
     resolved = resolve_scene(scene, cfg.band_names, options.resampling, match_names=options.bands is None)
     info = open_scene(resolved.dataset)

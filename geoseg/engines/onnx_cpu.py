@@ -1,0 +1,186 @@
+"""ONNX Runtime without torch: sessions, the fused graph's sessions, and the CPU engine that runs
+plain inference (no TTA, scales or CRF) from raw tiles to uint8 classes and probabilities.
+
+A CPU worker running an ONNX model (or a ``.pt`` model already converted, see
+:func:`geoseg.models.onnx_file.cached_onnx_path`) never imports torch: one second and about
+500 MB less per process. Everything else (TTA, scales, CRF, float logits, CUDA) is
+:class:`geoseg.engines.ort.OnnxEngine`, which takes the same sessions.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from geoseg.engines import EngineOutput
+from geoseg.engines.graph import CLASSES, PROBABILITIES, VALID, fused_graph, graph_input_name
+from geoseg.io import class_raster_dtype
+from geoseg.models.config import ModelConfig
+from geoseg.normalize import normalize
+
+if TYPE_CHECKING:
+    from geoseg.engines.ort import OnnxEngine
+    from geoseg.options import InferenceOptions
+
+#: On the CPU a batch goes through ONNX Runtime in runs of about this many pixels (at least one
+#: tile): MLAS spreads each image over all threads, so a bigger run is no faster, and the arena
+#: grows with the largest run. The built-in architecture at 512² tiles, 2 threads: runs of 4
+#: tiles took 0.32 s per 4 tiles and 511 MB of arena, runs of 2 tiles 0.29 s and 263 MB.
+CPU_RUN_PIXELS = 2 * 512 * 512
+
+
+def cpu_runs(batch: int, height: int, width: int) -> list[slice]:
+    """The slices of a batch of ``batch`` tiles that one CPU session run takes each."""
+    step = max(1, CPU_RUN_PIXELS // max(1, height * width))
+    return [slice(i, min(i + step, batch)) for i in range(0, batch, step)]
+
+
+def default_threads() -> int:
+    """Intra-op threads when the caller gives none: torch's count where torch is loaded (the
+    worker limits it), else this process's CPUs."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return int(torch.get_num_threads())
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def make_session(model: str | Path | bytes, device: Any = "cpu", threads: int | None = None) -> Any:
+    """An ONNX Runtime session for ``model`` (a path or the file's bytes) on ``device`` (``cpu``,
+    ``cuda[:N]`` or a ``torch.device``), using ``threads`` intra-op threads."""
+    import onnxruntime as ort
+
+    from geoseg.errors import ModelError
+
+    kind = getattr(device, "type", str(device).split(":")[0])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads or default_threads()
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # no per-shape memory pattern: it kept one planned block per input shape (full batches and
+    # the last, smaller one), 340 MB more peak memory for the built-in model at 512², no faster
+    so.enable_mem_pattern = False
+    so.log_severity_level = 3
+    # idle intra-op threads sleep instead of spinning: the reader thread and the writer need
+    # those cores between batches (spinning made a cheap network's predict 8 % slower)
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    providers: list[str | tuple[str, dict[str, int]]] = ["CPUExecutionProvider"]
+    if kind == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise ModelError(
+                "--engine onnx on CUDA needs ONNX Runtime's CUDA provider; pip install onnxruntime-gpu, "
+                "or use --engine torch"
+            )
+        index = getattr(device, "index", None)
+        if index is None and ":" in str(device):
+            index = int(str(device).split(":")[1])
+        providers = [("CUDAExecutionProvider", {"device_id": index or 0}), "CPUExecutionProvider"]
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, so, providers=providers)
+
+
+class FusedSessions:
+    """The sessions of a model's fused graph (:func:`geoseg.engines.graph.fused_graph`), one per
+    variant (probabilities or not, nodata mask or not), each built on first use."""
+
+    def __init__(self, model: str | Path | bytes, config: ModelConfig, device: Any, threads: int | None,
+                 proto: Any = None) -> None:
+        self.model, self.config, self.device, self.threads = model, config, device, threads
+        self._proto = proto
+        self._sessions: dict[tuple[bool, bool], Any] = {}
+        self._image_input: str | None = None
+
+    def proto(self) -> Any:
+        """The network's ONNX graph (parsed from the model once, if not given)."""
+        if self._proto is None:
+            import onnx
+
+            self._proto = (onnx.load_from_string(self.model) if isinstance(self.model, bytes)
+                           else onnx.load(str(self.model)))
+        return self._proto
+
+    @property
+    def image_input(self) -> str:
+        """The name of the graph's image input (looked up once, not per batch)."""
+        if self._image_input is None:
+            self._image_input = graph_input_name(self.proto())
+        return self._image_input
+
+    def get(self, probabilities: bool, masked: bool) -> Any | None:
+        """The session of one variant (None: this model's opset is too old for the fused graph)."""
+        key = (probabilities, masked)
+        if key not in self._sessions:
+            values = [c.value for c in self.config.classes]
+            dtype, nodata = class_raster_dtype(values)
+            graph = fused_graph(self.proto(), values, np.dtype(dtype), nodata, probabilities, masked)
+            self._sessions[key] = (
+                None if graph is None else make_session(graph.SerializeToString(), self.device, self.threads))
+        return self._sessions[key]
+
+
+class CpuEngine:
+    """Plain inference under ONNX Runtime on the CPU: raw tiles in, class values (and uint8
+    probabilities) out, in numpy and the fused graph only. A batch runs in :func:`cpu_runs`.
+
+    Float logits (tests) and any batch the fused graph cannot take go to
+    :class:`geoseg.engines.ort.OnnxEngine`, built (with torch) on first need.
+    """
+
+    name = "onnx"
+    #: Whether the worker must set torch's threads for this engine: no torch here.
+    uses_torch = False
+
+    def __init__(self, model: str | Path | bytes, config: ModelConfig, options: "InferenceOptions",
+                 threads: int | None = None, proto: Any = None) -> None:
+        self.model, self.config, self.options, self.threads = model, config, options, threads
+        self.sessions = FusedSessions(model, config, "cpu", threads, proto)
+        self.lock = threading.Lock()
+        self._full: OnnxEngine | None = None
+
+    def fused_available(self) -> bool:
+        """Whether the fused graph can run this model (opset 13 or later)."""
+        from geoseg.engines.graph import MIN_OPSET, model_opset
+
+        return model_opset(self.sessions.proto()) >= MIN_OPSET
+
+    def full(self) -> "OnnxEngine":
+        """The torch-backed ONNX engine for what this one does not do."""
+        if self._full is None:
+            import torch
+
+            from geoseg.engines.ort import OnnxEngine
+
+            self._full = OnnxEngine(self.model, self.config, torch.device("cpu"), self.options, self.threads,
+                                    proto=self.sessions.proto())
+        return self._full
+
+    def run(
+        self, raw: np.ndarray, valid: np.ndarray, probabilities: bool = False, keep_logits: bool = False,
+    ) -> EngineOutput:
+        """Classes (and uint8 probabilities) for raw N x C x H x W tiles in the scene's dtype, with
+        ``valid`` (N x H x W, bool) saying which pixels hold data."""
+        masked = not bool(valid.all())  # most batches hold no nodata: a graph without the mask
+        session = None if keep_logits or not self.options.plain else self.sessions.get(probabilities, masked)
+        if session is None:
+            return self.full().run(raw, valid, probabilities, keep_logits)
+        x = normalize(raw, valid if masked else None, self.config.mean, self.config.std)
+        return run_fused(self.sessions, session, x, valid, probabilities, masked)
+
+
+def run_fused(sessions: FusedSessions, session: Any, x: np.ndarray, valid: np.ndarray, probabilities: bool,
+              masked: bool) -> EngineOutput:
+    """A fused session (one of ``sessions``) over a normalized batch ``x`` on the CPU, in
+    :func:`cpu_runs`."""
+    names = [CLASSES, PROBABILITIES] if probabilities else [CLASSES]
+    image = sessions.image_input
+    mask = valid[:, None] if masked else None
+    runs = []
+    for r in cpu_runs(x.shape[0], *x.shape[2:]):
+        feed = {image: x[r]} if mask is None else {image: x[r], VALID: mask[r]}
+        runs.append(session.run(names, feed))
+    out = runs[0] if len(runs) == 1 else [np.concatenate(parts) for parts in zip(*runs)]
+    return EngineOutput(classes=out[0][:, 0], probabilities=out[1] if probabilities else None)

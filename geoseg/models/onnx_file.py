@@ -1,0 +1,162 @@
+"""ONNX geoseg model files, read and checked without torch: what planning a run and the CPU
+engine need (``geoseg.models.onnx`` exports, imports and converts, with torch).
+
+An ONNX geoseg model is a plain ONNX file (N x C x H x W normalized float32 in, N x K x H x W
+logits out, height and width free) whose ``metadata_props`` hold the same JSON config a ``.pt``
+model file carries (key ``geoseg``). ONNX files are protobuf: parsing one runs no code, and the
+checks below (one rank-4 float input, free spatial size, a rank-4 output, weights inside the
+file, counts that match) run before any session is built.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from geoseg.errors import CheckpointError, ModelError, first_line
+from geoseg.models.config import ModelConfig, validate_config
+
+#: metadata_props key holding the geoseg config JSON.
+METADATA_KEY = "geoseg"
+#: ONNX opset of exported models: ONNX Runtime 1.17 and later run it.
+OPSET = 18
+ONNX_MAGIC_SUFFIXES = (".onnx",)
+
+
+def is_onnx_file(path: str | os.PathLike[str]) -> bool:
+    """An ONNX file by name, or by content (a protobuf, not a PyTorch zip archive): workers keep
+    received model files under their hash, without the suffix."""
+    import zipfile
+
+    if str(path).lower().endswith(ONNX_MAGIC_SUFFIXES):
+        return True
+    with open(path, "rb") as f:
+        head = f.read(2)
+    # ModelProto starts with field 1 (ir_version, varint): tag byte 0x08.
+    return not zipfile.is_zipfile(path) and head[:1] == b"\x08"
+
+
+def cache_dir() -> Path:
+    """Where ONNX files converted from ``.pt`` models are kept, by content hash: the worker's
+    per-user model cache (mode 0700, :func:`geoseg.worker.model_cache_dir`)."""
+    from geoseg.worker import model_cache_dir
+
+    return model_cache_dir()
+
+
+def parse_onnx(path: str | os.PathLike[str]) -> Any:
+    """The ModelProto of an ONNX file (protobuf: parsing runs no code); one line if it is not one."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"{path} is not an ONNX model ({first_line(exc)})"
+        ) from None
+
+
+def _dims(value_info: Any) -> list[int | str | None]:
+    """A graph input's or output's shape: ints where fixed, names (or None) where free."""
+    t = value_info.type.tensor_type
+    if not t.HasField("shape"):
+        return []
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+
+
+def check_graph(proto: Any, path: str | os.PathLike[str]) -> tuple[int | None, int | None]:
+    """Check what geoseg needs of an ONNX graph; returns the input channels and output classes
+    where the graph fixes them."""
+    import onnx
+
+    graph = proto.graph
+    for init in graph.initializer:
+        if init.data_location == onnx.TensorProto.EXTERNAL:
+            raise CheckpointError(
+                f"{path} keeps its weights in external files; save it as one file "
+                "(onnx.save(model, path, save_as_external_data=False))"
+            )
+    inits = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise ModelError(f"{path} has {len(inputs)} inputs; geoseg needs one N x C x H x W image input")
+    shape = _dims(inputs[0])
+    if len(shape) != 4:
+        raise ModelError(f"{path}: input {inputs[0].name!r} has rank {len(shape)}; geoseg needs rank 4 (N x C x H x W)")
+    if inputs[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+        raise ModelError(f"{path}: input {inputs[0].name!r} is not float32; geoseg feeds normalized float32")
+    if isinstance(shape[2], int) and shape[2] > 0 or isinstance(shape[3], int) and shape[3] > 0:
+        raise ModelError(
+            f"{path}: input size is fixed at {shape[2]}x{shape[3]}, so tiles cannot be fed; re-export "
+            "it with free height and width (torch.onnx.export dynamic_shapes, tf2onnx without fixed shapes)"
+        )
+    if not graph.output:
+        raise ModelError(f"{path} has no outputs")
+    out = _dims(graph.output[0])
+    if out and len(out) != 4:
+        raise ModelError(f"{path}: output {graph.output[0].name!r} has rank {len(out)}; geoseg needs N x K x H x W logits")
+    channels = shape[1] if isinstance(shape[1], int) and shape[1] > 0 else None
+    classes = out[1] if out and isinstance(out[1], int) and out[1] > 0 else None
+    return channels, classes
+
+
+def check_counts(config: ModelConfig, channels: int | None, classes: int | None, path: Any) -> None:
+    n = config.in_channels
+    for what, values in (("mean", config.mean), ("std", config.std), ("bands", config.band_names)):
+        if len(values) != n:
+            raise ModelError(f"{path}: {len(values)} {what} values for {n} input channels; give one per channel")
+    if channels is not None and channels != n:
+        raise ModelError(f"{path}: the model takes {channels} channels but {n} bands, means and stds are given")
+    if classes is not None and classes != len(config.classes):
+        raise ModelError(f"{path}: the model outputs {classes} classes but {len(config.classes)} are named; name one per output channel")
+    if any(s <= 0 for s in config.std):
+        raise ModelError(f"{path}: every --std value must be positive")
+
+
+def read_onnx_model(path: str | os.PathLike[str]) -> tuple[ModelConfig, Any]:
+    """Config and checked graph of an ONNX geoseg model; no session is built yet."""
+    proto = parse_onnx(path)
+    channels, classes = check_graph(proto, path)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    if METADATA_KEY not in meta:
+        raise CheckpointError(
+            f"{path} is an ONNX model without geoseg metadata; run 'geoseg import {path} -o MODEL.onnx "
+            "--classes ... --mean ... --std ...' first"
+        )
+    try:
+        config = ModelConfig.from_json(meta[METADATA_KEY])
+        validate_config(config, architecture=False)  # stride, receptive field, bands: bounded
+    except (CheckpointError, ModelError) as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    except (TypeError, KeyError, ValueError) as exc:
+        raise CheckpointError(f"{path} has damaged geoseg metadata ({exc}); run 'geoseg import' again") from None
+    check_counts(config, channels, classes, path)
+    return config, proto
+
+
+def write_onnx_model(proto: Any, path: Path, config: ModelConfig) -> Path:
+    """Write ``proto`` with ``config`` in its metadata, atomically."""
+    import onnx
+
+    del proto.metadata_props[:]
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, config.to_json()
+    from geoseg.io import temporary_sibling
+
+    tmp = temporary_sibling(path, ".onnx")
+    try:
+        onnx.save(proto, str(tmp), save_as_external_data=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def cached_onnx_path(sha256: str) -> Path:
+    """Where the ONNX conversion of the ``.pt`` model with content hash ``sha256`` is kept (by
+    this opset and torch release, read from the installed package without importing torch)."""
+    torch_release = version("torch").split("+")[0]
+    return cache_dir() / f"{sha256}-opset{OPSET}-torch{torch_release}.onnx"
