@@ -8,8 +8,8 @@ values) leaves the session: no float logits are copied back. On a cheap network 
 alone took longer in torch than the whole forward pass. (Normalisation stays in torch on the
 same device: ONNX Runtime's ``Cast`` from integers ran single-threaded at 6x torch's time.)
 
-Inputs: the network's own (normalized float32 N x C x H x W) and, for batches with nodata,
-:data:`VALID` (N x 1 x H x W, bool). Outputs: :data:`CLASSES` (N x 1 x H x W) and, when asked for, :data:`PROBABILITIES`
+Inputs: the network's own (normalized float32 N x C x H x W) and :data:`VALID` (N x 1 x H x W,
+bool). Outputs: :data:`CLASSES` (N x 1 x H x W) and, when asked for, :data:`PROBABILITIES`
 (N x K x H x W uint8).
 """
 
@@ -43,15 +43,17 @@ def graph_input_name(proto: Any) -> str:
 
 
 def fused_graph(
-    proto: Any, lookup: Sequence[int], class_dtype: np.dtype, nodata: int, probabilities: bool, masked: bool,
+    proto: Any, lookup: Sequence[int], class_dtype: np.dtype, nodata: int, probabilities: bool,
 ) -> Any | None:
     """A copy of ``proto`` (a network: normalized float N x C x H x W in, logits N x K x H x W
-    out) that returns class values (and uint8 probabilities) instead of logits; with ``masked``
-    it also takes :data:`VALID` and writes nodata (probability 0) where it is false. None when
-    the model's opset is older than :data:`MIN_OPSET` (the caller then runs the unfused path).
+    out) that also takes :data:`VALID` and returns class values (and uint8 probabilities)
+    instead of logits, with nodata (probability 0) where :data:`VALID` is false. None when the
+    model's opset is older than :data:`MIN_OPSET` (the caller then runs the unfused path).
 
-    Batches without nodata, the most, run the graph without a mask: its ``Where`` over int64
-    indices cost as much as the argmax."""
+    The mask is applied to the uint8 outputs, after the lookup and the cast: one graph serves
+    batches with and without nodata at about no cost (a ``Where`` over the int64 argmax cost
+    as much as the argmax), so a model needs one session, not one per variant (each session
+    keeps its own memory arena)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -70,15 +72,13 @@ def fused_graph(
         graph.initializer.append(numpy_helper.from_array(np.asarray(value), name(label)))
         return name(label)
 
-    # class values: the argmax points into a table whose extra last entry is the nodata value
-    table = np.asarray([*lookup, nodata], dtype=class_dtype)
-    post = [helper.make_node("ArgMax", [logits], [name("argmax")], axis=1, keepdims=1)]
-    index = name("argmax")
-    if masked:
-        post.append(helper.make_node("Where", [VALID, index, const("nodata_index", np.int64(classes))],
-                                     [name("index")]))
-        index = name("index")
-    post.append(helper.make_node("Gather", [const("lookup", table), index], [CLASSES], axis=0))
+    post = [
+        helper.make_node("ArgMax", [logits], [name("argmax")], axis=1, keepdims=1),
+        helper.make_node("Gather", [const("lookup", np.asarray(lookup, dtype=class_dtype)), name("argmax")],
+                         [name("values")], axis=0),
+        helper.make_node("Where", [VALID, name("values"), const("nodata", np.asarray(nodata, dtype=class_dtype))],
+                         [CLASSES]),
+    ]
     outputs = [helper.make_tensor_value_info(CLASSES, helper.np_dtype_to_tensor_dtype(np.dtype(class_dtype)),
                                              ["N", 1, "H", "W"])]
     if probabilities:  # 0-255 = 0-1, rounded half to even as torch does; 0 where no data
@@ -86,16 +86,12 @@ def fused_graph(
             helper.make_node("Softmax", [logits], [name("softmax")], axis=1),
             helper.make_node("Mul", [name("softmax"), const("scale", np.float32(255.0))], [name("scaled")]),
             helper.make_node("Round", [name("scaled")], [name("rounded")]),
+            helper.make_node("Cast", [name("rounded")], [name("uint8")], to=TensorProto.UINT8),
+            helper.make_node("Where", [VALID, name("uint8"), const("zero", np.uint8(0))], [PROBABILITIES]),
         ]
-        rounded = name("rounded")
-        if masked:
-            post.append(helper.make_node("Where", [VALID, rounded, const("zero", np.float32(0.0))], [name("masked")]))
-            rounded = name("masked")
-        post.append(helper.make_node("Cast", [rounded], [PROBABILITIES], to=TensorProto.UINT8))
         outputs.append(helper.make_tensor_value_info(PROBABILITIES, TensorProto.UINT8, ["N", classes, "H", "W"]))
     graph.node.extend(post)
-    if masked:
-        graph.input.append(helper.make_tensor_value_info(VALID, TensorProto.BOOL, ["N", 1, "H", "W"]))
+    graph.input.append(helper.make_tensor_value_info(VALID, TensorProto.BOOL, ["N", 1, "H", "W"]))
     del graph.output[:]
     graph.output.extend(outputs)
     return fused

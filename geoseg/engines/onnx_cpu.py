@@ -84,14 +84,14 @@ def make_session(model: str | Path | bytes, device: Any = "cpu", threads: int | 
 
 
 class FusedSessions:
-    """The sessions of a model's fused graph (:func:`geoseg.engines.graph.fused_graph`), one per
-    variant (probabilities or not, nodata mask or not), each built on first use."""
+    """The sessions of a model's fused graph (:func:`geoseg.engines.graph.fused_graph`): with
+    probabilities or without (a run uses one of the two), each built on first use."""
 
     def __init__(self, model: str | Path | bytes, config: ModelConfig, device: Any, threads: int | None,
                  proto: Any = None) -> None:
         self.model, self.config, self.device, self.threads = model, config, device, threads
         self._proto = proto
-        self._sessions: dict[tuple[bool, bool], Any] = {}
+        self._sessions: dict[bool, Any] = {}
         self._image_input: str | None = None
 
     def proto(self) -> Any:
@@ -110,16 +110,15 @@ class FusedSessions:
             self._image_input = graph_input_name(self.proto())
         return self._image_input
 
-    def get(self, probabilities: bool, masked: bool) -> Any | None:
-        """The session of one variant (None: this model's opset is too old for the fused graph)."""
-        key = (probabilities, masked)
-        if key not in self._sessions:
+    def get(self, probabilities: bool) -> Any | None:
+        """The session (None: this model's opset is too old for the fused graph)."""
+        if probabilities not in self._sessions:
             values = [c.value for c in self.config.classes]
             dtype, nodata = class_raster_dtype(values)
-            graph = fused_graph(self.proto(), values, np.dtype(dtype), nodata, probabilities, masked)
-            self._sessions[key] = (
+            graph = fused_graph(self.proto(), values, np.dtype(dtype), nodata, probabilities)
+            self._sessions[probabilities] = (
                 None if graph is None else make_session(graph.SerializeToString(), self.device, self.threads))
-        return self._sessions[key]
+        return self._sessions[probabilities]
 
 
 class CpuEngine:
@@ -163,24 +162,20 @@ class CpuEngine:
     ) -> EngineOutput:
         """Classes (and uint8 probabilities) for raw N x C x H x W tiles in the scene's dtype, with
         ``valid`` (N x H x W, bool) saying which pixels hold data."""
-        masked = not bool(valid.all())  # most batches hold no nodata: a graph without the mask
-        session = None if keep_logits or not self.options.plain else self.sessions.get(probabilities, masked)
+        session = None if keep_logits or not self.options.plain else self.sessions.get(probabilities)
         if session is None:
             return self.full().run(raw, valid, probabilities, keep_logits)
-        x = normalize(raw, valid if masked else None, self.config.mean, self.config.std)
-        return run_fused(self.sessions, session, x, valid, probabilities, masked)
+        x = normalize(raw, valid, self.config.mean, self.config.std)
+        return run_fused(self.sessions, session, x, valid, probabilities)
 
 
-def run_fused(sessions: FusedSessions, session: Any, x: np.ndarray, valid: np.ndarray, probabilities: bool,
-              masked: bool) -> EngineOutput:
+def run_fused(sessions: FusedSessions, session: Any, x: np.ndarray, valid: np.ndarray,
+              probabilities: bool) -> EngineOutput:
     """A fused session (one of ``sessions``) over a normalized batch ``x`` on the CPU, in
     :func:`cpu_runs`."""
     names = [CLASSES, PROBABILITIES] if probabilities else [CLASSES]
     image = sessions.image_input
-    mask = valid[:, None] if masked else None
-    runs = []
-    for r in cpu_runs(x.shape[0], *x.shape[2:]):
-        feed = {image: x[r]} if mask is None else {image: x[r], VALID: mask[r]}
-        runs.append(session.run(names, feed))
+    mask = valid[:, None]
+    runs = [session.run(names, {image: x[r], VALID: mask[r]}) for r in cpu_runs(x.shape[0], *x.shape[2:])]
     out = runs[0] if len(runs) == 1 else [np.concatenate(parts) for parts in zip(*runs)]
     return EngineOutput(classes=out[0][:, 0], probabilities=out[1] if probabilities else None)

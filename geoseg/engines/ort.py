@@ -59,21 +59,20 @@ class OnnxEngine(Engine):
         """The network's ONNX graph."""
         return self.sessions.proto()
 
-    def fused_session(self, probabilities: bool, masked: bool) -> Any | None:
+    def fused_session(self, probabilities: bool) -> Any | None:
         """The session of the fused graph (None: this model's opset is too old for it)."""
-        return self.sessions.get(probabilities, masked)
+        return self.sessions.get(probabilities)
 
     @torch.inference_mode()
     def run(
         self, raw: np.ndarray, valid: np.ndarray, probabilities: bool = False, keep_logits: bool = False,
     ) -> EngineOutput:
-        masked = not bool(valid.all())  # most batches hold no nodata: a graph without the mask
-        session = self.fused_session(probabilities, masked) if not keep_logits and self.options.plain else None
+        session = self.fused_session(probabilities) if not keep_logits and self.options.plain else None
         if session is None:
             return super().run(raw, valid, probabilities, keep_logits)
         if self.device.type != "cuda":  # numpy and the fused graph: what CpuEngine runs
-            batch = normalize(raw, valid if masked else None, self.config.mean, self.config.std)
-            return run_fused(self.sessions, session, batch, valid, probabilities, masked)
+            batch = normalize(raw, valid, self.config.mean, self.config.std)
+            return run_fused(self.sessions, session, batch, valid, probabilities)
         mask = self.upload(valid)
         x = self.normalize(self.upload(raw), mask).contiguous()
         mask = mask[:, None].contiguous()
@@ -83,8 +82,7 @@ class OnnxEngine(Engine):
         binding = session.io_binding()
         index = self.device.index or 0
         binding.bind_input(image, "cuda", index, np.float32, tuple(x.shape), x.data_ptr())
-        if masked:
-            binding.bind_input(VALID, "cuda", index, np.bool_, tuple(mask.shape), mask.data_ptr())
+        binding.bind_input(VALID, "cuda", index, np.bool_, tuple(mask.shape), mask.data_ptr())
         for n in names:
             binding.bind_output(n, "cpu")
         torch.cuda.current_stream(self.device).synchronize()
