@@ -50,7 +50,8 @@ def fused_graph(
     instead of logits, with nodata (probability 0) where :data:`VALID` is false. None when the
     model's opset is older than :data:`MIN_OPSET` (the caller then runs the unfused path).
 
-    The mask is applied to the uint8 outputs, after the lookup and the cast: one graph serves
+    The mask is applied to the uint8 outputs, after the lookup and the cast (for uint16 class
+    values, which ONNX Runtime's ``Where`` does not take, to the argmax): one graph serves
     batches with and without nodata at about no cost (a ``Where`` over the int64 argmax cost
     as much as the argmax), so a model needs one session, not one per variant (each session
     keeps its own memory arena)."""
@@ -72,13 +73,21 @@ def fused_graph(
         graph.initializer.append(numpy_helper.from_array(np.asarray(value), name(label)))
         return name(label)
 
-    post = [
-        helper.make_node("ArgMax", [logits], [name("argmax")], axis=1, keepdims=1),
-        helper.make_node("Gather", [const("lookup", np.asarray(lookup, dtype=class_dtype)), name("argmax")],
-                         [name("values")], axis=0),
-        helper.make_node("Where", [VALID, name("values"), const("nodata", np.asarray(nodata, dtype=class_dtype))],
-                         [CLASSES]),
-    ]
+    post = [helper.make_node("ArgMax", [logits], [name("argmax")], axis=1, keepdims=1)]
+    if np.dtype(class_dtype) == np.uint8:
+        post += [
+            helper.make_node("Gather", [const("lookup", np.asarray(lookup, dtype=class_dtype)), name("argmax")],
+                             [name("values")], axis=0),
+            helper.make_node("Where", [VALID, name("values"), const("nodata", np.asarray(nodata, dtype=class_dtype))],
+                             [CLASSES]),
+        ]
+    else:  # ONNX Runtime's Where has no uint16 kernel: mask the index, nodata is the table's last entry
+        post += [
+            helper.make_node("Where", [VALID, name("argmax"), const("nodata_index", np.int64(classes))],
+                             [name("index")]),
+            helper.make_node("Gather", [const("lookup", np.asarray([*lookup, nodata], dtype=class_dtype)),
+                                        name("index")], [CLASSES], axis=0),
+        ]
     outputs = [helper.make_tensor_value_info(CLASSES, helper.np_dtype_to_tensor_dtype(np.dtype(class_dtype)),
                                              ["N", 1, "H", "W"])]
     if probabilities:  # 0-255 = 0-1, rounded half to even as torch does; 0 where no data
