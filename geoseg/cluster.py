@@ -365,7 +365,7 @@ class ModelPlugin(WorkerPlugin):
     def setup(self, worker: Any = None) -> None:
         if hashlib.sha256(self.blob).hexdigest() != self.sha256:
             raise CheckpointError("the model bytes sent to this worker are damaged (content hash mismatch)")
-        from geoseg.worker import model_cache_dir  # imports torch: only on workers
+        from geoseg.worker import model_cache_dir  # worker-side code: imported only on workers
 
         cache = model_cache_dir()
         local = cache / f"{self.sha256}.pt"
