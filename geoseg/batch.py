@@ -25,9 +25,10 @@ from typing import Any, Callable, Iterator
 import yaml
 
 from geoseg import __version__
-from geoseg.errors import GeosegError, JobError, JobLockedError, first_line
-from geoseg.io import is_virtual, write_json_atomic
+from geoseg.errors import GeosegError, JobError, JobLockedError, SceneError, first_line
+from geoseg.io import file_token, is_virtual, write_json_atomic
 from geoseg.options import PredictOptions, VectorOptions, job_schema, key_of
+from geoseg.scenes import asset_path, is_raster_asset, is_stac_item, read_stac_item
 
 #: Keys of a prediction job and the types they take (None: free-form checked elsewhere).
 SCHEMA: dict[str, Any] = {
@@ -364,12 +365,28 @@ def _collisions(job: Job, places: dict[str, str]) -> list[str]:
 
 
 def scene_token(scene: str) -> dict[str, Any]:
-    """What identifies a scene's content cheaply: its path, size and modification time."""
+    """What identifies a scene's content cheaply: its path, size and modification time, and for
+    a STAC item those of its raster assets (an asset rewritten in place is a new scene)."""
     try:
         st = os.stat(scene)
-        return {"path": scene, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        token: dict[str, Any] = {"path": scene, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
     except OSError:
         return {"path": scene, "size": None, "mtime_ns": None}
+    if is_stac_item(scene):
+        token["assets"] = stac_asset_tokens(scene)
+    return token
+
+
+def stac_asset_tokens(item_path: str) -> dict[str, Any] | None:
+    """Size and modification time of each raster asset of a local STAC item, by asset key (None
+    for remote assets, as :func:`geoseg.io.file_token` gives; None for an unreadable item)."""
+    try:
+        item = read_stac_item(item_path)
+    except SceneError:
+        return None
+    return {key: file_token(asset_path(str(asset["href"]), item_path))
+            for key, asset in sorted(item["assets"].items())
+            if isinstance(asset, dict) and "href" in asset and is_raster_asset(asset)}
 
 
 def outputs_for(job: Job, scene: str) -> dict[str, Path]:
@@ -393,8 +410,11 @@ def record_path(classes: Path) -> Path:
 
 
 def expected_record(job: Job, scene: str, model_sha: str) -> dict[str, Any]:
-    return {"scene": scene_token(scene), "model_sha256": model_sha, "predict": job.predict,
-            "vector": job.vector, "geoseg_version": __version__}
+    """The record a scene done with this job, model and geoseg has, as JSON stores it (lists,
+    not tuples), so it compares equal to the record file."""
+    record = {"scene": scene_token(scene), "model_sha256": model_sha, "predict": job.predict,
+              "vector": job.vector, "geoseg_version": __version__}
+    return dict(json.loads(json.dumps(record)))
 
 
 def is_done(job: Job, scene: str, model_sha: str) -> bool:

@@ -317,7 +317,8 @@ def _asset_names(key: str, asset: dict[str, Any]) -> set[str]:
     return names
 
 
-def _is_raster(asset: dict[str, Any]) -> bool:
+def is_raster_asset(asset: dict[str, Any]) -> bool:
+    """Whether a STAC asset is a raster GDAL reads, by media type (or by file suffix without one)."""
     mtype = str(asset.get("type", "")).lower()
     href = str(asset.get("href", "")).lower()
     return (mtype.startswith("image/tiff") or mtype.startswith("image/jp2")
@@ -331,7 +332,7 @@ def match_assets(item: dict[str, Any], band_names: Sequence[str], href: str) -> 
     missing: list[str] = []
     for band in band_names:
         want = band.lower()
-        hits = [(k, a) for k, a in assets.items() if want in _asset_names(k, a) and _is_raster(a)]
+        hits = [(k, a) for k, a in assets.items() if want in _asset_names(k, a) and is_raster_asset(a)]
         if not hits:
             missing.append(band)
             continue

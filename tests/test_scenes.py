@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -173,6 +174,13 @@ def test_batch_links_outputs_to_the_source_stac_item(
     polygons = json.loads((tmp_path / "out" / "S2A_T33UUU-classes.geojson").read_text())
     x, y = polygons["features"][0]["geometry"]["coordinates"][0][0][0]
     assert 10 < x < 20 and 50 < y < 55  # lon/lat of UTM 33N near 300000, 5800000
+    assert run_batch(job, client=dask_client, echo=lambda s: None).count("skipped") == 1
+    # an asset rewritten in place (the item file unchanged) is a new scene: the rerun predicts it
+    write_raster(files[0], np.ascontiguousarray(arr[0][::-1]), nodata=0)
+    st = files[0].stat()
+    os.utime(files[0], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    again = run_batch(job, client=dask_client, echo=lambda s: None)
+    assert again.count("done") == 1, again.as_dict()
 
 
 @pytest.mark.shared_data
