@@ -3,9 +3,13 @@ probabilities) out.
 
 ``torch`` runs the PyTorch network; ``onnx`` runs the same network exported to ONNX (or an
 imported ONNX model) under ONNX Runtime. Normalisation, nodata fill, test-time augmentation,
-scales, the CRF, argmax and softmax are the same code for both (:class:`geoseg.engines.base.Engine`),
-so only the forward pass differs. ``auto`` picks ONNX Runtime on the CPU (faster there, see
-docs/benchmarks.md) and PyTorch on CUDA.
+scales, the CRF, argmax and softmax are the same torch code for both
+(:class:`geoseg.engines.base.Engine`), so only the forward pass differs; plain inference under
+ONNX Runtime runs argmax and softmax in the network's extended graph (:mod:`.graph`), and on the
+CPU without torch at all (:class:`.onnx_cpu.CpuEngine`). ``auto`` picks ONNX Runtime on the CPU
+(faster there, see docs/benchmarks.md) and PyTorch on CUDA.
+
+This module imports neither torch nor ONNX Runtime: the client plans with it.
 """
 
 from __future__ import annotations
