@@ -4,8 +4,11 @@ against a per-pixel random forest, on every labeled scene in ../shared/data.
     nice python benchmarks/training.py [--only s2_brandenburg_osm,...] [--threads 2]
     nice python benchmarks/training.py --only nb_bakerlake --chip-args '{"stride": 32}' --out /tmp/t.json
 
-Each scene is split in space: its last quarter along the longer side is the test area, used
-neither for training nor for choosing the epoch. The first three quarters are chipped and
+Each scene is split in space: one edge quarter is the test area, used neither for training nor
+for choosing the epoch: the last quarter along the longer side, unless its labels miss a class
+of the scene (under 0.5 % of that class's pixels), then the first such quarter of: the first
+along the longer side, the last and the first along the shorter side (:func:`choose_holdout`;
+decided from the labels alone, before training). The other three quarters are chipped and
 trained on with the defaults (chip size, split blocks, epochs, early stopping: all automatic);
 the model then predicts the test area through ``geoseg.predict`` (tiled, mirror-padded edges).
 The forest (200 trees) learns the band values of the same labelled train-split pixels (at most
@@ -73,26 +76,72 @@ def crop(src_path: Path, window: Window, dst_path: Path, drop_nodata: bool = Fal
         dst.descriptions = descriptions
 
 
-def split_scene(root: Path, work: Path, label_nodata_is_class: bool) -> dict[str, Path]:
-    """Train area (first three quarters along the longer side) and test area (the rest)."""
-    with rasterio.open(root / "image.tif") as src:
-        h, w = src.height, src.width
-    if w >= h:
-        cut = (w * 3) // 4
-        areas = {"train": Window(0, 0, cut, h), "test": Window(cut, 0, w - cut, h)}
-    else:
-        cut = (h * 3) // 4
-        areas = {"train": Window(0, 0, w, cut), "test": Window(0, cut, w, h - cut)}
-    out = {}
-    for name, win in areas.items():
-        crop(root / "image.tif", win, work / f"{name}-image.tif")
-        crop(root / "label.tif", win, work / f"{name}-label.tif", drop_nodata=label_nodata_is_class)
-        out[f"{name}-image"] = work / f"{name}-image.tif"
-        out[f"{name}-label"] = work / f"{name}-label.tif"
+#: Minimum share of a class's labelled pixels in the scene that the test area must hold for the
+#: class to count as present there.
+HOLDOUT_MIN_SHARE = 0.005
+
+
+def quarters(h: int, w: int) -> list[tuple[str, Window, Window]]:
+    """The candidate hold-outs, in the order they are tried: the last quarter along the longer
+    side, the first one, then the last and first quarters along the shorter side; each with the
+    train area (the other three quarters, one rectangle)."""
+    def along(length: int, cols: bool) -> list[tuple[str, Window, Window]]:
+        cut, rest = (length * 3) // 4, length // 4
+        def win(start: int, size: int) -> Window:
+            return Window(start, 0, size, h) if cols else Window(0, start, w, size)
+        side = "columns" if cols else "rows"
+        return [(f"last quarter of {side}", win(0, cut), win(cut, length - cut)),
+                (f"first quarter of {side}", win(rest, length - rest), win(0, rest))]
+    longer, shorter = (along(w, True), along(h, False)) if w >= h else (along(h, False), along(w, True))
+    return longer + shorter
+
+
+def label_classes(label: np.ndarray, ignore: int | None, nodata: float | None) -> dict[int, int]:
+    """Labelled pixels per class value (the ignore value and ``nodata`` left out)."""
+    keep = np.ones(label.shape, bool)
+    if ignore is not None:
+        keep &= label != ignore
+    if nodata is not None:
+        keep &= label != nodata
+    values, counts = np.unique(label[keep], return_counts=True)
+    return {int(v): int(c) for v, c in zip(values, counts)}
+
+
+def choose_holdout(root: Path, ignore: int | None, nodata_is_class: bool) -> tuple[str, Window, Window]:
+    """The hold-out: the first candidate of :func:`quarters` whose labels hold every class of the
+    scene (at least :data:`HOLDOUT_MIN_SHARE` of its pixels), else the one holding the most
+    classes. Decided from the labels alone, before any model is trained: a hold-out without a
+    class cannot measure it (nrcan_tiles' last quarter holds no building)."""
+    with rasterio.open(root / "label.tif") as src:
+        label = src.read(1)
+        nodata = None if nodata_is_class else src.nodata  # as a class, nodata counts like the others
+    scene = label_classes(label, ignore, nodata)
+    best: tuple[int, str, Window, Window] | None = None
+    for name, train_win, test_win in quarters(*label.shape):
+        rows, cols = test_win.toslices()
+        held = label_classes(label[rows, cols], ignore, nodata)
+        covered = sum(held.get(v, 0) >= max(1, HOLDOUT_MIN_SHARE * n) for v, n in scene.items())
+        if covered == len(scene):
+            return name, train_win, test_win
+        if best is None or covered > best[0]:
+            best = (covered, name, train_win, test_win)
+    assert best is not None
+    return best[1], best[2], best[3]
+
+
+def split_scene(root: Path, work: Path, ignore: int | None, label_nodata_is_class: bool) -> dict[str, Any]:
+    """Train area and test area (:func:`choose_holdout`), cropped to their own files."""
+    name, train_win, test_win = choose_holdout(root, ignore, label_nodata_is_class)
+    out: dict[str, Any] = {"holdout": name}
+    for area, win in (("train", train_win), ("test", test_win)):
+        crop(root / "image.tif", win, work / f"{area}-image.tif")
+        crop(root / "label.tif", win, work / f"{area}-label.tif", drop_nodata=label_nodata_is_class)
+        out[f"{area}-image"] = work / f"{area}-image.tif"
+        out[f"{area}-label"] = work / f"{area}-label.tif"
     return out
 
 
-def holdout_pixels(paths: dict[str, Path], bands: list[int], values: list[int], ignore: int,
+def holdout_pixels(paths: dict[str, Any], bands: list[int], values: list[int], ignore: int,
                 mean: list[float], std: list[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Normalized band values, class indices (-1: not scored) and validity of the test area."""
     with rasterio.open(paths["test-image"]) as src:
@@ -137,7 +186,7 @@ def run_scene(name: str, folder: str, bands: str | None, ignore: int | None, nod
               work: Path, client: Any, threads: int, chip_args: dict[str, Any] | None = None,
               train_args: dict[str, Any] | None = None) -> dict[str, Any]:
     root = DATA / folder
-    paths = split_scene(root, work, nodata_is_class)
+    paths = split_scene(root, work, ignore, nodata_is_class)
     chips = work / "chips"
     t0 = time.perf_counter()
     make_chips([(str(paths["train-image"]), str(paths["train-label"]))], chips, bands=bands,
@@ -166,7 +215,7 @@ def run_scene(name: str, folder: str, bands: str | None, ignore: int | None, nod
     rf_s = time.perf_counter() - t1
     split = {s: sum(c["split"] == s for c in m["chips"]) for s in ("train", "val")}
     return {
-        "scene": name, "classes": names, "chip_size": m["size"], "chips_train": split["train"],
+        "scene": name, "holdout": paths["holdout"], "classes": names, "chip_size": m["size"], "chips_train": split["train"],
         "chips_val": split["val"], "test_pixels": int(scored.sum()),
         "epochs_run": len(result.history), "best_epoch": result.best_epoch,
         "val_miou": result.best_miou,

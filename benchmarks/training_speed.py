@@ -3,7 +3,7 @@
     nice python benchmarks/training_speed.py [--size 64] [--batch 8] [--reps 3] [--threads 2]
 
 One optimizer step (forward, cross-entropy, backward, AdamW) on random 4-band chips, for each
-architecture in fp32, channels-last, and bf16 autocast + channels-last; the settings are
+architecture in fp32, channels-last, bf16 autocast, and bf16 autocast + channels-last; the settings are
 interleaved and each keeps its fastest repetition, so the ratios within one run hold even on a
 busy machine. Writes benchmarks/training_speed.json; docs/training.md quotes it.
 """
@@ -29,7 +29,15 @@ ARCHS: list[tuple[str, str, dict[str, Any]]] = [
     ("unet-resnet18", "unet", {"encoder": "resnet18"}),
     ("deeplabv3plus-mobilenet", "deeplabv3plus", {"backbone": "mobilenetv3"}),
 ]
-SETTINGS = {"fp32": (False, False), "channels-last": (False, True), "bf16+channels-last": (True, True)}
+SETTINGS = {"fp32": (False, False), "channels-last": (False, True), "bf16": (True, False),
+            "bf16+channels-last": (True, True)}
+
+
+def native_bf16() -> bool:
+    """Whether this CPU has bf16 arithmetic (AMX tiles or AVX-512 BF16), as train's ``auto`` asks."""
+    from geoseg.train import cpu_has_native_bf16
+
+    return cpu_has_native_bf16()
 
 
 def main() -> None:
@@ -69,7 +77,8 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     meta = {"size": args.size, "batch": args.batch, "threads": args.threads, "reps": args.reps,
-            "cpu": platform.processor() or platform.machine(), "torch": torch.__version__}
+            "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+            "native_bf16": native_bf16()}
     OUT.write_text(json.dumps({"setup": meta, "chips_per_second": rows}, indent=1))
     print(f"\n{'arch':<26}" + "".join(f"{k:>20}" for k in SETTINGS))
     for r in rows:

@@ -36,6 +36,14 @@ AUTO_STEPS = 1000
 AUTO_EPOCHS = (15, 150)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU does bf16 arithmetic in hardware (AMX tiles or AVX-512 BF16), where bf16
+    autocast trains 1.2-1.7x as fast (docs/training.md); False where torch cannot tell (its CPU
+    probes are private, so their absence counts as no)."""
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
 def auto_epochs(steps_per_epoch: int) -> int:
     """Epochs for about ``AUTO_STEPS`` optimizer steps: many passes over a small chip set, few
     over a large one; early stopping usually ends training well before."""
@@ -224,6 +232,10 @@ def train(
     use_amp = amp and (precision == "bf16" or (precision == "auto" and dev.type == "cuda"))
     amp_dtype = (torch.bfloat16 if precision == "bf16" or dev.type != "cuda" or torch.cuda.is_bf16_supported()
                  else torch.float16)
+    if dev.type == "cpu" and precision == "auto" and not quiet and cpu_has_native_bf16():
+        print("this CPU computes bf16 in hardware: --precision bf16 trained 1.2-1.7x as fast here "
+              "(2.1x for unet-small with --channels-last), at the same accuracy within noise "
+              "(docs/training.md)", file=sys.stderr, flush=True)
     if channels_last:
         network.to(memory_format=torch.channels_last)
     train_pixels = {int(k): int(v) for k, v in manifest["stats"]["class_pixels"].get("train", {}).items()}

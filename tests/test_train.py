@@ -169,3 +169,19 @@ def test_epochs_are_automatic_and_training_stops_after_patience(tmp_path: Path, 
     # once the first third of the epochs is done
     assert n == 6 or (n - result.best_epoch >= 1 and n >= 2 and (n == result.best_epoch + 1 or n == 2))
     assert result.best_miou == pytest.approx(max(h.val["miou"] for h in result.history), abs=1e-5)
+
+
+def test_a_cpu_with_bf16_hardware_is_told_about_precision_bf16(
+    tmp_path: Path, chips: tuple[Path, Path, np.ndarray], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """On a CPU that computes bf16 in hardware, training in fp32 (auto) names --precision bf16;
+    elsewhere, and when bf16 is asked for, it says nothing."""
+    import geoseg.train
+
+    out = chips[0]
+    for native, precision, told in ((True, "auto", True), (False, "auto", False), (True, "bf16", False)):
+        monkeypatch.setattr(geoseg.train, "cpu_has_native_bf16", lambda native=native: native)
+        train(out, tmp_path / "m.pt", arch="unet", arch_kwargs=SMALL, epochs=1, batch_size=8,
+              precision=precision, overwrite=True, device="cpu", quiet=False)
+        assert ("--precision bf16" in capsys.readouterr().err) is told, (native, precision)
