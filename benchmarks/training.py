@@ -3,6 +3,7 @@ against a per-pixel random forest, on every labeled scene in ../shared/data.
 
     nice python benchmarks/training.py [--only s2_brandenburg_osm,...] [--threads 2]
     nice python benchmarks/training.py --only nb_bakerlake --chip-args '{"stride": 32}' --out /tmp/t.json
+    nice python benchmarks/training.py --seeds 0,1,2     # each scene trained with three seeds
 
 Each scene is split in space: one edge quarter is the test area, used neither for training nor
 for choosing the epoch: the last quarter along the longer side, unless its labels miss a class
@@ -184,7 +185,10 @@ def forest(chips: Path, x_test: np.ndarray, y_test: np.ndarray, names: list[str]
 
 def run_scene(name: str, folder: str, bands: str | None, ignore: int | None, nodata_is_class: bool,
               work: Path, client: Any, threads: int, chip_args: dict[str, Any] | None = None,
-              train_args: dict[str, Any] | None = None) -> dict[str, Any]:
+              train_args: dict[str, Any] | None = None, seed: int = 0,
+              rf: Scores | None = None) -> tuple[dict[str, Any], Scores]:
+    """One scene with training seed ``seed``: the row, and the forest's scores (``rf``: scores of
+    the same split already fitted, reused: the forest's own seed is fixed)."""
     root = DATA / folder
     paths = split_scene(root, work, ignore, nodata_is_class)
     chips = work / "chips"
@@ -196,7 +200,7 @@ def run_scene(name: str, folder: str, bands: str | None, ignore: int | None, nod
     names = [c.name for c in classes]
     values = [c.value for c in classes]
     model = work / "model.pt"
-    result = train(chips, model, seed=0, quiet=False, **(train_args or {}))
+    result = train(chips, model, seed=seed, quiet=False, **(train_args or {}))
     train_s = time.perf_counter() - t0
     pred = work / "test-classes.tif"
     geoseg.predict(str(paths["test-image"]), str(pred), model=str(model), client=client, bands=bands)
@@ -211,10 +215,12 @@ def run_scene(name: str, folder: str, bands: str | None, ignore: int | None, nod
     scored = y_test >= 0
     net = Scores(confusion_matrix(y_test[scored], lut[p[scored]], len(names)), names)
     t1 = time.perf_counter()
-    rf = forest(chips, x_test, y_test, names, threads)
+    if rf is None:
+        rf = forest(chips, x_test, y_test, names, threads)
     rf_s = time.perf_counter() - t1
     split = {s: sum(c["split"] == s for c in m["chips"]) for s in ("train", "val")}
     return {
+        "seed": seed,
         "scene": name, "holdout": paths["holdout"], "classes": names, "chip_size": m["size"], "chips_train": split["train"],
         "chips_val": split["val"], "test_pixels": int(scored.sum()),
         "epochs_run": len(result.history), "best_epoch": result.best_epoch,
@@ -223,7 +229,7 @@ def run_scene(name: str, folder: str, bands: str | None, ignore: int | None, nod
         "rf_miou": rf.miou, "rf_iou": [round(float(v), 4) for v in rf.iou],
         "ratio": net.miou / rf.miou if rf.miou > 0 else None,
         "train_seconds": round(train_s), "forest_seconds": round(rf_s),
-    }
+    }, rf
 
 
 def main() -> None:
@@ -233,8 +239,11 @@ def main() -> None:
     ap.add_argument("--chip-args", type=json.loads, default=None,
                     help='extra make_chips keywords as JSON, to try a lever (e.g. \'{"oversample_rare": 2}\')')
     ap.add_argument("--train-args", type=json.loads, default=None, help="extra train keywords as JSON")
+    ap.add_argument("--seeds", default="0", help="training seeds, comma-separated: each scene is trained once per seed "
+                    "(same chips, same forest); the row keeps the first seed's run and every seed's scores")
     ap.add_argument("--out", type=Path, default=OUT, help=f"results file (default {OUT.name}; use another for trials)")
     args = ap.parse_args()
+    seeds = [int(x) for x in args.seeds.split(",")]
     torch.set_num_threads(args.threads)
     out = args.out
     rows = json.loads(out.read_text()) if out.exists() else []
@@ -243,18 +252,31 @@ def main() -> None:
         for name, folder, bands, ignore, nodata_is_class in SCENES:
             if args.only and name not in args.only.split(","):
                 continue
-            with tempfile.TemporaryDirectory(prefix=f"geoseg-training-{name}-") as tmp:
-                row = run_scene(name, folder, bands, ignore, nodata_is_class, Path(tmp), session.client,
-                                args.threads, args.chip_args, args.train_args)
+            runs: list[dict[str, Any]] = []
+            rf: Scores | None = None
+            for seed in seeds:
+                with tempfile.TemporaryDirectory(prefix=f"geoseg-training-{name}-") as tmp:
+                    run, rf = run_scene(name, folder, bands, ignore, nodata_is_class, Path(tmp), session.client,
+                                        args.threads, args.chip_args, args.train_args, seed, rf)
+                runs.append(run)
+            row = runs[0]
+            if len(runs) > 1:  # the first seed's row, and every seed's scores
+                ratios = [r["ratio"] or 0.0 for r in runs]
+                row["seed_runs"] = [{k: r[k] for k in ("seed", "net_miou", "net_iou", "ratio", "epochs_run",
+                                                       "best_epoch")} for r in runs]
+                row["ratio_mean"], row["ratio_min"], row["ratio_max"] = (
+                    float(np.mean(ratios)), min(ratios), max(ratios))
             if args.chip_args or args.train_args:
                 row["chip_args"], row["train_args"] = args.chip_args, args.train_args
             print(json.dumps(row), flush=True)
             by_name[name] = row
             out.write_text(json.dumps([by_name[n] for n, *_ in SCENES if n in by_name], indent=1))
-    print(f"\n{'scene':<26}{'chip':>5}{'t/v':>8}{'epochs':>7}{'net mIoU':>9}{'RF mIoU':>8}{'ratio':>6}")
+    print(f"\n{'scene':<26}{'chip':>5}{'t/v':>8}{'epochs':>7}{'net mIoU':>9}{'RF mIoU':>8}{'ratio':>6}"
+          f"{'seeds: mean (min-max)':>24}")
     for r in (by_name[n] for n, *_ in SCENES if n in by_name):
+        spread = (f"{r['ratio_mean']:.2f} ({r['ratio_min']:.2f}-{r['ratio_max']:.2f})" if "ratio_mean" in r else "")
         print(f"{r['scene']:<26}{r['chip_size']:>5}{str(r['chips_train']) + '/' + str(r['chips_val']):>8}"
-              f"{r['epochs_run']:>7}{r['net_miou']:>9.3f}{r['rf_miou']:>8.3f}{(r['ratio'] or 0):>6.2f}")
+              f"{r['epochs_run']:>7}{r['net_miou']:>9.3f}{r['rf_miou']:>8.3f}{(r['ratio'] or 0):>6.2f}{spread:>24}")
 
 
 if __name__ == "__main__":
