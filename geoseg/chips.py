@@ -47,6 +47,8 @@ AUTO_SIZES = (256, 128, 64, 32)
 AUTO_MIN_CHIPS = 24
 #: Fewest split blocks the labelled area is cut into (so that validation gets a share).
 AUTO_MIN_BLOCKS = 6
+#: Widest strip of label pixels read at once when counting classes per split block.
+STRIP_WIDTH = 8192
 FORMAT = "geoseg-chips"
 #: Label value for "no label here" when the user names none.
 DEFAULT_IGNORE = 255
@@ -222,34 +224,42 @@ def _starts(begin: int, end: int, size: int, stride: int) -> list[int]:
     return out
 
 
+#: Seeded draws of the block split compared by :func:`choose_split` (the first is the plain
+#: shuffle, kept when no later draw covers the classes better).
+SPLIT_DRAWS = 256
+
+
 def plan_windows(
     height: int, width: int, size: int, stride: int, block: int,
     val_fraction: float, test_fraction: float, seed: int | str,
-    labelled_blocks: set[tuple[int, int]] | None = None,
+    block_classes: dict[tuple[int, int], np.ndarray] | None = None,
 ) -> list[ChipWindow]:
-    """Chip origins inside split blocks; whole blocks go to train, val or test at random (seeded).
+    """Chip origins inside split blocks; whole blocks go to train, val or test (seeded).
 
     Chips never cross a block edge: the part beyond it is padded, so no chip of one split
-    overlaps another split. Blocks known to hold labels (``labelled_blocks``) are drawn first
-    for validation and testing, so a sparsely labelled scene still gets a validation split.
+    overlaps another split. With the labelled pixels per class of each block
+    (``block_classes``) only labelled blocks are drawn for validation and testing, and the
+    draw is stratified by class (:func:`choose_split`); without them, blocks are drawn at random.
     """
     if block < size:
         raise ChipError(f"--split-block {block} is smaller than --size {size}; use at least {size}")
     blocks = [(r, c) for r in range(0, height, block) for c in range(0, width, block)]
-    rnd = random.Random(seed)
-    order = blocks[:]
-    rnd.shuffle(order)
-    if labelled_blocks is not None:
-        order.sort(key=lambda b: b not in labelled_blocks)  # stable: labelled blocks first, shuffled
-        n = sum(1 for b in blocks if b in labelled_blocks)
+    if block_classes is not None:
+        candidates = [b for b in blocks if b in block_classes and block_classes[b].any()]
+        k = max((len(block_classes[b]) for b in candidates), default=0)
+        counts = np.zeros((len(candidates), k), np.int64)
+        for i, b in enumerate(candidates):
+            counts[i, : len(block_classes[b])] = block_classes[b]
     else:
-        n = len(order)
+        candidates, counts = blocks, None
+    n = len(candidates)
     n_val = int(round(val_fraction * n))
     n_test = int(round(test_fraction * n))
     if val_fraction > 0 and n_val == 0 and n > 1:
         n_val = 1
     if n_val + n_test >= n and n > 1:
         n_test = max(0, min(n_test, n - 1 - n_val))
+    order = choose_split(candidates, counts, n_val, n_test, seed)
     split_of = {b: "val" for b in order[:n_val]}
     split_of.update({b: "test" for b in order[n_val : n_val + n_test]})
     out: list[ChipWindow] = []
@@ -263,23 +273,81 @@ def plan_windows(
     return out
 
 
-def _labelled_blocks(label: LabelSource, info: Any, block: int, ignore: int) -> set[tuple[int, int]] | None:
-    """Split blocks holding a labelled pixel, from a decimated read of a label raster on the
-    image's grid; None when that cannot be known cheaply (vector labels, another grid)."""
+def choose_split(blocks: list[tuple[int, int]], counts: np.ndarray | None, n_val: int, n_test: int,
+                 seed: int | str) -> list[tuple[int, int]]:
+    """The blocks in split order (validation first, then test, then train), stratified by class.
+
+    Whole blocks keep the split spatial; drawing them at random left validation without a
+    scene's rare class (no building pixel in nrcan_tiles' or SpaceNet 7's), and then the epoch
+    kept is the one best at the other classes. Of ``SPLIT_DRAWS`` seeded shuffles the one kept
+    first keeps every class in training, then holds the most classes in validation and test,
+    then has class shares closest to the whole scene's (mean absolute log ratio of pixels per
+    class against the split's share of all pixels): scikit-learn's StratifiedGroupKFold idea,
+    with blocks as the groups.
+    """
+    rnd = random.Random(seed)
+    order = blocks[:]
+    rnd.shuffle(order)
+    if counts is None or not len(blocks) or n_val + n_test == 0:
+        return order
+    index = {b: i for i, b in enumerate(blocks)}
+    present = counts.sum(axis=0) > 0
+    per_block = counts[:, present].astype(np.float64)
+    total = per_block.sum(axis=0)
+    best: tuple[float, ...] | None = None
+    best_order = order
+    draw = order
+    for d in range(SPLIT_DRAWS):
+        if d:
+            draw = blocks[:]
+            rnd.shuffle(draw)
+        rows = np.array([index[b] for b in draw])
+        val = per_block[rows[:n_val]].sum(axis=0)
+        test = per_block[rows[n_val : n_val + n_test]].sum(axis=0)
+        train = total - val - test
+        score: tuple[float, ...] = (float((train > 0).sum()),
+                                    float((val > 0).sum() + (test > 0).sum()),
+                                    -(_share_error(val, total) + _share_error(test, total)))
+        if best is None or score > best:
+            best, best_order = score, draw
+    return best_order
+
+
+def _share_error(part: np.ndarray, total: np.ndarray) -> float:
+    """Mean absolute log ratio of ``part``'s pixels per class to its share of all pixels (0: the
+    same class mix as ``total``; an empty part counts 0)."""
+    if part.sum() == 0:
+        return 0.0
+    expected = total * (part.sum() / total.sum())
+    return float(np.mean(np.abs(np.log((part + 1.0) / (expected + 1.0)))))
+
+
+def _block_classes(label: LabelSource, info: Any, block: int, ignore: int) -> dict[tuple[int, int], np.ndarray] | None:
+    """Labelled pixels per class value (index 0..255) of each labelled split block, from a full read of a label
+    raster on the image's grid, a strip of blocks at a time; None when that cannot be known
+    cheaply (vector labels, another grid)."""
     if label.kind != "raster":
         return None
+    out: dict[tuple[int, int], np.ndarray] = {}
+    strip = max(block, STRIP_WIDTH // block * block)
     with read_env(), rasterio.open(label.path) as src:
         if src.shape != (info.height, info.width) or src.transform != info.transform:
             return None
-        step = max(1, block // 16)
-        shape = (max(1, info.height // step), max(1, info.width // step))
-        arr = src.read(1, out_shape=shape, resampling=rasterio.enums.Resampling.nearest)
-        labelled = arr != ignore
-        if src.nodata is not None and not label.nodata_is_class:
-            labelled &= arr != src.nodata
-    rows, cols = np.nonzero(labelled)
-    fy, fx = info.height / shape[0], info.width / shape[1]
-    return {(int(r * fy) // block * block, int(c * fx) // block * block) for r, c in zip(rows, cols)}
+        for r in range(0, info.height, block):
+            for c0 in range(0, info.width, strip):
+                window = Window(c0, r, min(strip, info.width - c0), min(block, info.height - r))
+                arr = src.read(1, window=window)
+                labelled = arr != ignore
+                if src.nodata is not None and not label.nodata_is_class:
+                    labelled &= arr != src.nodata
+                if np.issubdtype(arr.dtype, np.floating):
+                    labelled &= np.isfinite(arr)
+                for c in range(0, int(window.width), block):
+                    part = arr[:, c : c + block][labelled[:, c : c + block]]
+                    if part.size:
+                        values = part.astype(np.int64).clip(0, 255)
+                        out[(r, c0 + c)] = np.bincount(values)
+    return out
 
 
 def _read_label_window(src_label: Any, window: Window, task: ChipTask, img: Any) -> np.ndarray:
@@ -646,12 +714,12 @@ def _make_chips_locked(
     run_ids: set[str] = set()
     for image, info, band_list, src, area in scenes:
         block = split_block or auto_split_block(*area, size)
-        labelled = _labelled_blocks(src, info, block, ignore)
+        classes = _block_classes(src, info, block, ignore)
         iid = image_id(image)
         # seeded by the image's file name, not its position or folder: an image re-chipped alone,
         # or a copy of it elsewhere, gets the same split
         windows = plan_windows(info.height, info.width, size, stride, block, val_fraction,
-                               test_fraction, f"{seed}-{Path(_resolved(image)).name}", labelled)
+                               test_fraction, f"{seed}-{Path(_resolved(image)).name}", classes)
         if iid in run_ids:
             raise ChipError(f"{image} is given twice; give each image once")
         run_ids.add(iid)
