@@ -232,34 +232,27 @@ SPLIT_DRAWS = 256
 def plan_windows(
     height: int, width: int, size: int, stride: int, block: int,
     val_fraction: float, test_fraction: float, seed: int | str,
-    block_classes: dict[tuple[int, int], np.ndarray] | None = None,
+    block_classes: dict[tuple[int, int], np.ndarray] | None = None, stratify: bool = True,
 ) -> list[ChipWindow]:
     """Chip origins inside split blocks; whole blocks go to train, val or test (seeded).
 
     Chips never cross a block edge: the part beyond it is padded, so no chip of one split
     overlaps another split. With the labelled pixels per class of each block
-    (``block_classes``) only labelled blocks are drawn for validation and testing, and the
-    draw is stratified by class (:func:`choose_split`); without them, blocks are drawn at random.
+    (``block_classes``) only labelled blocks are drawn for validation and testing, stratified
+    by class unless ``stratify`` is false (:func:`choose_split`); without them, at random.
     """
     if block < size:
         raise ChipError(f"--split-block {block} is smaller than --size {size}; use at least {size}")
     blocks = [(r, c) for r in range(0, height, block) for c in range(0, width, block)]
-    if block_classes is not None:
-        candidates = [b for b in blocks if b in block_classes and block_classes[b].any()]
-        k = max((len(block_classes[b]) for b in candidates), default=0)
-        counts = np.zeros((len(candidates), k), np.int64)
-        for i, b in enumerate(candidates):
-            counts[i, : len(block_classes[b])] = block_classes[b]
-    else:
-        candidates, counts = blocks, None
-    n = len(candidates)
+    labelled = blocks if block_classes is None else [b for b in blocks if b in block_classes]
+    n = len(labelled)
     n_val = int(round(val_fraction * n))
     n_test = int(round(test_fraction * n))
     if val_fraction > 0 and n_val == 0 and n > 1:
         n_val = 1
     if n_val + n_test >= n and n > 1:
         n_test = max(0, min(n_test, n - 1 - n_val))
-    order = choose_split(candidates, counts, n_val, n_test, seed)
+    order = choose_split(blocks, block_classes, n_val, n_test, seed, stratify)
     split_of = {b: "val" for b in order[:n_val]}
     split_of.update({b: "test" for b in order[n_val : n_val + n_test]})
     out: list[ChipWindow] = []
@@ -273,44 +266,50 @@ def plan_windows(
     return out
 
 
-def choose_split(blocks: list[tuple[int, int]], counts: np.ndarray | None, n_val: int, n_test: int,
-                 seed: int | str) -> list[tuple[int, int]]:
-    """The blocks in split order (validation first, then test, then train), stratified by class.
+def choose_split(blocks: list[tuple[int, int]], block_classes: dict[tuple[int, int], np.ndarray] | None,
+                 n_val: int, n_test: int, seed: int | str, stratify: bool = True) -> list[tuple[int, int]]:
+    """Blocks in split order, validation first, then test, then train; only labelled blocks
+    (keys of ``block_classes``) come before the first unlabelled one.
 
-    Whole blocks keep the split spatial; drawing them at random left validation without a
-    scene's rare class (no building pixel in nrcan_tiles' or SpaceNet 7's), and then the epoch
-    kept is the one best at the other classes. Of ``SPLIT_DRAWS`` seeded shuffles the one kept
-    first keeps every class in training, then holds the most classes in validation and test,
-    then has class shares closest to the whole scene's (mean absolute log ratio of pixels per
-    class against the split's share of all pixels): scikit-learn's StratifiedGroupKFold idea,
-    with blocks as the groups.
+    The first draw is a seeded shuffle (labelled blocks first), as chip drew before it
+    stratified, so ``stratify=False`` reproduces an older split. Random blocks left validation
+    without a scene's rare class (no building pixel in nrcan_tiles' or SpaceNet 7's), and
+    training then kept the epoch best at the other classes; so of ``SPLIT_DRAWS`` seeded draws
+    the one kept first leaves every class in training, then holds the most classes in
+    validation and test, then has class shares closest to the whole scene's (mean absolute
+    log ratio of pixels per class against the split's share of all pixels): scikit-learn's
+    StratifiedGroupKFold idea, with blocks as the groups.
     """
     rnd = random.Random(seed)
     order = blocks[:]
     rnd.shuffle(order)
-    if counts is None or not len(blocks) or n_val + n_test == 0:
+    if block_classes is None:
         return order
-    index = {b: i for i, b in enumerate(blocks)}
-    present = counts.sum(axis=0) > 0
-    per_block = counts[:, present].astype(np.float64)
-    total = per_block.sum(axis=0)
+    order.sort(key=lambda b: b not in block_classes)  # stable: labelled blocks first, shuffled
+    candidates = [b for b in order if b in block_classes]
+    if not stratify or not candidates or n_val + n_test == 0:
+        return order
+    k = max(len(block_classes[b]) for b in candidates)
+    counts = np.zeros((len(candidates), k), np.float64)
+    for i, b in enumerate(candidates):
+        counts[i, : len(block_classes[b])] = block_classes[b]
+    counts = counts[:, counts.sum(axis=0) > 0]
+    total = counts.sum(axis=0)
+    rows = np.arange(len(candidates))
     best: tuple[float, ...] | None = None
-    best_order = order
-    draw = order
+    best_rows = rows
     for d in range(SPLIT_DRAWS):
         if d:
-            draw = blocks[:]
-            rnd.shuffle(draw)
-        rows = np.array([index[b] for b in draw])
-        val = per_block[rows[:n_val]].sum(axis=0)
-        test = per_block[rows[n_val : n_val + n_test]].sum(axis=0)
+            rows = np.array(rnd.sample(range(len(candidates)), len(candidates)))
+        val = counts[rows[:n_val]].sum(axis=0)
+        test = counts[rows[n_val : n_val + n_test]].sum(axis=0)
         train = total - val - test
-        score: tuple[float, ...] = (float((train > 0).sum()),
-                                    float((val > 0).sum() + (test > 0).sum()),
-                                    -(_share_error(val, total) + _share_error(test, total)))
+        score = (float((train > 0).sum()), float((val > 0).sum() + (test > 0).sum()),
+                 -(_share_error(val, total) + _share_error(test, total)))
         if best is None or score > best:
-            best, best_order = score, draw
-    return best_order
+            best, best_rows = score, rows
+    chosen = [candidates[i] for i in best_rows]
+    return chosen + [b for b in order if b not in block_classes]
 
 
 def _share_error(part: np.ndarray, total: np.ndarray) -> float:
@@ -632,6 +631,7 @@ def make_chips(
     test_fraction: float = 0.0,
     split_block: int | None = None,
     seed: int = 0,
+    stratify: bool = True,
     oversample_rare: float = 0.0,
     workers: int | None = None,
     scheduler: str | None = None,
@@ -642,7 +642,8 @@ def make_chips(
     ``size`` and ``split_block`` default to values that fit the first scene's labelled area.
     Re-chipping an image already in the folder replaces its chips and statistics. The run is
     all or nothing: chips are written into a hidden staging folder and moved in at the end, so
-    a failed or interrupted run leaves the folder exactly as it was.
+    a failed or interrupted run leaves the folder exactly as it was. ``stratify=False`` draws
+    validation and test blocks at random (:func:`choose_split`), as chip did before.
     """
     if not pairs:
         raise ChipError("give at least one IMAGE LABELS pair")
@@ -666,7 +667,7 @@ def make_chips(
             return _make_chips_locked(
                 pairs, out, size, stride, bands, label_field, value_map, background,
                 label_nodata_is_class, class_names, ignore, min_labeled, max_nodata, val_fraction,
-                test_fraction, split_block, seed, oversample_rare, workers, scheduler, client,
+                test_fraction, split_block, seed, stratify, oversample_rare, workers, scheduler, client,
             )
     except BaseException:
         if created:
@@ -681,7 +682,7 @@ def _make_chips_locked(
     bands: str | Sequence[int] | None, label_field: str | None, value_map: dict[str, int] | None,
     background: int | None, label_nodata_is_class: bool, class_names: "ClassSpec | None",
     ignore: int, min_labeled: float, max_nodata: float, val_fraction: float, test_fraction: float,
-    split_block: int | None, seed: int, oversample_rare: float, workers: int | None,
+    split_block: int | None, seed: int, stratify: bool, oversample_rare: float, workers: int | None,
     scheduler: str | None, client: Any,
 ) -> ChipsSummary:
     """``make_chips`` while holding the folder's lock."""
@@ -719,7 +720,7 @@ def _make_chips_locked(
         # seeded by the image's file name, not its position or folder: an image re-chipped alone,
         # or a copy of it elsewhere, gets the same split
         windows = plan_windows(info.height, info.width, size, stride, block, val_fraction,
-                               test_fraction, f"{seed}-{Path(_resolved(image)).name}", classes)
+                               test_fraction, f"{seed}-{Path(_resolved(image)).name}", classes, stratify)
         if iid in run_ids:
             raise ChipError(f"{image} is given twice; give each image once")
         run_ids.add(iid)

@@ -358,3 +358,22 @@ def test_split_skips_unlabelled_blocks() -> None:
         windows = plan_windows(128, 128, 32, 32, 64, 0.5, 0.0, seed, classes)
         val = {(w.row // 64 * 64, w.col // 64 * 64) for w in windows if w.split == "val"}
         assert val and val <= set(classes)
+
+
+def test_unstratified_split_is_the_seeded_shuffle() -> None:
+    """``stratify=False`` keeps the plain seeded draw (labelled blocks first), which older splits
+    (the built-in model's validation blocks) were drawn with; the stratified draw may differ."""
+    import random
+
+    from geoseg.chips import choose_split
+
+    blocks = [(r, c) for r in range(0, 256, 64) for c in range(0, 256, 64)]
+    classes = {b: np.array([100, i % 3]) for i, b in enumerate(blocks) if i % 5}
+    for seed in range(5):
+        order = blocks[:]
+        random.Random(seed).shuffle(order)
+        expected = [b for b in order if b in classes] + [b for b in order if b not in classes]
+        assert choose_split(blocks, classes, 3, 0, seed, stratify=False) == expected
+        assert choose_split(blocks, None, 3, 0, seed) == order
+        stratified = choose_split(blocks, classes, 3, 0, seed)
+        assert sorted(stratified) == sorted(blocks) and set(stratified[:3]) <= set(classes)

@@ -25,6 +25,7 @@ from geoseg.cli.options import report_errors, scheduler_option, workers_option
 @click.option("--test-fraction", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="Share of split blocks for testing.")
 @click.option("--split-block", type=click.IntRange(min=8), default=None, help="Split block size in pixels (default: the largest of 4, 3 or 2 x --size that gives 6 blocks).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split.")
+@click.option("--stratify/--no-stratify", default=True, show_default=True, help="Draw validation and test blocks so that they hold every class (label rasters); --no-stratify draws them at random, as geoseg chip did before.")
 @click.option("--oversample-rare", type=click.FloatRange(min=0), default=0.0, show_default=True, help="Extra sampling weight of chips holding rare classes.")
 @workers_option("Local Dask workers, threads of this process (default: one, a thread per core).")
 @scheduler_option
@@ -33,7 +34,7 @@ def chip_command(pairs: tuple[str, ...], out_dir: str, size: int | None, stride:
                  label_field: str | None, value_map: str | None, background: int | None,
                  label_nodata_is_class: bool, class_names: str | None,
                  ignore_value: int | None, min_labeled: float, max_nodata: float, val_fraction: float,
-                 test_fraction: float, split_block: int | None, seed: int, oversample_rare: float,
+                 test_fraction: float, split_block: int | None, seed: int, stratify: bool, oversample_rare: float,
                  workers: int | None, scheduler: str | None) -> None:
     """Cut IMAGE/LABELS pairs (label raster or vector file) into training chips."""
     from geoseg.chips import load_manifest, make_chips, manifest_classes, parse_class_names, parse_value_map
@@ -46,7 +47,7 @@ def chip_command(pairs: tuple[str, ...], out_dir: str, size: int | None, stride:
         label_nodata_is_class=label_nodata_is_class,
         class_names=parse_class_names(class_names), ignore_value=ignore_value,
         min_labeled=min_labeled, max_nodata=max_nodata, val_fraction=val_fraction,
-        test_fraction=test_fraction, split_block=split_block, seed=seed,
+        test_fraction=test_fraction, split_block=split_block, seed=seed, stratify=stratify,
         oversample_rare=oversample_rare, workers=workers, scheduler=scheduler,
     )
     click.echo(summary.table(manifest_classes(load_manifest(out_dir))))
