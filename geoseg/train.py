@@ -3,6 +3,7 @@ cosine or poly decay, validation mIoU every epoch, best checkpoint kept, resumab
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -81,6 +82,30 @@ class TrainResult:
     best_miou: float | None
     history: list[EpochRecord] = field(default_factory=list)
     best_scores: Scores | None = None
+
+
+class WeightAverage:
+    """Exponential moving average of a network's weights (Polyak averaging), updated after every
+    optimizer step; validated and saved in place of the raw weights, which on small chip sets
+    jump from epoch to epoch. Float buffers (batch-norm statistics) are averaged too."""
+
+    def __init__(self, network: nn.Module, half_life_steps: float) -> None:
+        self.network = copy.deepcopy(network).eval()
+        for p in self.network.parameters():
+            p.requires_grad_(False)
+        self.decay = 0.5 ** (1.0 / max(half_life_steps, 1e-9))
+        self.steps = 0
+
+    @torch.no_grad()
+    def update(self, network: nn.Module) -> None:
+        # the first steps follow the network closely, so the start's random weights fade fast
+        self.steps += 1
+        decay = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        for avg, cur in zip(self.network.state_dict().values(), network.state_dict().values()):
+            if avg.dtype.is_floating_point:
+                avg.lerp_(cur.detach(), 1.0 - decay)
+            else:
+                avg.copy_(cur)
 
 
 def class_weights(pixels: dict[int, int], values: list[int], mode: str) -> torch.Tensor:
@@ -171,8 +196,12 @@ def train(
     channels_last: bool = False,
     pretrained: str | None = None,
     pretrained_bands: Sequence[str] | None = None,
+    ema: float = 0.0,
 ) -> TrainResult:
-    """Train ``arch`` on a chips folder and write the best model (by validation mIoU) to ``output``."""
+    """Train ``arch`` on a chips folder and write the best model (by validation mIoU) to ``output``.
+
+    ``ema`` above 0 validates and keeps a moving average of the weights whose half-life is
+    that many epochs (:class:`WeightAverage`) instead of the raw weights."""
     out = Path(output)
     state_path = resume_state_path(out)
     if not resume:
@@ -225,6 +254,8 @@ def train(
     if batch_size is None:
         # at least four steps an epoch: a small chip set needs updates more than big batches
         batch_size = min(32 if dev.type == "cuda" else 16, max(2, len(train_ds) // 4))
+    if not (ema >= 0 and math.isfinite(ema)):
+        raise TrainingError(f"--ema {ema} must be 0 (off) or a half-life in epochs above 0")
     if precision not in ("auto", "fp32", "bf16"):
         raise TrainingError(f"unknown --precision {precision!r}; use auto, fp32 or bf16")
     # auto: mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling), fp32 on
@@ -282,6 +313,11 @@ def train(
         # the constructor set the step-0 rate; continue from the saved one
         for group, rate in zip(optimizer.param_groups, scheduler.get_last_lr()):
             group["lr"] = rate
+    average = WeightAverage(network, ema * steps_per_epoch) if ema > 0 else None
+    if average is not None and resume and "ema" in state:
+        average.network.load_state_dict(state["ema"])
+        average.steps = int(state["ema_steps"])
+    kept = average.network if average is not None else network  # what is validated and saved
     best_scores: Scores | None = None
     for epoch in range(start_epoch, epochs):
         if (len(val_ds) and patience and best_epoch and epoch - best_epoch >= patience
@@ -294,7 +330,7 @@ def train(
         while True:
             try:
                 loss_avg = _run_epoch(network, loader, optimizer, scheduler, scaler, weights, dice_weight,
-                                      dev, use_amp, amp_dtype, quiet, epoch, epochs, channels_last)
+                                      dev, use_amp, amp_dtype, quiet, epoch, epochs, channels_last, average)
                 break
             except torch.cuda.OutOfMemoryError:
                 if batch_size <= 1:
@@ -305,7 +341,7 @@ def train(
                     print(f"out of GPU memory: retrying epoch {epoch + 1} with batch size {batch_size}",
                           file=sys.stderr, flush=True)
                 loader = make_loader(batch_size)
-        val_scores = validate(network, val_ds, dev, names, batch_size) if len(val_ds) else None
+        val_scores = validate(kept, val_ds, dev, names, batch_size) if len(val_ds) else None
         rec = EpochRecord(epoch + 1, loss_avg, optimizer.param_groups[0]["lr"], time.perf_counter() - t0,
                           val_scores.as_dict() if val_scores is not None else None)
         history.append(rec)
@@ -317,9 +353,9 @@ def train(
             improved = best_epoch == 0 or miou > best_miou
         if improved:
             best_miou, best_epoch, best_scores = miou, epoch + 1, val_scores
-            _save_best(out, network, config, manifest, chips_dir, history, best_epoch, val_scores,
+            _save_best(out, kept, config, manifest, chips_dir, history, best_epoch, val_scores,
                        dict(epochs=epochs, patience=patience, batch_size=batch_size, lr=lr, seed=seed,
-                            schedule=schedule,
+                            schedule=schedule, ema=ema,
                             class_weighting=class_weighting, dice_weight=dice_weight,
                             pretrained=pretrained_from))
         if not quiet:
@@ -335,6 +371,8 @@ def train(
             "generator": gen.get_state(), "rng": torch.get_rng_state(),
             "history": [h.__dict__ for h in history], "batch_size": batch_size, "epochs": epochs,
             "identity": json.dumps(identity, sort_keys=True),
+            **({"ema": {k: v.detach().cpu() for k, v in average.network.state_dict().items()},
+                "ema_steps": average.steps} if average is not None else {}),
         }, tmp)
         os.replace(tmp, state_path)
     return TrainResult(out, best_epoch, best_miou if len(val_ds) else None, history, best_scores)
@@ -374,7 +412,8 @@ def _load_state(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
 def _run_epoch(network: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                scheduler: Any, scaler: Any, weights: torch.Tensor, dice_weight: float,
                dev: torch.device, use_amp: bool, amp_dtype: torch.dtype, quiet: bool,
-               epoch: int, epochs: int, channels_last: bool = False) -> float:
+               epoch: int, epochs: int, channels_last: bool = False,
+               average: WeightAverage | None = None) -> float:
     network.train()
     progress = Progress(len(loader), unit=f"batches (epoch {epoch + 1}/{epochs})", quiet=quiet)
     total, n = 0.0, 0
@@ -395,6 +434,8 @@ def _run_epoch(network: nn.Module, loader: DataLoader, optimizer: torch.optim.Op
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
+        if average is not None:
+            average.update(network)
         total += float(loss.detach())
         n += 1
         progress.update(1, int(x.shape[0] * x.shape[2] * x.shape[3]))

@@ -65,6 +65,46 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path: Path, chips: tuple[
         torch.testing.assert_close(a[k], b[k])
 
 
+def test_weight_average_is_an_exponential_average_of_the_steps() -> None:
+    """Each step moves the average toward the weights by 1 - decay, with the decay held low over
+    the first steps (so the random start fades) and the half-life given in steps."""
+    from geoseg.train import WeightAverage
+
+    net = torch.nn.Linear(2, 1)
+    avg = WeightAverage(net, half_life_steps=4)
+    assert avg.decay == pytest.approx(0.5 ** 0.25)
+    expected = net.weight.detach().clone()
+    for step in range(1, 40):
+        with torch.no_grad():
+            net.weight.add_(1.0)
+        avg.update(net)
+        decay = min(0.5 ** 0.25, (1 + step) / (10 + step))
+        expected = decay * expected + (1 - decay) * net.weight.detach()
+        torch.testing.assert_close(avg.network.weight, expected)
+    assert not avg.network.weight.requires_grad
+    assert (avg.network.weight < net.weight).all()  # it lags the weights it follows
+
+
+def test_resume_with_weight_average_continues_it(tmp_path: Path, chips: tuple[Path, Path, np.ndarray]) -> None:
+    """--ema: validated and saved weights are the average, and --resume carries it on exactly."""
+    out, _, _ = chips
+    full = train(out, tmp_path / "full.pt", arch="unet", arch_kwargs=SMALL, epochs=3, batch_size=8, seed=3, ema=1.0)
+    part = tmp_path / "part.pt"
+    train(out, part, arch="unet", arch_kwargs=SMALL, epochs=1, batch_size=8, seed=3, ema=1.0)
+    resumed = train(out, part, arch="unet", arch_kwargs=SMALL, epochs=3, batch_size=8, seed=3, ema=1.0, resume=True)
+    assert [h.val["miou"] for h in resumed.history] == pytest.approx([h.val["miou"] for h in full.history], abs=1e-6)
+    a = torch.load(tmp_path / ".full.pt.state.pt", weights_only=True)
+    b = torch.load(tmp_path / ".part.pt.state.pt", weights_only=True)
+    for k in a["ema"]:
+        torch.testing.assert_close(a["ema"][k], b["ema"][k])
+    assert any(not torch.equal(a["ema"][k], a["model"][k]) for k in a["model"])
+    saved = geoseg.load_model(str(tmp_path / "full.pt"))
+    assert saved.config.training["options"]["ema"] == 1.0
+    if full.best_epoch == 3:
+        for k, v in saved.network.state_dict().items():
+            torch.testing.assert_close(v, a["ema"][k])
+
+
 def test_train_errors(tmp_path: Path, chips: tuple[Path, Path, np.ndarray]) -> None:
     out, _, _ = chips
     runner = CliRunner()
