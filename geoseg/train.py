@@ -35,6 +35,10 @@ DEFAULT_ARCH = "unet-small"
 #: Optimizer steps the automatic epoch count aims at, and its bounds.
 AUTO_STEPS = 1000
 AUTO_EPOCHS = (15, 150)
+#: Half-life in epochs of the weight average validated and kept (0: the raw weights). Over three
+#: seeds of the seven recipe scenes it raised the mean ratio to the forest (1.32 -> 1.34) and the
+#: worst seed of Atlanta and Las Vegas (1.30 -> 1.36, 1.26 -> 1.36); docs/training.md.
+DEFAULT_EMA = 3.0
 
 
 def cpu_has_native_bf16() -> bool:
@@ -196,7 +200,7 @@ def train(
     channels_last: bool = False,
     pretrained: str | None = None,
     pretrained_bands: Sequence[str] | None = None,
-    ema: float = 0.0,
+    ema: float = DEFAULT_EMA,
 ) -> TrainResult:
     """Train ``arch`` on a chips folder and write the best model (by validation mIoU) to ``output``.
 

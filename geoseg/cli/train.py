@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from geoseg.cli.options import device_option, json_object, overwrite_option, quiet_option, report_errors
@@ -20,7 +22,7 @@ from geoseg.cli.options import device_option, json_object, overwrite_option, qui
 @click.option("--schedule", type=click.Choice(["cosine", "poly"]), default="cosine", show_default=True)
 @click.option("--class-weights", "class_weighting", type=click.Choice(["sqrt", "inverse", "none"]), default="sqrt", show_default=True)
 @click.option("--dice-weight", type=click.FloatRange(min=0), default=0.5, show_default=True)
-@click.option("--ema", type=click.FloatRange(min=0), default=0.0, show_default=True, metavar="EPOCHS", help="Validate and keep a moving average of the weights with this half-life in epochs (0: the raw weights).")
+@click.option("--ema", type=click.FloatRange(min=0), default=None, metavar="EPOCHS", help="Validate and keep a moving average of the weights with this half-life in epochs (default: 3; 0: the raw weights).")
 @device_option
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True, help="auto: mixed precision on CUDA, fp32 on the CPU; bf16: bf16 autocast anywhere (CPUs with AMX / AVX-512 BF16).")
 @click.option("--channels-last", is_flag=True, help="Channels-last memory layout (faster convolutions on recent CPUs and GPUs).")
@@ -35,20 +37,22 @@ from geoseg.cli.options import device_option, json_object, overwrite_option, qui
 def train_command(chips_dir: str, output: str, arch: str, arch_args: str | None, epochs: int | None,
                   patience: int | None,
                   batch_size: int | None, lr: float, weight_decay: float, schedule: str,
-                  class_weighting: str, dice_weight: float, ema: float, device: str, precision: str,
+                  class_weighting: str, dice_weight: float, ema: float | None, device: str, precision: str,
                   channels_last: bool, seed: int, workers: int,
                   pretrained: str | None, pretrained_bands: str | None, resume: bool, overwrite: bool, quiet: bool) -> None:
     """Train a segmentation model on CHIPS_DIR (made by 'geoseg chip')."""
     from geoseg.train import train
 
     kwargs = json_object(arch_args, "--arch-args")
+    extra: dict[str, Any] = {} if ema is None else {"ema": ema}  # None: the library's default
     result = train(chips_dir, output, arch=arch, arch_kwargs=kwargs, epochs=epochs, patience=patience,
                    batch_size=batch_size,
                    lr=lr, weight_decay=weight_decay, schedule=schedule, class_weighting=class_weighting,
-                   dice_weight=dice_weight, ema=ema, device=device, precision=precision,
+                   dice_weight=dice_weight, device=device, precision=precision,
                    channels_last=channels_last, seed=seed, workers=workers, resume=resume,
                    overwrite=overwrite, quiet=quiet, pretrained=pretrained,
-                   pretrained_bands=[b.strip() for b in pretrained_bands.split(",")] if pretrained_bands else None)
+                   pretrained_bands=[b.strip() for b in pretrained_bands.split(",")] if pretrained_bands else None,
+                   **extra)
     if result.best_scores is not None:
         click.echo(result.best_scores.table())
     if result.best_miou is None:
