@@ -697,6 +697,21 @@ def stage_json(path: Path, data: Any) -> Path:
     return tmp
 
 
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` into a fresh hidden temporary beside ``path`` (created exclusively, never
+    through a symlink), then rename it onto ``path``: a reader sees the whole file or none."""
+    path = Path(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        remove_quietly(tmp)
+        raise
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write ``data`` as JSON through :func:`stage_json`, then rename."""
     tmp = stage_json(path, data)

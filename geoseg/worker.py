@@ -350,18 +350,20 @@ def _build_engine(path: str, sha256: str, device: str, engine: str, options: Inf
                 from geoseg.models.onnx import cached_onnx
 
                 onnx_file = cached_onnx(local, sha256)
-        config, proto = read_onnx_model(onnx_file)
+        config, summary = read_onnx_model(onnx_file)
+        # both files are named by the model's content hash; fused graphs are cached by it too
         if device == "cpu" and options.plain:
             from geoseg.engines.onnx_cpu import CpuEngine
 
-            cpu = CpuEngine(onnx_file, config, options, threads, proto=proto)
+            cpu = CpuEngine(onnx_file, config, options, threads, summary=summary, cache_key=sha256)
             if cpu.fused_available():
                 return cpu
         import torch
 
         from geoseg.engines.ort import OnnxEngine
 
-        return OnnxEngine(onnx_file, config, torch.device(device), options, threads, proto=proto)
+        return OnnxEngine(onnx_file, config, torch.device(device), options, threads, summary=summary,
+                          cache_key=sha256)
     import torch
 
     from geoseg.engines.pytorch import TorchEngine

@@ -23,6 +23,9 @@ import numpy as np
 #: need; older graphs run the unfused path.
 MIN_OPSET = 13
 
+#: Version of what :func:`fused_graph` builds: fused graphs cached on disk carry it in their
+#: file name (:func:`geoseg.engines.onnx_cpu.fused_cache_path`); bump it when the graph changes.
+FUSED_FORMAT = 1
 _PREFIX = "geoseg_fused_"
 #: Names of the fused graph's inputs and outputs (prefixed: an imported graph may use the plain words).
 VALID, CLASSES, PROBABILITIES = (_PREFIX + n for n in ("valid", "classes", "probabilities"))

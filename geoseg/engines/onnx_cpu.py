@@ -13,18 +13,19 @@ import os
 import sys
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from geoseg.engines import EngineOutput
-from geoseg.engines.graph import CLASSES, PROBABILITIES, VALID, fused_graph, graph_input_name
+from geoseg.engines.graph import CLASSES, PROBABILITIES, VALID, fused_graph
 from geoseg.io import class_raster_dtype
 from geoseg.models.config import ModelConfig
 from geoseg.normalize import normalize
 
 if TYPE_CHECKING:
     from geoseg.engines.ort import OnnxEngine
+    from geoseg.models.onnx_summary import OnnxSummary
     from geoseg.options import InferenceOptions
 
 #: On the CPU a batch goes through ONNX Runtime in runs of about this many pixels (at least one
@@ -87,14 +88,19 @@ def make_session(model: str | Path | bytes, device: Any = "cpu", threads: int | 
 
 class FusedSessions:
     """The sessions of a model's fused graph (:func:`geoseg.engines.graph.fused_graph`): with
-    probabilities or without (a run uses one of the two), each built on first use."""
+    probabilities or without (a run uses one of the two), each built on first use.
+
+    With ``cache_key`` (the model's content hash) a fused graph is written once into the
+    per-user model cache and later sessions load that file: building it needs the ``onnx``
+    package, whose import alone took 0.45 s of every run."""
 
     def __init__(self, model: str | Path | bytes, config: ModelConfig, device: Any, threads: int | None,
-                 proto: Any = None) -> None:
+                 proto: Any = None, summary: "OnnxSummary | None" = None, cache_key: str | None = None) -> None:
         self.model, self.config, self.device, self.threads = model, config, device, threads
         self._proto = proto
+        self._summary = summary
+        self.cache_key = cache_key if not isinstance(model, bytes) else None
         self._sessions: dict[bool, Any] = {}
-        self._image_input: str | None = None
 
     def proto(self) -> Any:
         """The network's ONNX graph (parsed from the model once, if not given)."""
@@ -105,22 +111,74 @@ class FusedSessions:
                            else onnx.load(str(self.model)))
         return self._proto
 
+    def summary(self) -> "OnnxSummary":
+        """Opset, inputs and outputs of the network's graph, read without the ``onnx`` package."""
+        if self._summary is None:
+            from geoseg.models.onnx_summary import read_summary, summarize
+
+            self._summary = summarize(self.model) if isinstance(self.model, bytes) else read_summary(self.model)
+        return self._summary
+
     @property
     def image_input(self) -> str:
-        """The name of the graph's image input (looked up once, not per batch)."""
-        if self._image_input is None:
-            self._image_input = graph_input_name(self.proto())
-        return self._image_input
+        """The name of the graph's image input."""
+        return self.summary().image_inputs[0].name
+
+    def fused_available(self) -> bool:
+        """Whether the fused graph can run this model (opset 13 or later)."""
+        from geoseg.engines.graph import MIN_OPSET
+
+        return self.summary().opset >= MIN_OPSET
 
     def get(self, probabilities: bool) -> Any | None:
         """The session (None: this model's opset is too old for the fused graph)."""
         if probabilities not in self._sessions:
-            values = [c.value for c in self.config.classes]
-            dtype, nodata = class_raster_dtype(values)
-            graph = fused_graph(self.proto(), values, np.dtype(dtype), nodata, probabilities)
-            self._sessions[probabilities] = (
-                None if graph is None else make_session(graph.SerializeToString(), self.device, self.threads))
+            session = None
+            if self.fused_available():
+                cached = self._cached_path(probabilities)
+                if cached is not None and cached.is_file():
+                    try:
+                        session = make_session(str(cached), self.device, self.threads)
+                    except Exception:  # noqa: BLE001 - unreadable cache entry: build it again
+                        cached.unlink(missing_ok=True)
+                if session is None:
+                    session = make_session(self._fused_model(probabilities, cached), self.device, self.threads)
+            self._sessions[probabilities] = session
         return self._sessions[probabilities]
+
+    def _cached_path(self, probabilities: bool) -> Path | None:
+        if self.cache_key is None:
+            return None
+        values = [c.value for c in self.config.classes]
+        dtype, nodata = class_raster_dtype(values)
+        return fused_cache_path(self.cache_key, values, dtype, nodata, probabilities)
+
+    def _fused_model(self, probabilities: bool, cached: Path | None) -> bytes:
+        """The fused graph built now, serialized (and written to ``cached`` for later runs)."""
+        values = [c.value for c in self.config.classes]
+        dtype, nodata = class_raster_dtype(values)
+        graph = fused_graph(self.proto(), values, np.dtype(dtype), nodata, probabilities)
+        assert graph is not None  # fused_available() said the opset is recent enough
+        data: bytes = graph.SerializeToString()
+        if cached is not None:
+            from geoseg.io import write_bytes_atomic
+
+            write_bytes_atomic(cached, data)
+        return data
+
+
+def fused_cache_path(cache_key: str, values: Sequence[int], dtype: Any, nodata: int, probabilities: bool) -> Path:
+    """Where the fused graph of the model with content hash ``cache_key`` is kept for these
+    class values and outputs, by this geoseg release and fused-graph format."""
+    import hashlib
+    import json
+
+    from geoseg import __version__
+    from geoseg.engines.graph import FUSED_FORMAT
+    from geoseg.models.onnx_file import cache_dir
+
+    variant = json.dumps([FUSED_FORMAT, __version__, list(values), str(np.dtype(dtype)), int(nodata), probabilities])
+    return cache_dir() / f"{cache_key}-fused-{hashlib.sha256(variant.encode()).hexdigest()[:16]}.onnx"
 
 
 class CpuEngine:
@@ -136,17 +194,16 @@ class CpuEngine:
     uses_torch = False
 
     def __init__(self, model: str | Path | bytes, config: ModelConfig, options: "InferenceOptions",
-                 threads: int | None = None, proto: Any = None) -> None:
+                 threads: int | None = None, proto: Any = None, summary: "OnnxSummary | None" = None,
+                 cache_key: str | None = None) -> None:
         self.model, self.config, self.options, self.threads = model, config, options, threads
-        self.sessions = FusedSessions(model, config, "cpu", threads, proto)
+        self.sessions = FusedSessions(model, config, "cpu", threads, proto, summary, cache_key)
         self.lock = threading.Lock()
         self._full: OnnxEngine | None = None
 
     def fused_available(self) -> bool:
         """Whether the fused graph can run this model (opset 13 or later)."""
-        from geoseg.engines.graph import MIN_OPSET, model_opset
-
-        return model_opset(self.sessions.proto()) >= MIN_OPSET
+        return self.sessions.fused_available()
 
     def full(self) -> "OnnxEngine":
         """The torch-backed ONNX engine for what this one does not do."""
@@ -156,7 +213,7 @@ class CpuEngine:
             from geoseg.engines.ort import OnnxEngine
 
             self._full = OnnxEngine(self.model, self.config, torch.device("cpu"), self.options, self.threads,
-                                    proto=self.sessions.proto())
+                                    summary=self.sessions.summary(), cache_key=self.sessions.cache_key)
         return self._full
 
     def run(

@@ -19,6 +19,7 @@ from geoseg.engines.base import Engine
 from geoseg.engines.graph import CLASSES, PROBABILITIES, VALID
 from geoseg.engines.onnx_cpu import FusedSessions, cpu_runs, make_session, run_fused
 from geoseg.models.config import ModelConfig
+from geoseg.models.onnx_summary import OnnxSummary
 from geoseg.normalize import normalize
 from geoseg.options import InferenceOptions
 
@@ -39,10 +40,11 @@ class OnnxEngine(Engine):
     def __init__(
         self, model: str | Path | bytes, config: ModelConfig, device: torch.device,
         options: InferenceOptions, threads: int | None = None, proto: Any = None,
+        summary: OnnxSummary | None = None, cache_key: str | None = None,
     ) -> None:
         super().__init__(config, device, options)
         self.model, self.threads = model, threads
-        self.sessions = FusedSessions(model, config, device, threads, proto)
+        self.sessions = FusedSessions(model, config, device, threads, proto, summary, cache_key)
         self._session: Any = None
         self.classes = len(config.classes)
 

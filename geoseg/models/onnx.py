@@ -25,6 +25,7 @@ from geoseg.models.onnx_file import (
     METADATA_KEY, OPSET, cache_dir, cached_onnx_path, check_counts, check_graph, is_onnx_file, parse_onnx,
     read_onnx_model, write_onnx_model,
 )
+from geoseg.models.onnx_summary import read_summary
 
 __all__ = [
     "METADATA_KEY", "OPSET", "OnnxNetwork", "cache_dir", "cached_onnx", "cached_onnx_path", "check_graph",
@@ -56,10 +57,10 @@ def load_onnx_model(path: Path, name: str, device: str | torch.device = "cpu") -
     """An ONNX geoseg model, checked, with its network under ONNX Runtime."""
     from geoseg.engines import onnxruntime_available
 
-    config, proto = read_onnx_model(path)
+    config, _ = read_onnx_model(path)
     if not onnxruntime_available():
         raise ModelError(f"{path} is an ONNX model and needs ONNX Runtime; pip install onnxruntime")
-    net = OnnxNetwork(proto.SerializeToString(), torch.device(device) if isinstance(device, str) else device)
+    net = OnnxNetwork(Path(path).read_bytes(), torch.device(device) if isinstance(device, str) else device)
     return LoadedModel(net, config, str(path), file_sha256(path), name, format="onnx")
 
 
@@ -106,7 +107,7 @@ def export_model(
         raise ModelError("the ONNX output would replace the model it is made from; choose another -o")
     loaded = load_model(model)
     if loaded.format == "onnx":
-        return write_onnx_model(read_onnx_model(loaded.path)[1], out, loaded.config)
+        return write_onnx_model(parse_onnx(loaded.path), out, loaded.config)
     proto = onnx_proto_for(loaded)
     return write_onnx_model(proto, out, loaded.config)
 
@@ -159,8 +160,8 @@ def import_model(
     out = check_output_path(output, overwrite)
     if out.exists() and out.resolve() == src.resolve():
         raise ModelError("geoseg import would replace its own input; choose another -o")
+    channels, k = check_graph(read_summary(src), src)
     proto = parse_onnx(src)
-    channels, k = check_graph(proto, src)
     named = parse_class_names(classes) if isinstance(classes, str) else dict(classes)
     if not named:
         raise ModelError("--classes is required, e.g. 0=background,1=water,2=forest (one per output channel)")

@@ -1,10 +1,10 @@
-"""ONNX geoseg model files, read and checked without torch: what planning a run and the CPU
-engine need (``geoseg.models.onnx`` exports, imports and converts, with torch).
+"""ONNX geoseg model files, read and checked without torch or the ``onnx`` package: what planning
+a run and the CPU engine need (``geoseg.models.onnx`` exports, imports and converts, with torch).
 
 An ONNX geoseg model is a plain ONNX file (N x C x H x W normalized float32 in, N x K x H x W
 logits out, height and width free) whose ``metadata_props`` hold the same JSON config a ``.pt``
-model file carries (key ``geoseg``). ONNX files are protobuf: parsing one runs no code, and the
-checks below (one rank-4 float input, free spatial size, a rank-4 output, weights inside the
+model file carries (key ``geoseg``). ONNX files are protobuf: reading one runs no code
+(:mod:`geoseg.models.onnx_summary` reads the few fields checked), and the checks below (one rank-4 float input, free spatial size, a rank-4 output, weights inside the
 file, counts that match) run before any session is built.
 """
 
@@ -17,6 +17,7 @@ from typing import Any
 
 from geoseg.errors import CheckpointError, ModelError, first_line
 from geoseg.models.config import ModelConfig, validate_config
+from geoseg.models.onnx_summary import FLOAT, OnnxSummary, read_summary
 
 #: metadata_props key holding the geoseg config JSON.
 METADATA_KEY = "geoseg"
@@ -59,45 +60,32 @@ def parse_onnx(path: str | os.PathLike[str]) -> Any:
         ) from None
 
 
-def _dims(value_info: Any) -> list[int | str | None]:
-    """A graph input's or output's shape: ints where fixed, names (or None) where free."""
-    t = value_info.type.tensor_type
-    if not t.HasField("shape"):
-        return []
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
-
-
-def check_graph(proto: Any, path: str | os.PathLike[str]) -> tuple[int | None, int | None]:
-    """Check what geoseg needs of an ONNX graph; returns the input channels and output classes
-    where the graph fixes them."""
-    import onnx
-
-    graph = proto.graph
-    for init in graph.initializer:
-        if init.data_location == onnx.TensorProto.EXTERNAL:
-            raise CheckpointError(
-                f"{path} keeps its weights in external files; save it as one file "
-                "(onnx.save(model, path, save_as_external_data=False))"
-            )
-    inits = {i.name for i in graph.initializer}
-    inputs = [i for i in graph.input if i.name not in inits]
+def check_graph(summary: OnnxSummary, path: str | os.PathLike[str]) -> tuple[int | None, int | None]:
+    """Check what geoseg needs of an ONNX graph (:func:`geoseg.models.onnx_summary.read_summary`);
+    returns the input channels and output classes where the graph fixes them."""
+    if summary.external_weights:
+        raise CheckpointError(
+            f"{path} keeps its weights in external files; save it as one file "
+            "(onnx.save(model, path, save_as_external_data=False))"
+        )
+    inputs = summary.image_inputs
     if len(inputs) != 1:
         raise ModelError(f"{path} has {len(inputs)} inputs; geoseg needs one N x C x H x W image input")
-    shape = _dims(inputs[0])
+    shape = inputs[0].dims
     if len(shape) != 4:
         raise ModelError(f"{path}: input {inputs[0].name!r} has rank {len(shape)}; geoseg needs rank 4 (N x C x H x W)")
-    if inputs[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+    if inputs[0].elem_type != FLOAT:
         raise ModelError(f"{path}: input {inputs[0].name!r} is not float32; geoseg feeds normalized float32")
     if isinstance(shape[2], int) and shape[2] > 0 or isinstance(shape[3], int) and shape[3] > 0:
         raise ModelError(
             f"{path}: input size is fixed at {shape[2]}x{shape[3]}, so tiles cannot be fed; re-export "
             "it with free height and width (torch.onnx.export dynamic_shapes, tf2onnx without fixed shapes)"
         )
-    if not graph.output:
+    if not summary.outputs:
         raise ModelError(f"{path} has no outputs")
-    out = _dims(graph.output[0])
+    out = summary.outputs[0].dims
     if out and len(out) != 4:
-        raise ModelError(f"{path}: output {graph.output[0].name!r} has rank {len(out)}; geoseg needs N x K x H x W logits")
+        raise ModelError(f"{path}: output {summary.outputs[0].name!r} has rank {len(out)}; geoseg needs N x K x H x W logits")
     channels = shape[1] if isinstance(shape[1], int) and shape[1] > 0 else None
     classes = out[1] if out and isinstance(out[1], int) and out[1] > 0 else None
     return channels, classes
@@ -116,11 +104,12 @@ def check_counts(config: ModelConfig, channels: int | None, classes: int | None,
         raise ModelError(f"{path}: every --std value must be positive")
 
 
-def read_onnx_model(path: str | os.PathLike[str]) -> tuple[ModelConfig, Any]:
-    """Config and checked graph of an ONNX geoseg model; no session is built yet."""
-    proto = parse_onnx(path)
-    channels, classes = check_graph(proto, path)
-    meta = {p.key: p.value for p in proto.metadata_props}
+def read_onnx_model(path: str | os.PathLike[str]) -> tuple[ModelConfig, OnnxSummary]:
+    """Config and checked graph summary of an ONNX geoseg model, without the ``onnx`` package;
+    no session is built yet."""
+    summary = read_summary(path)
+    channels, classes = check_graph(summary, path)
+    meta = summary.metadata
     if METADATA_KEY not in meta:
         raise CheckpointError(
             f"{path} is an ONNX model without geoseg metadata; run 'geoseg import {path} -o MODEL.onnx "
@@ -134,7 +123,7 @@ def read_onnx_model(path: str | os.PathLike[str]) -> tuple[ModelConfig, Any]:
     except (TypeError, KeyError, ValueError) as exc:
         raise CheckpointError(f"{path} has damaged geoseg metadata ({exc}); run 'geoseg import' again") from None
     check_counts(config, channels, classes, path)
-    return config, proto
+    return config, summary
 
 
 def write_onnx_model(proto: Any, path: Path, config: ModelConfig) -> Path:
