@@ -49,6 +49,10 @@ class CheckpointError(ModelError):
     """A model file that is not a geoseg model, or that would need code execution to load."""
 
 
+class OnnxWireError(CheckpointError):
+    """Bytes that are not a well-formed ONNX protobuf (:mod:`geoseg.models.onnx_summary`)."""
+
+
 class ChipError(GeosegError, ValueError):
     """Labels or chips folder do not fit the request."""
 

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from geoseg.errors import CheckpointError
+from geoseg.errors import CheckpointError, OnnxWireError
 
 #: ONNX's TensorProto.DataType FLOAT and TensorProto.DataLocation EXTERNAL.
 FLOAT = 1
@@ -31,10 +31,6 @@ _SHAPE_DIM = 1
 _DIM_VALUE, _DIM_PARAM = 1, 2
 _OPSET_DOMAIN, _OPSET_VERSION = 1, 2
 _ENTRY_KEY, _ENTRY_VALUE = 1, 2
-
-
-class WireError(ValueError):
-    """The bytes are not a well-formed protobuf message."""
 
 
 @dataclass
@@ -68,7 +64,7 @@ def _varint(buf: memoryview, pos: int, end: int) -> tuple[int, int]:
     result, shift = 0, 0
     while True:
         if pos >= end or shift > 63:
-            raise WireError("truncated or overlong varint")
+            raise OnnxWireError("truncated or overlong varint")
         b = buf[pos]
         pos += 1
         result |= (b & 0x7F) << shift
@@ -85,7 +81,7 @@ def _fields(buf: memoryview, start: int, end: int) -> Iterator[tuple[int, int, i
         key, pos = _varint(buf, pos, end)
         number, wire = key >> 3, key & 7
         if number == 0:
-            raise WireError("field number 0")
+            raise OnnxWireError("field number 0")
         if wire == 0:
             value, pos = _varint(buf, pos, end)
             yield number, wire, value, pos
@@ -95,23 +91,23 @@ def _fields(buf: memoryview, start: int, end: int) -> Iterator[tuple[int, int, i
         elif wire == 2:
             length, pos = _varint(buf, pos, end)
             if pos + length > end:
-                raise WireError("length-delimited field runs past its message")
+                raise OnnxWireError("length-delimited field runs past its message")
             yield number, wire, pos, pos + length
             pos += length
         elif wire == 5:
             pos += 4
             yield number, wire, 0, pos
         else:
-            raise WireError(f"unsupported wire type {wire}")
+            raise OnnxWireError(f"unsupported wire type {wire}")
         if pos > end:
-            raise WireError("field runs past its message")
+            raise OnnxWireError("field runs past its message")
 
 
 def _text(buf: memoryview, start: int, end: int) -> str:
     try:
         return bytes(buf[start:end]).decode("utf-8")
     except UnicodeDecodeError:
-        raise WireError("a string field is not UTF-8") from None
+        raise OnnxWireError("a string field is not UTF-8") from None
 
 
 def _value_info(buf: memoryview, start: int, end: int) -> ValueInfo:
@@ -163,7 +159,7 @@ def _graph(buf: memoryview, start: int, end: int, out: OnnxSummary) -> None:
 
 
 def summarize(data: bytes | memoryview) -> OnnxSummary:
-    """The summary of a serialized ModelProto; :class:`WireError` when it is not one."""
+    """The summary of a serialized ModelProto; :class:`OnnxWireError` when it is not one."""
     buf = memoryview(data)
     out = OnnxSummary()
     graphs = 0
@@ -191,7 +187,7 @@ def summarize(data: bytes | memoryview) -> OnnxSummary:
                     value = _text(buf, a2, b2)
             out.metadata[key] = value
     if graphs == 0:
-        raise WireError("no graph")
+        raise OnnxWireError("no graph")
     return out
 
 
@@ -201,7 +197,7 @@ def read_summary(path: str | os.PathLike[str]) -> OnnxSummary:
         data = f.read()
     try:
         if not data:
-            raise WireError("empty file")
+            raise OnnxWireError("empty file")
         return summarize(data)
-    except WireError as exc:
+    except OnnxWireError as exc:
         raise CheckpointError(f"{path} is not an ONNX model ({exc})") from None
