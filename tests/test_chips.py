@@ -377,3 +377,39 @@ def test_unstratified_split_is_the_seeded_shuffle() -> None:
         assert choose_split(blocks, None, 3, 0, seed) == order
         stratified = choose_split(blocks, classes, 3, 0, seed)
         assert sorted(stratified) == sorted(blocks) and set(stratified[:3]) <= set(classes)
+
+
+def test_chip_validation_holds_a_rare_class(tmp_path: Path, dask_client: object) -> None:
+    """End to end: a scene whose class 2 ("building") lies in three small patches of three of 30
+    split blocks, with nodata and unlabelled pixels around. For every seed the validation chips
+    hold building pixels and so do the training chips; the class counts per block that decide it
+    match the label raster (nodata and the ignore value never count)."""
+    from geoseg.chips import _block_classes, label_source
+    from geoseg.io import open_scene
+
+    rng = np.random.default_rng(11)
+    h, w, block = 320, 384, 64
+    labels = np.ones((h, w), np.uint8)
+    for r, c in ((10, 20), (150, 300), (270, 90)):
+        labels[r : r + 12, c : c + 12] = 2
+    labels[:, :8] = 0  # not labelled
+    labels[300:, 300:] = 9  # the label raster's nodata
+    image = rng.integers(0, 255, (3, h, w)).astype(np.uint8)
+    image[:, labels == 2] = 250
+    img = write_raster(tmp_path / "img.tif", image)
+    lab = write_raster(tmp_path / "lab.tif", labels, nodata=9)
+
+    counts = _block_classes(label_source(str(lab), None, None, None, False), open_scene(str(img)), block, 0)
+    assert counts is not None and len(counts) == (h // block) * (w // block)
+    for (r, c), n in counts.items():
+        part = labels[r : r + block, c : c + block]
+        expected = np.bincount(part[(part != 0) & (part != 9)], minlength=len(n))
+        assert np.array_equal(n, expected[: len(n)]) and expected[len(n):].sum() == 0
+
+    for seed in range(4):
+        out = tmp_path / f"chips{seed}"
+        make_chips([(str(img), str(lab))], out, size=32, split_block=block, ignore_value=0,
+                   seed=seed, client=dask_client)
+        m = load_manifest(out)
+        pixels = m["stats"]["class_pixels"]
+        assert int(pixels["val"].get("2", 0)) > 0 and int(pixels["train"].get("2", 0)) > 0, (seed, pixels)
