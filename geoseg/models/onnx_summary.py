@@ -110,6 +110,17 @@ def _text(buf: memoryview, start: int, end: int) -> str:
         raise OnnxWireError("a string field is not UTF-8") from None
 
 
+def _text_and_number(buf: memoryview, start: int, end: int, text_field: int, number_field: int) -> tuple[str, int]:
+    """A message's string field and varint field (empty and 0 when absent)."""
+    text, value = "", 0
+    for number, wire, a, b in _fields(buf, start, end):
+        if number == text_field and wire == 2:
+            text = _text(buf, a, b)
+        elif number == number_field and wire == 0:
+            value = a
+    return text, value
+
+
 def _value_info(buf: memoryview, start: int, end: int) -> ValueInfo:
     info = ValueInfo("")
     for number, wire, a, b in _fields(buf, start, end):
@@ -144,12 +155,7 @@ def _graph(buf: memoryview, start: int, end: int, out: OnnxSummary) -> None:
         if wire != 2:
             continue
         if number == _GRAPH_INITIALIZER:
-            name, location = "", 0
-            for n2, w2, a2, b2 in _fields(buf, a, b):
-                if n2 == _TENSOR_NAME and w2 == 2:
-                    name = _text(buf, a2, b2)
-                elif n2 == _TENSOR_LOCATION and w2 == 0:
-                    location = a2
+            name, location = _text_and_number(buf, a, b, _TENSOR_NAME, _TENSOR_LOCATION)
             out.initializers.add(name)
             out.external_weights |= location == EXTERNAL
         elif number == _GRAPH_INPUT:
@@ -170,12 +176,7 @@ def summarize(data: bytes | memoryview) -> OnnxSummary:
             graphs += 1
             _graph(buf, a, b, out)
         elif number == _MODEL_OPSET:
-            domain, version = "", 0
-            for n2, w2, a2, b2 in _fields(buf, a, b):
-                if n2 == _OPSET_DOMAIN and w2 == 2:
-                    domain = _text(buf, a2, b2)
-                elif n2 == _OPSET_VERSION and w2 == 0:
-                    version = a2
+            domain, version = _text_and_number(buf, a, b, _OPSET_DOMAIN, _OPSET_VERSION)
             if domain in ("", "ai.onnx"):
                 out.opset = version
         elif number == _MODEL_METADATA:
