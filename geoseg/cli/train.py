@@ -21,7 +21,7 @@ from geoseg.cli.options import device_option, json_object, overwrite_option, qui
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=1e-4, show_default=True)
 @click.option("--schedule", type=click.Choice(["cosine", "poly"]), default="cosine", show_default=True)
 @click.option("--class-weights", "class_weighting", type=click.Choice(["sqrt", "inverse", "none"]), default="sqrt", show_default=True)
-@click.option("--dice-weight", type=click.FloatRange(min=0), default=0.5, show_default=True)
+@click.option("--dice-weight", type=click.FloatRange(min=0), default=None, help="Weight of the Dice term beside cross-entropy (default: 0.5 for two classes, 1 for more).")
 @click.option("--ema", type=click.FloatRange(min=0), default=None, metavar="EPOCHS", help="Validate and keep a moving average of the weights with this half-life in epochs (default: 3; 0: the raw weights).")
 @device_option
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True, help="auto: mixed precision on CUDA, fp32 on the CPU; bf16: bf16 autocast anywhere (CPUs with AMX / AVX-512 BF16).")
@@ -37,7 +37,7 @@ from geoseg.cli.options import device_option, json_object, overwrite_option, qui
 def train_command(chips_dir: str, output: str, arch: str, arch_args: str | None, epochs: int | None,
                   patience: int | None,
                   batch_size: int | None, lr: float, weight_decay: float, schedule: str,
-                  class_weighting: str, dice_weight: float, ema: float | None, device: str, precision: str,
+                  class_weighting: str, dice_weight: float | None, ema: float | None, device: str, precision: str,
                   channels_last: bool, seed: int, workers: int,
                   pretrained: str | None, pretrained_bands: str | None, resume: bool, overwrite: bool, quiet: bool) -> None:
     """Train a segmentation model on CHIPS_DIR (made by 'geoseg chip')."""
