@@ -100,6 +100,8 @@ def test_resume_with_weight_average_continues_it(tmp_path: Path, chips: tuple[Pa
     assert any(not torch.equal(a["ema"][k], a["model"][k]) for k in a["model"])
     saved = geoseg.load_model(str(tmp_path / "full.pt"))
     assert saved.config.training["options"]["ema"] == 1.0
+    # three classes: the Dice term weighs 1 (two classes: 0.5), and the model file says so
+    assert saved.config.training["options"]["dice_weight"] == 1.0
     if full.best_epoch == 3:
         for k, v in saved.network.state_dict().items():
             torch.testing.assert_close(v, a["ema"][k])
