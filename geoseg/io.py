@@ -682,30 +682,31 @@ def read_class_names(src: Any) -> dict[int, str]:
         return {}
 
 
-def stage_json(path: Path, data: Any) -> Path:
-    """``data`` as JSON in a fresh hidden temporary beside ``path`` (created exclusively, never
-    through a symlink), to be renamed onto ``path``."""
+def stage_bytes(path: Path, data: bytes, suffix: str = ".part") -> Path:
+    """``data`` in a fresh hidden temporary beside ``path`` (created exclusively, never through
+    a symlink), to be renamed onto ``path``."""
     path = Path(path)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part.json", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     tmp = Path(name)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(data, indent=1, sort_keys=True))
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
     except BaseException:
         remove_quietly(tmp)
         raise
     return tmp
 
 
+def stage_json(path: Path, data: Any) -> Path:
+    """``data`` as JSON in a fresh hidden temporary beside ``path`` (:func:`stage_bytes`)."""
+    return stage_bytes(path, json.dumps(data, indent=1, sort_keys=True).encode(), ".part.json")
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` into a fresh hidden temporary beside ``path`` (created exclusively, never
-    through a symlink), then rename it onto ``path``: a reader sees the whole file or none."""
-    path = Path(path)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    tmp = Path(name)
+    """Write ``data`` through :func:`stage_bytes`, then rename it onto ``path``: a reader sees
+    the whole file or none."""
+    tmp = stage_bytes(path, data)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
         os.replace(tmp, path)
     except BaseException:
         remove_quietly(tmp)
@@ -713,10 +714,5 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON through :func:`stage_json`, then rename."""
-    tmp = stage_json(path, data)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        remove_quietly(tmp)
-        raise
+    """Write ``data`` as JSON atomically (:func:`write_bytes_atomic`)."""
+    write_bytes_atomic(path, json.dumps(data, indent=1, sort_keys=True).encode())

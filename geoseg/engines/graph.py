@@ -38,13 +38,6 @@ def model_opset(proto: Any) -> int:
     return 0
 
 
-def graph_input_name(proto: Any) -> str:
-    """The network's image input: its first graph input that is not a weight (old IR versions
-    list initializers among the inputs)."""
-    weights = {t.name for t in proto.graph.initializer}
-    return next(i.name for i in proto.graph.input if i.name not in weights)
-
-
 def fused_graph(
     proto: Any, lookup: Sequence[int], class_dtype: np.dtype, nodata: int, probabilities: bool,
 ) -> Any | None:

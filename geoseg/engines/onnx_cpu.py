@@ -146,17 +146,20 @@ class FusedSessions:
             self._sessions[probabilities] = session
         return self._sessions[probabilities]
 
+    def _outputs(self) -> tuple[list[int], Any, int]:
+        """Class values, class raster dtype and nodata: what the fused graph's lookup writes."""
+        values = [c.value for c in self.config.classes]
+        dtype, nodata = class_raster_dtype(values)
+        return values, dtype, nodata
+
     def _cached_path(self, probabilities: bool) -> Path | None:
         if self.cache_key is None:
             return None
-        values = [c.value for c in self.config.classes]
-        dtype, nodata = class_raster_dtype(values)
-        return fused_cache_path(self.cache_key, values, dtype, nodata, probabilities)
+        return fused_cache_path(self.cache_key, *self._outputs(), probabilities)
 
     def _fused_model(self, probabilities: bool, cached: Path | None) -> bytes:
         """The fused graph built now, serialized (and written to ``cached`` for later runs)."""
-        values = [c.value for c in self.config.classes]
-        dtype, nodata = class_raster_dtype(values)
+        values, dtype, nodata = self._outputs()
         graph = fused_graph(self.proto(), values, np.dtype(dtype), nodata, probabilities)
         assert graph is not None  # fused_available() said the opset is recent enough
         data: bytes = graph.SerializeToString()

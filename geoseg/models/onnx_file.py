@@ -4,8 +4,9 @@ a run and the CPU engine need (``geoseg.models.onnx`` exports, imports and conve
 An ONNX geoseg model is a plain ONNX file (N x C x H x W normalized float32 in, N x K x H x W
 logits out, height and width free) whose ``metadata_props`` hold the same JSON config a ``.pt``
 model file carries (key ``geoseg``). ONNX files are protobuf: reading one runs no code
-(:mod:`geoseg.models.onnx_summary` reads the few fields checked), and the checks below (one rank-4 float input, free spatial size, a rank-4 output, weights inside the
-file, counts that match) run before any session is built.
+(:mod:`geoseg.models.onnx_summary` reads the few fields checked), and the checks below (one
+rank-4 float input, free spatial size, a rank-4 output, weights inside the file, counts that
+match) run before any session is built.
 """
 
 from __future__ import annotations
