@@ -38,32 +38,64 @@ READ_ENV: dict[str, Any] = {
     "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.vrt,.jp2,.img",
     "GDAL_HTTP_MULTIRANGE": "YES",
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
-    "VSI_CACHE": True,
 }
+#: Added for scenes read over the network: a cache of each open file's fetched bytes (up to 25
+#: MB per file). A local file has the OS page cache; there it only held 25 MB more memory.
+REMOTE_READ_ENV: dict[str, Any] = {"VSI_CACHE": True}
+#: Path parts that mark a scene read over the network (GDAL's network file systems, URLs).
+_REMOTE_MARKS = ("://", "/vsicurl", "/vsis3", "/vsigs", "/vsiaz", "/vsiadls", "/vsioss", "/vsiswift",
+                 "/vsihdfs", "/vsiwebhdfs")
 
-#: GDAL's block cache of a process, for reading and writing alike (bytes); GDAL's default, 5 % of
-#: RAM, grew with the scene. Set once per process by :func:`bound_block_cache`, never in an Env.
-BLOCK_CACHE_BYTES = 64 * 2**20
-_BLOCK_CACHE_SET: list[int] = []
-
-
-def bound_block_cache() -> None:
-    """Bound GDAL's block cache, once per process. Not with ``rasterio.Env(GDAL_CACHEMAX=...)``:
-    that sets the process's cache size on entry and restores it on exit, so Envs entered in
-    reader and writer threads flipped it (rasterio even took 64 as bytes), and shrinking it
-    flushed dirty blocks of a raster another thread was writing: a probability band of one
-    tile was lost, once in ten runs of the batch tests."""
-    if _BLOCK_CACHE_SET != [os.getpid()]:
-        from rasterio.env import set_gdal_config
-
-        set_gdal_config("GDAL_CACHEMAX", BLOCK_CACHE_BYTES)
-        _BLOCK_CACHE_SET[:] = [os.getpid()]
+#: The block cache every geoseg process gets at least (bytes); predict grows it to what its read
+#: order needs (:func:`geoseg.predict.plan.block_cache_need`). GDAL's default, 5 % of RAM,
+#: filled up with blocks a task would never read again.
+BLOCK_CACHE_MIN = 16 * 2**20
 
 
-def read_env() -> rasterio.Env:
-    """The GDAL environment for reading scenes (:data:`READ_ENV`), with the block cache bounded."""
-    bound_block_cache()
-    return rasterio.Env(**READ_ENV)
+def _physical_memory() -> int:
+    """Bytes of RAM (0 where the system does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return 0
+
+
+#: The most it grows to: GDAL's own default (5 % of RAM), and at least 64 MB.
+BLOCK_CACHE_MAX = max(64 * 2**20, _physical_memory() // 20)
+_BLOCK_CACHE: dict[int, int] = {}
+_BLOCK_CACHE_LOCK = threading.Lock()
+
+
+def bound_block_cache(need: int | None = None) -> None:
+    """Size GDAL's block cache for this process: :data:`BLOCK_CACHE_MIN`, grown (never shrunk) to
+    ``need`` bytes, up to :data:`BLOCK_CACHE_MAX`.
+
+    Not with ``rasterio.Env(GDAL_CACHEMAX=...)``: that sets the process's cache size on entry and
+    restores it on exit, so Envs entered in reader and writer threads flipped it, and shrinking
+    it flushed dirty blocks of a raster another thread was writing: a probability band of one
+    tile was lost, once in ten runs of the batch tests. Hence grow only."""
+    want = min(max(BLOCK_CACHE_MIN, int(need or 0)), BLOCK_CACHE_MAX)
+    with _BLOCK_CACHE_LOCK:
+        if want > _BLOCK_CACHE.get(os.getpid(), 0):
+            from rasterio.env import set_gdal_config
+
+            set_gdal_config("GDAL_CACHEMAX", want)
+            _BLOCK_CACHE.clear()
+            _BLOCK_CACHE[os.getpid()] = want
+
+
+def is_remote(path: str) -> bool:
+    """True for scenes GDAL reads over the network (URLs, ``/vsicurl/``, cloud buckets), also
+    inside a ``/vsizip/`` chain or a VRT's XML."""
+    return any(mark in path for mark in _REMOTE_MARKS)
+
+
+def read_env(path: str | None = None, cache_bytes: int | None = None) -> rasterio.Env:
+    """The GDAL environment for reading ``path`` (:data:`READ_ENV`, with :data:`REMOTE_READ_ENV`
+    for a network file), the block cache grown to ``cache_bytes`` (:func:`bound_block_cache`)."""
+    bound_block_cache(cache_bytes)
+    remote = REMOTE_READ_ENV if path is not None and is_remote(path) else {}
+    return rasterio.Env(**READ_ENV, **remote)
 #: GDAL compression threads for every raster geoseg writes (the temporary GeoTIFF's DEFLATE
 #: blocks and the COG conversion): the client's writing keeps pace with many workers.
 WRITE_THREADS = "ALL_CPUS"
@@ -140,7 +172,7 @@ def open_scene(path: str | os.PathLike[str]) -> SceneInfo:
         if not os.access(path, os.R_OK):
             raise SceneError(f"scene {path} is not readable; check its permissions")
     try:
-        with read_env(), no_georef_warning():
+        with read_env(path), no_georef_warning():
             with rasterio.open(path) as src:
                 dtypes = set(src.dtypes)
                 if len(dtypes) != 1:
@@ -495,6 +527,10 @@ class ClassInfo:
     color: tuple[int, int, int]
 
 
+#: Block size of the temporary GeoTIFFs predict writes into (and of their COGs).
+SINK_BLOCK = 512
+
+
 class RasterSink:
     """A tiled, compressed temporary GeoTIFF written window by window, then published as a COG.
 
@@ -529,8 +565,8 @@ class RasterSink:
             "dtype": dtype,
             "nodata": nodata,
             "tiled": True,
-            "blockxsize": 512,
-            "blockysize": 512,
+            "blockxsize": SINK_BLOCK,
+            "blockysize": SINK_BLOCK,
             "compress": "deflate",
             "predictor": 1,
             "BIGTIFF": "YES" if est_bytes > 3_500_000_000 else "IF_SAFER",
@@ -576,7 +612,7 @@ class RasterSink:
                 driver="COG",
                 COMPRESS="DEFLATE",
                 NUM_THREADS=WRITE_THREADS,
-                BLOCKSIZE=512,
+                BLOCKSIZE=SINK_BLOCK,
                 OVERVIEW_RESAMPLING=self.overview_resampling,
                 BIGTIFF="IF_SAFER",
             )

@@ -164,17 +164,23 @@ class TileGrid:
             for c in range(self.cols):
                 yield self.tile(r, c)
 
-    def groups(self, per_group: int) -> list[list[Tile]]:
-        """Consecutive tiles of one grid row, ``per_group`` at most: one task each.
+    def groups(self, per_group: int, column_bands: bool = True) -> list[list[Tile]]:
+        """The grid's tiles as tasks of at most ``per_group`` consecutive tiles of one row, in
+        column bands: the grid's columns split into equal bands ``per_group`` tiles wide at most,
+        each band's tasks top to bottom, then the next band (``column_bands`` false: row by row).
 
-        Keeping a group inside one row makes its input a single compact window to read.
+        A group inside one row is a single compact window to read. Going down a band rather than
+        along whole rows keeps the scene blocks that consecutive tasks share (a row of tiles'
+        bottom margin is the next row's top margin) to a band's width, whatever the scene's
+        width, so a small block cache holds them (:func:`geoseg.predict.plan.block_cache_need`).
         """
         per_group = max(1, per_group)
-        out: list[list[Tile]] = []
-        for r in range(self.rows):
-            row = [self.tile(r, c) for c in range(self.cols)]
-            out.extend(row[i : i + per_group] for i in range(0, len(row), per_group))
-        return out
+        bands = -(-self.cols // per_group)
+        edges = [round(i * self.cols / bands) for i in range(bands + 1)]
+        spans = list(zip(edges, edges[1:]))
+        if column_bands:
+            return [[self.tile(r, c) for c in range(c0, c1)] for c0, c1 in spans for r in range(self.rows)]
+        return [[self.tile(r, c) for c in range(c0, c1)] for r in range(self.rows) for c0, c1 in spans]
 
 
 def source_indices(start: int, length: int, n: int) -> np.ndarray:

@@ -57,6 +57,8 @@ class TileTask:
     skip_errors: bool = False
     #: ``auto``, ``torch`` or ``onnx``; ``auto`` resolves on the worker, which knows its device.
     engine: str = "auto"
+    #: GDAL block cache the scene's reads need (see :func:`geoseg.predict.plan.block_cache_need`).
+    cache_bytes: int | None = None
 
 
 def run_tile_task(task: TileTask) -> list[TileResult]:
@@ -115,7 +117,7 @@ def _run_tile_task(task: TileTask) -> list[TileResult]:
     size = batch_limit(task.model_sha256, device, task.batch_size)
     chunks = [task.tiles[i : i + size] for i in range(0, len(task.tiles), size)]
     results: list[TileResult] = []
-    with TileReader(task.scene, task.bands) as reader:
+    with TileReader(task.scene, task.bands, task.cache_bytes) as reader:
         pending = reader.prefetch(chunks[0])
         for i, chunk in enumerate(chunks):
             data, valid = pending.result()
@@ -152,8 +154,8 @@ class TileReader:
     dataset per task decoded every block twice). A scene is reopened when its file changed.
     """
 
-    def __init__(self, scene: str, bands: Sequence[int]) -> None:
-        self.scene, self.bands = scene, list(bands)
+    def __init__(self, scene: str, bands: Sequence[int], cache_bytes: int | None = None) -> None:
+        self.scene, self.bands, self.cache_bytes = scene, list(bands), cache_bytes
 
     def __enter__(self) -> "TileReader":
         return self
@@ -168,7 +170,7 @@ class TileReader:
     def _read(self, tiles: tuple[Tile, ...]) -> tuple[np.ndarray, np.ndarray]:
         first, last = tiles[0], tiles[-1]
         width = last.input_col + last.input_width - first.input_col
-        with read_env():
+        with read_env(self.scene, self.cache_bytes):
             src = _open_scene(self.scene)
             data, valid = read_mirrored(src, self.bands, first.input_row, first.input_col, first.input_height, width)
         offsets = [t.input_col - first.input_col for t in tiles]

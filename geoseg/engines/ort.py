@@ -20,7 +20,6 @@ from geoseg.engines.graph import CLASSES, PROBABILITIES, VALID
 from geoseg.engines.onnx_cpu import FusedSessions, cpu_runs, make_session, run_fused
 from geoseg.models.config import ModelConfig
 from geoseg.models.onnx_summary import OnnxSummary
-from geoseg.normalize import normalize
 from geoseg.options import InferenceOptions
 
 
@@ -73,8 +72,7 @@ class OnnxEngine(Engine):
         if session is None:
             return super().run(raw, valid, probabilities, keep_logits)
         if self.device.type != "cuda":  # numpy and the fused graph: what CpuEngine runs
-            batch = normalize(raw, valid, self.config.mean, self.config.std)
-            return run_fused(self.sessions, session, batch, valid, probabilities)
+            return run_fused(self.sessions, session, raw, valid, probabilities, self.config)
         mask = self.upload(valid)
         x = self.normalize(self.upload(raw), mask).contiguous()
         mask = mask[:, None].contiguous()

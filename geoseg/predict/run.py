@@ -43,7 +43,8 @@ def run_tasks(session: DaskSession, plan: PredictPlan, max_in_flight: int | Task
         plan.grid, plan.scene.path, plan.bands, str(Path(plan.model.path).resolve()),
         plan.model.sha256, plan.device, plan.batch_size, plan.probabilities is not None,
         plan.tiles_per_task, torch_threads, keep_logits=keep_logits, options=plan.options,
-        skip_errors=plan.skip_errors, engine=plan.engine,
+        skip_errors=plan.skip_errors, engine=plan.engine, column_bands=plan.column_bands,
+        cache_bytes=plan.cache_bytes,
     )
     resources = gpu_resources(client, plan.device)
     send_model(client, plan.model.path, plan.model.sha256)

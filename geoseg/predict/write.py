@@ -18,7 +18,7 @@ import rasterio
 from rasterio.windows import Window
 
 from geoseg.io import (
-    RasterSink, class_raster_dtype, class_tags, open_sinks, stage_json,
+    RasterSink, bound_block_cache, class_raster_dtype, class_tags, open_sinks, stage_json,
 )
 from geoseg.scenes import describe
 from geoseg.predict.plan import PredictPlan
@@ -59,6 +59,7 @@ def write_outputs(plan: PredictPlan, results: Iterable[list[TileResult]], progre
     skipped: list[SkippedTile] = []
     report = skipped_report_path(plan.output)
     staged: list[tuple[Path, Path]] = []
+    bound_block_cache(plan.cache_bytes)  # the sinks' blocks being written stay whole in the cache
     with open_sinks(*sinks, extra=staged, then=then) as opened:
         class_sink = opened[0]
         prob_sink = opened[1] if len(opened) > 1 else None

@@ -1,0 +1,115 @@
+"""How predict reads a scene: tasks down column bands, a block cache sized to that order (each
+block decoded about once, the cache the same at any scene width), GDAL's file cache only for
+network files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.env import get_gdal_config, set_gdal_config
+from rasterio.transform import Affine
+
+from geoseg.io import BLOCK_CACHE_MIN, SceneInfo, bound_block_cache, is_remote, read_env, read_mirrored
+from geoseg.predict.plan import block_cache_need
+from geoseg.tiling import TileGrid
+
+
+def scene_info(width: int, height: int, block: tuple[int, int], count: int = 3, dtype: str = "uint16") -> SceneInfo:
+    return SceneInfo(path="scene.tif", width=width, height=height, count=count, dtype=dtype, crs=None,
+                     transform=Affine.identity(), nodata=None, descriptions=(None,) * count,
+                     block_shape=block, georeferenced=False)
+
+
+@pytest.mark.parametrize("column_bands", [True, False])
+def test_groups_cover_every_tile_once_in_balanced_runs_of_one_row(column_bands: bool) -> None:
+    grid = TileGrid.create(3000, 5000, 512, 48, 8)  # 8 rows, 13 columns
+    groups = grid.groups(4, column_bands)
+    assert sorted(t.index for g in groups for t in g) == list(range(len(grid)))
+    for g in groups:
+        assert len({t.grid_row for t in g}) == 1
+        assert [t.grid_col for t in g] == list(range(g[0].grid_col, g[0].grid_col + len(g)))
+    sizes = {len(g) for g in groups}
+    assert max(sizes) <= 4 and max(sizes) - min(sizes) <= 1  # 13 columns: bands of 3, 3, 4, 3
+    starts = [(g[0].grid_row, g[0].grid_col) for g in groups]
+    if column_bands:  # down one band, then the next
+        assert starts == sorted(starts, key=lambda rc: (rc[1], rc[0]))
+        assert starts[1] == (1, 0)
+    else:
+        assert starts == sorted(starts)
+        assert starts[1] == (0, 3)
+
+
+def test_block_cache_need_is_the_same_at_any_scene_width() -> None:
+    needs = [block_cache_need(scene_info(size, size, (512, 512)), TileGrid.create(size, size, 512, 48, 8), 6, 1)
+             for size in (4096, 16384, 65536)]
+    assert needs[0] == needs[1] == needs[2]
+    # 7 x 2 blocks of 3 x 512² uint16 pixels, 6 x 2 output blocks, and half as much again
+    assert needs[0] == (7 * 2 * 512 * 512 * 6 + 6 * 2 * 512 * 512) * 3 // 2
+    # probabilities of 8 classes add 8 bytes per output pixel
+    grid = TileGrid.create(16384, 16384, 512, 48, 8)
+    assert block_cache_need(scene_info(16384, 16384, (512, 512)), grid, 6, 9) > needs[0]
+
+
+def test_block_cache_need_of_a_striped_scene_holds_a_row_of_tiles() -> None:
+    grid = TileGrid.create(16384, 16384, 512, 48, 8)
+    need = block_cache_need(scene_info(16384, 16384, (8, 16384)), grid, 6, 1, column_bands=False)
+    assert need >= (512 + 8) * 16384 * 6  # the strips under one row of tiles, whole width
+
+
+def _rchar() -> int:
+    with open("/proc/thread-self/io") as f:  # this thread's reads only
+        return next(int(line.split()[1]) for line in f if line.startswith("rchar"))
+
+
+@pytest.mark.skipif(not Path("/proc/thread-self/io").exists(), reason="counts bytes read through /proc (Linux)")
+def test_reading_in_column_bands_decodes_each_block_about_once(tmp_path: Path) -> None:
+    """With the cache at what the plan says it needs, going down column bands reads the file
+    little more than once; row by row, the same cache reads it more than twice."""
+    rng = np.random.default_rng(0)
+    size, block = 2048, 128
+    data = rng.integers(0, 4000, size=(3, size, size), dtype=np.uint16)  # random: DEFLATE cannot shrink it
+    path = tmp_path / "scene.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint16",
+                       tiled=True, blockxsize=block, blockysize=block, compress="deflate") as dst:
+        dst.write(data)
+    file_bytes = path.stat().st_size
+    grid = TileGrid.create(size, size, 128, 16, 8)
+    need = block_cache_need(scene_info(size, size, (block, block)), grid, 6, 0)
+    old = get_gdal_config("GDAL_CACHEMAX")
+    factors = {}
+    try:
+        for column_bands in (True, False):
+            set_gdal_config("GDAL_CACHEMAX", need)
+            with rasterio.Env(), rasterio.open(path) as src:
+                before = _rchar()
+                for g in grid.groups(6, column_bands):
+                    first, last = g[0], g[-1]
+                    read_mirrored(src, [1, 2, 3], first.input_row, first.input_col, first.input_height,
+                                  last.input_col + last.input_width - first.input_col)
+                factors[column_bands] = (_rchar() - before) / file_bytes
+    finally:
+        set_gdal_config("GDAL_CACHEMAX", old)
+    assert factors[True] < 1.5, factors
+    assert factors[False] > 2.0, factors
+
+
+def test_block_cache_only_grows() -> None:
+    bound_block_cache(BLOCK_CACHE_MIN + 2**20)
+    grown = get_gdal_config("GDAL_CACHEMAX")
+    bound_block_cache(BLOCK_CACHE_MIN)  # shrinking would flush blocks another thread is writing
+    assert get_gdal_config("GDAL_CACHEMAX") == grown
+    assert int(grown) >= BLOCK_CACHE_MIN + 2**20
+
+
+@pytest.mark.parametrize(("path", "remote"), [
+    ("/data/scene.tif", False), ("/vsizip/scenes.zip/scene.tif", False),
+    ("https://example.com/scene.tif", True), ("/vsicurl/https://example.com/a.tif", True),
+    ("/vsis3/bucket/scene.tif", True), ("s3://bucket/scene.tif", True),
+])
+def test_gdal_file_cache_only_for_network_scenes(path: str, remote: bool) -> None:
+    assert is_remote(path) is remote
+    with read_env(path):
+        assert bool(get_gdal_config("VSI_CACHE")) is remote
