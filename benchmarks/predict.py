@@ -1,7 +1,7 @@
 """End-to-end predict throughput against the network's own forward throughput, and peak memory
 of the whole process tree against scene size; all measured in one run on this machine.
 
-    python benchmarks/predict.py [--sizes 1024,4096,16384] [--tile 512] [--batch-size 4]
+    python benchmarks/predict.py [--sizes 1024,1248,4096,16384] [--tile 512] [--batch-size 4]
 
 Scenes are built by mirror-tiling the real Landsat 8 scene in ../shared/data. The model is an
 untrained network of the built-in model's architecture (unet-small) on the scene's 3 bands:
@@ -144,7 +144,8 @@ def run_predict(scene: Path, out: Path, model: Path, tile: int, batch: int,
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--sizes", default="1024,4096,16384")
+    # 1,248² is the smallest scene of whole 512² tiles (3 x 416² cores): 1,024² runs 440² tiles
+    ap.add_argument("--sizes", default="1024,1248,4096,16384")
     ap.add_argument("--tile", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--workdir", default=None)
@@ -187,17 +188,23 @@ def main() -> None:
     for r in rows:
         r["ratio_to_forward"] = r["network_mp_per_s"] / fwd
     smallest = rows[0]["peak_rss_mb"]
+    # memory against the smallest scene run with the same tiles (the smallest scene's grid may
+    # use smaller tiles, whose network activations are smaller)
+    for r in rows:
+        same = [q for q in rows if q["tile"] == r["tile"]]
+        r["peak_over_smallest_same_tile"] = r["peak_rss_mb"] / same[0]["peak_rss_mb"]
     print(f"\nforward throughput (tile {big.tile_height}, batch {args.batch_size}, {torch.get_num_threads()} threads, "
           f"best of before/after): "
           f"{fwd:.3f} MP/s of network input in a Dask worker (before {fwd_before:.3f}, after {fwd_after:.3f}; "
           f"in this process {fwd_here:.3f}); margin {margin}, core {args.tile - 2 * margin}; "
           f"converting the model to ONNX (once, before the runs) {conversion:.2f} s")
     print(f"{'scene':>8} {'MP':>8} {'s':>8} {'scene MP/s':>11} {'overlap':>8} {'net MP/s':>9} "
-          f"{'/forward':>9} {'peak MB':>8} {'/smallest':>9}")
+          f"{'/forward':>9} {'peak MB':>8} {'/smallest':>9} {'tile':>5} {'/same tile':>10}")
     for r in rows:
         print(f"{r['size']:>8} {r['megapixels']:>8.1f} {r['seconds']:>8.1f} {r['scene_mp_per_s']:>11.3f} "
               f"{r['overlap_factor']:>8.3f} {r['network_mp_per_s']:>9.3f} {r['ratio_to_forward']:>9.3f} "
-              f"{r['peak_rss_mb']:>8.0f} {r['peak_rss_mb'] / smallest:>9.2f}")
+              f"{r['peak_rss_mb']:>8.0f} {r['peak_rss_mb'] / smallest:>9.2f} {r['tile'][0]:>5} "
+              f"{r['peak_over_smallest_same_tile']:>10.2f}")
     (ROOT / "benchmarks" / "predict.json").write_text(json.dumps(
         {"forward_mp_per_s": fwd, "forward_worker_before": fwd_before, "forward_worker_after": fwd_after,
          "forward_this_process": fwd_here, "tile": args.tile, "batch_size": args.batch_size, "margin": margin,

@@ -168,14 +168,16 @@ class TileReader:
         return _reader_pool().submit(self._read, tuple(tiles))
 
     def _read(self, tiles: tuple[Tile, ...]) -> tuple[np.ndarray, np.ndarray]:
-        first, last = tiles[0], tiles[-1]
-        width = last.input_col + last.input_width - first.input_col
+        # each tile straight into its place in the batch (its blocks come from GDAL's cache when
+        # a neighbour decoded them): no window of the whole row of tiles, no stacked copy of it
+        height, width = tiles[0].input_height, tiles[0].input_width
         with read_env(self.scene, self.cache_bytes):
             src = _open_scene(self.scene)
-            data, valid = read_mirrored(src, self.bands, first.input_row, first.input_col, first.input_height, width)
-        offsets = [t.input_col - first.input_col for t in tiles]
-        return (np.stack([data[:, :, o : o + t.input_width] for o, t in zip(offsets, tiles)]),
-                np.stack([valid[:, o : o + t.input_width] for o, t in zip(offsets, tiles)]))
+            data = np.empty((len(tiles), len(self.bands), height, width), src.dtypes[0])
+            valid = np.empty((len(tiles), height, width), bool)
+            for i, t in enumerate(tiles):
+                read_mirrored(src, self.bands, t.input_row, t.input_col, height, width, out=(data[i], valid[i]))
+        return data, valid
 
 
 #: Scenes the reader thread keeps open (least recently used closed first).
