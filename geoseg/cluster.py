@@ -355,7 +355,7 @@ def dashboard_link(session: DaskSession) -> str | None:
 class ModelPlugin(WorkerPlugin):
     """Worker plugin carrying one model file's bytes to every worker (once per content hash),
     including workers that join or restart later; it drops the file into the worker's model
-    cache (:func:`geoseg.worker.model_cache_dir`)."""
+    cache (:func:`geoseg.model_cache.model_cache_dir`)."""
 
     def __init__(self, sha256: str, blob: bytes) -> None:
         self.sha256 = sha256
@@ -365,15 +365,16 @@ class ModelPlugin(WorkerPlugin):
     def setup(self, worker: Any = None) -> None:
         if hashlib.sha256(self.blob).hexdigest() != self.sha256:
             raise CheckpointError("the model bytes sent to this worker are damaged (content hash mismatch)")
-        from geoseg.worker import model_cache_dir  # worker-side code: imported only on workers
+        from geoseg.model_cache import cache_added, cache_hit, model_cache_dir
 
         cache = model_cache_dir()
         local = cache / f"{self.sha256}.pt"
-        if not local.exists():
+        if not cache_hit(local):
             fd, tmp = tempfile.mkstemp(prefix=f".{self.sha256}.", suffix=".part", dir=cache)
             with os.fdopen(fd, "wb") as f:
                 f.write(self.blob)
             os.replace(tmp, local)
+            cache_added(local)
 
     def teardown(self, worker: Any = None) -> None:
         """Nothing to undo: the cached file may serve later runs of the same model."""

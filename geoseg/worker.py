@@ -10,13 +10,10 @@ class values and probabilities; a background thread reads the next batch while i
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
-import stat
 import sys
-import tempfile
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, replace
@@ -29,6 +26,7 @@ import rasterio
 from geoseg.errors import CheckpointError, ModelError, OptionError, TileError, first_line
 from geoseg.options import InferenceOptions
 from geoseg.io import CLASS_NODATA, file_token, no_georef_warning, read_env, read_mirrored
+from geoseg.model_cache import cache_hit, model_cache_dir
 from geoseg.scenes import describe
 from geoseg.stitch import TileResult, core_result
 from geoseg.tiling import Tile
@@ -231,23 +229,6 @@ def _close_all() -> None:
 # --- the model cache: one loaded model per content hash, device and tuning, per process -----
 
 
-def model_cache_dir() -> Path:
-    """Where a worker keeps model files it received, named by content hash: one folder per user,
-    readable by that user only (0700), so no other user can swap a file in it or be blocked by it."""
-    folder = Path(tempfile.gettempdir()) / f"geoseg-models-{os.getuid()}"
-    with contextlib.suppress(FileExistsError):
-        folder.mkdir(mode=0o700)
-    st = os.lstat(folder)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
-        raise CheckpointError(
-            f"the model cache {folder} is not a folder of this user; remove it (another user or a "
-            "symlink is in the way) and run again"
-        )
-    if stat.S_IMODE(st.st_mode) & 0o077:
-        os.chmod(folder, 0o700)
-    return folder
-
-
 def worker_model(
     path: str, sha256: str, device: str, channels_last: bool = False, compile: bool = False,
 ) -> Any:
@@ -285,7 +266,7 @@ def worker_model_file(path: str, sha256: str) -> str:
     if os.path.isfile(path) and file_sha256(path) == sha256:
         return path
     cached = model_cache_dir() / f"{sha256}.pt"
-    if cached.is_file() and file_sha256(cached) == sha256:
+    if cache_hit(cached) and file_sha256(cached) == sha256:
         return str(cached)
     raise CheckpointError(
         f"model {path} is not on this worker, or differs from the client's copy (content hash "
@@ -350,7 +331,7 @@ def _build_engine(path: str, sha256: str, device: str, engine: str, options: Inf
         onnx_file: str | Path = local
         if fmt == "torch":
             onnx_file = cached_onnx_path(sha256)
-            if not onnx_file.is_file():
+            if not cache_hit(onnx_file):
                 from geoseg.models.onnx import cached_onnx
 
                 onnx_file = cached_onnx(local, sha256)

@@ -20,6 +20,7 @@ import numpy as np
 from geoseg.engines import EngineOutput
 from geoseg.engines.graph import CLASSES, PROBABILITIES, VALID, fused_graph
 from geoseg.io import class_raster_dtype
+from geoseg.model_cache import cache_added, cache_hit
 from geoseg.models.config import ModelConfig
 from geoseg.normalize import normalize
 
@@ -136,7 +137,7 @@ class FusedSessions:
             session = None
             if self.fused_available():
                 cached = self._cached_path(probabilities)
-                if cached is not None and cached.is_file():
+                if cached is not None and cache_hit(cached):
                     try:
                         session = make_session(str(cached), self.device, self.threads)
                     except Exception:  # noqa: BLE001 - unreadable cache entry: build it again
@@ -167,6 +168,7 @@ class FusedSessions:
             from geoseg.io import write_bytes_atomic
 
             write_bytes_atomic(cached, data)
+            cache_added(cached)
         return data
 
 

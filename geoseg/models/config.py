@@ -261,8 +261,10 @@ def read_model_config(name_or_path: str | os.PathLike[str] | None = None) -> Loa
     sha256 = file_sha256(path)
     if is_onnx_file(path):
         return LoadedModel(None, read_onnx_model(path)[0], str(path), sha256, name, format="onnx")
+    from geoseg.model_cache import cache_hit
+
     converted = cached_onnx_path(sha256)
-    if converted.is_file():
+    if cache_hit(converted):
         try:
             return LoadedModel(None, read_onnx_model(converted)[0], str(path), sha256, name)
         except (CheckpointError, ModelError):

@@ -132,12 +132,14 @@ def onnx_proto_for(loaded: LoadedModel) -> Any:
 def cached_onnx(model_path: str, sha256: str, loaded: LoadedModel | None = None) -> Path:
     """The ONNX file for the ``.pt`` model with content hash ``sha256``, converted once and kept in
     :func:`cache_dir` (atomic rename, so concurrent workers never see half a file)."""
+    from geoseg.model_cache import cache_added, cache_hit
+
     target = cached_onnx_path(sha256)
-    if target.is_file():
+    if cache_hit(target):
         return target
     if loaded is None:
         loaded = load_model(model_path)
-    return write_onnx_model(onnx_proto_for(loaded), target, loaded.config)
+    return cache_added(write_onnx_model(onnx_proto_for(loaded), target, loaded.config))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -42,8 +42,8 @@ def is_onnx_file(path: str | os.PathLike[str]) -> bool:
 
 def cache_dir() -> Path:
     """Where ONNX files converted from ``.pt`` models are kept, by content hash: the worker's
-    per-user model cache (mode 0700, :func:`geoseg.worker.model_cache_dir`)."""
-    from geoseg.worker import model_cache_dir
+    per-user model cache (mode 0700, :func:`geoseg.model_cache.model_cache_dir`)."""
+    from geoseg.model_cache import model_cache_dir
 
     return model_cache_dir()
 
