@@ -26,6 +26,7 @@ import rasterio
 from geoseg.errors import CheckpointError, ModelError, OptionError, TileError, first_line
 from geoseg.options import InferenceOptions
 from geoseg.io import CLASS_NODATA, file_token, no_georef_warning, read_env, read_mirrored
+from geoseg.memory import trim_heap
 from geoseg.model_cache import cache_hit, model_cache_dir
 from geoseg.scenes import describe
 from geoseg.stitch import TileResult, core_result
@@ -67,7 +68,9 @@ def run_tile_task(task: TileTask) -> list[TileResult]:
     nodata results carrying the error.
     """
     try:
-        return _run_tile_task(task)
+        results = _run_tile_task(task)
+        trim_heap()  # the task's batches are freed: keep the process's footprint flat
+        return results
     except (CheckpointError, ModelError, OptionError, MemoryError):
         raise  # not this tile's fault: every tile would fail the same way
     except Exception as exc:

@@ -36,26 +36,6 @@ cli.add_command(export_command)
 cli.add_command(import_command)
 
 
-#: glibc's mallopt parameter for the number of malloc arenas.
-_M_ARENA_MAX = -8
-
-
-def one_malloc_arena() -> None:
-    """Give the ``geoseg`` program one malloc arena (glibc). By default every thread gets its own
-    (up to 8 per core) and each keeps what its thread freed: the reader thread's tiles, the
-    engine's batches, the writer's blocks. One arena: 95 MB less peak memory predicting 4,096²,
-    100 MB less with a cheap network, no slower (docs/benchmarks.md). Only in this program,
-    which owns its process; nothing where the C library has no ``mallopt``."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return
-    mallopt(_M_ARENA_MAX, 1)
-
-
 def main() -> None:
     """The ``geoseg`` program: run the command, then leave without tearing the interpreter down.
 
@@ -69,6 +49,8 @@ def main() -> None:
     import os
     import sys
     import threading
+
+    from geoseg.memory import one_malloc_arena
 
     one_malloc_arena()
     code = 0
