@@ -32,8 +32,8 @@ from rasterio.windows import transform as window_transform
 
 from geoseg.errors import ChipError, first_line
 from geoseg.io import (
-    ClassInfo, check_distinct_paths, no_georef_warning, open_scene, read_env, remove_quietly, select_bands,
-    temporary_sibling,
+    READ_CACHE_BYTES, ClassInfo, check_distinct_paths, no_georef_warning, open_scene, read_env, remove_quietly,
+    select_bands, temporary_sibling,
 )
 
 MANIFEST = "chips.json"
@@ -329,7 +329,7 @@ def _block_classes(label: LabelSource, info: Any, block: int, ignore: int) -> di
         return None
     out: dict[tuple[int, int], np.ndarray] = {}
     strip = max(block, STRIP_WIDTH // block * block)
-    with read_env(), rasterio.open(label.path) as src:
+    with read_env(label.path, READ_CACHE_BYTES), rasterio.open(label.path) as src:
         if src.shape != (info.height, info.width) or src.transform != info.transform:
             return None
         for r in range(0, info.height, block):
@@ -418,7 +418,7 @@ def run_chip_task(task: ChipTask) -> list[ChipOutcome]:
     """Read, filter and write the chips of one task (the worker writes the files itself)."""
     out_dir = Path(task.out_dir)
     outcomes: list[ChipOutcome] = []
-    with read_env(), no_georef_warning():
+    with read_env(task.image, READ_CACHE_BYTES), no_georef_warning():
         img = rasterio.open(task.image)
         lbl: Any = None
         try:

@@ -60,6 +60,9 @@ def _physical_memory() -> int:
         return 0
 
 
+#: What reads that do not size the cache themselves ask for (polygonizing, cutting chips): the
+#: bound every read had before predict sized its own.
+READ_CACHE_BYTES = 64 * 2**20
 #: The most it grows to: GDAL's own default (5 % of RAM), and at least 64 MB.
 BLOCK_CACHE_MAX = max(64 * 2**20, _physical_memory() // 20)
 _BLOCK_CACHE: dict[int, int] = {}

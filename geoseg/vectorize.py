@@ -28,8 +28,8 @@ from rasterio.windows import Window
 
 from geoseg.errors import OutputError, VectorizeError, first_line
 from geoseg.io import (
-    check_distinct_paths, check_output_path, lock_output_folders, no_georef_warning, open_scene, read_env,
-    read_class_names, remove_quietly, temporary_sibling,
+    READ_CACHE_BYTES, check_distinct_paths, check_output_path, lock_output_folders, no_georef_warning,
+    open_scene, read_env, read_class_names, remove_quietly, temporary_sibling,
 )
 from geoseg.styles import qml_sidecar, raster_classes, write_gpkg_style, write_qml_sidecar
 
@@ -138,7 +138,7 @@ def run_block_task(task: BlockTask) -> BlockResult:
     from rasterio.features import shapes, sieve
 
     h = task.halo
-    with read_env(), no_georef_warning():
+    with read_env(task.raster, READ_CACHE_BYTES), no_georef_warning():
         with rasterio.open(task.raster) as src:
             r0, c0 = max(task.row_off - h, 0), max(task.col_off - h, 0)
             r1 = min(task.row_off + task.height + h, src.height)
