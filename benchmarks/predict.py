@@ -129,20 +129,24 @@ def run_predict(scene: Path, out: Path, model: Path, tile: int, batch: int,
     cmd = [sys.executable, "-m", "geoseg.cli.main", "predict", str(scene), "-o", str(out), "--model",
            str(model), "--tile", str(tile), "--batch-size", str(batch), "--overwrite", "--quiet",
            *(extra or [])]
+    # the process's own high-water mark as the kernel keeps it, through /usr/bin/time: sampling
+    # every 0.1 s misses short peaks, such as GDAL's COG copy at the end (20-40 MB). (The
+    # rusage of a child forked from this process would start at this process's size.)
+    hwm = Path(tempfile.mkstemp(prefix="geoseg-bench-", suffix=".maxrss")[1])
+    timer = ["/usr/bin/time", "-f", "%M", "-o", str(hwm)] if Path("/usr/bin/time").exists() else []
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd)
+    proc = subprocess.Popen([*timer, *cmd])
     mon = PeakRSS(proc.pid)
     mon.start()
-    # the child's own high-water mark as the kernel keeps it: sampling every 0.1 s misses short
-    # peaks, such as GDAL's COG copy at the end, which holds the GIL of the child (20-40 MB)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    rc = proc.wait()
     wall = time.perf_counter() - t0
     mon.running = False
     mon.join()
-    if proc.returncode:
-        raise SystemExit(f"geoseg predict failed with exit code {proc.returncode}")
-    return wall, max(mon.peak, usage.ru_maxrss * 1024)
+    if rc:
+        raise SystemExit(f"geoseg predict failed with exit code {rc}")
+    text = hwm.read_text().strip()
+    hwm.unlink()
+    return wall, max(mon.peak, int(text.splitlines()[-1]) * 1024 if text else 0)
 
 
 def main() -> None:
@@ -167,6 +171,12 @@ def main() -> None:
     conversion = time.perf_counter() - t0
     margin = auto_margin(cfg.receptive_field, cfg.output_stride)
     sizes = [int(s) for s in args.sizes.split(",")]
+    # the first run with a model also builds its fused graph (importing the onnx package) and
+    # caches it: one untimed run first, so the smallest scene is measured like the others
+    warm = work / f"landsat-{sizes[0]}.tif"
+    if not warm.exists():
+        build_scene(warm, sizes[0])
+    run_predict(warm, work / "warm-up.tif", model, args.tile, args.batch_size)
     # the tile shape the grid of the largest scene uses (cores are balanced, so it can be < --tile)
     big = TileGrid.create(sizes[-1], sizes[-1], args.tile, margin, cfg.output_stride)
     fwd_before = forward_in_worker(model, big.tile_height, args.batch_size)
