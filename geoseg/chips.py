@@ -30,9 +30,10 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
+from geoseg.block_cache import READ_CACHE_BYTES
 from geoseg.errors import ChipError, first_line
 from geoseg.io import (
-    READ_CACHE_BYTES, ClassInfo, check_distinct_paths, no_georef_warning, open_scene, read_env, remove_quietly,
+    ClassInfo, check_distinct_paths, no_georef_warning, open_scene, read_env, remove_quietly,
     select_bands, temporary_sibling,
 )
 

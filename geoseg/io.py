@@ -23,6 +23,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOEr
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
+from geoseg.block_cache import bound_block_cache
 from geoseg.errors import OutputError, SceneError, first_line
 from geoseg.tiling import source_indices
 
@@ -46,47 +47,6 @@ REMOTE_READ_ENV: dict[str, Any] = {"VSI_CACHE": True}
 _REMOTE_MARKS = ("://", "/vsicurl", "/vsis3", "/vsigs", "/vsiaz", "/vsiadls", "/vsioss", "/vsiswift",
                  "/vsihdfs", "/vsiwebhdfs")
 
-#: The block cache every geoseg process gets at least (bytes); predict grows it to what its read
-#: order needs (:func:`geoseg.predict.plan.block_cache_need`). A fixed bound filled up with
-#: blocks no task would read again.
-BLOCK_CACHE_MIN = 16 * 2**20
-
-
-def _physical_memory() -> int:
-    """Bytes of RAM (0 where the system does not say)."""
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (AttributeError, ValueError, OSError):
-        return 0
-
-
-#: What reads that do not size the cache themselves ask for (polygonizing, cutting chips): the
-#: bound every read had before predict sized its own.
-READ_CACHE_BYTES = 64 * 2**20
-#: The most it grows to: GDAL's own default (5 % of RAM), and at least 64 MB.
-BLOCK_CACHE_MAX = max(64 * 2**20, _physical_memory() // 20)
-_BLOCK_CACHE: dict[int, int] = {}
-_BLOCK_CACHE_LOCK = threading.Lock()
-
-
-def bound_block_cache(need: int | None = None) -> None:
-    """Size GDAL's block cache for this process: :data:`BLOCK_CACHE_MIN`, grown (never shrunk) to
-    ``need`` bytes, up to :data:`BLOCK_CACHE_MAX`.
-
-    Not with ``rasterio.Env(GDAL_CACHEMAX=...)``: that sets the process's cache size on entry and
-    restores it on exit, so Envs entered in reader and writer threads flipped it, and shrinking
-    it flushed dirty blocks of a raster another thread was writing: a probability band of one
-    tile was lost, once in ten runs of the batch tests. Hence grow only."""
-    want = min(max(BLOCK_CACHE_MIN, int(need or 0)), BLOCK_CACHE_MAX)
-    with _BLOCK_CACHE_LOCK:
-        if want > _BLOCK_CACHE.get(os.getpid(), 0):
-            from rasterio.env import set_gdal_config
-
-            set_gdal_config("GDAL_CACHEMAX", want)
-            _BLOCK_CACHE.clear()
-            _BLOCK_CACHE[os.getpid()] = want
-
-
 def is_remote(path: str) -> bool:
     """True for scenes GDAL reads over the network (URLs, ``/vsicurl/``, cloud buckets), also
     inside a ``/vsizip/`` chain or a VRT's XML."""
@@ -95,7 +55,8 @@ def is_remote(path: str) -> bool:
 
 def read_env(path: str | None = None, cache_bytes: int | None = None) -> rasterio.Env:
     """The GDAL environment for reading ``path`` (:data:`READ_ENV`, with :data:`REMOTE_READ_ENV`
-    for a network file), the block cache grown to ``cache_bytes`` (:func:`bound_block_cache`)."""
+    for a network file), the block cache grown to ``cache_bytes``
+    (:func:`geoseg.block_cache.bound_block_cache`)."""
     bound_block_cache(cache_bytes)
     remote = REMOTE_READ_ENV if path is not None and is_remote(path) else {}
     return rasterio.Env(**READ_ENV, **remote)

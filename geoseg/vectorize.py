@@ -26,9 +26,10 @@ import rasterio
 from affine import Affine
 from rasterio.windows import Window
 
+from geoseg.block_cache import READ_CACHE_BYTES
 from geoseg.errors import OutputError, VectorizeError, first_line
 from geoseg.io import (
-    READ_CACHE_BYTES, check_distinct_paths, check_output_path, lock_output_folders, no_georef_warning,
+    check_distinct_paths, check_output_path, lock_output_folders, no_georef_warning,
     open_scene, read_env, read_class_names, remove_quietly, temporary_sibling,
 )
 from geoseg.styles import qml_sidecar, raster_classes, write_gpkg_style, write_qml_sidecar

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 import rasterio
 
+from geoseg.block_cache import bound_block_cache
 from geoseg.errors import CheckpointError, ModelError, OptionError, TileError, first_line
 from geoseg.options import InferenceOptions
 from geoseg.io import CLASS_NODATA, file_token, no_georef_warning, read_env, read_mirrored
@@ -172,7 +173,8 @@ class TileReader:
         # each tile straight into its place in the batch (its blocks come from GDAL's cache when
         # a neighbour decoded them): no window of the whole row of tiles, no stacked copy of it
         height, width = tiles[0].input_height, tiles[0].input_width
-        with read_env(self.scene, self.cache_bytes):
+        bound_block_cache(self.cache_bytes, self.scene)  # this scene's share among scenes in flight
+        with read_env(self.scene):
             src = _open_scene(self.scene)
             data = np.empty((len(tiles), len(self.bands), height, width), src.dtypes[0])
             valid = np.empty((len(tiles), height, width), bool)

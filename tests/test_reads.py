@@ -12,9 +12,10 @@ import rasterio
 from rasterio.env import get_gdal_config, set_gdal_config
 from rasterio.transform import Affine
 
-from geoseg.io import BLOCK_CACHE_MIN, SceneInfo, bound_block_cache, is_remote, read_env, read_mirrored
+from geoseg.block_cache import BLOCK_CACHE_MIN, BlockCacheBound, bound_block_cache
+from geoseg.io import SceneInfo, is_remote, read_env, read_mirrored
 from geoseg.predict.plan import block_cache_need
-from geoseg.tiling import TileGrid
+from geoseg.tiling import Tile, TileGrid
 
 
 def scene_info(width: int, height: int, block: tuple[int, int], count: int = 3, dtype: str = "uint16") -> SceneInfo:
@@ -64,17 +65,29 @@ def _rchar() -> int:
         return next(int(line.split()[1]) for line in f if line.startswith("rchar"))
 
 
+def write_random_scene(path: Path, size: int, block: int, seed: int = 0) -> Path:
+    """Random pixels (DEFLATE cannot shrink them, so bytes read count blocks decoded)."""
+    data = np.random.default_rng(seed).integers(0, 4000, size=(3, size, size), dtype=np.uint16)
+    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint16",
+                       tiled=True, blockxsize=block, blockysize=block, compress="deflate") as dst:
+        dst.write(data)
+    return path
+
+
+def read_groups(src: rasterio.DatasetReader, groups: list[list[Tile]]) -> None:
+    """Read each group's windows as one task reads them (its row of tiles, mirrored at the edges)."""
+    for g in groups:
+        first, last = g[0], g[-1]
+        read_mirrored(src, [1, 2, 3], first.input_row, first.input_col, first.input_height,
+                      last.input_col + last.input_width - first.input_col)
+
+
 @pytest.mark.skipif(not Path("/proc/thread-self/io").exists(), reason="counts bytes read through /proc (Linux)")
 def test_reading_in_column_bands_decodes_each_block_about_once(tmp_path: Path) -> None:
     """With the cache at what the plan says it needs, going down column bands reads the file
     little more than once; row by row, the same cache reads it more than twice."""
-    rng = np.random.default_rng(0)
     size, block = 2048, 128
-    data = rng.integers(0, 4000, size=(3, size, size), dtype=np.uint16)  # random: DEFLATE cannot shrink it
-    path = tmp_path / "scene.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint16",
-                       tiled=True, blockxsize=block, blockysize=block, compress="deflate") as dst:
-        dst.write(data)
+    path = write_random_scene(tmp_path / "scene.tif", size, block)
     file_bytes = path.stat().st_size
     grid = TileGrid.create(size, size, 128, 16, 8)
     need = block_cache_need(scene_info(size, size, (block, block)), grid, 6, 0)
@@ -85,11 +98,60 @@ def test_reading_in_column_bands_decodes_each_block_about_once(tmp_path: Path) -
             set_gdal_config("GDAL_CACHEMAX", need)
             with rasterio.Env(), rasterio.open(path) as src:
                 before = _rchar()
-                for g in grid.groups(6, column_bands):
-                    first, last = g[0], g[-1]
-                    read_mirrored(src, [1, 2, 3], first.input_row, first.input_col, first.input_height,
-                                  last.input_col + last.input_width - first.input_col)
+                read_groups(src, grid.groups(6, column_bands))
                 factors[column_bands] = (_rchar() - before) / file_bytes
+    finally:
+        set_gdal_config("GDAL_CACHEMAX", old)
+    assert factors[True] < 1.5, factors
+    assert factors[False] > 2.0, factors
+
+
+def test_block_cache_adds_the_shares_of_scenes_whose_reads_interleave() -> None:
+    sizes: list[int] = []
+    bound = BlockCacheBound(sizes.append, minimum=0, maximum=10**9)
+    for scene, need in (("a", 30), ("a", 30), ("b", 50), ("b", 50), ("c", 40)):
+        bound.grow(need, scene)  # one scene after another: the largest need
+    assert bound.size == 50
+    bound = BlockCacheBound(sizes.append, minimum=0, maximum=10**9)
+    for scene, need in (("a", 30), ("b", 50), ("a", 30)):  # b read between two reads of a
+        bound.grow(need, scene)
+    assert bound.size == 80
+    bound.grow(40, "c")
+    bound.grow(50, "b")  # a and c read since b's last read
+    assert bound.size == 120
+    bound.grow(10)  # without a scene: its need alone, and the cache never shrinks
+    assert bound.size == 120
+    assert sizes[-1] == 120
+    assert BlockCacheBound(sizes.append, minimum=0, maximum=100).grow(70, "a") == 70
+    capped = BlockCacheBound(sizes.append, minimum=0, maximum=100)
+    for scene in "aba":
+        capped.grow(70, scene)
+    assert capped.size == 100
+
+
+@pytest.mark.skipif(not Path("/proc/thread-self/io").exists(), reason="counts bytes read through /proc (Linux)")
+def test_interleaved_scenes_each_decode_their_blocks_about_once(tmp_path: Path) -> None:
+    """A batch's scenes in flight: tasks of two scenes alternate in one process. With each
+    scene's share the files are read little more than once; with the cache one scene needs,
+    each scene's blocks push the other's out and the files are read more than twice."""
+    size, block = 2048, 128
+    paths = [write_random_scene(tmp_path / f"scene{i}.tif", size, block, seed=i) for i in range(2)]
+    file_bytes = sum(p.stat().st_size for p in paths)
+    grid = TileGrid.create(size, size, 128, 16, 8)
+    need = block_cache_need(scene_info(size, size, (block, block)), grid, 6, 0)
+    old = get_gdal_config("GDAL_CACHEMAX")
+    factors = {}
+    try:
+        for shares in (True, False):
+            set_gdal_config("GDAL_CACHEMAX", BLOCK_CACHE_MIN)
+            bound = BlockCacheBound(minimum=0)
+            with rasterio.Env(), rasterio.open(paths[0]) as a, rasterio.open(paths[1]) as b:
+                before = _rchar()
+                for g in grid.groups(6):
+                    for src in (a, b):
+                        bound.grow(need, src.name if shares else None)  # as the tile reader does
+                        read_groups(src, [g])
+                factors[shares] = (_rchar() - before) / file_bytes
     finally:
         set_gdal_config("GDAL_CACHEMAX", old)
     assert factors[True] < 1.5, factors

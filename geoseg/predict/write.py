@@ -17,8 +17,9 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
+from geoseg.block_cache import bound_block_cache
 from geoseg.io import (
-    RasterSink, bound_block_cache, class_raster_dtype, class_tags, open_sinks, stage_json,
+    RasterSink, class_raster_dtype, class_tags, open_sinks, stage_json,
 )
 from geoseg.scenes import describe
 from geoseg.predict.plan import PredictPlan
@@ -59,7 +60,8 @@ def write_outputs(plan: PredictPlan, results: Iterable[list[TileResult]], progre
     skipped: list[SkippedTile] = []
     report = skipped_report_path(plan.output)
     staged: list[tuple[Path, Path]] = []
-    bound_block_cache(plan.cache_bytes)  # the sinks' blocks being written stay whole in the cache
+    # the sinks' blocks being written stay whole in the cache (its share among scenes in flight)
+    bound_block_cache(plan.cache_bytes, info.path)
     with open_sinks(*sinks, extra=staged, then=then) as opened:
         class_sink = opened[0]
         prob_sink = opened[1] if len(opened) > 1 else None
