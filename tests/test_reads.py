@@ -1,10 +1,12 @@
 """How predict reads a scene: tasks down column bands, a block cache sized to that order (each
-block decoded about once, the cache the same at any scene width), GDAL's file cache only for
-network files."""
+block decoded about once, the cache the same at any scene width) with a share for each scene
+whose tasks take turns in a process, GDAL's file cache only for network files."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -82,26 +84,42 @@ def read_groups(src: rasterio.DatasetReader, groups: list[list[Tile]]) -> None:
                       last.input_col + last.input_width - first.input_col)
 
 
-@pytest.mark.skipif(not Path("/proc/thread-self/io").exists(), reason="counts bytes read through /proc (Linux)")
+#: The scenes the read-counting tests write: random pixels, 128² blocks, 128² tiles.
+SIZE, BLOCK = 2048, 128
+needs_proc_io = pytest.mark.skipif(not Path("/proc/thread-self/io").exists(),
+                                   reason="counts bytes read through /proc (Linux)")
+
+
+@contextlib.contextmanager
+def cache_restored() -> Iterator[None]:
+    """GDAL's block cache size as it was, whatever the test set it to."""
+    old = get_gdal_config("GDAL_CACHEMAX")
+    try:
+        yield
+    finally:
+        set_gdal_config("GDAL_CACHEMAX", old)
+
+
+def grid_and_need() -> tuple[TileGrid, int]:
+    """The tiles of a SIZE² scene and the block cache predict's plan gives them (6 per task)."""
+    grid = TileGrid.create(SIZE, SIZE, 128, 16, 8)
+    return grid, block_cache_need(scene_info(SIZE, SIZE, (BLOCK, BLOCK)), grid, 6, 0)
+
+
+@needs_proc_io
 def test_reading_in_column_bands_decodes_each_block_about_once(tmp_path: Path) -> None:
     """With the cache at what the plan says it needs, going down column bands reads the file
     little more than once; row by row, the same cache reads it more than twice."""
-    size, block = 2048, 128
-    path = write_random_scene(tmp_path / "scene.tif", size, block)
-    file_bytes = path.stat().st_size
-    grid = TileGrid.create(size, size, 128, 16, 8)
-    need = block_cache_need(scene_info(size, size, (block, block)), grid, 6, 0)
-    old = get_gdal_config("GDAL_CACHEMAX")
+    path = write_random_scene(tmp_path / "scene.tif", SIZE, BLOCK)
+    grid, need = grid_and_need()
     factors = {}
-    try:
+    with cache_restored():
         for column_bands in (True, False):
             set_gdal_config("GDAL_CACHEMAX", need)
             with rasterio.Env(), rasterio.open(path) as src:
                 before = _rchar()
                 read_groups(src, grid.groups(6, column_bands))
-                factors[column_bands] = (_rchar() - before) / file_bytes
-    finally:
-        set_gdal_config("GDAL_CACHEMAX", old)
+                factors[column_bands] = (_rchar() - before) / path.stat().st_size
     assert factors[True] < 1.5, factors
     assert factors[False] > 2.0, factors
 
@@ -129,21 +147,16 @@ def test_block_cache_adds_the_shares_of_scenes_whose_reads_interleave() -> None:
     assert capped.size == 100
 
 
-@pytest.mark.skipif(not Path("/proc/thread-self/io").exists(), reason="counts bytes read through /proc (Linux)")
+@needs_proc_io
 def test_interleaved_scenes_each_decode_their_blocks_about_once(tmp_path: Path) -> None:
     """A batch's scenes in flight: tasks of two scenes alternate in one process. With each
     scene's share the files are read little more than once; with the cache one scene needs,
     each scene's blocks push the other's out and the files are read more than twice."""
-    size, block = 2048, 128
-    paths = [write_random_scene(tmp_path / f"scene{i}.tif", size, block, seed=i) for i in range(2)]
-    file_bytes = sum(p.stat().st_size for p in paths)
-    grid = TileGrid.create(size, size, 128, 16, 8)
-    need = block_cache_need(scene_info(size, size, (block, block)), grid, 6, 0)
-    old = get_gdal_config("GDAL_CACHEMAX")
+    paths = [write_random_scene(tmp_path / f"scene{i}.tif", SIZE, BLOCK, seed=i) for i in range(2)]
+    grid, need = grid_and_need()
     factors = {}
-    try:
+    with cache_restored():
         for shares in (True, False):
-            set_gdal_config("GDAL_CACHEMAX", BLOCK_CACHE_MIN)
             bound = BlockCacheBound(minimum=0)
             with rasterio.Env(), rasterio.open(paths[0]) as a, rasterio.open(paths[1]) as b:
                 before = _rchar()
@@ -151,9 +164,7 @@ def test_interleaved_scenes_each_decode_their_blocks_about_once(tmp_path: Path) 
                     for src in (a, b):
                         bound.grow(need, src.name if shares else None)  # as the tile reader does
                         read_groups(src, [g])
-                factors[shares] = (_rchar() - before) / file_bytes
-    finally:
-        set_gdal_config("GDAL_CACHEMAX", old)
+                factors[shares] = (_rchar() - before) / sum(p.stat().st_size for p in paths)
     assert factors[True] < 1.5, factors
     assert factors[False] > 2.0, factors
 
