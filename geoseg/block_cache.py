@@ -12,24 +12,18 @@ import threading
 from collections import OrderedDict
 from typing import Callable
 
+from geoseg.memory import physical_memory
+
 #: The block cache every geoseg process gets at least (bytes); predict grows it to what its read
 #: order needs. A fixed bound filled up with blocks no task would read again.
 BLOCK_CACHE_MIN = 16 * 2**20
-
-
-def _physical_memory() -> int:
-    """Bytes of RAM (0 where the system does not say)."""
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (AttributeError, ValueError, OSError):
-        return 0
 
 
 #: What reads that do not size the cache themselves ask for (polygonizing, cutting chips): the
 #: bound every read had before predict sized its own.
 READ_CACHE_BYTES = 64 * 2**20
 #: The most it grows to: GDAL's own default (5 % of RAM), and at least 64 MB.
-BLOCK_CACHE_MAX = max(64 * 2**20, _physical_memory() // 20)
+BLOCK_CACHE_MAX = max(64 * 2**20, physical_memory() // 20)
 #: Scenes whose last read is remembered (least recently read forgotten first).
 REMEMBERED_SCENES = 64
 

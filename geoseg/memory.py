@@ -1,5 +1,6 @@
 """Make glibc give freed memory back: one malloc arena for the ``geoseg`` program, and a trim of
-the heap when a worker's freed arrays pile up. Nothing happens where the C library is not glibc.
+the heap when a worker's freed arrays pile up (nothing happens where the C library is not
+glibc); and how much memory the machine has.
 """
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import os
 from typing import Any
 
 #: glibc's mallopt parameter for the number of malloc arenas.
@@ -19,6 +21,15 @@ class _MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in (
         "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
         "keepcost")]
+
+
+
+def physical_memory() -> int:
+    """Bytes of RAM (0 where the system does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return 0
 
 
 @functools.lru_cache(maxsize=1)

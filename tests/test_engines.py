@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -348,3 +349,39 @@ def test_cpu_predict_from_a_converted_model_imports_no_torch(
     expected, _ = predict_in_process(scene, model, "onnx", tile=64)
     with rasterio.open(tmp_path / "out.tif") as src:
         assert np.array_equal(src.read(1), expected)
+
+
+def test_overlapping_cpu_runs_give_the_answers_of_runs_one_at_a_time(
+    model_factory: Callable[..., Path], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where a worker has as many task threads as cores, its tasks' runs go through one session
+    at once, one thread each: every batch's classes and probabilities are those of a run alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from geoseg.engines import onnx_cpu
+    from geoseg.models.onnx import cached_onnx, read_onnx_model
+
+    gib = 2**30
+    assert onnx_cpu.overlapping_runs(2, 2, 24 * gib) and not onnx_cpu.overlapping_runs(8, 2, 24 * gib)
+    assert not onnx_cpu.overlapping_runs(1, 2, 24 * gib) and not onnx_cpu.overlapping_runs(1, 1, 24 * gib)
+    assert not onnx_cpu.overlapping_runs(2, 2, 4 * gib)  # a small machine keeps one run at a time
+    path = model_factory(in_channels=3)
+    onnx_file = cached_onnx(str(path), file_sha256(path))
+    config, summary = read_onnx_model(onnx_file)
+    serial = onnx_cpu.CpuEngine(onnx_file, config, InferenceOptions(), threads=2, summary=summary)
+    assert isinstance(serial.lock, type(threading.Lock()))  # outside a Dask worker: one run at a time
+    monkeypatch.setattr(onnx_cpu, "worker_task_threads", lambda: 2)
+    monkeypatch.setattr(onnx_cpu, "physical_memory", lambda: 64 * gib)
+    overlapping = onnx_cpu.CpuEngine(onnx_file, config, InferenceOptions(), threads=2, summary=summary)
+    assert isinstance(overlapping.lock, onnx_cpu.NoLock) and overlapping.threads == 1
+    batches = []
+    for i in range(8):
+        raw = np.stack([random_scene(np.random.default_rng(10 * i + j), 3, 64, 64, "uint8") for j in range(2)])
+        valid = np.random.default_rng(i).random((2, 64, 64)) > 0.1
+        batches.append((raw, valid))
+    alone = [serial.run(raw, valid, probabilities=True) for raw, valid in batches]
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(lambda b: overlapping.run(b[0], b[1], probabilities=True), batches * 3))
+    for a, b in zip(alone * 3, together):
+        assert np.array_equal(a.classes, b.classes)
+        assert np.array_equal(a.probabilities, b.probabilities)
