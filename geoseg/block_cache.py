@@ -17,8 +17,6 @@ from geoseg.memory import physical_memory
 #: The block cache every geoseg process gets at least (bytes); predict grows it to what its read
 #: order needs. A fixed bound filled up with blocks no task would read again.
 BLOCK_CACHE_MIN = 16 * 2**20
-
-
 #: What reads that do not size the cache themselves ask for (polygonizing, cutting chips): the
 #: bound every read had before predict sized its own.
 READ_CACHE_BYTES = 64 * 2**20
@@ -58,14 +56,15 @@ class BlockCacheBound:
     def grow(self, need: int | None = None, scene: str | None = None) -> int:
         """Grow the cache to ``need`` bytes (plus the shares of scenes read since ``scene``'s
         previous read), within the minimum and maximum; returns the bound now."""
+        own = int(need or 0)
         with self._lock:
-            want = int(need or 0)
-            if scene is not None and want:
+            want = own
+            if scene is not None and own:
                 self._count += 1
                 previous = self._reads.pop(scene, None)
                 if previous is not None:
                     want += sum(n for n, at in self._reads.values() if at > previous[1])
-                self._reads[scene] = (int(need or 0), self._count)
+                self._reads[scene] = (own, self._count)
                 while len(self._reads) > REMEMBERED_SCENES:
                     self._reads.popitem(last=False)
             want = min(max(self.minimum, want), self.maximum)

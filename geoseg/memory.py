@@ -23,7 +23,6 @@ class _MallInfo2(ctypes.Structure):
         "keepcost")]
 
 
-
 def physical_memory() -> int:
     """Bytes of RAM (0 where the system does not say)."""
     try:
