@@ -467,6 +467,34 @@ def lock_output_folders(paths: Sequence[str | os.PathLike[str] | None], what: st
     return stack
 
 
+def current_umask() -> int:
+    """This process's umask, read without changing it (``os.umask`` can only be read by setting
+    it, which would briefly give files made by other threads the wrong mode)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # no /proc (not Linux): the only other way
+    os.umask(mask)
+    return mask
+
+
+def publish_mode() -> int:
+    """The mode a published output gets: what the user's umask leaves of 0666, as GDAL and any
+    other program creating a file get (temporary files stay 0600 until they are published)."""
+    return 0o666 & ~current_umask()
+
+
+def publish_file(tmp: str | os.PathLike[str], final: str | os.PathLike[str]) -> None:
+    """Rename a finished temporary file onto its final path with the mode of
+    :func:`publish_mode` (a reader sees the whole file or the one before)."""
+    os.chmod(tmp, publish_mode())
+    os.replace(tmp, final)
+
+
 def temporary_sibling(path: Path, suffix: str = ".tif") -> Path:
     """A fresh hidden file next to ``path`` (so the final rename stays on one file system),
     created exclusively with an unpredictable name; the caller writes over it and renames it."""
@@ -674,7 +702,7 @@ def publish_all(staged: Sequence[tuple[Path, Path]], then: Callable[[], Any] | N
                 except OSError:  # no hard links here: move it aside instead
                     os.replace(final, backup)
             backups.append((final, backup))
-            os.replace(tmp, final)
+            publish_file(tmp, final)
         if then is not None:
             then()
     except BaseException:
@@ -735,7 +763,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     the whole file or none."""
     tmp = stage_bytes(path, data)
     try:
-        os.replace(tmp, path)
+        publish_file(tmp, path)
     except BaseException:
         remove_quietly(tmp)
         raise

@@ -28,6 +28,8 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 EngineName = Literal["auto", "torch", "onnx"]
 OnError = Literal["fail", "skip"]
 Device = Literal["auto", "cpu", "cuda"]
+#: Codec of the rasters predict writes (see docs/outputs.md for which readers know which).
+Compress = Literal["deflate", "zstd", "lzw", "none"]
 #: GDAL resampling of band files / STAC assets coarser than the finest band (VRT source resampling).
 Resampling = Literal["bilinear", "nearest", "cubic", "cubicspline", "lanczos", "average", "mode"]
 
@@ -164,6 +166,14 @@ class PredictOptions:
         "A tile that cannot be read or inferred: fail the run, or write nodata there and list it in OUTPUT.skipped.json."))
     resampling: Resampling = field(default="bilinear", metadata=_help(
         "How band files / STAC assets at a coarser resolution are resampled onto the finest band's grid."))
+    compress: Compress = field(default="deflate", metadata=_help(
+        "Codec of the rasters written: deflate (every GIS reads it), zstd (smaller and faster; GDAL "
+        ">= 2.3 built with it, as QGIS 3 packages are), lzw, none."))
+    compress_level: int | None = field(default=None, metadata=_help(
+        "Codec level (deflate 1-12, zstd 1-22); default: the measured choice (docs/outputs.md).", min=1))
+    cells: int | None = field(default=None, metadata=_help(
+        "Write OUTPUT as a folder of N x N pixel COG cells, each written by the worker that computed it, "
+        "with a VRT mosaic per raster and a STAC collection; a rerun keeps finished cells.", min=1))
 
     def __post_init__(self) -> None:
         # normalise the forms a job file or a caller gives (lists, True, a dict of CRF settings)

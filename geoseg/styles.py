@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 from xml.sax.saxutils import escape, quoteattr
 
-from geoseg.io import ClassInfo, temporary_sibling
+from geoseg.io import ClassInfo, publish_file, temporary_sibling
 
 #: The attribute the style categorizes on (written by :mod:`geoseg.vectorize`).
 CLASS_FIELD = "class"
@@ -162,5 +162,5 @@ def write_qml_sidecar(output: Path, classes: Sequence[ClassInfo]) -> Path:
     side = qml_sidecar(output)
     tmp = temporary_sibling(side, ".qml")
     tmp.write_text(qml(classes), encoding="utf-8")
-    os.replace(tmp, side)
+    publish_file(tmp, side)
     return side

@@ -105,17 +105,24 @@ class TileGrid:
     tile_width: int
     margin: int
     stride: int
+    #: Where the grid's area starts in the scene (a cell of a larger scene; stride-aligned).
+    row_off: int = 0
+    col_off: int = 0
 
     @classmethod
-    def create(cls, height: int, width: int, tile: int, margin: int, stride: int) -> "TileGrid":
-        """Validate and build a grid. Cores are balanced (and stay stride-aligned): a scene is
-        covered by as few tiles as ``tile`` allows, each no larger than needed."""
+    def create(cls, height: int, width: int, tile: int, margin: int, stride: int,
+               row_off: int = 0, col_off: int = 0) -> "TileGrid":
+        """Validate and build a grid over ``height`` x ``width`` pixels from (``row_off``,
+        ``col_off``). Cores are balanced (and stay stride-aligned): the area is covered by as few
+        tiles as ``tile`` allows, each no larger than needed."""
         if height < 1 or width < 1:
             raise TilingError(f"scene of {height}x{width} pixels has nothing to tile")
         validate_tiling(tile, margin, stride)
+        if row_off % stride or col_off % stride:
+            raise TilingError(f"a grid must start on the stride lattice ({stride}), not at {row_off}, {col_off}")
         core = tile - 2 * margin
         return cls(height, width, _balanced_core(height, core, stride) + 2 * margin,
-                   _balanced_core(width, core, stride) + 2 * margin, margin, stride)
+                   _balanced_core(width, core, stride) + 2 * margin, margin, stride, row_off, col_off)
 
     @property
     def core_height(self) -> int:
@@ -143,10 +150,11 @@ class TileGrid:
 
     def tile(self, grid_row: int, grid_col: int) -> Tile:
         """The tile at one grid position."""
-        r0 = grid_row * self.core_height
-        c0 = grid_col * self.core_width
+        r0 = self.row_off + grid_row * self.core_height
+        c0 = self.col_off + grid_col * self.core_width
         core = Window(
-            c0, r0, min(self.core_width, self.width - c0), min(self.core_height, self.height - r0)
+            c0, r0, min(self.core_width, self.col_off + self.width - c0),
+            min(self.core_height, self.row_off + self.height - r0),
         )
         return Tile(
             index=grid_row * self.cols + grid_col,

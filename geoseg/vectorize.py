@@ -30,7 +30,7 @@ from geoseg.block_cache import READ_CACHE_BYTES
 from geoseg.errors import OutputError, VectorizeError, first_line
 from geoseg.io import (
     check_distinct_paths, check_output_path, lock_output_folders, no_georef_warning,
-    open_scene, read_env, read_class_names, remove_quietly, temporary_sibling,
+    open_scene, publish_file, read_env, read_class_names, remove_quietly, temporary_sibling,
 )
 from geoseg.styles import qml_sidecar, raster_classes, write_gpkg_style, write_qml_sidecar
 
@@ -711,7 +711,7 @@ def _publish(tmp: Path, out: Path, driver: str, crs: Any) -> None:
     import pyogrio
 
     if driver == "GPKG":
-        os.replace(tmp, out)
+        publish_file(tmp, out)
         return
     staged = temporary_sibling(out, out.suffix)
     try:
@@ -729,9 +729,9 @@ def _publish(tmp: Path, out: Path, driver: str, crs: Any) -> None:
                               geometry_type="MultiPolygon", driver=driver, **opts)
         if driver == "ESRI Shapefile":
             for side in staged.parent.glob(glob.escape(staged.stem) + ".*"):
-                os.replace(side, out.with_suffix(side.suffix))
+                publish_file(side, out.with_suffix(side.suffix))
         else:
-            os.replace(staged, out)
+            publish_file(staged, out)
     finally:
         remove_quietly(tmp)
 

@@ -18,7 +18,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import rasterio
@@ -61,22 +61,29 @@ class TileTask:
     cache_bytes: int | None = None
 
 
-def run_tile_task(task: TileTask) -> list[TileResult]:
+def run_tile_task(task: TileTask, emit: Callable[[TileResult], None] | None = None) -> list[TileResult]:
     """Read the task's tiles (mirrored at scene edges), run the network, keep the cores.
 
     Any failure becomes a :class:`TileError` naming the scene and the window; with
     ``skip_errors`` the tiles are retried one by one and those that still fail come back as
-    nodata results carrying the error.
+    nodata results carrying the error. ``emit``: each result is handed to it as soon as it is
+    made (a cell task stitches it at once) and the list returned is empty; after a failure
+    under ``skip_errors`` tiles handed over before are handed over again.
     """
     try:
-        results = _run_tile_task(task)
+        results = _run_tile_task(task, emit)
         trim_heap()  # the task's batches are freed: keep the process's footprint flat
         return results
     except (CheckpointError, ModelError, OptionError, MemoryError):
         raise  # not this tile's fault: every tile would fail the same way
     except Exception as exc:
         if task.skip_errors:
-            return _tile_by_tile(task)
+            results = _tile_by_tile(task)
+            if emit is None:
+                return results
+            for res in results:
+                emit(res)
+            return []
         raise TileError(
             f"{describe(task.scene)}: {tiles_text(task)} failed ({type(exc).__name__}: "
             f"{first_line(str(exc))}); --on-error skip writes nodata there instead"
@@ -108,7 +115,7 @@ def tiles_text(task: TileTask) -> str:
             f"{first.col_off}-{last.col_off + last.width}")
 
 
-def _run_tile_task(task: TileTask) -> list[TileResult]:
+def _run_tile_task(task: TileTask, emit: Callable[[TileResult], None] | None = None) -> list[TileResult]:
     from geoseg.engines import device_name
 
     device = device_name(task.device)
@@ -139,7 +146,12 @@ def _run_tile_task(task: TileTask) -> list[TileResult]:
                     sys.modules["torch"].cuda.empty_cache()
                     lower_batch_limit(task.model_sha256, device, size)
                     continue
-                results.extend(core_result(out, j, t) for j, t in enumerate(part))
+                for j, t in enumerate(part):
+                    res = core_result(out, j, t)
+                    if emit is None:
+                        results.append(res)
+                    else:
+                        emit(res)
                 del out
                 start += len(part)
     return results

@@ -14,12 +14,13 @@ from geoseg.cli.options import (
 
 @click.command("predict")
 @click.argument("scene", nargs=-1, required=True)
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Class raster (COG) to write.")
+@click.option("-o", "--output", required=True, help="Class raster (COG) to write: a path or s3://bucket/key.tif; with --cells, a folder or s3://bucket/prefix/.")
 @click.option("--model", "model", default=None, metavar="NAME_OR_PATH", help="Model file or built-in name (default: the built-in model).")
 @predict_options
 @workers_option("Local Dask worker processes, 2 threads each (default: one worker in this process; see README).")
 @scheduler_option
-@click.option("--probabilities", type=click.Path(dir_okay=False), default=None, help="Also write per-class probabilities (uint8 0-255) to this COG.")
+@click.option("--probabilities", default=None, help="Also write per-class probabilities (uint8 0-255) to this COG (path or s3:// URL; with --cells: any value, the cells go into the folder).")
+@click.option("--confidence", default=None, help="Also write the winning class's probability (one uint8 band, 1-255, 0 = nodata) to this COG (path or s3:// URL; with --cells: any value).")
 @click.option("--vector", type=click.Path(dir_okay=False), default=None, help="Also write polygons of the classes (.gpkg .fgb .shp .geojson .parquet); the options below shape them.")
 @vector_options
 @overwrite_option
@@ -28,7 +29,8 @@ from geoseg.cli.options import (
 @report_errors
 def predict_command(
     scene: tuple[str, ...], output: str, model: str | None, workers: int | None, scheduler: str | None,
-    probabilities: str | None, vector: str | None, overwrite: bool, quiet: bool, verbose: bool,
+    probabilities: str | None, confidence: str | None, vector: str | None, overwrite: bool, quiet: bool,
+    verbose: bool,
     **options: Any,
 ) -> None:
     """Segment SCENE into a georeferenced class raster (Cloud-Optimized GeoTIFF).
@@ -41,7 +43,7 @@ def predict_command(
     vector_opts = take_vector_options(options)
     result = predict(
         scene[0] if len(scene) == 1 else list(scene), output, model, predict_opts, workers=workers, scheduler=scheduler,
-        probabilities=probabilities, overwrite=overwrite, quiet=quiet, vector=vector,
+        probabilities=probabilities, confidence=confidence, overwrite=overwrite, quiet=quiet, vector=vector,
         vector_options=vector_opts, verbose=verbose,
     )
     for window in result.skipped:
@@ -51,6 +53,8 @@ def predict_command(
         click.echo(
             f"wrote {result.output} ({result.pixels / 1e6:.2f} MP in {result.seconds:.1f} s, "
             f"{result.megapixels_per_second:.2f} MP/s)"
-            + (f" and {result.probabilities}" if result.probabilities else ""),
+            + (f" and {result.probabilities}" if result.probabilities else "")
+            + (f" and {result.confidence}" if result.confidence else "")
+            + (f"; {result.cells_kept} cells kept from an earlier run" if result.cells_kept else ""),
             err=True,
         )

@@ -134,12 +134,12 @@ def write_onnx_model(proto: Any, path: Path, config: ModelConfig) -> Path:
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, config.to_json()
-    from geoseg.io import temporary_sibling
+    from geoseg.io import publish_file, temporary_sibling
 
     tmp = temporary_sibling(path, ".onnx")
     try:
         onnx.save(proto, str(tmp), save_as_external_data=False)
-        os.replace(tmp, path)
+        publish_file(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path

@@ -30,8 +30,8 @@ if TYPE_CHECKING:
 class PredictResult:
     """What a predict run wrote and measured."""
 
-    output: Path
-    probabilities: Path | None
+    output: Path | str
+    probabilities: Path | str | None
     tiles: int
     tasks: int
     pixels: int
@@ -44,6 +44,10 @@ class PredictResult:
     #: the STAC item the scene came from (absolute path or URL), when it was given as one
     stac_item: str | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    confidence: Path | str | None = None
+    #: cells (re)computed by this run, and cells kept from an earlier run (``cells``)
+    cells: int = 0
+    cells_kept: int = 0
 
     @property
     def megapixels_per_second(self) -> float:
@@ -57,6 +61,7 @@ def predict(
     options: PredictOptions | None = None,
     *,
     probabilities: str | os.PathLike[str] | None = None,
+    confidence: str | os.PathLike[str] | None = None,
     vector: str | os.PathLike[str] | None = None,
     vector_options: dict[str, Any] | None = None,
     overwrite: bool = False,
@@ -94,6 +99,14 @@ def predict(
     one worker in this process: see :func:`geoseg.cluster.inference_session`).
     ``verbose`` lets the local workers' own logs through to stderr.
 
+    ``confidence``: also write the winning class's probability as one uint8 band (1-255; 0 is
+    nodata), the uncertainty map, at a fraction of the cost of the K probability bands.
+    Outputs may be ``s3://`` URLs (made locally, uploaded once complete; see
+    :mod:`geoseg.predict.destinations`). ``cells=N`` (an option) makes ``output`` a folder of
+    N x N pixel COG cells that the workers write and publish, with a VRT mosaic per raster and a
+    STAC collection; a rerun keeps the cells already finished with the same inputs and options.
+    Every raster is compressed once, on the workers (``compress``, ``compress_level``).
+
     No output may be the scene, the model or another output; while writing, the output folders
     are locked (shared: a batch job cannot clean them up meanwhile); the outputs are committed
     all or nothing, polygons included.
@@ -106,11 +119,17 @@ def predict(
     t0 = time.perf_counter()
     opts = PredictOptions.from_keywords(options, **option_keywords)
     plan = plan_predict(scene, output, model, opts, probabilities, vector, overwrite, tiles_per_task,
-                        vector_options=vector_options)
-    locks = lock_output_folders([plan.output, plan.probabilities, plan.vector], "predict")
-    with locks, inference_session(client, scheduler, workers, verbose) as session:
-        return execute(plan, session, Progress(len(plan.grid), quiet=quiet), max_in_flight=max_in_flight,
-                       overwrite=overwrite, vector_options=vector_options, started=t0)
+                        vector_options=vector_options, confidence=confidence)
+    try:
+        if plan.destinations.cells and not plan.destinations.remote:
+            for folder in plan.destinations.local.values():
+                folder.mkdir(parents=True, exist_ok=True)
+        locks = lock_output_folders([plan.output, plan.probabilities, plan.confidence, plan.vector], "predict")
+        with locks, inference_session(client, scheduler, workers, verbose) as session:
+            return execute(plan, session, Progress(plan.tiles, quiet=quiet), max_in_flight=max_in_flight,
+                           overwrite=overwrite, vector_options=vector_options, started=t0)
+    finally:
+        plan.destinations.cleanup()
 
 
 def execute(
@@ -129,38 +148,65 @@ def execute(
     tasks drawing on one :class:`~geoseg.cluster.TaskSlots` (``max_in_flight``).
     """
     from geoseg.cluster import dashboard_link
-    from geoseg.predict.run import run_tasks
-    from geoseg.predict.write import write_outputs, write_vector
+    from geoseg.predict.cells_state import finished_cells, run_token, start_cells
+    from geoseg.predict.run import raster_metas, run_cells
+    from geoseg.predict.write import finish_cells, write_cell_outputs, write_vector
 
     t0 = time.perf_counter() if started is None else started
-    grid = plan.grid
-    run = run_tasks(session, plan, max_in_flight)
+    layout = plan.layout
+    assert layout is not None
+    dest = plan.destinations
+    metas = raster_metas(plan)
+    token = run_token(plan, metas)
+    skip: set[tuple[int, int]] = set()
+    if dest.cells:
+        skip = finished_cells(plan, metas, token, overwrite)
+        start_cells(plan, token)
+    run = run_cells(session, plan, max_in_flight, token, skip)
     link = dashboard_link(session)
+    kept = f"; {len(skip)} cells finished before, kept" if skip else ""
     progress.message(
-        f"geoseg: {plan.scene.width}x{plan.scene.height} px, {len(grid)} tiles of "
-        f"{grid.tile_height}x{grid.tile_width} (margin {plan.margin}) in {len(run.tasks)} tasks "
+        f"geoseg: {plan.scene.width}x{plan.scene.height} px, {layout.tiles} tiles of up to "
+        f"{plan.grid.tile_height}x{plan.grid.tile_width} (margin {plan.margin}, overlap factor "
+        f"{layout.overlap_factor:.2f}) in {len(run.tasks)} cells of {layout.size} px{kept} "
         f"on {run.threads} worker thread(s)" + (f"; dashboard {link}" if link else "")
     )
+    if skip:
+        done = [c for c in layout if (c.row, c.col) in skip]
+        progress.update(sum(len(c.grid) for c in done), sum(int(c.window.width * c.window.height) for c in done))
 
     def polygons() -> None:
         if plan.vector is not None:
             write_vector(plan, session.client, overwrite, progress.quiet, vector_options, progress,
                          max_in_flight=max_in_flight)
 
-    skipped = write_outputs(plan, run.results, progress, overwrite, then=polygons)
+    if dest.cells:
+        skipped = finish_cells(plan, run.results, metas, progress, len(skip), token)
+    else:
+        skipped = write_cell_outputs(plan, run.results, metas, progress, overwrite, then=polygons)
+        if dest.remote:
+            from geoseg.predict.write import skipped_report_path
+
+            staged = [(dest.local[m.spec.name], dest.final(m.spec.name)) for m in metas]
+            if skipped:
+                staged.append((skipped_report_path(plan.output), dest.output + ".skipped.json"))
+            dest.upload(staged)
     return PredictResult(
-        output=plan.output,
-        probabilities=plan.probabilities,
-        tiles=len(grid),
+        output=dest.output if dest.remote or dest.cells else plan.output,
+        probabilities=(dest.probabilities if dest.remote else plan.probabilities),
+        confidence=(dest.confidence if dest.remote else plan.confidence),
+        tiles=layout.tiles,
         tasks=len(run.tasks),
         pixels=plan.scene.pixels,
         seconds=time.perf_counter() - t0,
         tile=plan.tile,
         margin=plan.margin,
-        overlap_factor=grid.overlap_factor,
+        overlap_factor=layout.overlap_factor,
         model=plan.model.name,
         skipped=[s.window for s in skipped],
         stac_item=plan.stac_item,
+        cells=len(run.tasks),
+        cells_kept=len(skip),
     )
 
 

@@ -24,6 +24,8 @@ from geoseg.io import (
 from geoseg.models.config import LoadedModel
 from geoseg.scenes import describe, resolve_scene
 from geoseg.options import PredictOptions
+from geoseg.predict.cells import CellLayout, check_cell_size, internal_cell_size
+from geoseg.predict.destinations import Destinations, check_destinations
 from geoseg.tiling import TileGrid, auto_margin, round_up
 from geoseg.worker import TileTask
 
@@ -40,6 +42,8 @@ class PredictPlan:
     output: Path
     probabilities: Path | None
     vector: Path | None
+    #: where each raster goes (local paths or ``s3://`` URLs; a folder of cells with ``cells``)
+    destinations: Destinations
     model: LoadedModel
     bands: list[int]
     options: InferenceOptions
@@ -53,6 +57,19 @@ class PredictPlan:
     stac_item: str | None = None
     #: ``auto``, ``torch`` or ``onnx``, checked against the model and options.
     engine: str = "auto"
+    #: the scene cut into cells, one worker task each (``--cells N``, or sized for one COG)
+    layout: CellLayout | None = None
+    compress: str = "deflate"
+    compress_level: int | None = None
+
+    @property
+    def confidence(self) -> Path | None:
+        return self.destinations.confidence_path
+
+    @property
+    def tiles(self) -> int:
+        """Tiles the run computes (every cell's grid)."""
+        return self.layout.tiles if self.layout is not None else len(self.grid)
 
     @property
     def column_bands(self) -> bool:
@@ -120,6 +137,8 @@ def plan_predict(
     overwrite: bool = False,
     tiles_per_task: int | None = None,
     vector_options: dict[str, Any] | None = None,
+    confidence: str | os.PathLike[str] | None = None,
+    threads: int = 2,
 ) -> PredictPlan:
     """Check the request and fix the tiling; raises a :class:`GeosegError` on any bad input.
 
@@ -133,15 +152,15 @@ def plan_predict(
     from geoseg.models.config import read_model_config, resolve_model_path
     from geoseg.predict.write import skipped_report_path
 
-    out_path = check_output_path(output, overwrite)
-    prob_path = check_output_path(probabilities, overwrite, "probabilities output") if probabilities else None
+    dest = check_destinations(output, probabilities, confidence, options.cells, overwrite)
+    out_path, prob_path = dest.output_path, dest.probabilities_path
     vector_path = check_output_path(vector, overwrite, "vector output") if vector is not None else None
     scenes = [scene] if isinstance(scene, (str, os.PathLike)) else list(scene)
     model_file = model.path if isinstance(model, LoadedModel) else resolve_model_path(model)[0]
     check_distinct_paths(
         {**{f"scene {describe(str(s))}": s for s in scenes}, "model file": model_file},
-        {"output": out_path, "probabilities output": prob_path, "vector output": vector_path,
-         "skipped-tiles report": skipped_report_path(out_path)},
+        {"output": out_path, "probabilities output": prob_path, "confidence output": dest.confidence_path,
+         "vector output": vector_path, "skipped-tiles report": skipped_report_path(out_path)},
     )
     # a batch plans many scenes with the one model it has loaded and checked already
     loaded = model if isinstance(model, LoadedModel) else read_model_config(model)
@@ -176,13 +195,22 @@ def plan_predict(
         margin_px = int(options.margin)
     tile_px = auto_tile(margin_px, stride) if options.tile == "auto" else int(options.tile)
     grid = TileGrid.create(info.height, info.width, tile_px, margin_px, stride)
+    values = [c.value for c in loaded.classes]
+    out_px = np.dtype(class_raster_dtype(values)[0]).itemsize + (len(values) if prob_path is not None else 0) \
+        + (1 if dest.confidence_path is not None else 0)
+    if options.cells is not None:
+        check_cell_size(options.cells, tile_px, stride)
+        size = options.cells
+    else:
+        size = internal_cell_size(info.height, info.width, stride, out_px, threads)
+    layout = CellLayout(info.height, info.width, size, tile_px, margin_px, stride)
     return PredictPlan(
-        scene=info, output=out_path, probabilities=prob_path, vector=vector_path, model=loaded,
+        scene=info, output=out_path, probabilities=prob_path, vector=vector_path, destinations=dest, model=loaded,
         bands=band_list, options=inference, device=options.device, margin=margin_px, tile=tile_px,
         grid=grid, batch_size=options.batch_size,
         tiles_per_task=tiles_per_task or default_tiles_per_task(grid, options.batch_size),
         skip_errors=options.on_error == "skip", stac_item=resolved.stac_item,
-        engine=options.engine,
+        engine=options.engine, layout=layout, compress=options.compress, compress_level=options.compress_level,
     )
 
 

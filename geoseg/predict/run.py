@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence, cast
+
+from affine import Affine
 
 from geoseg.cluster import DaskSession, TaskSlots, cpu_count, send_model, stream
 from geoseg.io import file_token
-from geoseg.predict.plan import PredictPlan, plan_tasks
+from geoseg.predict.cell_task import CellResult, CellTask, RasterMeta, run_cell_task
+from geoseg.predict.plan import PredictPlan, block_cache_need, plan_tasks
 from geoseg.stitch import TileResult
 from geoseg.errors import TileError
 from geoseg.scenes import describe
@@ -93,3 +96,118 @@ def killed_workers(task: TileTask, exc: BaseException) -> list[TileResult]:
     if not task.skip_errors:
         raise TileError(message) from None
     return nodata_results(task.tiles, message)
+
+
+# --- cells: one task per cell, which stitches, compresses and (with --cells) publishes ----------
+
+
+def raster_metas(plan: PredictPlan) -> tuple[RasterMeta, ...]:
+    """The rasters each cell makes, in :data:`~geoseg.predict.destinations.RASTERS` order."""
+    from geoseg.blocks import Encoding, RasterSpec
+    from geoseg.io import class_raster_dtype, class_tags
+
+    classes = plan.model.classes
+    tags = tuple(class_tags(classes, plan.model.name).items())
+    dtype, nodata = class_raster_dtype([c.value for c in classes])
+    codec = cast(Any, plan.compress)
+    # measured (docs/outputs.md): horizontal differencing shrinks smooth probabilities, not classes
+    plain, smooth = Encoding(codec, plan.compress_level, 1), Encoding(codec, plan.compress_level, 2)
+    cmap = tuple((c.value, (*c.color, 255)) for c in classes) + ((nodata, (0, 0, 0, 0)),)
+    metas = [RasterMeta(RasterSpec("classes", 1, dtype, nodata, "mode", plain), cmap, tags, ("class",))]
+    if plan.probabilities is not None:
+        metas.append(RasterMeta(RasterSpec("probabilities", len(classes), "uint8", None, "average", smooth),
+                                (), tags, tuple(f"p({c.name})" for c in classes)))
+    if plan.confidence is not None:
+        metas.append(RasterMeta(RasterSpec("confidence", 1, "uint8", 0, "average", smooth), (), tags,
+                                ("confidence (probability of the winning class, 1-255)",)))
+    return tuple(metas)
+
+
+def cell_tasks(plan: PredictPlan, torch_threads: int | None, token: str = "",
+               skip: set[tuple[int, int]] | None = None) -> list[CellTask]:
+    """A task per cell of the plan's layout (but those in ``skip``: finished before)."""
+    from geoseg.blocks import overview_count
+    from geoseg.predict.destinations import RASTERS
+
+    layout = plan.layout
+    assert layout is not None
+    metas = raster_metas(plan)
+    dest = plan.destinations
+    levels = min(layout.local_levels, overview_count(plan.scene.width, plan.scene.height))
+    model_path = str(Path(plan.model.path).resolve())
+    probs = plan.probabilities is not None or plan.confidence is not None
+    crs = plan.scene.crs.to_wkt() if plan.scene.georeferenced and plan.scene.crs else None
+    tasks = []
+    for cell in layout:
+        if skip and (cell.row, cell.col) in skip:
+            continue
+        tiles = TileTask(
+            scene=plan.scene.path, bands=tuple(plan.bands), tiles=tuple(cell.tiles), model_path=model_path,
+            model_sha256=plan.model.sha256, device=plan.device, batch_size=plan.batch_size,
+            probabilities=probs, torch_threads=torch_threads, options=plan.options,
+            skip_errors=plan.skip_errors, engine=plan.engine,
+            cache_bytes=block_cache_need(plan.scene, cell.grid, cell.grid.cols, 0, column_bands=False),
+        )
+        destinations = None
+        transform = None
+        if dest.cells:
+            destinations = tuple(dest.cell_destination(m.spec.name, cell.name) for m in metas)
+            if crs is not None:
+                t = plan.scene.transform * Affine.translation(int(cell.window.col_off), int(cell.window.row_off))
+                transform = tuple(t)[:6]
+        tasks.append(CellTask(
+            tiles=tiles, window=cell.window, rasters=metas, levels=levels,
+            raw_level=layout.local_levels < overview_count(plan.scene.width, plan.scene.height),
+            destinations=destinations, crs=crs, transform=transform, token=token,
+        ))
+    assert all(m.spec.name in RASTERS for m in metas)
+    return tasks
+
+
+def run_cells(session: DaskSession, plan: PredictPlan, max_in_flight: int | TaskSlots | None = None,
+              token: str = "", skip: set[tuple[int, int]] | None = None) -> CellRun:
+    """Submit the plan's cell tasks, at most ``max_in_flight`` at a time (default: 2 per worker
+    thread), and hand back their results in completion order."""
+    client = session.client
+    nthreads = session.threads
+    torch_threads = max(1, cpu_count() // session.workers) if session.cluster is not None else None
+    tasks = cell_tasks(plan, torch_threads, token, skip)
+    resources = gpu_resources(client, plan.device)
+    send_model(client, plan.model.path, plan.model.sha256)
+    limit = max_in_flight or max(2, 2 * nthreads)
+
+    def results() -> Iterator[CellResult]:
+        for _, res in stream(client, run_cell_task, tasks, limit, key=cell_key, resources=resources,
+                             on_killed=killed_cell):
+            yield res
+
+    return CellRun(tasks, nthreads, results())
+
+
+@dataclass
+class CellRun:
+    """The cell tasks of one scene and their results, as they complete (consumed once)."""
+
+    tasks: list[CellTask]
+    threads: int
+    results: Iterator[CellResult]
+
+
+def cell_key(task: CellTask, index: int) -> str:
+    """Deterministic key of a cell task (scene file state included)."""
+    from dask.base import tokenize
+
+    return f"geoseg-cell-{tokenize(task, file_token(task.tiles.scene))}-{index}"
+
+
+def killed_cell(task: CellTask, exc: BaseException) -> CellResult:
+    """A cell whose task took down its workers: fails the run, or under ``on_error="skip"`` is
+    made nodata here (compressed on the client: a rare path)."""
+    from geoseg.predict.cell_task import nodata_cell
+
+    message = (f"{describe(task.tiles.scene)}: {tiles_text(task.tiles)} failed: the workers running them "
+               f"died ({type(exc).__name__}; out of memory or a crash); lower --batch-size or --tile, "
+               "or --on-error skip writes nodata there instead")
+    if not task.tiles.skip_errors:
+        raise TileError(message) from None
+    return nodata_cell(task, message)

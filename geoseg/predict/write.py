@@ -9,9 +9,10 @@ listed in ``OUTPUT.skipped.json``; polygons, when asked for, are made from the f
 from __future__ import annotations
 
 import contextlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 import rasterio
@@ -19,8 +20,10 @@ from rasterio.windows import Window
 
 from geoseg.block_cache import bound_block_cache
 from geoseg.io import (
-    RasterSink, class_raster_dtype, class_tags, open_sinks, stage_json,
+    RasterSink, class_raster_dtype, class_tags, open_sinks, stage_json, write_bytes_atomic,
 )
+from geoseg.predict.cell_task import CellResult, RasterMeta
+from geoseg.predict.destinations import CELLS_MARKER, Destinations
 from geoseg.scenes import describe
 from geoseg.predict.plan import PredictPlan
 from geoseg.progress import Progress
@@ -111,3 +114,91 @@ def write_vector(plan: PredictPlan, client: Any, overwrite: bool, quiet: bool,
     vres = vectorize(plan.output, plan.vector, probabilities=plan.probabilities, overwrite=overwrite,
                      client=client, quiet=quiet, max_in_flight=max_in_flight, **(vector_options or {}))
     progress.message(f"geoseg: {vres.polygons} polygons written to {vres.output}")
+
+
+# --- cells: one COG assembled from the workers' tiles, or a folder of cells -------------------
+
+
+def write_cell_outputs(plan: PredictPlan, results: Iterable[CellResult], metas: Sequence[RasterMeta],
+                       progress: Progress, overwrite: bool,
+                       then: Callable[[], Any] | None = None) -> list[SkippedTile]:
+    """Place every cell's compressed tiles into one COG per raster and publish them all or
+    nothing (with the skipped-tiles list); returns the skipped tiles. The client only moves
+    bytes here (:class:`geoseg.cog_writer.CogAssembler`)."""
+    from geoseg.cog_writer import CogAssembler
+
+    info = plan.scene
+    layout = plan.layout
+    assert layout is not None
+    crs = info.crs if info.georeferenced else None
+    transform = info.transform if info.georeferenced else None
+    paths = {"classes": plan.output, "probabilities": plan.probabilities, "confidence": plan.confidence}
+    factories = [
+        (lambda m=m: CogAssembler(paths[m.spec.name] or plan.output, m, info.width, info.height, crs, transform,
+                                  layout.local_levels))
+        for m in metas
+    ]
+    skipped: list[SkippedTile] = []
+    report = skipped_report_path(plan.output)
+    staged: list[tuple[Path, Path]] = []
+    with open_sinks(*factories, extra=staged, then=then) as sinks:
+        for res in results:
+            for sink, blocks, raw in zip(sinks, res.blocks, res.raw):
+                sink.add(res.window, blocks, raw)  # type: ignore[attr-defined]
+            _note(res, skipped, progress)
+        progress.close()
+        if skipped:
+            staged.append((stage_json(report, skipped_report(describe(info.path), skipped)), report))
+    if not skipped and overwrite:
+        with contextlib.suppress(FileNotFoundError):
+            report.unlink()
+    return skipped
+
+
+def _note(res: CellResult, skipped: list[SkippedTile], progress: Progress) -> None:
+    for window, error in res.skipped:
+        skipped.append(SkippedTile(window, error))
+        progress.message(f"geoseg: skipped: {error}")
+    progress.update(res.tiles, int(res.window.width * res.window.height))
+
+
+def finish_cells(plan: PredictPlan, results: Iterable[CellResult], metas: Sequence[RasterMeta],
+                 progress: Progress, done: int, token: str) -> list[SkippedTile]:
+    """Wait for the cells the workers publish, then write each raster's VRT mosaic, the STAC
+    collection (an item per cell) and the skipped-tiles list into the folder."""
+    from geoseg.predict.mosaic import cells_collection, mosaic_vrt
+
+    skipped: list[SkippedTile] = []
+    for res in results:
+        _note(res, skipped, progress)
+    progress.close()
+    dest = plan.destinations
+    layout = plan.layout
+    assert layout is not None
+    files: dict[str, bytes] = {}
+    for meta in metas:
+        files[f"{meta.spec.name}.vrt"] = mosaic_vrt(plan.scene, layout, meta)
+    collection, items = cells_collection(plan, layout, metas)
+    files["collection.json"] = collection
+    for stem, item in items.items():
+        files[f"items/{stem}.json"] = item
+    files[CELLS_MARKER] = json.dumps({"geoseg": "cells", "token": token, "size": layout.size}).encode()
+    if skipped:
+        files["skipped.json"] = json.dumps(skipped_report(describe(plan.scene.path), skipped), indent=1).encode()
+    publish_folder_files(dest, files)
+    return skipped
+
+
+def publish_folder_files(dest: Destinations, files: dict[str, bytes]) -> None:
+    """Write small files (mosaics, STAC, marker) into a cells folder or prefix, each atomically."""
+    if dest.remote:
+        from geoseg.objectstore import put_bytes
+
+        for name, data in files.items():
+            put_bytes(dest.output.rstrip("/") + "/" + name, data)
+        return
+    root = Path(dest.output)
+    for name, data in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(path, data)
