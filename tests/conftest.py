@@ -12,6 +12,8 @@ import warnings
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import from_origin
 
+from tests.s3server import s3_bucket, s3_server  # noqa: F401  (fixtures: a real S3 server)
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
