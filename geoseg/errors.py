@@ -33,6 +33,22 @@ class OutputError(GeosegError, OSError):
     another output or an input)."""
 
 
+def write_failed(where: object, exc: OSError) -> OutputError:
+    """A failed write (no space left, a quota, a permission) as one line naming the place; the
+    caller has left the previous outputs as they were and removed its temporary files."""
+    if isinstance(exc, OutputError):
+        return exc
+    import errno
+
+    reason = exc.strerror or first_line(exc)
+    hint = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some of your quota",
+            errno.EFBIG: "the file system or a limit refuses files this large; write elsewhere",
+            errno.EACCES: "check the permissions", errno.EROFS: "the file system is read-only; write elsewhere",
+            }.get(exc.errno or 0, "check the folder")
+    return OutputError(f"cannot write {where}: {reason}; {hint} and run again (the previous outputs are "
+                       "untouched)")
+
+
 class OptionError(GeosegError, ValueError):
     """An option's value is not one geoseg accepts (``--tta``, ``--precision``, CRF settings...)."""
 

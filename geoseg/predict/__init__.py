@@ -190,7 +190,7 @@ def execute(
             staged = [(dest.local[m.spec.name], dest.final(m.spec.name)) for m in metas]
             if skipped:
                 staged.append((skipped_report_path(plan.output), dest.output + ".skipped.json"))
-            dest.upload(staged)
+            dest.upload(staged, overwrite)
     return PredictResult(
         output=dest.output if dest.remote or dest.cells else plan.output,
         probabilities=(dest.probabilities if dest.remote else plan.probabilities),

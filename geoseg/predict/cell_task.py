@@ -19,6 +19,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from geoseg.blocks import RasterSpec, cog_tags, encode_tiles, overview_count, reduce2
+from geoseg.errors import write_failed
 from geoseg.stitch import TileResult
 from geoseg.tiff import write_cog
 from geoseg.worker import TileTask, run_tile_task
@@ -172,16 +173,21 @@ def write_cell_file(array: np.ndarray, meta: RasterMeta, destination: str, task:
         try:
             cog_file_bytes(array, meta, task.crs, transform, Path(name), task.encode_threads)
             upload_file(Path(name), destination, "image/tiff; application=geotiff; profile=cloud-optimized")
+        except OSError as exc:
+            raise write_failed(f"a local temporary file for {destination}", exc) from None
         finally:
             Path(name).unlink(missing_ok=True)
         return
     final = Path(destination)
-    fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part.tif", dir=final.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp: Path | None = None
     try:
+        fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part.tif", dir=final.parent)
+        os.close(fd)
+        tmp = Path(name)
         cog_file_bytes(array, meta, task.crs, transform, tmp, task.encode_threads)
         publish_file(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    except OSError as exc:
+        raise write_failed(final, exc) from None
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)

@@ -69,13 +69,14 @@ class Destinations:
         base = self.output.rstrip("/")
         return f"{base}/{name}/{stem}.tif" if self.remote else str(Path(self.output) / name / f"{stem}.tif")
 
-    def upload(self, staged: list[tuple[Path, str]]) -> None:
-        """Upload each staged local file to its URL (object-store outputs)."""
+    def upload(self, staged: list[tuple[Path, str]], overwrite: bool) -> None:
+        """Upload each staged local file to its URL (object-store outputs); without
+        ``overwrite`` an object that appeared meanwhile is not replaced."""
         from geoseg.objectstore import upload_file
 
         for local, url in staged:
             if local.exists():
-                upload_file(local, url)
+                upload_file(local, url, overwrite=overwrite)
 
     def cleanup(self) -> None:
         if self.staging is not None:

@@ -19,6 +19,7 @@ import rasterio
 from rasterio.windows import Window
 
 from geoseg.block_cache import bound_block_cache
+from geoseg.errors import write_failed
 from geoseg.io import (
     RasterSink, class_raster_dtype, class_tags, open_sinks, stage_json, write_bytes_atomic,
 )
@@ -141,14 +142,18 @@ def write_cell_outputs(plan: PredictPlan, results: Iterable[CellResult], metas: 
     skipped: list[SkippedTile] = []
     report = skipped_report_path(plan.output)
     staged: list[tuple[Path, Path]] = []
-    with open_sinks(*factories, extra=staged, then=then) as sinks:
-        for res in results:
-            for sink, blocks, raw in zip(sinks, res.blocks, res.raw):
-                sink.add(res.window, blocks, raw)  # type: ignore[attr-defined]
-            _note(res, skipped, progress)
-        progress.close()
-        if skipped:
-            staged.append((stage_json(report, skipped_report(describe(info.path), skipped)), report))
+    try:
+        with open_sinks(*factories, extra=staged, then=then) as sinks:
+            for res in results:
+                for sink, blocks, raw in zip(sinks, res.blocks, res.raw):
+                    sink.add(res.window, blocks, raw)  # type: ignore[attr-defined]
+                _note(res, skipped, progress)
+            progress.close()
+            if skipped:
+                staged.append((stage_json(report, skipped_report(describe(info.path), skipped)), report))
+    except OSError as exc:
+        raise write_failed(plan.output.parent if not plan.destinations.remote else "the local staging folder",
+                           exc) from None
     if not skipped and overwrite:
         with contextlib.suppress(FileNotFoundError):
             report.unlink()
@@ -200,5 +205,8 @@ def publish_folder_files(dest: Destinations, files: dict[str, bytes]) -> None:
     root = Path(dest.output)
     for name, data in files.items():
         path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(path, data)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(path, data)
+        except OSError as exc:
+            raise write_failed(path, exc) from None
