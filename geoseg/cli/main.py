@@ -6,6 +6,7 @@ import click
 
 from geoseg import __version__
 from geoseg.cli.batch import batch_command
+from geoseg.cli.change import change_command
 from geoseg.cli.chip import chip_command
 from geoseg.cli.demo import demo_command
 from geoseg.cli.evaluate import evaluate_command
@@ -36,6 +37,7 @@ cli.add_command(worker_command)
 cli.add_command(export_command)
 cli.add_command(import_command)
 cli.add_command(stats_command)
+cli.add_command(change_command)
 
 
 def main() -> None:

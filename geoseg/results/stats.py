@@ -235,6 +235,7 @@ def plan_stats(raster: str, zones: Zones | None, block: int) -> tuple[list[Stats
     import shapely
 
     info = open_scene(raster)
+    assert info.crs is not None  # checked by stats()
     base = dict(raster=raster, crs_wkt=info.crs.to_wkt(), transform=tuple(info.transform)[:6],
                 raster_height=info.height)
     pixel = tree = None
@@ -245,8 +246,9 @@ def plan_stats(raster: str, zones: Zones | None, block: int) -> tuple[list[Stats
         for c0 in range(0, info.width, block):
             h, w = min(block, info.height - r0), min(block, info.width - c0)
             if tree is None:
-                tasks.append(StatsTask(row_off=r0, col_off=c0, height=h, width=w, **base))  # type: ignore[arg-type]
+                tasks.append(StatsTask(row_off=r0, col_off=c0, height=h, width=w, **base))
                 continue
+            assert pixel is not None
             hits = tree.query(shapely.box(c0, -(r0 + h), c0 + w, -r0), predicate="intersects")
             if len(hits) == 0:
                 continue
@@ -257,7 +259,7 @@ def plan_stats(raster: str, zones: Zones | None, block: int) -> tuple[list[Stats
                 continue
             tasks.append(StatsTask(row_off=r0, col_off=c0, height=h, width=w,
                                    zone_ids=tuple(int(i) for i in hits[keep]),
-                                   zones=tuple(shapely.to_wkb(parts[keep])), **base))  # type: ignore[arg-type]
+                                   zones=tuple(shapely.to_wkb(parts[keep])), **base))
     return tasks, info
 
 
