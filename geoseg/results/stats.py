@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import rasterio
@@ -180,12 +180,17 @@ class StatsResult:
     valid_area_m2: float = 0.0
     seconds: float = 0.0
     classes: dict[int, ClassInfo] = field(default_factory=dict)
+    zones: int = 0
 
     def totals(self) -> dict[int, dict[str, Any]]:
-        """Per class over every row: ``{value: {"class_name", "pixels", "area_m2"}}``."""
+        """Per class over every row: ``{value: {"class_name", "color", "pixels", "area_m2"}}``
+        (``color``: ``#rrggbb``, None for values without a class)."""
         out: dict[int, dict[str, Any]] = {}
         for r in self.rows:
-            t = out.setdefault(r["class"], {"class_name": r["class_name"], "pixels": 0, "area_m2": 0.0})
+            c = self.classes.get(r["class"])
+            colour = "#%02x%02x%02x" % tuple(c.color) if c is not None else None
+            t = out.setdefault(r["class"], {"class_name": r["class_name"], "color": colour, "pixels": 0,
+                                            "area_m2": 0.0})
             t["pixels"] += r["pixels"]
             t["area_m2"] += r["area_m2"]
         return out
@@ -325,6 +330,8 @@ def stats(
     progress.close()
     result = _table(sums, class_map, zone_set)
     result.classes = class_map
+    if zone_set is not None:
+        result.zones = len(zone_set.keys)
     if out is not None:
         if out.suffix.lower() == ".gpkg":
             assert zone_set is not None
@@ -398,10 +405,3 @@ def class_areas(raster: str | os.PathLike[str], client: Any = None,
     (for STAC items, quicklook legends and job reports)."""
     return stats(raster, client=client, max_in_flight=max_in_flight).totals()
 
-
-def zone_sums(rows: Sequence[dict[str, Any]], key: str) -> dict[Any, float]:
-    """Valid m² per zone of a stats table."""
-    out: dict[Any, float] = {}
-    for r in rows:
-        out[r[key]] = out.get(r[key], 0.0) + r["area_m2"]
-    return out
