@@ -79,14 +79,32 @@ def count_block(task: StatsTask) -> BlockCounts:
     areas = row_areas(CRS.from_wkt(task.crs_wkt), Affine(*task.transform), task.raster_height,
                       task.row_off, task.height)
     if not task.zones:
-        rows, cols = np.nonzero(valid)
-        values = data[rows, cols].astype(np.int64)
-        found = np.unique(values)
-        index = np.searchsorted(found, values)
-        pixels = np.bincount(index, minlength=len(found)).astype(np.float64)
-        area = np.bincount(index, weights=areas[rows], minlength=len(found))
-        return BlockCounts(np.full(len(found), -1, np.int64), found, pixels, area)
+        return _count_all(data, valid, areas)
     return _count_zones(task, data, valid, areas)
+
+
+def _per_value(values: np.ndarray, rows: np.ndarray | None, weights: np.ndarray | None,
+               areas: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(values found, pixels, m²)`` of pixel ``values`` in block ``rows`` (None: every row has
+    the same pixel area), each pixel weighted by ``weights`` (None: 1): bincounts, no sorting."""
+    size = int(values.max()) + 1 if len(values) else 0
+    pixels = np.bincount(values, weights=weights, minlength=size).astype(np.float64)
+    if rows is None or np.all(areas == areas[0]):
+        area = pixels * (areas[0] if len(areas) else 0.0)
+    else:
+        w = areas[rows] if weights is None else areas[rows] * weights
+        area = np.bincount(values, weights=w, minlength=size)
+    found = np.flatnonzero(pixels)
+    return found, pixels[found], area[found]
+
+
+def _count_all(data: np.ndarray, valid: np.ndarray, areas: np.ndarray) -> BlockCounts:
+    """Every valid pixel of a block, by value."""
+    constant = bool(np.all(areas == areas[0]))
+    values = data[valid]
+    rows = None if constant else np.nonzero(valid)[0]
+    found, pixels, area = _per_value(values, rows, None, areas)
+    return BlockCounts(np.full(len(found), -1, np.int64), found.astype(np.int64), pixels, area)
 
 
 def _count_zones(task: StatsTask, data: np.ndarray, valid: np.ndarray, areas: np.ndarray) -> BlockCounts:
@@ -111,13 +129,11 @@ def _count_zones(task: StatsTask, data: np.ndarray, valid: np.ndarray, areas: np
         cells, cover = cells[keep], cover[keep]
         if len(cells) == 0:
             continue
-        values = data.ravel()[cells].astype(np.int64)
-        found = np.unique(values)
-        index = np.searchsorted(found, values)
+        found, pixels, area = _per_value(data.ravel()[cells], cells // w, cover, areas)
         out_z.append(np.full(len(found), int(props["z"]), np.int64))
-        out_v.append(found)
-        out_p.append(np.bincount(index, weights=cover, minlength=len(found)))
-        out_a.append(np.bincount(index, weights=cover * areas[cells // w], minlength=len(found)))
+        out_v.append(found.astype(np.int64))
+        out_p.append(pixels)
+        out_a.append(area)
     if not out_z:
         empty = np.zeros(0)
         return BlockCounts(empty.astype(np.int64), empty.astype(np.int64), empty, empty)
