@@ -28,6 +28,7 @@ from geoseg import __version__
 from geoseg.errors import GeosegError, JobError, JobLockedError, SceneError, first_line
 from geoseg.io import file_token, is_virtual, write_json_atomic
 from geoseg.options import PredictOptions, VectorOptions, job_schema, key_of
+from geoseg.results.scene import STATS_SCHEMA
 from geoseg.scenes import asset_path, is_raster_asset, is_stac_item, read_stac_item
 
 #: Keys of a prediction job and the types they take (None: free-form checked elsewhere).
@@ -43,6 +44,8 @@ SCHEMA: dict[str, Any] = {
     # derived from the options dataclasses, so a new predict or vector option is a job key too
     "predict": {**job_schema(PredictOptions), "probabilities": bool},
     "vector": {"format": str, **job_schema(VectorOptions)},
+    "stats": STATS_SCHEMA,
+    "quicklook": bool,
 }
 VECTOR_FORMATS = ("gpkg", "fgb", "geojson", "shp", "parquet")
 RECORD_SUFFIX = ".geoseg.json"
@@ -62,6 +65,8 @@ class Job:
     scheduler: str | None
     workers: int | None
     concurrency: int | str = "auto"
+    stats: dict[str, Any] | None = None
+    quicklook: bool = True
 
 
 @dataclass
@@ -72,6 +77,8 @@ class SceneOutcome:
     megapixels: float = 0.0
     seconds: float = 0.0
     outputs: list[str] = field(default_factory=list)
+    class_areas: dict[str, Any] | None = None
+    skipped_tiles: int = 0
 
 
 @dataclass
@@ -236,6 +243,11 @@ def load_job(path: str | os.PathLike[str]) -> Job:
               dict(predict) if isinstance(predict, dict) else {},
               dict(vector) if isinstance(vector, dict) else None, doc.get("scheduler"), doc.get("workers"),
               concurrency if concurrency is not None else "auto")
+    from geoseg.results.scene import check_stats_section
+
+    job.stats, stats_problems = check_stats_section(doc.get("stats"), base)
+    problems.extend(stats_problems)
+    job.quicklook = doc.get("quicklook", True) is not False
     if not pattern_problems:
         job.scenes = _drop_own_outputs(job, places, globbed, problems)
         problems.extend(_collisions(job, places))
@@ -402,6 +414,9 @@ def outputs_for(job: Job, scene: str) -> dict[str, Path]:
                                                  else base + "-probabilities.tif")
     if job.vector is not None:
         out["vector"] = classes.with_name(base + "." + job.vector.get("format", "gpkg"))
+    from geoseg.results.scene import scene_outputs
+
+    out.update(scene_outputs(classes, job.stats, job.quicklook))
     return out
 
 
@@ -413,7 +428,7 @@ def expected_record(job: Job, scene: str, model_sha: str) -> dict[str, Any]:
     """The record a scene done with this job, model and geoseg has, as JSON stores it (lists,
     not tuples), so it compares equal to the record file."""
     record = {"scene": scene_token(scene), "model_sha256": model_sha, "predict": job.predict,
-              "vector": job.vector, "geoseg_version": __version__}
+              "vector": job.vector, "geoseg_version": __version__, "stats": job.stats, "quicklook": job.quicklook}
     return dict(json.loads(json.dumps(record)))
 
 
@@ -537,6 +552,9 @@ def run_batch(
 
     report_file = Path(report_path) if report_path else job.folder / "batch-report.json"
     _check_report_path(job, report_file, overwrite)
+    from geoseg.results.report import check_report_page, report_path as html_path, write_report
+
+    check_report_page(html_path(report_file), str(job.path), overwrite)
     model = read_model_config(job.model)
     bar = JobProgress(len(job.scenes), quiet=not progress)
     say: Callable[[str], Any] = (lambda s: None) if not verbose else (bar.message if progress else echo)
@@ -548,6 +566,7 @@ def run_batch(
     bar.close()
     report = BatchReport(str(job.path), outcomes, time.perf_counter() - t0)
     write_json_atomic(report_file, report.as_dict())
+    write_report(report.as_dict(), job.folder, html_path(report_file))
     return report
 
 
@@ -683,8 +702,12 @@ def _one_scene(job: Job, scene: str, model: Any, session: Any, slots: Any, bar: 
                          vector_options=vector_opts, started=t)
         if slots.cancelled:
             raise KeyboardInterrupt("the job was interrupted")
-        write_json_atomic(outs["stac"], stac_item(scene, outs, model.name, model.sha256, model.classes,
-                                                    result.stac_item))
+        from geoseg.results.scene import add_class_counts, json_areas, scene_results
+
+        areas = scene_results(outs, job.stats, session.client, slots)
+        write_json_atomic(outs["stac"], add_class_counts(
+            stac_item(scene, outs, model.name, model.sha256, model.classes, result.stac_item), areas,
+            outs.get("quicklook")))
         record = expected_record(job, scene, model.sha256)
         record["outputs"] = {k: p.name for k, p in outs.items()}
         if result.skipped:
@@ -703,7 +726,7 @@ def _one_scene(job: Job, scene: str, model: Any, session: Any, slots: Any, bar: 
                f"{skipped_report_path(outs['classes']).name}); the next run redoes this scene")
         say(f"PART  {scene}: {msg}")
         return SceneOutcome(scene, "partial", msg, result.pixels / 1e6, time.perf_counter() - t,
-                            [p.name for p in outs.values()])
+                            [p.name for p in outs.values()], json_areas(areas), len(result.skipped))
     say(f"done  {scene} ({result.pixels / 1e6:.2f} MP in {result.seconds:.1f} s)")
     return SceneOutcome(scene, "done", None, result.pixels / 1e6, time.perf_counter() - t,
-                        [p.name for p in outs.values()])
+                        [p.name for p in outs.values()], json_areas(areas))

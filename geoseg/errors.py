@@ -81,6 +81,10 @@ class VectorizeError(GeosegError, ValueError):
     """The raster cannot be polygonized as asked."""
 
 
+class ResultsError(GeosegError, ValueError):
+    """Class rasters, zones or tables cannot be counted or compared as asked (stats, change)."""
+
+
 class JobError(GeosegError, ValueError):
     """The job file has problems; the message lists each with its place in the file."""
 

@@ -6,12 +6,14 @@ import click
 
 from geoseg import __version__
 from geoseg.cli.batch import batch_command
+from geoseg.cli.change import change_command
 from geoseg.cli.chip import chip_command
 from geoseg.cli.demo import demo_command
 from geoseg.cli.evaluate import evaluate_command
 from geoseg.cli.models import models_command
 from geoseg.cli.onnx import export_command, import_command
 from geoseg.cli.predict import predict_command
+from geoseg.cli.stats import stats_command
 from geoseg.cli.train import train_command
 from geoseg.cli.vectorize import vectorize_command
 from geoseg.cli.worker import worker_command
@@ -34,6 +36,8 @@ cli.add_command(vectorize_command)
 cli.add_command(worker_command)
 cli.add_command(export_command)
 cli.add_command(import_command)
+cli.add_command(stats_command)
+cli.add_command(change_command)
 
 
 def main() -> None:

@@ -1,0 +1,196 @@
+"""geoseg stats: pixel counts equal a bincount, areas the valid area, zones by exact covered fraction."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyogrio
+import pytest
+import rasterio
+import shapely
+from click.testing import CliRunner
+from rasterio.transform import from_origin
+
+from geoseg.errors import GeosegWarning, OutputError, ResultsError
+from geoseg.io import CLASS_NODATA, ClassInfo, class_tags
+from geoseg.results.areas import row_areas
+from geoseg.results.stats import class_column, stats
+from tests.conftest import write_raster
+
+CLASSES = [ClassInfo(0, "water", (0, 0, 255)), ClassInfo(1, "forest", (0, 128, 0)),
+           ClassInfo(2, "farmland", (255, 255, 0)), ClassInfo(3, "built-up", (255, 0, 0))]
+
+
+def class_raster(path: Path, array: np.ndarray, crs: str = "EPSG:32633", transform: Any = None,
+                 tagged: bool = True) -> Path:
+    """A geoseg-like class raster: uint8, nodata 255, class tags and colour table."""
+    write_raster(path, array.astype(np.uint8), crs=crs, transform=transform, nodata=CLASS_NODATA)
+    if tagged:
+        with rasterio.open(path, "r+") as dst:
+            dst.update_tags(**class_tags(CLASSES, "test"))
+            dst.write_colormap(1, {c.value: (*c.color, 255) for c in CLASSES})
+    return path
+
+
+def random_classes(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    a = np.kron(rng.integers(0, 4, (h // 8 + 1, w // 8 + 1)), np.ones((8, 8), int))[:h, :w]
+    a[rng.random((h, w)) < 0.05] = CLASS_NODATA
+    return a
+
+
+def write_zones(path: Path, geoms: list[Any], names: list[str], crs: str = "EPSG:32633") -> Path:
+    pyogrio.raw.write(str(path), shapely.to_wkb(np.array(geoms, dtype=object)), [np.array(names, dtype=object)],
+                      ["name"], crs=crs, geometry_type="Polygon", driver="GPKG")
+    return path
+
+
+def test_counts_equal_bincount_and_areas_the_valid_area(tmp_path: Path, rng: np.random.Generator,
+                                                        dask_client: Any) -> None:
+    a = random_classes(rng, 300, 260)  # several blocks of 128 with ragged edges
+    path = class_raster(tmp_path / "c.tif", a)
+    res = stats(path, tmp_path / "s.csv", client=dask_client, block_size=128)
+    counts = np.bincount(a[a != CLASS_NODATA].ravel(), minlength=4)
+    assert {r["class"]: r["pixels"] for r in res.rows} == {v: int(counts[v]) for v in range(4)}
+    valid_area = (a != CLASS_NODATA).sum() * 100.0
+    assert sum(r["area_m2"] for r in res.rows) == pytest.approx(valid_area, rel=1e-9)
+    assert sum(r["share"] for r in res.rows) == pytest.approx(1.0)
+    with open(tmp_path / "s.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [r["class_name"] for r in table] == ["water", "forest", "farmland", "built-up"]
+    assert [int(r["pixels"]) for r in table] == counts.tolist()
+    assert float(table[1]["area_ha"]) == pytest.approx(counts[1] * 100 / 1e4)
+
+
+def test_geographic_rows_are_measured_on_the_ellipsoid() -> None:
+    from pyproj import Geod
+    from rasterio.crs import CRS
+
+    transform = from_origin(10.0, 60.0, 0.01, 0.01)
+    areas = row_areas(CRS.from_epsg(4326), transform, 100)
+    # the same cell as a polygon densified along its parallels (geodesic edges, nearly the parallels)
+    lat0, lat1 = 60.0 - 0.01 * 50, 60.0 - 0.01 * 51
+    lons = np.linspace(10.0, 10.01, 200)
+    poly_lon = np.concatenate([lons, lons[::-1]])
+    poly_lat = np.concatenate([np.full(200, lat0), np.full(200, lat1)])
+    geod_area = abs(Geod(ellps="WGS84").polygon_area_perimeter(poly_lon, poly_lat)[0])
+    assert areas[50] == pytest.approx(geod_area, rel=1e-6)
+    assert areas[0] < areas[-1]  # pixels grow towards the equator
+
+
+def test_zones_partition_the_valid_area_by_exact_fractions(tmp_path: Path, rng: np.random.Generator,
+                                                           dask_client: Any) -> None:
+    a = random_classes(rng, 200, 200)
+    path = class_raster(tmp_path / "c.tif", a)
+    x0, y1 = 300000.0, 5800000.0
+    x1, y0 = x0 + 2000, y1 - 2000
+    # three zones that split the raster along lines through pixels, in another CRS
+    xm, ym = x0 + 777.7, y1 - 1234.5
+    geoms = [shapely.box(x0 - 50, ym, xm, y1 + 50), shapely.box(xm, ym, x1 + 50, y1 + 50),
+             shapely.box(x0 - 50, y0 - 50, x1 + 50, ym)]
+    zones = write_zones(tmp_path / "z.gpkg", geoms, ["nw", "ne", "s"])
+    res = stats(path, tmp_path / "s.csv", zones=zones, zone_field="name", client=dask_client, block_size=64)
+    valid_area = (a != CLASS_NODATA).sum() * 100.0
+    assert sum(r["area_m2"] for r in res.rows) == pytest.approx(valid_area, rel=1e-6)
+    pixels = {v: sum(r["pixels"] for r in res.rows if r["class"] == v) for v in range(4)}
+    counts = np.bincount(a[a != CLASS_NODATA].ravel(), minlength=4)
+    assert pixels == pytest.approx({v: float(counts[v]) for v in range(4)}, rel=1e-9)
+    # the north-west zone: a fraction of the pixels on its cut lines
+    col, row = 77.77, 123.45
+    nw = a[: math.ceil(row), : math.ceil(col)].astype(float)
+    w = np.ones(nw.shape)
+    w[:, -1] *= col - math.floor(col)
+    w[-1, :] *= row - math.floor(row)
+    valid = nw != CLASS_NODATA
+    expect = np.bincount(nw[valid].astype(int), weights=w[valid], minlength=4)
+    got = [r["pixels"] for r in res.rows if r["name"] == "nw"]
+    assert got == pytest.approx(expect.tolist(), rel=1e-9)
+    shares = [r["share"] for r in res.rows if r["name"] == "s"]
+    assert sum(shares) == pytest.approx(1.0)
+
+
+def test_zones_in_a_geographic_crs_are_reprojected(tmp_path: Path, rng: np.random.Generator,
+                                                   dask_client: Any) -> None:
+    from pyproj import Transformer
+
+    a = random_classes(rng, 100, 100)
+    path = class_raster(tmp_path / "c.tif", a)
+    tr = Transformer.from_crs("EPSG:32633", "EPSG:4326", always_xy=True)
+    # a zone far larger than the raster, in degrees: every valid pixel falls in it
+    lon, lat = tr.transform(300500.0, 5799500.0)
+    zones = write_zones(tmp_path / "z.gpkg", [shapely.box(lon - 1, lat - 1, lon + 1, lat + 1)], ["all"],
+                        crs="EPSG:4326")
+    res = stats(path, None, zones=zones, zone_field="name", client=dask_client)
+    counts = np.bincount(a[a != CLASS_NODATA].ravel(), minlength=4)
+    assert [r["pixels"] for r in res.rows] == pytest.approx(counts.tolist(), rel=1e-9)
+
+
+def test_gpkg_output_keeps_zone_geometry_and_adds_a_column_per_class(tmp_path: Path, rng: np.random.Generator,
+                                                                     dask_client: Any) -> None:
+    a = random_classes(rng, 64, 64)
+    path = class_raster(tmp_path / "c.tif", a)
+    geoms = [shapely.box(300000, 5799700, 300640, 5800000), shapely.box(300000, 5799360, 300640, 5799700)]
+    zones = write_zones(tmp_path / "z.gpkg", geoms, ["top", "bottom"])
+    stats(path, tmp_path / "out.gpkg", zones=zones, zone_field="name", client=dask_client)
+    meta, _, wkb, data = pyogrio.raw.read(str(tmp_path / "out.gpkg"))
+    fields = list(meta["fields"])
+    assert fields == ["name", *(class_column(c.name) for c in CLASSES), "valid_m2"]
+    assert shapely.equals(shapely.from_wkb(wkb), np.array(geoms, dtype=object)).all()
+    assert data[-1][0] == pytest.approx((a[:30] != CLASS_NODATA).sum() * 100.0)
+
+
+def test_parquet_output(tmp_path: Path, rng: np.random.Generator, dask_client: Any) -> None:
+    import pyarrow.parquet as pq
+
+    a = random_classes(rng, 40, 40)
+    stats(class_raster(tmp_path / "c.tif", a), tmp_path / "s.parquet", client=dask_client)
+    table = pq.read_table(tmp_path / "s.parquet").to_pylist()
+    assert [r["pixels"] for r in table] == np.bincount(a[a != CLASS_NODATA].ravel(), minlength=4).tolist()
+
+
+def test_raster_without_metadata_is_counted_by_value(tmp_path: Path, rng: np.random.Generator,
+                                                     dask_client: Any) -> None:
+    a = random_classes(rng, 40, 40)
+    path = class_raster(tmp_path / "c.tif", a, tagged=False)
+    with pytest.warns(GeosegWarning, match="counting by value"):
+        res = stats(path, client=dask_client)
+    assert [r["class_name"] for r in res.rows] == ["0", "1", "2", "3"]
+
+
+def test_bad_input_is_one_line_before_any_work(tmp_path: Path, rng: np.random.Generator) -> None:
+    a = random_classes(rng, 40, 40)
+    path = class_raster(tmp_path / "c.tif", a)
+    geoms = [shapely.box(300000, 5799700, 300640, 5800000)]
+    zones = write_zones(tmp_path / "z.gpkg", geoms, ["top"])
+    with pytest.raises(ResultsError, match="no field 'district'; their fields are: name"):
+        stats(path, zones=zones, zone_field="district")
+    with pytest.warns(UserWarning, match="crs"):
+        nocrs = write_zones(tmp_path / "nocrs.gpkg", geoms, ["top"], crs=None)  # type: ignore[arg-type]
+    with pytest.raises(ResultsError, match="have no CRS"):
+        stats(path, zones=nocrs, zone_field="name")
+    far = write_zones(tmp_path / "far.gpkg", [shapely.box(0, 0, 10, 10)], ["x"])
+    with pytest.raises(ResultsError, match="overlaps the raster"):
+        stats(path, zones=far)
+    (tmp_path / "s.csv").write_text("mine")
+    with pytest.raises(OutputError, match="--overwrite"):
+        stats(path, tmp_path / "s.csv")
+    with pytest.raises(ResultsError, match="unknown stats output format"):
+        stats(path, tmp_path / "s.xlsx")
+    with pytest.raises(ResultsError, match="give --zones"):
+        stats(path, tmp_path / "s.gpkg")
+    assert (tmp_path / "s.csv").read_text() == "mine"
+
+
+def test_cli(tmp_path: Path, rng: np.random.Generator) -> None:
+    from geoseg.cli.main import cli
+
+    a = random_classes(rng, 40, 40)
+    path = class_raster(tmp_path / "c.tif", a)
+    r = CliRunner().invoke(cli, ["stats", str(path), "-o", str(tmp_path / "s.csv"), "--workers", "1", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "s.csv").read_text().startswith("class,class_name,pixels,area_m2,area_ha,share\n")
+    r = CliRunner().invoke(cli, ["stats", str(path), "-o", str(tmp_path / "s.csv"), "--quiet"])
+    assert r.exit_code != 0 and "exists; pass --overwrite" in r.output
