@@ -27,7 +27,7 @@ from geoseg.io import (
 )
 from geoseg.results.areas import row_areas
 from geoseg.results.classes import colour_of, name_of, raster_class_info
-from geoseg.results.tables import check_table_path, file_mode, stage_table
+from geoseg.results.tables import check_table_path, stage_table
 
 if TYPE_CHECKING:
     from geoseg.cluster import TaskSlots
@@ -274,7 +274,6 @@ def change(
             staged: list[tuple[Path, Path]] = []
             if table_path is not None:
                 tmp = stage_table(table_path, rows, COLUMNS)
-                os.chmod(tmp, file_mode())
                 staged.append((tmp, table_path))
             tags = class_tags(classes, "geoseg change")
             tags.update(GEOSEG_CHANGE_BEFORE=before, GEOSEG_CHANGE_AFTER=after)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from geoseg.errors import ResultsError
-from geoseg.io import check_output_path, remove_quietly, stage_bytes, temporary_sibling
+from geoseg.io import check_output_path, publish_file, remove_quietly, stage_bytes, temporary_sibling
 
 #: Table formats by extension.
 TABLE_FORMATS = (".csv", ".parquet")
@@ -38,24 +38,10 @@ def require_pyarrow() -> None:
                            ".csv") from None
 
 
-def file_mode() -> int:
-    """The mode a new file gets under this process's umask (0o666 & ~umask), read without
-    changing the umask (Linux); other systems: 0o644."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return 0o666 & ~int(line.split()[1], 8)
-    except OSError:
-        pass
-    return 0o644
-
-
 def publish(tmp: Path, final: Path) -> None:
     """Give a staged file the user's umask and rename it onto ``final``; on failure remove it."""
     try:
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, final)
+        publish_file(tmp, final)
     except BaseException:
         remove_quietly(tmp)
         raise
