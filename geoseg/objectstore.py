@@ -22,16 +22,19 @@ from geoseg.errors import OutputError, first_line
 T = TypeVar("T")
 
 #: Uploads of up to this many bytes are one PUT (atomic by S3's rules); larger ones are a
-#: multipart upload, completed only after every part is in. Measured against a local S3 server
-#: (benchmarks/objectstore.py, docs/benchmarks.md): a 100 MB file took about as long in one PUT as
-#: in parts, so the threshold is set by memory and retries rather than speed: a PUT is held in
-#: memory whole and resent whole on a retry, so above 64 MiB parts are cheaper; below it one
-#: request costs less than three (create, part, complete).
-MULTIPART_THRESHOLD = 64 * 1024 * 1024
-#: Part size of a multipart upload: 16 MiB keeps at most PART_THREADS x 16 MiB in memory per
-#: upload, retries a part cheaply, and reaches S3's 10,000-part limit only at 156 GiB (beyond it
-#: parts grow, for files whose size is known).
-PART_SIZE = 16 * 1024 * 1024
+#: multipart upload, completed only after every part is in. Measured (benchmarks/objectstore.py,
+#: 100 MB to a moto server on loopback, 2 busy cores): one PUT 1.2 s, parts of 8 MiB 1.6 s one at
+#: a time and 2.1 s four at a time, 16 MiB x 4 1.7 s; client CPU 0.23-0.45 s in every mode. So
+#: loopback shows no speed to gain from parts (the server is the bottleneck); what decides is
+#: memory and retries: a PUT holds the whole object (102 MB peak for 100 MB) and is resent whole,
+#: parts hold at most PART_THREADS + 1 parts (38 MB at 8 MiB x 4) and are retried alone, and a
+#: remote store's per-connection throughput is what parallel parts overcome. Most single cells
+#: and STAC items stay one request under 16 MiB; class rasters of whole scenes go in parts.
+MULTIPART_THRESHOLD = 16 * 1024 * 1024
+#: Part size of a multipart upload (boto3's own default too): small enough to retry cheaply and
+#: hold little, large enough that S3's 10,000-part limit is reached only at 78 GiB (beyond it
+#: parts grow, when the size is known).
+PART_SIZE = 8 * 1024 * 1024
 #: Parts sent at once by one upload: enough to fill a link to a remote store whose single stream
 #: is latency-bound, few enough that a Dask worker's uploads do not crowd its tasks.
 PART_THREADS = 4
@@ -434,7 +437,9 @@ def upload_fileobj(
     if len(first) <= threshold:
         put_bytes(url, first, content_type=content_type, overwrite=overwrite)
         return
-    _multipart(fileobj, first, url, content_type, overwrite, part_size)
+    parts = _parts(fileobj, [first], part_size, url)
+    del first  # the parts generator holds the only reference, and drops it once split
+    _multipart(parts, url, content_type, overwrite, part_size)
 
 
 def _read(fileobj: IO[bytes], n: int, url: str) -> bytes:
@@ -454,14 +459,16 @@ def _read(fileobj: IO[bytes], n: int, url: str) -> bytes:
     return b"".join(chunks)
 
 
-def _parts(fileobj: IO[bytes], first: bytes, part_size: int, url: str) -> Iterator[bytes]:
-    """The stream as parts of ``part_size`` bytes (the last shorter), ``first`` read already."""
-    view = memoryview(first)
-    while len(view) >= part_size:
-        yield bytes(view[:part_size])
-        view = view[part_size:]
-    rest = bytes(view)
-    del view
+def _parts(fileobj: IO[bytes], head: list[bytes], part_size: int, url: str) -> Iterator[bytes]:
+    """The stream as parts of ``part_size`` bytes (the last shorter), ``head.pop()`` read
+    already (popped, so that it is freed once split)."""
+    first = head.pop()
+    offset = 0
+    while len(first) - offset >= part_size:
+        yield first[offset:offset + part_size]
+        offset += part_size
+    rest = first[offset:]
+    del first
     while True:
         part = rest + _read(fileobj, part_size - len(rest), url)
         rest = b""
@@ -482,11 +489,10 @@ def _put_args(content_type: str | None, overwrite: bool) -> dict[str, Any]:
 
 
 def _multipart(
-    fileobj: IO[bytes], first: bytes, url: str, content_type: str | None, overwrite: bool,
-    part_size: int,
+    parts: Iterator[bytes], url: str, content_type: str | None, overwrite: bool, part_size: int,
 ) -> None:
-    """A multipart upload of ``first`` and the rest of ``fileobj``, :data:`PART_THREADS` parts
-    at a time; completed only at the end, aborted on any failure or interruption."""
+    """A multipart upload of ``parts``, :data:`PART_THREADS` at a time; completed only at the
+    end, aborted on any failure or interruption."""
     bucket, key = split_s3_url(url)
     client = s3_client()
     create: dict[str, Any] = {"ContentType": content_type} if content_type else {}
@@ -503,7 +509,7 @@ def _multipart(
     try:
         done: list[dict[str, Any]] = []
         pending: set[Future[dict[str, Any]]] = set()
-        for number, data in enumerate(_parts(fileobj, first, part_size, url), start=1):
+        for number, data in enumerate(parts, start=1):
             if number > MAX_PARTS:
                 raise OutputError(
                     f"cannot upload to {url}: more than {MAX_PARTS} parts of {part_size} bytes"

@@ -17,9 +17,9 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -51,6 +51,19 @@ class S3Server:
 
     endpoint: str
     process: subprocess.Popen[bytes]
+    _clients: dict[str, Any] = field(default_factory=dict)
+
+    def client(self, service: str = "s3") -> Any:
+        """A boto3 client of the test's own (moto's dummy keys), to set up or look at the server
+        behind geoseg's back; made once (a boto3 session loads its models in about a second)."""
+        if service not in self._clients:
+            import boto3
+
+            self._clients[service] = boto3.session.Session().client(
+                service, endpoint_url=self.endpoint, region_name=REGION,
+                aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
+            )
+        return self._clients[service]
 
     def _post(self, path: str, body: bytes) -> None:
         host, port = self.endpoint.removeprefix("http://").split(":")
@@ -134,12 +147,7 @@ def set_aws_env(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
 @pytest.fixture
 def s3_bucket(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
     """``s3://NAME``: a new empty bucket on the test server, with the AWS variables pointing there."""
-    import boto3
-
     set_aws_env(monkeypatch, s3_server.endpoint)
     name = f"geoseg-test-{os.getpid()}-{next(_BUCKETS)}"
-    boto3.session.Session().client(
-        "s3", endpoint_url=s3_server.endpoint, region_name=REGION,
-        aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
-    ).create_bucket(Bucket=name)
+    s3_server.client().create_bucket(Bucket=name)
     return f"s3://{name}"

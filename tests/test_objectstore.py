@@ -28,16 +28,6 @@ def one_line(exc: pytest.ExceptionInfo[OutputError]) -> str:
     return message
 
 
-def raw_client(endpoint: str, key: str = "testing", secret: str = "testing") -> Any:
-    """A boto3 client of the test's own, to look at the server behind geoseg's back."""
-    import boto3
-
-    return boto3.session.Session().client(
-        "s3", endpoint_url=endpoint, region_name=REGION, aws_access_key_id=key,
-        aws_secret_access_key=secret,
-    )
-
-
 def bucket_of(url: str) -> str:
     return objectstore.split_s3_url(url)[0]
 
@@ -118,7 +108,7 @@ def test_unreachable_endpoint_is_one_line_naming_it(monkeypatch: pytest.MonkeyPa
 # --- against the server --------------------------------------------------------------------
 
 
-def test_round_trip(s3_bucket: str, tmp_path: Path) -> None:
+def test_round_trip(s3_bucket: str, s3_server: S3Server, tmp_path: Path) -> None:
     local = tmp_path / "item.json"
     local.write_bytes(b'{"type": "Feature"}')
     url = f"{s3_bucket}/run/item.json"
@@ -127,7 +117,7 @@ def test_round_trip(s3_bucket: str, tmp_path: Path) -> None:
     objectstore.put_bytes(f"{s3_bucket}/run/a.txt", b"a")
     objectstore.put_bytes(f"{s3_bucket}/other.txt", b"b")
     assert objectstore.exists(url) and objectstore.read_bytes(url) == local.read_bytes()
-    head = objectstore.s3_client().head_object(Bucket=bucket_of(url), Key="run/item.json")
+    head = s3_server.client().head_object(Bucket=bucket_of(url), Key="run/item.json")
     assert head["ContentType"] == "application/json"
     assert list(objectstore.list_keys(f"{s3_bucket}/run/")) == [f"{s3_bucket}/run/a.txt", url]
     objectstore.delete(url)
@@ -136,7 +126,8 @@ def test_round_trip(s3_bucket: str, tmp_path: Path) -> None:
     assert list(objectstore.list_keys(f"{s3_bucket}/run/")) == [f"{s3_bucket}/run/a.txt"]
 
 
-def test_multipart_upload_round_trip(s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_multipart_upload_round_trip(s3_bucket: str, s3_server: S3Server, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
     data = np.random.default_rng(0).integers(0, 256, 11 * MiB + 123, np.uint8).tobytes()
     (tmp_path / "big.bin").write_bytes(data)
     monkeypatch.setattr(objectstore, "MULTIPART_THRESHOLD", 5 * MiB)
@@ -144,7 +135,7 @@ def test_multipart_upload_round_trip(s3_bucket: str, tmp_path: Path, monkeypatch
     url = f"{s3_bucket}/big.bin"
     objectstore.upload_file(tmp_path / "big.bin", url)
     assert objectstore.read_bytes(url) == data
-    head = objectstore.s3_client().head_object(Bucket=bucket_of(url), Key="big.bin")
+    head = s3_server.client().head_object(Bucket=bucket_of(url), Key="big.bin")
     assert head["ETag"].endswith('-3"'), head["ETag"]  # three parts: a multipart upload indeed
     assert objectstore.in_progress_uploads(s3_bucket + "/") == []
 
@@ -213,7 +204,7 @@ def test_part_refused_by_the_store_aborts_the_upload(s3_bucket: str, s3_server: 
                     *args: Any) -> dict[str, Any]:
         calls.append(number)
         if number == 2:
-            raw_client(s3_server.endpoint).abort_multipart_upload(Bucket=bucket, Key=key,
+            s3_server.client().abort_multipart_upload(Bucket=bucket, Key=key,
                                                                   UploadId=upload_id)
         return real(client, url, bucket, key, upload_id, number, *args)
 
@@ -294,10 +285,7 @@ def test_refused_credentials_are_one_line(s3_bucket: str, s3_server: S3Server,
                                           monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """With the server checking credentials: unknown keys and a wrong secret are refused in one
     line naming the variables; keys it knows (with a policy) pass, so it is the keys refused."""
-    import boto3
-
-    iam = boto3.session.Session().client("iam", endpoint_url=s3_server.endpoint, region_name=REGION,
-                                         aws_access_key_id="testing", aws_secret_access_key="testing")
+    iam = s3_server.client("iam")
     user = f"writer-{bucket_of(s3_bucket)}"
     iam.create_user(UserName=user)
     iam.put_user_policy(UserName=user, PolicyName="s3", PolicyDocument=(
