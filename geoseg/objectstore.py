@@ -300,12 +300,16 @@ def _is_not_found(exc: BaseException) -> bool:
 # --- checks before any work ----------------------------------------------------------------
 
 
-def _check_bucket(client: Any, url: str, bucket: str) -> None:
-    """The endpoint answers, the bucket exists and the credentials are accepted for it."""
+def _check_bucket(client: Any, url: str, bucket: str, prefix: str = "") -> dict[str, Any]:
+    """The endpoint answers, the bucket exists and the credentials are accepted for it; returns
+    the first key under ``prefix`` (as ``list_objects_v2`` does).
+
+    A listing rather than HeadBucket (same permission, s3:ListBucket): a HEAD's answer has no
+    body, so a refusal would say "403" where a GET says InvalidAccessKeyId or AccessDenied."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
-        client.head_bucket(Bucket=bucket)
+        return dict(client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1))
     except ClientError as exc:
         if _error_code(exc) in _NOT_FOUND | _NO_BUCKET:
             raise OutputError(
@@ -369,10 +373,8 @@ def check_s3_folder(
     prefix = key if not key or key.endswith("/") else key + "/"
     folder = s3_url(bucket, prefix)
     client = s3_client()
-    _check_bucket(client, folder, bucket)
-    listing = _call(folder, "list", lambda: client.list_objects_v2(
-        Bucket=bucket, Prefix=prefix, MaxKeys=1))
-    if listing.get("KeyCount", 0):
+    listing = _check_bucket(client, folder, bucket, prefix)
+    if listing.get("Contents"):
         if _head(client, folder, bucket, prefix + marker) is None:
             raise OutputError(
                 f"{what} {folder} holds objects that geoseg did not make (no {marker}); choose an "
@@ -591,22 +593,19 @@ def list_keys(prefix_url: str) -> Iterator[str]:
     """The ``s3://`` URLs of every object whose key starts with the prefix, in key order."""
     bucket, prefix = split_s3_url(prefix_url)
     client = s3_client()
-    paginator = client.get_paginator("list_objects_v2")
-    pages = paginator.paginate(Bucket=bucket, Prefix=prefix)
-    iterator = iter(pages)
-    while True:
-        page = _call(prefix_url, "list", lambda: next(iterator, None))
-        if page is None:
-            return
+    pages = iter(client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix))
+    while (page := _call(prefix_url, "list", lambda: next(pages, None))) is not None:
         for item in page.get("Contents", ()):
             yield s3_url(bucket, item["Key"])
 
 
 def in_progress_uploads(prefix_url: str) -> list[str]:
-    """Keys under the prefix with a multipart upload started and neither completed nor aborted."""
+    """URLs of keys under the prefix with a multipart upload started and neither completed nor
+    aborted (what an interrupted upload would leave; none of geoseg's should remain)."""
     bucket, prefix = split_s3_url(prefix_url)
     client = s3_client()
-    response = _call(prefix_url, "list", lambda: client.list_multipart_uploads(
-        Bucket=bucket, Prefix=prefix))
-    return [s3_url(bucket, u["Key"]) for u in response.get("Uploads", ())]
-
+    pages = iter(client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix))
+    found: list[str] = []
+    while (page := _call(prefix_url, "list", lambda: next(pages, None))) is not None:
+        found.extend(s3_url(bucket, u["Key"]) for u in page.get("Uploads", ()))
+    return found

@@ -286,31 +286,38 @@ def test_refused_credentials_are_one_line(s3_bucket: str, s3_server: S3Server,
     """With the server checking credentials: unknown keys and a wrong secret are refused in one
     line naming the variables; keys it knows (with a policy) pass, so it is the keys refused."""
     iam = s3_server.client("iam")
-    user = f"writer-{bucket_of(s3_bucket)}"
-    iam.create_user(UserName=user)
-    iam.put_user_policy(UserName=user, PolicyName="s3", PolicyDocument=(
-        '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", '
-        '"Resource": "*"}]}'))
-    key = iam.create_access_key(UserName=user)["AccessKey"]
+    keys = {}
+    for role, actions in (("writer", '"s3:*"'), ("reader", '["s3:ListBucket", "s3:GetObject"]')):
+        user = f"{role}-{bucket_of(s3_bucket)}"
+        iam.create_user(UserName=user)
+        iam.put_user_policy(UserName=user, PolicyName="s3", PolicyDocument=(
+            '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": %s, '
+            '"Resource": "*"}]}' % actions))
+        keys[role] = iam.create_access_key(UserName=user)["AccessKey"]
     url = f"{s3_bucket}/out.tif"
     (tmp_path / "x.tif").write_bytes(b"x")
+    refused = (("AKIAUNKNOWNUNKNOWN00", "nope", "InvalidAccessKeyId"),
+               (keys["writer"]["AccessKeyId"], "wrong-secret", "SignatureDoesNotMatch"),
+               # may read, not write: the checks' write probe finds it out before any work
+               (keys["reader"]["AccessKeyId"], keys["reader"]["SecretAccessKey"], "AccessDenied"))
     with s3_server.checking_credentials():
-        for key_id, secret, code in (("AKIAUNKNOWNUNKNOWN00", "nope", "InvalidAccessKeyId"),
-                                     (key["AccessKeyId"], "wrong-secret", "SignatureDoesNotMatch")):
+        for key_id, secret, code in refused:
             monkeypatch.setenv("AWS_ACCESS_KEY_ID", key_id)
             monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
             for action in (lambda: objectstore.check_s3_output(url, overwrite=False),
+                           lambda: objectstore.check_s3_folder(s3_bucket + "/cells/", False, "m"),
                            lambda: objectstore.upload_file(tmp_path / "x.tif", url)):
                 with pytest.raises(OutputError) as exc:
                     action()
                 message = one_line(exc)
-                assert "credentials refused" in message and url in message
-                assert "AWS_ACCESS_KEY_ID" in message and "AWS_PROFILE" in message
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+                assert "credentials refused" in message and s3_bucket in message, message
+                assert code in message and "AWS_ACCESS_KEY_ID" in message and "AWS_PROFILE" in message
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", keys["writer"]["AccessKeyId"])
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", keys["writer"]["SecretAccessKey"])
         assert objectstore.check_s3_output(url, overwrite=False) == url
         objectstore.upload_file(tmp_path / "x.tif", url)
     assert objectstore.read_bytes(url) == b"x"
+    assert objectstore.in_progress_uploads(s3_bucket + "/") == []
 
 
 def test_missing_credentials_are_one_line(s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
