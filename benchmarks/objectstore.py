@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from geoseg import objectstore  # noqa: E402
-from tests.s3server import _start, set_aws_env  # noqa: E402
+from geoseg import objectstore
+from tests.s3server import _start, set_aws_env
 
 MiB = 1024 * 1024
 

@@ -11,11 +11,13 @@ only when a client is first needed, so that the CLI starts without it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import urllib.parse
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from typing import IO, Any, Callable, Iterator, Mapping, TypeVar
+from typing import IO, Any, TypeVar
 
 from geoseg.errors import OutputError, first_line
 
@@ -96,7 +98,7 @@ def s3_url(bucket: str, key: str) -> str:
 
 
 def to_vsis3(url: str) -> str:
-    """GDAL's name for an ``s3://`` URL: ``/vsis3/bucket/key`` (other paths are returned as given)."""
+    """GDAL's name for an ``s3://`` URL, ``/vsis3/bucket/key``; other paths come back as given."""
     if not is_s3_url(url):
         return url
     bucket, key = split_s3_url(url)
@@ -242,11 +244,11 @@ def explain(exc: BaseException, url: str, action: str) -> OutputError:
     missing one, the credential variables for refused credentials."""
     from botocore.exceptions import (
         ClientError,
-        ConnectionError as BotoConnectionError,
         HTTPClientError,
         NoCredentialsError,
         PartialCredentialsError,
     )
+    from botocore.exceptions import ConnectionError as BotoConnectionError
 
     env = os.environ
     endpoint = _describe_endpoint(env)
@@ -342,7 +344,9 @@ def _check_writable(client: Any, url: str, bucket: str, key: str) -> None:
     _abort(client, bucket, key, upload["UploadId"])
 
 
-def check_s3_output(url: str, overwrite: bool, what: str = "output", probe_write: bool = True) -> str:
+def check_s3_output(
+    url: str, overwrite: bool, what: str = "output", probe_write: bool = True,
+) -> str:
     """Fail early, before any work, if the object ``url`` cannot be written; returns ``url``.
 
     Checks that the endpoint answers, the bucket exists, the credentials are accepted (with
@@ -390,7 +394,9 @@ def check_s3_folder(
 # --- reading and writing objects -----------------------------------------------------------
 
 
-def put_bytes(url: str, data: bytes, content_type: str | None = None, overwrite: bool = True) -> None:
+def put_bytes(
+    url: str, data: bytes, content_type: str | None = None, overwrite: bool = True,
+) -> None:
     """Write ``data`` as the object ``url`` in one PUT (visible only complete).
 
     Without ``overwrite`` the PUT is conditional (``If-None-Match: *``): an object that
@@ -453,7 +459,9 @@ def _read(fileobj: IO[bytes], n: int, url: str) -> bytes:
             chunk = fileobj.read(left)
         except OSError as exc:
             name = getattr(fileobj, "name", "the data")
-            raise OutputError(f"cannot upload to {url}: reading {name} failed: {first_line(exc)}") from exc
+            raise OutputError(
+                f"cannot upload to {url}: reading {name} failed: {first_line(exc)}"
+            ) from exc
         if not chunk:
             break
         chunks.append(chunk)
@@ -553,10 +561,8 @@ def _upload_part(
 def _abort(client: Any, bucket: str, key: str, upload_id: str) -> None:
     """Abort a multipart upload, best effort: the failure being reported is the one that
     matters, and a bucket lifecycle rule (AbortIncompleteMultipartUpload) sweeps what is left."""
-    try:
+    with contextlib.suppress(Exception):  # best effort, see above
         client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
-    except Exception:  # noqa: BLE001 - best effort, see above
-        pass
 
 
 def read_bytes(url: str) -> bytes | None:
@@ -604,7 +610,8 @@ def in_progress_uploads(prefix_url: str) -> list[str]:
     aborted (what an interrupted upload would leave; none of geoseg's should remain)."""
     bucket, prefix = split_s3_url(prefix_url)
     client = s3_client()
-    pages = iter(client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix))
+    paginator = client.get_paginator("list_multipart_uploads")
+    pages = iter(paginator.paginate(Bucket=bucket, Prefix=prefix))
     found: list[str] = []
     while (page := _call(prefix_url, "list", lambda: next(pages, None))) is not None:
         found.extend(s3_url(bucket, u["Key"]) for u in page.get("Uploads", ()))

@@ -17,9 +17,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -98,12 +99,14 @@ def _start(log: Path) -> S3Server:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"moto server exited ({process.returncode}): {log.read_text()[-2000:]}")
+            raise RuntimeError(f"moto server exited ({process.returncode}): "
+                               f"{log.read_text()[-2000:]}")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
             return S3Server(f"http://127.0.0.1:{port}", process)
         time.sleep(0.05)
     process.kill()
-    raise RuntimeError(f"moto server did not listen on port {port} within 30 s: {log.read_text()[-2000:]}")
+    raise RuntimeError(f"moto server did not listen on port {port} within 30 s: "
+                       f"{log.read_text()[-2000:]}")
 
 
 @pytest.fixture(scope="session")
@@ -146,7 +149,7 @@ def set_aws_env(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
 
 @pytest.fixture
 def s3_bucket(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
-    """``s3://NAME``: a new empty bucket on the test server, with the AWS variables pointing there."""
+    """``s3://NAME``: a new empty bucket on the test server, the AWS variables pointing there."""
     set_aws_env(monkeypatch, s3_server.endpoint)
     name = f"geoseg-test-{os.getpid()}-{next(_BUCKETS)}"
     s3_server.client().create_bucket(Bucket=name)
