@@ -128,6 +128,9 @@ def test_round_trip(s3_bucket: str, s3_server: S3Server, tmp_path: Path) -> None
     objectstore.delete(url)  # deleting what is gone is no error
     assert not objectstore.exists(url) and objectstore.read_bytes(url) is None
     assert list(objectstore.list_keys(f"{s3_bucket}/run/")) == [f"{s3_bucket}/run/a.txt"]
+    with pytest.raises(OutputError) as exc:
+        objectstore.upload_file(tmp_path / "missing.tif", url)
+    assert one_line(exc).startswith(f"cannot upload {tmp_path / 'missing.tif'} to {url}: ")
 
 
 def test_multipart_upload_round_trip(s3_bucket: str, s3_server: S3Server, tmp_path: Path,
