@@ -51,8 +51,7 @@ def main() -> None:
             client.create_bucket(Bucket="bench")
             local = Path(tmp) / "upload.bin"
             with open(local, "wb") as f:
-                for _ in range(size // MiB + 1):
-                    f.write(os.urandom(MiB))
+                f.writelines(os.urandom(MiB) for _ in range(size // MiB + 1))
                 f.truncate(size)
             modes = [("single PUT", size + 1, objectstore.PART_SIZE, 1)] + [
                 (f"multipart {p} MiB x {t}", 0, p * MiB, t)
