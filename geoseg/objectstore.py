@@ -11,27 +11,32 @@ only when a client is first needed, so that the CLI starts without it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import urllib.parse
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from typing import IO, Any, Callable, Iterator, Mapping, TypeVar
+from typing import IO, Any, TypeVar
 
 from geoseg.errors import OutputError, first_line
 
 T = TypeVar("T")
 
 #: Uploads of up to this many bytes are one PUT (atomic by S3's rules); larger ones are a
-#: multipart upload, completed only after every part is in. Measured against a local S3 server
-#: (benchmarks/objectstore.py, docs/benchmarks.md): a 100 MB file took about as long in one PUT as
-#: in parts, so the threshold is set by memory and retries rather than speed: a PUT is held in
-#: memory whole and resent whole on a retry, so above 64 MiB parts are cheaper; below it one
-#: request costs less than three (create, part, complete).
-MULTIPART_THRESHOLD = 64 * 1024 * 1024
-#: Part size of a multipart upload: 16 MiB keeps at most PART_THREADS x 16 MiB in memory per
-#: upload, retries a part cheaply, and reaches S3's 10,000-part limit only at 156 GiB (beyond it
-#: parts grow, for files whose size is known).
-PART_SIZE = 16 * 1024 * 1024
+#: multipart upload, completed only after every part is in. Measured (benchmarks/objectstore.py,
+#: 100 MB to a moto server on loopback, 2 busy cores): one PUT 1.2 s, parts of 8 MiB 1.6 s one at
+#: a time and 2.1 s four at a time, 16 MiB x 4 1.7 s; client CPU 0.23-0.45 s in every mode. So
+#: loopback shows no speed to gain from parts (the server is the bottleneck); what decides is
+#: memory and retries: a PUT holds the whole object (102 MB peak for 100 MB) and is resent whole,
+#: parts hold at most PART_THREADS + 1 parts (38 MB at 8 MiB x 4) and are retried alone, and a
+#: remote store's per-connection throughput is what parallel parts overcome. Most single cells
+#: and STAC items stay one request under 16 MiB; class rasters of whole scenes go in parts.
+MULTIPART_THRESHOLD = 16 * 1024 * 1024
+#: Part size of a multipart upload (boto3's own default too): small enough to retry cheaply and
+#: hold little, large enough that S3's 10,000-part limit is reached only at 78 GiB (beyond it
+#: parts grow, when the size is known).
+PART_SIZE = 8 * 1024 * 1024
 #: Parts sent at once by one upload: enough to fill a link to a remote store whose single stream
 #: is latency-bound, few enough that a Dask worker's uploads do not crowd its tasks.
 PART_THREADS = 4
@@ -93,7 +98,7 @@ def s3_url(bucket: str, key: str) -> str:
 
 
 def to_vsis3(url: str) -> str:
-    """GDAL's name for an ``s3://`` URL: ``/vsis3/bucket/key`` (other paths are returned as given)."""
+    """GDAL's name for an ``s3://`` URL, ``/vsis3/bucket/key``; other paths come back as given."""
     if not is_s3_url(url):
         return url
     bucket, key = split_s3_url(url)
@@ -239,11 +244,11 @@ def explain(exc: BaseException, url: str, action: str) -> OutputError:
     missing one, the credential variables for refused credentials."""
     from botocore.exceptions import (
         ClientError,
-        ConnectionError as BotoConnectionError,
         HTTPClientError,
         NoCredentialsError,
         PartialCredentialsError,
     )
+    from botocore.exceptions import ConnectionError as BotoConnectionError
 
     env = os.environ
     endpoint = _describe_endpoint(env)
@@ -297,12 +302,16 @@ def _is_not_found(exc: BaseException) -> bool:
 # --- checks before any work ----------------------------------------------------------------
 
 
-def _check_bucket(client: Any, url: str, bucket: str) -> None:
-    """The endpoint answers, the bucket exists and the credentials are accepted for it."""
+def _check_bucket(client: Any, url: str, bucket: str, prefix: str = "") -> dict[str, Any]:
+    """The endpoint answers, the bucket exists and the credentials are accepted for it; returns
+    the first key under ``prefix`` (as ``list_objects_v2`` does).
+
+    A listing rather than HeadBucket (same permission, s3:ListBucket): a HEAD's answer has no
+    body, so a refusal would say "403" where a GET says InvalidAccessKeyId or AccessDenied."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
-        client.head_bucket(Bucket=bucket)
+        return dict(client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1))
     except ClientError as exc:
         if _error_code(exc) in _NOT_FOUND | _NO_BUCKET:
             raise OutputError(
@@ -335,7 +344,9 @@ def _check_writable(client: Any, url: str, bucket: str, key: str) -> None:
     _abort(client, bucket, key, upload["UploadId"])
 
 
-def check_s3_output(url: str, overwrite: bool, what: str = "output", probe_write: bool = True) -> str:
+def check_s3_output(
+    url: str, overwrite: bool, what: str = "output", probe_write: bool = True,
+) -> str:
     """Fail early, before any work, if the object ``url`` cannot be written; returns ``url``.
 
     Checks that the endpoint answers, the bucket exists, the credentials are accepted (with
@@ -366,10 +377,8 @@ def check_s3_folder(
     prefix = key if not key or key.endswith("/") else key + "/"
     folder = s3_url(bucket, prefix)
     client = s3_client()
-    _check_bucket(client, folder, bucket)
-    listing = _call(folder, "list", lambda: client.list_objects_v2(
-        Bucket=bucket, Prefix=prefix, MaxKeys=1))
-    if listing.get("KeyCount", 0):
+    listing = _check_bucket(client, folder, bucket, prefix)
+    if listing.get("Contents"):
         if _head(client, folder, bucket, prefix + marker) is None:
             raise OutputError(
                 f"{what} {folder} holds objects that geoseg did not make (no {marker}); choose an "
@@ -385,7 +394,9 @@ def check_s3_folder(
 # --- reading and writing objects -----------------------------------------------------------
 
 
-def put_bytes(url: str, data: bytes, content_type: str | None = None, overwrite: bool = True) -> None:
+def put_bytes(
+    url: str, data: bytes, content_type: str | None = None, overwrite: bool = True,
+) -> None:
     """Write ``data`` as the object ``url`` in one PUT (visible only complete).
 
     Without ``overwrite`` the PUT is conditional (``If-None-Match: *``): an object that
@@ -434,7 +445,9 @@ def upload_fileobj(
     if len(first) <= threshold:
         put_bytes(url, first, content_type=content_type, overwrite=overwrite)
         return
-    _multipart(fileobj, first, url, content_type, overwrite, part_size)
+    parts = _parts(fileobj, [first], part_size, url)
+    del first  # the parts generator holds the only reference, and drops it once split
+    _multipart(parts, url, content_type, overwrite, part_size)
 
 
 def _read(fileobj: IO[bytes], n: int, url: str) -> bytes:
@@ -446,7 +459,9 @@ def _read(fileobj: IO[bytes], n: int, url: str) -> bytes:
             chunk = fileobj.read(left)
         except OSError as exc:
             name = getattr(fileobj, "name", "the data")
-            raise OutputError(f"cannot upload to {url}: reading {name} failed: {first_line(exc)}") from exc
+            raise OutputError(
+                f"cannot upload to {url}: reading {name} failed: {first_line(exc)}"
+            ) from exc
         if not chunk:
             break
         chunks.append(chunk)
@@ -454,14 +469,16 @@ def _read(fileobj: IO[bytes], n: int, url: str) -> bytes:
     return b"".join(chunks)
 
 
-def _parts(fileobj: IO[bytes], first: bytes, part_size: int, url: str) -> Iterator[bytes]:
-    """The stream as parts of ``part_size`` bytes (the last shorter), ``first`` read already."""
-    view = memoryview(first)
-    while len(view) >= part_size:
-        yield bytes(view[:part_size])
-        view = view[part_size:]
-    rest = bytes(view)
-    del view
+def _parts(fileobj: IO[bytes], head: list[bytes], part_size: int, url: str) -> Iterator[bytes]:
+    """The stream as parts of ``part_size`` bytes (the last shorter), ``head.pop()`` read
+    already (popped, so that it is freed once split)."""
+    first = head.pop()
+    offset = 0
+    while len(first) - offset >= part_size:
+        yield first[offset:offset + part_size]
+        offset += part_size
+    rest = first[offset:]
+    del first
     while True:
         part = rest + _read(fileobj, part_size - len(rest), url)
         rest = b""
@@ -482,11 +499,10 @@ def _put_args(content_type: str | None, overwrite: bool) -> dict[str, Any]:
 
 
 def _multipart(
-    fileobj: IO[bytes], first: bytes, url: str, content_type: str | None, overwrite: bool,
-    part_size: int,
+    parts: Iterator[bytes], url: str, content_type: str | None, overwrite: bool, part_size: int,
 ) -> None:
-    """A multipart upload of ``first`` and the rest of ``fileobj``, :data:`PART_THREADS` parts
-    at a time; completed only at the end, aborted on any failure or interruption."""
+    """A multipart upload of ``parts``, :data:`PART_THREADS` at a time; completed only at the
+    end, aborted on any failure or interruption."""
     bucket, key = split_s3_url(url)
     client = s3_client()
     create: dict[str, Any] = {"ContentType": content_type} if content_type else {}
@@ -503,7 +519,7 @@ def _multipart(
     try:
         done: list[dict[str, Any]] = []
         pending: set[Future[dict[str, Any]]] = set()
-        for number, data in enumerate(_parts(fileobj, first, part_size, url), start=1):
+        for number, data in enumerate(parts, start=1):
             if number > MAX_PARTS:
                 raise OutputError(
                     f"cannot upload to {url}: more than {MAX_PARTS} parts of {part_size} bytes"
@@ -545,10 +561,8 @@ def _upload_part(
 def _abort(client: Any, bucket: str, key: str, upload_id: str) -> None:
     """Abort a multipart upload, best effort: the failure being reported is the one that
     matters, and a bucket lifecycle rule (AbortIncompleteMultipartUpload) sweeps what is left."""
-    try:
+    with contextlib.suppress(Exception):  # best effort, see above
         client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
-    except Exception:  # noqa: BLE001 - best effort, see above
-        pass
 
 
 def read_bytes(url: str) -> bytes | None:
@@ -585,22 +599,20 @@ def list_keys(prefix_url: str) -> Iterator[str]:
     """The ``s3://`` URLs of every object whose key starts with the prefix, in key order."""
     bucket, prefix = split_s3_url(prefix_url)
     client = s3_client()
-    paginator = client.get_paginator("list_objects_v2")
-    pages = paginator.paginate(Bucket=bucket, Prefix=prefix)
-    iterator = iter(pages)
-    while True:
-        page = _call(prefix_url, "list", lambda: next(iterator, None))
-        if page is None:
-            return
+    pages = iter(client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix))
+    while (page := _call(prefix_url, "list", lambda: next(pages, None))) is not None:
         for item in page.get("Contents", ()):
             yield s3_url(bucket, item["Key"])
 
 
 def in_progress_uploads(prefix_url: str) -> list[str]:
-    """Keys under the prefix with a multipart upload started and neither completed nor aborted."""
+    """URLs of keys under the prefix with a multipart upload started and neither completed nor
+    aborted (what an interrupted upload would leave; none of geoseg's should remain)."""
     bucket, prefix = split_s3_url(prefix_url)
     client = s3_client()
-    response = _call(prefix_url, "list", lambda: client.list_multipart_uploads(
-        Bucket=bucket, Prefix=prefix))
-    return [s3_url(bucket, u["Key"]) for u in response.get("Uploads", ())]
-
+    paginator = client.get_paginator("list_multipart_uploads")
+    pages = iter(paginator.paginate(Bucket=bucket, Prefix=prefix))
+    found: list[str] = []
+    while (page := _call(prefix_url, "list", lambda: next(pages, None))) is not None:
+        found.extend(s3_url(bucket, u["Key"]) for u in page.get("Uploads", ()))
+    return found

@@ -17,9 +17,10 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
 import pytest
 
@@ -51,6 +52,19 @@ class S3Server:
 
     endpoint: str
     process: subprocess.Popen[bytes]
+    _clients: dict[str, Any] = field(default_factory=dict)
+
+    def client(self, service: str = "s3") -> Any:
+        """A boto3 client of the test's own (moto's dummy keys), to set up or look at the server
+        behind geoseg's back; made once (a boto3 session loads its models in about a second)."""
+        if service not in self._clients:
+            import boto3
+
+            self._clients[service] = boto3.session.Session().client(
+                service, endpoint_url=self.endpoint, region_name=REGION,
+                aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
+            )
+        return self._clients[service]
 
     def _post(self, path: str, body: bytes) -> None:
         host, port = self.endpoint.removeprefix("http://").split(":")
@@ -85,12 +99,14 @@ def _start(log: Path) -> S3Server:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"moto server exited ({process.returncode}): {log.read_text()[-2000:]}")
+            raise RuntimeError(f"moto server exited ({process.returncode}): "
+                               f"{log.read_text()[-2000:]}")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
             return S3Server(f"http://127.0.0.1:{port}", process)
         time.sleep(0.05)
     process.kill()
-    raise RuntimeError(f"moto server did not listen on port {port} within 30 s: {log.read_text()[-2000:]}")
+    raise RuntimeError(f"moto server did not listen on port {port} within 30 s: "
+                       f"{log.read_text()[-2000:]}")
 
 
 @pytest.fixture(scope="session")
@@ -133,13 +149,8 @@ def set_aws_env(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
 
 @pytest.fixture
 def s3_bucket(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
-    """``s3://NAME``: a new empty bucket on the test server, with the AWS variables pointing there."""
-    import boto3
-
+    """``s3://NAME``: a new empty bucket on the test server, the AWS variables pointing there."""
     set_aws_env(monkeypatch, s3_server.endpoint)
     name = f"geoseg-test-{os.getpid()}-{next(_BUCKETS)}"
-    boto3.session.Session().client(
-        "s3", endpoint_url=s3_server.endpoint, region_name=REGION,
-        aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
-    ).create_bucket(Bucket=name)
+    s3_server.client().create_bucket(Bucket=name)
     return f"s3://{name}"

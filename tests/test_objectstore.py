@@ -6,9 +6,9 @@ line before any work, and GDAL reads what was uploaded through /vsis3/."""
 from __future__ import annotations
 
 import io
-import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,7 +17,7 @@ import rasterio
 from geoseg import objectstore
 from geoseg.errors import OutputError
 from tests.conftest import write_raster
-from tests.s3server import REGION, S3Server, free_port, set_aws_env
+from tests.s3server import S3Server, free_port, set_aws_env
 
 MiB = 1024 * 1024
 
@@ -26,16 +26,6 @@ def one_line(exc: pytest.ExceptionInfo[OutputError]) -> str:
     message = str(exc.value)
     assert "\n" not in message and "Traceback" not in message, message
     return message
-
-
-def raw_client(endpoint: str, key: str = "testing", secret: str = "testing") -> Any:
-    """A boto3 client of the test's own, to look at the server behind geoseg's back."""
-    import boto3
-
-    return boto3.session.Session().client(
-        "s3", endpoint_url=endpoint, region_name=REGION, aws_access_key_id=key,
-        aws_secret_access_key=secret,
-    )
 
 
 def bucket_of(url: str) -> str:
@@ -59,7 +49,9 @@ def test_urls() -> None:
         assert bad in one_line(exc)
 
 
-def test_gdal_options_follow_the_aws_endpoint_and_keep_the_users(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gdal_options_follow_the_aws_endpoint_and_keep_the_users(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     set_aws_env(monkeypatch, "http://127.0.0.1:9000")
     monkeypatch.delenv("AWS_REGION")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-central-1")
@@ -94,7 +86,9 @@ def test_client_is_made_once_per_environment(monkeypatch: pytest.MonkeyPatch) ->
     assert other is not client and other.meta.endpoint_url == "http://127.0.0.1:9001"
 
 
-def test_unreachable_endpoint_is_one_line_naming_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_unreachable_endpoint_is_one_line_naming_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
     pytest.importorskip("boto3")
     endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     set_aws_env(monkeypatch, endpoint)
@@ -118,7 +112,7 @@ def test_unreachable_endpoint_is_one_line_naming_it(monkeypatch: pytest.MonkeyPa
 # --- against the server --------------------------------------------------------------------
 
 
-def test_round_trip(s3_bucket: str, tmp_path: Path) -> None:
+def test_round_trip(s3_bucket: str, s3_server: S3Server, tmp_path: Path) -> None:
     local = tmp_path / "item.json"
     local.write_bytes(b'{"type": "Feature"}')
     url = f"{s3_bucket}/run/item.json"
@@ -127,16 +121,20 @@ def test_round_trip(s3_bucket: str, tmp_path: Path) -> None:
     objectstore.put_bytes(f"{s3_bucket}/run/a.txt", b"a")
     objectstore.put_bytes(f"{s3_bucket}/other.txt", b"b")
     assert objectstore.exists(url) and objectstore.read_bytes(url) == local.read_bytes()
-    head = objectstore.s3_client().head_object(Bucket=bucket_of(url), Key="run/item.json")
+    head = s3_server.client().head_object(Bucket=bucket_of(url), Key="run/item.json")
     assert head["ContentType"] == "application/json"
     assert list(objectstore.list_keys(f"{s3_bucket}/run/")) == [f"{s3_bucket}/run/a.txt", url]
     objectstore.delete(url)
     objectstore.delete(url)  # deleting what is gone is no error
     assert not objectstore.exists(url) and objectstore.read_bytes(url) is None
     assert list(objectstore.list_keys(f"{s3_bucket}/run/")) == [f"{s3_bucket}/run/a.txt"]
+    with pytest.raises(OutputError) as exc:
+        objectstore.upload_file(tmp_path / "missing.tif", url)
+    assert one_line(exc).startswith(f"cannot upload {tmp_path / 'missing.tif'} to {url}: ")
 
 
-def test_multipart_upload_round_trip(s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_multipart_upload_round_trip(s3_bucket: str, s3_server: S3Server, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
     data = np.random.default_rng(0).integers(0, 256, 11 * MiB + 123, np.uint8).tobytes()
     (tmp_path / "big.bin").write_bytes(data)
     monkeypatch.setattr(objectstore, "MULTIPART_THRESHOLD", 5 * MiB)
@@ -144,7 +142,7 @@ def test_multipart_upload_round_trip(s3_bucket: str, tmp_path: Path, monkeypatch
     url = f"{s3_bucket}/big.bin"
     objectstore.upload_file(tmp_path / "big.bin", url)
     assert objectstore.read_bytes(url) == data
-    head = objectstore.s3_client().head_object(Bucket=bucket_of(url), Key="big.bin")
+    head = s3_server.client().head_object(Bucket=bucket_of(url), Key="big.bin")
     assert head["ETag"].endswith('-3"'), head["ETag"]  # three parts: a multipart upload indeed
     assert objectstore.in_progress_uploads(s3_bucket + "/") == []
 
@@ -153,7 +151,8 @@ class FailingReader(io.RawIOBase):
     """``size`` bytes that fail with ``error`` after ``fail_at`` of them were read; records
     the multipart uploads in progress at that moment (so a test knows one had started)."""
 
-    def __init__(self, size: int, fail_at: int, error: BaseException, watch: str | None = None) -> None:
+    def __init__(self, size: int, fail_at: int, error: BaseException,
+                 watch: str | None = None) -> None:
         self.data = io.BytesIO(np.random.default_rng(1).integers(0, 256, size, np.uint8).tobytes())
         self.fail_at, self.error, self.watch = fail_at, error, watch
         self.in_progress: list[str] = []
@@ -181,7 +180,7 @@ def test_upload_failing_midway_leaves_the_previous_object_and_no_upload(
     objectstore.put_bytes(url, b"previous run")
     reader = FailingReader(20 * MiB, fail_at=12 * MiB, error=error, watch=s3_bucket + "/")
     with pytest.raises(type(error) if isinstance(error, KeyboardInterrupt) else OutputError) as exc:
-        objectstore.upload_fileobj(io.BufferedReader(reader), url, threshold=5 * MiB,  # type: ignore[arg-type]
+        objectstore.upload_fileobj(io.BufferedReader(reader), url, threshold=5 * MiB,
                                    part_size=5 * MiB)
     assert reader.in_progress == [url], "the upload had not started when it failed"
     if isinstance(error, OSError):
@@ -196,7 +195,7 @@ def test_single_put_failing_midway_leaves_no_object(s3_bucket: str) -> None:
     url = f"{s3_bucket}/item.json"
     reader = FailingReader(1000, fail_at=400, error=OSError("gone"))
     with pytest.raises(OutputError) as exc:
-        objectstore.upload_fileobj(io.BufferedReader(reader), url)  # type: ignore[arg-type]
+        objectstore.upload_fileobj(io.BufferedReader(reader), url)
     assert url in one_line(exc)
     assert list(objectstore.list_keys(s3_bucket + "/")) == []
 
@@ -213,7 +212,7 @@ def test_part_refused_by_the_store_aborts_the_upload(s3_bucket: str, s3_server: 
                     *args: Any) -> dict[str, Any]:
         calls.append(number)
         if number == 2:
-            raw_client(s3_server.endpoint).abort_multipart_upload(Bucket=bucket, Key=key,
+            s3_server.client().abort_multipart_upload(Bucket=bucket, Key=key,
                                                                   UploadId=upload_id)
         return real(client, url, bucket, key, upload_id, number, *args)
 
@@ -261,9 +260,8 @@ def test_existing_key_needs_overwrite(s3_bucket: str, tmp_path: Path) -> None:
     # the write itself is conditional too: an object that appeared after the checks is kept
     (tmp_path / "new.tif").write_bytes(b"new")
     for threshold in (None, 0):  # one PUT, and a (one-part) multipart upload
-        with pytest.raises(OutputError) as exc:
-            with open(tmp_path / "new.tif", "rb") as f:
-                objectstore.upload_fileobj(f, url, overwrite=False, threshold=threshold)
+        with pytest.raises(OutputError) as exc, open(tmp_path / "new.tif", "rb") as f:
+            objectstore.upload_fileobj(f, url, overwrite=False, threshold=threshold)
         assert "exists; pass --overwrite" in one_line(exc)
         assert objectstore.read_bytes(url) == b"mine"
     objectstore.upload_file(tmp_path / "new.tif", url, overwrite=True)
@@ -294,35 +292,40 @@ def test_refused_credentials_are_one_line(s3_bucket: str, s3_server: S3Server,
                                           monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """With the server checking credentials: unknown keys and a wrong secret are refused in one
     line naming the variables; keys it knows (with a policy) pass, so it is the keys refused."""
-    import boto3
-
-    iam = boto3.session.Session().client("iam", endpoint_url=s3_server.endpoint, region_name=REGION,
-                                         aws_access_key_id="testing", aws_secret_access_key="testing")
-    user = f"writer-{bucket_of(s3_bucket)}"
-    iam.create_user(UserName=user)
-    iam.put_user_policy(UserName=user, PolicyName="s3", PolicyDocument=(
-        '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", '
-        '"Resource": "*"}]}'))
-    key = iam.create_access_key(UserName=user)["AccessKey"]
+    iam = s3_server.client("iam")
+    keys = {}
+    for role, actions in (("writer", '"s3:*"'), ("reader", '["s3:ListBucket", "s3:GetObject"]')):
+        user = f"{role}-{bucket_of(s3_bucket)}"
+        iam.create_user(UserName=user)
+        iam.put_user_policy(UserName=user, PolicyName="s3", PolicyDocument=(
+            '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": '
+            + actions + ', "Resource": "*"}]}'))
+        keys[role] = iam.create_access_key(UserName=user)["AccessKey"]
     url = f"{s3_bucket}/out.tif"
     (tmp_path / "x.tif").write_bytes(b"x")
+    refused = (("AKIAUNKNOWNUNKNOWN00", "nope", "InvalidAccessKeyId"),
+               (keys["writer"]["AccessKeyId"], "wrong-secret", "SignatureDoesNotMatch"),
+               # may read, not write: the checks' write probe finds it out before any work
+               (keys["reader"]["AccessKeyId"], keys["reader"]["SecretAccessKey"], "AccessDenied"))
     with s3_server.checking_credentials():
-        for key_id, secret, code in (("AKIAUNKNOWNUNKNOWN00", "nope", "InvalidAccessKeyId"),
-                                     (key["AccessKeyId"], "wrong-secret", "SignatureDoesNotMatch")):
+        for key_id, secret, code in refused:
             monkeypatch.setenv("AWS_ACCESS_KEY_ID", key_id)
             monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
             for action in (lambda: objectstore.check_s3_output(url, overwrite=False),
+                           lambda: objectstore.check_s3_folder(s3_bucket + "/cells/", False, "m"),
                            lambda: objectstore.upload_file(tmp_path / "x.tif", url)):
                 with pytest.raises(OutputError) as exc:
                     action()
                 message = one_line(exc)
-                assert "credentials refused" in message and url in message
-                assert "AWS_ACCESS_KEY_ID" in message and "AWS_PROFILE" in message
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+                assert "credentials refused" in message and s3_bucket in message, message
+                assert code in message and "AWS_ACCESS_KEY_ID" in message
+                assert "AWS_PROFILE" in message
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", keys["writer"]["AccessKeyId"])
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", keys["writer"]["SecretAccessKey"])
         assert objectstore.check_s3_output(url, overwrite=False) == url
         objectstore.upload_file(tmp_path / "x.tif", url)
     assert objectstore.read_bytes(url) == b"x"
+    assert objectstore.in_progress_uploads(s3_bucket + "/") == []
 
 
 def test_missing_credentials_are_one_line(s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -348,13 +351,14 @@ def uploaded_scene(s3_bucket: str, tmp_path: Path) -> tuple[str, np.ndarray]:
 def test_gdal_reads_an_uploaded_scene(uploaded_scene: tuple[str, np.ndarray],
                                       name: Callable[[str], str]) -> None:
     url, array = uploaded_scene
-    with rasterio.Env(**objectstore.gdal_s3_env()):
-        with rasterio.open(name(url)) as src:
-            assert src.crs == "EPSG:32633" and src.count == 3
-            assert np.array_equal(src.read(), array)
+    with rasterio.Env(**objectstore.gdal_s3_env()), rasterio.open(name(url)) as src:
+        assert src.crs == "EPSG:32633" and src.count == 3
+        assert np.array_equal(src.read(), array)
 
 
-def test_open_scene_reads_vsis3_within_the_gdal_options(uploaded_scene: tuple[str, np.ndarray]) -> None:
+def test_open_scene_reads_vsis3_within_the_gdal_options(
+    uploaded_scene: tuple[str, np.ndarray],
+) -> None:
     from geoseg.io import open_scene
 
     url, _ = uploaded_scene
