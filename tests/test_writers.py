@@ -244,6 +244,13 @@ def test_s3_outputs_single_and_cells(
         np.testing.assert_array_equal(read(to_vsis3(prefix + "classes.vrt")), read(local))
     again = predict(scene, prefix, model, dask_client, cells=512)
     assert again.cells_kept == 1 and again.cells == 0
+    # a scene read from the object store gives the same classes
+    from geoseg.objectstore import upload_file
+
+    upload_file(scene, f"{s3_bucket}/in/scene.tif")
+    from_s3 = tmp_path / "from-s3.tif"
+    predict(f"{s3_bucket}/in/scene.tif", from_s3, model, dask_client)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(read(from_s3), read(local))
     assert not exists(f"{s3_bucket}/nothing.tif")
 
 

@@ -18,15 +18,12 @@ from pathlib import Path
 
 from geoseg.errors import OutputError
 from geoseg.io import check_output_path
+from geoseg.objectstore import is_s3_url as is_s3
 
 #: The file that marks a folder of cells as geoseg's (a rerun resumes it; nothing else is touched).
 CELLS_MARKER = ".geoseg-cells.json"
 #: Raster names, in the order a cell task makes them; folders of a cells output are named so.
 RASTERS = ("classes", "probabilities", "confidence")
-
-
-def is_s3(path: str | os.PathLike[str] | None) -> bool:
-    return path is not None and str(path).startswith("s3://")
 
 
 @dataclass

@@ -152,6 +152,13 @@ def plan_predict(
     from geoseg.models.config import read_model_config, resolve_model_path
     from geoseg.predict.write import skipped_report_path
 
+    from geoseg.objectstore import is_s3_url, to_vsis3
+
+    # GDAL's own reader for s3:// scenes (rasterio would open them through a boto3 session)
+    if isinstance(scene, (str, os.PathLike)):
+        scene = to_vsis3(str(scene)) if is_s3_url(str(scene)) else scene
+    else:
+        scene = [to_vsis3(str(s)) if is_s3_url(str(s)) else s for s in scene]
     dest = check_destinations(output, probabilities, confidence, options.cells, overwrite)
     out_path, prob_path = dest.output_path, dest.probabilities_path
     vector_path = check_output_path(vector, overwrite, "vector output") if vector is not None else None
