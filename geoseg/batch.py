@@ -42,7 +42,7 @@ SCHEMA: dict[str, Any] = {
     "concurrency": "int|auto",
     "output": {"folder": str, "pattern": str},
     # derived from the options dataclasses, so a new predict or vector option is a job key too
-    "predict": {**job_schema(PredictOptions), "probabilities": bool},
+    "predict": {**job_schema(PredictOptions), "probabilities": bool, "confidence": bool},
     "vector": {"format": str, **job_schema(VectorOptions)},
     "stats": STATS_SCHEMA,
     "quicklook": bool,
@@ -234,7 +234,7 @@ def load_job(path: str | os.PathLike[str]) -> Job:
     elif isinstance(vector, dict):
         problems.extend(_vector_problems(vector, scenes))
     predict = doc.get("predict") or {}
-    _check_values(predict, PredictOptions, "predict", problems, extra=("probabilities",))
+    _check_values(predict, PredictOptions, "predict", problems, extra=("probabilities", "confidence"))
     _check_values(vector, VectorOptions, "vector", problems, extra=("format",))
     concurrency = doc.get("concurrency", "auto")
     if isinstance(concurrency, int) and not isinstance(concurrency, bool) and concurrency < 1:
@@ -402,16 +402,22 @@ def stac_asset_tokens(item_path: str) -> dict[str, Any] | None:
 
 
 def outputs_for(job: Job, scene: str) -> dict[str, Path]:
-    """Output paths of one scene: classes, and probabilities / polygons / STAC item as asked."""
+    """Output paths of one scene: classes, and probabilities / confidence / polygons / STAC item
+    as asked. With ``predict.cells`` the rasters are a folder of cells named like the class
+    raster without ``.tif``, and ``classes`` (``probabilities``, ``confidence``) are its VRT mosaics."""
     stem = Path(scene).stem
     classes = job.folder / job.pattern.format(stem=stem)
     base = classes.name[: -len(".tif")]
     out = {"classes": classes, "stac": classes.with_name(base + ".stac.json")}
-    if job.predict.get("probabilities"):
-        # the last "classes" in the name becomes "probabilities" (x-classes -> x-probabilities)
-        head, found, tail = base.rpartition("classes")
-        out["probabilities"] = classes.with_name(f"{head}probabilities{tail}.tif" if found
-                                                 else base + "-probabilities.tif")
+    cells = job.predict.get("cells")
+    if cells:
+        out["classes"] = classes.with_name(base) / "classes.vrt"
+    for name in ("probabilities", "confidence"):
+        if job.predict.get(name):
+            # the last "classes" in the name becomes "probabilities" (x-classes -> x-probabilities)
+            head, found, tail = base.rpartition("classes")
+            out[name] = (classes.with_name(base) / f"{name}.vrt" if cells
+                         else classes.with_name(f"{head}{name}{tail}.tif" if found else f"{base}-{name}.tif"))
     if job.vector is not None:
         out["vector"] = classes.with_name(base + "." + job.vector.get("format", "gpkg"))
     from geoseg.results.scene import scene_outputs
@@ -488,13 +494,17 @@ def stac_item(scene: str, outs: dict[str, Path], model_name: str, model_sha: str
         wgs, geom = None, None
     stamp = _scene_time(scene)
     assets: dict[str, Any] = {"classes": {
-        "href": outs["classes"].name, "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+        "href": _href(outs["classes"], outs), "type": media_type(outs["classes"]),
         "roles": ["data"], "title": "class raster",
         "classification:classes": [{"value": c.value, "name": c.name,
                                     "color_hint": "%02X%02X%02X" % tuple(c.color)} for c in classes]}}
+    if "confidence" in outs:
+        assets["confidence"] = {"href": _href(outs["confidence"], outs), "roles": ["data"],
+                                "type": media_type(outs["confidence"]),
+                                "title": "probability of the winning class (1-255; 0 nodata)"}
     if "probabilities" in outs:
-        assets["probabilities"] = {"href": outs["probabilities"].name, "roles": ["data"],
-                                   "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+        assets["probabilities"] = {"href": _href(outs["probabilities"], outs), "roles": ["data"],
+                                   "type": media_type(outs["probabilities"]),
                                    "title": "class probabilities (0-255)"}
     if "vector" in outs:
         assets["polygons"] = {"href": outs["vector"].name, "roles": ["data"], "title": "class polygons"}
@@ -513,6 +523,16 @@ def stac_item(scene: str, outs: dict[str, Path], model_name: str, model_sha: str
         "links": [{"rel": "derived_from", "href": source_item, "type": "application/geo+json",
                    "title": "source scene"}] if source_item else [],
     }
+
+
+def _href(path: Path, outs: dict[str, Path]) -> str:
+    """An output's path relative to the STAC item (a mosaic inside a folder of cells too)."""
+    return os.path.relpath(path, outs["stac"].parent)
+
+
+def media_type(path: Path) -> str:
+    """The media type of a raster output: a COG, or a cells folder's VRT mosaic."""
+    return "application/xml" if path.suffix == ".vrt" else "image/tiff; application=geotiff; profile=cloud-optimized"
 
 
 def _scene_time(scene: str) -> str:
@@ -683,7 +703,7 @@ def _one_scene(job: Job, scene: str, model: Any, session: Any, slots: Any, bar: 
         with contextlib.suppress(FileNotFoundError):
             rec.unlink()  # the outputs are about to change: they no longer match any record
         say(f"start {scene}")
-        opts = {k: v for k, v in job.predict.items() if k != "probabilities"}
+        opts = {k: v for k, v in job.predict.items() if k not in ("probabilities", "confidence")}
         vector_opts = None
         if job.vector is not None:
             vector_opts = {k: v for k, v in job.vector.items() if k != "format"}
@@ -692,9 +712,11 @@ def _one_scene(job: Job, scene: str, model: Any, session: Any, slots: Any, bar: 
             if "skip_class" in vector_opts:
                 vector_opts["skip_classes"] = tuple(vector_opts.pop("skip_class"))
         try:
-            plan = plan_predict(scene, outs["classes"], model, PredictOptions.from_keywords(None, **opts),
+            # with cells, the scene's output is the folder its mosaics are in
+            target = outs["classes"].parent if opts.get("cells") else outs["classes"]
+            plan = plan_predict(scene, target, model, PredictOptions.from_keywords(None, **opts),
                                 outs.get("probabilities"), outs.get("vector"), overwrite=True,
-                                vector_options=vector_opts)
+                                vector_options=vector_opts, confidence=outs.get("confidence"))
             progress = bar.scene(plan.scene.pixels)
         finally:
             opened()

@@ -276,3 +276,36 @@ def test_s3_failure_midway_leaves_no_object(
     with pytest.raises(GeosegError, match="connection reset"):
         predict(scene, url, model, dask_client, probabilities=f"{s3_bucket}/x/probs.tif")
     assert not store.exists(f"{s3_bucket}/x/probs.tif")
+
+
+def test_batch_job_with_cells_and_confidence(
+    tmp_path: Path, model_factory: Callable[..., Path], dask_client: Any,
+) -> None:
+    from geoseg.batch import run_batch
+    from tests.conftest import random_scene, write_raster
+
+    rng = np.random.default_rng(5)
+    (tmp_path / "in").mkdir()
+    write_raster(tmp_path / "in" / "a.tif", random_scene(rng, 3, 200, 700, "uint8"))
+    job = tmp_path / "job.yaml"
+    job.write_text(f"""
+scenes: [in/*.tif]
+model: {model_factory(in_channels=3)}
+output: {{folder: out}}
+predict: {{tile: 128, cells: 512, confidence: true, compress: zstd}}
+quicklook: false
+""")
+    report = run_batch(job, client=dask_client)
+    assert report.count("done") == 1, report.as_dict()
+    folder = tmp_path / "out" / "a-classes"
+    assert sorted(p.name for p in (folder / "classes").iterdir()) == ["R000C000.tif", "R000C001.tif"]
+    single = tmp_path / "single.tif"
+    geoseg.predict(str(tmp_path / "in" / "a.tif"), str(single), model=str(model_factory(in_channels=3)),
+                   client=dask_client, tile=128, confidence=tmp_path / "k.tif")
+    np.testing.assert_array_equal(read(folder / "classes.vrt"), read(single))
+    np.testing.assert_array_equal(read(folder / "confidence.vrt"), read(tmp_path / "k.tif"))
+    item = json.loads((tmp_path / "out" / "a-classes.stac.json").read_text())
+    assert item["assets"]["classes"]["href"] == "a-classes/classes.vrt"
+    assert item["assets"]["confidence"]["href"] == "a-classes/confidence.vrt"
+    again = run_batch(job, client=dask_client)
+    assert again.count("skipped") == 1

@@ -122,8 +122,7 @@ def predict(
                         vector_options=vector_options, confidence=confidence)
     try:
         if plan.destinations.cells and not plan.destinations.remote:
-            for folder in plan.destinations.local.values():
-                folder.mkdir(parents=True, exist_ok=True)
+            Path(plan.destinations.output).mkdir(exist_ok=True)  # locked while cells are written
         locks = lock_output_folders([plan.output, plan.probabilities, plan.confidence, plan.vector], "predict")
         with locks, inference_session(client, scheduler, workers, verbose) as session:
             return execute(plan, session, Progress(plan.tiles, quiet=quiet), max_in_flight=max_in_flight,
@@ -182,6 +181,7 @@ def execute(
 
     if dest.cells:
         skipped = finish_cells(plan, run.results, metas, progress, len(skip), token)
+        polygons()
     else:
         skipped = write_cell_outputs(plan, run.results, metas, progress, overwrite, then=polygons)
         if dest.remote:

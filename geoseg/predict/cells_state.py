@@ -78,7 +78,14 @@ def finished_cells(plan: PredictPlan, metas: Sequence[RasterMeta], token: str, o
 def start_cells(plan: PredictPlan, token: str) -> None:
     """Mark the folder as geoseg's before any cell is written, so a run stopped half way is
     resumed rather than refused."""
+    from geoseg.errors import write_failed
     from geoseg.predict.write import publish_folder_files
 
+    if not plan.destinations.remote:
+        for folder in plan.destinations.local.values():  # one per raster: classes/, probabilities/...
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise write_failed(folder, exc) from None
     marker = {"geoseg": "cells", "token": token, "size": plan.layout.size if plan.layout else None}
     publish_folder_files(plan.destinations, {CELLS_MARKER: json.dumps(marker).encode()})

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from geoseg.engines import check_engine
-from geoseg.errors import GeosegWarning
+from geoseg.errors import GeosegWarning, OutputError
 from geoseg.options import InferenceOptions
 from geoseg.io import (
     SINK_BLOCK, SceneInfo, check_distinct_paths, check_output_path, class_raster_dtype, open_scene, parse_bands,
@@ -161,6 +161,9 @@ def plan_predict(
         scene = [to_vsis3(str(s)) if is_s3_url(str(s)) else s for s in scene]
     dest = check_destinations(output, probabilities, confidence, options.cells, overwrite)
     out_path, prob_path = dest.output_path, dest.probabilities_path
+    if vector is not None and dest.cells and dest.remote:
+        raise OutputError("--vector with a folder of cells on the object store is not supported; polygonize "
+                          "its classes.vrt afterwards with geoseg vectorize, or write the cells locally")
     vector_path = check_output_path(vector, overwrite, "vector output") if vector is not None else None
     scenes = [scene] if isinstance(scene, (str, os.PathLike)) else list(scene)
     model_file = model.path if isinstance(model, LoadedModel) else resolve_model_path(model)[0]

@@ -112,7 +112,10 @@ def write_vector(plan: PredictPlan, client: Any, overwrite: bool, quiet: bool,
     from geoseg.vectorize import vectorize
 
     assert plan.vector is not None
-    vres = vectorize(plan.output, plan.vector, probabilities=plan.probabilities, overwrite=overwrite,
+    dest = plan.destinations
+    # a folder of cells is polygonized through its mosaic
+    source = Path(dest.output) / "classes.vrt" if dest.cells else plan.output
+    vres = vectorize(source, plan.vector, probabilities=plan.probabilities, overwrite=overwrite,
                      client=client, quiet=quiet, max_in_flight=max_in_flight, **(vector_options or {}))
     progress.message(f"geoseg: {vres.polygons} polygons written to {vres.output}")
 
