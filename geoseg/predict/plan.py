@@ -22,6 +22,7 @@ from geoseg.io import (
     SINK_BLOCK, SceneInfo, check_distinct_paths, check_output_path, class_raster_dtype, open_scene, parse_bands,
 )
 from geoseg.models.config import LoadedModel
+from geoseg.predict.tile_budget import TileChoice, plan_auto_tile
 from geoseg.scenes import describe, resolve_scene
 from geoseg.options import PredictOptions
 from geoseg.tiling import TileGrid, auto_margin, round_up
@@ -53,6 +54,8 @@ class PredictPlan:
     stac_item: str | None = None
     #: ``auto``, ``torch`` or ``onnx``, checked against the model and options.
     engine: str = "auto"
+    #: How ``tile="auto"`` chose the tile (None: the tile was given).
+    tile_choice: TileChoice | None = None
 
     @property
     def column_bands(self) -> bool:
@@ -174,7 +177,11 @@ def plan_predict(
         margin_px = auto_margin(inference.context(rf), stride)
     else:
         margin_px = int(options.margin)
-    tile_px = auto_tile(margin_px, stride) if options.tile == "auto" else int(options.tile)
+    tile_choice = None if options.tile != "auto" else plan_auto_tile(
+        loaded, info.height, info.width, len(band_list), info.dtype, margin_px, stride, inference,
+        options.engine, options.device, options.batch_size, options.memory_budget_bytes,
+        fallback=auto_tile(margin_px, stride))
+    tile_px = int(options.tile) if tile_choice is None else tile_choice.tile
     grid = TileGrid.create(info.height, info.width, tile_px, margin_px, stride)
     return PredictPlan(
         scene=info, output=out_path, probabilities=prob_path, vector=vector_path, model=loaded,
@@ -182,7 +189,7 @@ def plan_predict(
         grid=grid, batch_size=options.batch_size,
         tiles_per_task=tiles_per_task or default_tiles_per_task(grid, options.batch_size),
         skip_errors=options.on_error == "skip", stac_item=resolved.stac_item,
-        engine=options.engine,
+        engine=options.engine, tile_choice=tile_choice,
     )
 
 
