@@ -140,9 +140,9 @@ def run_geoseg(model: Path, scene: Path, out: Path, extra: list[str]) -> dict[st
     """``geoseg predict`` with its defaults, in this process (the CLI's own code path)."""
     from click.testing import CliRunner
 
-    from geoseg.cli.main import main
+    from geoseg.cli.main import cli
 
-    result = CliRunner().invoke(main, ["predict", str(scene), "-o", str(out.with_suffix(".tif")), "--model",
+    result = CliRunner().invoke(cli, ["predict", str(scene), "-o", str(out.with_suffix(".tif")), "--model",
                                        str(model), "--overwrite", *extra], catch_exceptions=False)
     if result.exit_code:
         raise SystemExit(result.output)
