@@ -9,6 +9,8 @@ import ctypes
 import ctypes.util
 import functools
 import os
+import re
+from pathlib import Path
 from typing import Any
 
 #: glibc's mallopt parameter for the number of malloc arenas.
@@ -29,6 +31,53 @@ def physical_memory() -> int:
         return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     except (AttributeError, ValueError, OSError):
         return 0
+
+
+#: cgroup v2 and v1 files holding this process's memory limit (a container's).
+_CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
+def memory_limit() -> int:
+    """Bytes this process may use: the machine's RAM, or less where a cgroup (a container, a
+    batch scheduler's job) limits it (0 where neither is known)."""
+    limit = physical_memory()
+    for name in _CGROUP_LIMITS:
+        try:
+            text = Path(name).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and 0 < int(text) < (limit or 1 << 62):
+            limit = int(text)
+    return limit
+
+
+_UNITS = {"": 1, "B": 1, "K": 10**3, "KB": 10**3, "M": 10**6, "MB": 10**6, "G": 10**9, "GB": 10**9,
+          "T": 10**12, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_size(value: str | int) -> int:
+    """Bytes from a size such as ``2GB``, ``1500MB``, ``1.5GiB`` or a plain number of bytes;
+    raises ``ValueError`` saying what is accepted."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        n = float(value)
+    else:
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(value))
+        unit = match.group(2).upper() if match else ""
+        if match is None or unit not in _UNITS:
+            raise ValueError(f"{value!r} is not a size; give e.g. 2GB, 1500MB or 1.5GiB")
+        n = float(match.group(1)) * _UNITS[unit]
+    if n < 1:
+        raise ValueError(f"a size must be at least 1 byte, got {value!r}")
+    return int(n)
+
+
+def format_size(n: float) -> str:
+    """``n`` bytes for people: ``2.9 GB``, ``420 MB`` (decimal units, as :func:`parse_size` reads them)."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= size:
+            value = n / size
+            return f"{value:.1f} {unit}" if value < 10 else f"{value:.0f} {unit}"
+    return f"{int(n)} B"
 
 
 @functools.lru_cache(maxsize=1)

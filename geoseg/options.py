@@ -141,9 +141,13 @@ class PredictOptions:
     ``geoseg predict`` option (``--batch-size`` for ``batch_size``) and a job-file key."""
 
     tile: int | Auto = field(default="auto", metadata=_help(
-        "Network input size in pixels, margins included; auto = 512, or 4 x margin for wide receptive fields.", min=1))
+        "Network input size in pixels, margins included; auto = the tile of least work (overlap x the "
+        "engine's measured time per pixel) within --memory-budget.", min=1))
     margin: int | Auto = field(default="auto", metadata=_help(
         "Context pixels on each side of a tile's core; auto = receptive field.", min=0))
+    memory_budget: str | int | None = field(default=None, metadata=_help(
+        "Memory one tile's forward pass may use when --tile is auto, e.g. 2GB or 1500MB; default: a "
+        "quarter of the memory per worker thread (on CUDA: most of the GPU's free memory).", metavar="SIZE", min=1))
     batch_size: int = field(default=4, metadata=_help("Tiles per forward pass.", min=1))
     device: Device = field(default="auto", metadata=_help("Where the network runs; auto uses CUDA when present."))
     bands: str | tuple[int, ...] | None = field(default=None, metadata=_help(
@@ -192,6 +196,22 @@ class PredictOptions:
         _check_fields(self)
         if not self.scales:
             raise OptionError("--scales needs at least one scale, e.g. 1 or 0.75,1,1.25")
+        if self.memory_budget is not None:
+            if self.tile != "auto":
+                raise OptionError("--memory-budget chooses the automatic tile; drop it, or --tile")
+            from geoseg.memory import parse_size
+
+            try:
+                parse_size(self.memory_budget)
+            except ValueError as exc:
+                raise OptionError(f"--memory-budget: {exc}") from None
+
+    @property
+    def memory_budget_bytes(self) -> int | None:
+        """``memory_budget`` in bytes (None: the default, see :func:`geoseg.predict.tile_budget.default_budget`)."""
+        from geoseg.memory import parse_size
+
+        return None if self.memory_budget is None else parse_size(self.memory_budget)
 
     @classmethod
     def from_keywords(cls, base: PredictOptions | None = None, **keywords: Any) -> PredictOptions:

@@ -387,3 +387,29 @@ def test_overlapping_cpu_runs_give_the_answers_of_runs_one_at_a_time(
     for a, b in zip(alone * 3, together):
         assert np.array_equal(a.classes, b.classes)
         assert np.array_equal(a.probabilities, b.probabilities)
+
+
+def test_large_tiles_run_one_at_a_time_on_all_threads_where_small_ones_overlap(
+    model_factory: Callable[..., Path], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Tiles over :data:`OVERLAP_MAX_TILE_PIXELS` go through the all-thread session, one run at a
+    time (each overlapping run of a large tile would hold its own arena), with a run's answers."""
+    from geoseg.engines import onnx_cpu
+    from geoseg.models.onnx import cached_onnx, read_onnx_model
+
+    path = model_factory(in_channels=3)
+    onnx_file = cached_onnx(str(path), file_sha256(path))
+    config, summary = read_onnx_model(onnx_file)
+    serial = onnx_cpu.CpuEngine(onnx_file, config, InferenceOptions(), threads=2, summary=summary)
+    monkeypatch.setattr(onnx_cpu, "worker_task_threads", lambda: 2)
+    monkeypatch.setattr(onnx_cpu, "physical_memory", lambda: 64 * 2**30)
+    monkeypatch.setattr(onnx_cpu, "OVERLAP_MAX_TILE_PIXELS", 48 * 48)
+    engine = onnx_cpu.CpuEngine(onnx_file, config, InferenceOptions(), threads=2, summary=summary)
+    assert engine.large is not None and engine.large[0].threads == 2 and engine.threads == 1
+    raw = np.stack([random_scene(np.random.default_rng(j), 3, 64, 64, "uint8") for j in range(2)])
+    valid = np.ones((2, 64, 64), dtype=bool)
+    out = engine.run(raw, valid)
+    assert engine.large[0]._sessions and not engine.sessions._sessions  # the 64² tiles: the large path
+    assert np.array_equal(out.classes, serial.run(raw, valid).classes)
+    engine.run(raw[:, :, :32, :32], valid[:, :32, :32])
+    assert engine.sessions._sessions  # 32² tiles overlap, one thread each

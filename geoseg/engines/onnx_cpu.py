@@ -72,6 +72,14 @@ def overlapping_runs(cores: int, task_threads: int, memory: int) -> bool:
     return task_threads >= 2 and cores == task_threads and memory >= OVERLAP_MEMORY_PER_CORE * cores
 
 
+#: Tiles of more pixels than this run one at a time on all of a worker's cores even where runs of
+#: smaller tiles overlap (:func:`overlapping_runs`): each run in flight holds its own arena (a
+#: deep network's at a 1,952² tile: over a gigabyte), and a scene of few large tiles has too few
+#: tasks to keep one single-thread run per core busy (3 tasks over 2 threads: a core idle for a
+#: third of the time).
+OVERLAP_MAX_TILE_PIXELS = 1024 * 1024
+
+
 class NoLock:
     """The engine lock where runs may overlap (:func:`overlapping_runs`): holds nothing."""
 
@@ -242,7 +250,11 @@ class CpuEngine:
         #: One batch at a time on all cores, or (:func:`overlapping_runs`) each task's runs at
         #: once on one thread each; the worker holds it around :meth:`run`.
         self.lock: threading.Lock | NoLock = threading.Lock()
+        #: Where runs overlap: the sessions and the lock of tiles too large to overlap
+        #: (:data:`OVERLAP_MAX_TILE_PIXELS`), which run one at a time on all cores.
+        self.large: tuple[FusedSessions, threading.Lock] | None = None
         if overlapping_runs(threads or default_threads(), worker_task_threads(), physical_memory()):
+            self.large = (FusedSessions(model, config, "cpu", threads, proto, summary, cache_key), threading.Lock())
             threads, self.lock = 1, NoLock()
         self.model, self.config, self.options, self.threads = model, config, options, threads
         self.sessions = FusedSessions(model, config, "cpu", threads, proto, summary, cache_key)
@@ -268,6 +280,13 @@ class CpuEngine:
     ) -> EngineOutput:
         """Classes (and uint8 probabilities) for raw N x C x H x W tiles in the scene's dtype, with
         ``valid`` (N x H x W, bool) saying which pixels hold data."""
+        if self.large is not None and raw.shape[2] * raw.shape[3] > OVERLAP_MAX_TILE_PIXELS \
+                and not keep_logits and self.options.plain:
+            sessions, lock = self.large
+            with lock:
+                session = sessions.get(probabilities)
+                if session is not None:
+                    return run_fused(sessions, session, raw, valid, probabilities, self.config)
         session = None if keep_logits or not self.options.plain else self.sessions.get(probabilities)
         if session is None:
             return self.full().run(raw, valid, probabilities, keep_logits)

@@ -83,8 +83,8 @@ def predict(
 
     How it tiles and infers is a :class:`geoseg.options.PredictOptions`: ``options``, with any of
     its fields also given as keywords (``tile=512, tta="d4"``). ``tile`` is the network input
-    size including margins; ``auto`` is 512, or four margins when the model's receptive field
-    is wide (see :func:`geoseg.predict.plan.auto_tile`).
+    size including margins; ``auto`` is the tile of least work within ``memory_budget`` (see
+    :mod:`geoseg.predict.tile_budget`).
 
     The output has the scene's grid exactly; its pixels equal one pass of the network over the
     whole mirror-padded scene, whatever ``tile`` is, because margins cover the receptive field.
@@ -167,7 +167,8 @@ def execute(
     progress.message(
         f"geoseg: {plan.scene.width}x{plan.scene.height} px, {layout.tiles} tiles of up to "
         f"{plan.grid.tile_height}x{plan.grid.tile_width} (margin {plan.margin}, overlap factor "
-        f"{layout.overlap_factor:.2f}) in {len(run.tasks)} cells of {layout.size} px{kept} "
+        f"{layout.overlap_factor:.2f}" + (f"; {plan.tile_choice.describe()}" if plan.tile_choice else "")
+        + f") in {len(run.tasks)} cells of {layout.size} px{kept} "
         f"on {run.threads} worker thread(s)" + (f"; dashboard {link}" if link else "")
     )
     if skip:

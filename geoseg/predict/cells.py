@@ -22,9 +22,9 @@ from geoseg.errors import OptionError
 from geoseg.tiling import Tile, TileGrid
 
 #: Bytes per pixel of a cell's stitched outputs kept below this on a worker (two tasks at once).
-CELL_BYTES = 48 * 2**20
-#: Smallest and largest cells a single COG is assembled from (blocks x 2**k).
-MIN_CELL, MAX_CELL = 2 * BLOCK, 8 * BLOCK
+CELL_BYTES = 64 * 2**20
+#: Smallest cell a single COG is assembled from (blocks x 2**k).
+MIN_CELL = 2 * BLOCK
 
 
 @dataclass(frozen=True)
@@ -98,27 +98,34 @@ class CellLayout:
         return k
 
 
-def internal_cell_size(height: int, width: int, alignment: int, bytes_per_pixel: int, threads: int) -> int:
-    """Cell size for a single COG: ``BLOCK * 2**k`` (a multiple of ``alignment``), as large as
-    :data:`CELL_BYTES` of outputs allows, but small enough that every worker thread gets two
-    cells where the scene has them (never below :data:`MIN_CELL`)."""
-    unit = math.lcm(BLOCK, alignment)
-    sizes = [s for s in (math.lcm(BLOCK * 2**k, alignment) for k in range(1, 5))
-             if MIN_CELL <= s <= max(MAX_CELL, unit)]
-    sizes = sorted(set(sizes)) or [unit]
-    fitting = [s for s in sizes if s * s * bytes_per_pixel <= CELL_BYTES] or sizes[:1]
-    for size in reversed(fitting):
-        if -(-height // size) * -(-width // size) >= 2 * threads:
-            return size
-    return fitting[0]
+def internal_cell_size(height: int, width: int, tile: int, margin: int, stride: int, bytes_per_pixel: int,
+                       threads: int) -> int:
+    """Cell size for a single COG: ``BLOCK * 2**k`` (a multiple of ``stride``) whose stitched
+    outputs stay within :data:`CELL_BYTES` on a worker. Cells re-balance their tiles, so a cell of
+    a few large tiles costs more overlap: the choice is the largest cell within 3 % of the least
+    network work, unless cells enough for two per worker thread cost at most 10 % more work (the
+    cluster then shares them; one large-tile cell keeps every core busy on its own)."""
+    sizes = sorted({math.lcm(BLOCK * 2**k, stride) for k in range(1, 6)})
+    sizes = [s for s in sizes if s >= MIN_CELL and s * s * bytes_per_pixel <= CELL_BYTES] or sizes[:1]
+    scored: list[tuple[int, float, int]] = []
+    for size in sizes:
+        layout = CellLayout(height, width, size, tile, margin, stride)
+        scored.append((len(layout), layout.overlap_factor, size))
+        if size >= max(height, width):
+            break  # larger cells would be the same single cell
+    least = min(f for _, f, _ in scored)
+    parallel = [size for n, f, size in scored if n >= 2 * threads and f <= least * 1.10]
+    if parallel:
+        return max(parallel)
+    return max(size for _, f, size in scored if f <= least * 1.03)
 
 
 def check_cell_size(cells: int, tile: int, alignment: int) -> None:
     """``--cells N``: at least one tile and on the model's stride lattice (else tiles of two
     cells would not line up with one pass over the scene)."""
     if cells < tile:
-        raise OptionError(f"--cells {cells} is smaller than a tile ({tile} px); use --cells {max(tile, 2048)} "
-                          "or more")
+        raise OptionError(f"--cells {cells} is smaller than a tile ({tile} px); use --cells "
+                          f"{max(-(-tile // alignment) * alignment, 2048)} or more")
     if cells % alignment:
         raise OptionError(f"--cells {cells} is not a multiple of the model's output stride {alignment}; "
                           f"use --cells {-(-cells // alignment) * alignment}")

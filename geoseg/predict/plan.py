@@ -22,6 +22,7 @@ from geoseg.io import (
     SINK_BLOCK, SceneInfo, check_distinct_paths, check_output_path, class_raster_dtype, open_scene, parse_bands,
 )
 from geoseg.models.config import LoadedModel
+from geoseg.predict.tile_budget import TileChoice, plan_auto_tile
 from geoseg.scenes import describe, resolve_scene
 from geoseg.options import PredictOptions
 from geoseg.predict.cells import CellLayout, check_cell_size, internal_cell_size
@@ -70,6 +71,9 @@ class PredictPlan:
     def tiles(self) -> int:
         """Tiles the run computes (every cell's grid)."""
         return self.layout.tiles if self.layout is not None else len(self.grid)
+
+    #: How ``tile="auto"`` chose the tile (None: the tile was given).
+    tile_choice: TileChoice | None = None
 
     @property
     def column_bands(self) -> bool:
@@ -203,7 +207,11 @@ def plan_predict(
         margin_px = auto_margin(inference.context(rf), stride)
     else:
         margin_px = int(options.margin)
-    tile_px = auto_tile(margin_px, stride) if options.tile == "auto" else int(options.tile)
+    tile_choice = None if options.tile != "auto" else plan_auto_tile(
+        loaded, info.height, info.width, len(band_list), info.dtype, margin_px, stride, inference,
+        options.engine, options.device, options.batch_size, options.memory_budget_bytes,
+        fallback=auto_tile(margin_px, stride))
+    tile_px = int(options.tile) if tile_choice is None else tile_choice.tile
     grid = TileGrid.create(info.height, info.width, tile_px, margin_px, stride)
     values = [c.value for c in loaded.classes]
     out_px = np.dtype(class_raster_dtype(values)[0]).itemsize + (len(values) if prob_path is not None else 0) \
@@ -212,7 +220,7 @@ def plan_predict(
         check_cell_size(options.cells, tile_px, stride)
         size = options.cells
     else:
-        size = internal_cell_size(info.height, info.width, stride, out_px, threads)
+        size = internal_cell_size(info.height, info.width, tile_px, margin_px, stride, out_px, threads)
     layout = CellLayout(info.height, info.width, size, tile_px, margin_px, stride)
     return PredictPlan(
         scene=info, output=out_path, probabilities=prob_path, vector=vector_path, destinations=dest, model=loaded,
@@ -221,6 +229,7 @@ def plan_predict(
         tiles_per_task=tiles_per_task or default_tiles_per_task(grid, options.batch_size),
         skip_errors=options.on_error == "skip", stac_item=resolved.stac_item,
         engine=options.engine, layout=layout, compress=options.compress, compress_level=options.compress_level,
+        tile_choice=tile_choice,
     )
 
 
