@@ -4,11 +4,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.geoseg-installed
 
-.PHONY: install demo test test-all bench lock
+.PHONY: install demo test test-all bench lock docs docs-check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e '.[test,baseline]'
+	$(BIN)/pip install --quiet -e '.[test,baseline,docs]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -19,10 +19,19 @@ demo: $(STAMP)
 # mypy (strict, settings in pyproject.toml) first: about 40 s of CPU from cold, 1 s with .mypy_cache.
 test: $(STAMP)
 	$(BIN)/mypy
+	$(MAKE) docs-check
 	$(BIN)/pytest
 
 test-all: $(STAMP)
 	$(BIN)/pytest -m ""
+
+# The documentation site (mkdocs.yml, docs/): `make docs` serves it at http://127.0.0.1:8000;
+# `make docs-check` builds it with --strict into site/ (ignored), offline, in about 5 s.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
+docs-check: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/predict.py
