@@ -8,7 +8,9 @@
    only coordinates and writes. The client is ``geoseg predict --scheduler``; its user + system
    CPU (``/usr/bin/time``) at ``--big`` minus at ``--small`` over the megapixels between them (so
    start-up cancels out), for: the class raster; with ``--probabilities`` (8 classes); with
-   ``--cells 2048``. Peak RSS of the client and of the worker at both sizes (flat with size?).
+   ``--cells 2048``. Peak RSS of the client (the kernel's high-water mark) and of the worker
+   process (sampled every 0.1 s; a fresh cluster for every run) at ``--small``, ``--mid`` and
+   ``--big``: flat with the scene's size?
 2. **Built-in model**, ``--builtin``² scene, default local run: wall of classes only against
    classes + ``--probabilities``, alternating, best of two each.
 
@@ -25,6 +27,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -91,7 +94,7 @@ class Cluster:
         self.scheduler = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host",
                                            "127.0.0.1", "--port", str(port), "--dashboard-address", ":0"],
                                           stdout=log, stderr=log)
-        time.sleep(3)
+        time.sleep(2)
         self.worker = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", self.address,
                                         "--nthreads", "2", "--nworkers", "1", "--no-nanny",
                                         "--memory-limit", "0", "--host", "127.0.0.1"], stdout=log, stderr=log)
@@ -100,8 +103,10 @@ class Cluster:
         with Client(self.address, timeout="30s") as c:
             c.wait_for_workers(1, timeout=60)
 
-    def worker_rss(self) -> int:
-        return int(psutil.Process(self.worker.pid).memory_info().rss)
+    def watch_worker(self) -> "PeakRSS":
+        mon = PeakRSS(self.worker.pid)
+        mon.start()
+        return mon
 
     def close(self) -> None:
         for p in (self.worker, self.scheduler):
@@ -111,6 +116,29 @@ class Cluster:
                 p.wait(20)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+class PeakRSS(threading.Thread):
+    """The highest RSS of one process, sampled every 0.1 s until stopped."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.proc = psutil.Process(pid)
+        self.peak = 0
+        self.running = True
+
+    def run(self) -> None:
+        while self.running:
+            try:
+                self.peak = max(self.peak, self.proc.memory_info().rss)
+            except psutil.Error:
+                return
+            time.sleep(0.1)
+
+    def stop(self) -> float:
+        self.running = False
+        self.join()
+        return self.peak / 2**20
 
 
 def client_run(cmd: list[str]) -> dict[str, float]:
@@ -129,33 +157,30 @@ def predict_cmd(scene: Path, out: Path, model: Path | None, extra: list[str]) ->
     return cmd + (["--model", str(model)] if model else []) + extra
 
 
-def client_cpu(work: Path, small: int, big: int) -> dict[str, Any]:
+def client_cpu(work: Path, sizes: list[int]) -> dict[str, Any]:
     model = cheap_model(work)
-    scenes = {s: build_scene(work / f"scene-{s}.tif", s) for s in (small, big)}
+    scenes = {s: build_scene(work / f"scene-{s}.tif", s) for s in sizes}
     modes = {"classes": [], "probabilities": ["--probabilities", "PROBS"], "cells": ["--cells", "2048"]}
-    cluster = Cluster(work)
     out: dict[str, Any] = {}
-    try:
-        for mode, extra in modes.items():
-            runs: dict[int, dict[str, float]] = {}
-            for size, scene in scenes.items():
-                target = work / (f"out-{mode}-{size}" + ("" if mode == "cells" else ".tif"))
-                args = [a.replace("PROBS", str(work / f"probs-{size}.tif")) for a in extra]
-                if mode == "cells" and target.exists():
-                    import shutil
-
-                    shutil.rmtree(target)
-                worker_before = cluster.worker_rss()
+    small, big = min(sizes), max(sizes)
+    for mode, extra in modes.items():
+        runs: dict[int, dict[str, float]] = {}
+        for size, scene in scenes.items():
+            target = work / (f"out-{mode}-{size}" + ("" if mode == "cells" else ".tif"))
+            args = [a.replace("PROBS", str(work / f"probs-{size}.tif")) for a in extra]
+            cluster = Cluster(work)  # a fresh worker: its peak is this run's
+            try:
+                mon = cluster.watch_worker()
                 runs[size] = client_run(predict_cmd(scene, target, model, [*args, "--scheduler", cluster.address]))
-                runs[size]["worker_rss_mb"] = cluster.worker_rss() / 2**20
-                runs[size]["worker_rss_before_mb"] = worker_before / 2**20
-            mpx = (big * big - small * small) / 1e6
-            per_mpx = (runs[big]["cpu_s"] - runs[small]["cpu_s"]) / mpx * 1000
-            out[mode] = {"client_cpu_ms_per_mpx": per_mpx, "runs": {str(k): v for k, v in runs.items()}}
-            print(f"{mode:14s} client CPU {per_mpx:6.2f} ms/Mpx; client peak {runs[small]['peak_mb']:.0f} -> "
-                  f"{runs[big]['peak_mb']:.0f} MB; wall {runs[big]['wall_s']:.1f} s at {big}²", flush=True)
-    finally:
-        cluster.close()
+                runs[size]["worker_peak_mb"] = mon.stop()
+            finally:
+                cluster.close()
+        mpx = (big * big - small * small) / 1e6
+        per_mpx = (runs[big]["cpu_s"] - runs[small]["cpu_s"]) / mpx * 1000
+        out[mode] = {"client_cpu_ms_per_mpx": per_mpx, "runs": {str(k): v for k, v in runs.items()}}
+        peaks = ", ".join(f"{s}² {r['peak_mb']:.0f}/{r['worker_peak_mb']:.0f}" for s, r in runs.items())
+        print(f"{mode:14s} client CPU {per_mpx:6.2f} ms/Mpx; peak MB client/worker: {peaks}; "
+              f"wall {runs[big]['wall_s']:.1f} s at {big}²", flush=True)
     return out
 
 
@@ -177,6 +202,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--big", type=int, default=8192)
     ap.add_argument("--small", type=int, default=1024)
+    ap.add_argument("--mid", type=int, default=4096)
     ap.add_argument("--builtin", type=int, default=4096)
     ap.add_argument("--skip", default="")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "writers.json"))
@@ -186,7 +212,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="geoseg-writers-") as tmp:
         work = Path(tmp)
         if "cpu" not in skip:
-            result["client_cpu"] = client_cpu(work, args.small, args.big)
+            result["client_cpu"] = client_cpu(work, [args.small, args.mid, args.big])
         if "builtin" not in skip:
             result["builtin"] = builtin(work, args.builtin)
     Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
