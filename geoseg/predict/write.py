@@ -20,6 +20,7 @@ from rasterio.windows import Window
 
 from geoseg.block_cache import bound_block_cache
 from geoseg.errors import write_failed
+from geoseg.memory import trim_heap
 from geoseg.io import (
     RasterSink, class_raster_dtype, class_tags, open_sinks, stage_json, write_bytes_atomic,
 )
@@ -151,6 +152,8 @@ def write_cell_outputs(plan: PredictPlan, results: Iterable[CellResult], metas: 
                 for sink, blocks, raw in zip(sinks, res.blocks, res.raw):
                     sink.add(res.window, blocks, raw)  # type: ignore[attr-defined]
                 _note(res, skipped, progress)
+                del res
+                trim_heap()  # a cell's bytes are spooled: give their pages back, memory stays flat
             progress.close()
             if skipped:
                 staged.append((stage_json(report, skipped_report(describe(info.path), skipped)), report))
