@@ -149,7 +149,10 @@ def _count_segments(data: np.ndarray, starts: np.ndarray, labels: np.ndarray, we
     pixels = np.zeros(bins)
     area = np.zeros(bins) if not constant else pixels
     rows_per = max(1, CHUNK // max(w, 1))
-    lab = np.append(labels, -1) + 1  # seg index -1 (none) never happens: starts[0] is 0
+    real = np.diff(starts, append=n) > 0  # empty segments dropped: starts strictly increase
+    starts, labels, weights = starts[real], labels[real], weights[real]
+    lab = labels + 1
+    plain = len(starts) == 1 and weights[0] == 1
     for r0 in range(0, h, rows_per):
         a, b = r0 * w, min(h, r0 + rows_per) * w
         part = flat[a:b]
@@ -159,6 +162,7 @@ def _count_segments(data: np.ndarray, starts: np.ndarray, labels: np.ndarray, we
         first[::w] = True
         inside = starts[(starts > a) & (starts < b)] - a
         first[inside] = True
+        base = int(np.searchsorted(starts, a, side="right")) - 1  # the segment holding pixel a
         pos = np.flatnonzero(first)
         if len(pos) <= RUN_SHARE * (b - a):
             weight = np.diff(pos, append=b - a).astype(np.float64)
@@ -167,8 +171,13 @@ def _count_segments(data: np.ndarray, starts: np.ndarray, labels: np.ndarray, we
             pos = np.arange(b - a)
             weight = np.ones(b - a)
             value = part
-        seg = np.searchsorted(starts, pos + a, side="right") - 1
-        if len(starts) > 1 or weights[0] != 1:
+        if len(inside):  # segment of each run: the one before it, plus the starts up to it
+            flags = np.zeros(b - a, dtype=bool)
+            flags[inside] = True
+            seg = base + np.cumsum(flags[pos])
+        else:
+            seg = np.full(len(pos), base)
+        if not plain:
             weight *= weights[seg]
         key = lab[seg] * size + value + 1
         pixels += np.bincount(key, weights=weight, minlength=bins)
