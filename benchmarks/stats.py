@@ -4,19 +4,22 @@ rasterization, and the time of class areas per zone against reading the raster o
     python benchmarks/stats.py [--size 16384] [--zones 1000]
 
 Prints one JSON object: per zone size, the mean and worst relative area error of both methods;
-seconds to read the raster once (block by block), to count it without zones and with the zones,
-their ratios, and the process's peak memory (the Dask cluster runs in this process).
+seconds to read the raster once (every window read, so every tile decompressed), to count it
+without zones and with the zones, their ratios, and each measurement's peak memory. Each
+measurement runs in a fresh process (no GDAL block cache carried over; the page cache warm for
+all), the Dask cluster inside it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -58,65 +61,99 @@ def accuracy(rng: np.random.Generator) -> dict[str, dict[str, float]]:
     return out
 
 
+def make_inputs(folder: Path, n: int, zones: int, rng: np.random.Generator) -> tuple[Path, Path]:
+    """A blocky n x n uint8 class raster (DEFLATE, 512² tiles) and Voronoi zones covering it."""
+    from geoseg.io import CLASS_NODATA, class_tags
+    from tests.test_results_stats import CLASSES, write_zones
+
+    path = folder / "classes.tif"
+    profile = dict(driver="GTiff", width=n, height=n, count=1, dtype="uint8", nodata=CLASS_NODATA,
+                   tiled=True, blockxsize=512, blockysize=512, compress="deflate",
+                   crs="EPSG:32633", transform=from_origin(300000, 5800000, 10, 10))
+    with rasterio.open(path, "w", **profile) as dst:
+        for r in range(0, n, 2048):
+            h = min(2048, n - r)
+            block = np.kron(rng.integers(0, 4, (h // 16 + 1, n // 16 + 1)), np.ones((16, 16), np.uint8))
+            dst.write(block[:h, :n].astype(np.uint8)[None], window=Window(0, r, n, h))
+    with rasterio.open(path, "r+") as dst:
+        dst.update_tags(**class_tags(CLASSES, "bench"))
+    extent = shapely.box(300000, 5800000 - n * 10, 300000 + n * 10, 5800000)
+    points = shapely.multipoints(np.column_stack([rng.uniform(300000, 300000 + n * 10, zones),
+                                                  rng.uniform(5800000 - n * 10, 5800000, zones)]))
+    cells = shapely.intersection(np.asarray(shapely.get_parts(shapely.voronoi_polygons(points, extend_to=extent))),
+                                 extent)
+    return path, write_zones(folder / "zones.gpkg", list(cells), [f"z{i}" for i in range(len(cells))])
+
+
+def measure(what: str, path: str, zones: str) -> None:
+    """One measurement in this (fresh) process: seconds and peak RSS, as JSON on stdout.
+
+    ``read``: every 2048² window read (and so every tile decompressed) once, as a program that
+    only reads the raster would; ``stats`` / ``zones``: geoseg.stats without / with the zones
+    on an in-process Dask cluster of 2 threads (started before the clock starts).
+    """
+    out: dict[str, object] = {}
+    if what == "read":
+        t = time.perf_counter()
+        with rasterio.open(path) as src:
+            for r in range(0, src.height, 2048):
+                for c in range(0, src.width, 2048):
+                    src.read(1, window=Window(c, r, min(2048, src.width - c), min(2048, src.height - r)))
+        out["seconds"] = time.perf_counter() - t
+    else:
+        from distributed import Client, LocalCluster
+
+        from geoseg.results.stats import stats
+
+        cluster = LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0")
+        client = Client(cluster)
+        t = time.perf_counter()
+        res = stats(path, zones=zones if what == "zones" else None, zone_field="name" if what == "zones" else None,
+                    client=client)
+        out["seconds"] = time.perf_counter() - t
+        out["area_m2"] = sum(r["area_m2"] for r in res.rows)
+        out["pixels"] = {str(v): c["pixels"] for v, c in res.totals().items()}
+        client.close()
+        cluster.close()
+    # VmHWM, not getrusage: ru_maxrss keeps the parent's peak across fork and exec
+    hwm = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM"))
+    out["peak_rss_mb"] = int(hwm.split()[1]) / 1024
+    print(json.dumps(out))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=16384)
     ap.add_argument("--zones", type=int, default=1000)
+    ap.add_argument("--measure", nargs=3, metavar=("WHAT", "RASTER", "ZONES"), help=argparse.SUPPRESS)
     args = ap.parse_args()
-    from distributed import Client, LocalCluster
-
-    from geoseg.io import CLASS_NODATA
-    from geoseg.results.stats import stats
-    from tests.test_results_stats import CLASSES, class_raster, write_zones  # noqa: F401
-
+    if args.measure:
+        measure(*args.measure)
+        return
     rng = np.random.default_rng(0)
     result: dict[str, object] = {"accuracy": accuracy(rng)}
     n = args.size
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "classes.tif"
-        profile = dict(driver="GTiff", width=n, height=n, count=1, dtype="uint8", nodata=CLASS_NODATA,
-                       tiled=True, blockxsize=512, blockysize=512, compress="deflate",
-                       crs="EPSG:32633", transform=from_origin(300000, 5800000, 10, 10))
-        with rasterio.open(path, "w", **profile) as dst:
-            for r in range(0, n, 2048):
-                h = min(2048, n - r)
-                block = np.kron(rng.integers(0, 4, (h // 16 + 1, n // 16 + 1)), np.ones((16, 16), np.uint8))
-                dst.write(block[:h, :n].astype(np.uint8)[None], window=Window(0, r, n, h))
-        from geoseg.io import class_tags
+        path, zones = make_inputs(Path(tmp), n, args.zones, rng)
 
-        with rasterio.open(path, "r+") as dst:
-            dst.update_tags(**class_tags(CLASSES, "bench"))
-        extent = shapely.box(300000, 5800000 - n * 10, 300000 + n * 10, 5800000)
-        points = shapely.multipoints(np.column_stack([rng.uniform(300000, 300000 + n * 10, args.zones),
-                                                      rng.uniform(5800000 - n * 10, 5800000, args.zones)]))
-        cells = shapely.intersection(np.asarray(shapely.get_parts(shapely.voronoi_polygons(points, extend_to=extent))),
-                                     extent)
-        zones = write_zones(Path(tmp) / "zones.gpkg", list(cells), [f"z{i}" for i in range(len(cells))])
-        cluster = LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0")
-        client = Client(cluster)
-        t = time.perf_counter()
-        with rasterio.open(path) as src:
-            for r in range(0, n, 1024):
-                for c in range(0, n, 1024):
-                    w = Window(c, r, min(1024, n - c), min(1024, n - r))
-                    src.read(1, window=w)
-                    src.read_masks(1, window=w)
-        read_s = time.perf_counter() - t
-        t = time.perf_counter()
-        whole = stats(path, client=client)
-        plain_s = time.perf_counter() - t
-        t = time.perf_counter()
-        zoned = stats(path, zones=zones, zone_field="name", client=client)
-        zones_s = time.perf_counter() - t
-        client.close()
-        cluster.close()
-        valid = sum(r["area_m2"] for r in whole.rows)
+        def run(what: str) -> dict[str, Any]:
+            """One measurement in a fresh process: no GDAL block cache carried over."""
+            done = subprocess.run([sys.executable, __file__, "--measure", what, str(path), str(zones)],
+                                  check=True, capture_output=True, text=True)
+            return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+        run("read")  # the page cache warm for every measurement
+        read, whole, zoned = run("read"), run("stats"), run("zones")
+        read_s = read["seconds"]
         result.update({
-            "size": n, "zones": len(cells), "read_once_s": round(read_s, 2), "stats_s": round(plain_s, 2),
-            "stats_zones_s": round(zones_s, 2), "stats_ratio": round(plain_s / read_s, 2),
-            "stats_zones_ratio": round(zones_s / read_s, 2),
-            "zones_area_rel_error": abs(sum(r["area_m2"] for r in zoned.rows) - valid) / valid,
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "size": n, "zones": args.zones, "read_once_s": round(read_s, 2),
+            "stats_s": round(whole["seconds"], 2), "stats_zones_s": round(zoned["seconds"], 2),
+            "stats_ratio": round(whole["seconds"] / read_s, 2),
+            "stats_zones_ratio": round(zoned["seconds"] / read_s, 2),
+            "zones_area_rel_error": abs(zoned["area_m2"] - whole["area_m2"]) / whole["area_m2"],
+            "zones_pixels_max_error": max(abs(zoned["pixels"][v] - p) for v, p in whole["pixels"].items()),
+            "peak_rss_mb": {"read": round(read["peak_rss_mb"]), "stats": round(whole["peak_rss_mb"]),
+                            "zones": round(zoned["peak_rss_mb"])},
         })
     print(json.dumps(result, indent=1))
 

@@ -23,14 +23,15 @@ from geoseg.cli.options import (
 @click.option("--confidence", default=None, help="Also write the winning class's probability (one uint8 band, 1-255, 0 = nodata) to this COG (path or s3:// URL; with --cells: any value).")
 @click.option("--vector", type=click.Path(dir_okay=False), default=None, help="Also write polygons of the classes (.gpkg .fgb .shp .geojson .parquet); the options below shape them.")
 @vector_options
+@click.option("--quicklook", is_flag=True, help="Also write a PNG of the classes with a legend of class names and areas: OUTPUT.png beside the COG, or quicklook.png in a --cells folder (not for s3:// outputs).")
 @overwrite_option
 @quiet_option
 @verbose_option
 @report_errors
 def predict_command(
     scene: tuple[str, ...], output: str, model: str | None, workers: int | None, scheduler: str | None,
-    probabilities: str | None, confidence: str | None, vector: str | None, overwrite: bool, quiet: bool,
-    verbose: bool,
+    probabilities: str | None, confidence: str | None, vector: str | None, quicklook: bool, overwrite: bool,
+    quiet: bool, verbose: bool,
     **options: Any,
 ) -> None:
     """Segment SCENE into a georeferenced class raster (Cloud-Optimized GeoTIFF).
@@ -44,7 +45,7 @@ def predict_command(
     result = predict(
         scene[0] if len(scene) == 1 else list(scene), output, model, predict_opts, workers=workers, scheduler=scheduler,
         probabilities=probabilities, confidence=confidence, overwrite=overwrite, quiet=quiet, vector=vector,
-        vector_options=vector_opts, verbose=verbose,
+        vector_options=vector_opts, verbose=verbose, quicklook=quicklook,
     )
     for window in result.skipped:
         click.echo(f"skipped window rows {window.row_off}-{window.row_off + window.height}, columns "

@@ -72,6 +72,7 @@ def predict(
     client: Any = None,
     tiles_per_task: int | None = None,
     max_in_flight: int | TaskSlots | None = None,
+    quicklook: bool = False,
     **option_keywords: Any,
 ) -> PredictResult:
     """Segment ``scene`` into a class-raster COG at ``output`` (and class probabilities): uint8,
@@ -106,6 +107,9 @@ def predict(
     N x N pixel COG cells that the workers write and publish, with a VRT mosaic per raster and a
     STAC collection; a rerun keeps the cells already finished with the same inputs and options.
     Every raster is compressed once, on the workers (``compress``, ``compress_level``).
+    ``quicklook``: also a PNG of the committed class raster, with class areas (see
+    :func:`geoseg.results.quicklook.output_quicklook`: ``OUTPUT.png``, or ``quicklook.png`` in a
+    cells folder; none for an ``s3://`` output).
 
     No output may be the scene, the model or another output; while writing, the output folders
     are locked (shared: a batch job cannot clean them up meanwhile); the outputs are committed
@@ -120,13 +124,23 @@ def predict(
     opts = PredictOptions.from_keywords(options, **option_keywords)
     plan = plan_predict(scene, output, model, opts, probabilities, vector, overwrite, tiles_per_task,
                         vector_options=vector_options, confidence=confidence)
+    png = None
+    if quicklook:
+        from geoseg.results.quicklook import output_quicklook
+
+        png = output_quicklook(output, plan.destinations.cells, overwrite)
     try:
         if plan.destinations.cells and not plan.destinations.remote:
             Path(plan.destinations.output).mkdir(exist_ok=True)  # locked while cells are written
         locks = lock_output_folders([plan.output, plan.probabilities, plan.confidence, plan.vector], "predict")
         with locks, inference_session(client, scheduler, workers, verbose) as session:
-            return execute(plan, session, Progress(plan.tiles, quiet=quiet), max_in_flight=max_in_flight,
-                           overwrite=overwrite, vector_options=vector_options, started=t0)
+            result = execute(plan, session, Progress(plan.tiles, quiet=quiet), max_in_flight=max_in_flight,
+                             overwrite=overwrite, vector_options=vector_options, started=t0)
+            if png is not None:  # after the class raster is committed
+                from geoseg.results.quicklook import output_quicklook_write
+
+                output_quicklook_write(result.output, png, plan.destinations.cells, session.client, max_in_flight)
+            return result
     finally:
         plan.destinations.cleanup()
 

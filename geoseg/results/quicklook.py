@@ -41,6 +41,36 @@ def quicklook(raster: str | os.PathLike[str], png: str | os.PathLike[str] | None
     return out
 
 
+def output_quicklook(output: str | os.PathLike[str], cells: bool, overwrite: bool) -> Path | None:
+    """Where ``geoseg predict --quicklook`` puts the PNG of ``output``, checked before any work:
+    ``OUTPUT.png`` beside a single COG (an existing one only with ``overwrite``), or
+    ``OUTPUT/quicklook.png`` in a ``cells`` folder (replaced on every run, as the folder's
+    mosaic is). None, with a warning, for an ``s3://`` output: it is not uploaded."""
+    import warnings
+
+    from geoseg.errors import GeosegWarning
+    from geoseg.objectstore import is_s3_url
+
+    if is_s3_url(str(output)):
+        warnings.warn(f"--quicklook: no quicklook for the object-store output {output}; run "
+                      "geoseg's quicklook on a local copy", GeosegWarning, stacklevel=3)
+        return None
+    if cells:
+        return Path(output) / "quicklook.png"
+    return check_output_path(quicklook_path(output), overwrite, "quicklook")
+
+
+def output_quicklook_write(output: str | os.PathLike[str], png: Path, cells: bool, client: Any = None,
+                           max_in_flight: Any = None) -> Path:
+    """Write the quicklook of a committed predict output (its ``classes.vrt`` mosaic in a
+    ``cells`` folder) with its class areas counted on ``client`` (see :func:`output_quicklook`)."""
+    from geoseg.results.stats import class_areas
+
+    raster = Path(output) / "classes.vrt" if cells else Path(output)
+    return quicklook(raster, png, class_areas(raster, client=client, max_in_flight=max_in_flight),
+                     overwrite=True)
+
+
 def _stage_png(path: Path, data: bytes) -> Path:
     from geoseg.io import stage_bytes
 

@@ -34,13 +34,15 @@ STATS_FORMATS = (".csv", ".parquet", ".gpkg")
 #: Columns of the stats table (``zone`` is named after the zone field, and only there with zones).
 COLUMNS = ("class", "class_name", "pixels", "area_m2", "area_ha", "share")
 #: Side of a block task in pixels (a multiple of the raster's own blocks, see :func:`_block_size`).
-BLOCK = 1024
+BLOCK = 2048
 
 
 @dataclass(frozen=True)
 class StatsTask:
     """One block of the class raster and the zones' parts inside it (WKB in pixel coordinates:
-    x = column, y = -row); paths, windows and small geometries only."""
+    x = column, y = -row); paths, windows and small geometries only. Pixels are invalid where
+    they hold ``nodata``, or where the raster's mask says so when ``masked``; ``values``: the
+    classes its metadata names (the values to expect)."""
 
     raster: str
     row_off: int
@@ -52,6 +54,9 @@ class StatsTask:
     raster_height: int
     zone_ids: tuple[int, ...] = ()
     zones: tuple[bytes, ...] = ()
+    nodata: int | None = None
+    masked: bool = False
+    values: tuple[int, ...] = ()
 
 
 @dataclass
@@ -66,8 +71,8 @@ class BlockCounts:
 
 
 def count_block(task: StatsTask) -> BlockCounts:
-    """Count one block: a bincount of the valid pixels, weighted by each row's pixel area, and
-    with zones each pixel weighted by the fraction of it the zone covers."""
+    """Count one block: the valid pixels by value, weighted by each row's pixel area, and with
+    zones each pixel weighted by the fraction of it the zone covers."""
     from rasterio.crs import CRS
     from rasterio.transform import Affine
 
@@ -75,70 +80,170 @@ def count_block(task: StatsTask) -> BlockCounts:
         with rasterio.open(task.raster) as src:
             window = Window(task.col_off, task.row_off, task.width, task.height)
             data = src.read(1, window=window)
-            valid = src.read_masks(1, window=window) > 0
+            if task.masked:
+                # an internal mask or alpha: invalid pixels become -1, below every value
+                data = np.where(src.read_masks(1, window=window) > 0, data.astype(np.int32), -1)
     areas = row_areas(CRS.from_wkt(task.crs_wkt), Affine(*task.transform), task.raster_height,
                       task.row_off, task.height)
+    if not task.zones and not task.masked and bool(np.all(areas == areas[0])):
+        found = _count_known(data, task.values, task.nodata)
+        if found is not None:
+            pixels = found[None, :].astype(np.float64)
+            return _block_counts(np.full(1, -1, np.int64), pixels, pixels * areas[0])
     if not task.zones:
-        return _count_all(data, valid, areas)
-    return _count_zones(task, data, valid, areas)
-
-
-def _per_value(values: np.ndarray, rows: np.ndarray | None, weights: np.ndarray | None,
-               areas: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(values found, pixels, m²)`` of pixel ``values`` in block ``rows`` (None: every row has
-    the same pixel area), each pixel weighted by ``weights`` (None: 1): bincounts, no sorting."""
-    size = int(values.max()) + 1 if len(values) else 0
-    pixels = np.bincount(values, weights=weights, minlength=size).astype(np.float64)
-    if rows is None or np.all(areas == areas[0]):
-        area = pixels * (areas[0] if len(areas) else 0.0)
+        whole = np.zeros(1, np.int64)
+        pixels, area = _count_segments(data, whole, whole, np.ones(1), 1, task.nodata, areas)
+        zone_ids = np.full(1, -1, np.int64)
     else:
-        w = areas[rows] if weights is None else areas[rows] * weights
-        area = np.bincount(values, weights=w, minlength=size)
-    found = np.flatnonzero(pixels)
-    return found, pixels[found], area[found]
+        zone_ids, pixels, area = _count_zones(task, data, areas)
+    return _block_counts(zone_ids, pixels, area)
 
 
-def _count_all(data: np.ndarray, valid: np.ndarray, areas: np.ndarray) -> BlockCounts:
-    """Every valid pixel of a block, by value."""
+def _block_counts(zone_ids: np.ndarray, pixels: np.ndarray, area: np.ndarray) -> BlockCounts:
+    """The non-zero cells of ``(zone, value)`` arrays of pixels and m²."""
+    z, v = np.nonzero(pixels)
+    return BlockCounts(zone_ids[z], v.astype(np.int64), pixels[z, v], area[z, v])
+
+
+def _count_known(data: np.ndarray, values: tuple[int, ...], nodata: int | None) -> np.ndarray | None:
+    """Pixels of each of the raster's class ``values`` by comparisons (a few times faster than
+    a bincount, which widens every pixel to 64 bits); None when the block holds other values."""
+    if not values or data.dtype.kind not in "ui":
+        return None
+    wanted = sorted(set(values) | ({nodata} if nodata is not None else set()))
+    info = np.iinfo(data.dtype)
+    if wanted[0] < info.min or wanted[-1] > info.max:
+        return None
+    counts = np.zeros(wanted[-1] + 1, np.int64)
+    for v in wanted:
+        counts[v] = np.count_nonzero(data == v)
+    if counts.sum() != data.size:
+        return None
+    if nodata is not None:
+        counts[nodata] = 0
+    return counts
+
+
+#: Count run by run when a block has fewer runs of equal values than this share of its pixels
+#: (class rasters are mostly runs; salt-and-pepper ones are counted pixel by pixel).
+RUN_SHARE = 0.25
+#: Pixels counted at a time: the temporaries stay in the CPU's cache.
+CHUNK = 2**18
+
+
+def _count_segments(data: np.ndarray, starts: np.ndarray, labels: np.ndarray, weights: np.ndarray,
+                    count: int, nodata: int | None, areas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels and m² by (label, value) of a block cut, in reading order, into segments from
+    flat positions ``starts`` (the first at 0), each with a label (-1: not counted) below
+    ``count`` and a weight; as two ``(count, values)`` arrays.
+
+    The block is counted by runs of equal value inside a segment and a row (a bincount of the
+    runs, weighted by their lengths), not pixel by pixel: a class raster has few runs.
+    """
+    h, w = data.shape
+    flat = data.ravel()
+    n = flat.size
+    size = max(int(flat.max()) + 2, 2) if n else 2  # values from -1 (masked) up
     constant = bool(np.all(areas == areas[0]))
-    values = data[valid]
-    rows = None if constant else np.nonzero(valid)[0]
-    found, pixels, area = _per_value(values, rows, None, areas)
-    return BlockCounts(np.full(len(found), -1, np.int64), found.astype(np.int64), pixels, area)
+    bins = (count + 1) * size  # label -1 and value -1 in bins that are dropped
+    pixels = np.zeros(bins)
+    area = np.zeros(bins) if not constant else pixels
+    rows_per = max(1, CHUNK // max(w, 1))
+    real = np.diff(starts, append=n) > 0  # empty segments dropped: starts strictly increase
+    starts, labels, weights = starts[real], labels[real], weights[real]
+    lab = labels + 1
+    plain = len(starts) == 1 and weights[0] == 1
+    for r0 in range(0, h, rows_per):
+        a, b = r0 * w, min(h, r0 + rows_per) * w
+        part = flat[a:b]
+        first = np.empty(b - a, dtype=bool)
+        first[:1] = True
+        np.not_equal(part[1:], part[:-1], out=first[1:])
+        first[::w] = True
+        inside = starts[(starts > a) & (starts < b)] - a
+        first[inside] = True
+        base = int(np.searchsorted(starts, a, side="right")) - 1  # the segment holding pixel a
+        pos = np.flatnonzero(first)
+        if len(pos) <= RUN_SHARE * (b - a):
+            weight = np.diff(pos, append=b - a).astype(np.float64)
+            value = part[pos]
+        else:
+            pos = np.arange(b - a)
+            weight = np.ones(b - a)
+            value = part
+        if len(inside):  # segment of each run: the one before it, plus the starts up to it
+            flags = np.zeros(b - a, dtype=bool)
+            flags[inside] = True
+            seg = base + np.cumsum(flags[pos])
+        else:
+            seg = np.full(len(pos), base)
+        if not plain:
+            weight *= weights[seg]
+        key = lab[seg] * size + value + 1
+        pixels += np.bincount(key, weights=weight, minlength=bins)
+        if not constant:
+            area += np.bincount(key, weights=weight * areas[(pos + a) // w], minlength=bins)
+    pixels = pixels.reshape(count + 1, size)[1:, 1:]
+    if nodata is not None and 0 <= nodata < size - 1:
+        pixels[:, nodata] = 0
+    if constant:
+        return pixels, pixels * (areas[0] if len(areas) else 0.0)
+    area = area.reshape(count + 1, size)[1:, 1:]
+    if nodata is not None and 0 <= nodata < size - 1:
+        area[:, nodata] = 0
+    return pixels, area
 
 
-def _count_zones(task: StatsTask, data: np.ndarray, valid: np.ndarray, areas: np.ndarray) -> BlockCounts:
-    """Covered fractions of each zone's pixels (exactextract on the block), summed by class."""
+def _count_zones(task: StatsTask, data: np.ndarray,
+                 areas: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixels and m² by (zone, value): the zones' exact coverage of the block
+    (:func:`geoseg.results.coverage.coverage`), its runs counted by :func:`_count_segments`
+    and its edge cells weighted by their fractions; ``(zone ids, pixels, m²)``."""
     import shapely
-    from exactextract import exact_extract
-    from exactextract.raster import NumPyRasterSource
+
+    from geoseg.results.coverage import coverage
 
     h, w = data.shape
-    c0, r0 = task.col_off, task.row_off
-    # the block's grid in pixel coordinates: x from c0 to c0 + w, y from -(r0 + h) to -r0
-    source = NumPyRasterSource(data, c0, -(r0 + h), c0 + w, -r0)
-    features = [{"type": "Feature", "properties": {"z": z},
-                 "geometry": shapely.geometry.mapping(shapely.from_wkb(g))}
-                for z, g in zip(task.zone_ids, task.zones)]
-    out_z, out_v, out_p, out_a = [], [], [], []
-    for feat in exact_extract(source, features, ["cell_id", "coverage"], include_cols=["z"]):
-        props = feat["properties"]
-        cells = np.asarray(props["cell_id"], dtype=np.int64)
-        cover = np.asarray(props["coverage"], dtype=np.float64)
-        keep = valid.ravel()[cells]
-        cells, cover = cells[keep], cover[keep]
-        if len(cells) == 0:
+    geoms = shapely.from_wkb(np.asarray(task.zones, dtype=object))
+    cov = coverage(geoms, np.asarray(task.zone_ids, dtype=np.int64), h, w, col_off=task.col_off,
+                   row_off=task.row_off, flip_y=True)
+    zone_ids, local = np.unique(np.concatenate([cov.run_zone, cov.cell_zone]), return_inverse=True)
+    run_label, cell_label = local[:len(cov.run_zone)], local[len(cov.run_zone):]
+    count = len(zone_ids)
+    size = max(int(data.max()) + 1, 1) if data.size else 1
+    pixels = np.zeros((count, size))
+    area = np.zeros((count, size))
+    # runs: one pass over the block when no two zones' runs overlap, else a pass per zone
+    begin = cov.run_row * w + cov.run_start
+    order = np.argsort(begin, kind="stable")
+    begin, end = begin[order], (cov.run_row * w + cov.run_stop)[order]
+    groups = [order] if np.all(begin[1:] >= end[:-1]) else [
+        np.flatnonzero(run_label == i) for i in range(count)]
+    for runs in groups:
+        if len(runs) == 0:
             continue
-        found, pixels, area = _per_value(data.ravel()[cells], cells // w, cover, areas)
-        out_z.append(np.full(len(found), int(props["z"]), np.int64))
-        out_v.append(found.astype(np.int64))
-        out_p.append(pixels)
-        out_a.append(area)
-    if not out_z:
-        empty = np.zeros(0)
-        return BlockCounts(empty.astype(np.int64), empty.astype(np.int64), empty, empty)
-    return BlockCounts(np.concatenate(out_z), np.concatenate(out_v), np.concatenate(out_p),
-                       np.concatenate(out_a))
+        b, e = cov.run_row[runs] * w + cov.run_start[runs], cov.run_row[runs] * w + cov.run_stop[runs]
+        o = np.argsort(b, kind="stable")
+        b, e, lab, frac = b[o], e[o], run_label[runs][o], cov.run_fraction[runs][o]
+        starts = np.empty(2 * len(b) + 1, np.int64)
+        starts[0], starts[1::2], starts[2::2] = 0, b, e
+        labels = np.full(len(starts), -1, np.int64)
+        labels[1::2] = lab
+        weights = np.ones(len(starts))
+        weights[1::2] = frac
+        p, a = _count_segments(data, starts, labels, weights, count, task.nodata, areas)
+        pixels[:, :p.shape[1]] += p
+        area[:, :a.shape[1]] += a
+    # edge cells: their value, weighted by the covered fraction
+    value = data[cov.cell_row, cov.cell_col].astype(np.int64)
+    keep = value >= 0
+    if task.nodata is not None:
+        keep &= value != task.nodata
+    key = cell_label[keep] * size + value[keep]
+    frac = cov.cell_fraction[keep]
+    pixels += np.bincount(key, weights=frac, minlength=count * size).reshape(count, size)
+    area += np.bincount(key, weights=frac * areas[cov.cell_row[keep]], minlength=count * size).reshape(count, size)
+    return zone_ids, pixels, area
 
 
 @dataclass
@@ -251,14 +356,31 @@ def _pixel_zones(zones: Zones, crs: Any, transform: Any, width: int, height: int
     return pixel, shapely.STRtree(pixel)
 
 
-def plan_stats(raster: str, zones: Zones | None, block: int) -> tuple[list[StatsTask], Any]:
+def _validity(raster: str) -> tuple[int | None, bool]:
+    """How a block tells valid pixels: ``(nodata value, whether to read the mask)``. A nodata
+    mask needs no second read: the pixels holding that value are the invalid ones."""
+    from rasterio.enums import MaskFlags
+
+    with no_georef_warning(), rasterio.open(raster) as src:
+        flags = src.mask_flag_enums[0]
+        nodata = src.nodata
+    if MaskFlags.all_valid in flags:
+        return None, False
+    if MaskFlags.nodata in flags and nodata is not None and float(nodata).is_integer():
+        return int(nodata), False
+    return None, True
+
+
+def plan_stats(raster: str, zones: Zones | None, block: int,
+               values: tuple[int, ...] = ()) -> tuple[list[StatsTask], Any]:
     """Block tasks over the raster, each with the zones' parts inside its window."""
     import shapely
 
     info = open_scene(raster)
     assert info.crs is not None  # checked by stats()
+    nodata, masked = _validity(raster)
     base = dict(raster=raster, crs_wkt=info.crs.to_wkt(), transform=tuple(info.transform)[:6],
-                raster_height=info.height)
+                raster_height=info.height, nodata=nodata, masked=masked, values=values)
     pixel = tree = None
     if zones is not None:
         pixel, tree = _pixel_zones(zones, info.crs, info.transform, info.width, info.height)
@@ -326,7 +448,7 @@ def stats(
                            "assign them first (gdal_edit.py -a_srs EPSG:XXXX -a_ullr ...)")
     row_areas(info.crs, info.transform, info.height, 0, 1)  # a rotated geographic grid fails here
     zone_set = read_zones(zones, zone_field) if zones is not None else None
-    tasks, _ = plan_stats(raster, zone_set, block)
+    tasks, _ = plan_stats(raster, zone_set, block, tuple(sorted(class_map)))
     sums: dict[tuple[int, int], list[float]] = {}
     progress = Progress(len(tasks), unit="blocks", quiet=quiet)
     from dask.base import tokenize
