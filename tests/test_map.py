@@ -126,21 +126,14 @@ def test_two_utm_zones_agree_with_gdals_warped_mosaic(
     assert agree >= 0.995, agree
 
 
-def write_aoi(path: Path, polygon: list[tuple[float, float]], crs: str | None = "EPSG:4326") -> Path:
+def write_aoi(path: Path, polygon: list[tuple[float, float]], crs: str = "EPSG:4326") -> Path:
     """A GeoJSON AOI; vertices given in EPSG:32633 are written in ``crs``."""
     coords = polygon
-    if crs is not None and crs != "EPSG:32633":
+    if crs != "EPSG:32633":
         tr = Transformer.from_crs(32633, crs, always_xy=True)
         coords = [tr.transform(x, y) for x, y in polygon]
     doc: dict[str, Any] = {"type": "FeatureCollection", "features": [
         {"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [coords]}}]}
-    if crs is None:
-        import pyogrio
-
-        pyogrio.raw.write(str(path.with_suffix(".gpkg")), geometry=np.array([
-            __import__("shapely").Polygon(polygon).wkb], dtype=object), field_data=[], fields=[],
-            geometry_type="Polygon", crs=None, driver="GPKG")
-        return path.with_suffix(".gpkg")
     path.write_text(json.dumps(doc))
     return path
 
@@ -194,3 +187,90 @@ def test_order_newest_puts_the_newest_scene_on_top(
     assert np.array_equal(read(tmp_path / "given.tif")[0], read(tmp_path / "old-classes.tif")[0])
     assert np.array_equal(read(tmp_path / "newest.tif")[0], read(tmp_path / "new-classes.tif")[0])
     assert not np.array_equal(read(tmp_path / "given.tif")[0], read(tmp_path / "newest.tif")[0])
+
+
+def band_item(folder: Path, name: str, path: Path, when: str = "2024-06-01T10:00:00Z") -> dict[str, Any]:
+    """A STAC item for a 3-band file, its bands split into one file per band (b1, b2, b3)."""
+    with rasterio.open(path) as src:
+        data, transform, nodata = src.read(), src.transform, src.nodata
+    assets = {}
+    for i in range(3):
+        band = write_raster(folder / f"{name}_b{i + 1}.tif", data[i], transform=transform, nodata=nodata)
+        assets[f"b{i + 1}"] = {"href": band.name, "type": "image/tiff; application=geotiff"}  # beside the item
+    return {"type": "Feature", "stac_version": "1.0.0", "id": name, "geometry": None,
+            "properties": {"datetime": when}, "assets": assets, "links": []}
+
+
+@pytest.fixture
+def http_folder(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A folder served over http on 127.0.0.1 for as long as the test runs."""
+    folder = tmp_path / "www"
+    folder.mkdir()
+    handler = partial(SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *a: None  # type: ignore[attr-defined]
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield folder, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_stac_collection_url_item_file_and_manifest_map_like_the_scene(
+    tmp_path: Path, whole: tuple[Path, np.ndarray], model_factory: Callable[..., Path], dask_client: Any,
+    http_folder: tuple[Path, str],
+) -> None:
+    scene, data = whole
+    www, url = http_folder
+    a, b, c, d = pieces(tmp_path, data)
+    collection = {"type": "FeatureCollection", "features": [band_item(www, "a", a), band_item(www, "b", b)]}
+    (www / "search.json").write_text(json.dumps(collection))
+    (tmp_path / "c.json").write_text(json.dumps(band_item(tmp_path, "c", c)))
+    (tmp_path / "rest.txt").write_text("# the rest of the region\nc.json\n\nd.tif\n")
+    model = str(model_factory(in_channels=3))
+    geoseg.predict(str(scene), str(tmp_path / "scene.tif"), model=model, client=dask_client, tile=64)
+    result = geoseg.mapping.map([f"{url}/search.json", tmp_path / "rest.txt"], tmp_path / "map.tif", model=model,
+                                client=dask_client, tile=64)
+    assert result.extras["scenes"] == 4
+    assert np.array_equal(read(tmp_path / "map.tif")[0], read(tmp_path / "scene.tif")[0])
+
+
+def test_bad_input_is_one_line_before_any_work(
+    tmp_path: Path, rng: np.random.Generator, whole: tuple[Path, np.ndarray], model_factory: Callable[..., Path],
+) -> None:
+    import shapely
+
+    scene, data = whole
+    model = str(model_factory(in_channels=3))
+    out = tmp_path / "map.tif"
+    four = write_raster(tmp_path / "four.tif", random_scene(rng, 4, 32, 32, "uint8"),
+                        transform=from_origin(*ORIGIN, 10, 10))
+    far = write_aoi(tmp_path / "far.geojson", [(0, 0), (10, 0), (10, 10), (0, 0)])
+    bare = tmp_path / "bare.shp"
+    import pyogrio
+
+    with pytest.warns(UserWarning, match="crs"):  # pyogrio's own warning: what this case is about
+        pyogrio.raw.write(str(bare), geometry=np.array([shapely.box(*ORIGIN, ORIGIN[0] + 100, ORIGIN[1] + 100).wkb],
+                                                        dtype=object),
+                          field_data=[], fields=[], geometry_type="Polygon", crs=None, driver="ESRI Shapefile")
+    item = band_item(tmp_path, "broken", scene)
+    item["assets"]["b2"]["href"] = "missing_b2.tif"
+    (tmp_path / "broken.json").write_text(json.dumps(item))
+    cases = [
+        ([scene, four], {}, "no common band set: .*whole.tif has 3 band.*four.tif 4"),
+        ([scene], {"aoi": str(far)}, "no scene intersects the AOI"),
+        ([scene], {"aoi": str(bare)}, "--aoi .*bare.shp has no CRS"),
+        ([scene], {"crs": "EPSG:99999999"}, "--crs 'EPSG:99999999' cannot be parsed"),
+        ([tmp_path / "broken.json"], {}, "broken.json.*b2.*missing_b2.tif.*cannot be read"),
+        ([tmp_path / "none-*.tif"], {}, "no file matches"),
+        ([scene], {"order": "newest"}, "--order newest: scene .*whole.tif has no date"),
+    ]
+    for scenes, kw, message in cases:
+        with pytest.raises(GeosegError, match=message) as err:
+            geoseg.mapping.map(scenes, out, model=model, **kw)
+        assert "\n" not in str(err.value)
+        assert not out.exists()
+    from geoseg.cli.main import cli
+
+    res = CliRunner().invoke(cli, ["map", str(scene), str(four), "-o", str(out), "--model", model])
+    assert res.exit_code == 1 and res.output.count("\n") == 1 and "no common band set" in res.output
