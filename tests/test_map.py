@@ -274,3 +274,27 @@ def test_bad_input_is_one_line_before_any_work(
 
     res = CliRunner().invoke(cli, ["map", str(scene), str(four), "-o", str(out), "--model", model])
     assert res.exit_code == 1 and res.output.count("\n") == 1 and "no common band set" in res.output
+
+
+def test_a_map_job_runs_once_and_resumes(
+    tmp_path: Path, whole: tuple[Path, np.ndarray], model_factory: Callable[..., Path], dask_client: Any,
+) -> None:
+    from geoseg.batch import run_batch
+
+    scene, data = whole
+    pieces(tmp_path, data)
+    model = model_factory(in_channels=3)
+    job = tmp_path / "region.yaml"
+    job.write_text(f"map:\n  scenes: ['[a-d].tif']\n  output: out/region.tif\n  order: given\n"
+                   f"model: {model}\npredict:\n  tile: 64\n")
+    (tmp_path / "out").mkdir()
+    first = run_batch(job, client=dask_client)
+    assert [o.status for o in first.outcomes] == ["done"], first.outcomes[0].error
+    geoseg.predict(str(scene), str(tmp_path / "scene.tif"), model=str(model), client=dask_client, tile=64)
+    assert np.array_equal(read(tmp_path / "out" / "region.tif")[0], read(tmp_path / "scene.tif")[0])
+    assert [o.status for o in run_batch(job, client=dask_client).outcomes] == ["skipped"]
+    piece(tmp_path / "d.tif", data, 10, 20, 60, 71)  # a scene changed: the map is made again
+    assert [o.status for o in run_batch(job, client=dask_client).outcomes] == ["done"]
+    job.write_text("map:\n  scenes: [a.tif]\n  output: x.tif\n  order: oldest\n")
+    with pytest.raises(GeosegError, match="map: unknown --order 'oldest'"):
+        run_batch(job, client=dask_client)

@@ -19,6 +19,7 @@ from geoseg.options import MapOptions, PredictOptions
 
 if TYPE_CHECKING:
     from geoseg.cluster import TaskSlots
+    from geoseg.mapping.plan import MapPlan
     from geoseg.predict import PredictResult
 
 
@@ -53,11 +54,7 @@ def map(  # noqa: A001 - geoseg.map, like rasterio.merge: the library's name for
     """
     import dataclasses
 
-    from geoseg.cluster import inference_session
-    from geoseg.io import lock_output_folders
     from geoseg.mapping.plan import plan_map
-    from geoseg.predict import execute
-    from geoseg.progress import Progress
 
     t0 = time.perf_counter()
     map_names = {f.name for f in dataclasses.fields(MapOptions)}
@@ -66,6 +63,22 @@ def map(  # noqa: A001 - geoseg.map, like rasterio.merge: the library's name for
     inputs = [scenes] if isinstance(scenes, (str, os.PathLike)) else list(scenes)
     mplan = plan_map(inputs, output, model, opts, mopts, probabilities, vector, overwrite,
                      vector_options=vector_options, confidence=confidence)
+    return run_map(mplan, quiet=quiet, verbose=verbose, workers=workers, scheduler=scheduler, client=client,
+                   max_in_flight=max_in_flight, overwrite=overwrite, vector_options=vector_options, started=t0)
+
+
+def run_map(mplan: MapPlan, *, quiet: bool = True, verbose: bool = False, workers: int | None = None,
+            scheduler: str | None = None, client: Any = None, max_in_flight: int | TaskSlots | None = None,
+            overwrite: bool = False, vector_options: dict[str, Any] | None = None,
+            started: float | None = None) -> PredictResult:
+    """Run a planned map (:func:`geoseg.mapping.plan.plan_map`) on a cluster and commit its
+    outputs, all or nothing (a batch job plans once to check whether it is done)."""
+    from geoseg.cluster import inference_session
+    from geoseg.io import lock_output_folders
+    from geoseg.predict import execute
+    from geoseg.progress import Progress
+
+    t0 = time.perf_counter() if started is None else started
     plan = mplan.predict
     try:
         if plan.destinations.cells and not plan.destinations.remote:
@@ -76,7 +89,7 @@ def map(  # noqa: A001 - geoseg.map, like rasterio.merge: the library's name for
         progress.message(
             f"geoseg: map of {len(mplan.scenes)} scenes on {mplan.grid.crs.to_string()} at "
             f"{mplan.grid.resolution[0]:g} x {mplan.grid.resolution[1]:g}, planned in {mplan.seconds:.2f} s"
-            + (f"; newest first ({dated})" if mopts.order == "newest" else ""))
+            + (f"; newest first ({dated})" if mplan.order == "newest" else ""))
         locks = lock_output_folders([plan.output, plan.probabilities, plan.confidence, plan.vector], "map")
         with locks, inference_session(client, scheduler, workers, verbose) as session:
             result = execute(plan, session, progress, max_in_flight=max_in_flight, overwrite=overwrite,
@@ -87,4 +100,4 @@ def map(  # noqa: A001 - geoseg.map, like rasterio.merge: the library's name for
     return result
 
 
-__all__ = ["MapOptions", "map"]
+__all__ = ["MapOptions", "map", "run_map"]

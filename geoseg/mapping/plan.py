@@ -38,6 +38,7 @@ class MapPlan:
     seconds: float
     #: where ``order="newest"`` took each scene's date from, with counts
     date_sources: dict[str, int]
+    order: str = "given"
 
 
 class CellScenes:
@@ -168,7 +169,7 @@ def plan_map(
     for s in ordered:
         if s.date_source:
             sources[s.date_source] = sources.get(s.date_source, 0) + 1
-    return MapPlan(plan, ordered, grid, time.perf_counter() - t0, sources)
+    return MapPlan(plan, ordered, grid, time.perf_counter() - t0, sources, map_options.order)
 
 
 def _common_dtype(dtypes: Sequence[str]) -> str:
