@@ -61,8 +61,9 @@ def run_map_job(job_path: str | os.PathLike[str], force: bool = False, client: A
     aoi = section.get("aoi")
     mopts = MapOptions(crs=section.get("crs"), resolution=section.get("resolution"),
                        order=section.get("order", "given"), aoi=_resolve(base, aoi) if aoi else None)
-    popts = PredictOptions(**{k: (tuple(v) if isinstance(v, list) and k != "bands" else v)
-                              for k, v in (doc.get("predict") or {}).items() if v is not None})
+    given: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) and k != "bands" else v)
+                             for k, v in (doc.get("predict") or {}).items() if v is not None}
+    popts = PredictOptions(**given)
     model = doc.get("model")
     if isinstance(model, str) and not model.startswith("builtin") and os.path.exists(_resolve(base, model)):
         model = _resolve(base, model)
