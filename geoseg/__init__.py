@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 # geoseg.predict imports neither torch nor dask; importing it here also keeps the name
 # ``geoseg.predict`` bound to the function (not the package) once its stages are imported.
 from geoseg.predict import PredictResult, predict  # noqa: E402
+from geoseg.mapping import map  # noqa: E402,A004 - geoseg.map: many scenes, one seamless map
 
 if TYPE_CHECKING:  # pragma: no cover
     from geoseg.models.checkpoint import LoadedModel
@@ -31,4 +32,4 @@ def sample_scene() -> str:
     return str(sample_scene_path())
 
 
-__all__ = ["__version__", "PredictResult", "predict", "load_model", "sample_scene"]
+__all__ = ["__version__", "PredictResult", "predict", "map", "load_model", "sample_scene"]

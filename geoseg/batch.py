@@ -566,6 +566,11 @@ def run_batch(
 
         run_recipe(job_path, echo=echo)
         return BatchReport(str(job_path), [], time.perf_counter() - t0)
+    if isinstance(doc, dict) and "map" in doc:  # one region from many scenes (geoseg.mapping.job)
+        from geoseg.mapping.job import run_map_job
+
+        report: BatchReport = run_map_job(job_path, force, client, echo, verbose, progress)
+        return report
     job = load_job(job_path)
     from geoseg.models.config import read_model_config
     from geoseg.progress import JobProgress

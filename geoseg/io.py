@@ -239,6 +239,9 @@ def read_mirrored(
     mask of pixels that hold data (nodata value, NaN, internal or alpha masks are invalid).
     ``out``: arrays of those shapes to read into (a tile of a batch: no copy of the window).
     """
+    own = getattr(src, "read_mirrored", None)
+    if own is not None:  # a map's cell mirrors at the region's edges (geoseg.mapping.mosaic_source)
+        return own(bands, row_start, col_start, height, width, out)
     rows = source_indices(row_start, height, src.height)
     cols = source_indices(col_start, width, src.width)
     r0, r1 = int(rows.min()), int(rows.max()) + 1
@@ -288,6 +291,10 @@ def file_token(path: str) -> tuple[int, int] | None | list[Any]:
 
     if is_vrt_xml(path):
         return [file_token(s) for s in vrt_sources(path)]
+    if path.startswith("geoseg-mosaic:"):  # a map's cell records its scenes' tokens
+        from geoseg.mapping.mosaic_source import mosaic_tokens
+
+        return mosaic_tokens(path)
     try:
         st = os.stat(path)
         return st.st_size, st.st_mtime_ns

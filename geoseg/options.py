@@ -310,6 +310,33 @@ class VectorOptions:
         _check_fields(self)
 
 
+#: Which scene wins where a map's scenes overlap (see :mod:`geoseg.mapping`).
+MapOrder = Literal["given", "newest"]
+
+
+@dataclass(frozen=True)
+class MapOptions:
+    """A map's output grid, overlap priority and area: ``geoseg.map`` keywords, ``geoseg map``
+    options and the keys of a job's ``map`` section (besides ``scenes`` and ``output``)."""
+
+    crs: str | None = field(default=None, metadata=_help(
+        "Output CRS (EPSG:32633, PROJ or WKT); default: the scenes' own, when they share one.", metavar="CRS"))
+    resolution: float | None = field(default=None, metadata=_help(
+        "Output pixel size in CRS units; default: the scenes' own, when they share one.", min=0, min_open=True))
+    order: MapOrder = field(default="given", metadata=_help(
+        "Which scene wins where scenes overlap: the first given, or the newest (STAC datetime, else "
+        "the file's ACQUISITIONDATETIME or TIFFTAG_DATETIME tag)."))
+    aoi: str | None = field(default=None, metadata=_help(
+        "Vector file (any format and CRS): output cut to its bounding box, nodata outside its polygons.",
+        metavar="FILE"))
+
+    def __post_init__(self) -> None:
+        value: Any = self.resolution  # a job file or a caller may give a whole number
+        if isinstance(value, int) and not isinstance(value, bool):
+            object.__setattr__(self, "resolution", float(value))
+        _check_fields(self)
+
+
 def key_of(f: dataclasses.Field[Any]) -> str:
     """A field's name in the job file and on the command line (``skip_class`` for ``skip_classes``)."""
     return str(f.metadata.get("flag", f.name))

@@ -61,6 +61,10 @@ def _unescape(text: str) -> str:
 
 def describe(dataset: str) -> str:
     """A short name for messages: the path, or the band files a VRT string reads."""
+    if dataset.startswith("geoseg-mosaic:"):
+        from geoseg.mapping.mosaic_source import describe_mosaic
+
+        return describe_mosaic(dataset)
     if not is_vrt_xml(dataset):
         return dataset
     files = [os.path.basename(s) or s for s in vrt_sources(dataset)]
@@ -384,7 +388,13 @@ def asset_path(href: str, item_href: str) -> str:
 
 
 def _from_stac(href: str, band_names: Sequence[str], resampling: str) -> ResolvedScene:
-    item = read_stac_item(href)
+    return stac_item_scene(read_stac_item(href), href, band_names, resampling)
+
+
+def stac_item_scene(item: dict[str, Any], href: str, band_names: Sequence[str],
+                    resampling: str = DEFAULT_RESAMPLING) -> ResolvedScene:
+    """A STAC item already read (``href``: where it came from, the base of relative assets) as
+    a VRT of the assets matching the model's bands; each asset's readability is checked."""
     chosen = match_assets(item, band_names, href)
     paths = []
     for key, asset in chosen:

@@ -224,8 +224,13 @@ def _open_scene(scene: str) -> Any:
         return src
     for old in [k for k in _OPEN if k[0] == scene]:  # the file changed: its old handle is stale
         _OPEN.pop(old).close()
-    with no_georef_warning():
-        src = rasterio.open(scene)
+    if scene.startswith("geoseg-mosaic:"):  # a map's cell: its scenes on the output grid
+        from geoseg.mapping.mosaic_source import open_mosaic
+
+        src = open_mosaic(scene)
+    else:
+        with no_georef_warning():
+            src = rasterio.open(scene)
     _OPEN[key] = src
     while len(_OPEN) > OPEN_SCENES:
         _OPEN.popitem(last=False)[1].close()

@@ -10,6 +10,7 @@ from geoseg.cli.change import change_command
 from geoseg.cli.chip import chip_command
 from geoseg.cli.demo import demo_command
 from geoseg.cli.evaluate import evaluate_command
+from geoseg.cli.map import map_command
 from geoseg.cli.models import models_command
 from geoseg.cli.onnx import export_command, import_command
 from geoseg.cli.predict import predict_command
@@ -26,6 +27,7 @@ def cli() -> None:
 
 
 cli.add_command(predict_command)
+cli.add_command(map_command)
 cli.add_command(models_command)
 cli.add_command(chip_command)
 cli.add_command(train_command)

@@ -62,6 +62,9 @@ class CellTask:
     #: Stored in each cell file's metadata: a rerun keeps cells whose token matches.
     token: str = ""
     encode_threads: int = 1
+    #: WKT of the area kept, in the cell's pixel coordinates (x: column, y: row): a map's AOI;
+    #: pixels whose centre lies outside are nodata in every raster
+    clip: str | None = None
 
 
 @dataclass
@@ -107,7 +110,23 @@ def run_cell_task(task: CellTask) -> CellResult:
             skipped.append((res.core, res.error))
 
     run_tile_task(task.tiles, emit=stitch)
+    if task.clip is not None:
+        outside = _outside(task.clip, height, width)
+        for arr, meta in zip(arrays, task.rasters):
+            arr[:, outside] = meta.spec.nodata or 0
     return _finish(task, arrays, CellResult(window=w, tiles=count[0], skipped=skipped))
+
+
+def _outside(clip: str, height: int, width: int) -> np.ndarray:
+    """Pixels of a cell whose centre lies outside the ``clip`` geometry (WKT, pixel coordinates)."""
+    import shapely
+    from rasterio.features import geometry_mask
+    from rasterio.transform import Affine
+
+    geom = shapely.from_wkt(clip)
+    if geom.is_empty:
+        return np.ones((height, width), bool)
+    return geometry_mask([geom], (height, width), Affine.identity())
 
 
 def nodata_cell(task: CellTask, error: str) -> CellResult:

@@ -11,7 +11,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
@@ -23,12 +23,16 @@ from geoseg.io import (
 )
 from geoseg.models.config import LoadedModel
 from geoseg.predict.tile_budget import TileChoice, plan_auto_tile
-from geoseg.scenes import describe, resolve_scene
+from geoseg.scenes import ResolvedScene, describe, resolve_scene
 from geoseg.options import PredictOptions
 from geoseg.predict.cells import CellLayout, check_cell_size, internal_cell_size
 from geoseg.predict.destinations import Destinations, check_destinations
 from geoseg.tiling import TileGrid, auto_margin, round_up
 from geoseg.worker import TileTask
+
+if TYPE_CHECKING:
+    from geoseg.predict.cell_task import CellTask
+    from geoseg.predict.cells import Cell
 
 DEFAULT_TILE = 512
 #: Margin for models whose receptive field is the whole input (global pooling): a compromise.
@@ -62,6 +66,9 @@ class PredictPlan:
     layout: CellLayout | None = None
     compress: str = "deflate"
     compress_level: int | None = None
+    #: adjusts each cell's task before it is sent (a map gives each cell its own mosaic of
+    #: scenes and its AOI clip, see :mod:`geoseg.mapping`); None for a scene
+    cell_hook: Callable[[Cell, CellTask], CellTask] | None = None
 
     @property
     def confidence(self) -> Path | None:
@@ -143,6 +150,7 @@ def plan_predict(
     vector_options: dict[str, Any] | None = None,
     confidence: str | os.PathLike[str] | None = None,
     threads: int = 2,
+    scene_info: SceneInfo | None = None,
 ) -> PredictPlan:
     """Check the request and fix the tiling; raises a :class:`GeosegError` on any bad input.
 
@@ -151,7 +159,9 @@ def plan_predict(
 
     No output may be a scene file, the model file or another output (even with ``overwrite``),
     and the polygon options (``vector_options``, see :func:`geoseg.vectorize.check_vector_options`)
-    are checked here, before any prediction.
+    are checked here, before any prediction. ``scene_info``: a virtual scene planned already
+    (a map's region, :mod:`geoseg.mapping`), read instead of ``scene``, which then only names
+    the inputs no output may be.
     """
     from geoseg.models.config import read_model_config, resolve_model_path
     from geoseg.predict.write import skipped_report_path
@@ -179,8 +189,11 @@ def plan_predict(
     # a batch plans many scenes with the one model it has loaded and checked already
     loaded = model if isinstance(model, LoadedModel) else read_model_config(model)
     cfg = loaded.config
-    resolved = resolve_scene(scene, cfg.band_names, options.resampling, match_names=options.bands is None)
-    info = open_scene(resolved.dataset)
+    if scene_info is None:
+        resolved = resolve_scene(scene, cfg.band_names, options.resampling, match_names=options.bands is None)
+        info = open_scene(resolved.dataset)
+    else:
+        resolved, info = ResolvedScene(scene_info.path), scene_info
     if not info.georeferenced:
         warnings.warn(
             f"{describe(info.path)} has no CRS or geotransform; the output keeps its pixel grid "

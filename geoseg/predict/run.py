@@ -159,11 +159,12 @@ def cell_tasks(plan: PredictPlan, torch_threads: int | None, token: str = "",
             if crs is not None:
                 t = plan.scene.transform * Affine.translation(int(cell.window.col_off), int(cell.window.row_off))
                 transform = tuple(t)[:6]
-        tasks.append(CellTask(
+        task = CellTask(
             tiles=tiles, window=cell.window, rasters=metas, levels=levels,
             raw_level=layout.local_levels < overview_count(plan.scene.width, plan.scene.height),
             destinations=destinations, crs=crs, transform=transform, token=token,
-        ))
+        )
+        tasks.append(plan.cell_hook(cell, task) if plan.cell_hook is not None else task)
     assert all(m.spec.name in RASTERS for m in metas)
     return tasks
 
