@@ -39,7 +39,7 @@ bench: $(STAMP)
 # Pin the runtime dependencies of the container images from this environment.
 # moto[server] (the tests' S3 server) and what only it needs; boto3 and its own dependencies stay.
 MOTO_PACKAGES := moto|Flask|flask-cors|Werkzeug|itsdangerous|blinker|antlr4-python3-runtime|aws-xray-sdk|cfn-lint|cffi|pycparser|cryptography|docker|graphql-core|joserfc|jsonpatch|jsonpath-ng|jsonpointer|jsonschema|openapi-|pathable|lazy-object-proxy|py-partiql-parser|pydantic-settings|python-dotenv|referencing|rpds-py|regex|requests|responses|rfc3339-validator|xmltodict|wrapt|charset-normalizer
-DEV_PACKAGES := geoseg|hadolint|hypothesis|iniconfig|pluggy|pytest|ruff|rio-cogeo|morecantile|pydantic|annotated-types|typing-inspection|scikit-learn|joblib|threadpoolctl|nvidia-|cuda-|triton|Pygments|pyarrow|lazy-importer|mypy|mypy_extensions|types-PyYAML|ast-serialize|librt|pathspec|$(MOTO_PACKAGES)
+DEV_PACKAGES := geoseg|hadolint|hypothesis|iniconfig|pluggy|pytest|ruff|rio-cogeo|morecantile|pydantic|annotated-types|typing-inspection|scikit-learn|joblib|threadpoolctl|nvidia-|cuda-|triton|Pygments|pyarrow|lazy-importer|mypy|mypy_extensions|types-PyYAML|ast-serialize|librt|pathspec|exactextract|$(MOTO_PACKAGES)
 lock: $(STAMP)
 	{ head -3 docker/requirements.lock; $(BIN)/pip freeze --exclude-editable | grep -Ev '^(-e|#)' | grep -Ev '^($(DEV_PACKAGES))'; } > docker/requirements.lock.new
 	mv docker/requirements.lock.new docker/requirements.lock

@@ -84,36 +84,52 @@ def encode_tiles(array: np.ndarray, spec: RasterSpec, threads: int = 1) -> list[
 def reduce2(array: np.ndarray, reduction: Reduction, nodata: int | None) -> np.ndarray:
     """One overview level from the one below: each output pixel reduces a 2 x 2 block (fewer at
     an odd edge) of (bands, height, width) values to their mode or rounded mean, leaving out
-    ``nodata``; a block of nodata alone stays nodata. The size is halved, rounded up."""
+    ``nodata``; a block of nodata alone stays nodata. The size is halved, rounded up.
+
+    Works through :data:`REDUCE_ROWS` output rows at a time with small integer types, so the
+    extra memory is a few bytes per output pixel of one band of rows, whatever the array."""
     if array.ndim == 2:
         return reduce2(array[None], reduction, nodata)[0]
     c, h, w = array.shape
     hh, ww = -(-h // 2), -(-w // 2)
+    out = np.empty((c, hh, ww), array.dtype)
+    for top in range(0, hh, REDUCE_ROWS):
+        rows = array[:, 2 * top : 2 * (top + REDUCE_ROWS)]
+        out[:, top : top + REDUCE_ROWS] = _reduce_rows(rows, reduction, nodata, ww)
+    return out
+
+
+#: Output rows :func:`reduce2` makes at a time.
+REDUCE_ROWS = 128
+
+
+def _reduce_rows(array: np.ndarray, reduction: Reduction, nodata: int | None, ww: int) -> np.ndarray:
+    c, h, w = array.shape
+    hh = -(-h // 2)
     fill = nodata if nodata is not None else 0
     padded = np.full((c, hh * 2, ww * 2), fill, array.dtype)
     padded[:, :h, :w] = array
     valid = np.zeros((hh * 2, ww * 2), bool)
     valid[:h, :w] = True
     if nodata is not None:
-        valid = valid & np.all(padded != nodata, axis=0)
+        valid &= np.all(padded != nodata, axis=0)
     quads = [padded[:, i::2, j::2] for i in (0, 1) for j in (0, 1)]
     oks = [valid[i::2, j::2] for i in (0, 1) for j in (0, 1)]
+    n = sum(ok.astype(np.uint8) for ok in oks)
     if reduction == "average":
-        total = sum(np.where(ok, q.astype(np.uint32), 0) for q, ok in zip(quads, oks))
-        n = sum(ok.astype(np.uint32) for ok in oks)
+        wide = np.uint32 if array.dtype.itemsize > 1 else np.uint16  # 4 x 255 fits 16 bits
+        total = sum(np.where(ok, q, 0).astype(wide) for q, ok in zip(quads, oks))
         out = (total + n // 2) // np.maximum(n, 1)
         return np.where(n > 0, out, fill).astype(array.dtype)
     # mode: each of the four values counts its equals among the valid ones; the first of the
     # most frequent wins (row-major order within the block)
-    counts = []
+    best, best_count = quads[0], np.zeros(oks[0].shape, np.uint8)
     for q, ok in zip(quads, oks):
-        same = sum((np.all(q == r, axis=0) & o) for r, o in zip(quads, oks))
-        counts.append(np.where(ok, same, -1))
-    best = np.argmax(np.stack(counts), axis=0)
-    stacked = np.stack(quads)  # 4, c, hh, ww
-    out = np.take_along_axis(stacked, best[None, None], axis=0)[0]
-    any_valid = np.any(np.stack(oks), axis=0)
-    return np.where(any_valid, out, fill).astype(array.dtype)
+        same = sum((np.all(q == r, axis=0) & o).astype(np.uint8) for r, o in zip(quads, oks)) * ok
+        better = same > best_count
+        best = np.where(better, q, best)
+        best_count = np.where(better, same, best_count)
+    return np.where(n > 0, best, fill).astype(array.dtype)
 
 
 def overview_count(width: int, height: int) -> int:

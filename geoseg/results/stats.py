@@ -3,8 +3,9 @@
 Each block task reads its window of the raster (a path and a window, with the zones' parts
 inside it) and returns, per (zone, class), the pixels and square metres it holds; the client
 sums them. Without zones the pixel counts are integers (a bincount); with zones a pixel counts
-for a zone by the fraction of it the zone covers, computed exactly by exactextract (see
-docs/results.md for the measurement against centre-of-pixel rasterization).
+for a zone by the fraction of it the zone covers, computed exactly in numpy
+(:mod:`geoseg.results.coverage`; see docs/results.md for the measurement against centre-of-pixel
+rasterization).
 """
 
 from __future__ import annotations
