@@ -67,6 +67,10 @@ class Job:
     concurrency: int | str = "auto"
     stats: dict[str, Any] | None = None
     quicklook: bool = True
+    #: ``s3://`` output folder (``folder`` is then its local staging mirror; geoseg.batch_store)
+    remote: str | None = None
+    #: objects already under ``remote`` (names relative to it), for the resume check
+    remote_names: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -239,7 +243,15 @@ def load_job(path: str | os.PathLike[str]) -> Job:
     concurrency = doc.get("concurrency", "auto")
     if isinstance(concurrency, int) and not isinstance(concurrency, bool) and concurrency < 1:
         problems.append(f"concurrency: scenes at once must be 1 or more (or 'auto'), not {concurrency}")
-    job = Job(p, list(dict.fromkeys(scenes)), model, Path(_resolve(base, folder)), str(pattern),
+    from geoseg.batch_store import check_folder_url, staging_folder
+
+    try:
+        remote = check_folder_url(folder)
+    except GeosegError as exc:
+        problems.append(f"output.folder: {first_line(exc)}")
+        remote = None
+    local_folder = staging_folder(remote) if remote else Path(_resolve(base, folder))
+    job = Job(p, list(dict.fromkeys(scenes)), model, local_folder, str(pattern),
               dict(predict) if isinstance(predict, dict) else {},
               dict(vector) if isinstance(vector, dict) else None, doc.get("scheduler"), doc.get("workers"),
               concurrency if concurrency is not None else "auto")
@@ -248,6 +260,7 @@ def load_job(path: str | os.PathLike[str]) -> Job:
     job.stats, stats_problems = check_stats_section(doc.get("stats"), base)
     problems.extend(stats_problems)
     job.quicklook = doc.get("quicklook", True) is not False
+    job.remote = remote
     if not pattern_problems:
         job.scenes = _drop_own_outputs(job, places, globbed, problems)
         problems.extend(_collisions(job, places))
@@ -449,7 +462,14 @@ def is_done(job: Job, scene: str, model_sha: str) -> bool:
     want = expected_record(job, scene, model_sha)
     if stored.get("partial"):
         return False  # written with holes under on_error: skip; tried again on every run
-    return all(stored.get(k) == v for k, v in want.items()) and all(p.exists() for p in outs.values())
+    return all(stored.get(k) == v for k, v in want.items()) and all(_exists(job, p) for p in outs.values())
+
+
+def _exists(job: Job, path: Path) -> bool:
+    """Whether an output is there: on disk, or on the job's object store."""
+    if job.remote is None:
+        return path.exists()
+    return path.relative_to(job.folder).as_posix() in job.remote_names
 
 
 @contextlib.contextmanager
@@ -581,6 +601,10 @@ def run_batch(
 
     check_report_page(html_path(report_file), str(job.path), overwrite)
     model = read_model_config(job.model)
+    if job.remote is not None:
+        from geoseg.batch_store import prepare
+
+        job.remote_names = prepare(job.remote, job.folder, RECORD_SUFFIX)
     bar = JobProgress(len(job.scenes), quiet=not progress)
     say: Callable[[str], Any] = (lambda s: None) if not verbose else (bar.message if progress else echo)
     with job_lock(job.folder, job.path):
@@ -592,6 +616,10 @@ def run_batch(
     report = BatchReport(str(job.path), outcomes, time.perf_counter() - t0)
     write_json_atomic(report_file, report.as_dict())
     write_report(report.as_dict(), job.folder, html_path(report_file))
+    if job.remote is not None:
+        from geoseg.batch_store import push
+
+        push(job.remote, job.folder, [report_file, html_path(report_file)])
     return report
 
 
@@ -741,6 +769,13 @@ def _one_scene(job: Job, scene: str, model: Any, session: Any, slots: Any, bar: 
             record["partial"] = {"skipped_windows": len(result.skipped),
                                  "report": skipped_report_path(outs["classes"]).name}
         write_json_atomic(rec, record)
+        if job.remote is not None:  # outputs first, the record last: a record there means all is there
+            from geoseg.batch_store import push
+
+            skipped_file = skipped_report_path(outs["classes"])
+            files = [p.parent if p.parent != job.folder else p for p in outs.values()]
+            files += [skipped_file] if skipped_file.exists() else []
+            push(job.remote, job.folder, [*dict.fromkeys(files), rec], keep=(rec,))
     except GeosegError as exc:
         say(f"FAIL  {scene}: {first_line(exc)}")
         return SceneOutcome(scene, "failed", first_line(exc), 0.0, time.perf_counter() - t)

@@ -309,3 +309,38 @@ quicklook: false
     assert item["assets"]["confidence"]["href"] == "a-classes/confidence.vrt"
     again = run_batch(job, client=dask_client)
     assert again.count("skipped") == 1
+
+
+def test_batch_job_writes_to_an_object_store_and_resumes(
+    tmp_path: Path, model_factory: Callable[..., Path], dask_client: Any, s3_bucket: str,
+) -> None:
+    from geoseg.batch import run_batch
+    from geoseg.objectstore import gdal_s3_env, list_keys, to_vsis3
+    from tests.conftest import random_scene, write_raster
+
+    rng = np.random.default_rng(9)
+    (tmp_path / "in").mkdir()
+    for name in ("a", "b"):
+        write_raster(tmp_path / "in" / f"{name}.tif", random_scene(rng, 3, 90, 110, "uint8"))
+    job = tmp_path / "job.yaml"
+    job.write_text(f"""
+scenes: [in/*.tif]
+model: {model_factory(in_channels=3)}
+output: {{folder: {s3_bucket}/nightly}}
+predict: {{tile: 64, confidence: true}}
+quicklook: false
+""")
+    report = run_batch(job, client=dask_client)
+    assert report.count("done") == 2, report.as_dict()
+    keys = {k.rsplit("/", 1)[1] for k in list_keys(f"{s3_bucket}/nightly/")}
+    for name in ("a", "b"):
+        assert {f"{name}-classes.tif", f"{name}-confidence.tif", f"{name}-classes.stac.json",
+                f"{name}-classes.tif.geoseg.json"} <= keys, keys
+    assert {"batch-report.json", "report.html"} <= keys
+    local = tmp_path / "a.tif"
+    geoseg.predict(str(tmp_path / "in" / "a.tif"), str(local), model=str(model_factory(in_channels=3)),
+                   client=dask_client, tile=64)
+    with rasterio.Env(**gdal_s3_env()):
+        np.testing.assert_array_equal(read(to_vsis3(f"{s3_bucket}/nightly/a-classes.tif")), read(local))
+    again = run_batch(job, client=dask_client)
+    assert again.count("skipped") == 2, again.as_dict()
