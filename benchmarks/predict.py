@@ -30,6 +30,8 @@ from geoseg.io import ClassInfo
 from geoseg.models import create_model
 from geoseg.models.checkpoint import build_config, file_sha256, load_model, save_model
 from geoseg.models.onnx import cached_onnx
+from geoseg.options import PredictOptions
+from geoseg.predict.plan import plan_predict
 from geoseg.tiling import TileGrid, auto_margin, reflect_index
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -177,7 +179,8 @@ def main() -> None:
     if not warm.exists():
         build_scene(warm, sizes[0])
     run_predict(warm, work / "warm-up.tif", model, args.tile, args.batch_size)
-    # the tile shape the grid of the largest scene uses (cores are balanced, so it can be < --tile)
+    # the tile shape the grid of the largest scene uses (cores are balanced, so it can be < --tile;
+    # cells re-balance them again, within a stride of it)
     big = TileGrid.create(sizes[-1], sizes[-1], args.tile, margin, cfg.output_stride)
     fwd_before = forward_in_worker(model, big.tile_height, args.batch_size)
     fwd_here = forward_throughput(model, big.tile_height, args.batch_size)
@@ -186,10 +189,14 @@ def main() -> None:
         scene = work / f"landsat-{size}.tif"
         if not scene.exists():
             build_scene(scene, size)
-        grid = TileGrid.create(size, size, args.tile, margin, cfg.output_stride)
+        layout = plan_predict(str(scene), work / f"plan-{size}.tif", str(model),
+                              PredictOptions(tile=args.tile, batch_size=args.batch_size), overwrite=True).layout
+        assert layout is not None
         wall, peak = run_predict(scene, work / f"classes-{size}.tif", model, args.tile, args.batch_size)
         mp = size * size / 1e6
-        network_mp = len(grid) * grid.tile_height * grid.tile_width / 1e6
+        # the network input the run computes: each cell re-balances its tiles (geoseg.predict.cells)
+        network_mp = layout.overlap_factor * mp
+        grid = max((c.grid for c in layout), key=len)
         rows.append({
             "size": size, "megapixels": mp, "seconds": wall, "scene_mp_per_s": mp / wall,
             "overlap_factor": network_mp / mp, "network_mp_per_s": network_mp / wall,
