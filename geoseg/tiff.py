@@ -91,17 +91,19 @@ def cog_data_size(tile_sizes: Sequence[Sequence[int]]) -> int:
 
 
 def write_cog(out: BinaryIO, tags: dict[int, Tag], tile_sizes: Sequence[Sequence[int]],
-              tile: Callable[[int, int], bytes]) -> None:
+              tile: Callable[[int, int], bytes], bigtiff: bool | None = None) -> None:
     """Write a COG: full resolution with the IFD ``tags`` (tile offsets and counts left out),
     then ``len(tile_sizes) - 1`` overviews, each half the size of the one before (rounded up).
     The tiles of level ``i`` have the byte counts ``tile_sizes[i]`` (row-major; 0 for a tile
     never written) and ``tile(i, j)`` gives tile ``j``'s bytes; GDAL's leader and trailer are
     added here.
 
-    BigTIFF when the file would pass 4 GiB, else classic TIFF (which every reader knows)."""
+    BigTIFF when the file would pass 4 GiB (or ``bigtiff``), else classic TIFF (which every
+    reader knows)."""
     width, height = tags[IMAGE_WIDTH].values()[0], tags[IMAGE_LENGTH].values()[0]
     data_bytes = cog_data_size(tile_sizes)
-    big = data_bytes + 1_000_000 + 64 * sum(len(t) for t in tile_sizes) > 2**32 - 1
+    big = bigtiff if bigtiff is not None else (
+        data_bytes + 1_000_000 + 64 * sum(len(t) for t in tile_sizes) > 2**32 - 1)
     levels = range(len(tile_sizes))
     ghost = f"GDAL_STRUCTURAL_METADATA_SIZE={len(GHOST):06d} bytes\n{GHOST}".encode()
     header = 16 if big else 8
