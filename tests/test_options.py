@@ -14,8 +14,8 @@ from geoseg.errors import OptionError
 from geoseg.options import CRFParams, PredictOptions, VectorOptions, choices, key_of
 
 #: geoseg predict's options that say where things go and how the run is hosted, not how it infers
-RUN_OPTIONS = {"output", "model", "workers", "scheduler", "probabilities", "vector", "overwrite", "quiet", "verbose",
-               "help"}
+RUN_OPTIONS = {"output", "model", "workers", "scheduler", "probabilities", "confidence", "vector", "quicklook",
+               "overwrite", "quiet", "verbose", "help"}
 
 
 def _options(command: str) -> dict[str, click.Option]:
@@ -45,7 +45,8 @@ def test_every_predict_option_is_a_cli_option_with_its_default_and_choices() -> 
 
 
 def test_job_schema_is_derived_from_the_options() -> None:
-    assert set(SCHEMA["predict"]) == {f.name for f in dataclasses.fields(PredictOptions)} | {"probabilities"}
+    assert set(SCHEMA["predict"]) == {f.name for f in dataclasses.fields(PredictOptions)} | {"probabilities",
+                                                                                             "confidence"}
     assert set(SCHEMA["vector"]) == {key_of(f) for f in dataclasses.fields(VectorOptions)} | {"format"}
     assert "compile" in SCHEMA["predict"] and "block_size" in SCHEMA["vector"]
 
