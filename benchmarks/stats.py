@@ -61,28 +61,58 @@ def accuracy(rng: np.random.Generator) -> dict[str, dict[str, float]]:
     return out
 
 
-def make_inputs(folder: Path, n: int, zones: int, rng: np.random.Generator) -> tuple[Path, Path]:
-    """A blocky n x n uint8 class raster (DEFLATE, 512² tiles) and Voronoi zones covering it."""
-    from geoseg.io import CLASS_NODATA, class_tags
-    from tests.test_results_stats import CLASSES, write_zones
+#: Land-cover-like classes of the benchmark raster.
+BENCH_CLASSES = ["water", "forest", "grassland", "cropland", "built-up", "bare", "wetland"]
 
-    path = folder / "classes.tif"
+
+def make_inputs(folder: Path, n: int, zones: int, rng: np.random.Generator) -> tuple[Path, Path]:
+    """An n x n uint8 class raster like a land-cover map and Voronoi zones covering it.
+
+    The classes are a smoothed random field cut into 7 bands of equal share: patches of about
+    15 (the middle classes, rings between others) to 120 pixels (the outer ones), runs along a row
+    of 3.8 pixels on average, DEFLATE-compressed about 6 x: a blocky raster compresses to almost
+    nothing and makes reading it unrealistically cheap. Written as geoseg writes class rasters:
+    a COG, DEFLATE, 512² tiles, with overviews. Reused from ``folder`` when already there.
+    """
+    from rasterio.shutil import copy as copy_raster
+    from scipy.ndimage import gaussian_filter, zoom
+    from scipy.stats import norm
+
+    from geoseg.io import CLASS_NODATA, ClassInfo, class_tags
+    from tests.test_results_stats import write_zones
+
+    path, zones_path = folder / f"classes-{n}.tif", folder / f"zones-{n}-{zones}.gpkg"
+    if path.exists() and zones_path.exists():
+        return path, zones_path
+    classes = [ClassInfo(i, name, (30 * i, 255 - 30 * i, 100)) for i, name in enumerate(BENCH_CLASSES)]
+    tmp = folder / f"classes-{n}.tmp.tif"
     profile = dict(driver="GTiff", width=n, height=n, count=1, dtype="uint8", nodata=CLASS_NODATA,
                    tiled=True, blockxsize=512, blockysize=512, compress="deflate",
                    crs="EPSG:32633", transform=from_origin(300000, 5800000, 10, 10))
-    with rasterio.open(path, "w", **profile) as dst:
-        for r in range(0, n, 2048):
-            h = min(2048, n - r)
-            block = np.kron(rng.integers(0, 4, (h // 16 + 1, n // 16 + 1)), np.ones((16, 16), np.uint8))
-            dst.write(block[:h, :n].astype(np.uint8)[None], window=Window(0, r, n, h))
-    with rasterio.open(path, "r+") as dst:
-        dst.update_tags(**class_tags(CLASSES, "bench"))
+    half, margin, strip = n // 2, 16, 1024  # the field at half resolution, smoothed, then bilinear
+    noise = np.zeros((0, half + 2 * margin), np.float32)
+    edges = None
+    with rasterio.open(tmp, "w", **profile) as dst:
+        for r in range(0, half, strip):
+            h = min(strip, half - r)
+            # the previous strip's last noise rows carried over: no seam between strips
+            fresh = rng.random((h + 2 * margin - len(noise[-2 * margin:]), half + 2 * margin), np.float32)
+            noise = np.concatenate([noise[-2 * margin:], fresh])
+            field = zoom(gaussian_filter(noise, 2.0, truncate=3.0), 2, order=1)[2 * margin:2 * (margin + h),
+                                                                                2 * margin:2 * margin + n]
+            if edges is None:
+                edges = (norm.ppf(np.linspace(0, 1, len(classes) + 1)[1:-1]) * field.std()
+                         + field.mean()).astype(np.float32)
+            dst.write(np.searchsorted(edges, field).astype(np.uint8)[None], window=Window(0, 2 * r, n, 2 * h))
+        dst.update_tags(**class_tags(classes, "bench"))
+    copy_raster(str(tmp), str(path), driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=512, NUM_THREADS="ALL_CPUS")
+    tmp.unlink()
     extent = shapely.box(300000, 5800000 - n * 10, 300000 + n * 10, 5800000)
     points = shapely.multipoints(np.column_stack([rng.uniform(300000, 300000 + n * 10, zones),
                                                   rng.uniform(5800000 - n * 10, 5800000, zones)]))
     cells = shapely.intersection(np.asarray(shapely.get_parts(shapely.voronoi_polygons(points, extend_to=extent))),
                                  extent)
-    return path, write_zones(folder / "zones.gpkg", list(cells), [f"z{i}" for i in range(len(cells))])
+    return path, write_zones(zones_path, list(cells), [f"z{i}" for i in range(len(cells))])
 
 
 def measure(what: str, path: str, zones: str) -> None:
