@@ -264,3 +264,14 @@ def test_zones_on_a_geographic_raster_weigh_rows_by_their_area(tmp_path: Path, r
     assert sum(r["area_m2"] for r in whole.rows) == pytest.approx(per_row.sum(), rel=1e-9)
     north = per_row[:47].sum() + 0.5 * valid[47].sum() * areas[47]
     assert sum(r["area_m2"] for r in res.rows if r["name"] == "n") == pytest.approx(north, rel=1e-6)
+
+
+def test_bit_prefix_counts_equal_a_cumulative_sum(rng: np.random.Generator) -> None:
+    from geoseg.results.stats import _BitPrefix
+
+    flags = rng.random((37, 101)) < 0.4  # rows and a size that are not multiples of 64
+    pos = np.concatenate([[0, flags.size], rng.integers(0, flags.size + 1, 500)])
+    expect = np.concatenate([[0], np.cumsum(flags.ravel())])[pos]
+    prefix = _BitPrefix(flags)
+    assert prefix(pos).tolist() == expect.tolist()
+    assert prefix.total == int(flags.sum())
