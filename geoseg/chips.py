@@ -10,7 +10,6 @@ valid pixels) give the normalization a model is trained with.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import math
@@ -31,15 +30,14 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from geoseg.block_cache import READ_CACHE_BYTES
-from geoseg.errors import ChipError, first_line
+from geoseg.errors import ChipError, ChipsLockedError, FolderLockedError, first_line
 from geoseg.io import (
-    ClassInfo, check_distinct_paths, no_georef_warning, open_scene, read_env, remove_quietly,
-    select_bands, temporary_sibling,
+    LOCK_NAME, ClassInfo, check_distinct_paths, folder_lock, no_georef_warning, open_scene,
+    read_env, remove_quietly, select_bands, temporary_sibling,
 )
 
 MANIFEST = "chips.json"
 INDEX = "index.gpkg"
-LOCK = ".geoseg-chip.lock"
 #: Prefix of the hidden folder a run writes its chips into before committing them.
 STAGING = ".geoseg-chip-staging-"
 #: Chip sizes ``chip`` chooses from, largest first, when --size is not given.
@@ -594,26 +592,6 @@ def manifest_classes(manifest: dict[str, Any]) -> list[ClassInfo]:
     return [ClassInfo(int(c["value"]), str(c["name"]), tuple(c["color"])) for c in manifest["classes"]]
 
 
-@contextlib.contextmanager
-def folder_lock(out: Path) -> Iterator[None]:
-    """One ``chip`` run per chips folder at a time; the kernel releases the lock if the run dies.
-    The lock file is opened without following links."""
-    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-            raise ChipError(
-                f"another 'geoseg chip' (pid {holder}) is writing into {out}; wait for it to finish"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        yield
-    finally:
-        os.close(fd)
-
-
 def make_chips(
     pairs: Sequence[tuple[str, str]],
     out_dir: str | os.PathLike[str],
@@ -664,7 +642,12 @@ def make_chips(
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:
-        with folder_lock(out):
+        with contextlib.ExitStack() as stack:
+            try:  # one chip run per folder, and none while a batch job or predict writes there
+                stack.enter_context(
+                    folder_lock(out, exclusive=True, what="chip run", holder="geoseg chip"))
+            except FolderLockedError as exc:
+                raise ChipsLockedError(str(exc)) from None
             return _make_chips_locked(
                 pairs, out, size, stride, bands, label_field, value_map, background,
                 label_nodata_is_class, class_names, ignore, min_labeled, max_nodata, val_fraction,
@@ -672,7 +655,7 @@ def make_chips(
             )
     except BaseException:
         if created:
-            remove_quietly(out / LOCK)
+            remove_quietly(out / LOCK_NAME)
             with contextlib.suppress(OSError):
                 out.rmdir()
         raise

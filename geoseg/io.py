@@ -376,11 +376,13 @@ _HELD_LOCKS: dict[str, tuple[int, bool]] = {}
 
 
 @contextlib.contextmanager
-def folder_lock(folder: Path, exclusive: bool, what: str = "geoseg run") -> Iterator[None]:
+def folder_lock(folder: Path, exclusive: bool, what: str = "geoseg run",
+                holder: str = "geoseg batch") -> Iterator[None]:
     """Lock an output folder: shared by single runs (predict, vectorize), exclusive for a batch
-    job, which also removes what killed runs left behind. The kernel releases the lock when the
-    process dies, so a lock held means a live run. The lock file is opened without following
-    symlinks, and removed by the last run to leave."""
+    job or a chip run, which also remove what killed runs left behind. The kernel releases the
+    lock when the process dies, so a lock held means a live run. The lock file is opened without
+    following symlinks, and removed by the last run to leave. An exclusive ``holder`` writes its
+    name and pid there, for the message another run gets."""
     import fcntl
 
     from geoseg.errors import FolderLockedError
@@ -398,7 +400,7 @@ def folder_lock(folder: Path, exclusive: bool, what: str = "geoseg run") -> Iter
         if exclusive:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)
-                os.pwrite(fd, f"geoseg batch, pid {os.getpid()}".encode(), 0)
+                os.pwrite(fd, f"{holder}, pid {os.getpid()}".encode(), 0)
         _HELD_LOCKS[key] = (fd, exclusive)
         yield
     finally:
