@@ -281,18 +281,36 @@ def _in_order(indices: np.ndarray) -> bool:
     return bool(np.all(np.diff(indices) == 1))
 
 
-def file_token(path: str) -> tuple[int, int] | None | list[Any]:
-    """Size and modification time of a local file (None for virtual paths; one per source file of
-    a VRT string): part of task keys, so a changed file never reuses results from its old content."""
-    from geoseg.scenes import is_vrt_xml, vrt_sources
+def file_token(path: str) -> tuple[Any, ...] | list[Any] | None:
+    """What identifies a scene's content cheaply, in task keys and batch records, so a changed
+    file never reuses results from its old content: a local file's size and modification time;
+    one token per source file of a VRT string; for a local STAC item also one per raster asset,
+    by key (an asset rewritten in place is a new scene); None for virtual paths."""
+    from geoseg.scenes import is_stac_item, is_vrt_xml, vrt_sources
 
     if is_vrt_xml(path):
         return [file_token(s) for s in vrt_sources(path)]
     try:
         st = os.stat(path)
-        return st.st_size, st.st_mtime_ns
     except OSError:
         return None
+    if is_stac_item(path):
+        return st.st_size, st.st_mtime_ns, _stac_asset_tokens(path)
+    return st.st_size, st.st_mtime_ns
+
+
+def _stac_asset_tokens(item_path: str) -> dict[str, Any] | None:
+    """:func:`file_token` of each raster asset of a local STAC item, by asset key (None for an
+    unreadable item)."""
+    from geoseg.scenes import asset_path, is_raster_asset, read_stac_item
+
+    try:
+        item = read_stac_item(item_path)
+    except SceneError:
+        return None
+    return {key: file_token(asset_path(str(asset["href"]), item_path))
+            for key, asset in sorted(item["assets"].items())
+            if isinstance(asset, dict) and "href" in asset and is_raster_asset(asset)}
 
 
 def check_output_path(path: str | os.PathLike[str], overwrite: bool, what: str = "output") -> Path:
