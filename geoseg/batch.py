@@ -27,7 +27,9 @@ import yaml
 from geoseg import __version__
 from geoseg.errors import GeosegError, JobError, JobLockedError, first_line
 from geoseg.io import file_token, is_virtual, write_json_atomic
-from geoseg.options import PredictOptions, VectorOptions, job_schema, key_of
+from geoseg.options import (
+    VECTOR_FORMAT_NAMES, PredictOptions, VectorOptions, job_schema, key_of,
+)
 from geoseg.results.scene import STATS_SCHEMA
 
 #: Keys of a prediction job and the types they take (None: free-form checked elsewhere).
@@ -46,7 +48,6 @@ SCHEMA: dict[str, Any] = {
     "stats": STATS_SCHEMA,
     "quicklook": bool,
 }
-VECTOR_FORMATS = ("gpkg", "fgb", "geojson", "shp", "parquet")
 RECORD_SUFFIX = ".geoseg.json"
 
 
@@ -228,8 +229,8 @@ def load_job(path: str | os.PathLike[str]) -> Job:
     pattern_problems = _pattern_problems(pattern) if isinstance(pattern, str) else ["output.pattern: not text"]
     problems.extend(p for p in pattern_problems if p not in problems)
     vector = doc.get("vector")
-    if isinstance(vector, dict) and vector.get("format", "gpkg") not in VECTOR_FORMATS:
-        problems.append(f"vector.format: {vector.get('format')!r} is not one of {', '.join(VECTOR_FORMATS)}")
+    if isinstance(vector, dict) and vector.get("format", "gpkg") not in VECTOR_FORMAT_NAMES:
+        problems.append(f"vector.format: {vector.get('format')!r} is not one of {', '.join(VECTOR_FORMAT_NAMES)}")
     elif isinstance(vector, dict):
         problems.extend(_vector_problems(vector, scenes))
     predict = doc.get("predict") or {}

@@ -30,11 +30,13 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from geoseg.block_cache import READ_CACHE_BYTES
+from geoseg.classes import IGNORE_VALUE
 from geoseg.errors import ChipError, ChipsLockedError, FolderLockedError, first_line
 from geoseg.io import (
-    LOCK_NAME, ClassInfo, check_distinct_paths, folder_lock, no_georef_warning, open_scene,
-    read_env, remove_quietly, select_bands, temporary_sibling,
+    LOCK_NAME, ClassInfo, atomic_path, check_distinct_paths, folder_lock, no_georef_warning,
+    open_scene, publish_all, read_env, remove_quietly, select_bands, stage_bytes, temporary_sibling,
 )
+from geoseg.options import VECTOR_FORMATS
 
 MANIFEST = "chips.json"
 INDEX = "index.gpkg"
@@ -49,9 +51,8 @@ AUTO_MIN_BLOCKS = 6
 #: Widest strip of label pixels read at once when counting classes per split block.
 STRIP_WIDTH = 8192
 FORMAT = "geoseg-chips"
-#: Label value for "no label here" when the user names none.
-DEFAULT_IGNORE = 255
-VECTOR_SUFFIXES = {".gpkg", ".geojson", ".json", ".shp", ".fgb", ".parquet", ".geoparquet", ".kml", ".gml"}
+#: Label files read as vectors: what geoseg writes, and KML and GML.
+VECTOR_SUFFIXES = {*VECTOR_FORMATS, ".kml", ".gml"}
 PALETTE = [
     (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
     (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
@@ -494,11 +495,9 @@ def _one_chip(task: ChipTask, img: Any, lbl: Any, w: ChipWindow, out_dir: Path) 
 
 
 def _write_atomic(path: Path, array: np.ndarray, profile: dict[str, Any]) -> None:
-    tmp = temporary_sibling(path)
-    with no_georef_warning():
+    with atomic_path(path, ".tif") as tmp, no_georef_warning():
         with rasterio.open(tmp, "w", **profile) as dst:
             dst.write(array)
-    os.replace(tmp, path)
 
 
 def image_id(path: str) -> str:
@@ -628,7 +627,7 @@ def make_chips(
         raise ChipError("give at least one IMAGE LABELS pair")
     if size is not None and size < 8:
         raise ChipError(f"--size {size} is too small; use at least 8")
-    ignore = DEFAULT_IGNORE if ignore_value is None else int(ignore_value)
+    ignore = IGNORE_VALUE if ignore_value is None else int(ignore_value)
     if not 0 <= ignore <= 255:
         raise ChipError(f"--ignore-value {ignore} must be 0..255")
     out = Path(out_dir)
@@ -889,12 +888,14 @@ def _update_manifest(
             d[int(v)] = d.get(int(v), 0) + int(cnt)
     stats["class_pixels"] = {s: {str(k): v for k, v in d.items()} for s, d in class_pixels.items()}
     _set_weights(manifest, class_pixels.get("train", {}), oversample_rare)
-    tmp = temporary_sibling(out / MANIFEST, ".json")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    index = _write_index(out, manifest)
-    os.replace(tmp, out / MANIFEST)
-    if index is not None:
-        os.replace(index, out / INDEX)
+    tmp = stage_bytes(out / MANIFEST, json.dumps(manifest, indent=1).encode(), ".part.json")
+    index: Path | None = None
+    try:
+        index = _write_index(out, manifest)
+        publish_all([(tmp, out / MANIFEST)] + ([(index, out / INDEX)] if index is not None else []))
+    except BaseException:
+        remove_quietly(tmp, index)
+        raise
     added: dict[str, int] = {}
     for o in kept:
         added[o.split] = added.get(o.split, 0) + 1

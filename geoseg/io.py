@@ -527,6 +527,26 @@ def temporary_sibling(path: Path, suffix: str = ".tif") -> Path:
     return Path(name)
 
 
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike[str], suffix: str | None = None,
+                create: bool = True) -> Iterator[Path]:
+    """A hidden temporary beside ``final`` for a writer that wants a path (torch.save, onnx.save,
+    GDAL, pyogrio): published onto ``final`` (:func:`publish_file`) when the block succeeds,
+    removed when it fails, so nothing partial is ever at ``final``. ``suffix`` (default:
+    ``final``'s) ends the temporary's name, for writers that choose a format by it;
+    ``create=False`` leaves no file there, for drivers that refuse to write over one (GPKG)."""
+    final = Path(final)
+    tmp = temporary_sibling(final, final.suffix if suffix is None else suffix)
+    try:
+        if not create:
+            os.unlink(tmp)
+        yield tmp
+        publish_file(tmp, final)
+    except BaseException:
+        remove_quietly(tmp)
+        raise
+
+
 def remove_quietly(*paths: Path | None) -> None:
     for p in paths:
         if p is not None:

@@ -73,17 +73,12 @@ def build_config(
 
 def save_model(path: str | os.PathLike[str], network: nn.Module, config: ModelConfig) -> Path:
     """Write weights and config atomically (temporary file, then rename)."""
-    from geoseg.io import publish_file, remove_quietly, temporary_sibling
+    from geoseg.io import atomic_path
 
     path = Path(path)
-    tmp = temporary_sibling(path, ".pt")
     state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
-    try:
+    with atomic_path(path, ".pt") as tmp:
         torch.save({"geoseg": config.to_json(), "state_dict": state}, tmp)
-        publish_file(tmp, path)
-    except BaseException:
-        remove_quietly(tmp)
-        raise
     return path
 
 
