@@ -14,12 +14,12 @@ __version__ = "0.1.0"
 from geoseg.predict import PredictResult, predict  # noqa: E402
 
 if TYPE_CHECKING:  # pragma: no cover
-    from geoseg.models.checkpoint import LoadedModel
+    from geoseg.models.config import LoadedModel
 
 
 def load_model(name_or_path: str | None = None, device: str = "cpu") -> "LoadedModel":
     """Load a geoseg model by registry file name or path; ``None`` gives the built-in model."""
-    from geoseg.models.checkpoint import load_model as _load
+    from geoseg.models.load import load_model as _load
 
     return _load(name_or_path, device=device)
 

@@ -545,7 +545,7 @@ def run_batch(
         run_recipe(job_path, echo=echo)
         return BatchReport(str(job_path), [], time.perf_counter() - t0)
     job = load_job(job_path)
-    from geoseg.models.config import read_model_config
+    from geoseg.models.load import read_model_config
     from geoseg.progress import JobProgress
 
     report_file = Path(report_path) if report_path else job.folder / "batch-report.json"

@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import rasterio
@@ -30,7 +30,7 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from geoseg.block_cache import READ_CACHE_BYTES
-from geoseg.classes import IGNORE_VALUE
+from geoseg.classes import IGNORE_VALUE, ClassSpec, default_color
 from geoseg.errors import ChipError, ChipsLockedError, FolderLockedError, first_line
 from geoseg.io import (
     LOCK_NAME, ClassInfo, atomic_path, check_distinct_paths, folder_lock, no_georef_warning,
@@ -53,18 +53,6 @@ STRIP_WIDTH = 8192
 FORMAT = "geoseg-chips"
 #: Label files read as vectors: what geoseg writes, and KML and GML.
 VECTOR_SUFFIXES = {*VECTOR_FORMATS, ".kml", ".gml"}
-PALETTE = [
-    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
-    (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 215, 180),
-    (0, 0, 128), (128, 128, 128),
-]
-
-
-def default_color(value: int) -> tuple[int, int, int]:
-    return PALETTE[value % len(PALETTE)]
-
-
 @dataclass(frozen=True)
 class LabelSource:
     """Labels for one image: a raster (any grid, resampled by nearest) or a vector file."""
@@ -158,35 +146,6 @@ def parse_value_map(text: str | None) -> dict[str, int] | None:
             out[k.strip()] = int(v)
         except ValueError:
             raise ChipError(f"--value-map value {v!r} for {k!r} is not an integer") from None
-    return out
-
-
-ClassSpec = Mapping[int, "str | tuple[str, tuple[int, int, int] | None]"]
-
-
-def parse_class_names(text: str | None) -> dict[int, tuple[str, tuple[int, int, int] | None]]:
-    """``"1=farmland:#e6c84b,2=forest"`` -> {1: ("farmland", (230, 200, 75)), 2: ("forest", None)}."""
-    if not text:
-        return {}
-    out: dict[int, tuple[str, tuple[int, int, int] | None]] = {}
-    for part in text.split(","):
-        if "=" not in part:
-            raise ChipError(f"--classes entry {part!r} is not VALUE=NAME or VALUE=NAME:#RRGGBB")
-        v, rest = part.split("=", 1)
-        name, _, colour = rest.partition(":")
-        rgb = None
-        if colour:
-            c = colour.strip().lstrip("#")
-            if len(c) != 6:
-                raise ChipError(f"--classes colour {colour!r} is not #RRGGBB")
-            try:
-                rgb = (int(c[0:2], 16), int(c[2:4], 16), int(c[4:6], 16))
-            except ValueError:
-                raise ChipError(f"--classes colour {colour!r} is not #RRGGBB") from None
-        try:
-            out[int(v)] = (name.strip(), rgb)
-        except ValueError:
-            raise ChipError(f"--classes value {v!r} is not an integer") from None
     return out
 
 

@@ -297,7 +297,7 @@ def worker_model_file(path: str, sha256: str) -> str:
 def _load(path: str, sha256: str, device: str) -> Any:
     """Load from ``path`` or the cache, whichever holds bytes with that hash; the bytes hashed
     are the bytes loaded (for ``.pt`` files), so a file swapped after the check is never loaded."""
-    from geoseg.models.checkpoint import load_model
+    from geoseg.models.load import load_model
 
     for candidate in (Path(path), model_cache_dir() / f"{sha256}.pt"):
         try:

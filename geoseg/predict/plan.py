@@ -153,7 +153,8 @@ def plan_predict(
     and the polygon options (``vector_options``, see :func:`geoseg.vectorize.check_vector_options`)
     are checked here, before any prediction.
     """
-    from geoseg.models.config import read_model_config, resolve_model_path
+    from geoseg.models.config import resolve_model_path
+    from geoseg.models.load import read_model_config
     from geoseg.predict.write import skipped_report_path
 
     from geoseg.objectstore import is_s3_url, to_vsis3
