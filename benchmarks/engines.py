@@ -42,7 +42,8 @@ from predict import LANDSAT, build_scene, run_predict  # noqa: E402  (benchmarks
 from geoseg.engines.onnx_cpu import cpu_runs, make_session  # noqa: E402
 from geoseg.io import ClassInfo, RasterSink, open_scene  # noqa: E402
 from geoseg.models import create_model, list_models, output_stride  # noqa: E402
-from geoseg.models.checkpoint import build_config, load_model, save_model  # noqa: E402
+from geoseg.models.checkpoint import build_config, save_model  # noqa: E402
+from geoseg.models.load import load_model  # noqa: E402
 from geoseg.models.onnx import export_network  # noqa: E402
 from geoseg.predict.plan import auto_tile  # noqa: E402
 from geoseg.tiling import TileGrid, auto_margin  # noqa: E402

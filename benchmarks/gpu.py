@@ -28,7 +28,7 @@ import torch
 
 import geoseg
 from geoseg.infer import InferenceOptions, forward, normalize
-from geoseg.models.checkpoint import load_model
+from geoseg.models.load import load_model
 from geoseg.cluster import worker_commands
 
 ROOT = Path(__file__).resolve().parents[1]

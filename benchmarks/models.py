@@ -29,7 +29,7 @@ from geoseg.crf import CRFParams
 from geoseg.datasets import IGNORE_INDEX, ChipDataset
 from geoseg.infer import InferenceOptions, forward
 from geoseg.metrics import Scores, confusion_matrix
-from geoseg.models.checkpoint import load_model
+from geoseg.models.load import load_model
 from geoseg.models.dilation import GriddingWarning
 from geoseg.train import train
 
@@ -61,7 +61,7 @@ def ensure_chips(chips: Path) -> None:
     if (chips / "chips.json").exists():
         return
     classes = "1=farmland,2=forest,3=grass,4=meadow,5=residential,6=scrub,7=water,8=wetland"
-    from geoseg.chips import parse_class_names
+    from geoseg.classes import parse_class_names
 
     make_chips([(SCENE / "image.tif", SCENE / "label.tif")], chips, size=128, stride=64, split_block=256,
                ignore_value=0, min_labeled=0.05, val_fraction=0.2, seed=0,

@@ -28,7 +28,8 @@ from rasterio.windows import Window
 
 from geoseg.io import ClassInfo
 from geoseg.models import create_model
-from geoseg.models.checkpoint import build_config, file_sha256, load_model, save_model
+from geoseg.models.checkpoint import build_config, file_sha256, save_model
+from geoseg.models.load import load_model
 from geoseg.models.onnx import cached_onnx
 from geoseg.options import PredictOptions
 from geoseg.predict.plan import plan_predict

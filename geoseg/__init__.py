@@ -15,12 +15,12 @@ from geoseg.predict import PredictResult, predict  # noqa: E402
 from geoseg.mapping import map  # noqa: E402,A004 - geoseg.map: many scenes, one seamless map
 
 if TYPE_CHECKING:  # pragma: no cover
-    from geoseg.models.checkpoint import LoadedModel
+    from geoseg.models.config import LoadedModel
 
 
 def load_model(name_or_path: str | None = None, device: str = "cpu") -> "LoadedModel":
     """Load a geoseg model by registry file name or path; ``None`` gives the built-in model."""
-    from geoseg.models.checkpoint import load_model as _load
+    from geoseg.models.load import load_model as _load
 
     return _load(name_or_path, device=device)
 

@@ -25,11 +25,12 @@ from typing import Any, Callable, Iterator
 import yaml
 
 from geoseg import __version__
-from geoseg.errors import GeosegError, JobError, JobLockedError, SceneError, first_line
+from geoseg.errors import GeosegError, JobError, JobLockedError, first_line
 from geoseg.io import file_token, is_virtual, write_json_atomic
-from geoseg.options import PredictOptions, VectorOptions, job_schema, key_of
+from geoseg.options import (
+    VECTOR_FORMAT_NAMES, PredictOptions, VectorOptions, job_schema, key_of,
+)
 from geoseg.results.scene import STATS_SCHEMA
-from geoseg.scenes import asset_path, is_raster_asset, is_stac_item, read_stac_item
 
 #: Keys of a prediction job and the types they take (None: free-form checked elsewhere).
 SCHEMA: dict[str, Any] = {
@@ -47,7 +48,6 @@ SCHEMA: dict[str, Any] = {
     "stats": STATS_SCHEMA,
     "quicklook": bool,
 }
-VECTOR_FORMATS = ("gpkg", "fgb", "geojson", "shp", "parquet")
 RECORD_SUFFIX = ".geoseg.json"
 
 
@@ -233,8 +233,8 @@ def load_job(path: str | os.PathLike[str]) -> Job:
     pattern_problems = _pattern_problems(pattern) if isinstance(pattern, str) else ["output.pattern: not text"]
     problems.extend(p for p in pattern_problems if p not in problems)
     vector = doc.get("vector")
-    if isinstance(vector, dict) and vector.get("format", "gpkg") not in VECTOR_FORMATS:
-        problems.append(f"vector.format: {vector.get('format')!r} is not one of {', '.join(VECTOR_FORMATS)}")
+    if isinstance(vector, dict) and vector.get("format", "gpkg") not in VECTOR_FORMAT_NAMES:
+        problems.append(f"vector.format: {vector.get('format')!r} is not one of {', '.join(VECTOR_FORMAT_NAMES)}")
     elif isinstance(vector, dict):
         problems.extend(_vector_problems(vector, scenes))
     predict = doc.get("predict") or {}
@@ -389,31 +389,6 @@ def _collisions(job: Job, places: dict[str, str]) -> list[str]:
     return problems
 
 
-def scene_token(scene: str) -> dict[str, Any]:
-    """What identifies a scene's content cheaply: its path, size and modification time, and for
-    a STAC item those of its raster assets (an asset rewritten in place is a new scene)."""
-    try:
-        st = os.stat(scene)
-        token: dict[str, Any] = {"path": scene, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    except OSError:
-        return {"path": scene, "size": None, "mtime_ns": None}
-    if is_stac_item(scene):
-        token["assets"] = stac_asset_tokens(scene)
-    return token
-
-
-def stac_asset_tokens(item_path: str) -> dict[str, Any] | None:
-    """Size and modification time of each raster asset of a local STAC item, by asset key (None
-    for remote assets, as :func:`geoseg.io.file_token` gives; None for an unreadable item)."""
-    try:
-        item = read_stac_item(item_path)
-    except SceneError:
-        return None
-    return {key: file_token(asset_path(str(asset["href"]), item_path))
-            for key, asset in sorted(item["assets"].items())
-            if isinstance(asset, dict) and "href" in asset and is_raster_asset(asset)}
-
-
 def outputs_for(job: Job, scene: str) -> dict[str, Path]:
     """Output paths of one scene: classes, and probabilities / confidence / polygons / STAC item
     as asked. With ``predict.cells`` the rasters are a folder of cells named like the class
@@ -446,7 +421,7 @@ def record_path(classes: Path) -> Path:
 def expected_record(job: Job, scene: str, model_sha: str) -> dict[str, Any]:
     """The record a scene done with this job, model and geoseg has, as JSON stores it (lists,
     not tuples), so it compares equal to the record file."""
-    record = {"scene": scene_token(scene), "model_sha256": model_sha, "predict": job.predict,
+    record = {"scene": {"path": scene, "content": file_token(scene)}, "model_sha256": model_sha, "predict": job.predict,
               "vector": job.vector, "geoseg_version": __version__, "stats": job.stats, "quicklook": job.quicklook}
     return dict(json.loads(json.dumps(record)))
 
@@ -557,8 +532,11 @@ def media_type(path: Path) -> str:
 
 def _scene_time(scene: str) -> str:
     """The scene file's modification time, ISO 8601 UTC: stable across reruns."""
-    st = scene_token(scene)
-    return datetime.fromtimestamp((st["mtime_ns"] or 0) / 1e9, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        mtime_ns = os.stat(scene).st_mtime_ns
+    except OSError:
+        mtime_ns = 0
+    return datetime.fromtimestamp(mtime_ns / 1e9, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def run_batch(
@@ -592,7 +570,7 @@ def run_batch(
         report: BatchReport = run_map_job(job_path, force, client, echo, verbose, progress)
         return report
     job = load_job(job_path)
-    from geoseg.models.config import read_model_config
+    from geoseg.models.load import read_model_config
     from geoseg.progress import JobProgress
 
     report_file = Path(report_path) if report_path else job.folder / "batch-report.json"

@@ -10,7 +10,6 @@ valid pixels) give the normalization a model is trained with.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import math
@@ -20,7 +19,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import rasterio
@@ -31,15 +30,16 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from geoseg.block_cache import READ_CACHE_BYTES
-from geoseg.errors import ChipError, first_line
+from geoseg.classes import IGNORE_VALUE, ClassSpec, default_color
+from geoseg.errors import ChipError, ChipsLockedError, FolderLockedError, first_line
 from geoseg.io import (
-    ClassInfo, check_distinct_paths, no_georef_warning, open_scene, read_env, remove_quietly,
-    select_bands, temporary_sibling,
+    LOCK_NAME, ClassInfo, atomic_path, check_distinct_paths, folder_lock, no_georef_warning,
+    open_scene, publish_all, read_env, remove_quietly, select_bands, stage_bytes, temporary_sibling,
 )
+from geoseg.options import VECTOR_FORMATS
 
 MANIFEST = "chips.json"
 INDEX = "index.gpkg"
-LOCK = ".geoseg-chip.lock"
 #: Prefix of the hidden folder a run writes its chips into before committing them.
 STAGING = ".geoseg-chip-staging-"
 #: Chip sizes ``chip`` chooses from, largest first, when --size is not given.
@@ -51,21 +51,8 @@ AUTO_MIN_BLOCKS = 6
 #: Widest strip of label pixels read at once when counting classes per split block.
 STRIP_WIDTH = 8192
 FORMAT = "geoseg-chips"
-#: Label value for "no label here" when the user names none.
-DEFAULT_IGNORE = 255
-VECTOR_SUFFIXES = {".gpkg", ".geojson", ".json", ".shp", ".fgb", ".parquet", ".geoparquet", ".kml", ".gml"}
-PALETTE = [
-    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
-    (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 215, 180),
-    (0, 0, 128), (128, 128, 128),
-]
-
-
-def default_color(value: int) -> tuple[int, int, int]:
-    return PALETTE[value % len(PALETTE)]
-
-
+#: Label files read as vectors: what geoseg writes, and KML and GML.
+VECTOR_SUFFIXES = {*VECTOR_FORMATS, ".kml", ".gml"}
 @dataclass(frozen=True)
 class LabelSource:
     """Labels for one image: a raster (any grid, resampled by nearest) or a vector file."""
@@ -159,35 +146,6 @@ def parse_value_map(text: str | None) -> dict[str, int] | None:
             out[k.strip()] = int(v)
         except ValueError:
             raise ChipError(f"--value-map value {v!r} for {k!r} is not an integer") from None
-    return out
-
-
-ClassSpec = Mapping[int, "str | tuple[str, tuple[int, int, int] | None]"]
-
-
-def parse_class_names(text: str | None) -> dict[int, tuple[str, tuple[int, int, int] | None]]:
-    """``"1=farmland:#e6c84b,2=forest"`` -> {1: ("farmland", (230, 200, 75)), 2: ("forest", None)}."""
-    if not text:
-        return {}
-    out: dict[int, tuple[str, tuple[int, int, int] | None]] = {}
-    for part in text.split(","):
-        if "=" not in part:
-            raise ChipError(f"--classes entry {part!r} is not VALUE=NAME or VALUE=NAME:#RRGGBB")
-        v, rest = part.split("=", 1)
-        name, _, colour = rest.partition(":")
-        rgb = None
-        if colour:
-            c = colour.strip().lstrip("#")
-            if len(c) != 6:
-                raise ChipError(f"--classes colour {colour!r} is not #RRGGBB")
-            try:
-                rgb = (int(c[0:2], 16), int(c[2:4], 16), int(c[4:6], 16))
-            except ValueError:
-                raise ChipError(f"--classes colour {colour!r} is not #RRGGBB") from None
-        try:
-            out[int(v)] = (name.strip(), rgb)
-        except ValueError:
-            raise ChipError(f"--classes value {v!r} is not an integer") from None
     return out
 
 
@@ -496,11 +454,9 @@ def _one_chip(task: ChipTask, img: Any, lbl: Any, w: ChipWindow, out_dir: Path) 
 
 
 def _write_atomic(path: Path, array: np.ndarray, profile: dict[str, Any]) -> None:
-    tmp = temporary_sibling(path)
-    with no_georef_warning():
+    with atomic_path(path, ".tif") as tmp, no_georef_warning():
         with rasterio.open(tmp, "w", **profile) as dst:
             dst.write(array)
-    os.replace(tmp, path)
 
 
 def image_id(path: str) -> str:
@@ -594,26 +550,6 @@ def manifest_classes(manifest: dict[str, Any]) -> list[ClassInfo]:
     return [ClassInfo(int(c["value"]), str(c["name"]), tuple(c["color"])) for c in manifest["classes"]]
 
 
-@contextlib.contextmanager
-def folder_lock(out: Path) -> Iterator[None]:
-    """One ``chip`` run per chips folder at a time; the kernel releases the lock if the run dies.
-    The lock file is opened without following links."""
-    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-            raise ChipError(
-                f"another 'geoseg chip' (pid {holder}) is writing into {out}; wait for it to finish"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        yield
-    finally:
-        os.close(fd)
-
-
 def make_chips(
     pairs: Sequence[tuple[str, str]],
     out_dir: str | os.PathLike[str],
@@ -650,7 +586,7 @@ def make_chips(
         raise ChipError("give at least one IMAGE LABELS pair")
     if size is not None and size < 8:
         raise ChipError(f"--size {size} is too small; use at least 8")
-    ignore = DEFAULT_IGNORE if ignore_value is None else int(ignore_value)
+    ignore = IGNORE_VALUE if ignore_value is None else int(ignore_value)
     if not 0 <= ignore <= 255:
         raise ChipError(f"--ignore-value {ignore} must be 0..255")
     out = Path(out_dir)
@@ -664,7 +600,12 @@ def make_chips(
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:
-        with folder_lock(out):
+        with contextlib.ExitStack() as stack:
+            try:  # one chip run per folder, and none while a batch job or predict writes there
+                stack.enter_context(
+                    folder_lock(out, exclusive=True, what="chip run", holder="geoseg chip"))
+            except FolderLockedError as exc:
+                raise ChipsLockedError(str(exc)) from None
             return _make_chips_locked(
                 pairs, out, size, stride, bands, label_field, value_map, background,
                 label_nodata_is_class, class_names, ignore, min_labeled, max_nodata, val_fraction,
@@ -672,7 +613,7 @@ def make_chips(
             )
     except BaseException:
         if created:
-            remove_quietly(out / LOCK)
+            remove_quietly(out / LOCK_NAME)
             with contextlib.suppress(OSError):
                 out.rmdir()
         raise
@@ -906,12 +847,14 @@ def _update_manifest(
             d[int(v)] = d.get(int(v), 0) + int(cnt)
     stats["class_pixels"] = {s: {str(k): v for k, v in d.items()} for s, d in class_pixels.items()}
     _set_weights(manifest, class_pixels.get("train", {}), oversample_rare)
-    tmp = temporary_sibling(out / MANIFEST, ".json")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    index = _write_index(out, manifest)
-    os.replace(tmp, out / MANIFEST)
-    if index is not None:
-        os.replace(index, out / INDEX)
+    tmp = stage_bytes(out / MANIFEST, json.dumps(manifest, indent=1).encode(), ".part.json")
+    index: Path | None = None
+    try:
+        index = _write_index(out, manifest)
+        publish_all([(tmp, out / MANIFEST)] + ([(index, out / INDEX)] if index is not None else []))
+    except BaseException:
+        remove_quietly(tmp, index)
+        raise
     added: dict[str, int] = {}
     for o in kept:
         added[o.split] = added.get(o.split, 0) + 1

@@ -20,7 +20,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import weakref
 from dataclasses import dataclass
@@ -370,10 +369,9 @@ class ModelPlugin(WorkerPlugin):
         cache = model_cache_dir()
         local = cache / f"{self.sha256}.pt"
         if not cache_hit(local):
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.sha256}.", suffix=".part", dir=cache)
-            with os.fdopen(fd, "wb") as f:
-                f.write(self.blob)
-            os.replace(tmp, local)
+            from geoseg.io import write_bytes_atomic
+
+            write_bytes_atomic(local, self.blob)
             cache_added(local)
 
     def teardown(self, worker: Any = None) -> None:

@@ -11,17 +11,15 @@ import torch
 from torch.utils.data import Dataset
 
 from geoseg.chips import iter_chips, manifest_classes
+from geoseg.classes import IGNORE_VALUE
 from geoseg.errors import ChipError, first_line
 from geoseg.normalize import normalize
-
-#: Target index for pixels that count in neither loss nor scores.
-IGNORE_INDEX = 255
 
 
 class ChipDataset(Dataset):
     """Chips of one split, held in memory (chips are small; reading them once keeps epochs fast).
 
-    Labels become class indices 0..K-1; "not labelled" and image nodata become IGNORE_INDEX.
+    Labels become class indices 0..K-1; "not labelled" and image nodata become IGNORE_VALUE.
     """
 
     def __init__(self, root: str | Path, manifest: dict[str, Any], split: str, augment: bool = False,
@@ -29,7 +27,7 @@ class ChipDataset(Dataset):
         self.root = Path(root)
         self.augment = augment
         classes = manifest_classes(manifest)
-        lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+        lut = np.full(256, IGNORE_VALUE, dtype=np.uint8)
         for i, c in enumerate(classes):
             lut[c.value] = i
         mean = mean or manifest["stats"]["mean"]
@@ -53,7 +51,7 @@ class ChipDataset(Dataset):
                 valid &= ~np.isnan(data).any(axis=0)
             images.append(normalize(data, valid, mean, std))
             t = lut[lab]
-            t[~valid] = IGNORE_INDEX
+            t[~valid] = IGNORE_VALUE
             labels.append(t)
         self.images = np.stack(images) if images else np.zeros((0, len(mean), 1, 1), np.float32)
         self.labels = np.stack(labels) if labels else np.zeros((0, 1, 1), np.uint8)

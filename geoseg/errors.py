@@ -104,6 +104,10 @@ class JobLockedError(FolderLockedError):
     """Another run (of this job or another) is writing into the job's output folder."""
 
 
+class ChipsLockedError(FolderLockedError, ChipError):
+    """Another run is writing into the chips folder."""
+
+
 class SchedulerError(GeosegError, ConnectionError):
     """The Dask scheduler cannot be reached, or was lost during a run."""
 

@@ -11,6 +11,7 @@ import rasterio
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
+from geoseg.classes import IGNORE_VALUE
 from geoseg.errors import EvaluationError, SceneError
 from geoseg.io import (
     check_distinct_paths, check_output_path, no_georef_warning, open_scene, read_class_names,
@@ -58,7 +59,7 @@ def evaluate(
             ref = WarpedVRT(ref_src, crs=pred.crs, transform=pred.transform, width=pred.width,
                             height=pred.height, resampling=rasterio.enums.Resampling.nearest,
                             nodata=ref_src.nodata if ref_src.nodata is not None else
-                            (ignore_value if ignore_value is not None else 255))
+                            (ignore_value if ignore_value is not None else IGNORE_VALUE))
         else:
             raise EvaluationError(
                 f"the grids differ (prediction {pred.width}x{pred.height} {pred.crs}, reference "

@@ -284,10 +284,12 @@ def _in_order(indices: np.ndarray) -> bool:
     return bool(np.all(np.diff(indices) == 1))
 
 
-def file_token(path: str) -> tuple[int, int] | None | list[Any]:
-    """Size and modification time of a local file (None for virtual paths; one per source file of
-    a VRT string): part of task keys, so a changed file never reuses results from its old content."""
-    from geoseg.scenes import is_vrt_xml, vrt_sources
+def file_token(path: str) -> tuple[Any, ...] | list[Any] | None:
+    """What identifies a scene's content cheaply, in task keys and batch records, so a changed
+    file never reuses results from its old content: a local file's size and modification time;
+    one token per source file of a VRT string; for a local STAC item also one per raster asset,
+    by key (an asset rewritten in place is a new scene); None for virtual paths."""
+    from geoseg.scenes import is_stac_item, is_vrt_xml, vrt_sources
 
     if is_vrt_xml(path):
         return [file_token(s) for s in vrt_sources(path)]
@@ -297,9 +299,25 @@ def file_token(path: str) -> tuple[int, int] | None | list[Any]:
         return mosaic_tokens(path)
     try:
         st = os.stat(path)
-        return st.st_size, st.st_mtime_ns
     except OSError:
         return None
+    if is_stac_item(path):
+        return st.st_size, st.st_mtime_ns, _stac_asset_tokens(path)
+    return st.st_size, st.st_mtime_ns
+
+
+def _stac_asset_tokens(item_path: str) -> dict[str, Any] | None:
+    """:func:`file_token` of each raster asset of a local STAC item, by asset key (None for an
+    unreadable item)."""
+    from geoseg.scenes import asset_path, is_raster_asset, read_stac_item
+
+    try:
+        item = read_stac_item(item_path)
+    except SceneError:
+        return None
+    return {key: file_token(asset_path(str(asset["href"]), item_path))
+            for key, asset in sorted(item["assets"].items())
+            if isinstance(asset, dict) and "href" in asset and is_raster_asset(asset)}
 
 
 def check_output_path(path: str | os.PathLike[str], overwrite: bool, what: str = "output") -> Path:
@@ -383,11 +401,13 @@ _HELD_LOCKS: dict[str, tuple[int, bool]] = {}
 
 
 @contextlib.contextmanager
-def folder_lock(folder: Path, exclusive: bool, what: str = "geoseg run") -> Iterator[None]:
+def folder_lock(folder: Path, exclusive: bool, what: str = "geoseg run",
+                holder: str = "geoseg batch") -> Iterator[None]:
     """Lock an output folder: shared by single runs (predict, vectorize), exclusive for a batch
-    job, which also removes what killed runs left behind. The kernel releases the lock when the
-    process dies, so a lock held means a live run. The lock file is opened without following
-    symlinks, and removed by the last run to leave."""
+    job or a chip run, which also remove what killed runs left behind. The kernel releases the
+    lock when the process dies, so a lock held means a live run. The lock file is opened without
+    following symlinks, and removed by the last run to leave. An exclusive ``holder`` writes its
+    name and pid there, for the message another run gets."""
     import fcntl
 
     from geoseg.errors import FolderLockedError
@@ -405,7 +425,7 @@ def folder_lock(folder: Path, exclusive: bool, what: str = "geoseg run") -> Iter
         if exclusive:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)
-                os.pwrite(fd, f"geoseg batch, pid {os.getpid()}".encode(), 0)
+                os.pwrite(fd, f"{holder}, pid {os.getpid()}".encode(), 0)
         _HELD_LOCKS[key] = (fd, exclusive)
         yield
     finally:
@@ -512,6 +532,26 @@ def temporary_sibling(path: Path, suffix: str = ".tif") -> Path:
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=path.parent)
     os.close(fd)
     return Path(name)
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike[str], suffix: str | None = None,
+                create: bool = True) -> Iterator[Path]:
+    """A hidden temporary beside ``final`` for a writer that wants a path (torch.save, onnx.save,
+    GDAL, pyogrio): published onto ``final`` (:func:`publish_file`) when the block succeeds,
+    removed when it fails, so nothing partial is ever at ``final``. ``suffix`` (default:
+    ``final``'s) ends the temporary's name, for writers that choose a format by it;
+    ``create=False`` leaves no file there, for drivers that refuse to write over one (GPKG)."""
+    final = Path(final)
+    tmp = temporary_sibling(final, final.suffix if suffix is None else suffix)
+    try:
+        if not create:
+            os.unlink(tmp)
+        yield tmp
+        publish_file(tmp, final)
+    except BaseException:
+        remove_quietly(tmp)
+        raise
 
 
 def remove_quietly(*paths: Path | None) -> None:

@@ -284,6 +284,32 @@ def _check_value(name: str, value: Any, hint: Any, meta: Any) -> None:
     raise OptionError(f"{_flag(name)} must be {what}, got {value!r}")
 
 
+#: Polygon file formats by extension: (OGR driver, holds any CRS). What ``geoseg vectorize``
+#: writes; a driver's first extension is its name in a job file's ``vector.format``.
+VECTOR_FORMATS: dict[str, tuple[str, bool]] = {
+    ".gpkg": ("GPKG", True),
+    ".fgb": ("FlatGeobuf", True),
+    ".geojson": ("GeoJSON", False),
+    ".json": ("GeoJSON", False),
+    ".shp": ("ESRI Shapefile", True),
+    ".parquet": ("Parquet", True),
+    ".geoparquet": ("Parquet", True),
+}
+
+
+def _format_names() -> tuple[str, ...]:
+    names: dict[str, str] = {}
+    for ext, (driver, _) in VECTOR_FORMATS.items():
+        names.setdefault(driver, ext[1:])
+    return tuple(names.values())
+
+
+#: One name per polygon format (gpkg, fgb, geojson, shp, parquet): job files' ``vector.format``.
+VECTOR_FORMAT_NAMES: tuple[str, ...] = _format_names()
+#: The formats for help texts: ".gpkg .fgb .geojson .shp .parquet".
+VECTOR_FORMAT_HELP = " ".join(f".{n}" for n in VECTOR_FORMAT_NAMES)
+
+
 @dataclass(frozen=True)
 class VectorOptions:
     """How a class raster becomes polygons: ``geoseg.vectorize`` keywords, ``geoseg vectorize``

@@ -63,7 +63,7 @@ def _evaluate() -> Callable[..., Any]:
 
 
 def _parse_class_names() -> Callable[[Any], Any]:
-    from geoseg.chips import parse_class_names
+    from geoseg.classes import parse_class_names
 
     return lambda v: parse_class_names(v) if isinstance(v, str) else v
 

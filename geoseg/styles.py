@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 from xml.sax.saxutils import escape, quoteattr
 
-from geoseg.io import ClassInfo, publish_file, temporary_sibling
+from geoseg.io import ClassInfo, write_bytes_atomic
 
 #: The attribute the style categorizes on (written by :mod:`geoseg.vectorize`).
 CLASS_FIELD = "class"
@@ -160,7 +160,5 @@ def qml_sidecar(output: Path) -> Path:
 def write_qml_sidecar(output: Path, classes: Sequence[ClassInfo]) -> Path:
     """Write the style beside ``output`` (atomically), for formats without a style table."""
     side = qml_sidecar(output)
-    tmp = temporary_sibling(side, ".qml")
-    tmp.write_text(qml(classes), encoding="utf-8")
-    publish_file(tmp, side)
+    write_bytes_atomic(side, qml(classes).encode("utf-8"))
     return side

@@ -21,10 +21,11 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from geoseg import __version__
 from geoseg.chips import load_manifest, manifest_classes
-from geoseg.datasets import IGNORE_INDEX, ChipDataset
+from geoseg.classes import IGNORE_VALUE
+from geoseg.datasets import ChipDataset
 from geoseg.errors import ChipError, OutputError, TrainingError, first_line
 from geoseg.infer import resolve_device
-from geoseg.io import check_output_path, remove_quietly, temporary_sibling
+from geoseg.io import atomic_path, check_output_path, remove_quietly
 from geoseg.metrics import Scores, confusion_matrix
 from geoseg.models import create_model, get_architecture, output_stride
 from geoseg.models.checkpoint import ModelConfig, build_config, save_model
@@ -135,7 +136,7 @@ def class_weights(pixels: dict[int, int], values: list[int], mode: str) -> torch
     return torch.tensor(w / w.mean(), dtype=torch.float32)
 
 
-def dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_VALUE) -> torch.Tensor:
     """Soft Dice over labelled pixels, averaged over the classes present in the batch."""
     k = logits.shape[1]
     valid = (target != ignore_index).unsqueeze(1)
@@ -179,7 +180,7 @@ def validate(network: nn.Module, dataset: ChipDataset, device: torch.device, nam
         x = torch.from_numpy(dataset.images[i : i + batch_size]).to(device)
         y = dataset.labels[i : i + batch_size].astype(np.int64)
         pred = network(x).argmax(1).cpu().numpy()
-        y = np.where(y == IGNORE_INDEX, -1, y)
+        y = np.where(y == IGNORE_VALUE, -1, y)
         cm += confusion_matrix(y, pred, k)
     return Scores(cm, names)
 
@@ -378,18 +379,17 @@ def train(
                     if val_scores is not None else "no validation chips")
             print(f"epoch {epoch + 1}/{epochs}  loss {loss_avg:.4f}  {vtxt}  "
                   f"{rec.seconds:.1f}s{'  *best' if improved else ''}", file=sys.stderr, flush=True)
-        tmp = temporary_sibling(state_path, ".pt")
-        torch.save({
-            "model": {k: v.detach().cpu() for k, v in network.state_dict().items()},
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "epoch": epoch + 1, "best_miou": best_miou, "best_epoch": best_epoch,
-            "generator": gen.get_state(), "rng": torch.get_rng_state(),
-            "history": [h.__dict__ for h in history], "batch_size": batch_size, "epochs": epochs,
-            "identity": json.dumps(identity, sort_keys=True),
-            **({"ema": {k: v.detach().cpu() for k, v in average.network.state_dict().items()},
-                "ema_steps": average.steps} if average is not None else {}),
-        }, tmp)
-        os.replace(tmp, state_path)
+        with atomic_path(state_path, ".pt") as tmp:
+            torch.save({
+                "model": {k: v.detach().cpu() for k, v in network.state_dict().items()},
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "epoch": epoch + 1, "best_miou": best_miou, "best_epoch": best_epoch,
+                "generator": gen.get_state(), "rng": torch.get_rng_state(),
+                "history": [h.__dict__ for h in history], "batch_size": batch_size, "epochs": epochs,
+                "identity": json.dumps(identity, sort_keys=True),
+                **({"ema": {k: v.detach().cpu() for k, v in average.network.state_dict().items()},
+                    "ema_steps": average.steps} if average is not None else {}),
+            }, tmp)
     return TrainResult(out, best_epoch, best_miou if len(val_ds) else None, history, best_scores)
 
 
@@ -439,7 +439,7 @@ def _run_epoch(network: nn.Module, loader: DataLoader, optimizer: torch.optim.Op
         y = y.to(dev, non_blocking=True)
         with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
             logits = network(x)
-            loss = F.cross_entropy(logits.float(), y, weight=weights, ignore_index=IGNORE_INDEX)
+            loss = F.cross_entropy(logits.float(), y, weight=weights, ignore_index=IGNORE_VALUE)
             if dice_weight:
                 loss = loss + dice_weight * dice_loss(logits, y)
         optimizer.zero_grad(set_to_none=True)

@@ -32,21 +32,11 @@ from geoseg.io import (
     check_distinct_paths, check_output_path, lock_output_folders, no_georef_warning,
     open_scene, publish_file, read_env, read_class_names, remove_quietly, temporary_sibling,
 )
+from geoseg.options import VECTOR_FORMATS
 from geoseg.styles import qml_sidecar, raster_classes, write_gpkg_style, write_qml_sidecar
 
 if TYPE_CHECKING:
     from geoseg.cluster import TaskSlots
-
-#: Output formats by extension: (GDAL driver, supports any CRS).
-FORMATS: dict[str, tuple[str, bool]] = {
-    ".gpkg": ("GPKG", True),
-    ".fgb": ("FlatGeobuf", True),
-    ".geojson": ("GeoJSON", False),
-    ".json": ("GeoJSON", False),
-    ".shp": ("ESRI Shapefile", True),
-    ".parquet": ("Parquet", True),
-    ".geoparquet": ("Parquet", True),
-}
 
 
 @dataclass(frozen=True)
@@ -369,11 +359,11 @@ class VectorizeResult:
 def output_format(path: Path) -> tuple[str, bool]:
     """GDAL driver for an output path by extension, or a one-line error listing the choices."""
     try:
-        return FORMATS[path.suffix.lower()]
+        return VECTOR_FORMATS[path.suffix.lower()]
     except KeyError:
         raise VectorizeError(
             f"unknown vector format {path.suffix or '(no extension)'!r} for {path.name}; use one of "
-            + ", ".join(sorted(FORMATS))
+            + ", ".join(sorted(VECTOR_FORMATS))
         ) from None
 
 

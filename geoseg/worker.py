@@ -18,7 +18,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import rasterio
@@ -32,6 +32,9 @@ from geoseg.model_cache import cache_hit, model_cache_dir
 from geoseg.scenes import describe
 from geoseg.stitch import TileResult, core_result
 from geoseg.tiling import Tile
+
+if TYPE_CHECKING:
+    from geoseg.engines.protocol import InferenceEngine
 
 _MODELS: dict[tuple[str, str, bool, bool], Any] = {}
 _LOCK = threading.Lock()
@@ -299,7 +302,7 @@ def worker_model_file(path: str, sha256: str) -> str:
 def _load(path: str, sha256: str, device: str) -> Any:
     """Load from ``path`` or the cache, whichever holds bytes with that hash; the bytes hashed
     are the bytes loaded (for ``.pt`` files), so a file swapped after the check is never loaded."""
-    from geoseg.models.checkpoint import load_model
+    from geoseg.models.load import load_model
 
     for candidate in (Path(path), model_cache_dir() / f"{sha256}.pt"):
         try:
@@ -316,11 +319,11 @@ def _load(path: str, sha256: str, device: str) -> Any:
     )
 
 
-_ENGINES: dict[tuple[Any, ...], Any] = {}
+_ENGINES: dict[tuple[Any, ...], InferenceEngine] = {}
 
 
 def worker_engine(path: str, sha256: str, device: str, engine: str, options: InferenceOptions,
-                  threads: int | None = None) -> Any:
+                  threads: int | None = None) -> InferenceEngine:
     """The inference engine for a model on ``device`` in this process, built once per model hash,
     engine and options: ``auto`` resolves here, where the device is known (ONNX Runtime on the
     CPU, PyTorch with channels-last on CUDA); a ``.pt`` model is converted to ONNX once per hash
@@ -341,7 +344,7 @@ def worker_engine(path: str, sha256: str, device: str, engine: str, options: Inf
 
 
 def _build_engine(path: str, sha256: str, device: str, engine: str, options: InferenceOptions,
-                  threads: int | None) -> Any:
+                  threads: int | None) -> InferenceEngine:
     from geoseg.engines import resolve_engine
     from geoseg.models.onnx_file import cached_onnx_path, is_onnx_file, read_onnx_model
 

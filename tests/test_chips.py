@@ -224,13 +224,13 @@ def test_a_failed_or_interrupted_run_leaves_the_folder_exactly_as_it_was(
 
 def test_a_folder_takes_one_chip_run_at_a_time(tmp_path: Path, pair: tuple[Path, Path, np.ndarray],
                                                dask_client: object) -> None:
-    from geoseg.chips import folder_lock
+    from geoseg.io import folder_lock
 
     img, lab, _ = pair
     out = tmp_path / "chips"
     out.mkdir()
-    with folder_lock(out):
-        with pytest.raises(ChipError, match="another 'geoseg chip'.*is writing into"):
+    with folder_lock(out, exclusive=True, holder="geoseg chip"):
+        with pytest.raises(ChipError, match="another run of geoseg.*is writing into"):
             make_chips([(str(img), str(lab))], out, size=32, ignore_value=0, client=dask_client)
     assert not (out / "chips.json").exists()
     make_chips([(str(img), str(lab))], out, size=32, ignore_value=0, client=dask_client)

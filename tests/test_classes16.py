@@ -15,7 +15,8 @@ import geoseg
 from geoseg.errors import CheckpointError
 from geoseg.io import ClassInfo, class_raster_dtype
 from geoseg.models import create_model
-from geoseg.models.checkpoint import build_config, load_model, save_model
+from geoseg.models.checkpoint import build_config, save_model
+from geoseg.models.load import load_model
 from tests.conftest import random_scene, write_raster
 
 N = 300

@@ -21,7 +21,8 @@ from geoseg.errors import CheckpointError, ModelError
 from geoseg.predict.plan import plan_tasks
 from geoseg.worker import run_tile_task, worker_engine
 from geoseg.infer import InferenceOptions, forward, normalize
-from geoseg.models.checkpoint import DATA_DIR, file_sha256, load_model
+from geoseg.models.checkpoint import DATA_DIR, file_sha256
+from geoseg.models.load import load_model
 from geoseg.models.onnx import cache_dir
 from geoseg.tiling import TileGrid, auto_margin
 from tests.conftest import random_scene, write_raster

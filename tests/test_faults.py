@@ -81,7 +81,8 @@ def test_cuda_out_of_memory_halves_the_batch_once_and_gives_the_same_result(
     from geoseg.engines.base import Engine
     from geoseg.predict.plan import plan_tasks
     from geoseg.worker import run_tile_task
-    from geoseg.models.checkpoint import file_sha256, load_model
+    from geoseg.models.checkpoint import file_sha256
+    from geoseg.models.load import load_model
     from geoseg.tiling import TileGrid, auto_margin
     from tests.conftest import write_raster
 

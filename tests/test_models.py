@@ -12,7 +12,8 @@ import torch
 from torch.nn import functional as F
 
 from geoseg.models import create_model, list_models, output_stride
-from geoseg.models.checkpoint import GLOBAL_RECEPTIVE_FIELD, load_model
+from geoseg.models.checkpoint import GLOBAL_RECEPTIVE_FIELD
+from geoseg.models.load import load_model
 from geoseg.models.dilation import GriddingWarning, check_schedule
 from geoseg.models.receptive_field import measure_receptive_field
 from geoseg.tiling import auto_margin

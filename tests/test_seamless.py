@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from geoseg.predict.plan import plan_tasks
 from geoseg.worker import run_tile_task
 from geoseg.infer import normalize
-from geoseg.models.checkpoint import file_sha256, load_model
+from geoseg.models.checkpoint import file_sha256
+from geoseg.models.load import load_model
 from geoseg.tiling import TileGrid, auto_margin, round_up
 from tests.conftest import random_scene, write_raster
 

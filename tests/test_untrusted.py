@@ -17,7 +17,8 @@ from click.testing import CliRunner
 from geoseg.cli.main import cli
 from geoseg.errors import CheckpointError, OutputError
 from geoseg.io import folder_lock, write_json_atomic
-from geoseg.models.checkpoint import DATA_DIR, load_model, save_model
+from geoseg.models.checkpoint import DATA_DIR, save_model
+from geoseg.models.load import load_model
 
 BUILTIN = DATA_DIR / "s2-landcover-unet.pt"
 

@@ -23,7 +23,8 @@ def models_command(arch: str | None, arch_args: str | None, in_channels: int) ->
     import os
 
     from geoseg.models import get_architecture, list_models
-    from geoseg.models.checkpoint import builtin_model_names, load_model
+    from geoseg.models.config import builtin_model_names
+    from geoseg.models.load import load_model
     from geoseg.models.measured import DEFAULTS, IN_CHANNELS, measure
 
     if arch and os.path.isfile(arch):

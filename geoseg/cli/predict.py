@@ -10,6 +10,7 @@ from geoseg.cli.options import (
     overwrite_option, predict_options, quiet_option, report_errors, scheduler_option,
     take_predict_options, take_vector_options, vector_options, verbose_option, workers_option,
 )
+from geoseg.options import VECTOR_FORMAT_HELP
 
 
 @click.command("predict")
@@ -21,7 +22,7 @@ from geoseg.cli.options import (
 @scheduler_option
 @click.option("--probabilities", default=None, help="Also write per-class probabilities (uint8 0-255) to this COG (path or s3:// URL; with --cells: any value, the cells go into the folder).")
 @click.option("--confidence", default=None, help="Also write the winning class's probability (one uint8 band, 1-255, 0 = nodata) to this COG (path or s3:// URL; with --cells: any value).")
-@click.option("--vector", type=click.Path(dir_okay=False), default=None, help="Also write polygons of the classes (.gpkg .fgb .shp .geojson .parquet); the options below shape them.")
+@click.option("--vector", type=click.Path(dir_okay=False), default=None, help=f"Also write polygons of the classes ({VECTOR_FORMAT_HELP}); the options below shape them.")
 @vector_options
 @click.option("--quicklook", is_flag=True, help="Also write a PNG of the classes with a legend of class names and areas: OUTPUT.png beside the COG, or quicklook.png in a --cells folder (not for s3:// outputs).")
 @overwrite_option

@@ -10,12 +10,13 @@ from geoseg.cli.options import (
     overwrite_option, quiet_option, report_errors, scheduler_option, take_vector_options,
     vector_options, verbose_option, workers_option,
 )
+from geoseg.options import VECTOR_FORMAT_HELP
 
 
 @click.command("vectorize")
 @click.argument("raster")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="Polygon file; format by extension: .gpkg .fgb .geojson .shp .parquet")
+              help=f"Polygon file; format by extension: {VECTOR_FORMAT_HELP}")
 @vector_options
 @click.option("--probabilities", default=None, type=click.Path(dir_okay=False),
               help="Probabilities raster from 'geoseg predict', for a mean_probability attribute.")

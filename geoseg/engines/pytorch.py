@@ -8,7 +8,7 @@ from torch import nn
 
 from geoseg.engines.base import Engine
 from geoseg.options import InferenceOptions
-from geoseg.models.checkpoint import ModelConfig
+from geoseg.models.config import ModelConfig
 
 
 class TorchEngine(Engine):

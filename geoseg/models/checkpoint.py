@@ -33,7 +33,7 @@ from geoseg.models.receptive_field import NonLocalError, measure_receptive_field
 __all__ = [
     "BUILTIN_MODELS", "DATA_DIR", "DEFAULT_MODEL", "FORMAT", "FORMAT_VERSION", "GLOBAL_RECEPTIVE_FIELD",
     "MAX_BANDS", "MAX_RECEPTIVE_FIELD", "MAX_STRIDE", "LoadedModel", "ModelConfig", "build_config",
-    "builtin_model_names", "check_classes", "file_sha256", "load_model", "read_model_file",
+    "builtin_model_names", "check_classes", "file_sha256", "load_pt_model", "read_model_file",
     "resolve_model_path", "save_model", "validate_config",
 ]
 
@@ -73,17 +73,12 @@ def build_config(
 
 def save_model(path: str | os.PathLike[str], network: nn.Module, config: ModelConfig) -> Path:
     """Write weights and config atomically (temporary file, then rename)."""
-    from geoseg.io import publish_file, remove_quietly, temporary_sibling
+    from geoseg.io import atomic_path
 
     path = Path(path)
-    tmp = temporary_sibling(path, ".pt")
     state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
-    try:
+    with atomic_path(path, ".pt") as tmp:
         torch.save({"geoseg": config.to_json(), "state_dict": state}, tmp)
-        publish_file(tmp, path)
-    except BaseException:
-        remove_quietly(tmp)
-        raise
     return path
 
 
@@ -157,20 +152,14 @@ def read_model_file(
     return config, blob["state_dict"]
 
 
-def load_model(
-    name_or_path: str | os.PathLike[str] | None = None, device: str | torch.device = "cpu",
-    data: bytes | None = None,
+def load_pt_model(
+    path: Path, name: str, device: str | torch.device = "cpu", data: bytes | None = None,
 ) -> LoadedModel:
-    """Load a model (``None`` = the built-in one, a ``.pt`` file or an ONNX geoseg model) in eval
-    mode on ``device``.
+    """Load a ``.pt`` model file in eval mode on ``device`` (any format:
+    :func:`geoseg.models.load.load_model`).
 
-    A ``.pt`` file is read once; its hash and its weights come from the same bytes (``data``,
-    when the caller has read and checked them already), so the file cannot change in between."""
-    path, name = resolve_model_path(name_or_path)
-    from geoseg.models.onnx import is_onnx_file, load_onnx_model
-
-    if is_onnx_file(path):
-        return load_onnx_model(path, name, device)
+    The file is read once; its hash and its weights come from the same bytes (``data``, when the
+    caller has read and checked them already), so the file cannot change in between."""
     if data is None:
         data = path.read_bytes()
     config, state = read_model_file(path, data)

@@ -248,27 +248,3 @@ def validate_config(config: ModelConfig, architecture: bool = True) -> None:
         problems.append(f"ignore value {iv!r} is not 0..255")
     if problems:
         raise CheckpointError("; ".join(problems))
-
-
-def read_model_config(name_or_path: str | os.PathLike[str] | None = None) -> LoadedModel:
-    """A model's config, path, hash and name, its network not built (``network`` is None): what
-    planning a run needs. An ONNX model, and a ``.pt`` model whose ONNX conversion is cached
-    (written only after that file, byte for byte, was loaded and checked), are read without
-    torch; any other ``.pt`` file is loaded and checked with it (and its network kept)."""
-    from geoseg.models.onnx_file import cached_onnx_path, is_onnx_file, read_onnx_model
-
-    path, name = resolve_model_path(name_or_path)
-    sha256 = file_sha256(path)
-    if is_onnx_file(path):
-        return LoadedModel(None, read_onnx_model(path)[0], str(path), sha256, name, format="onnx")
-    from geoseg.model_cache import cache_hit
-
-    converted = cached_onnx_path(sha256)
-    if cache_hit(converted):
-        try:
-            return LoadedModel(None, read_onnx_model(converted)[0], str(path), sha256, name)
-        except (CheckpointError, ModelError):
-            pass  # a damaged cache entry: the model file itself decides
-    from geoseg.models.checkpoint import load_model
-
-    return load_model(path)

@@ -18,7 +18,7 @@ from torch import nn
 from geoseg.errors import CheckpointError, ModelError, first_line
 from geoseg.io import ClassInfo, check_output_path
 from geoseg.models.checkpoint import (
-    GLOBAL_RECEPTIVE_FIELD, LoadedModel, ModelConfig, file_sha256, load_model, resolve_model_path,
+    GLOBAL_RECEPTIVE_FIELD, LoadedModel, ModelConfig, file_sha256, load_pt_model, resolve_model_path,
     validate_config,
 )
 from geoseg.models.onnx_file import (
@@ -102,12 +102,13 @@ def export_model(
     """Write any geoseg model (built-in name or file) as an ONNX file with the same metadata,
     runnable by plain ONNX Runtime; checked against PyTorch on a random tile before it appears."""
     out = check_output_path(output, overwrite)
-    path, _ = resolve_model_path(model)
+    path, name = resolve_model_path(model)
     if out.exists() and out.resolve() == Path(path).resolve():
         raise ModelError("the ONNX output would replace the model it is made from; choose another -o")
-    loaded = load_model(model)
-    if loaded.format == "onnx":
+    if is_onnx_file(path):
+        loaded = load_onnx_model(path, name)
         return write_onnx_model(parse_onnx(loaded.path), out, loaded.config)
+    loaded = load_pt_model(path, name)
     proto = onnx_proto_for(loaded)
     return write_onnx_model(proto, out, loaded.config)
 
@@ -138,7 +139,7 @@ def cached_onnx(model_path: str, sha256: str, loaded: LoadedModel | None = None)
     if cache_hit(target):
         return target
     if loaded is None:
-        loaded = load_model(model_path)
+        loaded = load_pt_model(*resolve_model_path(model_path))
     return cache_added(write_onnx_model(onnx_proto_for(loaded), target, loaded.config))
 
 
@@ -154,7 +155,7 @@ def import_model(
     """Turn an ONNX segmentation model (N x C x H x W float in, N x K x H x W logits out) into a
     geoseg model at ``output``: metadata in ``metadata_props``, output stride and receptive field
     measured by impulse responses at every stride phase so tile margins stay exact."""
-    from geoseg.chips import default_color, parse_class_names
+    from geoseg.classes import default_color, parse_class_names
 
     src = Path(source)
     if not src.is_file():
@@ -183,7 +184,7 @@ def import_model(
     stride, rf = probe(session, n_in, len(infos), src)
     config.output_stride, config.receptive_field = stride, rf
     write_onnx_model(proto, out, config)
-    return load_model(out)
+    return load_onnx_model(*resolve_model_path(out))
 
 
 def _run(session: Any, x: np.ndarray) -> np.ndarray:

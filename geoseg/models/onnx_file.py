@@ -134,14 +134,10 @@ def write_onnx_model(proto: Any, path: Path, config: ModelConfig) -> Path:
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, config.to_json()
-    from geoseg.io import publish_file, temporary_sibling
+    from geoseg.io import atomic_path
 
-    tmp = temporary_sibling(path, ".onnx")
-    try:
+    with atomic_path(path, ".onnx") as tmp:
         onnx.save(proto, str(tmp), save_as_external_data=False)
-        publish_file(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -163,7 +163,8 @@ def plan_predict(
     (a map's region, :mod:`geoseg.mapping`), read instead of ``scene``, which then only names
     the inputs no output may be.
     """
-    from geoseg.models.config import read_model_config, resolve_model_path
+    from geoseg.models.config import resolve_model_path
+    from geoseg.models.load import read_model_config
     from geoseg.predict.write import skipped_report_path
 
     from geoseg.objectstore import is_s3_url, to_vsis3

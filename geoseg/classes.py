@@ -1,0 +1,56 @@
+"""Facts about class values that training, models and outputs share: the label value meaning
+"not labelled", the colours classes get when nobody names one, and ``--classes`` parsing.
+Imports nothing of geoseg but its errors, so models need not import training to use them."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from geoseg.errors import ChipError
+
+#: Label value meaning "not labelled" when the user names none (``--ignore-value``), and the
+#: class index training's loss ignores (not labelled, and image nodata).
+IGNORE_VALUE = 255
+
+#: Class colours in order, for classes the user gave none.
+PALETTE = [
+    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
+    (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 215, 180),
+    (0, 0, 128), (128, 128, 128),
+]
+
+
+def default_color(value: int) -> tuple[int, int, int]:
+    """The palette colour of class ``value`` (the palette repeats)."""
+    return PALETTE[value % len(PALETTE)]
+
+
+#: Class names (and colours) by value, as the API takes them: a name, or (name, colour or None).
+ClassSpec = Mapping[int, "str | tuple[str, tuple[int, int, int] | None]"]
+
+
+def parse_class_names(text: str | None) -> dict[int, tuple[str, tuple[int, int, int] | None]]:
+    """``"1=farmland:#e6c84b,2=forest"`` -> {1: ("farmland", (230, 200, 75)), 2: ("forest", None)}."""
+    if not text:
+        return {}
+    out: dict[int, tuple[str, tuple[int, int, int] | None]] = {}
+    for part in text.split(","):
+        if "=" not in part:
+            raise ChipError(f"--classes entry {part!r} is not VALUE=NAME or VALUE=NAME:#RRGGBB")
+        v, rest = part.split("=", 1)
+        name, _, colour = rest.partition(":")
+        rgb = None
+        if colour:
+            c = colour.strip().lstrip("#")
+            if len(c) != 6:
+                raise ChipError(f"--classes colour {colour!r} is not #RRGGBB")
+            try:
+                rgb = (int(c[0:2], 16), int(c[2:4], 16), int(c[4:6], 16))
+            except ValueError:
+                raise ChipError(f"--classes colour {colour!r} is not #RRGGBB") from None
+        try:
+            out[int(v)] = (name.strip(), rgb)
+        except ValueError:
+            raise ChipError(f"--classes value {v!r} is not an integer") from None
+    return out
