@@ -108,7 +108,7 @@ def plan_map(
     import shapely.affinity  # noqa: F401 - CellScenes uses it
     from shapely import STRtree, box
 
-    from geoseg.models.config import read_model_config
+    from geoseg.models.load import read_model_config
     from geoseg.scenes import RESAMPLING
 
     t0 = time.perf_counter()
