@@ -10,7 +10,6 @@ of one job apart. One failing scene does not stop the others.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import glob
 import json
 import os
@@ -22,13 +21,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import yaml
-
 from geoseg import __version__
 from geoseg.errors import GeosegError, JobError, JobLockedError, first_line
 from geoseg.io import file_token, is_virtual, write_json_atomic
+from geoseg.job_file import check_schema, check_values, read_job_file
 from geoseg.options import (
-    VECTOR_FORMAT_NAMES, PredictOptions, VectorOptions, job_schema, key_of,
+    VECTOR_FORMAT_NAMES, PredictOptions, VectorOptions, job_schema,
 )
 from geoseg.results.scene import STATS_SCHEMA
 
@@ -119,40 +117,9 @@ class BatchReport:
         return "\n".join(lines)
 
 
-def _check(value: Any, schema: Any, place: str, problems: list[str]) -> None:
-    if isinstance(schema, dict):
-        if not isinstance(value, dict):
-            problems.append(f"{place}: expected a mapping, got {type(value).__name__}")
-            return
-        for k in value:
-            if k not in schema:
-                problems.append(f"{place}.{k}: unknown key (known: {', '.join(schema)})".lstrip("."))
-        for k, sub in schema.items():
-            if k in value and value[k] is not None:
-                _check(value[k], sub, f"{place}.{k}".lstrip("."), problems)
-        return
-    if schema == "int|auto":
-        if value != "auto" and (isinstance(value, bool) or not isinstance(value, int)):
-            problems.append(f"{place}: expected int or 'auto', got {type(value).__name__} {value!r}")
-        return
-    types = schema if isinstance(schema, tuple) else (schema,)
-    if isinstance(value, bool) and bool not in types:
-        problems.append(f"{place}: expected {'/'.join(t.__name__ for t in types)}, got a boolean")
-    elif not isinstance(value, types):
-        problems.append(f"{place}: expected {'/'.join(t.__name__ for t in types)}, got {type(value).__name__} {value!r}")
-
-
-def _check_values(section: Any, options: type, place: str, problems: list[str],
-                  extra: tuple[str, ...] = ()) -> None:
-    """Check a section's values by building its options dataclass (once its types are right)."""
-    if not isinstance(section, dict) or any(p.startswith(place + ".") for p in problems):
-        return
-    names = {key_of(f): f.name for f in dataclasses.fields(options)}
-    try:
-        options(**{names[k]: (tuple(v) if isinstance(v, list) and k != "bands" else v)
-                   for k, v in section.items() if k not in extra and v is not None})
-    except GeosegError as exc:
-        problems.append(f"{place}: {first_line(exc)}")
+#: the job-file validator's parts, under their old names (geoseg.mapping.job uses them)
+_check = check_schema
+_check_values = check_values
 
 
 def _resolve(base: Path, text: str) -> str:
@@ -161,17 +128,13 @@ def _resolve(base: Path, text: str) -> str:
     return str((base / text).resolve())
 
 
-def load_job(path: str | os.PathLike[str]) -> Job:
-    """Read and validate a prediction job; every problem is reported in one error, before any work."""
+def load_job(path: str | os.PathLike[str], doc: Any = None) -> Job:
+    """Read (unless its parsed ``doc`` is given) and validate a prediction job; every problem is
+    reported in one error, before any work."""
     from geoseg.models.checkpoint import BUILTIN_MODELS
 
     p = Path(path)
-    try:
-        doc = yaml.safe_load(p.read_text())
-    except FileNotFoundError:
-        raise JobError(f"job file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise JobError(f"{path} is not valid YAML: {first_line(exc)}") from None
+    doc = read_job_file(path) if doc is None else doc
     if not isinstance(doc, dict):
         raise JobError(f"{path}: a job file is a mapping (scenes, model, output, ...)")
     problems: list[str] = []
@@ -558,18 +521,18 @@ def run_batch(
     MP/s, time left) on stderr. The report replaces an earlier report of the same job; any
     other existing file only with ``overwrite``, and never a scene or another output."""
     t0 = time.perf_counter()
-    doc = _peek(job_path)
+    doc = read_job_file(job_path)
     if isinstance(doc, dict) and "steps" in doc:
         from geoseg.recipe import run_recipe
 
-        run_recipe(job_path, echo=echo)
+        run_recipe(job_path, echo=echo, doc=doc)
         return BatchReport(str(job_path), [], time.perf_counter() - t0)
     if isinstance(doc, dict) and "map" in doc:  # one region from many scenes (geoseg.mapping.job)
         from geoseg.mapping.job import run_map_job
 
-        report: BatchReport = run_map_job(job_path, force, client, echo, verbose, progress)
+        report: BatchReport = run_map_job(job_path, force, client, echo, verbose, progress, doc=doc)
         return report
-    job = load_job(job_path)
+    job = load_job(job_path, doc)
     from geoseg.models.load import read_model_config
     from geoseg.progress import JobProgress
 
@@ -687,15 +650,6 @@ def _check_report_path(job: Job, report: Path, overwrite: bool) -> None:
         for kind, out in outputs_for(job, scene).items():
             inputs[f"{kind} output of {Path(scene).name}"] = out
     check_distinct_paths(inputs, outputs)
-
-
-def _peek(path: str | os.PathLike[str]) -> Any:
-    try:
-        return yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise JobError(f"job file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise JobError(f"{path} is not valid YAML: {first_line(exc)}") from None
 
 
 def _one_scene(job: Job, scene: str, model: Any, session: Any, slots: Any, bar: Any,

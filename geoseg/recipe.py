@@ -27,6 +27,7 @@ from typing import Any, Callable, Literal, Sequence, Union
 import yaml
 
 from geoseg.errors import GeosegError, RecipeError, first_line
+from geoseg.job_file import read_job_file
 
 
 @dataclass(frozen=True)
@@ -100,15 +101,13 @@ class RecipeStep:
         return STEPS[self.name].function()(**self.arguments)
 
 
-def load_recipe(path: str | os.PathLike[str], overrides: dict[str, str] | None = None) -> list[RecipeStep]:
-    """Validated steps of a recipe, variables substituted; all problems reported at once."""
+def load_recipe(path: str | os.PathLike[str], overrides: dict[str, str] | None = None,
+                doc: Any = None) -> list[RecipeStep]:
+    """Validated steps of a recipe (``doc``: its parsed YAML, when read already), variables
+    substituted; all problems reported at once."""
     p = Path(path)
-    try:
-        doc = yaml.safe_load(p.read_text())
-    except FileNotFoundError:
-        raise RecipeError(f"recipe not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise RecipeError(f"{path} is not valid YAML: {first_line(exc)}") from None
+    if doc is None:
+        doc = read_job_file(path, RecipeError, "recipe")
     problems: list[str] = []
     if not isinstance(doc, dict):
         raise RecipeError(f"{path}: a recipe is a mapping with 'variables' and 'steps'")
@@ -274,9 +273,9 @@ def _resolve_paths(value: Any, base: Path, strict: bool = True) -> Any:
 
 
 def run_recipe(path: str | os.PathLike[str], overrides: dict[str, str] | None = None,
-               echo: Callable[[str], Any] = print) -> None:
+               echo: Callable[[str], Any] = print, doc: Any = None) -> None:
     """Check every step, then run them in order; the first failing step stops the recipe."""
-    steps = load_recipe(path, overrides)
+    steps = load_recipe(path, overrides, doc)
     for i, step in enumerate(steps, start=1):
         echo(f"[{i}/{len(steps)}] {step.describe()}")
         result = step.run()

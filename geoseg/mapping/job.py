@@ -14,10 +14,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
 from geoseg import __version__
 from geoseg.errors import GeosegError, JobError, first_line
+from geoseg.job_file import check_schema, check_values, read_job_file
 from geoseg.options import MapOptions, PredictOptions, job_schema
 
 #: The ``map`` section of a job file: ``geoseg map``'s scenes, output and options.
@@ -31,27 +30,24 @@ MAP_JOB_SCHEMA: dict[str, Any] = {
 
 def run_map_job(job_path: str | os.PathLike[str], force: bool = False, client: Any = None,
                 echo: Callable[[str], Any] = lambda s: None, verbose: bool = False,
-                progress: bool = False) -> Any:
-    """Run a map job file (see the module) and return its :class:`geoseg.batch.BatchReport`
-    (one outcome: the map)."""
-    from geoseg.batch import BatchReport, SceneOutcome, _check, _check_values, _resolve, job_lock
+                progress: bool = False, doc: Any = None) -> Any:
+    """Run a map job file (see the module; ``doc``: its parsed YAML, when read already) and
+    return its :class:`geoseg.batch.BatchReport` (one outcome: the map)."""
+    from geoseg.batch import BatchReport, SceneOutcome, _resolve, job_lock
     from geoseg.io import write_json_atomic
     from geoseg.mapping import run_map
     from geoseg.mapping.plan import plan_map
 
     t0 = time.perf_counter()
     path = Path(job_path)
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise JobError(f"cannot read job file {job_path}: {first_line(exc)}") from None
+    doc = read_job_file(path) if doc is None else doc
     problems: list[str] = []
-    _check(doc, MAP_JOB_SCHEMA, "", problems)
+    check_schema(doc, MAP_JOB_SCHEMA, "", problems)
     section = doc.get("map") if isinstance(doc, dict) else None
     if not isinstance(section, dict) or not section.get("scenes") or not section.get("output"):
         problems.append("map: give scenes (paths, globs, STAC items or collections, manifests) and output")
-    _check_values(section, MapOptions, "map", problems, extra=("scenes", "output"))
-    _check_values(doc.get("predict") or {}, PredictOptions, "predict", problems)
+    check_values(section, MapOptions, "map", problems, extra=("scenes", "output"))
+    check_values(doc.get("predict") or {}, PredictOptions, "predict", problems)
     if problems:
         raise JobError(f"{job_path}: " + "; ".join(problems))
     assert isinstance(section, dict)
