@@ -31,12 +31,13 @@ from rasterio.windows import transform as window_transform
 
 from geoseg.block_cache import READ_CACHE_BYTES
 from geoseg.classes import IGNORE_VALUE, ClassSpec, default_color
+from geoseg.classes import parse_value_map as parse_value_map  # its old home
 from geoseg.errors import ChipError, ChipsLockedError, FolderLockedError, first_line
 from geoseg.io import (
     LOCK_NAME, ClassInfo, atomic_path, check_distinct_paths, folder_lock, no_georef_warning,
     open_scene, publish_all, read_env, remove_quietly, select_bands, stage_bytes, temporary_sibling,
 )
-from geoseg.options import VECTOR_FORMATS
+from geoseg.options import VECTOR_FORMATS, ChipOptions
 
 MANIFEST = "chips.json"
 INDEX = "index.gpkg"
@@ -131,22 +132,6 @@ def label_source(path: str, label_field: str | None, value_map: dict[str, int] |
         vm = tuple(sorted(value_map.items())) if value_map else None
         return LabelSource(path, "vector", label_field, vm, background)
     return LabelSource(path, "raster", nodata_is_class=nodata_is_class)
-
-
-def parse_value_map(text: str | None) -> dict[str, int] | None:
-    """``"farmland=1,forest=2"`` -> {"farmland": 1, "forest": 2}."""
-    if not text:
-        return None
-    out: dict[str, int] = {}
-    for part in text.split(","):
-        if "=" not in part:
-            raise ChipError(f"--value-map entry {part!r} is not NAME=VALUE")
-        k, v = part.split("=", 1)
-        try:
-            out[k.strip()] = int(v)
-        except ValueError:
-            raise ChipError(f"--value-map value {v!r} for {k!r} is not an integer") from None
-    return out
 
 
 def _class_spec(spec: "ClassSpec | None") -> dict[int, tuple[str, tuple[int, int, int] | None]]:
@@ -553,42 +538,27 @@ def manifest_classes(manifest: dict[str, Any]) -> list[ClassInfo]:
 def make_chips(
     pairs: Sequence[tuple[str, str]],
     out_dir: str | os.PathLike[str],
-    size: int | None = None,
-    stride: int | None = None,
-    bands: str | Sequence[int] | None = None,
-    label_field: str | None = None,
-    value_map: dict[str, int] | None = None,
-    background: int | None = None,
-    label_nodata_is_class: bool = False,
-    class_names: "ClassSpec | None" = None,
-    ignore_value: int | None = None,
-    min_labeled: float = 0.0,
-    max_nodata: float = 1.0,
-    val_fraction: float = 0.2,
-    test_fraction: float = 0.0,
-    split_block: int | None = None,
-    seed: int = 0,
-    stratify: bool = True,
-    oversample_rare: float = 0.0,
+    options: ChipOptions | None = None,
+    *,
     workers: int | None = None,
     scheduler: str | None = None,
     client: Any = None,
+    **keywords: Any,
 ) -> ChipsSummary:
     """Cut (image, labels) pairs into chips in ``out_dir``; a folder that exists grows.
 
-    ``size`` and ``split_block`` default to values that fit the first scene's labelled area.
-    Re-chipping an image already in the folder replaces its chips and statistics. The run is
-    all or nothing: chips are written into a hidden staging folder and moved in at the end, so
-    a failed or interrupted run leaves the folder exactly as it was. ``stratify=False`` draws
-    validation and test blocks at random (:func:`choose_split`), as chip did before.
+    ``options`` (:class:`geoseg.options.ChipOptions`), with any of its fields given as
+    ``keywords`` replacing its own (``make_chips(pairs, out, size=32)``). ``size`` and
+    ``split_block`` default to values that fit the first scene's labelled area. Re-chipping an
+    image already in the folder replaces its chips and statistics. The run is all or nothing:
+    chips are written into a hidden staging folder and moved in at the end, so a failed or
+    interrupted run leaves the folder exactly as it was. ``stratify=False`` draws validation and
+    test blocks at random (:func:`choose_split`), as chip did before.
     """
+    opts = ChipOptions.from_keywords(options, **keywords)
     if not pairs:
         raise ChipError("give at least one IMAGE LABELS pair")
-    if size is not None and size < 8:
-        raise ChipError(f"--size {size} is too small; use at least 8")
-    ignore = IGNORE_VALUE if ignore_value is None else int(ignore_value)
-    if not 0 <= ignore <= 255:
-        raise ChipError(f"--ignore-value {ignore} must be 0..255")
+    ignore = IGNORE_VALUE if opts.ignore_value is None else int(opts.ignore_value)
     out = Path(out_dir)
     check_distinct_paths(
         {f"{kind} of pair {i + 1}": path for i, pair in enumerate(pairs) for kind, path in zip(("image", "labels"), pair)},
@@ -606,11 +576,7 @@ def make_chips(
                     folder_lock(out, exclusive=True, what="chip run", holder="geoseg chip"))
             except FolderLockedError as exc:
                 raise ChipsLockedError(str(exc)) from None
-            return _make_chips_locked(
-                pairs, out, size, stride, bands, label_field, value_map, background,
-                label_nodata_is_class, class_names, ignore, min_labeled, max_nodata, val_fraction,
-                test_fraction, split_block, seed, stratify, oversample_rare, workers, scheduler, client,
-            )
+            return _make_chips_locked(pairs, out, opts, ignore, workers, scheduler, client)
     except BaseException:
         if created:
             remove_quietly(out / LOCK_NAME)
@@ -620,14 +586,11 @@ def make_chips(
 
 
 def _make_chips_locked(
-    pairs: Sequence[tuple[str, str]], out: Path, size: int | None, stride: int | None,
-    bands: str | Sequence[int] | None, label_field: str | None, value_map: dict[str, int] | None,
-    background: int | None, label_nodata_is_class: bool, class_names: "ClassSpec | None",
-    ignore: int, min_labeled: float, max_nodata: float, val_fraction: float, test_fraction: float,
-    split_block: int | None, seed: int, stratify: bool, oversample_rare: float, workers: int | None,
+    pairs: Sequence[tuple[str, str]], out: Path, opts: ChipOptions, ignore: int, workers: int | None,
     scheduler: str | None, client: Any,
 ) -> ChipsSummary:
     """``make_chips`` while holding the folder's lock."""
+    size, class_names, min_labeled, max_nodata = opts.size, opts.class_spec, opts.min_labeled, opts.max_nodata
     existing = load_manifest(out) if (out / MANIFEST).exists() else None
     for stale in out.glob(f"{STAGING}*"):  # left by a killed run (we hold the lock)
         shutil.rmtree(stale, ignore_errors=True)
@@ -640,29 +603,30 @@ def _make_chips_locked(
     dtype = None
     for image, labels in pairs:
         info = open_scene(image)
-        band_list = select_bands(bands, info.count)
+        band_list = select_bands(opts.bands, info.count)
         names = [info.descriptions[b - 1] or f"band{b}" for b in band_list]
         if band_names is None:
             band_names, dtype = names, info.dtype
         elif len(names) != len(band_names):
             raise ChipError(f"{image} gives {len(names)} bands, the first image {len(band_names)}")
-        src = label_source(labels, label_field, value_map, background, label_nodata_is_class)
+        src = label_source(labels, opts.label_field, opts.value_mapping, opts.background, opts.label_nodata_is_class)
         area = _check_overlap(image, info, src)
         if size is None:
             size = auto_chip_size(*area)
         scenes.append((image, info, band_list, src, area))
     assert band_names is not None and size is not None
-    stride = stride or size
+    stride = opts.stride or size
     tasks: list[ChipTask] = []
     run_ids: set[str] = set()
     for image, info, band_list, src, area in scenes:
-        block = split_block or auto_split_block(*area, size)
+        block = opts.split_block or auto_split_block(*area, size)
         classes = _block_classes(src, info, block, ignore)
         iid = image_id(image)
         # seeded by the image's file name, not its position or folder: an image re-chipped alone,
         # or a copy of it elsewhere, gets the same split
-        windows = plan_windows(info.height, info.width, size, stride, block, val_fraction,
-                               test_fraction, f"{seed}-{Path(_resolved(image)).name}", classes, stratify)
+        windows = plan_windows(info.height, info.width, size, stride, block, opts.val_fraction,
+                               opts.test_fraction, f"{opts.seed}-{Path(_resolved(image)).name}", classes,
+                               opts.stratify)
         if iid in run_ids:
             raise ChipError(f"{image} is given twice; give each image once")
         run_ids.add(iid)
@@ -702,7 +666,7 @@ def _make_chips_locked(
                 f"relax {worst}" + (" or check --ignore-value" if worst == "--min-labeled" else "")
             )
         return _commit(out, stage, existing, run_ids, kept, dropped, band_names, str(dtype), size,
-                       ignore, _class_spec(class_names), oversample_rare, [p[0] for p in pairs])
+                       ignore, _class_spec(class_names), opts.oversample_rare, [p[0] for p in pairs])
     finally:
         _remove_stage(stage)
 

@@ -54,3 +54,19 @@ def parse_class_names(text: str | None) -> dict[int, tuple[str, tuple[int, int, 
         except ValueError:
             raise ChipError(f"--classes value {v!r} is not an integer") from None
     return out
+
+
+def parse_value_map(text: str | None) -> dict[str, int] | None:
+    """``"farmland=1,forest=2"`` -> {"farmland": 1, "forest": 2}."""
+    if not text:
+        return None
+    out: dict[str, int] = {}
+    for part in text.split(","):
+        if "=" not in part:
+            raise ChipError(f"--value-map entry {part!r} is not NAME=VALUE")
+        k, v = part.split("=", 1)
+        try:
+            out[k.strip()] = int(v)
+        except ValueError:
+            raise ChipError(f"--value-map value {v!r} for {k!r} is not an integer") from None
+    return out

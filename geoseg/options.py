@@ -10,11 +10,12 @@ from it (:func:`job_schema`), so a new field appears in all three. Fields typed 
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Union
 
 from geoseg.errors import OptionError
 
@@ -217,11 +218,22 @@ class PredictOptions:
     def from_keywords(cls, base: PredictOptions | None = None, **keywords: Any) -> PredictOptions:
         """``base`` (or the defaults) with ``keywords`` replaced; an unknown keyword is an error
         that lists the known ones."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(keywords) - known)
-        if unknown:
-            raise OptionError(f"unknown predict option(s) {unknown}; known: {', '.join(sorted(known))}")
-        return dataclasses.replace(base or cls(), **keywords)
+        return _from_keywords(cls, "predict", base, keywords)
+
+
+O = typing.TypeVar("O")
+
+
+def _from_keywords(cls: type[O], what: str, base: O | None, keywords: dict[str, Any]) -> O:
+    """``base`` (or ``cls``'s defaults) with ``keywords`` replaced; an unknown keyword is an
+    error that lists the known ones."""
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(keywords) - known)
+    if unknown:
+        raise OptionError(f"unknown {what} option(s) {unknown}; known: {', '.join(sorted(known))}")
+    if base is None:
+        return cls(**keywords)
+    return dataclasses.replace(base, **keywords)  # type: ignore[type-var]
 
 
 def _crf(value: Any) -> CRFParams | None:
@@ -248,7 +260,7 @@ def _check_fields(options: Any) -> None:
     """Check every field of an options dataclass against its type (Literal values, int minimums)."""
     hints = typing.get_type_hints(type(options))
     for f in dataclasses.fields(options):
-        _check_value(f.name, getattr(options, f.name), hints[f.name], f.metadata)
+        _check_value(f.metadata.get("cli", f.name), getattr(options, f.name), hints[f.name], f.metadata)
 
 
 def _check_value(name: str, value: Any, hint: Any, meta: Any) -> None:
@@ -267,10 +279,14 @@ def _check_value(name: str, value: Any, hint: Any, meta: Any) -> None:
             return
         if p in (int, float) and isinstance(value, (int, float)) and not isinstance(value, bool) \
                 and (p is float or isinstance(value, int)):
-            low = meta.get("min")
+            low, high = meta.get("min"), meta.get("max")
             if low is not None and (value < low or (meta.get("min_open") and value == low)):
                 raise OptionError(f"{_flag(name)} must be {'above' if meta.get('min_open') else 'at least'} "
                                   f"{low}, got {value}")
+            if high is not None and value > high:
+                raise OptionError(f"{_flag(name)} must be at most {high}, got {value}")
+            return
+        if typing.get_origin(p) in (dict, collections.abc.Mapping) and isinstance(value, collections.abc.Mapping):
             return
         if p in (str, bool) and type(value) is p:
             return
@@ -279,7 +295,8 @@ def _check_value(name: str, value: Any, hint: Any, meta: Any) -> None:
     if allowed and not {int, float} & set(parts):
         raise OptionError(f"unknown {_flag(name)} {value!r}; use {', '.join(map(str, allowed))}")
     what = " or ".join([repr(v) for v in allowed] + [
-        {int: "a whole number", float: "a number", str: "text", bool: "true or false"}.get(p, getattr(p, "__name__", str(p)))
+        {int: "a whole number", float: "a number", str: "text", bool: "true or false"}.get(
+            p, "a mapping" if typing.get_origin(p) in (dict, collections.abc.Mapping) else getattr(p, "__name__", str(p)))
         for p in parts if typing.get_origin(p) is not Literal and p is not type(None)])
     raise OptionError(f"{_flag(name)} must be {what}, got {value!r}")
 
@@ -361,6 +378,85 @@ class MapOptions:
         if isinstance(value, int) and not isinstance(value, bool):
             object.__setattr__(self, "resolution", float(value))
         _check_fields(self)
+
+
+#: Class names (and colours) by value, as the API takes them: a name, or (name, colour or None).
+ClassNames = Mapping[int, "str | tuple[str, tuple[int, int, int] | None]"]
+
+
+@dataclass(frozen=True)
+class ChipOptions:
+    """How labelled images are cut into chips and split: ``geoseg.chip`` / ``make_chips``
+    keywords, ``geoseg chip`` options (``--classes`` for ``class_names``) and the keys of a
+    recipe's ``chip`` step. ``value_map`` and ``class_names`` may be given as the command
+    line's text; they are parsed here, so a bad one fails before any work."""
+
+    size: int | None = field(default=None, metadata=_help(
+        "Chip size in pixels (default: the largest of 256/128/64/32 that fits 24 chips in the labelled "
+        "area; a grown folder keeps its size).", min=8))
+    stride: int | None = field(default=None, metadata=_help("Step between chips (default: --size).", min=1))
+    bands: str | tuple[int, ...] | None = field(default=None, metadata=_help(
+        "Image bands to keep, in order (default: all).", metavar="1,2,3"))
+    label_field: str | None = field(default=None, metadata=_help(
+        "Attribute holding the class, for vector labels."))
+    value_map: str | Mapping[str, int] | None = field(default=None, metadata=_help(
+        "Map label-field values to class numbers.", metavar="NAME=VALUE,..."))
+    background: int | None = field(default=None, metadata=_help(
+        "Class of pixels outside every polygon (vector labels); default: not labelled.", min=0, max=254))
+    label_nodata_is_class: bool = field(default=False, metadata=_help(
+        "Read a label raster's nodata value as a class (some rasters flag background as nodata)."))
+    class_names: str | ClassNames | None = field(default=None, metadata=_help(
+        "Class names and colours, e.g. 1=farmland:#e6c84b,2=forest.", cli="classes",
+        metavar="VALUE=NAME[:#RRGGBB],..."))
+    ignore_value: int | None = field(default=None, metadata=_help(
+        "Label value meaning 'not labelled' (default 255).", min=0, max=255))
+    min_labeled: float = field(default=0.0, metadata=_help(
+        "Least labelled fraction of a chip (0: any chip with a labelled pixel).", min=0, max=1))
+    max_nodata: float = field(default=1.0, metadata=_help(
+        "Most image-nodata fraction of a chip (nodata pixels are never learned from).", min=0, max=1))
+    val_fraction: float = field(default=0.2, metadata=_help("Share of split blocks for validation.", min=0, max=1))
+    test_fraction: float = field(default=0.0, metadata=_help("Share of split blocks for testing.", min=0, max=1))
+    split_block: int | None = field(default=None, metadata=_help(
+        "Split block size in pixels (default: the largest of 4, 3 or 2 x --size that gives 6 blocks).", min=8))
+    seed: int = field(default=0, metadata=_help("Seed of the split."))
+    stratify: bool = field(default=True, metadata=_help(
+        "Draw validation and test blocks so that they hold every class (label rasters); --no-stratify "
+        "draws them at random, as geoseg chip did before."))
+    oversample_rare: float = field(default=0.0, metadata=_help(
+        "Extra sampling weight of chips holding rare classes.", min=0))
+
+    def __post_init__(self) -> None:
+        from geoseg.classes import parse_class_names, parse_value_map
+
+        bands: Any = self.bands  # a job file gives a list
+        if isinstance(bands, list):
+            object.__setattr__(self, "bands", tuple(bands))
+        if isinstance(self.value_map, str):
+            object.__setattr__(self, "value_map", parse_value_map(self.value_map))
+        if isinstance(self.class_names, str):
+            object.__setattr__(self, "class_names", parse_class_names(self.class_names) or None)
+        for name in ("min_labeled", "max_nodata", "val_fraction", "test_fraction", "oversample_rare"):
+            value: Any = getattr(self, name)
+            if isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, name, float(value))
+        _check_fields(self)
+
+    @property
+    def value_mapping(self) -> dict[str, int] | None:
+        """``value_map`` parsed (never text)."""
+        assert not isinstance(self.value_map, str)  # parsed in __post_init__
+        return None if self.value_map is None else dict(self.value_map)
+
+    @property
+    def class_spec(self) -> ClassNames | None:
+        """``class_names`` parsed (never text)."""
+        assert not isinstance(self.class_names, str)  # parsed in __post_init__
+        return self.class_names
+
+    @classmethod
+    def from_keywords(cls, base: ChipOptions | None = None, **keywords: Any) -> ChipOptions:
+        """``base`` (or the defaults) with ``keywords`` replaced; an unknown keyword is an error."""
+        return _from_keywords(cls, "chip", base, keywords)
 
 
 def key_of(f: dataclasses.Field[Any]) -> str:

@@ -32,11 +32,12 @@ from geoseg.job_file import read_job_file
 
 @dataclass(frozen=True)
 class StepKind:
-    """A recipe step: its library function, the arguments that are paths, and text converters."""
+    """A recipe step: its library function, the arguments that are paths, and its options
+    dataclass (whose fields are keywords of the function too)."""
 
     function: Callable[[], Callable[..., Any]]
     paths: tuple[str, ...]
-    converters: tuple[tuple[str, Callable[[], Callable[[Any], Any]]], ...] = ()
+    options: Callable[[], type] | None = None
 
 
 def _make_chips() -> Callable[..., Any]:
@@ -63,23 +64,22 @@ def _evaluate() -> Callable[..., Any]:
     return evaluate
 
 
-def _parse_class_names() -> Callable[[Any], Any]:
-    from geoseg.classes import parse_class_names
+def _chip_options() -> type:
+    from geoseg.options import ChipOptions
 
-    return lambda v: parse_class_names(v) if isinstance(v, str) else v
+    return ChipOptions
 
 
-def _parse_value_map() -> Callable[[Any], Any]:
-    from geoseg.chips import parse_value_map
+def _predict_options() -> type:
+    from geoseg.options import PredictOptions
 
-    return lambda v: parse_value_map(v) if isinstance(v, str) else v
+    return PredictOptions
 
 
 STEPS: dict[str, StepKind] = {
-    "chip": StepKind(_make_chips, ("pairs", "out_dir"),
-                     (("class_names", _parse_class_names), ("value_map", _parse_value_map))),
+    "chip": StepKind(_make_chips, ("pairs", "out_dir"), _chip_options),
     "train": StepKind(_train, ("chips_dir", "output")),
-    "predict": StepKind(_predict, ("scene", "output", "model", "probabilities", "vector")),
+    "predict": StepKind(_predict, ("scene", "output", "model", "probabilities", "vector"), _predict_options),
     "evaluate": StepKind(_evaluate, ("prediction", "reference", "json_path")),
 }
 ALLOWED = tuple(STEPS)
@@ -170,8 +170,8 @@ def _substitute(value: Any, variables: dict[str, str], missing: list[str]) -> An
 
 
 def _checked(name: str, kwargs: dict[str, Any], place: str, problems: list[str]) -> dict[str, Any]:
-    """Arguments checked against the step's signature and types; option values checked by
-    building them (predict's by :class:`geoseg.options.PredictOptions`)."""
+    """Arguments checked against the step's signature and types; option values checked against
+    the step's options dataclass (:func:`_checked_options`)."""
     kind = STEPS[name]
     func = kind.function()
     signature = inspect.signature(func)
@@ -181,33 +181,18 @@ def _checked(name: str, kwargs: dict[str, Any], place: str, problems: list[str])
         hints = {}
     params = {n: p for n, p in signature.parameters.items()
               if n not in NOT_IN_RECIPES and p.kind is not inspect.Parameter.VAR_KEYWORD}
-    extra: dict[str, Any] = {}
-    if name == "predict":
-        from geoseg.options import PredictOptions
-
-        option_names = {f.name for f in dataclasses.fields(PredictOptions)}
-        extra = {k: kwargs.pop(k) for k in list(kwargs) if k in option_names}
-        try:
-            PredictOptions.from_keywords(**extra)
-        except GeosegError as exc:
-            problems.append(f"{place}: {first_line(exc)}")
+    option_names = [f.name for f in dataclasses.fields(kind.options())] if kind.options else []
+    extra = _checked_options(kind, kwargs, place, problems)
     for key in kwargs:
         if key not in params:
-            problems.append(f"{place}.{key}: unknown argument (known: {', '.join(params)})")
+            problems.append(f"{place}.{key}: unknown argument (known: {', '.join([*params, *option_names])})")
     for n, p in params.items():
         if p.default is inspect.Parameter.empty and p.kind is not inspect.Parameter.VAR_POSITIONAL and n not in kwargs:
             problems.append(f"{place}.{n}: required")
-    converters = dict(kind.converters)
     out: dict[str, Any] = {}
     for key, value in kwargs.items():
         if key not in params:
             continue
-        if key in converters:
-            try:
-                value = converters[key]()(value)
-            except GeosegError as exc:
-                problems.append(f"{place}.{key}: {first_line(exc)}")
-                continue
         if not _fits(value, hints.get(key, Any)):
             problems.append(f"{place}.{key}: expected {_describe(hints.get(key, Any))}, got {value!r}")
             continue
@@ -220,6 +205,30 @@ def _checked(name: str, kwargs: dict[str, Any], place: str, problems: list[str])
         except GeosegError as exc:
             problems.append(f"{place}.arch: {first_line(exc)}")
     return {**out, **extra}
+
+
+def _checked_options(kind: StepKind, kwargs: dict[str, Any], place: str, problems: list[str]) -> dict[str, Any]:
+    """Take the step's options out of ``kwargs`` and check them: each value's type against its
+    field (``steps[2].train.epochs: expected int ...``), then the values by building the options
+    (a ``Literal`` field, such as ``tta``, is checked there: ``steps[3].predict: unknown --tta``)."""
+    if kind.options is None:
+        return {}
+    cls = kind.options()
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    given = {k: kwargs.pop(k) for k in list(kwargs) if k in fields}
+    for key, value in list(given.items()):
+        hint = hints[key]
+        parts = typing.get_args(hint) if typing.get_origin(hint) in (Union, types.UnionType) else (hint,)
+        checked_by_building = any(typing.get_origin(p) is Literal or dataclasses.is_dataclass(p) for p in parts)
+        if not checked_by_building and not _fits(value, hint):
+            problems.append(f"{place}.{key}: expected {_describe(hint)}, got {value!r}")
+            del given[key]
+    try:
+        cls.from_keywords(**given)  # type: ignore[attr-defined]
+    except GeosegError as exc:
+        problems.append(f"{place}: {first_line(exc)}")
+    return given
 
 
 def _fits(value: Any, hint: Any) -> bool:

@@ -82,3 +82,41 @@ def test_vectorize_takes_every_vector_option_with_its_default() -> None:
     params = inspect.signature(vectorize).parameters
     for f in dataclasses.fields(VectorOptions):
         assert params[f.name].default == f.default, f.name
+
+
+def test_every_chip_option_is_a_cli_option_with_its_default() -> None:
+    from geoseg.options import ChipOptions
+
+    opts = _options("chip")
+    for f in dataclasses.fields(ChipOptions):
+        assert f.name in opts, f"geoseg chip has no option for {f.name}"
+        assert opts[f.name].default == f.default or (opts[f.name].is_flag and f.default is False), f.name
+    assert "--classes" in opts["class_names"].opts and opts["ignore_value"].type.max == 255  # type: ignore[attr-defined]
+    assert set(opts) - {f.name for f in dataclasses.fields(ChipOptions)} <= {"out_dir", "workers", "scheduler", "help"}
+
+
+def test_chip_options_parse_the_command_line_forms_and_check_ranges() -> None:
+    from geoseg.options import ChipOptions
+
+    o = ChipOptions.from_keywords(value_map="farmland=1, forest=2", class_names="1=farmland:#e6c84b", bands=[1, 2])
+    assert o.value_mapping == {"farmland": 1, "forest": 2} and o.bands == (1, 2)
+    assert o.class_spec == {1: ("farmland", (230, 200, 75))}
+    for bad, message in [({"ignore_value": 256}, "--ignore-value must be at most 255"),
+                         ({"size": 4}, "--size must be at least 8"), ({"val_fraction": 1.5}, "--val-fraction"),
+                         ({"sise": 32}, "unknown chip option")]:
+        with pytest.raises(OptionError, match=message):
+            ChipOptions.from_keywords(**bad)  # type: ignore[arg-type]
+
+
+def test_recipe_chip_options_are_checked_at_their_place(tmp_path: Path) -> None:
+    from geoseg.recipe import RecipeError, load_recipe
+
+    job = tmp_path / "job.yaml"
+    job.write_text("steps:\n  - chip: {pairs: [[a.tif, b.tif]], out_dir: c, size: big, value_map: 'x=y',"
+                   " stratify: false, sise: 3}\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(job)
+    msg = str(err.value)
+    for part in ("steps[1].chip.size: expected int", "steps[1].chip: --value-map value 'y'",
+                 "steps[1].chip.sise: unknown argument"):
+        assert part in msg, msg

@@ -15,7 +15,7 @@ from typing import Any, Callable, Literal, TypeVar, Union
 import click
 
 from geoseg.errors import GeosegError, GeosegWarning
-from geoseg.options import CRFParams, Device, PredictOptions, VectorOptions, choices
+from geoseg.options import ChipOptions, CRFParams, Device, PredictOptions, VectorOptions, choices
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -105,11 +105,11 @@ def json_object(text: str | None, hint: str) -> dict[str, Any]:
 def _field_option(f: dataclasses.Field[Any], hint: Any, prefix: str = "") -> Callable[[F], F]:
     """One Click option for a field of an options dataclass, typed from its annotation."""
     meta = f.metadata
-    name = prefix + str(meta.get("flag", f.name))
+    name = prefix + str(meta.get("cli", meta.get("flag", f.name)))
     flag = "--" + name.replace("_", "-")
     param = prefix + f.name
     kw: dict[str, Any] = {"help": meta.get("help"), "default": f.default, "show_default": True}
-    low = meta.get("min")
+    low, high = meta.get("min"), meta.get("max")
     union = typing.get_origin(hint) in (Union, types.UnionType)
     parts = tuple(p for p in (typing.get_args(hint) if union else (hint,)) if p is not type(None))
     literal_values = tuple(v for p in parts if typing.get_origin(p) is Literal for v in typing.get_args(p))
@@ -136,9 +136,11 @@ def _field_option(f: dataclasses.Field[Any], hint: Any, prefix: str = "") -> Cal
     if str in parts:  # free text parsed by the library, e.g. --bands 1,2,3
         return click.option(flag, param, default=None, metavar=meta.get("metavar"), help=kw["help"])
     if int in parts:
-        return click.option(flag, param, type=click.IntRange(min=low), **kw)
+        ranged = low is not None or high is not None
+        return click.option(flag, param, type=click.IntRange(min=low, max=high) if ranged else int, **kw)
     if float in parts:
-        return click.option(flag, param, type=click.FloatRange(min=low, min_open=bool(meta.get("min_open"))), **kw)
+        return click.option(flag, param, type=click.FloatRange(min=low, max=high, min_open=bool(meta.get("min_open"))),
+                            **kw)
     raise TypeError(f"no Click option for {f.name}: {hint}")  # pragma: no cover - a new field type
 
 
@@ -190,6 +192,16 @@ def take_predict_options(values: dict[str, Any]) -> PredictOptions:
     use_crf = values.pop("crf")
     kw = {name: values.pop(name) for name in _PREDICT_FIELDS if name != "crf"}
     return PredictOptions(**kw, crf=CRFParams(**crf) if use_crf else None)
+
+
+def chip_options(func: F) -> F:
+    """One option per :class:`ChipOptions` field (``--size``, ``--classes``, ``--stratify/--no-stratify``, ...)."""
+    return _apply(_field_options(ChipOptions), func)
+
+
+def take_options(values: dict[str, Any], cls: type) -> dict[str, Any]:
+    """Remove an options dataclass's values from a command's parameters (as its keywords)."""
+    return {f.name: values.pop(f.name) for f in dataclasses.fields(cls)}
 
 
 def take_vector_options(values: dict[str, Any]) -> dict[str, Any]:
