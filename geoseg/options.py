@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -40,7 +42,7 @@ def choices(literal: Any) -> tuple[Any, ...]:
     return typing.get_args(literal)
 
 
-def _help(text: str, **extra: Any) -> dict[str, Any]:
+def _help(text: str | None, **extra: Any) -> dict[str, Any]:
     return {"help": text, **extra}
 
 
@@ -457,6 +459,96 @@ class ChipOptions:
     def from_keywords(cls, base: ChipOptions | None = None, **keywords: Any) -> ChipOptions:
         """``base`` (or the defaults) with ``keywords`` replaced; an unknown keyword is an error."""
         return _from_keywords(cls, "chip", base, keywords)
+
+
+#: Precision of training's forward and backward passes (``auto``: mixed on CUDA, fp32 on the CPU).
+TrainPrecision = Literal["auto", "fp32", "bf16"]
+Schedule = Literal["cosine", "poly"]
+ClassWeighting = Literal["sqrt", "inverse", "none"]
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """How a model is trained: ``geoseg.train`` keywords, ``geoseg train`` options
+    (``--arch-args`` for ``arch_kwargs``, ``--class-weights`` for ``class_weighting``) and the
+    keys of a recipe's ``train`` step. Fields marked ``api_only`` have no command-line option."""
+
+    arch: str = field(default="unet-small", metadata=_help("Architecture from 'geoseg models'."))
+    arch_kwargs: str | Mapping[str, Any] | None = field(default=None, metadata=_help(
+        'Architecture arguments, e.g. \'{"depth": 4}\'.', cli="arch_args", metavar="JSON"))
+    epochs: int | None = field(default=None, metadata=_help(
+        "Most epochs (default: about 1000 optimizer steps, 15 to 150 epochs).", min=1))
+    patience: int | None = field(default=None, metadata=_help(
+        "Stop after this many epochs without a better validation mIoU, once a third of the epochs ran "
+        "(default: max(10, epochs/6); 0: never).", min=0))
+    batch_size: int | None = field(default=None, metadata=_help(
+        "Default: 16 on the CPU, 32 on CUDA, less for small chip sets (at least 4 steps an epoch).", min=1))
+    lr: float = field(default=2e-3, metadata=_help(None, min=0, min_open=True))
+    weight_decay: float = field(default=1e-4, metadata=_help(None, min=0))
+    warmup_epochs: float = field(default=1.0, metadata=_help(
+        "Epochs of linear learning-rate warm-up.", min=0, api_only=True))
+    schedule: Schedule = field(default="cosine", metadata=_help(None))
+    class_weighting: ClassWeighting = field(default="sqrt", metadata=_help(None, cli="class_weights"))
+    dice_weight: float | None = field(default=None, metadata=_help(
+        "Weight of the Dice term beside cross-entropy (default: 0.5 for two classes, 1 for more).", min=0))
+    ema: float | None = field(default=None, metadata=_help(
+        "Validate and keep a moving average of the weights with this half-life in epochs (default: 3; "
+        "0: the raw weights).", min=0, metavar="EPOCHS"))
+    device: Device = field(default="auto", metadata=_help("Where the network runs; auto uses CUDA when present."))
+    precision: TrainPrecision = field(default="auto", metadata=_help(
+        "auto: mixed precision on CUDA, fp32 on the CPU; bf16: bf16 autocast anywhere (CPUs with AMX / "
+        "AVX-512 BF16)."))
+    channels_last: bool = field(default=False, metadata=_help(
+        "Channels-last memory layout (faster convolutions on recent CPUs and GPUs)."))
+    seed: int = field(default=0, metadata=_help(None))
+    workers: int = field(default=0, metadata=_help("Data-loading processes.", min=0))
+    pretrained: str | None = field(default=None, metadata=_help(
+        "Start the encoder from torchvision's ImageNet weights (downloaded once) or a local state dict "
+        "(torchvision, torchgeo or timm layout); first convolution adapted to the bands by name.",
+        metavar="imagenet|PATH"))
+    pretrained_bands: str | tuple[str, ...] | None = field(default=None, metadata=_help(
+        "Band names of the --pretrained PATH weights' input, in order (ImageNet: red,green,blue).",
+        metavar="NAME,..."))
+    amp: bool = field(default=True, metadata=_help(
+        "Allow mixed precision where --precision asks for it.", api_only=True))
+
+    def __post_init__(self) -> None:
+        if isinstance(self.arch_kwargs, str):
+            try:
+                value = json.loads(self.arch_kwargs) if self.arch_kwargs else {}
+            except json.JSONDecodeError as exc:
+                raise OptionError(f"--arch-args is not JSON: {exc}") from None
+            if not isinstance(value, dict):
+                raise OptionError('--arch-args: give a JSON object, e.g. \'{"depth": 4}\'')
+            object.__setattr__(self, "arch_kwargs", value)
+        bands: Any = self.pretrained_bands
+        if isinstance(bands, str):
+            bands = tuple(b.strip() for b in bands.split(",")) if bands else None
+        object.__setattr__(self, "pretrained_bands", tuple(bands) if bands is not None else None)
+        for name in ("lr", "weight_decay", "warmup_epochs", "dice_weight", "ema"):
+            value = getattr(self, name)
+            if isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, name, float(value))
+        _check_fields(self)
+        if self.ema is not None and not math.isfinite(self.ema):
+            raise OptionError(f"--ema {self.ema} must be 0 (off) or a half-life in epochs above 0")
+
+    @property
+    def architecture_arguments(self) -> dict[str, Any]:
+        """``arch_kwargs`` parsed (never text), empty when not given."""
+        assert not isinstance(self.arch_kwargs, str)  # parsed in __post_init__
+        return dict(self.arch_kwargs or {})
+
+    @property
+    def pretrained_band_names(self) -> tuple[str, ...] | None:
+        """``pretrained_bands`` parsed (never text)."""
+        assert not isinstance(self.pretrained_bands, str)  # parsed in __post_init__
+        return self.pretrained_bands
+
+    @classmethod
+    def from_keywords(cls, base: TrainOptions | None = None, **keywords: Any) -> TrainOptions:
+        """``base`` (or the defaults) with ``keywords`` replaced; an unknown keyword is an error."""
+        return _from_keywords(cls, "train", base, keywords)
 
 
 def key_of(f: dataclasses.Field[Any]) -> str:

@@ -3,7 +3,8 @@
 A recipe is YAML with ``variables`` (strings, overridable) and ``steps``, each a mapping of one
 step name (``chip``, ``train``, ``predict``, ``evaluate``) to the keyword arguments of its
 library function (:func:`geoseg.chips.make_chips`, :func:`geoseg.train.train`,
-:func:`geoseg.predict.predict`, :func:`geoseg.evaluate.evaluate`). ``{name}`` in a value is
+:func:`geoseg.predict.predict`, :func:`geoseg.evaluate.evaluate`), its options among them
+(the fields of :class:`geoseg.options.ChipOptions`, ``TrainOptions``, ``PredictOptions``). ``{name}`` in a value is
 replaced by a variable (a value that is only ``{name}`` takes the variable's YAML type, so
 ``epochs: "{epochs}"`` is a number). Relative paths are taken from the recipe's folder.
 
@@ -70,6 +71,12 @@ def _chip_options() -> type:
     return ChipOptions
 
 
+def _train_options() -> type:
+    from geoseg.options import TrainOptions
+
+    return TrainOptions
+
+
 def _predict_options() -> type:
     from geoseg.options import PredictOptions
 
@@ -78,7 +85,7 @@ def _predict_options() -> type:
 
 STEPS: dict[str, StepKind] = {
     "chip": StepKind(_make_chips, ("pairs", "out_dir"), _chip_options),
-    "train": StepKind(_train, ("chips_dir", "output")),
+    "train": StepKind(_train, ("chips_dir", "output"), _train_options),
     "predict": StepKind(_predict, ("scene", "output", "model", "probabilities", "vector"), _predict_options),
     "evaluate": StepKind(_evaluate, ("prediction", "reference", "json_path")),
 }
@@ -197,11 +204,11 @@ def _checked(name: str, kwargs: dict[str, Any], place: str, problems: list[str])
             problems.append(f"{place}.{key}: expected {_describe(hints.get(key, Any))}, got {value!r}")
             continue
         out[key] = value
-    if name == "train" and isinstance(out.get("arch"), str):
+    if name == "train" and isinstance(extra.get("arch"), str):
         from geoseg.models import get_architecture
 
         try:
-            get_architecture(out["arch"])
+            get_architecture(extra["arch"])
         except GeosegError as exc:
             problems.append(f"{place}.arch: {first_line(exc)}")
     return {**out, **extra}

@@ -30,6 +30,7 @@ from geoseg.metrics import Scores, confusion_matrix
 from geoseg.models import create_model, get_architecture, output_stride
 from geoseg.models.checkpoint import ModelConfig, build_config, save_model
 from geoseg.models.pretrained import load_pretrained
+from geoseg.options import TrainOptions
 from geoseg.progress import Progress
 
 DEFAULT_ARCH = "unet-small"
@@ -188,34 +189,27 @@ def validate(network: nn.Module, dataset: ChipDataset, device: torch.device, nam
 def train(
     chips_dir: str | os.PathLike[str],
     output: str | os.PathLike[str],
-    arch: str = DEFAULT_ARCH,
-    arch_kwargs: dict[str, Any] | None = None,
-    epochs: int | None = None,
-    patience: int | None = None,
-    batch_size: int | None = None,
-    lr: float = 2e-3,
-    weight_decay: float = 1e-4,
-    warmup_epochs: float = 1.0,
-    schedule: str = "cosine",
-    class_weighting: str = "sqrt",
-    dice_weight: float | None = None,
-    device: str = "auto",
-    seed: int = 0,
-    workers: int = 0,
+    options: TrainOptions | None = None,
+    *,
     resume: bool = False,
     overwrite: bool = False,
     quiet: bool = True,
-    amp: bool = True,
-    precision: str = "auto",
-    channels_last: bool = False,
-    pretrained: str | None = None,
-    pretrained_bands: Sequence[str] | None = None,
-    ema: float = DEFAULT_EMA,
+    **keywords: Any,
 ) -> TrainResult:
-    """Train ``arch`` on a chips folder and write the best model (by validation mIoU) to ``output``.
+    """Train an architecture on a chips folder and write the best model (by validation mIoU) to
+    ``output``.
 
-    ``ema`` above 0 validates and keeps a moving average of the weights whose half-life is
-    that many epochs (:class:`WeightAverage`) instead of the raw weights."""
+    ``options`` (:class:`geoseg.options.TrainOptions`), with any of its fields given as
+    ``keywords`` replacing its own (``train(chips, "m.pt", arch="unet", epochs=30)``). ``ema``
+    above 0 validates and keeps a moving average of the weights whose half-life is that many
+    epochs (:class:`WeightAverage`) instead of the raw weights."""
+    o = TrainOptions.from_keywords(options, **keywords)
+    arch, epochs, patience, batch_size, dice_weight = o.arch, o.epochs, o.patience, o.batch_size, o.dice_weight
+    lr, weight_decay, warmup_epochs, schedule, class_weighting = (
+        o.lr, o.weight_decay, o.warmup_epochs, o.schedule, o.class_weighting)
+    device, seed, workers, amp, precision, channels_last = o.device, o.seed, o.workers, o.amp, o.precision, o.channels_last
+    pretrained, pretrained_bands = o.pretrained, o.pretrained_band_names
+    ema = DEFAULT_EMA if o.ema is None else o.ema
     out = Path(output)
     state_path = resume_state_path(out)
     if not resume:
@@ -229,7 +223,7 @@ def train(
     names = [c.name for c in classes]
     values = [c.value for c in classes]
     get_architecture(arch)
-    kwargs = dict(arch_kwargs or {})
+    kwargs = o.architecture_arguments
     identity = {"arch": arch, "arch_kwargs": kwargs, "classes": [[c.value, c.name] for c in classes],
                 "bands": list(manifest["bands"])}
     state: dict[str, Any] = {}

@@ -120,3 +120,45 @@ def test_recipe_chip_options_are_checked_at_their_place(tmp_path: Path) -> None:
     for part in ("steps[1].chip.size: expected int", "steps[1].chip: --value-map value 'y'",
                  "steps[1].chip.sise: unknown argument"):
         assert part in msg, msg
+
+
+def test_every_train_option_but_the_api_only_ones_is_a_cli_option() -> None:
+    from geoseg.options import TrainOptions
+
+    opts = _options("train")
+    for f in dataclasses.fields(TrainOptions):
+        if f.metadata.get("api_only"):
+            assert f.name not in opts, f.name
+            continue
+        assert f.name in opts, f"geoseg train has no option for {f.name}"
+        assert opts[f.name].default == f.default or (opts[f.name].is_flag and f.default is False), f.name
+    assert "--arch-args" in opts["arch_kwargs"].opts and "--class-weights" in opts["class_weighting"].opts
+    assert tuple(opts["precision"].type.choices) == ("auto", "fp32", "bf16")  # type: ignore[attr-defined]
+    assert set(opts) - {f.name for f in dataclasses.fields(TrainOptions)} <= {"output", "resume", "overwrite",
+                                                                              "quiet", "help"}
+
+
+def test_train_options_parse_the_command_line_forms() -> None:
+    from geoseg.options import TrainOptions
+
+    o = TrainOptions.from_keywords(arch_kwargs='{"depth": 2}', pretrained_bands="red, green,blue", lr=1)
+    assert o.architecture_arguments == {"depth": 2} and o.pretrained_band_names == ("red", "green", "blue")
+    assert o.lr == 1.0 and TrainOptions(pretrained_bands=["b1"]).pretrained_band_names == ("b1",)  # type: ignore[arg-type]
+    for bad, message in [({"arch_kwargs": "{depth"}, "--arch-args is not JSON"),
+                         ({"arch_kwargs": "[1]"}, "--arch-args: give a JSON object"),
+                         ({"precision": "fp16"}, "--precision"), ({"schedule": "step"}, "--schedule"),
+                         ({"epochs": 0}, "--epochs must be at least 1"), ({"epoch": 3}, "unknown train option")]:
+        with pytest.raises(OptionError, match=message):
+            TrainOptions.from_keywords(**bad)  # type: ignore[arg-type]
+
+
+def test_recipe_train_options_are_checked_at_their_place(tmp_path: Path) -> None:
+    from geoseg.recipe import RecipeError, load_recipe
+
+    job = tmp_path / "job.yaml"
+    job.write_text("steps:\n  - train: {chips_dir: c, output: m.pt, lr: fast, schedule: step, arch: unet}\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(job)
+    msg = str(err.value)
+    for part in ("steps[1].train.lr: expected float", "steps[1].train: unknown --schedule 'step'"):
+        assert part in msg, msg

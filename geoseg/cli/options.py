@@ -15,7 +15,7 @@ from typing import Any, Callable, Literal, TypeVar, Union
 import click
 
 from geoseg.errors import GeosegError, GeosegWarning
-from geoseg.options import ChipOptions, CRFParams, Device, PredictOptions, VectorOptions, choices
+from geoseg.options import ChipOptions, CRFParams, Device, PredictOptions, TrainOptions, VectorOptions, choices
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -108,7 +108,8 @@ def _field_option(f: dataclasses.Field[Any], hint: Any, prefix: str = "") -> Cal
     name = prefix + str(meta.get("cli", meta.get("flag", f.name)))
     flag = "--" + name.replace("_", "-")
     param = prefix + f.name
-    kw: dict[str, Any] = {"help": meta.get("help"), "default": f.default, "show_default": True}
+    kw: dict[str, Any] = {"help": meta.get("help"), "default": f.default, "show_default": True,
+                          "metavar": meta.get("metavar")}
     low, high = meta.get("min"), meta.get("max")
     union = typing.get_origin(hint) in (Union, types.UnionType)
     parts = tuple(p for p in (typing.get_args(hint) if union else (hint,)) if p is not type(None))
@@ -134,6 +135,8 @@ def _field_option(f: dataclasses.Field[Any], hint: Any, prefix: str = "") -> Cal
     if typing.get_origin(hint) is tuple:  # repeatable values, e.g. --skip-class
         return click.option(flag, param, type=typing.get_args(hint)[0], multiple=True, help=kw["help"])
     if str in parts:  # free text parsed by the library, e.g. --bands 1,2,3
+        if f.default is not None:  # e.g. --arch unet-small
+            return click.option(flag, param, **kw)
         return click.option(flag, param, default=None, metavar=meta.get("metavar"), help=kw["help"])
     if int in parts:
         ranged = low is not None or high is not None
@@ -158,6 +161,8 @@ def _field_options(cls: type, prefix: str = "") -> list[Callable[[Any], Any]]:
     hints = typing.get_type_hints(cls)
     made: list[Callable[[Any], Any]] = []
     for f in dataclasses.fields(cls):
+        if f.metadata.get("api_only"):  # e.g. train's warmup_epochs: a library keyword only
+            continue
         nested = [p for p in typing.get_args(hints[f.name]) if isinstance(p, type) and dataclasses.is_dataclass(p)]
         if nested:
             made.append(click.option("--" + f.name.replace("_", "-"), is_flag=True, help=f.metadata["help"]))
@@ -199,9 +204,14 @@ def chip_options(func: F) -> F:
     return _apply(_field_options(ChipOptions), func)
 
 
+def train_options(func: F) -> F:
+    """One option per :class:`TrainOptions` field but the ``api_only`` ones (``--arch``, ``--epochs``, ...)."""
+    return _apply(_field_options(TrainOptions), func)
+
+
 def take_options(values: dict[str, Any], cls: type) -> dict[str, Any]:
     """Remove an options dataclass's values from a command's parameters (as its keywords)."""
-    return {f.name: values.pop(f.name) for f in dataclasses.fields(cls)}
+    return {f.name: values.pop(f.name) for f in dataclasses.fields(cls) if f.name in values}
 
 
 def take_vector_options(values: dict[str, Any]) -> dict[str, Any]:
