@@ -70,6 +70,17 @@ class Job:
     #: objects already under ``remote`` (names relative to it), for the resume check
     remote_names: set[str] = field(default_factory=set)
 
+    @property
+    def predict_options(self) -> PredictOptions:
+        """The ``predict`` section as typed options, built once per job (``predict`` stays the
+        section as written: the scene records hold it)."""
+        if self._predict_options is None:
+            opts = {k: v for k, v in self.predict.items() if k not in ("probabilities", "confidence")}
+            self._predict_options = PredictOptions.from_keywords(None, **opts)
+        return self._predict_options
+
+    _predict_options: PredictOptions | None = field(default=None, repr=False, compare=False)
+
 
 @dataclass
 class SceneOutcome:
@@ -229,6 +240,7 @@ def load_job(path: str | os.PathLike[str], doc: Any = None) -> Job:
         problems.extend(_collisions(job, places))
     if problems:
         raise JobError(f"{path}: " + "; ".join(problems))
+    _ = job.predict_options  # built once, here: every scene uses this one
     return job
 
 
@@ -668,7 +680,6 @@ def _one_scene(job: Job, scene: str, model: Any, session: Any, slots: Any, bar: 
         with contextlib.suppress(FileNotFoundError):
             rec.unlink()  # the outputs are about to change: they no longer match any record
         say(f"start {scene}")
-        opts = {k: v for k, v in job.predict.items() if k not in ("probabilities", "confidence")}
         vector_opts = None
         if job.vector is not None:
             vector_opts = {k: v for k, v in job.vector.items() if k != "format"}
@@ -678,8 +689,8 @@ def _one_scene(job: Job, scene: str, model: Any, session: Any, slots: Any, bar: 
                 vector_opts["skip_classes"] = tuple(vector_opts.pop("skip_class"))
         try:
             # with cells, the scene's output is the folder its mosaics are in
-            target = outs["classes"].parent if opts.get("cells") else outs["classes"]
-            plan = plan_predict(scene, target, model, PredictOptions.from_keywords(None, **opts),
+            target = outs["classes"].parent if job.predict_options.cells else outs["classes"]
+            plan = plan_predict(scene, target, model, job.predict_options,
                                 outs.get("probabilities"), outs.get("vector"), overwrite=True,
                                 vector_options=vector_opts, confidence=outs.get("confidence"))
             progress = bar.scene(plan.scene.pixels)
