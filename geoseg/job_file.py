@@ -57,12 +57,15 @@ def check_schema(value: Any, schema: Any, place: str, problems: list[str]) -> No
 
 def check_values(section: Any, options: type, place: str, problems: list[str],
                  extra: tuple[str, ...] = ()) -> None:
-    """Check a section's values by building its options dataclass (once its types are right)."""
-    if not isinstance(section, dict) or any(p.startswith(place + ".") for p in problems):
+    """Check a section's values by building its options dataclass from the keys whose types are
+    right (a key :func:`check_schema` reported is left out, so it is not reported twice)."""
+    if not isinstance(section, dict):
         return
     names = {key_of(f): f.name for f in dataclasses.fields(options)}
+    reported = {p.split(":", 1)[0] for p in problems}
     try:
         options(**{names[k]: (tuple(v) if isinstance(v, list) and k != "bands" else v)
-                   for k, v in section.items() if k not in extra and v is not None})
+                   for k, v in section.items()
+                   if k in names and k not in extra and v is not None and f"{place}.{k}" not in reported})
     except GeosegError as exc:
         problems.append(f"{place}: {first_line(exc)}")

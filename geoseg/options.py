@@ -581,6 +581,8 @@ def _yaml_types(hint: Any) -> Any:
                 out.extend(t for t in dict.fromkeys(type(v) for v in values) if t not in out)
         elif typing.get_origin(p) is tuple:
             out.append(list)
+        elif typing.get_origin(p) in (dict, collections.abc.Mapping):
+            out.append(dict)
         elif p is float:
             out.extend(t for t in (int, float) if t not in out)
         elif isinstance(p, type):

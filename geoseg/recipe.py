@@ -28,7 +28,8 @@ from typing import Any, Callable, Literal, Sequence, Union
 import yaml
 
 from geoseg.errors import GeosegError, RecipeError, first_line
-from geoseg.job_file import read_job_file
+from geoseg.job_file import check_schema, check_values, read_job_file
+from geoseg.options import job_schema
 
 
 @dataclass(frozen=True)
@@ -215,26 +216,16 @@ def _checked(name: str, kwargs: dict[str, Any], place: str, problems: list[str])
 
 
 def _checked_options(kind: StepKind, kwargs: dict[str, Any], place: str, problems: list[str]) -> dict[str, Any]:
-    """Take the step's options out of ``kwargs`` and check them: each value's type against its
-    field (``steps[2].train.epochs: expected int ...``), then the values by building the options
-    (a ``Literal`` field, such as ``tta``, is checked there: ``steps[3].predict: unknown --tta``)."""
+    """Take the step's options out of ``kwargs`` and check them with the job-file validator that
+    checks a batch job's sections: YAML types by key (``steps[2].train.epochs: expected int``),
+    then the values by building the options (``steps[3].predict: unknown --tta 'd8'``)."""
     if kind.options is None:
         return {}
     cls = kind.options()
-    hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    given = {k: kwargs.pop(k) for k in list(kwargs) if k in fields}
-    for key, value in list(given.items()):
-        hint = hints[key]
-        parts = typing.get_args(hint) if typing.get_origin(hint) in (Union, types.UnionType) else (hint,)
-        checked_by_building = any(typing.get_origin(p) is Literal or dataclasses.is_dataclass(p) for p in parts)
-        if not checked_by_building and not _fits(value, hint):
-            problems.append(f"{place}.{key}: expected {_describe(hint)}, got {value!r}")
-            del given[key]
-    try:
-        cls.from_keywords(**given)  # type: ignore[attr-defined]
-    except GeosegError as exc:
-        problems.append(f"{place}: {first_line(exc)}")
+    schema = job_schema(cls)
+    given = {k: kwargs.pop(k) for k in list(kwargs) if k in schema}
+    check_schema(given, schema, place, problems)
+    check_values(given, cls, place, problems)
     return given
 
 

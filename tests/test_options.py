@@ -160,5 +160,5 @@ def test_recipe_train_options_are_checked_at_their_place(tmp_path: Path) -> None
     with pytest.raises(RecipeError) as err:
         load_recipe(job)
     msg = str(err.value)
-    for part in ("steps[1].train.lr: expected float", "steps[1].train: unknown --schedule 'step'"):
+    for part in ("steps[1].train.lr: expected int/float", "steps[1].train: unknown --schedule 'step'"):
         assert part in msg, msg
