@@ -31,7 +31,7 @@ from rasterio.windows import transform as window_transform
 
 from geoseg.block_cache import READ_CACHE_BYTES
 from geoseg.classes import IGNORE_VALUE, ClassSpec, default_color
-from geoseg.classes import parse_value_map as parse_value_map  # its old home
+from geoseg.classes import parse_value_map  # noqa: F401 - its old home, kept for callers
 from geoseg.errors import ChipError, ChipsLockedError, FolderLockedError, first_line
 from geoseg.io import (
     LOCK_NAME, ClassInfo, atomic_path, check_distinct_paths, folder_lock, no_georef_warning,

@@ -6,7 +6,13 @@ from typing import Any
 
 import click
 
-from geoseg.cli.options import chip_options, report_errors, scheduler_option, take_options, workers_option
+from geoseg.cli.options import (
+    chip_options,
+    report_errors,
+    scheduler_option,
+    take_options,
+    workers_option,
+)
 from geoseg.options import ChipOptions
 
 

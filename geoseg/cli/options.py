@@ -15,7 +15,13 @@ from typing import Any, Callable, Literal, TypeVar, Union
 import click
 
 from geoseg.errors import GeosegError, GeosegWarning
-from geoseg.options import ChipOptions, CRFParams, Device, PredictOptions, TrainOptions, VectorOptions, choices
+from geoseg.options import (
+    ChipOptions,
+    CRFParams,
+    PredictOptions,
+    TrainOptions,
+    VectorOptions,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -61,10 +67,6 @@ overwrite_option = click.option(
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
 verbose_option = click.option(
     "--verbose", "-v", is_flag=True, help="Also show the local Dask workers' own logs on stderr."
-)
-device_option = click.option(
-    "--device", type=click.Choice(choices(Device)), default="auto", show_default=True,
-    help="Where the network runs; auto uses CUDA when present.",
 )
 def workers_option(help: str) -> Callable[[F], F]:
     """``--workers N`` for a local Dask cluster; ``help`` says what N starts and the default."""

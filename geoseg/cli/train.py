@@ -6,7 +6,13 @@ from typing import Any
 
 import click
 
-from geoseg.cli.options import overwrite_option, quiet_option, report_errors, take_options, train_options
+from geoseg.cli.options import (
+    overwrite_option,
+    quiet_option,
+    report_errors,
+    take_options,
+    train_options,
+)
 from geoseg.options import TrainOptions
 
 
