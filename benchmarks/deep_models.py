@@ -154,7 +154,7 @@ def run_geoseg(model: Path, scene: Path, out: Path, extra: list[str]) -> dict[st
 def run_measure(model: Path, scene: Path) -> dict[str, Any]:
     """The one-off measurement of the model's memory and time per tile (cached afterwards)."""
     from geoseg.options import PredictOptions
-    from geoseg.predict.plan import plan_predict
+    from geoseg.prediction.plan import plan_predict
 
     plan = plan_predict(scene, scene.with_name("plan-only.tif"), model, PredictOptions(), overwrite=True)
     assert plan.tile_choice is not None

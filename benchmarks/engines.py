@@ -45,7 +45,7 @@ from geoseg.models import create_model, list_models, output_stride  # noqa: E402
 from geoseg.models.checkpoint import build_config, save_model  # noqa: E402
 from geoseg.models.load import load_model  # noqa: E402
 from geoseg.models.onnx import export_network  # noqa: E402
-from geoseg.predict.plan import auto_tile  # noqa: E402
+from geoseg.prediction.plan import auto_tile  # noqa: E402
 from geoseg.tiling import TileGrid, auto_margin  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

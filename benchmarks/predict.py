@@ -32,7 +32,7 @@ from geoseg.models.checkpoint import build_config, file_sha256, save_model
 from geoseg.models.load import load_model
 from geoseg.models.onnx import cached_onnx
 from geoseg.options import PredictOptions
-from geoseg.predict.plan import plan_predict
+from geoseg.prediction.plan import plan_predict
 from geoseg.tiling import TileGrid, auto_margin, reflect_index
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -195,7 +195,7 @@ def main() -> None:
         assert layout is not None
         wall, peak = run_predict(scene, work / f"classes-{size}.tif", model, args.tile, args.batch_size)
         mp = size * size / 1e6
-        # the network input the run computes: each cell re-balances its tiles (geoseg.predict.cells)
+        # the network input the run computes: each cell re-balances its tiles (geoseg.prediction.cells)
         network_mp = layout.overlap_factor * mp
         grid = max((c.grid for c in layout), key=len)
         rows.append({

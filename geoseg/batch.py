@@ -702,9 +702,9 @@ def _one_scene(job: Job, scene: str, model: Any, session: Any, slots: Any, bar: 
                say: Callable[[str], Any], opened: Callable[[], None]) -> SceneOutcome:
     """Predict, describe and record one scene (in a client thread, beside other scenes);
     ``opened`` is called once the scene's tasks are known (or it failed before that)."""
-    from geoseg.predict import execute
-    from geoseg.predict.plan import plan_predict
-    from geoseg.predict.write import skipped_report_path
+    from geoseg.prediction import execute
+    from geoseg.prediction.plan import plan_predict
+    from geoseg.prediction.write import skipped_report_path
 
     t = time.perf_counter()
     try:

@@ -1,6 +1,6 @@
 """GDAL's block cache for this process: how big, and why it only grows.
 
-Predict says what its read order needs per scene (:func:`geoseg.predict.plan.block_cache_need`);
+Predict says what its read order needs per scene (:func:`geoseg.prediction.plan.block_cache_need`);
 when the tasks of several scenes interleave in one process (a batch with scenes in flight),
 each of those scenes needs its own share, or every scene's blocks push the others' out.
 """

@@ -1,7 +1,7 @@
 """One COG assembled on the client from the compressed tiles the workers made.
 
 The client decodes and encodes nothing of the full-resolution raster or the overview levels
-the cells completed (:class:`geoseg.predict.cell_task.CellTask`): it appends each tile's bytes
+the cells completed (:class:`geoseg.prediction.cell_task.CellTask`): it appends each tile's bytes
 to a hidden spool file as cells arrive, and at the end writes the COG's header and IFDs and
 copies the tiles into COG order (:func:`geoseg.tiff.write_cog`). Only the coarsest overview
 levels, which need pixels from several cells, are reduced and compressed here, from the small
@@ -23,7 +23,7 @@ from rasterio.windows import Window
 
 from geoseg.blocks import BLOCK, encode_tiles, overview_count, reduce2
 from geoseg.io import remove_quietly, temporary_sibling
-from geoseg.predict.cell_task import RasterMeta
+from geoseg.prediction.cell_task import RasterMeta
 from geoseg.tiff import write_cog
 
 #: Rows of the coarse levels reduced and compressed at a time (even, a multiple of the block).

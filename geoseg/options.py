@@ -208,7 +208,7 @@ class PredictOptions:
 
     @property
     def memory_budget_bytes(self) -> int | None:
-        """``memory_budget`` in bytes (None: the default, see :func:`geoseg.predict.tile_budget.default_budget`)."""
+        """``memory_budget`` in bytes (None: the default, see :func:`geoseg.prediction.tile_budget.default_budget`)."""
         from geoseg.memory import parse_size
 
         return None if self.memory_budget is None else parse_size(self.memory_budget)

@@ -3,7 +3,7 @@
 A recipe is YAML with ``variables`` (strings, overridable) and ``steps``, each a mapping of one
 step name (``chip``, ``train``, ``predict``, ``evaluate``) to the keyword arguments of its
 library function (:func:`geoseg.chips.make_chips`, :func:`geoseg.train.train`,
-:func:`geoseg.predict.predict`, :func:`geoseg.evaluate.evaluate`). ``{name}`` in a value is
+:func:`geoseg.predict`, :func:`geoseg.evaluate.evaluate`). ``{name}`` in a value is
 replaced by a variable (a value that is only ``{name}`` takes the variable's YAML type, so
 ``epochs: "{epochs}"`` is a number). Relative paths are taken from the recipe's folder.
 
@@ -51,7 +51,7 @@ def _train() -> Callable[..., Any]:
 
 
 def _predict() -> Callable[..., Any]:
-    from geoseg.predict import predict
+    from geoseg.prediction import predict
 
     return predict
 

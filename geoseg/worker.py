@@ -60,7 +60,7 @@ class TileTask:
     skip_errors: bool = False
     #: ``auto``, ``torch`` or ``onnx``; ``auto`` resolves on the worker, which knows its device.
     engine: str = "auto"
-    #: GDAL block cache the scene's reads need (see :func:`geoseg.predict.plan.block_cache_need`).
+    #: GDAL block cache the scene's reads need (see :func:`geoseg.prediction.plan.block_cache_need`).
     cache_bytes: int | None = None
 
 

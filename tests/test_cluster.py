@@ -182,7 +182,7 @@ def test_inference_asks_for_a_gpu_only_where_workers_offer_one(
 ) -> None:
     from distributed import Client, LocalCluster
 
-    from geoseg.predict.run import gpu_resources
+    from geoseg.prediction.run import gpu_resources
 
     assert gpu_resources(dask_client, "cuda") is None and gpu_resources(dask_client, "auto") is None
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, resources={"GPU": 1},

@@ -18,7 +18,7 @@ from onnx import TensorProto, helper
 from geoseg.cli.main import cli
 from geoseg.engines import resolve_engine
 from geoseg.errors import CheckpointError, ModelError
-from geoseg.predict.plan import plan_tasks
+from geoseg.prediction.plan import plan_tasks
 from geoseg.worker import run_tile_task, worker_engine
 from geoseg.infer import InferenceOptions, forward, normalize
 from geoseg.models.checkpoint import DATA_DIR, file_sha256

@@ -79,7 +79,7 @@ def test_cuda_out_of_memory_halves_the_batch_once_and_gives_the_same_result(
 ) -> None:
     import geoseg.worker
     from geoseg.engines.base import Engine
-    from geoseg.predict.plan import plan_tasks
+    from geoseg.prediction.plan import plan_tasks
     from geoseg.worker import run_tile_task
     from geoseg.models.checkpoint import file_sha256
     from geoseg.models.load import load_model

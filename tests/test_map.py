@@ -79,7 +79,7 @@ def test_cells_read_only_the_scenes_they_reach(tmp_path: Path, whole: tuple[Path
     from geoseg.mapping.mosaic_source import PREFIX
     from geoseg.mapping.plan import plan_map
     from geoseg.options import PredictOptions
-    from geoseg.predict.run import cell_tasks
+    from geoseg.prediction.run import cell_tasks
 
     _, data = whole
     plan = plan_map(pieces(tmp_path, data), tmp_path / "map.tif", str(model_factory(in_channels=3)),

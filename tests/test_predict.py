@@ -160,7 +160,7 @@ def test_a_worker_reads_a_rewritten_scene_afresh(tmp_path: Path, model_factory: 
     """Workers keep scenes open between tasks (for GDAL's block cache); a file rewritten in
     place is read as it is now, never from the old handle."""
     from geoseg.models.checkpoint import file_sha256
-    from geoseg.predict.plan import plan_tasks
+    from geoseg.prediction.plan import plan_tasks
     from geoseg.tiling import TileGrid
     from geoseg.worker import run_tile_task
 

@@ -16,7 +16,7 @@ from rasterio.transform import Affine
 
 from geoseg.block_cache import BLOCK_CACHE_MIN, BlockCacheBound, bound_block_cache
 from geoseg.io import SceneInfo, is_remote, read_env, read_mirrored
-from geoseg.predict.plan import block_cache_need
+from geoseg.prediction.plan import block_cache_need
 from geoseg.tiling import Tile, TileGrid
 
 

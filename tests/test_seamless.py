@@ -15,7 +15,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from geoseg.predict.plan import plan_tasks
+from geoseg.prediction.plan import plan_tasks
 from geoseg.worker import run_tile_task
 from geoseg.infer import normalize
 from geoseg.models.checkpoint import file_sha256

@@ -4,7 +4,6 @@ a valid COG from those bytes; ``--cells`` folders (VRT mosaic, STAC, resume), ``
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
@@ -21,10 +20,9 @@ from rio_cogeo.cogeo import cog_validate
 import geoseg
 from geoseg.blocks import reduce2
 from geoseg.errors import GeosegError, OptionError, OutputError
-from geoseg.predict.destinations import CELLS_MARKER
+from geoseg.prediction.destinations import CELLS_MARKER
 
-# geoseg.predict is also the function's name: import the module by its path
-cells_module = importlib.import_module("geoseg.predict.cells")
+from geoseg.prediction import cells as cells_module
 H, W = 1100, 1300  # two overview levels (2, 4)
 
 

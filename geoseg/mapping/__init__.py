@@ -6,7 +6,7 @@ tiles reach (:mod:`geoseg.mapping.mosaic_source`), warped onto the grid as windo
 where a scene lies on another grid. Tiles read the real pixels of neighbouring scenes for their
 margins, so the map has no seams where scenes meet. Everything after planning (cells, COG
 assembly, ``--cells`` folders, ``s3://``, probabilities, polygons, ``on_error``) is predict's
-(:func:`geoseg.predict.execute`).
+(:func:`geoseg.prediction.execute`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from geoseg.options import MapOptions, PredictOptions
 if TYPE_CHECKING:
     from geoseg.cluster import TaskSlots
     from geoseg.mapping.plan import MapPlan
-    from geoseg.predict import PredictResult
+    from geoseg.prediction import PredictResult
 
 
 def map(  # noqa: A001 - geoseg.map, like rasterio.merge: the library's name for the command
@@ -75,7 +75,7 @@ def run_map(mplan: MapPlan, *, quiet: bool = True, verbose: bool = False, worker
     outputs, all or nothing (a batch job plans once to check whether it is done)."""
     from geoseg.cluster import inference_session
     from geoseg.io import lock_output_folders
-    from geoseg.predict import execute
+    from geoseg.prediction import execute
     from geoseg.progress import Progress
 
     t0 = time.perf_counter() if started is None else started

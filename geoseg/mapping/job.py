@@ -4,7 +4,7 @@
 The map counts as done when its record (``OUTPUT.geoseg.json``, written last) matches the
 plan's content (scenes' files, grid, AOI), the model's hash, the options and the geoseg
 version, and the output exists: a rerun skips it. A map written in cells (``predict: {cells:
-N}``) that was stopped part-way keeps the cells it finished (:mod:`geoseg.predict.cells_state`).
+N}``) that was stopped part-way keeps the cells it finished (:mod:`geoseg.prediction.cells_state`).
 """
 
 from __future__ import annotations

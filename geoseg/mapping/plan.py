@@ -20,9 +20,9 @@ from geoseg.mapping.grid import MapGrid, Placement, clip_to_aoi, plan_grid, read
 from geoseg.mapping.mosaic_source import SpecScene, mosaic_spec
 from geoseg.mapping.sources import MapScene, expand_inputs, order_scenes
 from geoseg.options import MapOptions, PredictOptions
-from geoseg.predict.cell_task import CellTask
-from geoseg.predict.cells import Cell
-from geoseg.predict.plan import PredictPlan, plan_predict
+from geoseg.prediction.cell_task import CellTask
+from geoseg.prediction.cells import Cell
+from geoseg.prediction.plan import PredictPlan, plan_predict
 
 #: Block shape the region is planned with (the scenes' own blocks are read by GDAL as they are).
 REGION_BLOCK = (256, 256)

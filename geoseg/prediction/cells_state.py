@@ -8,9 +8,9 @@ from typing import Sequence
 
 from geoseg.errors import OutputError
 from geoseg.io import file_token
-from geoseg.predict.cell_task import RasterMeta
-from geoseg.predict.destinations import CELLS_MARKER
-from geoseg.predict.plan import PredictPlan
+from geoseg.prediction.cell_task import RasterMeta
+from geoseg.prediction.destinations import CELLS_MARKER
+from geoseg.prediction.plan import PredictPlan
 
 TOKEN_TAG = "GEOSEG_CELL_TOKEN"
 
@@ -79,7 +79,7 @@ def start_cells(plan: PredictPlan, token: str) -> None:
     """Mark the folder as geoseg's before any cell is written, so a run stopped half way is
     resumed rather than refused."""
     from geoseg.errors import write_failed
-    from geoseg.predict.write import publish_folder_files
+    from geoseg.prediction.write import publish_folder_files
 
     if not plan.destinations.remote:
         for folder in plan.destinations.local.values():  # one per raster: classes/, probabilities/...

@@ -1,8 +1,8 @@
 """``geoseg.predict``: a scene in, a seamless class-raster COG out, in three stages.
 
-* :mod:`geoseg.predict.plan`: checks, model, margin and tile, grid; fails before any work.
-* :mod:`geoseg.predict.run`: tasks on the Dask cluster, a bounded number in flight.
-* :mod:`geoseg.predict.write`: results into temporary sinks as they arrive, then the commit.
+* :mod:`geoseg.prediction.plan`: checks, model, margin and tile, grid; fails before any work.
+* :mod:`geoseg.prediction.run`: tasks on the Dask cluster, a bounded number in flight.
+* :mod:`geoseg.prediction.write`: results into temporary sinks as they arrive, then the commit.
 
 What runs on a worker (read tile -> network -> core) is :mod:`geoseg.worker`. This module
 imports neither torch nor dask (``geoseg`` re-exports :func:`predict`); the stages do.
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from rasterio.windows import Window
 
     from geoseg.cluster import DaskSession, TaskSlots
-    from geoseg.predict.plan import PredictPlan
+    from geoseg.prediction.plan import PredictPlan
     from geoseg.progress import Progress
 
 
@@ -85,7 +85,7 @@ def predict(
     How it tiles and infers is a :class:`geoseg.options.PredictOptions`: ``options``, with any of
     its fields also given as keywords (``tile=512, tta="d4"``). ``tile`` is the network input
     size including margins; ``auto`` is the tile of least work within ``memory_budget`` (see
-    :mod:`geoseg.predict.tile_budget`).
+    :mod:`geoseg.prediction.tile_budget`).
 
     The output has the scene's grid exactly; its pixels equal one pass of the network over the
     whole mirror-padded scene, whatever ``tile`` is, because margins cover the receptive field.
@@ -103,7 +103,7 @@ def predict(
     ``confidence``: also write the winning class's probability as one uint8 band (1-255; 0 is
     nodata), the uncertainty map, at a fraction of the cost of the K probability bands.
     Outputs may be ``s3://`` URLs (made locally, uploaded once complete; see
-    :mod:`geoseg.predict.destinations`). ``cells=N`` (an option) makes ``output`` a folder of
+    :mod:`geoseg.prediction.destinations`). ``cells=N`` (an option) makes ``output`` a folder of
     N x N pixel COG cells that the workers write and publish, with a VRT mosaic per raster and a
     STAC collection; a rerun keeps the cells already finished with the same inputs and options.
     Every raster is compressed once, on the workers (``compress``, ``compress_level``).
@@ -117,7 +117,7 @@ def predict(
     """
     from geoseg.cluster import inference_session
     from geoseg.io import lock_output_folders
-    from geoseg.predict.plan import plan_predict
+    from geoseg.prediction.plan import plan_predict
     from geoseg.progress import Progress
 
     t0 = time.perf_counter()
@@ -161,9 +161,9 @@ def execute(
     tasks drawing on one :class:`~geoseg.cluster.TaskSlots` (``max_in_flight``).
     """
     from geoseg.cluster import dashboard_link
-    from geoseg.predict.cells_state import finished_cells, run_token, start_cells
-    from geoseg.predict.run import raster_metas, run_cells
-    from geoseg.predict.write import finish_cells, write_cell_outputs, write_vector
+    from geoseg.prediction.cells_state import finished_cells, run_token, start_cells
+    from geoseg.prediction.run import raster_metas, run_cells
+    from geoseg.prediction.write import finish_cells, write_cell_outputs, write_vector
 
     t0 = time.perf_counter() if started is None else started
     layout = plan.layout
@@ -200,7 +200,7 @@ def execute(
     else:
         skipped = write_cell_outputs(plan, run.results, metas, progress, overwrite, then=polygons)
         if dest.remote:
-            from geoseg.predict.write import skipped_report_path
+            from geoseg.prediction.write import skipped_report_path
 
             staged = [(dest.local[m.spec.name], dest.final(m.spec.name)) for m in metas]
             if skipped:

@@ -22,17 +22,17 @@ from geoseg.io import (
     SINK_BLOCK, SceneInfo, check_distinct_paths, check_output_path, class_raster_dtype, open_scene, parse_bands,
 )
 from geoseg.models.config import LoadedModel
-from geoseg.predict.tile_budget import TileChoice, plan_auto_tile
+from geoseg.prediction.tile_budget import TileChoice, plan_auto_tile
 from geoseg.scenes import ResolvedScene, describe, resolve_scene
 from geoseg.options import PredictOptions
-from geoseg.predict.cells import CellLayout, check_cell_size, internal_cell_size
-from geoseg.predict.destinations import Destinations, check_destinations
+from geoseg.prediction.cells import CellLayout, check_cell_size, internal_cell_size
+from geoseg.prediction.destinations import Destinations, check_destinations
 from geoseg.tiling import TileGrid, auto_margin, round_up
 from geoseg.worker import TileTask
 
 if TYPE_CHECKING:
-    from geoseg.predict.cell_task import CellTask
-    from geoseg.predict.cells import Cell
+    from geoseg.prediction.cell_task import CellTask
+    from geoseg.prediction.cells import Cell
 
 DEFAULT_TILE = 512
 #: Margin for models whose receptive field is the whole input (global pooling): a compromise.
@@ -165,7 +165,7 @@ def plan_predict(
     """
     from geoseg.models.config import resolve_model_path
     from geoseg.models.load import read_model_config
-    from geoseg.predict.write import skipped_report_path
+    from geoseg.prediction.write import skipped_report_path
 
     from geoseg.objectstore import is_s3_url, to_vsis3
 

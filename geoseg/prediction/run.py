@@ -2,7 +2,7 @@
 
 Tasks carry paths, windows and the model's path and hash (the file itself reaches workers once
 through :class:`geoseg.cluster.ModelPlugin`); keys are deterministic. Results come back as
-they complete, for :mod:`geoseg.predict.write` to write at once.
+they complete, for :mod:`geoseg.prediction.write` to write at once.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from affine import Affine
 
 from geoseg.cluster import DaskSession, TaskSlots, cpu_count, send_model, stream
 from geoseg.io import file_token
-from geoseg.predict.cell_task import CellResult, CellTask, RasterMeta, run_cell_task
-from geoseg.predict.plan import PredictPlan, block_cache_need, plan_tasks
+from geoseg.prediction.cell_task import CellResult, CellTask, RasterMeta, run_cell_task
+from geoseg.prediction.plan import PredictPlan, block_cache_need, plan_tasks
 from geoseg.stitch import TileResult
 from geoseg.errors import TileError
 from geoseg.scenes import describe
@@ -102,7 +102,7 @@ def killed_workers(task: TileTask, exc: BaseException) -> list[TileResult]:
 
 
 def raster_metas(plan: PredictPlan) -> tuple[RasterMeta, ...]:
-    """The rasters each cell makes, in :data:`~geoseg.predict.destinations.RASTERS` order."""
+    """The rasters each cell makes, in :data:`~geoseg.prediction.destinations.RASTERS` order."""
     from geoseg.blocks import Encoding, RasterSpec
     from geoseg.io import class_raster_dtype, class_tags
 
@@ -131,7 +131,7 @@ def cell_tasks(plan: PredictPlan, torch_threads: int | None, token: str = "",
                skip: set[tuple[int, int]] | None = None) -> list[CellTask]:
     """A task per cell of the plan's layout (but those in ``skip``: finished before)."""
     from geoseg.blocks import overview_count
-    from geoseg.predict.destinations import RASTERS
+    from geoseg.prediction.destinations import RASTERS
 
     layout = plan.layout
     assert layout is not None
@@ -208,7 +208,7 @@ def cell_key(task: CellTask, index: int) -> str:
 def killed_cell(task: CellTask, exc: BaseException) -> CellResult:
     """A cell whose task took down its workers: fails the run, or under ``on_error="skip"`` is
     made nodata here (compressed on the client: a rare path)."""
-    from geoseg.predict.cell_task import nodata_cell
+    from geoseg.prediction.cell_task import nodata_cell
 
     message = (f"{describe(task.tiles.scene)}: {tiles_text(task.tiles)} failed: the workers running them "
                f"died ({type(exc).__name__}; out of memory or a crash); lower --batch-size or --tile, "

@@ -24,10 +24,10 @@ from geoseg.memory import trim_heap
 from geoseg.io import (
     RasterSink, class_raster_dtype, class_tags, open_sinks, stage_json, write_bytes_atomic,
 )
-from geoseg.predict.cell_task import CellResult, RasterMeta
-from geoseg.predict.destinations import CELLS_MARKER, Destinations
+from geoseg.prediction.cell_task import CellResult, RasterMeta
+from geoseg.prediction.destinations import CELLS_MARKER, Destinations
 from geoseg.scenes import describe
-from geoseg.predict.plan import PredictPlan
+from geoseg.prediction.plan import PredictPlan
 from geoseg.progress import Progress
 from geoseg.stitch import TileResult
 
@@ -177,7 +177,7 @@ def finish_cells(plan: PredictPlan, results: Iterable[CellResult], metas: Sequen
                  progress: Progress, done: int, token: str) -> list[SkippedTile]:
     """Wait for the cells the workers publish, then write each raster's VRT mosaic, the STAC
     collection (an item per cell) and the skipped-tiles list into the folder."""
-    from geoseg.predict.mosaic import cells_collection, mosaic_vrt
+    from geoseg.prediction.mosaic import cells_collection, mosaic_vrt
 
     skipped: list[SkippedTile] = []
     for res in results:

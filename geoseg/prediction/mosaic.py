@@ -8,12 +8,12 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Sequence
 from xml.sax.saxutils import escape, quoteattr
 
-from geoseg.predict.cell_task import RasterMeta
-from geoseg.predict.cells import CellLayout
+from geoseg.prediction.cell_task import RasterMeta
+from geoseg.prediction.cells import CellLayout
 
 if TYPE_CHECKING:
     from geoseg.io import SceneInfo
-    from geoseg.predict.plan import PredictPlan
+    from geoseg.prediction.plan import PredictPlan
 
 _GDAL_TYPES = {"uint8": "Byte", "uint16": "UInt16"}
 COG_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
