@@ -26,7 +26,7 @@ import rasterio
 import torch
 from rasterio.windows import Window
 
-from geoseg.io import ClassInfo
+from geoseg.classes import ClassInfo
 from geoseg.models import create_model
 from geoseg.models.checkpoint import build_config, file_sha256, save_model
 from geoseg.models.load import load_model

@@ -26,7 +26,9 @@ import yaml
 
 from geoseg import __version__
 from geoseg.errors import GeosegError, JobError, JobLockedError, first_line
-from geoseg.io import file_token, is_virtual, write_json_atomic
+from geoseg.fs import write_json_atomic
+from geoseg.paths import is_virtual
+from geoseg.raster.scenes import file_token
 from geoseg.options import (
     VECTOR_FORMAT_NAMES, PredictOptions, VectorOptions, job_schema, key_of,
 )
@@ -284,7 +286,7 @@ def _vector_problems(vector: dict[str, Any], scenes: list[str]) -> list[str]:
         return []
     import rasterio
 
-    from geoseg.io import no_georef_warning
+    from geoseg.raster.read import no_georef_warning
 
     problems = []
     for scene in scenes:
@@ -321,7 +323,7 @@ def _is_geoseg_raster(path: str) -> bool:
     """True for a class or probabilities raster geoseg wrote (it carries geoseg's class tags)."""
     import rasterio
 
-    from geoseg.io import no_georef_warning
+    from geoseg.raster.read import no_georef_warning
 
     try:
         with no_georef_warning(), rasterio.open(path) as src:
@@ -357,7 +359,7 @@ def _drop_own_outputs(job: Job, places: dict[str, str], globbed: set[str], probl
 def _collisions(job: Job, places: dict[str, str]) -> list[str]:
     """Every output name of every scene against all the others and against every input (scenes,
     model): two scenes writing one file, or an output replacing a scene, is refused up front."""
-    from geoseg.io import path_identity
+    from geoseg.fs import path_identity
 
     owners: dict[Any, str] = {}
     problems: list[str] = []
@@ -452,7 +454,7 @@ def job_lock(folder: Path, job_path: Path) -> Iterator[None]:
     """The output folder, locked for this job alone: one folder, one writer. Single predict and
     vectorize runs share the same lock, so a job never removes a live run's temporary files."""
     from geoseg.errors import FolderLockedError
-    from geoseg.io import folder_lock
+    from geoseg.fs import folder_lock
 
     folder.mkdir(parents=True, exist_ok=True)
     try:
@@ -670,7 +672,7 @@ def _run_scenes(job: Job, model: Any, force: bool, session: Any, bar: Any,
 def _check_report_path(job: Job, report: Path, overwrite: bool) -> None:
     """Refuse a report path that holds something other than this job's last report (unless
     ``overwrite``), or that is a scene, the model or a scene's output."""
-    from geoseg.io import check_distinct_paths, check_output_path
+    from geoseg.fs import check_distinct_paths, check_output_path
 
     previous_report = False
     if report.is_file():

@@ -29,13 +29,21 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
-from geoseg.block_cache import READ_CACHE_BYTES
+from geoseg.raster.block_cache import READ_CACHE_BYTES
 from geoseg.classes import IGNORE_VALUE, ClassSpec, default_color
 from geoseg.errors import ChipError, ChipsLockedError, FolderLockedError, first_line
-from geoseg.io import (
-    LOCK_NAME, ClassInfo, atomic_path, check_distinct_paths, folder_lock, no_georef_warning,
-    open_scene, publish_all, read_env, remove_quietly, select_bands, stage_bytes, temporary_sibling,
+from geoseg.classes import ClassInfo
+from geoseg.fs import (
+    atomic_path,
+    check_distinct_paths,
+    folder_lock,
+    LOCK_NAME,
+    publish_all,
+    remove_quietly,
+    stage_bytes,
+    temporary_sibling,
 )
+from geoseg.raster.read import no_georef_warning, open_scene, read_env, select_bands
 from geoseg.options import VECTOR_FORMATS
 
 MANIFEST = "chips.json"

@@ -369,7 +369,7 @@ class ModelPlugin(WorkerPlugin):
         cache = model_cache_dir()
         local = cache / f"{self.sha256}.pt"
         if not cache_hit(local):
-            from geoseg.io import write_bytes_atomic
+            from geoseg.fs import write_bytes_atomic
 
             write_bytes_atomic(local, self.blob)
             cache_added(local)

@@ -13,10 +13,9 @@ from rasterio.windows import Window
 
 from geoseg.classes import IGNORE_VALUE
 from geoseg.errors import EvaluationError, SceneError
-from geoseg.io import (
-    check_distinct_paths, check_output_path, no_georef_warning, open_scene, read_class_names,
-    write_json_atomic,
-)
+from geoseg.classes import read_class_names
+from geoseg.fs import check_distinct_paths, check_output_path, write_json_atomic
+from geoseg.raster.read import no_georef_warning, open_scene
 from geoseg.metrics import Scores
 
 

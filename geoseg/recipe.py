@@ -264,7 +264,7 @@ def _resolve_paths(value: Any, base: Path, strict: bool = True) -> Any:
     With ``strict=False`` (a model, which may be a built-in name) only what looks like a path."""
     if isinstance(value, (list, tuple)):
         return [_resolve_paths(v, base, strict) for v in value]
-    from geoseg.io import is_virtual
+    from geoseg.paths import is_virtual
 
     if not isinstance(value, str) or is_virtual(value) or os.path.isabs(value):
         return value

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Sequence
 from xml.sax.saxutils import escape, quoteattr
 
-from geoseg.io import ClassInfo, write_bytes_atomic
+from geoseg.classes import ClassInfo
+from geoseg.fs import write_bytes_atomic
 
 #: The attribute the style categorizes on (written by :mod:`geoseg.vectorize`).
 CLASS_FIELD = "class"
@@ -25,7 +26,7 @@ QML_VERSION = "3.22.0-Białowieża"
 
 def raster_classes(src: Any) -> list[ClassInfo]:
     """Classes of a geoseg class raster: names from its metadata, colours from its colour table."""
-    from geoseg.io import read_class_names
+    from geoseg.classes import read_class_names
 
     names = read_class_names(src)
     try:

@@ -25,7 +25,7 @@ from geoseg.classes import IGNORE_VALUE
 from geoseg.datasets import ChipDataset
 from geoseg.errors import ChipError, OutputError, TrainingError, first_line
 from geoseg.infer import resolve_device
-from geoseg.io import atomic_path, check_output_path, remove_quietly
+from geoseg.fs import atomic_path, check_output_path, remove_quietly
 from geoseg.metrics import Scores, confusion_matrix
 from geoseg.models import create_model, get_architecture, output_stride
 from geoseg.models.checkpoint import ModelConfig, build_config, save_model

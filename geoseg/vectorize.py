@@ -26,12 +26,18 @@ import rasterio
 from affine import Affine
 from rasterio.windows import Window
 
-from geoseg.block_cache import READ_CACHE_BYTES
+from geoseg.raster.block_cache import READ_CACHE_BYTES
 from geoseg.errors import OutputError, VectorizeError, first_line
-from geoseg.io import (
-    check_distinct_paths, check_output_path, lock_output_folders, no_georef_warning,
-    open_scene, publish_file, read_env, read_class_names, remove_quietly, temporary_sibling,
+from geoseg.classes import read_class_names
+from geoseg.fs import (
+    check_distinct_paths,
+    check_output_path,
+    lock_output_folders,
+    publish_file,
+    remove_quietly,
+    temporary_sibling,
 )
+from geoseg.raster.read import no_georef_warning, open_scene, read_env
 from geoseg.options import VECTOR_FORMATS
 from geoseg.styles import qml_sidecar, raster_classes, write_gpkg_style, write_qml_sidecar
 
@@ -572,7 +578,7 @@ def _rows(client: Any, tasks: list[BlockTask], cols: int, limit: int | TaskSlots
     from dask.base import tokenize
 
     from geoseg.cluster import stream
-    from geoseg.io import file_token
+    from geoseg.raster.scenes import file_token
 
     stat = file_token(tasks[0].raster) if tasks else None
     pending: dict[int, dict[int, BlockResult]] = {}

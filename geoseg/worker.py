@@ -23,13 +23,15 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 import rasterio
 
-from geoseg.block_cache import bound_block_cache
+from geoseg.raster.block_cache import bound_block_cache
 from geoseg.errors import CheckpointError, ModelError, OptionError, TileError, first_line
 from geoseg.options import InferenceOptions
-from geoseg.io import CLASS_NODATA, file_token, no_georef_warning, read_env, read_mirrored
+from geoseg.classes import CLASS_NODATA
+from geoseg.raster.read import no_georef_warning, read_env, read_mirrored
+from geoseg.raster.scenes import file_token
 from geoseg.memory import trim_heap
 from geoseg.model_cache import cache_hit, model_cache_dir
-from geoseg.scenes import describe
+from geoseg.paths import describe
 from geoseg.stitch import TileResult, core_result
 from geoseg.tiling import Tile
 
@@ -228,7 +230,7 @@ def _open_scene(scene: str) -> Any:
     for old in [k for k in _OPEN if k[0] == scene]:  # the file changed: its old handle is stale
         _OPEN.pop(old).close()
     if scene.startswith("geoseg-mosaic:"):  # a map's cell: its scenes on the output grid
-        from geoseg.mapping.mosaic_source import open_mosaic
+        from geoseg.raster.mosaic import open_mosaic
 
         src = open_mosaic(scene)
     else:

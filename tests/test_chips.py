@@ -224,7 +224,7 @@ def test_a_failed_or_interrupted_run_leaves_the_folder_exactly_as_it_was(
 
 def test_a_folder_takes_one_chip_run_at_a_time(tmp_path: Path, pair: tuple[Path, Path, np.ndarray],
                                                dask_client: object) -> None:
-    from geoseg.io import folder_lock
+    from geoseg.fs import folder_lock
 
     img, lab, _ = pair
     out = tmp_path / "chips"
@@ -385,7 +385,7 @@ def test_chip_validation_holds_a_rare_class(tmp_path: Path, dask_client: object)
     hold building pixels and so do the training chips; the class counts per block that decide it
     match the label raster (nodata and the ignore value never count)."""
     from geoseg.chips import _block_classes, label_source
-    from geoseg.io import open_scene
+    from geoseg.raster.read import open_scene
 
     rng = np.random.default_rng(11)
     h, w, block = 320, 384, 64

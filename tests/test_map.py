@@ -21,7 +21,7 @@ from rasterio.transform import from_origin
 import geoseg
 import geoseg.mapping
 from geoseg.errors import GeosegError
-from geoseg.io import CLASS_NODATA
+from geoseg.classes import CLASS_NODATA
 from tests.conftest import random_scene, write_raster
 
 ORIGIN = (300000.0, 5800000.0)
@@ -76,7 +76,7 @@ def test_pieces_of_a_scene_map_to_the_scene_exactly(
 
 def test_cells_read_only_the_scenes_they_reach(tmp_path: Path, whole: tuple[Path, np.ndarray],
                                                model_factory: Callable[..., Path]) -> None:
-    from geoseg.mapping.mosaic_source import PREFIX
+    from geoseg.paths import MOSAIC_PREFIX as PREFIX
     from geoseg.mapping.plan import plan_map
     from geoseg.options import PredictOptions
     from geoseg.prediction.run import cell_tasks

@@ -15,6 +15,7 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from rasterio.windows import Window
 
 import geoseg
 from geoseg.batch import JobError, JobLockedError, load_job, run_batch
@@ -22,7 +23,9 @@ from geoseg.cli.main import cli
 from geoseg.errors import ChipError, OutputError
 from geoseg.evaluate import evaluate
 from geoseg.vectorize import vectorize
-from geoseg.io import LOCK_NAME, RasterSink, open_scene, open_sinks, publish_all
+from geoseg.fs import LOCK_NAME, publish_all
+from geoseg.raster.read import open_scene
+from geoseg.raster.sink import open_sinks, RasterSink
 from tests.conftest import random_scene, write_raster
 
 
@@ -204,7 +207,7 @@ def test_a_failed_commit_leaves_the_previous_outputs_exactly_as_they_were(
         with open_sinks(lambda: RasterSink(classes, scene, 1, 255), lambda: RasterSink(probs, scene, 2, None)) as s:
             for sink in s:
                 sink.write(np.zeros((sink._dst.count, 64, 80), np.uint8),
-                           geoseg.io.Window(0, 0, 80, 64))
+                           Window(0, 0, 80, 64))
     assert classes.read_bytes() == b"old classes" and probs.read_bytes() == b"old probabilities"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.tif", "p.tif", "scene.tif"]
 
@@ -278,7 +281,7 @@ def test_a_live_run_in_the_output_folder_keeps_a_job_out(tmp_path: Path, model_f
     live_part = out / ".other-classes.tif.abc.part.tif"
     live_part.write_bytes(b"a live run's temporary file")
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, pathlib; from geoseg.io import folder_lock\n"
+        [sys.executable, "-c", "import sys, pathlib; from geoseg.fs import folder_lock\n"
          f"with folder_lock(pathlib.Path({str(out)!r}), exclusive=False):\n"
          "    print('held', flush=True); sys.stdin.read()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,

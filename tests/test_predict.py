@@ -14,7 +14,7 @@ from rio_cogeo.cogeo import cog_validate
 
 import geoseg
 from geoseg.errors import GeosegWarning
-from geoseg.io import CLASS_NODATA
+from geoseg.classes import CLASS_NODATA
 from tests.conftest import random_scene, write_raster
 
 

@@ -13,7 +13,7 @@ from rio_cogeo.cogeo import cog_validate
 import geoseg
 from geoseg.chips import make_chips
 from geoseg.evaluate import evaluate
-from geoseg.io import CLASS_NODATA
+from geoseg.classes import CLASS_NODATA
 from geoseg.train import train
 from tests.conftest import SHARED_DATA
 

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from geoseg.cli.main import cli
 from geoseg.errors import OutputError
-from geoseg.io import ClassInfo, class_tags
+from geoseg.classes import class_tags, ClassInfo
 from geoseg.vectorize import VectorizeError, vectorize
 from tests.conftest import write_raster
 

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from geoseg.cli.main import cli
 from geoseg.errors import CheckpointError, OutputError
-from geoseg.io import folder_lock, write_json_atomic
+from geoseg.fs import folder_lock, write_json_atomic
 from geoseg.models.checkpoint import DATA_DIR, save_model
 from geoseg.models.load import load_model
 

@@ -18,7 +18,7 @@ import rasterio
 from rio_cogeo.cogeo import cog_validate
 
 import geoseg
-from geoseg.blocks import reduce2
+from geoseg.raster.blocks import reduce2
 from geoseg.errors import GeosegError, OptionError, OutputError
 from geoseg.prediction.destinations import CELLS_MARKER
 

@@ -37,7 +37,7 @@ ENGINES: tuple[str, ...] = choices(EngineName)
 class EngineOutput:
     """One batch's results, whole tiles (margins included), on the host.
 
-    ``classes``: N x H x W class values, the class raster's nodata (:func:`geoseg.io.class_raster_dtype`) where the input had no data.
+    ``classes``: N x H x W class values, the class raster's nodata (:func:`geoseg.classes.class_raster_dtype`) where the input had no data.
     ``probabilities``: N x K x H x W uint8 (0-255 = 0-1), 0 where the input had no data.
     ``logits``: N x K x H x W float32 scores, only when asked for (tests).
     """

@@ -12,7 +12,7 @@ import torch
 
 from geoseg.engines import EngineOutput
 from geoseg.infer import InferenceOptions, scores
-from geoseg.io import class_raster_dtype
+from geoseg.classes import class_raster_dtype
 from geoseg.models.config import ModelConfig
 
 _TORCH_DTYPES = {np.dtype(np.uint8): torch.uint8, np.dtype(np.uint16): torch.uint16}

@@ -19,7 +19,7 @@ import numpy as np
 
 from geoseg.engines import EngineOutput
 from geoseg.engines.graph import CLASSES, PROBABILITIES, VALID, fused_graph
-from geoseg.io import class_raster_dtype
+from geoseg.classes import class_raster_dtype
 from geoseg.memory import physical_memory
 from geoseg.model_cache import cache_added, cache_hit
 from geoseg.models.config import ModelConfig
@@ -211,7 +211,7 @@ class FusedSessions:
         assert graph is not None  # fused_available() said the opset is recent enough
         data: bytes = graph.SerializeToString()
         if cached is not None:
-            from geoseg.io import write_bytes_atomic
+            from geoseg.fs import write_bytes_atomic
 
             write_bytes_atomic(cached, data)
             cache_added(cached)

@@ -35,7 +35,7 @@ def run_map_job(job_path: str | os.PathLike[str], force: bool = False, client: A
     """Run a map job file (see the module) and return its :class:`geoseg.batch.BatchReport`
     (one outcome: the map)."""
     from geoseg.batch import BatchReport, SceneOutcome, _check, _check_values, _resolve, job_lock
-    from geoseg.io import write_json_atomic
+    from geoseg.fs import write_json_atomic
     from geoseg.mapping import run_map
     from geoseg.mapping.plan import plan_map
 

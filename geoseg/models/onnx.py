@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from geoseg.errors import CheckpointError, ModelError, first_line
-from geoseg.io import ClassInfo, check_output_path
+from geoseg.classes import ClassInfo
+from geoseg.fs import check_output_path
 from geoseg.models.checkpoint import (
     GLOBAL_RECEPTIVE_FIELD, LoadedModel, ModelConfig, file_sha256, load_pt_model, resolve_model_path,
     validate_config,

@@ -76,11 +76,11 @@ def predict(
     **option_keywords: Any,
 ) -> PredictResult:
     """Segment ``scene`` into a class-raster COG at ``output`` (and class probabilities): uint8,
-    or uint16 when a class value is above 254 (see :func:`geoseg.io.class_raster_dtype`).
+    or uint16 when a class value is above 254 (see :func:`geoseg.classes.class_raster_dtype`).
 
     ``scene`` is a raster, a list of single-band files, or a STAC item (``.json``, a file or
     an http(s) URL); band files and STAC assets are matched to the model's bands and resampled
-    onto the finest band's grid with the ``resampling`` option (see :mod:`geoseg.scenes`).
+    onto the finest band's grid with the ``resampling`` option (see :mod:`geoseg.raster.scenes`).
 
     How it tiles and infers is a :class:`geoseg.options.PredictOptions`: ``options``, with any of
     its fields also given as keywords (``tile=512, tta="d4"``). ``tile`` is the network input
@@ -116,7 +116,7 @@ def predict(
     all or nothing, polygons included.
     """
     from geoseg.cluster import inference_session
-    from geoseg.io import lock_output_folders
+    from geoseg.fs import lock_output_folders
     from geoseg.prediction.plan import plan_predict
     from geoseg.progress import Progress
 

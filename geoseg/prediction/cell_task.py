@@ -1,9 +1,9 @@
 """What a worker does for one cell: predict its tiles, stitch them, and do all the per-pixel
-output work there: compress the cell's tiles and overviews (:mod:`geoseg.blocks`), and with
+output work there: compress the cell's tiles and overviews (:mod:`geoseg.raster.blocks`), and with
 ``--cells`` write the cell's COG and publish it (a local file or an object) itself.
 
 A :class:`CellTask` carries paths, windows and small metadata, never arrays. In a single COG
-the client gets back compressed tiles only (:mod:`geoseg.cog_writer` places them); with
+the client gets back compressed tiles only (:mod:`geoseg.raster.cog_writer` places them); with
 ``--cells`` it gets back the names of the files published.
 """
 
@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 from rasterio.windows import Window
 
-from geoseg.blocks import RasterSpec, cog_tags, encode_tiles, overview_count, reduce2
+from geoseg.raster.blocks import RasterSpec, cog_tags, encode_tiles, overview_count, reduce2
 from geoseg.errors import write_failed
 from geoseg.stitch import TileResult
-from geoseg.tiff import write_cog
+from geoseg.raster.tiff import write_cog
 from geoseg.worker import TileTask, run_tile_task
 
 
@@ -178,7 +178,7 @@ def write_cell_file(array: np.ndarray, meta: RasterMeta, destination: str, task:
     uploaded as one object, so a reader never sees part of a cell."""
     from affine import Affine
 
-    from geoseg.io import publish_file
+    from geoseg.fs import publish_file
 
     tags = dict(meta.tags)
     tags["GEOSEG_CELL_TOKEN"] = task.token

@@ -6,7 +6,7 @@ whose cores partition the cell; tiles still read their margins from the real nei
 pixels, so the output stays exactly one pass of the network over the whole mirror-padded scene,
 whatever the cells. Inside a single COG, cells are multiples of ``2**k`` blocks, so a cell's
 tiles and its first ``k`` overview levels are complete on the worker that computed it
-(:mod:`geoseg.blocks`); the client only places bytes (:mod:`geoseg.cog_writer`).
+(:mod:`geoseg.raster.blocks`); the client only places bytes (:mod:`geoseg.raster.cog_writer`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Iterator
 
 from rasterio.windows import Window
 
-from geoseg.blocks import BLOCK
+from geoseg.raster.blocks import BLOCK
 from geoseg.errors import OptionError
 from geoseg.tiling import Tile, TileGrid
 

@@ -7,7 +7,7 @@ import json
 from typing import Sequence
 
 from geoseg.errors import OutputError
-from geoseg.io import file_token
+from geoseg.raster.scenes import file_token
 from geoseg.prediction.cell_task import RasterMeta
 from geoseg.prediction.destinations import CELLS_MARKER
 from geoseg.prediction.plan import PredictPlan
@@ -31,7 +31,7 @@ def finished_cells(plan: PredictPlan, metas: Sequence[RasterMeta], token: str, o
     another run (other scene, model or options) is an error unless ``overwrite``."""
     import rasterio
 
-    from geoseg.io import no_georef_warning
+    from geoseg.raster.read import no_georef_warning
 
     dest = plan.destinations
     assert plan.layout is not None

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from geoseg.errors import OutputError
-from geoseg.io import check_output_path
+from geoseg.fs import check_output_path
 from geoseg.objectstore import is_s3_url as is_s3
 
 #: The file that marks a folder of cells as geoseg's (a rerun resumes it; nothing else is touched).

@@ -12,7 +12,7 @@ from geoseg.prediction.cell_task import RasterMeta
 from geoseg.prediction.cells import CellLayout
 
 if TYPE_CHECKING:
-    from geoseg.io import SceneInfo
+    from geoseg.raster.read import SceneInfo
     from geoseg.prediction.plan import PredictPlan
 
 _GDAL_TYPES = {"uint8": "Byte", "uint16": "UInt16"}

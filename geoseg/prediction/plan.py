@@ -18,12 +18,14 @@ import numpy as np
 from geoseg.engines import check_engine
 from geoseg.errors import GeosegWarning, OutputError
 from geoseg.options import InferenceOptions
-from geoseg.io import (
-    SINK_BLOCK, SceneInfo, check_distinct_paths, check_output_path, class_raster_dtype, open_scene, parse_bands,
-)
+from geoseg.classes import class_raster_dtype
+from geoseg.fs import check_distinct_paths, check_output_path
+from geoseg.raster.read import open_scene, parse_bands, SceneInfo
+from geoseg.raster.sink import SINK_BLOCK
 from geoseg.models.config import LoadedModel
 from geoseg.prediction.tile_budget import TileChoice, plan_auto_tile
-from geoseg.scenes import ResolvedScene, describe, resolve_scene
+from geoseg.paths import describe
+from geoseg.raster.scenes import resolve_scene, ResolvedScene
 from geoseg.options import PredictOptions
 from geoseg.prediction.cells import CellLayout, check_cell_size, internal_cell_size
 from geoseg.prediction.destinations import Destinations, check_destinations
@@ -154,7 +156,7 @@ def plan_predict(
 ) -> PredictPlan:
     """Check the request and fix the tiling; raises a :class:`GeosegError` on any bad input.
 
-    ``scene`` may be band files or a STAC item: :func:`geoseg.scenes.resolve_scene` makes it
+    ``scene`` may be band files or a STAC item: :func:`geoseg.raster.scenes.resolve_scene` makes it
     one VRT string matched to the model's bands, which the tasks carry.
 
     No output may be a scene file, the model file or another output (even with ``overwrite``),

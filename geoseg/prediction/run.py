@@ -14,12 +14,12 @@ from typing import Any, Iterator, Sequence, cast
 from affine import Affine
 
 from geoseg.cluster import DaskSession, TaskSlots, cpu_count, send_model, stream
-from geoseg.io import file_token
+from geoseg.raster.scenes import file_token
 from geoseg.prediction.cell_task import CellResult, CellTask, RasterMeta, run_cell_task
 from geoseg.prediction.plan import PredictPlan, block_cache_need, plan_tasks
 from geoseg.stitch import TileResult
 from geoseg.errors import TileError
-from geoseg.scenes import describe
+from geoseg.paths import describe
 from geoseg.worker import TileTask, nodata_results, run_tile_task, tiles_text
 
 
@@ -103,8 +103,8 @@ def killed_workers(task: TileTask, exc: BaseException) -> list[TileResult]:
 
 def raster_metas(plan: PredictPlan) -> tuple[RasterMeta, ...]:
     """The rasters each cell makes, in :data:`~geoseg.prediction.destinations.RASTERS` order."""
-    from geoseg.blocks import Encoding, RasterSpec
-    from geoseg.io import class_raster_dtype, class_tags
+    from geoseg.raster.blocks import Encoding, RasterSpec
+    from geoseg.classes import class_raster_dtype, class_tags
 
     classes = plan.model.classes
     tags = tuple(class_tags(classes, plan.model.name).items())
@@ -130,7 +130,7 @@ def raster_metas(plan: PredictPlan) -> tuple[RasterMeta, ...]:
 def cell_tasks(plan: PredictPlan, torch_threads: int | None, token: str = "",
                skip: set[tuple[int, int]] | None = None) -> list[CellTask]:
     """A task per cell of the plan's layout (but those in ``skip``: finished before)."""
-    from geoseg.blocks import overview_count
+    from geoseg.raster.blocks import overview_count
     from geoseg.prediction.destinations import RASTERS
 
     layout = plan.layout

@@ -372,7 +372,7 @@ def load_costs(path: Path) -> TileCosts:
 
 def save_costs(path: Path, costs: TileCosts) -> None:
     """Keep ``costs`` at ``path`` in the model cache."""
-    from geoseg.io import write_bytes_atomic
+    from geoseg.fs import write_bytes_atomic
     from geoseg.model_cache import cache_added
 
     write_bytes_atomic(path, json.dumps(costs.to_json()).encode())

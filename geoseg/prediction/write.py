@@ -1,7 +1,7 @@
 """Predict, stage 3: write results as they arrive, then commit the outputs.
 
 Each result goes into a hidden temporary GeoTIFF beside its output; when every tile is in,
-the sinks become COGs renamed onto the output paths (:func:`geoseg.io.open_sinks`), so a
+the sinks become COGs renamed onto the output paths (:func:`geoseg.raster.sink.open_sinks`), so a
 failed run leaves nothing at an output path. Tiles skipped under ``on_error="skip"`` are
 listed in ``OUTPUT.skipped.json``; polygons, when asked for, are made from the final raster.
 """
@@ -18,15 +18,15 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from geoseg.block_cache import bound_block_cache
+from geoseg.raster.block_cache import bound_block_cache
 from geoseg.errors import write_failed
 from geoseg.memory import trim_heap
-from geoseg.io import (
-    RasterSink, class_raster_dtype, class_tags, open_sinks, stage_json, write_bytes_atomic,
-)
+from geoseg.classes import class_raster_dtype, class_tags
+from geoseg.fs import stage_json, write_bytes_atomic
+from geoseg.raster.sink import open_sinks, RasterSink
 from geoseg.prediction.cell_task import CellResult, RasterMeta
 from geoseg.prediction.destinations import CELLS_MARKER, Destinations
-from geoseg.scenes import describe
+from geoseg.paths import describe
 from geoseg.prediction.plan import PredictPlan
 from geoseg.progress import Progress
 from geoseg.stitch import TileResult
@@ -49,7 +49,7 @@ def write_outputs(plan: PredictPlan, results: Iterable[list[TileResult]], progre
     nothing, with the list of skipped tiles beside the output; returns the skipped tiles.
 
     ``then`` (polygonizing) runs once the rasters are in place; if it fails, the previous
-    outputs are put back exactly as they were (see :func:`geoseg.io.publish_all`)."""
+    outputs are put back exactly as they were (see :func:`geoseg.fs.publish_all`)."""
     info = plan.scene
     classes = plan.model.classes
     tags = class_tags(classes, plan.model.name)
@@ -129,8 +129,8 @@ def write_cell_outputs(plan: PredictPlan, results: Iterable[CellResult], metas: 
                        then: Callable[[], Any] | None = None) -> list[SkippedTile]:
     """Place every cell's compressed tiles into one COG per raster and publish them all or
     nothing (with the skipped-tiles list); returns the skipped tiles. The client only moves
-    bytes here (:class:`geoseg.cog_writer.CogAssembler`)."""
-    from geoseg.cog_writer import CogAssembler
+    bytes here (:class:`geoseg.raster.cog_writer.CogAssembler`)."""
+    from geoseg.raster.cog_writer import CogAssembler
 
     info = plan.scene
     layout = plan.layout

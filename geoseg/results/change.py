@@ -19,12 +19,11 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from geoseg.block_cache import READ_CACHE_BYTES
+from geoseg.raster.block_cache import READ_CACHE_BYTES
 from geoseg.errors import ResultsError
-from geoseg.io import (
-    ClassInfo, check_distinct_paths, check_output_path, class_raster_dtype, class_tags,
-    lock_output_folders, no_georef_warning, open_scene, read_env,
-)
+from geoseg.classes import class_raster_dtype, class_tags, ClassInfo
+from geoseg.fs import check_distinct_paths, check_output_path, lock_output_folders
+from geoseg.raster.read import no_georef_warning, open_scene, read_env
 from geoseg.results.areas import row_areas
 from geoseg.results.classes import colour_of, name_of, raster_class_info
 from geoseg.results.tables import check_table_path, stage_table
@@ -216,7 +215,7 @@ def change(
     writes them, with ``vector_options``). Classes are matched by name; AFTER is resampled onto
     BEFORE's grid by nearest neighbour when the grids differ."""
     from geoseg.cluster import cpu_count, dask_session
-    from geoseg.io import RasterSink, open_sinks
+    from geoseg.raster.sink import open_sinks, RasterSink
     from geoseg.progress import Progress
 
     t0 = time.perf_counter()
@@ -301,7 +300,7 @@ def _stream(client: Any, func: Any, tasks: list[ChangeTask], limit: int | TaskSl
     from dask.base import tokenize
 
     from geoseg.cluster import stream
-    from geoseg.io import file_token
+    from geoseg.raster.scenes import file_token
 
     stat = (file_token(tasks[0].before), file_token(tasks[0].after)) if tasks else None
     return stream(client, func, tasks, limit, key=lambda t, i: f"{name}-{tokenize(t, stat)}")

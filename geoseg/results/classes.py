@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from geoseg.errors import GeosegWarning, ResultsError
-from geoseg.io import ClassInfo
+from geoseg.classes import ClassInfo
 
 #: Colour of a value without a colour table entry.
 GREY = (128, 128, 128)

@@ -1,7 +1,7 @@
 """TIFF at the byte level: read a file's IFD tags, write a Cloud-Optimized GeoTIFF from tiles
 that are compressed already.
 
-GDAL compresses (on the workers, :mod:`geoseg.blocks`); this module only moves bytes, so the
+GDAL compresses (on the workers, :mod:`geoseg.raster.blocks`); this module only moves bytes, so the
 process that assembles a COG never decodes or encodes a pixel. The layout is the one GDAL's COG
 driver writes (and ``rio cogeo validate`` checks): the header and GDAL's structural metadata,
 every IFD (full resolution first, then the overviews), then the tiles, smallest overview first

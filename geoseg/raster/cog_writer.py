@@ -3,12 +3,12 @@
 The client decodes and encodes nothing of the full-resolution raster or the overview levels
 the cells completed (:class:`geoseg.prediction.cell_task.CellTask`): it appends each tile's bytes
 to a hidden spool file as cells arrive, and at the end writes the COG's header and IFDs and
-copies the tiles into COG order (:func:`geoseg.tiff.write_cog`). Only the coarsest overview
+copies the tiles into COG order (:func:`geoseg.raster.tiff.write_cog`). Only the coarsest overview
 levels, which need pixels from several cells, are reduced and compressed here, from the small
 pixels each cell hands back (a 64th to a 256th of the scene's pixels, on disk, not in memory).
 
-Like :class:`geoseg.io.RasterSink` it has ``path``, ``prepare`` and ``abort``, so
-:func:`geoseg.io.open_sinks` publishes it all or nothing with the other outputs.
+Like :class:`geoseg.raster.sink.RasterSink` it has ``path``, ``prepare`` and ``abort``, so
+:func:`geoseg.raster.sink.open_sinks` publishes it all or nothing with the other outputs.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 from rasterio.windows import Window
 
-from geoseg.blocks import BLOCK, encode_tiles, overview_count, reduce2
-from geoseg.io import remove_quietly, temporary_sibling
+from geoseg.raster.blocks import BLOCK, encode_tiles, overview_count, reduce2
+from geoseg.fs import remove_quietly, temporary_sibling
 from geoseg.prediction.cell_task import RasterMeta
-from geoseg.tiff import write_cog
+from geoseg.raster.tiff import write_cog
 
 #: Rows of the coarse levels reduced and compressed at a time (even, a multiple of the block).
 BAND_ROWS = 2 * BLOCK

@@ -21,6 +21,7 @@ from xml.sax.saxutils import escape, quoteattr
 import numpy as np
 
 from geoseg.errors import SceneError
+from geoseg.paths import is_stac_item, is_vrt_xml, mosaic_tokens, vrt_sources
 from geoseg.options import Resampling, choices
 
 #: GDAL resampling names usable on a VRT source (``--resampling``, a PredictOptions field).
@@ -43,42 +44,6 @@ class ResolvedScene:
     bands: tuple[str, ...] = ()
     stac_item: str | None = None
     band_names: tuple[str, ...] = ()
-
-
-def is_vrt_xml(text: str) -> bool:
-    """True for a VRT given as XML text (what band-file and STAC scenes become)."""
-    return text.lstrip().startswith("<VRTDataset")
-
-
-def vrt_sources(xml: str) -> list[str]:
-    """The source files of a VRT XML string, in band order."""
-    return [_unescape(m) for m in re.findall(r"<SourceFilename[^>]*>(.*?)</SourceFilename>", xml)]
-
-
-def _unescape(text: str) -> str:
-    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"').replace("&amp;", "&")
-
-
-def describe(dataset: str) -> str:
-    """A short name for messages: the path, or the band files a VRT string reads."""
-    if dataset.startswith("geoseg-mosaic:"):
-        from geoseg.mapping.mosaic_source import describe_mosaic
-
-        return describe_mosaic(dataset)
-    if not is_vrt_xml(dataset):
-        return dataset
-    files = [os.path.basename(s) or s for s in vrt_sources(dataset)]
-    return "band files " + ", ".join(files)
-
-
-def is_stac_item(path: str) -> bool:
-    """True for what looks like a STAC item: a ``.json`` file or URL, or an http(s) URL without a
-    file extension (a STAC API's ``.../collections/C/items/ID``)."""
-    if re.match(r"(/vsicurl/)?https?://", path):
-        url_path = urllib.parse.urlparse(path.replace("/vsicurl/", "", 1)).path
-        name = url_path.rstrip("/").rsplit("/", 1)[-1]
-        return url_path.lower().endswith((".json", ".geojson")) or "." not in name
-    return path.lower().endswith((".json", ".geojson"))
 
 
 def resolve_scene(
@@ -163,7 +128,7 @@ class _Band:
 
 def _inspect(path: str) -> _Band:
     """Size, grid and type of one band file, with open_scene's one-line errors."""
-    from geoseg.io import open_scene
+    from geoseg.raster.read import open_scene
 
     info = open_scene(path)
     return _Band(info.path, info.width, info.height, info.count, info.dtype, info.crs,
@@ -172,7 +137,7 @@ def _inspect(path: str) -> _Band:
 
 def _absolute(path: str) -> str:
     """Local paths made absolute (workers may run elsewhere); GDAL paths and URLs unchanged."""
-    from geoseg.io import is_virtual
+    from geoseg.paths import is_virtual
 
     return path if is_virtual(path) else os.path.abspath(path)
 
@@ -271,7 +236,7 @@ def _nodata_text(value: float) -> str:
 
 def _common_dtype(dtypes: Sequence[str]) -> str:
     """One type that holds every band's values (Sentinel-2: all uint16, unchanged)."""
-    from geoseg.io import SUPPORTED_DTYPES
+    from geoseg.raster.read import SUPPORTED_DTYPES
 
     common = np.result_type(*[np.dtype(d) for d in dtypes]).name
     return common if common in SUPPORTED_DTYPES else "float64"
@@ -407,3 +372,33 @@ def stac_item_scene(item: dict[str, Any], href: str, band_names: Sequence[str],
     xml = build_vrt(paths, resampling, descriptions=list(band_names))
     item_href = href if "://" in href or href.startswith("/vsi") else os.path.abspath(href)
     return ResolvedScene(xml, tuple(paths), item_href, tuple(band_names))
+
+
+def file_token(path: str) -> tuple[Any, ...] | list[Any] | None:
+    """What identifies a scene's content cheaply, in task keys and batch records, so a changed
+    file never reuses results from its old content: a local file's size and modification time;
+    one token per source file of a VRT string; for a local STAC item also one per raster asset,
+    by key (an asset rewritten in place is a new scene); None for virtual paths."""
+    if is_vrt_xml(path):
+        return [file_token(s) for s in vrt_sources(path)]
+    if path.startswith("geoseg-mosaic:"):  # a map's cell records its scenes' tokens
+        return mosaic_tokens(path)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if is_stac_item(path):
+        return st.st_size, st.st_mtime_ns, _stac_asset_tokens(path)
+    return st.st_size, st.st_mtime_ns
+
+
+def _stac_asset_tokens(item_path: str) -> dict[str, Any] | None:
+    """:func:`file_token` of each raster asset of a local STAC item, by asset key (None for an
+    unreadable item)."""
+    try:
+        item = read_stac_item(item_path)
+    except SceneError:
+        return None
+    return {key: file_token(asset_path(str(asset["href"]), item_path))
+            for key, asset in sorted(item["assets"].items())
+            if isinstance(asset, dict) and "href" in asset and is_raster_asset(asset)}

@@ -3,7 +3,7 @@
 A cell task of ``geoseg map`` carries a small self-describing string (:data:`PREFIX` + JSON: the
 output grid, the region's extent and only the scenes that reach the cell, in priority order).
 The worker's scene opener recognises it and opens a :class:`MosaicSource`, which answers the
-reads :func:`geoseg.io.read_mirrored` makes: a scene on the output grid is read as a plain
+reads :func:`geoseg.raster.read.read_mirrored` makes: a scene on the output grid is read as a plain
 window, any other through a :class:`rasterio.vrt.WarpedVRT` onto the grid (nothing warped is
 written to disk); a pixel without data in one scene falls through to the next. Windows are
 mirrored at the region's edges, not the cell's: tiles near a cell's or an AOI's edge read the
@@ -11,22 +11,13 @@ real pixels beyond it.
 """
 
 from __future__ import annotations
+from geoseg.paths import MOSAIC_PREFIX as PREFIX
 
 import json
-import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
-
-#: What a map cell's scene string starts with.
-PREFIX = "geoseg-mosaic:"
-
-
-def is_mosaic_spec(scene: str) -> bool:
-    """True for a map cell's scene string (see :func:`mosaic_spec`)."""
-    return scene.startswith(PREFIX)
-
 
 @dataclass(frozen=True)
 class SpecScene:
@@ -57,24 +48,6 @@ def mosaic_spec(crs: str | None, transform: Sequence[float], height: int, width:
     }, separators=(",", ":"))
 
 
-def describe_mosaic(scene: str) -> str:
-    """A short name for messages: the scenes a cell reads."""
-    try:
-        names = [os.path.basename(s["name"].rstrip("/")) or s["name"]
-                 for s in json.loads(scene[len(PREFIX):])["scenes"]]
-    except (ValueError, KeyError, TypeError):
-        return "a map cell"
-    if not names:
-        return "a map cell without scenes"
-    shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
-    return f"the map's scenes {shown}"
-
-
-def mosaic_tokens(scene: str) -> list[Any]:
-    """The file tokens a cell's scene string records (part of task keys and resume tokens)."""
-    return [s.get("token") for s in json.loads(scene[len(PREFIX):])["scenes"]]
-
-
 class MosaicSource:
     """The duck-typed dataset a worker reads a map cell's tiles from (see the module)."""
 
@@ -95,12 +68,12 @@ class MosaicSource:
                                  tuple(s["window"]), s.get("token")) for s in spec["scenes"]]
         self._open: dict[int, Any] = {}
 
-    # --- what geoseg.io.read_mirrored asks of a dataset -----------------------------------
+    # --- what geoseg.raster.read.read_mirrored asks of a dataset -----------------------------------
 
     def read_mirrored(self, bands: Sequence[int], row: int, col: int, height: int, width: int,
                       out: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """A window of the virtual scene mirrored at the region's edges (not the cell's):
-        ``(data, valid)`` like :func:`geoseg.io.read_mirrored`."""
+        ``(data, valid)`` like :func:`geoseg.raster.read.read_mirrored`."""
         from geoseg.tiling import source_indices
 
         r0, c0, r1, c1 = self.extent
@@ -181,7 +154,7 @@ class MosaicSource:
         from rasterio.windows import Window
 
         from geoseg.errors import SceneError
-        from geoseg.io import root_cause
+        from geoseg.raster.read import root_cause
 
         s = self.scenes[index]
         failure = None
@@ -196,7 +169,7 @@ class MosaicSource:
         except RasterioError as exc:
             failure = root_cause(exc)
         if failure is not None:
-            from geoseg.scenes import describe
+            from geoseg.paths import describe
 
             raise SceneError(f"cannot read {describe(s.name)} for the map (rows {row}-{row + height}, columns "
                              f"{col}-{col + width} of the output): {failure}; the file may be corrupt or truncated")
@@ -213,7 +186,7 @@ class MosaicSource:
         from rasterio.enums import Resampling
         from rasterio.vrt import WarpedVRT
 
-        from geoseg.io import no_georef_warning
+        from geoseg.raster.read import no_georef_warning
 
         s = self.scenes[index]
         with no_georef_warning():

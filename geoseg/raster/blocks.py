@@ -1,5 +1,5 @@
 """Rasters as compressed TIFF tiles: encoding on the workers, overview reduction, and the tags
-of the COG they are assembled into (:func:`geoseg.tiff.write_cog`).
+of the COG they are assembled into (:func:`geoseg.raster.tiff.write_cog`).
 
 GDAL's GTiff driver does every compression, here in memory: a worker writes its region of a
 raster (aligned to the COG's block lattice) into an in-memory GeoTIFF and hands back the tiles'
@@ -17,7 +17,7 @@ import numpy as np
 from rasterio.enums import ColorInterp
 from rasterio.io import MemoryFile
 
-from geoseg.tiff import TILE_BYTE_COUNTS, TILE_OFFSETS, Tag, read_ifds, tile_bytes
+from geoseg.raster.tiff import TILE_BYTE_COUNTS, TILE_OFFSETS, Tag, read_ifds, tile_bytes
 
 #: Block size of every COG geoseg writes (GDAL's COG default).
 BLOCK = 512
@@ -72,7 +72,7 @@ def encode_tiles(array: np.ndarray, spec: RasterSpec, threads: int = 1) -> list[
     }
     if spec.nodata is not None:
         profile["nodata"] = spec.nodata
-    from geoseg.io import no_georef_warning
+    from geoseg.raster.read import no_georef_warning
 
     with no_georef_warning(), MemoryFile() as mem:
         with mem.open(**profile) as dst:
@@ -149,7 +149,7 @@ def cog_tags(
     """The full-resolution IFD's tags of the COG (georeferencing, colour table, metadata, band
     descriptions, encoding), as GDAL writes them, without tile offsets: from an empty sparse
     GeoTIFF of that size made in memory."""
-    from geoseg.io import no_georef_warning
+    from geoseg.raster.read import no_georef_warning
 
     profile: dict[str, Any] = {
         "driver": "GTiff", "width": width, "height": height, "count": spec.count, "dtype": spec.dtype,
