@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 
-from geoseg.batch import run_batch
+from geoseg.jobs.batch import run_batch
 from geoseg.cluster import dask_session
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -312,7 +312,7 @@ VECTOR_FORMAT_HELP = " ".join(f".{n}" for n in VECTOR_FORMAT_NAMES)
 
 @dataclass(frozen=True)
 class VectorOptions:
-    """How a class raster becomes polygons: ``geoseg.vectorize`` keywords, ``geoseg vectorize``
+    """How a class raster becomes polygons: ``geoseg.vector.vectorize`` keywords, ``geoseg vectorize``
     options and the job file's ``vector`` keys (plus ``format``)."""
 
     connectivity: Literal[4, 8] = field(default=4, metadata=_help(

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 from rio_cogeo.cogeo import cog_validate
 
-from geoseg.batch import JobError, JobLockedError, job_lock, load_job, run_batch
+from geoseg.jobs.batch import JobError, JobLockedError, job_lock, load_job, run_batch
 from geoseg.cli.main import cli
 from tests.conftest import random_scene, write_raster
 

@@ -279,7 +279,7 @@ def test_bad_input_is_one_line_before_any_work(
 def test_a_map_job_runs_once_and_resumes(
     tmp_path: Path, whole: tuple[Path, np.ndarray], model_factory: Callable[..., Path], dask_client: Any,
 ) -> None:
-    from geoseg.batch import run_batch
+    from geoseg.jobs.batch import run_batch
 
     scene, data = whole
     pieces(tmp_path, data)

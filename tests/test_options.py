@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import pytest
 
-from geoseg.batch import SCHEMA, JobError, load_job
+from geoseg.jobs.batch import SCHEMA, JobError, load_job
 from geoseg.cli.main import cli
 from geoseg.errors import OptionError
 from geoseg.options import CRFParams, PredictOptions, VectorOptions, choices, key_of
@@ -77,7 +77,7 @@ def test_job_file_values_are_checked_by_the_options(tmp_path: Path) -> None:
 def test_vectorize_takes_every_vector_option_with_its_default() -> None:
     import inspect
 
-    from geoseg.vectorize import vectorize
+    from geoseg.vector.vectorize import vectorize
 
     params = inspect.signature(vectorize).parameters
     for f in dataclasses.fields(VectorOptions):

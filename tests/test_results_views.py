@@ -15,7 +15,7 @@ import pytest
 import shapely
 from PIL import Image
 
-from geoseg.batch import JobError, load_job, run_batch
+from geoseg.jobs.batch import JobError, load_job, run_batch
 from geoseg.classes import CLASS_NODATA
 from geoseg.results.quicklook import NODATA_RGB, quicklook
 from tests.conftest import random_scene, write_raster

@@ -155,7 +155,7 @@ def test_bad_band_files_and_stac_items_fail_in_one_line(
 def test_batch_links_outputs_to_the_source_stac_item(
     tmp_path: Path, stack: tuple[Path, np.ndarray], model4: str, dask_client: Any,
 ) -> None:
-    from geoseg.batch import run_batch
+    from geoseg.jobs.batch import run_batch
 
     _, arr = stack
     files = band_files(tmp_path / "scene", arr)

@@ -12,9 +12,9 @@ import pytest
 import shapely
 
 import geoseg
-from geoseg.batch import JobError, load_job
+from geoseg.jobs.batch import JobError, load_job
 from geoseg.errors import GeosegError, SchedulerError
-from geoseg.vectorize import BlockResult, Polygon, merge_blocks, vectorize
+from geoseg.vector.vectorize import BlockResult, Polygon, merge_blocks, vectorize
 from geoseg.cluster import worker_commands
 from tests.conftest import random_scene, write_raster
 

@@ -279,7 +279,7 @@ def test_s3_failure_midway_leaves_no_object(
 def test_batch_job_with_cells_and_confidence(
     tmp_path: Path, model_factory: Callable[..., Path], dask_client: Any,
 ) -> None:
-    from geoseg.batch import run_batch
+    from geoseg.jobs.batch import run_batch
     from tests.conftest import random_scene, write_raster
 
     rng = np.random.default_rng(5)
@@ -312,7 +312,7 @@ quicklook: false
 def test_batch_job_writes_to_an_object_store_and_resumes(
     tmp_path: Path, model_factory: Callable[..., Path], dask_client: Any, s3_bucket: str,
 ) -> None:
-    from geoseg.batch import run_batch
+    from geoseg.jobs.batch import run_batch
     from geoseg.objectstore import gdal_s3_env, list_keys, to_vsis3
     from tests.conftest import random_scene, write_raster
 

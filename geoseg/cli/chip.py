@@ -37,7 +37,7 @@ def chip_command(pairs: tuple[str, ...], out_dir: str, size: int | None, stride:
                  test_fraction: float, split_block: int | None, seed: int, stratify: bool, oversample_rare: float,
                  workers: int | None, scheduler: str | None) -> None:
     """Cut IMAGE/LABELS pairs (label raster or vector file) into training chips."""
-    from geoseg.chips import load_manifest, make_chips, manifest_classes, parse_value_map
+    from geoseg.training.chips import load_manifest, make_chips, manifest_classes, parse_value_map
     from geoseg.classes import parse_class_names
 
     if len(pairs) % 2:

@@ -41,7 +41,7 @@ def train_command(chips_dir: str, output: str, arch: str, arch_args: str | None,
                   channels_last: bool, seed: int, workers: int,
                   pretrained: str | None, pretrained_bands: str | None, resume: bool, overwrite: bool, quiet: bool) -> None:
     """Train a segmentation model on CHIPS_DIR (made by 'geoseg chip')."""
-    from geoseg.train import train
+    from geoseg.training.train import train
 
     kwargs = json_object(arch_args, "--arch-args")
     extra: dict[str, Any] = {} if ema is None else {"ema": ema}  # None: the library's default

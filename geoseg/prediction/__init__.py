@@ -89,7 +89,7 @@ def predict(
 
     The output has the scene's grid exactly; its pixels equal one pass of the network over the
     whole mirror-padded scene, whatever ``tile`` is, because margins cover the receptive field.
-    ``vector`` also polygonizes the class raster (see :func:`geoseg.vectorize.vectorize`, whose
+    ``vector`` also polygonizes the class raster (see :func:`geoseg.vector.vectorize.vectorize`, whose
     keyword arguments ``vector_options`` holds). ``tta`` (``flip`` or ``d4``), ``scales`` and
     ``crf`` (True or :class:`CRFParams`) add test-time augmentation and the dense CRF; the
     automatic margin grows to cover them, so tiling stays exact. ``precision`` (bf16, fp16),

@@ -160,7 +160,7 @@ def plan_predict(
     one VRT string matched to the model's bands, which the tasks carry.
 
     No output may be a scene file, the model file or another output (even with ``overwrite``),
-    and the polygon options (``vector_options``, see :func:`geoseg.vectorize.check_vector_options`)
+    and the polygon options (``vector_options``, see :func:`geoseg.vector.vectorize.check_vector_options`)
     are checked here, before any prediction. ``scene_info``: a virtual scene planned already
     (a map's region, :mod:`geoseg.mapping`), read instead of ``scene``, which then only names
     the inputs no output may be.
@@ -203,7 +203,7 @@ def plan_predict(
             "without georeferencing", GeosegWarning, stacklevel=3,
         )
     if vector_path is not None:
-        from geoseg.vectorize import check_vector_options
+        from geoseg.vector.vectorize import check_vector_options
 
         check_vector_options(vector_path, info.crs, **(vector_options or {}))
     band_list = parse_bands(options.bands, info.count, cfg.in_channels)

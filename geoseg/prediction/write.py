@@ -110,7 +110,7 @@ def write_vector(plan: PredictPlan, client: Any, overwrite: bool, quiet: bool,
                  max_in_flight: int | TaskSlots | None = None) -> None:
     """Polygonize the committed class raster into ``plan.vector`` on the same cluster (drawing
     on the same in-flight slots as the tile tasks, when shared)."""
-    from geoseg.vectorize import vectorize
+    from geoseg.vector.vectorize import vectorize
 
     assert plan.vector is not None
     dest = plan.destinations

@@ -211,7 +211,7 @@ def change(
     """Compare two class rasters of one place: write a from-to raster on BEFORE's grid (one
     value per class pair that occurs, named ``forest -> farmland``, unchanged pairs kept as
     ``forest (unchanged)`` or, with ``changes_only``, nodata), the transition table (``table``:
-    .csv or .parquet) and the changes' polygons (``vector``, as :func:`geoseg.vectorize.vectorize`
+    .csv or .parquet) and the changes' polygons (``vector``, as :func:`geoseg.vector.vectorize.vectorize`
     writes them, with ``vector_options``). Classes are matched by name; AFTER is resampled onto
     BEFORE's grid by nearest neighbour when the grids differ."""
     from geoseg.cluster import cpu_count, dask_session
@@ -224,7 +224,7 @@ def change(
     table_path = check_table_path(table, overwrite, "transition table") if table is not None else None
     vector_path = None
     if vector is not None:
-        from geoseg.vectorize import check_vector_options
+        from geoseg.vector.vectorize import check_vector_options
 
         vector_path = check_output_path(vector, overwrite, "vector output")
     check_distinct_paths({"BEFORE raster": before, "AFTER raster": after},
@@ -283,7 +283,7 @@ def change(
                     sinks[0].write(arr, Window(c, r, arr.shape[1], arr.shape[0]))
             progress.close()
             if vector_path is not None:
-                from geoseg.vectorize import vectorize
+                from geoseg.vector.vectorize import vectorize
 
                 opts = dict(vector_options or {})
                 unchanged = tuple(r["value"] for r in rows if not r["changed"])

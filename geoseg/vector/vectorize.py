@@ -39,7 +39,7 @@ from geoseg.fs import (
 )
 from geoseg.raster.read import no_georef_warning, open_scene, read_env
 from geoseg.options import VECTOR_FORMATS
-from geoseg.styles import qml_sidecar, raster_classes, write_gpkg_style, write_qml_sidecar
+from geoseg.vector.styles import qml_sidecar, raster_classes, write_gpkg_style, write_qml_sidecar
 
 if TYPE_CHECKING:
     from geoseg.cluster import TaskSlots

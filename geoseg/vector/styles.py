@@ -17,7 +17,7 @@ from xml.sax.saxutils import escape, quoteattr
 from geoseg.classes import ClassInfo
 from geoseg.fs import write_bytes_atomic
 
-#: The attribute the style categorizes on (written by :mod:`geoseg.vectorize`).
+#: The attribute the style categorizes on (written by :mod:`geoseg.vector.vectorize`).
 CLASS_FIELD = "class"
 OUTLINE = (35, 35, 35)
 #: QGIS version the QML claims; older and newer QGIS read it.

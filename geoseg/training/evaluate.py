@@ -16,7 +16,7 @@ from geoseg.errors import EvaluationError, SceneError
 from geoseg.classes import read_class_names
 from geoseg.fs import check_distinct_paths, check_output_path, write_json_atomic
 from geoseg.raster.read import no_georef_warning, open_scene
-from geoseg.metrics import Scores
+from geoseg.training.metrics import Scores
 
 
 def _grids_match(a: Any, b: Any) -> bool:

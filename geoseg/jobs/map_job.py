@@ -32,9 +32,9 @@ MAP_JOB_SCHEMA: dict[str, Any] = {
 def run_map_job(job_path: str | os.PathLike[str], force: bool = False, client: Any = None,
                 echo: Callable[[str], Any] = lambda s: None, verbose: bool = False,
                 progress: bool = False) -> Any:
-    """Run a map job file (see the module) and return its :class:`geoseg.batch.BatchReport`
+    """Run a map job file (see the module) and return its :class:`geoseg.jobs.batch.BatchReport`
     (one outcome: the map)."""
-    from geoseg.batch import BatchReport, SceneOutcome, _check, _check_values, _resolve, job_lock
+    from geoseg.jobs.batch import BatchReport, SceneOutcome, _check, _check_values, _resolve, job_lock
     from geoseg.fs import write_json_atomic
     from geoseg.mapping import run_map
     from geoseg.mapping.plan import plan_map

@@ -2,8 +2,8 @@
 
 A recipe is YAML with ``variables`` (strings, overridable) and ``steps``, each a mapping of one
 step name (``chip``, ``train``, ``predict``, ``evaluate``) to the keyword arguments of its
-library function (:func:`geoseg.chips.make_chips`, :func:`geoseg.train.train`,
-:func:`geoseg.predict`, :func:`geoseg.evaluate.evaluate`). ``{name}`` in a value is
+library function (:func:`geoseg.training.chips.make_chips`, :func:`geoseg.training.train.train`,
+:func:`geoseg.predict`, :func:`geoseg.training.evaluate.evaluate`). ``{name}`` in a value is
 replaced by a variable (a value that is only ``{name}`` takes the variable's YAML type, so
 ``epochs: "{epochs}"`` is a number). Relative paths are taken from the recipe's folder.
 
@@ -39,13 +39,13 @@ class StepKind:
 
 
 def _make_chips() -> Callable[..., Any]:
-    from geoseg.chips import make_chips
+    from geoseg.training.chips import make_chips
 
     return make_chips
 
 
 def _train() -> Callable[..., Any]:
-    from geoseg.train import train
+    from geoseg.training.train import train
 
     return train
 
@@ -57,7 +57,7 @@ def _predict() -> Callable[..., Any]:
 
 
 def _evaluate() -> Callable[..., Any]:
-    from geoseg.evaluate import evaluate
+    from geoseg.training.evaluate import evaluate
 
     return evaluate
 
@@ -69,7 +69,7 @@ def _parse_class_names() -> Callable[[Any], Any]:
 
 
 def _parse_value_map() -> Callable[[Any], Any]:
-    from geoseg.chips import parse_value_map
+    from geoseg.training.chips import parse_value_map
 
     return lambda v: parse_value_map(v) if isinstance(v, str) else v
 

@@ -10,7 +10,7 @@ import rasterio
 import torch
 from torch.utils.data import Dataset
 
-from geoseg.chips import iter_chips, manifest_classes
+from geoseg.training.chips import iter_chips, manifest_classes
 from geoseg.classes import IGNORE_VALUE
 from geoseg.errors import ChipError, first_line
 from geoseg.normalize import normalize

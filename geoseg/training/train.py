@@ -20,13 +20,13 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from geoseg import __version__
-from geoseg.chips import load_manifest, manifest_classes
+from geoseg.training.chips import load_manifest, manifest_classes
 from geoseg.classes import IGNORE_VALUE
-from geoseg.datasets import ChipDataset
+from geoseg.training.datasets import ChipDataset
 from geoseg.errors import ChipError, OutputError, TrainingError, first_line
 from geoseg.infer import resolve_device
 from geoseg.fs import atomic_path, check_output_path, remove_quietly
-from geoseg.metrics import Scores, confusion_matrix
+from geoseg.training.metrics import Scores, confusion_matrix
 from geoseg.models import create_model, get_architecture, output_stride
 from geoseg.models.checkpoint import ModelConfig, build_config, save_model
 from geoseg.models.pretrained import load_pretrained

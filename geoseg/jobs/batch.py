@@ -69,7 +69,7 @@ class Job:
     concurrency: int | str = "auto"
     stats: dict[str, Any] | None = None
     quicklook: bool = True
-    #: ``s3://`` output folder (``folder`` is then its local staging mirror; geoseg.batch_store)
+    #: ``s3://`` output folder (``folder`` is then its local staging mirror; geoseg.jobs.batch_store)
     remote: str | None = None
     #: objects already under ``remote`` (names relative to it), for the resume check
     remote_names: set[str] = field(default_factory=set)
@@ -245,7 +245,7 @@ def load_job(path: str | os.PathLike[str]) -> Job:
     concurrency = doc.get("concurrency", "auto")
     if isinstance(concurrency, int) and not isinstance(concurrency, bool) and concurrency < 1:
         problems.append(f"concurrency: scenes at once must be 1 or more (or 'auto'), not {concurrency}")
-    from geoseg.batch_store import check_folder_url, staging_folder
+    from geoseg.jobs.batch_store import check_folder_url, staging_folder
 
     try:
         remote = check_folder_url(folder)
@@ -275,7 +275,7 @@ def _vector_problems(vector: dict[str, Any], scenes: list[str]) -> list[str]:
     """What the polygon format needs, checked before any scene is segmented: pyarrow for
     GeoParquet, and for GeoJSON scenes in EPSG:4326 (the options are checked as VectorOptions)."""
     from geoseg.errors import GeosegError
-    from geoseg.vectorize import check_vector_options
+    from geoseg.vector.vectorize import check_vector_options
 
     name = "polygons." + str(vector.get("format", "gpkg"))
     try:
@@ -562,12 +562,12 @@ def run_batch(
     t0 = time.perf_counter()
     doc = _peek(job_path)
     if isinstance(doc, dict) and "steps" in doc:
-        from geoseg.recipe import run_recipe
+        from geoseg.jobs.recipe import run_recipe
 
         run_recipe(job_path, echo=echo)
         return BatchReport(str(job_path), [], time.perf_counter() - t0)
-    if isinstance(doc, dict) and "map" in doc:  # one region from many scenes (geoseg.mapping.job)
-        from geoseg.mapping.job import run_map_job
+    if isinstance(doc, dict) and "map" in doc:  # one region from many scenes (geoseg.jobs.map_job)
+        from geoseg.jobs.map_job import run_map_job
 
         report: BatchReport = run_map_job(job_path, force, client, echo, verbose, progress)
         return report
@@ -582,7 +582,7 @@ def run_batch(
     check_report_page(html_path(report_file), str(job.path), overwrite)
     model = read_model_config(job.model)
     if job.remote is not None:
-        from geoseg.batch_store import prepare
+        from geoseg.jobs.batch_store import prepare
 
         job.remote_names = prepare(job.remote, job.folder, RECORD_SUFFIX)
     bar = JobProgress(len(job.scenes), quiet=not progress)
@@ -597,7 +597,7 @@ def run_batch(
     write_json_atomic(report_file, report.as_dict())
     write_report(report.as_dict(), job.folder, html_path(report_file))
     if job.remote is not None:
-        from geoseg.batch_store import push
+        from geoseg.jobs.batch_store import push
 
         push(job.remote, job.folder, [report_file, html_path(report_file)])
     return report
@@ -750,7 +750,7 @@ def _one_scene(job: Job, scene: str, model: Any, session: Any, slots: Any, bar: 
                                  "report": skipped_report_path(outs["classes"]).name}
         write_json_atomic(rec, record)
         if job.remote is not None:  # outputs first, the record last: a record there means all is there
-            from geoseg.batch_store import push
+            from geoseg.jobs.batch_store import push
 
             skipped_file = skipped_report_path(outs["classes"])
             files = [p.parent if p.parent != job.folder else p for p in outs.values()]
