@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from geoseg.training.chips import load_manifest, make_chips, manifest_classes
-from geoseg.cluster import connect
+from geoseg.dask.session import connect
 from geoseg.training.datasets import IGNORE_INDEX, ChipDataset
 from geoseg.errors import GeosegError
 from geoseg.training.metrics import Scores, confusion_matrix

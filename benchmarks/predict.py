@@ -86,7 +86,7 @@ def forward_throughput(model_path: Path, tile: int, batch: int, rounds: int = 4,
 def forward_in_worker(model_path: Path, tile: int, batch: int) -> float:
     """The same measurement inside a Dask worker process started as geoseg predict starts it
     (same process type, environment and torch threads), so the ratio compares like with like."""
-    from geoseg.cluster import connect, cpu_count
+    from geoseg.dask.session import connect, cpu_count
 
     client, cluster = connect(None, None)
     try:

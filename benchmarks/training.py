@@ -35,7 +35,7 @@ from rasterio.windows import transform as window_transform
 
 import geoseg
 from geoseg.training.chips import load_manifest, make_chips, manifest_classes
-from geoseg.cluster import dask_session
+from geoseg.dask.session import dask_session
 from geoseg.training.datasets import IGNORE_INDEX, ChipDataset
 from geoseg.infer import normalize
 from geoseg.training.metrics import Scores, confusion_matrix

@@ -164,7 +164,7 @@ def test_shared_slots_bound_every_stream_and_cancel_stops_them(dask_client: Any)
     """Two streams drawing on one budget never exceed it together; cancel() stops both at once."""
     import threading
 
-    from geoseg.cluster import TaskSlots, stream
+    from geoseg.dask.stream import stream, TaskSlots
 
     slots = TaskSlots(2)
     peak, results, errors = [0], {0: [], 1: []}, []

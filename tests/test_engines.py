@@ -19,7 +19,8 @@ from geoseg.cli.main import cli
 from geoseg.engines import resolve_engine
 from geoseg.errors import CheckpointError, ModelError
 from geoseg.prediction.plan import plan_tasks
-from geoseg.worker import run_tile_task, worker_engine
+from geoseg.prediction.tasks import run_tile_task
+from geoseg.prediction.worker_models import worker_engine
 from geoseg.infer import InferenceOptions, forward, normalize
 from geoseg.models.checkpoint import DATA_DIR, file_sha256
 from geoseg.models.load import load_model

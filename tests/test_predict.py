@@ -162,7 +162,7 @@ def test_a_worker_reads_a_rewritten_scene_afresh(tmp_path: Path, model_factory: 
     from geoseg.models.checkpoint import file_sha256
     from geoseg.prediction.plan import plan_tasks
     from geoseg.tiling import TileGrid
-    from geoseg.worker import run_tile_task
+    from geoseg.prediction.tasks import run_tile_task
 
     model = model_factory(in_channels=3)
     scene = tmp_path / "s.tif"

@@ -588,7 +588,7 @@ def run_batch(
     bar = JobProgress(len(job.scenes), quiet=not progress)
     say: Callable[[str], Any] = (lambda s: None) if not verbose else (bar.message if progress else echo)
     with job_lock(job.folder, job.path):
-        from geoseg.cluster import inference_session
+        from geoseg.dask.session import inference_session
 
         with inference_session(client, job.scheduler, job.workers, verbose) as session:
             outcomes = _run_scenes(job, model, force, session, bar, say)
@@ -621,7 +621,7 @@ def _run_scenes(job: Job, model: Any, force: bool, session: Any, bar: Any,
     """
     from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
-    from geoseg.cluster import TaskSlots
+    from geoseg.dask.stream import TaskSlots
 
     slots = TaskSlots(2 * session.threads)
     cap, auto = scenes_at_once(job.concurrency, session.threads)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from geoseg.options import MapOptions, PredictOptions
 
 if TYPE_CHECKING:
-    from geoseg.cluster import TaskSlots
+    from geoseg.dask.stream import TaskSlots
     from geoseg.mapping.plan import MapPlan
     from geoseg.prediction import PredictResult
 
@@ -73,7 +73,7 @@ def run_map(mplan: MapPlan, *, quiet: bool = True, verbose: bool = False, worker
             started: float | None = None) -> PredictResult:
     """Run a planned map (:func:`geoseg.mapping.plan.plan_map`) on a cluster and commit its
     outputs, all or nothing (a batch job plans once to check whether it is done)."""
-    from geoseg.cluster import inference_session
+    from geoseg.dask.session import inference_session
     from geoseg.fs import lock_output_folders
     from geoseg.prediction import execute
     from geoseg.progress import Progress

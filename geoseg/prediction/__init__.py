@@ -4,7 +4,7 @@
 * :mod:`geoseg.prediction.run`: tasks on the Dask cluster, a bounded number in flight.
 * :mod:`geoseg.prediction.write`: results into temporary sinks as they arrive, then the commit.
 
-What runs on a worker (read tile -> network -> core) is :mod:`geoseg.worker`. This module
+What runs on a worker (read tile -> network -> core) is :mod:`geoseg.prediction.tasks`. This module
 imports neither torch nor dask (``geoseg`` re-exports :func:`predict`); the stages do.
 """
 
@@ -21,7 +21,8 @@ from geoseg.options import PredictOptions
 if TYPE_CHECKING:
     from rasterio.windows import Window
 
-    from geoseg.cluster import DaskSession, TaskSlots
+    from geoseg.dask.session import DaskSession
+    from geoseg.dask.stream import TaskSlots
     from geoseg.prediction.plan import PredictPlan
     from geoseg.progress import Progress
 
@@ -97,7 +98,7 @@ def predict(
     where a tile task fails and lists those windows (result ``skipped``, and a JSON report
     beside the output) instead of failing the run. ``client``: an existing
     ``distributed.Client`` (else ``scheduler``, else ``workers`` local worker processes, else
-    one worker in this process: see :func:`geoseg.cluster.inference_session`).
+    one worker in this process: see :func:`geoseg.dask.session.inference_session`).
     ``verbose`` lets the local workers' own logs through to stderr.
 
     ``confidence``: also write the winning class's probability as one uint8 band (1-255; 0 is
@@ -115,7 +116,7 @@ def predict(
     are locked (shared: a batch job cannot clean them up meanwhile); the outputs are committed
     all or nothing, polygons included.
     """
-    from geoseg.cluster import inference_session
+    from geoseg.dask.session import inference_session
     from geoseg.fs import lock_output_folders
     from geoseg.prediction.plan import plan_predict
     from geoseg.progress import Progress
@@ -158,9 +159,9 @@ def execute(
     all or nothing (stages 2 and 3; the caller holds the output folders' locks).
 
     :func:`predict` calls it for one scene; a batch calls it for several scenes at once, their
-    tasks drawing on one :class:`~geoseg.cluster.TaskSlots` (``max_in_flight``).
+    tasks drawing on one :class:`~geoseg.dask.stream.TaskSlots` (``max_in_flight``).
     """
-    from geoseg.cluster import dashboard_link
+    from geoseg.dask.session import dashboard_link
     from geoseg.prediction.cells_state import finished_cells, run_token, start_cells
     from geoseg.prediction.run import raster_metas, run_cells
     from geoseg.prediction.write import finish_cells, write_cell_outputs, write_vector

@@ -22,7 +22,7 @@ from geoseg.raster.blocks import RasterSpec, cog_tags, encode_tiles, overview_co
 from geoseg.errors import write_failed
 from geoseg.stitch import TileResult
 from geoseg.raster.tiff import write_cog
-from geoseg.worker import TileTask, run_tile_task
+from geoseg.prediction.tasks import run_tile_task, TileTask
 
 
 @dataclass(frozen=True)

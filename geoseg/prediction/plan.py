@@ -30,7 +30,7 @@ from geoseg.options import PredictOptions
 from geoseg.prediction.cells import CellLayout, check_cell_size, internal_cell_size
 from geoseg.prediction.destinations import Destinations, check_destinations
 from geoseg.tiling import TileGrid, auto_margin, round_up
-from geoseg.worker import TileTask
+from geoseg.prediction.tasks import TileTask
 
 if TYPE_CHECKING:
     from geoseg.prediction.cell_task import CellTask

@@ -1,7 +1,7 @@
 """Predict, stage 2: the plan's tasks on the Dask cluster, a bounded number in flight.
 
 Tasks carry paths, windows and the model's path and hash (the file itself reaches workers once
-through :class:`geoseg.cluster.ModelPlugin`); keys are deterministic. Results come back as
+through :class:`geoseg.dask.plugin.ModelPlugin`); keys are deterministic. Results come back as
 they complete, for :mod:`geoseg.prediction.write` to write at once.
 """
 
@@ -13,14 +13,16 @@ from typing import Any, Iterator, Sequence, cast
 
 from affine import Affine
 
-from geoseg.cluster import DaskSession, TaskSlots, cpu_count, send_model, stream
+from geoseg.dask.plugin import send_model
+from geoseg.dask.session import cpu_count, DaskSession
+from geoseg.dask.stream import stream, TaskSlots
 from geoseg.raster.scenes import file_token
 from geoseg.prediction.cell_task import CellResult, CellTask, RasterMeta, run_cell_task
 from geoseg.prediction.plan import PredictPlan, block_cache_need, plan_tasks
 from geoseg.stitch import TileResult
 from geoseg.errors import TileError
 from geoseg.paths import describe
-from geoseg.worker import TileTask, nodata_results, run_tile_task, tiles_text
+from geoseg.prediction.tasks import nodata_results, run_tile_task, tiles_text, TileTask
 
 
 @dataclass

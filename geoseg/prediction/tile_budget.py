@@ -215,7 +215,7 @@ def default_budget(device: str, task_threads: int | None = None) -> int:
         free, _ = torch.cuda.mem_get_info(torch.device(device))
         return int(free * GPU_MEMORY_SHARE)
     if task_threads is None:
-        from geoseg.cluster import INFERENCE_THREADS
+        from geoseg.dask.session import INFERENCE_THREADS
 
         task_threads = INFERENCE_THREADS
     return int(memory_limit() * MEMORY_SHARE / max(1, task_threads))
@@ -442,7 +442,7 @@ def auto_tile_within_budget(
     built: list[bool] = []
 
     def build() -> Any:
-        from geoseg.worker import _build_engine  # the worker's own engine, with its settings
+        from geoseg.prediction.worker_models import _build_engine  # the worker's own engine, with its settings
 
         return _build_engine(model.path, model.sha256, dev, name, options, None)
 

@@ -32,7 +32,7 @@ from geoseg.progress import Progress
 from geoseg.stitch import TileResult
 
 if TYPE_CHECKING:
-    from geoseg.cluster import TaskSlots
+    from geoseg.dask.stream import TaskSlots
 
 
 @dataclass

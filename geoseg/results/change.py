@@ -29,7 +29,7 @@ from geoseg.results.classes import colour_of, name_of, raster_class_info
 from geoseg.results.tables import check_table_path, stage_table
 
 if TYPE_CHECKING:
-    from geoseg.cluster import TaskSlots
+    from geoseg.dask.stream import TaskSlots
 
 #: Columns of the transition table.
 COLUMNS = ("value", "from", "from_name", "to", "to_name", "changed", "pixels", "area_m2", "area_ha")
@@ -214,7 +214,7 @@ def change(
     .csv or .parquet) and the changes' polygons (``vector``, as :func:`geoseg.vector.vectorize.vectorize`
     writes them, with ``vector_options``). Classes are matched by name; AFTER is resampled onto
     BEFORE's grid by nearest neighbour when the grids differ."""
-    from geoseg.cluster import cpu_count, dask_session
+    from geoseg.dask.session import cpu_count, dask_session
     from geoseg.raster.sink import open_sinks, RasterSink
     from geoseg.progress import Progress
 
@@ -299,7 +299,7 @@ def change(
 def _stream(client: Any, func: Any, tasks: list[ChangeTask], limit: int | TaskSlots, name: str) -> Any:
     from dask.base import tokenize
 
-    from geoseg.cluster import stream
+    from geoseg.dask.stream import stream
     from geoseg.raster.scenes import file_token
 
     stat = (file_token(tasks[0].before), file_token(tasks[0].after)) if tasks else None

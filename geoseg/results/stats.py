@@ -31,7 +31,7 @@ from geoseg.results.classes import name_of, raster_class_info
 from geoseg.results.tables import check_table_path, publish, stage_table
 
 if TYPE_CHECKING:
-    from geoseg.cluster import TaskSlots
+    from geoseg.dask.stream import TaskSlots
 
 #: Output formats of ``geoseg stats`` by extension.
 STATS_FORMATS = (".csv", ".parquet", ".gpkg")
@@ -459,7 +459,8 @@ def stats(
     (or the raster's) valid area. Block by block on the Dask cluster (``client``, ``scheduler``
     or ``workers`` local processes), at most ``max_in_flight`` blocks at a time.
     """
-    from geoseg.cluster import cpu_count, dask_session, stream
+    from geoseg.dask.session import cpu_count, dask_session
+    from geoseg.dask.stream import stream
     from geoseg.progress import Progress
 
     t0 = time.perf_counter()

@@ -732,7 +732,8 @@ def _run_tasks(tasks: list[ChipTask], client: Any, scheduler: str | None,
                workers: int | None) -> list[ChipOutcome]:
     """Run the chip tasks (bounded, in Dask); outcomes in task order, as planned. Work still
     pending when one task fails is cancelled."""
-    from geoseg.cluster import dask_session, stream
+    from geoseg.dask.session import dask_session
+    from geoseg.dask.stream import stream
 
     by_task: dict[int, list[ChipOutcome]] = {}
     with dask_session(client, scheduler, workers, processes=False) as session:

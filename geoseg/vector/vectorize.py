@@ -42,7 +42,7 @@ from geoseg.options import VECTOR_FORMATS
 from geoseg.vector.styles import qml_sidecar, raster_classes, write_gpkg_style, write_qml_sidecar
 
 if TYPE_CHECKING:
-    from geoseg.cluster import TaskSlots
+    from geoseg.dask.stream import TaskSlots
 
 
 @dataclass(frozen=True)
@@ -414,11 +414,11 @@ def vectorize(
     (GeoPackage: its ``layer_styles`` table; other formats: a ``.qml`` sidecar).
     ``verbose`` lets the local workers' own logs through to stderr.
     ``max_in_flight``: block tasks in flight (default: two block rows, at least 2 per worker
-    thread), or :class:`~geoseg.cluster.TaskSlots` shared with other work (a batch's scenes).
+    thread), or :class:`~geoseg.dask.stream.TaskSlots` shared with other work (a batch's scenes).
     """
     import shapely
 
-    from geoseg.cluster import cpu_count, dask_session
+    from geoseg.dask.session import cpu_count, dask_session
     from geoseg.progress import Progress
 
     t0 = time.perf_counter()
@@ -577,7 +577,7 @@ def _rows(client: Any, tasks: list[BlockTask], cols: int, limit: int | TaskSlots
     """Block rows in order, computed with at most ``limit`` block tasks in flight."""
     from dask.base import tokenize
 
-    from geoseg.cluster import stream
+    from geoseg.dask.stream import stream
     from geoseg.raster.scenes import file_token
 
     stat = file_token(tasks[0].raster) if tasks else None
