@@ -93,7 +93,7 @@ def read(path: Path) -> np.ndarray:
 def run_reference(model: Path, scene: Path, out: Path) -> dict[str, Any]:
     """Classes from one ONNX Runtime pass over the whole scene, mirror-padded by geoseg's margin
     (and to the output stride)."""
-    from geoseg.engines.onnx_cpu import make_session
+    from geoseg.models.ort_session import make_session
     from geoseg.models.load import read_model_config
     from geoseg.tiling import auto_margin, round_up
 

@@ -27,7 +27,7 @@ import rasterio
 import torch
 
 import geoseg
-from geoseg.infer import InferenceOptions, forward, normalize
+from geoseg.engines.infer import InferenceOptions, forward, normalize
 from geoseg.models.load import load_model
 from geoseg.dask.processes import worker_commands
 

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from geoseg.training.chips import load_manifest, make_chips, manifest_classes
-from geoseg.crf import CRFParams
+from geoseg.engines.crf import CRFParams
 from geoseg.training.datasets import IGNORE_INDEX, ChipDataset
-from geoseg.infer import InferenceOptions, forward
+from geoseg.engines.infer import InferenceOptions, forward
 from geoseg.training.metrics import Scores, confusion_matrix
 from geoseg.models.load import load_model
 from geoseg.models.dilation import GriddingWarning

@@ -37,7 +37,7 @@ import geoseg
 from geoseg.training.chips import load_manifest, make_chips, manifest_classes
 from geoseg.dask.session import dask_session
 from geoseg.training.datasets import IGNORE_INDEX, ChipDataset
-from geoseg.infer import normalize
+from geoseg.engines.infer import normalize
 from geoseg.training.metrics import Scores, confusion_matrix
 from geoseg.training.train import train
 

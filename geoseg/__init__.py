@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from geoseg.version import __version__
 
 # geoseg.prediction (the package: plan, run, write) imports neither torch nor dask; the
 # function is geoseg.predict, a different name, so ``geoseg.prediction.plan`` is never shadowed.

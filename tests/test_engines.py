@@ -21,7 +21,7 @@ from geoseg.errors import CheckpointError, ModelError
 from geoseg.prediction.plan import plan_tasks
 from geoseg.prediction.tasks import run_tile_task
 from geoseg.prediction.worker_models import worker_engine
-from geoseg.infer import InferenceOptions, forward, normalize
+from geoseg.engines.infer import InferenceOptions, forward, normalize
 from geoseg.models.checkpoint import DATA_DIR, file_sha256
 from geoseg.models.load import load_model
 from geoseg.models.onnx import cache_dir

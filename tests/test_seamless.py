@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from geoseg.prediction.plan import plan_tasks
 from geoseg.prediction.tasks import run_tile_task
-from geoseg.infer import normalize
+from geoseg.engines.infer import normalize
 from geoseg.models.checkpoint import file_sha256
 from geoseg.models.load import load_model
 from geoseg.tiling import TileGrid, auto_margin, round_up

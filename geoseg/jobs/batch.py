@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 
 import yaml
 
-from geoseg import __version__
+from geoseg.version import __version__
 from geoseg.errors import GeosegError, JobError, JobLockedError, first_line
 from geoseg.fs import write_json_atomic
 from geoseg.paths import is_virtual

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import yaml
 
-from geoseg import __version__
+from geoseg.version import __version__
 from geoseg.errors import GeosegError, JobError, first_line
 from geoseg.options import MapOptions, PredictOptions, job_schema
 

@@ -18,28 +18,13 @@ from typing import Any
 import numpy as np
 from rasterio.windows import Window
 
-from geoseg.raster.blocks import RasterSpec, cog_tags, encode_tiles, overview_count, reduce2
+from geoseg.raster.blocks import RasterMeta, RasterSpec, cog_tags, encode_tiles, overview_count, reduce2  # noqa: F401 (RasterMeta: re-exported)
 from geoseg.errors import write_failed
-from geoseg.stitch import TileResult
+from geoseg.prediction.stitch import TileResult
 from geoseg.raster.tiff import write_cog
 from geoseg.prediction.tasks import run_tile_task, TileTask
 
 
-@dataclass(frozen=True)
-class RasterMeta:
-    """An output raster's spec and what GIS software shows of it (colour table, metadata)."""
-
-    spec: RasterSpec
-    #: class value -> RGBA, for a class raster
-    colormap: tuple[tuple[int, tuple[int, int, int, int]], ...] = ()
-    tags: tuple[tuple[str, str], ...] = ()
-    descriptions: tuple[str, ...] = ()
-
-    def tiff_tags(self, width: int, height: int, crs: Any, transform: Any) -> Any:
-        """The full-resolution IFD tags of this raster's COG at that size and place."""
-        return cog_tags(self.spec, width, height, crs=crs, transform=transform,
-                        colormap=dict(self.colormap) or None, tags=dict(self.tags),
-                        descriptions=self.descriptions)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from typing import Sequence
 
 from geoseg.errors import OutputError
 from geoseg.raster.scenes import file_token
-from geoseg.prediction.cell_task import RasterMeta
+from geoseg.raster.blocks import RasterMeta
 from geoseg.prediction.destinations import CELLS_MARKER
 from geoseg.prediction.plan import PredictPlan
 

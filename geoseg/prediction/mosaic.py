@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Sequence
 from xml.sax.saxutils import escape, quoteattr
 
-from geoseg.prediction.cell_task import RasterMeta
+from geoseg.raster.blocks import RasterMeta
 from geoseg.prediction.cells import CellLayout
 
 if TYPE_CHECKING:

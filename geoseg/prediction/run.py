@@ -17,9 +17,10 @@ from geoseg.dask.plugin import send_model
 from geoseg.dask.session import cpu_count, DaskSession
 from geoseg.dask.stream import stream, TaskSlots
 from geoseg.raster.scenes import file_token
-from geoseg.prediction.cell_task import CellResult, CellTask, RasterMeta, run_cell_task
+from geoseg.raster.blocks import RasterMeta
+from geoseg.prediction.cell_task import CellResult, CellTask, run_cell_task
 from geoseg.prediction.plan import PredictPlan, block_cache_need, plan_tasks
-from geoseg.stitch import TileResult
+from geoseg.prediction.stitch import TileResult
 from geoseg.errors import TileError
 from geoseg.paths import describe
 from geoseg.prediction.tasks import nodata_results, run_tile_task, tiles_text, TileTask

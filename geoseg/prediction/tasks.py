@@ -22,7 +22,7 @@ from geoseg.prediction.worker_models import (
     worker_engine,
 )
 from geoseg.raster.pool import TileReader
-from geoseg.stitch import TileResult, core_result
+from geoseg.prediction.stitch import TileResult, core_result
 from geoseg.tiling import Tile
 
 

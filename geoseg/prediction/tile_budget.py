@@ -351,7 +351,7 @@ def measure_tile(build: Callable[[], Any], tile: int, tiles: int, channels: int,
 
 def cost_cache_path(sha256: str, engine: str, device: str, options: "InferenceOptions") -> Path:
     """Where the costs of the model with content hash ``sha256`` on this engine and device are kept."""
-    from geoseg import __version__
+    from geoseg.version import __version__
     from geoseg.model_cache import model_cache_dir
 
     variant = json.dumps([COST_FORMAT, __version__, engine, device, repr(options)])

@@ -24,12 +24,13 @@ from geoseg.memory import trim_heap
 from geoseg.classes import class_raster_dtype, class_tags
 from geoseg.fs import stage_json, write_bytes_atomic
 from geoseg.raster.sink import open_sinks, RasterSink
-from geoseg.prediction.cell_task import CellResult, RasterMeta
+from geoseg.prediction.cell_task import CellResult
+from geoseg.raster.blocks import RasterMeta
 from geoseg.prediction.destinations import CELLS_MARKER, Destinations
 from geoseg.paths import describe
 from geoseg.prediction.plan import PredictPlan
 from geoseg.progress import Progress
-from geoseg.stitch import TileResult
+from geoseg.prediction.stitch import TileResult
 
 if TYPE_CHECKING:
     from geoseg.dask.stream import TaskSlots

@@ -176,3 +176,20 @@ def cog_tags(
 
 
 __all__ = ["BLOCK", "Encoding", "RasterSpec", "cog_tags", "encode_tiles", "overview_count", "reduce2"]
+
+
+@dataclass(frozen=True)
+class RasterMeta:
+    """An output raster's spec and what GIS software shows of it (colour table, metadata)."""
+
+    spec: RasterSpec
+    #: class value -> RGBA, for a class raster
+    colormap: tuple[tuple[int, tuple[int, int, int, int]], ...] = ()
+    tags: tuple[tuple[str, str], ...] = ()
+    descriptions: tuple[str, ...] = ()
+
+    def tiff_tags(self, width: int, height: int, crs: Any, transform: Any) -> Any:
+        """The full-resolution IFD tags of this raster's COG at that size and place."""
+        return cog_tags(self.spec, width, height, crs=crs, transform=transform,
+                        colormap=dict(self.colormap) or None, tags=dict(self.tags),
+                        descriptions=self.descriptions)

@@ -23,7 +23,7 @@ from rasterio.windows import Window
 
 from geoseg.raster.blocks import BLOCK, encode_tiles, overview_count, reduce2
 from geoseg.fs import remove_quietly, temporary_sibling
-from geoseg.prediction.cell_task import RasterMeta
+from geoseg.raster.blocks import RasterMeta
 from geoseg.raster.tiff import write_cog
 
 #: Rows of the coarse levels reduced and compressed at a time (even, a multiple of the block).

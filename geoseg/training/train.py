@@ -19,12 +19,12 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from geoseg import __version__
+from geoseg.version import __version__
 from geoseg.training.chips import load_manifest, manifest_classes
 from geoseg.classes import IGNORE_VALUE
 from geoseg.training.datasets import ChipDataset
 from geoseg.errors import ChipError, OutputError, TrainingError, first_line
-from geoseg.infer import resolve_device
+from geoseg.engines.infer import resolve_device
 from geoseg.fs import atomic_path, check_output_path, remove_quietly
 from geoseg.training.metrics import Scores, confusion_matrix
 from geoseg.models import create_model, get_architecture, output_stride

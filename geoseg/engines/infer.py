@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from geoseg.crf import dense_crf
+from geoseg.engines.crf import dense_crf
 from geoseg.errors import ModelError, OptionError
 from geoseg.normalize import normalize
 from geoseg.options import PRECISIONS, TTA_MODES, InferenceOptions
