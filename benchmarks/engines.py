@@ -39,7 +39,7 @@ from rasterio.windows import Window
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from predict import LANDSAT, build_scene, run_predict  # noqa: E402  (benchmarks/predict.py)
 
-from geoseg.engines.onnx_cpu import cpu_runs  # noqa: E402
+from geoseg.engines.fused import cpu_runs  # noqa: E402
 from geoseg.models.ort_session import make_session  # noqa: E402
 from geoseg.classes import ClassInfo
 from geoseg.raster.read import open_scene

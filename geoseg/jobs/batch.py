@@ -706,7 +706,7 @@ def _one_scene(job: Job, scene: str, model: Any, session: Any, slots: Any, bar: 
     ``opened`` is called once the scene's tasks are known (or it failed before that)."""
     from geoseg.prediction import execute
     from geoseg.prediction.plan import plan_predict
-    from geoseg.prediction.write import skipped_report_path
+    from geoseg.prediction.destinations import skipped_report_path
 
     t = time.perf_counter()
     try:

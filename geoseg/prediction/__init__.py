@@ -201,7 +201,7 @@ def execute(
     else:
         skipped = write_cell_outputs(plan, run.results, metas, progress, overwrite, then=polygons)
         if dest.remote:
-            from geoseg.prediction.write import skipped_report_path
+            from geoseg.prediction.destinations import skipped_report_path
 
             staged = [(dest.local[m.spec.name], dest.final(m.spec.name)) for m in metas]
             if skipped:

@@ -135,3 +135,8 @@ def _check_cells(dest: Destinations, overwrite: bool) -> Destinations:
     for n in names:
         dest.local[n] = folder / n
     return dest
+
+
+def skipped_report_path(output: Path) -> Path:
+    """Where the windows written as nodata under ``on_error="skip"`` are listed."""
+    return output.with_name(output.name + ".skipped.json")

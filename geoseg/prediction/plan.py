@@ -167,7 +167,7 @@ def plan_predict(
     """
     from geoseg.models.config import resolve_model_path
     from geoseg.models.load import read_model_config
-    from geoseg.prediction.write import skipped_report_path
+    from geoseg.prediction.destinations import skipped_report_path
 
     from geoseg.objectstore import is_s3_url, to_vsis3
 

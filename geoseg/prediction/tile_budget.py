@@ -415,7 +415,7 @@ def auto_tile_within_budget(
     """The automatic tile for this scene, model and engine (see the module's docstring):
     costs measured on this machine once per model, engine and device, and kept."""
     from geoseg.engines import device_name, resolve_engine
-    from geoseg.engines.onnx_cpu import CPU_RUN_PIXELS
+    from geoseg.engines.fused import CPU_RUN_PIXELS
 
     dev = device_name(device)
     cuda = dev.startswith("cuda")

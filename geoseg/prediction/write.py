@@ -26,7 +26,7 @@ from geoseg.fs import stage_json, write_bytes_atomic
 from geoseg.raster.sink import open_sinks, RasterSink
 from geoseg.prediction.cell_task import CellResult
 from geoseg.raster.blocks import RasterMeta
-from geoseg.prediction.destinations import CELLS_MARKER, Destinations
+from geoseg.prediction.destinations import CELLS_MARKER, Destinations, skipped_report_path
 from geoseg.paths import describe
 from geoseg.prediction.plan import PredictPlan
 from geoseg.progress import Progress
@@ -90,11 +90,6 @@ def write_outputs(plan: PredictPlan, results: Iterable[list[TileResult]], progre
         with contextlib.suppress(FileNotFoundError):
             report.unlink()
     return skipped
-
-
-def skipped_report_path(output: Path) -> Path:
-    """Where the windows written as nodata under ``on_error="skip"`` are listed."""
-    return output.with_name(output.name + ".skipped.json")
 
 
 def skipped_report(scene: str, skipped: list[SkippedTile]) -> dict[str, Any]:
