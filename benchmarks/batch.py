@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 
-from geoseg.batch import run_batch
-from geoseg.cluster import dask_session
+from geoseg.jobs.batch import run_batch
+from geoseg.dask.session import dask_session
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from predict import LANDSAT, ROOT, build_scene  # noqa: E402  (benchmarks/predict.py)

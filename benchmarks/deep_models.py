@@ -93,7 +93,7 @@ def read(path: Path) -> np.ndarray:
 def run_reference(model: Path, scene: Path, out: Path) -> dict[str, Any]:
     """Classes from one ONNX Runtime pass over the whole scene, mirror-padded by geoseg's margin
     (and to the output stride)."""
-    from geoseg.engines.onnx_cpu import make_session
+    from geoseg.models.ort_session import make_session
     from geoseg.models.load import read_model_config
     from geoseg.tiling import auto_margin, round_up
 
@@ -154,7 +154,7 @@ def run_geoseg(model: Path, scene: Path, out: Path, extra: list[str]) -> dict[st
 def run_measure(model: Path, scene: Path) -> dict[str, Any]:
     """The one-off measurement of the model's memory and time per tile (cached afterwards)."""
     from geoseg.options import PredictOptions
-    from geoseg.predict.plan import plan_predict
+    from geoseg.prediction.plan import plan_predict
 
     plan = plan_predict(scene, scene.with_name("plan-only.tif"), model, PredictOptions(), overwrite=True)
     assert plan.tile_choice is not None

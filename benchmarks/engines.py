@@ -39,13 +39,16 @@ from rasterio.windows import Window
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from predict import LANDSAT, build_scene, run_predict  # noqa: E402  (benchmarks/predict.py)
 
-from geoseg.engines.onnx_cpu import cpu_runs, make_session  # noqa: E402
-from geoseg.io import ClassInfo, RasterSink, open_scene  # noqa: E402
+from geoseg.engines.fused import cpu_runs  # noqa: E402
+from geoseg.models.ort_session import make_session  # noqa: E402
+from geoseg.classes import ClassInfo
+from geoseg.raster.read import open_scene
+from geoseg.raster.sink import RasterSink  # noqa: E402
 from geoseg.models import create_model, list_models, output_stride  # noqa: E402
 from geoseg.models.checkpoint import build_config, save_model  # noqa: E402
 from geoseg.models.load import load_model  # noqa: E402
 from geoseg.models.onnx import export_network  # noqa: E402
-from geoseg.predict.plan import auto_tile  # noqa: E402
+from geoseg.prediction.plan import auto_tile  # noqa: E402
 from geoseg.tiling import TileGrid, auto_margin  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -27,9 +27,9 @@ import rasterio
 import torch
 
 import geoseg
-from geoseg.infer import InferenceOptions, forward, normalize
+from geoseg.engines.infer import InferenceOptions, forward, normalize
 from geoseg.models.load import load_model
-from geoseg.cluster import worker_commands
+from geoseg.dask.processes import worker_commands
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,7 +92,7 @@ def engine_rates(model: str | None, tile: int, batch: int, device: str, seconds:
     forward, argmax and uint8 probabilities back) per engine and setting on ``device``."""
     from geoseg.engines import onnxruntime_available
     from geoseg.models.checkpoint import file_sha256, resolve_model_path
-    from geoseg.worker import worker_engine
+    from geoseg.prediction.worker_models import worker_engine
 
     path, _ = resolve_model_path(model)
     sha = file_sha256(path)

@@ -24,14 +24,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from geoseg.chips import load_manifest, make_chips, manifest_classes
-from geoseg.crf import CRFParams
-from geoseg.datasets import IGNORE_INDEX, ChipDataset
-from geoseg.infer import InferenceOptions, forward
-from geoseg.metrics import Scores, confusion_matrix
+from geoseg.training.chips import load_manifest, make_chips, manifest_classes
+from geoseg.engines.crf import CRFParams
+from geoseg.training.datasets import IGNORE_INDEX, ChipDataset
+from geoseg.engines.infer import InferenceOptions, forward
+from geoseg.training.metrics import Scores, confusion_matrix
 from geoseg.models.load import load_model
 from geoseg.models.dilation import GriddingWarning
-from geoseg.train import train
+from geoseg.training.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENE = ROOT.parent / "shared" / "data" / "labeled" / "s2_brandenburg_osm"

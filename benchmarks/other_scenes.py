@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from geoseg.chips import load_manifest, make_chips, manifest_classes
-from geoseg.cluster import connect
-from geoseg.datasets import IGNORE_INDEX, ChipDataset
+from geoseg.training.chips import load_manifest, make_chips, manifest_classes
+from geoseg.dask.session import connect
+from geoseg.training.datasets import IGNORE_INDEX, ChipDataset
 from geoseg.errors import GeosegError
-from geoseg.metrics import Scores, confusion_matrix
-from geoseg.train import train
+from geoseg.training.metrics import Scores, confusion_matrix
+from geoseg.training.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "labeled"

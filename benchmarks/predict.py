@@ -26,13 +26,13 @@ import rasterio
 import torch
 from rasterio.windows import Window
 
-from geoseg.io import ClassInfo
+from geoseg.classes import ClassInfo
 from geoseg.models import create_model
 from geoseg.models.checkpoint import build_config, file_sha256, save_model
 from geoseg.models.load import load_model
 from geoseg.models.onnx import cached_onnx
 from geoseg.options import PredictOptions
-from geoseg.predict.plan import plan_predict
+from geoseg.prediction.plan import plan_predict
 from geoseg.tiling import TileGrid, auto_margin, reflect_index
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,7 +86,7 @@ def forward_throughput(model_path: Path, tile: int, batch: int, rounds: int = 4,
 def forward_in_worker(model_path: Path, tile: int, batch: int) -> float:
     """The same measurement inside a Dask worker process started as geoseg predict starts it
     (same process type, environment and torch threads), so the ratio compares like with like."""
-    from geoseg.cluster import connect, cpu_count
+    from geoseg.dask.session import connect, cpu_count
 
     client, cluster = connect(None, None)
     try:
@@ -195,7 +195,7 @@ def main() -> None:
         assert layout is not None
         wall, peak = run_predict(scene, work / f"classes-{size}.tif", model, args.tile, args.batch_size)
         mp = size * size / 1e6
-        # the network input the run computes: each cell re-balances its tiles (geoseg.predict.cells)
+        # the network input the run computes: each cell re-balances its tiles (geoseg.prediction.cells)
         network_mp = layout.overlap_factor * mp
         grid = max((c.grid for c in layout), key=len)
         rows.append({

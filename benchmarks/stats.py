@@ -79,7 +79,7 @@ def make_inputs(folder: Path, n: int, zones: int, rng: np.random.Generator) -> t
     from scipy.ndimage import gaussian_filter, zoom
     from scipy.stats import norm
 
-    from geoseg.io import CLASS_NODATA, ClassInfo, class_tags
+    from geoseg.classes import CLASS_NODATA, class_tags, ClassInfo
     from tests.test_results_stats import write_zones
 
     path, zones_path = folder / f"classes-{n}.tif", folder / f"zones-{n}-{zones}.gpkg"

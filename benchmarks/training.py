@@ -34,12 +34,12 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 import geoseg
-from geoseg.chips import load_manifest, make_chips, manifest_classes
-from geoseg.cluster import dask_session
-from geoseg.datasets import IGNORE_INDEX, ChipDataset
-from geoseg.infer import normalize
-from geoseg.metrics import Scores, confusion_matrix
-from geoseg.train import train
+from geoseg.training.chips import load_manifest, make_chips, manifest_classes
+from geoseg.dask.session import dask_session
+from geoseg.training.datasets import IGNORE_INDEX, ChipDataset
+from geoseg.engines.infer import normalize
+from geoseg.training.metrics import Scores, confusion_matrix
+from geoseg.training.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "labeled"

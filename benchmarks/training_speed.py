@@ -35,7 +35,7 @@ SETTINGS = {"fp32": (False, False), "channels-last": (False, True), "bf16": (Tru
 
 def native_bf16() -> bool:
     """Whether this CPU has bf16 arithmetic (AMX tiles or AVX-512 BF16), as train's ``auto`` asks."""
-    from geoseg.train import cpu_has_native_bf16
+    from geoseg.training.train import cpu_has_native_bf16
 
     return cpu_has_native_bf16()
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from geoseg.version import __version__
 
-# geoseg.predict imports neither torch nor dask; importing it here also keeps the name
-# ``geoseg.predict`` bound to the function (not the package) once its stages are imported.
-from geoseg.predict import PredictResult, predict  # noqa: E402
+# geoseg.prediction (the package: plan, run, write) imports neither torch nor dask; the
+# function is geoseg.predict, a different name, so ``geoseg.prediction.plan`` is never shadowed.
+from geoseg.prediction import PredictResult, predict  # noqa: E402
 from geoseg.mapping import map  # noqa: E402,A004 - geoseg.map: many scenes, one seamless map
 
 if TYPE_CHECKING:  # pragma: no cover

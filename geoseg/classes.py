@@ -4,7 +4,9 @@ Imports nothing of geoseg but its errors, so models need not import training to 
 
 from __future__ import annotations
 
-from typing import Mapping
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
 
 from geoseg.errors import ChipError
 
@@ -70,3 +72,45 @@ def parse_value_map(text: str | None) -> dict[str, int] | None:
         except ValueError:
             raise ChipError(f"--value-map value {v!r} for {k!r} is not an integer") from None
     return out
+
+
+#: Class id written where the scene has no data (and so no prediction), in uint8 class rasters.
+CLASS_NODATA = 255
+
+
+#: The same in uint16 class rasters, for models with class values above 254.
+CLASS_NODATA_16 = 65535
+
+
+def class_raster_dtype(values: Sequence[int]) -> tuple[str, int]:
+    """``(dtype, nodata)`` of the class raster for these class values: uint8 with nodata 255 while
+    every value fits in 0..254, else uint16 with nodata 65535. The one place this is decided
+    (sinks, the worker's argmax lookup, engines)."""
+    top = max((int(v) for v in values), default=0)
+    return ("uint8", CLASS_NODATA) if top < CLASS_NODATA else ("uint16", CLASS_NODATA_16)
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    """A class as written into the output raster: value, name and RGB colour."""
+
+    value: int
+    name: str
+    color: tuple[int, int, int]
+
+
+def class_tags(classes: Sequence[ClassInfo], model_name: str) -> dict[str, str]:
+    """Metadata that names the classes, readable by gdalinfo and QGIS."""
+    return {
+        "GEOSEG_CLASSES": json.dumps([{"value": c.value, "name": c.name} for c in classes]),
+        "GEOSEG_MODEL": model_name,
+        **{f"CLASS_{c.value}": c.name for c in classes},
+    }
+
+
+def read_class_names(src: Any) -> dict[int, str]:
+    """Class value -> name from the metadata :func:`class_tags` writes (empty if absent)."""
+    try:
+        return {int(c["value"]): str(c["name"]) for c in json.loads(src.tags().get("GEOSEG_CLASSES", "[]"))}
+    except (ValueError, KeyError, TypeError):
+        return {}

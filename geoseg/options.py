@@ -212,7 +212,7 @@ class PredictOptions:
 
     @property
     def memory_budget_bytes(self) -> int | None:
-        """``memory_budget`` in bytes (None: the default, see :func:`geoseg.predict.tile_budget.default_budget`)."""
+        """``memory_budget`` in bytes (None: the default, see :func:`geoseg.prediction.tile_budget.default_budget`)."""
         from geoseg.memory import parse_size
 
         return None if self.memory_budget is None else parse_size(self.memory_budget)
@@ -332,7 +332,7 @@ VECTOR_FORMAT_HELP = " ".join(f".{n}" for n in VECTOR_FORMAT_NAMES)
 
 @dataclass(frozen=True)
 class VectorOptions:
-    """How a class raster becomes polygons: ``geoseg.vectorize`` keywords, ``geoseg vectorize``
+    """How a class raster becomes polygons: ``geoseg.vector.vectorize`` keywords, ``geoseg vectorize``
     options and the job file's ``vector`` keys (plus ``format``)."""
 
     connectivity: Literal[4, 8] = field(default=4, metadata=_help(

@@ -18,7 +18,7 @@ def sample_scene_path() -> Path:
 
 def run_demo(output_dir: str | Path = "demo-output", overwrite: bool = False, quiet: bool = False) -> Any:
     """Segment the sample scene with the built-in model into ``output_dir``."""
-    from geoseg.predict import predict
+    from geoseg.prediction import predict
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)

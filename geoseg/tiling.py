@@ -180,7 +180,7 @@ class TileGrid:
         A group inside one row is a single compact window to read. Going down a band rather than
         along whole rows keeps the scene blocks that consecutive tasks share (a row of tiles'
         bottom margin is the next row's top margin) to a band's width, whatever the scene's
-        width, so a small block cache holds them (:func:`geoseg.predict.plan.block_cache_need`).
+        width, so a small block cache holds them (:func:`geoseg.prediction.plan.block_cache_need`).
         """
         per_group = max(1, per_group)
         bands = -(-self.cols // per_group)

@@ -88,7 +88,7 @@ def make_model_file(
     neighbouring pixels get different classes and seams would show."""
     import torch
 
-    from geoseg.io import ClassInfo
+    from geoseg.classes import ClassInfo
     from geoseg.models import create_model
     from geoseg.models.checkpoint import build_config, save_model
 

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 from rio_cogeo.cogeo import cog_validate
 
-from geoseg.batch import JobError, JobLockedError, job_lock, load_job, run_batch
+from geoseg.jobs.batch import JobError, JobLockedError, job_lock, load_job, run_batch
 from geoseg.cli.main import cli
 from tests.conftest import random_scene, write_raster
 
@@ -164,7 +164,7 @@ def test_shared_slots_bound_every_stream_and_cancel_stops_them(dask_client: Any)
     """Two streams drawing on one budget never exceed it together; cancel() stops both at once."""
     import threading
 
-    from geoseg.cluster import TaskSlots, stream
+    from geoseg.dask.stream import stream, TaskSlots
 
     slots = TaskSlots(2)
     peak, results, errors = [0], {0: [], 1: []}, []

@@ -11,7 +11,7 @@ import rasterio
 from click.testing import CliRunner
 from rasterio.transform import from_origin
 
-from geoseg.chips import load_manifest, make_chips
+from geoseg.training.chips import load_manifest, make_chips
 from geoseg.cli.main import cli
 from geoseg.errors import ChipError, SceneError
 from tests.conftest import labeled_scene, write_raster
@@ -191,7 +191,7 @@ def snapshot(root: Path) -> dict[str, bytes]:
 def test_a_failed_or_interrupted_run_leaves_the_folder_exactly_as_it_was(
     tmp_path: Path, rng: np.random.Generator, dask_client: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import geoseg.chips
+    import geoseg.training.chips
 
     img, lab = tmp_path / "i.tif", tmp_path / "l.tif"
     labeled_scene(img, lab, rng, 96, 96)
@@ -215,7 +215,7 @@ def test_a_failed_or_interrupted_run_leaves_the_folder_exactly_as_it_was(
         raise KeyboardInterrupt
 
     # interrupted while the new chips are being moved in: the moves are undone
-    monkeypatch.setattr(geoseg.chips, "_update_manifest", interrupted)
+    monkeypatch.setattr(geoseg.training.chips, "_update_manifest", interrupted)
     with pytest.raises(KeyboardInterrupt):
         make_chips([(str(img), str(lab))], out, size=32, ignore_value=0, client=dask_client)
     assert snapshot(out) == before
@@ -224,7 +224,7 @@ def test_a_failed_or_interrupted_run_leaves_the_folder_exactly_as_it_was(
 
 def test_a_folder_takes_one_chip_run_at_a_time(tmp_path: Path, pair: tuple[Path, Path, np.ndarray],
                                                dask_client: object) -> None:
-    from geoseg.io import folder_lock
+    from geoseg.fs import folder_lock
 
     img, lab, _ = pair
     out = tmp_path / "chips"
@@ -303,7 +303,7 @@ def test_defaults_fit_a_small_scene_with_nodata_borders(tmp_path: Path, rng: np.
 
 
 def test_plan_windows_cover_the_scene_without_crossing_blocks() -> None:
-    from geoseg.chips import auto_chip_size, auto_split_block, plan_windows
+    from geoseg.training.chips import auto_chip_size, auto_split_block, plan_windows
 
     for height, width, stride in ((100, 150, 32), (293, 443, 64), (512, 512, 32), (40, 33, 32)):
         size = auto_chip_size(height, width)
@@ -324,7 +324,7 @@ def test_split_is_stratified_by_class() -> None:
     """A rare class in 3 of 30 blocks: for every seed validation holds some of it and training
     keeps some; a class in one block only stays in training. Random blocks missed it in
     validation for most seeds, and then the epoch kept was the best at the other classes."""
-    from geoseg.chips import plan_windows
+    from geoseg.training.chips import plan_windows
 
     block, size = 64, 32
     height, width = 5 * block, 6 * block
@@ -351,7 +351,7 @@ def test_split_is_stratified_by_class() -> None:
 
 def test_split_skips_unlabelled_blocks() -> None:
     """Blocks without a labelled pixel never take a validation place."""
-    from geoseg.chips import plan_windows
+    from geoseg.training.chips import plan_windows
 
     classes = {(0, 0): np.array([5, 5]), (0, 64): np.array([0, 7]), (64, 0): np.array([3])}
     for seed in range(10):
@@ -365,7 +365,7 @@ def test_unstratified_split_is_the_seeded_shuffle() -> None:
     (the built-in model's validation blocks) were drawn with; the stratified draw may differ."""
     import random
 
-    from geoseg.chips import choose_split
+    from geoseg.training.chips import choose_split
 
     blocks = [(r, c) for r in range(0, 256, 64) for c in range(0, 256, 64)]
     classes = {b: np.array([100, i % 3]) for i, b in enumerate(blocks) if i % 5}
@@ -384,8 +384,8 @@ def test_chip_validation_holds_a_rare_class(tmp_path: Path, dask_client: object)
     split blocks, with nodata and unlabelled pixels around. For every seed the validation chips
     hold building pixels and so do the training chips; the class counts per block that decide it
     match the label raster (nodata and the ignore value never count)."""
-    from geoseg.chips import _block_classes, label_source
-    from geoseg.io import open_scene
+    from geoseg.training.chips import _block_classes, label_source
+    from geoseg.raster.read import open_scene
 
     rng = np.random.default_rng(11)
     h, w, block = 320, 384, 64

@@ -13,7 +13,7 @@ import torch
 
 import geoseg
 from geoseg.errors import CheckpointError
-from geoseg.io import ClassInfo, class_raster_dtype
+from geoseg.classes import class_raster_dtype, ClassInfo
 from geoseg.models import create_model
 from geoseg.models.checkpoint import build_config, save_model
 from geoseg.models.load import load_model

@@ -162,8 +162,8 @@ def test_losing_the_scheduler_leaves_no_output(
 def test_model_reaches_a_worker_without_the_file(cluster: LoopbackCluster, tmp_path: Path) -> None:
     """The plugin puts the model into each worker's cache once; a task naming a path the worker
     does not have still finds it by content hash."""
-    from geoseg.cluster import send_model
-    from geoseg.worker import worker_model
+    from geoseg.dask.plugin import send_model
+    from geoseg.prediction.worker_models import worker_model
     from geoseg.models.checkpoint import file_sha256
     from tests.conftest import make_model_file
 
@@ -182,7 +182,7 @@ def test_inference_asks_for_a_gpu_only_where_workers_offer_one(
 ) -> None:
     from distributed import Client, LocalCluster
 
-    from geoseg.predict.run import gpu_resources
+    from geoseg.prediction.run import gpu_resources
 
     assert gpu_resources(dask_client, "cuda") is None and gpu_resources(dask_client, "auto") is None
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, resources={"GPU": 1},
@@ -198,7 +198,7 @@ def test_inference_asks_for_a_gpu_only_where_workers_offer_one(
 
 
 def test_worker_commands_give_each_gpu_its_own_worker(monkeypatch: pytest.MonkeyPatch) -> None:
-    from geoseg.cluster import worker_commands
+    from geoseg.dask.processes import worker_commands
 
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     gpu = worker_commands("tcp://h:8786", 2)

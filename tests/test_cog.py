@@ -13,7 +13,8 @@ import rasterio.shutil
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
-from geoseg.io import RasterSink, SceneInfo, overview_factors
+from geoseg.raster.read import SceneInfo
+from geoseg.raster.sink import overview_factors, RasterSink
 
 
 def cog_of(path: Path, array: np.ndarray, nodata: float | None, resampling: str) -> Path:

@@ -18,9 +18,10 @@ from onnx import TensorProto, helper
 from geoseg.cli.main import cli
 from geoseg.engines import resolve_engine
 from geoseg.errors import CheckpointError, ModelError
-from geoseg.predict.plan import plan_tasks
-from geoseg.worker import run_tile_task, worker_engine
-from geoseg.infer import InferenceOptions, forward, normalize
+from geoseg.prediction.plan import plan_tasks
+from geoseg.prediction.tasks import run_tile_task
+from geoseg.prediction.worker_models import worker_engine
+from geoseg.engines.infer import InferenceOptions, forward, normalize
 from geoseg.models.checkpoint import DATA_DIR, file_sha256
 from geoseg.models.load import load_model
 from geoseg.models.onnx import cache_dir
@@ -304,7 +305,7 @@ def test_cpu_batches_split_into_runs_give_the_whole_batch_answer(
 ) -> None:
     """On the CPU a batch goes through ONNX Runtime in runs of a few tiles (bounded arena): the
     runs' classes, probabilities and logits, put back together, are those of one run."""
-    from geoseg.engines import onnx_cpu
+    from geoseg.engines import fused
 
     path = model_factory(in_channels=3)
     raw = np.stack([random_scene(np.random.default_rng(i), 3, 32, 32, "uint8") for i in range(5)])
@@ -312,8 +313,8 @@ def test_cpu_batches_split_into_runs_give_the_whole_batch_answer(
     valid[3, :5] = False
     eng = worker_engine(str(path), file_sha256(path), "cpu", "onnx", InferenceOptions())
     whole = [eng.run(raw, valid, probabilities=True), eng.run(raw, valid, keep_logits=True)]
-    monkeypatch.setattr(onnx_cpu, "CPU_RUN_PIXELS", 2 * 32 * 32)
-    assert [(r.start, r.stop) for r in onnx_cpu.cpu_runs(5, 32, 32)] == [(0, 2), (2, 4), (4, 5)]
+    monkeypatch.setattr(fused, "CPU_RUN_PIXELS", 2 * 32 * 32)
+    assert [(r.start, r.stop) for r in fused.cpu_runs(5, 32, 32)] == [(0, 2), (2, 4), (4, 5)]
     split = [eng.run(raw, valid, probabilities=True), eng.run(raw, valid, keep_logits=True)]
     for a, b in zip(whole, split):
         assert np.array_equal(a.classes, b.classes)

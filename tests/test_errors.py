@@ -60,7 +60,7 @@ def test_no_georef_warning_holds_while_other_threads_leave_it() -> None:
 
     from rasterio.errors import NotGeoreferencedWarning
 
-    from geoseg.io import _GEOREF_FILTER, no_georef_warning
+    from geoseg.raster.read import _GEOREF_FILTER, no_georef_warning
 
     raised: list[Warning] = []
 
@@ -90,7 +90,7 @@ def test_no_georef_warning_leaves_the_callers_own_filter() -> None:
 
     from rasterio.errors import NotGeoreferencedWarning
 
-    from geoseg.io import no_georef_warning
+    from geoseg.raster.read import no_georef_warning
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)

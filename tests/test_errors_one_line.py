@@ -9,9 +9,9 @@ from typing import Any, Callable
 import pytest
 from click.testing import CliRunner
 
-from geoseg.predict import run as graph
-from geoseg.predict.plan import plan_tasks
-from geoseg.worker import TileTask
+from geoseg.prediction import run as graph
+from geoseg.prediction.plan import plan_tasks
+from geoseg.prediction.tasks import TileTask
 from geoseg.cli.main import cli
 from geoseg.errors import TileError
 from geoseg.tiling import TileGrid

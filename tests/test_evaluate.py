@@ -12,7 +12,7 @@ from rasterio.transform import from_origin
 
 from geoseg.cli.main import cli
 from geoseg.errors import EvaluationError
-from geoseg.evaluate import evaluate
+from geoseg.training.evaluate import evaluate
 from tests.conftest import write_raster
 
 

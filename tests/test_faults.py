@@ -77,10 +77,10 @@ def test_cuda_out_of_memory_halves_the_batch_once_and_gives_the_same_result(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path,
     model_factory: Callable[..., Path],
 ) -> None:
-    import geoseg.worker
+    import geoseg.prediction.worker_models
     from geoseg.engines.base import Engine
-    from geoseg.predict.plan import plan_tasks
-    from geoseg.worker import run_tile_task
+    from geoseg.prediction.plan import plan_tasks
+    from geoseg.prediction.tasks import run_tile_task
     from geoseg.models.checkpoint import file_sha256
     from geoseg.models.load import load_model
     from geoseg.tiling import TileGrid, auto_margin
@@ -111,7 +111,7 @@ def test_cuda_out_of_memory_halves_the_batch_once_and_gives_the_same_result(
     monkeypatch.setattr(CpuEngine, "run", small_memory(CpuEngine.run))
     monkeypatch.setattr(OnnxEngine, "run", small_memory(OnnxEngine.run))
     monkeypatch.setattr(Engine, "run", small_memory(Engine.run))
-    monkeypatch.setattr(geoseg.worker, "_BATCH_LIMITS", {})
+    monkeypatch.setattr(geoseg.prediction.worker_models, "_BATCH_LIMITS", {})
     with caplog.at_level(logging.WARNING, logger="geoseg"):
         got = [r.classes for t in tasks for r in run_tile_task(t)]
     assert all((a == b).all() for a, b in zip(got, expected, strict=True))

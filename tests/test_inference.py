@@ -12,8 +12,8 @@ import torch
 from click.testing import CliRunner
 
 from geoseg.cli.main import cli
-from geoseg.crf import CRFParams, dense_crf
-from geoseg.infer import InferenceOptions, _scales_tta, forward
+from geoseg.engines.crf import CRFParams, dense_crf
+from geoseg.engines.infer import InferenceOptions, _scales_tta, forward
 from geoseg.models.load import load_model
 from geoseg.models.receptive_field import measure_receptive_field
 from tests.conftest import random_scene, write_raster

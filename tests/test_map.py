@@ -21,7 +21,7 @@ from rasterio.transform import from_origin
 import geoseg
 import geoseg.mapping
 from geoseg.errors import GeosegError
-from geoseg.io import CLASS_NODATA
+from geoseg.classes import CLASS_NODATA
 from tests.conftest import random_scene, write_raster
 
 ORIGIN = (300000.0, 5800000.0)
@@ -76,10 +76,10 @@ def test_pieces_of_a_scene_map_to_the_scene_exactly(
 
 def test_cells_read_only_the_scenes_they_reach(tmp_path: Path, whole: tuple[Path, np.ndarray],
                                                model_factory: Callable[..., Path]) -> None:
-    from geoseg.mapping.mosaic_source import PREFIX
+    from geoseg.paths import MOSAIC_PREFIX as PREFIX
     from geoseg.mapping.plan import plan_map
     from geoseg.options import PredictOptions
-    from geoseg.predict.run import cell_tasks
+    from geoseg.prediction.run import cell_tasks
 
     _, data = whole
     plan = plan_map(pieces(tmp_path, data), tmp_path / "map.tif", str(model_factory(in_channels=3)),
@@ -279,7 +279,7 @@ def test_bad_input_is_one_line_before_any_work(
 def test_a_map_job_runs_once_and_resumes(
     tmp_path: Path, whole: tuple[Path, np.ndarray], model_factory: Callable[..., Path], dask_client: Any,
 ) -> None:
-    from geoseg.batch import run_batch
+    from geoseg.jobs.batch import run_batch
 
     scene, data = whole
     pieces(tmp_path, data)

@@ -53,7 +53,7 @@ def test_a_cache_hit_marks_the_entry_used(cache: Path) -> None:
 def test_conversions_and_received_models_go_through_the_cache(
     cache: Path, model_factory: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from geoseg.cluster import ModelPlugin
+    from geoseg.dask.plugin import ModelPlugin
     from geoseg.models.checkpoint import file_sha256
     from geoseg.models.onnx import cached_onnx
 

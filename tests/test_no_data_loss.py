@@ -15,14 +15,17 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from rasterio.windows import Window
 
 import geoseg
-from geoseg.batch import JobError, JobLockedError, load_job, run_batch
+from geoseg.jobs.batch import JobError, JobLockedError, load_job, run_batch
 from geoseg.cli.main import cli
 from geoseg.errors import ChipError, OutputError
-from geoseg.evaluate import evaluate
-from geoseg.vectorize import vectorize
-from geoseg.io import LOCK_NAME, RasterSink, open_scene, open_sinks, publish_all
+from geoseg.training.evaluate import evaluate
+from geoseg.vector.vectorize import vectorize
+from geoseg.fs import LOCK_NAME, publish_all
+from geoseg.raster.read import open_scene
+from geoseg.raster.sink import open_sinks, RasterSink
 from tests.conftest import random_scene, write_raster
 
 
@@ -88,7 +91,7 @@ def test_chip_refuses_inputs_inside_the_folders_it_writes(tmp_path: Path) -> Non
     image = small_scene(out / "images" / "img.tif")
     labels = write_raster(tmp_path / "lab.tif", np.ones((64, 80), np.uint8))
     with pytest.raises(OutputError, match="lies inside the chips image folder"):
-        from geoseg.chips import make_chips
+        from geoseg.training.chips import make_chips
 
         make_chips([(str(image), str(labels))], out, size=32)
     with pytest.raises((OutputError, ChipError), match="same file"):
@@ -137,7 +140,7 @@ def test_job_output_names_are_checked_against_each_other(tmp_path: Path, model_f
     small_scene(tmp_path / "s" / "x-classes.tif")
     small_scene(tmp_path / "s" / "x-probabilities.tif")
     job = load_job(job_file(tmp_path, model, "[s/*.tif]", "out"))
-    names = [p.name for s in job.scenes for p in geoseg.batch.outputs_for(job, s).values()]
+    names = [p.name for s in job.scenes for p in geoseg.jobs.batch.outputs_for(job, s).values()]
     assert len(names) == len(set(names)) and "x-classes-probabilities.tif" in names
     small_scene(tmp_path / "t" / "x-classes.tif")
     with pytest.raises(JobError, match=r"output: the classes output of scenes\[1\] \(x-classes.tif\) .*would "
@@ -204,7 +207,7 @@ def test_a_failed_commit_leaves_the_previous_outputs_exactly_as_they_were(
         with open_sinks(lambda: RasterSink(classes, scene, 1, 255), lambda: RasterSink(probs, scene, 2, None)) as s:
             for sink in s:
                 sink.write(np.zeros((sink._dst.count, 64, 80), np.uint8),
-                           geoseg.io.Window(0, 0, 80, 64))
+                           Window(0, 0, 80, 64))
     assert classes.read_bytes() == b"old classes" and probs.read_bytes() == b"old probabilities"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.tif", "p.tif", "scene.tif"]
 
@@ -237,7 +240,7 @@ def test_a_failed_polygon_step_puts_the_previous_rasters_back(
     def disk_full(*args: Any, **kwargs: Any) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("geoseg.vectorize.vectorize", disk_full)
+    monkeypatch.setattr("geoseg.vector.vectorize.vectorize", disk_full)
     with pytest.raises(OSError, match="No space"):
         geoseg.predict(str(scene), str(outs["c.tif"]), model=str(model_factory(in_channels=3)), tile=64,
                        probabilities=str(outs["p.tif"]), vector=str(outs["c.gpkg"]), overwrite=True,
@@ -278,7 +281,7 @@ def test_a_live_run_in_the_output_folder_keeps_a_job_out(tmp_path: Path, model_f
     live_part = out / ".other-classes.tif.abc.part.tif"
     live_part.write_bytes(b"a live run's temporary file")
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, pathlib; from geoseg.io import folder_lock\n"
+        [sys.executable, "-c", "import sys, pathlib; from geoseg.fs import folder_lock\n"
          f"with folder_lock(pathlib.Path({str(out)!r}), exclusive=False):\n"
          "    print('held', flush=True); sys.stdin.read()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,

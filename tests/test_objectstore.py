@@ -359,7 +359,7 @@ def test_gdal_reads_an_uploaded_scene(uploaded_scene: tuple[str, np.ndarray],
 def test_open_scene_reads_vsis3_within_the_gdal_options(
     uploaded_scene: tuple[str, np.ndarray],
 ) -> None:
-    from geoseg.io import open_scene
+    from geoseg.raster.read import open_scene
 
     url, _ = uploaded_scene
     with rasterio.Env(**objectstore.gdal_s3_env()):

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import pytest
 
-from geoseg.batch import SCHEMA, JobError, load_job
+from geoseg.jobs.batch import SCHEMA, JobError, load_job
 from geoseg.cli.main import cli
 from geoseg.errors import OptionError
 from geoseg.options import CRFParams, PredictOptions, VectorOptions, choices, key_of
@@ -77,7 +77,7 @@ def test_job_file_values_are_checked_by_the_options(tmp_path: Path) -> None:
 def test_vectorize_takes_every_vector_option_with_its_default() -> None:
     import inspect
 
-    from geoseg.vectorize import vectorize
+    from geoseg.vector.vectorize import vectorize
 
     params = inspect.signature(vectorize).parameters
     for f in dataclasses.fields(VectorOptions):
@@ -109,7 +109,7 @@ def test_chip_options_parse_the_command_line_forms_and_check_ranges() -> None:
 
 
 def test_recipe_chip_options_are_checked_at_their_place(tmp_path: Path) -> None:
-    from geoseg.recipe import RecipeError, load_recipe
+    from geoseg.jobs.recipe import RecipeError, load_recipe
 
     job = tmp_path / "job.yaml"
     job.write_text("steps:\n  - chip: {pairs: [[a.tif, b.tif]], out_dir: c, size: big, value_map: 'x=y',"
@@ -153,7 +153,7 @@ def test_train_options_parse_the_command_line_forms() -> None:
 
 
 def test_recipe_train_options_are_checked_at_their_place(tmp_path: Path) -> None:
-    from geoseg.recipe import RecipeError, load_recipe
+    from geoseg.jobs.recipe import RecipeError, load_recipe
 
     job = tmp_path / "job.yaml"
     job.write_text("steps:\n  - train: {chips_dir: c, output: m.pt, lr: fast, schedule: step, arch: unet}\n")

@@ -14,7 +14,7 @@ from rio_cogeo.cogeo import cog_validate
 
 import geoseg
 from geoseg.errors import GeosegWarning
-from geoseg.io import CLASS_NODATA
+from geoseg.classes import CLASS_NODATA
 from tests.conftest import random_scene, write_raster
 
 
@@ -160,9 +160,9 @@ def test_a_worker_reads_a_rewritten_scene_afresh(tmp_path: Path, model_factory: 
     """Workers keep scenes open between tasks (for GDAL's block cache); a file rewritten in
     place is read as it is now, never from the old handle."""
     from geoseg.models.checkpoint import file_sha256
-    from geoseg.predict.plan import plan_tasks
+    from geoseg.prediction.plan import plan_tasks
     from geoseg.tiling import TileGrid
-    from geoseg.worker import run_tile_task
+    from geoseg.prediction.tasks import run_tile_task
 
     model = model_factory(in_channels=3)
     scene = tmp_path / "s.tif"

@@ -15,7 +15,7 @@ import torch
 import torchvision
 from click.testing import CliRunner
 
-from geoseg.chips import make_chips
+from geoseg.training.chips import make_chips
 from geoseg.cli.main import cli
 from geoseg.errors import ModelError, TrainingError
 from geoseg.models import create_model
@@ -83,7 +83,7 @@ def small_chips(tmp_path: Path, dask_client: Any) -> Path:
 def test_bad_pretrained_weights_are_one_line_before_training(
     tmp_path: Path, small_chips: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import geoseg.train
+    import geoseg.training.train
     import torchvision.models._api as api
 
     def no_training(*args: Any, **kwargs: Any) -> float:
@@ -97,7 +97,7 @@ def test_bad_pretrained_weights_are_one_line_before_training(
             return ref18.state_dict()
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(geoseg.train, "_run_epoch", no_training)
+    monkeypatch.setattr(geoseg.training.train, "_run_epoch", no_training)
     monkeypatch.setattr(api, "load_state_dict_from_url", download)
     r34, _ = tv_weights(tmp_path, "resnet34")
     r50, _ = tv_weights(tmp_path, "resnet50")

@@ -17,7 +17,7 @@ import pytest
 import rasterio
 
 import geoseg
-from geoseg.vectorize import vectorize
+from geoseg.vector.vectorize import vectorize
 
 SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/usr/local/bin") or "/usr/bin/python3"
 SCRIPT = Path(__file__).parent / "qgis" / "check_layers.py"

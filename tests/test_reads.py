@@ -14,9 +14,10 @@ import rasterio
 from rasterio.env import get_gdal_config, set_gdal_config
 from rasterio.transform import Affine
 
-from geoseg.block_cache import BLOCK_CACHE_MIN, BlockCacheBound, bound_block_cache
-from geoseg.io import SceneInfo, is_remote, read_env, read_mirrored
-from geoseg.predict.plan import block_cache_need
+from geoseg.raster.block_cache import BLOCK_CACHE_MIN, BlockCacheBound, bound_block_cache
+from geoseg.paths import is_remote
+from geoseg.raster.read import read_env, read_mirrored, SceneInfo
+from geoseg.prediction.plan import block_cache_need
 from geoseg.tiling import Tile, TileGrid
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from geoseg.recipe import RecipeError, load_recipe, run_recipe
+from geoseg.jobs.recipe import RecipeError, load_recipe, run_recipe
 from tests.conftest import labeled_scene
 
 

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from rasterio.transform import from_origin
 
 from geoseg.errors import OutputError, ResultsError
-from geoseg.io import CLASS_NODATA, ClassInfo, class_tags, read_class_names
+from geoseg.classes import CLASS_NODATA, class_tags, ClassInfo, read_class_names
 from geoseg.results.change import change
 from tests.conftest import write_raster
 from tests.test_results_stats import CLASSES, class_raster, random_classes

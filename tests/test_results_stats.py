@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from rasterio.transform import from_origin
 
 from geoseg.errors import GeosegWarning, OutputError, ResultsError
-from geoseg.io import CLASS_NODATA, ClassInfo, class_tags
+from geoseg.classes import CLASS_NODATA, class_tags, ClassInfo
 from geoseg.results.areas import row_areas
 from geoseg.results.stats import class_column, stats
 from tests.conftest import write_raster

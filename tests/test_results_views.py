@@ -15,8 +15,8 @@ import pytest
 import shapely
 from PIL import Image
 
-from geoseg.batch import JobError, load_job, run_batch
-from geoseg.io import CLASS_NODATA
+from geoseg.jobs.batch import JobError, load_job, run_batch
+from geoseg.classes import CLASS_NODATA
 from geoseg.results.quicklook import NODATA_RGB, quicklook
 from tests.conftest import random_scene, write_raster
 from tests.test_results_stats import CLASSES, class_raster, write_zones

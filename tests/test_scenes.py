@@ -93,7 +93,7 @@ def test_band_files_and_stac_item_equal_the_stacked_scene(
 
 
 def test_coarser_bands_are_resampled_onto_the_finest_grid(tmp_path: Path, rng: np.random.Generator) -> None:
-    from geoseg.scenes import resolve_scene
+    from geoseg.raster.scenes import resolve_scene
 
     arr = random_scene(rng, 2, 64, 64, "uint16")
     fine = write_raster(tmp_path / "x_b1.tif", arr[0])
@@ -155,7 +155,7 @@ def test_bad_band_files_and_stac_items_fail_in_one_line(
 def test_batch_links_outputs_to_the_source_stac_item(
     tmp_path: Path, stack: tuple[Path, np.ndarray], model4: str, dask_client: Any,
 ) -> None:
-    from geoseg.batch import run_batch
+    from geoseg.jobs.batch import run_batch
 
     _, arr = stack
     files = band_files(tmp_path / "scene", arr)
@@ -219,7 +219,7 @@ def test_sentinel2_band_files_at_10_and_20_m(tmp_path: Path, dask_client: Any) -
 
 
 def test_what_counts_as_a_stac_item() -> None:
-    from geoseg.scenes import is_stac_item
+    from geoseg.paths import is_stac_item
 
     for path in ["item.json", "/data/S2A.geojson", "https://earth-search.example/v1/collections/s2/items/S2A_33UVU",
                  "/vsicurl/https://host/item.json"]:

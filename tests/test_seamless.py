@@ -1,6 +1,6 @@
 """The property predict rests on: stitched tiles equal one pass over the whole mirrored scene.
 
-These run the very task function the Dask graph runs (:func:`geoseg.worker.run_tile_task`) over
+These run the very task function the Dask graph runs (:func:`geoseg.prediction.tasks.run_tile_task`) over
 every tile group and compare with the network applied once to the numpy-reflect-padded scene.
 """
 
@@ -15,9 +15,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from geoseg.predict.plan import plan_tasks
-from geoseg.worker import run_tile_task
-from geoseg.infer import normalize
+from geoseg.prediction.plan import plan_tasks
+from geoseg.prediction.tasks import run_tile_task
+from geoseg.engines.infer import normalize
 from geoseg.models.checkpoint import file_sha256
 from geoseg.models.load import load_model
 from geoseg.tiling import TileGrid, auto_margin, round_up

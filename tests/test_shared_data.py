@@ -11,10 +11,10 @@ import rasterio
 from rio_cogeo.cogeo import cog_validate
 
 import geoseg
-from geoseg.chips import make_chips
-from geoseg.evaluate import evaluate
-from geoseg.io import CLASS_NODATA
-from geoseg.train import train
+from geoseg.training.chips import make_chips
+from geoseg.training.evaluate import evaluate
+from geoseg.classes import CLASS_NODATA
+from geoseg.training.train import train
 from tests.conftest import SHARED_DATA
 
 pytestmark = pytest.mark.shared_data
@@ -80,7 +80,7 @@ def test_vector_labels_reproduce_the_shipped_label_raster(
     make_chips([(str(root / "image.tif"), str(root / vector))], chips, size=128, val_fraction=0,
                label_field=field, value_map=value_map, background=background, ignore_value=ignore,
                min_labeled=0, max_nodata=1, client=dask_client)
-    from geoseg.chips import load_manifest
+    from geoseg.training.chips import load_manifest
 
     with rasterio.open(root / "label.tif") as ref, rasterio.open(root / "image.tif") as img:
         ref_all = ref.read(1)
@@ -110,7 +110,7 @@ def test_polygons_of_a_real_prediction_equal_one_pass(tmp_path: Path, dask_clien
     import pyogrio
     import shapely
 
-    from geoseg.vectorize import vectorize
+    from geoseg.vector.vectorize import vectorize
 
     scene = LABELED / "s2_brandenburg_osm" / "image.tif"
     classes = tmp_path / "classes.tif"

@@ -17,8 +17,8 @@ from click.testing import CliRunner
 
 from geoseg.cli.main import cli
 from geoseg.errors import OutputError
-from geoseg.io import ClassInfo, class_tags
-from geoseg.vectorize import VectorizeError, vectorize
+from geoseg.classes import class_tags, ClassInfo
+from geoseg.vector.vectorize import VectorizeError, vectorize
 from tests.conftest import write_raster
 
 T = Affine(10.0, 0, 399960, 0, -10.0, 5800020)  # UTM 33N, near 52.3 N 13.5 E

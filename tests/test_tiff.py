@@ -1,4 +1,4 @@
-"""COGs written byte by byte from compressed tiles (geoseg.tiff, geoseg.blocks): classic TIFF and
+"""COGs written byte by byte from compressed tiles (geoseg.raster.tiff, geoseg.raster.blocks): classic TIFF and
 BigTIFF both read back in GDAL as the pixels given, with their overviews, tags and colours."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import rasterio
 from rasterio.transform import from_origin
 from rio_cogeo.cogeo import cog_validate
 
-from geoseg.blocks import Encoding, RasterSpec, cog_tags, encode_tiles, overview_count, reduce2
-from geoseg.tiff import read_ifds, write_cog
+from geoseg.raster.blocks import Encoding, RasterSpec, cog_tags, encode_tiles, overview_count, reduce2
+from geoseg.raster.tiff import read_ifds, write_cog
 
 
 def write(path: Path, array: np.ndarray, spec: RasterSpec, bigtiff: bool) -> list[np.ndarray]:

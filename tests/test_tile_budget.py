@@ -16,7 +16,7 @@ from geoseg.cli.main import cli
 from geoseg.errors import OptionError
 from geoseg.memory import parse_size
 from geoseg.options import PredictOptions
-from geoseg.predict.tile_budget import (
+from geoseg.prediction.tile_budget import (
     TileCost, TileCosts, choose_tile, cost_cache_path, load_costs, measure_costs, save_costs,
 )
 

@@ -12,11 +12,11 @@ import torch
 from click.testing import CliRunner
 
 import geoseg
-from geoseg.chips import make_chips
+from geoseg.training.chips import make_chips
 from geoseg.cli.main import cli
 from geoseg.errors import ChipError
-from geoseg.evaluate import evaluate
-from geoseg.train import train
+from geoseg.training.evaluate import evaluate
+from geoseg.training.train import train
 from tests.conftest import labeled_scene, write_raster
 
 SMALL = {"depth": 2, "base_width": 8}
@@ -68,7 +68,7 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path: Path, chips: tuple[
 def test_weight_average_is_an_exponential_average_of_the_steps() -> None:
     """Each step moves the average toward the weights by 1 - decay, with the decay held low over
     the first steps (so the random start fades) and the half-life given in steps."""
-    from geoseg.train import WeightAverage
+    from geoseg.training.train import WeightAverage
 
     net = torch.nn.Linear(2, 1)
     avg = WeightAverage(net, half_life_steps=4)
@@ -152,7 +152,7 @@ def test_cli_trains_a_deeplab_and_predicts_with_crf_and_tta(
 def test_overwrite_drops_the_old_resume_state_and_resume_refuses_another_run(
     tmp_path: Path, chips: tuple[Path, Path, np.ndarray], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import geoseg.train
+    import geoseg.training.train
     from geoseg.errors import OutputError, TrainingError
 
     out, _, _ = chips
@@ -172,7 +172,7 @@ def test_overwrite_drops_the_old_resume_state_and_resume_refuses_another_run(
         raise KeyboardInterrupt
 
     # a new run over the old one, interrupted in its first epoch: nothing is left to resume
-    monkeypatch.setattr(geoseg.train, "_run_epoch", interrupted)
+    monkeypatch.setattr(geoseg.training.train, "_run_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train(out, model, arch="unet", arch_kwargs={"depth": 2, "base_width": 4}, epochs=1, overwrite=True)
     assert not state.exists()
@@ -196,7 +196,7 @@ def test_without_validation_chips_no_score_is_reported(tmp_path: Path, dask_clie
 
 
 def test_epochs_are_automatic_and_training_stops_after_patience(tmp_path: Path, dask_client: Any) -> None:
-    from geoseg.train import AUTO_EPOCHS, auto_epochs
+    from geoseg.training.train import AUTO_EPOCHS, auto_epochs
 
     assert auto_epochs(1) == AUTO_EPOCHS[1] and auto_epochs(10_000) == AUTO_EPOCHS[0]
     rng = np.random.default_rng(9)
@@ -219,11 +219,11 @@ def test_a_cpu_with_bf16_hardware_is_told_about_precision_bf16(
 ) -> None:
     """On a CPU that computes bf16 in hardware, training in fp32 (auto) names --precision bf16;
     elsewhere, and when bf16 is asked for, it says nothing."""
-    import geoseg.train
+    import geoseg.training.train
 
     out = chips[0]
     for native, precision, told in ((True, "auto", True), (False, "auto", False), (True, "bf16", False)):
-        monkeypatch.setattr(geoseg.train, "cpu_has_native_bf16", lambda native=native: native)
+        monkeypatch.setattr(geoseg.training.train, "cpu_has_native_bf16", lambda native=native: native)
         train(out, tmp_path / "m.pt", arch="unet", arch_kwargs=SMALL, epochs=1, batch_size=8,
               precision=precision, overwrite=True, device="cpu", quiet=False)
         assert ("--precision bf16" in capsys.readouterr().err) is told, (native, precision)

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from geoseg.cli.main import cli
 from geoseg.errors import CheckpointError, OutputError
-from geoseg.io import folder_lock, write_json_atomic
+from geoseg.fs import folder_lock, write_json_atomic
 from geoseg.models.checkpoint import DATA_DIR, save_model
 from geoseg.models.load import load_model
 
@@ -78,7 +78,8 @@ def test_the_bytes_hashed_are_the_bytes_loaded(tmp_path: Path, model_factory: Ca
 def test_worker_model_cache_is_private_and_refuses_swapped_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from geoseg import cluster, worker
+    from geoseg.dask import plugin as cluster
+    from geoseg.prediction import worker_models as worker
 
     monkeypatch.setattr("tempfile.gettempdir", lambda: str(tmp_path))
     shared = tmp_path / f"geoseg-models-{os.getuid()}"

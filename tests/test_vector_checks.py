@@ -12,10 +12,10 @@ import pytest
 import shapely
 
 import geoseg
-from geoseg.batch import JobError, load_job
+from geoseg.jobs.batch import JobError, load_job
 from geoseg.errors import GeosegError, SchedulerError
-from geoseg.vectorize import BlockResult, Polygon, merge_blocks, vectorize
-from geoseg.cluster import worker_commands
+from geoseg.vector.vectorize import BlockResult, Polygon, merge_blocks, vectorize
+from geoseg.dask.processes import worker_commands
 from tests.conftest import random_scene, write_raster
 
 
@@ -34,7 +34,7 @@ def test_predict_checks_vector_options_before_predicting(
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if pyarrow were not installed
     scene = write_raster(tmp_path / "s.tif", random_scene(np.random.default_rng(0), 3, 32, 32, "uint8"))
     started: list[str] = []
-    monkeypatch.setattr("geoseg.cluster.connect", lambda *a, **k: started.append("cluster") or (None, None))
+    monkeypatch.setattr("geoseg.dask.session.connect", lambda *a, **k: started.append("cluster") or (None, None))
     with pytest.raises(GeosegError, match=message.replace("(", r"\(").replace(")", r"\)")):
         geoseg.predict(str(scene), str(tmp_path / "c.tif"), model=str(model_factory(in_channels=3)),
                        vector=str(tmp_path / vector), vector_options=options)

@@ -18,7 +18,7 @@ from rasterio.features import shapes
 
 from geoseg.cli.main import cli
 from geoseg.errors import OutputError
-from geoseg.vectorize import VectorizeError, vectorize
+from geoseg.vector.vectorize import VectorizeError, vectorize
 from tests.conftest import write_raster
 
 T = Affine(2.0, 0, 500000, 0, -2.0, 4000000)

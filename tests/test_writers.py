@@ -4,7 +4,6 @@ a valid COG from those bytes; ``--cells`` folders (VRT mosaic, STAC, resume), ``
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
@@ -19,12 +18,11 @@ import rasterio
 from rio_cogeo.cogeo import cog_validate
 
 import geoseg
-from geoseg.blocks import reduce2
+from geoseg.raster.blocks import reduce2
 from geoseg.errors import GeosegError, OptionError, OutputError
-from geoseg.predict.destinations import CELLS_MARKER
+from geoseg.prediction.destinations import CELLS_MARKER
 
-# geoseg.predict is also the function's name: import the module by its path
-cells_module = importlib.import_module("geoseg.predict.cells")
+from geoseg.prediction import cells as cells_module
 H, W = 1100, 1300  # two overview levels (2, 4)
 
 
@@ -281,7 +279,7 @@ def test_s3_failure_midway_leaves_no_object(
 def test_batch_job_with_cells_and_confidence(
     tmp_path: Path, model_factory: Callable[..., Path], dask_client: Any,
 ) -> None:
-    from geoseg.batch import run_batch
+    from geoseg.jobs.batch import run_batch
     from tests.conftest import random_scene, write_raster
 
     rng = np.random.default_rng(5)
@@ -314,7 +312,7 @@ quicklook: false
 def test_batch_job_writes_to_an_object_store_and_resumes(
     tmp_path: Path, model_factory: Callable[..., Path], dask_client: Any, s3_bucket: str,
 ) -> None:
-    from geoseg.batch import run_batch
+    from geoseg.jobs.batch import run_batch
     from geoseg.objectstore import gdal_s3_env, list_keys, to_vsis3
     from tests.conftest import random_scene, write_raster
 

@@ -1,5 +1,5 @@
 """Griffe extension for the API reference: geoseg's docstrings cite code with Sphinx roles
-(``:func:`geoseg.io.open_scene```), which Markdown would show as ``:func:`` plus code.
+(``:func:`geoseg.raster.read.open_scene```), which Markdown would show as ``:func:`` plus code.
 
 Each role becomes an optional cross-reference: a link where the target is on the site, plain
 code where it is not (so a reference to an undocumented helper never breaks ``--strict``).

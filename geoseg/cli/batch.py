@@ -23,7 +23,7 @@ from geoseg.cli.options import quiet_option, report_errors
 def batch_command(job: str, force: bool, report_path: str | None, as_json: bool, overwrite: bool,
                   verbose: bool, quiet: bool) -> None:
     """Segment every scene of JOB once (skipping finished ones), or run its recipe steps."""
-    from geoseg.batch import run_batch
+    from geoseg.jobs.batch import run_batch
 
     report = run_batch(job, force=force, report_path=report_path, echo=lambda s: click.echo(s, err=True),
                        overwrite=overwrite, verbose=verbose, progress=not quiet)

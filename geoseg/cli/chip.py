@@ -26,7 +26,7 @@ from geoseg.options import ChipOptions
 def chip_command(pairs: tuple[str, ...], out_dir: str, workers: int | None, scheduler: str | None,
                  **options: Any) -> None:
     """Cut IMAGE/LABELS pairs (label raster or vector file) into training chips."""
-    from geoseg.chips import load_manifest, make_chips, manifest_classes
+    from geoseg.training.chips import load_manifest, make_chips, manifest_classes
 
     if len(pairs) % 2:
         raise click.UsageError("give IMAGE LABELS pairs: an even number of paths")

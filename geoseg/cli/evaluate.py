@@ -18,7 +18,7 @@ from geoseg.cli.options import overwrite_option, report_errors
 def evaluate_command(prediction: str, reference: str, ignore_value: int | None, resample: bool,
                      json_path: str | None, overwrite: bool) -> None:
     """Confusion matrix, per-class IoU/precision/recall/F1, mIoU, accuracy and kappa."""
-    from geoseg.evaluate import evaluate
+    from geoseg.training.evaluate import evaluate
 
     scores = evaluate(prediction, reference, ignore_value=ignore_value, resample=resample, json_path=json_path,
                       overwrite=overwrite)

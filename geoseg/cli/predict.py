@@ -39,7 +39,7 @@ def predict_command(
 
     SCENE is one raster, one file per band (B02.tif B03.tif ...), or a STAC item (.json).
     """
-    from geoseg.predict import predict
+    from geoseg.prediction import predict
 
     predict_opts = take_predict_options(options)
     vector_opts = take_vector_options(options)

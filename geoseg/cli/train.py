@@ -26,7 +26,7 @@ from geoseg.options import TrainOptions
 @report_errors
 def train_command(chips_dir: str, output: str, resume: bool, overwrite: bool, quiet: bool, **options: Any) -> None:
     """Train a segmentation model on CHIPS_DIR (made by 'geoseg chip')."""
-    from geoseg.train import train
+    from geoseg.training.train import train
 
     train_opts = TrainOptions(**take_options(options, TrainOptions))
     result = train(chips_dir, output, train_opts, resume=resume, overwrite=overwrite, quiet=quiet)

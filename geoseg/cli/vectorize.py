@@ -30,7 +30,7 @@ def vectorize_command(raster: str, output: str, probabilities: str | None, worke
                       scheduler: str | None, overwrite: bool, quiet: bool, verbose: bool,
                       **options: Any) -> None:
     """Polygonize a class RASTER: one polygon per connected region, merged across blocks."""
-    from geoseg.vectorize import vectorize
+    from geoseg.vector.vectorize import vectorize
 
     result = vectorize(raster, output, probabilities=probabilities, overwrite=overwrite,
                        workers=workers, scheduler=scheduler, quiet=quiet, verbose=verbose,

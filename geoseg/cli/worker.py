@@ -18,7 +18,7 @@ from geoseg.cli.options import auto_or_int, report_errors
 def worker_command(scheduler: str, gpus: str, nthreads: int | None, memory_limit: str, name: str | None,
                    dry_run: bool) -> None:
     """Start Dask workers joining SCHEDULER (tcp://host:8786) with the flags geoseg relies on."""
-    from geoseg.cluster import gpu_count, run_workers, worker_commands
+    from geoseg.dask.processes import gpu_count, run_workers, worker_commands
 
     count = auto_or_int(gpus, 0, "--gpus")
     n = gpu_count() if count == "auto" else int(count)

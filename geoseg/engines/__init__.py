@@ -14,7 +14,6 @@ This module imports neither torch nor ONNX Runtime: the client plans with it.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from geoseg.errors import ModelError
+from geoseg.models.ort_session import onnxruntime_available  # noqa: F401 (re-exported)
 from geoseg.options import EngineName, choices
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ ENGINES: tuple[str, ...] = choices(EngineName)
 class EngineOutput:
     """One batch's results, whole tiles (margins included), on the host.
 
-    ``classes``: N x H x W class values, the class raster's nodata (:func:`geoseg.io.class_raster_dtype`) where the input had no data.
+    ``classes``: N x H x W class values, the class raster's nodata (:func:`geoseg.classes.class_raster_dtype`) where the input had no data.
     ``probabilities``: N x K x H x W uint8 (0-255 = 0-1), 0 where the input had no data.
     ``logits``: N x K x H x W float32 scores, only when asked for (tests).
     """
@@ -46,10 +46,6 @@ class EngineOutput:
     probabilities: np.ndarray | None = None
     logits: np.ndarray | None = None
 
-
-def onnxruntime_available() -> bool:
-    """Whether ONNX Runtime can be imported here (without importing it)."""
-    return importlib.util.find_spec("onnxruntime") is not None
 
 
 def torch_only_options(options: "InferenceOptions") -> list[str]:
@@ -109,9 +105,9 @@ def cuda_possible() -> bool:
 
 def device_name(spec: str) -> str:
     """``cpu`` or ``cuda[:N]`` for ``--device`` (``auto``: CUDA when present), asking torch only
-    where CUDA is possible: see :func:`geoseg.infer.resolve_device` for the errors."""
+    where CUDA is possible: see :func:`geoseg.engines.infer.resolve_device` for the errors."""
     if str(spec).lower() == "cpu" or (str(spec).lower() == "auto" and not cuda_possible()):
         return "cpu"
-    from geoseg.infer import resolve_device
+    from geoseg.engines.infer import resolve_device
 
     return str(resolve_device(spec))

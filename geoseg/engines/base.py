@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from geoseg.engines import EngineOutput
-from geoseg.infer import InferenceOptions, scores
-from geoseg.io import class_raster_dtype
+from geoseg.engines.infer import InferenceOptions, scores
+from geoseg.classes import class_raster_dtype
 from geoseg.models.config import ModelConfig
 
 _TORCH_DTYPES = {np.dtype(np.uint8): torch.uint8, np.dtype(np.uint16): torch.uint16}
@@ -89,7 +89,7 @@ class Engine(ABC):
     def normalize(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``(x - mean) / std`` per band as float32; pixels without data (and non-finite values)
         become 0, the band mean: a neutral input without edges, so whatever lies under nodata
-        cannot paint its class into valid neighbours (same as :func:`geoseg.infer.normalize`).
+        cannot paint its class into valid neighbours (same as :func:`geoseg.engines.infer.normalize`).
         Two passes over the pixels for integer scenes without nodata, the common case."""
         floating = x.is_floating_point()
         if x.dtype not in (torch.float32, torch.uint8, torch.int8, torch.int16, torch.uint16, torch.int32):

@@ -17,7 +17,8 @@ import torch
 from geoseg.engines import EngineOutput
 from geoseg.engines.base import Engine
 from geoseg.engines.graph import CLASSES, PROBABILITIES, VALID
-from geoseg.engines.onnx_cpu import FusedSessions, cpu_runs, make_session, run_fused
+from geoseg.engines.fused import FusedSessions, cpu_runs, run_fused
+from geoseg.models.ort_session import make_session
 from geoseg.models.config import ModelConfig
 from geoseg.models.onnx_summary import OnnxSummary
 from geoseg.options import InferenceOptions

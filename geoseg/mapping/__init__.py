@@ -2,11 +2,11 @@
 
 The region is predicted as one virtual scene on the output grid (:mod:`geoseg.mapping.grid`):
 cells are planned as for a scene, and each cell's task reads a mosaic of only the scenes its
-tiles reach (:mod:`geoseg.mapping.mosaic_source`), warped onto the grid as windows are read
+tiles reach (:mod:`geoseg.raster.mosaic`), warped onto the grid as windows are read
 where a scene lies on another grid. Tiles read the real pixels of neighbouring scenes for their
 margins, so the map has no seams where scenes meet. Everything after planning (cells, COG
 assembly, ``--cells`` folders, ``s3://``, probabilities, polygons, ``on_error``) is predict's
-(:func:`geoseg.predict.execute`).
+(:func:`geoseg.prediction.execute`).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 from geoseg.options import MapOptions, PredictOptions
 
 if TYPE_CHECKING:
-    from geoseg.cluster import TaskSlots
+    from geoseg.dask.stream import TaskSlots
     from geoseg.mapping.plan import MapPlan
-    from geoseg.predict import PredictResult
+    from geoseg.prediction import PredictResult
 
 
 def map(  # noqa: A001 - geoseg.map, like rasterio.merge: the library's name for the command
@@ -73,9 +73,9 @@ def run_map(mplan: MapPlan, *, quiet: bool = True, verbose: bool = False, worker
             started: float | None = None) -> PredictResult:
     """Run a planned map (:func:`geoseg.mapping.plan.plan_map`) on a cluster and commit its
     outputs, all or nothing (a batch job plans once to check whether it is done)."""
-    from geoseg.cluster import inference_session
-    from geoseg.io import lock_output_folders
-    from geoseg.predict import execute
+    from geoseg.dask.session import inference_session
+    from geoseg.fs import lock_output_folders
+    from geoseg.prediction import execute
     from geoseg.progress import Progress
 
     t0 = time.perf_counter() if started is None else started

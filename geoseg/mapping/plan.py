@@ -15,14 +15,14 @@ from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 from geoseg.errors import SceneError
-from geoseg.io import SceneInfo, parse_bands
+from geoseg.raster.read import parse_bands, SceneInfo
 from geoseg.mapping.grid import MapGrid, Placement, clip_to_aoi, plan_grid, read_aoi
-from geoseg.mapping.mosaic_source import SpecScene, mosaic_spec
+from geoseg.raster.mosaic import mosaic_spec, SpecScene
 from geoseg.mapping.sources import MapScene, expand_inputs, order_scenes
 from geoseg.options import MapOptions, PredictOptions
-from geoseg.predict.cell_task import CellTask
-from geoseg.predict.cells import Cell
-from geoseg.predict.plan import PredictPlan, plan_predict
+from geoseg.prediction.cell_task import CellTask
+from geoseg.prediction.cells import Cell
+from geoseg.prediction.plan import PredictPlan, plan_predict
 
 #: Block shape the region is planned with (the scenes' own blocks are read by GDAL as they are).
 REGION_BLOCK = (256, 256)
@@ -109,7 +109,7 @@ def plan_map(
     from shapely import STRtree, box
 
     from geoseg.models.load import read_model_config
-    from geoseg.scenes import RESAMPLING
+    from geoseg.raster.scenes import RESAMPLING
 
     t0 = time.perf_counter()
     if options.resampling not in RESAMPLING:
@@ -159,7 +159,7 @@ def plan_map(
         dtype=dtype, crs=grid.crs, transform=grid.transform, nodata=None, descriptions=(),
         block_shape=REGION_BLOCK, georeferenced=True,
     )
-    from geoseg.io import is_virtual
+    from geoseg.paths import is_virtual
 
     inputs = [s.name for s in ordered if not is_virtual(s.name) and "#" not in s.name]
     plan = plan_predict(inputs, output, loaded, options, probabilities, vector, overwrite,
@@ -176,7 +176,7 @@ def _common_dtype(dtypes: Sequence[str]) -> str:
     """One type that holds every scene's values."""
     import numpy as np
 
-    from geoseg.io import SUPPORTED_DTYPES
+    from geoseg.raster.read import SUPPORTED_DTYPES
 
     common = np.result_type(*[np.dtype(d) for d in dtypes]).name
     return common if common in SUPPORTED_DTYPES else "float64"

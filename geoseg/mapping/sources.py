@@ -4,7 +4,7 @@ STAC ItemCollections / FeatureCollections (files or URLs), and manifests of path
 Each scene is read once on the client for its header (grid, bands, type, nodata, date) and kept
 as a small :class:`MapScene`; no dataset stays open, so memory grows by a few hundred bytes per
 scene. A STAC item's assets are matched to the model's bands and checked readable here
-(:func:`geoseg.scenes.stac_item_scene`), before any work.
+(:func:`geoseg.raster.scenes.stac_item_scene`), before any work.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def expand_inputs(inputs: Sequence[str], band_names: Sequence[str], resampling: 
 
 def _expand(text: str, band_names: Sequence[str], resampling: str, match_names: bool, depth: int
             ) -> Iterator[MapScene]:
-    from geoseg.scenes import is_stac_item
+    from geoseg.paths import is_stac_item
 
     remote = bool(re.match(r"(/vsicurl/)?https?://", text))
     if not remote and any(ch in text for ch in "*?[") and not text.startswith("/vsi"):
@@ -127,7 +127,7 @@ def _item_id(item: Any, index: int) -> str:
 
 def _stac_scene(item: Any, href: str, name: str, band_names: Sequence[str], resampling: str) -> MapScene:
     """A STAC item's band assets as one scene (a VRT string), with the item's datetime."""
-    from geoseg.scenes import stac_item_scene
+    from geoseg.raster.scenes import stac_item_scene
 
     if not isinstance(item, dict) or item.get("type") != "Feature" or not isinstance(item.get("assets"), dict):
         raise SceneError(f"{name} is not a STAC item (a GeoJSON Feature with assets); give STAC items")
@@ -147,8 +147,10 @@ def _raster_scene(path: str, name: str | None = None) -> MapScene:
     """A raster's header (open_scene's checks and one-line errors), with its acquisition tag."""
     import rasterio
 
-    from geoseg.io import file_token, is_virtual, no_georef_warning, open_scene, read_env
-    from geoseg.scenes import is_vrt_xml
+    from geoseg.paths import is_virtual
+    from geoseg.raster.read import no_georef_warning, open_scene, read_env
+    from geoseg.raster.scenes import file_token
+    from geoseg.paths import is_vrt_xml
 
     dataset = path if is_virtual(path) or is_vrt_xml(path) else os.path.abspath(path)
     label = name or path

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from geoseg.errors import CheckpointError, ModelError, first_line
-from geoseg.io import ClassInfo
+from geoseg.classes import ClassInfo
 from geoseg.models import create_model, output_stride
 from geoseg.models.config import (
     BUILTIN_MODELS, DATA_DIR, DEFAULT_MODEL, FORMAT, FORMAT_VERSION, GLOBAL_RECEPTIVE_FIELD,
@@ -73,7 +73,7 @@ def build_config(
 
 def save_model(path: str | os.PathLike[str], network: nn.Module, config: ModelConfig) -> Path:
     """Write weights and config atomically (temporary file, then rename)."""
-    from geoseg.io import atomic_path
+    from geoseg.fs import atomic_path
 
     path = Path(path)
     state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}

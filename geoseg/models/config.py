@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from geoseg import __version__
+from geoseg.version import __version__
 from geoseg.errors import CheckpointError, ModelError
-from geoseg.io import CLASS_NODATA_16, ClassInfo
+from geoseg.classes import CLASS_NODATA_16, ClassInfo
 
 FORMAT = "geoseg-model"
 FORMAT_VERSION = 1

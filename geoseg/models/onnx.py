@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from geoseg.errors import CheckpointError, ModelError, first_line
-from geoseg.io import ClassInfo, check_output_path
+from geoseg.classes import ClassInfo
+from geoseg.fs import check_output_path
 from geoseg.models.checkpoint import (
     GLOBAL_RECEPTIVE_FIELD, LoadedModel, ModelConfig, file_sha256, load_pt_model, resolve_model_path,
     validate_config,
@@ -43,7 +44,7 @@ class OnnxNetwork(nn.Module):
 
     def __init__(self, model: bytes | str | Path, device: torch.device = torch.device("cpu")) -> None:
         super().__init__()
-        from geoseg.engines.onnx_cpu import make_session
+        from geoseg.models.ort_session import make_session
 
         self.session = make_session(model, device)
         self.input_name = self.session.get_inputs()[0].name
@@ -55,7 +56,7 @@ class OnnxNetwork(nn.Module):
 
 def load_onnx_model(path: Path, name: str, device: str | torch.device = "cpu") -> LoadedModel:
     """An ONNX geoseg model, checked, with its network under ONNX Runtime."""
-    from geoseg.engines import onnxruntime_available
+    from geoseg.models.ort_session import onnxruntime_available
 
     config, _ = read_onnx_model(path)
     if not onnxruntime_available():
@@ -117,7 +118,7 @@ def onnx_proto_for(loaded: LoadedModel) -> Any:
     """Export a loaded PyTorch model and check ONNX Runtime gives its logits."""
     cfg = loaded.config
     proto = export_network(loaded.network, cfg.in_channels, cfg.output_stride)
-    from geoseg.engines.onnx_cpu import make_session
+    from geoseg.models.ort_session import make_session
 
     size = 2 * max(cfg.output_stride, 8)
     x = torch.randn(2, cfg.in_channels, size, 3 * size, generator=torch.Generator().manual_seed(0))
@@ -178,7 +179,7 @@ def import_model(
         std=[float(s) for s in std], classes=infos,
     )
     check_counts(config, channels, k, src)
-    from geoseg.engines.onnx_cpu import make_session
+    from geoseg.models.ort_session import make_session
 
     session = make_session(proto.SerializeToString(), torch.device("cpu"))
     stride, rf = probe(session, n_in, len(infos), src)

@@ -134,7 +134,7 @@ def write_onnx_model(proto: Any, path: Path, config: ModelConfig) -> Path:
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, config.to_json()
-    from geoseg.io import atomic_path
+    from geoseg.fs import atomic_path
 
     with atomic_path(path, ".onnx") as tmp:
         onnx.save(proto, str(tmp), save_as_external_data=False)

@@ -19,18 +19,17 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from geoseg.block_cache import READ_CACHE_BYTES
+from geoseg.raster.block_cache import READ_CACHE_BYTES
 from geoseg.errors import ResultsError
-from geoseg.io import (
-    ClassInfo, check_distinct_paths, check_output_path, class_raster_dtype, class_tags,
-    lock_output_folders, no_georef_warning, open_scene, read_env,
-)
+from geoseg.classes import class_raster_dtype, class_tags, ClassInfo
+from geoseg.fs import check_distinct_paths, check_output_path, lock_output_folders
+from geoseg.raster.read import no_georef_warning, open_scene, read_env
 from geoseg.results.areas import row_areas
 from geoseg.results.classes import colour_of, name_of, raster_class_info
 from geoseg.results.tables import check_table_path, stage_table
 
 if TYPE_CHECKING:
-    from geoseg.cluster import TaskSlots
+    from geoseg.dask.stream import TaskSlots
 
 #: Columns of the transition table.
 COLUMNS = ("value", "from", "from_name", "to", "to_name", "changed", "pixels", "area_m2", "area_ha")
@@ -212,11 +211,11 @@ def change(
     """Compare two class rasters of one place: write a from-to raster on BEFORE's grid (one
     value per class pair that occurs, named ``forest -> farmland``, unchanged pairs kept as
     ``forest (unchanged)`` or, with ``changes_only``, nodata), the transition table (``table``:
-    .csv or .parquet) and the changes' polygons (``vector``, as :func:`geoseg.vectorize.vectorize`
+    .csv or .parquet) and the changes' polygons (``vector``, as :func:`geoseg.vector.vectorize.vectorize`
     writes them, with ``vector_options``). Classes are matched by name; AFTER is resampled onto
     BEFORE's grid by nearest neighbour when the grids differ."""
-    from geoseg.cluster import cpu_count, dask_session
-    from geoseg.io import RasterSink, open_sinks
+    from geoseg.dask.session import cpu_count, dask_session
+    from geoseg.raster.sink import open_sinks, RasterSink
     from geoseg.progress import Progress
 
     t0 = time.perf_counter()
@@ -225,7 +224,7 @@ def change(
     table_path = check_table_path(table, overwrite, "transition table") if table is not None else None
     vector_path = None
     if vector is not None:
-        from geoseg.vectorize import check_vector_options
+        from geoseg.vector.vectorize import check_vector_options
 
         vector_path = check_output_path(vector, overwrite, "vector output")
     check_distinct_paths({"BEFORE raster": before, "AFTER raster": after},
@@ -284,7 +283,7 @@ def change(
                     sinks[0].write(arr, Window(c, r, arr.shape[1], arr.shape[0]))
             progress.close()
             if vector_path is not None:
-                from geoseg.vectorize import vectorize
+                from geoseg.vector.vectorize import vectorize
 
                 opts = dict(vector_options or {})
                 unchanged = tuple(r["value"] for r in rows if not r["changed"])
@@ -300,8 +299,8 @@ def change(
 def _stream(client: Any, func: Any, tasks: list[ChangeTask], limit: int | TaskSlots, name: str) -> Any:
     from dask.base import tokenize
 
-    from geoseg.cluster import stream
-    from geoseg.io import file_token
+    from geoseg.dask.stream import stream
+    from geoseg.raster.scenes import file_token
 
     stat = (file_token(tasks[0].before), file_token(tasks[0].after)) if tasks else None
     return stream(client, func, tasks, limit, key=lambda t, i: f"{name}-{tokenize(t, stat)}")

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from geoseg.errors import GeosegWarning, ResultsError
-from geoseg.io import ClassInfo
+from geoseg.classes import ClassInfo
 
 #: Colour of a value without a colour table entry.
 GREY = (128, 128, 128)
@@ -18,7 +18,7 @@ GREY = (128, 128, 128)
 def raster_class_info(src: Any, path: str, warn: bool = True) -> tuple[dict[int, ClassInfo], bool]:
     """``(value -> ClassInfo, tagged)`` of an open class raster; ``tagged`` is False (and a
     warning says so) when it lacks geoseg's ``GEOSEG_CLASSES`` metadata."""
-    from geoseg.styles import raster_classes
+    from geoseg.vector.styles import raster_classes
 
     if not np.issubdtype(np.dtype(src.dtypes[0]), np.integer):
         raise ResultsError(f"{path} holds {src.dtypes[0]} values: not a class raster; give a class "

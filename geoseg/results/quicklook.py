@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import rasterio
 
-from geoseg.io import check_distinct_paths, check_output_path, no_georef_warning, read_env
+from geoseg.fs import check_distinct_paths, check_output_path
+from geoseg.raster.read import no_georef_warning, read_env
 from geoseg.results.classes import colour_of, name_of, raster_class_info
 from geoseg.results.tables import publish
 
@@ -72,7 +73,7 @@ def output_quicklook_write(output: str | os.PathLike[str], png: Path, cells: boo
 
 
 def _stage_png(path: Path, data: bytes) -> Path:
-    from geoseg.io import stage_bytes
+    from geoseg.fs import stage_bytes
 
     return stage_bytes(path, data, ".part.png")
 

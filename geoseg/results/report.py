@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from geoseg.io import stage_bytes
+from geoseg.fs import stage_bytes
 from geoseg.results.quicklook import format_area
 from geoseg.results.tables import publish
 
@@ -47,7 +47,7 @@ def _marker(job: str) -> str:
 def check_report_page(page: Path, job: str, overwrite: bool) -> None:
     """Refuse, before any work, to replace a ``report.html`` that is not this job's last report
     (unless ``overwrite``)."""
-    from geoseg.io import check_output_path
+    from geoseg.fs import check_output_path
 
     if not page.parent.exists():
         return  # the job's folder, made when the job starts (its JSON report was checked)
@@ -82,7 +82,7 @@ def thumbnail(png: Path, width: int = THUMB_WIDTH) -> str | None:
 
 
 def render_report(report: dict[str, Any], folder: Path, page: Path) -> str:
-    """The page for a batch report (:meth:`geoseg.batch.BatchReport.as_dict`), whose scene
+    """The page for a batch report (:meth:`geoseg.jobs.batch.BatchReport.as_dict`), whose scene
     outputs are named relative to ``folder``, linked relative to ``page``."""
     e = html.escape
     scenes = sorted(report.get("scenes", []), key=lambda s: (STATUS_ORDER.get(s.get("status", ""), 9)))

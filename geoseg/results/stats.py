@@ -21,15 +21,17 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from geoseg.block_cache import READ_CACHE_BYTES
+from geoseg.raster.block_cache import READ_CACHE_BYTES
 from geoseg.errors import ResultsError, first_line
-from geoseg.io import ClassInfo, check_distinct_paths, no_georef_warning, open_scene, read_env
+from geoseg.classes import ClassInfo
+from geoseg.fs import check_distinct_paths
+from geoseg.raster.read import no_georef_warning, open_scene, read_env
 from geoseg.results.areas import row_areas
 from geoseg.results.classes import name_of, raster_class_info
 from geoseg.results.tables import check_table_path, publish, stage_table
 
 if TYPE_CHECKING:
-    from geoseg.cluster import TaskSlots
+    from geoseg.dask.stream import TaskSlots
 
 #: Output formats of ``geoseg stats`` by extension.
 STATS_FORMATS = (".csv", ".parquet", ".gpkg")
@@ -108,7 +110,7 @@ _OPEN = threading.local()
 
 def _open_raster(path: str) -> Any:
     """This thread's open dataset of ``path`` as its file is now (opened on first use)."""
-    from geoseg.io import file_token
+    from geoseg.raster.scenes import file_token
 
     key = (path, repr(file_token(path)))
     cache: dict[tuple[str, str], Any] = getattr(_OPEN, "datasets", None) or {}
@@ -457,7 +459,8 @@ def stats(
     (or the raster's) valid area. Block by block on the Dask cluster (``client``, ``scheduler``
     or ``workers`` local processes), at most ``max_in_flight`` blocks at a time.
     """
-    from geoseg.cluster import cpu_count, dask_session, stream
+    from geoseg.dask.session import cpu_count, dask_session
+    from geoseg.dask.stream import stream
     from geoseg.progress import Progress
 
     t0 = time.perf_counter()
@@ -483,7 +486,7 @@ def stats(
     progress = Progress(len(tasks), unit="blocks", quiet=quiet)
     from dask.base import tokenize
 
-    from geoseg.io import file_token
+    from geoseg.raster.scenes import file_token
 
     stat = file_token(raster)
     with dask_session(client, scheduler, workers or cpu_count(), processes=True) as session:
@@ -544,7 +547,7 @@ def _write_zones_gpkg(out: Path, zones: Zones, result: StatsResult, class_map: d
     ``valid_m2``, staged and renamed onto ``out``."""
     import pyogrio
 
-    from geoseg.io import remove_quietly, temporary_sibling
+    from geoseg.fs import remove_quietly, temporary_sibling
 
     values = sorted({r["class"] for r in result.rows})
     names = {v: class_column(name_of(class_map, v)) for v in values}

@@ -10,7 +10,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from geoseg.errors import ResultsError
-from geoseg.io import check_output_path, publish_file, remove_quietly, stage_bytes, temporary_sibling
+from geoseg.fs import (
+    check_output_path,
+    publish_file,
+    remove_quietly,
+    stage_bytes,
+    temporary_sibling,
+)
 
 #: Table formats by extension.
 TABLE_FORMATS = (".csv", ".parquet")

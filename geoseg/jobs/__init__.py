@@ -1,0 +1,1 @@
+"""Jobs: many scenes from one file (batch, resumable), recipes (chip -> train -> predict -> evaluate), map job files."""

@@ -1,0 +1,1 @@
+"""Training: chips from labelled scenes, datasets, the training loop, evaluation and metrics."""

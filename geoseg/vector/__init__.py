@@ -1,0 +1,1 @@
+"""Polygons from class rasters (vectorize) and their QGIS styles."""
