@@ -19,6 +19,8 @@ demo: $(STAMP)
 # mypy (strict, settings in pyproject.toml) first: about 40 s of CPU from cold, 1 s with .mypy_cache;
 # then lint-imports: the layers in pyproject's [tool.importlinter] (no import climbs, no circle).
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(MAKE) docs-check

@@ -16,18 +16,17 @@ other load only ever slows a run down. Writes benchmarks/batch.json.
 from __future__ import annotations
 
 import argparse
-import sys
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-
-from geoseg.jobs.batch import run_batch
 from geoseg.dask.session import dask_session
+from geoseg.jobs.batch import run_batch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from predict import LANDSAT, ROOT, build_scene  # noqa: E402  (benchmarks/predict.py)
@@ -36,7 +35,8 @@ from predict import LANDSAT, ROOT, build_scene  # noqa: E402  (benchmarks/predic
 def write_job(path: Path, scenes: str, out: Path, concurrency: str, vector: bool) -> None:
     path.write_text(
         f"scenes: [{scenes}]\noutput: {{folder: {out}}}\nconcurrency: {concurrency}\n"
-        "predict: {bands: [1, 2, 3, 3], device: cpu}\n" + ("vector: {format: gpkg}\n" if vector else "")
+        "predict: {bands: [1, 2, 3, 3], device: cpu}\n"
+        + ("vector: {format: gpkg}\n" if vector else "")
     )
 
 
@@ -50,10 +50,18 @@ def timed(job: Path, client: Any, threads: int) -> dict[str, float]:
         wall = time.perf_counter() - t0
     if report.count("failed"):
         raise SystemExit(f"{job.name}: {[o.error for o in report.outcomes if o.error]}")
-    busy = sum(ss["stop"] - ss["start"] for task in ts.data for ss in task["startstops"]
-               if ss["action"] == "compute")
-    return {"seconds": wall, "task_seconds": busy, "busy_fraction": busy / (wall * threads),
-            "megapixels": report.megapixels}
+    busy = sum(
+        ss["stop"] - ss["start"]
+        for task in ts.data
+        for ss in task["startstops"]
+        if ss["action"] == "compute"
+    )
+    return {
+        "seconds": wall,
+        "task_seconds": busy,
+        "busy_fraction": busy / (wall * threads),
+        "megapixels": report.megapixels,
+    }
 
 
 def main() -> None:
@@ -62,7 +70,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--vector", action="store_true", help="also polygonize every scene")
-    ap.add_argument("--workers", type=int, default=None, help="local worker processes (default: half the cores)")
+    ap.add_argument(
+        "--workers", type=int, default=None, help="local worker processes (default: half the cores)"
+    )
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
     if not LANDSAT.exists():
@@ -98,18 +108,38 @@ def main() -> None:
     medians = {name: statistics.median(run["seconds"] for run in rs) for name, rs in runs.items()}
     ratio = rows["small_auto"]["seconds"] / rows["large"]["seconds"]
     before = rows["small_one_at_a_time"]["seconds"] / rows["large"]["seconds"]
-    print(f"\n{args.small} scenes of {args.size}² against one of {big}² ({threads} worker thread(s), "
-          f"{len(os.sched_getaffinity(0))} cores, fastest of {args.repeats}; medians "
-          + ", ".join(f"{n} {m:.1f} s" for n, m in medians.items()) + "):")
+    print(
+        f"\n{args.small} scenes of {args.size}² against one of {big}² ({threads} worker thread(s), "
+        f"{len(os.sched_getaffinity(0))} cores, fastest of {args.repeats}; medians "
+        + ", ".join(f"{n} {m:.1f} s" for n, m in medians.items())
+        + "):"
+    )
     print(f"{'job':<22} {'MP':>6} {'s':>7} {'task s':>7} {'busy':>6} {'/ large':>8}")
     for name, row in rows.items():
-        print(f"{name:<22} {row['megapixels']:>6.2f} {row['seconds']:>7.1f} {row['task_seconds']:>7.1f} "
-              f"{row['busy_fraction']:>6.2f} {row['seconds'] / rows['large']['seconds']:>8.2f}")
+        print(
+            f"{name:<22} {row['megapixels']:>6.2f} {row['seconds']:>7.1f} {row['task_seconds']:>7.1f} "
+            f"{row['busy_fraction']:>6.2f} {row['seconds'] / rows['large']['seconds']:>8.2f}"
+        )
     print(f"ratio small/large: {ratio:.2f} (concurrency 1: {before:.2f}); target <= 1.15")
-    (ROOT / "benchmarks" / "batch.json").write_text(json.dumps(
-        {"small": args.small, "size": args.size, "large": big, "threads": threads, "vector": args.vector,
-         "cpu_count": len(os.sched_getaffinity(0)), "repeats": args.repeats, "runs": runs, "fastest": rows, "median_seconds": medians,
-         "ratio": ratio, "ratio_one_at_a_time": before}, indent=1))
+    (ROOT / "benchmarks" / "batch.json").write_text(
+        json.dumps(
+            {
+                "small": args.small,
+                "size": args.size,
+                "large": big,
+                "threads": threads,
+                "vector": args.vector,
+                "cpu_count": len(os.sched_getaffinity(0)),
+                "repeats": args.repeats,
+                "runs": runs,
+                "fastest": rows,
+                "median_seconds": medians,
+                "ratio": ratio,
+                "ratio_one_at_a_time": before,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":  # the local Dask cluster spawns processes that re-import this file

@@ -53,10 +53,19 @@ def build_model(work: Path) -> Path:
     torch.save(net.state_dict(), work / "unet-resnet18.pth")
     raw = work / "unet-resnet18.onnx"
     free = {0: "batch", 2: "height", 3: "width"}
-    torch.onnx.export(net, (torch.zeros(1, 3, 256, 256),), str(raw), dynamo=False, opset_version=18,
-                      input_names=["image"], output_names=["logits"],
-                      dynamic_axes={"image": free, "logits": free})
-    import_model(raw, out, {i: f"class{i}" for i in range(CLASSES)}, MEAN, STD, ["red", "green", "blue"])
+    torch.onnx.export(
+        net,
+        (torch.zeros(1, 3, 256, 256),),
+        str(raw),
+        dynamo=False,
+        opset_version=18,
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_axes={"image": free, "logits": free},
+    )
+    import_model(
+        raw, out, {i: f"class{i}" for i in range(CLASSES)}, MEAN, STD, ["red", "green", "blue"]
+    )
     return out
 
 
@@ -72,9 +81,19 @@ def build_scene(work: Path, size: int) -> Path:
     cells = rng.integers(0, 256, (3, size // 32 + 1, size // 32 + 1)).astype(np.float32)
     data = np.repeat(np.repeat(cells, 32, 1), 32, 2)[:, :size, :size]
     data = (data + rng.normal(0, 12, data.shape)).clip(0, 255).astype(np.uint8)
-    profile = dict(driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs="EPSG:32633",
-                   transform=from_origin(400000, 5800000, 10, 10), tiled=True, blockxsize=512,
-                   blockysize=512, compress="deflate")
+    profile = dict(
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:32633",
+        transform=from_origin(400000, 5800000, 10, 10),
+        tiled=True,
+        blockxsize=512,
+        blockysize=512,
+        compress="deflate",
+    )
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data)
     return path
@@ -93,8 +112,8 @@ def read(path: Path) -> np.ndarray:
 def run_reference(model: Path, scene: Path, out: Path) -> dict[str, Any]:
     """Classes from one ONNX Runtime pass over the whole scene, mirror-padded by geoseg's margin
     (and to the output stride)."""
-    from geoseg.models.ort_session import make_session
     from geoseg.models.load import read_model_config
+    from geoseg.models.ort_session import make_session
     from geoseg.tiling import auto_margin, round_up
 
     cfg = read_model_config(model).config
@@ -102,11 +121,14 @@ def run_reference(model: Path, scene: Path, out: Path) -> dict[str, Any]:
     x = read(scene).astype(np.float32)
     h, w = x.shape[1:]
     x = (x - np.array(MEAN, np.float32)[:, None, None]) / np.array(STD, np.float32)[:, None, None]
-    ph, pw = round_up(h + 2 * margin, cfg.output_stride) - h - margin, round_up(w + 2 * margin, cfg.output_stride) - w - margin
+    ph, pw = (
+        round_up(h + 2 * margin, cfg.output_stride) - h - margin,
+        round_up(w + 2 * margin, cfg.output_stride) - w - margin,
+    )
     x = np.pad(x, ((0, 0), (margin, ph), (margin, pw)), mode="reflect")[None]
     session = make_session(str(model), "cpu")
     logits = session.run(None, {session.get_inputs()[0].name: x})[0][0]
-    classes = logits.argmax(0)[margin:margin + h, margin:margin + w].astype(np.uint8)
+    classes = logits.argmax(0)[margin : margin + h, margin : margin + w].astype(np.uint8)
     np.save(out, classes)
     return {"margin": margin}
 
@@ -128,8 +150,8 @@ def run_toolbelt(work: Path, scene: Path, out: Path) -> dict[str, Any]:
     std = torch.tensor(STD).view(1, 3, 1, 1)
     with torch.inference_mode():
         for i in range(0, len(tiles), 4):
-            batch = torch.from_numpy(np.stack(tiles[i:i + 4])).permute(0, 3, 1, 2).float()
-            merger.integrate_batch(net((batch - mean) / std), tiler.crops[i:i + 4])
+            batch = torch.from_numpy(np.stack(tiles[i : i + 4])).permute(0, 3, 1, 2).float()
+            merger.integrate_batch(net((batch - mean) / std), tiler.crops[i : i + 4])
     merged = np.moveaxis(merger.merge().numpy(), 0, -1)
     classes = tiler.crop_to_orignal_size(merged).argmax(-1).astype(np.uint8)
     np.save(out, classes)
@@ -142,8 +164,20 @@ def run_geoseg(model: Path, scene: Path, out: Path, extra: list[str]) -> dict[st
 
     from geoseg.cli.main import cli
 
-    result = CliRunner().invoke(cli, ["predict", str(scene), "-o", str(out.with_suffix(".tif")), "--model",
-                                       str(model), "--overwrite", *extra], catch_exceptions=False)
+    result = CliRunner().invoke(
+        cli,
+        [
+            "predict",
+            str(scene),
+            "-o",
+            str(out.with_suffix(".tif")),
+            "--model",
+            str(model),
+            "--overwrite",
+            *extra,
+        ],
+        catch_exceptions=False,
+    )
     if result.exit_code:
         raise SystemExit(result.output)
     np.save(out, read(out.with_suffix(".tif"))[0])
@@ -156,9 +190,15 @@ def run_measure(model: Path, scene: Path) -> dict[str, Any]:
     from geoseg.options import PredictOptions
     from geoseg.prediction.plan import plan_predict
 
-    plan = plan_predict(scene, scene.with_name("plan-only.tif"), model, PredictOptions(), overwrite=True)
+    plan = plan_predict(
+        scene, scene.with_name("plan-only.tif"), model, PredictOptions(), overwrite=True
+    )
     assert plan.tile_choice is not None
-    return {"tile": plan.tile, "overlap_factor": plan.grid.overlap_factor, "choice": plan.tile_choice.describe()}
+    return {
+        "tile": plan.tile,
+        "overlap_factor": plan.grid.overlap_factor,
+        "choice": plan.tile_choice.describe(),
+    }
 
 
 def child(name: str, work: Path, size: int, extra: list[str]) -> None:
@@ -179,7 +219,18 @@ def child(name: str, work: Path, size: int, extra: list[str]) -> None:
 
 def spawn(name: str, work: Path, size: int, extra: list[str] = []) -> dict[str, Any]:
     """Run ``name`` in a child process: its result, wall time and peak resident memory."""
-    cmd = [sys.executable, __file__, "--child", name, "--work", str(work), "--size", str(size), "--", *extra]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        name,
+        "--work",
+        str(work),
+        "--size",
+        str(size),
+        "--",
+        *extra,
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env, text=True)
     assert proc.stdout is not None
@@ -217,18 +268,29 @@ def main() -> None:
     for name in ("geoseg", "toolbelt") if ref is not None else ():
         got = np.load(args.work / f"{name}-{args.size}.npy")
         runs[name]["differing_pct"] = float((got != ref).mean() * 100)
-    result = {"size": args.size, "cores": len(os.sched_getaffinity(0)), "load_before": load,
-              "load_after": os.getloadavg(), "runs": runs}
+    result = {
+        "size": args.size,
+        "cores": len(os.sched_getaffinity(0)),
+        "load_before": load,
+        "load_after": os.getloadavg(),
+        "runs": runs,
+    }
     (ROOT / "benchmarks" / "deep_models.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"| run ({args.size}², {result['cores']} cores) | wall | peak memory | pixels differing from one whole-scene forward |")
+    print(
+        f"| run ({args.size}², {result['cores']} cores) | wall | peak memory | pixels differing from one whole-scene forward |"
+    )
     print("| --- | --- | --- | --- |")
     for name in ("toolbelt", "geoseg", "reference"):
         r = runs.get(name)
         if r:
-            print(f"| {name} | {r['wall_s']:.1f} s | {r['peak_mb'] / 1000:.2f} GB | "
-                  f"{r.get('differing_pct', 0.0):.2f} % |")
-    print(f"one-off measurement before geoseg's first run: {runs['measure']['wall_s']:.1f} s "
-          f"({runs['measure']['choice']}; tile {runs['measure']['tile']})")
+            print(
+                f"| {name} | {r['wall_s']:.1f} s | {r['peak_mb'] / 1000:.2f} GB | "
+                f"{r.get('differing_pct', 0.0):.2f} % |"
+            )
+    print(
+        f"one-off measurement before geoseg's first run: {runs['measure']['wall_s']:.1f} s "
+        f"({runs['measure']['choice']}; tile {runs['measure']['tile']})"
+    )
 
 
 if __name__ == "__main__":

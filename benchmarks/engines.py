@@ -34,21 +34,20 @@ from typing import Any
 import numpy as np
 import rasterio
 import torch
-from rasterio.windows import Window
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from predict import LANDSAT, build_scene, run_predict  # noqa: E402  (benchmarks/predict.py)
 
-from geoseg.engines.fused import cpu_runs  # noqa: E402
-from geoseg.models.ort_session import make_session  # noqa: E402
 from geoseg.classes import ClassInfo
-from geoseg.raster.read import open_scene
-from geoseg.raster.sink import RasterSink  # noqa: E402
+from geoseg.engines.fused import cpu_runs  # noqa: E402
 from geoseg.models import create_model, list_models, output_stride  # noqa: E402
 from geoseg.models.checkpoint import build_config, save_model  # noqa: E402
 from geoseg.models.load import load_model  # noqa: E402
 from geoseg.models.onnx import export_network  # noqa: E402
+from geoseg.models.ort_session import make_session  # noqa: E402
 from geoseg.prediction.plan import auto_tile  # noqa: E402
+from geoseg.raster.read import open_scene
+from geoseg.raster.sink import RasterSink  # noqa: E402
 from geoseg.tiling import TileGrid, auto_margin  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +68,9 @@ def best_rate(fn: Any, pixels: int, seconds: float, rounds: int = 3) -> float:
     return best
 
 
-def forward_table(archs: list[str], tile: int, batch: int, seconds: float, compile_archs: list[str]) -> list[dict]:
+def forward_table(
+    archs: list[str], tile: int, batch: int, seconds: float, compile_archs: list[str]
+) -> list[dict]:
     """Forward Mpx/s per architecture and engine, same tiles, same threads."""
     rows = []
     torch.set_num_threads(len(os.sched_getaffinity(0)))
@@ -99,8 +100,11 @@ def forward_table(archs: list[str], tile: int, batch: int, seconds: float, compi
             except Exception as exc:  # noqa: BLE001 - "where it works"
                 row["compile"] = None
                 row["compile_error"] = str(exc).splitlines()[0][:120]
-        session = make_session(export_network(net, 3, stride).SerializeToString(), torch.device("cpu"),
-                               threads=len(os.sched_getaffinity(0)))
+        session = make_session(
+            export_network(net, 3, stride).SerializeToString(),
+            torch.device("cpu"),
+            threads=len(os.sched_getaffinity(0)),
+        )
         xn = x.numpy()
         row["onnxruntime"] = best_rate(lambda: session.run(None, {"image": xn}), px, seconds)
         row["ort_over_eager"] = row["onnxruntime"] / row["eager"]
@@ -127,13 +131,17 @@ def convert_once(model: Path) -> float:
     return time.perf_counter() - t0
 
 
-def end_to_end(model: Path, scene: Path, out: Path, engine: str, tile: int, batch: int) -> tuple[float, float]:
+def end_to_end(
+    model: Path, scene: Path, out: Path, engine: str, tile: int, batch: int
+) -> tuple[float, float]:
     """Wall seconds and peak RSS (MB) of ``geoseg predict --engine ENGINE`` as a fresh process."""
     wall, peak = run_predict(scene, out, model, tile, batch, ["--engine", engine])
     return wall, peak / 2**20
 
 
-def floor_seconds(model: Path, scene: Path, classes: Path, tile: int, batch: int, work: Path) -> dict[str, float]:
+def floor_seconds(
+    model: Path, scene: Path, classes: Path, tile: int, batch: int, work: Path
+) -> dict[str, float]:
     """The cheap network's forward over every tile (ONNX Runtime, all cores), reading every
     block of the scene, and GDAL writing the class raster as a COG: what no pipeline can beat."""
     loaded = load_model(model)
@@ -142,13 +150,27 @@ def floor_seconds(model: Path, scene: Path, classes: Path, tile: int, batch: int
     margin = auto_margin(cfg.receptive_field, cfg.output_stride)
     t = tile if tile else auto_tile(margin, cfg.output_stride)
     grid = TileGrid.create(info.height, info.width, t, margin, cfg.output_stride)
-    session = make_session(export_network(loaded.network, 3, cfg.output_stride).SerializeToString(),
-                           torch.device("cpu"), threads=len(os.sched_getaffinity(0)))
-    x = np.random.default_rng(0).normal(size=(batch, 3, grid.tile_height, grid.tile_width)).astype(np.float32)
+    session = make_session(
+        export_network(loaded.network, 3, cfg.output_stride).SerializeToString(),
+        torch.device("cpu"),
+        threads=len(os.sched_getaffinity(0)),
+    )
+    x = (
+        np.random.default_rng(0)
+        .normal(size=(batch, 3, grid.tile_height, grid.tile_width))
+        .astype(np.float32)
+    )
     # the faster of one run per batch and the runs predict's ONNX engine makes on the CPU
-    rate = max(best_rate(lambda: session.run(None, {"image": x}), x.size // 3, 2.0),
-               best_rate(lambda: [session.run(None, {"image": x[r]}) for r in cpu_runs(*x.shape[:1], *x.shape[2:])],
-                         x.size // 3, 2.0))
+    rate = max(
+        best_rate(lambda: session.run(None, {"image": x}), x.size // 3, 2.0),
+        best_rate(
+            lambda: [
+                session.run(None, {"image": x[r]}) for r in cpu_runs(*x.shape[:1], *x.shape[2:])
+            ],
+            x.size // 3,
+            2.0,
+        ),
+    )
     forward = len(grid) * grid.tile_height * grid.tile_width / 1e6 / rate
 
     t0 = time.perf_counter()
@@ -166,8 +188,13 @@ def floor_seconds(model: Path, scene: Path, classes: Path, tile: int, batch: int
             sink.write(arr, win)
         sink.commit()
     write = time.perf_counter() - t0
-    return {"forward": forward, "read": read, "write": write, "floor": forward + read + write,
-            "forward_mp_per_s": rate}
+    return {
+        "forward": forward,
+        "read": read,
+        "write": write,
+        "floor": forward + read + write,
+        "forward_mp_per_s": rate,
+    }
 
 
 def main() -> None:
@@ -176,10 +203,14 @@ def main() -> None:
     ap.add_argument("--cheap-size", type=int, default=8192)
     ap.add_argument("--tile", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--forward-tile", type=int, default=256, help="tile of the per-architecture table")
+    ap.add_argument(
+        "--forward-tile", type=int, default=256, help="tile of the per-architecture table"
+    )
     ap.add_argument("--forward-batch", type=int, default=2)
     ap.add_argument("--archs", default="all")
-    ap.add_argument("--compile-archs", default="unet-small", help="architectures to try torch.compile on")
+    ap.add_argument(
+        "--compile-archs", default="unet-small", help="architectures to try torch.compile on"
+    )
     ap.add_argument("--seconds", type=float, default=3.0, help="per forward measurement round")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: forward,e2e,cheap")
     ap.add_argument("--workdir", default=None)
@@ -189,8 +220,12 @@ def main() -> None:
     skip = set(args.skip.split(","))
     work = Path(args.workdir or tempfile.mkdtemp(prefix="geoseg-engines-"))
     work.mkdir(parents=True, exist_ok=True)
-    result: dict[str, Any] = {"cpu_count": len(os.sched_getaffinity(0)), "tile": args.tile,
-                              "batch_size": args.batch_size, "torch": torch.__version__}
+    result: dict[str, Any] = {
+        "cpu_count": len(os.sched_getaffinity(0)),
+        "tile": args.tile,
+        "batch_size": args.batch_size,
+        "torch": torch.__version__,
+    }
     import onnxruntime
 
     result["onnxruntime"] = onnxruntime.__version__
@@ -198,8 +233,11 @@ def main() -> None:
 
     # parts skipped in this run keep the figures of the run that measured them
     earlier = json.loads(out_json.read_text()) if out_json.exists() else {}
-    parts = [key for part, key in (("forward", "forward"), ("e2e", "end_to_end"), ("cheap", "cheap"))
-             if part not in skip]
+    parts = [
+        key
+        for part, key in (("forward", "forward"), ("e2e", "end_to_end"), ("cheap", "cheap"))
+        if part not in skip
+    ]
     notes = {**earlier.get("notes", {}), **{p: args.note for p in parts}}
     if "note" in earlier:  # the single note of older files was about the forward table's run
         notes.setdefault("forward", earlier.pop("note"))
@@ -211,8 +249,13 @@ def main() -> None:
     if "forward" not in skip:
         archs = [] if args.archs == "all" else args.archs.split(",")
         result["forward_tile"], result["forward_batch"] = args.forward_tile, args.forward_batch
-        result["forward"] = forward_table(archs, args.forward_tile, args.forward_batch, args.seconds,
-                                          args.compile_archs.split(","))
+        result["forward"] = forward_table(
+            archs,
+            args.forward_tile,
+            args.forward_batch,
+            args.seconds,
+            args.compile_archs.split(","),
+        )
         save()
     if not LANDSAT.exists():
         raise SystemExit(f"the end-to-end parts need the Landsat scene at {LANDSAT}")
@@ -226,8 +269,14 @@ def main() -> None:
                 build_scene(scene, size)
             row: dict[str, Any] = {"size": size}
             for engine in ("torch", "auto"):
-                wall, peak = end_to_end(model, scene, work / f"c-{engine}-{size}.tif", engine, args.tile,
-                                        args.batch_size)
+                wall, peak = end_to_end(
+                    model,
+                    scene,
+                    work / f"c-{engine}-{size}.tif",
+                    engine,
+                    args.tile,
+                    args.batch_size,
+                )
                 row[f"{engine}_s"], row[f"{engine}_peak_mb"] = wall, peak
             row["speedup"] = row["torch_s"] / row["auto_s"]
             row["onnx_conversion_s"] = conversion  # once per model, not in auto_s
@@ -245,8 +294,14 @@ def main() -> None:
         classes = work / f"cheap-{size}.tif"
         wall, peak = end_to_end(cheap, scene, classes, "auto", args.tile, args.batch_size)
         floor = floor_seconds(cheap, scene, classes, args.tile, args.batch_size, work)
-        result["cheap"] = {"size": size, "end_to_end_s": wall, "peak_mb": peak, **floor,
-                           "floor_over_end_to_end": floor["floor"] / wall, "onnx_conversion_s": conversion}
+        result["cheap"] = {
+            "size": size,
+            "end_to_end_s": wall,
+            "peak_mb": peak,
+            **floor,
+            "floor_over_end_to_end": floor["floor"] / wall,
+            "onnx_conversion_s": conversion,
+        }
         print(json.dumps(result["cheap"]), flush=True)
         save()
     print_tables(result)
@@ -254,21 +309,29 @@ def main() -> None:
 
 def print_tables(r: dict[str, Any]) -> None:
     if "forward" in r:
-        print(f"\nforward Mpx/s (tile {r['forward_tile']}, batch {r['forward_batch']}, {r['cpu_count']} threads)")
+        print(
+            f"\nforward Mpx/s (tile {r['forward_tile']}, batch {r['forward_batch']}, {r['cpu_count']} threads)"
+        )
         print(f"{'arch':<15}{'eager':>8}{'ch-last':>9}{'compile':>9}{'ORT':>8}{'ORT/eager':>10}")
         for f in r["forward"]:
             comp = f.get("compile")
-            print(f"{f['arch']:<15}{f['eager']:>8.3f}{f['channels_last']:>9.3f}"
-                  f"{(f'{comp:.3f}' if comp else '-'):>9}{f['onnxruntime']:>8.3f}{f['ort_over_eager']:>10.2f}")
+            print(
+                f"{f['arch']:<15}{f['eager']:>8.3f}{f['channels_last']:>9.3f}"
+                f"{(f'{comp:.3f}' if comp else '-'):>9}{f['onnxruntime']:>8.3f}{f['ort_over_eager']:>10.2f}"
+            )
     for e in r.get("end_to_end", []):
-        print(f"{e['size']}²: torch {e['torch_s']:.1f} s ({e['torch_peak_mb']:.0f} MB), auto/ONNX Runtime "
-              f"{e['auto_s']:.1f} s ({e['auto_peak_mb']:.0f} MB): {e['speedup']:.2f}x "
-              f"(+ {e.get('onnx_conversion_s', 0):.1f} s converting the model once)")
+        print(
+            f"{e['size']}²: torch {e['torch_s']:.1f} s ({e['torch_peak_mb']:.0f} MB), auto/ONNX Runtime "
+            f"{e['auto_s']:.1f} s ({e['auto_peak_mb']:.0f} MB): {e['speedup']:.2f}x "
+            f"(+ {e.get('onnx_conversion_s', 0):.1f} s converting the model once)"
+        )
     if "cheap" in r:
         c = r["cheap"]
-        print(f"cheap network {c['size']}²: end to end {c['end_to_end_s']:.1f} s, floor {c['floor']:.1f} s "
-              f"(forward {c['forward']:.1f} + read {c['read']:.1f} + write {c['write']:.1f}): "
-              f"floor / end-to-end = {c['floor_over_end_to_end']:.2f}")
+        print(
+            f"cheap network {c['size']}²: end to end {c['end_to_end_s']:.1f} s, floor {c['floor']:.1f} s "
+            f"(forward {c['forward']:.1f} + read {c['read']:.1f} + write {c['write']:.1f}): "
+            f"floor / end-to-end = {c['floor_over_end_to_end']:.2f}"
+        )
 
 
 if __name__ == "__main__":  # the local Dask cluster spawns processes that re-import this file

@@ -27,9 +27,9 @@ import rasterio
 import torch
 
 import geoseg
+from geoseg.dask.processes import worker_commands
 from geoseg.engines.infer import InferenceOptions, forward, normalize
 from geoseg.models.load import load_model
-from geoseg.dask.processes import worker_commands
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,8 +39,18 @@ def make_scene(path: Path, size: int, bands: int) -> Path:
     from rasterio.transform import from_origin
 
     rng = np.random.default_rng(0)
-    profile = dict(driver="GTiff", width=size, height=size, count=bands, dtype="uint16", tiled=True,
-                   blockxsize=512, blockysize=512, crs="EPSG:32633", transform=from_origin(300000, 5800000, 10, 10))
+    profile = dict(
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=bands,
+        dtype="uint16",
+        tiled=True,
+        blockxsize=512,
+        blockysize=512,
+        crs="EPSG:32633",
+        transform=from_origin(300000, 5800000, 10, 10),
+    )
     with rasterio.open(path, "w", **profile) as dst:
         for r in range(0, size, 512):
             block = rng.normal(1500, 600, size=(bands, min(512, size - r), size)).clip(0, 10000)
@@ -48,10 +58,20 @@ def make_scene(path: Path, size: int, bands: int) -> Path:
     return path
 
 
-def forward_mps(model: Any, tile: int, batch: int, device: torch.device, options: InferenceOptions,
-                seconds: float = 10.0) -> float:
+def forward_mps(
+    model: Any,
+    tile: int,
+    batch: int,
+    device: torch.device,
+    options: InferenceOptions,
+    seconds: float = 10.0,
+) -> float:
     """Network-input megapixels per second of ``forward`` on host batches (copy included)."""
-    x = np.random.default_rng(0).normal(size=(batch, model.config.in_channels, tile, tile)).astype(np.float32)
+    x = (
+        np.random.default_rng(0)
+        .normal(size=(batch, model.config.in_channels, tile, tile))
+        .astype(np.float32)
+    )
     forward(model.network, x, device, options)
     torch.cuda.synchronize(device) if device.type == "cuda" else None
     n, t = 0, time.perf_counter()
@@ -78,16 +98,34 @@ def precision_effect(scene: Path, model_name: str | None, device: str) -> dict[s
     return out
 
 
-def e2e(scene: Path, model: str | None, tile: int, batch: int, scheduler: str | None, workers: int | None,
-        options: dict[str, Any]) -> tuple[float, float]:
+def e2e(
+    scene: Path,
+    model: str | None,
+    tile: int,
+    batch: int,
+    scheduler: str | None,
+    workers: int | None,
+    options: dict[str, Any],
+) -> tuple[float, float]:
     """(network-input MP/s, scene MP/s) of geoseg.predict."""
     with tempfile.TemporaryDirectory() as tmp:
-        res = geoseg.predict(str(scene), f"{tmp}/c.tif", model=model, tile=tile, batch_size=batch,
-                             scheduler=scheduler, workers=workers, device="cuda", **options)
+        res = geoseg.predict(
+            str(scene),
+            f"{tmp}/c.tif",
+            model=model,
+            tile=tile,
+            batch_size=batch,
+            scheduler=scheduler,
+            workers=workers,
+            device="cuda",
+            **options,
+        )
     return res.pixels * res.overlap_factor / 1e6 / res.seconds, res.megapixels_per_second
 
 
-def engine_rates(model: str | None, tile: int, batch: int, device: str, seconds: float = 10.0) -> list[dict[str, Any]]:
+def engine_rates(
+    model: str | None, tile: int, batch: int, device: str, seconds: float = 10.0
+) -> list[dict[str, Any]]:
     """Megapixels per second of one whole engine step (raw uint16 tiles in: upload, normalisation,
     forward, argmax and uint8 probabilities back) per engine and setting on ``device``."""
     from geoseg.engines import onnxruntime_available
@@ -97,10 +135,17 @@ def engine_rates(model: str | None, tile: int, batch: int, device: str, seconds:
     path, _ = resolve_model_path(model)
     sha = file_sha256(path)
     channels = load_model(model).config.in_channels
-    raw = np.random.default_rng(0).normal(1500, 600, size=(batch, channels, tile, tile)).clip(0, 1e4).astype(np.uint16)
+    raw = (
+        np.random.default_rng(0)
+        .normal(1500, 600, size=(batch, channels, tile, tile))
+        .clip(0, 1e4)
+        .astype(np.uint16)
+    )
     valid = np.ones((batch, tile, tile), bool)
-    settings = [("torch", InferenceOptions(precision="fp32")),
-                ("torch", InferenceOptions(precision="bf16", channels_last=True))]
+    settings = [
+        ("torch", InferenceOptions(precision="fp32")),
+        ("torch", InferenceOptions(precision="bf16", channels_last=True)),
+    ]
     if onnxruntime_available():
         settings.append(("onnx", InferenceOptions(precision="fp32")))
     rows = []
@@ -108,15 +153,23 @@ def engine_rates(model: str | None, tile: int, batch: int, device: str, seconds:
         try:
             eng = worker_engine(str(path), sha, device, engine, opts)
         except Exception as exc:  # noqa: BLE001 - e.g. no CUDA provider in this onnxruntime build
-            rows.append({"engine": engine, "precision": opts.precision, "error": str(exc).splitlines()[0]})
+            rows.append(
+                {"engine": engine, "precision": opts.precision, "error": str(exc).splitlines()[0]}
+            )
             continue
         eng.run(raw, valid, True)
         n, t = 0, time.perf_counter()
         while n == 0 or time.perf_counter() - t < seconds:
             eng.run(raw, valid, True)
             n += 1
-        rows.append({"engine": engine, "precision": opts.precision, "channels_last": opts.channels_last,
-                     "step_mps": n * batch * tile * tile / 1e6 / (time.perf_counter() - t)})
+        rows.append(
+            {
+                "engine": engine,
+                "precision": opts.precision,
+                "channels_last": opts.channels_last,
+                "step_mps": n * batch * tile * tile / 1e6 / (time.perf_counter() - t),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -124,14 +177,26 @@ def engine_rates(model: str | None, tile: int, batch: int, device: str, seconds:
 def gpu_workers(n: int) -> tuple[subprocess.Popen, list[subprocess.Popen], str]:
     """A scheduler and ``n`` single-GPU workers (CUDA_VISIBLE_DEVICES=i, resources GPU=1)."""
     tmp = Path(tempfile.mkdtemp())
-    sched = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--port", "0",
-                              "--scheduler-file", str(tmp / "s.json"), "--no-dashboard"])
+    sched = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "distributed.cli.dask_scheduler",
+            "--port",
+            "0",
+            "--scheduler-file",
+            str(tmp / "s.json"),
+            "--no-dashboard",
+        ]
+    )
     while not (tmp / "s.json").exists():
         time.sleep(0.2)
     time.sleep(0.5)
     address = json.loads((tmp / "s.json").read_text())["address"]
-    workers = [subprocess.Popen(list(c.args), env={**os.environ, **dict(c.env)})
-               for c in worker_commands(address, n)]
+    workers = [
+        subprocess.Popen(list(c.args), env={**os.environ, **dict(c.env)})
+        for c in worker_commands(address, n)
+    ]
     return sched, workers, address
 
 
@@ -144,8 +209,11 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "gpu.json"))
     args = ap.parse_args()
     model = load_model(args.model)
-    scene = Path(args.scene) if args.scene else make_scene(Path(tempfile.mkdtemp()) / "scene.tif", args.size,
-                                                          model.config.in_channels)
+    scene = (
+        Path(args.scene)
+        if args.scene
+        else make_scene(Path(tempfile.mkdtemp()) / "scene.tif", args.size, model.config.in_channels)
+    )
     result: dict[str, Any] = {"torch": torch.__version__, "scene": str(scene), "model": model.name}
     if not torch.cuda.is_available():
         result["device"] = "cpu (no CUDA here: only the precision check ran)"
@@ -161,18 +229,32 @@ def main() -> None:
     result["engines"] = engine_rates(args.model, args.tile, 8, "cuda")
     result["engines_e2e"] = {
         engine: e2e(scene, args.model, args.tile, 8, None, 1, {"engine": engine})[0]
-        for engine in ("auto", "torch", "onnx") if engine != "onnx" or any(
-            "error" not in r for r in result["engines"] if r["engine"] == "onnx")
+        for engine in ("auto", "torch", "onnx")
+        if engine != "onnx"
+        or any("error" not in r for r in result["engines"] if r["engine"] == "onnx")
     }
     sweep = []
     for precision in ("fp32", "bf16"):
         opts = InferenceOptions(precision=precision, channels_last=True)
         for batch in (1, 2, 4, 8, 16):
             fwd = forward_mps(load_model(args.model, device="cuda"), args.tile, batch, dev, opts)
-            net, scene_mps = e2e(scene, args.model, args.tile, batch, None, 1,
-                                 {"precision": precision, "channels_last": True})
-            row = {"precision": precision, "batch": batch, "forward_mps": fwd, "e2e_network_mps": net,
-                   "e2e_scene_mps": scene_mps, "ratio": net / fwd}
+            net, scene_mps = e2e(
+                scene,
+                args.model,
+                args.tile,
+                batch,
+                None,
+                1,
+                {"precision": precision, "channels_last": True},
+            )
+            row = {
+                "precision": precision,
+                "batch": batch,
+                "forward_mps": fwd,
+                "e2e_network_mps": net,
+                "e2e_scene_mps": scene_mps,
+                "ratio": net / fwd,
+            }
             sweep.append(row)
             print(json.dumps(row), flush=True)
     result["sweep"] = sweep
@@ -180,8 +262,15 @@ def main() -> None:
         best = max(sweep, key=lambda r: r["e2e_network_mps"])
         sched, workers, address = gpu_workers(2)
         try:
-            net2, scene2 = e2e(scene, args.model, args.tile, best["batch"], address, None,
-                               {"precision": best["precision"], "channels_last": True})
+            net2, scene2 = e2e(
+                scene,
+                args.model,
+                args.tile,
+                best["batch"],
+                address,
+                None,
+                {"precision": best["precision"], "channels_last": True},
+            )
         finally:
             for p in [*workers, sched]:
                 p.kill()

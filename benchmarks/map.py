@@ -50,8 +50,16 @@ def make_scenes(folder: Path, size: int, count: int, seed: int = 0) -> list[str]
         if i == rows - 1:
             r1 = size
         path = folder / f"scene-{k:05d}.tif"
-        profile = dict(driver="GTiff", width=c1 - c0, height=r1 - r0, count=3, dtype="uint8", nodata=0,
-                       crs="EPSG:32633", transform=from_origin(300000 + c0 * 10, 5800000 - r0 * 10, 10, 10))
+        profile = dict(
+            driver="GTiff",
+            width=c1 - c0,
+            height=r1 - r0,
+            count=3,
+            dtype="uint8",
+            nodata=0,
+            crs="EPSG:32633",
+            transform=from_origin(300000 + c0 * 10, 5800000 - r0 * 10, 10, 10),
+        )
         with rasterio.open(path, "w", **profile) as dst:
             dst.write(data[:, r0:r1, c0:c1])
             if k % 5 == 0:
@@ -65,16 +73,32 @@ def child(folder: Path, model: Path) -> None:
     import geoseg.mapping
 
     t0 = time.perf_counter()
-    result = geoseg.mapping.map([str(folder / "scene-*.tif")], folder / "map.tif", model=str(model), workers=1,
-                                tile=256, device="cpu")
+    result = geoseg.mapping.map(
+        [str(folder / "scene-*.tif")],
+        folder / "map.tif",
+        model=str(model),
+        workers=1,
+        tile=256,
+        device="cpu",
+    )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"scenes": result.extras["scenes"], "planning_s": round(result.extras["planning_seconds"], 3),
-                      "total_s": round(time.perf_counter() - t0, 2), "client_peak_mib": round(peak, 1),
-                      "megapixels": round(result.pixels / 1e6, 3)}))
+    print(
+        json.dumps(
+            {
+                "scenes": result.extras["scenes"],
+                "planning_s": round(result.extras["planning_seconds"], 3),
+                "total_s": round(time.perf_counter() - t0, 2),
+                "client_peak_mib": round(peak, 1),
+                "megapixels": round(result.pixels / 1e6, 3),
+            }
+        )
+    )
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--counts", default="10,1000")
     ap.add_argument("--child", nargs=2, metavar=("FOLDER", "MODEL"), help=argparse.SUPPRESS)
@@ -91,15 +115,22 @@ def main() -> None:
             folder = Path(tmp) / f"n{n}"
             folder.mkdir()
             make_scenes(folder, args.size, n)
-            out = subprocess.run([sys.executable, __file__, "--child", str(folder), str(model)], check=True,
-                                 capture_output=True, text=True, cwd=ROOT)
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", str(folder), str(model)],
+                check=True,
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+            )
             runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(json.dumps(runs[-1]), flush=True)
     base = runs[0]["client_peak_mib"]
     for r in runs:
         r["peak_ratio"] = round(r["client_peak_mib"] / base, 3)
     summary = {"size": args.size, "runs": runs}
-    print(f"client peak {runs[-1]['scenes']} scenes / {runs[0]['scenes']} scenes: {runs[-1]['peak_ratio']:.3f}")
+    print(
+        f"client peak {runs[-1]['scenes']} scenes / {runs[0]['scenes']} scenes: {runs[-1]['peak_ratio']:.3f}"
+    )
     (ROOT / "benchmarks" / "map.json").write_text(json.dumps(summary, indent=1) + "\n")
 
 

@@ -24,13 +24,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from geoseg.training.chips import load_manifest, make_chips, manifest_classes
 from geoseg.engines.crf import CRFParams
-from geoseg.training.datasets import IGNORE_INDEX, ChipDataset
 from geoseg.engines.infer import InferenceOptions, forward
-from geoseg.training.metrics import Scores, confusion_matrix
-from geoseg.models.load import load_model
 from geoseg.models.dilation import GriddingWarning
+from geoseg.models.load import load_model
+from geoseg.training.chips import load_manifest, make_chips, manifest_classes
+from geoseg.training.datasets import IGNORE_INDEX, ChipDataset
+from geoseg.training.metrics import Scores, confusion_matrix
 from geoseg.training.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +45,10 @@ CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "fcn8s": ("fcn8s", dict(VGG)),
     "deeplabv1 (rates 2,2,2)": ("deeplabv1", {"width": 0.25, "fc_channels": 256}),
     "deeplabv1 hdc (1,2,5)": ("deeplabv1", {"width": 0.25, "fc_channels": 256, "dilations": "hdc"}),
-    "deeplabv1 hdc + MSc": ("deeplabv1", {"width": 0.25, "fc_channels": 256, "dilations": "hdc", "msc": True}),
+    "deeplabv1 hdc + MSc": (
+        "deeplabv1",
+        {"width": 0.25, "fc_channels": 256, "dilations": "hdc", "msc": True},
+    ),
     "deeplabv3plus mobilenetv3": ("deeplabv3plus", {"backbone": "mobilenetv3"}),
     "deeplabv3plus resnet50": ("deeplabv3plus", {"backbone": "resnet50"}),
 }
@@ -63,9 +66,18 @@ def ensure_chips(chips: Path) -> None:
     classes = "1=farmland,2=forest,3=grass,4=meadow,5=residential,6=scrub,7=water,8=wetland"
     from geoseg.classes import parse_class_names
 
-    make_chips([(SCENE / "image.tif", SCENE / "label.tif")], chips, size=128, stride=64, split_block=256,
-               ignore_value=0, min_labeled=0.05, val_fraction=0.2, seed=0,
-               class_names=parse_class_names(classes))
+    make_chips(
+        [(SCENE / "image.tif", SCENE / "label.tif")],
+        chips,
+        size=128,
+        stride=64,
+        split_block=256,
+        ignore_value=0,
+        min_labeled=0.05,
+        val_fraction=0.2,
+        seed=0,
+        class_names=parse_class_names(classes),
+    )
 
 
 def forward_mps(network: torch.nn.Module, bands: int, size: int = 512, runs: int = 3) -> float:
@@ -77,7 +89,9 @@ def forward_mps(network: torch.nn.Module, bands: int, size: int = 512, runs: int
     return runs * size * size / 1e6 / (time.perf_counter() - t)
 
 
-def scores(network: torch.nn.Module, val: ChipDataset, names: list[str], options: InferenceOptions) -> Scores:
+def scores(
+    network: torch.nn.Module, val: ChipDataset, names: list[str], options: InferenceOptions
+) -> Scores:
     k = len(names)
     cm = np.zeros((k, k), np.int64)
     for i in range(0, len(val), 8):
@@ -95,8 +109,11 @@ def main() -> None:
     ap.add_argument("--work", default=str(ROOT / "build" / "models-bench"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "models.json"))
     ap.add_argument("--only", nargs="*", default=None)
-    ap.add_argument("--throughput-only", action="store_true",
-                    help="re-measure forward throughput of the trained models, all in this one run")
+    ap.add_argument(
+        "--throughput-only",
+        action="store_true",
+        help="re-measure forward throughput of the trained models, all in this one run",
+    )
     args = ap.parse_args()
     chips, work = Path(args.chips), Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -108,32 +125,58 @@ def main() -> None:
     results: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
     results.setdefault("rows", {})
     if not args.throughput_only:
-        results.update(epochs=args.epochs, threads=torch.get_num_threads(), torch=torch.__version__,
-                       val_chips=len(val))
+        results.update(
+            epochs=args.epochs,
+            threads=torch.get_num_threads(),
+            torch=torch.__version__,
+            val_chips=len(val),
+        )
     for label, (arch, kwargs) in CONFIGS.items():
         if args.only and label not in args.only:
             continue
-        model_file = work / (label.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "").replace("+", "p") + ".pt")
+        model_file = work / (
+            label.replace(" ", "_")
+            .replace(",", "")
+            .replace("(", "")
+            .replace(")", "")
+            .replace("+", "p")
+            + ".pt"
+        )
         if args.throughput_only:
             if label in results["rows"] and model_file.exists():
                 model = load_model(model_file)
-                results["rows"][label]["forward_mps"] = forward_mps(model.network, model.config.in_channels)
+                results["rows"][label]["forward_mps"] = forward_mps(
+                    model.network, model.config.in_channels
+                )
                 print(label, results["rows"][label]["forward_mps"], flush=True)
             continue
         t = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", GriddingWarning)
-            res = train(chips, model_file, arch=arch, arch_kwargs=kwargs, epochs=args.epochs, batch_size=16,
-                        lr=2e-3, seed=0, overwrite=True, quiet=True)
+            res = train(
+                chips,
+                model_file,
+                arch=arch,
+                arch_kwargs=kwargs,
+                epochs=args.epochs,
+                batch_size=16,
+                lr=2e-3,
+                seed=0,
+                overwrite=True,
+                quiet=True,
+            )
         train_s = time.perf_counter() - t
         model = load_model(model_file)
         net = model.network
         row = {
-            "arch": arch, "kwargs": kwargs,
+            "arch": arch,
+            "kwargs": kwargs,
             "params_m": sum(p.numel() for p in net.parameters()) / 1e6,
-            "stride": model.output_stride, "receptive_field": model.receptive_field,
+            "stride": model.output_stride,
+            "receptive_field": model.receptive_field,
             "forward_mps": forward_mps(net, model.config.in_channels),
-            "train_seconds": train_s, "best_epoch": res.best_epoch,
+            "train_seconds": train_s,
+            "best_epoch": res.best_epoch,
         }
         for variant, options in VARIANTS.items():
             row[f"miou_{variant}"] = scores(net, val, names, options).miou

@@ -67,15 +67,21 @@ def main() -> None:
                     base = tracemalloc.get_traced_memory()[0]
                     t, c = time.perf_counter(), time.process_time()
                     with open(local, "rb") as f:
-                        objectstore.upload_fileobj(f, f"s3://bench/{i}.bin", threshold=threshold,
-                                                   part_size=part, size=size)
+                        objectstore.upload_fileobj(
+                            f, f"s3://bench/{i}.bin", threshold=threshold, part_size=part, size=size
+                        )
                     walls.append(time.perf_counter() - t)
                     cpus.append(time.process_time() - c)
                     peaks.append(tracemalloc.get_traced_memory()[1] - base)
                     objectstore.delete(f"s3://bench/{i}.bin")
-                rows.append({"mode": name, "wall_s": round(min(walls), 2),
-                             "client_cpu_s": round(min(cpus), 2),
-                             "peak_python_mb": round(max(peaks) / 1e6, 1)})
+                rows.append(
+                    {
+                        "mode": name,
+                        "wall_s": round(min(walls), 2),
+                        "client_cpu_s": round(min(cpus), 2),
+                        "peak_python_mb": round(max(peaks) / 1e6, 1),
+                    }
+                )
                 print(rows[-1], flush=True)
             best = min(r["wall_s"] for r in rows)
             for r in rows:

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from geoseg.training.chips import load_manifest, make_chips, manifest_classes
 from geoseg.dask.session import connect
-from geoseg.training.datasets import IGNORE_INDEX, ChipDataset
 from geoseg.errors import GeosegError
+from geoseg.training.chips import load_manifest, make_chips, manifest_classes
+from geoseg.training.datasets import IGNORE_INDEX, ChipDataset
 from geoseg.training.metrics import Scores, confusion_matrix
 from geoseg.training.train import train
 
@@ -30,11 +30,46 @@ DATA = ROOT.parent / "shared" / "data" / "labeled"
 SCENES = [
     # name, folder, bands, chip size, ignore value, note (nrcan flags its background as nodata)
     ("mass_buildings", "mass_buildings/22978945", None, 128, None, "aerial RGB 1 m, buildings"),
-    ("nrcan_tiles", "nrcan_tiles/tile1", None, 128, None, "aerial RGB 0.3 m, buildings; label nodata=0"),
-    ("nb_bakerlake", "nb_bakerlake/2of2", None, 64, 0, "aerial RGB 0.5 m, 5 classes, partial labels"),
-    ("spacenet_sn4_atlanta_pan", "spacenet_sn4_atlanta_pan", None, 128, None, "WorldView-2 pan 0.5 m, buildings"),
-    ("spacenet_sn7_mosaic", "spacenet_sn7_mosaic", "1,2,3", 128, None, "Planet RGB 4.8 m, buildings"),
-    ("spacenet_sn3_vegas_roads", "spacenet_sn3_vegas_roads", None, 128, None, "WorldView-3 pan 0.3 m (EPSG:4326), some roads"),
+    (
+        "nrcan_tiles",
+        "nrcan_tiles/tile1",
+        None,
+        128,
+        None,
+        "aerial RGB 0.3 m, buildings; label nodata=0",
+    ),
+    (
+        "nb_bakerlake",
+        "nb_bakerlake/2of2",
+        None,
+        64,
+        0,
+        "aerial RGB 0.5 m, 5 classes, partial labels",
+    ),
+    (
+        "spacenet_sn4_atlanta_pan",
+        "spacenet_sn4_atlanta_pan",
+        None,
+        128,
+        None,
+        "WorldView-2 pan 0.5 m, buildings",
+    ),
+    (
+        "spacenet_sn7_mosaic",
+        "spacenet_sn7_mosaic",
+        "1,2,3",
+        128,
+        None,
+        "Planet RGB 4.8 m, buildings",
+    ),
+    (
+        "spacenet_sn3_vegas_roads",
+        "spacenet_sn3_vegas_roads",
+        None,
+        128,
+        None,
+        "WorldView-3 pan 0.3 m (EPSG:4326), some roads",
+    ),
 ]
 
 
@@ -56,7 +91,9 @@ def forest_scores(chips: Path) -> Scores:
     if len(yt) > 200_000:
         pick = rng.choice(len(yt), 200_000, replace=False)
         xt, yt = xt[pick], yt[pick]
-    rf = RandomForestClassifier(n_estimators=100, min_samples_leaf=5, n_jobs=-1, random_state=0).fit(xt, yt)
+    rf = RandomForestClassifier(
+        n_estimators=100, min_samples_leaf=5, n_jobs=-1, random_state=0
+    ).fit(xt, yt)
     xv, yv = px(va)
     return Scores(confusion_matrix(yv, rf.predict(xv), len(names)), names)
 
@@ -77,7 +114,9 @@ def main() -> None:
             chips = work / name
             t0 = time.perf_counter()
             try:
-                row = run_scene(name, root, chips, work, bands, size, ignore, note, args.epochs, client)
+                row = run_scene(
+                    name, root, chips, work, bands, size, ignore, note, args.epochs, client
+                )
             except GeosegError as exc:
                 row = {"scene": name, "note": note, "error": str(exc)}
             row["seconds"] = time.perf_counter() - t0
@@ -91,8 +130,10 @@ def main() -> None:
         if "error" in r:
             print(f"{r['scene']:<26}  {r['error']}")
             continue
-        print(f"{r['scene']:<26}{str(r['train_chips']) + '/' + str(r['val_chips']):>10}"
-              f"{r['unet_miou']:>12.3f}{r['rf_miou']:>9.3f}{r['seconds']:>6.0f}")
+        print(
+            f"{r['scene']:<26}{str(r['train_chips']) + '/' + str(r['val_chips']):>10}"
+            f"{r['unet_miou']:>12.3f}{r['rf_miou']:>9.3f}{r['seconds']:>6.0f}"
+        )
     out = ROOT / "benchmarks" / "other_scenes.json"
     if args.only and out.exists():  # update the named scenes, keep the others
         old = {r["scene"]: r for r in json.loads(out.read_text())}
@@ -101,25 +142,50 @@ def main() -> None:
     out.write_text(json.dumps(rows, indent=1))
 
 
-def run_scene(name: str, root: Path, chips: Path, work: Path, bands: str | None, size: int,
-              ignore: int | None, note: str, epochs: int, client: object) -> dict:
+def run_scene(
+    name: str,
+    root: Path,
+    chips: Path,
+    work: Path,
+    bands: str | None,
+    size: int,
+    ignore: int | None,
+    note: str,
+    epochs: int,
+    client: object,
+) -> dict:
     """Chip, train and score one scene."""
-    make_chips([(str(root / "image.tif"), str(root / "label.tif"))], chips, size=size,
-               stride=size // 2, bands=bands, ignore_value=ignore, split_block=2 * size,
-               val_fraction=0.25, min_labeled=0.05, max_nodata=0.5, client=client,
-               label_nodata_is_class=name == "nrcan_tiles")
+    make_chips(
+        [(str(root / "image.tif"), str(root / "label.tif"))],
+        chips,
+        size=size,
+        stride=size // 2,
+        bands=bands,
+        ignore_value=ignore,
+        split_block=2 * size,
+        val_fraction=0.25,
+        min_labeled=0.05,
+        max_nodata=0.5,
+        client=client,
+        label_nodata_is_class=name == "nrcan_tiles",
+    )
     m = load_manifest(chips)
     torch.manual_seed(0)
-    res = train(chips, work / f"{name}.pt", arch="unet-small", epochs=epochs,
-                batch_size=8, lr=2e-3, seed=0)
+    res = train(
+        chips, work / f"{name}.pt", arch="unet-small", epochs=epochs, batch_size=8, lr=2e-3, seed=0
+    )
     rf = forest_scores(chips)
     val = res.best_scores
     return {
-        "scene": name, "note": note, "classes": [c["name"] for c in m["classes"]],
+        "scene": name,
+        "note": note,
+        "classes": [c["name"] for c in m["classes"]],
         "train_chips": sum(c["split"] == "train" for c in m["chips"]),
         "val_chips": sum(c["split"] == "val" for c in m["chips"]),
-        "unet_miou": val.miou if val else None, "unet_iou": val.iou.tolist() if val else None,
-        "rf_miou": rf.miou, "rf_iou": rf.iou.tolist(),
+        "unet_miou": val.miou if val else None,
+        "unet_iou": val.iou.tolist() if val else None,
+        "rf_miou": rf.miou,
+        "rf_iou": rf.iou.tolist(),
     }
 
 

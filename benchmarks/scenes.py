@@ -35,7 +35,9 @@ def make_inputs(folder: Path) -> dict[str, list[str]]:
     with rasterio.open(IMAGE) as src:
         profile = {**src.profile, "count": 1, "interleave": "band"}
         data = src.read()
-        nir20 = src.read(4, out_shape=(src.height // 2, src.width // 2), resampling=Resampling.average)
+        nir20 = src.read(
+            4, out_shape=(src.height // 2, src.width // 2), resampling=Resampling.average
+        )
         t20 = src.transform * src.transform.scale(2, 2)
     files = []
     for i, name in enumerate(BANDS):
@@ -44,24 +46,66 @@ def make_inputs(folder: Path) -> dict[str, list[str]]:
             dst.write(data[i], 1)
         files.append(str(path))
     coarse = folder / "T33UVU_20170216_B08_20m.tif"
-    with rasterio.open(coarse, "w", **{**profile, "width": nir20.shape[1], "height": nir20.shape[0],
-                                       "transform": t20, "blockxsize": 128, "blockysize": 128}) as dst:
+    with rasterio.open(
+        coarse,
+        "w",
+        **{
+            **profile,
+            "width": nir20.shape[1],
+            "height": nir20.shape[0],
+            "transform": t20,
+            "blockxsize": 128,
+            "blockysize": 128,
+        },
+    ) as dst:
         dst.write(nir20, 1)
     item = folder / "item.json"
-    item.write_text(json.dumps({
-        "type": "Feature", "stac_version": "1.0.0", "id": "S2A_33UVU_20170216", "geometry": None,
-        "properties": {"datetime": "2017-02-16T10:00:00Z"}, "links": [],
-        "assets": {n: {"href": Path(f).name, "type": "image/tiff; application=geotiff",
-                       "eo:bands": [{"name": n}]} for n, f in zip(BANDS, files)},
-    }))
-    return {"stack": [str(IMAGE)], "band files 10 m": files[::-1],
-            "band files, NIR 20 m": files[:3] + [str(coarse)], "STAC item": [str(item)]}
+    item.write_text(
+        json.dumps(
+            {
+                "type": "Feature",
+                "stac_version": "1.0.0",
+                "id": "S2A_33UVU_20170216",
+                "geometry": None,
+                "properties": {"datetime": "2017-02-16T10:00:00Z"},
+                "links": [],
+                "assets": {
+                    n: {
+                        "href": Path(f).name,
+                        "type": "image/tiff; application=geotiff",
+                        "eo:bands": [{"name": n}],
+                    }
+                    for n, f in zip(BANDS, files)
+                },
+            }
+        )
+    )
+    return {
+        "stack": [str(IMAGE)],
+        "band files 10 m": files[::-1],
+        "band files, NIR 20 m": files[:3] + [str(coarse)],
+        "STAC item": [str(item)],
+    }
 
 
 def run(inputs: list[str], out: Path) -> float:
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "geoseg.cli.main", "predict", *inputs, "-o", str(out),
-                    "--workers", "1", "--overwrite", "--quiet"], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "geoseg.cli.main",
+            "predict",
+            *inputs,
+            "-o",
+            str(out),
+            "--workers",
+            "1",
+            "--overwrite",
+            "--quiet",
+        ],
+        check=True,
+    )
     return time.perf_counter() - t0
 
 
@@ -86,14 +130,30 @@ def main() -> None:
             with rasterio.open(folder / f"{name.replace(' ', '_')}.tif") as src:
                 equal = float((src.read(1) == want).mean())
             med = statistics.median(times[name])
-            rows.append({"case": name, "seconds": round(med, 2), "ratio_to_stack": round(med / base, 3),
-                         "pixels_equal_to_stack": round(equal, 4)})
+            rows.append(
+                {
+                    "case": name,
+                    "seconds": round(med, 2),
+                    "ratio_to_stack": round(med / base, 3),
+                    "pixels_equal_to_stack": round(equal, 4),
+                }
+            )
     print(f"{'case':<24} {'s':>7} {'ratio':>7} {'equal':>7}")
     for r in rows:
-        print(f"{r['case']:<24} {r['seconds']:>7.2f} {r['ratio_to_stack']:>7.3f} {r['pixels_equal_to_stack']:>7.4f}")
-    (ROOT / "benchmarks" / "scenes.json").write_text(json.dumps(
-        {"scene": IMAGE.name, "repeat": args.repeat, "cpu_count": __import__("os").cpu_count(),
-         "rows": rows}, indent=1))
+        print(
+            f"{r['case']:<24} {r['seconds']:>7.2f} {r['ratio_to_stack']:>7.3f} {r['pixels_equal_to_stack']:>7.4f}"
+        )
+    (ROOT / "benchmarks" / "scenes.json").write_text(
+        json.dumps(
+            {
+                "scene": IMAGE.name,
+                "repeat": args.repeat,
+                "cpu_count": __import__("os").cpu_count(),
+                "rows": rows,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -34,10 +34,10 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 import geoseg
-from geoseg.training.chips import load_manifest, make_chips, manifest_classes
 from geoseg.dask.session import dask_session
-from geoseg.training.datasets import IGNORE_INDEX, ChipDataset
 from geoseg.engines.infer import normalize
+from geoseg.training.chips import load_manifest, make_chips, manifest_classes
+from geoseg.training.datasets import IGNORE_INDEX, ChipDataset
 from geoseg.training.metrics import Scores, confusion_matrix
 from geoseg.training.train import train
 
@@ -65,8 +65,13 @@ def crop(src_path: Path, window: Window, dst_path: Path, drop_nodata: bool = Fal
     with rasterio.open(src_path) as src:
         data = src.read(window=window)
         profile = src.profile.copy()
-        profile.update(width=int(window.width), height=int(window.height),
-                       transform=window_transform(window, src.transform), tiled=False, compress="deflate")
+        profile.update(
+            width=int(window.width),
+            height=int(window.height),
+            transform=window_transform(window, src.transform),
+            tiled=False,
+            compress="deflate",
+        )
         profile.pop("blockxsize", None)
         profile.pop("blockysize", None)
         if drop_nodata:
@@ -86,14 +91,22 @@ def quarters(h: int, w: int) -> list[tuple[str, Window, Window]]:
     """The candidate hold-outs, in the order they are tried: the last quarter along the longer
     side, the first one, then the last and first quarters along the shorter side; each with the
     train area (the other three quarters, one rectangle)."""
+
     def along(length: int, cols: bool) -> list[tuple[str, Window, Window]]:
         cut, rest = (length * 3) // 4, length // 4
+
         def win(start: int, size: int) -> Window:
             return Window(start, 0, size, h) if cols else Window(0, start, w, size)
+
         side = "columns" if cols else "rows"
-        return [(f"last quarter of {side}", win(0, cut), win(cut, length - cut)),
-                (f"first quarter of {side}", win(rest, length - rest), win(0, rest))]
-    longer, shorter = (along(w, True), along(h, False)) if w >= h else (along(h, False), along(w, True))
+        return [
+            (f"last quarter of {side}", win(0, cut), win(cut, length - cut)),
+            (f"first quarter of {side}", win(rest, length - rest), win(0, rest)),
+        ]
+
+    longer, shorter = (
+        (along(w, True), along(h, False)) if w >= h else (along(h, False), along(w, True))
+    )
     return longer + shorter
 
 
@@ -108,14 +121,18 @@ def label_classes(label: np.ndarray, ignore: int | None, nodata: float | None) -
     return {int(v): int(c) for v, c in zip(values, counts)}
 
 
-def choose_holdout(root: Path, ignore: int | None, nodata_is_class: bool) -> tuple[str, Window, Window]:
+def choose_holdout(
+    root: Path, ignore: int | None, nodata_is_class: bool
+) -> tuple[str, Window, Window]:
     """The hold-out: the first candidate of :func:`quarters` whose labels hold every class of the
     scene (at least :data:`HOLDOUT_MIN_SHARE` of its pixels), else the one holding the most
     classes. Decided from the labels alone, before any model is trained: a hold-out without a
     class cannot measure it (nrcan_tiles' last quarter holds no building)."""
     with rasterio.open(root / "label.tif") as src:
         label = src.read(1)
-        nodata = None if nodata_is_class else src.nodata  # as a class, nodata counts like the others
+        nodata = (
+            None if nodata_is_class else src.nodata
+        )  # as a class, nodata counts like the others
     scene = label_classes(label, ignore, nodata)
     best: tuple[int, str, Window, Window] | None = None
     for name, train_win, test_win in quarters(*label.shape):
@@ -130,7 +147,9 @@ def choose_holdout(root: Path, ignore: int | None, nodata_is_class: bool) -> tup
     return best[1], best[2], best[3]
 
 
-def split_scene(root: Path, work: Path, ignore: int | None, label_nodata_is_class: bool) -> dict[str, Any]:
+def split_scene(
+    root: Path, work: Path, ignore: int | None, label_nodata_is_class: bool
+) -> dict[str, Any]:
     """Train area and test area (:func:`choose_holdout`), cropped to their own files."""
     name, train_win, test_win = choose_holdout(root, ignore, label_nodata_is_class)
     out: dict[str, Any] = {"holdout": name}
@@ -142,8 +161,14 @@ def split_scene(root: Path, work: Path, ignore: int | None, label_nodata_is_clas
     return out
 
 
-def holdout_pixels(paths: dict[str, Any], bands: list[int], values: list[int], ignore: int,
-                mean: list[float], std: list[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def holdout_pixels(
+    paths: dict[str, Any],
+    bands: list[int],
+    values: list[int],
+    ignore: int,
+    mean: list[float],
+    std: list[float],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Normalized band values, class indices (-1: not scored) and validity of the test area."""
     with rasterio.open(paths["test-image"]) as src:
         data = src.read(bands)
@@ -163,7 +188,9 @@ def holdout_pixels(paths: dict[str, Any], bands: list[int], values: list[int], i
     return normalize(data, valid, mean, std), target, valid
 
 
-def forest(chips: Path, x_test: np.ndarray, y_test: np.ndarray, names: list[str], threads: int) -> Scores:
+def forest(
+    chips: Path, x_test: np.ndarray, y_test: np.ndarray, names: list[str], threads: int
+) -> Scores:
     from sklearn.ensemble import RandomForestClassifier
 
     m = load_manifest(chips)
@@ -183,18 +210,34 @@ def forest(chips: Path, x_test: np.ndarray, y_test: np.ndarray, names: list[str]
     return Scores(confusion_matrix(y_test.reshape(-1)[scored], pred, len(names)), names)
 
 
-def run_scene(name: str, folder: str, bands: str | None, ignore: int | None, nodata_is_class: bool,
-              work: Path, client: Any, threads: int, chip_args: dict[str, Any] | None = None,
-              train_args: dict[str, Any] | None = None, seed: int = 0,
-              rf: Scores | None = None) -> tuple[dict[str, Any], Scores]:
+def run_scene(
+    name: str,
+    folder: str,
+    bands: str | None,
+    ignore: int | None,
+    nodata_is_class: bool,
+    work: Path,
+    client: Any,
+    threads: int,
+    chip_args: dict[str, Any] | None = None,
+    train_args: dict[str, Any] | None = None,
+    seed: int = 0,
+    rf: Scores | None = None,
+) -> tuple[dict[str, Any], Scores]:
     """One scene with training seed ``seed``: the row, and the forest's scores (``rf``: scores of
     the same split already fitted, reused: the forest's own seed is fixed)."""
     root = DATA / folder
     paths = split_scene(root, work, ignore, nodata_is_class)
     chips = work / "chips"
     t0 = time.perf_counter()
-    make_chips([(str(paths["train-image"]), str(paths["train-label"]))], chips, bands=bands,
-               ignore_value=ignore, client=client, **(chip_args or {}))
+    make_chips(
+        [(str(paths["train-image"]), str(paths["train-label"]))],
+        chips,
+        bands=bands,
+        ignore_value=ignore,
+        client=client,
+        **(chip_args or {}),
+    )
     m = load_manifest(chips)
     classes = manifest_classes(m)
     names = [c.name for c in classes]
@@ -203,10 +246,13 @@ def run_scene(name: str, folder: str, bands: str | None, ignore: int | None, nod
     result = train(chips, model, seed=seed, quiet=False, **(train_args or {}))
     train_s = time.perf_counter() - t0
     pred = work / "test-classes.tif"
-    geoseg.predict(str(paths["test-image"]), str(pred), model=str(model), client=client, bands=bands)
+    geoseg.predict(
+        str(paths["test-image"]), str(pred), model=str(model), client=client, bands=bands
+    )
     band_list = [int(b) for b in bands.split(",")] if bands else list(range(1, len(m["bands"]) + 1))
-    x_test, y_test, _ = holdout_pixels(paths, band_list, values, m["ignore_value"], m["stats"]["mean"],
-                                    m["stats"]["std"])
+    x_test, y_test, _ = holdout_pixels(
+        paths, band_list, values, m["ignore_value"], m["stats"]["mean"], m["stats"]["std"]
+    )
     with rasterio.open(pred) as src:
         p = src.read(1)
     lut = np.full(256, 0, np.int64)
@@ -221,14 +267,23 @@ def run_scene(name: str, folder: str, bands: str | None, ignore: int | None, nod
     split = {s: sum(c["split"] == s for c in m["chips"]) for s in ("train", "val")}
     return {
         "seed": seed,
-        "scene": name, "holdout": paths["holdout"], "classes": names, "chip_size": m["size"], "chips_train": split["train"],
-        "chips_val": split["val"], "test_pixels": int(scored.sum()),
-        "epochs_run": len(result.history), "best_epoch": result.best_epoch,
+        "scene": name,
+        "holdout": paths["holdout"],
+        "classes": names,
+        "chip_size": m["size"],
+        "chips_train": split["train"],
+        "chips_val": split["val"],
+        "test_pixels": int(scored.sum()),
+        "epochs_run": len(result.history),
+        "best_epoch": result.best_epoch,
         "val_miou": result.best_miou,
-        "net_miou": net.miou, "net_iou": [round(float(v), 4) for v in net.iou],
-        "rf_miou": rf.miou, "rf_iou": [round(float(v), 4) for v in rf.iou],
+        "net_miou": net.miou,
+        "net_iou": [round(float(v), 4) for v in net.iou],
+        "rf_miou": rf.miou,
+        "rf_iou": [round(float(v), 4) for v in rf.iou],
         "ratio": net.miou / rf.miou if rf.miou > 0 else None,
-        "train_seconds": round(train_s), "forest_seconds": round(rf_s),
+        "train_seconds": round(train_s),
+        "forest_seconds": round(rf_s),
     }, rf
 
 
@@ -236,12 +291,27 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", default=None, help="comma-separated scene names")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--chip-args", type=json.loads, default=None,
-                    help='extra make_chips keywords as JSON, to try a lever (e.g. \'{"oversample_rare": 2}\')')
-    ap.add_argument("--train-args", type=json.loads, default=None, help="extra train keywords as JSON")
-    ap.add_argument("--seeds", default="0", help="training seeds, comma-separated: each scene is trained once per seed "
-                    "(same chips, same forest); the row keeps the first seed's run and every seed's scores")
-    ap.add_argument("--out", type=Path, default=OUT, help=f"results file (default {OUT.name}; use another for trials)")
+    ap.add_argument(
+        "--chip-args",
+        type=json.loads,
+        default=None,
+        help="extra make_chips keywords as JSON, to try a lever (e.g. '{\"oversample_rare\": 2}')",
+    )
+    ap.add_argument(
+        "--train-args", type=json.loads, default=None, help="extra train keywords as JSON"
+    )
+    ap.add_argument(
+        "--seeds",
+        default="0",
+        help="training seeds, comma-separated: each scene is trained once per seed "
+        "(same chips, same forest); the row keeps the first seed's run and every seed's scores",
+    )
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=OUT,
+        help=f"results file (default {OUT.name}; use another for trials)",
+    )
     args = ap.parse_args()
     seeds = [int(x) for x in args.seeds.split(",")]
     torch.set_num_threads(args.threads)
@@ -256,27 +326,62 @@ def main() -> None:
             rf: Scores | None = None
             for seed in seeds:
                 with tempfile.TemporaryDirectory(prefix=f"geoseg-training-{name}-") as tmp:
-                    run, rf = run_scene(name, folder, bands, ignore, nodata_is_class, Path(tmp), session.client,
-                                        args.threads, args.chip_args, args.train_args, seed, rf)
+                    run, rf = run_scene(
+                        name,
+                        folder,
+                        bands,
+                        ignore,
+                        nodata_is_class,
+                        Path(tmp),
+                        session.client,
+                        args.threads,
+                        args.chip_args,
+                        args.train_args,
+                        seed,
+                        rf,
+                    )
                 runs.append(run)
             row = runs[0]
             if len(runs) > 1:  # the first seed's row, and every seed's scores
                 ratios = [r["ratio"] or 0.0 for r in runs]
-                row["seed_runs"] = [{k: r[k] for k in ("seed", "net_miou", "net_iou", "ratio", "epochs_run",
-                                                       "best_epoch")} for r in runs]
+                row["seed_runs"] = [
+                    {
+                        k: r[k]
+                        for k in (
+                            "seed",
+                            "net_miou",
+                            "net_iou",
+                            "ratio",
+                            "epochs_run",
+                            "best_epoch",
+                        )
+                    }
+                    for r in runs
+                ]
                 row["ratio_mean"], row["ratio_min"], row["ratio_max"] = (
-                    float(np.mean(ratios)), min(ratios), max(ratios))
+                    float(np.mean(ratios)),
+                    min(ratios),
+                    max(ratios),
+                )
             if args.chip_args or args.train_args:
                 row["chip_args"], row["train_args"] = args.chip_args, args.train_args
             print(json.dumps(row), flush=True)
             by_name[name] = row
             out.write_text(json.dumps([by_name[n] for n, *_ in SCENES if n in by_name], indent=1))
-    print(f"\n{'scene':<26}{'chip':>5}{'t/v':>8}{'epochs':>7}{'net mIoU':>9}{'RF mIoU':>8}{'ratio':>6}"
-          f"{'seeds: mean (min-max)':>24}")
+    print(
+        f"\n{'scene':<26}{'chip':>5}{'t/v':>8}{'epochs':>7}{'net mIoU':>9}{'RF mIoU':>8}{'ratio':>6}"
+        f"{'seeds: mean (min-max)':>24}"
+    )
     for r in (by_name[n] for n, *_ in SCENES if n in by_name):
-        spread = (f"{r['ratio_mean']:.2f} ({r['ratio_min']:.2f}-{r['ratio_max']:.2f})" if "ratio_mean" in r else "")
-        print(f"{r['scene']:<26}{r['chip_size']:>5}{str(r['chips_train']) + '/' + str(r['chips_val']):>8}"
-              f"{r['epochs_run']:>7}{r['net_miou']:>9.3f}{r['rf_miou']:>8.3f}{(r['ratio'] or 0):>6.2f}{spread:>24}")
+        spread = (
+            f"{r['ratio_mean']:.2f} ({r['ratio_min']:.2f}-{r['ratio_max']:.2f})"
+            if "ratio_mean" in r
+            else ""
+        )
+        print(
+            f"{r['scene']:<26}{r['chip_size']:>5}{str(r['chips_train']) + '/' + str(r['chips_val']):>8}"
+            f"{r['epochs_run']:>7}{r['net_miou']:>9.3f}{r['rf_miou']:>8.3f}{(r['ratio'] or 0):>6.2f}{spread:>24}"
+        )
 
 
 if __name__ == "__main__":

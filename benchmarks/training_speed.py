@@ -29,8 +29,12 @@ ARCHS: list[tuple[str, str, dict[str, Any]]] = [
     ("unet-resnet18", "unet", {"encoder": "resnet18"}),
     ("deeplabv3plus-mobilenet", "deeplabv3plus", {"backbone": "mobilenetv3"}),
 ]
-SETTINGS = {"fp32": (False, False), "channels-last": (False, True), "bf16": (True, False),
-            "bf16+channels-last": (True, True)}
+SETTINGS = {
+    "fp32": (False, False),
+    "channels-last": (False, True),
+    "bf16": (True, False),
+    "bf16+channels-last": (True, True),
+}
 
 
 def native_bf16() -> bool:
@@ -76,9 +80,15 @@ def main() -> None:
         row = {"arch": name, **{k: round(args.batch / v, 2) for k, v in best.items()}}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    meta = {"size": args.size, "batch": args.batch, "threads": args.threads, "reps": args.reps,
-            "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-            "native_bf16": native_bf16()}
+    meta = {
+        "size": args.size,
+        "batch": args.batch,
+        "threads": args.threads,
+        "reps": args.reps,
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "native_bf16": native_bf16(),
+    }
     OUT.write_text(json.dumps({"setup": meta, "chips_per_second": rows}, indent=1))
     print(f"\n{'arch':<26}" + "".join(f"{k:>20}" for k in SETTINGS))
     for r in rows:

@@ -47,16 +47,30 @@ def build(path: Path, size: int, seed: int = 0) -> None:
     written strip by strip: about 3,000 polygons per megapixel."""
     rng = np.random.default_rng(seed)
     coarse = rng.integers(0, 8, (size // 64 + 2, size // 64 + 2)).astype(np.uint8)
-    profile = dict(driver="GTiff", width=size, height=size, count=1, dtype="uint8", nodata=255,
-                   crs="EPSG:32633", transform=from_origin(300000, 5900000, 10, 10), tiled=True,
-                   blockxsize=512, blockysize=512, compress="deflate", BIGTIFF="IF_SAFER")
+    profile = dict(
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=1,
+        dtype="uint8",
+        nodata=255,
+        crs="EPSG:32633",
+        transform=from_origin(300000, 5900000, 10, 10),
+        tiled=True,
+        blockxsize=512,
+        blockysize=512,
+        compress="deflate",
+        BIGTIFF="IF_SAFER",
+    )
     with rasterio.open(path, "w", **profile) as dst:
         for r0 in range(0, size, 1024):
             h = min(1024, size - r0)
             rows = np.arange(r0, r0 + h)
             strip = coarse[rows // 64][:, np.arange(size) // 64]
             mid = rng.integers(0, 8, (h // 16 + 1, size // 16 + 1)).astype(np.uint8)
-            pick = np.kron(rng.random((h // 16 + 1, size // 16 + 1)) < 0.1, np.ones((16, 16), bool))[:h, :size]
+            pick = np.kron(
+                rng.random((h // 16 + 1, size // 16 + 1)) < 0.1, np.ones((16, 16), bool)
+            )[:h, :size]
             mid = np.kron(mid, np.ones((16, 16), np.uint8))[:h, :size]
             strip = np.where(pick, mid, strip)
             speck = rng.random((h, size)) < 0.0005
@@ -106,22 +120,47 @@ def main() -> None:
         blocks = work / f"blocks-{size}.gpkg"
         for p in (single, blocks):
             p.unlink(missing_ok=True)
-        t_single, m_single, n_single = measure([sys.executable, "-c", SINGLE_PASS, str(raster), str(single)])
-        t_blocks, m_blocks, _ = measure([sys.executable, "-m", "geoseg.cli.main", "vectorize", str(raster),
-                                         "-o", str(blocks), "--quiet"])
+        t_single, m_single, n_single = measure(
+            [sys.executable, "-c", SINGLE_PASS, str(raster), str(single)]
+        )
+        t_blocks, m_blocks, _ = measure(
+            [
+                sys.executable,
+                "-m",
+                "geoseg.cli.main",
+                "vectorize",
+                str(raster),
+                "-o",
+                str(blocks),
+                "--quiet",
+            ]
+        )
         import pyogrio
 
         n_blocks = pyogrio.read_info(blocks)["features"]
-        rows.append({"size": size, "polygons_single": int(n_single), "polygons_blocks": int(n_blocks),
-                     "seconds_single": t_single, "seconds_blocks": t_blocks, "time_ratio": t_blocks / t_single,
-                     "peak_mb_single": m_single, "peak_mb_blocks": m_blocks})
+        rows.append(
+            {
+                "size": size,
+                "polygons_single": int(n_single),
+                "polygons_blocks": int(n_blocks),
+                "seconds_single": t_single,
+                "seconds_blocks": t_blocks,
+                "time_ratio": t_blocks / t_single,
+                "peak_mb_single": m_single,
+                "peak_mb_blocks": m_blocks,
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
-    print(f"\n{'size':>7} {'polygons':>10} {'single s':>9} {'blocks s':>9} {'ratio':>6} "
-          f"{'single MB':>10} {'blocks MB':>10} {'blocks MB / smallest':>21}")
+    print(
+        f"\n{'size':>7} {'polygons':>10} {'single s':>9} {'blocks s':>9} {'ratio':>6} "
+        f"{'single MB':>10} {'blocks MB':>10} {'blocks MB / smallest':>21}"
+    )
     for r in rows:
-        print(f"{r['size']:>7} {r['polygons_blocks']:>10} {r['seconds_single']:>9.1f} {r['seconds_blocks']:>9.1f} "
-              f"{r['time_ratio']:>6.2f} {r['peak_mb_single']:>10.0f} {r['peak_mb_blocks']:>10.0f} "
-              f"{r['peak_mb_blocks'] / rows[0]['peak_mb_blocks']:>21.2f}")
+        print(
+            f"{r['size']:>7} {r['polygons_blocks']:>10} {r['seconds_single']:>9.1f} {r['seconds_blocks']:>9.1f} "
+            f"{r['time_ratio']:>6.2f} {r['peak_mb_single']:>10.0f} {r['peak_mb_blocks']:>10.0f} "
+            f"{r['peak_mb_blocks'] / rows[0]['peak_mb_blocks']:>21.2f}"
+        )
     (ROOT / "benchmarks" / "vectorize.json").write_text(json.dumps({"rows": rows}, indent=1))
 
 

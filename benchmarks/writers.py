@@ -49,9 +49,20 @@ def free_port() -> int:
 def build_scene(path: Path, size: int, bands: int = 3, dtype: str = "uint16") -> Path:
     """A smooth synthetic scene (fields of a few hundred metres, noise), tiled and compressed."""
     rng = np.random.default_rng(size)
-    profile = {"driver": "GTiff", "width": size, "height": size, "count": bands, "dtype": dtype,
-               "crs": "EPSG:32633", "transform": rasterio.transform.from_origin(300000, 5900000, 10, 10),
-               "tiled": True, "blockxsize": 512, "blockysize": 512, "compress": "deflate", "BIGTIFF": "IF_SAFER"}
+    profile = {
+        "driver": "GTiff",
+        "width": size,
+        "height": size,
+        "count": bands,
+        "dtype": dtype,
+        "crs": "EPSG:32633",
+        "transform": rasterio.transform.from_origin(300000, 5900000, 10, 10),
+        "tiled": True,
+        "blockxsize": 512,
+        "blockysize": 512,
+        "compress": "deflate",
+        "BIGTIFF": "IF_SAFER",
+    }
     coarse = rng.normal(size=(bands, size // 32 + 2, size // 32 + 2))
     with rasterio.open(path, "w", **profile) as dst:
         for r0 in range(0, size, 1024):
@@ -72,15 +83,37 @@ def cheap_model(work: Path) -> Path:
     w = numpy_helper.from_array(rng.normal(size=(8, 3, 1, 1)).astype(np.float32), "w")
     b = numpy_helper.from_array(rng.normal(size=(8,)).astype(np.float32), "b")
     node = helper.make_node("Conv", ["x", "w", "b"], ["logits"])
-    graph = helper.make_graph([node], "cheap", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 8, "h", "w"])], [w, b])
+    graph = helper.make_graph(
+        [node],
+        "cheap",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 8, "h", "w"])],
+        [w, b],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     src = work / "cheap.onnx"
     onnx.save(model, str(src))
     out = work / "cheap-geoseg.onnx"
     classes = ",".join(f"{i}=class{i}" for i in range(1, 9))
-    subprocess.run([sys.executable, "-m", "geoseg.cli.main", "import", str(src), "-o", str(out), "--classes",
-                    classes, "--mean", "3000,3000,3000", "--std", "1500,1500,1500", "--overwrite"], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "geoseg.cli.main",
+            "import",
+            str(src),
+            "-o",
+            str(out),
+            "--classes",
+            classes,
+            "--mean",
+            "3000,3000,3000",
+            "--std",
+            "1500,1500,1500",
+            "--overwrite",
+        ],
+        check=True,
+    )
     return out
 
 
@@ -91,13 +124,41 @@ class Cluster:
         port = free_port()
         self.address = f"tcp://127.0.0.1:{port}"
         log = open(work / "cluster.log", "ab")
-        self.scheduler = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host",
-                                           "127.0.0.1", "--port", str(port), "--dashboard-address", ":0"],
-                                          stdout=log, stderr=log)
+        self.scheduler = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "distributed.cli.dask_scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--dashboard-address",
+                ":0",
+            ],
+            stdout=log,
+            stderr=log,
+        )
         time.sleep(2)
-        self.worker = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", self.address,
-                                        "--nthreads", "2", "--nworkers", "1", "--no-nanny",
-                                        "--memory-limit", "0", "--host", "127.0.0.1"], stdout=log, stderr=log)
+        self.worker = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "distributed.cli.dask_worker",
+                self.address,
+                "--nthreads",
+                "2",
+                "--nworkers",
+                "1",
+                "--no-nanny",
+                "--memory-limit",
+                "0",
+                "--host",
+                "127.0.0.1",
+            ],
+            stdout=log,
+            stderr=log,
+        )
         from distributed import Client
 
         with Client(self.address, timeout="30s") as c:
@@ -153,14 +214,28 @@ def client_run(cmd: list[str]) -> dict[str, float]:
 
 
 def predict_cmd(scene: Path, out: Path, model: Path | None, extra: list[str]) -> list[str]:
-    cmd = [sys.executable, "-m", "geoseg.cli.main", "predict", str(scene), "-o", str(out), "--overwrite", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "geoseg.cli.main",
+        "predict",
+        str(scene),
+        "-o",
+        str(out),
+        "--overwrite",
+        "--quiet",
+    ]
     return cmd + (["--model", str(model)] if model else []) + extra
 
 
 def client_cpu(work: Path, sizes: list[int]) -> dict[str, Any]:
     model = cheap_model(work)
     scenes = {s: build_scene(work / f"scene-{s}.tif", s) for s in sizes}
-    modes = {"classes": [], "probabilities": ["--probabilities", "PROBS"], "cells": ["--cells", "2048"]}
+    modes = {
+        "classes": [],
+        "probabilities": ["--probabilities", "PROBS"],
+        "cells": ["--cells", "2048"],
+    }
     out: dict[str, Any] = {}
     small, big = min(sizes), max(sizes)
     for mode, extra in modes.items():
@@ -171,16 +246,23 @@ def client_cpu(work: Path, sizes: list[int]) -> dict[str, Any]:
             cluster = Cluster(work)  # a fresh worker: its peak is this run's
             try:
                 mon = cluster.watch_worker()
-                runs[size] = client_run(predict_cmd(scene, target, model, [*args, "--scheduler", cluster.address]))
+                runs[size] = client_run(
+                    predict_cmd(scene, target, model, [*args, "--scheduler", cluster.address])
+                )
                 runs[size]["worker_peak_mb"] = mon.stop()
             finally:
                 cluster.close()
         mpx = (big * big - small * small) / 1e6
         per_mpx = (runs[big]["cpu_s"] - runs[small]["cpu_s"]) / mpx * 1000
         out[mode] = {"client_cpu_ms_per_mpx": per_mpx, "runs": {str(k): v for k, v in runs.items()}}
-        peaks = ", ".join(f"{s}² {r['peak_mb']:.0f}/{r['worker_peak_mb']:.0f}" for s, r in runs.items())
-        print(f"{mode:14s} client CPU {per_mpx:6.2f} ms/Mpx; peak MB client/worker: {peaks}; "
-              f"wall {runs[big]['wall_s']:.1f} s at {big}²", flush=True)
+        peaks = ", ".join(
+            f"{s}² {r['peak_mb']:.0f}/{r['worker_peak_mb']:.0f}" for s, r in runs.items()
+        )
+        print(
+            f"{mode:14s} client CPU {per_mpx:6.2f} ms/Mpx; peak MB client/worker: {peaks}; "
+            f"wall {runs[big]['wall_s']:.1f} s at {big}²",
+            flush=True,
+        )
     return out
 
 
@@ -190,11 +272,16 @@ def builtin(work: Path, size: int) -> dict[str, Any]:
     for _ in range(2):
         for mode in runs:
             extra = ["--probabilities", str(work / "bp.tif")] if mode == "probabilities" else []
-            runs[mode].append(client_run(predict_cmd(scene, work / "bc.tif", None, extra))["wall_s"])
+            runs[mode].append(
+                client_run(predict_cmd(scene, work / "bc.tif", None, extra))["wall_s"]
+            )
     best = {m: min(v) for m, v in runs.items()}
     ratio = best["probabilities"] / best["classes"]
-    print(f"built-in model {size}²: classes {best['classes']:.1f} s, with probabilities "
-          f"{best['probabilities']:.1f} s ({ratio:.2f}x)", flush=True)
+    print(
+        f"built-in model {size}²: classes {best['classes']:.1f} s, with probabilities "
+        f"{best['probabilities']:.1f} s ({ratio:.2f}x)",
+        flush=True,
+    )
     return {"size": size, "runs": runs, "best": best, "ratio": ratio}
 
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from geoseg.version import __version__
+from geoseg.mapping import map  # noqa: E402,A004 - geoseg.map: many scenes, one seamless map
 
 # geoseg.prediction (the package: plan, run, write) imports neither torch nor dask; the
 # function is geoseg.predict, a different name, so ``geoseg.prediction.plan`` is never shadowed.
 from geoseg.prediction import PredictResult, predict  # noqa: E402
-from geoseg.mapping import map  # noqa: E402,A004 - geoseg.map: many scenes, one seamless map
+from geoseg.version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
     from geoseg.models.config import LoadedModel

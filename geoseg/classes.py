@@ -16,10 +16,26 @@ IGNORE_VALUE = 255
 
 #: Class colours in order, for classes the user gave none.
 PALETTE = [
-    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
-    (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 215, 180),
-    (0, 0, 128), (128, 128, 128),
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+    (0, 128, 128),
+    (220, 190, 255),
+    (170, 110, 40),
+    (255, 250, 200),
+    (128, 0, 0),
+    (170, 255, 195),
+    (128, 128, 0),
+    (255, 215, 180),
+    (0, 0, 128),
+    (128, 128, 128),
 ]
 
 
@@ -111,6 +127,9 @@ def class_tags(classes: Sequence[ClassInfo], model_name: str) -> dict[str, str]:
 def read_class_names(src: Any) -> dict[int, str]:
     """Class value -> name from the metadata :func:`class_tags` writes (empty if absent)."""
     try:
-        return {int(c["value"]): str(c["name"]) for c in json.loads(src.tags().get("GEOSEG_CLASSES", "[]"))}
+        return {
+            int(c["value"]): str(c["name"])
+            for c in json.loads(src.tags().get("GEOSEG_CLASSES", "[]"))
+        }
     except (ValueError, KeyError, TypeError):
         return {}

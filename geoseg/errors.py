@@ -41,12 +41,16 @@ def write_failed(where: object, exc: OSError) -> OutputError:
     import errno
 
     reason = exc.strerror or first_line(exc)
-    hint = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some of your quota",
-            errno.EFBIG: "the file system or a limit refuses files this large; write elsewhere",
-            errno.EACCES: "check the permissions", errno.EROFS: "the file system is read-only; write elsewhere",
-            }.get(exc.errno or 0, "check the folder")
-    return OutputError(f"cannot write {where}: {reason}; {hint} and run again (the previous outputs are "
-                       "untouched)")
+    hint = {
+        errno.ENOSPC: "free some space",
+        errno.EDQUOT: "free some of your quota",
+        errno.EFBIG: "the file system or a limit refuses files this large; write elsewhere",
+        errno.EACCES: "check the permissions",
+        errno.EROFS: "the file system is read-only; write elsewhere",
+    }.get(exc.errno or 0, "check the folder")
+    return OutputError(
+        f"cannot write {where}: {reason}; {hint} and run again (the previous outputs are untouched)"
+    )
 
 
 class OptionError(GeosegError, ValueError):

@@ -98,8 +98,9 @@ _HELD_LOCKS: dict[str, tuple[int, bool]] = {}
 
 
 @contextlib.contextmanager
-def folder_lock(folder: Path, exclusive: bool, what: str = "geoseg run",
-                holder: str = "geoseg batch") -> Iterator[None]:
+def folder_lock(
+    folder: Path, exclusive: bool, what: str = "geoseg run", holder: str = "geoseg batch"
+) -> Iterator[None]:
     """Lock an output folder: shared by single runs (predict, vectorize), exclusive for a batch
     job or a chip run, which also remove what killed runs left behind. The kernel releases the
     lock when the process dies, so a lock held means a live run. The lock file is opened without
@@ -114,8 +115,10 @@ def folder_lock(folder: Path, exclusive: bool, what: str = "geoseg run",
         yield  # this process writes there already (predict inside a batch job)
         return
     if key in _HELD_LOCKS:
-        raise FolderLockedError(f"another run of geoseg in this process is writing into {folder}; "
-                                f"wait for it to finish or give this {what} another output folder")
+        raise FolderLockedError(
+            f"another run of geoseg in this process is writing into {folder}; "
+            f"wait for it to finish or give this {what} another output folder"
+        )
     path = Path(folder) / LOCK_NAME
     fd = _open_lock(path, exclusive, what)
     try:
@@ -157,8 +160,10 @@ def _open_lock(path: Path, exclusive: bool, what: str) -> int:
         except PermissionError:  # another user's lock file: reading is enough to lock it
             fd = os.open(path, os.O_RDONLY | nofollow)
         except OSError as exc:
-            raise OutputError(f"cannot create the lock file {path} ({exc.strerror}); check the folder's "
-                              "permissions, and that the lock file is not a symlink") from None
+            raise OutputError(
+                f"cannot create the lock file {path} ({exc.strerror}); check the folder's "
+                "permissions, and that the lock file is not a symlink"
+            ) from None
         try:
             fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -172,8 +177,12 @@ def _open_lock(path: Path, exclusive: bool, what: str) -> int:
         except OSError as exc:  # a file system without locks (some network file systems)
             from geoseg.errors import GeosegWarning
 
-            warnings.warn(f"cannot lock {path.parent} ({exc.strerror}); make sure no other geoseg run "
-                          "writes there at the same time", GeosegWarning, stacklevel=4)
+            warnings.warn(
+                f"cannot lock {path.parent} ({exc.strerror}); make sure no other geoseg run "
+                "writes there at the same time",
+                GeosegWarning,
+                stacklevel=4,
+            )
             return fd
         if _same_inode(fd, path):
             return fd
@@ -181,11 +190,15 @@ def _open_lock(path: Path, exclusive: bool, what: str) -> int:
     raise OutputError(f"cannot lock {path}: it keeps changing; is another program removing it?")
 
 
-def lock_output_folders(paths: Sequence[str | os.PathLike[str] | None], what: str) -> contextlib.ExitStack:
+def lock_output_folders(
+    paths: Sequence[str | os.PathLike[str] | None], what: str
+) -> contextlib.ExitStack:
     """Shared locks (see :func:`folder_lock`) on the folders of ``paths``, held until the
     returned stack is closed."""
     stack = contextlib.ExitStack()
-    folders = {os.path.realpath(Path(p).parent) for p in paths if p is not None and not is_virtual(str(p))}
+    folders = {
+        os.path.realpath(Path(p).parent) for p in paths if p is not None and not is_virtual(str(p))
+    }
     try:
         for folder in sorted(folders):
             stack.enter_context(folder_lock(Path(folder), exclusive=False, what=what))
@@ -232,8 +245,9 @@ def temporary_sibling(path: Path, suffix: str = ".tif") -> Path:
 
 
 @contextlib.contextmanager
-def atomic_path(final: str | os.PathLike[str], suffix: str | None = None,
-                create: bool = True) -> Iterator[Path]:
+def atomic_path(
+    final: str | os.PathLike[str], suffix: str | None = None, create: bool = True
+) -> Iterator[Path]:
     """A hidden temporary beside ``final`` for a writer that wants a path (torch.save, onnx.save,
     GDAL, pyogrio): published onto ``final`` (:func:`publish_file`) when the block succeeds,
     removed when it fails, so nothing partial is ever at ``final``. ``suffix`` (default:

@@ -20,9 +20,21 @@ TRIM_FREE_BYTES = 16 * 2**20
 
 
 class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
-        "keepcost")]
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
 
 
 def physical_memory() -> int:
@@ -51,8 +63,22 @@ def memory_limit() -> int:
     return limit
 
 
-_UNITS = {"": 1, "B": 1, "K": 10**3, "KB": 10**3, "M": 10**6, "MB": 10**6, "G": 10**9, "GB": 10**9,
-          "T": 10**12, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "K": 10**3,
+    "KB": 10**3,
+    "M": 10**6,
+    "MB": 10**6,
+    "G": 10**9,
+    "GB": 10**9,
+    "T": 10**12,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
 
 
 def parse_size(value: str | int) -> int:
@@ -108,7 +134,9 @@ def trim_heap(min_free: int | None = None) -> bool:
     in holes it cannot shrink); returns whether it trimmed. Cheap when there is nothing to do
     (one ``mallinfo2`` call)."""
     libc = _libc()
-    if libc is None or libc.mallinfo2().fordblks <= (TRIM_FREE_BYTES if min_free is None else min_free):
+    if libc is None or libc.mallinfo2().fordblks <= (
+        TRIM_FREE_BYTES if min_free is None else min_free
+    ):
         return False
     libc.malloc_trim(0)
     return True

@@ -13,7 +13,10 @@ import numpy as np
 
 
 def normalize(
-    data: np.ndarray, valid: np.ndarray | None, mean: Sequence[float], std: Sequence[float],
+    data: np.ndarray,
+    valid: np.ndarray | None,
+    mean: Sequence[float],
+    std: Sequence[float],
 ) -> np.ndarray:
     """``(x - mean) / std`` per band as float32 for ``data`` (C x H x W, or N x C x H x W);
     pixels where ``valid`` (H x W, or N x H x W) is false, and non-finite values, become 0, the

@@ -52,9 +52,19 @@ READ_TIMEOUT = 60.0
 MAX_ATTEMPTS = 3
 
 #: Error codes that mean the store did not accept who we are (or what they may do).
-_REFUSED = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
-            "InvalidToken", "TokenRefreshRequired", "InvalidClientTokenId", "AllAccessDisabled",
-            "AccountProblem", "UnrecognizedClientException"}
+_REFUSED = {
+    "403",
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "InvalidToken",
+    "TokenRefreshRequired",
+    "InvalidClientTokenId",
+    "AllAccessDisabled",
+    "AccountProblem",
+    "UnrecognizedClientException",
+}
 _NO_BUCKET = {"NoSuchBucket"}
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
 _EXISTS = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
@@ -75,7 +85,7 @@ def split_s3_url(url: str) -> tuple[str, str]:
     S3 keys are taken literally, so ``s3://b/a?x`` would silently name an odd object."""
     if not is_s3_url(url):
         raise OutputError(f"{url} is not an s3:// URL; give s3://bucket/key")
-    rest = url[len("s3://"):]
+    rest = url[len("s3://") :]
     bucket, _, key = rest.partition("/")
     if not bucket:
         raise OutputError(f"{url} names no bucket; give s3://bucket/key")
@@ -187,8 +197,9 @@ def _new_client(env: Mapping[str, str]) -> Any:
         config["signature_version"] = UNSIGNED
     try:
         session = boto3.session.Session()
-        return session.client("s3", endpoint_url=url, region_name=_region(env),
-                              config=Config(**config))
+        return session.client(
+            "s3", endpoint_url=url, region_name=_region(env), config=Config(**config)
+        )
     except BotoCoreError as exc:  # a profile that does not exist, a malformed config file
         raise OutputError(
             f"cannot set up the S3 client: {first_line(exc)}; check AWS_PROFILE and the AWS "
@@ -253,7 +264,7 @@ def explain(exc: BaseException, url: str, action: str) -> OutputError:
     env = os.environ
     endpoint = _describe_endpoint(env)
     _, variable = _endpoint_setting(env)
-    bucket = url[len("s3://"):].partition("/")[0] if is_s3_url(url) else url
+    bucket = url[len("s3://") :].partition("/")[0] if is_s3_url(url) else url
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
         return OutputError(
             f"cannot {action} {url}: no AWS credentials found ({first_line(exc)}); set "
@@ -345,7 +356,10 @@ def _check_writable(client: Any, url: str, bucket: str, key: str) -> None:
 
 
 def check_s3_output(
-    url: str, overwrite: bool, what: str = "output", probe_write: bool = True,
+    url: str,
+    overwrite: bool,
+    what: str = "output",
+    probe_write: bool = True,
 ) -> str:
     """Fail early, before any work, if the object ``url`` cannot be written; returns ``url``.
 
@@ -364,7 +378,11 @@ def check_s3_output(
 
 
 def check_s3_folder(
-    url: str, overwrite: bool, marker: str, resume: bool = True, what: str = "output folder",
+    url: str,
+    overwrite: bool,
+    marker: str,
+    resume: bool = True,
+    what: str = "output folder",
     probe_write: bool = True,
 ) -> str:
     """Fail early if the prefix ``url`` (a folder of outputs) cannot be written; returns it
@@ -395,7 +413,10 @@ def check_s3_folder(
 
 
 def put_bytes(
-    url: str, data: bytes, content_type: str | None = None, overwrite: bool = True,
+    url: str,
+    data: bytes,
+    content_type: str | None = None,
+    overwrite: bool = True,
 ) -> None:
     """Write ``data`` as the object ``url`` in one PUT (visible only complete).
 
@@ -408,7 +429,9 @@ def put_bytes(
 
 
 def upload_file(
-    local_path: str | os.PathLike[str], url: str, content_type: str | None = None,
+    local_path: str | os.PathLike[str],
+    url: str,
+    content_type: str | None = None,
     overwrite: bool = True,
 ) -> None:
     """Upload a local file to ``url``; the object appears only complete, or not at all.
@@ -419,19 +442,27 @@ def upload_file(
     line naming ``url`` and the cause."""
     try:
         with open(local_path, "rb") as f:
-            upload_fileobj(f, url, content_type=content_type, overwrite=overwrite,
-                           size=os.fstat(f.fileno()).st_size)
+            upload_fileobj(
+                f,
+                url,
+                content_type=content_type,
+                overwrite=overwrite,
+                size=os.fstat(f.fileno()).st_size,
+            )
     except OSError as exc:
         if isinstance(exc, OutputError):
             raise
-        raise OutputError(
-            f"cannot upload {local_path} to {url}: {first_line(exc)}"
-        ) from exc
+        raise OutputError(f"cannot upload {local_path} to {url}: {first_line(exc)}") from exc
 
 
 def upload_fileobj(
-    fileobj: IO[bytes], url: str, content_type: str | None = None, overwrite: bool = True,
-    size: int | None = None, threshold: int | None = None, part_size: int | None = None,
+    fileobj: IO[bytes],
+    url: str,
+    content_type: str | None = None,
+    overwrite: bool = True,
+    size: int | None = None,
+    threshold: int | None = None,
+    part_size: int | None = None,
 ) -> None:
     """Upload what ``fileobj`` reads to ``url``, with :func:`upload_file`'s guarantees.
 
@@ -475,7 +506,7 @@ def _parts(fileobj: IO[bytes], head: list[bytes], part_size: int, url: str) -> I
     first = head.pop()
     offset = 0
     while len(first) - offset >= part_size:
-        yield first[offset:offset + part_size]
+        yield first[offset : offset + part_size]
         offset += part_size
     rest = first[offset:]
     del first
@@ -499,7 +530,11 @@ def _put_args(content_type: str | None, overwrite: bool) -> dict[str, Any]:
 
 
 def _multipart(
-    parts: Iterator[bytes], url: str, content_type: str | None, overwrite: bool, part_size: int,
+    parts: Iterator[bytes],
+    url: str,
+    content_type: str | None,
+    overwrite: bool,
+    part_size: int,
 ) -> None:
     """A multipart upload of ``parts``, :data:`PART_THREADS` at a time; completed only at the
     end, aborted on any failure or interruption."""
@@ -512,8 +547,9 @@ def _multipart(
         # completing the upload checks every part's
         checksum = "CRC32"
         create["ChecksumAlgorithm"] = checksum
-    upload = _call(url, "write", lambda: client.create_multipart_upload(
-        Bucket=bucket, Key=key, **create))
+    upload = _call(
+        url, "write", lambda: client.create_multipart_upload(Bucket=bucket, Key=key, **create)
+    )
     upload_id = upload["UploadId"]
     pool = ThreadPoolExecutor(PART_THREADS, thread_name_prefix="geoseg-s3-part")
     try:
@@ -524,8 +560,11 @@ def _multipart(
                 raise OutputError(
                     f"cannot upload to {url}: more than {MAX_PARTS} parts of {part_size} bytes"
                 )
-            pending.add(pool.submit(_upload_part, client, url, bucket, key, upload_id, number,
-                                    data, checksum))
+            pending.add(
+                pool.submit(
+                    _upload_part, client, url, bucket, key, upload_id, number, data, checksum
+                )
+            )
             del data
             if len(pending) >= PART_THREADS:  # at most PART_THREADS parts in memory
                 finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
@@ -534,8 +573,13 @@ def _multipart(
         done.extend(f.result() for f in finished)
         done.sort(key=lambda p: int(p["PartNumber"]))
         extra = {"IfNoneMatch": "*"} if not overwrite else {}
-        _call(url, "write", lambda: client.complete_multipart_upload(
-            Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": done}, **extra))
+        _call(
+            url,
+            "write",
+            lambda: client.complete_multipart_upload(
+                Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": done}, **extra
+            ),
+        )
     except BaseException:
         # parts still in flight finish (or fail) first, so none lands after the abort
         pool.shutdown(wait=True, cancel_futures=True)
@@ -546,12 +590,23 @@ def _multipart(
 
 
 def _upload_part(
-    client: Any, url: str, bucket: str, key: str, upload_id: str, number: int, data: bytes,
+    client: Any,
+    url: str,
+    bucket: str,
+    key: str,
+    upload_id: str,
+    number: int,
+    data: bytes,
     checksum: str | None,
 ) -> dict[str, Any]:
     extra = {"ChecksumAlgorithm": checksum} if checksum else {}
-    response = _call(url, "write", lambda: client.upload_part(
-        Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data, **extra))
+    response = _call(
+        url,
+        "write",
+        lambda: client.upload_part(
+            Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data, **extra
+        ),
+    )
     part = {"PartNumber": number, "ETag": response["ETag"]}
     if checksum and f"Checksum{checksum}" in response:
         part[f"Checksum{checksum}"] = response[f"Checksum{checksum}"]

@@ -54,10 +54,23 @@ class CRFParams:
 
     iterations: int = field(default=5, metadata=_help("Mean-field iterations.", min=1))
     radius: int = field(default=4, metadata=_help("Kernel window radius (pixels).", min=1))
-    theta_alpha: float = field(default=8.0, metadata=_help("Bilateral kernel: position scale (pixels).", min=0, min_open=True))
-    theta_beta: float = field(default=0.5, metadata=_help("Bilateral kernel: colour scale (normalized band units).", min=0, min_open=True))
-    theta_gamma: float = field(default=2.0, metadata=_help("Gaussian kernel: position scale (pixels).", min=0, min_open=True))
-    w_bilateral: float = field(default=5.0, metadata=_help("Weight of the bilateral kernel.", min=0))
+    theta_alpha: float = field(
+        default=8.0,
+        metadata=_help("Bilateral kernel: position scale (pixels).", min=0, min_open=True),
+    )
+    theta_beta: float = field(
+        default=0.5,
+        metadata=_help(
+            "Bilateral kernel: colour scale (normalized band units).", min=0, min_open=True
+        ),
+    )
+    theta_gamma: float = field(
+        default=2.0,
+        metadata=_help("Gaussian kernel: position scale (pixels).", min=0, min_open=True),
+    )
+    w_bilateral: float = field(
+        default=5.0, metadata=_help("Weight of the bilateral kernel.", min=0)
+    )
     w_gaussian: float = field(default=3.0, metadata=_help("Weight of the Gaussian kernel.", min=0))
 
     def __post_init__(self) -> None:
@@ -96,7 +109,9 @@ class InferenceOptions:
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
-            raise OptionError(f"unknown --precision {self.precision!r}; use {', '.join(PRECISIONS)}")
+            raise OptionError(
+                f"unknown --precision {self.precision!r}; use {', '.join(PRECISIONS)}"
+            )
         if self.tta not in TTA_MODES:
             raise OptionError(f"unknown --tta {self.tta!r}; use {', '.join(TTA_MODES)}")
         if not self.scales:
@@ -144,44 +159,105 @@ class PredictOptions:
     """How a scene is tiled and inferred; every field is a ``geoseg.predict`` keyword, a
     ``geoseg predict`` option (``--batch-size`` for ``batch_size``) and a job-file key."""
 
-    tile: int | Auto = field(default="auto", metadata=_help(
-        "Network input size in pixels, margins included; auto = the tile of least work (overlap x the "
-        "engine's measured time per pixel) within --memory-budget.", min=1))
-    margin: int | Auto = field(default="auto", metadata=_help(
-        "Context pixels on each side of a tile's core; auto = receptive field.", min=0))
-    memory_budget: str | int | None = field(default=None, metadata=_help(
-        "Memory one tile's forward pass may use when --tile is auto, e.g. 2GB or 1500MB; default: a "
-        "quarter of the memory per worker thread (on CUDA: most of the GPU's free memory).", metavar="SIZE", min=1))
+    tile: int | Auto = field(
+        default="auto",
+        metadata=_help(
+            "Network input size in pixels, margins included; auto = the tile of least work (overlap x the "
+            "engine's measured time per pixel) within --memory-budget.",
+            min=1,
+        ),
+    )
+    margin: int | Auto = field(
+        default="auto",
+        metadata=_help(
+            "Context pixels on each side of a tile's core; auto = receptive field.", min=0
+        ),
+    )
+    memory_budget: str | int | None = field(
+        default=None,
+        metadata=_help(
+            "Memory one tile's forward pass may use when --tile is auto, e.g. 2GB or 1500MB; default: a "
+            "quarter of the memory per worker thread (on CUDA: most of the GPU's free memory).",
+            metavar="SIZE",
+            min=1,
+        ),
+    )
     batch_size: int = field(default=4, metadata=_help("Tiles per forward pass.", min=1))
-    device: Device = field(default="auto", metadata=_help("Where the network runs; auto uses CUDA when present."))
-    bands: str | tuple[int, ...] | None = field(default=None, metadata=_help(
-        "Scene bands that feed the model, in order (1-based).", metavar="1,2,3"))
-    tta: Tta = field(default="none", metadata=_help(
-        "Test-time augmentation: average logits over flips (d4: and rotations)."))
-    scales: tuple[float, ...] = field(default=(1.0,), metadata=_help(
-        "Average logits over these input scales.", metavar="0.75,1,1.25"))
-    crf: CRFParams | None = field(default=None, metadata=_help(
-        "Refine with the dense CRF (DeepLab v1); margin grows by iterations x radius."))
-    engine: EngineName = field(default="auto", metadata=_help(
-        "Inference engine: onnx (ONNX Runtime), torch, or auto (ONNX Runtime on the CPU, PyTorch on CUDA)."))
-    precision: Precision = field(default="auto", metadata=_help(
-        "Autocast precision of the PyTorch forward pass; auto = bf16 on CUDA GPUs that have it, else fp32."))
-    channels_last: bool = field(default=False, metadata=_help(
-        "Channels-last memory format (faster convolutions on recent GPUs)."))
-    compile: bool = field(default=False, metadata=_help(
-        "torch.compile the network on each worker (falls back to eager)."))
-    on_error: OnError = field(default="fail", metadata=_help(
-        "A tile that cannot be read or inferred: fail the run, or write nodata there and list it in OUTPUT.skipped.json."))
-    resampling: Resampling = field(default="bilinear", metadata=_help(
-        "How band files / STAC assets at a coarser resolution are resampled onto the finest band's grid."))
-    compress: Compress = field(default="deflate", metadata=_help(
-        "Codec of the rasters written: deflate (every GIS reads it), zstd (smaller and faster; GDAL "
-        ">= 2.3 built with it, as QGIS 3 packages are), lzw, none."))
-    compress_level: int | None = field(default=None, metadata=_help(
-        "Codec level (deflate 1-12, zstd 1-22); default: the measured choice (docs/outputs.md).", min=1))
-    cells: int | None = field(default=None, metadata=_help(
-        "Write OUTPUT as a folder of N x N pixel COG cells, each written by the worker that computed it, "
-        "with a VRT mosaic per raster and a STAC collection; a rerun keeps finished cells.", min=1))
+    device: Device = field(
+        default="auto", metadata=_help("Where the network runs; auto uses CUDA when present.")
+    )
+    bands: str | tuple[int, ...] | None = field(
+        default=None,
+        metadata=_help("Scene bands that feed the model, in order (1-based).", metavar="1,2,3"),
+    )
+    tta: Tta = field(
+        default="none",
+        metadata=_help("Test-time augmentation: average logits over flips (d4: and rotations)."),
+    )
+    scales: tuple[float, ...] = field(
+        default=(1.0,),
+        metadata=_help("Average logits over these input scales.", metavar="0.75,1,1.25"),
+    )
+    crf: CRFParams | None = field(
+        default=None,
+        metadata=_help(
+            "Refine with the dense CRF (DeepLab v1); margin grows by iterations x radius."
+        ),
+    )
+    engine: EngineName = field(
+        default="auto",
+        metadata=_help(
+            "Inference engine: onnx (ONNX Runtime), torch, or auto (ONNX Runtime on the CPU, PyTorch on CUDA)."
+        ),
+    )
+    precision: Precision = field(
+        default="auto",
+        metadata=_help(
+            "Autocast precision of the PyTorch forward pass; auto = bf16 on CUDA GPUs that have it, else fp32."
+        ),
+    )
+    channels_last: bool = field(
+        default=False,
+        metadata=_help("Channels-last memory format (faster convolutions on recent GPUs)."),
+    )
+    compile: bool = field(
+        default=False,
+        metadata=_help("torch.compile the network on each worker (falls back to eager)."),
+    )
+    on_error: OnError = field(
+        default="fail",
+        metadata=_help(
+            "A tile that cannot be read or inferred: fail the run, or write nodata there and list it in OUTPUT.skipped.json."
+        ),
+    )
+    resampling: Resampling = field(
+        default="bilinear",
+        metadata=_help(
+            "How band files / STAC assets at a coarser resolution are resampled onto the finest band's grid."
+        ),
+    )
+    compress: Compress = field(
+        default="deflate",
+        metadata=_help(
+            "Codec of the rasters written: deflate (every GIS reads it), zstd (smaller and faster; GDAL "
+            ">= 2.3 built with it, as QGIS 3 packages are), lzw, none."
+        ),
+    )
+    compress_level: int | None = field(
+        default=None,
+        metadata=_help(
+            "Codec level (deflate 1-12, zstd 1-22); default: the measured choice (docs/outputs.md).",
+            min=1,
+        ),
+    )
+    cells: int | None = field(
+        default=None,
+        metadata=_help(
+            "Write OUTPUT as a folder of N x N pixel COG cells, each written by the worker that computed it, "
+            "with a VRT mosaic per raster and a STAC collection; a rerun keeps finished cells.",
+            min=1,
+        ),
+    )
 
     def __post_init__(self) -> None:
         # normalise the forms a job file or a caller gives (lists, True, a dict of CRF settings)
@@ -189,7 +265,9 @@ class PredictOptions:
             try:
                 object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
             except (TypeError, ValueError):
-                raise OptionError(f"--scales takes numbers, e.g. 0.75,1,1.25; got {self.scales!r}") from None
+                raise OptionError(
+                    f"--scales takes numbers, e.g. 0.75,1,1.25; got {self.scales!r}"
+                ) from None
         bands: Any = self.bands  # a job file gives a list
         if isinstance(bands, list):
             object.__setattr__(self, "bands", tuple(bands))
@@ -224,10 +302,12 @@ class PredictOptions:
         return _from_keywords(cls, "predict", base, keywords)
 
 
-O = typing.TypeVar("O")
+OptionsT = typing.TypeVar("OptionsT")
 
 
-def _from_keywords(cls: type[O], what: str, base: O | None, keywords: dict[str, Any]) -> O:
+def _from_keywords(
+    cls: type[OptionsT], what: str, base: OptionsT | None, keywords: dict[str, Any]
+) -> OptionsT:
     """``base`` (or ``cls``'s defaults) with ``keywords`` replaced; an unknown keyword is an
     error that lists the known ones."""
     known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
@@ -263,7 +343,9 @@ def _check_fields(options: Any) -> None:
     """Check every field of an options dataclass against its type (Literal values, int minimums)."""
     hints = typing.get_type_hints(type(options))
     for f in dataclasses.fields(options):
-        _check_value(f.metadata.get("cli", f.name), getattr(options, f.name), hints[f.name], f.metadata)
+        _check_value(
+            f.metadata.get("cli", f.name), getattr(options, f.name), hints[f.name], f.metadata
+        )
 
 
 def _check_value(name: str, value: Any, hint: Any, meta: Any) -> None:
@@ -280,16 +362,24 @@ def _check_value(name: str, value: Any, hint: Any, meta: Any) -> None:
             for v in value:
                 _check_value(name, v, typing.get_args(p)[0], {})
             return
-        if p in (int, float) and isinstance(value, (int, float)) and not isinstance(value, bool) \
-                and (p is float or isinstance(value, int)):
+        if (
+            p in (int, float)
+            and isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and (p is float or isinstance(value, int))
+        ):
             low, high = meta.get("min"), meta.get("max")
             if low is not None and (value < low or (meta.get("min_open") and value == low)):
-                raise OptionError(f"{_flag(name)} must be {'above' if meta.get('min_open') else 'at least'} "
-                                  f"{low}, got {value}")
+                raise OptionError(
+                    f"{_flag(name)} must be {'above' if meta.get('min_open') else 'at least'} "
+                    f"{low}, got {value}"
+                )
             if high is not None and value > high:
                 raise OptionError(f"{_flag(name)} must be at most {high}, got {value}")
             return
-        if typing.get_origin(p) in (dict, collections.abc.Mapping) and isinstance(value, collections.abc.Mapping):
+        if typing.get_origin(p) in (dict, collections.abc.Mapping) and isinstance(
+            value, collections.abc.Mapping
+        ):
             return
         if p in (str, bool) and type(value) is p:
             return
@@ -297,10 +387,19 @@ def _check_value(name: str, value: Any, hint: Any, meta: Any) -> None:
             return
     if allowed and not {int, float} & set(parts):
         raise OptionError(f"unknown {_flag(name)} {value!r}; use {', '.join(map(str, allowed))}")
-    what = " or ".join([repr(v) for v in allowed] + [
-        {int: "a whole number", float: "a number", str: "text", bool: "true or false"}.get(
-            p, "a mapping" if typing.get_origin(p) in (dict, collections.abc.Mapping) else getattr(p, "__name__", str(p)))
-        for p in parts if typing.get_origin(p) is not Literal and p is not type(None)])
+    what = " or ".join(
+        [repr(v) for v in allowed]
+        + [
+            {int: "a whole number", float: "a number", str: "text", bool: "true or false"}.get(
+                p,
+                "a mapping"
+                if typing.get_origin(p) in (dict, collections.abc.Mapping)
+                else getattr(p, "__name__", str(p)),
+            )
+            for p in parts
+            if typing.get_origin(p) is not Literal and p is not type(None)
+        ]
+    )
     raise OptionError(f"{_flag(name)} must be {what}, got {value!r}")
 
 
@@ -335,21 +434,42 @@ class VectorOptions:
     """How a class raster becomes polygons: ``geoseg.vector.vectorize`` keywords, ``geoseg vectorize``
     options and the job file's ``vector`` keys (plus ``format``)."""
 
-    connectivity: Literal[4, 8] = field(default=4, metadata=_help(
-        "Pixel neighbourhood of a region (GDAL's default is 4)."))
-    skip_classes: tuple[int, ...] = field(default=(), metadata=_help(
-        "Class value to leave out (repeatable), e.g. background.", flag="skip_class"))
-    min_area: float = field(default=0.0, metadata=_help(
-        "Merge regions smaller than this (square CRS units) into a neighbour.", min=0))
-    simplify: float | None = field(default=None, metadata=_help(
-        "Simplify the layer as a coverage with this tolerance (CRS units).", min=0))
-    block_size: int | None = field(default=None, metadata=_help(
-        "Block size in pixels (default ~1024).", min=64))
-    dst_crs: str | None = field(default=None, metadata=_help(
-        "Write polygons in this CRS (e.g. EPSG:4326); areas stay measured in the raster's CRS.", metavar="CRS"))
-    style: bool = field(default=True, metadata=_help(
-        "Add QGIS's default style, categorized by class in the model's colours "
-        "(GeoPackage: layer_styles table; other formats: a .qml sidecar)."))
+    connectivity: Literal[4, 8] = field(
+        default=4, metadata=_help("Pixel neighbourhood of a region (GDAL's default is 4).")
+    )
+    skip_classes: tuple[int, ...] = field(
+        default=(),
+        metadata=_help(
+            "Class value to leave out (repeatable), e.g. background.", flag="skip_class"
+        ),
+    )
+    min_area: float = field(
+        default=0.0,
+        metadata=_help(
+            "Merge regions smaller than this (square CRS units) into a neighbour.", min=0
+        ),
+    )
+    simplify: float | None = field(
+        default=None,
+        metadata=_help("Simplify the layer as a coverage with this tolerance (CRS units).", min=0),
+    )
+    block_size: int | None = field(
+        default=None, metadata=_help("Block size in pixels (default ~1024).", min=64)
+    )
+    dst_crs: str | None = field(
+        default=None,
+        metadata=_help(
+            "Write polygons in this CRS (e.g. EPSG:4326); areas stay measured in the raster's CRS.",
+            metavar="CRS",
+        ),
+    )
+    style: bool = field(
+        default=True,
+        metadata=_help(
+            "Add QGIS's default style, categorized by class in the model's colours "
+            "(GeoPackage: layer_styles table; other formats: a .qml sidecar)."
+        ),
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "skip_classes", tuple(self.skip_classes))
@@ -365,16 +485,35 @@ class MapOptions:
     """A map's output grid, overlap priority and area: ``geoseg.map`` keywords, ``geoseg map``
     options and the keys of a job's ``map`` section (besides ``scenes`` and ``output``)."""
 
-    crs: str | None = field(default=None, metadata=_help(
-        "Output CRS (EPSG:32633, PROJ or WKT); default: the scenes' own, when they share one.", metavar="CRS"))
-    resolution: float | None = field(default=None, metadata=_help(
-        "Output pixel size in CRS units; default: the scenes' own, when they share one.", min=0, min_open=True))
-    order: MapOrder = field(default="given", metadata=_help(
-        "Which scene wins where scenes overlap: the first given, or the newest (STAC datetime, else "
-        "the file's ACQUISITIONDATETIME or TIFFTAG_DATETIME tag)."))
-    aoi: str | None = field(default=None, metadata=_help(
-        "Vector file (any format and CRS): output cut to its bounding box, nodata outside its polygons.",
-        metavar="FILE"))
+    crs: str | None = field(
+        default=None,
+        metadata=_help(
+            "Output CRS (EPSG:32633, PROJ or WKT); default: the scenes' own, when they share one.",
+            metavar="CRS",
+        ),
+    )
+    resolution: float | None = field(
+        default=None,
+        metadata=_help(
+            "Output pixel size in CRS units; default: the scenes' own, when they share one.",
+            min=0,
+            min_open=True,
+        ),
+    )
+    order: MapOrder = field(
+        default="given",
+        metadata=_help(
+            "Which scene wins where scenes overlap: the first given, or the newest (STAC datetime, else "
+            "the file's ACQUISITIONDATETIME or TIFFTAG_DATETIME tag)."
+        ),
+    )
+    aoi: str | None = field(
+        default=None,
+        metadata=_help(
+            "Vector file (any format and CRS): output cut to its bounding box, nodata outside its polygons.",
+            metavar="FILE",
+        ),
+    )
 
     def __post_init__(self) -> None:
         value: Any = self.resolution  # a job file or a caller may give a whole number
@@ -394,39 +533,92 @@ class ChipOptions:
     recipe's ``chip`` step. ``value_map`` and ``class_names`` may be given as the command
     line's text; they are parsed here, so a bad one fails before any work."""
 
-    size: int | None = field(default=None, metadata=_help(
-        "Chip size in pixels (default: the largest of 256/128/64/32 that fits 24 chips in the labelled "
-        "area; a grown folder keeps its size).", min=8))
-    stride: int | None = field(default=None, metadata=_help("Step between chips (default: --size).", min=1))
-    bands: str | tuple[int, ...] | None = field(default=None, metadata=_help(
-        "Image bands to keep, in order (default: all).", metavar="1,2,3"))
-    label_field: str | None = field(default=None, metadata=_help(
-        "Attribute holding the class, for vector labels."))
-    value_map: str | Mapping[str, int] | None = field(default=None, metadata=_help(
-        "Map label-field values to class numbers.", metavar="NAME=VALUE,..."))
-    background: int | None = field(default=None, metadata=_help(
-        "Class of pixels outside every polygon (vector labels); default: not labelled.", min=0, max=254))
-    label_nodata_is_class: bool = field(default=False, metadata=_help(
-        "Read a label raster's nodata value as a class (some rasters flag background as nodata)."))
-    class_names: str | ClassNames | None = field(default=None, metadata=_help(
-        "Class names and colours, e.g. 1=farmland:#e6c84b,2=forest.", cli="classes",
-        metavar="VALUE=NAME[:#RRGGBB],..."))
-    ignore_value: int | None = field(default=None, metadata=_help(
-        "Label value meaning 'not labelled' (default 255).", min=0, max=255))
-    min_labeled: float = field(default=0.0, metadata=_help(
-        "Least labelled fraction of a chip (0: any chip with a labelled pixel).", min=0, max=1))
-    max_nodata: float = field(default=1.0, metadata=_help(
-        "Most image-nodata fraction of a chip (nodata pixels are never learned from).", min=0, max=1))
-    val_fraction: float = field(default=0.2, metadata=_help("Share of split blocks for validation.", min=0, max=1))
-    test_fraction: float = field(default=0.0, metadata=_help("Share of split blocks for testing.", min=0, max=1))
-    split_block: int | None = field(default=None, metadata=_help(
-        "Split block size in pixels (default: the largest of 4, 3 or 2 x --size that gives 6 blocks).", min=8))
+    size: int | None = field(
+        default=None,
+        metadata=_help(
+            "Chip size in pixels (default: the largest of 256/128/64/32 that fits 24 chips in the labelled "
+            "area; a grown folder keeps its size).",
+            min=8,
+        ),
+    )
+    stride: int | None = field(
+        default=None, metadata=_help("Step between chips (default: --size).", min=1)
+    )
+    bands: str | tuple[int, ...] | None = field(
+        default=None,
+        metadata=_help("Image bands to keep, in order (default: all).", metavar="1,2,3"),
+    )
+    label_field: str | None = field(
+        default=None, metadata=_help("Attribute holding the class, for vector labels.")
+    )
+    value_map: str | Mapping[str, int] | None = field(
+        default=None,
+        metadata=_help("Map label-field values to class numbers.", metavar="NAME=VALUE,..."),
+    )
+    background: int | None = field(
+        default=None,
+        metadata=_help(
+            "Class of pixels outside every polygon (vector labels); default: not labelled.",
+            min=0,
+            max=254,
+        ),
+    )
+    label_nodata_is_class: bool = field(
+        default=False,
+        metadata=_help(
+            "Read a label raster's nodata value as a class (some rasters flag background as nodata)."
+        ),
+    )
+    class_names: str | ClassNames | None = field(
+        default=None,
+        metadata=_help(
+            "Class names and colours, e.g. 1=farmland:#e6c84b,2=forest.",
+            cli="classes",
+            metavar="VALUE=NAME[:#RRGGBB],...",
+        ),
+    )
+    ignore_value: int | None = field(
+        default=None,
+        metadata=_help("Label value meaning 'not labelled' (default 255).", min=0, max=255),
+    )
+    min_labeled: float = field(
+        default=0.0,
+        metadata=_help(
+            "Least labelled fraction of a chip (0: any chip with a labelled pixel).", min=0, max=1
+        ),
+    )
+    max_nodata: float = field(
+        default=1.0,
+        metadata=_help(
+            "Most image-nodata fraction of a chip (nodata pixels are never learned from).",
+            min=0,
+            max=1,
+        ),
+    )
+    val_fraction: float = field(
+        default=0.2, metadata=_help("Share of split blocks for validation.", min=0, max=1)
+    )
+    test_fraction: float = field(
+        default=0.0, metadata=_help("Share of split blocks for testing.", min=0, max=1)
+    )
+    split_block: int | None = field(
+        default=None,
+        metadata=_help(
+            "Split block size in pixels (default: the largest of 4, 3 or 2 x --size that gives 6 blocks).",
+            min=8,
+        ),
+    )
     seed: int = field(default=0, metadata=_help("Seed of the split."))
-    stratify: bool = field(default=True, metadata=_help(
-        "Draw validation and test blocks so that they hold every class (label rasters); --no-stratify "
-        "draws them at random, as geoseg chip did before."))
-    oversample_rare: float = field(default=0.0, metadata=_help(
-        "Extra sampling weight of chips holding rare classes.", min=0))
+    stratify: bool = field(
+        default=True,
+        metadata=_help(
+            "Draw validation and test blocks so that they hold every class (label rasters); --no-stratify "
+            "draws them at random, as geoseg chip did before."
+        ),
+    )
+    oversample_rare: float = field(
+        default=0.0, metadata=_help("Extra sampling weight of chips holding rare classes.", min=0)
+    )
 
     def __post_init__(self) -> None:
         from geoseg.classes import parse_class_names, parse_value_map
@@ -438,7 +630,13 @@ class ChipOptions:
             object.__setattr__(self, "value_map", parse_value_map(self.value_map))
         if isinstance(self.class_names, str):
             object.__setattr__(self, "class_names", parse_class_names(self.class_names) or None)
-        for name in ("min_labeled", "max_nodata", "val_fraction", "test_fraction", "oversample_rare"):
+        for name in (
+            "min_labeled",
+            "max_nodata",
+            "val_fraction",
+            "test_fraction",
+            "oversample_rare",
+        ):
             value: Any = getattr(self, name)
             if isinstance(value, int) and not isinstance(value, bool):
                 object.__setattr__(self, name, float(value))
@@ -475,43 +673,95 @@ class TrainOptions:
     keys of a recipe's ``train`` step. Fields marked ``api_only`` have no command-line option."""
 
     arch: str = field(default="unet-small", metadata=_help("Architecture from 'geoseg models'."))
-    arch_kwargs: str | Mapping[str, Any] | None = field(default=None, metadata=_help(
-        'Architecture arguments, e.g. \'{"depth": 4}\'.', cli="arch_args", metavar="JSON"))
-    epochs: int | None = field(default=None, metadata=_help(
-        "Most epochs (default: about 1000 optimizer steps, 15 to 150 epochs).", min=1))
-    patience: int | None = field(default=None, metadata=_help(
-        "Stop after this many epochs without a better validation mIoU, once a third of the epochs ran "
-        "(default: max(10, epochs/6); 0: never).", min=0))
-    batch_size: int | None = field(default=None, metadata=_help(
-        "Default: 16 on the CPU, 32 on CUDA, less for small chip sets (at least 4 steps an epoch).", min=1))
+    arch_kwargs: str | Mapping[str, Any] | None = field(
+        default=None,
+        metadata=_help(
+            "Architecture arguments, e.g. '{\"depth\": 4}'.", cli="arch_args", metavar="JSON"
+        ),
+    )
+    epochs: int | None = field(
+        default=None,
+        metadata=_help(
+            "Most epochs (default: about 1000 optimizer steps, 15 to 150 epochs).", min=1
+        ),
+    )
+    patience: int | None = field(
+        default=None,
+        metadata=_help(
+            "Stop after this many epochs without a better validation mIoU, once a third of the epochs ran "
+            "(default: max(10, epochs/6); 0: never).",
+            min=0,
+        ),
+    )
+    batch_size: int | None = field(
+        default=None,
+        metadata=_help(
+            "Default: 16 on the CPU, 32 on CUDA, less for small chip sets (at least 4 steps an epoch).",
+            min=1,
+        ),
+    )
     lr: float = field(default=2e-3, metadata=_help(None, min=0, min_open=True))
     weight_decay: float = field(default=1e-4, metadata=_help(None, min=0))
-    warmup_epochs: float = field(default=1.0, metadata=_help(
-        "Epochs of linear learning-rate warm-up.", min=0, api_only=True))
+    warmup_epochs: float = field(
+        default=1.0, metadata=_help("Epochs of linear learning-rate warm-up.", min=0, api_only=True)
+    )
     schedule: Schedule = field(default="cosine", metadata=_help(None))
-    class_weighting: ClassWeighting = field(default="sqrt", metadata=_help(None, cli="class_weights"))
-    dice_weight: float | None = field(default=None, metadata=_help(
-        "Weight of the Dice term beside cross-entropy (default: 0.5 for two classes, 1 for more).", min=0))
-    ema: float | None = field(default=None, metadata=_help(
-        "Validate and keep a moving average of the weights with this half-life in epochs (default: 3; "
-        "0: the raw weights).", min=0, metavar="EPOCHS"))
-    device: Device = field(default="auto", metadata=_help("Where the network runs; auto uses CUDA when present."))
-    precision: TrainPrecision = field(default="auto", metadata=_help(
-        "auto: mixed precision on CUDA, fp32 on the CPU; bf16: bf16 autocast anywhere (CPUs with AMX / "
-        "AVX-512 BF16)."))
-    channels_last: bool = field(default=False, metadata=_help(
-        "Channels-last memory layout (faster convolutions on recent CPUs and GPUs)."))
+    class_weighting: ClassWeighting = field(
+        default="sqrt", metadata=_help(None, cli="class_weights")
+    )
+    dice_weight: float | None = field(
+        default=None,
+        metadata=_help(
+            "Weight of the Dice term beside cross-entropy (default: 0.5 for two classes, 1 for more).",
+            min=0,
+        ),
+    )
+    ema: float | None = field(
+        default=None,
+        metadata=_help(
+            "Validate and keep a moving average of the weights with this half-life in epochs (default: 3; "
+            "0: the raw weights).",
+            min=0,
+            metavar="EPOCHS",
+        ),
+    )
+    device: Device = field(
+        default="auto", metadata=_help("Where the network runs; auto uses CUDA when present.")
+    )
+    precision: TrainPrecision = field(
+        default="auto",
+        metadata=_help(
+            "auto: mixed precision on CUDA, fp32 on the CPU; bf16: bf16 autocast anywhere (CPUs with AMX / "
+            "AVX-512 BF16)."
+        ),
+    )
+    channels_last: bool = field(
+        default=False,
+        metadata=_help(
+            "Channels-last memory layout (faster convolutions on recent CPUs and GPUs)."
+        ),
+    )
     seed: int = field(default=0, metadata=_help(None))
     workers: int = field(default=0, metadata=_help("Data-loading processes.", min=0))
-    pretrained: str | None = field(default=None, metadata=_help(
-        "Start the encoder from torchvision's ImageNet weights (downloaded once) or a local state dict "
-        "(torchvision, torchgeo or timm layout); first convolution adapted to the bands by name.",
-        metavar="imagenet|PATH"))
-    pretrained_bands: str | tuple[str, ...] | None = field(default=None, metadata=_help(
-        "Band names of the --pretrained PATH weights' input, in order (ImageNet: red,green,blue).",
-        metavar="NAME,..."))
-    amp: bool = field(default=True, metadata=_help(
-        "Allow mixed precision where --precision asks for it.", api_only=True))
+    pretrained: str | None = field(
+        default=None,
+        metadata=_help(
+            "Start the encoder from torchvision's ImageNet weights (downloaded once) or a local state dict "
+            "(torchvision, torchgeo or timm layout); first convolution adapted to the bands by name.",
+            metavar="imagenet|PATH",
+        ),
+    )
+    pretrained_bands: str | tuple[str, ...] | None = field(
+        default=None,
+        metadata=_help(
+            "Band names of the --pretrained PATH weights' input, in order (ImageNet: red,green,blue).",
+            metavar="NAME,...",
+        ),
+    )
+    amp: bool = field(
+        default=True,
+        metadata=_help("Allow mixed precision where --precision asks for it.", api_only=True),
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.arch_kwargs, str):
@@ -520,7 +770,7 @@ class TrainOptions:
             except json.JSONDecodeError as exc:
                 raise OptionError(f"--arch-args is not JSON: {exc}") from None
             if not isinstance(value, dict):
-                raise OptionError('--arch-args: give a JSON object, e.g. \'{"depth": 4}\'')
+                raise OptionError("--arch-args: give a JSON object, e.g. '{\"depth\": 4}'")
             object.__setattr__(self, "arch_kwargs", value)
         bands: Any = self.pretrained_bands
         if isinstance(bands, str):

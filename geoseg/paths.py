@@ -11,8 +11,18 @@ import urllib.parse
 from typing import Any
 
 #: Path parts that mark a scene read over the network (GDAL's network file systems, URLs).
-_REMOTE_MARKS = ("://", "/vsicurl", "/vsis3", "/vsigs", "/vsiaz", "/vsiadls", "/vsioss", "/vsiswift",
-                 "/vsihdfs", "/vsiwebhdfs")
+_REMOTE_MARKS = (
+    "://",
+    "/vsicurl",
+    "/vsis3",
+    "/vsigs",
+    "/vsiaz",
+    "/vsiadls",
+    "/vsioss",
+    "/vsiswift",
+    "/vsihdfs",
+    "/vsiwebhdfs",
+)
 
 
 def is_remote(path: str) -> bool:
@@ -37,7 +47,9 @@ def vrt_sources(xml: str) -> list[str]:
 
 
 def _unescape(text: str) -> str:
-    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"').replace("&amp;", "&")
+    return (
+        text.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"').replace("&amp;", "&")
+    )
 
 
 def describe(dataset: str) -> str:
@@ -72,8 +84,10 @@ def is_mosaic_spec(scene: str) -> bool:
 def describe_mosaic(scene: str) -> str:
     """A short name for messages: the scenes a cell reads."""
     try:
-        names = [os.path.basename(s["name"].rstrip("/")) or s["name"]
-                 for s in json.loads(scene[len(MOSAIC_PREFIX):])["scenes"]]
+        names = [
+            os.path.basename(s["name"].rstrip("/")) or s["name"]
+            for s in json.loads(scene[len(MOSAIC_PREFIX) :])["scenes"]
+        ]
     except (ValueError, KeyError, TypeError):
         return "a map cell"
     if not names:
@@ -84,4 +98,4 @@ def describe_mosaic(scene: str) -> str:
 
 def mosaic_tokens(scene: str) -> list[Any]:
     """The file tokens a cell's scene string records (part of task keys and resume tokens)."""
-    return [s.get("token") for s in json.loads(scene[len(MOSAIC_PREFIX):])["scenes"]]
+    return [s.get("token") for s in json.loads(scene[len(MOSAIC_PREFIX) :])["scenes"]]

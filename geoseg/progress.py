@@ -12,8 +12,14 @@ from typing import TextIO
 class Progress:
     """Redraws one stderr line at most every ``interval`` seconds; silent when ``quiet``."""
 
-    def __init__(self, total: int, unit: str = "tiles", quiet: bool = False,
-                 stream: TextIO | None = None, interval: float = 0.2) -> None:
+    def __init__(
+        self,
+        total: int,
+        unit: str = "tiles",
+        quiet: bool = False,
+        stream: TextIO | None = None,
+        interval: float = 0.2,
+    ) -> None:
         self.total = total
         self.unit = unit
         self.quiet = quiet
@@ -44,7 +50,8 @@ class Progress:
         mps = self.pixels / 1e6 / elapsed
         left = (elapsed / frac - elapsed) if frac > 0 else float("nan")
         self.stream.write(
-            ("\r" if self._tty else "") + f"[{bar}] {self.done}/{self.total} {self.unit}  {mps:6.2f} MP/s  "
+            ("\r" if self._tty else "")
+            + f"[{bar}] {self.done}/{self.total} {self.unit}  {mps:6.2f} MP/s  "
             f"{_fmt(elapsed)} elapsed, {_fmt(left)} left " + ("" if self._tty else "\n")
         )
         self.stream.flush()
@@ -67,7 +74,11 @@ def _fmt(seconds: float) -> str:
     if seconds != seconds:  # NaN
         return "--:--"
     s = int(round(seconds))
-    return f"{s // 60:02d}:{s % 60:02d}" if s < 3600 else f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+    return (
+        f"{s // 60:02d}:{s % 60:02d}"
+        if s < 3600
+        else f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+    )
 
 
 class JobProgress:
@@ -78,8 +89,9 @@ class JobProgress:
     the scenes opened so far.
     """
 
-    def __init__(self, scenes: int, quiet: bool = False, stream: TextIO | None = None,
-                 interval: float = 0.5) -> None:
+    def __init__(
+        self, scenes: int, quiet: bool = False, stream: TextIO | None = None, interval: float = 0.5
+    ) -> None:
         self.scenes = scenes
         self.quiet = quiet
         self.stream = stream or sys.stderr
@@ -151,10 +163,14 @@ class JobProgress:
         total = sum(self._planned) + mean * max(self.scenes - self.skipped - opened, 0)
         frac = min(self.pixels / total, 1.0) if total else 0.0
         left = elapsed / frac - elapsed if frac > 0 else float("nan")
-        failed = (f", {self.partial} partial" if self.partial else "") + (f", {self.failed} failed" if self.failed else "")
+        failed = (f", {self.partial} partial" if self.partial else "") + (
+            f", {self.failed} failed" if self.failed else ""
+        )
         skipped = f", {self.skipped} skipped" if self.skipped else ""
-        return (f"scenes: {self.done} done, {self.running} running, {left_scenes} left{failed}{skipped}  "
-                f"{self.pixels / 1e6 / elapsed:.3g} MP/s  {_fmt(elapsed)} elapsed, {_fmt(left)} left")
+        return (
+            f"scenes: {self.done} done, {self.running} running, {left_scenes} left{failed}{skipped}  "
+            f"{self.pixels / 1e6 / elapsed:.3g} MP/s  {_fmt(elapsed)} elapsed, {_fmt(left)} left"
+        )
 
     def _maybe_draw(self, force: bool = False, changed_only: bool = False) -> None:
         if self.quiet:
@@ -162,10 +178,14 @@ class JobProgress:
         with self._lock:
             now = time.perf_counter()
             state = (self.done, self.partial, self.failed, self.skipped, self.running, self.pixels)
-            if (not force and now - self._last < self.interval) or (changed_only and state == self._state):
+            if (not force and now - self._last < self.interval) or (
+                changed_only and state == self._state
+            ):
                 return
             self._last, self._state = now, state
-            self.stream.write(("\r\033[K" if self._tty else "") + self._line(now) + ("" if self._tty else "\n"))
+            self.stream.write(
+                ("\r\033[K" if self._tty else "") + self._line(now) + ("" if self._tty else "\n")
+            )
             self.stream.flush()
 
 

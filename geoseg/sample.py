@@ -16,13 +16,18 @@ def sample_scene_path() -> Path:
     return SAMPLE_SCENE
 
 
-def run_demo(output_dir: str | Path = "demo-output", overwrite: bool = False, quiet: bool = False) -> Any:
+def run_demo(
+    output_dir: str | Path = "demo-output", overwrite: bool = False, quiet: bool = False
+) -> Any:
     """Segment the sample scene with the built-in model into ``output_dir``."""
     from geoseg.prediction import predict
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     return predict(
-        str(SAMPLE_SCENE), out / "sample-classes.tif",
-        probabilities=out / "sample-probabilities.tif", overwrite=overwrite, quiet=quiet,
+        str(SAMPLE_SCENE),
+        out / "sample-classes.tif",
+        probabilities=out / "sample-probabilities.tif",
+        overwrite=overwrite,
+        quiet=quiet,
     )

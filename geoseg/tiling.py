@@ -110,8 +110,16 @@ class TileGrid:
     col_off: int = 0
 
     @classmethod
-    def create(cls, height: int, width: int, tile: int, margin: int, stride: int,
-               row_off: int = 0, col_off: int = 0) -> "TileGrid":
+    def create(
+        cls,
+        height: int,
+        width: int,
+        tile: int,
+        margin: int,
+        stride: int,
+        row_off: int = 0,
+        col_off: int = 0,
+    ) -> "TileGrid":
         """Validate and build a grid over ``height`` x ``width`` pixels from (``row_off``,
         ``col_off``). Cores are balanced (and stay stride-aligned): the area is covered by as few
         tiles as ``tile`` allows, each no larger than needed."""
@@ -119,10 +127,20 @@ class TileGrid:
             raise TilingError(f"scene of {height}x{width} pixels has nothing to tile")
         validate_tiling(tile, margin, stride)
         if row_off % stride or col_off % stride:
-            raise TilingError(f"a grid must start on the stride lattice ({stride}), not at {row_off}, {col_off}")
+            raise TilingError(
+                f"a grid must start on the stride lattice ({stride}), not at {row_off}, {col_off}"
+            )
         core = tile - 2 * margin
-        return cls(height, width, _balanced_core(height, core, stride) + 2 * margin,
-                   _balanced_core(width, core, stride) + 2 * margin, margin, stride, row_off, col_off)
+        return cls(
+            height,
+            width,
+            _balanced_core(height, core, stride) + 2 * margin,
+            _balanced_core(width, core, stride) + 2 * margin,
+            margin,
+            stride,
+            row_off,
+            col_off,
+        )
 
     @property
     def core_height(self) -> int:
@@ -153,7 +171,9 @@ class TileGrid:
         r0 = self.row_off + grid_row * self.core_height
         c0 = self.col_off + grid_col * self.core_width
         core = Window(
-            c0, r0, min(self.core_width, self.col_off + self.width - c0),
+            c0,
+            r0,
+            min(self.core_width, self.col_off + self.width - c0),
             min(self.core_height, self.row_off + self.height - r0),
         )
         return Tile(
@@ -187,8 +207,14 @@ class TileGrid:
         edges = [round(i * self.cols / bands) for i in range(bands + 1)]
         spans = list(zip(edges, edges[1:]))
         if column_bands:
-            return [[self.tile(r, c) for c in range(c0, c1)] for c0, c1 in spans for r in range(self.rows)]
-        return [[self.tile(r, c) for c in range(c0, c1)] for r in range(self.rows) for c0, c1 in spans]
+            return [
+                [self.tile(r, c) for c in range(c0, c1)]
+                for c0, c1 in spans
+                for r in range(self.rows)
+            ]
+        return [
+            [self.tile(r, c) for c in range(c0, c1)] for r in range(self.rows) for c0, c1 in spans
+        ]
 
 
 def source_indices(start: int, length: int, n: int) -> np.ndarray:
@@ -203,7 +229,9 @@ def scale_fractions(scales: "tuple[float, ...] | list[float]") -> list[tuple[int
     out = []
     for s in scales:
         if not 0.1 <= float(s) <= 4:
-            raise TilingError(f"scale {s} is out of range; use scales between 0.1 and 4, e.g. 0.75,1,1.25")
+            raise TilingError(
+                f"scale {s} is out of range; use scales between 0.1 and 4, e.g. 0.75,1,1.25"
+            )
         f = Fraction(float(s)).limit_denominator(8)
         out.append((f.numerator, f.denominator))
     return out
@@ -220,7 +248,9 @@ def scales_alignment(stride: int, scales: "tuple[float, ...] | list[float]") -> 
     return stride * lcm(*(q for _, q in scale_fractions(scales))) if scales else stride
 
 
-def context_radius(receptive_field: int, scales: "tuple[float, ...] | list[float]" = (), extra: int = 0) -> int:
+def context_radius(
+    receptive_field: int, scales: "tuple[float, ...] | list[float]" = (), extra: int = 0
+) -> int:
     """Input pixels one output pixel depends on, with rescaled inputs (the receptive field grows
     by 1/scale, plus the bilinear resampling taps both ways) and ``extra`` post-processing reach."""
     radius = int(receptive_field)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import pytest
 import rasterio
-import warnings
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import from_origin
 
@@ -41,12 +41,20 @@ def write_raster(
         array = array[None]
     count, height, width = array.shape
     profile: dict[str, Any] = dict(
-        driver="GTiff", width=width, height=height, count=count, dtype=array.dtype.name,
-        nodata=nodata, **{"photometric": "minisblack", **extra},
+        driver="GTiff",
+        width=width,
+        height=height,
+        count=count,
+        dtype=array.dtype.name,
+        nodata=nodata,
+        **{"photometric": "minisblack", **extra},
     )
     if tiled and height >= 16 and width >= 16:
-        profile.update(tiled=True, blockxsize=16 * max(1, min(width, 256) // 16),
-                       blockysize=16 * max(1, min(height, 256) // 16))
+        profile.update(
+            tiled=True,
+            blockxsize=16 * max(1, min(width, 256) // 16),
+            blockysize=16 * max(1, min(height, 256) // 16),
+        )
     if crs is not None:
         profile["crs"] = crs
         profile["transform"] = transform or from_origin(300000, 5800000, 10, 10)
@@ -57,7 +65,9 @@ def write_raster(
     return path
 
 
-def random_scene(rng: np.random.Generator, bands: int, height: int, width: int, dtype: str) -> np.ndarray:
+def random_scene(
+    rng: np.random.Generator, bands: int, height: int, width: int, dtype: str
+) -> np.ndarray:
     """Smooth-ish random imagery in the range of ``dtype``, so a model sees structure."""
     base = rng.normal(size=(bands, height // 4 + 2, width // 4 + 2))
     up = np.kron(base, np.ones((1, 4, 4)))[:, :height, :width]
@@ -75,14 +85,22 @@ def random_scene(rng: np.random.Generator, bands: int, height: int, width: int, 
 def scale_for(dtype: str) -> tuple[float, float]:
     """Mean and std matching :func:`random_scene` for ``dtype``."""
     return {
-        "uint8": (128.0, 40.0), "uint16": (3000.0, 800.0), "int16": (0.0, 800.0),
-        "float32": (0.2, 0.1), "float64": (0.2, 0.1),
+        "uint8": (128.0, 40.0),
+        "uint16": (3000.0, 800.0),
+        "int16": (0.0, 800.0),
+        "float32": (0.2, 0.1),
+        "float64": (0.2, 0.1),
     }[dtype]
 
 
 def make_model_file(
-    path: Path, in_channels: int, num_classes: int = 4, dtype: str = "uint8",
-    arch: str = "unet", seed: int = 0, **arch_kwargs: Any,
+    path: Path,
+    in_channels: int,
+    num_classes: int = 4,
+    dtype: str = "uint8",
+    arch: str = "unet",
+    seed: int = 0,
+    **arch_kwargs: Any,
 ) -> Path:
     """An untrained but decisive model: randomized batch-norm statistics and a sharp head, so
     neighbouring pixels get different classes and seams would show."""
@@ -106,9 +124,18 @@ def make_model_file(
         head = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)][-1]
         head.weight.mul_(8.0)
     mean, std = scale_for(dtype)
-    classes = [ClassInfo(v + 1, f"class{v + 1}", (40 * v, 255 - 40 * v, 90)) for v in range(num_classes)]
-    cfg = build_config(net, arch, kwargs, [f"b{i + 1}" for i in range(in_channels)],
-                       [mean] * in_channels, [std] * in_channels, classes)
+    classes = [
+        ClassInfo(v + 1, f"class{v + 1}", (40 * v, 255 - 40 * v, 90)) for v in range(num_classes)
+    ]
+    cfg = build_config(
+        net,
+        arch,
+        kwargs,
+        [f"b{i + 1}" for i in range(in_channels)],
+        [mean] * in_channels,
+        [std] * in_channels,
+        classes,
+    )
     return save_model(path, net, cfg)
 
 
@@ -118,8 +145,13 @@ def model_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Pat
     cache: dict[tuple, Path] = {}
     root = tmp_path_factory.mktemp("models")
 
-    def factory(in_channels: int = 3, num_classes: int = 4, dtype: str = "uint8",
-                arch: str = "unet", **kwargs: Any) -> Path:
+    def factory(
+        in_channels: int = 3,
+        num_classes: int = 4,
+        dtype: str = "uint8",
+        arch: str = "unet",
+        **kwargs: Any,
+    ) -> Path:
         key = (in_channels, num_classes, dtype, arch, tuple(sorted(kwargs.items())))
         if key not in cache:
             cache[key] = make_model_file(
@@ -135,8 +167,14 @@ def dask_client() -> Any:
     """One loopback cluster for the session (threads in this process, real TCP scheduler)."""
     from distributed import Client, LocalCluster
 
-    cluster = LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                           protocol="tcp", dashboard_address=":0", silence_logs=40)
+    cluster = LocalCluster(
+        n_workers=1,
+        threads_per_worker=2,
+        processes=False,
+        protocol="tcp",
+        dashboard_address=":0",
+        silence_logs=40,
+    )
     client = Client(cluster, set_as_default=False)
     yield client
     client.close()
@@ -153,16 +191,24 @@ def scene_factory(tmp_path: Path, rng: np.random.Generator) -> Callable[..., Pat
     """Write a random scene of the given shape and dtype into the test's folder."""
     counter = iter(range(10_000))
 
-    def factory(bands: int = 3, height: int = 96, width: int = 128, dtype: str = "uint8",
-                **kwargs: Any) -> Path:
+    def factory(
+        bands: int = 3, height: int = 96, width: int = 128, dtype: str = "uint8", **kwargs: Any
+    ) -> Path:
         arr = random_scene(rng, bands, height, width, dtype)
         return write_raster(tmp_path / f"scene-{next(counter)}.tif", arr, **kwargs)
 
     return factory
 
 
-def labeled_scene(path_image: Path, path_label: Path, rng: np.random.Generator, height: int = 192,
-                  width: int = 192, unlabeled_fraction: float = 0.3, crs: str = "EPSG:32633") -> np.ndarray:
+def labeled_scene(
+    path_image: Path,
+    path_label: Path,
+    rng: np.random.Generator,
+    height: int = 192,
+    width: int = 192,
+    unlabeled_fraction: float = 0.3,
+    crs: str = "EPSG:32633",
+) -> np.ndarray:
     """A 3-band scene whose classes (1, 2, 3) are blobs with distinct colours, and its labels
     with 0 ("not labelled") over ``unlabeled_fraction`` of 16-pixel blocks. Returns the truth."""
     field = np.kron(rng.normal(size=(2, height // 16 + 1, width // 16 + 1)), np.ones((1, 16, 16)))
@@ -181,4 +227,3 @@ def labeled_scene(path_image: Path, path_label: Path, rng: np.random.Generator, 
     labels[np.kron(blocks, np.ones((16, 16), bool))[:height, :width]] = 0
     write_raster(path_label, labels, crs=crs)
     return truth
-

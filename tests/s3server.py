@@ -31,11 +31,25 @@ REGION = "us-east-1"
 
 #: Every AWS/GDAL variable that could point a test's client elsewhere; unset by ``s3_bucket``.
 _AWS_VARIABLES = (
-    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_REGION",
-    "AWS_DEFAULT_REGION", "AWS_S3_ENDPOINT", "AWS_HTTPS", "AWS_VIRTUAL_HOSTING",
-    "AWS_NO_SIGN_REQUEST", "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE", "AWS_CONFIG_FILE",
-    "AWS_SHARED_CREDENTIALS_FILE", "AWS_REQUEST_PAYER",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_S3_ENDPOINT",
+    "AWS_HTTPS",
+    "AWS_VIRTUAL_HOSTING",
+    "AWS_NO_SIGN_REQUEST",
+    "AWS_MAX_ATTEMPTS",
+    "AWS_RETRY_MODE",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_REQUEST_PAYER",
 )
 
 
@@ -61,8 +75,11 @@ class S3Server:
             import boto3
 
             self._clients[service] = boto3.session.Session().client(
-                service, endpoint_url=self.endpoint, region_name=REGION,
-                aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
+                service,
+                endpoint_url=self.endpoint,
+                region_name=REGION,
+                aws_access_key_id=ACCESS_KEY,
+                aws_secret_access_key=SECRET_KEY,
             )
         return self._clients[service]
 
@@ -94,19 +111,23 @@ def _start(log: Path) -> S3Server:
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=out, stderr=subprocess.STDOUT, env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"moto server exited ({process.returncode}): "
-                               f"{log.read_text()[-2000:]}")
+            raise RuntimeError(
+                f"moto server exited ({process.returncode}): {log.read_text()[-2000:]}"
+            )
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
             return S3Server(f"http://127.0.0.1:{port}", process)
         time.sleep(0.05)
     process.kill()
-    raise RuntimeError(f"moto server did not listen on port {port} within 30 s: "
-                       f"{log.read_text()[-2000:]}")
+    raise RuntimeError(
+        f"moto server did not listen on port {port} within 30 s: {log.read_text()[-2000:]}"
+    )
 
 
 @pytest.fixture(scope="session")

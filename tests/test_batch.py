@@ -16,14 +16,19 @@ import pytest
 from click.testing import CliRunner
 from rio_cogeo.cogeo import cog_validate
 
-from geoseg.jobs.batch import JobError, JobLockedError, job_lock, load_job, run_batch
 from geoseg.cli.main import cli
+from geoseg.jobs.batch import JobError, JobLockedError, job_lock, load_job, run_batch
 from tests.conftest import random_scene, write_raster
 
 
 def digest(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())
-            if p.is_file() and not p.name.startswith(".") and p.name not in ("batch-report.json", "report.html")}
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.iterdir())
+        if p.is_file()
+        and not p.name.startswith(".")
+        and p.name not in ("batch-report.json", "report.html")
+    }
 
 
 @pytest.fixture
@@ -45,15 +50,22 @@ workers: 1
     return path
 
 
-def test_batch_writes_everything_then_skips_everything(tmp_path: Path, job: Path, dask_client: Any) -> None:
+def test_batch_writes_everything_then_skips_everything(
+    tmp_path: Path, job: Path, dask_client: Any
+) -> None:
     report = run_batch(job, client=dask_client)
     assert (report.count("done"), report.count("failed")) == (3, 0)
     out = tmp_path / "out"
     for i in range(3):
         assert cog_validate(str(out / f"scene{i}-classes.tif"))[0]
-        assert (out / f"scene{i}-probabilities.tif").exists() and (out / f"scene{i}-classes.gpkg").exists()
+        assert (out / f"scene{i}-probabilities.tif").exists() and (
+            out / f"scene{i}-classes.gpkg"
+        ).exists()
         item = json.loads((out / f"scene{i}-classes.stac.json").read_text())
-        assert item["stac_version"] == "1.0.0" and item["assets"]["classes"]["href"] == f"scene{i}-classes.tif"
+        assert (
+            item["stac_version"] == "1.0.0"
+            and item["assets"]["classes"]["href"] == f"scene{i}-classes.tif"
+        )
         assert "polygons" in item["assets"] and item["properties"]["geoseg:model_sha256"]
         assert -90 <= item["bbox"][1] <= 90
     first = digest(out)
@@ -61,12 +73,16 @@ def test_batch_writes_everything_then_skips_everything(tmp_path: Path, job: Path
     assert again.count("skipped") == 3 and again.count("done") == 0
     assert digest(out) == first
     forced = run_batch(job, force=True, client=dask_client)
-    assert forced.count("done") == 3 and digest(out) == first, "a rerun must give byte-identical outputs"
+    assert forced.count("done") == 3 and digest(out) == first, (
+        "a rerun must give byte-identical outputs"
+    )
     report_json = json.loads((out / "batch-report.json").read_text())
     assert report_json["done"] == 3
 
 
-def test_sigkill_then_rerun_gives_identical_outputs(tmp_path: Path, job: Path, dask_client: Any) -> None:
+def test_sigkill_then_rerun_gives_identical_outputs(
+    tmp_path: Path, job: Path, dask_client: Any
+) -> None:
     # one scene at a time, so the job is still running when the first scene's record appears
     job.write_text(job.read_text() + "concurrency: 1\n")
     reference = tmp_path / "reference"
@@ -129,16 +145,26 @@ extra: 1
     with pytest.raises(JobError) as err:
         load_job(bad)
     msg = str(err.value)
-    for part in ("scenes[0]: 'nothing/*.tif' matches no file", "scenes[1]", "model: 'missing.pt'",
-                 "output.folder: required", "output.pattern", "predict.tile: expected int",
-                 "predict.colour: unknown key", "vector.format", "extra: unknown key"):
+    for part in (
+        "scenes[0]: 'nothing/*.tif' matches no file",
+        "scenes[1]",
+        "model: 'missing.pt'",
+        "output.folder: required",
+        "output.pattern",
+        "predict.tile: expected int",
+        "predict.colour: unknown key",
+        "vector.format",
+        "extra: unknown key",
+    ):
         assert part in msg, part
     r = CliRunner().invoke(cli, ["batch", str(bad)])
     assert r.exit_code != 0 and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
 
 
-def test_scenes_at_once_give_the_same_bytes_as_one_at_a_time(tmp_path: Path, job: Path, dask_client: Any) -> None:
+def test_scenes_at_once_give_the_same_bytes_as_one_at_a_time(
+    tmp_path: Path, job: Path, dask_client: Any
+) -> None:
     """A scene's outputs do not depend on which scenes ran beside it."""
     base = job.read_text()
     one, three = tmp_path / "one.yaml", tmp_path / "three.yaml"
@@ -147,12 +173,17 @@ def test_scenes_at_once_give_the_same_bytes_as_one_at_a_time(tmp_path: Path, job
     a = run_batch(one, client=dask_client)
     b = run_batch(three, client=dask_client)
     assert a.count("done") == b.count("done") == 3
-    assert [o.scene for o in b.outcomes] == [o.scene for o in a.outcomes], "the report keeps job order"
+    assert [o.scene for o in b.outcomes] == [o.scene for o in a.outcomes], (
+        "the report keeps job order"
+    )
     assert digest(tmp_path / "out1") == digest(tmp_path / "out3")
 
 
 def test_concurrency_must_be_auto_or_positive(tmp_path: Path, job: Path) -> None:
-    for bad, message in (("0", "concurrency: scenes at once must be 1 or more"), ("many", "concurrency: expected int")):
+    for bad, message in (
+        ("0", "concurrency: scenes at once must be 1 or more"),
+        ("many", "concurrency: expected int"),
+    ):
         path = tmp_path / f"bad-{bad}.yaml"
         path.write_text(job.read_text() + f"concurrency: {bad}\n")
         with pytest.raises(JobError, match=message):
@@ -164,7 +195,7 @@ def test_shared_slots_bound_every_stream_and_cancel_stops_them(dask_client: Any)
     """Two streams drawing on one budget never exceed it together; cancel() stops both at once."""
     import threading
 
-    from geoseg.dask.stream import stream, TaskSlots
+    from geoseg.dask.stream import TaskSlots, stream
 
     slots = TaskSlots(2)
     peak, results, errors = [0], {0: [], 1: []}, []
@@ -202,18 +233,27 @@ def test_shared_slots_bound_every_stream_and_cancel_stops_them(dask_client: Any)
     assert errors == ["interrupted", "interrupted"] and time.perf_counter() - t0 < 5
 
 
-def test_ctrl_c_stops_every_scene_and_leaves_nothing_half_written(tmp_path: Path, job: Path,
-                                                                  dask_client: Any) -> None:
+def test_ctrl_c_stops_every_scene_and_leaves_nothing_half_written(
+    tmp_path: Path, job: Path, dask_client: Any
+) -> None:
     rng = np.random.default_rng(5)
     for i in range(3, 5):  # larger scenes, so the interrupt lands while scenes are in flight
-        write_raster(tmp_path / "incoming" / f"scene{i}.tif", random_scene(rng, 3, 192, 192, "uint8"))
+        write_raster(
+            tmp_path / "incoming" / f"scene{i}.tif", random_scene(rng, 3, 192, 192, "uint8")
+        )
     job.write_text(job.read_text().replace("workers: 1", "workers: 1\nconcurrency: 3"))
-    proc = subprocess.Popen([sys.executable, "-m", "geoseg.cli.main", "batch", str(job)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "geoseg.cli.main", "batch", str(job)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     out = tmp_path / "out"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        if out.exists() and any(p.name.startswith(".") and ".part" in p.name for p in out.iterdir()):
+        if out.exists() and any(
+            p.name.startswith(".") and ".part" in p.name for p in out.iterdir()
+        ):
             break
         time.sleep(0.02)
     assert proc.poll() is None, "the job finished before it could be interrupted"

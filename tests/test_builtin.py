@@ -45,13 +45,18 @@ def test_readme_model_card_matches_the_shipped_model() -> None:
 
 def test_sample_scene_is_a_small_georeferenced_crop() -> None:
     with rasterio.open(geoseg.sample_scene()) as src:
-        assert src.count == 4 and src.width <= 512 and src.height <= 512 and src.crs.to_epsg() == 32633
+        assert (
+            src.count == 4 and src.width <= 512 and src.height <= 512 and src.crs.to_epsg() == 32633
+        )
 
 
 def test_demo_writes_both_rasters(tmp_path: Path) -> None:
     r = CliRunner().invoke(cli, ["demo", "-o", str(tmp_path / "d"), "-q"])
     assert r.exit_code == 0, r.output
-    classes, probs = tmp_path / "d" / "sample-classes.tif", tmp_path / "d" / "sample-probabilities.tif"
+    classes, probs = (
+        tmp_path / "d" / "sample-classes.tif",
+        tmp_path / "d" / "sample-probabilities.tif",
+    )
     assert cog_validate(str(classes))[0] and cog_validate(str(probs))[0]
     with rasterio.open(classes) as c:
         values = np.unique(c.read(1))

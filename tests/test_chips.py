@@ -11,9 +11,9 @@ import rasterio
 from click.testing import CliRunner
 from rasterio.transform import from_origin
 
-from geoseg.training.chips import load_manifest, make_chips
 from geoseg.cli.main import cli
 from geoseg.errors import ChipError, SceneError
+from geoseg.training.chips import load_manifest, make_chips
 from tests.conftest import labeled_scene, write_raster
 
 
@@ -38,9 +38,18 @@ def test_splits_never_overlap_and_stats_match_train_pixels(
 ) -> None:
     img, lab, _ = pair
     out = tmp_path / "chips"
-    summary = make_chips([(str(img), str(lab))], out, size=32, stride=16, split_block=64,
-                         ignore_value=0, val_fraction=0.3, test_fraction=0.1, client=dask_client,
-                         class_names={1: "grass", 2: "water", 3: "soil"})
+    summary = make_chips(
+        [(str(img), str(lab))],
+        out,
+        size=32,
+        stride=16,
+        split_block=64,
+        ignore_value=0,
+        val_fraction=0.3,
+        test_fraction=0.1,
+        client=dask_client,
+        class_names={1: "grass", 2: "water", 3: "soil"},
+    )
     assert summary.added.get("train", 0) > 0 and summary.added.get("val", 0) > 0
     for s1, s2 in (("train", "val"), ("train", "test"), ("val", "test")):
         for a in footprints(out, s1):
@@ -67,14 +76,20 @@ def test_splits_never_overlap_and_stats_match_train_pixels(
     assert index["features"] == len(m["chips"]) and index["crs"] == "EPSG:4326"
 
 
-def test_chip_georeferencing_matches_the_image(tmp_path: Path, pair: tuple[Path, Path, np.ndarray], dask_client: object) -> None:
+def test_chip_georeferencing_matches_the_image(
+    tmp_path: Path, pair: tuple[Path, Path, np.ndarray], dask_client: object
+) -> None:
     img, lab, _ = pair
     out = tmp_path / "chips"
     make_chips([(str(img), str(lab))], out, size=32, ignore_value=0, client=dask_client)
     c = load_manifest(out)["chips"][0]
     with rasterio.open(img) as src, rasterio.open(out / "images" / f"{c['id']}.tif") as chip:
-        row, col = src.index(chip.transform.c + 0.5 * chip.transform.a, chip.transform.f + 0.5 * chip.transform.e)
-        np.testing.assert_array_equal(chip.read(), src.read(window=((row, row + 32), (col, col + 32))))
+        row, col = src.index(
+            chip.transform.c + 0.5 * chip.transform.a, chip.transform.f + 0.5 * chip.transform.e
+        )
+        np.testing.assert_array_equal(
+            chip.read(), src.read(window=((row, row + 32), (col, col + 32)))
+        )
 
 
 def test_vector_labels_in_another_crs_are_reprojected_repaired_and_burned(
@@ -90,17 +105,45 @@ def test_vector_labels_in_another_crs_are_reprojected_repaired_and_burned(
     x0, y0 = t.c + 60 * 10, t.f - 90 * 10
     bowtie = shapely.Polygon([(x0, y0), (x0 + 300, y0 + 300), (x0 + 300, y0), (x0, y0 + 300)])
     assert not bowtie.is_valid
-    geoms = [shapely.geometry.shape(transform_geom("EPSG:32633", "EPSG:4326", g.__geo_interface__))
-             for g in (square, bowtie)]
+    geoms = [
+        shapely.geometry.shape(transform_geom("EPSG:32633", "EPSG:4326", g.__geo_interface__))
+        for g in (square, bowtie)
+    ]
     vec = tmp_path / "labels.geojson"
-    pyogrio.raw.write(str(vec), np.array(shapely.to_wkb(geoms), dtype=object),
-                      [np.array(["field", "road"], dtype=object)], ["landuse"], crs="EPSG:4326",
-                      geometry_type="Polygon", driver="GeoJSON")
+    pyogrio.raw.write(
+        str(vec),
+        np.array(shapely.to_wkb(geoms), dtype=object),
+        [np.array(["field", "road"], dtype=object)],
+        ["landuse"],
+        crs="EPSG:4326",
+        geometry_type="Polygon",
+        driver="GeoJSON",
+    )
     out = tmp_path / "chips"
-    res = CliRunner().invoke(cli, ["chip", str(img), str(vec), "-o", str(out), "--size", "96",
-                                   "--label-field", "landuse", "--value-map", "field=1,road=2",
-                                   "--val-fraction", "0", "--min-labeled", "0", "--max-nodata", "0",
-                                   "--scheduler", str(dask_client.scheduler.address)])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "chip",
+            str(img),
+            str(vec),
+            "-o",
+            str(out),
+            "--size",
+            "96",
+            "--label-field",
+            "landuse",
+            "--value-map",
+            "field=1,road=2",
+            "--val-fraction",
+            "0",
+            "--min-labeled",
+            "0",
+            "--max-nodata",
+            "0",
+            "--scheduler",
+            str(dask_client.scheduler.address),
+        ],
+    )
     assert res.exit_code == 0, res.output
     c = load_manifest(out)["chips"][0]
     with rasterio.open(out / "labels" / f"{c['id']}.tif") as src:
@@ -110,7 +153,9 @@ def test_vector_labels_in_another_crs_are_reprojected_repaired_and_burned(
     assert (lab == 2).sum() > 100
 
 
-def test_label_raster_on_a_coarser_grid_is_resampled_by_nearest(tmp_path: Path, rng: np.random.Generator, dask_client: object) -> None:
+def test_label_raster_on_a_coarser_grid_is_resampled_by_nearest(
+    tmp_path: Path, rng: np.random.Generator, dask_client: object
+) -> None:
     img = write_raster(tmp_path / "img.tif", rng.integers(0, 255, (2, 64, 64), dtype=np.uint8))
     coarse = rng.integers(1, 4, (32, 32)).astype(np.uint8)
     lab = write_raster(tmp_path / "lab.tif", coarse, transform=from_origin(300000, 5800000, 20, 20))
@@ -121,47 +166,105 @@ def test_label_raster_on_a_coarser_grid_is_resampled_by_nearest(tmp_path: Path, 
         np.testing.assert_array_equal(src.read(1), np.kron(coarse, np.ones((2, 2), np.uint8)))
 
 
-def test_folder_grows_and_refuses_other_bands(tmp_path: Path, rng: np.random.Generator, dask_client: object) -> None:
+def test_folder_grows_and_refuses_other_bands(
+    tmp_path: Path, rng: np.random.Generator, dask_client: object
+) -> None:
     out = tmp_path / "chips"
     for i in range(2):
         labeled_scene(tmp_path / f"i{i}.tif", tmp_path / f"l{i}.tif", rng, 96, 96)
-    make_chips([(str(tmp_path / "i0.tif"), str(tmp_path / "l0.tif"))], out, size=32, ignore_value=0,
-               class_names={1: "grass"}, client=dask_client)
+    make_chips(
+        [(str(tmp_path / "i0.tif"), str(tmp_path / "l0.tif"))],
+        out,
+        size=32,
+        ignore_value=0,
+        class_names={1: "grass"},
+        client=dask_client,
+    )
     n0 = len(load_manifest(out)["chips"])
-    make_chips([(str(tmp_path / "i1.tif"), str(tmp_path / "l1.tif"))], out, size=32, ignore_value=0, client=dask_client)
+    make_chips(
+        [(str(tmp_path / "i1.tif"), str(tmp_path / "l1.tif"))],
+        out,
+        size=32,
+        ignore_value=0,
+        client=dask_client,
+    )
     n1 = len(load_manifest(out)["chips"])
     assert n1 > n0
     with pytest.raises(ChipError, match="made for 3 bands"):
-        make_chips([(str(tmp_path / "i0.tif"), str(tmp_path / "l0.tif"))], out, size=32, bands="1,2",
-                   ignore_value=0, client=dask_client)
+        make_chips(
+            [(str(tmp_path / "i0.tif"), str(tmp_path / "l0.tif"))],
+            out,
+            size=32,
+            bands="1,2",
+            ignore_value=0,
+            client=dask_client,
+        )
     with pytest.raises(ChipError, match="made for other classes"):
-        make_chips([(str(tmp_path / "i1.tif"), str(tmp_path / "l1.tif"))], out, size=32, ignore_value=0,
-                   class_names={1: "water"}, client=dask_client)
+        make_chips(
+            [(str(tmp_path / "i1.tif"), str(tmp_path / "l1.tif"))],
+            out,
+            size=32,
+            ignore_value=0,
+            class_names={1: "water"},
+            client=dask_client,
+        )
     assert len(load_manifest(out)["chips"]) == n1
 
 
-def test_chip_errors(tmp_path: Path, pair: tuple[Path, Path, np.ndarray], rng: np.random.Generator, dask_client: object) -> None:
+def test_chip_errors(
+    tmp_path: Path,
+    pair: tuple[Path, Path, np.ndarray],
+    rng: np.random.Generator,
+    dask_client: object,
+) -> None:
     img, lab, _ = pair
-    far = write_raster(tmp_path / "far.tif", np.ones((64, 64), np.uint8), transform=from_origin(0, 0, 10, 10))
+    far = write_raster(
+        tmp_path / "far.tif", np.ones((64, 64), np.uint8), transform=from_origin(0, 0, 10, 10)
+    )
     with pytest.raises(ChipError, match="do not overlap"):
         make_chips([(str(img), str(far))], tmp_path / "c1", size=32, client=dask_client)
     vec = tmp_path / "v.gpkg"
     import shapely
 
-    pyogrio.raw.write(str(vec), np.array([shapely.to_wkb(shapely.box(300000, 5798000, 301000, 5800000))], dtype=object),
-                      [np.array([1])], ["klass"], crs="EPSG:32633", geometry_type="Polygon", driver="GPKG")
+    pyogrio.raw.write(
+        str(vec),
+        np.array([shapely.to_wkb(shapely.box(300000, 5798000, 301000, 5800000))], dtype=object),
+        [np.array([1])],
+        ["klass"],
+        crs="EPSG:32633",
+        geometry_type="Polygon",
+        driver="GPKG",
+    )
     with pytest.raises(ChipError, match="fields are: klass"):
-        make_chips([(str(img), str(vec))], tmp_path / "c2", size=32, label_field="class", client=dask_client)
+        make_chips(
+            [(str(img), str(vec))],
+            tmp_path / "c2",
+            size=32,
+            label_field="class",
+            client=dask_client,
+        )
     wide = write_raster(tmp_path / "wide.tif", np.full((192, 192), 300, np.uint16))
     with pytest.raises(ChipError, match="out of range"):
         make_chips([(str(img), str(wide))], tmp_path / "c3", size=32, client=dask_client)
     unlabeled = write_raster(tmp_path / "none.tif", np.zeros((192, 192), np.uint8))
     with pytest.raises(ChipError, match="no labelled pixel.*--ignore-value"):
-        make_chips([(str(img), str(unlabeled))], tmp_path / "c4", size=32, ignore_value=0, client=dask_client)
+        make_chips(
+            [(str(img), str(unlabeled))],
+            tmp_path / "c4",
+            size=32,
+            ignore_value=0,
+            client=dask_client,
+        )
     assert not (tmp_path / "c4").exists()  # a folder the failed run created is gone again
     with pytest.raises(ChipError, match="no chip survived.*--min-labeled"):
-        make_chips([(str(img), str(unlabeled))], tmp_path / "c4", size=32, ignore_value=0, min_labeled=0.05,
-                   client=dask_client)
+        make_chips(
+            [(str(img), str(unlabeled))],
+            tmp_path / "c4",
+            size=32,
+            ignore_value=0,
+            min_labeled=0.05,
+            client=dask_client,
+        )
     (tmp_path / "c4").mkdir()
     with pytest.raises(ChipError, match="not a chips folder"):
         load_manifest(tmp_path / "c4")
@@ -170,22 +273,33 @@ def test_chip_errors(tmp_path: Path, pair: tuple[Path, Path, np.ndarray], rng: n
         load_manifest(tmp_path / "c4")
 
 
-def test_label_raster_nodata_is_unlabelled_unless_it_is_a_class(tmp_path: Path, rng: np.random.Generator, dask_client: object) -> None:
+def test_label_raster_nodata_is_unlabelled_unless_it_is_a_class(
+    tmp_path: Path, rng: np.random.Generator, dask_client: object
+) -> None:
     img = write_raster(tmp_path / "img.tif", rng.integers(0, 255, (3, 64, 64), dtype=np.uint8))
     lab = np.zeros((64, 64), np.uint8)
     lab[16:48, 16:48] = 1
     path = write_raster(tmp_path / "lab.tif", lab, nodata=0)
     make_chips([(str(img), str(path))], tmp_path / "a", size=64, val_fraction=0, client=dask_client)
     assert [c["value"] for c in load_manifest(tmp_path / "a")["classes"]] == [1]
-    make_chips([(str(img), str(path))], tmp_path / "b", size=64, val_fraction=0, label_nodata_is_class=True,
-               client=dask_client)
+    make_chips(
+        [(str(img), str(path))],
+        tmp_path / "b",
+        size=64,
+        val_fraction=0,
+        label_nodata_is_class=True,
+        client=dask_client,
+    )
     assert [c["value"] for c in load_manifest(tmp_path / "b")["classes"]] == [0, 1]
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
     """Every file under ``root`` (the lock file aside) with its bytes."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name != ".geoseg-chip.lock"}
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != ".geoseg-chip.lock"
+    }
 
 
 def test_a_failed_or_interrupted_run_leaves_the_folder_exactly_as_it_was(
@@ -202,13 +316,23 @@ def test_a_failed_or_interrupted_run_leaves_the_folder_exactly_as_it_was(
     write_raster(lab, np.full((96, 96), 2, np.uint8))
     wide = write_raster(tmp_path / "wide.tif", np.full((96, 96), 300, np.uint16))
     with pytest.raises(SceneError, match="not found"):
-        make_chips([(str(img), str(lab)), (str(img).replace("i.tif", "j.tif"), str(wide))], out, size=32,
-                   ignore_value=0, client=dask_client)
+        make_chips(
+            [(str(img), str(lab)), (str(img).replace("i.tif", "j.tif"), str(wide))],
+            out,
+            size=32,
+            ignore_value=0,
+            client=dask_client,
+        )
     assert snapshot(out) == before
     write_raster(tmp_path / "j.tif", rng.integers(0, 255, (3, 96, 96), dtype=np.uint8))
     with pytest.raises(ChipError, match="out of range"):
-        make_chips([(str(img), str(lab)), (str(tmp_path / "j.tif"), str(wide))], out, size=32,
-                   ignore_value=0, client=dask_client)
+        make_chips(
+            [(str(img), str(lab)), (str(tmp_path / "j.tif"), str(wide))],
+            out,
+            size=32,
+            ignore_value=0,
+            client=dask_client,
+        )
     assert snapshot(out) == before
 
     def interrupted(*args: object, **kwargs: object) -> None:
@@ -222,8 +346,9 @@ def test_a_failed_or_interrupted_run_leaves_the_folder_exactly_as_it_was(
     assert not list(out.glob(".geoseg-chip-staging-*"))
 
 
-def test_a_folder_takes_one_chip_run_at_a_time(tmp_path: Path, pair: tuple[Path, Path, np.ndarray],
-                                               dask_client: object) -> None:
+def test_a_folder_takes_one_chip_run_at_a_time(
+    tmp_path: Path, pair: tuple[Path, Path, np.ndarray], dask_client: object
+) -> None:
     from geoseg.fs import folder_lock
 
     img, lab, _ = pair
@@ -250,10 +375,20 @@ def test_rechipping_changed_labels_equals_chipping_them_fresh_and_paths_resolve(
     write_raster(tmp_path / "l0.tif", new)
     (tmp_path / "link.tif").symlink_to(tmp_path / "i0.tif")
     (tmp_path / "sub").mkdir()
-    make_chips([(str(tmp_path / "sub" / ".." / "i0.tif"), str(tmp_path / "l0.tif"))], grown, size=32,
-               ignore_value=0, client=dask_client)
-    make_chips([(str(tmp_path / "link.tif"), str(tmp_path / "l0.tif"))], grown, size=32, ignore_value=0,
-               client=dask_client)
+    make_chips(
+        [(str(tmp_path / "sub" / ".." / "i0.tif"), str(tmp_path / "l0.tif"))],
+        grown,
+        size=32,
+        ignore_value=0,
+        client=dask_client,
+    )
+    make_chips(
+        [(str(tmp_path / "link.tif"), str(tmp_path / "l0.tif"))],
+        grown,
+        size=32,
+        ignore_value=0,
+        client=dask_client,
+    )
     fresh = tmp_path / "fresh"
     make_chips(pairs[::-1], fresh, size=32, ignore_value=0, client=dask_client)
     a, b = load_manifest(grown), load_manifest(fresh)
@@ -262,16 +397,20 @@ def test_rechipping_changed_labels_equals_chipping_them_fresh_and_paths_resolve(
     assert a["stats"]["class_pixels"] == b["stats"]["class_pixels"]
     np.testing.assert_allclose(a["stats"]["mean"], b["stats"]["mean"], rtol=1e-9)
     np.testing.assert_allclose(a["stats"]["std"], b["stats"]["std"], rtol=1e-9)
-    assert sorted(p.name for p in (grown / "labels").iterdir()) == sorted(p.name for p in (fresh / "labels").iterdir())
+    assert sorted(p.name for p in (grown / "labels").iterdir()) == sorted(
+        p.name for p in (fresh / "labels").iterdir()
+    )
     for c in a["chips"]:
         with rasterio.open(grown / "labels" / f"{c['id']}.tif") as src:
             lab_chip = src.read(1)
         assert {int(k): v for k, v in c["hist"].items()} == {
-            int(v): int((lab_chip == v).sum()) for v in np.unique(lab_chip) if v != 0}
+            int(v): int((lab_chip == v).sum()) for v in np.unique(lab_chip) if v != 0
+        }
 
 
-def test_defaults_fit_a_small_scene_with_nodata_borders(tmp_path: Path, rng: np.random.Generator,
-                                                        dask_client: object) -> None:
+def test_defaults_fit_a_small_scene_with_nodata_borders(
+    tmp_path: Path, rng: np.random.Generator, dask_client: object
+) -> None:
     """A 100 x 150 scene whose left columns are nodata: every labelled pixel lands in a chip,
     chips stay inside their split blocks, there is a validation split, and padding is unlabelled."""
     img, lab = tmp_path / "i.tif", tmp_path / "l.tif"
@@ -336,8 +475,9 @@ def test_split_is_stratified_by_class() -> None:
     random_misses = 0
     for seed in range(20):
         for stratified in (True, False):
-            windows = plan_windows(height, width, size, size, block, 0.2, 0.0, seed,
-                                   classes if stratified else None)
+            windows = plan_windows(
+                height, width, size, size, block, 0.2, 0.0, seed, classes if stratified else None
+            )
             split = {(w.row // block * block, w.col // block * block): w.split for w in windows}
             val = sum((classes[b] for b in blocks if split[b] == "val"), np.zeros(3, np.int64))
             train = sum((classes[b] for b in blocks if split[b] == "train"), np.zeros(3, np.int64))
@@ -384,8 +524,8 @@ def test_chip_validation_holds_a_rare_class(tmp_path: Path, dask_client: object)
     split blocks, with nodata and unlabelled pixels around. For every seed the validation chips
     hold building pixels and so do the training chips; the class counts per block that decide it
     match the label raster (nodata and the ignore value never count)."""
-    from geoseg.training.chips import _block_classes, label_source
     from geoseg.raster.read import open_scene
+    from geoseg.training.chips import _block_classes, label_source
 
     rng = np.random.default_rng(11)
     h, w, block = 320, 384, 64
@@ -399,17 +539,29 @@ def test_chip_validation_holds_a_rare_class(tmp_path: Path, dask_client: object)
     img = write_raster(tmp_path / "img.tif", image)
     lab = write_raster(tmp_path / "lab.tif", labels, nodata=9)
 
-    counts = _block_classes(label_source(str(lab), None, None, None, False), open_scene(str(img)), block, 0)
+    counts = _block_classes(
+        label_source(str(lab), None, None, None, False), open_scene(str(img)), block, 0
+    )
     assert counts is not None and len(counts) == (h // block) * (w // block)
     for (r, c), n in counts.items():
         part = labels[r : r + block, c : c + block]
         expected = np.bincount(part[(part != 0) & (part != 9)], minlength=len(n))
-        assert np.array_equal(n, expected[: len(n)]) and expected[len(n):].sum() == 0
+        assert np.array_equal(n, expected[: len(n)]) and expected[len(n) :].sum() == 0
 
     for seed in range(4):
         out = tmp_path / f"chips{seed}"
-        make_chips([(str(img), str(lab))], out, size=32, split_block=block, ignore_value=0,
-                   seed=seed, client=dask_client)
+        make_chips(
+            [(str(img), str(lab))],
+            out,
+            size=32,
+            split_block=block,
+            ignore_value=0,
+            seed=seed,
+            client=dask_client,
+        )
         m = load_manifest(out)
         pixels = m["stats"]["class_pixels"]
-        assert int(pixels["val"].get("2", 0)) > 0 and int(pixels["train"].get("2", 0)) > 0, (seed, pixels)
+        assert int(pixels["val"].get("2", 0)) > 0 and int(pixels["train"].get("2", 0)) > 0, (
+            seed,
+            pixels,
+        )

@@ -12,8 +12,8 @@ import rasterio
 import torch
 
 import geoseg
+from geoseg.classes import ClassInfo, class_raster_dtype
 from geoseg.errors import CheckpointError
-from geoseg.classes import class_raster_dtype, ClassInfo
 from geoseg.models import create_model
 from geoseg.models.checkpoint import build_config, save_model
 from geoseg.models.load import load_model
@@ -37,8 +37,15 @@ def model300(tmp_path_factory: pytest.TempPathFactory) -> Path:
         head.weight.mul_(8.0)
         head.bias[:255] -= 100.0
     classes = [ClassInfo(v, f"class {v}", colour(v)) for v in range(N)]
-    cfg = build_config(net, "unet", {"depth": 2, "base_width": 8}, ["r", "g", "b"], [128.0] * 3,
-                       [40.0] * 3, classes)
+    cfg = build_config(
+        net,
+        "unet",
+        {"depth": 2, "base_width": 8},
+        ["r", "g", "b"],
+        [128.0] * 3,
+        [40.0] * 3,
+        classes,
+    )
     return save_model(tmp_path_factory.mktemp("m300") / "m300.pt", net, cfg)
 
 
@@ -48,8 +55,9 @@ def test_class_raster_dtype() -> None:
     assert class_raster_dtype(range(N)) == ("uint16", 65535)
 
 
-def test_more_than_254_classes_write_uint16(tmp_path: Path, model300: Path, dask_client: Any,
-                                            rng: np.random.Generator) -> None:
+def test_more_than_254_classes_write_uint16(
+    tmp_path: Path, model300: Path, dask_client: Any, rng: np.random.Generator
+) -> None:
     arr = random_scene(rng, 3, 48, 64, "uint8")
     arr[:, :8, :8] = 0
     scene = write_raster(tmp_path / "s.tif", arr, nodata=0)
@@ -80,5 +88,13 @@ def test_class_values_are_checked(tmp_path: Path) -> None:
         ([ClassInfo(1, "a", (0, 0, 0)), ClassInfo(2, "b", (0, 300, 0))], "0..255"),
     ]:
         with pytest.raises(CheckpointError, match=needle):
-            build_config(net, "unet", {"depth": 2, "base_width": 8}, ["r", "g", "b"], [0.0] * 3, [1.0] * 3, classes)
+            build_config(
+                net,
+                "unet",
+                {"depth": 2, "base_width": 8},
+                ["r", "g", "b"],
+                [0.0] * 3,
+                [1.0] * 3,
+                classes,
+            )
     assert load_model().config.classes  # the built-in model passes the same checks

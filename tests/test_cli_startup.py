@@ -24,7 +24,9 @@ def test_help_of_every_command_imports_no_heavy_library() -> None:
         "    assert r.exit_code == 0, (args, r.output)\n"
         f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip() == "[]"
 
 
@@ -37,15 +39,22 @@ def test_models_lists_defaults_without_measuring(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(geoseg.models.measured, "measure", refuse)
     r = CliRunner().invoke(cli, ["models"])
     assert r.exit_code == 0, r.output
-    assert "unet-small           8        46    0.48M" in r.output and "s2-landcover-unet" in r.output
+    assert (
+        "unet-small           8        46    0.48M" in r.output and "s2-landcover-unet" in r.output
+    )
     from geoseg.models import list_models
 
-    assert {a.name for a in list_models()} == set(DEFAULTS), "a registered architecture has no measured entry"
+    assert {a.name for a in list_models()} == set(DEFAULTS), (
+        "a registered architecture has no measured entry"
+    )
 
 
-@pytest.mark.parametrize("arch", [
-    "unet-small",  # the cheap one by default; the others (seconds to minutes each) with -m slow
-    *[pytest.param(a, marks=pytest.mark.slow) for a in sorted(DEFAULTS) if a != "unet-small"],
-])
+@pytest.mark.parametrize(
+    "arch",
+    [
+        "unet-small",  # the cheap one by default; the others (seconds to minutes each) with -m slow
+        *[pytest.param(a, marks=pytest.mark.slow) for a in sorted(DEFAULTS) if a != "unet-small"],
+    ],
+)
 def test_measured_table_matches_the_measurement(arch: str) -> None:
     assert measure(arch) == DEFAULTS[arch]

@@ -35,16 +35,46 @@ class LoopbackCluster:
         self.root = root
         self.file = root / "scheduler.json"
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-        common = {"cwd": root, "env": env, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+        common = {
+            "cwd": root,
+            "env": env,
+            "stdout": subprocess.DEVNULL,
+            "stderr": subprocess.DEVNULL,
+        }
         self.scheduler = subprocess.Popen(
-            [DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-             "--scheduler-file", str(self.file)], **common)
+            [
+                DASK,
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--no-dashboard",
+                "--scheduler-file",
+                str(self.file),
+            ],
+            **common,
+        )
         self._wait(lambda: self.file.exists() and self.file.stat().st_size > 0, "scheduler")
         self.address = json.loads(self.file.read_text())["address"]
         self.workers = [
-            subprocess.Popen([DASK, "worker", "--scheduler-file", str(self.file), "--nthreads", "1",
-                              "--no-nanny", "--no-dashboard", "--name", f"w{i}", "--memory-limit", "3GB"],
-                             **common)
+            subprocess.Popen(
+                [
+                    DASK,
+                    "worker",
+                    "--scheduler-file",
+                    str(self.file),
+                    "--nthreads",
+                    "1",
+                    "--no-nanny",
+                    "--no-dashboard",
+                    "--name",
+                    f"w{i}",
+                    "--memory-limit",
+                    "3GB",
+                ],
+                **common,
+            )
             for i in range(workers)
         ]
         from distributed import Client
@@ -83,7 +113,9 @@ def scene_and_reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path,
 
     root = tmp_path_factory.mktemp("cluster")
     model = make_model_file(root / "m.pt", 3)
-    scene = write_raster(root / "scene.tif", random_scene(np.random.default_rng(11), 3, 480, 640, "uint8"))
+    scene = write_raster(
+        root / "scene.tif", random_scene(np.random.default_rng(11), 3, 480, 640, "uint8")
+    )
     ref = root / "ref.tif"
     geoseg.predict(str(scene), str(ref), model=str(model), tile=96, workers=1)
     return scene, model, ref.read_bytes()
@@ -111,7 +143,9 @@ def test_worker_killed_mid_scene_gives_the_identical_raster(
 
     def run() -> None:
         try:
-            geoseg.predict(str(scene), str(out), model=str(model), scheduler=cluster.address, **OPTIONS)
+            geoseg.predict(
+                str(scene), str(out), model=str(model), scheduler=cluster.address, **OPTIONS
+            )
         except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
             errors.append(exc)
 
@@ -121,7 +155,9 @@ def test_worker_killed_mid_scene_gives_the_identical_raster(
     end = time.monotonic() + 120
     busy: list[str] = []
     while not busy:
-        assert time.monotonic() < end and thread.is_alive(), "no worker got work while the run was going"
+        assert time.monotonic() < end and thread.is_alive(), (
+            "no worker got work while the run was going"
+        )
         busy = [a for a, keys in cluster.client.processing().items() if keys]
         time.sleep(0.02)
     os.kill(pids[busy[0]], signal.SIGKILL)
@@ -141,7 +177,9 @@ def test_losing_the_scheduler_leaves_no_output(
 
     def run() -> None:
         try:
-            geoseg.predict(str(scene), str(out), model=str(model), scheduler=cluster.address, **OPTIONS)
+            geoseg.predict(
+                str(scene), str(out), model=str(model), scheduler=cluster.address, **OPTIONS
+            )
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 
@@ -163,8 +201,8 @@ def test_model_reaches_a_worker_without_the_file(cluster: LoopbackCluster, tmp_p
     """The plugin puts the model into each worker's cache once; a task naming a path the worker
     does not have still finds it by content hash."""
     from geoseg.dask.plugin import send_model
-    from geoseg.prediction.worker_models import worker_model
     from geoseg.models.checkpoint import file_sha256
+    from geoseg.prediction.worker_models import worker_model
     from tests.conftest import make_model_file
 
     model = make_model_file(tmp_path / "gone.pt", 3, seed=5)
@@ -185,15 +223,30 @@ def test_inference_asks_for_a_gpu_only_where_workers_offer_one(
     from geoseg.prediction.run import gpu_resources
 
     assert gpu_resources(dask_client, "cuda") is None and gpu_resources(dask_client, "auto") is None
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, resources={"GPU": 1},
-                      dashboard_address=":0", silence_logs=40) as gpu_cluster, \
-            Client(gpu_cluster, set_as_default=False) as client:
+    with (
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            processes=False,
+            resources={"GPU": 1},
+            dashboard_address=":0",
+            silence_logs=40,
+        ) as gpu_cluster,
+        Client(gpu_cluster, set_as_default=False) as client,
+    ):
         assert gpu_resources(client, "auto") == {"GPU": 1} and gpu_resources(client, "cpu") is None
         # the restricted tasks run there (on the CPU here, as this machine has no CUDA)
-        scene = write_raster(tmp_path / "s.tif", random_scene(np.random.default_rng(0), 3, 40, 50, "uint8"))
+        scene = write_raster(
+            tmp_path / "s.tif", random_scene(np.random.default_rng(0), 3, 40, 50, "uint8")
+        )
         out = tmp_path / "o.tif"
-        geoseg.predict(str(scene), str(out), model=str(model_factory(in_channels=3)), client=client,
-                       device="auto" if not __import__("torch").cuda.is_available() else "cuda")
+        geoseg.predict(
+            str(scene),
+            str(out),
+            model=str(model_factory(in_channels=3)),
+            client=client,
+            device="auto" if not __import__("torch").cuda.is_available() else "cuda",
+        )
         assert out.exists()
 
 
@@ -203,21 +256,40 @@ def test_worker_commands_give_each_gpu_its_own_worker(monkeypatch: pytest.Monkey
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     gpu = worker_commands("tcp://h:8786", 2)
     assert [dict(c.env)["CUDA_VISIBLE_DEVICES"] for c in gpu] == ["0", "1"]
-    assert all("--resources" in c.args and "GPU=1" in c.args and "tcp://h:8786" in c.args for c in gpu)
+    assert all(
+        "--resources" in c.args and "GPU=1" in c.args and "tcp://h:8786" in c.args for c in gpu
+    )
     (cpu,) = worker_commands("tcp://h:8786", 0, nthreads=3)
     assert "--resources" not in cpu.args and cpu.args[cpu.args.index("--nthreads") + 1] == "3"
 
 
-def test_geoseg_worker_joins_a_scheduler_and_serves_predict(tmp_path: Path, model_factory: Callable[..., Path]) -> None:
+def test_geoseg_worker_joins_a_scheduler_and_serves_predict(
+    tmp_path: Path, model_factory: Callable[..., Path]
+) -> None:
     cluster = LoopbackCluster(tmp_path, workers=0)
-    worker = subprocess.Popen([str(Path(sys.executable).with_name("geoseg")), "worker", cluster.address,
-                               "--gpus", "0", "--nthreads", "1"], cwd=tmp_path,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("geoseg")),
+            "worker",
+            cluster.address,
+            "--gpus",
+            "0",
+            "--nthreads",
+            "1",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         cluster.client.wait_for_workers(1, timeout=60)
-        scene = write_raster(tmp_path / "s.tif", random_scene(np.random.default_rng(0), 3, 40, 50, "uint8"))
+        scene = write_raster(
+            tmp_path / "s.tif", random_scene(np.random.default_rng(0), 3, 40, 50, "uint8")
+        )
         out = tmp_path / "o.tif"
-        geoseg.predict(str(scene), str(out), model=str(model_factory(in_channels=3)), scheduler=cluster.address)
+        geoseg.predict(
+            str(scene), str(out), model=str(model_factory(in_channels=3)), scheduler=cluster.address
+        )
         assert out.exists()
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=60) == 0

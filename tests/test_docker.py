@@ -61,7 +61,13 @@ def test_compose_has_scheduler_cpu_and_gpu_workers_on_a_shared_volume() -> None:
     for port in services["scheduler"]["ports"]:
         assert port.startswith("${GEOSEG_BIND:-127.0.0.1}:"), port
     docker = shutil.which("docker")
-    if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
-        res = subprocess.run([docker, "compose", "-f", str(DOCKER / "compose.yaml"), "config", "--quiet"],
-                             capture_output=True, text=True)
+    if (
+        docker
+        and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0
+    ):
+        res = subprocess.run(
+            [docker, "compose", "-f", str(DOCKER / "compose.yaml"), "config", "--quiet"],
+            capture_output=True,
+            text=True,
+        )
         assert res.returncode == 0, res.stderr

@@ -17,14 +17,19 @@ def test_no_exception_class_is_defined_outside_errors_py() -> None:
         if path.name == "errors.py" and path.parent == PACKAGE:
             continue
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):  # private: local control flow
+            if isinstance(node, ast.ClassDef) and not node.name.startswith(
+                "_"
+            ):  # private: local control flow
                 bases = {getattr(b, "id", getattr(b, "attr", "")) for b in node.bases}
-                assert not any(b.endswith(("Error", "Exception", "Warning")) for b in bases), \
+                assert not any(b.endswith(("Error", "Exception", "Warning")) for b in bases), (
                     f"{path.relative_to(PACKAGE)}: {node.name} belongs in geoseg/errors.py"
+                )
 
 
 def test_every_error_is_a_geoseg_error_and_a_builtin() -> None:
-    classes = [c for _, c in inspect.getmembers(errors, inspect.isclass) if c.__module__ == errors.__name__]
+    classes = [
+        c for _, c in inspect.getmembers(errors, inspect.isclass) if c.__module__ == errors.__name__
+    ]
     for cls in classes:
         if issubclass(cls, Warning):
             assert issubclass(cls, GeosegWarning)

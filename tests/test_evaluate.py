@@ -29,7 +29,9 @@ def test_scores_match_a_hand_count(tmp_path: Path) -> None:
     pe = (4 * 4 + 4 * 4 + 1 * 1) / 81
     assert s.kappa == pytest.approx((7 / 9 - pe) / (1 - pe))
     report = json.loads((tmp_path / "rep.json").read_text())
-    assert report["values"] == [1, 2, 3] and report["miou"] == pytest.approx((0.6 + 0.6 + 1) / 3, abs=1e-6)
+    assert report["values"] == [1, 2, 3] and report["miou"] == pytest.approx(
+        (0.6 + 0.6 + 1) / 3, abs=1e-6
+    )
 
 
 def test_grid_mismatch_is_an_error_unless_resampled(tmp_path: Path) -> None:

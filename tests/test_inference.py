@@ -21,7 +21,9 @@ from tests.conftest import random_scene, write_raster
 CPU = torch.device("cpu")
 
 
-def test_d4_averaging_makes_predictions_rotation_and_flip_equivariant(model_factory: Callable[..., Path]) -> None:
+def test_d4_averaging_makes_predictions_rotation_and_flip_equivariant(
+    model_factory: Callable[..., Path],
+) -> None:
     net = load_model(model_factory(in_channels=3)).network
     x = np.random.default_rng(0).normal(size=(1, 3, 64, 64)).astype(np.float32)
     rotated = np.ascontiguousarray(np.rot90(x, 1, (2, 3)))
@@ -46,13 +48,17 @@ class Augmented(torch.nn.Module):
         return dense_crf(logits, x, self.options.crf) if self.options.crf else logits
 
 
-@pytest.mark.parametrize("options", [
-    InferenceOptions(tta="d4"),
-    InferenceOptions(scales=(0.75, 1.0, 1.25)),
-    InferenceOptions(scales=(0.5, 2.0)),
-    InferenceOptions(crf=CRFParams(iterations=3, radius=2)),
-    InferenceOptions(tta="flip", scales=(0.5, 1.0), crf=CRFParams(iterations=2, radius=3)),
-], ids=["d4", "scales", "scales-wide", "crf", "all"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        InferenceOptions(tta="d4"),
+        InferenceOptions(scales=(0.75, 1.0, 1.25)),
+        InferenceOptions(scales=(0.5, 2.0)),
+        InferenceOptions(crf=CRFParams(iterations=3, radius=2)),
+        InferenceOptions(tta="flip", scales=(0.5, 1.0), crf=CRFParams(iterations=2, radius=3)),
+    ],
+    ids=["d4", "scales", "scales-wide", "crf", "all"],
+)
 def test_margin_covers_the_measured_reach_of_augmentation_and_crf(
     options: InferenceOptions, model_factory: Callable[..., Path]
 ) -> None:
@@ -89,18 +95,51 @@ def test_cli_predict_with_tta_scales_and_crf_is_tile_independent(
     tmp_path: Path, model_factory: Callable[..., Path]
 ) -> None:
     model = model_factory(in_channels=3)
-    scene = write_raster(tmp_path / "s.tif", random_scene(np.random.default_rng(2), 3, 80, 100, "uint8"))
+    scene = write_raster(
+        tmp_path / "s.tif", random_scene(np.random.default_rng(2), 3, 80, 100, "uint8")
+    )
     runner = CliRunner()
     outs = []
     for tile in (256, 384):
         out = tmp_path / f"c{tile}.tif"
-        res = runner.invoke(cli, ["predict", str(scene), "-o", str(out), "--model", str(model), "--tile", str(tile),
-                                  "--tta", "d4", "--scales", "0.75,1", "--crf", "--crf-iterations", "2",
-                                  "--workers", "1", "--quiet"])
+        res = runner.invoke(
+            cli,
+            [
+                "predict",
+                str(scene),
+                "-o",
+                str(out),
+                "--model",
+                str(model),
+                "--tile",
+                str(tile),
+                "--tta",
+                "d4",
+                "--scales",
+                "0.75,1",
+                "--crf",
+                "--crf-iterations",
+                "2",
+                "--workers",
+                "1",
+                "--quiet",
+            ],
+        )
         assert res.exit_code == 0, res.output
         with rasterio.open(out) as src:
             outs.append(src.read(1))
     assert (outs[0] == outs[1]).all()
-    bad = runner.invoke(cli, ["predict", str(scene), "-o", str(tmp_path / "x.tif"), "--model", str(model),
-                              "--scales", "0.75,big"])
+    bad = runner.invoke(
+        cli,
+        [
+            "predict",
+            str(scene),
+            "-o",
+            str(tmp_path / "x.tif"),
+            "--model",
+            str(model),
+            "--scales",
+            "0.75,big",
+        ],
+    )
     assert bad.exit_code != 0 and "--scales" in bad.output and not (tmp_path / "x.tif").exists()

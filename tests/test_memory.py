@@ -15,7 +15,9 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-@pytest.mark.skipif(_libc() is None or not os.path.exists("/proc/self/statm"), reason="glibc on Linux only")
+@pytest.mark.skipif(
+    _libc() is None or not os.path.exists("/proc/self/statm"), reason="glibc on Linux only"
+)
 def test_trim_heap_gives_freed_holes_back() -> None:
     # 60 MB of 100 kB arrays (below glibc's mmap threshold: they live in the heap), every other
     # one freed: 30 MB of holes the heap cannot shrink away, because live arrays sit above them

@@ -39,7 +39,9 @@ def test_prune_removes_least_recently_used_beyond_the_budget(cache: Path) -> Non
     writing = entry(cache, ".b.pt.x2.part", 10, 10)
     removed = prune_model_cache(keep=kept, budget=1300)
     assert set(removed) == {oldest, old, stale}
-    assert sorted(p.name for p in cache.iterdir()) == sorted(p.name for p in (newer, recent, kept, writing))
+    assert sorted(p.name for p in cache.iterdir()) == sorted(
+        p.name for p in (newer, recent, kept, writing)
+    )
     assert prune_model_cache(budget=10**9) == []
 
 

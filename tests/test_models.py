@@ -13,8 +13,8 @@ from torch.nn import functional as F
 
 from geoseg.models import create_model, list_models, output_stride
 from geoseg.models.checkpoint import GLOBAL_RECEPTIVE_FIELD
-from geoseg.models.load import load_model
 from geoseg.models.dilation import GriddingWarning, check_schedule
+from geoseg.models.load import load_model
 from geoseg.models.receptive_field import measure_receptive_field
 from geoseg.tiling import auto_margin
 from tests.conftest import random_scene, write_raster
@@ -28,14 +28,30 @@ SMALL: dict[str, tuple[str, dict[str, Any]]] = {
     "fcn32s": ("fcn32s", {"width": 0.125, "fc_channels": 32, "dropout": 0.1}),
     "fcn16s": ("fcn16s", {"width": 0.125, "fc_channels": 32, "dropout": 0.1}),
     "fcn8s": ("fcn8s", {"width": 0.125, "fc_channels": 32, "dropout": 0.1}),
-    "deeplabv1": ("deeplabv1", {"width": 0.125, "fc_channels": 32, "dilations": "hdc", "dropout": 0.1}),
-    "deeplabv1-msc": ("deeplabv1", {"width": 0.125, "fc_channels": 32, "dilations": "hdc", "msc": True,
-                                    "msc_channels": 8, "dropout": 0.1}),
-    "deeplabv3plus-mobilenet": ("deeplabv3plus", {"backbone": "mobilenetv3", "width_mult": 0.25,
-                                                  "aspp_channels": 16}),
+    "deeplabv1": (
+        "deeplabv1",
+        {"width": 0.125, "fc_channels": 32, "dilations": "hdc", "dropout": 0.1},
+    ),
+    "deeplabv1-msc": (
+        "deeplabv1",
+        {
+            "width": 0.125,
+            "fc_channels": 32,
+            "dilations": "hdc",
+            "msc": True,
+            "msc_channels": 8,
+            "dropout": 0.1,
+        },
+    ),
+    "deeplabv3plus-mobilenet": (
+        "deeplabv3plus",
+        {"backbone": "mobilenetv3", "width_mult": 0.25, "aspp_channels": 16},
+    ),
 }
-SLOW = {"deeplabv3plus-resnet50": ("deeplabv3plus", {"aspp_channels": 32}),
-        "unet-resnet18": ("unet", {"encoder": "resnet18", "base_width": 8})}
+SLOW = {
+    "deeplabv3plus-resnet50": ("deeplabv3plus", {"aspp_channels": 32}),
+    "unet-resnet18": ("unet", {"encoder": "resnet18", "base_width": 8}),
+}
 #: Cases whose receptive field (hundreds of pixels) makes tiling and learning checks slow:
 #: the default run checks their shapes only.
 SHAPES_ONLY = ["unet-resnet18"]
@@ -64,7 +80,9 @@ def test_logits_at_input_resolution_for_any_multiple_of_the_stride(case: str) ->
 
 
 @pytest.mark.parametrize("case", ["unet-unpool", "fcn8s", "deeplabv1-msc"])
-def test_measured_receptive_field_is_where_the_output_stops_depending_on_the_input(case: str) -> None:
+def test_measured_receptive_field_is_where_the_output_stops_depending_on_the_input(
+    case: str,
+) -> None:
     """Beyond the radius nothing matters (rows or columns, every stride phase); at the radius
     something does, for some phase: the margin is sufficient and not larger than needed."""
     net = build(case).eval()
@@ -92,15 +110,21 @@ def test_measured_receptive_field_is_where_the_output_stops_depending_on_the_inp
     assert not torch.equal(outputs(edge), base)
 
 
-@pytest.mark.parametrize("case", sorted(set(SMALL) - {"unet-transpose", "unet-unpool", "unet-bilinear"}))
-def test_architecture_tiles_seamlessly(case: str, tmp_path: Path, model_factory: Callable[..., Path]) -> None:
+@pytest.mark.parametrize(
+    "case", sorted(set(SMALL) - {"unet-transpose", "unet-unpool", "unet-bilinear"})
+)
+def test_architecture_tiles_seamlessly(
+    case: str, tmp_path: Path, model_factory: Callable[..., Path]
+) -> None:
     arch, kwargs = SMALL[case]
     model_path = model_factory(in_channels=3, arch=arch, **kwargs)
     cfg = load_model(model_path).config
     assert cfg.receptive_field > 0
     wide = cfg.output_stride < 32  # DeepLab v3+: a 900-px margin, so fewer (huge) tiles
     height, width = (40, 100) if wide else (75, 101)
-    scene = write_raster(tmp_path / "s.tif", random_scene(np.random.default_rng(3), 3, height, width, "uint8"))
+    scene = write_raster(
+        tmp_path / "s.tif", random_scene(np.random.default_rng(3), 3, height, width, "uint8")
+    )
     margin = auto_margin(cfg.receptive_field, cfg.output_stride)
     reference = whole_scene_logits(scene, model_path)
     cores = (64,) if wide else (cfg.output_stride, 3 * cfg.output_stride)
@@ -109,27 +133,48 @@ def test_architecture_tiles_seamlessly(case: str, tmp_path: Path, model_factory:
 
 
 @pytest.mark.slow
-def test_resnet50_deeplabv3plus_tiles_seamlessly(tmp_path: Path, model_factory: Callable[..., Path]) -> None:
+def test_resnet50_deeplabv3plus_tiles_seamlessly(
+    tmp_path: Path, model_factory: Callable[..., Path]
+) -> None:
     arch, kwargs = SLOW["deeplabv3plus-resnet50"]
     model_path = model_factory(in_channels=3, arch=arch, **kwargs)
     cfg = load_model(model_path).config
-    scene = write_raster(tmp_path / "s.tif", random_scene(np.random.default_rng(3), 3, 60, 70, "uint8"))
+    scene = write_raster(
+        tmp_path / "s.tif", random_scene(np.random.default_rng(3), 3, 60, 70, "uint8")
+    )
     margin = auto_margin(cfg.receptive_field, cfg.output_stride)
-    assert_same_prediction(stitched_logits(scene, model_path, 2 * margin + 48), whole_scene_logits(scene, model_path))
+    assert_same_prediction(
+        stitched_logits(scene, model_path, 2 * margin + 48), whole_scene_logits(scene, model_path)
+    )
 
 
 def test_global_image_pooling_is_flagged_not_local(model_factory: Callable[..., Path]) -> None:
-    path = model_factory(in_channels=3, arch="deeplabv3plus", backbone="mobilenetv3", width_mult=0.25,
-                         aspp_channels=16, image_pooling="global")
+    path = model_factory(
+        in_channels=3,
+        arch="deeplabv3plus",
+        backbone="mobilenetv3",
+        width_mult=0.25,
+        aspp_channels=16,
+        image_pooling="global",
+    )
     assert load_model(path).config.receptive_field == GLOBAL_RECEPTIVE_FIELD
 
 
-def blocks_scene(rng: np.random.Generator, n: int, size: int = 96, cell: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+def blocks_scene(
+    rng: np.random.Generator, n: int, size: int = 96, cell: int = 32
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Images of ``cell``-pixel squares of three classes, each class its own noisy colour."""
     colours = torch.tensor([[1.0, -1.0, 0.0], [-1.0, 0.5, 1.0], [0.0, 1.0, -1.0]])
     k = size // cell
-    labels = torch.from_numpy(rng.integers(0, 3, (n, k, k))).repeat_interleave(cell, 1).repeat_interleave(cell, 2)
-    images = colours[labels].permute(0, 3, 1, 2) + 0.4 * torch.from_numpy(rng.normal(size=(n, 3, size, size))).float()
+    labels = (
+        torch.from_numpy(rng.integers(0, 3, (n, k, k)))
+        .repeat_interleave(cell, 1)
+        .repeat_interleave(cell, 2)
+    )
+    images = (
+        colours[labels].permute(0, 3, 1, 2)
+        + 0.4 * torch.from_numpy(rng.normal(size=(n, 3, size, size))).float()
+    )
     return images, labels
 
 
@@ -162,12 +207,16 @@ def test_resnet50_deeplabv3plus_learns_a_generated_scene() -> None:
 
 
 @pytest.mark.slow
-def test_resnet_unet_tiles_seamlessly_and_learns(tmp_path: Path, model_factory: Callable[..., Path]) -> None:
+def test_resnet_unet_tiles_seamlessly_and_learns(
+    tmp_path: Path, model_factory: Callable[..., Path]
+) -> None:
     arch, kwargs = SLOW["unet-resnet18"]
     model_path = model_factory(in_channels=3, arch=arch, **kwargs)
     cfg = load_model(model_path).config
     assert cfg.output_stride == 32 and cfg.receptive_field > 0
-    scene = write_raster(tmp_path / "s.tif", random_scene(np.random.default_rng(3), 3, 60, 70, "uint8"))
+    scene = write_raster(
+        tmp_path / "s.tif", random_scene(np.random.default_rng(3), 3, 60, 70, "uint8")
+    )
     margin = auto_margin(cfg.receptive_field, cfg.output_stride)
     reference = whole_scene_logits(scene, model_path)
     for core in (32, 64):
@@ -190,7 +239,10 @@ def dilated_stack_has_holes(rates: list[int]) -> bool:
     return not bool(seen[c - r : c + r + 1, c - r : c + r + 1].all())
 
 
-@pytest.mark.parametrize("rates", [[1, 2, 5], [1, 2, 3], [2, 2, 2], [1, 2, 9], [2, 4, 8], [1, 2, 2], [3, 4, 5], [1, 3, 9]])
+@pytest.mark.parametrize(
+    "rates",
+    [[1, 2, 5], [1, 2, 3], [2, 2, 2], [1, 2, 9], [2, 4, 8], [1, 2, 2], [3, 4, 5], [1, 3, 9]],
+)
 def test_hdc_check_agrees_with_the_measured_holes(rates: list[int]) -> None:
     assert check_schedule(rates).grids == dilated_stack_has_holes(rates)
 
@@ -208,7 +260,9 @@ def test_fcn_upsampling_starts_as_bilinear_interpolation() -> None:
     net = build("fcn32s")
     x = torch.randn(1, 3, 4, 5)
     up = net.upscore
-    ref = F.interpolate(torch.randn(1, 3, 4, 5).mul(0).add(x), scale_factor=32, mode="bilinear", align_corners=False)
+    ref = F.interpolate(
+        torch.randn(1, 3, 4, 5).mul(0).add(x), scale_factor=32, mode="bilinear", align_corners=False
+    )
     got = up(x)
     # the transposed convolution equals bilinear interpolation away from the border
     assert torch.allclose(got[..., 32:-32, 32:-32], ref[..., 32:-32, 32:-32], atol=1e-5)
@@ -220,14 +274,28 @@ def test_models_command_lists_stride_receptive_field_and_warnings() -> None:
     from geoseg.cli.main import cli
 
     runner = CliRunner()
-    res = runner.invoke(cli, ["models", "deeplabv1", "--arch-args",
-                              '{"width": 0.125, "fc_channels": 8, "dilations": [2, 2, 2]}'])
+    res = runner.invoke(
+        cli,
+        [
+            "models",
+            "deeplabv1",
+            "--arch-args",
+            '{"width": 0.125, "fc_channels": 8, "dilations": [2, 2, 2]}',
+        ],
+    )
     assert res.exit_code == 0, res.output
     row = next(line for line in res.output.splitlines() if line.startswith("deeplabv1"))
     assert row.split()[1] == "8" and int(row.split()[2]) > 100
     assert "grids" in res.output
-    res = runner.invoke(cli, ["models", "deeplabv3plus", "--arch-args",
-                              '{"backbone": "mobilenetv3", "width_mult": 0.25, "image_pooling": "global"}'])
+    res = runner.invoke(
+        cli,
+        [
+            "models",
+            "deeplabv3plus",
+            "--arch-args",
+            '{"backbone": "mobilenetv3", "width_mult": 0.25, "image_pooling": "global"}',
+        ],
+    )
     assert res.exit_code == 0 and "global" in res.output.splitlines()[1]
     res = runner.invoke(cli, ["models", "segformer"])
     assert res.exit_code != 0 and "unknown architecture" in res.output

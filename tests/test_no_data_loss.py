@@ -18,14 +18,14 @@ from click.testing import CliRunner
 from rasterio.windows import Window
 
 import geoseg
-from geoseg.jobs.batch import JobError, JobLockedError, load_job, run_batch
 from geoseg.cli.main import cli
 from geoseg.errors import ChipError, OutputError
+from geoseg.fs import LOCK_NAME, publish_all
+from geoseg.jobs.batch import JobError, JobLockedError, load_job, run_batch
+from geoseg.raster.read import open_scene
+from geoseg.raster.sink import RasterSink, open_sinks
 from geoseg.training.evaluate import evaluate
 from geoseg.vector.vectorize import vectorize
-from geoseg.fs import LOCK_NAME, publish_all
-from geoseg.raster.read import open_scene
-from geoseg.raster.sink import open_sinks, RasterSink
 from tests.conftest import random_scene, write_raster
 
 
@@ -39,6 +39,7 @@ def small_scene(path: Path, seed: int = 0, height: int = 64, width: int = 80) ->
 
 # 1. output onto input, or onto another output -------------------------------------------------
 
+
 def test_predict_refuses_to_write_onto_its_scene_or_model(
     tmp_path: Path, model_factory: Callable[..., Path], dask_client: Any
 ) -> None:
@@ -47,18 +48,38 @@ def test_predict_refuses_to_write_onto_its_scene_or_model(
     before = sha(scene)
     os.link(scene, tmp_path / "hardlink.tif")
     (tmp_path / "symlink.tif").symlink_to(scene)
-    for out in (scene, tmp_path / "hardlink.tif", tmp_path / "symlink.tif", tmp_path / "sub" / ".." / "a.tif"):
+    for out in (
+        scene,
+        tmp_path / "hardlink.tif",
+        tmp_path / "symlink.tif",
+        tmp_path / "sub" / ".." / "a.tif",
+    ):
         (tmp_path / "sub").mkdir(exist_ok=True)
         with pytest.raises(OutputError, match="same file as the scene"):
-            geoseg.predict(str(scene), str(out), model=str(model), overwrite=True, client=dask_client)
+            geoseg.predict(
+                str(scene), str(out), model=str(model), overwrite=True, client=dask_client
+            )
     with pytest.raises(OutputError, match="same file as the model file"):
-        geoseg.predict(str(scene), str(tmp_path / "c.tif"), model=str(model), probabilities=str(model),
-                       overwrite=True, client=dask_client)
+        geoseg.predict(
+            str(scene),
+            str(tmp_path / "c.tif"),
+            model=str(model),
+            probabilities=str(model),
+            overwrite=True,
+            client=dask_client,
+        )
     with pytest.raises(OutputError, match="are the same file"):
-        geoseg.predict(str(scene), str(tmp_path / "c.tif"), model=str(model),
-                       probabilities=str(tmp_path / "c.tif"), client=dask_client)
+        geoseg.predict(
+            str(scene),
+            str(tmp_path / "c.tif"),
+            model=str(model),
+            probabilities=str(tmp_path / "c.tif"),
+            client=dask_client,
+        )
     assert sha(scene) == before
-    r = CliRunner().invoke(cli, ["predict", str(scene), "-o", str(scene), "--overwrite", "--model", str(model)])
+    r = CliRunner().invoke(
+        cli, ["predict", str(scene), "-o", str(scene), "--overwrite", "--model", str(model)]
+    )
     assert r.exit_code != 0 and len(r.stderr.strip().splitlines()) == 1 and "same file" in r.stderr
     assert sha(scene) == before
 
@@ -80,7 +101,9 @@ def test_vectorize_and_evaluate_refuse_their_inputs_as_outputs(tmp_path: Path) -
     report.write_text("mine")
     r = CliRunner().invoke(cli, ["evaluate", str(classes), str(ref), "--json", str(report)])
     assert r.exit_code != 0 and "--overwrite" in r.stderr and report.read_text() == "mine"
-    r = CliRunner().invoke(cli, ["evaluate", str(classes), str(ref), "--json", str(report), "--overwrite"])
+    r = CliRunner().invoke(
+        cli, ["evaluate", str(classes), str(ref), "--json", str(report), "--overwrite"]
+    )
     assert r.exit_code == 0, r.output
     assert "miou" in json.loads(report.read_text())
 
@@ -100,22 +123,34 @@ def test_chip_refuses_inputs_inside_the_folders_it_writes(tmp_path: Path) -> Non
 
 # 3. collisions and pattern fields, found before any work --------------------------------------
 
-def job_file(tmp_path: Path, model: Path, scenes: str, folder: str, pattern: str | None = None,
-             extra: str = "") -> Path:
+
+def job_file(
+    tmp_path: Path,
+    model: Path,
+    scenes: str,
+    folder: str,
+    pattern: str | None = None,
+    extra: str = "",
+) -> Path:
     path = tmp_path / "job.yaml"
     pattern_line = f", pattern: {json.dumps(pattern)}" if pattern is not None else ""
-    path.write_text(f"scenes: {scenes}\nmodel: {model}\noutput: {{folder: {folder}{pattern_line}}}\n"
-                    f"predict: {{tile: 64, probabilities: true}}\n{extra}")
+    path.write_text(
+        f"scenes: {scenes}\nmodel: {model}\noutput: {{folder: {folder}{pattern_line}}}\n"
+        f"predict: {{tile: 64, probabilities: true}}\n{extra}"
+    )
     return path
 
 
-@pytest.mark.parametrize(("pattern", "message"), [
-    ("{stem}.tif", "would overwrite the scene of scenes[0] (a.tif)"),
-    ("{{stem}}.tif", "output.pattern: a file name ending in .tif that contains {stem}"),
-    ("{stem}_{date}.tif", "output.pattern: unknown field(s) {date}"),
-    ("{stem}-{0}.tif", "output.pattern: unknown field(s) {0}"),
-    ("{stem.tif", "output.pattern: '{stem.tif' is not a valid pattern"),
-])
+@pytest.mark.parametrize(
+    ("pattern", "message"),
+    [
+        ("{stem}.tif", "would overwrite the scene of scenes[0] (a.tif)"),
+        ("{{stem}}.tif", "output.pattern: a file name ending in .tif that contains {stem}"),
+        ("{stem}_{date}.tif", "output.pattern: unknown field(s) {date}"),
+        ("{stem}-{0}.tif", "output.pattern: unknown field(s) {0}"),
+        ("{stem.tif", "output.pattern: '{stem.tif' is not a valid pattern"),
+    ],
+)
 def test_job_patterns_that_would_destroy_or_crash_are_refused_with_their_place(
     tmp_path: Path, model_factory: Callable[..., Path], pattern: str, message: str
 ) -> None:
@@ -133,7 +168,9 @@ def test_job_patterns_that_would_destroy_or_crash_are_refused_with_their_place(
     assert {p.name: sha(p) for p in scenes.iterdir()} == before
 
 
-def test_job_output_names_are_checked_against_each_other(tmp_path: Path, model_factory: Callable[..., Path]) -> None:
+def test_job_output_names_are_checked_against_each_other(
+    tmp_path: Path, model_factory: Callable[..., Path]
+) -> None:
     model = model_factory(in_channels=3)
     (tmp_path / "s").mkdir()
     (tmp_path / "t").mkdir()
@@ -143,12 +180,16 @@ def test_job_output_names_are_checked_against_each_other(tmp_path: Path, model_f
     names = [p.name for s in job.scenes for p in geoseg.jobs.batch.outputs_for(job, s).values()]
     assert len(names) == len(set(names)) and "x-classes-probabilities.tif" in names
     small_scene(tmp_path / "t" / "x-classes.tif")
-    with pytest.raises(JobError, match=r"output: the classes output of scenes\[1\] \(x-classes.tif\) .*would "
-                                       r"overwrite the classes output of scenes\[0\]"):
+    with pytest.raises(
+        JobError,
+        match=r"output: the classes output of scenes\[1\] \(x-classes.tif\) .*would "
+        r"overwrite the classes output of scenes\[0\]",
+    ):
         load_job(job_file(tmp_path, model, "[s/*.tif, t/*.tif]", "out"))
 
 
 # 2. outputs are not re-read as scenes ---------------------------------------------------------
+
 
 def test_outputs_in_the_scene_folder_are_not_taken_for_scenes(
     tmp_path: Path, model_factory: Callable[..., Path], dask_client: Any
@@ -165,15 +206,22 @@ def test_outputs_in_the_scene_folder_are_not_taken_for_scenes(
     (tmp_path / "a.tif").rename(scenes / "a.tif")
     again = run_batch(job, client=dask_client)
     assert [o.status for o in again.outcomes] == ["skipped"]
-    listed = job_file(tmp_path, model_factory(in_channels=3), "[scenes/a.tif, scenes/a-classes.tif]", "scenes")
-    with pytest.raises(JobError, match=r"scenes\[1\]: .*a-classes.tif is the classes output of scenes\[0\]"):
+    listed = job_file(
+        tmp_path, model_factory(in_channels=3), "[scenes/a.tif, scenes/a-classes.tif]", "scenes"
+    )
+    with pytest.raises(
+        JobError, match=r"scenes\[1\]: .*a-classes.tif is the classes output of scenes\[0\]"
+    ):
         load_job(listed)
     assert not (scenes / LOCK_NAME).exists()
 
 
 # 7. the batch report ------------------------------------------------------------------------
 
-def test_batch_report_replaces_only_its_own_report(tmp_path: Path, model_factory: Callable[..., Path]) -> None:
+
+def test_batch_report_replaces_only_its_own_report(
+    tmp_path: Path, model_factory: Callable[..., Path]
+) -> None:
     (tmp_path / "s").mkdir()
     small_scene(tmp_path / "s" / "a.tif")
     job = job_file(tmp_path, model_factory(in_channels=3), "[s/*.tif]", "out")
@@ -187,6 +235,7 @@ def test_batch_report_replaces_only_its_own_report(tmp_path: Path, model_factory
 
 
 # 5. all or nothing ---------------------------------------------------------------------------
+
 
 def test_a_failed_commit_leaves_the_previous_outputs_exactly_as_they_were(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -204,10 +253,11 @@ def test_a_failed_commit_leaves_the_previous_outputs_exactly_as_they_were(
 
     monkeypatch.setattr(RasterSink, "prepare", disk_full)
     with pytest.raises(OSError, match="No space"):
-        with open_sinks(lambda: RasterSink(classes, scene, 1, 255), lambda: RasterSink(probs, scene, 2, None)) as s:
+        with open_sinks(
+            lambda: RasterSink(classes, scene, 1, 255), lambda: RasterSink(probs, scene, 2, None)
+        ) as s:
             for sink in s:
-                sink.write(np.zeros((sink._dst.count, 64, 80), np.uint8),
-                           Window(0, 0, 80, 64))
+                sink.write(np.zeros((sink._dst.count, 64, 80), np.uint8), Window(0, 0, 80, 64))
     assert classes.read_bytes() == b"old classes" and probs.read_bytes() == b"old probabilities"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.tif", "p.tif", "scene.tif"]
 
@@ -230,7 +280,10 @@ def test_a_failed_commit_leaves_the_previous_outputs_exactly_as_they_were(
 
 
 def test_a_failed_polygon_step_puts_the_previous_rasters_back(
-    tmp_path: Path, model_factory: Callable[..., Path], dask_client: Any, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    model_factory: Callable[..., Path],
+    dask_client: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     scene = small_scene(tmp_path / "s.tif")
     outs = {name: tmp_path / name for name in ("c.tif", "p.tif", "c.gpkg", "c.tif.skipped.json")}
@@ -242,15 +295,23 @@ def test_a_failed_polygon_step_puts_the_previous_rasters_back(
 
     monkeypatch.setattr("geoseg.vector.vectorize.vectorize", disk_full)
     with pytest.raises(OSError, match="No space"):
-        geoseg.predict(str(scene), str(outs["c.tif"]), model=str(model_factory(in_channels=3)), tile=64,
-                       probabilities=str(outs["p.tif"]), vector=str(outs["c.gpkg"]), overwrite=True,
-                       client=dask_client)
+        geoseg.predict(
+            str(scene),
+            str(outs["c.tif"]),
+            model=str(model_factory(in_channels=3)),
+            tile=64,
+            probabilities=str(outs["p.tif"]),
+            vector=str(outs["c.gpkg"]),
+            overwrite=True,
+            client=dask_client,
+        )
     for path in outs.values():
         assert path.read_bytes() == b"old " + path.name.encode(), path.name
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 # 8. partial scenes --------------------------------------------------------------------------
+
 
 def test_a_scene_with_skipped_tiles_is_recorded_partial_and_redone(
     tmp_path: Path, model_factory: Callable[..., Path], dask_client: Any
@@ -262,7 +323,9 @@ def test_a_scene_with_skipped_tiles_is_recorded_partial_and_redone(
     job = job_file(tmp_path, model_factory(in_channels=3), "[s/*.tif]", "out")
     job.write_text(job.read_text().replace("probabilities: true", "on_error: skip"))
     first = run_batch(job, client=dask_client)
-    assert [o.status for o in first.outcomes] == ["partial"] and "nodata" in (first.outcomes[0].error or "")
+    assert [o.status for o in first.outcomes] == ["partial"] and "nodata" in (
+        first.outcomes[0].error or ""
+    )
     record = json.loads((tmp_path / "out" / "bad-classes.tif.geoseg.json").read_text())
     assert record["partial"]["skipped_windows"] >= 1
     assert json.loads((tmp_path / "out" / "batch-report.json").read_text())["partial"] == 1
@@ -272,7 +335,10 @@ def test_a_scene_with_skipped_tiles_is_recorded_partial_and_redone(
 
 # 4. one folder, one writer ------------------------------------------------------------------
 
-def test_a_live_run_in_the_output_folder_keeps_a_job_out(tmp_path: Path, model_factory: Callable[..., Path]) -> None:
+
+def test_a_live_run_in_the_output_folder_keeps_a_job_out(
+    tmp_path: Path, model_factory: Callable[..., Path]
+) -> None:
     (tmp_path / "s").mkdir()
     small_scene(tmp_path / "s" / "a.tif")
     out = tmp_path / "out"
@@ -281,16 +347,24 @@ def test_a_live_run_in_the_output_folder_keeps_a_job_out(tmp_path: Path, model_f
     live_part = out / ".other-classes.tif.abc.part.tif"
     live_part.write_bytes(b"a live run's temporary file")
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, pathlib; from geoseg.fs import folder_lock\n"
-         f"with folder_lock(pathlib.Path({str(out)!r}), exclusive=False):\n"
-         "    print('held', flush=True); sys.stdin.read()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, pathlib; from geoseg.fs import folder_lock\n"
+            f"with folder_lock(pathlib.Path({str(out)!r}), exclusive=False):\n"
+            "    print('held', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         with pytest.raises(JobLockedError, match="another run of geoseg is writing into"):
             run_batch(job)
-        assert live_part.exists() and not [p for p in out.glob("*.tif") if not p.name.startswith(".")]
+        assert live_part.exists() and not [
+            p for p in out.glob("*.tif") if not p.name.startswith(".")
+        ]
     finally:
         holder.communicate(timeout=30)  # closes its stdin: it lets go and exits
     assert not (out / LOCK_NAME).exists(), "the last run to leave removes the lock file"

@@ -42,8 +42,14 @@ def test_urls() -> None:
     assert objectstore.split_s3_url("s3://bkt") == ("bkt", "")
     assert objectstore.to_vsis3("s3://bkt/a/b.tif") == "/vsis3/bkt/a/b.tif"
     assert objectstore.to_vsis3("/data/x.tif") == "/data/x.tif"
-    for bad in ("s3://", "s3:///key.tif", "s3://Bad_Bucket/x.tif", "s3://key@bkt/x.tif",
-                "s3://bkt/x.tif?versionId=1", "/tmp/x.tif"):
+    for bad in (
+        "s3://",
+        "s3:///key.tif",
+        "s3://Bad_Bucket/x.tif",
+        "s3://key@bkt/x.tif",
+        "s3://bkt/x.tif?versionId=1",
+        "/tmp/x.tif",
+    ):
         with pytest.raises(OutputError) as exc:
             objectstore.split_s3_url(bad)
         assert bad in one_line(exc)
@@ -56,7 +62,9 @@ def test_gdal_options_follow_the_aws_endpoint_and_keep_the_users(
     monkeypatch.delenv("AWS_REGION")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-central-1")
     assert objectstore.gdal_s3_env() == {
-        "AWS_S3_ENDPOINT": "127.0.0.1:9000", "AWS_HTTPS": "NO", "AWS_VIRTUAL_HOSTING": "FALSE",
+        "AWS_S3_ENDPOINT": "127.0.0.1:9000",
+        "AWS_HTTPS": "NO",
+        "AWS_VIRTUAL_HOSTING": "FALSE",
         "AWS_REGION": "eu-central-1",
     }
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "https://store.example:8443")
@@ -87,7 +95,8 @@ def test_client_is_made_once_per_environment(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_unreachable_endpoint_is_one_line_naming_it(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     pytest.importorskip("boto3")
     endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
@@ -133,8 +142,9 @@ def test_round_trip(s3_bucket: str, s3_server: S3Server, tmp_path: Path) -> None
     assert one_line(exc).startswith(f"cannot upload {tmp_path / 'missing.tif'} to {url}: ")
 
 
-def test_multipart_upload_round_trip(s3_bucket: str, s3_server: S3Server, tmp_path: Path,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_multipart_upload_round_trip(
+    s3_bucket: str, s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     data = np.random.default_rng(0).integers(0, 256, 11 * MiB + 123, np.uint8).tobytes()
     (tmp_path / "big.bin").write_bytes(data)
     monkeypatch.setattr(objectstore, "MULTIPART_THRESHOLD", 5 * MiB)
@@ -151,8 +161,9 @@ class FailingReader(io.RawIOBase):
     """``size`` bytes that fail with ``error`` after ``fail_at`` of them were read; records
     the multipart uploads in progress at that moment (so a test knows one had started)."""
 
-    def __init__(self, size: int, fail_at: int, error: BaseException,
-                 watch: str | None = None) -> None:
+    def __init__(
+        self, size: int, fail_at: int, error: BaseException, watch: str | None = None
+    ) -> None:
         self.data = io.BytesIO(np.random.default_rng(1).integers(0, 256, size, np.uint8).tobytes())
         self.fail_at, self.error, self.watch = fail_at, error, watch
         self.in_progress: list[str] = []
@@ -171,17 +182,20 @@ class FailingReader(io.RawIOBase):
         return len(chunk)
 
 
-@pytest.mark.parametrize("error", [OSError("disk read error"), KeyboardInterrupt()],
-                         ids=["read-error", "interrupt"])
+@pytest.mark.parametrize(
+    "error", [OSError("disk read error"), KeyboardInterrupt()], ids=["read-error", "interrupt"]
+)
 def test_upload_failing_midway_leaves_the_previous_object_and_no_upload(
-    s3_bucket: str, error: BaseException,
+    s3_bucket: str,
+    error: BaseException,
 ) -> None:
     url = f"{s3_bucket}/out.tif"
     objectstore.put_bytes(url, b"previous run")
     reader = FailingReader(20 * MiB, fail_at=12 * MiB, error=error, watch=s3_bucket + "/")
     with pytest.raises(type(error) if isinstance(error, KeyboardInterrupt) else OutputError) as exc:
-        objectstore.upload_fileobj(io.BufferedReader(reader), url, threshold=5 * MiB,
-                                   part_size=5 * MiB)
+        objectstore.upload_fileobj(
+            io.BufferedReader(reader), url, threshold=5 * MiB, part_size=5 * MiB
+        )
     assert reader.in_progress == [url], "the upload had not started when it failed"
     if isinstance(error, OSError):
         message = one_line(exc)  # type: ignore[arg-type]
@@ -200,20 +214,21 @@ def test_single_put_failing_midway_leaves_no_object(s3_bucket: str) -> None:
     assert list(objectstore.list_keys(s3_bucket + "/")) == []
 
 
-def test_part_refused_by_the_store_aborts_the_upload(s3_bucket: str, s3_server: S3Server,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_part_refused_by_the_store_aborts_the_upload(
+    s3_bucket: str, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The store itself failing mid-upload (here: it deletes the upload under us, as a lifecycle
     rule or a second client could) is one line, and nothing appears."""
     url = f"{s3_bucket}/out.tif"
     real = objectstore._upload_part
     calls: list[int] = []
 
-    def upload_part(client: Any, url: str, bucket: str, key: str, upload_id: str, number: int,
-                    *args: Any) -> dict[str, Any]:
+    def upload_part(
+        client: Any, url: str, bucket: str, key: str, upload_id: str, number: int, *args: Any
+    ) -> dict[str, Any]:
         calls.append(number)
         if number == 2:
-            s3_server.client().abort_multipart_upload(Bucket=bucket, Key=key,
-                                                                  UploadId=upload_id)
+            s3_server.client().abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
         return real(client, url, bucket, key, upload_id, number, *args)
 
     monkeypatch.setattr(objectstore, "_upload_part", upload_part)
@@ -230,16 +245,20 @@ def test_part_refused_by_the_store_aborts_the_upload(s3_bucket: str, s3_server: 
 def test_checks_pass_and_write_nothing(s3_bucket: str) -> None:
     url = f"{s3_bucket}/out/classes.tif"
     assert objectstore.check_s3_output(url, overwrite=False) == url
-    assert objectstore.check_s3_folder(f"{s3_bucket}/cells", overwrite=False,
-                                       marker="collection.json") == f"{s3_bucket}/cells/"
+    assert (
+        objectstore.check_s3_folder(f"{s3_bucket}/cells", overwrite=False, marker="collection.json")
+        == f"{s3_bucket}/cells/"
+    )
     assert list(objectstore.list_keys(s3_bucket + "/")) == []
     assert objectstore.in_progress_uploads(s3_bucket + "/") == []
 
 
 def test_missing_bucket_is_one_line(s3_bucket: str) -> None:
-    for check in (lambda: objectstore.check_s3_output("s3://no-such-bucket/out.tif", False),
-                  lambda: objectstore.check_s3_folder("s3://no-such-bucket/cells/", False, "m"),
-                  lambda: objectstore.put_bytes("s3://no-such-bucket/out.tif", b"x")):
+    for check in (
+        lambda: objectstore.check_s3_output("s3://no-such-bucket/out.tif", False),
+        lambda: objectstore.check_s3_folder("s3://no-such-bucket/cells/", False, "m"),
+        lambda: objectstore.put_bytes("s3://no-such-bucket/out.tif", b"x"),
+    ):
         with pytest.raises(OutputError) as exc:
             check()
         message = one_line(exc)
@@ -275,8 +294,10 @@ def test_folder_not_made_by_geoseg_is_refused_even_with_overwrite(s3_bucket: str
     for overwrite in (False, True):
         with pytest.raises(OutputError) as exc:
             objectstore.check_s3_folder(theirs, overwrite, marker="collection.json")
-        assert one_line(exc) == (f"output folder {theirs} holds objects that geoseg did not make "
-                                 "(no collection.json); choose an empty prefix")
+        assert one_line(exc) == (
+            f"output folder {theirs} holds objects that geoseg did not make "
+            "(no collection.json); choose an empty prefix"
+        )
     # a prefix is not a folder: s3://b/the does not take in s3://b/theirs/
     assert objectstore.check_s3_folder(f"{s3_bucket}/the", False, "collection.json")
     objectstore.put_bytes(ours + "collection.json", b"{}")
@@ -288,8 +309,9 @@ def test_folder_not_made_by_geoseg_is_refused_even_with_overwrite(s3_bucket: str
     assert objectstore.check_s3_folder(ours, True, "collection.json", resume=False) == ours
 
 
-def test_refused_credentials_are_one_line(s3_bucket: str, s3_server: S3Server,
-                                          monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_refused_credentials_are_one_line(
+    s3_bucket: str, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """With the server checking credentials: unknown keys and a wrong secret are refused in one
     line naming the variables; keys it knows (with a policy) pass, so it is the keys refused."""
     iam = s3_server.client("iam")
@@ -297,23 +319,33 @@ def test_refused_credentials_are_one_line(s3_bucket: str, s3_server: S3Server,
     for role, actions in (("writer", '"s3:*"'), ("reader", '["s3:ListBucket", "s3:GetObject"]')):
         user = f"{role}-{bucket_of(s3_bucket)}"
         iam.create_user(UserName=user)
-        iam.put_user_policy(UserName=user, PolicyName="s3", PolicyDocument=(
-            '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": '
-            + actions + ', "Resource": "*"}]}'))
+        iam.put_user_policy(
+            UserName=user,
+            PolicyName="s3",
+            PolicyDocument=(
+                '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": '
+                + actions
+                + ', "Resource": "*"}]}'
+            ),
+        )
         keys[role] = iam.create_access_key(UserName=user)["AccessKey"]
     url = f"{s3_bucket}/out.tif"
     (tmp_path / "x.tif").write_bytes(b"x")
-    refused = (("AKIAUNKNOWNUNKNOWN00", "nope", "InvalidAccessKeyId"),
-               (keys["writer"]["AccessKeyId"], "wrong-secret", "SignatureDoesNotMatch"),
-               # may read, not write: the checks' write probe finds it out before any work
-               (keys["reader"]["AccessKeyId"], keys["reader"]["SecretAccessKey"], "AccessDenied"))
+    refused = (
+        ("AKIAUNKNOWNUNKNOWN00", "nope", "InvalidAccessKeyId"),
+        (keys["writer"]["AccessKeyId"], "wrong-secret", "SignatureDoesNotMatch"),
+        # may read, not write: the checks' write probe finds it out before any work
+        (keys["reader"]["AccessKeyId"], keys["reader"]["SecretAccessKey"], "AccessDenied"),
+    )
     with s3_server.checking_credentials():
         for key_id, secret, code in refused:
             monkeypatch.setenv("AWS_ACCESS_KEY_ID", key_id)
             monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
-            for action in (lambda: objectstore.check_s3_output(url, overwrite=False),
-                           lambda: objectstore.check_s3_folder(s3_bucket + "/cells/", False, "m"),
-                           lambda: objectstore.upload_file(tmp_path / "x.tif", url)):
+            for action in (
+                lambda: objectstore.check_s3_output(url, overwrite=False),
+                lambda: objectstore.check_s3_folder(s3_bucket + "/cells/", False, "m"),
+                lambda: objectstore.upload_file(tmp_path / "x.tif", url),
+            ):
                 with pytest.raises(OutputError) as exc:
                     action()
                 message = one_line(exc)
@@ -348,8 +380,9 @@ def uploaded_scene(s3_bucket: str, tmp_path: Path) -> tuple[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("name", [objectstore.to_vsis3, lambda url: url], ids=["vsis3", "s3-url"])
-def test_gdal_reads_an_uploaded_scene(uploaded_scene: tuple[str, np.ndarray],
-                                      name: Callable[[str], str]) -> None:
+def test_gdal_reads_an_uploaded_scene(
+    uploaded_scene: tuple[str, np.ndarray], name: Callable[[str], str]
+) -> None:
     url, array = uploaded_scene
     with rasterio.Env(**objectstore.gdal_s3_env()), rasterio.open(name(url)) as src:
         assert src.crs == "EPSG:32633" and src.count == 3
@@ -367,8 +400,9 @@ def test_open_scene_reads_vsis3_within_the_gdal_options(
     assert (info.width, info.height, info.count, info.dtype) == (80, 64, 3, "uint8")
 
 
-def test_gdal_options_the_user_set_are_used(uploaded_scene: tuple[str, np.ndarray],
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gdal_options_the_user_set_are_used(
+    uploaded_scene: tuple[str, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """GDAL's own AWS_S3_ENDPOINT / AWS_HTTPS / AWS_VIRTUAL_HOSTING, set by the user instead of
     AWS_ENDPOINT_URL, reach the same server for reads and for boto3's writes."""
     url, array = uploaded_scene

@@ -13,8 +13,8 @@ from rasterio.transform import from_origin
 from rio_cogeo.cogeo import cog_validate
 
 import geoseg
-from geoseg.errors import GeosegWarning
 from geoseg.classes import CLASS_NODATA
+from geoseg.errors import GeosegWarning
 from tests.conftest import random_scene, write_raster
 
 
@@ -28,7 +28,10 @@ def read(path: Path) -> np.ndarray:
 
 
 def test_output_is_a_cog_on_the_scene_grid_with_classes_and_colours(
-    tmp_path: Path, scene_factory: Callable[..., Path], model_factory: Callable[..., Path], dask_client: Any
+    tmp_path: Path,
+    scene_factory: Callable[..., Path],
+    model_factory: Callable[..., Path],
+    dask_client: Any,
 ) -> None:
     scene = scene_factory(bands=3, height=130, width=170, dtype="uint16")
     model = model_factory(in_channels=3, dtype="uint16")
@@ -52,7 +55,10 @@ def test_output_is_a_cog_on_the_scene_grid_with_classes_and_colours(
 
 
 def test_class_raster_does_not_depend_on_tile_size(
-    tmp_path: Path, scene_factory: Callable[..., Path], model_factory: Callable[..., Path], dask_client: Any
+    tmp_path: Path,
+    scene_factory: Callable[..., Path],
+    model_factory: Callable[..., Path],
+    dask_client: Any,
 ) -> None:
     scene = scene_factory(bands=2, height=150, width=111, dtype="float32")
     model = model_factory(in_channels=2, dtype="float32")
@@ -66,7 +72,10 @@ def test_class_raster_does_not_depend_on_tile_size(
 
 
 def test_probabilities_are_uint8_per_class_and_agree_with_classes(
-    tmp_path: Path, scene_factory: Callable[..., Path], model_factory: Callable[..., Path], dask_client: Any
+    tmp_path: Path,
+    scene_factory: Callable[..., Path],
+    model_factory: Callable[..., Path],
+    dask_client: Any,
 ) -> None:
     scene = scene_factory(bands=3, height=80, width=90)
     model = model_factory(in_channels=3)
@@ -109,9 +118,19 @@ def test_alpha_band_masks_input_pixels(
     alpha = np.full((1, 64, 64), 255, np.uint8)
     alpha[0, :10, :] = 0
     path = tmp_path / "rgba.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=64, height=64, count=4, dtype="uint8",
-                       crs="EPSG:32633", transform=from_origin(0, 640, 10, 10), photometric="rgb",
-                       alpha="yes") as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=64,
+        height=64,
+        count=4,
+        dtype="uint8",
+        crs="EPSG:32633",
+        transform=from_origin(0, 640, 10, 10),
+        photometric="rgb",
+        alpha="yes",
+    ) as dst:
         dst.write(np.concatenate([rgb, alpha]))
     out = tmp_path / "c.tif"
     run(path, out, model_factory(in_channels=3), dask_client, tile=64, bands="1,2,3")
@@ -122,7 +141,10 @@ def test_alpha_band_masks_input_pixels(
 @pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 @pytest.mark.parametrize("crs", ["EPSG:4326", None])
 def test_geographic_and_missing_crs(
-    tmp_path: Path, rng: np.random.Generator, model_factory: Callable[..., Path], dask_client: Any,
+    tmp_path: Path,
+    rng: np.random.Generator,
+    model_factory: Callable[..., Path],
+    dask_client: Any,
     crs: str | None,
 ) -> None:
     arr = random_scene(rng, 1, 40, 50, "int16")
@@ -144,7 +166,10 @@ def test_geographic_and_missing_crs(
 
 
 def test_existing_output_is_kept_without_overwrite(
-    tmp_path: Path, scene_factory: Callable[..., Path], model_factory: Callable[..., Path], dask_client: Any
+    tmp_path: Path,
+    scene_factory: Callable[..., Path],
+    model_factory: Callable[..., Path],
+    dask_client: Any,
 ) -> None:
     scene = scene_factory(bands=3, height=40, width=40)
     out = tmp_path / "c.tif"
@@ -156,20 +181,24 @@ def test_existing_output_is_kept_without_overwrite(
     assert read(out).shape == (1, 40, 40)
 
 
-def test_a_worker_reads_a_rewritten_scene_afresh(tmp_path: Path, model_factory: Callable[..., Path]) -> None:
+def test_a_worker_reads_a_rewritten_scene_afresh(
+    tmp_path: Path, model_factory: Callable[..., Path]
+) -> None:
     """Workers keep scenes open between tasks (for GDAL's block cache); a file rewritten in
     place is read as it is now, never from the old handle."""
     from geoseg.models.checkpoint import file_sha256
     from geoseg.prediction.plan import plan_tasks
-    from geoseg.tiling import TileGrid
     from geoseg.prediction.tasks import run_tile_task
+    from geoseg.tiling import TileGrid
 
     model = model_factory(in_channels=3)
     scene = tmp_path / "s.tif"
     grid = TileGrid.create(64, 64, 64, 8, 4)
 
     def classes() -> list[np.ndarray]:
-        tasks = plan_tasks(grid, str(scene), [1, 2, 3], str(model), file_sha256(model), "cpu", 4, False, 4)
+        tasks = plan_tasks(
+            grid, str(scene), [1, 2, 3], str(model), file_sha256(model), "cpu", 4, False, 4
+        )
         return [r.classes for t in tasks for r in run_tile_task(t)]
 
     write_raster(scene, random_scene(np.random.default_rng(1), 3, 64, 64, "uint8"))

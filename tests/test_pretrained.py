@@ -15,15 +15,17 @@ import torch
 import torchvision
 from click.testing import CliRunner
 
-from geoseg.training.chips import make_chips
 from geoseg.cli.main import cli
-from geoseg.errors import ModelError, TrainingError
+from geoseg.errors import ModelError
 from geoseg.models import create_model
 from geoseg.models.pretrained import load_pretrained
+from geoseg.training.chips import make_chips
 from tests.conftest import labeled_scene
 
 
-def tv_weights(tmp_path: Path, name: str, seed: int = 0, wrap: str | None = None) -> tuple[Path, torch.nn.Module]:
+def tv_weights(
+    tmp_path: Path, name: str, seed: int = 0, wrap: str | None = None
+) -> tuple[Path, torch.nn.Module]:
     torch.manual_seed(seed)
     net = getattr(torchvision.models, name)(weights=None).eval()
     state = {f"module.{k}": v for k, v in net.state_dict().items()} if wrap else net.state_dict()
@@ -53,7 +55,9 @@ def test_weights_land_in_the_encoder_with_bands_matched_by_name(tmp_path: Path) 
     torch.testing.assert_close(pan.encoder.conv1.weight[:, 0], ref.conv1.weight.sum(dim=1))
 
 
-def test_imagenet_weights_come_through_torchvisions_weights_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_imagenet_weights_come_through_torchvisions_weights_api(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import torchvision.models._api as api
 
     _, ref = tv_weights(tmp_path, "mobilenet_v3_large")
@@ -65,9 +69,13 @@ def test_imagenet_weights_come_through_torchvisions_weights_api(tmp_path: Path, 
 
     monkeypatch.setattr(api, "load_state_dict_from_url", fake_download)
     net = create_model("deeplabv3plus", 3, 2, backbone="mobilenetv3", aspp_channels=16)
-    assert "ImageNet weights of mobilenet_v3_large" in load_pretrained(net, "deeplabv3plus", "imagenet", ["red", "green", "blue"])
+    assert "ImageNet weights of mobilenet_v3_large" in load_pretrained(
+        net, "deeplabv3plus", "imagenet", ["red", "green", "blue"]
+    )
     assert urls and urls[0].startswith("https://download.pytorch.org/")
-    torch.testing.assert_close(net.backbone.low[1].block[0][0].weight, ref.features[1].block[0][0].weight)
+    torch.testing.assert_close(
+        net.backbone.low[1].block[0][0].weight, ref.features[1].block[0][0].weight
+    )
 
 
 @pytest.fixture
@@ -76,15 +84,18 @@ def small_chips(tmp_path: Path, dask_client: Any) -> Path:
     labeled_scene(img, lab, np.random.default_rng(2), 64, 64)
     with rasterio.open(img, "r+") as dst:
         dst.descriptions = ("blue", "green", "swir")
-    make_chips([(str(img), str(lab))], tmp_path / "chips", size=32, ignore_value=0, client=dask_client)
+    make_chips(
+        [(str(img), str(lab))], tmp_path / "chips", size=32, ignore_value=0, client=dask_client
+    )
     return tmp_path / "chips"
 
 
 def test_bad_pretrained_weights_are_one_line_before_training(
     tmp_path: Path, small_chips: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import geoseg.training.train
     import torchvision.models._api as api
+
+    import geoseg.training.train
 
     def no_training(*args: Any, **kwargs: Any) -> float:
         raise AssertionError("training started")
@@ -106,10 +117,19 @@ def test_bad_pretrained_weights_are_one_line_before_training(
         (unet18 + ["--pretrained", str(r50)], "conv1.weight|layer1.0.conv1.weight is"),
         (unet18 + ["--pretrained", str(r34)], "no place for"),
         (unet18 + ["--pretrained", str(tmp_path / "missing.pt")], "not found"),
-        (unet18 + ["--pretrained", str(r18), "--pretrained-bands", "B01,B02"], "names 2 bands, but"),
+        (
+            unet18 + ["--pretrained", str(r18), "--pretrained-bands", "B01,B02"],
+            "names 2 bands, but",
+        ),
         (unet18 + ["--pretrained", "imagenet"], "model band 'swir' has no weights in ImageNet"),
-        (["--arch", "unet", "--arch-args", '{"depth": 2}', "--pretrained", "imagenet"], "no torchvision encoder"),
-        (unet18 + ["--pretrained", "imagenet"], "cannot download the ImageNet weights of resnet18.*--pretrained PATH"),
+        (
+            ["--arch", "unet", "--arch-args", '{"depth": 2}', "--pretrained", "imagenet"],
+            "no torchvision encoder",
+        ),
+        (
+            unet18 + ["--pretrained", "imagenet"],
+            "cannot download the ImageNet weights of resnet18.*--pretrained PATH",
+        ),
     ]
     runner = CliRunner()
     for args, message in cases:

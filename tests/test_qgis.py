@@ -25,32 +25,61 @@ SCRIPT = Path(__file__).parent / "qgis" / "check_layers.py"
 
 def _has_qgis() -> bool:
     try:
-        return subprocess.run([SYSTEM_PYTHON, "-c", "import qgis.core"], capture_output=True,
-                              timeout=60).returncode == 0
+        return (
+            subprocess.run(
+                [SYSTEM_PYTHON, "-c", "import qgis.core"], capture_output=True, timeout=60
+            ).returncode
+            == 0
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
 
 
-pytestmark = [pytest.mark.qgis,
-              pytest.mark.skipif(not _has_qgis(), reason="QGIS Python bindings not installed (python3-qgis)")]
+pytestmark = [
+    pytest.mark.qgis,
+    pytest.mark.skipif(not _has_qgis(), reason="QGIS Python bindings not installed (python3-qgis)"),
+]
 
 
 def qgis_facts(*paths: Path) -> dict[str, Any]:
-    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "XDG_RUNTIME_DIR": os.environ.get("TMPDIR", "/tmp")}
+    env = {
+        **os.environ,
+        "QT_QPA_PLATFORM": "offscreen",
+        "XDG_RUNTIME_DIR": os.environ.get("TMPDIR", "/tmp"),
+    }
     env.pop("PYTHONPATH", None)
-    done = subprocess.run([SYSTEM_PYTHON, str(SCRIPT), *map(str, paths)], capture_output=True, text=True,
-                          env=env, timeout=300)
+    done = subprocess.run(
+        [SYSTEM_PYTHON, str(SCRIPT), *map(str, paths)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_outputs_open_in_qgis_styled_and_in_place(tmp_path: Path, scene_factory: Callable[..., Path],
-                                                  model_factory: Callable[..., Path], dask_client: Any) -> None:
+def test_outputs_open_in_qgis_styled_and_in_place(
+    tmp_path: Path,
+    scene_factory: Callable[..., Path],
+    model_factory: Callable[..., Path],
+    dask_client: Any,
+) -> None:
     scene = scene_factory(bands=3, height=96, width=128, crs="EPSG:32633")
-    classes, probs, gpkg = tmp_path / "classes.tif", tmp_path / "probs.tif", tmp_path / "polygons.gpkg"
+    classes, probs, gpkg = (
+        tmp_path / "classes.tif",
+        tmp_path / "probs.tif",
+        tmp_path / "polygons.gpkg",
+    )
     model = str(model_factory(in_channels=3))
-    geoseg.predict(str(scene), str(classes), model=model, probabilities=str(probs), vector=str(gpkg),
-                   client=dask_client)
+    geoseg.predict(
+        str(scene),
+        str(classes),
+        model=model,
+        probabilities=str(probs),
+        vector=str(gpkg),
+        client=dask_client,
+    )
     fgb = tmp_path / "polygons.fgb"
     vectorize(classes, fgb, client=dask_client)
     with rasterio.open(scene) as src:
@@ -77,4 +106,7 @@ def test_outputs_open_in_qgis_styled_and_in_place(tmp_path: Path, scene_factory:
         assert {k: colour for k, (_, colour) in v["categories"].items()} == cmap
         # polygons lie inside the scene
         x0, y0, x1, y1 = v["extent"]
-        assert bounds[0] - 1e-6 <= x0 < x1 <= bounds[2] + 1e-6 and bounds[1] - 1e-6 <= y0 < y1 <= bounds[3] + 1e-6
+        assert (
+            bounds[0] - 1e-6 <= x0 < x1 <= bounds[2] + 1e-6
+            and bounds[1] - 1e-6 <= y0 < y1 <= bounds[3] + 1e-6
+        )

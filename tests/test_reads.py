@@ -14,17 +14,29 @@ import rasterio
 from rasterio.env import get_gdal_config, set_gdal_config
 from rasterio.transform import Affine
 
-from geoseg.raster.block_cache import BLOCK_CACHE_MIN, BlockCacheBound, bound_block_cache
 from geoseg.paths import is_remote
-from geoseg.raster.read import read_env, read_mirrored, SceneInfo
 from geoseg.prediction.plan import block_cache_need
+from geoseg.raster.block_cache import BLOCK_CACHE_MIN, BlockCacheBound, bound_block_cache
+from geoseg.raster.read import SceneInfo, read_env, read_mirrored
 from geoseg.tiling import Tile, TileGrid
 
 
-def scene_info(width: int, height: int, block: tuple[int, int], count: int = 3, dtype: str = "uint16") -> SceneInfo:
-    return SceneInfo(path="scene.tif", width=width, height=height, count=count, dtype=dtype, crs=None,
-                     transform=Affine.identity(), nodata=None, descriptions=(None,) * count,
-                     block_shape=block, georeferenced=False)
+def scene_info(
+    width: int, height: int, block: tuple[int, int], count: int = 3, dtype: str = "uint16"
+) -> SceneInfo:
+    return SceneInfo(
+        path="scene.tif",
+        width=width,
+        height=height,
+        count=count,
+        dtype=dtype,
+        crs=None,
+        transform=Affine.identity(),
+        nodata=None,
+        descriptions=(None,) * count,
+        block_shape=block,
+        georeferenced=False,
+    )
 
 
 @pytest.mark.parametrize("column_bands", [True, False])
@@ -47,8 +59,12 @@ def test_groups_cover_every_tile_once_in_balanced_runs_of_one_row(column_bands: 
 
 
 def test_block_cache_need_is_the_same_at_any_scene_width() -> None:
-    needs = [block_cache_need(scene_info(size, size, (512, 512)), TileGrid.create(size, size, 512, 48, 8), 6, 1)
-             for size in (4096, 16384, 65536)]
+    needs = [
+        block_cache_need(
+            scene_info(size, size, (512, 512)), TileGrid.create(size, size, 512, 48, 8), 6, 1
+        )
+        for size in (4096, 16384, 65536)
+    ]
     assert needs[0] == needs[1] == needs[2]
     # 7 x 2 blocks of 3 x 512² uint16 pixels, 6 x 2 output blocks, and half as much again
     assert needs[0] == (7 * 2 * 512 * 512 * 6 + 6 * 2 * 512 * 512) * 3 // 2
@@ -71,8 +87,19 @@ def _rchar() -> int:
 def write_random_scene(path: Path, size: int, block: int, seed: int = 0) -> Path:
     """Random pixels (DEFLATE cannot shrink them, so bytes read count blocks decoded)."""
     data = np.random.default_rng(seed).integers(0, 4000, size=(3, size, size), dtype=np.uint16)
-    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint16",
-                       tiled=True, blockxsize=block, blockysize=block, compress="deflate") as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=3,
+        dtype="uint16",
+        tiled=True,
+        blockxsize=block,
+        blockysize=block,
+        compress="deflate",
+    ) as dst:
         dst.write(data)
     return path
 
@@ -81,14 +108,21 @@ def read_groups(src: rasterio.DatasetReader, groups: list[list[Tile]]) -> None:
     """Read each group's windows as one task reads them (its row of tiles, mirrored at the edges)."""
     for g in groups:
         first, last = g[0], g[-1]
-        read_mirrored(src, [1, 2, 3], first.input_row, first.input_col, first.input_height,
-                      last.input_col + last.input_width - first.input_col)
+        read_mirrored(
+            src,
+            [1, 2, 3],
+            first.input_row,
+            first.input_col,
+            first.input_height,
+            last.input_col + last.input_width - first.input_col,
+        )
 
 
 #: The scenes the read-counting tests write: random pixels, 128² blocks, 128² tiles.
 SIZE, BLOCK = 2048, 128
-needs_proc_io = pytest.mark.skipif(not Path("/proc/thread-self/io").exists(),
-                                   reason="counts bytes read through /proc (Linux)")
+needs_proc_io = pytest.mark.skipif(
+    not Path("/proc/thread-self/io").exists(), reason="counts bytes read through /proc (Linux)"
+)
 
 
 @contextlib.contextmanager
@@ -178,11 +212,17 @@ def test_block_cache_only_grows() -> None:
     assert int(grown) >= BLOCK_CACHE_MIN + 2**20
 
 
-@pytest.mark.parametrize(("path", "remote"), [
-    ("/data/scene.tif", False), ("/vsizip/scenes.zip/scene.tif", False),
-    ("https://example.com/scene.tif", True), ("/vsicurl/https://example.com/a.tif", True),
-    ("/vsis3/bucket/scene.tif", True), ("s3://bucket/scene.tif", True),
-])
+@pytest.mark.parametrize(
+    ("path", "remote"),
+    [
+        ("/data/scene.tif", False),
+        ("/vsizip/scenes.zip/scene.tif", False),
+        ("https://example.com/scene.tif", True),
+        ("/vsicurl/https://example.com/a.tif", True),
+        ("/vsis3/bucket/scene.tif", True),
+        ("s3://bucket/scene.tif", True),
+    ],
+)
 def test_gdal_file_cache_only_for_network_scenes(path: str, remote: bool) -> None:
     assert is_remote(path) is remote
     with read_env(path):

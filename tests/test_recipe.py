@@ -14,12 +14,19 @@ from tests.conftest import labeled_scene
 
 def test_recipe_problems_are_reported_together(tmp_path: Path) -> None:
     job = tmp_path / "job.yaml"
-    job.write_text("bogus: 1\nsteps:\n  - rm: [-rf, /]\n  - train: notalist\n"
-                   "  - chip: {pairs: [['{nope}/a.tif', b.tif]], out_dir: c}\n")
+    job.write_text(
+        "bogus: 1\nsteps:\n  - rm: [-rf, /]\n  - train: notalist\n"
+        "  - chip: {pairs: [['{nope}/a.tif', b.tif]], out_dir: c}\n"
+    )
     with pytest.raises(RecipeError) as err:
         load_recipe(job)
     msg = str(err.value)
-    for part in ("bogus", "steps[1]: 'rm' is not a recipe step", "steps[2].train", "steps[3].chip: undefined variable(s) ['nope']"):
+    for part in (
+        "bogus",
+        "steps[1]: 'rm' is not a recipe step",
+        "steps[2].train",
+        "steps[3].chip: undefined variable(s) ['nope']",
+    ):
         assert part in msg
 
 
@@ -56,7 +63,12 @@ steps:
     with pytest.raises(RecipeError) as err:
         run_recipe(job, echo=lambda s: None)
     msg = str(err.value)
-    for part in ("steps[2].train.arch", "steps[2].train.epochs: expected int", "steps[3].predict: unknown --tta 'd8'",
-                 "steps[4].evaluate.referense: unknown argument", "steps[4].evaluate.reference: required"):
+    for part in (
+        "steps[2].train.arch",
+        "steps[2].train.epochs: expected int",
+        "steps[3].predict: unknown --tta 'd8'",
+        "steps[4].evaluate.referense: unknown argument",
+        "steps[4].evaluate.reference: required",
+    ):
         assert part in msg, part
     assert not (tmp_path / "chips").exists()

@@ -13,18 +13,21 @@ import rasterio
 from click.testing import CliRunner
 from rasterio.transform import from_origin
 
+from geoseg.classes import CLASS_NODATA, ClassInfo, class_tags, read_class_names
 from geoseg.errors import OutputError, ResultsError
-from geoseg.classes import CLASS_NODATA, class_tags, ClassInfo, read_class_names
 from geoseg.results.change import change
 from tests.conftest import write_raster
 from tests.test_results_stats import CLASSES, class_raster, random_classes
 
 
-def test_a_raster_against_itself_is_all_unchanged(tmp_path: Path, rng: np.random.Generator,
-                                                  dask_client: Any) -> None:
+def test_a_raster_against_itself_is_all_unchanged(
+    tmp_path: Path, rng: np.random.Generator, dask_client: Any
+) -> None:
     a = random_classes(rng, 150, 130)
     path = class_raster(tmp_path / "c.tif", a)
-    res = change(path, path, tmp_path / "ch.tif", table=tmp_path / "t.csv", client=dask_client, block_size=64)
+    res = change(
+        path, path, tmp_path / "ch.tif", table=tmp_path / "t.csv", client=dask_client, block_size=64
+    )
     assert all(not r["changed"] for r in res.rows)
     valid = a != CLASS_NODATA
     assert sum(r["area_m2"] for r in res.rows) == pytest.approx(valid.sum() * 100.0, rel=1e-9)
@@ -39,7 +42,9 @@ def test_a_raster_against_itself_is_all_unchanged(tmp_path: Path, rng: np.random
     assert sum(int(r["pixels"]) for r in table) == valid.sum()
 
 
-def test_from_to_values_names_and_nodata(tmp_path: Path, rng: np.random.Generator, dask_client: Any) -> None:
+def test_from_to_values_names_and_nodata(
+    tmp_path: Path, rng: np.random.Generator, dask_client: Any
+) -> None:
     a = random_classes(rng, 100, 100)
     b = a.copy()
     b[:50][a[:50] == 1] = 2  # forest -> farmland in the north half
@@ -60,8 +65,9 @@ def test_from_to_values_names_and_nodata(tmp_path: Path, rng: np.random.Generato
     assert row[0]["area_ha"] == pytest.approx(changed.sum() * 100 / 1e4)
 
 
-def test_classes_matched_by_name_and_grid_resampled(tmp_path: Path, rng: np.random.Generator,
-                                                    dask_client: Any) -> None:
+def test_classes_matched_by_name_and_grid_resampled(
+    tmp_path: Path, rng: np.random.Generator, dask_client: Any
+) -> None:
     a = random_classes(rng, 64, 64)
     pa = class_raster(tmp_path / "a.tif", a)
     # AFTER: another model numbering the classes differently, at 5 m on a shifted grid
@@ -70,7 +76,12 @@ def test_classes_matched_by_name_and_grid_resampled(tmp_path: Path, rng: np.rand
     b = np.vectorize(lambda v: renumber.get(v, CLASS_NODATA))(fine)
     b = np.pad(b, ((4, 0), (4, 0)), constant_values=CLASS_NODATA)
     pb = tmp_path / "b.tif"
-    write_raster(pb, b.astype(np.uint8), transform=from_origin(300000 - 20, 5800000 + 20, 5, 5), nodata=CLASS_NODATA)
+    write_raster(
+        pb,
+        b.astype(np.uint8),
+        transform=from_origin(300000 - 20, 5800000 + 20, 5, 5),
+        nodata=CLASS_NODATA,
+    )
     other = [ClassInfo(renumber[c.value], c.name, c.color) for c in CLASSES]
     with rasterio.open(pb, "r+") as dst:
         dst.update_tags(**class_tags(other, "other"))
@@ -97,8 +108,14 @@ def test_bad_input(tmp_path: Path, rng: np.random.Generator) -> None:
     pb = tmp_path / "b.tif"
     write_raster(pb, a.astype(np.uint8), nodata=CLASS_NODATA)
     with rasterio.open(pb, "r+") as dst:
-        dst.update_tags(**class_tags([ClassInfo(0, "water", (0, 0, 255)), ClassInfo(1, "woods", (0, 99, 0))], "x"))
-    with pytest.raises(ResultsError, match="only in .*a.tif: built-up, farmland, forest; only in .*b.tif: woods"):
+        dst.update_tags(
+            **class_tags(
+                [ClassInfo(0, "water", (0, 0, 255)), ClassInfo(1, "woods", (0, 99, 0))], "x"
+            )
+        )
+    with pytest.raises(
+        ResultsError, match="only in .*a.tif: built-up, farmland, forest; only in .*b.tif: woods"
+    ):
         change(pa, pb, tmp_path / "ch.tif")
     far = class_raster(tmp_path / "far.tif", a, transform=from_origin(0, 0, 10, 10))
     with pytest.raises(ResultsError, match="does not overlap"):
@@ -115,7 +132,24 @@ def test_cli(tmp_path: Path, rng: np.random.Generator) -> None:
 
     a = random_classes(rng, 32, 32)
     pa = class_raster(tmp_path / "a.tif", a)
-    r = CliRunner().invoke(cli, ["change", str(pa), str(pa), "-o", str(tmp_path / "ch.tif"),
-                                 "--table", str(tmp_path / "t.csv"), "--workers", "1", "--quiet"])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "change",
+            str(pa),
+            str(pa),
+            "-o",
+            str(tmp_path / "ch.tif"),
+            "--table",
+            str(tmp_path / "t.csv"),
+            "--workers",
+            "1",
+            "--quiet",
+        ],
+    )
     assert r.exit_code == 0, r.output
-    assert (tmp_path / "t.csv").read_text().startswith("value,from,from_name,to,to_name,changed,pixels")
+    assert (
+        (tmp_path / "t.csv")
+        .read_text()
+        .startswith("value,from,from_name,to,to_name,changed,pixels")
+    )

@@ -15,18 +15,27 @@ import shapely
 from click.testing import CliRunner
 from rasterio.transform import from_origin
 
+from geoseg.classes import CLASS_NODATA, ClassInfo, class_tags
 from geoseg.errors import GeosegWarning, OutputError, ResultsError
-from geoseg.classes import CLASS_NODATA, class_tags, ClassInfo
 from geoseg.results.areas import row_areas
 from geoseg.results.stats import class_column, stats
 from tests.conftest import write_raster
 
-CLASSES = [ClassInfo(0, "water", (0, 0, 255)), ClassInfo(1, "forest", (0, 128, 0)),
-           ClassInfo(2, "farmland", (255, 255, 0)), ClassInfo(3, "built-up", (255, 0, 0))]
+CLASSES = [
+    ClassInfo(0, "water", (0, 0, 255)),
+    ClassInfo(1, "forest", (0, 128, 0)),
+    ClassInfo(2, "farmland", (255, 255, 0)),
+    ClassInfo(3, "built-up", (255, 0, 0)),
+]
 
 
-def class_raster(path: Path, array: np.ndarray, crs: str = "EPSG:32633", transform: Any = None,
-                 tagged: bool = True) -> Path:
+def class_raster(
+    path: Path,
+    array: np.ndarray,
+    crs: str = "EPSG:32633",
+    transform: Any = None,
+    tagged: bool = True,
+) -> Path:
     """A geoseg-like class raster: uint8, nodata 255, class tags and colour table."""
     write_raster(path, array.astype(np.uint8), crs=crs, transform=transform, nodata=CLASS_NODATA)
     if tagged:
@@ -43,13 +52,21 @@ def random_classes(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 
 
 def write_zones(path: Path, geoms: list[Any], names: list[str], crs: str = "EPSG:32633") -> Path:
-    pyogrio.raw.write(str(path), shapely.to_wkb(np.array(geoms, dtype=object)), [np.array(names, dtype=object)],
-                      ["name"], crs=crs, geometry_type="Polygon", driver="GPKG")
+    pyogrio.raw.write(
+        str(path),
+        shapely.to_wkb(np.array(geoms, dtype=object)),
+        [np.array(names, dtype=object)],
+        ["name"],
+        crs=crs,
+        geometry_type="Polygon",
+        driver="GPKG",
+    )
     return path
 
 
-def test_counts_equal_bincount_and_areas_the_valid_area(tmp_path: Path, rng: np.random.Generator,
-                                                        dask_client: Any) -> None:
+def test_counts_equal_bincount_and_areas_the_valid_area(
+    tmp_path: Path, rng: np.random.Generator, dask_client: Any
+) -> None:
     a = random_classes(rng, 300, 260)  # several blocks of 128 with ragged edges
     path = class_raster(tmp_path / "c.tif", a)
     res = stats(path, tmp_path / "s.csv", client=dask_client, block_size=128)
@@ -81,18 +98,24 @@ def test_geographic_rows_are_measured_on_the_ellipsoid() -> None:
     assert areas[0] < areas[-1]  # pixels grow towards the equator
 
 
-def test_zones_partition_the_valid_area_by_exact_fractions(tmp_path: Path, rng: np.random.Generator,
-                                                           dask_client: Any) -> None:
+def test_zones_partition_the_valid_area_by_exact_fractions(
+    tmp_path: Path, rng: np.random.Generator, dask_client: Any
+) -> None:
     a = random_classes(rng, 200, 200)
     path = class_raster(tmp_path / "c.tif", a)
     x0, y1 = 300000.0, 5800000.0
     x1, y0 = x0 + 2000, y1 - 2000
     # three zones that split the raster along lines through pixels, in another CRS
     xm, ym = x0 + 777.7, y1 - 1234.5
-    geoms = [shapely.box(x0 - 50, ym, xm, y1 + 50), shapely.box(xm, ym, x1 + 50, y1 + 50),
-             shapely.box(x0 - 50, y0 - 50, x1 + 50, ym)]
+    geoms = [
+        shapely.box(x0 - 50, ym, xm, y1 + 50),
+        shapely.box(xm, ym, x1 + 50, y1 + 50),
+        shapely.box(x0 - 50, y0 - 50, x1 + 50, ym),
+    ]
     zones = write_zones(tmp_path / "z.gpkg", geoms, ["nw", "ne", "s"])
-    res = stats(path, tmp_path / "s.csv", zones=zones, zone_field="name", client=dask_client, block_size=64)
+    res = stats(
+        path, tmp_path / "s.csv", zones=zones, zone_field="name", client=dask_client, block_size=64
+    )
     valid_area = (a != CLASS_NODATA).sum() * 100.0
     assert sum(r["area_m2"] for r in res.rows) == pytest.approx(valid_area, rel=1e-6)
     pixels = {v: sum(r["pixels"] for r in res.rows if r["class"] == v) for v in range(4)}
@@ -112,8 +135,9 @@ def test_zones_partition_the_valid_area_by_exact_fractions(tmp_path: Path, rng: 
     assert sum(shares) == pytest.approx(1.0)
 
 
-def test_zones_in_a_geographic_crs_are_reprojected(tmp_path: Path, rng: np.random.Generator,
-                                                   dask_client: Any) -> None:
+def test_zones_in_a_geographic_crs_are_reprojected(
+    tmp_path: Path, rng: np.random.Generator, dask_client: Any
+) -> None:
     from pyproj import Transformer
 
     a = random_classes(rng, 100, 100)
@@ -121,18 +145,26 @@ def test_zones_in_a_geographic_crs_are_reprojected(tmp_path: Path, rng: np.rando
     tr = Transformer.from_crs("EPSG:32633", "EPSG:4326", always_xy=True)
     # a zone far larger than the raster, in degrees: every valid pixel falls in it
     lon, lat = tr.transform(300500.0, 5799500.0)
-    zones = write_zones(tmp_path / "z.gpkg", [shapely.box(lon - 1, lat - 1, lon + 1, lat + 1)], ["all"],
-                        crs="EPSG:4326")
+    zones = write_zones(
+        tmp_path / "z.gpkg",
+        [shapely.box(lon - 1, lat - 1, lon + 1, lat + 1)],
+        ["all"],
+        crs="EPSG:4326",
+    )
     res = stats(path, None, zones=zones, zone_field="name", client=dask_client)
     counts = np.bincount(a[a != CLASS_NODATA].ravel(), minlength=4)
     assert [r["pixels"] for r in res.rows] == pytest.approx(counts.tolist(), rel=1e-9)
 
 
-def test_gpkg_output_keeps_zone_geometry_and_adds_a_column_per_class(tmp_path: Path, rng: np.random.Generator,
-                                                                     dask_client: Any) -> None:
+def test_gpkg_output_keeps_zone_geometry_and_adds_a_column_per_class(
+    tmp_path: Path, rng: np.random.Generator, dask_client: Any
+) -> None:
     a = random_classes(rng, 64, 64)
     path = class_raster(tmp_path / "c.tif", a)
-    geoms = [shapely.box(300000, 5799700, 300640, 5800000), shapely.box(300000, 5799360, 300640, 5799700)]
+    geoms = [
+        shapely.box(300000, 5799700, 300640, 5800000),
+        shapely.box(300000, 5799360, 300640, 5799700),
+    ]
     zones = write_zones(tmp_path / "z.gpkg", geoms, ["top", "bottom"])
     stats(path, tmp_path / "out.gpkg", zones=zones, zone_field="name", client=dask_client)
     meta, _, wkb, data = pyogrio.raw.read(str(tmp_path / "out.gpkg"))
@@ -148,11 +180,14 @@ def test_parquet_output(tmp_path: Path, rng: np.random.Generator, dask_client: A
     a = random_classes(rng, 40, 40)
     stats(class_raster(tmp_path / "c.tif", a), tmp_path / "s.parquet", client=dask_client)
     table = pq.read_table(tmp_path / "s.parquet").to_pylist()
-    assert [r["pixels"] for r in table] == np.bincount(a[a != CLASS_NODATA].ravel(), minlength=4).tolist()
+    assert [r["pixels"] for r in table] == np.bincount(
+        a[a != CLASS_NODATA].ravel(), minlength=4
+    ).tolist()
 
 
-def test_raster_without_metadata_is_counted_by_value(tmp_path: Path, rng: np.random.Generator,
-                                                     dask_client: Any) -> None:
+def test_raster_without_metadata_is_counted_by_value(
+    tmp_path: Path, rng: np.random.Generator, dask_client: Any
+) -> None:
     a = random_classes(rng, 40, 40)
     path = class_raster(tmp_path / "c.tif", a, tagged=False)
     with pytest.warns(GeosegWarning, match="counting by value"):
@@ -189,15 +224,22 @@ def test_cli(tmp_path: Path, rng: np.random.Generator) -> None:
 
     a = random_classes(rng, 40, 40)
     path = class_raster(tmp_path / "c.tif", a)
-    r = CliRunner().invoke(cli, ["stats", str(path), "-o", str(tmp_path / "s.csv"), "--workers", "1", "--quiet"])
+    r = CliRunner().invoke(
+        cli, ["stats", str(path), "-o", str(tmp_path / "s.csv"), "--workers", "1", "--quiet"]
+    )
     assert r.exit_code == 0, r.output
-    assert (tmp_path / "s.csv").read_text().startswith("class,class_name,pixels,area_m2,area_ha,share\n")
+    assert (
+        (tmp_path / "s.csv")
+        .read_text()
+        .startswith("class,class_name,pixels,area_m2,area_ha,share\n")
+    )
     r = CliRunner().invoke(cli, ["stats", str(path), "-o", str(tmp_path / "s.csv"), "--quiet"])
     assert r.exit_code != 0 and "exists; pass --overwrite" in r.output
 
 
 def test_zone_fractions_equal_exactextract_for_overlapping_zones_with_holes(
-        tmp_path: Path, rng: np.random.Generator, dask_client: Any) -> None:
+    tmp_path: Path, rng: np.random.Generator, dask_client: Any
+) -> None:
     """The area-accumulation coverage against exactextract's per-pixel coverage (float32, so
     1e-6): random blobs that overlap, one with a hole and a multi-part one, on ragged blocks;
     an internal mask instead of nodata."""
@@ -223,17 +265,32 @@ def test_zone_fractions_equal_exactextract_for_overlapping_zones_with_holes(
         if i == 1:
             g = g.difference(c.buffer(60))
         geoms.append(g)
-    geoms.append(shapely.MultiPolygon([shapely.box(x0 + 33.3, y1 - 400, x0 + 250, y1 - 17.5),
-                                       shapely.box(x0 + 1200, y1 - 1490, x0 + 1650, y1 - 1100)]))
+    geoms.append(
+        shapely.MultiPolygon(
+            [
+                shapely.box(x0 + 33.3, y1 - 400, x0 + 250, y1 - 17.5),
+                shapely.box(x0 + 1200, y1 - 1490, x0 + 1650, y1 - 1100),
+            ]
+        )
+    )
     zones = tmp_path / "z.gpkg"
-    pyogrio.raw.write(str(zones), shapely.to_wkb(np.array([shapely.MultiPolygon(shapely.get_parts(g))
-                                                           for g in geoms], dtype=object)),
-                      [np.array([f"z{i}" for i in range(len(geoms))], dtype=object)], ["name"],
-                      crs="EPSG:32633", geometry_type="MultiPolygon", driver="GPKG")
+    pyogrio.raw.write(
+        str(zones),
+        shapely.to_wkb(
+            np.array([shapely.MultiPolygon(shapely.get_parts(g)) for g in geoms], dtype=object)
+        ),
+        [np.array([f"z{i}" for i in range(len(geoms))], dtype=object)],
+        ["name"],
+        crs="EPSG:32633",
+        geometry_type="MultiPolygon",
+        driver="GPKG",
+    )
     res = stats(path, None, zones=zones, zone_field="name", client=dask_client, block_size=64)
     src = NumPyRasterSource(a.astype(np.float64), x0, y1 - h * 10, x0 + w * 10, y1)
-    feats = [{"type": "Feature", "properties": {"i": i}, "geometry": shapely.geometry.mapping(g)}
-             for i, g in enumerate(geoms)]
+    feats = [
+        {"type": "Feature", "properties": {"i": i}, "geometry": shapely.geometry.mapping(g)}
+        for i, g in enumerate(geoms)
+    ]
     valid = ~invalid.ravel()
     for f in exact_extract(src, feats, ["cell_id", "coverage"], include_cols=["i"]):
         cells = np.asarray(f["properties"]["cell_id"], dtype=np.int64)
@@ -244,15 +301,20 @@ def test_zone_fractions_equal_exactextract_for_overlapping_zones_with_holes(
         assert got == pytest.approx(expect.tolist(), rel=1e-6, abs=1e-5)
 
 
-def test_zones_on_a_geographic_raster_weigh_rows_by_their_area(tmp_path: Path, rng: np.random.Generator,
-                                                              dask_client: Any) -> None:
+def test_zones_on_a_geographic_raster_weigh_rows_by_their_area(
+    tmp_path: Path, rng: np.random.Generator, dask_client: Any
+) -> None:
     a = random_classes(rng, 120, 90)
     transform = from_origin(10.0, 60.0, 0.01, 0.01)
     path = class_raster(tmp_path / "c.tif", a, crs="EPSG:4326", transform=transform)
     # two zones splitting the raster at a latitude through the middle of row 47
     cut = 60.0 - 0.01 * 47.5
-    zones = write_zones(tmp_path / "z.gpkg", [shapely.box(9, cut, 12, 61), shapely.box(9, 58, 12, cut)],
-                        ["n", "s"], crs="EPSG:4326")
+    zones = write_zones(
+        tmp_path / "z.gpkg",
+        [shapely.box(9, cut, 12, 61), shapely.box(9, 58, 12, cut)],
+        ["n", "s"],
+        crs="EPSG:4326",
+    )
     res = stats(path, None, zones=zones, zone_field="name", client=dask_client, block_size=64)
     from rasterio.crs import CRS
 

@@ -15,11 +15,11 @@ import pytest
 import shapely
 from PIL import Image
 
-from geoseg.jobs.batch import JobError, load_job, run_batch
 from geoseg.classes import CLASS_NODATA
+from geoseg.jobs.batch import JobError, load_job, run_batch
 from geoseg.results.quicklook import NODATA_RGB, quicklook
 from tests.conftest import random_scene, write_raster
-from tests.test_results_stats import CLASSES, class_raster, write_zones
+from tests.test_results_stats import class_raster, write_zones
 
 
 def test_quicklook_shows_class_colours_and_nodata(tmp_path: Path) -> None:
@@ -52,9 +52,14 @@ def job(tmp_path: Path, model_factory: Callable[..., Path]) -> Path:
     for i in range(2):
         write_raster(incoming / f"scene{i}.tif", random_scene(rng, 3, 64, 96, "uint8"))
     (incoming / "broken.tif").write_bytes(b"II*\x00 not a tiff")
-    zones = write_zones(tmp_path / "zones.gpkg", [shapely.box(300000, 5799680, 300960, 5800000),
-                                                  shapely.box(300000, 5799000, 300960, 5799680)],
-                        ["north", "south"])
+    zones = write_zones(
+        tmp_path / "zones.gpkg",
+        [
+            shapely.box(300000, 5799680, 300960, 5800000),
+            shapely.box(300000, 5799000, 300960, 5799680),
+        ],
+        ["north", "south"],
+    )
     path = tmp_path / "job.yaml"
     path.write_text(f"""
 scenes: [incoming/*.tif]
@@ -67,7 +72,9 @@ workers: 1
     return path
 
 
-def test_batch_writes_stats_quicklooks_stac_counts_and_report(tmp_path: Path, job: Path, dask_client: Any) -> None:
+def test_batch_writes_stats_quicklooks_stac_counts_and_report(
+    tmp_path: Path, job: Path, dask_client: Any
+) -> None:
     import csv
 
     import rasterio
@@ -80,8 +87,13 @@ def test_batch_writes_stats_quicklooks_stac_counts_and_report(tmp_path: Path, jo
             a = src.read(1)
         counts = np.bincount(a[a != src.nodata].ravel(), minlength=256)
         item = json.loads((out / f"scene{i}-classes.stac.json").read_text())
-        stac_counts = {c["value"]: c["count"] for c in item["assets"]["classes"]["classification:classes"]}
-        assert stac_counts == {v: counts[v] for v in stac_counts} and sum(stac_counts.values()) == counts.sum()
+        stac_counts = {
+            c["value"]: c["count"] for c in item["assets"]["classes"]["classification:classes"]
+        }
+        assert (
+            stac_counts == {v: counts[v] for v in stac_counts}
+            and sum(stac_counts.values()) == counts.sum()
+        )
         assert item["assets"]["thumbnail"]["href"] == f"scene{i}-classes.png"
         assert (out / f"scene{i}-classes.png").exists()
         with open(out / f"scene{i}-classes.stats.csv") as f:
@@ -98,7 +110,9 @@ def test_batch_writes_stats_quicklooks_stac_counts_and_report(tmp_path: Path, jo
 def test_stats_section_problems_come_before_any_work(tmp_path: Path, job: Path) -> None:
     text = job.read_text().replace("zone_field: name", "zone_field: district")
     job.write_text(text + "quicklook: false\n")
-    with pytest.raises(JobError, match="stats.zones: .*no field 'district'; their fields are: name"):
+    with pytest.raises(
+        JobError, match="stats.zones: .*no field 'district'; their fields are: name"
+    ):
         load_job(job)
 
 
@@ -109,10 +123,22 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 def test_report_renders_in_a_headless_browser(tmp_path: Path, job: Path, dask_client: Any) -> None:
     run_batch(job, client=dask_client)
     page = tmp_path / "out" / "report.html"
-    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-             "--no-first-run", "--disable-extensions", f"--user-data-dir={tmp_path / 'profile'}",
-             "--enable-logging=stderr", "--v=0", "--virtual-time-budget=3000"]
-    dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    flags = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-extensions",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--virtual-time-budget=3000",
+    ]
+    dom = subprocess.run(
+        [*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120
+    )
     assert dom.returncode == 0, dom.stderr[-2000:]
     console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
     assert console == [], console
@@ -120,8 +146,12 @@ def test_report_renders_in_a_headless_browser(tmp_path: Path, job: Path, dask_cl
     assert rows == ["failed", "done", "done"]
     assert len(re.findall(r'<img src="data:image/png;base64,', dom.stdout)) == 2
     shot = tmp_path / "report.png"
-    run = subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1400,900", page.as_uri()],
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [*flags, f"--screenshot={shot}", "--window-size=1400,900", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0 and shot.exists(), run.stderr[-2000:]
     keep = os.environ.get("GEOSEG_REPORT_SCREENSHOT")
     if keep:

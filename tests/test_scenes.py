@@ -37,7 +37,10 @@ def stack(tmp_path: Path, rng: np.random.Generator) -> tuple[Path, np.ndarray]:
 
 def band_files(folder: Path, arr: np.ndarray, names: list[str] = BANDS, **kw: Any) -> list[Path]:
     folder.mkdir(exist_ok=True)
-    return [write_raster(folder / f"T33UUU_20170216_{n}.tif", arr[i], nodata=0, **kw) for i, n in enumerate(names)]
+    return [
+        write_raster(folder / f"T33UUU_20170216_{n}.tif", arr[i], nodata=0, **kw)
+        for i, n in enumerate(names)
+    ]
 
 
 def run(args: list[str]) -> Any:
@@ -47,29 +50,62 @@ def run(args: list[str]) -> Any:
 def read(path: Path) -> tuple[np.ndarray, Any]:
     """Classes and probabilities (pixels vary even where a random model picks one class), grid."""
     with rasterio.open(path) as src, rasterio.open(str(path).replace("classes", "probs")) as p:
-        return np.concatenate([src.read(), p.read()]), (src.crs, src.transform, src.shape, src.colormap(1)[1])
+        return np.concatenate([src.read(), p.read()]), (
+            src.crs,
+            src.transform,
+            src.shape,
+            src.colormap(1)[1],
+        )
 
 
 def stac(path: Path, assets: dict[str, dict[str, Any]]) -> Path:
-    item = {"type": "Feature", "stac_version": "1.0.0", "id": path.stem, "geometry": None,
-            "properties": {"datetime": "2017-02-16T10:00:00Z"}, "links": [], "assets": assets}
+    item = {
+        "type": "Feature",
+        "stac_version": "1.0.0",
+        "id": path.stem,
+        "geometry": None,
+        "properties": {"datetime": "2017-02-16T10:00:00Z"},
+        "links": [],
+        "assets": assets,
+    }
     path.write_text(json.dumps(item))
     return path
 
 
 def test_band_files_and_stac_item_equal_the_stacked_scene(
-    tmp_path: Path, stack: tuple[Path, np.ndarray], model4: str, sched: str,
+    tmp_path: Path,
+    stack: tuple[Path, np.ndarray],
+    model4: str,
+    sched: str,
 ) -> None:
     scene, arr = stack
     files = band_files(tmp_path / "bands", arr)
     common = ["--model", model4, "--scheduler", sched, "--quiet"]
-    r = run(["predict", scene, "-o", tmp_path / "stack-classes.tif", *common,
-             "--probabilities", tmp_path / "stack-probs.tif"])
+    r = run(
+        [
+            "predict",
+            scene,
+            "-o",
+            tmp_path / "stack-classes.tif",
+            *common,
+            "--probabilities",
+            tmp_path / "stack-probs.tif",
+        ]
+    )
     assert r.exit_code == 0, r.output
     # named after the model's bands, given out of order: put back in the model's order
     shuffled = [files[2], files[0], files[3], files[1]]
-    r = run(["predict", *shuffled, "-o", tmp_path / "bands-classes.tif", *common,
-             "--probabilities", tmp_path / "bands-probs.tif"])
+    r = run(
+        [
+            "predict",
+            *shuffled,
+            "-o",
+            tmp_path / "bands-classes.tif",
+            *common,
+            "--probabilities",
+            tmp_path / "bands-probs.tif",
+        ]
+    )
     assert r.exit_code == 0, r.output
     want, grid = read(tmp_path / "stack-classes.tif")
     got, got_grid = read(tmp_path / "bands-classes.tif")
@@ -78,27 +114,49 @@ def test_band_files_and_stac_item_equal_the_stacked_scene(
     assert len(np.unique(want[1:])) > 10
 
     # a STAC item naming the bands by eo:bands name, asset keys as common names, relative hrefs
-    item = stac(tmp_path / "bands" / "item.json", {
-        "thumbnail": {"href": "thumb.png", "type": "image/png", "roles": ["thumbnail"]},
-        **{f"band{i}": {"href": f.name, "type": "image/tiff; application=geotiff",
-                        "roles": ["data"], "eo:bands": [{"name": n}]}
-           for i, (n, f) in enumerate(zip(BANDS, files))},
-    })
-    r = run(["predict", item, "-o", tmp_path / "stac-classes.tif", *common,
-             "--probabilities", tmp_path / "stac-probs.tif"])
+    item = stac(
+        tmp_path / "bands" / "item.json",
+        {
+            "thumbnail": {"href": "thumb.png", "type": "image/png", "roles": ["thumbnail"]},
+            **{
+                f"band{i}": {
+                    "href": f.name,
+                    "type": "image/tiff; application=geotiff",
+                    "roles": ["data"],
+                    "eo:bands": [{"name": n}],
+                }
+                for i, (n, f) in enumerate(zip(BANDS, files))
+            },
+        },
+    )
+    r = run(
+        [
+            "predict",
+            item,
+            "-o",
+            tmp_path / "stac-classes.tif",
+            *common,
+            "--probabilities",
+            tmp_path / "stac-probs.tif",
+        ]
+    )
     assert r.exit_code == 0, r.output
     got, got_grid = read(tmp_path / "stac-classes.tif")
     assert got_grid == grid
     np.testing.assert_array_equal(got, want)
 
 
-def test_coarser_bands_are_resampled_onto_the_finest_grid(tmp_path: Path, rng: np.random.Generator) -> None:
+def test_coarser_bands_are_resampled_onto_the_finest_grid(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
     from geoseg.raster.scenes import resolve_scene
 
     arr = random_scene(rng, 2, 64, 64, "uint16")
     fine = write_raster(tmp_path / "x_b1.tif", arr[0])
     coarse_arr = arr[1].reshape(32, 2, 32, 2).mean(axis=(1, 3)).astype("uint16")
-    coarse = write_raster(tmp_path / "x_b2.tif", coarse_arr, transform=from_origin(300000, 5800000, 20, 20))
+    coarse = write_raster(
+        tmp_path / "x_b2.tif", coarse_arr, transform=from_origin(300000, 5800000, 20, 20)
+    )
     near = resolve_scene([coarse, fine], ["b1", "b2"], "nearest")
     with rasterio.open(near.dataset) as src:
         assert src.res == (10.0, 10.0) and src.shape == (64, 64)
@@ -114,7 +172,10 @@ def test_coarser_bands_are_resampled_onto_the_finest_grid(tmp_path: Path, rng: n
 
 
 def test_bad_band_files_and_stac_items_fail_in_one_line(
-    tmp_path: Path, stack: tuple[Path, np.ndarray], model4: str, sched: str,
+    tmp_path: Path,
+    stack: tuple[Path, np.ndarray],
+    model4: str,
+    sched: str,
 ) -> None:
     _, arr = stack
     files = band_files(tmp_path / "ok", arr)
@@ -125,18 +186,31 @@ def test_bad_band_files_and_stac_items_fail_in_one_line(
         ([*files[:3], utm34[3]], ["different CRSs", "EPSG:32634", "gdalwarp"]),
         ([*files[:3], far[3]], ["do not overlap"]),
         (files[:3], ["3 band files given", "expects 4 bands", "b1, b2, b3, b4"]),
-        ([files[1], files[0], files[2], tmp_path / "other.tif"], ["looks like band b2", "model's band order"]),
+        (
+            [files[1], files[0], files[2], tmp_path / "other.tif"],
+            ["looks like band b2", "model's band order"],
+        ),
     ]
     write_raster(tmp_path / "other.tif", arr[0])
-    no_match = stac(tmp_path / "ok" / "nomatch.json", {
-        "red": {"href": files[0].name, "type": "image/tiff", "eo:bands": [{"name": "B04", "common_name": "red"}]},
-        "preview": {"href": "p.png", "type": "image/png"},
-    })
+    no_match = stac(
+        tmp_path / "ok" / "nomatch.json",
+        {
+            "red": {
+                "href": files[0].name,
+                "type": "image/tiff",
+                "eo:bands": [{"name": "B04", "common_name": "red"}],
+            },
+            "preview": {"href": "p.png", "type": "image/png"},
+        },
+    )
     cases.append(([no_match], ["no asset for band(s) b1, b2, b3, b4", "red (b04)", "preview"]))
-    broken = stac(tmp_path / "ok" / "broken.json", {
-        n: {"href": ("missing.tif" if n == "b3" else f.name), "type": "image/tiff"}
-        for n, f in zip(BANDS, files)
-    })
+    broken = stac(
+        tmp_path / "ok" / "broken.json",
+        {
+            n: {"href": ("missing.tif" if n == "b3" else f.name), "type": "image/tiff"}
+            for n, f in zip(BANDS, files)
+        },
+    )
     cases.append(([broken], ["asset 'b3'", "missing.tif", "cannot be read"]))
     (tmp_path / "notstac.json").write_text('{"type": "FeatureCollection", "features": []}')
     cases.append(([tmp_path / "notstac.json"], ["not a STAC item"]))
@@ -153,18 +227,27 @@ def test_bad_band_files_and_stac_items_fail_in_one_line(
 
 
 def test_batch_links_outputs_to_the_source_stac_item(
-    tmp_path: Path, stack: tuple[Path, np.ndarray], model4: str, dask_client: Any,
+    tmp_path: Path,
+    stack: tuple[Path, np.ndarray],
+    model4: str,
+    dask_client: Any,
 ) -> None:
     from geoseg.jobs.batch import run_batch
 
     _, arr = stack
     files = band_files(tmp_path / "scene", arr)
-    item = stac(tmp_path / "scene" / "S2A_T33UUU.json", {
-        n: {"href": f.name, "type": "image/tiff; application=geotiff"} for n, f in zip(BANDS, files)
-    })
+    item = stac(
+        tmp_path / "scene" / "S2A_T33UUU.json",
+        {
+            n: {"href": f.name, "type": "image/tiff; application=geotiff"}
+            for n, f in zip(BANDS, files)
+        },
+    )
     job = tmp_path / "job.yaml"
-    job.write_text(f"scenes: ['scene/*.json']\nmodel: {model4}\noutput: {{folder: out}}\n"
-                   "vector: {format: geojson, dst_crs: 'EPSG:4326'}\n")
+    job.write_text(
+        f"scenes: ['scene/*.json']\nmodel: {model4}\noutput: {{folder: out}}\n"
+        "vector: {format: geojson, dst_crs: 'EPSG:4326'}\n"
+    )
     (tmp_path / "out").mkdir()
     report = run_batch(job, client=dask_client, echo=lambda s: None)
     assert report.count("done") == 1, report.as_dict()
@@ -187,9 +270,10 @@ def test_batch_links_outputs_to_the_source_stac_item(
 def test_sentinel2_band_files_at_10_and_20_m(tmp_path: Path, dask_client: Any) -> None:
     """Real Sentinel-2 bands as separate files: at 10 m the built-in model's output equals the
     stacked scene's; with NIR at 20 m (averaged, as L2A ships B8A) most pixels keep their class."""
-    import geoseg
     from rasterio.enums import Resampling
     from rasterio.windows import Window
+
+    import geoseg
     from tests.conftest import SHARED_DATA
 
     image = SHARED_DATA / "labeled" / "s2_brandenburg_osm" / "image.tif"
@@ -200,17 +284,29 @@ def test_sentinel2_band_files_at_10_and_20_m(tmp_path: Path, dask_client: Any) -
         nir20 = src.read(4, window=window, out_shape=(128, 128), resampling=Resampling.average)
     stack = write_raster(tmp_path / "stack.tif", arr, transform=t)
     names = ["B02", "B03", "B04", "B08"]
-    files = [write_raster(tmp_path / f"T33UVU_{n}.tif", arr[i], transform=t) for i, n in enumerate(names)]
+    files = [
+        write_raster(tmp_path / f"T33UVU_{n}.tif", arr[i], transform=t) for i, n in enumerate(names)
+    ]
     coarse = tmp_path / "20m"
     coarse.mkdir()
-    files20 = [write_raster(coarse / f"T33UVU_{n}.tif", arr[i], transform=t) for i, n in enumerate(names[:3])]
+    files20 = [
+        write_raster(coarse / f"T33UVU_{n}.tif", arr[i], transform=t)
+        for i, n in enumerate(names[:3])
+    ]
     files20.append(write_raster(coarse / "T33UVU_B08.tif", nir20, transform=t * t.scale(2, 2)))
     outs = {}
-    for name, scene in [("stack", str(stack)), ("10m", [str(f) for f in files[::-1]]),
-                        ("20m", [str(f) for f in files20])]:
+    for name, scene in [
+        ("stack", str(stack)),
+        ("10m", [str(f) for f in files[::-1]]),
+        ("20m", [str(f) for f in files20]),
+    ]:
         outs[name] = tmp_path / f"{name}-classes.tif"
         geoseg.predict(scene, str(outs[name]), client=dask_client)
-    with rasterio.open(outs["stack"]) as a, rasterio.open(outs["10m"]) as b, rasterio.open(outs["20m"]) as c:
+    with (
+        rasterio.open(outs["stack"]) as a,
+        rasterio.open(outs["10m"]) as b,
+        rasterio.open(outs["20m"]) as c,
+    ):
         want = a.read(1)
         np.testing.assert_array_equal(b.read(1), want)
         assert c.transform == a.transform and c.shape == a.shape
@@ -221,8 +317,17 @@ def test_sentinel2_band_files_at_10_and_20_m(tmp_path: Path, dask_client: Any) -
 def test_what_counts_as_a_stac_item() -> None:
     from geoseg.paths import is_stac_item
 
-    for path in ["item.json", "/data/S2A.geojson", "https://earth-search.example/v1/collections/s2/items/S2A_33UVU",
-                 "/vsicurl/https://host/item.json"]:
+    for path in [
+        "item.json",
+        "/data/S2A.geojson",
+        "https://earth-search.example/v1/collections/s2/items/S2A_33UVU",
+        "/vsicurl/https://host/item.json",
+    ]:
         assert is_stac_item(path), path
-    for path in ["scene.tif", "https://host/B02.tif", "https://host/x.tif?sig=abc", "/vsis3/bucket/scene.vrt"]:
+    for path in [
+        "scene.tif",
+        "https://host/B02.tif",
+        "https://host/x.tif?sig=abc",
+        "/vsis3/bucket/scene.vrt",
+    ]:
         assert not is_stac_item(path), path

@@ -15,17 +15,18 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from geoseg.prediction.plan import plan_tasks
-from geoseg.prediction.tasks import run_tile_task
 from geoseg.engines.infer import normalize
 from geoseg.models.checkpoint import file_sha256
 from geoseg.models.load import load_model
+from geoseg.prediction.plan import plan_tasks
+from geoseg.prediction.tasks import run_tile_task
 from geoseg.tiling import TileGrid, auto_margin, round_up
 from tests.conftest import random_scene, write_raster
 
 
-def stitched(scene: Path, model_path: Path, tile: int, per_task: int = 2,
-             engine: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+def stitched(
+    scene: Path, model_path: Path, tile: int, per_task: int = 2, engine: str = "auto"
+) -> tuple[np.ndarray, np.ndarray]:
     """Logits and class raster stitched from the tile tasks' results."""
     model = load_model(model_path)
     cfg = model.config
@@ -33,8 +34,19 @@ def stitched(scene: Path, model_path: Path, tile: int, per_task: int = 2,
         h, w, count = src.height, src.width, src.count
     margin = auto_margin(cfg.receptive_field, cfg.output_stride)
     grid = TileGrid.create(h, w, tile, margin, cfg.output_stride)
-    tasks = plan_tasks(grid, str(scene), list(range(1, count + 1)), str(model_path),
-                       file_sha256(model_path), "cpu", 3, False, per_task, keep_logits=True, engine=engine)
+    tasks = plan_tasks(
+        grid,
+        str(scene),
+        list(range(1, count + 1)),
+        str(model_path),
+        file_sha256(model_path),
+        "cpu",
+        3,
+        False,
+        per_task,
+        keep_logits=True,
+        engine=engine,
+    )
     out = np.full((len(cfg.classes), h, w), np.nan, dtype=np.float32)
     classes = np.zeros((h, w), np.uint8)
     for task in tasks:
@@ -77,27 +89,43 @@ def assert_same_prediction(a: np.ndarray, b: np.ndarray) -> None:
     assert (a.argmax(0) == b.argmax(0))[decided].all()
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
-    height=st.integers(1, 90), width=st.integers(1, 90),
-    bands=st.integers(1, 4), dtype=st.sampled_from(["uint8", "uint16", "int16", "float32", "float64"]),
-    core_mult=st.integers(1, 6), seed=st.integers(0, 2**16),
+    height=st.integers(1, 90),
+    width=st.integers(1, 90),
+    bands=st.integers(1, 4),
+    dtype=st.sampled_from(["uint8", "uint16", "int16", "float32", "float64"]),
+    core_mult=st.integers(1, 6),
+    seed=st.integers(0, 2**16),
 )
 def test_tiled_logits_equal_whole_scene_inference(
-    tmp_path: Path, model_factory: Callable[..., Path],
-    height: int, width: int, bands: int, dtype: str, core_mult: int, seed: int,
+    tmp_path: Path,
+    model_factory: Callable[..., Path],
+    height: int,
+    width: int,
+    bands: int,
+    dtype: str,
+    core_mult: int,
+    seed: int,
 ) -> None:
     model_path = model_factory(in_channels=bands, dtype=dtype)
     cfg = load_model(model_path).config
     margin = auto_margin(cfg.receptive_field, cfg.output_stride)
     tile = 2 * margin + core_mult * cfg.output_stride
     rng = np.random.default_rng(seed)
-    scene = write_raster(tmp_path / f"s-{seed}-{height}-{width}.tif",
-                         random_scene(rng, bands, height, width, dtype))
-    assert_same_prediction(stitched_logits(scene, model_path, tile), whole_scene_logits(scene, model_path))
+    scene = write_raster(
+        tmp_path / f"s-{seed}-{height}-{width}.tif", random_scene(rng, bands, height, width, dtype)
+    )
+    assert_same_prediction(
+        stitched_logits(scene, model_path, tile), whole_scene_logits(scene, model_path)
+    )
 
 
-def test_every_upsampling_method_tiles_seamlessly(tmp_path: Path, model_factory: Callable[..., Path]) -> None:
+def test_every_upsampling_method_tiles_seamlessly(
+    tmp_path: Path, model_factory: Callable[..., Path]
+) -> None:
     rng = np.random.default_rng(7)
     scene = write_raster(tmp_path / "s.tif", random_scene(rng, 3, 75, 101, "uint8"))
     for method in ("transpose", "unpool", "bilinear"):
@@ -123,7 +151,9 @@ def test_class_raster_does_not_change_with_tile_under_any_engine(
     for engine in ("torch", "onnx"):
         rasters = []
         for core in (3 * cfg.output_stride, 7 * cfg.output_stride):
-            logits, classes = stitched(scene, model_path, 2 * margin + core, per_task=4, engine=engine)
+            logits, classes = stitched(
+                scene, model_path, 2 * margin + core, per_task=4, engine=engine
+            )
             assert_same_prediction(logits, reference)
             assert (classes == values[logits.argmax(0)]).all()
             rasters.append(classes)

@@ -15,15 +15,18 @@ import shapely
 from affine import Affine
 from click.testing import CliRunner
 
+from geoseg.classes import ClassInfo, class_tags
 from geoseg.cli.main import cli
 from geoseg.errors import OutputError
-from geoseg.classes import class_tags, ClassInfo
 from geoseg.vector.vectorize import VectorizeError, vectorize
 from tests.conftest import write_raster
 
 T = Affine(10.0, 0, 399960, 0, -10.0, 5800020)  # UTM 33N, near 52.3 N 13.5 E
-CLASSES = [ClassInfo(1, "forest", (34, 139, 34)), ClassInfo(2, "water", (30, 144, 255)),
-           ClassInfo(3, "urban & roads", (220, 20, 60))]
+CLASSES = [
+    ClassInfo(1, "forest", (34, 139, 34)),
+    ClassInfo(2, "water", (30, 144, 255)),
+    ClassInfo(3, "urban & roads", (220, 20, 60)),
+]
 
 
 def class_raster(path: Path) -> Path:
@@ -51,24 +54,38 @@ def categories(qml_text: str) -> dict[int, tuple[str, str]]:
         prop = sym.find("layer/prop[@k='color']")
         assert opt is not None and prop is not None and opt.get("value") == prop.get("v")
         fills[sym.get("name")] = opt.get("value")
-    return {int(c.get("value")): (c.get("label"), fills[c.get("symbol")]) for c in renderer.iter("category")}
+    return {
+        int(c.get("value")): (c.get("label"), fills[c.get("symbol")])
+        for c in renderer.iter("category")
+    }
 
 
-def test_geopackage_carries_its_default_style_and_other_formats_a_qml(tmp_path: Path, dask_client: Any) -> None:
+def test_geopackage_carries_its_default_style_and_other_formats_a_qml(
+    tmp_path: Path, dask_client: Any
+) -> None:
     raster = class_raster(tmp_path / "classes.tif")
     gpkg = tmp_path / "p.gpkg"
     vectorize(raster, gpkg, client=dask_client, timestamp="2017-02-16T10:00:00.000Z")
     with sqlite3.connect(gpkg) as con:
-        rows = con.execute("SELECT f_table_name, f_geometry_column, useAsDefault, styleQML, styleSLD, "
-                           "update_time FROM layer_styles").fetchall()
+        rows = con.execute(
+            "SELECT f_table_name, f_geometry_column, useAsDefault, styleQML, styleSLD, "
+            "update_time FROM layer_styles"
+        ).fetchall()
         contents = dict(con.execute("SELECT table_name, data_type FROM gpkg_contents").fetchall())
     assert contents == {"polygons": "features", "layer_styles": "attributes"}
-    (table, geom_col, default, qml, sld, stamp), = rows
+    ((table, geom_col, default, qml, sld, stamp),) = rows
     assert (table, geom_col, default, stamp) == ("polygons", "geom", 1, "2017-02-16T10:00:00.000Z")
-    assert categories(qml) == {1: ("forest", "34,139,34,255"), 2: ("water", "30,144,255,255"),
-                               3: ("urban & roads", "220,20,60,255")}
+    assert categories(qml) == {
+        1: ("forest", "34,139,34,255"),
+        2: ("water", "30,144,255,255"),
+        3: ("urban & roads", "220,20,60,255"),
+    }
     sld_root = ET.fromstring(sld)
-    assert [lit.text for lit in sld_root.iter("{http://www.opengis.net/ogc}Literal")] == ["1", "2", "3"]
+    assert [lit.text for lit in sld_root.iter("{http://www.opengis.net/ogc}Literal")] == [
+        "1",
+        "2",
+        "3",
+    ]
     assert pyogrio.list_layers(gpkg)[0, 0] == "polygons"  # first: what readers open by default
 
     fgb = tmp_path / "p.fgb"
@@ -81,7 +98,9 @@ def test_geopackage_carries_its_default_style_and_other_formats_a_qml(tmp_path: 
     assert set(categories((tmp_path / "p.qml").read_text())) == {1, 2, 3}
 
 
-def test_dst_crs_reprojects_but_measures_in_the_source_crs(tmp_path: Path, dask_client: Any) -> None:
+def test_dst_crs_reprojects_but_measures_in_the_source_crs(
+    tmp_path: Path, dask_client: Any
+) -> None:
     raster = class_raster(tmp_path / "classes.tif")
     with pytest.raises(VectorizeError, match="--dst-crs EPSG:4326"):
         vectorize(raster, tmp_path / "p.geojson", client=dask_client)
@@ -89,8 +108,20 @@ def test_dst_crs_reprojects_but_measures_in_the_source_crs(tmp_path: Path, dask_
         vectorize(raster, tmp_path / "p.gpkg", dst_crs="EPSG:99999", client=dask_client)
     utm, geo = tmp_path / "utm.gpkg", tmp_path / "p.geojson"
     vectorize(raster, utm, client=dask_client)
-    r = CliRunner().invoke(cli, ["vectorize", str(raster), "-o", str(geo), "--dst-crs", "EPSG:4326",
-                                 "--scheduler", str(dask_client.scheduler.address), "-q"])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "vectorize",
+            str(raster),
+            "-o",
+            str(geo),
+            "--dst-crs",
+            "EPSG:4326",
+            "--scheduler",
+            str(dask_client.scheduler.address),
+            "-q",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert pyogrio.read_info(geo)["crs"] == "EPSG:4326"
     m_utm, _, wkb_utm, d_utm = pyogrio.raw.read(str(utm), layer="polygons")
@@ -104,5 +135,7 @@ def test_dst_crs_reprojects_but_measures_in_the_source_crs(tmp_path: Path, dask_
     simp = tmp_path / "s.gpkg"
     vectorize(raster, simp, simplify=15.0, dst_crs="EPSG:4326", client=dask_client)
     assert pyogrio.read_info(simp, layer="polygons")["crs"] == "EPSG:4326"
-    bounds = shapely.total_bounds(shapely.from_wkb(pyogrio.raw.read(str(simp), layer="polygons")[2]))
+    bounds = shapely.total_bounds(
+        shapely.from_wkb(pyogrio.raw.read(str(simp), layer="polygons")[2])
+    )
     assert 13 < bounds[0] < bounds[2] < 14

@@ -11,7 +11,14 @@ import rasterio
 from rasterio.transform import from_origin
 from rio_cogeo.cogeo import cog_validate
 
-from geoseg.raster.blocks import Encoding, RasterSpec, cog_tags, encode_tiles, overview_count, reduce2
+from geoseg.raster.blocks import (
+    Encoding,
+    RasterSpec,
+    cog_tags,
+    encode_tiles,
+    overview_count,
+    reduce2,
+)
 from geoseg.raster.tiff import read_ifds, write_cog
 
 
@@ -20,20 +27,35 @@ def write(path: Path, array: np.ndarray, spec: RasterSpec, bigtiff: bool) -> lis
     for _ in range(overview_count(array.shape[2], array.shape[1])):
         levels.append(reduce2(levels[-1], spec.reduction, spec.nodata))
     tiles = [encode_tiles(a, spec) for a in levels]
-    tags = cog_tags(spec, array.shape[2], array.shape[1], crs="EPSG:32633",
-                    transform=from_origin(300000, 5800000, 10, 10), tags={"GEOSEG_MODEL": "m"},
-                    descriptions=[f"b{i}" for i in range(spec.count)],
-                    colormap={1: (200, 10, 10, 255), 2: (10, 200, 10, 255)} if spec.count == 1 else None)
+    tags = cog_tags(
+        spec,
+        array.shape[2],
+        array.shape[1],
+        crs="EPSG:32633",
+        transform=from_origin(300000, 5800000, 10, 10),
+        tags={"GEOSEG_MODEL": "m"},
+        descriptions=[f"b{i}" for i in range(spec.count)],
+        colormap={1: (200, 10, 10, 255), 2: (10, 200, 10, 255)} if spec.count == 1 else None,
+    )
     with open(path, "wb") as f:
-        write_cog(f, tags, [[len(t) for t in lv] for lv in tiles], lambda i, j: tiles[i][j], bigtiff=bigtiff)
+        write_cog(
+            f,
+            tags,
+            [[len(t) for t in lv] for lv in tiles],
+            lambda i, j: tiles[i][j],
+            bigtiff=bigtiff,
+        )
     return levels
 
 
 @pytest.mark.parametrize("bigtiff", [False, True])
-@pytest.mark.parametrize(("count", "dtype", "reduction", "nodata"),
-                         [(1, "uint8", "mode", 255), (3, "uint16", "average", None)])
-def test_cog_from_tiles_reads_back_in_gdal(tmp_path: Path, bigtiff: bool, count: int, dtype: str,
-                                           reduction: str, nodata: int | None) -> None:
+@pytest.mark.parametrize(
+    ("count", "dtype", "reduction", "nodata"),
+    [(1, "uint8", "mode", 255), (3, "uint16", "average", None)],
+)
+def test_cog_from_tiles_reads_back_in_gdal(
+    tmp_path: Path, bigtiff: bool, count: int, dtype: str, reduction: str, nodata: int | None
+) -> None:
     rng = np.random.default_rng(3)
     array = rng.integers(1, 3 if count == 1 else 4000, size=(count, 1100, 1300)).astype(dtype)
     spec = RasterSpec("r", count, dtype, nodata, reduction, Encoding("zstd", 1, 2))  # type: ignore[arg-type]
@@ -45,7 +67,12 @@ def test_cog_from_tiles_reads_back_in_gdal(tmp_path: Path, bigtiff: bool, count:
     assert valid, errors
     with rasterio.open(out) as src:
         assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
-        assert (src.count, src.dtypes[0], src.nodata, src.crs.to_epsg()) == (count, dtype, nodata, 32633)
+        assert (src.count, src.dtypes[0], src.nodata, src.crs.to_epsg()) == (
+            count,
+            dtype,
+            nodata,
+            32633,
+        )
         assert src.tags()["GEOSEG_MODEL"] == "m" and src.descriptions[0] == "b0"
         np.testing.assert_array_equal(src.read(), array)
         assert src.overviews(1) == [2, 4]

@@ -17,12 +17,20 @@ from geoseg.errors import OptionError
 from geoseg.memory import parse_size
 from geoseg.options import PredictOptions
 from geoseg.prediction.tile_budget import (
-    TileCost, TileCosts, choose_tile, cost_cache_path, load_costs, measure_costs, save_costs,
+    TileCost,
+    TileCosts,
+    choose_tile,
+    cost_cache_path,
+    load_costs,
+    measure_costs,
+    save_costs,
 )
 
 #: A deep network's costs as a U-Net on ResNet-18 has them: 100 MB plus 500 bytes per pixel,
 #: and 1 microsecond per pixel.
-DEEP = TileCosts([TileCost(t, 1, 100_000_000 + 500 * t * t, 1e-6 * t * t) for t in (608, 864, 1216)])
+DEEP = TileCosts(
+    [TileCost(t, 1, 100_000_000 + 500 * t * t, 1e-6 * t * t) for t in (608, 864, 1216)]
+)
 
 
 @pytest.fixture
@@ -106,15 +114,25 @@ def test_memory_budget_option() -> None:
 
 
 def test_builtin_model_classes_do_not_depend_on_the_automatic_tile(
-    tmp_path: Path, cache: Path, scene_factory: Callable[..., Path], dask_client: Any,
+    tmp_path: Path,
+    cache: Path,
+    scene_factory: Callable[..., Path],
+    dask_client: Any,
 ) -> None:
     scene = scene_factory(bands=4, height=600, width=700, dtype="uint16")
-    auto = geoseg.predict(str(scene), str(tmp_path / "auto.tif"), client=dask_client, memory_budget="1GB")
+    auto = geoseg.predict(
+        str(scene), str(tmp_path / "auto.tif"), client=dask_client, memory_budget="1GB"
+    )
     fixed = geoseg.predict(str(scene), str(tmp_path / "fixed.tif"), client=dask_client, tile=256)
     assert auto.tile != fixed.tile and list(cache.glob("geoseg-models-*/*-tiles-*.json"))
     with rasterio.open(auto.output) as a, rasterio.open(fixed.output) as b:
         assert int(np.count_nonzero(a.read() != b.read())) == 0
     # too small a budget: one line naming one that works, nothing written
-    res = CliRunner().invoke(cli, ["predict", str(scene), "-o", str(tmp_path / "small.tif"),
-                                   "--memory-budget", "1MB"])
-    assert res.exit_code != 0 and "give --memory-budget" in res.output and not (tmp_path / "small.tif").exists()
+    res = CliRunner().invoke(
+        cli, ["predict", str(scene), "-o", str(tmp_path / "small.tif"), "--memory-budget", "1MB"]
+    )
+    assert (
+        res.exit_code != 0
+        and "give --memory-budget" in res.output
+        and not (tmp_path / "small.tif").exists()
+    )

@@ -21,8 +21,11 @@ def test_reflect_index_matches_numpy_reflect_padding(n: int, pad: int) -> None:
 
 @settings(max_examples=150, deadline=None)
 @given(
-    height=st.integers(1, 700), width=st.integers(1, 700),
-    stride_exp=st.integers(0, 4), margin_mult=st.integers(0, 6), core_mult=st.integers(1, 12),
+    height=st.integers(1, 700),
+    width=st.integers(1, 700),
+    stride_exp=st.integers(0, 4),
+    margin_mult=st.integers(0, 6),
+    core_mult=st.integers(1, 12),
 )
 def test_cores_partition_the_scene_and_inputs_align_to_stride(
     height: int, width: int, stride_exp: int, margin_mult: int, core_mult: int
@@ -54,10 +57,16 @@ def test_auto_margin_rounds_receptive_field_up_to_stride() -> None:
 
 @pytest.mark.parametrize(
     ("tile", "margin", "stride", "suggestion"),
-    [(100, 16, 8, "--tile 96"), (108, 16, 16, "--tile 112"), (64, 32, 8, "--tile 72"),
-     (64, 12, 8, "--margin 16")],
+    [
+        (100, 16, 8, "--tile 96"),
+        (108, 16, 16, "--tile 112"),
+        (64, 32, 8, "--tile 72"),
+        (64, 12, 8, "--margin 16"),
+    ],
 )
-def test_bad_tiling_names_the_nearest_valid_value(tile: int, margin: int, stride: int, suggestion: str) -> None:
+def test_bad_tiling_names_the_nearest_valid_value(
+    tile: int, margin: int, stride: int, suggestion: str
+) -> None:
     with pytest.raises(TilingError, match=suggestion):
         validate_tiling(tile, margin, stride)
 

@@ -37,20 +37,29 @@ def set_class(i: int, value: Any) -> Callable[[dict[str, Any]], None]:
     return lambda cfg: cfg["classes"][i].__setitem__("value", value)
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    (lambda c: c.update(output_stride=0), "output stride 0 is not 1..1024"),
-    (lambda c: c.update(receptive_field=10**9), "receptive field 1000000000 is not -1..8192"),
-    (set_class(0, 65535), "class value 65535 out of range"),
-    (set_class(0, -1), "class value -1 out of range"),
-    (set_class(1, 1), "class value(s) [1] appear more than once"),
-    (lambda c: c.update(std=[0.0, 1.0, 1.0, 1.0]), "std holds values <= 0"),
-    (lambda c: c.update(arch_kwargs={"base_width": 10**6}), "base_width=1000000 is out of range"),
-    (lambda c: c.update(arch_kwargs={"base_width": 4096}), "weights do not fit"),
-    (lambda c: c.update(arch_kwargs={"depth": 60}), "cannot be built"),
-    (lambda c: c.update(arch_kwargs={"__class__": "os.system"}), "unknown argument '__class__'"),
-    (lambda c: c.update(output_stride=16), "records output stride 16, but unet-small"),
-    (lambda c: c.update(arch="nope"), "unknown architecture 'nope'"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: c.update(output_stride=0), "output stride 0 is not 1..1024"),
+        (lambda c: c.update(receptive_field=10**9), "receptive field 1000000000 is not -1..8192"),
+        (set_class(0, 65535), "class value 65535 out of range"),
+        (set_class(0, -1), "class value -1 out of range"),
+        (set_class(1, 1), "class value(s) [1] appear more than once"),
+        (lambda c: c.update(std=[0.0, 1.0, 1.0, 1.0]), "std holds values <= 0"),
+        (
+            lambda c: c.update(arch_kwargs={"base_width": 10**6}),
+            "base_width=1000000 is out of range",
+        ),
+        (lambda c: c.update(arch_kwargs={"base_width": 4096}), "weights do not fit"),
+        (lambda c: c.update(arch_kwargs={"depth": 60}), "cannot be built"),
+        (
+            lambda c: c.update(arch_kwargs={"__class__": "os.system"}),
+            "unknown argument '__class__'",
+        ),
+        (lambda c: c.update(output_stride=16), "records output stride 16, but unet-small"),
+        (lambda c: c.update(arch="nope"), "unknown architecture 'nope'"),
+    ],
+)
 def test_model_files_are_validated_and_bounded_before_anything_is_built(
     tmp_path: Path, change: Callable[[dict[str, Any]], None], message: str
 ) -> None:
@@ -63,12 +72,20 @@ def test_model_files_are_validated_and_bounded_before_anything_is_built(
 def test_cli_reports_a_bad_model_file_in_one_line(tmp_path: Path) -> None:
     model = tampered(tmp_path, lambda c: c.update(output_stride=0))
     scene = DATA_DIR / "sample-s2-brandenburg.tif"
-    r = CliRunner().invoke(cli, ["predict", str(scene), "-o", str(tmp_path / "o.tif"), "--model", str(model)])
-    assert r.exit_code != 0 and len(r.stderr.strip().splitlines()) == 1 and "output stride 0" in r.stderr
+    r = CliRunner().invoke(
+        cli, ["predict", str(scene), "-o", str(tmp_path / "o.tif"), "--model", str(model)]
+    )
+    assert (
+        r.exit_code != 0
+        and len(r.stderr.strip().splitlines()) == 1
+        and "output stride 0" in r.stderr
+    )
     assert not (tmp_path / "o.tif").exists()
 
 
-def test_the_bytes_hashed_are_the_bytes_loaded(tmp_path: Path, model_factory: Callable[..., Path]) -> None:
+def test_the_bytes_hashed_are_the_bytes_loaded(
+    tmp_path: Path, model_factory: Callable[..., Path]
+) -> None:
     other = model_factory(in_channels=4, num_classes=3)
     data = other.read_bytes()
     model = load_model(BUILTIN, data=data)  # the file says one thing, the checked bytes another

@@ -24,12 +24,16 @@ from tests.conftest import write_raster
 T = Affine(2.0, 0, 500000, 0, -2.0, 4000000)
 
 
-def whole_raster_polygons(arr: np.ndarray, nodata: int | None, connectivity: int, skip: tuple[int, ...] = ()) -> list[tuple[int, Any]]:
+def whole_raster_polygons(
+    arr: np.ndarray, nodata: int | None, connectivity: int, skip: tuple[int, ...] = ()
+) -> list[tuple[int, Any]]:
     mask = np.ones(arr.shape, bool) if nodata is None else arr != nodata
     if skip:
         mask &= ~np.isin(arr, skip)
-    return [(int(v), shapely.make_valid(shapely.geometry.shape(g))) for g, v in
-            shapes(arr, mask=mask, connectivity=connectivity, transform=T)]
+    return [
+        (int(v), shapely.make_valid(shapely.geometry.shape(g)))
+        for g, v in shapes(arr, mask=mask, connectivity=connectivity, transform=T)
+    ]
 
 
 def read_layer(path: Path) -> list[tuple[int, Any]]:
@@ -72,22 +76,38 @@ def tricky_raster(size: int, block: int) -> np.ndarray:
 def test_blockwise_equals_whole_raster(tmp_path: Path, dask_client: Any, connectivity: int) -> None:
     arr = tricky_raster(160, 32)
     arr[70:74, 100:140] = 255
-    path = write_raster(tmp_path / "c.tif", arr, transform=T, nodata=255, blockxsize=32, blockysize=32)
+    path = write_raster(
+        tmp_path / "c.tif", arr, transform=T, nodata=255, blockxsize=32, blockysize=32
+    )
     out = tmp_path / "p.gpkg"
     res = vectorize(path, out, connectivity=connectivity, block_size=32, client=dask_client)
     want = whole_raster_polygons(arr, 255, connectivity)
     got = read_layer(out)
     assert res.polygons == len(want)
     assert_same_polygons(got, want)
-    holes = sum(len(g.geoms[0].interiors) if g.geom_type == "MultiPolygon" else len(g.interiors) for _, g in got)
+    holes = sum(
+        len(g.geoms[0].interiors) if g.geom_type == "MultiPolygon" else len(g.interiors)
+        for _, g in got
+    )
     assert holes > 0
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(seed=st.integers(0, 10_000), size=st.integers(20, 90), k=st.integers(2, 4), conn=st.sampled_from([4, 8]))
-def test_random_rasters_blockwise_equals_whole(tmp_path: Path, dask_client: Any, seed: int, size: int, k: int, conn: int) -> None:
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    seed=st.integers(0, 10_000),
+    size=st.integers(20, 90),
+    k=st.integers(2, 4),
+    conn=st.sampled_from([4, 8]),
+)
+def test_random_rasters_blockwise_equals_whole(
+    tmp_path: Path, dask_client: Any, seed: int, size: int, k: int, conn: int
+) -> None:
     rng = np.random.default_rng(seed)
-    arr = np.kron(rng.integers(0, k, (size // 3 + 1, size // 3 + 1)), np.ones((3, 3), np.int64))[:size, :size]
+    arr = np.kron(rng.integers(0, k, (size // 3 + 1, size // 3 + 1)), np.ones((3, 3), np.int64))[
+        :size, :size
+    ]
     arr = np.where(rng.random(arr.shape) < 0.1, rng.integers(0, k, arr.shape), arr).astype(np.uint8)
     path = write_raster(tmp_path / "r.tif", arr, transform=T, nodata=None, tiled=False)
     out = tmp_path / "r.gpkg"
@@ -97,7 +117,9 @@ def test_random_rasters_blockwise_equals_whole(tmp_path: Path, dask_client: Any,
 
 def test_attributes_skip_and_formats(tmp_path: Path, dask_client: Any) -> None:
     arr = tricky_raster(96, 32)
-    path = write_raster(tmp_path / "c.tif", arr, transform=T, nodata=None, blockxsize=32, blockysize=32)
+    path = write_raster(
+        tmp_path / "c.tif", arr, transform=T, nodata=None, blockxsize=32, blockysize=32
+    )
     for ext in (".gpkg", ".fgb", ".shp", ".parquet"):
         out = tmp_path / f"p{ext}"
         vectorize(path, out, skip_classes=(0,), block_size=32, client=dask_client)
@@ -159,12 +181,30 @@ def test_min_area_and_coverage_simplify(tmp_path: Path, dask_client: Any) -> Non
     assert union.area == pytest.approx(arr.size * 4.0, rel=0.02)
 
 
-def test_cli_and_predict_vector(tmp_path: Path, dask_client: Any, model_factory: Any, scene_factory: Any) -> None:
+def test_cli_and_predict_vector(
+    tmp_path: Path, dask_client: Any, model_factory: Any, scene_factory: Any
+) -> None:
     scene = scene_factory(bands=3, height=70, width=80)
     classes, probs, vec = tmp_path / "c.tif", tmp_path / "p.tif", tmp_path / "v.gpkg"
     sched = str(dask_client.scheduler.address)
-    r = CliRunner().invoke(cli, ["predict", str(scene), "-o", str(classes), "--model", str(model_factory(in_channels=3)),
-                                 "--probabilities", str(probs), "--vector", str(vec), "--scheduler", sched, "-q"])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "predict",
+            str(scene),
+            "-o",
+            str(classes),
+            "--model",
+            str(model_factory(in_channels=3)),
+            "--probabilities",
+            str(probs),
+            "--vector",
+            str(vec),
+            "--scheduler",
+            sched,
+            "-q",
+        ],
+    )
     assert r.exit_code == 0, r.stderr
     meta, _, wkb, data = pyogrio.raw.read(str(vec), layer="polygons")
     fields = list(meta["fields"])
@@ -174,5 +214,7 @@ def test_cli_and_predict_vector(tmp_path: Path, dask_client: Any, model_factory:
     with rasterio.open(classes) as src:
         arr = src.read(1)
     assert sum(data[fields.index("pixels")]) == arr.size
-    r = CliRunner().invoke(cli, ["vectorize", str(classes), "-o", str(tmp_path / "w.fgb"), "--scheduler", sched, "-q"])
+    r = CliRunner().invoke(
+        cli, ["vectorize", str(classes), "-o", str(tmp_path / "w.fgb"), "--scheduler", sched, "-q"]
+    )
     assert r.exit_code == 0 and len(pyogrio.raw.read(str(tmp_path / "w.fgb"))[2]) == len(wkb)

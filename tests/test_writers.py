@@ -18,11 +18,11 @@ import rasterio
 from rio_cogeo.cogeo import cog_validate
 
 import geoseg
-from geoseg.raster.blocks import reduce2
 from geoseg.errors import GeosegError, OptionError, OutputError
-from geoseg.prediction.destinations import CELLS_MARKER
-
 from geoseg.prediction import cells as cells_module
+from geoseg.prediction.destinations import CELLS_MARKER
+from geoseg.raster.blocks import reduce2
+
 H, W = 1100, 1300  # two overview levels (2, 4)
 
 
@@ -41,7 +41,9 @@ def big_scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_raster(tmp_path_factory.mktemp("scene") / "scene.tif", arr, nodata=0)
 
 
-def predict(scene: Path, out: Path | str, model: Path, client: Any, **kw: Any) -> geoseg.PredictResult:
+def predict(
+    scene: Path, out: Path | str, model: Path, client: Any, **kw: Any
+) -> geoseg.PredictResult:
     return geoseg.predict(str(scene), str(out), model=str(model), client=client, tile=128, **kw)
 
 
@@ -56,7 +58,10 @@ def brute_mode(block: np.ndarray, nodata: int) -> int:
 
 
 def test_single_cog_from_worker_tiles_is_valid_and_its_overviews_reduce_the_classes(
-    tmp_path: Path, big_scene: Path, model_factory: Callable[..., Path], dask_client: Any,
+    tmp_path: Path,
+    big_scene: Path,
+    model_factory: Callable[..., Path],
+    dask_client: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     model = model_factory(in_channels=3)
@@ -78,7 +83,10 @@ def test_single_cog_from_worker_tiles_is_valid_and_its_overviews_reduce_the_clas
     assert (classes[0, 300:420, 500:800] == 255).all()
     level1 = read(out, (1, H // 2 + H % 2, W // 2 + W % 2))[0]
     for r, c in [(0, 0), (160, 260), (200, 300), (549, 649), (100, 649)]:
-        assert level1[r, c] == brute_mode(classes[0, 2 * r : 2 * r + 2, 2 * c : 2 * c + 2], 255), (r, c)
+        assert level1[r, c] == brute_mode(classes[0, 2 * r : 2 * r + 2, 2 * c : 2 * c + 2], 255), (
+            r,
+            c,
+        )
     level2 = read(out, (1, -(-H // 4), -(-W // 4)))[0]
     np.testing.assert_array_equal(level2, reduce2(level1, "mode", 255))
     p = read(probs)
@@ -95,7 +103,10 @@ def test_single_cog_from_worker_tiles_is_valid_and_its_overviews_reduce_the_clas
 
 
 def test_cells_folder_mosaic_equals_the_single_cog_and_a_rerun_keeps_the_cells(
-    tmp_path: Path, big_scene: Path, model_factory: Callable[..., Path], dask_client: Any,
+    tmp_path: Path,
+    big_scene: Path,
+    model_factory: Callable[..., Path],
+    dask_client: Any,
 ) -> None:
     model = model_factory(in_channels=3)
     single = tmp_path / "single.tif"
@@ -132,7 +143,10 @@ def test_cells_folder_mosaic_equals_the_single_cog_and_a_rerun_keeps_the_cells(
 
 
 def test_cells_bad_input_fails_before_any_work(
-    tmp_path: Path, big_scene: Path, model_factory: Callable[..., Path], dask_client: Any,
+    tmp_path: Path,
+    big_scene: Path,
+    model_factory: Callable[..., Path],
+    dask_client: Any,
 ) -> None:
     model = model_factory(in_channels=3)
     with pytest.raises(OptionError, match="smaller than a tile"):
@@ -153,27 +167,45 @@ def test_cells_bad_input_fails_before_any_work(
 
 @pytest.mark.parametrize("umask", [0o022, 0o027])
 def test_published_outputs_follow_the_umask(
-    tmp_path: Path, scene_factory: Callable[..., Path], model_factory: Callable[..., Path], dask_client: Any,
+    tmp_path: Path,
+    scene_factory: Callable[..., Path],
+    model_factory: Callable[..., Path],
+    dask_client: Any,
     umask: int,
 ) -> None:
     scene = scene_factory(bands=3, height=96, width=120)
     model = model_factory(in_channels=3)
     old = os.umask(umask)
     try:
-        predict(scene, tmp_path / "c.tif", model, dask_client, probabilities=tmp_path / "p.tif",
-                vector=tmp_path / "v.gpkg")
+        predict(
+            scene,
+            tmp_path / "c.tif",
+            model,
+            dask_client,
+            probabilities=tmp_path / "p.tif",
+            vector=tmp_path / "v.gpkg",
+        )
         predict(scene, tmp_path / "cells", model, dask_client, cells=512)
     finally:
         os.umask(old)
-    published = [tmp_path / "c.tif", tmp_path / "p.tif", tmp_path / "v.gpkg", tmp_path / "cells" / "classes.vrt",
-                 tmp_path / "cells" / "classes" / "R000C000.tif", tmp_path / "cells" / "collection.json"]
+    published = [
+        tmp_path / "c.tif",
+        tmp_path / "p.tif",
+        tmp_path / "v.gpkg",
+        tmp_path / "cells" / "classes.vrt",
+        tmp_path / "cells" / "classes" / "R000C000.tif",
+        tmp_path / "cells" / "collection.json",
+    ]
     for path in published:
         assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
 
 
 @pytest.mark.parametrize("codec", ["zstd", "lzw", "none"])
 def test_compress_option_writes_that_codec(
-    tmp_path: Path, scene_factory: Callable[..., Path], model_factory: Callable[..., Path], dask_client: Any,
+    tmp_path: Path,
+    scene_factory: Callable[..., Path],
+    model_factory: Callable[..., Path],
+    dask_client: Any,
     codec: str,
 ) -> None:
     scene = scene_factory(bands=3, height=96, width=120)
@@ -181,14 +213,23 @@ def test_compress_option_writes_that_codec(
     base = tmp_path / "deflate.tif"
     predict(scene, base, model, dask_client)
     out = tmp_path / f"{codec}.tif"
-    predict(scene, out, model, dask_client, compress=codec, compress_level=3 if codec == "zstd" else None)
+    predict(
+        scene,
+        out,
+        model,
+        dask_client,
+        compress=codec,
+        compress_level=3 if codec == "zstd" else None,
+    )
     with rasterio.open(out) as src:
         assert src.tags(ns="IMAGE_STRUCTURE").get("COMPRESSION", "NONE") == codec.upper()
     np.testing.assert_array_equal(read(out), read(base))
 
 
 def test_a_full_disk_is_one_line_and_leaves_the_previous_output(
-    tmp_path: Path, scene_factory: Callable[..., Path], model_factory: Callable[..., Path],
+    tmp_path: Path,
+    scene_factory: Callable[..., Path],
+    model_factory: Callable[..., Path],
 ) -> None:
     """A real failing write: the process may not write files past 64 kB (RLIMIT_FSIZE)."""
     scene = scene_factory(bands=3, height=400, width=400)
@@ -203,9 +244,24 @@ def test_a_full_disk_is_one_line_and_leaves_the_previous_output(
         "sys.exit(main())\n"
     )
     proc = subprocess.run(
-        [sys.executable, "-c", code, "predict", str(scene), "-o", str(out), "--model", str(model),
-         "--probabilities", str(tmp_path / "p.tif"), "--overwrite", "--quiet"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-c",
+            code,
+            "predict",
+            str(scene),
+            "-o",
+            str(out),
+            "--model",
+            str(model),
+            "--probabilities",
+            str(tmp_path / "p.tif"),
+            "--overwrite",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 1, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
@@ -215,7 +271,10 @@ def test_a_full_disk_is_one_line_and_leaves_the_previous_output(
 
 
 def test_s3_outputs_single_and_cells(
-    tmp_path: Path, scene_factory: Callable[..., Path], model_factory: Callable[..., Path], dask_client: Any,
+    tmp_path: Path,
+    scene_factory: Callable[..., Path],
+    model_factory: Callable[..., Path],
+    dask_client: Any,
     s3_bucket: str,
 ) -> None:
     from geoseg.objectstore import exists, gdal_s3_env, list_keys, to_vsis3
@@ -229,7 +288,9 @@ def test_s3_outputs_single_and_cells(
     assert result.output == url
     with rasterio.Env(**gdal_s3_env()):
         np.testing.assert_array_equal(read(to_vsis3(url)), read(local))
-        np.testing.assert_array_equal(read(to_vsis3(f"{s3_bucket}/run/conf.tif")), read(tmp_path / "k.tif"))
+        np.testing.assert_array_equal(
+            read(to_vsis3(f"{s3_bucket}/run/conf.tif")), read(tmp_path / "k.tif")
+        )
     with pytest.raises(OutputError, match="exists"):
         predict(scene, url, model, dask_client)
     # a folder of cells on the object store, read back through its mosaic
@@ -253,8 +314,12 @@ def test_s3_outputs_single_and_cells(
 
 
 def test_s3_failure_midway_leaves_no_object(
-    tmp_path: Path, scene_factory: Callable[..., Path], model_factory: Callable[..., Path], dask_client: Any,
-    s3_bucket: str, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    scene_factory: Callable[..., Path],
+    model_factory: Callable[..., Path],
+    dask_client: Any,
+    s3_bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import geoseg.objectstore as store
 
@@ -277,7 +342,9 @@ def test_s3_failure_midway_leaves_no_object(
 
 
 def test_batch_job_with_cells_and_confidence(
-    tmp_path: Path, model_factory: Callable[..., Path], dask_client: Any,
+    tmp_path: Path,
+    model_factory: Callable[..., Path],
+    dask_client: Any,
 ) -> None:
     from geoseg.jobs.batch import run_batch
     from tests.conftest import random_scene, write_raster
@@ -296,10 +363,19 @@ quicklook: false
     report = run_batch(job, client=dask_client)
     assert report.count("done") == 1, report.as_dict()
     folder = tmp_path / "out" / "a-classes"
-    assert sorted(p.name for p in (folder / "classes").iterdir()) == ["R000C000.tif", "R000C001.tif"]
+    assert sorted(p.name for p in (folder / "classes").iterdir()) == [
+        "R000C000.tif",
+        "R000C001.tif",
+    ]
     single = tmp_path / "single.tif"
-    geoseg.predict(str(tmp_path / "in" / "a.tif"), str(single), model=str(model_factory(in_channels=3)),
-                   client=dask_client, tile=128, confidence=tmp_path / "k.tif")
+    geoseg.predict(
+        str(tmp_path / "in" / "a.tif"),
+        str(single),
+        model=str(model_factory(in_channels=3)),
+        client=dask_client,
+        tile=128,
+        confidence=tmp_path / "k.tif",
+    )
     np.testing.assert_array_equal(read(folder / "classes.vrt"), read(single))
     np.testing.assert_array_equal(read(folder / "confidence.vrt"), read(tmp_path / "k.tif"))
     item = json.loads((tmp_path / "out" / "a-classes.stac.json").read_text())
@@ -310,7 +386,10 @@ quicklook: false
 
 
 def test_batch_job_writes_to_an_object_store_and_resumes(
-    tmp_path: Path, model_factory: Callable[..., Path], dask_client: Any, s3_bucket: str,
+    tmp_path: Path,
+    model_factory: Callable[..., Path],
+    dask_client: Any,
+    s3_bucket: str,
 ) -> None:
     from geoseg.jobs.batch import run_batch
     from geoseg.objectstore import gdal_s3_env, list_keys, to_vsis3
@@ -332,13 +411,24 @@ quicklook: false
     assert report.count("done") == 2, report.as_dict()
     keys = {k.rsplit("/", 1)[1] for k in list_keys(f"{s3_bucket}/nightly/")}
     for name in ("a", "b"):
-        assert {f"{name}-classes.tif", f"{name}-confidence.tif", f"{name}-classes.stac.json",
-                f"{name}-classes.tif.geoseg.json"} <= keys, keys
+        assert {
+            f"{name}-classes.tif",
+            f"{name}-confidence.tif",
+            f"{name}-classes.stac.json",
+            f"{name}-classes.tif.geoseg.json",
+        } <= keys, keys
     assert {"batch-report.json", "report.html"} <= keys
     local = tmp_path / "a.tif"
-    geoseg.predict(str(tmp_path / "in" / "a.tif"), str(local), model=str(model_factory(in_channels=3)),
-                   client=dask_client, tile=64)
+    geoseg.predict(
+        str(tmp_path / "in" / "a.tif"),
+        str(local),
+        model=str(model_factory(in_channels=3)),
+        client=dask_client,
+        tile=64,
+    )
     with rasterio.Env(**gdal_s3_env()):
-        np.testing.assert_array_equal(read(to_vsis3(f"{s3_bucket}/nightly/a-classes.tif")), read(local))
+        np.testing.assert_array_equal(
+            read(to_vsis3(f"{s3_bucket}/nightly/a-classes.tif")), read(local)
+        )
     again = run_batch(job, client=dask_client)
     assert again.count("skipped") == 2, again.as_dict()

@@ -22,9 +22,13 @@ def main(src_path: str, dst_path: str) -> None:
     with rasterio.open(src_path) as src:
         data = src.read(window=WINDOW)
         profile = src.profile | {
-            "width": WINDOW.width, "height": WINDOW.height,
+            "width": WINDOW.width,
+            "height": WINDOW.height,
             "transform": window_transform(WINDOW, src.transform),
-            "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate",
+            "tiled": True,
+            "blockxsize": 256,
+            "blockysize": 256,
+            "compress": "deflate",
             "predictor": 2,
         }
         descriptions = src.descriptions
@@ -33,8 +37,10 @@ def main(src_path: str, dst_path: str) -> None:
         for i, d in enumerate(descriptions, start=1):
             if d:
                 dst.set_band_description(i, d)
-        dst.update_tags(SOURCE="Sentinel-2 L1C 2017-02-16, bands B02 B03 B04 B08",
-                        ATTRIBUTION="Contains modified Copernicus Sentinel data 2017")
+        dst.update_tags(
+            SOURCE="Sentinel-2 L1C 2017-02-16, bands B02 B03 B04 B08",
+            ATTRIBUTION="Contains modified Copernicus Sentinel data 2017",
+        )
 
 
 if __name__ == "__main__":

@@ -18,19 +18,29 @@ from geoseg.options import ChipOptions
 
 @click.command("chip")
 @click.argument("pairs", nargs=-1, required=True, metavar="IMAGE LABELS [IMAGE LABELS ...]")
-@click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False), help="Chips folder (created, or grown if it exists).")
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Chips folder (created, or grown if it exists).",
+)
 @chip_options
 @workers_option("Local Dask workers, threads of this process (default: one, a thread per core).")
 @scheduler_option
 @report_errors
-def chip_command(pairs: tuple[str, ...], out_dir: str, workers: int | None, scheduler: str | None,
-                 **options: Any) -> None:
+def chip_command(
+    pairs: tuple[str, ...], out_dir: str, workers: int | None, scheduler: str | None, **options: Any
+) -> None:
     """Cut IMAGE/LABELS pairs (label raster or vector file) into training chips."""
     from geoseg.training.chips import load_manifest, make_chips, manifest_classes
 
     if len(pairs) % 2:
         raise click.UsageError("give IMAGE LABELS pairs: an even number of paths")
     chip_opts = ChipOptions(**take_options(options, ChipOptions))
-    summary = make_chips(list(zip(pairs[::2], pairs[1::2])), out_dir, chip_opts, workers=workers, scheduler=scheduler)
+    summary = make_chips(
+        list(zip(pairs[::2], pairs[1::2])), out_dir, chip_opts, workers=workers, scheduler=scheduler
+    )
     click.echo(summary.table(manifest_classes(load_manifest(out_dir))))
     click.echo(f"{summary.total_chips} chips in {out_dir}")

@@ -8,7 +8,9 @@ from geoseg.cli.options import overwrite_option, quiet_option, report_errors
 
 
 @click.command("demo")
-@click.option("-o", "--output-dir", default="demo-output", show_default=True, type=click.Path(file_okay=False))
+@click.option(
+    "-o", "--output-dir", default="demo-output", show_default=True, type=click.Path(file_okay=False)
+)
 @overwrite_option
 @quiet_option
 @report_errors

@@ -9,8 +9,19 @@ from geoseg.cli.options import json_object, report_errors
 
 @click.command("models")
 @click.argument("arch", required=False)
-@click.option("--arch-args", default=None, metavar="JSON", help='Arguments for ARCH, e.g. \'{"backbone": "mobilenetv3"}\'.')
-@click.option("--in-channels", type=click.IntRange(min=1), default=3, show_default=True, help="Bands for measuring.")
+@click.option(
+    "--arch-args",
+    default=None,
+    metavar="JSON",
+    help='Arguments for ARCH, e.g. \'{"backbone": "mobilenetv3"}\'.',
+)
+@click.option(
+    "--in-channels",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Bands for measuring.",
+)
 @report_errors
 def models_command(arch: str | None, arch_args: str | None, in_channels: int) -> None:
     """List architectures (output stride, measured receptive field) and built-in models.
@@ -45,4 +56,3 @@ def models_command(arch: str | None, arch_args: str | None, in_channels: int) ->
     click.echo("\nbuilt-in models:")
     for name in builtin_model_names():
         click.echo(f"  {load_model(name).summary()}")
-

@@ -68,11 +68,17 @@ quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress on 
 verbose_option = click.option(
     "--verbose", "-v", is_flag=True, help="Also show the local Dask workers' own logs on stderr."
 )
+
+
 def workers_option(help: str) -> Callable[[F], F]:
     """``--workers N`` for a local Dask cluster; ``help`` says what N starts and the default."""
     return click.option("--workers", type=click.IntRange(min=1), default=None, help=help)
+
+
 scheduler_option = click.option(
-    "--scheduler", metavar="ADDRESS", default=None,
+    "--scheduler",
+    metavar="ADDRESS",
+    default=None,
     help="Address of an existing Dask scheduler (tcp://host:8786); default: a local cluster.",
 )
 
@@ -84,7 +90,9 @@ def auto_or_int(value: str, minimum: int, hint: str) -> int | str:
     try:
         n = int(value)
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not 'auto' or a whole number", param_hint=hint) from None
+        raise click.BadParameter(
+            f"{value!r} is not 'auto' or a whole number", param_hint=hint
+        ) from None
     if n < minimum:
         raise click.BadParameter(f"must be 'auto' or >= {minimum}, got {n}", param_hint=hint)
     return n
@@ -97,7 +105,7 @@ def json_object(text: str | None, hint: str) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint=hint) from None
     if not isinstance(value, dict):
-        raise click.BadParameter('give a JSON object, e.g. \'{"depth": 4}\'', param_hint=hint)
+        raise click.BadParameter("give a JSON object, e.g. '{\"depth\": 4}'", param_hint=hint)
     return value
 
 
@@ -110,42 +118,76 @@ def _field_option(f: dataclasses.Field[Any], hint: Any, prefix: str = "") -> Cal
     name = prefix + str(meta.get("cli", meta.get("flag", f.name)))
     flag = "--" + name.replace("_", "-")
     param = prefix + f.name
-    kw: dict[str, Any] = {"help": meta.get("help"), "default": f.default, "show_default": True,
-                          "metavar": meta.get("metavar")}
+    kw: dict[str, Any] = {
+        "help": meta.get("help"),
+        "default": f.default,
+        "show_default": True,
+        "metavar": meta.get("metavar"),
+    }
     low, high = meta.get("min"), meta.get("max")
     union = typing.get_origin(hint) in (Union, types.UnionType)
     parts = tuple(p for p in (typing.get_args(hint) if union else (hint,)) if p is not type(None))
-    literal_values = tuple(v for p in parts if typing.get_origin(p) is Literal for v in typing.get_args(p))
+    literal_values = tuple(
+        v for p in parts if typing.get_origin(p) is Literal for v in typing.get_args(p)
+    )
     if hint is bool:
         if f.default is True:  # on by default: --style / --no-style
-            return click.option(f"{flag}/--no-{flag[2:]}", param, default=True, show_default=True, help=kw["help"])
+            return click.option(
+                f"{flag}/--no-{flag[2:]}", param, default=True, show_default=True, help=kw["help"]
+            )
         return click.option(flag, param, is_flag=True, help=kw["help"])
     if literal_values == ("auto",) and int in parts:
-        return click.option(flag, param, default="auto", show_default=True, help=kw["help"],
-                            callback=lambda ctx, p, v: auto_or_int(v, low or 0, flag))
+        return click.option(
+            flag,
+            param,
+            default="auto",
+            show_default=True,
+            help=kw["help"],
+            callback=lambda ctx, p, v: auto_or_int(v, low or 0, flag),
+        )
     if literal_values and len(parts) == 1:
         if all(isinstance(v, int) for v in literal_values):  # e.g. connectivity 4 | 8
-            return click.option(flag, param, type=click.Choice([str(v) for v in literal_values]),
-                                default=str(f.default), show_default=True, help=kw["help"],
-                                callback=lambda ctx, p, v: int(v))
+            return click.option(
+                flag,
+                param,
+                type=click.Choice([str(v) for v in literal_values]),
+                default=str(f.default),
+                show_default=True,
+                help=kw["help"],
+                callback=lambda ctx, p, v: int(v),
+            )
         return click.option(flag, param, type=click.Choice(literal_values), **kw)
     if typing.get_origin(hint) is tuple and typing.get_args(hint)[0] is float:  # scales
         default = typing.cast("tuple[float, ...]", f.default)
-        return click.option(flag, param, default=",".join(f"{v:g}" for v in default), show_default=True,
-                            metavar=meta.get("metavar"), help=kw["help"],
-                            callback=lambda ctx, p, v: _float_list(v, flag))
+        return click.option(
+            flag,
+            param,
+            default=",".join(f"{v:g}" for v in default),
+            show_default=True,
+            metavar=meta.get("metavar"),
+            help=kw["help"],
+            callback=lambda ctx, p, v: _float_list(v, flag),
+        )
     if typing.get_origin(hint) is tuple:  # repeatable values, e.g. --skip-class
-        return click.option(flag, param, type=typing.get_args(hint)[0], multiple=True, help=kw["help"])
+        return click.option(
+            flag, param, type=typing.get_args(hint)[0], multiple=True, help=kw["help"]
+        )
     if str in parts:  # free text parsed by the library, e.g. --bands 1,2,3
         if f.default is not None:  # e.g. --arch unet-small
             return click.option(flag, param, **kw)
         return click.option(flag, param, default=None, metavar=meta.get("metavar"), help=kw["help"])
     if int in parts:
         ranged = low is not None or high is not None
-        return click.option(flag, param, type=click.IntRange(min=low, max=high) if ranged else int, **kw)
+        return click.option(
+            flag, param, type=click.IntRange(min=low, max=high) if ranged else int, **kw
+        )
     if float in parts:
-        return click.option(flag, param, type=click.FloatRange(min=low, max=high, min_open=bool(meta.get("min_open"))),
-                            **kw)
+        return click.option(
+            flag,
+            param,
+            type=click.FloatRange(min=low, max=high, min_open=bool(meta.get("min_open"))),
+            **kw,
+        )
     raise TypeError(f"no Click option for {f.name}: {hint}")  # pragma: no cover - a new field type
 
 
@@ -153,8 +195,9 @@ def _float_list(text: str, flag: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers, e.g. 0.75,1,1.25",
-                                 param_hint=flag) from None
+        raise click.BadParameter(
+            f"{text!r} is not a comma-separated list of numbers, e.g. 0.75,1,1.25", param_hint=flag
+        ) from None
 
 
 def _field_options(cls: type, prefix: str = "") -> list[Callable[[Any], Any]]:
@@ -165,9 +208,15 @@ def _field_options(cls: type, prefix: str = "") -> list[Callable[[Any], Any]]:
     for f in dataclasses.fields(cls):
         if f.metadata.get("api_only"):  # e.g. train's warmup_epochs: a library keyword only
             continue
-        nested = [p for p in typing.get_args(hints[f.name]) if isinstance(p, type) and dataclasses.is_dataclass(p)]
+        nested = [
+            p
+            for p in typing.get_args(hints[f.name])
+            if isinstance(p, type) and dataclasses.is_dataclass(p)
+        ]
         if nested:
-            made.append(click.option("--" + f.name.replace("_", "-"), is_flag=True, help=f.metadata["help"]))
+            made.append(
+                click.option("--" + f.name.replace("_", "-"), is_flag=True, help=f.metadata["help"])
+            )
             made.extend(_field_options(nested[0], prefix=f.name + "_"))
         else:
             made.append(_field_option(f, hints[f.name], prefix))

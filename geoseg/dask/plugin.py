@@ -26,7 +26,9 @@ class ModelPlugin(WorkerPlugin):
 
     def setup(self, worker: Any = None) -> None:
         if hashlib.sha256(self.blob).hexdigest() != self.sha256:
-            raise CheckpointError("the model bytes sent to this worker are damaged (content hash mismatch)")
+            raise CheckpointError(
+                "the model bytes sent to this worker are damaged (content hash mismatch)"
+            )
         from geoseg.model_cache import cache_added, cache_hit, model_cache_dir
 
         cache = model_cache_dir()
@@ -57,7 +59,9 @@ def send_model(client: Any, path: str | os.PathLike[str], sha256: str) -> None:
             return
         blob = Path(path).read_bytes()
         if hashlib.sha256(blob).hexdigest() != sha256:
-            raise CheckpointError(f"model file {path} changed while this run was starting; run again")
+            raise CheckpointError(
+                f"model file {path} changed while this run was starting; run again"
+            )
         plugin = ModelPlugin(sha256, blob)
         client.register_plugin(plugin, name=plugin.name)
         sent.add(sha256)

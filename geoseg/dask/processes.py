@@ -37,8 +37,12 @@ def visible_devices() -> list[str] | None:
 
 
 def worker_commands(
-    scheduler: str, gpus: int, nthreads: int | None = None, memory_limit: str = "auto",
-    name: str | None = None, visible: list[str] | None = None,
+    scheduler: str,
+    gpus: int,
+    nthreads: int | None = None,
+    memory_limit: str = "auto",
+    name: str | None = None,
+    visible: list[str] | None = None,
 ) -> list[WorkerCommand]:
     """The worker processes to start: one per GPU, each seeing only its device
     (``CUDA_VISIBLE_DEVICES``), advertising ``GPU=1``, 2 threads (one reads while the other
@@ -46,7 +50,14 @@ def worker_commands(
 
     Worker i sees the i-th GPU this process may use: the i-th entry of an inherited
     ``CUDA_VISIBLE_DEVICES`` (``visible``, read from the environment when None), else GPU i."""
-    dask = [sys.executable, "-m", "distributed.cli.dask_worker", scheduler, "--memory-limit", memory_limit]
+    dask = [
+        sys.executable,
+        "-m",
+        "distributed.cli.dask_worker",
+        scheduler,
+        "--memory-limit",
+        memory_limit,
+    ]
     if gpus > 0:
         devices = visible if visible is not None else visible_devices()
         if devices is not None and gpus > len(devices):
@@ -56,14 +67,24 @@ def worker_commands(
             )
         return [
             WorkerCommand(
-                tuple(dask + ["--nthreads", str(nthreads or 2), "--resources", "GPU=1"]
-                      + (["--name", f"{name}-gpu{i}"] if name else [])),
+                tuple(
+                    dask
+                    + ["--nthreads", str(nthreads or 2), "--resources", "GPU=1"]
+                    + (["--name", f"{name}-gpu{i}"] if name else [])
+                ),
                 (("CUDA_VISIBLE_DEVICES", devices[i] if devices is not None else str(i)),),
             )
             for i in range(gpus)
         ]
-    return [WorkerCommand(tuple(dask + ["--nthreads", str(nthreads or cpu_count())]
-                                + (["--name", f"{name}-cpu"] if name else [])))]
+    return [
+        WorkerCommand(
+            tuple(
+                dask
+                + ["--nthreads", str(nthreads or cpu_count())]
+                + (["--name", f"{name}-cpu"] if name else [])
+            )
+        )
+    ]
 
 
 def run_workers(commands: list[WorkerCommand]) -> int:

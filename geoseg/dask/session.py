@@ -47,8 +47,12 @@ INFERENCE_THREADS = 2
 
 
 def connect(
-    scheduler: str | None, workers: int | None, threads_per_worker: int | None = None, processes: bool = True,
-    verbose: bool = False, dashboard: bool = True,
+    scheduler: str | None,
+    workers: int | None,
+    threads_per_worker: int | None = None,
+    processes: bool = True,
+    verbose: bool = False,
+    dashboard: bool = True,
 ) -> tuple[Any, Any]:
     """A ``(client, cluster)`` pair: a connection to ``scheduler``, or a new local cluster.
 
@@ -73,8 +77,12 @@ def connect(
     # default: one thread per worker process; an in-process worker gets a thread per core
     threads_per_worker = threads_per_worker or (1 if processes else cpu_count())
     level = logging.WARNING if verbose else logging.CRITICAL
-    with dask.config.set({"distributed.worker.daemon": False,
-                          "logging.distributed": logging.getLevelName(level).lower()}):
+    with dask.config.set(
+        {
+            "distributed.worker.daemon": False,
+            "logging.distributed": logging.getLevelName(level).lower(),
+        }
+    ):
         cluster = LocalCluster(
             n_workers=n,
             threads_per_worker=threads_per_worker,
@@ -90,8 +98,12 @@ def connect(
 
 @contextlib.contextmanager
 def dask_session(
-    client: Any = None, scheduler: str | None = None, workers: int | None = None,
-    threads_per_worker: int | None = None, processes: bool = True, verbose: bool = False,
+    client: Any = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    threads_per_worker: int | None = None,
+    processes: bool = True,
+    verbose: bool = False,
     dashboard: bool = True,
 ) -> Iterator[DaskSession]:
     """``client`` when given (left open), else a connection to ``scheduler`` or a new local
@@ -111,7 +123,10 @@ def dask_session(
 
 
 def inference_session(
-    client: Any = None, scheduler: str | None = None, workers: int | None = None, verbose: bool = False,
+    client: Any = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    verbose: bool = False,
 ) -> contextlib.AbstractContextManager[DaskSession]:
     """The session predict and batch run on: ``client`` or ``scheduler`` when given; with
     ``workers``, that many local worker processes; else one worker in this process.
@@ -124,15 +139,24 @@ def inference_session(
     :data:`INFERENCE_THREADS` threads.
     """
     local = workers is not None
-    session = dask_session(client, scheduler, workers, INFERENCE_THREADS, processes=local, verbose=verbose,
-                           dashboard=local)
+    session = dask_session(
+        client,
+        scheduler,
+        workers,
+        INFERENCE_THREADS,
+        processes=local,
+        verbose=verbose,
+        dashboard=local,
+    )
     if client is not None or scheduler is not None or local:
         return session
     return _closing_scenes(session)
 
 
 @contextlib.contextmanager
-def _closing_scenes(session: contextlib.AbstractContextManager[DaskSession]) -> Iterator[DaskSession]:
+def _closing_scenes(
+    session: contextlib.AbstractContextManager[DaskSession],
+) -> Iterator[DaskSession]:
     """``session``, and when it ends, the scenes this process's reader thread kept open are
     closed (a worker process keeps them for its next tasks; this process may go on for long)."""
     try:

@@ -130,8 +130,14 @@ def stream(
         left -= 1
         slots.add_demand(-1)
         try:
-            fut = client.submit(func, t, key=key(t, i) if key else None, pure=False, retries=retries,
-                                resources=resources)
+            fut = client.submit(
+                func,
+                t,
+                key=key(t, i) if key else None,
+                pure=False,
+                retries=retries,
+                resources=resources,
+            )
         except BaseException:
             slots.release()
             raise

@@ -28,7 +28,16 @@ from geoseg.options import EngineName, choices
 if TYPE_CHECKING:
     from geoseg.options import InferenceOptions
 
-__all__ = ["ENGINES", "EngineName", "EngineOutput", "cuda_possible", "device_name", "check_engine", "onnxruntime_available", "resolve_engine"]
+__all__ = [
+    "ENGINES",
+    "EngineName",
+    "EngineOutput",
+    "cuda_possible",
+    "device_name",
+    "check_engine",
+    "onnxruntime_available",
+    "resolve_engine",
+]
 
 ENGINES: tuple[str, ...] = choices(EngineName)
 
@@ -45,7 +54,6 @@ class EngineOutput:
     classes: np.ndarray
     probabilities: np.ndarray | None = None
     logits: np.ndarray | None = None
-
 
 
 def torch_only_options(options: "InferenceOptions") -> list[str]:
@@ -80,7 +88,9 @@ def check_engine(engine: str, model_format: str, options: "InferenceOptions") ->
             )
 
 
-def resolve_engine(engine: str, model_format: str, device_type: str, options: "InferenceOptions") -> str:
+def resolve_engine(
+    engine: str, model_format: str, device_type: str, options: "InferenceOptions"
+) -> str:
     """The concrete engine for ``auto``: ONNX Runtime on the CPU, PyTorch on CUDA (channels-last,
     bf16 where the GPU has it); PyTorch whenever a torch-only option is set or ONNX Runtime is
     missing. ONNX models always run under ONNX Runtime."""
@@ -99,7 +109,9 @@ def cuda_possible() -> bool:
     or WSL's GPU device, or macOS), so ``auto`` picks the CPU without importing torch."""
     platform: str = sys.platform  # a variable: mypy would take the branch for its own platform only
     if platform.startswith("linux"):
-        return any(os.path.exists(p) for p in ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/dxg"))
+        return any(
+            os.path.exists(p) for p in ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/dxg")
+        )
     return platform != "darwin"
 
 

@@ -10,9 +10,9 @@ from abc import ABC, abstractmethod
 import numpy as np
 import torch
 
+from geoseg.classes import class_raster_dtype
 from geoseg.engines import EngineOutput
 from geoseg.engines.infer import InferenceOptions, scores
-from geoseg.classes import class_raster_dtype
 from geoseg.models.config import ModelConfig
 
 _TORCH_DTYPES = {np.dtype(np.uint8): torch.uint8, np.dtype(np.uint16): torch.uint16}
@@ -26,7 +26,9 @@ class Engine(ABC):
     #: Whether the worker sets torch's threads for this engine (see :class:`geoseg.engines.onnx_cpu.CpuEngine`).
     uses_torch = True
 
-    def __init__(self, config: ModelConfig, device: torch.device, options: InferenceOptions) -> None:
+    def __init__(
+        self, config: ModelConfig, device: torch.device, options: InferenceOptions
+    ) -> None:
         self.config = config
         self.device = device
         self.options = options
@@ -48,7 +50,11 @@ class Engine(ABC):
 
     @torch.inference_mode()
     def run(
-        self, raw: np.ndarray, valid: np.ndarray, probabilities: bool = False, keep_logits: bool = False,
+        self,
+        raw: np.ndarray,
+        valid: np.ndarray,
+        probabilities: bool = False,
+        keep_logits: bool = False,
     ) -> EngineOutput:
         """Classes (and uint8 probabilities) for raw N x C x H x W tiles in the scene's dtype,
         with ``valid`` (N x H x W, bool) saying which pixels hold data."""
@@ -71,8 +77,18 @@ class Engine(ABC):
     def upload(self, array: np.ndarray) -> torch.Tensor:
         """The array on the engine's device as is (raw dtype: fewer bytes to move than float32);
         through a reused pinned buffer and a non-blocking copy on CUDA."""
-        if array.dtype not in (np.uint8, np.int8, np.int16, np.int32, np.int64, np.float32,
-                               np.float64, np.bool_, np.uint16, np.uint32):
+        if array.dtype not in (
+            np.uint8,
+            np.int8,
+            np.int16,
+            np.int32,
+            np.int64,
+            np.float32,
+            np.float64,
+            np.bool_,
+            np.uint16,
+            np.uint32,
+        ):
             array = array.astype(np.float32)
         t = torch.from_numpy(np.ascontiguousarray(array))
         if self.device.type != "cuda":
@@ -92,7 +108,14 @@ class Engine(ABC):
         cannot paint its class into valid neighbours (same as :func:`geoseg.engines.infer.normalize`).
         Two passes over the pixels for integer scenes without nodata, the common case."""
         floating = x.is_floating_point()
-        if x.dtype not in (torch.float32, torch.uint8, torch.int8, torch.int16, torch.uint16, torch.int32):
+        if x.dtype not in (
+            torch.float32,
+            torch.uint8,
+            torch.int8,
+            torch.int16,
+            torch.uint16,
+            torch.int32,
+        ):
             x = x.to(torch.float32)  # float64 and int64 would make the subtraction float64
         x = torch.sub(x, self.mean).div_(self.std)  # cast and subtract in one pass, in a new tensor
         if not bool(mask.all()):

@@ -27,7 +27,9 @@ def _shift(x: torch.Tensor, dy: int, dx: int, r: int) -> torch.Tensor:
     return padded[..., r + dy : r + dy + h, r + dx : r + dx + w]
 
 
-def dense_crf(logits: torch.Tensor, image: torch.Tensor, params: CRFParams = CRFParams()) -> torch.Tensor:
+def dense_crf(
+    logits: torch.Tensor, image: torch.Tensor, params: CRFParams = CRFParams()
+) -> torch.Tensor:
     """Log-probabilities after ``params.iterations`` mean-field updates (N x K x H x W).
 
     ``logits`` are the network's unary scores, ``image`` the normalised input (N x C x H x W).
@@ -43,7 +45,9 @@ def dense_crf(logits: torch.Tensor, image: torch.Tensor, params: CRFParams = CRF
     for dy, dx in offsets:
         d2 = float(dy * dy + dx * dx)
         colour = (image - _shift(image, dy, dx, r)).pow(2).mean(1, keepdim=True)
-        k = params.w_bilateral * torch.exp(-d2 / (2 * params.theta_alpha**2) - colour / (2 * params.theta_beta**2))
+        k = params.w_bilateral * torch.exp(
+            -d2 / (2 * params.theta_alpha**2) - colour / (2 * params.theta_beta**2)
+        )
         k = k + params.w_gaussian * math.exp(-d2 / (2 * params.theta_gamma**2))
         k = k * _shift(ones, dy, dx, r)
         kernels.append(k)

@@ -44,8 +44,16 @@ class FusedSessions:
     per-user model cache and later sessions load that file: building it needs the ``onnx``
     package, whose import alone took 0.45 s of every run."""
 
-    def __init__(self, model: str | Path | bytes, config: ModelConfig, device: Any, threads: int | None,
-                 proto: Any = None, summary: "OnnxSummary | None" = None, cache_key: str | None = None) -> None:
+    def __init__(
+        self,
+        model: str | Path | bytes,
+        config: ModelConfig,
+        device: Any,
+        threads: int | None,
+        proto: Any = None,
+        summary: "OnnxSummary | None" = None,
+        cache_key: str | None = None,
+    ) -> None:
         self.model, self.config, self.device, self.threads = model, config, device, threads
         self._proto = proto
         self._summary = summary
@@ -57,8 +65,11 @@ class FusedSessions:
         if self._proto is None:
             import onnx
 
-            self._proto = (onnx.load_from_string(self.model) if isinstance(self.model, bytes)
-                           else onnx.load(str(self.model)))
+            self._proto = (
+                onnx.load_from_string(self.model)
+                if isinstance(self.model, bytes)
+                else onnx.load(str(self.model))
+            )
         return self._proto
 
     def summary(self) -> "OnnxSummary":
@@ -66,7 +77,9 @@ class FusedSessions:
         if self._summary is None:
             from geoseg.models.onnx_summary import read_summary, summarize
 
-            self._summary = summarize(self.model) if isinstance(self.model, bytes) else read_summary(self.model)
+            self._summary = (
+                summarize(self.model) if isinstance(self.model, bytes) else read_summary(self.model)
+            )
         return self._summary
 
     @property
@@ -92,7 +105,9 @@ class FusedSessions:
                     except Exception:  # noqa: BLE001 - unreadable cache entry: build it again
                         cached.unlink(missing_ok=True)
                 if session is None:
-                    session = make_session(self._fused_model(probabilities, cached), self.device, self.threads)
+                    session = make_session(
+                        self._fused_model(probabilities, cached), self.device, self.threads
+                    )
             self._sessions[probabilities] = session
         return self._sessions[probabilities]
 
@@ -121,7 +136,9 @@ class FusedSessions:
         return data
 
 
-def fused_cache_path(cache_key: str, values: Sequence[int], dtype: Any, nodata: int, probabilities: bool) -> Path:
+def fused_cache_path(
+    cache_key: str, values: Sequence[int], dtype: Any, nodata: int, probabilities: bool
+) -> Path:
     """Where the fused graph of the model with content hash ``cache_key`` is kept for these
     class values and outputs, by this geoseg release and fused-graph format."""
     import hashlib
@@ -131,19 +148,33 @@ def fused_cache_path(cache_key: str, values: Sequence[int], dtype: Any, nodata: 
     from geoseg.models.onnx_file import cache_dir
     from geoseg.version import __version__
 
-    variant = json.dumps([FUSED_FORMAT, __version__, list(values), str(np.dtype(dtype)), int(nodata), probabilities])
-    return cache_dir() / f"{cache_key}-fused-{hashlib.sha256(variant.encode()).hexdigest()[:16]}.onnx"
+    variant = json.dumps(
+        [FUSED_FORMAT, __version__, list(values), str(np.dtype(dtype)), int(nodata), probabilities]
+    )
+    return (
+        cache_dir() / f"{cache_key}-fused-{hashlib.sha256(variant.encode()).hexdigest()[:16]}.onnx"
+    )
 
 
-def run_fused(sessions: FusedSessions, session: Any, raw: np.ndarray, valid: np.ndarray,
-              probabilities: bool, config: ModelConfig) -> EngineOutput:
+def run_fused(
+    sessions: FusedSessions,
+    session: Any,
+    raw: np.ndarray,
+    valid: np.ndarray,
+    probabilities: bool,
+    config: ModelConfig,
+) -> EngineOutput:
     """A fused session (one of ``sessions``) over raw tiles on the CPU, in :func:`cpu_runs`,
     each run normalized just before it goes in: one run's float32 copy is alive at a time, not
     the batch's (12 MB for four 512² tiles of 3 bands)."""
     names = [CLASSES, PROBABILITIES] if probabilities else [CLASSES]
     image = sessions.image_input
     mask = valid[:, None]
-    runs = [session.run(names, {image: normalize(raw[r], valid[r], config.mean, config.std), VALID: mask[r]})
-            for r in cpu_runs(raw.shape[0], *raw.shape[2:])]
+    runs = [
+        session.run(
+            names, {image: normalize(raw[r], valid[r], config.mean, config.std), VALID: mask[r]}
+        )
+        for r in cpu_runs(raw.shape[0], *raw.shape[2:])
+    ]
     out = runs[0] if len(runs) == 1 else [np.concatenate(parts) for parts in zip(*runs)]
     return EngineOutput(classes=out[0][:, 0], probabilities=out[1] if probabilities else None)

@@ -30,6 +30,7 @@ _PREFIX = "geoseg_fused_"
 #: Names of the fused graph's inputs and outputs (prefixed: an imported graph may use the plain words).
 VALID, CLASSES, PROBABILITIES = (_PREFIX + n for n in ("valid", "classes", "probabilities"))
 
+
 def model_opset(proto: Any) -> int:
     """The model's version of the default ONNX operator set (0 when it declares none)."""
     for entry in proto.opset_import:
@@ -39,7 +40,11 @@ def model_opset(proto: Any) -> int:
 
 
 def fused_graph(
-    proto: Any, lookup: Sequence[int], class_dtype: np.dtype, nodata: int, probabilities: bool,
+    proto: Any,
+    lookup: Sequence[int],
+    class_dtype: np.dtype,
+    nodata: int,
+    probabilities: bool,
 ) -> Any | None:
     """A copy of ``proto`` (a network: normalized float N x C x H x W in, logits N x K x H x W
     out) that also takes :data:`VALID` and returns class values (and uint8 probabilities)
@@ -72,29 +77,54 @@ def fused_graph(
     post = [helper.make_node("ArgMax", [logits], [name("argmax")], axis=1, keepdims=1)]
     if np.dtype(class_dtype) == np.uint8:
         post += [
-            helper.make_node("Gather", [const("lookup", np.asarray(lookup, dtype=class_dtype)), name("argmax")],
-                             [name("values")], axis=0),
-            helper.make_node("Where", [VALID, name("values"), const("nodata", np.asarray(nodata, dtype=class_dtype))],
-                             [CLASSES]),
+            helper.make_node(
+                "Gather",
+                [const("lookup", np.asarray(lookup, dtype=class_dtype)), name("argmax")],
+                [name("values")],
+                axis=0,
+            ),
+            helper.make_node(
+                "Where",
+                [VALID, name("values"), const("nodata", np.asarray(nodata, dtype=class_dtype))],
+                [CLASSES],
+            ),
         ]
     else:  # ONNX Runtime's Where has no uint16 kernel: mask the index, nodata is the table's last entry
         post += [
-            helper.make_node("Where", [VALID, name("argmax"), const("nodata_index", np.int64(classes))],
-                             [name("index")]),
-            helper.make_node("Gather", [const("lookup", np.asarray([*lookup, nodata], dtype=class_dtype)),
-                                        name("index")], [CLASSES], axis=0),
+            helper.make_node(
+                "Where",
+                [VALID, name("argmax"), const("nodata_index", np.int64(classes))],
+                [name("index")],
+            ),
+            helper.make_node(
+                "Gather",
+                [const("lookup", np.asarray([*lookup, nodata], dtype=class_dtype)), name("index")],
+                [CLASSES],
+                axis=0,
+            ),
         ]
-    outputs = [helper.make_tensor_value_info(CLASSES, helper.np_dtype_to_tensor_dtype(np.dtype(class_dtype)),
-                                             ["N", 1, "H", "W"])]
+    outputs = [
+        helper.make_tensor_value_info(
+            CLASSES, helper.np_dtype_to_tensor_dtype(np.dtype(class_dtype)), ["N", 1, "H", "W"]
+        )
+    ]
     if probabilities:  # 0-255 = 0-1, rounded half to even as torch does; 0 where no data
         post += [
             helper.make_node("Softmax", [logits], [name("softmax")], axis=1),
-            helper.make_node("Mul", [name("softmax"), const("scale", np.float32(255.0))], [name("scaled")]),
+            helper.make_node(
+                "Mul", [name("softmax"), const("scale", np.float32(255.0))], [name("scaled")]
+            ),
             helper.make_node("Round", [name("scaled")], [name("rounded")]),
             helper.make_node("Cast", [name("rounded")], [name("uint8")], to=TensorProto.UINT8),
-            helper.make_node("Where", [VALID, name("uint8"), const("zero", np.uint8(0))], [PROBABILITIES]),
+            helper.make_node(
+                "Where", [VALID, name("uint8"), const("zero", np.uint8(0))], [PROBABILITIES]
+            ),
         ]
-        outputs.append(helper.make_tensor_value_info(PROBABILITIES, TensorProto.UINT8, ["N", classes, "H", "W"]))
+        outputs.append(
+            helper.make_tensor_value_info(
+                PROBABILITIES, TensorProto.UINT8, ["N", classes, "H", "W"]
+            )
+        )
     graph.node.extend(post)
     graph.input.append(helper.make_tensor_value_info(VALID, TensorProto.BOOL, ["N", 1, "H", "W"]))
     del graph.output[:]

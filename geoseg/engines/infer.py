@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import torch
@@ -17,12 +17,19 @@ from geoseg.options import PRECISIONS, TTA_MODES, InferenceOptions
 from geoseg.tiling import scale_fractions
 
 #: InferenceOptions (and the choices) live in :mod:`geoseg.options`, which imports no torch.
-__all__ = ["PRECISIONS", "TTA_MODES", "InferenceOptions", "LogitsFn", "forward", "normalize",
-           "resolve_device", "scores"]
+__all__ = [
+    "PRECISIONS",
+    "TTA_MODES",
+    "InferenceOptions",
+    "LogitsFn",
+    "forward",
+    "normalize",
+    "resolve_device",
+    "scores",
+]
 
 #: A forward pass: normalized float32 N x C x H x W -> logits N x K x H x W (any engine).
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
-
 
 
 def resolve_device(spec: str | torch.device = "auto") -> torch.device:
@@ -33,7 +40,9 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelError("--device cuda asked for, but this machine has no CUDA device; use --device cpu")
+        raise ModelError(
+            "--device cuda asked for, but this machine has no CUDA device; use --device cpu"
+        )
     if spec.startswith("cuda") or spec == "cpu":
         return torch.device(spec)
     raise OptionError(f"unknown device {spec!r}; use auto, cpu or cuda")
@@ -41,7 +50,10 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
 
 @torch.inference_mode()
 def forward(
-    network: nn.Module, batch: np.ndarray, device: torch.device, options: InferenceOptions | None = None
+    network: nn.Module,
+    batch: np.ndarray,
+    device: torch.device,
+    options: InferenceOptions | None = None,
 ) -> torch.Tensor:
     """Logits (float32, on the CPU) for a normalized N x C x H x W batch; with a CRF, its
     log-probabilities (same argmax and softmax semantics)."""
@@ -69,7 +81,9 @@ def scores(logits: LogitsFn, x: torch.Tensor, options: InferenceOptions) -> torc
         return logits(x).float()
     out = _scales_tta(logits, x, options)
     if options.crf is not None:
-        out = torch.cat([dense_crf(lg[None], xi[None], options.crf) for lg, xi in zip(out, x.float())])
+        out = torch.cat(
+            [dense_crf(lg[None], xi[None], options.crf) for lg, xi in zip(out, x.float())]
+        )
     return out
 
 
@@ -102,7 +116,9 @@ def _scales_tta(network: LogitsFn, x: torch.Tensor, options: InferenceOptions) -
             xs = x
         else:
             scaled = (size[0] * p // q, size[1] * p // q)
-            xs = F.interpolate(x, size=scaled, mode="bilinear", align_corners=False, antialias=p < q)
+            xs = F.interpolate(
+                x, size=scaled, mode="bilinear", align_corners=False, antialias=p < q
+            )
         for k, flip in _transforms(options.tta):
             y = _d4_inverse(network(_d4(xs, k, flip)).float(), k, flip)
             if y.shape[-2:] != size:

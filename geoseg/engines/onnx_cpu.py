@@ -84,9 +84,16 @@ class CpuEngine:
     #: Whether the worker must set torch's threads for this engine: no torch here.
     uses_torch = False
 
-    def __init__(self, model: str | Path | bytes, config: ModelConfig, options: "InferenceOptions",
-                 threads: int | None = None, proto: Any = None, summary: "OnnxSummary | None" = None,
-                 cache_key: str | None = None) -> None:
+    def __init__(
+        self,
+        model: str | Path | bytes,
+        config: ModelConfig,
+        options: "InferenceOptions",
+        threads: int | None = None,
+        proto: Any = None,
+        summary: "OnnxSummary | None" = None,
+        cache_key: str | None = None,
+    ) -> None:
         #: One batch at a time on all cores, or (:func:`overlapping_runs`) each task's runs at
         #: once on one thread each; the worker holds it around :meth:`run`.
         self.lock: threading.Lock | NoLock = threading.Lock()
@@ -94,7 +101,10 @@ class CpuEngine:
         #: (:data:`OVERLAP_MAX_TILE_PIXELS`), which run one at a time on all cores.
         self.large: tuple[FusedSessions, threading.Lock] | None = None
         if overlapping_runs(threads or default_threads(), worker_task_threads(), physical_memory()):
-            self.large = (FusedSessions(model, config, "cpu", threads, proto, summary, cache_key), threading.Lock())
+            self.large = (
+                FusedSessions(model, config, "cpu", threads, proto, summary, cache_key),
+                threading.Lock(),
+            )
             threads, self.lock = 1, NoLock()
         self.model, self.config, self.options, self.threads = model, config, options, threads
         self.sessions = FusedSessions(model, config, "cpu", threads, proto, summary, cache_key)
@@ -111,23 +121,40 @@ class CpuEngine:
 
             from geoseg.engines.ort import OnnxEngine
 
-            self._full = OnnxEngine(self.model, self.config, torch.device("cpu"), self.options, self.threads,
-                                    summary=self.sessions.summary(), cache_key=self.sessions.cache_key)
+            self._full = OnnxEngine(
+                self.model,
+                self.config,
+                torch.device("cpu"),
+                self.options,
+                self.threads,
+                summary=self.sessions.summary(),
+                cache_key=self.sessions.cache_key,
+            )
         return self._full
 
     def run(
-        self, raw: np.ndarray, valid: np.ndarray, probabilities: bool = False, keep_logits: bool = False,
+        self,
+        raw: np.ndarray,
+        valid: np.ndarray,
+        probabilities: bool = False,
+        keep_logits: bool = False,
     ) -> EngineOutput:
         """Classes (and uint8 probabilities) for raw N x C x H x W tiles in the scene's dtype, with
         ``valid`` (N x H x W, bool) saying which pixels hold data."""
-        if self.large is not None and raw.shape[2] * raw.shape[3] > OVERLAP_MAX_TILE_PIXELS \
-                and not keep_logits and self.options.plain:
+        if (
+            self.large is not None
+            and raw.shape[2] * raw.shape[3] > OVERLAP_MAX_TILE_PIXELS
+            and not keep_logits
+            and self.options.plain
+        ):
             sessions, lock = self.large
             with lock:
                 session = sessions.get(probabilities)
                 if session is not None:
                     return run_fused(sessions, session, raw, valid, probabilities, self.config)
-        session = None if keep_logits or not self.options.plain else self.sessions.get(probabilities)
+        session = (
+            None if keep_logits or not self.options.plain else self.sessions.get(probabilities)
+        )
         if session is None:
             return self.full().run(raw, valid, probabilities, keep_logits)
         return run_fused(self.sessions, session, raw, valid, probabilities, self.config)

@@ -16,11 +16,11 @@ import torch
 
 from geoseg.engines import EngineOutput
 from geoseg.engines.base import Engine
-from geoseg.engines.graph import CLASSES, PROBABILITIES, VALID
 from geoseg.engines.fused import FusedSessions, cpu_runs, run_fused
-from geoseg.models.ort_session import make_session
+from geoseg.engines.graph import CLASSES, PROBABILITIES, VALID
 from geoseg.models.config import ModelConfig
 from geoseg.models.onnx_summary import OnnxSummary
+from geoseg.models.ort_session import make_session
 from geoseg.options import InferenceOptions
 
 
@@ -38,9 +38,15 @@ class OnnxEngine(Engine):
     name = "onnx"
 
     def __init__(
-        self, model: str | Path | bytes, config: ModelConfig, device: torch.device,
-        options: InferenceOptions, threads: int | None = None, proto: Any = None,
-        summary: OnnxSummary | None = None, cache_key: str | None = None,
+        self,
+        model: str | Path | bytes,
+        config: ModelConfig,
+        device: torch.device,
+        options: InferenceOptions,
+        threads: int | None = None,
+        proto: Any = None,
+        summary: OnnxSummary | None = None,
+        cache_key: str | None = None,
     ) -> None:
         super().__init__(config, device, options)
         self.model, self.threads = model, threads
@@ -67,9 +73,15 @@ class OnnxEngine(Engine):
 
     @torch.inference_mode()
     def run(
-        self, raw: np.ndarray, valid: np.ndarray, probabilities: bool = False, keep_logits: bool = False,
+        self,
+        raw: np.ndarray,
+        valid: np.ndarray,
+        probabilities: bool = False,
+        keep_logits: bool = False,
     ) -> EngineOutput:
-        session = self.fused_session(probabilities) if not keep_logits and self.options.plain else None
+        session = (
+            self.fused_session(probabilities) if not keep_logits and self.options.plain else None
+        )
         if session is None:
             return super().run(raw, valid, probabilities, keep_logits)
         if self.device.type != "cuda":  # numpy and the fused graph: what CpuEngine runs
@@ -96,15 +108,31 @@ class OnnxEngine(Engine):
         session = self.session
         if self.device.type != "cuda":
             xs = x.numpy()
-            ys = [session.run([self.output_name], {self.input_name: xs[r]})[0]
-                  for r in cpu_runs(xs.shape[0], *xs.shape[2:])]
+            ys = [
+                session.run([self.output_name], {self.input_name: xs[r]})[0]
+                for r in cpu_runs(xs.shape[0], *xs.shape[2:])
+            ]
             return torch.from_numpy(ys[0] if len(ys) == 1 else np.concatenate(ys))
         binding = session.io_binding()
-        binding.bind_input(self.input_name, "cuda", self.device.index or 0, np.float32,
-                           tuple(x.shape), x.data_ptr())
-        out = torch.empty((x.shape[0], self.classes, *x.shape[2:]), dtype=torch.float32, device=self.device)
-        binding.bind_output(self.output_name, "cuda", self.device.index or 0, np.float32,
-                            tuple(out.shape), out.data_ptr())
+        binding.bind_input(
+            self.input_name,
+            "cuda",
+            self.device.index or 0,
+            np.float32,
+            tuple(x.shape),
+            x.data_ptr(),
+        )
+        out = torch.empty(
+            (x.shape[0], self.classes, *x.shape[2:]), dtype=torch.float32, device=self.device
+        )
+        binding.bind_output(
+            self.output_name,
+            "cuda",
+            self.device.index or 0,
+            np.float32,
+            tuple(out.shape),
+            out.data_ptr(),
+        )
         torch.cuda.current_stream(self.device).synchronize()
         session.run_with_iobinding(binding)
         return out

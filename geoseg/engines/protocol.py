@@ -29,7 +29,11 @@ class InferenceEngine(Protocol):
         """Held by a worker around :meth:`run`: one batch at a time on the device."""
 
     def run(
-        self, raw: np.ndarray, valid: np.ndarray, probabilities: bool = False, keep_logits: bool = False,
+        self,
+        raw: np.ndarray,
+        valid: np.ndarray,
+        probabilities: bool = False,
+        keep_logits: bool = False,
     ) -> EngineOutput:
         """Classes (and uint8 probabilities) for raw N x C x H x W tiles in the scene's dtype,
         with ``valid`` (N x H x W, bool) saying which pixels hold data."""

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from geoseg.engines.base import Engine
-from geoseg.options import InferenceOptions
 from geoseg.models.config import ModelConfig
+from geoseg.options import InferenceOptions
 
 
 class TorchEngine(Engine):
@@ -17,7 +17,11 @@ class TorchEngine(Engine):
     name = "torch"
 
     def __init__(
-        self, network: nn.Module, config: ModelConfig, device: torch.device, options: InferenceOptions,
+        self,
+        network: nn.Module,
+        config: ModelConfig,
+        device: torch.device,
+        options: InferenceOptions,
     ) -> None:
         super().__init__(config, device, options)
         self.network = network
@@ -27,5 +31,7 @@ class TorchEngine(Engine):
         if self.options.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         dtype = self.autocast
-        with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        with torch.autocast(
+            self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None
+        ):
             return self.network(x).float()

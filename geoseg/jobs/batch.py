@@ -21,16 +21,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from geoseg.version import __version__
 from geoseg.errors import GeosegError, JobError, JobLockedError, first_line
 from geoseg.fs import write_json_atomic
 from geoseg.jobs.job_file import check_schema, check_values, read_job_file
+from geoseg.options import (
+    VECTOR_FORMAT_NAMES,
+    PredictOptions,
+    VectorOptions,
+    job_schema,
+)
 from geoseg.paths import is_virtual
 from geoseg.raster.scenes import file_token
-from geoseg.options import (
-    VECTOR_FORMAT_NAMES, PredictOptions, VectorOptions, job_schema,
-)
 from geoseg.results.scene import STATS_SCHEMA
+from geoseg.version import __version__
 
 #: Keys of a prediction job and the types they take (None: free-form checked elsewhere).
 SCHEMA: dict[str, Any] = {
@@ -77,7 +80,9 @@ class Job:
         """The ``predict`` section as typed options, built once per job (``predict`` stays the
         section as written: the scene records hold it)."""
         if self._predict_options is None:
-            opts = {k: v for k, v in self.predict.items() if k not in ("probabilities", "confidence")}
+            opts = {
+                k: v for k, v in self.predict.items() if k not in ("probabilities", "confidence")
+            }
             self._predict_options = PredictOptions.from_keywords(None, **opts)
         return self._predict_options
 
@@ -111,22 +116,32 @@ class BatchReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "job": self.job, "geoseg_version": __version__, "seconds": round(self.seconds, 3),
-            "done": self.count("done"), "partial": self.count("partial"), "skipped": self.count("skipped"),
+            "job": self.job,
+            "geoseg_version": __version__,
+            "seconds": round(self.seconds, 3),
+            "done": self.count("done"),
+            "partial": self.count("partial"),
+            "skipped": self.count("skipped"),
             "failed": self.count("failed"),
             "megapixels": round(self.megapixels, 3),
-            "megapixels_per_second": round(self.megapixels / self.seconds, 4) if self.seconds else None,
+            "megapixels_per_second": round(self.megapixels / self.seconds, 4)
+            if self.seconds
+            else None,
             "scenes": [o.__dict__ for o in self.outcomes],
         }
 
     def table(self) -> str:
         lines = [f"{'status':<8} {'MP':>8} {'s':>7}  scene"]
         for o in self.outcomes:
-            lines.append(f"{o.status:<8} {o.megapixels:>8.2f} {o.seconds:>7.1f}  {o.scene}"
-                         + (f"\n{'':<27}{o.error}" if o.error else ""))
+            lines.append(
+                f"{o.status:<8} {o.megapixels:>8.2f} {o.seconds:>7.1f}  {o.scene}"
+                + (f"\n{'':<27}{o.error}" if o.error else "")
+            )
         mps = self.megapixels / self.seconds if self.seconds else 0.0
-        lines.append(f"done {self.count('done')}, partial {self.count('partial')}, skipped {self.count('skipped')}, failed {self.count('failed')}; "
-                     f"{self.megapixels:.2f} MP in {self.seconds:.1f} s ({mps:.3f} MP/s)")
+        lines.append(
+            f"done {self.count('done')}, partial {self.count('partial')}, skipped {self.count('skipped')}, failed {self.count('failed')}; "
+            f"{self.megapixels:.2f} MP in {self.seconds:.1f} s ({mps:.3f} MP/s)"
+        )
         return "\n".join(lines)
 
 
@@ -198,27 +213,39 @@ def load_job(path: str | os.PathLike[str], doc: Any = None) -> Job:
     if isinstance(model, str) and model not in BUILTIN_MODELS:
         model = _resolve(base, model)
         if not os.path.isfile(model):
-            problems.append(f"model: {doc['model']!r} is neither a file nor a built-in model "
-                            f"({', '.join(BUILTIN_MODELS)})")
+            problems.append(
+                f"model: {doc['model']!r} is neither a file nor a built-in model "
+                f"({', '.join(BUILTIN_MODELS)})"
+            )
     out = doc.get("output") or {}
     folder = out.get("folder") if isinstance(out, dict) else None
     if not isinstance(folder, str):
         problems.append("output.folder: required")
         folder = "."
-    pattern = out.get("pattern", "{stem}-classes.tif") if isinstance(out, dict) else "{stem}-classes.tif"
-    pattern_problems = _pattern_problems(pattern) if isinstance(pattern, str) else ["output.pattern: not text"]
+    pattern = (
+        out.get("pattern", "{stem}-classes.tif") if isinstance(out, dict) else "{stem}-classes.tif"
+    )
+    pattern_problems = (
+        _pattern_problems(pattern) if isinstance(pattern, str) else ["output.pattern: not text"]
+    )
     problems.extend(p for p in pattern_problems if p not in problems)
     vector = doc.get("vector")
     if isinstance(vector, dict) and vector.get("format", "gpkg") not in VECTOR_FORMAT_NAMES:
-        problems.append(f"vector.format: {vector.get('format')!r} is not one of {', '.join(VECTOR_FORMAT_NAMES)}")
+        problems.append(
+            f"vector.format: {vector.get('format')!r} is not one of {', '.join(VECTOR_FORMAT_NAMES)}"
+        )
     elif isinstance(vector, dict):
         problems.extend(_vector_problems(vector, scenes))
     predict = doc.get("predict") or {}
-    _check_values(predict, PredictOptions, "predict", problems, extra=("probabilities", "confidence"))
+    _check_values(
+        predict, PredictOptions, "predict", problems, extra=("probabilities", "confidence")
+    )
     _check_values(vector, VectorOptions, "vector", problems, extra=("format",))
     concurrency = doc.get("concurrency", "auto")
     if isinstance(concurrency, int) and not isinstance(concurrency, bool) and concurrency < 1:
-        problems.append(f"concurrency: scenes at once must be 1 or more (or 'auto'), not {concurrency}")
+        problems.append(
+            f"concurrency: scenes at once must be 1 or more (or 'auto'), not {concurrency}"
+        )
     from geoseg.jobs.batch_store import check_folder_url, staging_folder
 
     try:
@@ -227,10 +254,18 @@ def load_job(path: str | os.PathLike[str], doc: Any = None) -> Job:
         problems.append(f"output.folder: {first_line(exc)}")
         remote = None
     local_folder = staging_folder(remote) if remote else Path(_resolve(base, folder))
-    job = Job(p, list(dict.fromkeys(scenes)), model, local_folder, str(pattern),
-              dict(predict) if isinstance(predict, dict) else {},
-              dict(vector) if isinstance(vector, dict) else None, doc.get("scheduler"), doc.get("workers"),
-              concurrency if concurrency is not None else "auto")
+    job = Job(
+        p,
+        list(dict.fromkeys(scenes)),
+        model,
+        local_folder,
+        str(pattern),
+        dict(predict) if isinstance(predict, dict) else {},
+        dict(vector) if isinstance(vector, dict) else None,
+        doc.get("scheduler"),
+        doc.get("workers"),
+        concurrency if concurrency is not None else "auto",
+    )
     from geoseg.results.scene import check_stats_section
 
     job.stats, stats_problems = check_stats_section(doc.get("stats"), base)
@@ -282,13 +317,17 @@ def _pattern_problems(pattern: str) -> list[str]:
     try:
         fields = [f for _, f, _, _ in string.Formatter().parse(pattern) if f is not None]
     except ValueError as exc:
-        return [f"output.pattern: {pattern!r} is not a valid pattern ({exc}); write {{stem}} where the "
-                "scene's file name goes, and {{{{ }}}} for literal braces"]
+        return [
+            f"output.pattern: {pattern!r} is not a valid pattern ({exc}); write {{stem}} where the "
+            "scene's file name goes, and {{{{ }}}} for literal braces"
+        ]
     problems = []
     unknown = sorted({f for f in fields if f != "stem"})
     if unknown:
-        problems.append(f"output.pattern: unknown field(s) {', '.join('{' + f + '}' for f in unknown)} in "
-                        f"{pattern!r}; only {{stem}} (the scene's file name without extension) is filled in")
+        problems.append(
+            f"output.pattern: unknown field(s) {', '.join('{' + f + '}' for f in unknown)} in "
+            f"{pattern!r}; only {{stem}} (the scene's file name without extension) is filled in"
+        )
     if "stem" not in fields or not pattern.endswith(".tif") or "/" in pattern:
         problems.append("output.pattern: a file name ending in .tif that contains {stem}")
     return problems
@@ -307,13 +346,18 @@ def _is_geoseg_raster(path: str) -> bool:
         return False
 
 
-def _drop_own_outputs(job: Job, places: dict[str, str], globbed: set[str], problems: list[str]) -> list[str]:
+def _drop_own_outputs(
+    job: Job, places: dict[str, str], globbed: set[str], problems: list[str]
+) -> list[str]:
     """Scenes without geoseg's own outputs: a glob that also matches the output folder would
     otherwise segment last run's class rasters as scenes. Listed by name, such a file is an error."""
     produced: dict[str, tuple[str, str]] = {}
     for scene in job.scenes:
         for kind, out in outputs_for(job, scene).items():
-            produced[os.path.realpath(out)] = (scene, f"the {kind} output of {places.get(scene, scene)}")
+            produced[os.path.realpath(out)] = (
+                scene,
+                f"the {kind} output of {places.get(scene, scene)}",
+            )
     folder = os.path.realpath(job.folder)
     kept = []
     for scene in job.scenes:
@@ -325,8 +369,10 @@ def _drop_own_outputs(job: Job, places: dict[str, str], globbed: set[str], probl
         if scene in globbed and (owner is not None or (in_folder and _is_geoseg_raster(scene))):
             continue  # geoseg's own output, not a scene
         if owner is not None:
-            problems.append(f"{places.get(scene, scene)}: {scene} is {owner}; list scenes only, or "
-                            "write the outputs to another output.folder")
+            problems.append(
+                f"{places.get(scene, scene)}: {scene} is {owner}; list scenes only, or "
+                "write the outputs to another output.folder"
+            )
         kept.append(scene)
     return kept
 
@@ -357,12 +403,16 @@ def _collisions(job: Job, places: dict[str, str]) -> list[str]:
     for scene in job.scenes:
         outs = dict(outputs_for(job, scene))
         outs["record"] = record_path(outs["classes"])
-        outs["skipped-tiles report"] = outs["classes"].with_name(outs["classes"].name + ".skipped.json")
+        outs["skipped-tiles report"] = outs["classes"].with_name(
+            outs["classes"].name + ".skipped.json"
+        )
         for kind, out in outs.items():
             other = claim(out, f"the {kind} output of {places.get(scene, scene)}")
             if other:
-                problems.append(f"output: the {kind} output of {places.get(scene, scene)} ({out.name}) would "
-                                f"overwrite {other}; change output.pattern or output.folder")
+                problems.append(
+                    f"output: the {kind} output of {places.get(scene, scene)} ({out.name}) would "
+                    f"overwrite {other}; change output.pattern or output.folder"
+                )
     return problems
 
 
@@ -381,8 +431,11 @@ def outputs_for(job: Job, scene: str) -> dict[str, Path]:
         if job.predict.get(name):
             # the last "classes" in the name becomes "probabilities" (x-classes -> x-probabilities)
             head, found, tail = base.rpartition("classes")
-            out[name] = (classes.with_name(base) / f"{name}.vrt" if cells
-                         else classes.with_name(f"{head}{name}{tail}.tif" if found else f"{base}-{name}.tif"))
+            out[name] = (
+                classes.with_name(base) / f"{name}.vrt"
+                if cells
+                else classes.with_name(f"{head}{name}{tail}.tif" if found else f"{base}-{name}.tif")
+            )
     if job.vector is not None:
         out["vector"] = classes.with_name(base + "." + job.vector.get("format", "gpkg"))
     from geoseg.results.scene import scene_outputs
@@ -398,8 +451,15 @@ def record_path(classes: Path) -> Path:
 def expected_record(job: Job, scene: str, model_sha: str) -> dict[str, Any]:
     """The record a scene done with this job, model and geoseg has, as JSON stores it (lists,
     not tuples), so it compares equal to the record file."""
-    record = {"scene": {"path": scene, "content": file_token(scene)}, "model_sha256": model_sha, "predict": job.predict,
-              "vector": job.vector, "geoseg_version": __version__, "stats": job.stats, "quicklook": job.quicklook}
+    record = {
+        "scene": {"path": scene, "content": file_token(scene)},
+        "model_sha256": model_sha,
+        "predict": job.predict,
+        "vector": job.vector,
+        "geoseg_version": __version__,
+        "stats": job.stats,
+        "quicklook": job.quicklook,
+    }
     return dict(json.loads(json.dumps(record)))
 
 
@@ -414,7 +474,9 @@ def is_done(job: Job, scene: str, model_sha: str) -> bool:
     want = expected_record(job, scene, model_sha)
     if stored.get("partial"):
         return False  # written with holes under on_error: skip; tried again on every run
-    return all(stored.get(k) == v for k, v in want.items()) and all(_exists(job, p) for p in outs.values())
+    return all(stored.get(k) == v for k, v in want.items()) and all(
+        _exists(job, p) for p in outs.values()
+    )
 
 
 def _exists(job: Job, path: Path) -> bool:
@@ -448,8 +510,14 @@ def remove_stale_parts(outs: dict[str, Path]) -> None:
                 stale.unlink()
 
 
-def stac_item(scene: str, outs: dict[str, Path], model_name: str, model_sha: str, classes: list[Any],
-              source_item: str | None = None) -> dict[str, Any]:
+def stac_item(
+    scene: str,
+    outs: dict[str, Path],
+    model_name: str,
+    model_sha: str,
+    classes: list[Any],
+    source_item: str | None = None,
+) -> dict[str, Any]:
     """A STAC 1.0 Item for one scene's outputs, with the class raster and polygons as assets, and
     a ``derived_from`` link to the scene's own STAC item when it was given as one."""
     import rasterio
@@ -459,41 +527,96 @@ def stac_item(scene: str, outs: dict[str, Path], model_name: str, model_sha: str
         bounds, crs, shape, transform = src.bounds, src.crs, src.shape, src.transform
     if crs is not None:
         wgs = transform_bounds(crs, "EPSG:4326", *bounds, densify_pts=21)
-        geom = transform_geom(crs, "EPSG:4326", {"type": "Polygon", "coordinates": [[
-            (bounds.left, bounds.bottom), (bounds.right, bounds.bottom), (bounds.right, bounds.top),
-            (bounds.left, bounds.top), (bounds.left, bounds.bottom)]]})
+        geom = transform_geom(
+            crs,
+            "EPSG:4326",
+            {
+                "type": "Polygon",
+                "coordinates": [
+                    [
+                        (bounds.left, bounds.bottom),
+                        (bounds.right, bounds.bottom),
+                        (bounds.right, bounds.top),
+                        (bounds.left, bounds.top),
+                        (bounds.left, bounds.bottom),
+                    ]
+                ],
+            },
+        )
     else:
         wgs, geom = None, None
     stamp = _scene_time(scene)
-    assets: dict[str, Any] = {"classes": {
-        "href": _href(outs["classes"], outs), "type": media_type(outs["classes"]),
-        "roles": ["data"], "title": "class raster",
-        "classification:classes": [{"value": c.value, "name": c.name,
-                                    "color_hint": "%02X%02X%02X" % tuple(c.color)} for c in classes]}}
+    assets: dict[str, Any] = {
+        "classes": {
+            "href": _href(outs["classes"], outs),
+            "type": media_type(outs["classes"]),
+            "roles": ["data"],
+            "title": "class raster",
+            "classification:classes": [
+                {"value": c.value, "name": c.name, "color_hint": "%02X%02X%02X" % tuple(c.color)}
+                for c in classes
+            ],
+        }
+    }
     if "confidence" in outs:
-        assets["confidence"] = {"href": _href(outs["confidence"], outs), "roles": ["data"],
-                                "type": media_type(outs["confidence"]),
-                                "title": "probability of the winning class (1-255; 0 nodata)"}
+        assets["confidence"] = {
+            "href": _href(outs["confidence"], outs),
+            "roles": ["data"],
+            "type": media_type(outs["confidence"]),
+            "title": "probability of the winning class (1-255; 0 nodata)",
+        }
     if "probabilities" in outs:
-        assets["probabilities"] = {"href": _href(outs["probabilities"], outs), "roles": ["data"],
-                                   "type": media_type(outs["probabilities"]),
-                                   "title": "class probabilities (0-255)"}
+        assets["probabilities"] = {
+            "href": _href(outs["probabilities"], outs),
+            "roles": ["data"],
+            "type": media_type(outs["probabilities"]),
+            "title": "class probabilities (0-255)",
+        }
     if "vector" in outs:
-        assets["polygons"] = {"href": outs["vector"].name, "roles": ["data"], "title": "class polygons"}
-    props: dict[str, Any] = {"datetime": stamp, "geoseg:model": model_name, "geoseg:model_sha256": model_sha,
-                             "geoseg:version": __version__, "geoseg:source": scene}
+        assets["polygons"] = {
+            "href": outs["vector"].name,
+            "roles": ["data"],
+            "title": "class polygons",
+        }
+    props: dict[str, Any] = {
+        "datetime": stamp,
+        "geoseg:model": model_name,
+        "geoseg:model_sha256": model_sha,
+        "geoseg:version": __version__,
+        "geoseg:source": scene,
+    }
     if crs is not None:
-        props.update({"proj:wkt2": crs.to_wkt(), "proj:shape": list(shape), "proj:transform": list(transform)[:6]})
+        props.update(
+            {
+                "proj:wkt2": crs.to_wkt(),
+                "proj:shape": list(shape),
+                "proj:transform": list(transform)[:6],
+            }
+        )
         if crs.to_epsg():
             props["proj:epsg"] = crs.to_epsg()
     return {
-        "type": "Feature", "stac_version": "1.0.0",
-        "stac_extensions": ["https://stac-extensions.github.io/projection/v1.1.0/schema.json",
-                            "https://stac-extensions.github.io/classification/v1.1.0/schema.json"],
-        "id": outs["classes"].stem, "geometry": geom, "bbox": list(wgs) if wgs else None,
-        "properties": props, "assets": assets,
-        "links": [{"rel": "derived_from", "href": source_item, "type": "application/geo+json",
-                   "title": "source scene"}] if source_item else [],
+        "type": "Feature",
+        "stac_version": "1.0.0",
+        "stac_extensions": [
+            "https://stac-extensions.github.io/projection/v1.1.0/schema.json",
+            "https://stac-extensions.github.io/classification/v1.1.0/schema.json",
+        ],
+        "id": outs["classes"].stem,
+        "geometry": geom,
+        "bbox": list(wgs) if wgs else None,
+        "properties": props,
+        "assets": assets,
+        "links": [
+            {
+                "rel": "derived_from",
+                "href": source_item,
+                "type": "application/geo+json",
+                "title": "source scene",
+            }
+        ]
+        if source_item
+        else [],
     }
 
 
@@ -504,7 +627,11 @@ def _href(path: Path, outs: dict[str, Path]) -> str:
 
 def media_type(path: Path) -> str:
     """The media type of a raster output: a COG, or a cells folder's VRT mosaic."""
-    return "application/xml" if path.suffix == ".vrt" else "image/tiff; application=geotiff; profile=cloud-optimized"
+    return (
+        "application/xml"
+        if path.suffix == ".vrt"
+        else "image/tiff; application=geotiff; profile=cloud-optimized"
+    )
 
 
 def _scene_time(scene: str) -> str:
@@ -552,7 +679,8 @@ def run_batch(
 
     report_file = Path(report_path) if report_path else job.folder / "batch-report.json"
     _check_report_path(job, report_file, overwrite)
-    from geoseg.results.report import check_report_page, report_path as html_path, write_report
+    from geoseg.results.report import check_report_page, write_report
+    from geoseg.results.report import report_path as html_path
 
     check_report_page(html_path(report_file), str(job.path), overwrite)
     model = read_model_config(job.model)
@@ -561,7 +689,9 @@ def run_batch(
 
         job.remote_names = prepare(job.remote, job.folder, RECORD_SUFFIX)
     bar = JobProgress(len(job.scenes), quiet=not progress)
-    say: Callable[[str], Any] = (lambda s: None) if not verbose else (bar.message if progress else echo)
+    say: Callable[[str], Any] = (
+        (lambda s: None) if not verbose else (bar.message if progress else echo)
+    )
     with job_lock(job.folder, job.path):
         from geoseg.dask.session import inference_session
 
@@ -586,8 +716,9 @@ def scenes_at_once(concurrency: int | str, threads: int) -> tuple[int, bool]:
     return max(1, int(concurrency)), False
 
 
-def _run_scenes(job: Job, model: Any, force: bool, session: Any, bar: Any,
-                say: Callable[[str], Any]) -> list[SceneOutcome]:
+def _run_scenes(
+    job: Job, model: Any, force: bool, session: Any, bar: Any, say: Callable[[str], Any]
+) -> list[SceneOutcome]:
     """Every scene of the job, several at once in client threads, their tile and polygon tasks
     sharing one in-flight budget of 2 tasks per worker thread; outcomes in job order.
 
@@ -628,7 +759,9 @@ def _run_scenes(job: Job, model: Any, force: bool, session: Any, bar: Any,
                 with lock:
                     opening[0] += 1
                 bar.started()
-                running[pool.submit(_one_scene, job, scene, model, session, slots, bar, say, opened)] = i
+                running[
+                    pool.submit(_one_scene, job, scene, model, session, slots, bar, say, opened)
+                ] = i
             if running:
                 finished, _ = wait(list(running), timeout=0.1, return_when=FIRST_COMPLETED)
                 for fut in finished:
@@ -666,13 +799,21 @@ def _check_report_path(job: Job, report: Path, overwrite: bool) -> None:
     check_distinct_paths(inputs, outputs)
 
 
-def _one_scene(job: Job, scene: str, model: Any, session: Any, slots: Any, bar: Any,
-               say: Callable[[str], Any], opened: Callable[[], None]) -> SceneOutcome:
+def _one_scene(
+    job: Job,
+    scene: str,
+    model: Any,
+    session: Any,
+    slots: Any,
+    bar: Any,
+    say: Callable[[str], Any],
+    opened: Callable[[], None],
+) -> SceneOutcome:
     """Predict, describe and record one scene (in a client thread, beside other scenes);
     ``opened`` is called once the scene's tasks are known (or it failed before that)."""
     from geoseg.prediction import execute
-    from geoseg.prediction.plan import plan_predict
     from geoseg.prediction.destinations import skipped_report_path
+    from geoseg.prediction.plan import plan_predict
 
     t = time.perf_counter()
     try:
@@ -692,29 +833,53 @@ def _one_scene(job: Job, scene: str, model: Any, session: Any, slots: Any, bar: 
         try:
             # with cells, the scene's output is the folder its mosaics are in
             target = outs["classes"].parent if job.predict_options.cells else outs["classes"]
-            plan = plan_predict(scene, target, model, job.predict_options,
-                                outs.get("probabilities"), outs.get("vector"), overwrite=True,
-                                vector_options=vector_opts, confidence=outs.get("confidence"))
+            plan = plan_predict(
+                scene,
+                target,
+                model,
+                job.predict_options,
+                outs.get("probabilities"),
+                outs.get("vector"),
+                overwrite=True,
+                vector_options=vector_opts,
+                confidence=outs.get("confidence"),
+            )
             progress = bar.scene(plan.scene.pixels)
         finally:
             opened()
-        result = execute(plan, session, progress, max_in_flight=slots, overwrite=True,
-                         vector_options=vector_opts, started=t)
+        result = execute(
+            plan,
+            session,
+            progress,
+            max_in_flight=slots,
+            overwrite=True,
+            vector_options=vector_opts,
+            started=t,
+        )
         if slots.cancelled:
             raise KeyboardInterrupt("the job was interrupted")
         from geoseg.results.scene import add_class_counts, json_areas, scene_results
 
         areas = scene_results(outs, job.stats, session.client, slots)
-        write_json_atomic(outs["stac"], add_class_counts(
-            stac_item(scene, outs, model.name, model.sha256, model.classes, result.stac_item), areas,
-            outs.get("quicklook")))
+        write_json_atomic(
+            outs["stac"],
+            add_class_counts(
+                stac_item(scene, outs, model.name, model.sha256, model.classes, result.stac_item),
+                areas,
+                outs.get("quicklook"),
+            ),
+        )
         record = expected_record(job, scene, model.sha256)
         record["outputs"] = {k: p.name for k, p in outs.items()}
         if result.skipped:
-            record["partial"] = {"skipped_windows": len(result.skipped),
-                                 "report": skipped_report_path(outs["classes"]).name}
+            record["partial"] = {
+                "skipped_windows": len(result.skipped),
+                "report": skipped_report_path(outs["classes"]).name,
+            }
         write_json_atomic(rec, record)
-        if job.remote is not None:  # outputs first, the record last: a record there means all is there
+        if (
+            job.remote is not None
+        ):  # outputs first, the record last: a record there means all is there
             from geoseg.jobs.batch_store import push
 
             skipped_file = skipped_report_path(outs["classes"])
@@ -729,11 +894,28 @@ def _one_scene(job: Job, scene: str, model: Any, session: Any, slots: Any, bar: 
         say(f"FAIL  {scene}: {msg}")
         return SceneOutcome(scene, "failed", msg, 0.0, time.perf_counter() - t)
     if result.skipped:
-        msg = (f"{len(result.skipped)} window(s) written as nodata (listed in "
-               f"{skipped_report_path(outs['classes']).name}); the next run redoes this scene")
+        msg = (
+            f"{len(result.skipped)} window(s) written as nodata (listed in "
+            f"{skipped_report_path(outs['classes']).name}); the next run redoes this scene"
+        )
         say(f"PART  {scene}: {msg}")
-        return SceneOutcome(scene, "partial", msg, result.pixels / 1e6, time.perf_counter() - t,
-                            [p.name for p in outs.values()], json_areas(areas), len(result.skipped))
+        return SceneOutcome(
+            scene,
+            "partial",
+            msg,
+            result.pixels / 1e6,
+            time.perf_counter() - t,
+            [p.name for p in outs.values()],
+            json_areas(areas),
+            len(result.skipped),
+        )
     say(f"done  {scene} ({result.pixels / 1e6:.2f} MP in {result.seconds:.1f} s)")
-    return SceneOutcome(scene, "done", None, result.pixels / 1e6, time.perf_counter() - t,
-                        [p.name for p in outs.values()], json_areas(areas))
+    return SceneOutcome(
+        scene,
+        "done",
+        None,
+        result.pixels / 1e6,
+        time.perf_counter() - t,
+        [p.name for p in outs.values()],
+        json_areas(areas),
+    )

@@ -37,7 +37,7 @@ def prepare(url: str, staging: Path, record_suffix: str) -> set[str]:
     prefix = check_s3_folder(url, True, BATCH_MARKER)
     names: set[str] = set()
     for key_url in list_keys(prefix):
-        name = key_url[len(prefix):]
+        name = key_url[len(prefix) :]
         names.add(name)
         if name.endswith(record_suffix) and "/" not in name:
             data = read_bytes(key_url)

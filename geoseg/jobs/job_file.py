@@ -20,7 +20,9 @@ from geoseg.errors import GeosegError, JobError, first_line
 from geoseg.options import key_of
 
 
-def read_job_file(path: str | os.PathLike[str], error: type[JobError] = JobError, what: str = "job file") -> Any:
+def read_job_file(
+    path: str | os.PathLike[str], error: type[JobError] = JobError, what: str = "job file"
+) -> Any:
     """The YAML document of a job file; a missing file or bad YAML is one ``error`` line."""
     try:
         return yaml.safe_load(Path(path).read_text())
@@ -39,24 +41,31 @@ def check_schema(value: Any, schema: Any, place: str, problems: list[str]) -> No
             return
         for k in value:
             if k not in schema:
-                problems.append(f"{place}.{k}: unknown key (known: {', '.join(schema)})".lstrip("."))
+                problems.append(
+                    f"{place}.{k}: unknown key (known: {', '.join(schema)})".lstrip(".")
+                )
         for k, sub in schema.items():
             if k in value and value[k] is not None:
                 check_schema(value[k], sub, f"{place}.{k}".lstrip("."), problems)
         return
     if schema == "int|auto":
         if value != "auto" and (isinstance(value, bool) or not isinstance(value, int)):
-            problems.append(f"{place}: expected int or 'auto', got {type(value).__name__} {value!r}")
+            problems.append(
+                f"{place}: expected int or 'auto', got {type(value).__name__} {value!r}"
+            )
         return
     types = schema if isinstance(schema, tuple) else (schema,)
     if isinstance(value, bool) and bool not in types:
         problems.append(f"{place}: expected {'/'.join(t.__name__ for t in types)}, got a boolean")
     elif not isinstance(value, types):
-        problems.append(f"{place}: expected {'/'.join(t.__name__ for t in types)}, got {type(value).__name__} {value!r}")
+        problems.append(
+            f"{place}: expected {'/'.join(t.__name__ for t in types)}, got {type(value).__name__} {value!r}"
+        )
 
 
-def check_values(section: Any, options: type, place: str, problems: list[str],
-                 extra: tuple[str, ...] = ()) -> None:
+def check_values(
+    section: Any, options: type, place: str, problems: list[str], extra: tuple[str, ...] = ()
+) -> None:
     """Check a section's values by building its options dataclass from the keys whose types are
     right (a key :func:`check_schema` reported is left out, so it is not reported twice)."""
     if not isinstance(section, dict):
@@ -64,8 +73,15 @@ def check_values(section: Any, options: type, place: str, problems: list[str],
     names = {key_of(f): f.name for f in dataclasses.fields(options)}
     reported = {p.split(":", 1)[0] for p in problems}
     try:
-        options(**{names[k]: (tuple(v) if isinstance(v, list) and k != "bands" else v)
-                   for k, v in section.items()
-                   if k in names and k not in extra and v is not None and f"{place}.{k}" not in reported})
+        options(
+            **{
+                names[k]: (tuple(v) if isinstance(v, list) and k != "bands" else v)
+                for k, v in section.items()
+                if k in names
+                and k not in extra
+                and v is not None
+                and f"{place}.{k}" not in reported
+            }
+        )
     except GeosegError as exc:
         problems.append(f"{place}: {first_line(exc)}")

@@ -87,7 +87,9 @@ def _predict_options() -> type:
 STEPS: dict[str, StepKind] = {
     "chip": StepKind(_make_chips, ("pairs", "out_dir"), _chip_options),
     "train": StepKind(_train, ("chips_dir", "output"), _train_options),
-    "predict": StepKind(_predict, ("scene", "output", "model", "probabilities", "vector"), _predict_options),
+    "predict": StepKind(
+        _predict, ("scene", "output", "model", "probabilities", "vector"), _predict_options
+    ),
     "evaluate": StepKind(_evaluate, ("prediction", "reference", "json_path")),
 }
 ALLOWED = tuple(STEPS)
@@ -109,8 +111,9 @@ class RecipeStep:
         return STEPS[self.name].function()(**self.arguments)
 
 
-def load_recipe(path: str | os.PathLike[str], overrides: dict[str, str] | None = None,
-                doc: Any = None) -> list[RecipeStep]:
+def load_recipe(
+    path: str | os.PathLike[str], overrides: dict[str, str] | None = None, doc: Any = None
+) -> list[RecipeStep]:
     """Validated steps of a recipe (``doc``: its parsed YAML, when read already), variables
     substituted; all problems reported at once."""
     p = Path(path)
@@ -130,14 +133,16 @@ def load_recipe(path: str | os.PathLike[str], overrides: dict[str, str] | None =
         if not isinstance(step, dict) or len(step) != 1:
             problems.append(f"steps[{i}]: one step name mapping to its arguments")
             continue
-        (name, args), = step.items()
+        ((name, args),) = step.items()
         if name not in STEPS:
             problems.append(f"steps[{i}]: {name!r} is not a recipe step (use {', '.join(ALLOWED)})")
             continue
         place = f"steps[{i}].{name}"
         if not isinstance(args, dict):
-            problems.append(f"{place}: arguments are a mapping of the library call's keywords, "
-                            f"e.g. {{output: model.pt, epochs: 30}}, not {type(args).__name__}")
+            problems.append(
+                f"{place}: arguments are a mapping of the library call's keywords, "
+                f"e.g. {{output: model.pt, epochs: 30}}, not {type(args).__name__}"
+            )
             continue
         missing: list[str] = []
         kwargs = {str(k): _substitute(v, variables, missing) for k, v in args.items()}
@@ -187,22 +192,33 @@ def _checked(name: str, kwargs: dict[str, Any], place: str, problems: list[str])
         hints = typing.get_type_hints(func)
     except NameError:  # an annotation only importable for type checkers: check names only
         hints = {}
-    params = {n: p for n, p in signature.parameters.items()
-              if n not in NOT_IN_RECIPES and p.kind is not inspect.Parameter.VAR_KEYWORD}
+    params = {
+        n: p
+        for n, p in signature.parameters.items()
+        if n not in NOT_IN_RECIPES and p.kind is not inspect.Parameter.VAR_KEYWORD
+    }
     option_names = [f.name for f in dataclasses.fields(kind.options())] if kind.options else []
     extra = _checked_options(kind, kwargs, place, problems)
     for key in kwargs:
         if key not in params:
-            problems.append(f"{place}.{key}: unknown argument (known: {', '.join([*params, *option_names])})")
+            problems.append(
+                f"{place}.{key}: unknown argument (known: {', '.join([*params, *option_names])})"
+            )
     for n, p in params.items():
-        if p.default is inspect.Parameter.empty and p.kind is not inspect.Parameter.VAR_POSITIONAL and n not in kwargs:
+        if (
+            p.default is inspect.Parameter.empty
+            and p.kind is not inspect.Parameter.VAR_POSITIONAL
+            and n not in kwargs
+        ):
             problems.append(f"{place}.{n}: required")
     out: dict[str, Any] = {}
     for key, value in kwargs.items():
         if key not in params:
             continue
         if not _fits(value, hints.get(key, Any)):
-            problems.append(f"{place}.{key}: expected {_describe(hints.get(key, Any))}, got {value!r}")
+            problems.append(
+                f"{place}.{key}: expected {_describe(hints.get(key, Any))}, got {value!r}"
+            )
             continue
         out[key] = value
     if name == "train" and isinstance(extra.get("arch"), str):
@@ -215,7 +231,9 @@ def _checked(name: str, kwargs: dict[str, Any], place: str, problems: list[str])
     return {**out, **extra}
 
 
-def _checked_options(kind: StepKind, kwargs: dict[str, Any], place: str, problems: list[str]) -> dict[str, Any]:
+def _checked_options(
+    kind: StepKind, kwargs: dict[str, Any], place: str, problems: list[str]
+) -> dict[str, Any]:
     """Take the step's options out of ``kwargs`` and check them with the job-file validator that
     checks a batch job's sections: YAML types by key (``steps[2].train.epochs: expected int``),
     then the values by building the options (``steps[3].predict: unknown --tta 'd8'``)."""
@@ -247,7 +265,11 @@ def _fits(value: Any, hint: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
     if hint is os.PathLike or origin is os.PathLike:
         return False  # a path is given as a string (str is in the same union)
-    if origin in (list, tuple, Sequence, typing.Sequence) or origin is not None and origin.__name__ == "Sequence":
+    if (
+        origin in (list, tuple, Sequence, typing.Sequence)
+        or origin is not None
+        and origin.__name__ == "Sequence"
+    ):
         return isinstance(value, (list, tuple)) and not isinstance(value, str)
     if origin is dict:
         return isinstance(value, dict)
@@ -258,7 +280,9 @@ def _fits(value: Any, hint: Any) -> bool:
 
 def _describe(hint: Any) -> str:
     if typing.get_origin(hint) in (Union, types.UnionType):
-        return " or ".join(_describe(h) for h in typing.get_args(hint) if not (typing.get_origin(h) is os.PathLike))
+        return " or ".join(
+            _describe(h) for h in typing.get_args(hint) if typing.get_origin(h) is not os.PathLike
+        )
     if hint is type(None):
         return "nothing"
     origin = typing.get_origin(hint)
@@ -279,8 +303,12 @@ def _resolve_paths(value: Any, base: Path, strict: bool = True) -> Any:
     return value
 
 
-def run_recipe(path: str | os.PathLike[str], overrides: dict[str, str] | None = None,
-               echo: Callable[[str], Any] = print, doc: Any = None) -> None:
+def run_recipe(
+    path: str | os.PathLike[str],
+    overrides: dict[str, str] | None = None,
+    echo: Callable[[str], Any] = print,
+    doc: Any = None,
+) -> None:
     """Check every step, then run them in order; the first failing step stops the recipe."""
     steps = load_recipe(path, overrides, doc)
     for i, step in enumerate(steps, start=1):

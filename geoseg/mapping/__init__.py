@@ -58,19 +58,52 @@ def map(  # noqa: A001 - geoseg.map, like rasterio.merge: the library's name for
 
     t0 = time.perf_counter()
     map_names = {f.name for f in dataclasses.fields(MapOptions)}
-    mopts = dataclasses.replace(map_options or MapOptions(), **{k: v for k, v in keywords.items() if k in map_names})
-    opts = PredictOptions.from_keywords(options, **{k: v for k, v in keywords.items() if k not in map_names})
+    mopts = dataclasses.replace(
+        map_options or MapOptions(), **{k: v for k, v in keywords.items() if k in map_names}
+    )
+    opts = PredictOptions.from_keywords(
+        options, **{k: v for k, v in keywords.items() if k not in map_names}
+    )
     inputs = [scenes] if isinstance(scenes, (str, os.PathLike)) else list(scenes)
-    mplan = plan_map(inputs, output, model, opts, mopts, probabilities, vector, overwrite,
-                     vector_options=vector_options, confidence=confidence)
-    return run_map(mplan, quiet=quiet, verbose=verbose, workers=workers, scheduler=scheduler, client=client,
-                   max_in_flight=max_in_flight, overwrite=overwrite, vector_options=vector_options, started=t0)
+    mplan = plan_map(
+        inputs,
+        output,
+        model,
+        opts,
+        mopts,
+        probabilities,
+        vector,
+        overwrite,
+        vector_options=vector_options,
+        confidence=confidence,
+    )
+    return run_map(
+        mplan,
+        quiet=quiet,
+        verbose=verbose,
+        workers=workers,
+        scheduler=scheduler,
+        client=client,
+        max_in_flight=max_in_flight,
+        overwrite=overwrite,
+        vector_options=vector_options,
+        started=t0,
+    )
 
 
-def run_map(mplan: MapPlan, *, quiet: bool = True, verbose: bool = False, workers: int | None = None,
-            scheduler: str | None = None, client: Any = None, max_in_flight: int | TaskSlots | None = None,
-            overwrite: bool = False, vector_options: dict[str, Any] | None = None,
-            started: float | None = None) -> PredictResult:
+def run_map(
+    mplan: MapPlan,
+    *,
+    quiet: bool = True,
+    verbose: bool = False,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    client: Any = None,
+    max_in_flight: int | TaskSlots | None = None,
+    overwrite: bool = False,
+    vector_options: dict[str, Any] | None = None,
+    started: float | None = None,
+) -> PredictResult:
     """Run a planned map (:func:`geoseg.mapping.plan.plan_map`) on a cluster and commit its
     outputs, all or nothing (a batch job plans once to check whether it is done)."""
     from geoseg.dask.session import inference_session
@@ -89,11 +122,21 @@ def run_map(mplan: MapPlan, *, quiet: bool = True, verbose: bool = False, worker
         progress.message(
             f"geoseg: map of {len(mplan.scenes)} scenes on {mplan.grid.crs.to_string()} at "
             f"{mplan.grid.resolution[0]:g} x {mplan.grid.resolution[1]:g}, planned in {mplan.seconds:.2f} s"
-            + (f"; newest first ({dated})" if mplan.order == "newest" else ""))
-        locks = lock_output_folders([plan.output, plan.probabilities, plan.confidence, plan.vector], "map")
+            + (f"; newest first ({dated})" if mplan.order == "newest" else "")
+        )
+        locks = lock_output_folders(
+            [plan.output, plan.probabilities, plan.confidence, plan.vector], "map"
+        )
         with locks, inference_session(client, scheduler, workers, verbose) as session:
-            result = execute(plan, session, progress, max_in_flight=max_in_flight, overwrite=overwrite,
-                             vector_options=vector_options, started=t0)
+            result = execute(
+                plan,
+                session,
+                progress,
+                max_in_flight=max_in_flight,
+                overwrite=overwrite,
+                vector_options=vector_options,
+                started=t0,
+            )
     finally:
         plan.destinations.cleanup()
     result.extras.update(scenes=len(mplan.scenes), planning_seconds=mplan.seconds)

@@ -81,17 +81,22 @@ def parse_crs(text: str) -> Any:
     try:
         return CRS.from_user_input(text)
     except (CRSError, ValueError) as exc:
-        raise OptionError(f"--crs {text!r} cannot be parsed ({exc}); give an EPSG code like EPSG:32633, "
-                          "a PROJ string or WKT") from None
+        raise OptionError(
+            f"--crs {text!r} cannot be parsed ({exc}); give an EPSG code like EPSG:32633, "
+            "a PROJ string or WKT"
+        ) from None
 
 
-def plan_grid(scenes: Sequence[MapScene], crs: str | None = None, resolution: float | None = None
-              ) -> tuple[MapGrid, list[Placement]]:
+def plan_grid(
+    scenes: Sequence[MapScene], crs: str | None = None, resolution: float | None = None
+) -> tuple[MapGrid, list[Placement]]:
     """The lattice and every scene's placement on it (see the module); the output window is the
     whole region (see :func:`clip_to_aoi`)."""
     out_crs = parse_crs(crs) if crs is not None else None
     if resolution is not None and not (resolution > 0 and math.isfinite(resolution)):
-        raise OptionError(f"--resolution {resolution} must be a positive number of CRS units (metres for UTM)")
+        raise OptionError(
+            f"--resolution {resolution} must be a positive number of CRS units (metres for UTM)"
+        )
     if out_crs is None:
         first = scenes[0]
         other = next((s for s in scenes[1:] if s.crs != first.crs), None)
@@ -105,19 +110,36 @@ def plan_grid(scenes: Sequence[MapScene], crs: str | None = None, resolution: fl
         sizes = {(s.transform.a, -s.transform.e) for s in scenes}
         off = next((s for s in scenes if s.crs != out_crs), None)
         if off is not None or len(sizes) != 1:
-            why = f"{off.name} is not on --crs" if off is not None else (
-                "the scenes' pixel sizes differ (" + ", ".join(f"{a:g}x{b:g}" for a, b in sorted(sizes)[:3]) + ")")
+            why = (
+                f"{off.name} is not on --crs"
+                if off is not None
+                else (
+                    "the scenes' pixel sizes differ ("
+                    + ", ".join(f"{a:g}x{b:g}" for a, b in sorted(sizes)[:3])
+                    + ")"
+                )
+            )
             raise SceneError(f"{why}; give --resolution (the output's pixel size in CRS units)")
         res = sizes.pop()
     else:
         res = (float(resolution), float(resolution))
     rx, ry = res
-    ref = next((s for s in scenes if s.crs == out_crs and _close(s.transform.a, rx) and _close(-s.transform.e, ry)),
-               None)
+    ref = next(
+        (
+            s
+            for s in scenes
+            if s.crs == out_crs and _close(s.transform.a, rx) and _close(-s.transform.e, ry)
+        ),
+        None,
+    )
     origin = (ref.transform.c, ref.transform.f) if ref is not None else (0.0, 0.0)
     placements = [_place(s, out_crs, res, origin) for s in scenes]
-    region = (min(p.window[0] for p in placements), min(p.window[1] for p in placements),
-              max(p.window[2] for p in placements), max(p.window[3] for p in placements))
+    region = (
+        min(p.window[0] for p in placements),
+        min(p.window[1] for p in placements),
+        max(p.window[2] for p in placements),
+        max(p.window[3] for p in placements),
+    )
     return MapGrid(out_crs, res, origin, region, region), placements
 
 
@@ -130,7 +152,9 @@ def _close(a: float, b: float) -> bool:
     return abs(a - b) <= EPS * max(abs(a), abs(b))
 
 
-def _place(scene: MapScene, crs: Any, res: tuple[float, float], origin: tuple[float, float]) -> Placement:
+def _place(
+    scene: MapScene, crs: Any, res: tuple[float, float], origin: tuple[float, float]
+) -> Placement:
     t = scene.transform
     rx, ry = res
     x0, y0 = origin
@@ -144,13 +168,15 @@ def _place(scene: MapScene, crs: Any, res: tuple[float, float], origin: tuple[fl
     left, top = t.c, t.f
     right, bottom = left + t.a * scene.width, top + t.e * scene.height
     try:
-        l, b, r_, tp = transform_bounds(scene.crs, crs, left, bottom, right, top, densify_pts=21)
+        west, b, r_, tp = transform_bounds(scene.crs, crs, left, bottom, right, top, densify_pts=21)
     except Exception as exc:  # noqa: BLE001 - PROJ's own errors: one line naming the scene
         raise SceneError(f"scene {scene.name} cannot be placed on the output CRS: {exc}") from None
-    c0, c1 = math.floor((l - x0) / rx + EPS), math.ceil((r_ - x0) / rx - EPS)
+    c0, c1 = math.floor((west - x0) / rx + EPS), math.ceil((r_ - x0) / rx - EPS)
     r0, r1 = math.floor((y0 - tp) / ry + EPS), math.ceil((y0 - b) / ry - EPS)
-    if not all(math.isfinite(v) for v in (l, b, r_, tp)) or c1 <= c0 or r1 <= r0:
-        raise SceneError(f"scene {scene.name} does not map onto the output CRS; choose another --crs")
+    if not all(math.isfinite(v) for v in (west, b, r_, tp)) or c1 <= c0 or r1 <= r0:
+        raise SceneError(
+            f"scene {scene.name} does not map onto the output CRS; choose another --crs"
+        )
     return Placement(None, (r0, c0, r1, c1))
 
 
@@ -167,11 +193,18 @@ def read_aoi(path: str, crs: Any) -> Any:
         info = pyogrio.read_info(path)
         _, _, wkb, _ = pyogrio.raw.read(path, columns=[])
     except Exception as exc:  # noqa: BLE001 - pyogrio raises its own DataSourceError family
-        raise OptionError(f"cannot read --aoi {path}: {first_line(exc)}; give a vector file (.gpkg .geojson .shp ...)") \
-            from None
+        raise OptionError(
+            f"cannot read --aoi {path}: {first_line(exc)}; give a vector file (.gpkg .geojson .shp ...)"
+        ) from None
     if not info.get("crs"):
-        raise OptionError(f"--aoi {path} has no CRS; save it with one (ogr2ogr -a_srs EPSG:4326) so it can be placed")
-    geoms = [g for g in shapely.from_wkb(wkb) if g is not None and not g.is_empty] if wkb is not None else []
+        raise OptionError(
+            f"--aoi {path} has no CRS; save it with one (ogr2ogr -a_srs EPSG:4326) so it can be placed"
+        )
+    geoms = (
+        [g for g in shapely.from_wkb(wkb) if g is not None and not g.is_empty]
+        if wkb is not None
+        else []
+    )
     area = shapely.union_all([g for g in geoms if g.geom_type in ("Polygon", "MultiPolygon")])
     if area.is_empty:
         raise OptionError(f"--aoi {path} holds no polygons; give the area as polygons")
@@ -182,7 +215,9 @@ def read_aoi(path: str, crs: Any) -> Any:
     return area
 
 
-def clip_to_aoi(grid: MapGrid, boxes: Any, aoi: Any, path: str, alignment: int = 1) -> tuple[MapGrid, Any]:
+def clip_to_aoi(
+    grid: MapGrid, boxes: Any, aoi: Any, path: str, alignment: int = 1
+) -> tuple[MapGrid, Any]:
     """The grid's output window cut to the AOI's bounding box (within the region), and the AOI
     in the output's pixel coordinates; ``boxes``: an STRtree of the scenes' windows (lattice).
 
@@ -192,7 +227,9 @@ def clip_to_aoi(grid: MapGrid, boxes: Any, aoi: Any, path: str, alignment: int =
 
     px = grid.to_pixels(aoi)
     if not len(boxes.query(px, predicate="intersects")):
-        raise SceneError(f"no scene intersects the AOI {path}; check that the AOI and the scenes cover one area")
+        raise SceneError(
+            f"no scene intersects the AOI {path}; check that the AOI and the scenes cover one area"
+        )
     c0, r0, c1, r1 = px.bounds
     R0, C0, R1, C1 = grid.region
     top, left = max(R0, math.floor(r0)), max(C0, math.floor(c0))

@@ -15,14 +15,14 @@ from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 from geoseg.errors import SceneError
-from geoseg.raster.read import parse_bands, SceneInfo
 from geoseg.mapping.grid import MapGrid, Placement, clip_to_aoi, plan_grid, read_aoi
-from geoseg.raster.mosaic import mosaic_spec, SpecScene
 from geoseg.mapping.sources import MapScene, expand_inputs, order_scenes
 from geoseg.options import MapOptions, PredictOptions
 from geoseg.prediction.cell_task import CellTask
 from geoseg.prediction.cells import Cell
 from geoseg.prediction.plan import PredictPlan, plan_predict
+from geoseg.raster.mosaic import SpecScene, mosaic_spec
+from geoseg.raster.read import SceneInfo, parse_bands
 
 #: Block shape the region is planned with (the scenes' own blocks are read by GDAL as they are).
 REGION_BLOCK = (256, 256)
@@ -45,8 +45,16 @@ class CellScenes:
     """The per-cell hook of a map's plan: each cell's task reads a mosaic of only the scenes
     its tiles reach (an STRtree query), and is clipped to the AOI."""
 
-    def __init__(self, scenes: Sequence[MapScene], placements: Sequence[Placement], grid: MapGrid,
-                 count: int, dtype: str, resampling: str, aoi_px: Any = None) -> None:
+    def __init__(
+        self,
+        scenes: Sequence[MapScene],
+        placements: Sequence[Placement],
+        grid: MapGrid,
+        count: int,
+        dtype: str,
+        resampling: str,
+        aoi_px: Any = None,
+    ) -> None:
         import shapely
         from shapely import STRtree
 
@@ -54,8 +62,16 @@ class CellScenes:
         self.crs = grid.crs.to_wkt()
         self.transform = tuple(grid.transform)[:6]
         self.extent = grid.relative(grid.region)
-        self.specs = [SpecScene(s.dataset, s.name, grid.relative((*p.offset, 0, 0))[:2] if p.offset else None,
-                                grid.relative(p.window), s.token) for s, p in zip(scenes, placements)]
+        self.specs = [
+            SpecScene(
+                s.dataset,
+                s.name,
+                grid.relative((*p.offset, 0, 0))[:2] if p.offset else None,
+                grid.relative(p.window),
+                s.token,
+            )
+            for s, p in zip(scenes, placements)
+        ]
         boxes = [shapely.box(w[1], w[0], w[3], w[2]) for w in (s.window for s in self.specs)]
         self.tree = STRtree(boxes)
         self.aoi = aoi_px
@@ -70,8 +86,17 @@ class CellScenes:
         return [self.specs[i] for i in sorted(int(h) for h in hits)]
 
     def spec(self, row0: int, col0: int, row1: int, col1: int) -> str:
-        return mosaic_spec(self.crs, self.transform, self.grid.height, self.grid.width, self.extent,
-                           self.count, self.dtype, self.resampling, self.scenes_for(row0, col0, row1, col1))
+        return mosaic_spec(
+            self.crs,
+            self.transform,
+            self.grid.height,
+            self.grid.width,
+            self.extent,
+            self.count,
+            self.dtype,
+            self.resampling,
+            self.scenes_for(row0, col0, row1, col1),
+        )
 
     def __call__(self, cell: Cell, task: CellTask) -> CellTask:
         tiles = cell.tiles
@@ -86,7 +111,9 @@ class CellScenes:
             w = cell.window
             box = shapely.box(w.col_off, w.row_off, w.col_off + w.width, w.row_off + w.height)
             if not self.aoi.contains(box):
-                part = shapely.affinity.translate(self.aoi.intersection(box), -w.col_off, -w.row_off)
+                part = shapely.affinity.translate(
+                    self.aoi.intersection(box), -w.col_off, -w.row_off
+                )
                 clip = part.wkt
         return replace(task, tiles=replace(task.tiles, scene=self.spec(r0, c0, r1, c1)), clip=clip)
 
@@ -113,15 +140,21 @@ def plan_map(
 
     t0 = time.perf_counter()
     if options.resampling not in RESAMPLING:
-        raise SceneError(f"unknown --resampling {options.resampling!r}; use one of {', '.join(RESAMPLING)}")
+        raise SceneError(
+            f"unknown --resampling {options.resampling!r}; use one of {', '.join(RESAMPLING)}"
+        )
     if map_options.crs is not None:
         from geoseg.mapping.grid import parse_crs
 
         parse_crs(map_options.crs)
     loaded = read_model_config(model)
     cfg = loaded.config
-    found = expand_inputs([str(s) for s in scenes], cfg.band_names, options.resampling,
-                          match_names=options.bands is None)
+    found = expand_inputs(
+        [str(s) for s in scenes],
+        cfg.band_names,
+        options.resampling,
+        match_names=options.bands is None,
+    )
     counts = {s.count for s in found}
     if len(counts) > 1 and options.bands is None:
         a = found[0]
@@ -141,29 +174,60 @@ def plan_map(
     aoi_px = None
     if map_options.aoi is not None:
         aoi = read_aoi(map_options.aoi, grid.crs)
-        tree = STRtree([box(p.window[1], p.window[0], p.window[3], p.window[2]) for p in placements])
+        tree = STRtree(
+            [box(p.window[1], p.window[0], p.window[3], p.window[2]) for p in placements]
+        )
         from geoseg.tiling import scales_alignment
 
-        grid, aoi_px = clip_to_aoi(grid, tree, aoi, map_options.aoi,
-                                   scales_alignment(cfg.output_stride, options.scales))
+        grid, aoi_px = clip_to_aoi(
+            grid, tree, aoi, map_options.aoi, scales_alignment(cfg.output_stride, options.scales)
+        )
         del tree
     dtype = _common_dtype([s.dtype for s in ordered])
     count = max(counts)
-    digest = hashlib.sha256(json.dumps(
-        [[s.dataset, s.token] for s in ordered] + [grid.crs.to_wkt(), list(grid.transform)[:6], grid.height,
-                                                    grid.width, list(grid.region), options.resampling,
-                                                    aoi_px.wkt if aoi_px is not None else None],
-        default=str).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(
+        json.dumps(
+            [[s.dataset, s.token] for s in ordered]
+            + [
+                grid.crs.to_wkt(),
+                list(grid.transform)[:6],
+                grid.height,
+                grid.width,
+                list(grid.region),
+                options.resampling,
+                aoi_px.wkt if aoi_px is not None else None,
+            ],
+            default=str,
+        ).encode()
+    ).hexdigest()[:16]
     info = SceneInfo(
-        path=f"map of {len(ordered)} scenes [{digest}]", width=grid.width, height=grid.height, count=count,
-        dtype=dtype, crs=grid.crs, transform=grid.transform, nodata=None, descriptions=(),
-        block_shape=REGION_BLOCK, georeferenced=True,
+        path=f"map of {len(ordered)} scenes [{digest}]",
+        width=grid.width,
+        height=grid.height,
+        count=count,
+        dtype=dtype,
+        crs=grid.crs,
+        transform=grid.transform,
+        nodata=None,
+        descriptions=(),
+        block_shape=REGION_BLOCK,
+        georeferenced=True,
     )
     from geoseg.paths import is_virtual
 
     inputs = [s.name for s in ordered if not is_virtual(s.name) and "#" not in s.name]
-    plan = plan_predict(inputs, output, loaded, options, probabilities, vector, overwrite,
-                        vector_options=vector_options, confidence=confidence, scene_info=info)
+    plan = plan_predict(
+        inputs,
+        output,
+        loaded,
+        options,
+        probabilities,
+        vector,
+        overwrite,
+        vector_options=vector_options,
+        confidence=confidence,
+        scene_info=info,
+    )
     plan.cell_hook = CellScenes(ordered, placements, grid, count, dtype, options.resampling, aoi_px)
     sources: dict[str, int] = {}
     for s in ordered:

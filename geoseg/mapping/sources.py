@@ -23,7 +23,13 @@ from geoseg.errors import SceneError
 #: Suffixes of a manifest: a text file of scene paths or URLs, one a line (``#`` comments).
 MANIFEST_SUFFIXES = (".txt", ".lst", ".list", ".manifest")
 #: File tags that give a raster file's acquisition time for ``--order newest``, in this order.
-DATE_TAGS = ("ACQUISITIONDATETIME", "ACQUISITION_DATETIME", "ACQUISITION_DATE", "DATETIME", "TIFFTAG_DATETIME")
+DATE_TAGS = (
+    "ACQUISITIONDATETIME",
+    "ACQUISITION_DATETIME",
+    "ACQUISITION_DATE",
+    "DATETIME",
+    "TIFFTAG_DATETIME",
+)
 
 
 @dataclass(frozen=True)
@@ -47,33 +53,49 @@ class MapScene:
     token: Any = None
 
 
-def expand_inputs(inputs: Sequence[str], band_names: Sequence[str], resampling: str,
-                  match_names: bool = True) -> list[MapScene]:
+def expand_inputs(
+    inputs: Sequence[str], band_names: Sequence[str], resampling: str, match_names: bool = True
+) -> list[MapScene]:
     """Every scene the inputs name, in the order given (globs sorted), read and checked."""
-    scenes = [scene for text in inputs for scene in _expand(str(text), band_names, resampling, match_names, 0)]
+    scenes = [
+        scene
+        for text in inputs
+        for scene in _expand(str(text), band_names, resampling, match_names, 0)
+    ]
     if not scenes:
-        raise SceneError("no scenes given; give raster files, globs, STAC items or collections, or a manifest")
+        raise SceneError(
+            "no scenes given; give raster files, globs, STAC items or collections, or a manifest"
+        )
     return scenes
 
 
-def _expand(text: str, band_names: Sequence[str], resampling: str, match_names: bool, depth: int
-            ) -> Iterator[MapScene]:
+def _expand(
+    text: str, band_names: Sequence[str], resampling: str, match_names: bool, depth: int
+) -> Iterator[MapScene]:
     from geoseg.paths import is_stac_item
 
     remote = bool(re.match(r"(/vsicurl/)?https?://", text))
     if not remote and any(ch in text for ch in "*?[") and not text.startswith("/vsi"):
         paths = sorted(glob.glob(text))
         if not paths:
-            raise SceneError(f"no file matches {text}; check the pattern (quote it so the shell does not expand it)")
+            raise SceneError(
+                f"no file matches {text}; check the pattern (quote it so the shell does not expand it)"
+            )
         for p in paths:
             yield from _expand(p, band_names, resampling, match_names, depth)
         return
     if text.lower().endswith(MANIFEST_SUFFIXES) and not remote:
         if depth > 2:
-            raise SceneError(f"manifest {text} is nested too deep; list scenes in it, not manifests of manifests")
+            raise SceneError(
+                f"manifest {text} is nested too deep; list scenes in it, not manifests of manifests"
+            )
         base = os.path.dirname(os.path.abspath(text))
         for line in _manifest_lines(text):
-            path = line if re.match(r"[a-z0-9]+://", line) or line.startswith("/") else os.path.join(base, line)
+            path = (
+                line
+                if re.match(r"[a-z0-9]+://", line) or line.startswith("/")
+                else os.path.join(base, line)
+            )
             yield from _expand(path, band_names, resampling, match_names, depth + 1)
         return
     if is_stac_item(text):
@@ -82,7 +104,9 @@ def _expand(text: str, band_names: Sequence[str], resampling: str, match_names: 
         if kind == "FeatureCollection":
             features = doc.get("features")
             if not isinstance(features, list):
-                raise SceneError(f"{text} is a FeatureCollection without a list of features; give STAC items")
+                raise SceneError(
+                    f"{text} is a FeatureCollection without a list of features; give STAC items"
+                )
             for i, item in enumerate(features):
                 yield _stac_scene(item, text, f"{text}#{_item_id(item, i)}", band_names, resampling)
             return
@@ -118,19 +142,29 @@ def read_json(href: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise SceneError(f"{href} is not JSON ({exc}); give a STAC item, an ItemCollection or a raster") from None
+        raise SceneError(
+            f"{href} is not JSON ({exc}); give a STAC item, an ItemCollection or a raster"
+        ) from None
 
 
 def _item_id(item: Any, index: int) -> str:
     return str(item.get("id")) if isinstance(item, dict) and item.get("id") else f"feature {index}"
 
 
-def _stac_scene(item: Any, href: str, name: str, band_names: Sequence[str], resampling: str) -> MapScene:
+def _stac_scene(
+    item: Any, href: str, name: str, band_names: Sequence[str], resampling: str
+) -> MapScene:
     """A STAC item's band assets as one scene (a VRT string), with the item's datetime."""
     from geoseg.raster.scenes import stac_item_scene
 
-    if not isinstance(item, dict) or item.get("type") != "Feature" or not isinstance(item.get("assets"), dict):
-        raise SceneError(f"{name} is not a STAC item (a GeoJSON Feature with assets); give STAC items")
+    if (
+        not isinstance(item, dict)
+        or item.get("type") != "Feature"
+        or not isinstance(item.get("assets"), dict)
+    ):
+        raise SceneError(
+            f"{name} is not a STAC item (a GeoJSON Feature with assets); give STAC items"
+        )
     try:
         resolved = stac_item_scene(item, href, band_names, resampling)
     except SceneError as exc:
@@ -140,17 +174,18 @@ def _stac_scene(item: Any, href: str, name: str, band_names: Sequence[str], resa
     when = props.get("datetime") or props.get("start_datetime")
     scene = _raster_scene(resolved.dataset, name)
     date = _parse_date(str(when)) if when else None
-    return MapScene(**{**scene.__dict__, "date": date, "date_source": "STAC datetime" if date else None})
+    return MapScene(
+        **{**scene.__dict__, "date": date, "date_source": "STAC datetime" if date else None}
+    )
 
 
 def _raster_scene(path: str, name: str | None = None) -> MapScene:
     """A raster's header (open_scene's checks and one-line errors), with its acquisition tag."""
     import rasterio
 
-    from geoseg.paths import is_virtual
+    from geoseg.paths import is_virtual, is_vrt_xml
     from geoseg.raster.read import no_georef_warning, open_scene, read_env
     from geoseg.raster.scenes import file_token
-    from geoseg.paths import is_vrt_xml
 
     dataset = path if is_virtual(path) or is_vrt_xml(path) else os.path.abspath(path)
     label = name or path
@@ -158,8 +193,10 @@ def _raster_scene(path: str, name: str | None = None) -> MapScene:
         info = open_scene(dataset)
     except SceneError:
         if is_vrt_xml(dataset):  # open_scene's message would hold the whole VRT
-            raise SceneError(f"STAC item {label}: its band assets cannot be read as one scene; "
-                             "check that they are rasters of one area") from None
+            raise SceneError(
+                f"STAC item {label}: its band assets cannot be read as one scene; "
+                "check that they are rasters of one area"
+            ) from None
         raise
     date, source = None, None
     with read_env(dataset), no_georef_warning(), rasterio.open(dataset) as src:
@@ -171,12 +208,28 @@ def _raster_scene(path: str, name: str | None = None) -> MapScene:
                 source = key
                 break
     if info.crs is None or info.transform.is_identity:
-        raise SceneError(f"scene {label} has no CRS or geotransform; a map needs georeferenced scenes")
+        raise SceneError(
+            f"scene {label} has no CRS or geotransform; a map needs georeferenced scenes"
+        )
     t = info.transform
     if t.b != 0 or t.d != 0 or t.a <= 0 or t.e >= 0:
-        raise SceneError(f"scene {label} has a rotated or flipped grid; warp it north-up first (gdalwarp)")
-    return MapScene(dataset, label, info.crs, info.transform, info.width, info.height, info.count, info.dtype,
-                    info.nodata, date, source, file_token(dataset))
+        raise SceneError(
+            f"scene {label} has a rotated or flipped grid; warp it north-up first (gdalwarp)"
+        )
+    return MapScene(
+        dataset,
+        label,
+        info.crs,
+        info.transform,
+        info.width,
+        info.height,
+        info.count,
+        info.dtype,
+        info.nodata,
+        date,
+        source,
+        file_token(dataset),
+    )
 
 
 def _parse_date(text: str) -> datetime | None:
@@ -189,7 +242,9 @@ def _parse_date(text: str) -> datetime | None:
         when = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         return None
-    return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
+    return (
+        when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
+    )
 
 
 def order_scenes(scenes: list[MapScene], order: str) -> list[MapScene]:

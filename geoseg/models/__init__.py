@@ -36,9 +36,13 @@ def _registry() -> dict[str, Architecture]:
     return _REGISTRY
 
 
-def register(name: str, build: Callable[..., nn.Module], defaults: dict[str, Any], summary: str) -> None:
+def register(
+    name: str, build: Callable[..., nn.Module], defaults: dict[str, Any], summary: str
+) -> None:
     """Add an architecture to the registry under ``name``."""
-    _registry()[name] = Architecture(name, build, dict(defaults), summary)  # built-ins first: ours win
+    _registry()[name] = Architecture(
+        name, build, dict(defaults), summary
+    )  # built-ins first: ours win
 
 
 def list_models() -> list[Architecture]:
@@ -98,7 +102,11 @@ def _register_builtin() -> None:
             FCN,
             {"variant": variant, "width": 1.0, "fc_channels": 4096, "batch_norm": True},
             f"FCN-{variant}s on VGG-16(-BN), fc6/fc7 as convolutions"
-            + ("" if variant == 32 else ", score fusion of " + ("pool4" if variant == 16 else "pool4 and pool3"))
+            + (
+                ""
+                if variant == 32
+                else ", score fusion of " + ("pool4" if variant == 16 else "pool4 and pool3")
+            )
             + ", bilinear-initialised transposed convolutions",
         )
     register(
@@ -111,9 +119,14 @@ def _register_builtin() -> None:
     register(
         "deeplabv3plus",
         DeepLabV3Plus,
-        {"backbone": "resnet50", "output_stride": 16, "aspp_rates": [6, 12, 18],
-         "dilations": [1, 2, 2], "image_pooling": "window", "pool_window": 128},
+        {
+            "backbone": "resnet50",
+            "output_stride": 16,
+            "aspp_rates": [6, 12, 18],
+            "dilations": [1, 2, 2],
+            "image_pooling": "window",
+            "pool_window": 128,
+        },
         "DeepLab v3+: ResNet-50 or MobileNetV3 backbone, ASPP (6, 12, 18) with image pooling over "
         "a sliding window (tiling-safe; 'global' is the paper's), low-level decoder",
     )
-

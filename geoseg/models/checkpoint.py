@@ -18,23 +18,52 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from geoseg.errors import CheckpointError, ModelError, first_line
 from geoseg.classes import ClassInfo
+from geoseg.errors import CheckpointError, ModelError, first_line
 from geoseg.models import create_model, output_stride
 from geoseg.models.config import (
-    BUILTIN_MODELS, DATA_DIR, DEFAULT_MODEL, FORMAT, FORMAT_VERSION, GLOBAL_RECEPTIVE_FIELD,
-    MAX_BANDS, MAX_RECEPTIVE_FIELD, MAX_STRIDE, LoadedModel, ModelConfig, builtin_model_names,
-    check_classes, file_sha256, resolve_model_path, validate_config,
+    BUILTIN_MODELS,
+    DATA_DIR,
+    DEFAULT_MODEL,
+    FORMAT,
+    FORMAT_VERSION,
+    GLOBAL_RECEPTIVE_FIELD,
+    MAX_BANDS,
+    MAX_RECEPTIVE_FIELD,
+    MAX_STRIDE,
+    LoadedModel,
+    ModelConfig,
+    builtin_model_names,
+    check_classes,
+    file_sha256,
+    resolve_model_path,
+    validate_config,
 )
 from geoseg.models.dilation import GriddingWarning
 from geoseg.models.receptive_field import NonLocalError, measure_receptive_field
 
 #: The config side lives in :mod:`geoseg.models.config` (no torch); these names stay importable here.
 __all__ = [
-    "BUILTIN_MODELS", "DATA_DIR", "DEFAULT_MODEL", "FORMAT", "FORMAT_VERSION", "GLOBAL_RECEPTIVE_FIELD",
-    "MAX_BANDS", "MAX_RECEPTIVE_FIELD", "MAX_STRIDE", "LoadedModel", "ModelConfig", "build_config",
-    "builtin_model_names", "check_classes", "file_sha256", "load_pt_model", "read_model_file",
-    "resolve_model_path", "save_model", "validate_config",
+    "BUILTIN_MODELS",
+    "DATA_DIR",
+    "DEFAULT_MODEL",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "GLOBAL_RECEPTIVE_FIELD",
+    "MAX_BANDS",
+    "MAX_RECEPTIVE_FIELD",
+    "MAX_STRIDE",
+    "LoadedModel",
+    "ModelConfig",
+    "build_config",
+    "builtin_model_names",
+    "check_classes",
+    "file_sha256",
+    "load_pt_model",
+    "read_model_file",
+    "resolve_model_path",
+    "save_model",
+    "validate_config",
 ]
 
 
@@ -88,7 +117,9 @@ def _check_shapes(path: Path, config: ModelConfig, state: dict[str, Any]) -> Non
     try:
         with torch.device("meta"), warnings.catch_warnings():
             warnings.simplefilter("ignore", GriddingWarning)
-            network = create_model(config.arch, config.in_channels, len(config.classes), **config.arch_kwargs)
+            network = create_model(
+                config.arch, config.in_channels, len(config.classes), **config.arch_kwargs
+            )
     except (ModelError, RuntimeError, ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise CheckpointError(
             f"{path}: architecture {config.arch} cannot be built with {config.arch_kwargs} "
@@ -111,7 +142,8 @@ def _check_shapes(path: Path, config: ModelConfig, state: dict[str, Any]) -> Non
 
 
 def read_model_file(
-    path: str | os.PathLike[str], data: bytes | None = None,
+    path: str | os.PathLike[str],
+    data: bytes | None = None,
 ) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """Config and weights of a model file (from ``data``, its bytes, when given), refusing
     anything that needs code execution and any config outside :func:`validate_config`'s bounds."""
@@ -146,14 +178,19 @@ def read_model_file(
     except ModelError as exc:
         raise CheckpointError(f"{path}: {exc}") from exc
     except (TypeError, KeyError, ValueError, AttributeError) as exc:
-        raise CheckpointError(f"{path} has a damaged geoseg config ({exc}); retrain the model") from exc
+        raise CheckpointError(
+            f"{path} has a damaged geoseg config ({exc}); retrain the model"
+        ) from exc
     if not isinstance(blob["state_dict"], dict):
         raise CheckpointError(f"{path} has no weights table; give a file written by 'geoseg train'")
     return config, blob["state_dict"]
 
 
 def load_pt_model(
-    path: Path, name: str, device: str | torch.device = "cpu", data: bytes | None = None,
+    path: Path,
+    name: str,
+    device: str | torch.device = "cpu",
+    data: bytes | None = None,
 ) -> LoadedModel:
     """Load a ``.pt`` model file in eval mode on ``device`` (any format:
     :func:`geoseg.models.load.load_model`).
@@ -167,7 +204,9 @@ def load_pt_model(
     with warnings.catch_warnings():
         # A trained model's dilation schedule is fixed; the warning is for whoever trains one.
         warnings.simplefilter("ignore", GriddingWarning)
-        network = create_model(config.arch, config.in_channels, len(config.classes), **config.arch_kwargs)
+        network = create_model(
+            config.arch, config.in_channels, len(config.classes), **config.arch_kwargs
+        )
     try:
         network.load_state_dict(state)
     except RuntimeError as exc:

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from geoseg.version import __version__
-from geoseg.errors import CheckpointError, ModelError
 from geoseg.classes import CLASS_NODATA_16, ClassInfo
+from geoseg.errors import CheckpointError, ModelError
+from geoseg.version import __version__
 
 FORMAT = "geoseg-model"
 FORMAT_VERSION = 1
@@ -50,7 +50,9 @@ class ModelConfig:
 
     def to_json(self) -> str:
         d = dict(self.__dict__)
-        d["classes"] = [{"value": c.value, "name": c.name, "color": list(c.color)} for c in self.classes]
+        d["classes"] = [
+            {"value": c.value, "name": c.name, "color": list(c.color)} for c in self.classes
+        ]
         d["format"] = FORMAT
         d["format_version"] = FORMAT_VERSION
         return json.dumps(d, sort_keys=True)
@@ -66,7 +68,9 @@ class ModelConfig:
                 f"model file format {version} is not supported by geoseg {__version__} "
                 f"(expects {FORMAT_VERSION}); retrain or upgrade geoseg"
             )
-        d["classes"] = [ClassInfo(int(c["value"]), str(c["name"]), tuple(c["color"])) for c in d["classes"]]
+        d["classes"] = [
+            ClassInfo(int(c["value"]), str(c["name"]), tuple(c["color"])) for c in d["classes"]
+        ]
         check_classes(d["classes"])
         return cls(**d)
 
@@ -79,13 +83,17 @@ def check_classes(classes: Sequence[ClassInfo]) -> None:
     values = [c.value for c in classes]
     bad = [v for v in values if not 0 <= v < CLASS_NODATA_16]
     if bad:
-        raise CheckpointError(f"class value {bad[0]} out of range: class values must be 0..{CLASS_NODATA_16 - 1}")
+        raise CheckpointError(
+            f"class value {bad[0]} out of range: class values must be 0..{CLASS_NODATA_16 - 1}"
+        )
     dupes = sorted(v for v, n in Counter(values).items() if n > 1)
     if dupes:
         raise CheckpointError(f"class value(s) {dupes} appear more than once")
     for c in classes:
         if len(c.color) != 3 or not all(0 <= int(v) <= 255 for v in c.color):
-            raise CheckpointError(f"class {c.value} ({c.name}) has colour {list(c.color)}: give 3 values 0..255")
+            raise CheckpointError(
+                f"class {c.value} ({c.name}) has colour {list(c.color)}: give 3 values 0..255"
+            )
 
 
 @dataclass
@@ -124,8 +132,10 @@ class LoadedModel:
     def summary(self) -> str:
         """One line about the model: format, architecture, bands, stride, receptive field, classes."""
         classes = ", ".join(c.name for c in self.classes)
-        return (f"{self.name}: {self.format} model, {self.config.arch}, bands {','.join(self.in_bands)}, "
-                f"stride {self.output_stride}, RF radius {self.receptive_field}; classes {classes}")
+        return (
+            f"{self.name}: {self.format} model, {self.config.arch}, bands {','.join(self.in_bands)}, "
+            f"stride {self.output_stride}, RF radius {self.receptive_field}; classes {classes}"
+        )
 
     @property
     def normalization(self) -> dict[str, list[float]]:
@@ -185,13 +195,19 @@ def _check_arg(name: str, value: Any) -> str | None:
     if isinstance(value, int):
         return None if abs(value) <= MAX_ARG_INT else f"{name}={value} is out of range"
     if isinstance(value, float):
-        return None if math.isfinite(value) and abs(value) <= MAX_ARG_INT else f"{name}={value} is out of range"
+        return (
+            None
+            if math.isfinite(value) and abs(value) <= MAX_ARG_INT
+            else f"{name}={value} is out of range"
+        )
     if isinstance(value, str):
         return None if len(value) <= 64 else f"{name} is a {len(value)}-character string"
     if isinstance(value, list):
         if len(value) > MAX_ARG_LIST:
             return f"{name} lists {len(value)} values"
-        return next((e for e in (_check_arg(f"{name}[{i}]", v) for i, v in enumerate(value)) if e), None)
+        return next(
+            (e for e in (_check_arg(f"{name}[{i}]", v) for i, v in enumerate(value)) if e), None
+        )
     return f"{name} has type {type(value).__name__}"
 
 
@@ -228,21 +244,35 @@ def validate_config(config: ModelConfig, architecture: bool = True) -> None:
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_BANDS:
         problems.append(f"in_channels {n!r} is not 1..{MAX_BANDS}")
     else:
-        for what, seq in (("band_names", config.band_names), ("mean", config.mean), ("std", config.std)):
+        for what, seq in (
+            ("band_names", config.band_names),
+            ("mean", config.mean),
+            ("std", config.std),
+        ):
             if not isinstance(seq, list) or len(seq) != n:
                 problems.append(f"{what} does not list {n} bands")
         for what, seq in (("mean", config.mean), ("std", config.std)):
-            if isinstance(seq, list) and not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                 and math.isfinite(v) for v in seq):
+            if isinstance(seq, list) and not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                for v in seq
+            ):
                 problems.append(f"{what} holds values that are not finite numbers")
-        if isinstance(config.std, list) and any(isinstance(v, (int, float)) and v <= 0 for v in config.std):
+        if isinstance(config.std, list) and any(
+            isinstance(v, (int, float)) and v <= 0 for v in config.std
+        ):
             problems.append("std holds values <= 0")
     stride = config.output_stride
     if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= MAX_STRIDE:
         problems.append(f"output stride {stride!r} is not 1..{MAX_STRIDE}")
     rf = config.receptive_field
-    if isinstance(rf, bool) or not isinstance(rf, int) or not GLOBAL_RECEPTIVE_FIELD <= rf <= MAX_RECEPTIVE_FIELD:
-        problems.append(f"receptive field {rf!r} is not {GLOBAL_RECEPTIVE_FIELD}..{MAX_RECEPTIVE_FIELD}")
+    if (
+        isinstance(rf, bool)
+        or not isinstance(rf, int)
+        or not GLOBAL_RECEPTIVE_FIELD <= rf <= MAX_RECEPTIVE_FIELD
+    ):
+        problems.append(
+            f"receptive field {rf!r} is not {GLOBAL_RECEPTIVE_FIELD}..{MAX_RECEPTIVE_FIELD}"
+        )
     iv = config.ignore_value
     if iv is not None and (isinstance(iv, bool) or not isinstance(iv, int) or not 0 <= iv <= 255):
         problems.append(f"ignore value {iv!r} is not 0..255")

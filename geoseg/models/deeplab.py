@@ -130,7 +130,9 @@ class ImagePooling(nn.Module):
         super().__init__()
         self.mode = mode
         self.window = SlidingMean(window)
-        self.project = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+        self.project = nn.Sequential(
+            nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "global":
@@ -143,7 +145,9 @@ class ImagePooling(nn.Module):
 class ASPP(nn.Module):
     """Atrous spatial pyramid pooling: 1x1, three dilated 3x3 and image pooling, fused by 1x1."""
 
-    def __init__(self, cin: int, cout: int, rates: Sequence[int], pooling: str, window: int) -> None:
+    def __init__(
+        self, cin: int, cout: int, rates: Sequence[int], pooling: str, window: int
+    ) -> None:
         super().__init__()
         self.branches = nn.ModuleList(
             [_conv_bn_relu(cin, cout, 1)] + [_conv_bn_relu(cin, cout, 3, r) for r in rates]
@@ -162,7 +166,9 @@ class ASPP(nn.Module):
 class _ResNetBackbone(nn.Module):
     """torchvision ResNet-50 returning (stride-4 features, final features)."""
 
-    def __init__(self, in_channels: int, output_stride: int, dilations: str | Sequence[int]) -> None:
+    def __init__(
+        self, in_channels: int, output_stride: int, dilations: str | Sequence[int]
+    ) -> None:
         super().__init__()
         from torchvision.models import resnet50
 
@@ -174,7 +180,12 @@ class _ResNetBackbone(nn.Module):
         for block, r in zip(net.layer4, rates):
             block.conv2.dilation = block.conv2.padding = (r * scale, r * scale)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
-        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        self.layer1, self.layer2, self.layer3, self.layer4 = (
+            net.layer1,
+            net.layer2,
+            net.layer3,
+            net.layer4,
+        )
         self.low_channels, self.high_channels = 256, 2048
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -198,7 +209,9 @@ class _MobileNetBackbone(nn.Module):
         features = net.features
         first = features[0][0]
         if in_channels != 3:
-            features[0][0] = nn.Conv2d(in_channels, first.out_channels, 3, stride=2, padding=1, bias=False)
+            features[0][0] = nn.Conv2d(
+                in_channels, first.out_channels, 3, stride=2, padding=1, bias=False
+            )
         features.eval()  # the probe below must not move batch-norm statistics
         with torch.no_grad():
             x = torch.zeros(1, in_channels, 64, 64)
@@ -252,7 +265,9 @@ class DeepLabV3Plus(nn.Module):
     ) -> None:
         super().__init__()
         if image_pooling not in IMAGE_POOLING:
-            raise ValueError(f"image_pooling must be one of {', '.join(IMAGE_POOLING)}, got {image_pooling!r}")
+            raise ValueError(
+                f"image_pooling must be one of {', '.join(IMAGE_POOLING)}, got {image_pooling!r}"
+            )
         if output_stride not in (8, 16):
             raise ValueError(f"output_stride must be 8 or 16, got {output_stride}")
         if backbone == "resnet50":
@@ -268,7 +283,11 @@ class DeepLabV3Plus(nn.Module):
         scale = 16 // output_stride
         window = max(1, pool_window // output_stride) | 1
         self.aspp = ASPP(
-            self.backbone.high_channels, aspp_channels, [r * scale for r in aspp_rates], image_pooling, window
+            self.backbone.high_channels,
+            aspp_channels,
+            [r * scale for r in aspp_rates],
+            image_pooling,
+            window,
         )
         self.reduce = _conv_bn_relu(self.backbone.low_channels, 48, 1)
         self.decoder = nn.Sequential(

@@ -21,7 +21,13 @@ from geoseg.errors import GriddingWarning
 NAMED_SCHEDULES: dict[str, tuple[int, ...]] = {"hdc": (1, 2, 5), "hdc-wide": (2, 3, 7)}
 
 
-__all__ = ["GriddingWarning", "NAMED_SCHEDULES", "check_schedule", "hdc_max_distance", "resolve_schedule"]
+__all__ = [
+    "GriddingWarning",
+    "NAMED_SCHEDULES",
+    "check_schedule",
+    "hdc_max_distance",
+    "resolve_schedule",
+]
 
 
 @dataclass(frozen=True)
@@ -78,13 +84,17 @@ def resolve_schedule(spec: str | Sequence[int], length: int, *, stage: str) -> t
     else:
         base = tuple(int(r) for r in spec)
     if not base or len(base) > length:
-        raise ValueError(f"{stage} has {length} dilated convolutions; got {len(base)} rates {list(base)}")
+        raise ValueError(
+            f"{stage} has {length} dilated convolutions; got {len(base)} rates {list(base)}"
+        )
     rates = tuple(base[i % len(base)] for i in range(length))
     check = check_schedule(rates)
     if check.grids:
         warnings.warn(
             f"dilation schedule {list(rates)} for {stage} grids ({check.problem()}): outputs see "
             "their input through holes; use a sawtooth without a common factor, e.g. "
-            "dilations='hdc' (1, 2, 5)", GriddingWarning, stacklevel=3,
+            "dilations='hdc' (1, 2, 5)",
+            GriddingWarning,
+            stacklevel=3,
         )
     return rates

@@ -19,14 +19,25 @@ class ResNetEncoder(nn.Module):
     def __init__(self, name: str, in_channels: int) -> None:
         super().__init__()
         if name not in RESNET_ENCODERS:
-            raise ValueError(f"unknown encoder {name!r}; choose one of {', '.join(RESNET_ENCODERS)}")
+            raise ValueError(
+                f"unknown encoder {name!r}; choose one of {', '.join(RESNET_ENCODERS)}"
+            )
         from torchvision import models  # 160 MB and 3 s: only when building one
 
         net = getattr(models, name)(weights=None)
         self.name = name
-        self.conv1 = net.conv1 if in_channels == 3 else nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+        self.conv1 = (
+            net.conv1
+            if in_channels == 3
+            else nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+        )
         self.bn1, self.relu, self.maxpool = net.bn1, net.relu, net.maxpool
-        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        self.layer1, self.layer2, self.layer3, self.layer4 = (
+            net.layer1,
+            net.layer2,
+            net.layer3,
+            net.layer4,
+        )
         expansion = 4 if name == "resnet50" else 1
         self.channels = [64, 64 * expansion, 128 * expansion, 256 * expansion, 512 * expansion]
 

@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 
 
 def load_model(
-    name_or_path: str | os.PathLike[str] | None = None, device: "str | torch.device" = "cpu",
+    name_or_path: str | os.PathLike[str] | None = None,
+    device: "str | torch.device" = "cpu",
     data: bytes | None = None,
 ) -> LoadedModel:
     """Load a model (``None`` = the built-in one, a ``.pt`` file or an ONNX geoseg model) in eval

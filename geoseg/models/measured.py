@@ -28,9 +28,15 @@ class Measured:
 
 
 DEFAULTS: dict[str, Measured] = {
-    "deeplabv1": Measured(8, 210, 20_494_402, (
-        "dilation schedule [2, 2, 2] for DeepLab v1 conv5 grids (its rates share the factor 2): outputs "
-        "see their input through holes; use a sawtooth without a common factor, e.g. dilations='hdc' (1, 2, 5)",)),
+    "deeplabv1": Measured(
+        8,
+        210,
+        20_494_402,
+        (
+            "dilation schedule [2, 2, 2] for DeepLab v1 conv5 grids (its rates share the factor 2): outputs "
+            "see their input through holes; use a sawtooth without a common factor, e.g. dilations='hdc' (1, 2, 5)",
+        ),
+    ),
     "deeplabv3plus": Measured(16, 533, 40_347_298),
     "fcn16s": Measured(32, 218, 134_282_372),
     "fcn32s": Measured(32, 218, 134_293_570),
@@ -40,8 +46,9 @@ DEFAULTS: dict[str, Measured] = {
 }
 
 
-def measure(arch: str, in_channels: int = IN_CHANNELS, num_classes: int = NUM_CLASSES,
-            **kwargs: object) -> Measured:
+def measure(
+    arch: str, in_channels: int = IN_CHANNELS, num_classes: int = NUM_CLASSES, **kwargs: object
+) -> Measured:
     """Build ``arch`` and measure it (seconds; imports torch)."""
     import warnings
 

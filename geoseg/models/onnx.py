@@ -15,22 +15,45 @@ import numpy as np
 import torch
 from torch import nn
 
-from geoseg.errors import CheckpointError, ModelError, first_line
 from geoseg.classes import ClassInfo
+from geoseg.errors import ModelError, first_line
 from geoseg.fs import check_output_path
 from geoseg.models.checkpoint import (
-    GLOBAL_RECEPTIVE_FIELD, LoadedModel, ModelConfig, file_sha256, load_pt_model, resolve_model_path,
-    validate_config,
+    GLOBAL_RECEPTIVE_FIELD,
+    LoadedModel,
+    ModelConfig,
+    file_sha256,
+    load_pt_model,
+    resolve_model_path,
 )
 from geoseg.models.onnx_file import (
-    METADATA_KEY, OPSET, cache_dir, cached_onnx_path, check_counts, check_graph, is_onnx_file, parse_onnx,
-    read_onnx_model, write_onnx_model,
+    METADATA_KEY,
+    OPSET,
+    cache_dir,
+    cached_onnx_path,
+    check_counts,
+    check_graph,
+    is_onnx_file,
+    parse_onnx,
+    read_onnx_model,
+    write_onnx_model,
 )
 from geoseg.models.onnx_summary import read_summary
 
 __all__ = [
-    "METADATA_KEY", "OPSET", "OnnxNetwork", "cache_dir", "cached_onnx", "cached_onnx_path", "check_graph",
-    "export_model", "export_network", "import_model", "is_onnx_file", "load_onnx_model", "probe",
+    "METADATA_KEY",
+    "OPSET",
+    "OnnxNetwork",
+    "cache_dir",
+    "cached_onnx",
+    "cached_onnx_path",
+    "check_graph",
+    "export_model",
+    "export_network",
+    "import_model",
+    "is_onnx_file",
+    "load_onnx_model",
+    "probe",
     "read_onnx_model",
 ]
 
@@ -42,7 +65,9 @@ class OnnxNetwork(nn.Module):
     """An ONNX Runtime session as a torch module (CPU, no gradients), so ``LoadedModel.network``
     works the same for every model format."""
 
-    def __init__(self, model: bytes | str | Path, device: torch.device = torch.device("cpu")) -> None:
+    def __init__(
+        self, model: bytes | str | Path, device: torch.device = torch.device("cpu")
+    ) -> None:
         super().__init__()
         from geoseg.models.ort_session import make_session
 
@@ -50,7 +75,9 @@ class OnnxNetwork(nn.Module):
         self.input_name = self.session.get_inputs()[0].name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        (y,) = self.session.run(None, {self.input_name: x.detach().float().cpu().contiguous().numpy()})[:1]
+        (y,) = self.session.run(
+            None, {self.input_name: x.detach().float().cpu().contiguous().numpy()}
+        )[:1]
         return torch.from_numpy(y).to(x.device)
 
 
@@ -61,7 +88,9 @@ def load_onnx_model(path: Path, name: str, device: str | torch.device = "cpu") -
     config, _ = read_onnx_model(path)
     if not onnxruntime_available():
         raise ModelError(f"{path} is an ONNX model and needs ONNX Runtime; pip install onnxruntime")
-    net = OnnxNetwork(Path(path).read_bytes(), torch.device(device) if isinstance(device, str) else device)
+    net = OnnxNetwork(
+        Path(path).read_bytes(), torch.device(device) if isinstance(device, str) else device
+    )
     return LoadedModel(net, config, str(path), file_sha256(path), name, format="onnx")
 
 
@@ -83,14 +112,27 @@ def export_network(network: nn.Module, in_channels: int, stride: int) -> Any:
         try:
             buf = io.BytesIO()
             free = {0: "batch", 2: "height", 3: "width"}
-            torch.onnx.export(network, (x,), buf, dynamo=False, opset_version=OPSET,  # type: ignore[arg-type]
-                              dynamic_axes={"image": free, "logits": free}, **names)  # type: ignore[arg-type]
+            torch.onnx.export(
+                network,
+                (x,),
+                buf,  # type: ignore[arg-type]
+                dynamo=False,
+                opset_version=OPSET,
+                dynamic_axes={"image": free, "logits": free},
+                **names,  # type: ignore[arg-type]
+            )
             proto = onnx.load_from_string(buf.getvalue())
         except Exception:  # noqa: BLE001 - an op the TorchScript exporter lacks: try the other
             dim = torch.export.Dim.DYNAMIC
-            program = torch.onnx.export(network, (x,), dynamo=True, opset_version=OPSET,
-                                        dynamic_shapes=({0: dim, 2: dim, 3: dim},), external_data=False,
-                                        **names)  # type: ignore[arg-type]
+            program = torch.onnx.export(
+                network,
+                (x,),
+                dynamo=True,
+                opset_version=OPSET,
+                dynamic_shapes=({0: dim, 2: dim, 3: dim},),
+                external_data=False,
+                **names,  # type: ignore[arg-type]
+            )
             assert program is not None
             proto = program.model_proto
     onnx.checker.check_model(proto)
@@ -98,14 +140,18 @@ def export_network(network: nn.Module, in_channels: int, stride: int) -> Any:
 
 
 def export_model(
-    model: str | os.PathLike[str] | None, output: str | os.PathLike[str], overwrite: bool = False,
+    model: str | os.PathLike[str] | None,
+    output: str | os.PathLike[str],
+    overwrite: bool = False,
 ) -> Path:
     """Write any geoseg model (built-in name or file) as an ONNX file with the same metadata,
     runnable by plain ONNX Runtime; checked against PyTorch on a random tile before it appears."""
     out = check_output_path(output, overwrite)
     path, name = resolve_model_path(model)
     if out.exists() and out.resolve() == Path(path).resolve():
-        raise ModelError("the ONNX output would replace the model it is made from; choose another -o")
+        raise ModelError(
+            "the ONNX output would replace the model it is made from; choose another -o"
+        )
     if is_onnx_file(path):
         loaded = load_onnx_model(path, name)
         return write_onnx_model(parse_onnx(loaded.path), out, loaded.config)
@@ -126,8 +172,12 @@ def onnx_proto_for(loaded: LoadedModel) -> Any:
         want = loaded.network.cpu()(x).numpy()
     session = make_session(proto.SerializeToString(), torch.device("cpu"))
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
-    if got.shape != want.shape or not np.allclose(got, want, rtol=1e-3, atol=1e-3 * max(1.0, float(np.abs(want).max()))):
-        raise ModelError(f"{loaded.name}: the ONNX export does not reproduce the PyTorch logits; use --engine torch")
+    if got.shape != want.shape or not np.allclose(
+        got, want, rtol=1e-3, atol=1e-3 * max(1.0, float(np.abs(want).max()))
+    ):
+        raise ModelError(
+            f"{loaded.name}: the ONNX export does not reproduce the PyTorch logits; use --engine torch"
+        )
     return proto
 
 
@@ -149,8 +199,12 @@ def cached_onnx(model_path: str, sha256: str, loaded: LoadedModel | None = None)
 
 
 def import_model(
-    source: str | os.PathLike[str], output: str | os.PathLike[str], classes: str | dict[int, Any],
-    mean: Sequence[float], std: Sequence[float], bands: Sequence[str] | None = None,
+    source: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    classes: str | dict[int, Any],
+    mean: Sequence[float],
+    std: Sequence[float],
+    bands: Sequence[str] | None = None,
     overwrite: bool = False,
 ) -> LoadedModel:
     """Turn an ONNX segmentation model (N x C x H x W float in, N x K x H x W logits out) into a
@@ -168,15 +222,27 @@ def import_model(
     proto = parse_onnx(src)
     named = parse_class_names(classes) if isinstance(classes, str) else dict(classes)
     if not named:
-        raise ModelError("--classes is required, e.g. 0=background,1=water,2=forest (one per output channel)")
-    infos = [ClassInfo(v, n if isinstance(n, str) else n[0],
-                       (None if isinstance(n, str) else n[1]) or default_color(v)) for v, n in named.items()]
+        raise ModelError(
+            "--classes is required, e.g. 0=background,1=water,2=forest (one per output channel)"
+        )
+    infos = [
+        ClassInfo(
+            v,
+            n if isinstance(n, str) else n[0],
+            (None if isinstance(n, str) else n[1]) or default_color(v),
+        )
+        for v, n in named.items()
+    ]
     n_in = len(mean)
     band_names = list(bands) if bands else [f"band{i + 1}" for i in range(n_in)]
     config = ModelConfig(
-        arch="onnx", arch_kwargs={"source": src.name, "producer": proto.producer_name},
-        in_channels=n_in, band_names=band_names, mean=[float(m) for m in mean],
-        std=[float(s) for s in std], classes=infos,
+        arch="onnx",
+        arch_kwargs={"source": src.name, "producer": proto.producer_name},
+        in_channels=n_in,
+        band_names=band_names,
+        mean=[float(m) for m in mean],
+        std=[float(s) for s in std],
+        classes=infos,
     )
     check_counts(config, channels, k, src)
     from geoseg.models.ort_session import make_session
@@ -192,7 +258,9 @@ def _run(session: Any, x: np.ndarray) -> np.ndarray:
     return session.run(None, {session.get_inputs()[0].name: x})[0]
 
 
-def probe(session: Any, channels: int, classes: int, path: Any, max_size: int = 4096) -> tuple[int, int]:
+def probe(
+    session: Any, channels: int, classes: int, path: Any, max_size: int = 4096
+) -> tuple[int, int]:
     """Output stride and receptive-field radius of an ONNX network, measured.
 
     The stride is the smallest power of two by which shifting the input shifts the output
@@ -220,29 +288,40 @@ class _TooSmall(Exception):
 
 
 def _global(path: Any) -> tuple[int, int]:
-    warnings.warn(f"{path}: the network's output depends on its whole input (global pooling?); "
-                  "its predictions will depend on --tile", stacklevel=3)
+    warnings.warn(
+        f"{path}: the network's output depends on its whole input (global pooling?); "
+        "its predictions will depend on --tile",
+        stacklevel=3,
+    )
     return 1, GLOBAL_RECEPTIVE_FIELD
 
 
-def _stride(session: Any, channels: int, classes: int, size: int, rng: np.random.Generator, path: Any) -> int:
+def _stride(
+    session: Any, channels: int, classes: int, size: int, rng: np.random.Generator, path: Any
+) -> int:
     height = 64
     x = rng.normal(size=(1, channels, height, size + MAX_STRIDE)).astype(np.float32)
     try:
         base = _run(session, np.ascontiguousarray(x[..., MAX_STRIDE:]))
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own classes
-        raise ModelError(f"{path} cannot run on a {height}x{size} input ({first_line(exc)})") from None
+        raise ModelError(
+            f"{path} cannot run on a {height}x{size} input ({first_line(exc)})"
+        ) from None
     if base.ndim != 4 or base.shape[0] != 1 or base.shape[2:] != (height, size):
         raise ModelError(
             f"{path}: output shape {tuple(base.shape)} for input 1x{channels}x{height}x{size}; geoseg "
             "needs N x K x H x W logits at the input's size"
         )
     if base.shape[1] != classes:
-        raise ModelError(f"{path}: the model outputs {base.shape[1]} classes but {classes} are named")
+        raise ModelError(
+            f"{path}: the model outputs {base.shape[1]} classes but {classes} are named"
+        )
     lo, hi = size // 4, 3 * size // 4
     s = 1
     while s <= MAX_STRIDE:
-        shifted = _run(session, np.ascontiguousarray(x[..., MAX_STRIDE - s : MAX_STRIDE - s + size]))
+        shifted = _run(
+            session, np.ascontiguousarray(x[..., MAX_STRIDE - s : MAX_STRIDE - s + size])
+        )
         # shifted[..., j + s] sees the same input as base[..., j]
         a, b = base[..., lo:hi], shifted[..., lo + s : hi + s]
         if np.allclose(a, b, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(a).max()))):
@@ -251,7 +330,9 @@ def _stride(session: Any, channels: int, classes: int, size: int, rng: np.random
     raise _TooSmall
 
 
-def _radius(session: Any, channels: int, stride: int, size: int, rng: np.random.Generator) -> tuple[int, bool]:
+def _radius(
+    session: Any, channels: int, stride: int, size: int, rng: np.random.Generator
+) -> tuple[int, bool]:
     """The tile margin the network needs, from impulses at every stride phase of one input
     column (then row), and whether the responses reached the strip's edge.
 

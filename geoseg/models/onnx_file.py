@@ -56,12 +56,12 @@ def parse_onnx(path: str | os.PathLike[str]) -> Any:
     try:
         return onnx.load(str(path), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(
-            f"{path} is not an ONNX model ({first_line(exc)})"
-        ) from None
+        raise CheckpointError(f"{path} is not an ONNX model ({first_line(exc)})") from None
 
 
-def check_graph(summary: OnnxSummary, path: str | os.PathLike[str]) -> tuple[int | None, int | None]:
+def check_graph(
+    summary: OnnxSummary, path: str | os.PathLike[str]
+) -> tuple[int | None, int | None]:
     """Check what geoseg needs of an ONNX graph (:func:`geoseg.models.onnx_summary.read_summary`);
     returns the input channels and output classes where the graph fixes them."""
     if summary.external_weights:
@@ -71,12 +71,18 @@ def check_graph(summary: OnnxSummary, path: str | os.PathLike[str]) -> tuple[int
         )
     inputs = summary.image_inputs
     if len(inputs) != 1:
-        raise ModelError(f"{path} has {len(inputs)} inputs; geoseg needs one N x C x H x W image input")
+        raise ModelError(
+            f"{path} has {len(inputs)} inputs; geoseg needs one N x C x H x W image input"
+        )
     shape = inputs[0].dims
     if len(shape) != 4:
-        raise ModelError(f"{path}: input {inputs[0].name!r} has rank {len(shape)}; geoseg needs rank 4 (N x C x H x W)")
+        raise ModelError(
+            f"{path}: input {inputs[0].name!r} has rank {len(shape)}; geoseg needs rank 4 (N x C x H x W)"
+        )
     if inputs[0].elem_type != FLOAT:
-        raise ModelError(f"{path}: input {inputs[0].name!r} is not float32; geoseg feeds normalized float32")
+        raise ModelError(
+            f"{path}: input {inputs[0].name!r} is not float32; geoseg feeds normalized float32"
+        )
     if isinstance(shape[2], int) and shape[2] > 0 or isinstance(shape[3], int) and shape[3] > 0:
         raise ModelError(
             f"{path}: input size is fixed at {shape[2]}x{shape[3]}, so tiles cannot be fed; re-export "
@@ -86,7 +92,9 @@ def check_graph(summary: OnnxSummary, path: str | os.PathLike[str]) -> tuple[int
         raise ModelError(f"{path} has no outputs")
     out = summary.outputs[0].dims
     if out and len(out) != 4:
-        raise ModelError(f"{path}: output {summary.outputs[0].name!r} has rank {len(out)}; geoseg needs N x K x H x W logits")
+        raise ModelError(
+            f"{path}: output {summary.outputs[0].name!r} has rank {len(out)}; geoseg needs N x K x H x W logits"
+        )
     channels = shape[1] if isinstance(shape[1], int) and shape[1] > 0 else None
     classes = out[1] if out and isinstance(out[1], int) and out[1] > 0 else None
     return channels, classes
@@ -96,11 +104,17 @@ def check_counts(config: ModelConfig, channels: int | None, classes: int | None,
     n = config.in_channels
     for what, values in (("mean", config.mean), ("std", config.std), ("bands", config.band_names)):
         if len(values) != n:
-            raise ModelError(f"{path}: {len(values)} {what} values for {n} input channels; give one per channel")
+            raise ModelError(
+                f"{path}: {len(values)} {what} values for {n} input channels; give one per channel"
+            )
     if channels is not None and channels != n:
-        raise ModelError(f"{path}: the model takes {channels} channels but {n} bands, means and stds are given")
+        raise ModelError(
+            f"{path}: the model takes {channels} channels but {n} bands, means and stds are given"
+        )
     if classes is not None and classes != len(config.classes):
-        raise ModelError(f"{path}: the model outputs {classes} classes but {len(config.classes)} are named; name one per output channel")
+        raise ModelError(
+            f"{path}: the model outputs {classes} classes but {len(config.classes)} are named; name one per output channel"
+        )
     if any(s <= 0 for s in config.std):
         raise ModelError(f"{path}: every --std value must be positive")
 
@@ -122,7 +136,9 @@ def read_onnx_model(path: str | os.PathLike[str]) -> tuple[ModelConfig, OnnxSumm
     except (CheckpointError, ModelError) as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     except (TypeError, KeyError, ValueError) as exc:
-        raise CheckpointError(f"{path} has damaged geoseg metadata ({exc}); run 'geoseg import' again") from None
+        raise CheckpointError(
+            f"{path} has damaged geoseg metadata ({exc}); run 'geoseg import' again"
+        ) from None
     check_counts(config, channels, classes, path)
     return config, summary
 

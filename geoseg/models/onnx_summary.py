@@ -110,7 +110,9 @@ def _text(buf: memoryview, start: int, end: int) -> str:
         raise OnnxWireError("a string field is not UTF-8") from None
 
 
-def _text_and_number(buf: memoryview, start: int, end: int, text_field: int, number_field: int) -> tuple[str, int]:
+def _text_and_number(
+    buf: memoryview, start: int, end: int, text_field: int, number_field: int
+) -> tuple[str, int]:
     """A message's string field and varint field (empty and 0 when absent)."""
     text, value = "", 0
     for number, wire, a, b in _fields(buf, start, end):

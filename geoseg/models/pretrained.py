@@ -69,7 +69,10 @@ def find_backbone(network: nn.Module, arch: str) -> Backbone:
             keys[tv] = f"backbone.{k}"
         return Backbone("resnet50", "conv1.weight", keys)
     if isinstance(network, DeepLabV3Plus) and isinstance(network.backbone, _MobileNetBackbone):
-        keys = {re.sub(r"^(low|high)\.", "features.", k): f"backbone.{k}" for k in network.backbone.state_dict()}
+        keys = {
+            re.sub(r"^(low|high)\.", "features.", k): f"backbone.{k}"
+            for k in network.backbone.state_dict()
+        }
         return Backbone("mobilenet_v3_large", "features.0.0.weight", keys)
     stages = getattr(network, "stages", None)
     if isinstance(stages, nn.ModuleList):  # VGG-16 in FCN and DeepLab v1
@@ -107,21 +110,33 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     under ``state_dict`` / ``model``, as torchvision, torchgeo, timm and geoseg write them)."""
     p = Path(path)
     if not p.is_file():
-        raise TrainingError(f"pretrained weights {path} not found; give a state dict file or 'imagenet'")
+        raise TrainingError(
+            f"pretrained weights {path} not found; give a state dict file or 'imagenet'"
+        )
     try:
         blob: Any = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickled code, a truncated file, not a torch file: several kinds
         first = first_line(exc)[:120]
-        raise TrainingError(f"cannot read pretrained weights {path} without executing code ({first})") from None
+        raise TrainingError(
+            f"cannot read pretrained weights {path} without executing code ({first})"
+        ) from None
     for key in ("state_dict", "model"):
         if isinstance(blob, dict) and isinstance(blob.get(key), dict):
             blob = blob[key]
-    if not isinstance(blob, dict) or not blob or not all(isinstance(v, torch.Tensor) for v in blob.values()):
-        raise TrainingError(f"{path} holds no state dict (names -> tensors); give torchvision-style weights")
+    if (
+        not isinstance(blob, dict)
+        or not blob
+        or not all(isinstance(v, torch.Tensor) for v in blob.values())
+    ):
+        raise TrainingError(
+            f"{path} holds no state dict (names -> tensors); give torchvision-style weights"
+        )
     return blob
 
 
-def _strip_prefix(state: dict[str, torch.Tensor], first_conv: str, backbone: Backbone, source: str) -> dict[str, torch.Tensor]:
+def _strip_prefix(
+    state: dict[str, torch.Tensor], first_conv: str, backbone: Backbone, source: str
+) -> dict[str, torch.Tensor]:
     """The part of ``state`` under the prefix its first convolution has (``module.``, ``encoder.``...)."""
     hits = sorted((k for k in state if k == first_conv or k.endswith("." + first_conv)), key=len)
     if not hits:
@@ -130,7 +145,7 @@ def _strip_prefix(state: dict[str, torch.Tensor], first_conv: str, backbone: Bac
             f"torchvision {backbone.name}"
         )
     prefix = hits[0][: -len(first_conv)]
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def _canonical(name: str) -> str:
@@ -141,8 +156,9 @@ def _canonical(name: str) -> str:
     return low
 
 
-def band_sources(model_bands: Sequence[str], weight_bands: Sequence[str] | None, n_weights: int,
-                 source: str) -> list[list[int]]:
+def band_sources(
+    model_bands: Sequence[str], weight_bands: Sequence[str] | None, n_weights: int, source: str
+) -> list[list[int]]:
     """For each model band, the channels of the weights' first convolution it takes."""
     generic = all(re.fullmatch(r"band\d+", b.strip().lower()) for b in model_bands)
     if weight_bands is None:
@@ -153,7 +169,9 @@ def band_sources(model_bands: Sequence[str], weight_bands: Sequence[str] | None,
             "bands in order with --pretrained-bands (for example B01,B02,...)"
         )
     if len(weight_bands) != n_weights:
-        raise ModelError(f"--pretrained-bands names {len(weight_bands)} bands, but {source} takes {n_weights}")
+        raise ModelError(
+            f"--pretrained-bands names {len(weight_bands)} bands, but {source} takes {n_weights}"
+        )
     if generic and len(model_bands) == n_weights:
         return [[i] for i in range(n_weights)]  # unnamed bands, same count: in order
     known = [_canonical(b) for b in weight_bands]
@@ -172,8 +190,13 @@ def band_sources(model_bands: Sequence[str], weight_bands: Sequence[str] | None,
     return out
 
 
-def load_pretrained(network: nn.Module, arch: str, source: str, model_bands: Sequence[str],
-                    weight_bands: Sequence[str] | None = None) -> str:
+def load_pretrained(
+    network: nn.Module,
+    arch: str,
+    source: str,
+    model_bands: Sequence[str],
+    weight_bands: Sequence[str] | None = None,
+) -> str:
     """Load ``source`` (``imagenet`` or a state-dict path) into ``network``'s encoder, first
     convolution adapted to ``model_bands``; returns a line saying what was loaded."""
     backbone = find_backbone(network, arch)
@@ -189,7 +212,9 @@ def load_pretrained(network: nn.Module, arch: str, source: str, model_bands: Seq
     loaded: dict[str, torch.Tensor] = {}
     for tv_key, key in backbone.keys.items():
         if tv_key not in state:
-            raise ModelError(f"{label} lack {tv_key}: they are not weights of a torchvision {backbone.name}")
+            raise ModelError(
+                f"{label} lack {tv_key}: they are not weights of a torchvision {backbone.name}"
+            )
         value = state[tv_key]
         if tv_key == backbone.first_conv and value.ndim == 4:
             sources = band_sources(model_bands, weight_bands, value.shape[1], label)
@@ -202,7 +227,9 @@ def load_pretrained(network: nn.Module, arch: str, source: str, model_bands: Seq
         loaded[key] = value.to(own[key].dtype)
     extra = [k for k in state if k not in backbone.keys and not k.startswith(HEAD_PREFIXES)]
     if extra:
-        raise ModelError(f"{label} hold {extra[0]}, which {arch}'s {backbone.name} has no place for; "
-                         "they are weights of another network")
+        raise ModelError(
+            f"{label} hold {extra[0]}, which {arch}'s {backbone.name} has no place for; "
+            "they are weights of another network"
+        )
     network.load_state_dict(loaded, strict=False)
     return f"{label} ({len(loaded)} tensors, bands {', '.join(model_bands)})"

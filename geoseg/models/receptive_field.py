@@ -35,7 +35,9 @@ def measure_receptive_field(
     gen = torch.Generator().manual_seed(seed)
     try:
         while True:
-            radius, touches = _support_radius(network, in_channels, stride, size, trials, gen, device)
+            radius, touches = _support_radius(
+                network, in_channels, stride, size, trials, gen, device
+            )
             if not touches:
                 return radius
             if size >= max_size:

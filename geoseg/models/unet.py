@@ -91,18 +91,23 @@ class UNet(nn.Module):
             [ConvBlock(in_channels, widths[0])]
             + [ConvBlock(widths[i - 1], widths[i]) for i in range(1, depth + 1)]
         )
-        self.ups = nn.ModuleList([Up(widths[i], widths[i - 1], upsample) for i in range(depth, 0, -1)])
+        self.ups = nn.ModuleList(
+            [Up(widths[i], widths[i - 1], upsample) for i in range(depth, 0, -1)]
+        )
         self.decoders = nn.ModuleList(
             [ConvBlock(2 * widths[i - 1], widths[i - 1]) for i in range(depth, 0, -1)]
         )
         self.head = nn.Conv2d(widths[0], num_classes, 1)
 
-    def _build_with_encoder(self, in_channels: int, num_classes: int, base_width: int, upsample: str,
-                            encoder: str) -> None:
+    def _build_with_encoder(
+        self, in_channels: int, num_classes: int, base_width: int, upsample: str, encoder: str
+    ) -> None:
         from geoseg.models.encoders import ResNetEncoder
 
         if upsample not in ("transpose", "bilinear"):
-            raise ValueError(f"upsample {upsample!r} does not work with an encoder; use transpose or bilinear")
+            raise ValueError(
+                f"upsample {upsample!r} does not work with an encoder; use transpose or bilinear"
+            )
         self.encoder = ResNetEncoder(encoder, in_channels)
         self.depth = 5
         self.upsample = upsample

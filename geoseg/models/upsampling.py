@@ -23,7 +23,9 @@ def bilinear_upsampler(channels: int, factor: int, learnable: bool = True) -> nn
     """Transposed convolution upsampling by ``factor`` (output exactly ``factor`` x the input),
     its weights set to bilinear interpolation; trained further when ``learnable``."""
     size = 2 * factor
-    up = nn.ConvTranspose2d(channels, channels, size, stride=factor, padding=factor // 2, bias=False)
+    up = nn.ConvTranspose2d(
+        channels, channels, size, stride=factor, padding=factor // 2, bias=False
+    )
     with torch.no_grad():
         up.weight.copy_(bilinear_kernel(channels, size))
     up.weight.requires_grad_(learnable)

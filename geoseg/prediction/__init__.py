@@ -123,8 +123,18 @@ def predict(
 
     t0 = time.perf_counter()
     opts = PredictOptions.from_keywords(options, **option_keywords)
-    plan = plan_predict(scene, output, model, opts, probabilities, vector, overwrite, tiles_per_task,
-                        vector_options=vector_options, confidence=confidence)
+    plan = plan_predict(
+        scene,
+        output,
+        model,
+        opts,
+        probabilities,
+        vector,
+        overwrite,
+        tiles_per_task,
+        vector_options=vector_options,
+        confidence=confidence,
+    )
     png = None
     if quicklook:
         from geoseg.results.quicklook import output_quicklook
@@ -133,14 +143,25 @@ def predict(
     try:
         if plan.destinations.cells and not plan.destinations.remote:
             Path(plan.destinations.output).mkdir(exist_ok=True)  # locked while cells are written
-        locks = lock_output_folders([plan.output, plan.probabilities, plan.confidence, plan.vector], "predict")
+        locks = lock_output_folders(
+            [plan.output, plan.probabilities, plan.confidence, plan.vector], "predict"
+        )
         with locks, inference_session(client, scheduler, workers, verbose) as session:
-            result = execute(plan, session, Progress(plan.tiles, quiet=quiet), max_in_flight=max_in_flight,
-                             overwrite=overwrite, vector_options=vector_options, started=t0)
+            result = execute(
+                plan,
+                session,
+                Progress(plan.tiles, quiet=quiet),
+                max_in_flight=max_in_flight,
+                overwrite=overwrite,
+                vector_options=vector_options,
+                started=t0,
+            )
             if png is not None:  # after the class raster is committed
                 from geoseg.results.quicklook import output_quicklook_write
 
-                output_quicklook_write(result.output, png, plan.destinations.cells, session.client, max_in_flight)
+                output_quicklook_write(
+                    result.output, png, plan.destinations.cells, session.client, max_in_flight
+                )
             return result
     finally:
         plan.destinations.cleanup()
@@ -182,18 +203,28 @@ def execute(
     progress.message(
         f"geoseg: {plan.scene.width}x{plan.scene.height} px, {layout.tiles} tiles of up to "
         f"{plan.grid.tile_height}x{plan.grid.tile_width} (margin {plan.margin}, overlap factor "
-        f"{layout.overlap_factor:.2f}" + (f"; {plan.tile_choice.describe()}" if plan.tile_choice else "")
+        f"{layout.overlap_factor:.2f}"
+        + (f"; {plan.tile_choice.describe()}" if plan.tile_choice else "")
         + f") in {len(run.tasks)} cells of {layout.size} px{kept} "
         f"on {run.threads} worker thread(s)" + (f"; dashboard {link}" if link else "")
     )
     if skip:
         done = [c for c in layout if (c.row, c.col) in skip]
-        progress.update(sum(len(c.grid) for c in done), sum(int(c.window.width * c.window.height) for c in done))
+        progress.update(
+            sum(len(c.grid) for c in done), sum(int(c.window.width * c.window.height) for c in done)
+        )
 
     def polygons() -> None:
         if plan.vector is not None:
-            write_vector(plan, session.client, overwrite, progress.quiet, vector_options, progress,
-                         max_in_flight=max_in_flight)
+            write_vector(
+                plan,
+                session.client,
+                overwrite,
+                progress.quiet,
+                vector_options,
+                progress,
+                max_in_flight=max_in_flight,
+            )
 
     if dest.cells:
         skipped = finish_cells(plan, run.results, metas, progress, len(skip), token)

@@ -18,13 +18,18 @@ from typing import Any
 import numpy as np
 from rasterio.windows import Window
 
-from geoseg.raster.blocks import RasterMeta, RasterSpec, cog_tags, encode_tiles, overview_count, reduce2  # noqa: F401 (RasterMeta: re-exported)
 from geoseg.errors import write_failed
 from geoseg.prediction.stitch import TileResult
+from geoseg.prediction.tasks import TileTask, run_tile_task
+from geoseg.raster.blocks import (  # noqa: F401 (RasterMeta: re-exported)
+    RasterMeta,
+    RasterSpec,
+    cog_tags,
+    encode_tiles,
+    overview_count,
+    reduce2,
+)
 from geoseg.raster.tiff import write_cog
-from geoseg.prediction.tasks import run_tile_task, TileTask
-
-
 
 
 @dataclass(frozen=True)
@@ -70,7 +75,10 @@ def run_cell_task(task: CellTask) -> CellResult:
     """Predict, stitch and compress one cell (see :class:`CellTask`)."""
     w = task.window
     r0, c0, height, width = int(w.row_off), int(w.col_off), int(w.height), int(w.width)
-    arrays = [np.full((m.spec.count, height, width), m.spec.nodata or 0, m.spec.dtype) for m in task.rasters]
+    arrays = [
+        np.full((m.spec.count, height, width), m.spec.nodata or 0, m.spec.dtype)
+        for m in task.rasters
+    ]
     names = [m.spec.name for m in task.rasters]
     skipped: list[tuple[Window, str]] = []
     count = [0]
@@ -118,8 +126,11 @@ def nodata_cell(task: CellTask, error: str) -> CellResult:
     """The cell as nodata, with every tile listed as skipped for ``error`` (a task that died)."""
     h, w = int(task.window.height), int(task.window.width)
     arrays = [np.full((m.spec.count, h, w), m.spec.nodata or 0, m.spec.dtype) for m in task.rasters]
-    result = CellResult(window=task.window, tiles=len(task.tiles.tiles),
-                        skipped=[(t.core, error) for t in task.tiles.tiles])
+    result = CellResult(
+        window=task.window,
+        tiles=len(task.tiles.tiles),
+        skipped=[(t.core, error) for t in task.tiles.tiles],
+    )
     return _finish(task, arrays, result)
 
 
@@ -133,12 +144,15 @@ def _finish(task: CellTask, arrays: list[np.ndarray], result: CellResult) -> Cel
     for meta, arr in zip(task.rasters, arrays):
         levels, last = encode_levels(arr, meta.spec, task.levels, task.encode_threads)
         result.blocks.append(levels)
-        result.raw.append(reduce2(last, meta.spec.reduction, meta.spec.nodata) if task.raw_level else None)
+        result.raw.append(
+            reduce2(last, meta.spec.reduction, meta.spec.nodata) if task.raw_level else None
+        )
     return result
 
 
-def encode_levels(array: np.ndarray, spec: RasterSpec, levels: int, threads: int = 1
-                  ) -> tuple[list[list[bytes]], np.ndarray]:
+def encode_levels(
+    array: np.ndarray, spec: RasterSpec, levels: int, threads: int = 1
+) -> tuple[list[list[bytes]], np.ndarray]:
     """Compressed tiles of ``array`` and of its first ``levels`` overviews; and the last level's
     pixels."""
     out = [encode_tiles(array, spec, threads)]
@@ -148,8 +162,9 @@ def encode_levels(array: np.ndarray, spec: RasterSpec, levels: int, threads: int
     return out, array
 
 
-def cog_file_bytes(array: np.ndarray, meta: RasterMeta, crs: Any, transform: Any, path: Path,
-                   threads: int = 1) -> None:
+def cog_file_bytes(
+    array: np.ndarray, meta: RasterMeta, crs: Any, transform: Any, path: Path, threads: int = 1
+) -> None:
     """Write ``array`` as a whole COG (every overview made here) to ``path``."""
     _, height, width = array.shape
     levels, _ = encode_levels(array, meta.spec, overview_count(width, height), threads)
@@ -176,7 +191,9 @@ def write_cell_file(array: np.ndarray, meta: RasterMeta, destination: str, task:
         os.close(fd)
         try:
             cog_file_bytes(array, meta, task.crs, transform, Path(name), task.encode_threads)
-            upload_file(Path(name), destination, "image/tiff; application=geotiff; profile=cloud-optimized")
+            upload_file(
+                Path(name), destination, "image/tiff; application=geotiff; profile=cloud-optimized"
+            )
         except OSError as exc:
             raise write_failed(f"a local temporary file for {destination}", exc) from None
         finally:

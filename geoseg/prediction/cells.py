@@ -17,8 +17,8 @@ from typing import Iterator
 
 from rasterio.windows import Window
 
-from geoseg.raster.blocks import BLOCK
 from geoseg.errors import OptionError
+from geoseg.raster.blocks import BLOCK
 from geoseg.tiling import Tile, TileGrid
 
 #: Bytes per pixel of a cell's stitched outputs kept below this on a worker (two tasks at once).
@@ -98,15 +98,18 @@ class CellLayout:
         return k
 
 
-def internal_cell_size(height: int, width: int, tile: int, margin: int, stride: int, bytes_per_pixel: int,
-                       threads: int) -> int:
+def internal_cell_size(
+    height: int, width: int, tile: int, margin: int, stride: int, bytes_per_pixel: int, threads: int
+) -> int:
     """Cell size for a single COG: ``BLOCK * 2**k`` (a multiple of ``stride``) whose stitched
     outputs stay within :data:`CELL_BYTES` on a worker. Cells re-balance their tiles, so a cell of
     a few large tiles costs more overlap: the choice is the largest cell within 3 % of the least
     network work, unless cells enough for two per worker thread cost at most 10 % more work (the
     cluster then shares them; one large-tile cell keeps every core busy on its own)."""
     sizes = sorted({math.lcm(BLOCK * 2**k, stride) for k in range(1, 6)})
-    sizes = [s for s in sizes if s >= MIN_CELL and s * s * bytes_per_pixel <= CELL_BYTES] or sizes[:1]
+    sizes = [s for s in sizes if s >= MIN_CELL and s * s * bytes_per_pixel <= CELL_BYTES] or sizes[
+        :1
+    ]
     scored: list[tuple[int, float, int]] = []
     for size in sizes:
         layout = CellLayout(height, width, size, tile, margin, stride)
@@ -124,8 +127,12 @@ def check_cell_size(cells: int, tile: int, alignment: int) -> None:
     """``--cells N``: at least one tile and on the model's stride lattice (else tiles of two
     cells would not line up with one pass over the scene)."""
     if cells < tile:
-        raise OptionError(f"--cells {cells} is smaller than a tile ({tile} px); use --cells "
-                          f"{max(-(-tile // alignment) * alignment, 2048)} or more")
+        raise OptionError(
+            f"--cells {cells} is smaller than a tile ({tile} px); use --cells "
+            f"{max(-(-tile // alignment) * alignment, 2048)} or more"
+        )
     if cells % alignment:
-        raise OptionError(f"--cells {cells} is not a multiple of the model's output stride {alignment}; "
-                          f"use --cells {-(-cells // alignment) * alignment}")
+        raise OptionError(
+            f"--cells {cells} is not a multiple of the model's output stride {alignment}; "
+            f"use --cells {-(-cells // alignment) * alignment}"
+        )

@@ -7,10 +7,10 @@ import json
 from typing import Sequence
 
 from geoseg.errors import OutputError
-from geoseg.raster.scenes import file_token
-from geoseg.raster.blocks import RasterMeta
 from geoseg.prediction.destinations import CELLS_MARKER
 from geoseg.prediction.plan import PredictPlan
+from geoseg.raster.blocks import RasterMeta
+from geoseg.raster.scenes import file_token
 
 TOKEN_TAG = "GEOSEG_CELL_TOKEN"
 
@@ -21,12 +21,22 @@ def run_token(plan: PredictPlan, metas: Sequence[RasterMeta]) -> str:
     from dask.base import tokenize
 
     layout = plan.layout
-    return tokenize(file_token(plan.scene.path), plan.scene.path, plan.model.sha256, plan.options, plan.bands,
-                    plan.margin, plan.tile, layout.size if layout else None, tuple(metas))
+    return tokenize(
+        file_token(plan.scene.path),
+        plan.scene.path,
+        plan.model.sha256,
+        plan.options,
+        plan.bands,
+        plan.margin,
+        plan.tile,
+        layout.size if layout else None,
+        tuple(metas),
+    )
 
 
-def finished_cells(plan: PredictPlan, metas: Sequence[RasterMeta], token: str, overwrite: bool
-                   ) -> set[tuple[int, int]]:
+def finished_cells(
+    plan: PredictPlan, metas: Sequence[RasterMeta], token: str, overwrite: bool
+) -> set[tuple[int, int]]:
     """Cells whose every raster file exists with ``token``: a rerun keeps them. A cell file of
     another run (other scene, model or options) is an error unless ``overwrite``."""
     import rasterio
@@ -69,7 +79,8 @@ def finished_cells(plan: PredictPlan, metas: Sequence[RasterMeta], token: str, o
                     if not overwrite:
                         raise OutputError(
                             f"{where} was written by another run (another scene, model or options); pass "
-                            "--overwrite to replace the folder's cells, or give another folder")
+                            "--overwrite to replace the folder's cells, or give another folder"
+                        )
             if ok:
                 done.add((cell.row, cell.col))
     return done
@@ -82,7 +93,9 @@ def start_cells(plan: PredictPlan, token: str) -> None:
     from geoseg.prediction.write import publish_folder_files
 
     if not plan.destinations.remote:
-        for folder in plan.destinations.local.values():  # one per raster: classes/, probabilities/...
+        for (
+            folder
+        ) in plan.destinations.local.values():  # one per raster: classes/, probabilities/...
             try:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as exc:

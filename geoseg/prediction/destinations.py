@@ -58,13 +58,20 @@ class Destinations:
 
     def final(self, name: str) -> str:
         """The final place of raster ``name`` (single-COG mode)."""
-        return {"classes": self.output, "probabilities": self.probabilities,
-                "confidence": self.confidence}[name] or ""
+        return {
+            "classes": self.output,
+            "probabilities": self.probabilities,
+            "confidence": self.confidence,
+        }[name] or ""
 
     def cell_destination(self, name: str, stem: str) -> str:
         """Where the worker publishes raster ``name`` of cell ``stem`` (cells mode)."""
         base = self.output.rstrip("/")
-        return f"{base}/{name}/{stem}.tif" if self.remote else str(Path(self.output) / name / f"{stem}.tif")
+        return (
+            f"{base}/{name}/{stem}.tif"
+            if self.remote
+            else str(Path(self.output) / name / f"{stem}.tif")
+        )
 
     def upload(self, staged: list[tuple[Path, str]], overwrite: bool) -> None:
         """Upload each staged local file to its URL (object-store outputs); without
@@ -80,18 +87,30 @@ class Destinations:
             shutil.rmtree(self.staging, ignore_errors=True)
 
 
-def check_destinations(output: str | os.PathLike[str], probabilities: str | os.PathLike[str] | None,
-                       confidence: str | os.PathLike[str] | None, cells: int | None,
-                       overwrite: bool) -> Destinations:
+def check_destinations(
+    output: str | os.PathLike[str],
+    probabilities: str | os.PathLike[str] | None,
+    confidence: str | os.PathLike[str] | None,
+    cells: int | None,
+    overwrite: bool,
+) -> Destinations:
     """Check every output place before any work (free, or ``overwrite``; reachable, writable)
     and decide where each raster is written locally."""
     out = str(output)
-    dest = Destinations(out, str(probabilities) if probabilities else None,
-                        str(confidence) if confidence else None, cells=cells is not None)
+    dest = Destinations(
+        out,
+        str(probabilities) if probabilities else None,
+        str(confidence) if confidence else None,
+        cells=cells is not None,
+    )
     if cells is not None:
         return _check_cells(dest, overwrite)
     wanted = {"classes": out, "probabilities": dest.probabilities, "confidence": dest.confidence}
-    what = {"classes": "output", "probabilities": "probabilities output", "confidence": "confidence output"}
+    what = {
+        "classes": "output",
+        "probabilities": "probabilities output",
+        "confidence": "confidence output",
+    }
     for name, place in wanted.items():
         if place is None:
             continue
@@ -109,7 +128,9 @@ def check_destinations(output: str | os.PathLike[str], probabilities: str | os.P
 
 def _check_cells(dest: Destinations, overwrite: bool) -> Destinations:
     """A folder of cells: new, or one geoseg made (it resumes); never a file or someone else's."""
-    names = ["classes"] + [n for n, v in (("probabilities", dest.probabilities), ("confidence", dest.confidence)) if v]
+    names = ["classes"] + [
+        n for n, v in (("probabilities", dest.probabilities), ("confidence", dest.confidence)) if v
+    ]
     if dest.remote:
         from geoseg.objectstore import check_s3_folder
 
@@ -122,16 +143,22 @@ def _check_cells(dest: Destinations, overwrite: bool) -> Destinations:
         return dest
     folder = Path(dest.output)
     if folder.exists() and not folder.is_dir():
-        raise OutputError(f"--cells writes a folder, and {folder} is a file; give a folder name (new, or one "
-                          "geoseg wrote cells into before)")
+        raise OutputError(
+            f"--cells writes a folder, and {folder} is a file; give a folder name (new, or one "
+            "geoseg wrote cells into before)"
+        )
     if folder.is_dir() and any(folder.iterdir()) and not (folder / CELLS_MARKER).exists():
-        raise OutputError(f"{folder} holds files geoseg did not write (no {CELLS_MARKER}); give a new or empty "
-                          "folder for the cells")
+        raise OutputError(
+            f"{folder} holds files geoseg did not write (no {CELLS_MARKER}); give a new or empty "
+            "folder for the cells"
+        )
     parent = folder.parent if str(folder.parent) else Path(".")
     if not parent.is_dir():
         raise OutputError(f"output folder's parent {parent} does not exist; create it first")
     if not os.access(parent, os.W_OK) or (folder.is_dir() and not os.access(folder, os.W_OK)):
-        raise OutputError(f"cannot write into {folder}; check its permissions or choose another folder")
+        raise OutputError(
+            f"cannot write into {folder}; check its permissions or choose another folder"
+        )
     for n in names:
         dest.local[n] = folder / n
     return dest

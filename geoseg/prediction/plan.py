@@ -15,22 +15,21 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
+from geoseg.classes import class_raster_dtype
 from geoseg.engines import check_engine
 from geoseg.errors import GeosegWarning, OutputError
-from geoseg.options import InferenceOptions
-from geoseg.classes import class_raster_dtype
 from geoseg.fs import check_distinct_paths, check_output_path
-from geoseg.raster.read import open_scene, parse_bands, SceneInfo
-from geoseg.raster.sink import SINK_BLOCK
 from geoseg.models.config import LoadedModel
-from geoseg.prediction.tile_budget import TileChoice, plan_auto_tile
+from geoseg.options import InferenceOptions, PredictOptions
 from geoseg.paths import describe
-from geoseg.raster.scenes import resolve_scene, ResolvedScene
-from geoseg.options import PredictOptions
 from geoseg.prediction.cells import CellLayout, check_cell_size, internal_cell_size
 from geoseg.prediction.destinations import Destinations, check_destinations
-from geoseg.tiling import TileGrid, auto_margin, round_up
 from geoseg.prediction.tasks import TileTask
+from geoseg.prediction.tile_budget import TileChoice, plan_auto_tile
+from geoseg.raster.read import SceneInfo, open_scene, parse_bands
+from geoseg.raster.scenes import ResolvedScene, resolve_scene
+from geoseg.raster.sink import SINK_BLOCK
+from geoseg.tiling import TileGrid, auto_margin, round_up
 
 if TYPE_CHECKING:
     from geoseg.prediction.cell_task import CellTask
@@ -98,7 +97,9 @@ class PredictPlan:
         out_px = np.dtype(class_raster_dtype(values)[0]).itemsize
         if self.probabilities is not None:
             out_px += len(values)
-        return block_cache_need(self.scene, self.grid, self.tiles_per_task, out_px, self.column_bands)
+        return block_cache_need(
+            self.scene, self.grid, self.tiles_per_task, out_px, self.column_bands
+        )
 
 
 def auto_tile(margin: int, alignment: int) -> int:
@@ -107,8 +108,13 @@ def auto_tile(margin: int, alignment: int) -> int:
     return max(DEFAULT_TILE, round_up(4 * margin, alignment))
 
 
-def block_cache_need(scene: SceneInfo, grid: TileGrid, per_group: int, output_pixel_bytes: int,
-                     column_bands: bool = True) -> int:
+def block_cache_need(
+    scene: SceneInfo,
+    grid: TileGrid,
+    per_group: int,
+    output_pixel_bytes: int,
+    column_bands: bool = True,
+) -> int:
     """Bytes of GDAL block cache that decode every scene block once as tasks follow
     :meth:`TileGrid.groups`, and keep whole the output blocks being written: the scene blocks
     under a band's row of tiles plus one more block row (the next row of tiles starts in it),
@@ -120,16 +126,30 @@ def block_cache_need(scene: SceneInfo, grid: TileGrid, per_group: int, output_pi
     64 MB before held blocks no task would read again, and row by row still decoded blocks twice
     in scenes 8,192² wide)."""
     bh, bw = scene.block_shape
-    band = min(per_group if column_bands else grid.cols, grid.cols) * grid.core_width + 2 * grid.margin
+    band = (
+        min(per_group if column_bands else grid.cols, grid.cols) * grid.core_width + 2 * grid.margin
+    )
 
     def blocks(length: int, block: int, total: int) -> int:
         return min(-(-length // block) + 1, -(-total // block))
 
     pixel_bytes = scene.count * np.dtype(scene.dtype).itemsize
-    read = blocks(band, bw, scene.width) * blocks(grid.tile_height, bh, scene.height) * bh * bw * pixel_bytes
+    read = (
+        blocks(band, bw, scene.width)
+        * blocks(grid.tile_height, bh, scene.height)
+        * bh
+        * bw
+        * pixel_bytes
+    )
     ob = SINK_BLOCK
     cores = band - 2 * grid.margin
-    written = blocks(cores, ob, scene.width) * blocks(grid.core_height, ob, scene.height) * ob * ob * output_pixel_bytes
+    written = (
+        blocks(cores, ob, scene.width)
+        * blocks(grid.core_height, ob, scene.height)
+        * ob
+        * ob
+        * output_pixel_bytes
+    )
     return (read + written) * 3 // 2
 
 
@@ -167,9 +187,8 @@ def plan_predict(
     """
     from geoseg.models.config import resolve_model_path
     from geoseg.models.load import read_model_config
-    from geoseg.prediction.destinations import skipped_report_path
-
     from geoseg.objectstore import is_s3_url, to_vsis3
+    from geoseg.prediction.destinations import skipped_report_path
 
     # GDAL's own reader for s3:// scenes (rasterio would open them through a boto3 session)
     if isinstance(scene, (str, os.PathLike)):
@@ -179,37 +198,55 @@ def plan_predict(
     dest = check_destinations(output, probabilities, confidence, options.cells, overwrite)
     out_path, prob_path = dest.output_path, dest.probabilities_path
     if vector is not None and dest.cells and dest.remote:
-        raise OutputError("--vector with a folder of cells on the object store is not supported; polygonize "
-                          "its classes.vrt afterwards with geoseg vectorize, or write the cells locally")
-    vector_path = check_output_path(vector, overwrite, "vector output") if vector is not None else None
+        raise OutputError(
+            "--vector with a folder of cells on the object store is not supported; polygonize "
+            "its classes.vrt afterwards with geoseg vectorize, or write the cells locally"
+        )
+    vector_path = (
+        check_output_path(vector, overwrite, "vector output") if vector is not None else None
+    )
     scenes = [scene] if isinstance(scene, (str, os.PathLike)) else list(scene)
     model_file = model.path if isinstance(model, LoadedModel) else resolve_model_path(model)[0]
     check_distinct_paths(
         {**{f"scene {describe(str(s))}": s for s in scenes}, "model file": model_file},
-        {"output": out_path, "probabilities output": prob_path, "confidence output": dest.confidence_path,
-         "vector output": vector_path, "skipped-tiles report": skipped_report_path(out_path)},
+        {
+            "output": out_path,
+            "probabilities output": prob_path,
+            "confidence output": dest.confidence_path,
+            "vector output": vector_path,
+            "skipped-tiles report": skipped_report_path(out_path),
+        },
     )
     # a batch plans many scenes with the one model it has loaded and checked already
     loaded = model if isinstance(model, LoadedModel) else read_model_config(model)
     cfg = loaded.config
     if scene_info is None:
-        resolved = resolve_scene(scene, cfg.band_names, options.resampling, match_names=options.bands is None)
+        resolved = resolve_scene(
+            scene, cfg.band_names, options.resampling, match_names=options.bands is None
+        )
         info = open_scene(resolved.dataset)
     else:
         resolved, info = ResolvedScene(scene_info.path), scene_info
     if not info.georeferenced:
         warnings.warn(
             f"{describe(info.path)} has no CRS or geotransform; the output keeps its pixel grid "
-            "without georeferencing", GeosegWarning, stacklevel=3,
+            "without georeferencing",
+            GeosegWarning,
+            stacklevel=3,
         )
     if vector_path is not None:
         from geoseg.vector.vectorize import check_vector_options
 
         check_vector_options(vector_path, info.crs, **(vector_options or {}))
     band_list = parse_bands(options.bands, info.count, cfg.in_channels)
-    inference = InferenceOptions(tta=options.tta, scales=options.scales, crf=options.crf,
-                                 precision=options.precision, channels_last=options.channels_last,
-                                 compile=options.compile)
+    inference = InferenceOptions(
+        tta=options.tta,
+        scales=options.scales,
+        crf=options.crf,
+        precision=options.precision,
+        channels_last=options.channels_last,
+        compile=options.compile,
+    )
     check_engine(options.engine, loaded.format, inference)
     stride = inference.alignment(cfg.output_stride)
     if options.margin == "auto":
@@ -217,53 +254,109 @@ def plan_predict(
             warnings.warn(
                 f"{loaded.name} pools over its whole input ({cfg.arch} with global image pooling), "
                 "so its output depends on --tile; prefer a model trained with image_pooling=window",
-                GeosegWarning, stacklevel=3,
+                GeosegWarning,
+                stacklevel=3,
             )
         rf = GLOBAL_MODEL_MARGIN if cfg.receptive_field < 0 else cfg.receptive_field
         margin_px = auto_margin(inference.context(rf), stride)
     else:
         margin_px = int(options.margin)
-    tile_choice = None if options.tile != "auto" else plan_auto_tile(
-        loaded, info.height, info.width, len(band_list), info.dtype, margin_px, stride, inference,
-        options.engine, options.device, options.batch_size, options.memory_budget_bytes,
-        fallback=auto_tile(margin_px, stride))
+    tile_choice = (
+        None
+        if options.tile != "auto"
+        else plan_auto_tile(
+            loaded,
+            info.height,
+            info.width,
+            len(band_list),
+            info.dtype,
+            margin_px,
+            stride,
+            inference,
+            options.engine,
+            options.device,
+            options.batch_size,
+            options.memory_budget_bytes,
+            fallback=auto_tile(margin_px, stride),
+        )
+    )
     tile_px = int(options.tile) if tile_choice is None else tile_choice.tile
     grid = TileGrid.create(info.height, info.width, tile_px, margin_px, stride)
     values = [c.value for c in loaded.classes]
-    out_px = np.dtype(class_raster_dtype(values)[0]).itemsize + (len(values) if prob_path is not None else 0) \
+    out_px = (
+        np.dtype(class_raster_dtype(values)[0]).itemsize
+        + (len(values) if prob_path is not None else 0)
         + (1 if dest.confidence_path is not None else 0)
+    )
     if options.cells is not None:
         check_cell_size(options.cells, tile_px, stride)
         size = options.cells
     else:
-        size = internal_cell_size(info.height, info.width, tile_px, margin_px, stride, out_px, threads)
+        size = internal_cell_size(
+            info.height, info.width, tile_px, margin_px, stride, out_px, threads
+        )
     layout = CellLayout(info.height, info.width, size, tile_px, margin_px, stride)
     return PredictPlan(
-        scene=info, output=out_path, probabilities=prob_path, vector=vector_path, destinations=dest, model=loaded,
-        bands=band_list, options=inference, device=options.device, margin=margin_px, tile=tile_px,
-        grid=grid, batch_size=options.batch_size,
+        scene=info,
+        output=out_path,
+        probabilities=prob_path,
+        vector=vector_path,
+        destinations=dest,
+        model=loaded,
+        bands=band_list,
+        options=inference,
+        device=options.device,
+        margin=margin_px,
+        tile=tile_px,
+        grid=grid,
+        batch_size=options.batch_size,
         tiles_per_task=tiles_per_task or default_tiles_per_task(grid, options.batch_size),
-        skip_errors=options.on_error == "skip", stac_item=resolved.stac_item,
-        engine=options.engine, layout=layout, compress=options.compress, compress_level=options.compress_level,
+        skip_errors=options.on_error == "skip",
+        stac_item=resolved.stac_item,
+        engine=options.engine,
+        layout=layout,
+        compress=options.compress,
+        compress_level=options.compress_level,
         tile_choice=tile_choice,
     )
 
 
 def plan_tasks(
-    grid: TileGrid, scene: str, bands: Sequence[int], model_path: str, model_sha256: str,
-    device: str, batch_size: int, probabilities: bool, tiles_per_task: int,
-    torch_threads: int | None = None, keep_logits: bool = False,
-    options: InferenceOptions = InferenceOptions(), skip_errors: bool = False, engine: str = "auto",
-    column_bands: bool = True, cache_bytes: int | None = None,
+    grid: TileGrid,
+    scene: str,
+    bands: Sequence[int],
+    model_path: str,
+    model_sha256: str,
+    device: str,
+    batch_size: int,
+    probabilities: bool,
+    tiles_per_task: int,
+    torch_threads: int | None = None,
+    keep_logits: bool = False,
+    options: InferenceOptions = InferenceOptions(),
+    skip_errors: bool = False,
+    engine: str = "auto",
+    column_bands: bool = True,
+    cache_bytes: int | None = None,
 ) -> list[TileTask]:
     """Every task of a scene, in the order :meth:`TileGrid.groups` gives (down column bands, or
     row by row); ``cache_bytes``: the block cache their reads need (:func:`block_cache_need`)."""
     return [
         TileTask(
-            scene=scene, bands=tuple(bands), tiles=tuple(g), model_path=model_path,
-            model_sha256=model_sha256, device=device, batch_size=batch_size,
-            probabilities=probabilities, keep_logits=keep_logits, torch_threads=torch_threads,
-            options=options, skip_errors=skip_errors, engine=engine, cache_bytes=cache_bytes,
+            scene=scene,
+            bands=tuple(bands),
+            tiles=tuple(g),
+            model_path=model_path,
+            model_sha256=model_sha256,
+            device=device,
+            batch_size=batch_size,
+            probabilities=probabilities,
+            keep_logits=keep_logits,
+            torch_threads=torch_threads,
+            options=options,
+            skip_errors=skip_errors,
+            engine=engine,
+            cache_bytes=cache_bytes,
         )
         for g in grid.groups(tiles_per_task, column_bands)
     ]

@@ -14,6 +14,7 @@ from geoseg.errors import CheckpointError, ModelError, OptionError, TileError, f
 from geoseg.memory import trim_heap
 from geoseg.options import InferenceOptions
 from geoseg.paths import describe
+from geoseg.prediction.stitch import TileResult, core_result
 from geoseg.prediction.worker_models import (
     batch_limit,
     cuda_out_of_memory,
@@ -22,7 +23,6 @@ from geoseg.prediction.worker_models import (
     worker_engine,
 )
 from geoseg.raster.pool import TileReader
-from geoseg.prediction.stitch import TileResult, core_result
 from geoseg.tiling import Tile
 
 
@@ -48,7 +48,9 @@ class TileTask:
     cache_bytes: int | None = None
 
 
-def run_tile_task(task: TileTask, emit: Callable[[TileResult], None] | None = None) -> list[TileResult]:
+def run_tile_task(
+    task: TileTask, emit: Callable[[TileResult], None] | None = None
+) -> list[TileResult]:
     """Read the task's tiles (mirrored at scene edges), run the network, keep the cores.
 
     Any failure becomes a :class:`TileError` naming the scene and the window; with
@@ -91,23 +93,34 @@ def _tile_by_tile(task: TileTask) -> list[TileResult]:
 
 def nodata_results(tiles: Sequence[Tile], error: str) -> list[TileResult]:
     """Results that write nodata over ``tiles``' cores and say why (``on_error="skip"``)."""
-    return [TileResult(t.core, np.full((int(t.core.height), int(t.core.width)), CLASS_NODATA, np.uint8),
-                       error=error) for t in tiles]
+    return [
+        TileResult(
+            t.core,
+            np.full((int(t.core.height), int(t.core.width)), CLASS_NODATA, np.uint8),
+            error=error,
+        )
+        for t in tiles
+    ]
 
 
 def tiles_text(task: TileTask) -> str:
     """Where a task's tiles are, for messages: rows and columns of their cores."""
     first, last = task.tiles[0].core, task.tiles[-1].core
-    return (f"tiles at rows {first.row_off}-{last.row_off + last.height}, columns "
-            f"{first.col_off}-{last.col_off + last.width}")
+    return (
+        f"tiles at rows {first.row_off}-{last.row_off + last.height}, columns "
+        f"{first.col_off}-{last.col_off + last.width}"
+    )
 
 
-def _run_tile_task(task: TileTask, emit: Callable[[TileResult], None] | None = None) -> list[TileResult]:
+def _run_tile_task(
+    task: TileTask, emit: Callable[[TileResult], None] | None = None
+) -> list[TileResult]:
     from geoseg.engines import device_name
 
     device = device_name(task.device)
-    engine = worker_engine(task.model_path, task.model_sha256, device, task.engine, task.options,
-                           task.torch_threads)
+    engine = worker_engine(
+        task.model_path, task.model_sha256, device, task.engine, task.options, task.torch_threads
+    )
     if engine.uses_torch:
         set_torch_threads(task.torch_threads)
     size = batch_limit(task.model_sha256, device, task.batch_size)
@@ -124,9 +137,15 @@ def _run_tile_task(task: TileTask, emit: Callable[[TileResult], None] | None = N
                 size = batch_limit(task.model_sha256, device, task.batch_size)
                 part = chunk[start : start + size]
                 try:
-                    with engine.lock:  # one batch at a time on the device; other tasks read meanwhile
-                        out = engine.run(data[start : start + size], valid[start : start + size],
-                                         task.probabilities, task.keep_logits)
+                    with (
+                        engine.lock
+                    ):  # one batch at a time on the device; other tasks read meanwhile
+                        out = engine.run(
+                            data[start : start + size],
+                            valid[start : start + size],
+                            task.probabilities,
+                            task.keep_logits,
+                        )
                 except Exception as exc:
                     if size == 1 or not cuda_out_of_memory(exc):
                         raise

@@ -81,7 +81,9 @@ class TileCosts:
     too_big: int | None = None
 
     def add(self, cost: TileCost) -> None:
-        self.costs = sorted([c for c in self.costs if c.tile != cost.tile] + [cost], key=lambda c: c.tile)
+        self.costs = sorted(
+            [c for c in self.costs if c.tile != cost.tile] + [cost], key=lambda c: c.tile
+        )
 
     def measured(self, tile: int) -> bool:
         return any(c.tile == tile for c in self.costs)
@@ -101,8 +103,13 @@ class TileCosts:
             return max(float(peak), peak * run_pixels / px)
         xs = [float(p) for p, _ in points]
         ys = [float(b) for _, b in points]
-        i = 0 if run_pixels <= xs[0] else len(xs) - 2 if run_pixels >= xs[-1] else \
-            max(j for j in range(len(xs) - 1) if xs[j] <= run_pixels)
+        i = (
+            0
+            if run_pixels <= xs[0]
+            else len(xs) - 2
+            if run_pixels >= xs[-1]
+            else max(j for j in range(len(xs) - 1) if xs[j] <= run_pixels)
+        )
         slope = (ys[i + 1] - ys[i]) / (xs[i + 1] - xs[i])
         return max(ys[i] + slope * (run_pixels - xs[i]), min(ys) * 0.5)
 
@@ -119,7 +126,10 @@ class TileCosts:
         return float(np.interp(tile_pixels, xs, ys))
 
     def to_json(self) -> dict[str, Any]:
-        return {"costs": [[c.tile, c.tiles, c.peak_bytes, c.seconds] for c in self.costs], "too_big": self.too_big}
+        return {
+            "costs": [[c.tile, c.tiles, c.peak_bytes, c.seconds] for c in self.costs],
+            "too_big": self.too_big,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "TileCosts":
@@ -145,8 +155,10 @@ class TileChoice:
         """For the run's first line."""
         if self.unmeasured:
             return f"automatic tile: {self.unmeasured}"
-        return (f"automatic tile: {format_size(self.need_bytes)} per run within a "
-                f"{'' if self.budget_given else 'default '}memory budget of {format_size(self.budget_bytes)}")
+        return (
+            f"automatic tile: {format_size(self.need_bytes)} per run within a "
+            f"{'' if self.budget_given else 'default '}memory budget of {format_size(self.budget_bytes)}"
+        )
 
 
 def candidate_tiles(height: int, width: int, margin: int, stride: int, max_tile: int) -> list[int]:
@@ -165,8 +177,14 @@ def candidate_tiles(height: int, width: int, margin: int, stride: int, max_tile:
 
 
 def choose_tile(
-    height: int, width: int, margin: int, stride: int, costs: TileCosts, budget: int,
-    tiles_per_run: Callable[[int], int] = lambda px: 1, max_tile: int | None = None,
+    height: int,
+    width: int,
+    margin: int,
+    stride: int,
+    costs: TileCosts,
+    budget: int,
+    tiles_per_run: Callable[[int], int] = lambda px: 1,
+    max_tile: int | None = None,
     budget_given: bool = True,
 ) -> TileChoice:
     """The tile of least work (number of tiles x measured time per tile) whose run needs at
@@ -196,7 +214,9 @@ def choose_tile(
             f"{margin}) needs, {format_size(smallest[0])}; give --memory-budget {size_argument(smallest[0])} or more"
         )
     least = min(r[0] for r in rows)
-    work, need, tile, grid = min((r for r in rows if r[0] <= least * (1 + WORK_TIE)), key=lambda r: (r[1], r[2]))
+    work, need, tile, grid = min(
+        (r for r in rows if r[0] <= least * (1 + WORK_TIE)), key=lambda r: (r[1], r[2])
+    )
     return TileChoice(tile, grid.overlap_factor, int(need), int(budget), budget_given)
 
 
@@ -297,8 +317,9 @@ def _out_of_memory(exc: BaseException) -> bool:
     return "out of memory" in text or "failed to allocate" in text
 
 
-def measure_tile(build: Callable[[], Any], tile: int, tiles: int, channels: int, dtype: Any,
-                 device: str) -> TileCost | None:
+def measure_tile(
+    build: Callable[[], Any], tile: int, tiles: int, channels: int, dtype: Any, device: str
+) -> TileCost | None:
     """Build an engine with ``build`` and run it once on ``tiles`` random tiles of ``tile`` px;
     its time and the memory the engine and the run took (None: out of memory). A fresh engine
     per size: an engine's arena keeps what its largest run took."""
@@ -334,8 +355,10 @@ def measure_tile(build: Callable[[], Any], tile: int, tiles: int, channels: int,
                 seconds = time.perf_counter() - start
             if cuda:
                 torch.cuda.synchronize(dev)
-                device_peak = max(torch.cuda.max_memory_allocated(dev) - allocated,
-                                  free_before - torch.cuda.mem_get_info(dev)[0])
+                device_peak = max(
+                    torch.cuda.max_memory_allocated(dev) - allocated,
+                    free_before - torch.cuda.mem_get_info(dev)[0],
+                )
     except Exception as exc:  # noqa: BLE001 - out of memory means: too big; anything else is raised
         if not _out_of_memory(exc):
             raise
@@ -351,11 +374,14 @@ def measure_tile(build: Callable[[], Any], tile: int, tiles: int, channels: int,
 
 def cost_cache_path(sha256: str, engine: str, device: str, options: "InferenceOptions") -> Path:
     """Where the costs of the model with content hash ``sha256`` on this engine and device are kept."""
-    from geoseg.version import __version__
     from geoseg.model_cache import model_cache_dir
+    from geoseg.version import __version__
 
     variant = json.dumps([COST_FORMAT, __version__, engine, device, repr(options)])
-    return model_cache_dir() / f"{sha256}-tiles-{hashlib.sha256(variant.encode()).hexdigest()[:16]}.json"
+    return (
+        model_cache_dir()
+        / f"{sha256}-tiles-{hashlib.sha256(variant.encode()).hexdigest()[:16]}.json"
+    )
 
 
 def load_costs(path: Path) -> TileCosts:
@@ -380,7 +406,10 @@ def save_costs(path: Path, costs: TileCosts) -> None:
 
 
 def measure_costs(
-    costs: TileCosts, sizes: Sequence[int], budget: int, measure: Callable[[int], TileCost | None],
+    costs: TileCosts,
+    sizes: Sequence[int],
+    budget: int,
+    measure: Callable[[int], TileCost | None],
     run_pixels: Callable[[int], int] = lambda tile: tile * tile,
 ) -> bool:
     """Measure the ``sizes`` (ascending) not measured yet into ``costs``, stopping after one
@@ -408,8 +437,17 @@ def measure_costs(
 
 
 def auto_tile_within_budget(
-    model: "LoadedModel", height: int, width: int, channels: int, dtype: Any, margin: int, stride: int,
-    options: "InferenceOptions", engine: str = "auto", device: str = "auto", batch_size: int = 4,
+    model: "LoadedModel",
+    height: int,
+    width: int,
+    channels: int,
+    dtype: Any,
+    margin: int,
+    stride: int,
+    options: "InferenceOptions",
+    engine: str = "auto",
+    device: str = "auto",
+    batch_size: int = 4,
     budget: int | None = None,
 ) -> TileChoice:
     """The automatic tile for this scene, model and engine (see the module's docstring):
@@ -419,11 +457,18 @@ def auto_tile_within_budget(
 
     dev = device_name(device)
     cuda = dev.startswith("cuda")
-    one = TileGrid.create(height, width, round_up(max(height, width), stride) + 2 * margin, margin, stride)
+    one = TileGrid.create(
+        height, width, round_up(max(height, width), stride) + 2 * margin, margin, stride
+    )
     if budget is None and max(one.tile_height, one.tile_width) <= 512:
         # the whole scene in one tile no larger than geoseg's long-standing default: least work
-        return TileChoice(max(one.tile_height, one.tile_width), one.overlap_factor, 0, 0,
-                          unmeasured="the whole scene in one tile")
+        return TileChoice(
+            max(one.tile_height, one.tile_width),
+            one.overlap_factor,
+            0,
+            0,
+            unmeasured="the whole scene in one tile",
+        )
     name = resolve_engine(engine, model.format, dev.split(":")[0], options)
     device_key = dev
     if cuda:
@@ -442,7 +487,9 @@ def auto_tile_within_budget(
     built: list[bool] = []
 
     def build() -> Any:
-        from geoseg.prediction.worker_models import _build_engine  # the worker's own engine, with its settings
+        from geoseg.prediction.worker_models import (
+            _build_engine,  # the worker's own engine, with its settings
+        )
 
         return _build_engine(model.path, model.sha256, dev, name, options, None)
 
@@ -480,27 +527,61 @@ def auto_tile_within_budget(
         if costs.measured(choice.tile) or not cuda:
             break
         changed = measure_costs(costs, [choice.tile], budget, measure, run_pixels) or changed
-        choice = choose_tile(height, width, margin, stride, costs, budget, tiles_per_run, high, given)
+        choice = choose_tile(
+            height, width, margin, stride, costs, budget, tiles_per_run, high, given
+        )
     if changed:
         save_costs(path, costs)
     return choice
 
 
 def plan_auto_tile(
-    model: "LoadedModel", height: int, width: int, channels: int, dtype: Any, margin: int, stride: int,
-    options: "InferenceOptions", engine: str, device: str, batch_size: int, budget: int | None,
+    model: "LoadedModel",
+    height: int,
+    width: int,
+    channels: int,
+    dtype: Any,
+    margin: int,
+    stride: int,
+    options: "InferenceOptions",
+    engine: str,
+    device: str,
+    batch_size: int,
+    budget: int | None,
     fallback: int,
 ) -> TileChoice:
     """:func:`auto_tile_within_budget`, or ``fallback`` (with a warning) where measuring fails
     for a reason other than the request (an engine that cannot start here)."""
     try:
-        return auto_tile_within_budget(model, height, width, channels, dtype, margin, stride, options,
-                                       engine, device, batch_size, budget)
+        return auto_tile_within_budget(
+            model,
+            height,
+            width,
+            channels,
+            dtype,
+            margin,
+            stride,
+            options,
+            engine,
+            device,
+            batch_size,
+            budget,
+        )
     except GeosegError:
         raise
     except Exception as exc:  # noqa: BLE001 - measuring is an optimisation: plan as before
-        warnings.warn(f"could not measure {model.name}'s memory per tile ({exc.__class__.__name__}: {exc}); "
-                      f"using --tile {fallback}", GeosegWarning, stacklevel=3)
+        warnings.warn(
+            f"could not measure {model.name}'s memory per tile ({exc.__class__.__name__}: {exc}); "
+            f"using --tile {fallback}",
+            GeosegWarning,
+            stacklevel=3,
+        )
         grid = TileGrid.create(height, width, fallback, margin, stride)
-        return TileChoice(fallback, grid.overlap_factor, 0, budget or 0, budget is not None,
-                          unmeasured="memory not measured")
+        return TileChoice(
+            fallback,
+            grid.overlap_factor,
+            0,
+            budget or 0,
+            budget is not None,
+            unmeasured="memory not measured",
+        )

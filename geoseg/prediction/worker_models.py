@@ -34,7 +34,11 @@ log = logging.getLogger("geoseg")
 
 
 def worker_model(
-    path: str, sha256: str, device: str, channels_last: bool = False, compile: bool = False,
+    path: str,
+    sha256: str,
+    device: str,
+    channels_last: bool = False,
+    compile: bool = False,
 ) -> Any:
     """The loaded model with content hash ``sha256`` on ``device`` in this process, loaded once:
     from ``path`` when that file is here and has that hash, else from the model cache."""
@@ -101,8 +105,14 @@ def _load(path: str, sha256: str, device: str) -> Any:
 _ENGINES: dict[tuple[Any, ...], InferenceEngine] = {}
 
 
-def worker_engine(path: str, sha256: str, device: str, engine: str, options: InferenceOptions,
-                  threads: int | None = None) -> InferenceEngine:
+def worker_engine(
+    path: str,
+    sha256: str,
+    device: str,
+    engine: str,
+    options: InferenceOptions,
+    threads: int | None = None,
+) -> InferenceEngine:
     """The inference engine for a model on ``device`` in this process, built once per model hash,
     engine and options: ``auto`` resolves here, where the device is known (ONNX Runtime on the
     CPU, PyTorch with channels-last on CUDA); a ``.pt`` model is converted to ONNX once per hash
@@ -122,8 +132,9 @@ def worker_engine(path: str, sha256: str, device: str, engine: str, options: Inf
     return found
 
 
-def _build_engine(path: str, sha256: str, device: str, engine: str, options: InferenceOptions,
-                  threads: int | None) -> InferenceEngine:
+def _build_engine(
+    path: str, sha256: str, device: str, engine: str, options: InferenceOptions, threads: int | None
+) -> InferenceEngine:
     from geoseg.engines import resolve_engine
     from geoseg.models.onnx_file import cached_onnx_path, is_onnx_file, read_onnx_model
 
@@ -151,8 +162,15 @@ def _build_engine(path: str, sha256: str, device: str, engine: str, options: Inf
 
         from geoseg.engines.ort import OnnxEngine
 
-        return OnnxEngine(onnx_file, config, torch.device(device), options, threads, summary=summary,
-                          cache_key=sha256)
+        return OnnxEngine(
+            onnx_file,
+            config,
+            torch.device(device),
+            options,
+            threads,
+            summary=summary,
+            cache_key=sha256,
+        )
     import torch
 
     from geoseg.engines.pytorch import TorchEngine
@@ -179,7 +197,9 @@ def _compiled(network: Any) -> Any:
                 try:
                     return self.compiled(x)
                 except Exception as exc:  # noqa: BLE001 - compilation is an optimisation only
-                    log.warning("geoseg: torch.compile failed (%s); running eagerly", first_line(exc))
+                    log.warning(
+                        "geoseg: torch.compile failed (%s); running eagerly", first_line(exc)
+                    )
                     self.compiled = None
             return self.net(x)
 
@@ -197,7 +217,12 @@ def lower_batch_limit(sha256: str, device: str, failed: int) -> int:
     key = (sha256, device)
     if _BATCH_LIMITS.get(key, failed + 1) > new:
         _BATCH_LIMITS[key] = new
-        log.warning("geoseg: %s ran out of memory at batch %d; using batch %d from now on", device, failed, new)
+        log.warning(
+            "geoseg: %s ran out of memory at batch %d; using batch %d from now on",
+            device,
+            failed,
+            new,
+        )
     return new
 
 

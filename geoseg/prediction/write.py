@@ -15,22 +15,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
-import rasterio
 from rasterio.windows import Window
 
-from geoseg.raster.block_cache import bound_block_cache
-from geoseg.errors import write_failed
-from geoseg.memory import trim_heap
 from geoseg.classes import class_raster_dtype, class_tags
+from geoseg.errors import write_failed
 from geoseg.fs import stage_json, write_bytes_atomic
-from geoseg.raster.sink import open_sinks, RasterSink
-from geoseg.prediction.cell_task import CellResult
-from geoseg.raster.blocks import RasterMeta
-from geoseg.prediction.destinations import CELLS_MARKER, Destinations, skipped_report_path
+from geoseg.memory import trim_heap
 from geoseg.paths import describe
+from geoseg.prediction.cell_task import CellResult
+from geoseg.prediction.destinations import CELLS_MARKER, Destinations, skipped_report_path
 from geoseg.prediction.plan import PredictPlan
-from geoseg.progress import Progress
 from geoseg.prediction.stitch import TileResult
+from geoseg.progress import Progress
+from geoseg.raster.block_cache import bound_block_cache
+from geoseg.raster.blocks import RasterMeta
+from geoseg.raster.sink import RasterSink, open_sinks
 
 if TYPE_CHECKING:
     from geoseg.dask.stream import TaskSlots
@@ -44,8 +43,13 @@ class SkippedTile:
     error: str
 
 
-def write_outputs(plan: PredictPlan, results: Iterable[list[TileResult]], progress: Progress,
-                  overwrite: bool, then: Callable[[], Any] | None = None) -> list[SkippedTile]:
+def write_outputs(
+    plan: PredictPlan,
+    results: Iterable[list[TileResult]],
+    progress: Progress,
+    overwrite: bool,
+    then: Callable[[], Any] | None = None,
+) -> list[SkippedTile]:
     """Write every result into the class (and probability) sinks and commit them, all or
     nothing, with the list of skipped tiles beside the output; returns the skipped tiles.
 
@@ -57,11 +61,23 @@ def write_outputs(plan: PredictPlan, results: Iterable[list[TileResult]], progre
     prob_path = plan.probabilities
     class_dtype, class_nodata = class_raster_dtype([c.value for c in classes])
     sinks: list[Callable[[], RasterSink] | None] = [
-        lambda: RasterSink(plan.output, info, 1, class_nodata, classes, tags, ["class"], dtype=class_dtype),
-        (lambda: RasterSink(
-            prob_path, info, len(classes), None, None, tags,
-            [f"p({c.name})" for c in classes], overview_resampling="AVERAGE",
-        )) if prob_path is not None else None,
+        lambda: RasterSink(
+            plan.output, info, 1, class_nodata, classes, tags, ["class"], dtype=class_dtype
+        ),
+        (
+            lambda: RasterSink(
+                prob_path,
+                info,
+                len(classes),
+                None,
+                None,
+                tags,
+                [f"p({c.name})" for c in classes],
+                overview_resampling="AVERAGE",
+            )
+        )
+        if prob_path is not None
+        else None,
     ]
     skipped: list[SkippedTile] = []
     report = skipped_report_path(plan.output)
@@ -85,7 +101,9 @@ def write_outputs(plan: PredictPlan, results: Iterable[list[TileResult]], progre
                 progress.update(1, int(res.core.width * res.core.height))
         progress.close()
         if skipped:  # published together with the rasters
-            staged.append((stage_json(report, skipped_report(describe(info.path), skipped)), report))
+            staged.append(
+                (stage_json(report, skipped_report(describe(info.path), skipped)), report)
+            )
     if not skipped and overwrite:  # the old list of holes no longer describes the output
         with contextlib.suppress(FileNotFoundError):
             report.unlink()
@@ -94,16 +112,30 @@ def write_outputs(plan: PredictPlan, results: Iterable[list[TileResult]], progre
 
 def skipped_report(scene: str, skipped: list[SkippedTile]) -> dict[str, Any]:
     """The windows written as nodata and why: the JSON written beside the output."""
-    return {"scene": scene, "windows": [
-        {"row_off": int(s.window.row_off), "col_off": int(s.window.col_off),
-         "height": int(s.window.height), "width": int(s.window.width), "error": s.error}
-        for s in skipped
-    ]}
+    return {
+        "scene": scene,
+        "windows": [
+            {
+                "row_off": int(s.window.row_off),
+                "col_off": int(s.window.col_off),
+                "height": int(s.window.height),
+                "width": int(s.window.width),
+                "error": s.error,
+            }
+            for s in skipped
+        ],
+    }
 
 
-def write_vector(plan: PredictPlan, client: Any, overwrite: bool, quiet: bool,
-                 vector_options: dict[str, Any] | None, progress: Progress,
-                 max_in_flight: int | TaskSlots | None = None) -> None:
+def write_vector(
+    plan: PredictPlan,
+    client: Any,
+    overwrite: bool,
+    quiet: bool,
+    vector_options: dict[str, Any] | None,
+    progress: Progress,
+    max_in_flight: int | TaskSlots | None = None,
+) -> None:
     """Polygonize the committed class raster into ``plan.vector`` on the same cluster (drawing
     on the same in-flight slots as the tile tasks, when shared)."""
     from geoseg.vector.vectorize import vectorize
@@ -112,17 +144,30 @@ def write_vector(plan: PredictPlan, client: Any, overwrite: bool, quiet: bool,
     dest = plan.destinations
     # a folder of cells is polygonized through its mosaic
     source = Path(dest.output) / "classes.vrt" if dest.cells else plan.output
-    vres = vectorize(source, plan.vector, probabilities=plan.probabilities, overwrite=overwrite,
-                     client=client, quiet=quiet, max_in_flight=max_in_flight, **(vector_options or {}))
+    vres = vectorize(
+        source,
+        plan.vector,
+        probabilities=plan.probabilities,
+        overwrite=overwrite,
+        client=client,
+        quiet=quiet,
+        max_in_flight=max_in_flight,
+        **(vector_options or {}),
+    )
     progress.message(f"geoseg: {vres.polygons} polygons written to {vres.output}")
 
 
 # --- cells: one COG assembled from the workers' tiles, or a folder of cells -------------------
 
 
-def write_cell_outputs(plan: PredictPlan, results: Iterable[CellResult], metas: Sequence[RasterMeta],
-                       progress: Progress, overwrite: bool,
-                       then: Callable[[], Any] | None = None) -> list[SkippedTile]:
+def write_cell_outputs(
+    plan: PredictPlan,
+    results: Iterable[CellResult],
+    metas: Sequence[RasterMeta],
+    progress: Progress,
+    overwrite: bool,
+    then: Callable[[], Any] | None = None,
+) -> list[SkippedTile]:
     """Place every cell's compressed tiles into one COG per raster and publish them all or
     nothing (with the skipped-tiles list); returns the skipped tiles. The client only moves
     bytes here (:class:`geoseg.raster.cog_writer.CogAssembler`)."""
@@ -133,10 +178,23 @@ def write_cell_outputs(plan: PredictPlan, results: Iterable[CellResult], metas: 
     assert layout is not None
     crs = info.crs if info.georeferenced else None
     transform = info.transform if info.georeferenced else None
-    paths = {"classes": plan.output, "probabilities": plan.probabilities, "confidence": plan.confidence}
+    paths = {
+        "classes": plan.output,
+        "probabilities": plan.probabilities,
+        "confidence": plan.confidence,
+    }
     factories = [
-        (lambda m=m: CogAssembler(paths[m.spec.name] or plan.output, m, info.width, info.height, crs, transform,
-                                  layout.local_levels))
+        (
+            lambda m=m: CogAssembler(
+                paths[m.spec.name] or plan.output,
+                m,
+                info.width,
+                info.height,
+                crs,
+                transform,
+                layout.local_levels,
+            )
+        )
         for m in metas
     ]
     skipped: list[SkippedTile] = []
@@ -152,10 +210,13 @@ def write_cell_outputs(plan: PredictPlan, results: Iterable[CellResult], metas: 
                 trim_heap()  # a cell's bytes are spooled: give their pages back, memory stays flat
             progress.close()
             if skipped:
-                staged.append((stage_json(report, skipped_report(describe(info.path), skipped)), report))
+                staged.append(
+                    (stage_json(report, skipped_report(describe(info.path), skipped)), report)
+                )
     except OSError as exc:
-        raise write_failed(plan.output.parent if not plan.destinations.remote else "the local staging folder",
-                           exc) from None
+        raise write_failed(
+            plan.output.parent if not plan.destinations.remote else "the local staging folder", exc
+        ) from None
     if not skipped and overwrite:
         with contextlib.suppress(FileNotFoundError):
             report.unlink()
@@ -169,8 +230,14 @@ def _note(res: CellResult, skipped: list[SkippedTile], progress: Progress) -> No
     progress.update(res.tiles, int(res.window.width * res.window.height))
 
 
-def finish_cells(plan: PredictPlan, results: Iterable[CellResult], metas: Sequence[RasterMeta],
-                 progress: Progress, done: int, token: str) -> list[SkippedTile]:
+def finish_cells(
+    plan: PredictPlan,
+    results: Iterable[CellResult],
+    metas: Sequence[RasterMeta],
+    progress: Progress,
+    done: int,
+    token: str,
+) -> list[SkippedTile]:
     """Wait for the cells the workers publish, then write each raster's VRT mosaic, the STAC
     collection (an item per cell) and the skipped-tiles list into the folder."""
     from geoseg.prediction.mosaic import cells_collection, mosaic_vrt
@@ -189,9 +256,13 @@ def finish_cells(plan: PredictPlan, results: Iterable[CellResult], metas: Sequen
     files["collection.json"] = collection
     for stem, item in items.items():
         files[f"items/{stem}.json"] = item
-    files[CELLS_MARKER] = json.dumps({"geoseg": "cells", "token": token, "size": layout.size}).encode()
+    files[CELLS_MARKER] = json.dumps(
+        {"geoseg": "cells", "token": token, "size": layout.size}
+    ).encode()
     if skipped:
-        files["skipped.json"] = json.dumps(skipped_report(describe(plan.scene.path), skipped), indent=1).encode()
+        files["skipped.json"] = json.dumps(
+            skipped_report(describe(plan.scene.path), skipped), indent=1
+        ).encode()
     publish_folder_files(dest, files)
     return skipped
 

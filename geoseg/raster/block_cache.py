@@ -45,11 +45,17 @@ class BlockCacheBound:
     Scenes read one after another add nothing; two scenes whose tasks alternate get both
     shares (with only the larger one, each file was read 3.2 times instead of 1.26)."""
 
-    def __init__(self, set_size: Callable[[int], None] = _set_gdal_cache,
-                 minimum: int = BLOCK_CACHE_MIN, maximum: int = BLOCK_CACHE_MAX) -> None:
+    def __init__(
+        self,
+        set_size: Callable[[int], None] = _set_gdal_cache,
+        minimum: int = BLOCK_CACHE_MIN,
+        maximum: int = BLOCK_CACHE_MAX,
+    ) -> None:
         self.set_size, self.minimum, self.maximum = set_size, minimum, maximum
         self.size = 0
-        self._reads: OrderedDict[str, tuple[int, int]] = OrderedDict()  # scene -> (need, read number)
+        self._reads: OrderedDict[str, tuple[int, int]] = (
+            OrderedDict()
+        )  # scene -> (need, read number)
         self._count = 0
         self._lock = threading.Lock()
 

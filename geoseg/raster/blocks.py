@@ -41,7 +41,9 @@ class Encoding:
         if self.compress != "none":
             opts["predictor"] = self.predictor
         if self.level is not None:
-            key = {"deflate": "zlevel", "zstd": "zstd_level", "lzw": None, "none": None}[self.compress]
+            key = {"deflate": "zlevel", "zstd": "zstd_level", "lzw": None, "none": None}[
+                self.compress
+            ]
             if key:
                 opts[key] = self.level
         return opts
@@ -66,9 +68,17 @@ def encode_tiles(array: np.ndarray, spec: RasterSpec, threads: int = 1) -> list[
         array = array[None]
     count, height, width = array.shape
     profile: dict[str, Any] = {
-        "driver": "GTiff", "width": width, "height": height, "count": count, "dtype": spec.dtype,
-        "tiled": True, "blockxsize": BLOCK, "blockysize": BLOCK, "interleave": "pixel",
-        "num_threads": threads, **spec.encoding.creation_options(),
+        "driver": "GTiff",
+        "width": width,
+        "height": height,
+        "count": count,
+        "dtype": spec.dtype,
+        "tiled": True,
+        "blockxsize": BLOCK,
+        "blockysize": BLOCK,
+        "interleave": "pixel",
+        "num_threads": threads,
+        **spec.encoding.creation_options(),
     }
     if spec.nodata is not None:
         profile["nodata"] = spec.nodata
@@ -103,7 +113,9 @@ def reduce2(array: np.ndarray, reduction: Reduction, nodata: int | None) -> np.n
 REDUCE_ROWS = 128
 
 
-def _reduce_rows(array: np.ndarray, reduction: Reduction, nodata: int | None, ww: int) -> np.ndarray:
+def _reduce_rows(
+    array: np.ndarray, reduction: Reduction, nodata: int | None, ww: int
+) -> np.ndarray:
     c, h, w = array.shape
     hh = -(-h // 2)
     fill = nodata if nodata is not None else 0
@@ -142,8 +154,14 @@ def overview_count(width: int, height: int) -> int:
 
 
 def cog_tags(
-    spec: RasterSpec, width: int, height: int, *, crs: Any = None, transform: Any = None,
-    colormap: dict[int, tuple[int, int, int, int]] | None = None, tags: dict[str, str] | None = None,
+    spec: RasterSpec,
+    width: int,
+    height: int,
+    *,
+    crs: Any = None,
+    transform: Any = None,
+    colormap: dict[int, tuple[int, int, int, int]] | None = None,
+    tags: dict[str, str] | None = None,
     descriptions: Sequence[str] | None = None,
 ) -> dict[int, Tag]:
     """The full-resolution IFD's tags of the COG (georeferencing, colour table, metadata, band
@@ -152,9 +170,18 @@ def cog_tags(
     from geoseg.raster.read import no_georef_warning
 
     profile: dict[str, Any] = {
-        "driver": "GTiff", "width": width, "height": height, "count": spec.count, "dtype": spec.dtype,
-        "tiled": True, "blockxsize": BLOCK, "blockysize": BLOCK, "interleave": "pixel",
-        "sparse_ok": True, "bigtiff": "no", **spec.encoding.creation_options(),
+        "driver": "GTiff",
+        "width": width,
+        "height": height,
+        "count": spec.count,
+        "dtype": spec.dtype,
+        "tiled": True,
+        "blockxsize": BLOCK,
+        "blockysize": BLOCK,
+        "interleave": "pixel",
+        "sparse_ok": True,
+        "bigtiff": "no",
+        **spec.encoding.creation_options(),
     }
     if spec.nodata is not None:
         profile["nodata"] = spec.nodata
@@ -175,7 +202,15 @@ def cog_tags(
     return {c: t for c, t in ifd.items() if c not in (TILE_OFFSETS, TILE_BYTE_COUNTS)}
 
 
-__all__ = ["BLOCK", "Encoding", "RasterSpec", "cog_tags", "encode_tiles", "overview_count", "reduce2"]
+__all__ = [
+    "BLOCK",
+    "Encoding",
+    "RasterSpec",
+    "cog_tags",
+    "encode_tiles",
+    "overview_count",
+    "reduce2",
+]
 
 
 @dataclass(frozen=True)
@@ -190,6 +225,13 @@ class RasterMeta:
 
     def tiff_tags(self, width: int, height: int, crs: Any, transform: Any) -> Any:
         """The full-resolution IFD tags of this raster's COG at that size and place."""
-        return cog_tags(self.spec, width, height, crs=crs, transform=transform,
-                        colormap=dict(self.colormap) or None, tags=dict(self.tags),
-                        descriptions=self.descriptions)
+        return cog_tags(
+            self.spec,
+            width,
+            height,
+            crs=crs,
+            transform=transform,
+            colormap=dict(self.colormap) or None,
+            tags=dict(self.tags),
+            descriptions=self.descriptions,
+        )

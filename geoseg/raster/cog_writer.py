@@ -21,9 +21,8 @@ from typing import Any
 import numpy as np
 from rasterio.windows import Window
 
-from geoseg.raster.blocks import BLOCK, encode_tiles, overview_count, reduce2
 from geoseg.fs import remove_quietly, temporary_sibling
-from geoseg.raster.blocks import RasterMeta
+from geoseg.raster.blocks import BLOCK, RasterMeta, encode_tiles, overview_count, reduce2
 from geoseg.raster.tiff import write_cog
 
 #: Rows of the coarse levels reduced and compressed at a time (even, a multiple of the block).
@@ -38,8 +37,17 @@ class CogAssembler:
     stays on one file system; a local folder for an object-store output).
     """
 
-    def __init__(self, path: Path, meta: RasterMeta, width: int, height: int, crs: Any, transform: Any,
-                 local_levels: int, spool: Path | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        meta: RasterMeta,
+        width: int,
+        height: int,
+        crs: Any,
+        transform: Any,
+        local_levels: int,
+        spool: Path | None = None,
+    ) -> None:
         self.path = path
         self.meta = meta
         self.spec = meta.spec
@@ -49,7 +57,10 @@ class CogAssembler:
         self.local = min(local_levels, self.levels)
         self.spool = spool or path.parent
         self.cog_tmp: Path | None = None
-        self._sizes = [np.zeros(self._blocks(i)[0] * self._blocks(i)[1], np.int64) for i in range(self.levels + 1)]
+        self._sizes = [
+            np.zeros(self._blocks(i)[0] * self._blocks(i)[1], np.int64)
+            for i in range(self.levels + 1)
+        ]
         self._offsets = [np.zeros_like(s) for s in self._sizes]
         self._tiles_path = temporary_sibling(self.spool / path.name, ".tiles")
         self._tiles = open(self._tiles_path, "r+b")
@@ -59,7 +70,9 @@ class CogAssembler:
         if self.levels > self.local:
             h, w = self._level_shape(self.local + 1)
             self._raw_path = temporary_sibling(self.spool / path.name, ".raw.npy")
-            self._raw = np.lib.format.open_memmap(self._raw_path, "w+", self.spec.dtype, (self.spec.count, h, w))
+            self._raw = np.lib.format.open_memmap(
+                self._raw_path, "w+", self.spec.dtype, (self.spec.count, h, w)
+            )
 
     def _level_shape(self, level: int) -> tuple[int, int]:
         return -(-self.height // 2**level), -(-self.width // 2**level)

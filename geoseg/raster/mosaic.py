@@ -11,13 +11,15 @@ real pixels beyond it.
 """
 
 from __future__ import annotations
-from geoseg.paths import MOSAIC_PREFIX as PREFIX
 
 import json
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
+
+from geoseg.paths import MOSAIC_PREFIX as PREFIX
+
 
 @dataclass(frozen=True)
 class SpecScene:
@@ -34,25 +36,50 @@ class SpecScene:
     token: Any = None
 
 
-def mosaic_spec(crs: str | None, transform: Sequence[float], height: int, width: int,
-                extent: tuple[int, int, int, int], count: int, dtype: str, resampling: str,
-                scenes: Sequence[SpecScene]) -> str:
+def mosaic_spec(
+    crs: str | None,
+    transform: Sequence[float],
+    height: int,
+    width: int,
+    extent: tuple[int, int, int, int],
+    count: int,
+    dtype: str,
+    resampling: str,
+    scenes: Sequence[SpecScene],
+) -> str:
     """The scene string of a map cell: the grid of the virtual scene (``height`` x ``width`` at
     ``transform``), the ``extent`` (row0, col0, row1, col1) where the region has pixels (reads
     mirror at its edges), and the scenes, first priority first."""
-    return PREFIX + json.dumps({
-        "crs": crs, "transform": list(transform)[:6], "height": height, "width": width,
-        "extent": list(extent), "count": count, "dtype": dtype, "resampling": resampling,
-        "scenes": [{"dataset": s.dataset, "name": s.name, "offset": list(s.offset) if s.offset else None,
-                    "window": list(s.window), "token": s.token} for s in scenes],
-    }, separators=(",", ":"))
+    return PREFIX + json.dumps(
+        {
+            "crs": crs,
+            "transform": list(transform)[:6],
+            "height": height,
+            "width": width,
+            "extent": list(extent),
+            "count": count,
+            "dtype": dtype,
+            "resampling": resampling,
+            "scenes": [
+                {
+                    "dataset": s.dataset,
+                    "name": s.name,
+                    "offset": list(s.offset) if s.offset else None,
+                    "window": list(s.window),
+                    "token": s.token,
+                }
+                for s in scenes
+            ],
+        },
+        separators=(",", ":"),
+    )
 
 
 class MosaicSource:
     """The duck-typed dataset a worker reads a map cell's tiles from (see the module)."""
 
     def __init__(self, scene: str) -> None:
-        spec = json.loads(scene[len(PREFIX):])
+        spec = json.loads(scene[len(PREFIX) :])
         from affine import Affine
         from rasterio.crs import CRS
 
@@ -64,14 +91,29 @@ class MosaicSource:
         self.transform = Affine(*spec["transform"])
         self.extent = tuple(int(v) for v in spec["extent"])
         self.resampling = str(spec["resampling"])
-        self.scenes = [SpecScene(s["dataset"], s["name"], tuple(s["offset"]) if s["offset"] else None,
-                                 tuple(s["window"]), s.get("token")) for s in spec["scenes"]]
+        self.scenes = [
+            SpecScene(
+                s["dataset"],
+                s["name"],
+                tuple(s["offset"]) if s["offset"] else None,
+                tuple(s["window"]),
+                s.get("token"),
+            )
+            for s in spec["scenes"]
+        ]
         self._open: dict[int, Any] = {}
 
     # --- what geoseg.raster.read.read_mirrored asks of a dataset -----------------------------------
 
-    def read_mirrored(self, bands: Sequence[int], row: int, col: int, height: int, width: int,
-                      out: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def read_mirrored(
+        self,
+        bands: Sequence[int],
+        row: int,
+        col: int,
+        height: int,
+        width: int,
+        out: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """A window of the virtual scene mirrored at the region's edges (not the cell's):
         ``(data, valid)`` like :func:`geoseg.raster.read.read_mirrored`."""
         from geoseg.tiling import source_indices
@@ -80,7 +122,9 @@ class MosaicSource:
         rows = source_indices(row - r0, height, r1 - r0) + r0
         cols = source_indices(col - c0, width, c1 - c0) + c0
         top, left = int(rows.min()), int(cols.min())
-        data, valid = self.composite(bands, top, left, int(rows.max()) + 1 - top, int(cols.max()) + 1 - left)
+        data, valid = self.composite(
+            bands, top, left, int(rows.max()) + 1 - top, int(cols.max()) + 1 - left
+        )
         ri, ci = (rows - top)[:, None], (cols - left)[None, :]
         if out is None:
             return data[:, ri, ci], valid[ri, ci]
@@ -88,7 +132,9 @@ class MosaicSource:
         out[1][...] = valid[ri, ci]
         return out
 
-    def read(self, indexes: Sequence[int] | int, window: Any = None, out: np.ndarray | None = None) -> np.ndarray:
+    def read(
+        self, indexes: Sequence[int] | int, window: Any = None, out: np.ndarray | None = None
+    ) -> np.ndarray:
         """Bands of a window inside the region (no mirroring), like ``DatasetReader.read``."""
         bands = [indexes] if isinstance(indexes, int) else list(indexes)
         r, c, h, w = self._window(window)
@@ -124,8 +170,9 @@ class MosaicSource:
 
     # --- compositing ----------------------------------------------------------------------
 
-    def composite(self, bands: Sequence[int], row: int, col: int, height: int, width: int
-                  ) -> tuple[np.ndarray, np.ndarray]:
+    def composite(
+        self, bands: Sequence[int], row: int, col: int, height: int, width: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Pixels of the window (output-grid rows and columns) from the first scene, in priority
         order, that has data there: ``(data, valid)``."""
         data = np.zeros((len(bands), height, width), self.dtypes[0])
@@ -147,8 +194,9 @@ class MosaicSource:
                 break
         return data, valid
 
-    def _read_scene(self, index: int, bands: Sequence[int], row: int, col: int, height: int, width: int
-                    ) -> tuple[np.ndarray, np.ndarray]:
+    def _read_scene(
+        self, index: int, bands: Sequence[int], row: int, col: int, height: int, width: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """A window of one scene on the output grid (inside its footprint window)."""
         from rasterio.errors import RasterioError
         from rasterio.windows import Window
@@ -171,8 +219,10 @@ class MosaicSource:
         if failure is not None:
             from geoseg.paths import describe
 
-            raise SceneError(f"cannot read {describe(s.name)} for the map (rows {row}-{row + height}, columns "
-                             f"{col}-{col + width} of the output): {failure}; the file may be corrupt or truncated")
+            raise SceneError(
+                f"cannot read {describe(s.name)} for the map (rows {row}-{row + height}, columns "
+                f"{col}-{col + width} of the output): {failure}; the file may be corrupt or truncated"
+            )
         if np.issubdtype(block.dtype, np.floating):
             mask &= ~np.isnan(block).any(axis=0)
         return block, mask
@@ -195,8 +245,12 @@ class MosaicSource:
         if s.offset is None:
             r0, c0, r1, c1 = s.window
             vrt = WarpedVRT(
-                src, crs=self.crs, transform=self.transform * self.transform.translation(c0, r0),
-                width=c1 - c0, height=r1 - r0, resampling=Resampling[self.resampling],
+                src,
+                crs=self.crs,
+                transform=self.transform * self.transform.translation(c0, r0),
+                width=c1 - c0,
+                height=r1 - r0,
+                resampling=Resampling[self.resampling],
                 add_alpha=src.nodata is None,  # the mask of the warped pixels
             )
             opened.append(vrt)

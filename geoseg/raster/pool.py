@@ -52,7 +52,15 @@ class TileReader:
             data = np.empty((len(tiles), len(self.bands), height, width), src.dtypes[0])
             valid = np.empty((len(tiles), height, width), bool)
             for i, t in enumerate(tiles):
-                read_mirrored(src, self.bands, t.input_row, t.input_col, height, width, out=(data[i], valid[i]))
+                read_mirrored(
+                    src,
+                    self.bands,
+                    t.input_row,
+                    t.input_col,
+                    height,
+                    width,
+                    out=(data[i], valid[i]),
+                )
         return data, valid
 
 

@@ -163,7 +163,9 @@ def open_scene(path: str | os.PathLike[str]) -> SceneInfo:
 def root_cause(exc: BaseException) -> str:
     """The innermost message of an exception chain (GDAL's own words, under rasterio's)."""
     seen = exc
-    while seen.__cause__ is not None or (seen.__context__ is not None and not seen.__suppress_context__):
+    while seen.__cause__ is not None or (
+        seen.__context__ is not None and not seen.__suppress_context__
+    ):
         seen = seen.__cause__ or seen.__context__  # type: ignore[assignment]
     return first_line(seen)
 
@@ -176,7 +178,9 @@ def select_bands(spec: str | Sequence[int] | None, count: int) -> list[int]:
         try:
             bands = [int(b) for b in spec.replace(" ", "").split(",") if b]
         except ValueError:
-            raise SceneError(f"--bands {spec!r} is not a comma-separated list of band numbers") from None
+            raise SceneError(
+                f"--bands {spec!r} is not a comma-separated list of band numbers"
+            ) from None
     else:
         bands = [int(b) for b in spec]
     bad = [b for b in bands if not 1 <= b <= count]

@@ -21,19 +21,28 @@ from xml.sax.saxutils import escape, quoteattr
 import numpy as np
 
 from geoseg.errors import SceneError
-from geoseg.paths import is_stac_item, is_vrt_xml, mosaic_tokens, vrt_sources
 from geoseg.options import Resampling, choices
+from geoseg.paths import is_stac_item, is_vrt_xml, mosaic_tokens, vrt_sources
 
 #: GDAL resampling names usable on a VRT source (``--resampling``, a PredictOptions field).
 RESAMPLING: tuple[str, ...] = choices(Resampling)
 DEFAULT_RESAMPLING = "bilinear"
 
 _GDAL_TYPES = {
-    "uint8": "Byte", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32", "int32": "Int32",
-    "float32": "Float32", "float64": "Float64",
+    "uint8": "Byte",
+    "uint16": "UInt16",
+    "int16": "Int16",
+    "uint32": "UInt32",
+    "int32": "Int32",
+    "float32": "Float32",
+    "float64": "Float64",
 }
 #: STAC media types GDAL reads as rasters, preferred in this order when several assets match.
-_RASTER_TYPES = ("image/tiff; application=geotiff; profile=cloud-optimized", "image/tiff", "image/jp2")
+_RASTER_TYPES = (
+    "image/tiff; application=geotiff; profile=cloud-optimized",
+    "image/tiff",
+    "image/jp2",
+)
 
 
 @dataclass(frozen=True)
@@ -97,10 +106,15 @@ def order_band_files(paths: Sequence[str], band_names: Sequence[str]) -> list[st
     named, is refused: silently feeding red as blue is worse than an error.
     """
     stems = [os.path.splitext(os.path.basename(p.rstrip("/")))[0] for p in paths]
-    hits = [[i for i, n in enumerate(band_names) if n and _band_pattern(n).search(s)] for s in stems]
+    hits = [
+        [i for i, n in enumerate(band_names) if n and _band_pattern(n).search(s)] for s in stems
+    ]
     unique = [h[0] if len(h) == 1 else None for h in hits]
-    if (len(paths) == len(band_names) and None not in unique
-            and sorted(unique) == list(range(len(band_names)))):  # type: ignore[type-var]
+    if (
+        len(paths) == len(band_names)
+        and None not in unique
+        and sorted(unique) == list(range(len(band_names)))  # type: ignore[type-var]
+    ):
         by_band = {b: p for b, p in zip(unique, paths)}
         return [by_band[i] for i in range(len(band_names))]
     for pos, (p, h) in enumerate(zip(paths, unique)):
@@ -131,8 +145,17 @@ def _inspect(path: str) -> _Band:
     from geoseg.raster.read import open_scene
 
     info = open_scene(path)
-    return _Band(info.path, info.width, info.height, info.count, info.dtype, info.crs,
-                 info.transform, info.nodata, info.block_shape)
+    return _Band(
+        info.path,
+        info.width,
+        info.height,
+        info.count,
+        info.dtype,
+        info.crs,
+        info.transform,
+        info.nodata,
+        info.block_shape,
+    )
 
 
 def _absolute(path: str) -> str:
@@ -142,8 +165,11 @@ def _absolute(path: str) -> str:
     return path if is_virtual(path) else os.path.abspath(path)
 
 
-def build_vrt(paths: Sequence[str], resampling: str = DEFAULT_RESAMPLING,
-              descriptions: Sequence[str] | None = None) -> str:
+def build_vrt(
+    paths: Sequence[str],
+    resampling: str = DEFAULT_RESAMPLING,
+    descriptions: Sequence[str] | None = None,
+) -> str:
     """VRT XML stacking single-band files onto the finest grid, over the area all of them cover."""
     bands = [_inspect(_absolute(p)) for p in paths]
     for b in bands:
@@ -155,7 +181,9 @@ def build_vrt(paths: Sequence[str], resampling: str = DEFAULT_RESAMPLING,
     georef = [b for b in bands if b.crs is not None]
     if georef and len(georef) != len(bands):
         bare = next(b for b in bands if b.crs is None)
-        raise SceneError(f"band file {bare.path} has no CRS while the others do; georeference it first")
+        raise SceneError(
+            f"band file {bare.path} has no CRS while the others do; georeference it first"
+        )
     if georef:
         crs0 = bands[0].crs
         for b in bands[1:]:
@@ -185,9 +213,12 @@ def build_vrt(paths: Sequence[str], resampling: str = DEFAULT_RESAMPLING,
     r1 = math.floor((ft.f - y0) / -ft.e + eps)
     if c1 <= c0 or r1 <= r0:
         raise SceneError(
-            "band files do not overlap: " + "; ".join(
+            "band files do not overlap: "
+            + "; ".join(
                 f"{os.path.basename(b.path)} covers x {b.transform.c:.6g}..{b.transform.c + b.width * b.transform.a:.6g}, "
-                f"y {b.transform.f + b.height * b.transform.e:.6g}..{b.transform.f:.6g}" for b in bands)
+                f"y {b.transform.f + b.height * b.transform.e:.6g}..{b.transform.f:.6g}"
+                for b in bands
+            )
             + "; give bands of one scene"
         )
     width, height = c1 - c0, r1 - r0
@@ -205,13 +236,28 @@ def build_vrt(paths: Sequence[str], resampling: str = DEFAULT_RESAMPLING,
         sy = (t.f - oy) / -t.e
         sw = width * ft.a / t.a
         sh = height * ft.e / t.e
-        same = all(abs(v - round(v)) < eps for v in (sx, sy, sw, sh)) and round(sw) == width and round(sh) == height
-        src_rect = (f'<SrcRect xOff="{round(sx)}" yOff="{round(sy)}" xSize="{width}" ySize="{height}"/>'
-                    if same else f'<SrcRect xOff="{sx!r}" yOff="{sy!r}" xSize="{sw!r}" ySize="{sh!r}"/>')
-        desc = descriptions[i - 1] if descriptions else os.path.splitext(os.path.basename(b.path))[0]
-        nodata = f"    <NoDataValue>{_nodata_text(b.nodata)}</NoDataValue>\n" if b.nodata is not None else ""
+        same = (
+            all(abs(v - round(v)) < eps for v in (sx, sy, sw, sh))
+            and round(sw) == width
+            and round(sh) == height
+        )
+        src_rect = (
+            f'<SrcRect xOff="{round(sx)}" yOff="{round(sy)}" xSize="{width}" ySize="{height}"/>'
+            if same
+            else f'<SrcRect xOff="{sx!r}" yOff="{sy!r}" xSize="{sw!r}" ySize="{sh!r}"/>'
+        )
+        desc = (
+            descriptions[i - 1] if descriptions else os.path.splitext(os.path.basename(b.path))[0]
+        )
+        nodata = (
+            f"    <NoDataValue>{_nodata_text(b.nodata)}</NoDataValue>\n"
+            if b.nodata is not None
+            else ""
+        )
         kind = "ComplexSource" if b.nodata is not None else "SimpleSource"
-        src_nodata = f"      <NODATA>{_nodata_text(b.nodata)}</NODATA>\n" if b.nodata is not None else ""
+        src_nodata = (
+            f"      <NODATA>{_nodata_text(b.nodata)}</NODATA>\n" if b.nodata is not None else ""
+        )
         resample = "" if same else f" resampling={quoteattr(resampling)}"
         parts.append(
             f'  <VRTRasterBand dataType="{gtype}" band="{i}" blockXSize="{bw}" blockYSize="{bh}">\n'
@@ -270,8 +316,14 @@ def read_stac_item(href: str) -> dict[str, Any]:
         item = json.loads(text)
     except json.JSONDecodeError as exc:
         raise SceneError(f"{href} is not JSON ({exc}); give a STAC item or a raster") from None
-    if not isinstance(item, dict) or item.get("type") != "Feature" or not isinstance(item.get("assets"), dict):
-        raise SceneError(f"{href} is not a STAC item (a GeoJSON Feature with assets); give a STAC item or a raster")
+    if (
+        not isinstance(item, dict)
+        or item.get("type") != "Feature"
+        or not isinstance(item.get("assets"), dict)
+    ):
+        raise SceneError(
+            f"{href} is not a STAC item (a GeoJSON Feature with assets); give a STAC item or a raster"
+        )
     return item
 
 
@@ -290,18 +342,26 @@ def is_raster_asset(asset: dict[str, Any]) -> bool:
     """Whether a STAC asset is a raster GDAL reads, by media type (or by file suffix without one)."""
     mtype = str(asset.get("type", "")).lower()
     href = str(asset.get("href", "")).lower()
-    return (mtype.startswith("image/tiff") or mtype.startswith("image/jp2")
-            or mtype.startswith("application/x-hdf") or (not mtype and href.endswith((".tif", ".tiff", ".jp2", ".vrt"))))
+    return (
+        mtype.startswith("image/tiff")
+        or mtype.startswith("image/jp2")
+        or mtype.startswith("application/x-hdf")
+        or (not mtype and href.endswith((".tif", ".tiff", ".jp2", ".vrt")))
+    )
 
 
-def match_assets(item: dict[str, Any], band_names: Sequence[str], href: str) -> list[tuple[str, dict[str, Any]]]:
+def match_assets(
+    item: dict[str, Any], band_names: Sequence[str], href: str
+) -> list[tuple[str, dict[str, Any]]]:
     """For each model band, the item's raster asset that names it (key, eo:bands name or common name)."""
     assets = {k: a for k, a in item["assets"].items() if isinstance(a, dict) and "href" in a}
     chosen: list[tuple[str, dict[str, Any]]] = []
     missing: list[str] = []
     for band in band_names:
         want = band.lower()
-        hits = [(k, a) for k, a in assets.items() if want in _asset_names(k, a) and is_raster_asset(a)]
+        hits = [
+            (k, a) for k, a in assets.items() if want in _asset_names(k, a) and is_raster_asset(a)
+        ]
         if not hits:
             missing.append(band)
             continue
@@ -356,8 +416,9 @@ def _from_stac(href: str, band_names: Sequence[str], resampling: str) -> Resolve
     return stac_item_scene(read_stac_item(href), href, band_names, resampling)
 
 
-def stac_item_scene(item: dict[str, Any], href: str, band_names: Sequence[str],
-                    resampling: str = DEFAULT_RESAMPLING) -> ResolvedScene:
+def stac_item_scene(
+    item: dict[str, Any], href: str, band_names: Sequence[str], resampling: str = DEFAULT_RESAMPLING
+) -> ResolvedScene:
     """A STAC item already read (``href``: where it came from, the base of relative assets) as
     a VRT of the assets matching the model's bands; each asset's readability is checked."""
     chosen = match_assets(item, band_names, href)
@@ -367,7 +428,9 @@ def stac_item_scene(item: dict[str, Any], href: str, band_names: Sequence[str],
         try:
             _inspect(path)
         except SceneError as exc:
-            raise SceneError(f"STAC item {href}: asset {key!r} ({asset['href']}) cannot be read: {exc}") from None
+            raise SceneError(
+                f"STAC item {href}: asset {key!r} ({asset['href']}) cannot be read: {exc}"
+            ) from None
         paths.append(path)
     xml = build_vrt(paths, resampling, descriptions=list(band_names))
     item_href = href if "://" in href or href.startswith("/vsi") else os.path.abspath(href)
@@ -399,6 +462,8 @@ def _stac_asset_tokens(item_path: str) -> dict[str, Any] | None:
         item = read_stac_item(item_path)
     except SceneError:
         return None
-    return {key: file_token(asset_path(str(asset["href"]), item_path))
-            for key, asset in sorted(item["assets"].items())
-            if isinstance(asset, dict) and "href" in asset and is_raster_asset(asset)}
+    return {
+        key: file_token(asset_path(str(asset["href"]), item_path))
+        for key, asset in sorted(item["assets"].items())
+        if isinstance(asset, dict) and "href" in asset and is_raster_asset(asset)
+    }

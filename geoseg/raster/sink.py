@@ -144,7 +144,8 @@ class RasterSink:
 
 @contextlib.contextmanager
 def open_sinks(
-    *sinks_factories: Any, extra: list[tuple[Path, Path]] | None = None,
+    *sinks_factories: Any,
+    extra: list[tuple[Path, Path]] | None = None,
     then: Callable[[], Any] | None = None,
 ) -> Iterator[list[RasterSink]]:
     """Create sinks; commit all on success, abort all on any failure (including KeyboardInterrupt).

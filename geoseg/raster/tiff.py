@@ -17,8 +17,20 @@ from typing import BinaryIO, Callable, Sequence
 
 # TIFF field types: code -> (struct letter, size)
 _TYPES: dict[int, tuple[str, int]] = {
-    1: ("B", 1), 2: ("s", 1), 3: ("H", 2), 4: ("I", 4), 5: ("II", 8), 6: ("b", 1), 7: ("B", 1),
-    8: ("h", 2), 9: ("i", 4), 10: ("ii", 8), 11: ("f", 4), 12: ("d", 8), 16: ("Q", 8), 17: ("q", 8),
+    1: ("B", 1),
+    2: ("s", 1),
+    3: ("H", 2),
+    4: ("I", 4),
+    5: ("II", 8),
+    6: ("b", 1),
+    7: ("B", 1),
+    8: ("h", 2),
+    9: ("i", 4),
+    10: ("ii", 8),
+    11: ("f", 4),
+    12: ("d", 8),
+    16: ("Q", 8),
+    17: ("q", 8),
     18: ("Q", 8),
 }
 SHORT, LONG, LONG8 = 3, 4, 16
@@ -46,7 +58,9 @@ class Tag:
 
     def values(self) -> tuple[int, ...]:
         letter, size = _TYPES[self.type]
-        return struct.unpack(f"<{self.count * len(letter)}{letter[0]}", self.data[: self.count * size])
+        return struct.unpack(
+            f"<{self.count * len(letter)}{letter[0]}", self.data[: self.count * size]
+        )
 
 
 def read_ifds(data: bytes) -> list[dict[int, Tag]]:
@@ -90,8 +104,13 @@ def cog_data_size(tile_sizes: Sequence[Sequence[int]]) -> int:
     return sum(n + 8 for sizes in tile_sizes for n in sizes if n)
 
 
-def write_cog(out: BinaryIO, tags: dict[int, Tag], tile_sizes: Sequence[Sequence[int]],
-              tile: Callable[[int, int], bytes], bigtiff: bool | None = None) -> None:
+def write_cog(
+    out: BinaryIO,
+    tags: dict[int, Tag],
+    tile_sizes: Sequence[Sequence[int]],
+    tile: Callable[[int, int], bytes],
+    bigtiff: bool | None = None,
+) -> None:
     """Write a COG: full resolution with the IFD ``tags`` (tile offsets and counts left out),
     then ``len(tile_sizes) - 1`` overviews, each half the size of the one before (rounded up).
     The tiles of level ``i`` have the byte counts ``tile_sizes[i]`` (row-major; 0 for a tile
@@ -102,8 +121,11 @@ def write_cog(out: BinaryIO, tags: dict[int, Tag], tile_sizes: Sequence[Sequence
     reader knows)."""
     width, height = tags[IMAGE_WIDTH].values()[0], tags[IMAGE_LENGTH].values()[0]
     data_bytes = cog_data_size(tile_sizes)
-    big = bigtiff if bigtiff is not None else (
-        data_bytes + 1_000_000 + 64 * sum(len(t) for t in tile_sizes) > 2**32 - 1)
+    big = (
+        bigtiff
+        if bigtiff is not None
+        else (data_bytes + 1_000_000 + 64 * sum(len(t) for t in tile_sizes) > 2**32 - 1)
+    )
     levels = range(len(tile_sizes))
     ghost = f"GDAL_STRUCTURAL_METADATA_SIZE={len(GHOST):06d} bytes\n{GHOST}".encode()
     header = 16 if big else 8
@@ -145,7 +167,9 @@ def write_cog(out: BinaryIO, tags: dict[int, Tag], tile_sizes: Sequence[Sequence
         tags[TILE_OFFSETS] = _offsets_tag(TILE_OFFSETS, offsets[i], big)
 
     buf = bytearray()
-    buf += b"II" + (struct.pack("<HHHQ", 43, 8, 0, starts[0]) if big else struct.pack("<HI", 42, starts[0]))
+    buf += b"II" + (
+        struct.pack("<HHHQ", 43, 8, 0, starts[0]) if big else struct.pack("<HI", 42, starts[0])
+    )
     buf += ghost
     for i, tags in enumerate(ifd_tags):
         if len(buf) % 2:

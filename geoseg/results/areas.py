@@ -34,7 +34,9 @@ def _authalic(lat_deg: np.ndarray, a: float, f: float) -> np.ndarray:
     return b2 / 2.0 * (s / (1.0 - e2 * s * s) + np.log((1.0 + e * s) / (1.0 - e * s)) / (2.0 * e))
 
 
-def row_areas(crs: Any, transform: Any, height: int, row_start: int = 0, rows: int | None = None) -> np.ndarray:
+def row_areas(
+    crs: Any, transform: Any, height: int, row_start: int = 0, rows: int | None = None
+) -> np.ndarray:
     """Area (m²) of one pixel in each of ``rows`` rows from ``row_start``.
 
     Projected CRS: the pixel's area from the geotransform (its determinant) in the CRS's linear
@@ -44,14 +46,20 @@ def row_areas(crs: Any, transform: Any, height: int, row_start: int = 0, rows: i
     """
     rows = height - row_start if rows is None else rows
     if crs is None:
-        raise ResultsError("the raster has no CRS, so its pixels have no area; assign one first "
-                           "(gdal_edit.py -a_srs EPSG:XXXX)")
+        raise ResultsError(
+            "the raster has no CRS, so its pixels have no area; assign one first "
+            "(gdal_edit.py -a_srs EPSG:XXXX)"
+        )
     if crs.is_geographic:
         if transform.b != 0 or transform.d != 0:
-            raise ResultsError("the raster is in a geographic CRS with a rotated grid; warp it "
-                               "north-up first (gdalwarp) to measure areas")
+            raise ResultsError(
+                "the raster is in a geographic CRS with a rotated grid; warp it "
+                "north-up first (gdalwarp) to measure areas"
+            )
         a, f = ellipsoid(crs)
-        edges = transform.f + transform.e * np.arange(row_start, row_start + rows + 1, dtype=np.float64)
+        edges = transform.f + transform.e * np.arange(
+            row_start, row_start + rows + 1, dtype=np.float64
+        )
         band = np.abs(np.diff(_authalic(edges, a, f)))
         return band * math.radians(abs(transform.a))
     factor = float(crs.linear_units_factor[1]) if crs.linear_units_factor else 1.0

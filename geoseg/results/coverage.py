@@ -54,8 +54,9 @@ def _polygons(geoms: np.ndarray, zones: np.ndarray) -> tuple[np.ndarray, np.ndar
     return geoms[keep], zones[keep]
 
 
-def _edges(geoms: np.ndarray, zones: np.ndarray, col_off: float, row_off: float,
-           flip_y: bool) -> tuple[np.ndarray, ...]:
+def _edges(
+    geoms: np.ndarray, zones: np.ndarray, col_off: float, row_off: float, flip_y: bool
+) -> tuple[np.ndarray, ...]:
     """Every ring edge ``(x0, y0, x1, y1, zone)`` in the grid's coordinates (x = column, y = row,
     from the grid's corner), rings oriented so that covered area counts positive."""
     import shapely
@@ -92,8 +93,15 @@ def _sorted_order(key: np.ndarray, limit: int) -> np.ndarray:
     return packed & ((1 << index_bits) - 1)
 
 
-def coverage(geoms: np.ndarray, zones: np.ndarray, height: int, width: int, col_off: float = 0.0,
-             row_off: float = 0.0, flip_y: bool = False) -> Coverage:
+def coverage(
+    geoms: np.ndarray,
+    zones: np.ndarray,
+    height: int,
+    width: int,
+    col_off: float = 0.0,
+    row_off: float = 0.0,
+    flip_y: bool = False,
+) -> Coverage:
     """Exact covered fractions of the pixels of a ``height`` x ``width`` grid by polygons
     ``geoms`` (shapely, in pixel units: x = column, y = row, or y = -row with ``flip_y``; the
     grid's corner at ``(col_off, row_off)``), numbered ``zones``; parts outside the grid are
@@ -104,8 +112,9 @@ def coverage(geoms: np.ndarray, zones: np.ndarray, height: int, width: int, col_
     along the edges); the pieces' contributions are then grouped by (zone, row, column) with
     one sort of packed integer keys.
     """
-    x0, y0, x1, y1, ez = _edges(np.asarray(geoms, dtype=object), np.asarray(zones, dtype=np.int64),
-                                col_off, row_off, flip_y)
+    x0, y0, x1, y1, ez = _edges(
+        np.asarray(geoms, dtype=object), np.asarray(zones, dtype=np.int64), col_off, row_off, flip_y
+    )
     slanted = y0 != y1  # a level edge adds no area
     x0, y0, x1, y1, ez = x0[slanted], y0[slanted], x1[slanted], y1[slanted], ez[slanted]
     zone_ids, ezi = np.unique(ez, return_inverse=True)
@@ -171,6 +180,15 @@ def coverage(geoms: np.ndarray, zones: np.ndarray, height: int, width: int, col_
     cover = np.where(np.abs(cover - whole) < SNAP, whole, cover)
     run = (stop > start) & (cover != 0)
     cells = (col >= 0) & (cover != 0)
-    out = Coverage(zone[cells], row[cells], col[cells], cover[cells],
-                   zone[run], row[run], start[run], stop[run], cover[run])
+    out = Coverage(
+        zone[cells],
+        row[cells],
+        col[cells],
+        cover[cells],
+        zone[run],
+        row[run],
+        start[run],
+        stop[run],
+        cover[run],
+    )
     return out

@@ -30,12 +30,18 @@ def quicklook_path(raster: str | os.PathLike[str]) -> Path:
     return Path(raster).with_suffix(".png")
 
 
-def quicklook(raster: str | os.PathLike[str], png: str | os.PathLike[str] | None = None,
-              areas: dict[int, dict[str, Any]] | None = None, size: int = MAP_SIZE,
-              overwrite: bool = False) -> Path:
+def quicklook(
+    raster: str | os.PathLike[str],
+    png: str | os.PathLike[str] | None = None,
+    areas: dict[int, dict[str, Any]] | None = None,
+    size: int = MAP_SIZE,
+    overwrite: bool = False,
+) -> Path:
     """Write a quicklook PNG of a class raster (default :func:`quicklook_path`); ``areas`` (from
     :func:`geoseg.results.stats.class_areas`) adds each class's area to the legend."""
-    out = check_output_path(png if png is not None else quicklook_path(raster), overwrite, "quicklook")
+    out = check_output_path(
+        png if png is not None else quicklook_path(raster), overwrite, "quicklook"
+    )
     check_distinct_paths({"class raster": raster}, {"quicklook": out})
     tmp = _stage_png(out, render(raster, areas, size))
     publish(tmp, out)
@@ -53,23 +59,33 @@ def output_quicklook(output: str | os.PathLike[str], cells: bool, overwrite: boo
     from geoseg.objectstore import is_s3_url
 
     if is_s3_url(str(output)):
-        warnings.warn(f"--quicklook: no quicklook for the object-store output {output}; run "
-                      "geoseg's quicklook on a local copy", GeosegWarning, stacklevel=3)
+        warnings.warn(
+            f"--quicklook: no quicklook for the object-store output {output}; run "
+            "geoseg's quicklook on a local copy",
+            GeosegWarning,
+            stacklevel=3,
+        )
         return None
     if cells:
         return Path(output) / "quicklook.png"
     return check_output_path(quicklook_path(output), overwrite, "quicklook")
 
 
-def output_quicklook_write(output: str | os.PathLike[str], png: Path, cells: bool, client: Any = None,
-                           max_in_flight: Any = None) -> Path:
+def output_quicklook_write(
+    output: str | os.PathLike[str],
+    png: Path,
+    cells: bool,
+    client: Any = None,
+    max_in_flight: Any = None,
+) -> Path:
     """Write the quicklook of a committed predict output (its ``classes.vrt`` mosaic in a
     ``cells`` folder) with its class areas counted on ``client`` (see :func:`output_quicklook`)."""
     from geoseg.results.stats import class_areas
 
     raster = Path(output) / "classes.vrt" if cells else Path(output)
-    return quicklook(raster, png, class_areas(raster, client=client, max_in_flight=max_in_flight),
-                     overwrite=True)
+    return quicklook(
+        raster, png, class_areas(raster, client=client, max_in_flight=max_in_flight), overwrite=True
+    )
 
 
 def _stage_png(path: Path, data: bytes) -> Path:
@@ -78,11 +94,13 @@ def _stage_png(path: Path, data: bytes) -> Path:
     return stage_bytes(path, data, ".part.png")
 
 
-def render(raster: str | os.PathLike[str], areas: dict[int, dict[str, Any]] | None = None,
-           size: int = MAP_SIZE) -> bytes:
+def render(
+    raster: str | os.PathLike[str],
+    areas: dict[int, dict[str, Any]] | None = None,
+    size: int = MAP_SIZE,
+) -> bytes:
     """The quicklook as PNG bytes (see :func:`quicklook`)."""
     from PIL import Image, ImageDraw
-
     from rasterio.enums import Resampling
     from rasterio.transform import Affine
 
@@ -105,7 +123,11 @@ def render(raster: str | os.PathLike[str], areas: dict[int, dict[str, Any]] | No
     rgb[:] = NODATA_RGB
     for v in present:
         rgb[(data == v) & valid] = colour_of(classes, cmap, v)
-    legend = [v for v in values if v != nodata and (v in present or (areas or {}).get(v, {}).get("area_m2"))]
+    legend = [
+        v
+        for v in values
+        if v != nodata and (v in present or (areas or {}).get(v, {}).get("area_m2"))
+    ]
     font, small = _fonts()
     height = max(_TOP + h + _BOTTOM, _TOP + 40 + 22 * len(legend) + 20)
     canvas = Image.new("RGB", (_LEFT + w + _GAP + _LEGEND, height), (255, 255, 255))
@@ -176,7 +198,10 @@ def _grid(draw: Any, transform: Any, crs: Any, w: int, h: int, font: Any) -> Non
                 draw.text((_LEFT - 7 - tw, py - 6), text, fill=_INK, font=font)
             v += step
     draw.text((_LEFT + w - 14, _TOP + 4), "N", fill=_INK, font=font)
-    draw.polygon([(_LEFT + w - 10, _TOP + 18), (_LEFT + w - 14, _TOP + 28), (_LEFT + w - 6, _TOP + 28)], fill=_INK)
+    draw.polygon(
+        [(_LEFT + w - 10, _TOP + 18), (_LEFT + w - 14, _TOP + 28), (_LEFT + w - 6, _TOP + 28)],
+        fill=_INK,
+    )
 
 
 def _metres_per_pixel(transform: Any, crs: Any, h: int) -> float:
@@ -199,7 +224,9 @@ def _scale_bar(draw: Any, transform: Any, crs: Any, w: int, h: int, font: Any) -
     mpp = _metres_per_pixel(transform, crs, h)
     quarter = w * mpp / 4
     power = 10 ** math.floor(math.log10(quarter))
-    length = max(m * power for m in (1, 2, 5) if m * power <= quarter)  # at most a quarter of the map
+    length = max(
+        m * power for m in (1, 2, 5) if m * power <= quarter
+    )  # at most a quarter of the map
     px = length / mpp
     x, y = _LEFT, _TOP + h + 30
     draw.rectangle([x, y, x + px / 2, y + 6], fill=_INK)
@@ -216,8 +243,17 @@ def format_area(m2: float, square: str = "²") -> str:
     return f"{m2 / 1e4:,.2f} ha".replace(",", " ")
 
 
-def _legend(draw: Any, values: list[int], classes: dict[int, Any], cmap: dict[int, Any],
-            areas: dict[int, dict[str, Any]] | None, x: int, y: int, font: Any, small: Any) -> None:
+def _legend(
+    draw: Any,
+    values: list[int],
+    classes: dict[int, Any],
+    cmap: dict[int, Any],
+    areas: dict[int, dict[str, Any]] | None,
+    x: int,
+    y: int,
+    font: Any,
+    small: Any,
+) -> None:
     draw.text((x, y), "classes" + (" and areas" if areas else ""), fill=_INK, font=font)
     y += 26
     for v in values:

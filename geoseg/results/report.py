@@ -85,24 +85,34 @@ def render_report(report: dict[str, Any], folder: Path, page: Path) -> str:
     """The page for a batch report (:meth:`geoseg.jobs.batch.BatchReport.as_dict`), whose scene
     outputs are named relative to ``folder``, linked relative to ``page``."""
     e = html.escape
-    scenes = sorted(report.get("scenes", []), key=lambda s: (STATUS_ORDER.get(s.get("status", ""), 9)))
+    scenes = sorted(
+        report.get("scenes", []), key=lambda s: STATUS_ORDER.get(s.get("status", ""), 9)
+    )
     rel = os.path.relpath(folder, page.parent)
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             f'<meta name="generator" content="{e(_marker(str(report.get("job", ""))))}">',
-             f"<title>geoseg job report: {e(Path(str(report.get('job', 'job'))).name)}</title>",
-             f"<style>{_CSS}</style></head><body>",
-             f"<h1>geoseg job report: {e(Path(str(report.get('job', ''))).name)}</h1>",
-             f'<p class="muted">{e(str(report.get("job", "")))} · geoseg {e(str(report.get("geoseg_version", "")))}</p>',
-             '<table class="totals"><tr>']
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f'<meta name="generator" content="{e(_marker(str(report.get("job", ""))))}">',
+        f"<title>geoseg job report: {e(Path(str(report.get('job', 'job'))).name)}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>geoseg job report: {e(Path(str(report.get('job', ''))).name)}</h1>",
+        f'<p class="muted">{e(str(report.get("job", "")))} · geoseg {e(str(report.get("geoseg_version", "")))}</p>',
+        '<table class="totals"><tr>',
+    ]
     for key in ("done", "partial", "skipped", "failed"):
         parts.append(f'<td><span class="status {key}">{key}</span> {int(report.get(key, 0))}</td>')
     mps = report.get("megapixels_per_second")
-    parts.append(f"<td>{float(report.get('megapixels', 0)):.1f} Mpx in {float(report.get('seconds', 0)):.1f} s"
-                 + (f" ({float(mps):.2f} Mpx/s)" if mps else "") + "</td></tr></table>")
+    parts.append(
+        f"<td>{float(report.get('megapixels', 0)):.1f} Mpx in {float(report.get('seconds', 0)):.1f} s"
+        + (f" ({float(mps):.2f} Mpx/s)" if mps else "")
+        + "</td></tr></table>"
+    )
     parts.append(_job_areas(scenes))
-    parts.append('<h2>Scenes</h2><table id="scenes"><thead><tr><th>status</th><th>scene</th>'
-                 '<th class="num">time</th><th class="num">Mpx/s</th><th class="num">skipped tiles</th>'
-                 "<th>class areas</th><th>quicklook</th><th>outputs</th></tr></thead><tbody>")
+    parts.append(
+        '<h2>Scenes</h2><table id="scenes"><thead><tr><th>status</th><th>scene</th>'
+        '<th class="num">time</th><th class="num">Mpx/s</th><th class="num">skipped tiles</th>'
+        "<th>class areas</th><th>quicklook</th><th>outputs</th></tr></thead><tbody>"
+    )
     for s in scenes:
         parts.append(_scene_row(s, folder, rel))
     parts.append("</tbody></table></body></html>")
@@ -114,8 +124,12 @@ def _areas_list(areas: dict[str, Any]) -> str:
     items = []
     for a in sorted(areas.values(), key=lambda a: -float(a.get("area_m2", 0))):
         colour = a.get("color")
-        swatch = f'<span class="swatch" style="background:{e(str(colour))}"></span>' if colour else ""
-        items.append(f"<li>{swatch}{e(str(a.get('class_name', '')))}: {e(format_area(float(a.get('area_m2', 0))))}</li>")
+        swatch = (
+            f'<span class="swatch" style="background:{e(str(colour))}"></span>' if colour else ""
+        )
+        items.append(
+            f"<li>{swatch}{e(str(a.get('class_name', '')))}: {e(format_area(float(a.get('area_m2', 0))))}</li>"
+        )
     return '<ul class="areas">' + "".join(items) + "</ul>"
 
 
@@ -124,8 +138,15 @@ def _job_areas(scenes: list[dict[str, Any]]) -> str:
     total: dict[str, dict[str, Any]] = {}
     for s in scenes:
         for a in (s.get("class_areas") or {}).values():
-            t = total.setdefault(str(a.get("class_name")), {"class_name": a.get("class_name"), "area_m2": 0.0,
-                                                            "pixels": 0, "color": a.get("color")})
+            t = total.setdefault(
+                str(a.get("class_name")),
+                {
+                    "class_name": a.get("class_name"),
+                    "area_m2": 0.0,
+                    "pixels": 0,
+                    "color": a.get("color"),
+                },
+            )
             t["area_m2"] += float(a.get("area_m2", 0))
             t["pixels"] += int(a.get("pixels", 0))
     if not total:
@@ -135,9 +156,12 @@ def _job_areas(scenes: list[dict[str, Any]]) -> str:
         f'<tr><td>{f"""<span class="swatch" style="background:{e(str(a["color"]))}"></span>""" if a["color"] else ""}'
         f'{e(str(a["class_name"]))}</td><td class="num">{a["pixels"]:,}</td>'
         f'<td class="num">{e(format_area(a["area_m2"]))}</td></tr>'
-        for a in sorted(total.values(), key=lambda a: -a["area_m2"]))
-    return ('<h2>Class areas of the job</h2><table id="job-areas"><thead><tr><th>class</th>'
-            f'<th class="num">pixels</th><th class="num">area</th></tr></thead><tbody>{rows}</tbody></table>')
+        for a in sorted(total.values(), key=lambda a: -a["area_m2"])
+    )
+    return (
+        '<h2>Class areas of the job</h2><table id="job-areas"><thead><tr><th>class</th>'
+        f'<th class="num">pixels</th><th class="num">area</th></tr></thead><tbody>{rows}</tbody></table>'
+    )
 
 
 def _scene_row(s: dict[str, Any], folder: Path, rel: str) -> str:
@@ -151,12 +175,14 @@ def _scene_row(s: dict[str, Any], folder: Path, rel: str) -> str:
     thumb = thumbnail(folder / png) if png else None
     links = " ".join(f'<a href="{e(_href(rel, o))}">{e(o)}</a><br>' for o in outputs)
     error = f'<div class="err">{e(str(s["error"]))}</div>' if s.get("error") else ""
-    return (f'<tr class="scene {e(status)}"><td><span class="status {e(status)}">{e(status)}</span></td>'
-            f"<td>{e(str(s.get('scene', '')))}{error}</td><td class=\"num\">{seconds:.1f} s</td>"
-            f'<td class="num">{speed}</td><td class="num">{int(s.get("skipped_tiles") or 0)}</td>'
-            f"<td>{_areas_list(s.get('class_areas') or {})}</td>"
-            f'<td>{f"""<img src="{thumb}" alt="quicklook of {e(str(s.get("scene", "")))}">""" if thumb else ""}</td>'
-            f"<td>{links}</td></tr>")
+    return (
+        f'<tr class="scene {e(status)}"><td><span class="status {e(status)}">{e(status)}</span></td>'
+        f'<td>{e(str(s.get("scene", "")))}{error}</td><td class="num">{seconds:.1f} s</td>'
+        f'<td class="num">{speed}</td><td class="num">{int(s.get("skipped_tiles") or 0)}</td>'
+        f"<td>{_areas_list(s.get('class_areas') or {})}</td>"
+        f'<td>{f"""<img src="{thumb}" alt="quicklook of {e(str(s.get("scene", "")))}">""" if thumb else ""}</td>'
+        f"<td>{links}</td></tr>"
+    )
 
 
 def _href(rel: str, name: str) -> str:
@@ -166,7 +192,9 @@ def _href(rel: str, name: str) -> str:
     return quote(path.replace(os.sep, "/"))
 
 
-def write_report(report: dict[str, Any], folder: str | os.PathLike[str], page: str | os.PathLike[str]) -> Path:
+def write_report(
+    report: dict[str, Any], folder: str | os.PathLike[str], page: str | os.PathLike[str]
+) -> Path:
     """Write the HTML report (:func:`render_report`) to ``page`` atomically, with the umask."""
     page = Path(page)
     text = render_report(report, Path(folder), page)

@@ -26,11 +26,17 @@ def check_stats_section(section: Any, base: Path) -> tuple[dict[str, Any] | None
     problems: list[str] = []
     fmt = str(out.get("format", "csv"))
     if f".{fmt}" not in STATS_FORMATS:
-        problems.append(f"stats.format: {fmt!r} is not one of {', '.join(f[1:] for f in STATS_FORMATS)}")
+        problems.append(
+            f"stats.format: {fmt!r} is not one of {', '.join(f[1:] for f in STATS_FORMATS)}"
+        )
     if fmt == "gpkg" and not out.get("zones"):
         problems.append("stats.format: gpkg holds zones; give stats.zones, or use csv or parquet")
     if out.get("zones"):
-        out["zones"] = str((base / str(out["zones"])).resolve()) if "://" not in str(out["zones"]) else out["zones"]
+        out["zones"] = (
+            str((base / str(out["zones"])).resolve())
+            if "://" not in str(out["zones"])
+            else out["zones"]
+        )
         try:
             read_zones(out["zones"], out.get("zone_field"))
         except ResultsError as exc:
@@ -50,27 +56,41 @@ def scene_outputs(classes: Path, stats: dict[str, Any] | None, quicklook: bool) 
     return out
 
 
-def scene_results(outs: dict[str, Path], stats: dict[str, Any] | None, client: Any,
-                  max_in_flight: Any = None) -> dict[int, dict[str, Any]]:
+def scene_results(
+    outs: dict[str, Path], stats: dict[str, Any] | None, client: Any, max_in_flight: Any = None
+) -> dict[int, dict[str, Any]]:
     """Count the scene's class raster on the job's cluster, write its stats table and quicklook
     (as ``outs`` asks), and return its class areas (:meth:`StatsResult.totals`)."""
     from geoseg.results.quicklook import quicklook
     from geoseg.results.stats import stats as count
 
     classes = outs["classes"]
-    whole = count(classes, outs["stats"] if stats is not None and not stats.get("zones") else None,
-                  overwrite=True, client=client, max_in_flight=max_in_flight)
+    whole = count(
+        classes,
+        outs["stats"] if stats is not None and not stats.get("zones") else None,
+        overwrite=True,
+        client=client,
+        max_in_flight=max_in_flight,
+    )
     if stats is not None and stats.get("zones"):
-        count(classes, outs["stats"], zones=stats["zones"], zone_field=stats.get("zone_field"),
-              overwrite=True, client=client, max_in_flight=max_in_flight)
+        count(
+            classes,
+            outs["stats"],
+            zones=stats["zones"],
+            zone_field=stats.get("zone_field"),
+            overwrite=True,
+            client=client,
+            max_in_flight=max_in_flight,
+        )
     areas = whole.totals()
     if "quicklook" in outs:
         quicklook(classes, outs["quicklook"], areas, overwrite=True)
     return areas
 
 
-def add_class_counts(item: dict[str, Any], areas: dict[int, dict[str, Any]],
-                     thumbnail: Path | None = None) -> dict[str, Any]:
+def add_class_counts(
+    item: dict[str, Any], areas: dict[int, dict[str, Any]], thumbnail: Path | None = None
+) -> dict[str, Any]:
     """Each class of a STAC item's ``classes`` asset gains its ``count`` and ``percentage``
     (classification extension) and ``geoseg:area_m2``; the quicklook becomes its thumbnail."""
     valid = sum(a["pixels"] for a in areas.values()) or 1
@@ -80,8 +100,12 @@ def add_class_counts(item: dict[str, Any], areas: dict[int, dict[str, Any]],
         c["percentage"] = round(100.0 * a["pixels"] / valid, 6)
         c["geoseg:area_m2"] = float(a["area_m2"])
     if thumbnail is not None:
-        item.setdefault("assets", {})["thumbnail"] = {"href": thumbnail.name, "type": "image/png",
-                                                     "roles": ["thumbnail"], "title": "quicklook"}
+        item.setdefault("assets", {})["thumbnail"] = {
+            "href": thumbnail.name,
+            "type": "image/png",
+            "roles": ["thumbnail"],
+            "title": "quicklook",
+        }
     return item
 
 

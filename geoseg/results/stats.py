@@ -21,10 +21,10 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from geoseg.raster.block_cache import READ_CACHE_BYTES
-from geoseg.errors import ResultsError, first_line
 from geoseg.classes import ClassInfo
+from geoseg.errors import ResultsError, first_line
 from geoseg.fs import check_distinct_paths
+from geoseg.raster.block_cache import READ_CACHE_BYTES
 from geoseg.raster.read import no_georef_warning, open_scene, read_env
 from geoseg.results.areas import row_areas
 from geoseg.results.classes import name_of, raster_class_info
@@ -86,8 +86,13 @@ def count_block(task: StatsTask) -> BlockCounts:
         data = src.read(1, window=window)
         # an internal mask or alpha: kept apart, so the values keep their own small type
         valid = src.read_masks(1, window=window) > 0 if task.masked else None
-    areas = row_areas(CRS.from_wkt(task.crs_wkt), Affine(*task.transform), task.raster_height,
-                      task.row_off, task.height)
+    areas = row_areas(
+        CRS.from_wkt(task.crs_wkt),
+        Affine(*task.transform),
+        task.raster_height,
+        task.row_off,
+        task.height,
+    )
     if not task.zones and valid is None and bool(np.all(areas == areas[0])):
         found = _count_known(data, task.values, task.nodata)
         if found is not None:
@@ -95,8 +100,13 @@ def count_block(task: StatsTask) -> BlockCounts:
             return _block_counts(np.full(1, -1, np.int64), pixels, pixels * areas[0])
     if not task.zones:  # each row one run of the one zone -1
         h, w = data.shape
-        runs = Runs(np.zeros(h, np.int64), np.arange(h, dtype=np.int64), np.zeros(h, np.int64),
-                    np.full(h, w, np.int64), np.ones(h))
+        runs = Runs(
+            np.zeros(h, np.int64),
+            np.arange(h, dtype=np.int64),
+            np.zeros(h, np.int64),
+            np.full(h, w, np.int64),
+            np.ones(h),
+        )
         pixels, area = _count_runs(data, valid, runs, 1, task, areas)
         return _block_counts(np.full(1, -1, np.int64), pixels, area)
     zone_ids, pixels, area = _count_zones(task, data, valid, areas)
@@ -131,7 +141,9 @@ def _block_counts(zone_ids: np.ndarray, pixels: np.ndarray, area: np.ndarray) ->
     return BlockCounts(zone_ids[z], v.astype(np.int64), pixels[z, v], area[z, v])
 
 
-def _count_known(data: np.ndarray, values: tuple[int, ...], nodata: int | None) -> np.ndarray | None:
+def _count_known(
+    data: np.ndarray, values: tuple[int, ...], nodata: int | None
+) -> np.ndarray | None:
     """Pixels of each of the raster's class ``values`` by comparisons (a few times faster than
     a bincount, which widens every pixel to 64 bits); None when the block holds other values."""
     if not values or data.dtype.kind not in "ui":
@@ -175,8 +187,10 @@ class _BitPrefix:
 
     def __init__(self, flags: np.ndarray) -> None:
         packed = np.packbits(flags.ravel(), bitorder="little")
-        padded = np.zeros(len(packed) + (-len(packed)) % 8 + 8, np.uint8)  # a spare word: position n
-        padded[:len(packed)] = packed
+        padded = np.zeros(
+            len(packed) + (-len(packed)) % 8 + 8, np.uint8
+        )  # a spare word: position n
+        padded[: len(packed)] = packed
         self.words = padded.view("<u8")
         self.before = np.zeros(len(self.words) + 1, np.int64)
         np.cumsum(_popcount(self.words), out=self.before[1:])
@@ -193,8 +207,14 @@ class _BitPrefix:
         return int(self.before[-1])
 
 
-def _count_runs(data: np.ndarray, valid: np.ndarray | None, runs: Runs, count: int, task: StatsTask,
-                areas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _count_runs(
+    data: np.ndarray,
+    valid: np.ndarray | None,
+    runs: Runs,
+    count: int,
+    task: StatsTask,
+    areas: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
     """Pixels and m² by (label, value) of the runs of a block, as two ``(count, values)`` arrays.
 
     Value by value: the pixels holding it as bits (:class:`_BitPrefix`), counted within each
@@ -218,10 +238,14 @@ def _count_runs(data: np.ndarray, valid: np.ndarray | None, runs: Runs, count: i
         if i == len(values):
             if seen + invalid == data.size:
                 break
-            found = np.bincount((data if valid is None else data[valid]).ravel().astype(np.int64)
-                                - int(info.min))
-            values += [int(v) + int(info.min) for v in np.flatnonzero(found)
-                       if int(v) + int(info.min) not in out and int(v) + int(info.min) != task.nodata]
+            found = np.bincount(
+                (data if valid is None else data[valid]).ravel().astype(np.int64) - int(info.min)
+            )
+            values += [
+                int(v) + int(info.min)
+                for v in np.flatnonzero(found)
+                if int(v) + int(info.min) not in out and int(v) + int(info.min) != task.nodata
+            ]
             if i == len(values):  # pragma: no cover - the bincount finds every value
                 break
         v = values[i]
@@ -232,8 +256,10 @@ def _count_runs(data: np.ndarray, valid: np.ndarray | None, runs: Runs, count: i
         prefix = _BitPrefix(flags)
         seen += prefix.total
         got = (prefix(end) - prefix(begin)) * runs.weight
-        out[v] = (np.bincount(runs.label, weights=got, minlength=count),
-                  np.bincount(runs.label, weights=got * run_area, minlength=count))
+        out[v] = (
+            np.bincount(runs.label, weights=got, minlength=count),
+            np.bincount(runs.label, weights=got * run_area, minlength=count),
+        )
     size = max(out) + 1 if out else 1
     pixels, area = np.zeros((count, size)), np.zeros((count, size))
     for v, (p, a) in out.items():
@@ -242,8 +268,9 @@ def _count_runs(data: np.ndarray, valid: np.ndarray | None, runs: Runs, count: i
     return pixels, area
 
 
-def _count_zones(task: StatsTask, data: np.ndarray, valid: np.ndarray | None,
-                 areas: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _count_zones(
+    task: StatsTask, data: np.ndarray, valid: np.ndarray | None, areas: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pixels and m² by (zone, value): the zones' exact coverage of the block
     (:func:`geoseg.results.coverage.coverage`), its runs counted by :func:`_count_runs` and
     its edge cells weighted by their fractions; ``(zone ids, pixels, m²)``."""
@@ -253,10 +280,17 @@ def _count_zones(task: StatsTask, data: np.ndarray, valid: np.ndarray | None,
 
     h, w = data.shape
     geoms = shapely.from_wkb(np.asarray(task.zones, dtype=object))
-    cov = coverage(geoms, np.asarray(task.zone_ids, dtype=np.int64), h, w, col_off=task.col_off,
-                   row_off=task.row_off, flip_y=True)
+    cov = coverage(
+        geoms,
+        np.asarray(task.zone_ids, dtype=np.int64),
+        h,
+        w,
+        col_off=task.col_off,
+        row_off=task.row_off,
+        flip_y=True,
+    )
     zone_ids, local = np.unique(np.concatenate([cov.run_zone, cov.cell_zone]), return_inverse=True)
-    run_label, cell_label = local[:len(cov.run_zone)], local[len(cov.run_zone):]
+    run_label, cell_label = local[: len(cov.run_zone)], local[len(cov.run_zone) :]
     count = len(zone_ids)
     runs = Runs(run_label, cov.run_row, cov.run_start, cov.run_stop, cov.run_fraction)
     run_pixels, run_area = _count_runs(data, valid, runs, count, task, areas)
@@ -269,12 +303,14 @@ def _count_zones(task: StatsTask, data: np.ndarray, valid: np.ndarray | None,
         keep &= value != task.nodata
     size = max(run_pixels.shape[1], int(value[keep].max()) + 1 if keep.any() else 1)
     pixels, area = np.zeros((count, size)), np.zeros((count, size))
-    pixels[:, :run_pixels.shape[1]] += run_pixels
-    area[:, :run_area.shape[1]] += run_area
+    pixels[:, : run_pixels.shape[1]] += run_pixels
+    area[:, : run_area.shape[1]] += run_area
     key = cell_label[keep] * size + value[keep]
     frac = cov.cell_fraction[keep]
     pixels += np.bincount(key, weights=frac, minlength=count * size).reshape(count, size)
-    area += np.bincount(key, weights=frac * areas[cov.cell_row[keep]], minlength=count * size).reshape(count, size)
+    area += np.bincount(
+        key, weights=frac * areas[cov.cell_row[keep]], minlength=count * size
+    ).reshape(count, size)
     return zone_ids, pixels, area
 
 
@@ -302,25 +338,39 @@ def read_zones(path: str | os.PathLike[str], zone_field: str | None) -> Zones:
     try:
         info = pyogrio.read_info(path)
     except (DataSourceError, OSError) as exc:
-        raise ResultsError(f"cannot read zones {path}: {first_line(exc)}; give a GeoPackage, "
-                           "GeoJSON, Shapefile or another OGR vector file") from None
+        raise ResultsError(
+            f"cannot read zones {path}: {first_line(exc)}; give a GeoPackage, "
+            "GeoJSON, Shapefile or another OGR vector file"
+        ) from None
     fields = [str(f) for f in info["fields"]]
     if not info.get("crs"):
-        raise ResultsError(f"zones {path} have no CRS; assign one (ogr2ogr -a_srs EPSG:XXXX) so they "
-                           "can be matched with the raster")
+        raise ResultsError(
+            f"zones {path} have no CRS; assign one (ogr2ogr -a_srs EPSG:XXXX) so they "
+            "can be matched with the raster"
+        )
     if zone_field is not None and zone_field not in fields:
-        raise ResultsError(f"zones {path} have no field {zone_field!r}; their fields are: "
-                           + (", ".join(fields) or "(none)"))
+        raise ResultsError(
+            f"zones {path} have no field {zone_field!r}; their fields are: "
+            + (", ".join(fields) or "(none)")
+        )
     if info.get("geometry_type") and "polygon" not in str(info["geometry_type"]).lower():
-        raise ResultsError(f"zones {path} hold {info['geometry_type']} geometries; zones must be polygons")
-    meta, fids, wkb, data = pyogrio.raw.read(path, columns=[zone_field] if zone_field else [],
-                                             return_fids=True)
+        raise ResultsError(
+            f"zones {path} hold {info['geometry_type']} geometries; zones must be polygons"
+        )
+    meta, fids, wkb, data = pyogrio.raw.read(
+        path, columns=[zone_field] if zone_field else [], return_fids=True
+    )
     from pyproj import CRS as ProjCRS
 
     keys = list(data[0]) if zone_field else [int(f) for f in fids]
     crs_wkt = ProjCRS.from_user_input(meta["crs"]).to_wkt()
-    return Zones(path, zone_field or "zone", [k.item() if hasattr(k, "item") else k for k in keys],
-                 wkb, crs_wkt)
+    return Zones(
+        path,
+        zone_field or "zone",
+        [k.item() if hasattr(k, "item") else k for k in keys],
+        wkb,
+        crs_wkt,
+    )
 
 
 @dataclass
@@ -342,8 +392,10 @@ class StatsResult:
         for r in self.rows:
             c = self.classes.get(r["class"])
             colour = "#%02x%02x%02x" % tuple(c.color) if c is not None else None
-            t = out.setdefault(r["class"], {"class_name": r["class_name"], "color": colour, "pixels": 0,
-                                            "area_m2": 0.0})
+            t = out.setdefault(
+                r["class"],
+                {"class_name": r["class_name"], "color": colour, "pixels": 0, "area_m2": 0.0},
+            )
             t["pixels"] += r["pixels"]
             t["area_m2"] += r["area_m2"]
         return out
@@ -356,7 +408,9 @@ def _block_size(src: Any) -> int:
     return max(base, BLOCK // base * base)
 
 
-def _pixel_zones(zones: Zones, crs: Any, transform: Any, width: int, height: int) -> tuple[np.ndarray, Any]:
+def _pixel_zones(
+    zones: Zones, crs: Any, transform: Any, width: int, height: int
+) -> tuple[np.ndarray, Any]:
     """The zones reprojected into the raster's CRS and then into pixel coordinates (x = column,
     y = -row), and an STRtree over them; one line when none overlaps the raster."""
     import shapely
@@ -383,8 +437,10 @@ def _pixel_zones(zones: Zones, crs: Any, transform: Any, width: int, height: int
     pixel = shapely.make_valid(shapely.transform(geoms, to_pixels))
     extent = shapely.box(0, -height, width, 0)
     if not shapely.intersects(pixel, extent).any():
-        raise ResultsError(f"no zone of {zones.path} overlaps the raster; check that they cover the "
-                           "same area (and their CRS)")
+        raise ResultsError(
+            f"no zone of {zones.path} overlaps the raster; check that they cover the "
+            "same area (and their CRS)"
+        )
     return pixel, shapely.STRtree(pixel)
 
 
@@ -403,16 +459,24 @@ def _validity(raster: str) -> tuple[int | None, bool]:
     return None, True
 
 
-def plan_stats(raster: str, zones: Zones | None, block: int,
-               values: tuple[int, ...] = ()) -> tuple[list[StatsTask], Any]:
+def plan_stats(
+    raster: str, zones: Zones | None, block: int, values: tuple[int, ...] = ()
+) -> tuple[list[StatsTask], Any]:
     """Block tasks over the raster, each with the zones' parts inside its window."""
     import shapely
 
     info = open_scene(raster)
     assert info.crs is not None  # checked by stats()
     nodata, masked = _validity(raster)
-    base = dict(raster=raster, crs_wkt=info.crs.to_wkt(), transform=tuple(info.transform)[:6],
-                raster_height=info.height, nodata=nodata, masked=masked, values=values)
+    base = dict(
+        raster=raster,
+        crs_wkt=info.crs.to_wkt(),
+        transform=tuple(info.transform)[:6],
+        raster_height=info.height,
+        nodata=nodata,
+        masked=masked,
+        values=values,
+    )
     pixel = tree = None
     if zones is not None:
         pixel, tree = _pixel_zones(zones, info.crs, info.transform, info.width, info.height)
@@ -432,9 +496,17 @@ def plan_stats(raster: str, zones: Zones | None, block: int,
             keep = ~shapely.is_empty(parts)
             if not keep.any():
                 continue
-            tasks.append(StatsTask(row_off=r0, col_off=c0, height=h, width=w,
-                                   zone_ids=tuple(int(i) for i in hits[keep]),
-                                   zones=tuple(shapely.to_wkb(parts[keep])), **base))
+            tasks.append(
+                StatsTask(
+                    row_off=r0,
+                    col_off=c0,
+                    height=h,
+                    width=w,
+                    zone_ids=tuple(int(i) for i in hits[keep]),
+                    zones=tuple(shapely.to_wkb(parts[keep])),
+                    **base,
+                )
+            )
     return tasks, info
 
 
@@ -469,16 +541,20 @@ def stats(
     if output is not None:
         out = check_table_path(output, overwrite, "stats output", STATS_FORMATS)
         if out.suffix.lower() == ".gpkg" and zones is None:
-            raise ResultsError(f"a GeoPackage stats output ({out.name}) holds zones; give --zones, "
-                               "or write .csv or .parquet")
+            raise ResultsError(
+                f"a GeoPackage stats output ({out.name}) holds zones; give --zones, "
+                "or write .csv or .parquet"
+            )
         check_distinct_paths({"class raster": raster, "zones": zones}, {"stats output": out})
     info = open_scene(raster)
     with no_georef_warning(), rasterio.open(raster) as src:
         class_map, _ = raster_class_info(src, raster)
         block = block_size or _block_size(src)
     if info.crs is None or not info.georeferenced:
-        raise ResultsError(f"{raster} has no CRS or geotransform, so its pixels have no area; "
-                           "assign them first (gdal_edit.py -a_srs EPSG:XXXX -a_ullr ...)")
+        raise ResultsError(
+            f"{raster} has no CRS or geotransform, so its pixels have no area; "
+            "assign them first (gdal_edit.py -a_srs EPSG:XXXX -a_ullr ...)"
+        )
     row_areas(info.crs, info.transform, info.height, 0, 1)  # a rotated geographic grid fails here
     zone_set = read_zones(zones, zone_field) if zones is not None else None
     tasks, _ = plan_stats(raster, zone_set, block, tuple(sorted(class_map)))
@@ -491,10 +567,17 @@ def stats(
     stat = file_token(raster)
     with dask_session(client, scheduler, workers or cpu_count(), processes=True) as session:
         limit = max_in_flight or max(4, 2 * session.threads)
-        for _, res in stream(session.client, count_block, tasks, limit,
-                             key=lambda t, i: f"geoseg-stats-{tokenize(t, stat)}"):
+        for _, res in stream(
+            session.client,
+            count_block,
+            tasks,
+            limit,
+            key=lambda t, i: f"geoseg-stats-{tokenize(t, stat)}",
+        ):
             progress.update(1)
-            for z, v, p, a in zip(res.zone.tolist(), res.value.tolist(), res.pixels.tolist(), res.area.tolist()):
+            for z, v, p, a in zip(
+                res.zone.tolist(), res.value.tolist(), res.pixels.tolist(), res.area.tolist()
+            ):
                 s = sums.setdefault((z, v), [0.0, 0.0])
                 s[0] += p
                 s[1] += a
@@ -515,8 +598,9 @@ def stats(
     return result
 
 
-def _table(sums: dict[tuple[int, int], list[float]], class_map: dict[int, ClassInfo],
-           zones: Zones | None) -> StatsResult:
+def _table(
+    sums: dict[tuple[int, int], list[float]], class_map: dict[int, ClassInfo], zones: Zones | None
+) -> StatsResult:
     """Rows per zone (in the file's order) and class (every named class, then other values)."""
     values = sorted(set(class_map) | {v for _, v in sums})
     zone_ids = range(len(zones.keys)) if zones is not None else [-1]
@@ -527,13 +611,20 @@ def _table(sums: dict[tuple[int, int], list[float]], class_map: dict[int, ClassI
         valid_total += valid
         for v in values:
             p, a = sums.get((z, v), [0.0, 0.0])
-            row: dict[str, Any] = {"class": v, "class_name": name_of(class_map, v),
-                                   "pixels": int(round(p)) if zones is None else p,
-                                   "area_m2": a, "area_ha": a / 1e4, "share": a / valid if valid else 0.0}
+            row: dict[str, Any] = {
+                "class": v,
+                "class_name": name_of(class_map, v),
+                "pixels": int(round(p)) if zones is None else p,
+                "area_m2": a,
+                "area_ha": a / 1e4,
+                "share": a / valid if valid else 0.0,
+            }
             if zones is not None:
                 row = {zones.field: zones.keys[z], **row}
             rows.append(row)
-    return StatsResult(rows, zone_field=zones.field if zones is not None else None, valid_area_m2=valid_total)
+    return StatsResult(
+        rows, zone_field=zones.field if zones is not None else None, valid_area_m2=valid_total
+    )
 
 
 def class_column(name: str) -> str:
@@ -542,7 +633,9 @@ def class_column(name: str) -> str:
     return f"{safe}_m2"
 
 
-def _write_zones_gpkg(out: Path, zones: Zones, result: StatsResult, class_map: dict[int, ClassInfo]) -> None:
+def _write_zones_gpkg(
+    out: Path, zones: Zones, result: StatsResult, class_map: dict[int, ClassInfo]
+) -> None:
     """The zones with their own geometry and key, one ``<class>_m2`` column per class and
     ``valid_m2``, staged and renamed onto ``out``."""
     import pyogrio
@@ -561,18 +654,26 @@ def _write_zones_gpkg(out: Path, zones: Zones, result: StatsResult, class_map: d
     tmp = temporary_sibling(out, ".gpkg")
     os.unlink(tmp)  # the GPKG driver creates the file itself
     try:
-        pyogrio.raw.write(str(tmp), zones.wkb, [keys, *cols.values(), valid],
-                          [zones.field, *cols.keys(), "valid_m2"], crs=zones.crs_wkt,
-                          geometry_type="Unknown", driver="GPKG", layer=out.stem, promote_to_multi=False)
+        pyogrio.raw.write(
+            str(tmp),
+            zones.wkb,
+            [keys, *cols.values(), valid],
+            [zones.field, *cols.keys(), "valid_m2"],
+            crs=zones.crs_wkt,
+            geometry_type="Unknown",
+            driver="GPKG",
+            layer=out.stem,
+            promote_to_multi=False,
+        )
         publish(tmp, out)
     except BaseException:
         remove_quietly(tmp)
         raise
 
 
-def class_areas(raster: str | os.PathLike[str], client: Any = None,
-                max_in_flight: int | TaskSlots | None = None) -> dict[int, dict[str, Any]]:
+def class_areas(
+    raster: str | os.PathLike[str], client: Any = None, max_in_flight: int | TaskSlots | None = None
+) -> dict[int, dict[str, Any]]:
     """Per class of a whole class raster: ``{value: {"class_name", "pixels", "area_m2"}}``
     (for STAC items, quicklook legends and job reports)."""
     return stats(raster, client=client, max_in_flight=max_in_flight).totals()
-

@@ -22,14 +22,17 @@ from geoseg.fs import (
 TABLE_FORMATS = (".csv", ".parquet")
 
 
-def check_table_path(path: str | os.PathLike[str], overwrite: bool, what: str,
-                     formats: Sequence[str] = TABLE_FORMATS) -> Path:
+def check_table_path(
+    path: str | os.PathLike[str], overwrite: bool, what: str, formats: Sequence[str] = TABLE_FORMATS
+) -> Path:
     """The output path, checked before any work: a known extension, writable, not there unless
     ``overwrite``."""
     p = Path(path)
     if p.suffix.lower() not in formats:
-        raise ResultsError(f"unknown {what} format {p.suffix or '(no extension)'!r} for {p.name}; "
-                           f"use one of {', '.join(formats)}")
+        raise ResultsError(
+            f"unknown {what} format {p.suffix or '(no extension)'!r} for {p.name}; "
+            f"use one of {', '.join(formats)}"
+        )
     if p.suffix.lower() == ".parquet":
         require_pyarrow()
     return check_output_path(p, overwrite, what)
@@ -40,8 +43,9 @@ def require_pyarrow() -> None:
     try:
         import pyarrow  # noqa: F401
     except ImportError:
-        raise ResultsError("Parquet output needs pyarrow: pip install 'geoseg[parquet]', or write "
-                           ".csv") from None
+        raise ResultsError(
+            "Parquet output needs pyarrow: pip install 'geoseg[parquet]', or write .csv"
+        ) from None
 
 
 def publish(tmp: Path, final: Path) -> None:
@@ -69,7 +73,9 @@ def stage_table(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[st
             raise
         return tmp
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore")
+    writer = csv.DictWriter(
+        text, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore"
+    )
     writer.writeheader()
     for r in rows:
         writer.writerow({c: _cell(r.get(c)) for c in columns})

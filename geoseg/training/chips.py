@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import rasterio
@@ -29,23 +29,27 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
-from geoseg.raster.block_cache import READ_CACHE_BYTES
-from geoseg.classes import IGNORE_VALUE, ClassSpec, default_color
-from geoseg.classes import parse_value_map  # noqa: F401 - its old home, kept for callers
+from geoseg.classes import (
+    IGNORE_VALUE,
+    ClassInfo,
+    ClassSpec,
+    default_color,
+    parse_value_map,  # noqa: F401 - its old home, kept for callers
+)
 from geoseg.errors import ChipError, ChipsLockedError, FolderLockedError, first_line
-from geoseg.classes import ClassInfo
 from geoseg.fs import (
+    LOCK_NAME,
     atomic_path,
     check_distinct_paths,
     folder_lock,
-    LOCK_NAME,
     publish_all,
     remove_quietly,
     stage_bytes,
     temporary_sibling,
 )
-from geoseg.raster.read import no_georef_warning, open_scene, read_env, select_bands
 from geoseg.options import VECTOR_FORMATS, ChipOptions
+from geoseg.raster.block_cache import READ_CACHE_BYTES
+from geoseg.raster.read import no_georef_warning, open_scene, read_env, select_bands
 
 MANIFEST = "chips.json"
 INDEX = "index.gpkg"
@@ -62,6 +66,8 @@ STRIP_WIDTH = 8192
 FORMAT = "geoseg-chips"
 #: Label files read as vectors: what geoseg writes, and KML and GML.
 VECTOR_SUFFIXES = {*VECTOR_FORMATS, ".kml", ".gml"}
+
+
 @dataclass(frozen=True)
 class LabelSource:
     """Labels for one image: a raster (any grid, resampled by nearest) or a vector file."""
@@ -117,8 +123,13 @@ class ChipOutcome:
     bounds: tuple[float, float, float, float] | None = None
 
 
-def label_source(path: str, label_field: str | None, value_map: dict[str, int] | None,
-                 background: int | None = None, nodata_is_class: bool = False) -> LabelSource:
+def label_source(
+    path: str,
+    label_field: str | None,
+    value_map: dict[str, int] | None,
+    background: int | None = None,
+    nodata_is_class: bool = False,
+) -> LabelSource:
     """Classify and check a label path: raster, or vector with an existing field."""
     p = Path(path)
     if not p.exists() and not path.startswith("/vsi"):
@@ -132,7 +143,9 @@ def label_source(path: str, label_field: str | None, value_map: dict[str, int] |
             raise ChipError(f"cannot read vector labels {path}: {first_line(exc)}") from exc
         fields = [str(f) for f in info["fields"]]
         if label_field is None:
-            raise ChipError(f"vector labels need --label-field; {p.name} has fields: {', '.join(fields)}")
+            raise ChipError(
+                f"vector labels need --label-field; {p.name} has fields: {', '.join(fields)}"
+            )
         if label_field not in fields:
             raise ChipError(
                 f"label field {label_field!r} is not in {p.name}; its fields are: {', '.join(fields)}"
@@ -144,7 +157,9 @@ def label_source(path: str, label_field: str | None, value_map: dict[str, int] |
 
 def _class_spec(spec: "ClassSpec | None") -> dict[int, tuple[str, tuple[int, int, int] | None]]:
     """Names (and optional colours) per class value, from either form the API accepts."""
-    return {int(v): (x, None) if isinstance(x, str) else (x[0], x[1]) for v, x in (spec or {}).items()}
+    return {
+        int(v): (x, None) if isinstance(x, str) else (x[0], x[1]) for v, x in (spec or {}).items()
+    }
 
 
 def auto_chip_size(height: int, width: int) -> int:
@@ -182,9 +197,16 @@ SPLIT_DRAWS = 256
 
 
 def plan_windows(
-    height: int, width: int, size: int, stride: int, block: int,
-    val_fraction: float, test_fraction: float, seed: int | str,
-    block_classes: dict[tuple[int, int], np.ndarray] | None = None, stratify: bool = True,
+    height: int,
+    width: int,
+    size: int,
+    stride: int,
+    block: int,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int | str,
+    block_classes: dict[tuple[int, int], np.ndarray] | None = None,
+    stratify: bool = True,
 ) -> list[ChipWindow]:
     """Chip origins inside split blocks; whole blocks go to train, val or test (seeded).
 
@@ -213,13 +235,26 @@ def plan_windows(
         c_end = min(bc + block, width)
         for r in _starts(br, r_end, size, stride):
             for c in _starts(bc, c_end, size, stride):
-                out.append(ChipWindow(r, c, split_of.get((br, bc), "train"),
-                                      min(size, r_end - r), min(size, c_end - c)))
+                out.append(
+                    ChipWindow(
+                        r,
+                        c,
+                        split_of.get((br, bc), "train"),
+                        min(size, r_end - r),
+                        min(size, c_end - c),
+                    )
+                )
     return out
 
 
-def choose_split(blocks: list[tuple[int, int]], block_classes: dict[tuple[int, int], np.ndarray] | None,
-                 n_val: int, n_test: int, seed: int | str, stratify: bool = True) -> list[tuple[int, int]]:
+def choose_split(
+    blocks: list[tuple[int, int]],
+    block_classes: dict[tuple[int, int], np.ndarray] | None,
+    n_val: int,
+    n_test: int,
+    seed: int | str,
+    stratify: bool = True,
+) -> list[tuple[int, int]]:
     """Blocks in split order, validation first, then test, then train; only labelled blocks
     (keys of ``block_classes``) come before the first unlabelled one.
 
@@ -256,8 +291,11 @@ def choose_split(blocks: list[tuple[int, int]], block_classes: dict[tuple[int, i
         val = counts[rows[:n_val]].sum(axis=0)
         test = counts[rows[n_val : n_val + n_test]].sum(axis=0)
         train = total - val - test
-        score = (float((train > 0).sum()), float((val > 0).sum() + (test > 0).sum()),
-                 -(_share_error(val, total) + _share_error(test, total)))
+        score = (
+            float((train > 0).sum()),
+            float((val > 0).sum() + (test > 0).sum()),
+            -(_share_error(val, total) + _share_error(test, total)),
+        )
         if best is None or score > best:
             best, best_rows = score, rows
     chosen = [candidates[i] for i in best_rows]
@@ -273,7 +311,9 @@ def _share_error(part: np.ndarray, total: np.ndarray) -> float:
     return float(np.mean(np.abs(np.log((part + 1.0) / (expected + 1.0)))))
 
 
-def _block_classes(label: LabelSource, info: Any, block: int, ignore: int) -> dict[tuple[int, int], np.ndarray] | None:
+def _block_classes(
+    label: LabelSource, info: Any, block: int, ignore: int
+) -> dict[tuple[int, int], np.ndarray] | None:
     """Labelled pixels per class value (index 0..255) of each labelled split block, from a full read of a label
     raster on the image's grid, a strip of blocks at a time; None when that cannot be known
     cheaply (vector labels, another grid)."""
@@ -376,15 +416,28 @@ def run_chip_task(task: ChipTask) -> list[ChipOutcome]:
         try:
             if task.label.kind == "raster":
                 lbl_src = rasterio.open(task.label.path)
-                same = (lbl_src.crs == img.crs and lbl_src.transform == img.transform
-                        and lbl_src.shape == img.shape)
-                lbl = lbl_src if same else WarpedVRT(
-                    lbl_src, crs=img.crs, transform=img.transform, width=img.width,
-                    height=img.height, resampling=rasterio.enums.Resampling.nearest,
-                    nodata=lbl_src.nodata if lbl_src.nodata is not None else task.ignore_value,
+                same = (
+                    lbl_src.crs == img.crs
+                    and lbl_src.transform == img.transform
+                    and lbl_src.shape == img.shape
+                )
+                lbl = (
+                    lbl_src
+                    if same
+                    else WarpedVRT(
+                        lbl_src,
+                        crs=img.crs,
+                        transform=img.transform,
+                        width=img.width,
+                        height=img.height,
+                        resampling=rasterio.enums.Resampling.nearest,
+                        nodata=lbl_src.nodata if lbl_src.nodata is not None else task.ignore_value,
+                    )
                 )
                 if not np.issubdtype(np.dtype(lbl_src.dtypes[0]), np.integer):
-                    raise ChipError(f"label raster {task.label.path} holds {lbl_src.dtypes[0]}, not class numbers")
+                    raise ChipError(
+                        f"label raster {task.label.path} holds {lbl_src.dtypes[0]}, not class numbers"
+                    )
             for w in task.windows:
                 outcomes.append(_one_chip(task, img, lbl, w, out_dir))
         finally:
@@ -402,15 +455,22 @@ def _one_chip(task: ChipTask, img: Any, lbl: Any, w: ChipWindow, out_dir: Path) 
         data = img.read(list(task.bands), window=window)
         valid = img.dataset_mask(window=window) > 0
     except RasterioError as exc:
-        raise ChipError(f"cannot read window (col {w.col}, row {w.row}) of {task.image}: {exc}") from None
+        raise ChipError(
+            f"cannot read window (col {w.col}, row {w.row}) of {task.image}: {exc}"
+        ) from None
     if np.issubdtype(data.dtype, np.floating):
         valid &= ~np.isnan(data).any(axis=0)
     labels = _read_label_window(lbl, window, task, img)
     bad = labels[(labels != task.ignore_value) & (labels > 254)]
     if bad.size:
-        hint = (f"; if it means 'not labelled', pass --ignore-value {int(bad[0])}"
-                if int(bad[0]) <= 255 else "; recode the labels to 0..254")
-        raise ChipError(f"class value {int(bad[0])} out of range in {task.label.path}: classes must be 0..254{hint}")
+        hint = (
+            f"; if it means 'not labelled', pass --ignore-value {int(bad[0])}"
+            if int(bad[0]) <= 255
+            else "; recode the labels to 0..254"
+        )
+        raise ChipError(
+            f"class value {int(bad[0])} out of range in {task.label.path}: classes must be 0..254{hint}"
+        )
     labels = np.where(valid, labels, task.ignore_value).astype(np.uint8)
     n = h * wd
     nodata_frac = 1.0 - valid.sum() / n
@@ -430,18 +490,35 @@ def _one_chip(task: ChipTask, img: Any, lbl: Any, w: ChipWindow, out_dir: Path) 
         labels = np.pad(labels, pad, mode="constant", constant_values=task.ignore_value)
     transform = window_transform(window, img.transform)
     profile = {
-        "driver": "GTiff", "width": task.size, "height": task.size, "crs": img.crs,
-        "transform": transform, "compress": "deflate", "photometric": "minisblack",
+        "driver": "GTiff",
+        "width": task.size,
+        "height": task.size,
+        "crs": img.crs,
+        "transform": transform,
+        "compress": "deflate",
+        "photometric": "minisblack",
     }
-    _write_atomic(out_dir / "images" / f"{cid}.tif", data, {**profile, "count": data.shape[0],
-                  "dtype": data.dtype.name, "nodata": img.nodata})
-    _write_atomic(out_dir / "labels" / f"{cid}.tif", labels[None], {**profile, "count": 1,
-                  "dtype": "uint8", "nodata": task.ignore_value})
+    _write_atomic(
+        out_dir / "images" / f"{cid}.tif",
+        data,
+        {**profile, "count": data.shape[0], "dtype": data.dtype.name, "nodata": img.nodata},
+    )
+    _write_atomic(
+        out_dir / "labels" / f"{cid}.tif",
+        labels[None],
+        {**profile, "count": 1, "dtype": "uint8", "nodata": task.ignore_value},
+    )
     left, top = transform.c, transform.f
     right, bottom = left + transform.a * wd, top + transform.e * h
     return ChipOutcome(
-        cid, w.split, None, {int(v): int(c) for v, c in enumerate(hist) if c},
-        vals.sum(axis=1).tolist(), (vals**2).sum(axis=1).tolist(), int(valid.sum()), labeled_frac,
+        cid,
+        w.split,
+        None,
+        {int(v): int(c) for v, c in enumerate(hist) if c},
+        vals.sum(axis=1).tolist(),
+        (vals**2).sum(axis=1).tolist(),
+        int(valid.sum()),
+        labeled_frac,
         (left, bottom, right, top),
     )
 
@@ -513,13 +590,20 @@ class ChipsSummary:
     def table(self, classes: Sequence[ClassInfo]) -> str:
         names = {c.value: c.name for c in classes}
         splits = [s for s in ("train", "val", "test") if s in self.class_pixels]
-        lines = ["chips added: " + ", ".join(f"{s} {self.added.get(s, 0)}" for s in ("train", "val", "test"))]
+        lines = [
+            "chips added: "
+            + ", ".join(f"{s} {self.added.get(s, 0)}" for s in ("train", "val", "test"))
+        ]
         if self.dropped:
-            lines.append("dropped: " + ", ".join(f"{k} {v}" for k, v in sorted(self.dropped.items())))
+            lines.append(
+                "dropped: " + ", ".join(f"{k} {v}" for k, v in sorted(self.dropped.items()))
+            )
         lines.append(f"{'class':<20}" + "".join(f"{s:>12}" for s in splits))
         for v in sorted({v for s in splits for v in self.class_pixels[s]}):
             label = f"{v} {names.get(v, '')}"
-            lines.append(f"{label:<20}" + "".join(f"{self.class_pixels[s].get(v, 0):>12}" for s in splits))
+            lines.append(
+                f"{label:<20}" + "".join(f"{self.class_pixels[s].get(v, 0):>12}" for s in splits)
+            )
         return "\n".join(lines)
 
 
@@ -529,18 +613,24 @@ def load_manifest(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
     if not Path(out_dir).is_dir():
         raise ChipError(f"chips folder {out_dir} does not exist; run 'geoseg chip' first")
     if not path.exists():
-        raise ChipError(f"{out_dir} is not a chips folder (no {MANIFEST}); run 'geoseg chip' into it")
+        raise ChipError(
+            f"{out_dir} is not a chips folder (no {MANIFEST}); run 'geoseg chip' into it"
+        )
     try:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ChipError(f"{path} is damaged ({exc}); re-run 'geoseg chip' into a new folder") from exc
+        raise ChipError(
+            f"{path} is damaged ({exc}); re-run 'geoseg chip' into a new folder"
+        ) from exc
     if manifest.get("format") != FORMAT:
         raise ChipError(f"{path} is not a geoseg chips manifest")
     return manifest
 
 
 def manifest_classes(manifest: dict[str, Any]) -> list[ClassInfo]:
-    return [ClassInfo(int(c["value"]), str(c["name"]), tuple(c["color"])) for c in manifest["classes"]]
+    return [
+        ClassInfo(int(c["value"]), str(c["name"]), tuple(c["color"])) for c in manifest["classes"]
+    ]
 
 
 def make_chips(
@@ -569,7 +659,11 @@ def make_chips(
     ignore = IGNORE_VALUE if opts.ignore_value is None else int(opts.ignore_value)
     out = Path(out_dir)
     check_distinct_paths(
-        {f"{kind} of pair {i + 1}": path for i, pair in enumerate(pairs) for kind, path in zip(("image", "labels"), pair)},
+        {
+            f"{kind} of pair {i + 1}": path
+            for i, pair in enumerate(pairs)
+            for kind, path in zip(("image", "labels"), pair)
+        },
         {"chips manifest": out / MANIFEST, "chips index": out / INDEX},
         {"the chips image folder": out / "images", "the chips label folder": out / "labels"},
     )
@@ -581,7 +675,8 @@ def make_chips(
         with contextlib.ExitStack() as stack:
             try:  # one chip run per folder, and none while a batch job or predict writes there
                 stack.enter_context(
-                    folder_lock(out, exclusive=True, what="chip run", holder="geoseg chip"))
+                    folder_lock(out, exclusive=True, what="chip run", holder="geoseg chip")
+                )
             except FolderLockedError as exc:
                 raise ChipsLockedError(str(exc)) from None
             return _make_chips_locked(pairs, out, opts, ignore, workers, scheduler, client)
@@ -594,11 +689,21 @@ def make_chips(
 
 
 def _make_chips_locked(
-    pairs: Sequence[tuple[str, str]], out: Path, opts: ChipOptions, ignore: int, workers: int | None,
-    scheduler: str | None, client: Any,
+    pairs: Sequence[tuple[str, str]],
+    out: Path,
+    opts: ChipOptions,
+    ignore: int,
+    workers: int | None,
+    scheduler: str | None,
+    client: Any,
 ) -> ChipsSummary:
     """``make_chips`` while holding the folder's lock."""
-    size, class_names, min_labeled, max_nodata = opts.size, opts.class_spec, opts.min_labeled, opts.max_nodata
+    size, class_names, min_labeled, max_nodata = (
+        opts.size,
+        opts.class_spec,
+        opts.min_labeled,
+        opts.max_nodata,
+    )
     existing = load_manifest(out) if (out / MANIFEST).exists() else None
     for stale in out.glob(f"{STAGING}*"):  # left by a killed run (we hold the lock)
         shutil.rmtree(stale, ignore_errors=True)
@@ -617,7 +722,13 @@ def _make_chips_locked(
             band_names, dtype = names, info.dtype
         elif len(names) != len(band_names):
             raise ChipError(f"{image} gives {len(names)} bands, the first image {len(band_names)}")
-        src = label_source(labels, opts.label_field, opts.value_mapping, opts.background, opts.label_nodata_is_class)
+        src = label_source(
+            labels,
+            opts.label_field,
+            opts.value_mapping,
+            opts.background,
+            opts.label_nodata_is_class,
+        )
         area = _check_overlap(image, info, src)
         if size is None:
             size = auto_chip_size(*area)
@@ -632,15 +743,36 @@ def _make_chips_locked(
         iid = image_id(image)
         # seeded by the image's file name, not its position or folder: an image re-chipped alone,
         # or a copy of it elsewhere, gets the same split
-        windows = plan_windows(info.height, info.width, size, stride, block, opts.val_fraction,
-                               opts.test_fraction, f"{opts.seed}-{Path(_resolved(image)).name}", classes,
-                               opts.stratify)
+        windows = plan_windows(
+            info.height,
+            info.width,
+            size,
+            stride,
+            block,
+            opts.val_fraction,
+            opts.test_fraction,
+            f"{opts.seed}-{Path(_resolved(image)).name}",
+            classes,
+            opts.stratify,
+        )
         if iid in run_ids:
             raise ChipError(f"{image} is given twice; give each image once")
         run_ids.add(iid)
         for j in range(0, len(windows), 16):
-            tasks.append(ChipTask(image, iid, tuple(band_list), src, tuple(windows[j : j + 16]), size,
-                                  ignore, min_labeled, max_nodata, ""))
+            tasks.append(
+                ChipTask(
+                    image,
+                    iid,
+                    tuple(band_list),
+                    src,
+                    tuple(windows[j : j + 16]),
+                    size,
+                    ignore,
+                    min_labeled,
+                    max_nodata,
+                    "",
+                )
+            )
     if existing is not None:
         _check_compatible(out, existing, band_names, size, ignore, class_names)
         redone = {image_of_chip(c["id"]) for c in existing["chips"]} & run_ids
@@ -673,8 +805,21 @@ def _make_chips_locked(
                 f"no chip survived the filters ({', '.join(f'{k} removed {v}' for k, v in dropped.items())}); "
                 f"relax {worst}" + (" or check --ignore-value" if worst == "--min-labeled" else "")
             )
-        return _commit(out, stage, existing, run_ids, kept, dropped, band_names, str(dtype), size,
-                       ignore, _class_spec(class_names), opts.oversample_rare, [p[0] for p in pairs])
+        return _commit(
+            out,
+            stage,
+            existing,
+            run_ids,
+            kept,
+            dropped,
+            band_names,
+            str(dtype),
+            size,
+            ignore,
+            _class_spec(class_names),
+            opts.oversample_rare,
+            [p[0] for p in pairs],
+        )
     finally:
         _remove_stage(stage)
 
@@ -692,8 +837,9 @@ def _remove_stage(stage: Path, tries: int = 50) -> None:
         time.sleep(0.1)
 
 
-def _run_tasks(tasks: list[ChipTask], client: Any, scheduler: str | None,
-               workers: int | None) -> list[ChipOutcome]:
+def _run_tasks(
+    tasks: list[ChipTask], client: Any, scheduler: str | None, workers: int | None
+) -> list[ChipOutcome]:
     """Run the chip tasks (bounded, in Dask); outcomes in task order, as planned. Work still
     pending when one task fails is cancelled."""
     from geoseg.dask.session import dask_session
@@ -707,8 +853,14 @@ def _run_tasks(tasks: list[ChipTask], client: Any, scheduler: str | None,
     return [o for i in sorted(by_task) for o in by_task[i]]
 
 
-def _check_compatible(out: Path, existing: dict[str, Any], band_names: list[str], size: int, ignore: int,
-                      class_names: "ClassSpec | None") -> None:
+def _check_compatible(
+    out: Path,
+    existing: dict[str, Any],
+    band_names: list[str],
+    size: int,
+    ignore: int,
+    class_names: "ClassSpec | None",
+) -> None:
     """Refuse to add chips that do not fit a folder's bands, size, ignore value or class names."""
     if len(existing["bands"]) != len(band_names) or existing["size"] != size:
         raise ChipError(
@@ -717,9 +869,19 @@ def _check_compatible(out: Path, existing: dict[str, Any], band_names: list[str]
             f"{len(band_names)} bands and size {size}: use another folder"
         )
     if existing["ignore_value"] != ignore:
-        raise ChipError(f"chips folder {out} uses ignore value {existing['ignore_value']}, not {ignore}")
-    named = {int(c["value"]): c["name"] for c in existing["classes"] if not c["name"].startswith("class ")}
-    clash = {v: (named[v], n) for v, (n, _) in _class_spec(class_names).items() if v in named and named[v] != n}
+        raise ChipError(
+            f"chips folder {out} uses ignore value {existing['ignore_value']}, not {ignore}"
+        )
+    named = {
+        int(c["value"]): c["name"]
+        for c in existing["classes"]
+        if not c["name"].startswith("class ")
+    }
+    clash = {
+        v: (named[v], n)
+        for v, (n, _) in _class_spec(class_names).items()
+        if v in named and named[v] != n
+    }
     if clash:
         v, (old, new) = next(iter(clash.items()))
         raise ChipError(
@@ -729,9 +891,18 @@ def _check_compatible(out: Path, existing: dict[str, Any], band_names: list[str]
 
 
 def _commit(
-    out: Path, stage: Path, existing: dict[str, Any] | None, run_ids: set[str], kept: list[ChipOutcome],
-    dropped: dict[str, int], band_names: list[str], dtype: str, size: int, ignore: int,
-    class_names: dict[int, tuple[str, tuple[int, int, int] | None]], oversample_rare: float,
+    out: Path,
+    stage: Path,
+    existing: dict[str, Any] | None,
+    run_ids: set[str],
+    kept: list[ChipOutcome],
+    dropped: dict[str, int],
+    band_names: list[str],
+    dtype: str,
+    size: int,
+    ignore: int,
+    class_names: dict[int, tuple[str, tuple[int, int, int] | None]],
+    oversample_rare: float,
     images: list[str],
 ) -> ChipsSummary:
     """Move the staged chips in, replacing the chips of re-chipped images, and write the manifest
@@ -757,8 +928,20 @@ def _commit(
                 dst = out / kind / f"{o.id}.tif"
                 os.replace(stage / kind / f"{o.id}.tif", dst)
                 moved.append(dst)
-        return _update_manifest(out, existing, set(replaced), kept, dropped, band_names, dtype, size,
-                                ignore, class_names, oversample_rare, images)
+        return _update_manifest(
+            out,
+            existing,
+            set(replaced),
+            kept,
+            dropped,
+            band_names,
+            dtype,
+            size,
+            ignore,
+            class_names,
+            oversample_rare,
+            images,
+        )
     except BaseException:
         remove_quietly(*moved)
         for a, b in saved:
@@ -767,16 +950,34 @@ def _commit(
 
 
 def _update_manifest(
-    out: Path, existing: dict[str, Any] | None, replaced: set[str], kept: list[ChipOutcome],
-    dropped: dict[str, int], band_names: list[str], dtype: str, size: int, ignore: int,
+    out: Path,
+    existing: dict[str, Any] | None,
+    replaced: set[str],
+    kept: list[ChipOutcome],
+    dropped: dict[str, int],
+    band_names: list[str],
+    dtype: str,
+    size: int,
+    ignore: int,
     class_names: dict[int, tuple[str, tuple[int, int, int] | None]],
-    oversample_rare: float, images: list[str],
+    oversample_rare: float,
+    images: list[str],
 ) -> ChipsSummary:
     manifest = existing or {
-        "format": FORMAT, "version": 1, "bands": band_names, "dtype": dtype, "size": size,
-        "ignore_value": ignore, "classes": [], "chips": [], "images": [],
-        "stats": {"band_sum": [0.0] * len(band_names), "band_sumsq": [0.0] * len(band_names),
-                  "band_count": 0},
+        "format": FORMAT,
+        "version": 1,
+        "bands": band_names,
+        "dtype": dtype,
+        "size": size,
+        "ignore_value": ignore,
+        "classes": [],
+        "chips": [],
+        "images": [],
+        "stats": {
+            "band_sum": [0.0] * len(band_names),
+            "band_sumsq": [0.0] * len(band_names),
+            "band_count": 0,
+        },
     }
     manifest["chips"] = [c for c in manifest["chips"] if c["id"] not in replaced]
     stats = manifest["stats"]
@@ -785,20 +986,35 @@ def _update_manifest(
             stats["band_sum"] = [a + b for a, b in zip(stats["band_sum"], o.band_sum)]
             stats["band_sumsq"] = [a + b for a, b in zip(stats["band_sumsq"], o.band_sumsq)]
             stats["band_count"] += o.valid
-        manifest["chips"].append({
-            "id": o.id, "split": o.split, "hist": {str(k): v for k, v in o.hist.items()},
-            "labeled_fraction": round(o.labeled_fraction, 4), "bounds": o.bounds, "weight": 1.0,
-            "band_sum": o.band_sum, "band_sumsq": o.band_sumsq, "valid": o.valid,
-        })
+        manifest["chips"].append(
+            {
+                "id": o.id,
+                "split": o.split,
+                "hist": {str(k): v for k, v in o.hist.items()},
+                "labeled_fraction": round(o.labeled_fraction, 4),
+                "bounds": o.bounds,
+                "weight": 1.0,
+                "band_sum": o.band_sum,
+                "band_sumsq": o.band_sumsq,
+                "valid": o.valid,
+            }
+        )
     if replaced:  # re-chipped images: the statistics are summed again from every chip
         train = [c for c in manifest["chips"] if c["split"] == "train"]
-        stats["band_sum"] = [float(sum(c["band_sum"][b] for c in train)) for b in range(len(band_names))]
-        stats["band_sumsq"] = [float(sum(c["band_sumsq"][b] for c in train)) for b in range(len(band_names))]
+        stats["band_sum"] = [
+            float(sum(c["band_sum"][b] for c in train)) for b in range(len(band_names))
+        ]
+        stats["band_sumsq"] = [
+            float(sum(c["band_sumsq"][b] for c in train)) for b in range(len(band_names))
+        ]
         stats["band_count"] = int(sum(c["valid"] for c in train))
     manifest["images"] = sorted(set(manifest["images"]) | {_resolved(i) for i in images})
     n = max(stats["band_count"], 1)
     mean = [s / n for s in stats["band_sum"]]
-    std = [max(float(np.sqrt(max(q / n - m * m, 0.0))), 1e-6) for q, m in zip(stats["band_sumsq"], mean)]
+    std = [
+        max(float(np.sqrt(max(q / n - m * m, 0.0))), 1e-6)
+        for q, m in zip(stats["band_sumsq"], mean)
+    ]
     stats["mean"], stats["std"] = mean, std
     # classes: every value seen, named by the user where given, colours kept stable
     by_value = {int(c["value"]): c for c in manifest["classes"]}
@@ -806,7 +1022,9 @@ def _update_manifest(
     for v in sorted(seen | set(class_names)):
         if v == ignore:
             continue
-        entry = by_value.setdefault(v, {"value": v, "name": f"class {v}", "color": list(default_color(v))})
+        entry = by_value.setdefault(
+            v, {"value": v, "name": f"class {v}", "color": list(default_color(v))}
+        )
         if v in class_names:
             name, colour = class_names[v]
             entry["name"] = name
@@ -871,13 +1089,23 @@ def _write_index(out: Path, manifest: dict[str, Any]) -> Path | None:
         hists.append(json.dumps(c["hist"]))
         fracs.append(float(c["labeled_fraction"]))
     tmp = temporary_sibling(out / INDEX, ".gpkg")
-    remove_quietly(tmp)  # an unguessable name, created exclusively; the GPKG driver wants no file there
+    remove_quietly(
+        tmp
+    )  # an unguessable name, created exclusively; the GPKG driver wants no file there
     pyogrio.raw.write(
-        str(tmp), np.array(shapely.to_wkb(geoms), dtype=object),
-        [np.array(ids, dtype=object), np.array(splits, dtype=object), np.array(hists, dtype=object),
-         np.array(fracs)],
-        ["id", "split", "class_histogram", "labeled_fraction"], crs=crs,
-        geometry_type="Polygon", driver="GPKG", layer="chips",
+        str(tmp),
+        np.array(shapely.to_wkb(geoms), dtype=object),
+        [
+            np.array(ids, dtype=object),
+            np.array(splits, dtype=object),
+            np.array(hists, dtype=object),
+            np.array(fracs),
+        ],
+        ["id", "split", "class_histogram", "labeled_fraction"],
+        crs=crs,
+        geometry_type="Polygon",
+        driver="GPKG",
+        layer="chips",
     )
     return tmp
 

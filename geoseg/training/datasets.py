@@ -10,10 +10,10 @@ import rasterio
 import torch
 from torch.utils.data import Dataset
 
-from geoseg.training.chips import iter_chips, manifest_classes
 from geoseg.classes import IGNORE_VALUE
 from geoseg.errors import ChipError, first_line
 from geoseg.normalize import normalize
+from geoseg.training.chips import iter_chips, manifest_classes
 
 
 class ChipDataset(Dataset):
@@ -22,8 +22,15 @@ class ChipDataset(Dataset):
     Labels become class indices 0..K-1; "not labelled" and image nodata become IGNORE_VALUE.
     """
 
-    def __init__(self, root: str | Path, manifest: dict[str, Any], split: str, augment: bool = False,
-                 mean: list[float] | None = None, std: list[float] | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        manifest: dict[str, Any],
+        split: str,
+        augment: bool = False,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+    ) -> None:
         self.root = Path(root)
         self.augment = augment
         classes = manifest_classes(manifest)

@@ -11,9 +11,8 @@ import rasterio
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from geoseg.classes import IGNORE_VALUE
+from geoseg.classes import IGNORE_VALUE, read_class_names
 from geoseg.errors import EvaluationError, SceneError
-from geoseg.classes import read_class_names
 from geoseg.fs import check_distinct_paths, check_output_path, write_json_atomic
 from geoseg.raster.read import no_georef_warning, open_scene
 from geoseg.training.metrics import Scores
@@ -40,7 +39,9 @@ def evaluate(
     """
     if json_path is not None:
         check_output_path(json_path, overwrite, "JSON report")
-        check_distinct_paths({"prediction": prediction, "reference": reference}, {"JSON report": json_path})
+        check_distinct_paths(
+            {"prediction": prediction, "reference": reference}, {"JSON report": json_path}
+        )
     for p in (prediction, reference):
         open_scene(p)
     with no_georef_warning():
@@ -55,10 +56,17 @@ def evaluate(
         elif resample:
             if ref_src.crs is None or pred.crs is None:
                 raise EvaluationError("--resample needs both rasters georeferenced")
-            ref = WarpedVRT(ref_src, crs=pred.crs, transform=pred.transform, width=pred.width,
-                            height=pred.height, resampling=rasterio.enums.Resampling.nearest,
-                            nodata=ref_src.nodata if ref_src.nodata is not None else
-                            (ignore_value if ignore_value is not None else IGNORE_VALUE))
+            ref = WarpedVRT(
+                ref_src,
+                crs=pred.crs,
+                transform=pred.transform,
+                width=pred.width,
+                height=pred.height,
+                resampling=rasterio.enums.Resampling.nearest,
+                nodata=ref_src.nodata
+                if ref_src.nodata is not None
+                else (ignore_value if ignore_value is not None else IGNORE_VALUE),
+            )
         else:
             raise EvaluationError(
                 f"the grids differ (prediction {pred.width}x{pred.height} {pred.crs}, reference "
@@ -87,12 +95,19 @@ def evaluate(
         ref_src.close()
     present = np.flatnonzero(cm.sum(0) + cm.sum(1))
     if present.size == 0:
-        raise EvaluationError("no pixel is labelled in both rasters; check --ignore-value and nodata")
+        raise EvaluationError(
+            "no pixel is labelled in both rasters; check --ignore-value and nodata"
+        )
     sub = cm[np.ix_(present, present)]
     scores = Scores(sub, [f"{v} {names[int(v)]}" if int(v) in names else str(v) for v in present])
     if json_path is not None:
-        report = {"prediction": str(prediction), "reference": str(reference),
-                  "ignore_value": ignore_value, "values": [int(v) for v in present], **scores.as_dict()}
+        report = {
+            "prediction": str(prediction),
+            "reference": str(reference),
+            "ignore_value": ignore_value,
+            "values": [int(v) for v in present],
+            **scores.as_dict(),
+        }
         write_json_atomic(Path(json_path), report)
     return scores
 

@@ -79,7 +79,9 @@ class Scores:
         return {
             "classes": self.names,
             "miou": None if np.isnan(self.miou) else round(self.miou, 6),
-            "overall_accuracy": None if np.isnan(self.overall_accuracy) else round(self.overall_accuracy, 6),
+            "overall_accuracy": None
+            if np.isnan(self.overall_accuracy)
+            else round(self.overall_accuracy, 6),
             "kappa": None if np.isnan(self.kappa) else round(self.kappa, 6),
             "iou": clean(self.iou),
             "precision": clean(self.precision),
@@ -92,7 +94,9 @@ class Scores:
     def table(self) -> str:
         """A readable per-class table with the summary underneath."""
         width = max([len(n) for n in self.names] + [5])
-        lines = [f"{'class':<{width}}  {'IoU':>6} {'prec':>6} {'recall':>6} {'F1':>6} {'pixels':>10}"]
+        lines = [
+            f"{'class':<{width}}  {'IoU':>6} {'prec':>6} {'recall':>6} {'F1':>6} {'pixels':>10}"
+        ]
         for i, n in enumerate(self.names):
             vals = [self.iou[i], self.precision[i], self.recall[i], self.f1[i]]
             txt = " ".join("   n/a" if np.isnan(v) else f"{v:6.3f}" for v in vals)

@@ -19,19 +19,19 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from geoseg.version import __version__
-from geoseg.training.chips import load_manifest, manifest_classes
 from geoseg.classes import IGNORE_VALUE
-from geoseg.training.datasets import ChipDataset
-from geoseg.errors import ChipError, OutputError, TrainingError, first_line
 from geoseg.engines.infer import resolve_device
+from geoseg.errors import ChipError, OutputError, TrainingError, first_line
 from geoseg.fs import atomic_path, check_output_path, remove_quietly
-from geoseg.training.metrics import Scores, confusion_matrix
 from geoseg.models import create_model, get_architecture, output_stride
 from geoseg.models.checkpoint import ModelConfig, build_config, save_model
 from geoseg.models.pretrained import load_pretrained
 from geoseg.options import TrainOptions
 from geoseg.progress import Progress
+from geoseg.training.chips import load_manifest, manifest_classes
+from geoseg.training.datasets import ChipDataset
+from geoseg.training.metrics import Scores, confusion_matrix
+from geoseg.version import __version__
 
 DEFAULT_ARCH = "unet-small"
 #: Optimizer steps the automatic epoch count aims at, and its bounds.
@@ -137,7 +137,9 @@ def class_weights(pixels: dict[int, int], values: list[int], mode: str) -> torch
     return torch.tensor(w / w.mean(), dtype=torch.float32)
 
 
-def dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_VALUE) -> torch.Tensor:
+def dice_loss(
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_VALUE
+) -> torch.Tensor:
     """Soft Dice over labelled pixels, averaged over the classes present in the batch."""
     k = logits.shape[1]
     valid = (target != ignore_index).unsqueeze(1)
@@ -171,8 +173,13 @@ def lr_lambda(total_steps: int, warmup_steps: int, schedule: str) -> Callable[[i
 
 
 @torch.no_grad()
-def validate(network: nn.Module, dataset: ChipDataset, device: torch.device, names: list[str],
-             batch_size: int) -> Scores:
+def validate(
+    network: nn.Module,
+    dataset: ChipDataset,
+    device: torch.device,
+    names: list[str],
+    batch_size: int,
+) -> Scores:
     """Scores of ``network`` on every labelled pixel of ``dataset``."""
     network.eval()
     k = len(names)
@@ -204,10 +211,28 @@ def train(
     above 0 validates and keeps a moving average of the weights whose half-life is that many
     epochs (:class:`WeightAverage`) instead of the raw weights."""
     o = TrainOptions.from_keywords(options, **keywords)
-    arch, epochs, patience, batch_size, dice_weight = o.arch, o.epochs, o.patience, o.batch_size, o.dice_weight
+    arch, epochs, patience, batch_size, dice_weight = (
+        o.arch,
+        o.epochs,
+        o.patience,
+        o.batch_size,
+        o.dice_weight,
+    )
     lr, weight_decay, warmup_epochs, schedule, class_weighting = (
-        o.lr, o.weight_decay, o.warmup_epochs, o.schedule, o.class_weighting)
-    device, seed, workers, amp, precision, channels_last = o.device, o.seed, o.workers, o.amp, o.precision, o.channels_last
+        o.lr,
+        o.weight_decay,
+        o.warmup_epochs,
+        o.schedule,
+        o.class_weighting,
+    )
+    device, seed, workers, amp, precision, channels_last = (
+        o.device,
+        o.seed,
+        o.workers,
+        o.amp,
+        o.precision,
+        o.channels_last,
+    )
     pretrained, pretrained_bands = o.pretrained, o.pretrained_band_names
     ema = DEFAULT_EMA if o.ema is None else o.ema
     out = Path(output)
@@ -219,13 +244,19 @@ def train(
     manifest = load_manifest(chips_dir)
     classes = manifest_classes(manifest)
     if len(classes) < 2:
-        raise ChipError(f"chips in {chips_dir} hold {len(classes)} class(es); training needs at least 2")
+        raise ChipError(
+            f"chips in {chips_dir} hold {len(classes)} class(es); training needs at least 2"
+        )
     names = [c.name for c in classes]
     values = [c.value for c in classes]
     get_architecture(arch)
     kwargs = o.architecture_arguments
-    identity = {"arch": arch, "arch_kwargs": kwargs, "classes": [[c.value, c.name] for c in classes],
-                "bands": list(manifest["bands"])}
+    identity = {
+        "arch": arch,
+        "arch_kwargs": kwargs,
+        "classes": [[c.value, c.name] for c in classes],
+        "bands": list(manifest["bands"]),
+    }
     state: dict[str, Any] = {}
     if resume:
         state = _load_state(state_path, identity)
@@ -235,7 +266,9 @@ def train(
     network = create_model(arch, len(manifest["bands"]), len(classes), **kwargs)
     pretrained_from = None
     if pretrained is not None and not resume:  # a resumed run continues its own weights
-        pretrained_from = load_pretrained(network, arch, pretrained, manifest["bands"], pretrained_bands)
+        pretrained_from = load_pretrained(
+            network, arch, pretrained, manifest["bands"], pretrained_bands
+        )
         if not quiet:
             print(f"encoder starts from {pretrained_from}", file=sys.stderr, flush=True)
     if not resume:
@@ -254,10 +287,15 @@ def train(
     if len(train_ds) == 0:
         raise ChipError(f"{chips_dir} has no training chips; lower --val-fraction or add images")
     if len(val_ds) == 0 and not quiet:
-        print(f"no validation chips in {chips_dir}: keeping the last epoch, with no score "
-              "(chip with --val-fraction above 0 to measure one)", file=sys.stderr, flush=True)
-    config = build_config(network, arch, kwargs, manifest["bands"], mean, std, classes,
-                          manifest["ignore_value"])
+        print(
+            f"no validation chips in {chips_dir}: keeping the last epoch, with no score "
+            "(chip with --val-fraction above 0 to measure one)",
+            file=sys.stderr,
+            flush=True,
+        )
+    config = build_config(
+        network, arch, kwargs, manifest["bands"], mean, std, classes, manifest["ignore_value"]
+    )
     network.to(dev)
     if batch_size is None:
         # at least four steps an epoch: a small chip set needs updates more than big batches
@@ -271,15 +309,24 @@ def train(
     # auto: mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling), fp32 on
     # the CPU; bf16: bf16 autocast anywhere (CPUs with AMX or AVX-512 BF16 gain from it)
     use_amp = amp and (precision == "bf16" or (precision == "auto" and dev.type == "cuda"))
-    amp_dtype = (torch.bfloat16 if precision == "bf16" or dev.type != "cuda" or torch.cuda.is_bf16_supported()
-                 else torch.float16)
+    amp_dtype = (
+        torch.bfloat16
+        if precision == "bf16" or dev.type != "cuda" or torch.cuda.is_bf16_supported()
+        else torch.float16
+    )
     if dev.type == "cpu" and precision == "auto" and not quiet and cpu_has_native_bf16():
-        print("this CPU computes bf16 in hardware: --precision bf16 trained 1.2-1.7x as fast here "
-              "(2.1x for unet-small with --channels-last), at the same accuracy within noise "
-              "(docs/training.md)", file=sys.stderr, flush=True)
+        print(
+            "this CPU computes bf16 in hardware: --precision bf16 trained 1.2-1.7x as fast here "
+            "(2.1x for unet-small with --channels-last), at the same accuracy within noise "
+            "(docs/training.md)",
+            file=sys.stderr,
+            flush=True,
+        )
     if channels_last:
         network.to(memory_format=torch.channels_last)
-    train_pixels = {int(k): int(v) for k, v in manifest["stats"]["class_pixels"].get("train", {}).items()}
+    train_pixels = {
+        int(k): int(v) for k, v in manifest["stats"]["class_pixels"].get("train", {}).items()
+    }
     weights = class_weights(train_pixels, values, class_weighting).to(dev)
     optimizer = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
@@ -296,27 +343,46 @@ def train(
                 f"cannot resume from {state_path}: its weights do not fit {arch} ({first_line(exc)[:120]}); "
                 "train without --resume, with --overwrite"
             ) from None
-        start_epoch, best_miou, best_epoch = int(state["epoch"]), float(state["best_miou"]), int(state["best_epoch"])
+        start_epoch, best_miou, best_epoch = (
+            int(state["epoch"]),
+            float(state["best_miou"]),
+            int(state["best_epoch"]),
+        )
         gen.set_state(state["generator"])
         torch.set_rng_state(state["rng"])
         history = [EpochRecord(**h) for h in state["history"]]
         batch_size = int(state["batch_size"])
 
     def make_loader(bs: int) -> DataLoader:
-        sampler = WeightedRandomSampler(train_ds.weights, num_samples=len(train_ds), replacement=True,
-                                        generator=gen) if any(w != 1.0 for w in train_ds.weights) else None
-        return DataLoader(train_ds, batch_size=bs, shuffle=sampler is None, sampler=sampler,
-                          generator=gen, num_workers=workers, drop_last=len(train_ds) > bs,
-                          pin_memory=dev.type == "cuda")
+        sampler = (
+            WeightedRandomSampler(
+                train_ds.weights, num_samples=len(train_ds), replacement=True, generator=gen
+            )
+            if any(w != 1.0 for w in train_ds.weights)
+            else None
+        )
+        return DataLoader(
+            train_ds,
+            batch_size=bs,
+            shuffle=sampler is None,
+            sampler=sampler,
+            generator=gen,
+            num_workers=workers,
+            drop_last=len(train_ds) > bs,
+            pin_memory=dev.type == "cuda",
+        )
 
     loader = make_loader(batch_size)
     steps_per_epoch = max(1, len(loader))
     if epochs is None:
-        epochs = int(state["epochs"]) if resume and "epochs" in state else auto_epochs(steps_per_epoch)
+        epochs = (
+            int(state["epochs"]) if resume and "epochs" in state else auto_epochs(steps_per_epoch)
+        )
     if patience is None:
         patience = auto_patience(epochs)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(epochs * steps_per_epoch, int(warmup_epochs * steps_per_epoch), schedule)
+        optimizer,
+        lr_lambda(epochs * steps_per_epoch, int(warmup_epochs * steps_per_epoch), schedule),
     )
     if resume:
         scheduler.load_state_dict(state["scheduler"])
@@ -330,30 +396,63 @@ def train(
     kept = average.network if average is not None else network  # what is validated and saved
     best_scores: Scores | None = None
     for epoch in range(start_epoch, epochs):
-        if (len(val_ds) and patience and best_epoch and epoch - best_epoch >= patience
-                and epoch >= min_epochs(epochs)):
+        if (
+            len(val_ds)
+            and patience
+            and best_epoch
+            and epoch - best_epoch >= patience
+            and epoch >= min_epochs(epochs)
+        ):
             if not quiet:
-                print(f"stopping early: no better validation mIoU for {patience} epochs",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"stopping early: no better validation mIoU for {patience} epochs",
+                    file=sys.stderr,
+                    flush=True,
+                )
             break
         t0 = time.perf_counter()
         while True:
             try:
-                loss_avg = _run_epoch(network, loader, optimizer, scheduler, scaler, weights, dice_weight,
-                                      dev, use_amp, amp_dtype, quiet, epoch, epochs, channels_last, average)
+                loss_avg = _run_epoch(
+                    network,
+                    loader,
+                    optimizer,
+                    scheduler,
+                    scaler,
+                    weights,
+                    dice_weight,
+                    dev,
+                    use_amp,
+                    amp_dtype,
+                    quiet,
+                    epoch,
+                    epochs,
+                    channels_last,
+                    average,
+                )
                 break
             except torch.cuda.OutOfMemoryError:
                 if batch_size <= 1:
-                    raise TrainingError("out of GPU memory even with batch size 1; use a smaller arch or --device cpu") from None
+                    raise TrainingError(
+                        "out of GPU memory even with batch size 1; use a smaller arch or --device cpu"
+                    ) from None
                 batch_size //= 2
                 torch.cuda.empty_cache()
                 if not quiet:
-                    print(f"out of GPU memory: retrying epoch {epoch + 1} with batch size {batch_size}",
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"out of GPU memory: retrying epoch {epoch + 1} with batch size {batch_size}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 loader = make_loader(batch_size)
         val_scores = validate(kept, val_ds, dev, names, batch_size) if len(val_ds) else None
-        rec = EpochRecord(epoch + 1, loss_avg, optimizer.param_groups[0]["lr"], time.perf_counter() - t0,
-                          val_scores.as_dict() if val_scores is not None else None)
+        rec = EpochRecord(
+            epoch + 1,
+            loss_avg,
+            optimizer.param_groups[0]["lr"],
+            time.perf_counter() - t0,
+            val_scores.as_dict() if val_scores is not None else None,
+        )
         history.append(rec)
         if val_scores is None:
             improved = True  # nothing to choose by: the last epoch is kept
@@ -363,27 +462,68 @@ def train(
             improved = best_epoch == 0 or miou > best_miou
         if improved:
             best_miou, best_epoch, best_scores = miou, epoch + 1, val_scores
-            _save_best(out, kept, config, manifest, chips_dir, history, best_epoch, val_scores,
-                       dict(epochs=epochs, patience=patience, batch_size=batch_size, lr=lr, seed=seed,
-                            schedule=schedule, ema=ema,
-                            class_weighting=class_weighting, dice_weight=dice_weight,
-                            pretrained=pretrained_from))
+            _save_best(
+                out,
+                kept,
+                config,
+                manifest,
+                chips_dir,
+                history,
+                best_epoch,
+                val_scores,
+                dict(
+                    epochs=epochs,
+                    patience=patience,
+                    batch_size=batch_size,
+                    lr=lr,
+                    seed=seed,
+                    schedule=schedule,
+                    ema=ema,
+                    class_weighting=class_weighting,
+                    dice_weight=dice_weight,
+                    pretrained=pretrained_from,
+                ),
+            )
         if not quiet:
-            vtxt = (f"val mIoU {val_scores.miou:.4f} OA {val_scores.overall_accuracy:.4f}"
-                    if val_scores is not None else "no validation chips")
-            print(f"epoch {epoch + 1}/{epochs}  loss {loss_avg:.4f}  {vtxt}  "
-                  f"{rec.seconds:.1f}s{'  *best' if improved else ''}", file=sys.stderr, flush=True)
+            vtxt = (
+                f"val mIoU {val_scores.miou:.4f} OA {val_scores.overall_accuracy:.4f}"
+                if val_scores is not None
+                else "no validation chips"
+            )
+            print(
+                f"epoch {epoch + 1}/{epochs}  loss {loss_avg:.4f}  {vtxt}  "
+                f"{rec.seconds:.1f}s{'  *best' if improved else ''}",
+                file=sys.stderr,
+                flush=True,
+            )
         with atomic_path(state_path, ".pt") as tmp:
-            torch.save({
-                "model": {k: v.detach().cpu() for k, v in network.state_dict().items()},
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "epoch": epoch + 1, "best_miou": best_miou, "best_epoch": best_epoch,
-                "generator": gen.get_state(), "rng": torch.get_rng_state(),
-                "history": [h.__dict__ for h in history], "batch_size": batch_size, "epochs": epochs,
-                "identity": json.dumps(identity, sort_keys=True),
-                **({"ema": {k: v.detach().cpu() for k, v in average.network.state_dict().items()},
-                    "ema_steps": average.steps} if average is not None else {}),
-            }, tmp)
+            torch.save(
+                {
+                    "model": {k: v.detach().cpu() for k, v in network.state_dict().items()},
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "epoch": epoch + 1,
+                    "best_miou": best_miou,
+                    "best_epoch": best_epoch,
+                    "generator": gen.get_state(),
+                    "rng": torch.get_rng_state(),
+                    "history": [h.__dict__ for h in history],
+                    "batch_size": batch_size,
+                    "epochs": epochs,
+                    "identity": json.dumps(identity, sort_keys=True),
+                    **(
+                        {
+                            "ema": {
+                                k: v.detach().cpu() for k, v in average.network.state_dict().items()
+                            },
+                            "ema_steps": average.steps,
+                        }
+                        if average is not None
+                        else {}
+                    ),
+                },
+                tmp,
+            )
     return TrainResult(out, best_epoch, best_miou if len(val_ds) else None, history, best_scores)
 
 
@@ -394,7 +534,11 @@ def resume_state_path(output: Path) -> Path:
 
 def _describe(identity: dict[str, Any]) -> str:
     classes = ",".join(f"{v}={n}" for v, n in identity["classes"])
-    args = json.dumps(identity["arch_kwargs"], sort_keys=True) if identity["arch_kwargs"] else "default arguments"
+    args = (
+        json.dumps(identity["arch_kwargs"], sort_keys=True)
+        if identity["arch_kwargs"]
+        else "default arguments"
+    )
     return f"{identity['arch']} ({args}), classes {classes}, {len(identity['bands'])} bands"
 
 
@@ -403,10 +547,14 @@ def _load_state(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file: torch raises several kinds
-        raise TrainingError(f"cannot resume: {path} is damaged ({first_line(exc)[:120]}); "
-                            "train without --resume, with --overwrite") from None
+        raise TrainingError(
+            f"cannot resume: {path} is damaged ({first_line(exc)[:120]}); "
+            "train without --resume, with --overwrite"
+        ) from None
     if not isinstance(state, dict) or "model" not in state:
-        raise TrainingError(f"cannot resume: {path} is not a geoseg training state; train without --resume")
+        raise TrainingError(
+            f"cannot resume: {path} is not a geoseg training state; train without --resume"
+        )
     if "identity" in state:
         saved = json.loads(state["identity"])
         if saved != json.loads(json.dumps(identity, sort_keys=True)):
@@ -418,11 +566,23 @@ def _load_state(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
-def _run_epoch(network: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
-               scheduler: Any, scaler: Any, weights: torch.Tensor, dice_weight: float,
-               dev: torch.device, use_amp: bool, amp_dtype: torch.dtype, quiet: bool,
-               epoch: int, epochs: int, channels_last: bool = False,
-               average: WeightAverage | None = None) -> float:
+def _run_epoch(
+    network: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: Any,
+    weights: torch.Tensor,
+    dice_weight: float,
+    dev: torch.device,
+    use_amp: bool,
+    amp_dtype: torch.dtype,
+    quiet: bool,
+    epoch: int,
+    epochs: int,
+    channels_last: bool = False,
+    average: WeightAverage | None = None,
+) -> float:
     network.train()
     progress = Progress(len(loader), unit=f"batches (epoch {epoch + 1}/{epochs})", quiet=quiet)
     total, n = 0.0, 0
@@ -452,9 +612,17 @@ def _run_epoch(network: nn.Module, loader: DataLoader, optimizer: torch.optim.Op
     return total / max(n, 1)
 
 
-def _save_best(out: Path, network: nn.Module, config: ModelConfig, manifest: dict[str, Any],
-               chips_dir: Any, history: list[EpochRecord], best_epoch: int, scores: Scores | None,
-               options: dict[str, Any]) -> None:
+def _save_best(
+    out: Path,
+    network: nn.Module,
+    config: ModelConfig,
+    manifest: dict[str, Any],
+    chips_dir: Any,
+    history: list[EpochRecord],
+    best_epoch: int,
+    scores: Scores | None,
+    options: dict[str, Any],
+) -> None:
     config.training = {
         "chips": str(Path(chips_dir).resolve()),
         "images": manifest.get("images", []),

@@ -48,15 +48,21 @@ def _hex(c: Sequence[int]) -> str:
 
 def _fill(c: ClassInfo) -> dict[str, str]:
     """A QGIS SimpleFill in the class's colour with a thin dark outline."""
-    return {"color": f"{_rgb(c.color)},255", "outline_color": f"{_rgb(OUTLINE)},255",
-            "outline_style": "solid", "outline_width": "0.1", "outline_width_unit": "MM",
-            "style": "solid", "joinstyle": "bevel"}
+    return {
+        "color": f"{_rgb(c.color)},255",
+        "outline_color": f"{_rgb(OUTLINE)},255",
+        "outline_style": "solid",
+        "outline_width": "0.1",
+        "outline_width_unit": "MM",
+        "style": "solid",
+        "joinstyle": "bevel",
+    }
 
 
 def qml(classes: Sequence[ClassInfo], field: str = CLASS_FIELD) -> str:
     """A QGIS layer style (QML): a categorized renderer, one solid fill per class."""
     cats = "\n".join(
-        f"      <category render=\"true\" symbol=\"{i}\" value=\"{c.value}\" type=\"integer\" "
+        f'      <category render="true" symbol="{i}" value="{c.value}" type="integer" '
         f"label={quoteattr(c.name)}/>"
         for i, c in enumerate(classes)
     )
@@ -64,7 +70,9 @@ def qml(classes: Sequence[ClassInfo], field: str = CLASS_FIELD) -> str:
     for i, c in enumerate(classes):
         p = _fill(c)
         # both spellings: <Option> (QGIS >= 3.26) and <prop> (before), each reads its own
-        options = "\n".join(f'            <Option name="{k}" type="QString" value="{v}"/>' for k, v in p.items())
+        options = "\n".join(
+            f'            <Option name="{k}" type="QString" value="{v}"/>' for k, v in p.items()
+        )
         legacy = "\n".join(f'          <prop k="{k}" v="{v}"/>' for k, v in p.items())
         symbols.append(
             f'      <symbol type="fill" name="{i}" alpha="1" clip_to_extent="1" force_rhr="0">\n'
@@ -121,8 +129,13 @@ def _stamp(timestamp: str | None) -> str:
     return timestamp
 
 
-def write_gpkg_style(path: str | os.PathLike[str], classes: Sequence[ClassInfo], layer: str,
-                     geometry_column: str = "geom", timestamp: str | None = None) -> None:
+def write_gpkg_style(
+    path: str | os.PathLike[str],
+    classes: Sequence[ClassInfo],
+    layer: str,
+    geometry_column: str = "geom",
+    timestamp: str | None = None,
+) -> None:
     """Add the style as the layer's default in the GeoPackage's ``layer_styles`` table (QGIS's
     schema, registered in ``gpkg_contents`` as an attributes table)."""
     stamp = _stamp(timestamp)
@@ -141,13 +154,21 @@ def write_gpkg_style(path: str | os.PathLike[str], classes: Sequence[ClassInfo],
                 "INSERT INTO layer_styles (f_table_catalog, f_table_schema, f_table_name, "
                 "f_geometry_column, styleName, styleQML, styleSLD, useAsDefault, description, "
                 "owner, ui, update_time) VALUES ('', '', ?, ?, ?, ?, ?, 1, ?, '', NULL, ?)",
-                (layer, geometry_column, layer, qml(classes), sld(classes, layer),
-                 "geoseg: categorized by class", stamp),
+                (
+                    layer,
+                    geometry_column,
+                    layer,
+                    qml(classes),
+                    sld(classes, layer),
+                    "geoseg: categorized by class",
+                    stamp,
+                ),
             )
             con.execute(
                 "INSERT OR REPLACE INTO gpkg_contents (table_name, data_type, identifier, "
                 "description, last_change) VALUES ('layer_styles', 'attributes', 'layer_styles', "
-                "'', ?)", (stamp,),
+                "'', ?)",
+                (stamp,),
             )
     finally:
         con.close()

@@ -26,9 +26,8 @@ import rasterio
 from affine import Affine
 from rasterio.windows import Window
 
-from geoseg.raster.block_cache import READ_CACHE_BYTES
-from geoseg.errors import OutputError, VectorizeError, first_line
 from geoseg.classes import read_class_names
+from geoseg.errors import OutputError, VectorizeError, first_line
 from geoseg.fs import (
     check_distinct_paths,
     check_output_path,
@@ -37,8 +36,9 @@ from geoseg.fs import (
     remove_quietly,
     temporary_sibling,
 )
-from geoseg.raster.read import no_georef_warning, open_scene, read_env
 from geoseg.options import VECTOR_FORMATS
+from geoseg.raster.block_cache import READ_CACHE_BYTES
+from geoseg.raster.read import no_georef_warning, open_scene, read_env
 from geoseg.vector.styles import qml_sidecar, raster_classes, write_gpkg_style, write_qml_sidecar
 
 if TYPE_CHECKING:
@@ -103,7 +103,9 @@ def _structure(connectivity: int) -> np.ndarray:
     return ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
 
 
-def read_valid_classes(src: Any, window: Window, skip: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+def read_valid_classes(
+    src: Any, window: Window, skip: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
     """Class values and the mask of pixels that become polygons (not nodata, not skipped)."""
     data = src.read(1, window=window)
     valid = src.read_masks(1, window=window) > 0
@@ -112,7 +114,9 @@ def read_valid_classes(src: Any, window: Window, skip: Sequence[int]) -> tuple[n
     return data, valid
 
 
-def label_components(data: np.ndarray, valid: np.ndarray, connectivity: int) -> tuple[np.ndarray, np.ndarray]:
+def label_components(
+    data: np.ndarray, valid: np.ndarray, connectivity: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Connected components of equal class: label image (0 = none) and class per label."""
     from scipy import ndimage
 
@@ -142,8 +146,12 @@ def run_block_task(task: BlockTask) -> BlockResult:
             c1 = min(task.col_off + task.width + h, src.width)
             data, valid = read_valid_classes(src, Window(c0, r0, c1 - c0, r1 - r0), ())
             if task.sieve_pixels > 1:
-                data = sieve(data, size=task.sieve_pixels, connectivity=task.connectivity,
-                             mask=valid.astype(np.uint8))
+                data = sieve(
+                    data,
+                    size=task.sieve_pixels,
+                    connectivity=task.connectivity,
+                    mask=valid.astype(np.uint8),
+                )
             ys, xs = task.row_off - r0, task.col_off - c0
             data = data[ys : ys + task.height, xs : xs + task.width]
             valid = valid[ys : ys + task.height, xs : xs + task.width]
@@ -152,7 +160,9 @@ def run_block_task(task: BlockTask) -> BlockResult:
             probs = None
             if task.probabilities:
                 with rasterio.open(task.probabilities) as psrc:
-                    probs = psrc.read(window=Window(task.col_off, task.row_off, task.width, task.height))
+                    probs = psrc.read(
+                        window=Window(task.col_off, task.row_off, task.width, task.height)
+                    )
     labels, classes = label_components(data, valid, task.connectivity)
     n = len(classes)
     pixels = np.bincount(labels.ravel(), minlength=n)
@@ -171,7 +181,9 @@ def run_block_task(task: BlockTask) -> BlockResult:
     inner_geoms: list[Any] = []
     # shapes() builds in-memory rasters (the mask's has no geotransform): rasterio warns about them
     with no_georef_warning():
-        found = list(shapes(labels, mask=labels > 0, connectivity=task.connectivity, transform=transform))
+        found = list(
+            shapes(labels, mask=labels > 0, connectivity=task.connectivity, transform=transform)
+        )
     for geom, value in found:
         g = shapely.geometry.shape(geom)
         if on_border[int(value)]:
@@ -190,11 +202,27 @@ def run_block_task(task: BlockTask) -> BlockResult:
         if task.transform is not None:
             arr = apply_transform(arr, Affine(*task.transform))
         area, perim = Measurer.from_wkt(task.crs_wkt).many(arr)
-        finished = Finished(list(shapely.to_wkb(arr)), classes[ids], area, perim, pixels[ids],
-                            None if prob_sum is None else prob_sum[ids])
-    return BlockResult(task.block_row, task.block_col, classes, pixels, prob_sum, geoms,
-                       labels[0].copy(), labels[-1].copy(), labels[:, 0].copy(), labels[:, -1].copy(),
-                       finished)
+        finished = Finished(
+            list(shapely.to_wkb(arr)),
+            classes[ids],
+            area,
+            perim,
+            pixels[ids],
+            None if prob_sum is None else prob_sum[ids],
+        )
+    return BlockResult(
+        task.block_row,
+        task.block_col,
+        classes,
+        pixels,
+        prob_sum,
+        geoms,
+        labels[0].copy(),
+        labels[-1].copy(),
+        labels[:, 0].copy(),
+        labels[:, -1].copy(),
+        finished,
+    )
 
 
 class _Groups:
@@ -226,8 +254,9 @@ class _Groups:
         self.members[ra].extend(self.members.pop(rb))
 
 
-def _join_pairs(groups: _Groups, a: np.ndarray, b: np.ndarray, ca: np.ndarray, cb: np.ndarray,
-                connectivity: int) -> None:
+def _join_pairs(
+    groups: _Groups, a: np.ndarray, b: np.ndarray, ca: np.ndarray, cb: np.ndarray, connectivity: int
+) -> None:
     """Union components on two facing pixel lines (global ids ``a``/``b``, classes ``ca``/``cb``)."""
     offsets = (0,) if connectivity == 4 else (-1, 0, 1)
     n = len(a)
@@ -251,7 +280,9 @@ class Polygon:
     prob_sum: float | None
 
 
-def merge_blocks(results: Iterator[list[BlockResult]], connectivity: int, n_rows: int) -> Iterator[Polygon | Finished]:
+def merge_blocks(
+    results: Iterator[list[BlockResult]], connectivity: int, n_rows: int
+) -> Iterator[Polygon | Finished]:
     """Given block rows in order, yield each block's finished regions, and each region that
     crosses block borders once no later row can extend it."""
     import shapely
@@ -275,8 +306,12 @@ def merge_blocks(results: Iterator[list[BlockResult]], connectivity: int, n_rows
             for local, wkb in b.geoms.items():
                 g = base + local
                 groups.add(g)
-                info[g] = (int(b.classes[local]), int(b.pixels[local]),
-                           None if b.prob_sum is None else float(b.prob_sum[local]), wkb)
+                info[g] = (
+                    int(b.classes[local]),
+                    int(b.pixels[local]),
+                    None if b.prob_sum is None else float(b.prob_sum[local]),
+                    wkb,
+                )
             tops.append(gid[b.top])
             bottoms.append(gid[b.bottom])
             tcls.append(b.classes[b.top])
@@ -300,8 +335,12 @@ def merge_blocks(results: Iterator[list[BlockResult]], connectivity: int, n_rows
             if not geom.is_valid:  # 8-connected regions touching themselves at a corner
                 geom = shapely.make_valid(geom)
             probs = [p[2] for p in parts]
-            yield Polygon(parts[0][0], geom, sum(p[1] for p in parts),
-                          None if probs[0] is None else float(sum(probs)))  # type: ignore[arg-type]
+            yield Polygon(
+                parts[0][0],
+                geom,
+                sum(p[1] for p in parts),
+                None if probs[0] is None else float(sum(probs)),  # type: ignore[arg-type]
+            )
 
 
 def apply_transform(geom: Any, transform: Affine) -> Any:
@@ -423,11 +462,20 @@ def vectorize(
 
     t0 = time.perf_counter()
     out = check_output_path(output, overwrite, "vector output")
-    check_distinct_paths({"class raster": raster, "probabilities raster": probabilities}, {"vector output": out})
+    check_distinct_paths(
+        {"class raster": raster, "probabilities raster": probabilities}, {"vector output": out}
+    )
     driver = output_format(out)[0]
     info = open_scene(raster)
-    target, out_crs = check_vector_options(out, info.crs, connectivity=connectivity, skip_classes=skip_classes,
-                                           min_area=min_area, simplify=simplify, dst_crs=dst_crs)
+    target, out_crs = check_vector_options(
+        out,
+        info.crs,
+        connectivity=connectivity,
+        skip_classes=skip_classes,
+        min_area=min_area,
+        simplify=simplify,
+        dst_crs=dst_crs,
+    )
     if not np.issubdtype(np.dtype(info.dtype), np.integer):
         raise VectorizeError(
             f"{raster} holds {info.dtype} values: not a class raster; polygonize the class raster "
@@ -437,12 +485,18 @@ def vectorize(
         with rasterio.open(raster) as src:
             names = read_class_names(src)
             block = _block_size(src, block_size)
-            classes = [c for c in raster_classes(src) if c.value not in set(skip_classes)] if style else []
+            classes = (
+                [c for c in raster_classes(src) if c.value not in set(skip_classes)]
+                if style
+                else []
+            )
     sidecar = qml_sidecar(out) if classes and driver != "GPKG" else None
     if sidecar is not None:
         check_output_path(sidecar, overwrite, "style sidecar")
     reproject = _reprojector(info.crs, target) if target is not None else None
-    pixel_area = abs(info.transform.a * info.transform.e - info.transform.b * info.transform.d) or 1.0
+    pixel_area = (
+        abs(info.transform.a * info.transform.e - info.transform.b * info.transform.d) or 1.0
+    )
     sieve_px = int(math.ceil(min_area / pixel_area)) if min_area > 0 else 0
     halo = min(sieve_px, 4 * block) if sieve_px else 0
     prob_band: tuple[tuple[int, int], ...] = ()
@@ -451,12 +505,26 @@ def vectorize(
     rows = -(-info.height // block)
     cols = -(-info.width // block)
     tasks = [
-        BlockTask(str(raster), r, c, r * block, c * block, min(block, info.height - r * block),
-                  min(block, info.width - c * block), connectivity, tuple(int(s) for s in skip_classes),
-                  sieve_px, halo, str(probabilities) if probabilities else None, prob_band,
-                  tuple(info.transform)[:6] if info.georeferenced else None,
-                  info.crs.to_wkt() if info.crs is not None else None, bool(simplify))
-        for r in range(rows) for c in range(cols)
+        BlockTask(
+            str(raster),
+            r,
+            c,
+            r * block,
+            c * block,
+            min(block, info.height - r * block),
+            min(block, info.width - c * block),
+            connectivity,
+            tuple(int(s) for s in skip_classes),
+            sieve_px,
+            halo,
+            str(probabilities) if probabilities else None,
+            prob_band,
+            tuple(info.transform)[:6] if info.georeferenced else None,
+            info.crs.to_wkt() if info.crs is not None else None,
+            bool(simplify),
+        )
+        for r in range(rows)
+        for c in range(cols)
     ]
     locks = lock_output_folders([out], "vectorize")
     tmp = temporary_sibling(out, ".gpkg")
@@ -465,12 +533,22 @@ def vectorize(
     progress = Progress(len(tasks), unit="blocks", quiet=quiet)
     try:
         # processes, not threads: turning GDAL's polygons into geometries holds the GIL
-        with dask_session(client, scheduler, workers or cpu_count(), processes=True,
-                          verbose=verbose) as session, _ogr_date(timestamp):
+        with (
+            dask_session(
+                client, scheduler, workers or cpu_count(), processes=True, verbose=verbose
+            ) as session,
+            _ogr_date(timestamp),
+        ):
             limit = max_in_flight or max(2 * cols, 2 * session.threads)
-            writer = _GpkgWriter(tmp, info.crs if simplify else out_crs, probabilities is not None,
-                                 reproject=None if simplify else reproject)
-            for item in merge_blocks(_rows(session.client, tasks, cols, limit, progress), connectivity, rows):
+            writer = _GpkgWriter(
+                tmp,
+                info.crs if simplify else out_crs,
+                probabilities is not None,
+                reproject=None if simplify else reproject,
+            )
+            for item in merge_blocks(
+                _rows(session.client, tasks, cols, limit, progress), connectivity, rows
+            ):
                 if isinstance(item, Finished):
                     writer.add_many(item, names)
                     for v, k in zip(*np.unique(item.classes, return_counts=True)):
@@ -484,7 +562,15 @@ def vectorize(
                 geom = apply_transform(geom, info.transform) if info.georeferenced else geom
                 area, perim = measure(geom)
                 mean_p = None if item.prob_sum is None else item.prob_sum / max(item.pixels, 1)
-                writer.add(geom, item.value, names.get(item.value, str(item.value)), area, perim, item.pixels, mean_p)
+                writer.add(
+                    geom,
+                    item.value,
+                    names.get(item.value, str(item.value)),
+                    area,
+                    perim,
+                    item.pixels,
+                    mean_p,
+                )
                 per_class[item.value] = per_class.get(item.value, 0) + 1
             writer.close()
             progress.close()
@@ -573,7 +659,9 @@ def _ogr_date(timestamp: str | None) -> Iterator[None]:
             pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": None})
 
 
-def _rows(client: Any, tasks: list[BlockTask], cols: int, limit: int | TaskSlots, progress: Any) -> Iterator[list[BlockResult]]:
+def _rows(
+    client: Any, tasks: list[BlockTask], cols: int, limit: int | TaskSlots, progress: Any
+) -> Iterator[list[BlockResult]]:
     """Block rows in order, computed with at most ``limit`` block tasks in flight."""
     from dask.base import tokenize
 
@@ -584,8 +672,13 @@ def _rows(client: Any, tasks: list[BlockTask], cols: int, limit: int | TaskSlots
     pending: dict[int, dict[int, BlockResult]] = {}
     next_row = 0
     n_rows = -(-len(tasks) // cols) if tasks else 0
-    for _, res in stream(client, run_block_task, tasks, limit,
-                         key=lambda t, i: f"geoseg-polygons-{tokenize(t, stat)}"):
+    for _, res in stream(
+        client,
+        run_block_task,
+        tasks,
+        limit,
+        key=lambda t, i: f"geoseg-polygons-{tokenize(t, stat)}",
+    ):
         progress.update(1)
         pending.setdefault(res.block_row, {})[res.block_col] = res
         while next_row < n_rows and len(pending.get(next_row, {})) == cols:
@@ -597,10 +690,14 @@ def _probability_bands(path: str, info: Any, names: dict[int, str]) -> tuple[tup
     """Band (0-based) of each class value in a geoseg probabilities raster, checked against the grid."""
     with rasterio.open(path) as p:
         if (p.width, p.height) != (info.width, info.height):
-            raise VectorizeError(f"probabilities {path} are {p.width}x{p.height}, the classes {info.width}x{info.height}")
+            raise VectorizeError(
+                f"probabilities {path} are {p.width}x{p.height}, the classes {info.width}x{info.height}"
+            )
         values = [int(c["value"]) for c in json.loads(p.tags().get("GEOSEG_CLASSES", "[]"))]
     if len(values) == 0:
-        raise VectorizeError(f"{path} is not a geoseg probabilities raster (no GEOSEG_CLASSES metadata)")
+        raise VectorizeError(
+            f"{path} is not a geoseg probabilities raster (no GEOSEG_CLASSES metadata)"
+        )
     return tuple((v, i) for i, v in enumerate(values))
 
 
@@ -609,8 +706,9 @@ class _GpkgWriter:
 
     FIELDS = ["class", "class_name", "area_m2", "perim_m", "pixels"]
 
-    def __init__(self, path: Path, crs: Any, with_prob: bool, batch: int = 20000,
-                 reproject: Any = None) -> None:
+    def __init__(
+        self, path: Path, crs: Any, with_prob: bool, batch: int = 20000, reproject: Any = None
+    ) -> None:
         self.path = path
         self.crs = crs.to_wkt() if crs is not None else None
         self.reproject = reproject
@@ -623,8 +721,16 @@ class _GpkgWriter:
         self.wkb: list[bytes] = []
         self.cols: list[list[Any]] = [[] for _ in range(6)]
 
-    def add(self, geom: Any, value: int, name: str, area: float, perim: float, pixels: int,
-            mean_prob: float | None) -> None:
+    def add(
+        self,
+        geom: Any,
+        value: int,
+        name: str,
+        area: float,
+        perim: float,
+        pixels: int,
+        mean_prob: float | None,
+    ) -> None:
         import shapely
 
         self.wkb.append(shapely.to_wkb(geom))
@@ -642,7 +748,11 @@ class _GpkgWriter:
         self.cols[2].extend(f.area.tolist())
         self.cols[3].extend(f.perimeter.tolist())
         self.cols[4].extend(f.pixels.tolist())
-        mean = [None] * len(values) if f.prob_sum is None else (f.prob_sum / np.maximum(f.pixels, 1)).tolist()
+        mean = (
+            [None] * len(values)
+            if f.prob_sum is None
+            else (f.prob_sum / np.maximum(f.pixels, 1)).tolist()
+        )
         self.cols[5].extend(mean)
         if len(self.wkb) >= self.batch:
             self.flush()
@@ -653,9 +763,13 @@ class _GpkgWriter:
         if not self.wkb and self.written:
             return
         c = self.cols
-        data = [np.asarray(c[0], dtype=np.int32), np.asarray(c[1], dtype=object),
-                np.asarray(c[2], dtype=np.float64), np.asarray(c[3], dtype=np.float64),
-                np.asarray(c[4], dtype=np.int64)]
+        data = [
+            np.asarray(c[0], dtype=np.int32),
+            np.asarray(c[1], dtype=object),
+            np.asarray(c[2], dtype=np.float64),
+            np.asarray(c[3], dtype=np.float64),
+            np.asarray(c[4], dtype=np.int64),
+        ]
         fields = list(self.FIELDS)
         wkb = np.asarray(self.wkb, dtype=object)
         if self.reproject is not None and len(wkb):
@@ -665,9 +779,18 @@ class _GpkgWriter:
         if self.with_prob:
             data.append(np.asarray([np.nan if v is None else v for v in c[5]], dtype=np.float64))
             fields.append("mean_prob")
-        pyogrio.raw.write(str(self.path), wkb, data, fields, crs=self.crs,
-                          geometry_type="MultiPolygon", promote_to_multi=True, driver="GPKG",
-                          layer="polygons", append=self.written)
+        pyogrio.raw.write(
+            str(self.path),
+            wkb,
+            data,
+            fields,
+            crs=self.crs,
+            geometry_type="MultiPolygon",
+            promote_to_multi=True,
+            driver="GPKG",
+            layer="polygons",
+            append=self.written,
+        )
         self.written = True
         self._reset()
 
@@ -675,8 +798,9 @@ class _GpkgWriter:
         self.flush()
 
 
-def _simplify_layer(path: Path, tolerance: float, measure: Measurer, reproject: Any = None,
-                    out_crs: Any = None) -> None:
+def _simplify_layer(
+    path: Path, tolerance: float, measure: Measurer, reproject: Any = None, out_crs: Any = None
+) -> None:
     """Simplify the whole layer as a coverage (shared borders once), recompute measures, then
     reproject it when asked (simplification and measures work in the raster's CRS)."""
     import pyogrio
@@ -697,9 +821,17 @@ def _simplify_layer(path: Path, tolerance: float, measure: Measurer, reproject: 
         geoms = reproject(geoms)
         crs = out_crs.to_wkt()
     remove_quietly(path)
-    pyogrio.raw.write(str(path), np.asarray(shapely.to_wkb(geoms), dtype=object), data, fields,
-                      crs=crs, geometry_type="MultiPolygon", promote_to_multi=True,
-                      driver="GPKG", layer="polygons")
+    pyogrio.raw.write(
+        str(path),
+        np.asarray(shapely.to_wkb(geoms), dtype=object),
+        data,
+        fields,
+        crs=crs,
+        geometry_type="MultiPolygon",
+        promote_to_multi=True,
+        driver="GPKG",
+        layer="polygons",
+    )
 
 
 def _publish(tmp: Path, out: Path, driver: str, crs: Any) -> None:
@@ -715,14 +847,23 @@ def _publish(tmp: Path, out: Path, driver: str, crs: Any) -> None:
             _write_geoparquet(tmp, staged)
         else:
             meta, _, wkb, data = pyogrio.raw.read(str(tmp), layer="polygons")
-            opts: dict[str, Any] = {"SPATIAL_INDEX": "YES"} if driver in ("FlatGeobuf", "ESRI Shapefile") else {}
+            opts: dict[str, Any] = (
+                {"SPATIAL_INDEX": "YES"} if driver in ("FlatGeobuf", "ESRI Shapefile") else {}
+            )
             if driver in ("GeoJSON", "FlatGeobuf"):
                 opts["layer"] = out.stem  # not the staged file's hidden name
             if driver == "ESRI Shapefile":
                 staged = staged.with_suffix(".shp")
-            pyogrio.raw.write(str(staged), wkb if wkb is not None else np.array([], dtype=object),
-                              data, list(meta["fields"]), crs=meta["crs"],
-                              geometry_type="MultiPolygon", driver=driver, **opts)
+            pyogrio.raw.write(
+                str(staged),
+                wkb if wkb is not None else np.array([], dtype=object),
+                data,
+                list(meta["fields"]),
+                crs=meta["crs"],
+                geometry_type="MultiPolygon",
+                driver=driver,
+                **opts,
+            )
         if driver == "ESRI Shapefile":
             for side in staged.parent.glob(glob.escape(staged.stem) + ".*"):
                 publish_file(side, out.with_suffix(side.suffix))
@@ -750,8 +891,18 @@ def _write_geoparquet(src: Path, dst: Path) -> None:
         from pyproj import CRS as ProjCRS
 
         crs_json = ProjCRS.from_user_input(meta["crs"]).to_json_dict()
-    geo = {"version": "1.0.0", "primary_column": "geometry", "columns": {"geometry": {
-        "encoding": "WKB", "geometry_types": ["MultiPolygon"], "crs": crs_json, "bbox": bbox}}}
+    geo = {
+        "version": "1.0.0",
+        "primary_column": "geometry",
+        "columns": {
+            "geometry": {
+                "encoding": "WKB",
+                "geometry_types": ["MultiPolygon"],
+                "crs": crs_json,
+                "bbox": bbox,
+            }
+        },
+    }
     table = pa.table(cols).replace_schema_metadata({b"geo": json.dumps(geo).encode()})
     pq.write_table(table, dst)
 
@@ -761,10 +912,14 @@ def _require_pyarrow() -> None:
         import pyarrow  # noqa: F401
         import pyarrow.parquet  # noqa: F401
     except ImportError:
-        raise OutputError("GeoParquet output needs pyarrow: pip install 'geoseg[parquet]'") from None
+        raise OutputError(
+            "GeoParquet output needs pyarrow: pip install 'geoseg[parquet]'"
+        ) from None
 
 
-def check_vector_options(output: str | os.PathLike[str], crs: Any = None, **options: Any) -> tuple[Any, Any]:
+def check_vector_options(
+    output: str | os.PathLike[str], crs: Any = None, **options: Any
+) -> tuple[Any, Any]:
     """Check polygon options before any work (predict runs it before predicting): the values
     (as :class:`geoseg.options.VectorOptions`), the format and what it needs (pyarrow), and the
     CRS the file would be in (GeoJSON: EPSG:4326). Returns :func:`output_crs`'s ``(target, written)``."""
@@ -772,8 +927,11 @@ def check_vector_options(output: str | os.PathLike[str], crs: Any = None, **opti
 
     run_keys = ("timestamp", "quiet", "verbose", "workers", "scheduler", "dst_crs", "style")
     try:
-        values: dict[str, Any] = {k: (tuple(v) if k == "skip_classes" and isinstance(v, list) else v)
-                                  for k, v in options.items() if k not in run_keys}
+        values: dict[str, Any] = {
+            k: (tuple(v) if k == "skip_classes" and isinstance(v, list) else v)
+            for k, v in options.items()
+            if k not in run_keys
+        }
         VectorOptions(**values)
     except TypeError as exc:
         raise VectorizeError(f"unknown vector option ({first_line(exc)})") from None

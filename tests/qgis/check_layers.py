@@ -36,7 +36,8 @@ def describe(path: str) -> dict:
         if renderer is not None and renderer.type() == "categorizedSymbol":
             facts["attr"] = renderer.classAttribute()
             facts["categories"] = {
-                str(c.value()): [c.label(), c.symbol().color().name()] for c in renderer.categories()
+                str(c.value()): [c.label(), c.symbol().color().name()]
+                for c in renderer.categories()
             }
     return facts
 
