@@ -162,7 +162,14 @@ def test_cells_bad_input_fails_before_any_work(
     (theirs / "notes.txt").write_text("mine")
     with pytest.raises(OutputError, match="did not write"):
         predict(big_scene, theirs, model, dask_client, cells=512, overwrite=True)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.tif", "theirs"]
+    # a scene inside the folder of cells (a cell of an earlier run) would be its own output
+    ours = tmp_path / "ours"
+    predict(big_scene, ours, model, dask_client, cells=1024)
+    with pytest.raises(OutputError, match="inside output folder"):
+        predict(
+            ours / "classes" / "R000C000.tif", ours, model, dask_client, cells=1024, overwrite=True
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.tif", "ours", "theirs"]
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o027])
@@ -234,6 +241,13 @@ def test_a_full_disk_is_one_line_and_leaves_the_previous_output(
     """A real failing write: the process may not write files past 64 kB (RLIMIT_FSIZE)."""
     scene = scene_factory(bands=3, height=400, width=400)
     model = model_factory(in_channels=3)
+    # the model's caches (ONNX conversion, fused graph, tile measurements) are written first, by
+    # the same run without the limit: those writes are not the one under test
+    geoseg.predict(
+        str(scene), str(tmp_path / "warm.tif"), model=str(model), probabilities=tmp_path / "wp.tif"
+    )
+    (tmp_path / "wp.tif").unlink()
+    (tmp_path / "warm.tif").unlink()
     out = tmp_path / "classes.tif"
     out.write_bytes(b"the previous output")
     code = (

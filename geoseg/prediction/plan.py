@@ -216,6 +216,9 @@ def plan_predict(
             "vector output": vector_path,
             "skipped-tiles report": skipped_report_path(out_path),
         },
+        # a folder of cells is rewritten by a rerun: a scene inside it (a cell of an earlier run)
+        # would be replaced by its own output
+        {"output folder": dest.output} if dest.cells and not dest.remote else None,
     )
     # a batch plans many scenes with the one model it has loaded and checked already
     loaded = model if isinstance(model, LoadedModel) else read_model_config(model)
