@@ -150,6 +150,14 @@ def _engine_forward_here(
             for i in range(n)
         ]
         runs = [f.result() for f in futures]
+    # for reference, the same engine outside a worker: one batch at a time on all the threads
+    # (what geoseg.engines.onnx_cpu.overlapping_runs chose against for predict)
+    from geoseg.prediction import worker_models
+
+    worker_models._ENGINES.clear()
+    _BARRIERS["engine"] = threading.Barrier(1)
+    single = _drive_engine(tasks[0].tiles, seconds)
+    worker_models._ENGINES.clear()
     pixels = sum(r["pixels"] for r in runs)
     wall = max(r["end"] for r in runs) - min(r["start"] for r in runs)
     return {
@@ -159,7 +167,16 @@ def _engine_forward_here(
         "runs_overlap": runs[0]["overlap"],
         "tile": runs[0]["tile"],
         "cpu_s_per_mp": sum(r["cpu"] for r in runs) / (pixels / 1e6),
+        "one_at_a_time_mp_per_s": single["pixels"] / (single["end"] - single["start"]) / 1e6,
     }
+
+
+def _children_cpu() -> float:
+    """CPU seconds of this process's finished children (and theirs): a predict run's, by difference."""
+    import resource
+
+    use = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return use.ru_utime + use.ru_stime
 
 
 def _drive_engine(task: Any, seconds: float) -> dict[str, Any]:
@@ -319,18 +336,24 @@ def main() -> None:
     biggest = scenes[sizes[-1]]
     engine: list[dict[str, Any]] = []
     runs: dict[int, list[tuple[float, int]]] = {size: [] for size in sizes}
+    cpu: dict[int, list[float]] = {size: [] for size in sizes}
     for r in range(args.rounds):
         engine.append(
             engine_forward(biggest, model, args.tile, args.batch_size, args.engine_seconds)
         )
         print(f"round {r + 1}: engine {json.dumps(engine[-1])}", flush=True)
         for size in sizes:
+            before = _children_cpu()
             runs[size].append(
                 run_predict(
                     scenes[size], work / f"classes-{size}.tif", model, args.tile, args.batch_size
                 )
             )
-            print(f"round {r + 1}: {size}² in {runs[size][-1][0]:.2f} s", flush=True)
+            cpu[size].append(_children_cpu() - before)
+            print(
+                f"round {r + 1}: {size}² in {runs[size][-1][0]:.2f} s, {cpu[size][-1]:.2f} CPU s",
+                flush=True,
+            )
     best_engine = max(engine, key=lambda e: e["mp_per_s"])
     fwd = best_engine["mp_per_s"]
     rows = []
@@ -353,6 +376,10 @@ def main() -> None:
                 "network_mp": network_mp,
                 "network_mp_per_s": network_mp / wall,
                 "ratio_to_forward": network_mp / wall / fwd,
+                # load-robust: the engine's CPU time for the run's tiles over the run's CPU time
+                # (what the ratio would be if no core were ever idle or taken by another process)
+                "cpu_s": min(cpu[size]),
+                "engine_cpu_share": network_mp * best_engine["cpu_s_per_mp"] / min(cpu[size]),
                 "peak_rss_mb": peak / 2**20,
                 "tile": [grid.tile_height, grid.tile_width],
             }
@@ -382,7 +409,9 @@ def main() -> None:
         f"{args.batch_size}, {best_engine['tasks_at_once']} tasks at once"
         f"{' (runs overlap, one thread each)' if best_engine['runs_overlap'] else ''}: "
         f"{fwd:.3f} Mpx/s of network input, best of {args.rounds} "
-        f"({each}); "
+        f"({each}); one batch at a time on all threads instead: "
+        f"{max(e['one_at_a_time_mp_per_s'] for e in engine):.3f}; engine CPU "
+        f"{best_engine['cpu_s_per_mp']:.3f} s/Mpx; "
         f"margin {margin}; converting the model to ONNX (once, before the runs) {conversion:.2f} s"
     )
     print(
@@ -399,7 +428,8 @@ def main() -> None:
     for r in rows:
         print(
             f"end to end / engine forward, {r['size']}² whole run (start-up included): "
-            f"{r['network_mp_per_s']:.3f} / {fwd:.3f} = {r['ratio_to_forward']:.3f}"
+            f"{r['network_mp_per_s']:.3f} / {fwd:.3f} = {r['ratio_to_forward']:.3f} "
+            f"(engine's share of the run's CPU time: {r['engine_cpu_share']:.3f})"
         )
     if steady is not None:
         print(
