@@ -2,29 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from geoseg.objectstore.client import s3_client
-from geoseg.objectstore.errors import call, explain, is_not_found
+from geoseg.objectstore.errors import T, call, explain, is_not_found
 from geoseg.objectstore.urls import s3_url, split_s3_url
 
 
 def read_bytes(url: str) -> bytes | None:
     """The object's bytes, or None when there is no object at ``url``."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
     bucket, key = split_s3_url(url)
     client = s3_client()
-    try:
-        response = client.get_object(Bucket=bucket, Key=key)
-        return bytes(response["Body"].read())
-    except ClientError as exc:
-        if is_not_found(exc):
-            return None
-        raise explain(exc, url, "read") from exc
-    except BotoCoreError as exc:
-        raise explain(exc, url, "read") from exc
+    return _unless_missing(
+        url, lambda: bytes(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+    )
 
 
 def exists(url: str) -> bool:
@@ -65,10 +57,16 @@ def in_progress_uploads(prefix_url: str) -> list[str]:
 
 def head(client: Any, url: str, bucket: str, key: str) -> dict[str, Any] | None:
     """The object's metadata, or None when there is no object at ``key``."""
+    return _unless_missing(url, lambda: dict(client.head_object(Bucket=bucket, Key=key)))
+
+
+def _unless_missing(url: str, request: Callable[[], T]) -> T | None:
+    """``request()``'s answer, or None when the store says there is no object at ``url``; any
+    other failure is one :func:`~geoseg.objectstore.errors.explain` line."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
-        return dict(client.head_object(Bucket=bucket, Key=key))
+        return request()
     except ClientError as exc:
         if is_not_found(exc):
             return None

@@ -256,29 +256,22 @@ def _one_scene(
         msg = f"{type(exc).__name__}: {first_line(str(exc))}"
         say(f"FAIL  {scene}: {msg}")
         return SceneOutcome(scene, "failed", msg, 0.0, time.perf_counter() - t)
+    note: str | None = None
     if result.skipped:
-        msg = (
+        note = (
             f"{len(result.skipped)} window(s) written as nodata (listed in "
             f"{skipped_report_path(outs['classes']).name}); the next run redoes this scene"
         )
-        say(f"PART  {scene}: {msg}")
-        return SceneOutcome(
-            scene,
-            "partial",
-            msg,
-            result.pixels / 1e6,
-            time.perf_counter() - t,
-            [p.name for p in outs.values()],
-            json_areas(areas),
-            len(result.skipped),
-        )
-    say(f"done  {scene} ({result.pixels / 1e6:.2f} MP in {result.seconds:.1f} s)")
+        say(f"PART  {scene}: {note}")
+    else:
+        say(f"done  {scene} ({result.pixels / 1e6:.2f} MP in {result.seconds:.1f} s)")
     return SceneOutcome(
         scene,
-        "done",
-        None,
+        "partial" if result.skipped else "done",
+        note,
         result.pixels / 1e6,
         time.perf_counter() - t,
         [p.name for p in outs.values()],
         json_areas(areas),
+        len(result.skipped),
     )

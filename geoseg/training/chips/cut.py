@@ -15,9 +15,6 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
-from geoseg.classes import (
-    parse_value_map,  # noqa: F401 - its old home, kept for callers
-)
 from geoseg.errors import ChipError
 from geoseg.fs import (
     atomic_path,

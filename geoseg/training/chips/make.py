@@ -16,7 +16,6 @@ from rasterio.warp import transform_bounds
 from geoseg.classes import (
     IGNORE_VALUE,
     ClassSpec,
-    parse_value_map,  # noqa: F401 - its old home, kept for callers
 )
 from geoseg.errors import ChipError, ChipsLockedError, FolderLockedError
 from geoseg.fs import (
@@ -265,9 +264,9 @@ def _make_chips_locked(
             stage,
             existing,
             run_ids,
-            kept,
-            dropped,
             ChipRun(
+                kept,
+                dropped,
                 band_names,
                 str(dtype),
                 size,
@@ -352,8 +351,6 @@ def _commit(
     stage: Path,
     existing: dict[str, Any] | None,
     run_ids: set[str],
-    kept: list[ChipOutcome],
-    dropped: dict[str, int],
     run: ChipRun,
 ) -> ChipsSummary:
     """Move the staged chips in, replacing the chips of re-chipped images, and write the manifest
@@ -374,12 +371,12 @@ def _commit(
                 if src.exists():
                     os.replace(src, backup / kind / src.name)
                     saved.append((backup / kind / src.name, src))
-        for o in kept:
+        for o in run.kept:
             for kind in ("images", "labels"):
                 dst = out / kind / f"{o.id}.tif"
                 os.replace(stage / kind / f"{o.id}.tif", dst)
                 moved.append(dst)
-        return update_manifest(out, existing, set(replaced), kept, dropped, run)
+        return update_manifest(out, existing, set(replaced), run)
     except BaseException:
         remove_quietly(*moved)
         for a, b in saved:

@@ -17,7 +17,6 @@ from rasterio.warp import transform_bounds
 from geoseg.classes import (
     ClassInfo,
     default_color,
-    parse_value_map,  # noqa: F401 - its old home, kept for callers
 )
 from geoseg.errors import ChipError
 from geoseg.fs import (
@@ -114,8 +113,11 @@ def manifest_classes(manifest: dict[str, Any]) -> list[ClassInfo]:
 
 @dataclass(frozen=True)
 class ChipRun:
-    """What one chip run adds to a folder's manifest besides its chips."""
+    """What one chip run adds to a folder's manifest: its chips, and the facts they share."""
 
+    #: the chips kept, and how many each filter dropped
+    kept: list[ChipOutcome]
+    dropped: dict[str, int]
     band_names: list[str]
     dtype: str
     size: int
@@ -131,13 +133,17 @@ def update_manifest(
     out: Path,
     existing: dict[str, Any] | None,
     replaced: set[str],
-    kept: list[ChipOutcome],
-    dropped: dict[str, int],
     run: ChipRun,
 ) -> ChipsSummary:
     """Write the manifest and index of ``out`` with the ``kept`` chips added and the ``replaced``
     ones (ids) gone: statistics, classes and weights summed again; both published at once."""
-    band_names, dtype, size, ignore = run.band_names, run.dtype, run.size, run.ignore
+    kept, band_names, dtype, size, ignore = (
+        run.kept,
+        run.band_names,
+        run.dtype,
+        run.size,
+        run.ignore,
+    )
     class_names, oversample_rare, images = run.class_names, run.oversample_rare, run.images
     manifest = existing or {
         "format": FORMAT,
@@ -225,7 +231,7 @@ def update_manifest(
     added: dict[str, int] = {}
     for o in kept:
         added[o.split] = added.get(o.split, 0) + 1
-    return ChipsSummary(out, added, dropped, class_pixels, len(manifest["chips"]))
+    return ChipsSummary(out, added, run.dropped, class_pixels, len(manifest["chips"]))
 
 
 def _set_weights(manifest: dict[str, Any], train_pixels: dict[int, int], factor: float) -> None:

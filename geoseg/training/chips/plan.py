@@ -13,9 +13,6 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from geoseg.classes import (
-    parse_value_map,  # noqa: F401 - its old home, kept for callers
-)
 from geoseg.errors import ChipError, first_line
 from geoseg.options import VECTOR_FORMATS
 from geoseg.raster.block_cache import READ_CACHE_BYTES
