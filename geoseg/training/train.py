@@ -113,7 +113,7 @@ def train(
     ``options`` (:class:`geoseg.options.TrainOptions`), with any of its fields given as
     ``keywords`` replacing its own (``train(chips, "m.pt", arch="unet", epochs=30)``). ``ema``
     above 0 validates and keeps a moving average of the weights whose half-life is that many
-    epochs (:class:`WeightAverage`) instead of the raw weights."""
+    epochs (:class:`geoseg.training.epoch.WeightAverage`) instead of the raw weights."""
     o = TrainOptions.from_keywords(options, **keywords)
     arch, epochs, patience, batch_size, dice_weight = (
         o.arch,

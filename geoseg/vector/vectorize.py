@@ -276,7 +276,7 @@ def check_vector_options(
 ) -> tuple[Any, Any]:
     """Check polygon options before any work (predict runs it before predicting): the values
     (as :class:`geoseg.options.VectorOptions`), the format and what it needs (pyarrow), and the
-    CRS the file would be in (GeoJSON: EPSG:4326). Returns :func:`output_crs`'s ``(target, written)``."""
+    CRS the file would be in (GeoJSON: EPSG:4326). Returns :func:`geoseg.vector.formats.output_crs`'s ``(target, written)``."""
     from geoseg.options import VectorOptions
 
     run_keys = ("timestamp", "quiet", "verbose", "workers", "scheduler", "dst_crs", "style")

@@ -51,7 +51,7 @@ class Job:
     concurrency: int | str = "auto"
     stats: dict[str, Any] | None = None
     quicklook: bool = True
-    #: ``s3://`` output folder (``folder`` is then its local staging mirror; geoseg.jobs.batch_store)
+    #: ``s3://`` output folder (``folder`` is then its local staging mirror; geoseg.jobs.batch.store)
     remote: str | None = None
     #: objects already under ``remote`` (names relative to it), for the resume check
     remote_names: set[str] = field(default_factory=set)

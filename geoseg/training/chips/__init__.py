@@ -8,7 +8,7 @@ valid pixels) give the normalization a model is trained with.
 
 ``plan.py`` decides where chips go and which split each block joins, ``cut.py`` is the worker
 task that cuts and writes them, ``manifest.py`` reads and writes ``chips.json`` and
-``index.gpkg``, and ``make.py`` runs it all (:func:`make_chips`).
+``index.gpkg``, and ``make.py`` runs it all (:func:`~geoseg.training.chips.make.make_chips`).
 """
 
 from geoseg.training.chips.make import make_chips

@@ -105,7 +105,7 @@ def make_chips(
     image already in the folder replaces its chips and statistics. The run is all or nothing:
     chips are written into a hidden staging folder and moved in at the end, so a failed or
     interrupted run leaves the folder exactly as it was. ``stratify=False`` draws validation and
-    test blocks at random (:func:`choose_split`), as chip did before.
+    test blocks at random (:func:`geoseg.training.chips.plan.choose_split`), as chip did before.
     """
     opts = ChipOptions.from_keywords(options, **keywords)
     if not pairs:
