@@ -20,8 +20,8 @@ import torch
 import geoseg
 from geoseg.training.chips import load_manifest, manifest_classes
 from geoseg.training.datasets import IGNORE_INDEX, ChipDataset
+from geoseg.training.epoch import validate
 from geoseg.training.metrics import Scores, confusion_matrix
-from geoseg.training.train import validate
 
 
 def main(chips_dir: str, model_paths: list[str], max_pixels: int = 300_000, seed: int = 0) -> None:

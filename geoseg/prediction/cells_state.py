@@ -47,7 +47,9 @@ def finished_cells(
     assert plan.layout is not None
     env = {}
     if dest.remote:
-        from geoseg.objectstore import gdal_s3_env, list_keys, to_vsis3
+        from geoseg.objectstore.client import gdal_s3_env
+        from geoseg.objectstore.reads import list_keys
+        from geoseg.objectstore.urls import to_vsis3
 
         env = gdal_s3_env()
         present = {url for url in list_keys(dest.output)}

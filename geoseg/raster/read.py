@@ -45,7 +45,7 @@ def read_env(path: str | None = None, cache_bytes: int | None = None) -> rasteri
     bound_block_cache(cache_bytes)
     remote: dict[str, Any] = dict(REMOTE_READ_ENV) if path is not None and is_remote(path) else {}
     if path is not None and ("s3://" in path or "/vsis3/" in path):
-        from geoseg.objectstore import gdal_s3_env
+        from geoseg.objectstore.client import gdal_s3_env
 
         remote.update(gdal_s3_env())  # the endpoint of AWS_ENDPOINT_URL, as boto3 reads it
     return rasterio.Env(**READ_ENV, **remote)
