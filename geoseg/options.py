@@ -305,6 +305,12 @@ class PredictOptions:
 OptionsT = typing.TypeVar("OptionsT")
 
 
+def take_fields(values: dict[str, Any], cls: type) -> dict[str, Any]:
+    """Remove the fields of the options dataclass ``cls`` from ``values`` (keywords given to the
+    API, or a command's parameters) and return them, as ``cls``'s keywords."""
+    return {f.name: values.pop(f.name) for f in dataclasses.fields(cls) if f.name in values}
+
+
 def _from_keywords(
     cls: type[OptionsT], what: str, base: OptionsT | None, keywords: dict[str, Any]
 ) -> OptionsT:
@@ -520,6 +526,11 @@ class MapOptions:
         if isinstance(value, int) and not isinstance(value, bool):
             object.__setattr__(self, "resolution", float(value))
         _check_fields(self)
+
+    @classmethod
+    def from_keywords(cls, base: MapOptions | None = None, **keywords: Any) -> MapOptions:
+        """``base`` (or the defaults) with ``keywords`` replaced; an unknown keyword is an error."""
+        return _from_keywords(cls, "map", base, keywords)
 
 
 #: Class names (and colours) by value, as the API takes them: a name, or (name, colour or None).
