@@ -8,7 +8,7 @@ of the store (unreachable, missing bucket, refused credentials, an error mid-upl
 :class:`~geoseg.errors.OutputError` line naming the URL and how to fix it. boto3 is imported
 only when a client is first needed, so that the CLI starts without it.
 
-``urls.py`` (``s3://`` URLs), ``client.py`` (endpoint, client, GDAL's settings), ``errors.py``
+``urls.py`` (``s3://`` URLs), ``client.py`` (endpoint, client, GDAL's settings), ``failures.py``
 (a failure as one line), ``checks.py`` (before any work), ``uploads.py`` (writes) and ``reads.py``
 (reads, lists, deletes); each caller imports what it uses from the module that holds it.
 """

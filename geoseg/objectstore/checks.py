@@ -8,7 +8,7 @@ from typing import Any
 
 from geoseg.errors import OutputError
 from geoseg.objectstore.client import describe_endpoint, s3_client
-from geoseg.objectstore.errors import NO_BUCKET, NOT_FOUND, call, error_code, explain
+from geoseg.objectstore.failures import NO_BUCKET, NOT_FOUND, call, error_code, explain
 from geoseg.objectstore.reads import head
 from geoseg.objectstore.uploads import abort_upload
 from geoseg.objectstore.urls import s3_url, split_s3_url

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from geoseg.objectstore.client import s3_client
-from geoseg.objectstore.errors import T, call, explain, is_not_found
+from geoseg.objectstore.failures import T, call, explain, is_not_found
 from geoseg.objectstore.urls import s3_url, split_s3_url
 
 
@@ -62,7 +62,7 @@ def head(client: Any, url: str, bucket: str, key: str) -> dict[str, Any] | None:
 
 def _unless_missing(url: str, request: Callable[[], T]) -> T | None:
     """``request()``'s answer, or None when the store says there is no object at ``url``; any
-    other failure is one :func:`~geoseg.objectstore.errors.explain` line."""
+    other failure is one :func:`~geoseg.objectstore.failures.explain` line."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:

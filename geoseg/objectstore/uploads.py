@@ -11,7 +11,7 @@ from typing import IO, Any
 
 from geoseg.errors import OutputError, first_line
 from geoseg.objectstore.client import s3_client
-from geoseg.objectstore.errors import call
+from geoseg.objectstore.failures import call
 from geoseg.objectstore.urls import split_s3_url
 
 #: Uploads of up to this many bytes are one PUT (atomic by S3's rules); larger ones are a
