@@ -1,11 +1,12 @@
 """Class areas of a class raster, in all and per zone, counted block by block on Dask.
 
-Each block task reads its window of the raster (a path and a window, with the zones' parts
-inside it) and returns, per (zone, class), the pixels and square metres it holds; the client
-sums them. Without zones the pixel counts are integers (a bincount); with zones a pixel counts
-for a zone by the fraction of it the zone covers, computed exactly in numpy
-(:mod:`geoseg.results.coverage`; see docs/results.md for the measurement against centre-of-pixel
-rasterization).
+Each block task reads its window of the raster (a path and a window, with the edges of the
+zones that reach into it) and returns, per (zone, class), the pixels and square metres it holds;
+the client sums them. Without zones the pixel counts are integers (a bincount); with zones a
+pixel counts for a zone by the fraction of it the zone covers, exactly: each zone edge's pieces
+in the block's pixels (:mod:`geoseg.results.coverage`) weighted by the pixels of each class at
+and to the right of them in their row (see docs/results.md for the measurement against
+centre-of-pixel rasterization).
 """
 
 from __future__ import annotations
@@ -43,10 +44,11 @@ BLOCK = 2048
 
 @dataclass(frozen=True)
 class StatsTask:
-    """One block of the class raster and the zones' parts inside it (WKB in pixel coordinates:
-    x = column, y = -row); paths, windows and small geometries only. Pixels are invalid where
-    they hold ``nodata``, or where the raster's mask says so when ``masked``; ``values``: the
-    classes its metadata names (the values to expect)."""
+    """One block of the class raster and the edges of the zones that reach into it
+    (``edges``: rows ``x0, y0, x1, y1`` in the raster's pixels, x = column, y = row, and
+    ``edge_zones``: each one's zone number); paths, windows and small arrays only. Pixels are
+    invalid where they hold ``nodata``, or where the raster's mask says so when ``masked``;
+    ``values``: the classes its metadata names (the values to expect)."""
 
     raster: str
     row_off: int
@@ -56,8 +58,8 @@ class StatsTask:
     crs_wkt: str
     transform: tuple[float, ...]
     raster_height: int
-    zone_ids: tuple[int, ...] = ()
-    zones: tuple[bytes, ...] = ()
+    edges: np.ndarray | None = None
+    edge_zones: np.ndarray | None = None
     nodata: int | None = None
     masked: bool = False
     values: tuple[int, ...] = ()
@@ -83,7 +85,11 @@ def count_block(task: StatsTask) -> BlockCounts:
     window = Window(task.col_off, task.row_off, task.width, task.height)
     with read_env(task.raster, READ_CACHE_BYTES), no_georef_warning():
         src = _open_raster(task.raster)
-        data = src.read(1, window=window)
+        data = src.read(
+            1,
+            window=window,
+            out=_scratch("data", (task.height, task.width), np.dtype(src.dtypes[0])),
+        )
         # an internal mask or alpha: kept apart, so the values keep their own small type
         valid = src.read_masks(1, window=window) > 0 if task.masked else None
     areas = row_areas(
@@ -93,23 +99,18 @@ def count_block(task: StatsTask) -> BlockCounts:
         task.row_off,
         task.height,
     )
-    if not task.zones and valid is None and bool(np.all(areas == areas[0])):
+    zoned = task.edges is not None and len(task.edges) > 0
+    if not zoned and valid is None and bool(np.all(areas == areas[0])):
         found = _count_known(data, task.values, task.nodata)
         if found is not None:
             pixels = found[None, :].astype(np.float64)
             return _block_counts(np.full(1, -1, np.int64), pixels, pixels * areas[0])
-    if not task.zones:  # each row one run of the one zone -1
-        h, w = data.shape
-        runs = Runs(
-            np.zeros(h, np.int64),
-            np.arange(h, dtype=np.int64),
-            np.zeros(h, np.int64),
-            np.full(h, w, np.int64),
-            np.ones(h),
-        )
-        pixels, area = _count_runs(data, valid, runs, 1, task, areas)
-        return _block_counts(np.full(1, -1, np.int64), pixels, area)
-    zone_ids, pixels, area = _count_zones(task, data, valid, areas)
+    prefix = _ClassPrefix(data, valid, task)
+    if not zoned:
+        rows = prefix.row_counts()
+        pixels = rows.sum(axis=1, dtype=np.float64)[None, :]
+        return _block_counts(np.full(1, -1, np.int64), pixels, (rows @ areas)[None, :])
+    zone_ids, pixels, area = _count_zones(task, data, valid, areas, prefix)
     return _block_counts(zone_ids, pixels, area)
 
 
@@ -162,156 +163,245 @@ def _count_known(
     return counts
 
 
-@dataclass
-class Runs:
-    """Runs ``[start, stop)`` of a block's rows, each counted for ``label`` with a weight
-    (the covered fraction of its pixels)."""
-
-    label: np.ndarray
-    row: np.ndarray
-    start: np.ndarray
-    stop: np.ndarray
-    weight: np.ndarray
-
-
-def _popcount(words: np.ndarray) -> np.ndarray:
-    """Set bits of each uint64."""
+def _popcount(words: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Set bits of each uint64 (into ``out``, uint8, when given)."""
     if hasattr(np, "bitwise_count"):  # numpy >= 2.0
-        return np.bitwise_count(words)
-    return np.unpackbits(words.view(np.uint8)).reshape(-1, 64).sum(axis=1)  # pragma: no cover
+        return np.bitwise_count(words, out=out)
+    bits = np.unpackbits(words.reshape(-1).view(np.uint8)).reshape(-1, 64)  # pragma: no cover
+    got = bits.sum(axis=1).reshape(words.shape)  # pragma: no cover
+    if out is None:  # pragma: no cover
+        return got
+    out[...] = got  # pragma: no cover
+    return out  # pragma: no cover
 
 
-class _BitPrefix:
-    """How many pixels of a boolean block are set before any flat position, from its bits
-    packed 64 to a word (numpy compares, packs and counts in SIMD: about 0.2 ns a pixel)."""
+#: This thread's work buffers, kept from block to block.
+_SCRATCH = threading.local()
 
-    def __init__(self, flags: np.ndarray) -> None:
-        packed = np.packbits(flags.ravel(), bitorder="little")
-        padded = np.zeros(
-            len(packed) + (-len(packed)) % 8 + 8, np.uint8
-        )  # a spare word: position n
-        padded[: len(packed)] = packed
-        self.words = padded.view("<u8")
-        self.before = np.zeros(len(self.words) + 1, np.int64)
-        np.cumsum(_popcount(self.words), out=self.before[1:])
+
+def _scratch(name: str, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
+    """This thread's buffer ``name`` as an array of ``shape`` (contents undefined). A new array
+    of a block's size costs a page fault per 4 KB on its first use (about 5 µs each on a
+    virtual machine: several ms a block), a kept one nothing; memory stays one block's worth."""
+    size = int(np.prod(shape)) * dtype.itemsize
+    buffers: dict[str, np.ndarray] = getattr(_SCRATCH, "buffers", None) or {}
+    buf = buffers.get(name)
+    if buf is None or buf.size < size:
+        buf = buffers[name] = np.empty(size, np.uint8)
+        _SCRATCH.buffers = buffers
+    return buf[:size].view(dtype).reshape(shape)
+
+
+class _ClassPrefix:
+    """How many valid pixels of a block hold each value before any flat position.
+
+    One pass per value: the pixels holding it packed to bits, 64 to a word, and a running count
+    per word (numpy compares, packs and counts in SIMD: about 0.1 ns a pixel); a count up to a
+    position is the word's running count and the set bits of the word below it. ``values``: the
+    raster's class values found in the block, then any others it holds (found by a bincount:
+    a raster without class metadata); negative values are counted but are no classes.
+    """
+
+    def __init__(self, data: np.ndarray, valid: np.ndarray | None, task: StatsTask) -> None:
+        self.shape = data.shape
+        info = np.iinfo(data.dtype) if data.dtype.kind in "ui" else None
+        nodata = task.nodata
+        self.values = [
+            v for v in task.values if v != nodata and (info is None or info.min <= v <= info.max)
+        ]
+        invalid = 0 if valid is None else data.size - int(np.count_nonzero(valid))
+        if nodata is not None and (info is None or info.min <= nodata <= info.max):
+            is_nodata = np.equal(data, nodata, out=_scratch("flags", data.shape, np.dtype(bool)))
+            if valid is not None:
+                is_nodata &= valid
+            invalid += int(np.count_nonzero(is_nodata))
+        self._pack(data, valid)
+        if int(self.before[:, -1].sum()) + invalid != data.size:
+            low = int(info.min) if info is not None else 0
+            found = np.bincount(
+                (data if valid is None else data[valid]).ravel().astype(np.int64) - low
+            )
+            known = set(self.values)
+            self.values += [
+                int(v) + low
+                for v in np.flatnonzero(found)
+                if int(v) + low not in known and int(v) + low != nodata
+            ]
+            self._pack(data, valid)
+
+    def _pack(self, data: np.ndarray, valid: np.ndarray | None) -> None:
+        """The words and running counts of every value."""
+        flat = data.ravel()
+        ok = None if valid is None else valid.ravel()
+        k, n = len(self.values), flat.size // 64 + 1  # a spare word: position ``size``
+        words = _scratch("words", (k, n), np.dtype("<u8"))
+        words[:, -1] = 0
+        as_bytes = words.view(np.uint8)
+        flags = _scratch("flags", (flat.size,), np.dtype(bool))
+        for i, v in enumerate(self.values):
+            np.equal(flat, v, out=flags)
+            if ok is not None:
+                flags &= ok
+            packed = np.packbits(flags, bitorder="little")
+            as_bytes[i, : len(packed)] = packed
+        self.words = words
+        self.before = _scratch("before", (k, n + 1), np.dtype(np.int32))
+        self.before[:, 0] = 0
+        counts = _scratch("counts", words.shape, np.dtype(np.uint8))
+        np.cumsum(_popcount(words, counts), axis=1, out=self.before[:, 1:])
 
     def __call__(self, pos: np.ndarray) -> np.ndarray:
-        """Set pixels among the block's first ``pos`` (flat positions)."""
+        """Pixels of each value among the block's first ``pos`` (flat positions): ``(values,
+        len(pos))``."""
         word = pos >> 6
         low = (np.uint64(1) << (pos & 63).astype(np.uint64)) - np.uint64(1)
-        return self.before[word] + _popcount(self.words[word] & low).astype(np.int64)
+        return self.before[:, word] + _popcount(self.words[:, word] & low)
 
-    @property
-    def total(self) -> int:
-        """Set pixels in the whole block."""
-        return int(self.before[-1])
+    def row_counts(self) -> np.ndarray:
+        """Pixels of each value in each row of the block: ``(values, rows)``."""
+        h, w = self.shape
+        return np.diff(self(np.arange(h + 1, dtype=np.int64) * w), axis=1)
 
-
-def _count_runs(
-    data: np.ndarray,
-    valid: np.ndarray | None,
-    runs: Runs,
-    count: int,
-    task: StatsTask,
-    areas: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Pixels and m² by (label, value) of the runs of a block, as two ``(count, values)`` arrays.
-
-    Value by value: the pixels holding it as bits (:class:`_BitPrefix`), counted within each
-    run by the difference of two prefix counts, so there is no pass over the pixels per zone
-    and overlapping zones cost nothing more. The raster's class values first; a block that
-    holds others (a raster without class metadata) has them found by a bincount.
-    """
-    w = data.shape[1]
-    begin = runs.row * w + runs.start
-    end = runs.row * w + runs.stop
-    run_area = areas[runs.row]
-    info = np.iinfo(data.dtype)
-    values = [v for v in task.values if v != task.nodata and info.min <= v <= info.max]
-    invalid = 0 if valid is None else data.size - int(np.count_nonzero(valid))
-    if task.nodata is not None and info.min <= task.nodata <= info.max:
-        nodata = data == task.nodata
-        invalid += int(np.count_nonzero(nodata if valid is None else nodata & valid))
-    out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    seen, i = 0, 0
-    while True:
-        if i == len(values):
-            if seen + invalid == data.size:
-                break
-            found = np.bincount(
-                (data if valid is None else data[valid]).ravel().astype(np.int64) - int(info.min)
-            )
-            values += [
-                int(v) + int(info.min)
-                for v in np.flatnonzero(found)
-                if int(v) + int(info.min) not in out and int(v) + int(info.min) != task.nodata
-            ]
-            if i == len(values):  # pragma: no cover - the bincount finds every value
-                break
-        v = values[i]
-        i += 1
-        flags = data == v
-        if valid is not None:
-            flags &= valid
-        prefix = _BitPrefix(flags)
-        seen += prefix.total
-        got = (prefix(end) - prefix(begin)) * runs.weight
-        out[v] = (
-            np.bincount(runs.label, weights=got, minlength=count),
-            np.bincount(runs.label, weights=got * run_area, minlength=count),
+    def after(self, row_end: np.ndarray, rows: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """Pixels of each value from flat positions ``pos`` to the end of their ``rows``
+        (``row_end``: :meth:`__call__` at each row's end), ``(values, len(pos))``, in this
+        thread's buffers (valid until the next call)."""
+        k, n = len(self.values), len(pos)
+        word = pos >> 6
+        low = (np.uint64(1) << (pos & 63).astype(np.uint64)) - np.uint64(1)
+        bits = _scratch("q_words", (k, n), np.dtype("<u8"))
+        np.take(self.words, word, axis=1, out=bits, mode="clip")
+        np.bitwise_and(bits, low, out=bits)
+        out = _scratch("q_after", (k, n), np.dtype(np.int32))
+        np.take(row_end, rows, axis=1, out=out, mode="clip")
+        out -= _popcount(bits, _scratch("q_bits", (k, n), np.dtype(np.uint8)))
+        out -= np.take(
+            self.before,
+            word,
+            axis=1,
+            out=_scratch("q_before", (k, n), np.dtype(np.int32)),
+            mode="clip",
         )
-    size = max(out) + 1 if out else 1
-    pixels, area = np.zeros((count, size)), np.zeros((count, size))
-    for v, (p, a) in out.items():
-        if v >= 0:  # negative values of a signed raster are not classes
-            pixels[:, v], area[:, v] = p, a
-    return pixels, area
+        return out
+
+    def table(self, per_value: np.ndarray) -> np.ndarray:
+        """``(values, n)`` as ``(n, classes)`` by class value (negative values dropped)."""
+        size = max([v for v in self.values if v >= 0], default=0) + 1
+        out = np.zeros((per_value.shape[1], size))
+        for k, v in enumerate(self.values):
+            if v >= 0:
+                out[:, v] = per_value[k]
+        return out
+
+
+#: Edge pieces counted at a time: their arrays stay small enough for the allocator to reuse
+#: (one block's pieces at once, about 50,000, made a few MB of new arrays a block, each page of
+#: them a fault of about 5 µs on a virtual machine).
+PIECES_AT_ONCE = 8192
 
 
 def _count_zones(
-    task: StatsTask, data: np.ndarray, valid: np.ndarray | None, areas: np.ndarray
+    task: StatsTask,
+    data: np.ndarray,
+    valid: np.ndarray | None,
+    areas: np.ndarray,
+    prefix: _ClassPrefix,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pixels and m² by (zone, value): the zones' exact coverage of the block
-    (:func:`geoseg.results.coverage.coverage`), its runs counted by :func:`_count_runs` and
-    its edge cells weighted by their fractions; ``(zone ids, pixels, m²)``."""
-    import shapely
+    """Pixels and m² by (zone, value): ``(zone ids, pixels, m²)``, a zone id more than once
+    when its edges were counted in several goes.
 
-    from geoseg.results.coverage import coverage
+    The zones' edges cut into pieces in the block's pixels (:func:`~geoseg.results.coverage.
+    pieces`): a zone covers a pixel by the sum of the heights of its pieces left of it in the
+    row, and by the part right of a piece in the piece's own pixel. So each piece counts its
+    height times the pixels of each class after it in its row (two prefix counts), and its own
+    pixel's part for that pixel's class: no coverage grid, no pass over the pixels per zone, and
+    overlapping zones cost nothing more.
+    """
+    from geoseg.results.coverage import Edges
+
+    assert task.edges is not None and task.edge_zones is not None
+    h, w = data.shape
+    e = task.edges
+    edges = Edges(
+        e[:, 0] - task.col_off,
+        e[:, 1] - task.row_off,
+        e[:, 2] - task.col_off,
+        e[:, 3] - task.row_off,
+        task.edge_zones,
+    )
+    row_end = prefix(np.arange(1, h + 1, dtype=np.int64) * w)
+    # the edges in goes of about PIECES_AT_ONCE pieces (one a row of the block, most of them)
+    rows = np.clip(np.ceil(np.maximum(edges.y0, edges.y1)), 0, h) - np.clip(
+        np.floor(np.minimum(edges.y0, edges.y1)), 0, h
+    )
+    go = (np.cumsum(rows) // PIECES_AT_ONCE).astype(np.int64)
+    cuts = np.flatnonzero(np.diff(go)) + 1
+    parts = [
+        _count_pieces(edges.take(slice(a, b)), data, valid, areas, prefix, row_end, task.nodata)
+        for a, b in zip([0, *cuts.tolist()], [*cuts.tolist(), len(edges)])
+    ]
+    size = max(p[1].shape[1] for p in parts)
+    zone_ids = np.concatenate([p[0] for p in parts])
+    pixels = np.concatenate([np.pad(p[1], ((0, 0), (0, size - p[1].shape[1]))) for p in parts])
+    area = np.concatenate([np.pad(p[2], ((0, 0), (0, size - p[2].shape[1]))) for p in parts])
+    return zone_ids, pixels, area
+
+
+def _count_pieces(
+    edges: Any,
+    data: np.ndarray,
+    valid: np.ndarray | None,
+    areas: np.ndarray,
+    prefix: _ClassPrefix,
+    row_end: np.ndarray,
+    nodata: int | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_count_zones` for some of the block's edges (a zone's edges next to each other)."""
+    from geoseg.results.coverage import pieces
 
     h, w = data.shape
-    geoms = shapely.from_wkb(np.asarray(task.zones, dtype=object))
-    cov = coverage(
-        geoms,
-        np.asarray(task.zone_ids, dtype=np.int64),
-        h,
-        w,
-        col_off=task.col_off,
-        row_off=task.row_off,
-        flip_y=True,
-    )
-    zone_ids, local = np.unique(np.concatenate([cov.run_zone, cov.cell_zone]), return_inverse=True)
-    run_label, cell_label = local[: len(cov.run_zone)], local[len(cov.run_zone) :]
+    p = pieces(edges, h, w)
+    zone = edges.zone[p.edge]
+    first = np.empty(len(zone), dtype=bool)
+    first[:1] = True
+    np.not_equal(zone[1:], zone[:-1], out=first[1:])
+    starts = np.flatnonzero(first)
+    zone_ids = zone[starts]
     count = len(zone_ids)
-    runs = Runs(run_label, cov.run_row, cov.run_start, cov.run_stop, cov.run_fraction)
-    run_pixels, run_area = _count_runs(data, valid, runs, count, task, areas)
-    # edge cells: their value, weighted by the covered fraction
-    value = data[cov.cell_row, cov.cell_col].astype(np.int64)
+    if count == 0:
+        return zone_ids, np.zeros((0, 1)), np.zeros((0, 1))
+    label = np.cumsum(first) - 1
+    same_area = bool(np.all(areas == areas[0]))
+    # whole pixels after each piece in its row, by value: (values, pieces)
+    row_start = p.row * w
+    after = prefix.after(row_end, p.row, row_start + p.col + 1)
+    weighted = _scratch("weighted", after.shape, np.dtype(np.float64))
+    pixels = prefix.table(np.add.reduceat(np.multiply(after, p.dy, out=weighted), starts, axis=1))
+    if not same_area:
+        np.multiply(after, p.dy * areas[p.row], out=weighted)
+        area = prefix.table(np.add.reduceat(weighted, starts, axis=1))
+    # each piece's own pixel: the part right of it, for that pixel's value
+    own = np.flatnonzero(p.col >= 0)
+    at = row_start[own] + p.col[own]
+    value = data.ravel()[at].astype(np.int64)
     keep = value >= 0
     if valid is not None:
-        keep &= valid[cov.cell_row, cov.cell_col]
-    if task.nodata is not None:
-        keep &= value != task.nodata
-    size = max(run_pixels.shape[1], int(value[keep].max()) + 1 if keep.any() else 1)
-    pixels, area = np.zeros((count, size)), np.zeros((count, size))
-    pixels[:, : run_pixels.shape[1]] += run_pixels
-    area[:, : run_area.shape[1]] += run_area
-    key = cell_label[keep] * size + value[keep]
-    frac = cov.cell_fraction[keep]
-    pixels += np.bincount(key, weights=frac, minlength=count * size).reshape(count, size)
-    area += np.bincount(
-        key, weights=frac * areas[cov.cell_row[keep]], minlength=count * size
-    ).reshape(count, size)
-    return zone_ids, pixels, area
+        keep &= valid.ravel()[at]
+    if nodata is not None:
+        keep &= value != nodata
+    size = max(pixels.shape[1], int(value[keep].max()) + 1 if keep.any() else 1)
+    key = label[own][keep] * size + value[keep]
+    part = p.right[own][keep]
+    # (a bincount of nothing is of integers, whatever the weights)
+    total = np.bincount(key, weights=part, minlength=count * size).astype(np.float64)
+    total = total.reshape(count, size)
+    total[:, : pixels.shape[1]] += pixels
+    if same_area:
+        return zone_ids, total, total * areas[0]
+    area_total = np.bincount(key, weights=part * areas[p.row[own][keep]], minlength=count * size)
+    area_total = area_total.astype(np.float64).reshape(count, size)
+    area_total[:, : area.shape[1]] += area
+    return zone_ids, total, area_total
 
 
 @dataclass
@@ -408,14 +498,46 @@ def _block_size(src: Any) -> int:
     return max(base, BLOCK // base * base)
 
 
-def _pixel_zones(
-    zones: Zones, crs: Any, transform: Any, width: int, height: int
-) -> tuple[np.ndarray, Any]:
+@dataclass
+class ZoneEdges:
+    """The zones' edges in the raster's pixels (:class:`~geoseg.results.coverage.Edges`: x =
+    column, y = row), with each edge's extent and each zone's bounds, to pick a block's edges."""
+
+    edges: Any
+    bounds: np.ndarray
+    ymin: np.ndarray
+    ymax: np.ndarray
+    xmin: np.ndarray
+    geoms: np.ndarray
+
+    def in_block(self, r0: int, c0: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """The ``(edges, zone numbers)`` a block needs: the edges, within its rows and not right
+        of it, of the zones that reach into it (None when none does)."""
+        import shapely
+
+        b = self.bounds
+        near = np.flatnonzero(
+            (b[:, 0] < c0 + w) & (b[:, 2] > c0) & (b[:, 1] < r0 + h) & (b[:, 3] > r0)
+        )
+        if len(near) == 0:
+            return None
+        hit = np.zeros(len(b), dtype=bool)
+        hit[near[shapely.intersects(self.geoms[near], shapely.box(c0, r0, c0 + w, r0 + h))]] = True
+        e = self.edges
+        pick = hit[e.zone] & (self.ymax > r0) & (self.ymin < r0 + h) & (self.xmin < c0 + w)
+        if not pick.any():
+            return None
+        return np.column_stack([e.x0[pick], e.y0[pick], e.x1[pick], e.y1[pick]]), e.zone[pick]
+
+
+def _zone_edges(zones: Zones, crs: Any, transform: Any, width: int, height: int) -> ZoneEdges:
     """The zones reprojected into the raster's CRS and then into pixel coordinates (x = column,
-    y = -row), and an STRtree over them; one line when none overlaps the raster."""
+    y = row), as edges; one line when none overlaps the raster."""
     import shapely
     from pyproj import CRS as ProjCRS
     from pyproj import Transformer
+
+    from geoseg.results.coverage import polygon_edges
 
     geoms = shapely.from_wkb(zones.wkb)
     src_crs = ProjCRS.from_wkt(zones.crs_wkt)
@@ -432,16 +554,25 @@ def _pixel_zones(
     def to_pixels(xy: np.ndarray) -> np.ndarray:
         col = inv.a * xy[:, 0] + inv.b * xy[:, 1] + inv.c
         row = inv.d * xy[:, 0] + inv.e * xy[:, 1] + inv.f
-        return np.column_stack([col, -row])
+        return np.column_stack([col, row])
 
     pixel = shapely.make_valid(shapely.transform(geoms, to_pixels))
-    extent = shapely.box(0, -height, width, 0)
+    extent = shapely.box(0, 0, width, height)
     if not shapely.intersects(pixel, extent).any():
         raise ResultsError(
             f"no zone of {zones.path} overlaps the raster; check that they cover the "
             "same area (and their CRS)"
         )
-    return pixel, shapely.STRtree(pixel)
+    edges = polygon_edges(pixel, np.arange(len(pixel)))
+    shapely.prepare(pixel)
+    return ZoneEdges(
+        edges,
+        shapely.bounds(pixel),
+        np.minimum(edges.y0, edges.y1),
+        np.maximum(edges.y0, edges.y1),
+        np.minimum(edges.x0, edges.x1),
+        pixel,
+    )
 
 
 def _validity(raster: str) -> tuple[int | None, bool]:
@@ -462,9 +593,7 @@ def _validity(raster: str) -> tuple[int | None, bool]:
 def plan_stats(
     raster: str, zones: Zones | None, block: int, values: tuple[int, ...] = ()
 ) -> tuple[list[StatsTask], Any]:
-    """Block tasks over the raster, each with the zones' parts inside its window."""
-    import shapely
-
+    """Block tasks over the raster, each with the edges of the zones that reach into it."""
     info = open_scene(raster)
     assert info.crs is not None  # checked by stats()
     nodata, masked = _validity(raster)
@@ -477,24 +606,18 @@ def plan_stats(
         masked=masked,
         values=values,
     )
-    pixel = tree = None
+    zone_edges = None
     if zones is not None:
-        pixel, tree = _pixel_zones(zones, info.crs, info.transform, info.width, info.height)
+        zone_edges = _zone_edges(zones, info.crs, info.transform, info.width, info.height)
     tasks = []
     for r0 in range(0, info.height, block):
         for c0 in range(0, info.width, block):
             h, w = min(block, info.height - r0), min(block, info.width - c0)
-            if tree is None:
+            if zone_edges is None:
                 tasks.append(StatsTask(row_off=r0, col_off=c0, height=h, width=w, **base))
                 continue
-            assert pixel is not None
-            hits = tree.query(shapely.box(c0, -(r0 + h), c0 + w, -r0), predicate="intersects")
-            if len(hits) == 0:
-                continue
-            hits = np.sort(hits)
-            parts = shapely.clip_by_rect(pixel[hits], c0, -(r0 + h), c0 + w, -r0)
-            keep = ~shapely.is_empty(parts)
-            if not keep.any():
+            picked = zone_edges.in_block(r0, c0, h, w)
+            if picked is None:
                 continue
             tasks.append(
                 StatsTask(
@@ -502,8 +625,8 @@ def plan_stats(
                     col_off=c0,
                     height=h,
                     width=w,
-                    zone_ids=tuple(int(i) for i in hits[keep]),
-                    zones=tuple(shapely.to_wkb(parts[keep])),
+                    edges=picked[0],
+                    edge_zones=picked[1],
                     **base,
                 )
             )
