@@ -154,8 +154,9 @@ def _count_known(
     if wanted[0] < info.min or wanted[-1] > info.max:
         return None
     counts = np.zeros(wanted[-1] + 1, np.int64)
+    flags = _scratch("flags", data.shape, np.dtype(bool))
     for v in wanted:
-        counts[v] = np.count_nonzero(data == v)
+        counts[v] = np.count_nonzero(np.equal(data, v, out=flags))
     if counts.sum() != data.size:
         return None
     if nodata is not None:
