@@ -351,3 +351,28 @@ def test_class_prefix_counts_equal_a_cumulative_sum(rng: np.random.Generator) ->
     assert prefix.row_counts().tolist() == [
         ((data == v) & valid).sum(axis=1).tolist() for v in prefix.values
     ]
+
+
+def test_a_block_counted_in_strips_equals_it_counted_whole(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    import dataclasses
+
+    from geoseg.results.stats import count_block, plan_stats, read_zones
+
+    a = random_classes(rng, 100, 90)
+    path = class_raster(tmp_path / "c.tif", a)
+    x0, y1 = 300000.0, 5800000.0
+    geoms = [
+        shapely.Point(x0 + 300, y1 - 400).buffer(333),
+        shapely.box(x0 + 123.4, y1 - 987.6, x0 + 876.5, y1 - 55.5),
+    ]
+    zones = read_zones(write_zones(tmp_path / "z.gpkg", geoms, ["a", "b"]), "name")
+    for zone_set in (zones, None):
+        (task,), _ = plan_stats(str(path), zone_set, 128, (0, 1, 2, 3))
+        whole = count_block(dataclasses.replace(task, strip=0))
+        strips = count_block(dataclasses.replace(task, strip=16))
+        assert whole.zone.tolist() == strips.zone.tolist()
+        assert whole.value.tolist() == strips.value.tolist()
+        assert strips.pixels == pytest.approx(whole.pixels, rel=1e-12)
+        assert strips.area == pytest.approx(whole.area, rel=1e-12)

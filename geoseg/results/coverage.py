@@ -33,7 +33,7 @@ class Edges:
     def __len__(self) -> int:
         return len(self.zone)
 
-    def take(self, index: np.ndarray) -> Edges:
+    def take(self, index: np.ndarray | slice) -> Edges:
         """The edges at ``index`` (a mask or sorted positions keep the zones together)."""
         return Edges(
             self.x0[index], self.y0[index], self.x1[index], self.y1[index], self.zone[index]
