@@ -164,3 +164,29 @@ def coverage_grid(edges: Edges, zones: int, height: int, width: int) -> np.ndarr
     np.add.at(acc, (z, p.row, p.col + 1), p.right)
     np.add.at(acc, (z, p.row, p.col + 2), -p.right)
     return np.cumsum(acc, axis=2)[:, :, 1:-1]
+
+
+def shared_edges(edges: Edges) -> tuple[np.ndarray, np.ndarray]:
+    """Edges two zones share, run in opposite directions (the border of two neighbours):
+    ``(keep, other)``, one edge of each such pair kept and ``other`` the zone of its neighbour
+    (-1 for an edge no other zone shares). The neighbour's pieces of a shared edge are the
+    kept one's, negated: a border is cut into pieces once, not once for each side."""
+    x0, y0, x1, y1 = edges.x0, edges.y0, edges.x1, edges.y1
+    flip = (x0 > x1) | ((x0 == x1) & (y0 > y1))
+    ax, ay = np.where(flip, x1, x0), np.where(flip, y1, y0)
+    bx, by = np.where(flip, x0, x1), np.where(flip, y0, y1)
+    order = np.lexsort((by, bx, ay, ax))
+    key = np.column_stack([ax, ay, bx, by])[order]
+    same = np.all(key[1:] == key[:-1], axis=1)  # sorted position i equals i + 1
+    # pairs: a run of exactly two equal edges, in opposite directions, of two zones
+    before = np.concatenate([[False], same[:-1]])
+    after = np.concatenate([same[1:], [False]])
+    i = np.flatnonzero(same & ~before & ~after)
+    a, b = order[i], order[i + 1]
+    pair = (flip[a] != flip[b]) & (edges.zone[a] != edges.zone[b])
+    a, b = a[pair], b[pair]
+    keep = np.ones(len(edges), dtype=bool)
+    keep[b] = False
+    other = np.full(len(edges), -1, dtype=np.int64)
+    other[a] = edges.zone[b]
+    return keep, other

@@ -50,7 +50,8 @@ STRIP_PIXELS = 2048 * 2048
 class StatsTask:
     """One block of the class raster and the edges of the zones that reach into it
     (``edges``: rows ``x0, y0, x1, y1`` in the raster's pixels, x = column, y = row, and
-    ``edge_zones``: each one's zone number); paths, windows and small arrays only. Pixels are
+    ``edge_zones``: rows of each one's zone number and that of the neighbour sharing it, -1 for
+    none); paths, windows and small arrays only. Pixels are
     invalid where they hold ``nodata``, or where the raster's mask says so when ``masked``;
     ``values``: the classes its metadata names (the values to expect)."""
 
@@ -350,25 +351,29 @@ def _count_zones(
     areas: np.ndarray,
     prefix: _ClassPrefix,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pixels and m² by (zone, value): ``(zone ids, pixels, m²)``, a zone id more than once
-    when its edges were counted in several goes.
+    """Pixels and m² by (zone, value): ``(zone ids, pixels, m²)``.
 
     The zones' edges cut into pieces in the block's pixels (:func:`~geoseg.results.coverage.
     pieces`): a zone covers a pixel by the sum of the heights of its pieces left of it in the
     row, and by the part right of a piece in the piece's own pixel. So each piece counts its
     height times the pixels of each class after it in its row (two prefix counts), and its own
     pixel's part for that pixel's class: no coverage grid, no pass over the pixels per zone, and
-    overlapping zones cost nothing more.
+    overlapping zones cost nothing more. A border two zones share counts for both, negated for
+    the second.
     """
     from geoseg.results.coverage import Edges
 
     h, w = data.shape
+    zone_ids = np.unique(edge_zones[edge_zones >= 0])
+    count = len(zone_ids)
+    local = np.searchsorted(zone_ids, edge_zones)
+    local[edge_zones < 0] = count  # a spare last zone for the edges no neighbour shares
     edges = Edges(
         e[:, 0] - task.col_off,
         e[:, 1] - row_off,
         e[:, 2] - task.col_off,
         e[:, 3] - row_off,
-        edge_zones,
+        local[:, 0],
     )
     row_end = prefix(np.arange(1, h + 1, dtype=np.int64) * w)
     # the edges in goes of about PIECES_AT_ONCE pieces (one a row of the block, most of them)
@@ -377,50 +382,63 @@ def _count_zones(
     )
     go = (np.cumsum(rows) // PIECES_AT_ONCE).astype(np.int64)
     cuts = np.flatnonzero(np.diff(go)) + 1
-    parts = [
-        _count_pieces(edges.take(slice(a, b)), data, valid, areas, prefix, row_end, task.nodata)
-        for a, b in zip([0, *cuts.tolist()], [*cuts.tolist(), len(edges)])
-    ]
-    size = max(p[1].shape[1] for p in parts)
-    zone_ids = np.concatenate([p[0] for p in parts])
-    pixels = np.concatenate([np.pad(p[1], ((0, 0), (0, size - p[1].shape[1]))) for p in parts])
-    area = np.concatenate([np.pad(p[2], ((0, 0), (0, size - p[2].shape[1]))) for p in parts])
+    size = 1
+    pixels = area = np.zeros((count, 1))
+    for a, b in zip([0, *cuts.tolist()], [*cuts.tolist(), len(edges)]):
+        got = _count_pieces(
+            edges.take(slice(a, b)),
+            local[a:b, 1],
+            count,
+            data,
+            valid,
+            areas,
+            prefix,
+            row_end,
+            task.nodata,
+        )
+        if got[0].shape[1] > size:
+            size = got[0].shape[1]
+            pixels = np.pad(pixels, ((0, 0), (0, size - pixels.shape[1])))
+            area = np.pad(area, ((0, 0), (0, size - area.shape[1])))
+        pixels[:, : got[0].shape[1]] += got[0]
+        area[:, : got[1].shape[1]] += got[1]
     return zone_ids, pixels, area
 
 
 def _count_pieces(
     edges: Any,
+    other: np.ndarray,
+    count: int,
     data: np.ndarray,
     valid: np.ndarray | None,
     areas: np.ndarray,
     prefix: _ClassPrefix,
     row_end: np.ndarray,
     nodata: int | None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`_count_zones` for some of the block's edges (a zone's edges next to each other)."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_count_zones` for some of the block's edges, numbered ``0 .. count - 1`` (their
+    ``zone`` and ``other``, ``count`` for none): ``(pixels, m²)``, ``count`` rows each."""
     from geoseg.results.coverage import pieces
 
     h, w = data.shape
     p = pieces(edges, h, w)
-    zone = edges.zone[p.edge]
-    first = np.empty(len(zone), dtype=bool)
-    first[:1] = True
-    np.not_equal(zone[1:], zone[:-1], out=first[1:])
-    starts = np.flatnonzero(first)
-    zone_ids = zone[starts]
-    count = len(zone_ids)
-    if count == 0:
-        return zone_ids, np.zeros((0, 1)), np.zeros((0, 1))
-    label = np.cumsum(first) - 1
+    zone, neighbour = edges.zone[p.edge], other[p.edge]
+    bins = count + 1
     same_area = bool(np.all(areas == areas[0]))
-    # whole pixels after each piece in its row, by value: (values, pieces)
+    weights = [p.dy] if same_area else [p.dy, p.dy * areas[p.row]]
+    # whole pixels after each piece in its row, by value: (values, pieces), summed by zone
     row_start = p.row * w
     after = prefix.after(row_end, p.row, row_start + p.col + 1)
+    k = len(prefix.values)
+    slot = np.arange(k)[:, None]
+    mine = (zone * k + slot).ravel()
+    theirs = (neighbour * k + slot).ravel()
     weighted = _scratch("weighted", after.shape, np.dtype(np.float64))
-    pixels = prefix.table(np.add.reduceat(np.multiply(after, p.dy, out=weighted), starts, axis=1))
-    if not same_area:
-        np.multiply(after, p.dy * areas[p.row], out=weighted)
-        area = prefix.table(np.add.reduceat(weighted, starts, axis=1))
+    sums = []
+    for weight in weights:
+        flat = np.multiply(after, weight, out=weighted).ravel()
+        got = np.bincount(mine, flat, bins * k) - np.bincount(theirs, flat, bins * k)
+        sums.append(prefix.table(got.reshape(bins, k)[:count].T))
     # each piece's own pixel: the part right of it, for that pixel's value
     own = np.flatnonzero(p.col >= 0)
     at = row_start[own] + p.col[own]
@@ -430,19 +448,24 @@ def _count_pieces(
         keep &= valid.ravel()[at]
     if nodata is not None:
         keep &= value != nodata
-    size = max(pixels.shape[1], int(value[keep].max()) + 1 if keep.any() else 1)
-    key = label[own][keep] * size + value[keep]
+    size = max(sums[0].shape[1], int(value[keep].max()) + 1 if keep.any() else 1)
+    value = value[keep]
+    mine_cell = zone[own][keep] * size + value
+    theirs_cell = neighbour[own][keep] * size + value
     part = p.right[own][keep]
-    # (a bincount of nothing is of integers, whatever the weights)
-    counted: np.ndarray = np.bincount(key, weights=part, minlength=count * size)
-    total = counted.astype(np.float64).reshape(count, size)
-    total[:, : pixels.shape[1]] += pixels
+    out = []
+    for i, s in enumerate(sums):
+        wpart = part if i == 0 else part * areas[p.row[own][keep]]
+        # (a bincount of nothing is of integers, whatever the weights)
+        cells: np.ndarray = np.bincount(mine_cell, wpart, bins * size) - np.bincount(
+            theirs_cell, wpart, bins * size
+        )
+        total = cells.astype(np.float64).reshape(bins, size)[:count]
+        total[:, : s.shape[1]] += s
+        out.append(total)
     if same_area:
-        return zone_ids, total, total * areas[0]
-    counted = np.bincount(key, weights=part * areas[p.row[own][keep]], minlength=count * size)
-    area_total = counted.astype(np.float64).reshape(count, size)
-    area_total[:, : area.shape[1]] += area
-    return zone_ids, total, area_total
+        return out[0], out[0] * areas[0]
+    return out[0], out[1]
 
 
 @dataclass
@@ -542,9 +565,11 @@ def _block_size(src: Any) -> int:
 @dataclass
 class ZoneEdges:
     """The zones' edges in the raster's pixels (:class:`~geoseg.results.coverage.Edges`: x =
-    column, y = row), with each edge's extent and each zone's bounds, to pick a block's edges."""
+    column, y = row; a border two zones share once, ``other``: the neighbour, -1 for none),
+    with each edge's extent and each zone's bounds, to pick a block's edges."""
 
     edges: Any
+    other: np.ndarray
     bounds: np.ndarray
     ymin: np.ndarray
     ymax: np.ndarray
@@ -552,8 +577,10 @@ class ZoneEdges:
     geoms: np.ndarray
 
     def in_block(self, r0: int, c0: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """The ``(edges, zone numbers)`` a block needs: the edges, within its rows and not right
-        of it, of the zones that reach into it (None when none does)."""
+        """The ``(edges, zones)`` a block needs: the edges, within its rows and not right of it,
+        of the zones that reach into it, and the zone and neighbour of each (a neighbour that
+        does not reach into the block left out: its other edges are not there; None when no
+        zone reaches into it)."""
         import shapely
 
         b = self.bounds
@@ -562,13 +589,21 @@ class ZoneEdges:
         )
         if len(near) == 0:
             return None
-        hit = np.zeros(len(b), dtype=bool)
+        hit = np.zeros(len(b) + 1, dtype=bool)  # a spare last: the neighbour -1 reaches nowhere
         hit[near[shapely.intersects(self.geoms[near], shapely.box(c0, r0, c0 + w, r0 + h))]] = True
         e = self.edges
-        pick = hit[e.zone] & (self.ymax > r0) & (self.ymin < r0 + h) & (self.xmin < c0 + w)
+        pick = (hit[e.zone] | hit[self.other]) & (self.ymax > r0) & (self.ymin < r0 + h)
+        pick &= self.xmin < c0 + w
         if not pick.any():
             return None
-        return np.column_stack([e.x0[pick], e.y0[pick], e.x1[pick], e.y1[pick]]), e.zone[pick]
+        zone, other = e.zone[pick], self.other[pick]
+        xy = np.column_stack([e.x0[pick], e.y0[pick], e.x1[pick], e.y1[pick]])
+        # an edge whose zone does not reach into the block: its neighbour's, the other way round
+        turn = ~hit[zone]
+        xy[turn] = xy[turn][:, [2, 3, 0, 1]]
+        zone = np.where(turn, other, zone)
+        other = np.where(turn | ~hit[other], -1, other)
+        return xy, np.column_stack([zone, other])
 
 
 def _zone_edges(zones: Zones, crs: Any, transform: Any, width: int, height: int) -> ZoneEdges:
@@ -578,7 +613,7 @@ def _zone_edges(zones: Zones, crs: Any, transform: Any, width: int, height: int)
     from pyproj import CRS as ProjCRS
     from pyproj import Transformer
 
-    from geoseg.results.coverage import polygon_edges
+    from geoseg.results.coverage import polygon_edges, shared_edges
 
     geoms = shapely.from_wkb(zones.wkb)
     src_crs = ProjCRS.from_wkt(zones.crs_wkt)
@@ -605,9 +640,12 @@ def _zone_edges(zones: Zones, crs: Any, transform: Any, width: int, height: int)
             "same area (and their CRS)"
         )
     edges = polygon_edges(pixel, np.arange(len(pixel)))
+    keep, other = shared_edges(edges)
+    edges = edges.take(keep)
     shapely.prepare(pixel)
     return ZoneEdges(
         edges,
+        other[keep],
         shapely.bounds(pixel),
         np.minimum(edges.y0, edges.y1),
         np.maximum(edges.y0, edges.y1),
