@@ -250,13 +250,15 @@ class _ClassPrefix:
         self.values = [
             v for v in task.values if v != nodata and (info is None or info.min <= v <= info.max)
         ]
+        self._pack(data, valid)
+        if int(self.before[:, -1].sum()) == data.size:  # every pixel holds a class
+            return
         invalid = 0 if valid is None else data.size - int(np.count_nonzero(valid))
         if nodata is not None and (info is None or info.min <= nodata <= info.max):
             is_nodata = np.equal(data, nodata, out=_scratch("flags", data.shape, np.dtype(bool)))
             if valid is not None:
                 is_nodata &= valid
             invalid += int(np.count_nonzero(is_nodata))
-        self._pack(data, valid)
         if int(self.before[:, -1].sum()) + invalid != data.size:
             low = int(info.min) if info is not None else 0
             found = np.bincount(
@@ -278,7 +280,7 @@ class _ClassPrefix:
         words = _scratch("words", (k, n), np.dtype("<u8"))
         words[:, -1] = 0
         as_bytes = words.view(np.uint8)
-        flags = _scratch("flags", (flat.size,), np.dtype(bool))
+        flags = _scratch("flags", (flat.size,), np.dtype(bool))  # one buffer: no page faults
         for i, v in enumerate(self.values):
             np.equal(flat, v, out=flags)
             if ok is not None:
