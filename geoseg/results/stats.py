@@ -25,7 +25,6 @@ from rasterio.windows import Window
 from geoseg.classes import ClassInfo
 from geoseg.errors import ResultsError, first_line
 from geoseg.fs import check_distinct_paths
-from geoseg.raster.block_cache import READ_CACHE_BYTES
 from geoseg.raster.read import no_georef_warning, open_scene, read_env
 from geoseg.results.areas import row_areas
 from geoseg.results.classes import name_of, raster_class_info
@@ -122,7 +121,9 @@ def _count_window(
     from rasterio.transform import Affine
 
     window = Window(task.col_off, row_off, task.width, height)
-    with read_env(task.raster, READ_CACHE_BYTES), no_georef_warning():
+    # each of the raster's blocks is read once: GDAL's cache at its least (growing it to hold
+    # blocks no read comes back for cost a page fault per 4 KB)
+    with read_env(task.raster), no_georef_warning():
         src = _open_raster(task.raster)
         data = src.read(
             1,
@@ -656,16 +657,15 @@ def _zone_edges(zones: Zones, crs: Any, transform: Any, width: int, height: int)
     )
 
 
-def _validity(raster: str) -> tuple[int | None, bool, int]:
-    """How a block tells valid pixels: ``(nodata value, whether to read the mask)``, and the
-    height of the raster's own blocks. A nodata mask needs no second read: the pixels holding
-    that value are the invalid ones."""
+def _validity(src: Any) -> tuple[int | None, bool, int]:
+    """How a block of the open raster ``src`` tells valid pixels: ``(nodata value, whether to
+    read the mask)``, and the height of the raster's own blocks. A nodata mask needs no second
+    read: the pixels holding that value are the invalid ones."""
     from rasterio.enums import MaskFlags
 
-    with no_georef_warning(), rasterio.open(raster) as src:
-        flags = src.mask_flag_enums[0]
-        nodata = src.nodata
-        tile_rows = src.block_shapes[0][0]
+    flags = src.mask_flag_enums[0]
+    nodata = src.nodata
+    tile_rows = int(src.block_shapes[0][0])
     if MaskFlags.all_valid in flags:
         return None, False, tile_rows
     if MaskFlags.nodata in flags and nodata is not None and float(nodata).is_integer():
@@ -674,12 +674,22 @@ def _validity(raster: str) -> tuple[int | None, bool, int]:
 
 
 def plan_stats(
-    raster: str, zones: Zones | None, block: int, values: tuple[int, ...] = ()
+    raster: str,
+    zones: Zones | None,
+    block: int,
+    values: tuple[int, ...] = (),
+    info: Any = None,
+    validity: tuple[int | None, bool, int] | None = None,
 ) -> tuple[list[StatsTask], Any]:
-    """Block tasks over the raster, each with the edges of the zones that reach into it."""
-    info = open_scene(raster)
+    """Block tasks over the raster, each with the edges of the zones that reach into it
+    (``info``: its :func:`~geoseg.raster.read.open_scene`, ``validity``: its
+    :func:`_validity`, when the caller has them)."""
+    info = info or open_scene(raster)
     assert info.crs is not None  # checked by stats()
-    nodata, masked, tile_rows = _validity(raster)
+    if validity is None:
+        with no_georef_warning(), rasterio.open(raster) as src:
+            validity = _validity(src)
+    nodata, masked, tile_rows = validity
     # strips of whole rows of the raster's blocks, about STRIP_PIXELS each (none below one)
     strip = max(1, STRIP_PIXELS // max(1, min(block, info.width)) // tile_rows) * tile_rows
     base = dict(
@@ -759,6 +769,7 @@ def stats(
     with no_georef_warning(), rasterio.open(raster) as src:
         class_map, _ = raster_class_info(src, raster)
         block = block_size or _block_size(src)
+        validity = _validity(src)
     if info.crs is None or not info.georeferenced:
         raise ResultsError(
             f"{raster} has no CRS or geotransform, so its pixels have no area; "
@@ -766,7 +777,7 @@ def stats(
         )
     row_areas(info.crs, info.transform, info.height, 0, 1)  # a rotated geographic grid fails here
     zone_set = read_zones(zones, zone_field) if zones is not None else None
-    tasks, _ = plan_stats(raster, zone_set, block, tuple(sorted(class_map)))
+    tasks, _ = plan_stats(raster, zone_set, block, tuple(sorted(class_map)), info, validity)
     sums: dict[tuple[int, int], list[float]] = {}
     progress = Progress(len(tasks), unit="blocks", quiet=quiet)
     from dask.base import tokenize
