@@ -50,3 +50,24 @@ def test_pieces_right_of_the_grid_are_left_out_and_left_of_it_gathered() -> None
     assert sorted(zip(p.row.tolist(), p.col.tolist())) == [(1, -1), (2, -1)]
     grid = coverage_grid(edges, 1, 5, 10)
     assert grid[0].tolist() == [[0.0] * 10, [1.0] * 10, [1.0] * 10, [0.0] * 10, [0.0] * 10]
+
+
+def test_a_border_two_zones_share_is_kept_once_with_its_neighbour() -> None:
+    from geoseg.results.coverage import shared_edges
+
+    # two boxes sharing the border x = 4 (from y = 1 to 3), a third apart
+    geoms = [shapely.box(1, 1, 4, 3), shapely.box(4, 1, 7, 3), shapely.box(1, 5, 3, 6)]
+    edges = polygon_edges(np.array(geoms, dtype=object), np.arange(3))
+    keep, other = shared_edges(edges)
+    assert (~keep).sum() == 1 and (other >= 0).sum() == 1
+    (i,) = np.flatnonzero(other >= 0)
+    assert edges.x0[i] == edges.x1[i] == 4
+    assert {int(edges.zone[i]), int(other[i])} == {0, 1}
+    # the neighbour's coverage from the kept edge, negated, equals its own
+    whole = coverage_grid(edges, 3, 8, 8)
+    kept = edges.take(keep)
+    mine = coverage_grid(kept, 3, 8, 8)
+    j = int(other[i])
+    border = coverage_grid(edges.take(np.array([i])), 3, 8, 8)[int(edges.zone[i])]
+    mine[j] -= border
+    assert np.abs(mine - whole).max() < 1e-12
