@@ -52,9 +52,9 @@ class StatsTask:
     """One block of the class raster and the edges of the zones that reach into it
     (``edges``: rows ``x0, y0, x1, y1`` in the raster's pixels, x = column, y = row, and
     ``edge_zones``: rows of each one's zone number and that of the neighbour sharing it, -1 for
-    none); paths, windows and small arrays only. Pixels are
-    invalid where they hold ``nodata``, or where the raster's mask says so when ``masked``;
-    ``values``: the classes its metadata names (the values to expect)."""
+    none), counted ``strip`` rows at a time (0: all at once); paths, windows and small arrays
+    only. Pixels are invalid where they hold ``nodata``, or where the raster's mask says so when
+    ``masked``; ``values``: the classes its metadata names (the values to expect)."""
 
     raster: str
     row_off: int
