@@ -22,7 +22,7 @@ import numpy as np
 class Edges:
     """Polygon edges ``(x0, y0) -> (x1, y1)`` (x = column, y = row, from the grid's corner),
     oriented so that covered area counts positive, level edges (which add no area) left out;
-    ``zone``: each edge's polygon number, the edges of one zone next to each other."""
+    ``zone``: each edge's polygon number."""
 
     x0: np.ndarray
     y0: np.ndarray
@@ -34,7 +34,7 @@ class Edges:
         return len(self.zone)
 
     def take(self, index: np.ndarray | slice) -> Edges:
-        """The edges at ``index`` (a mask or sorted positions keep the zones together)."""
+        """The edges at ``index`` (a mask, positions or a slice)."""
         return Edges(
             self.x0[index], self.y0[index], self.x1[index], self.y1[index], self.zone[index]
         )
