@@ -2,8 +2,9 @@
 
 Each polygon edge is cut at the pixel grid lines into *pieces*; a piece inside pixel (r, c) that
 descends by ``dy`` adds ``dy`` times the part of the pixel's width to its right to pixel (r, c)
-and the rest to every pixel after it in the row; summed along a row these give, in every pixel,
-the exact area of the polygon inside it (the accumulation scan conversion of font rasterizers).
+and ``dy`` to every pixel after it in the row; summed over the pieces of a row these give, in
+every pixel, the exact area of the polygon inside it (the accumulation scan conversion of font
+rasterizers).
 So a sum over the covered pixels weighted by their fractions is a sum over the pieces, each
 weighted by what lies at and to the right of it in its row (:func:`pieces`): its cost follows
 the polygons' perimeters in pixels, not their areas, and needs no sorting or grouping of the
