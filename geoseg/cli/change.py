@@ -30,7 +30,9 @@ from geoseg.cli.options import (
 @click.option("--changes-only", is_flag=True, help="Write unchanged pixels as nodata.")
 @vector_output_option("the changes")
 @vector_options
-@run_options("Local Dask worker processes (default: one per core).")
+@run_options(
+    "Local Dask worker processes (default: none; one worker in this process, a thread per core)."
+)
 @report_errors
 def change_command(
     before: str,

@@ -25,9 +25,11 @@ from geoseg.cli.options import output_option, report_errors, run_options, take_r
     "--block-size",
     type=click.IntRange(min=64),
     default=None,
-    help="Pixels per block task side (default: about 1024, aligned to the raster's tiles).",
+    help="Pixels per block task side (default: about 4096, aligned to the raster's tiles).",
 )
-@run_options("Local Dask worker processes (default: one per core).")
+@run_options(
+    "Local Dask worker processes (default: none; one worker in this process, a thread per core)."
+)
 @report_errors
 def stats_command(
     classes: str,

@@ -15,10 +15,15 @@ if TYPE_CHECKING:
 def block_session(
     client: Any, scheduler: str | None, workers: int | None, max_in_flight: int | TaskSlots | None
 ) -> Iterator[tuple[DaskSession, int | TaskSlots]]:
-    """A Dask session for block tasks (``client``, ``scheduler``, else ``workers`` local worker
-    processes, default one per core) and how many may be in flight: ``max_in_flight``, else
-    twice its threads and at least 4."""
-    from geoseg.dask.session import cpu_count, dask_session
+    """A Dask session for block tasks and how many may be in flight: ``max_in_flight``, else
+    twice its threads and at least 4.
 
-    with dask_session(client, scheduler, workers or cpu_count(), processes=True) as session:
+    ``client`` or ``scheduler`` when given; with ``workers``, that many local worker processes;
+    else one worker in this process with a thread per core: the block work (GDAL's reads, numpy's
+    comparisons and sums) releases the GIL, and a process cluster's start (about 3 s) and close
+    would cost more than counting a 16,384² raster (docs/benchmarks.md, Stats)."""
+    from geoseg.dask.session import dask_session
+
+    local = workers is not None
+    with dask_session(client, scheduler, workers, processes=local, dashboard=local) as session:
         yield session, max_in_flight or max(4, 2 * session.threads)

@@ -27,6 +27,7 @@ from geoseg.errors import ResultsError, first_line
 from geoseg.fs import check_distinct_paths
 from geoseg.raster.read import no_georef_warning, open_scene, read_env
 from geoseg.results.areas import row_areas
+from geoseg.results.blocks import block_session
 from geoseg.results.classes import name_of, raster_class_info
 from geoseg.results.tables import check_table_path, publish, stage_table
 
@@ -749,10 +750,10 @@ def stats(
     zones with one ``<class_name>_m2`` column per class) when given.
 
     Areas are true areas (:func:`geoseg.results.areas.row_areas`); ``share`` is of the zone's
-    (or the raster's) valid area. Block by block on the Dask cluster (``client``, ``scheduler``
-    or ``workers`` local processes), at most ``max_in_flight`` blocks at a time.
+    (or the raster's) valid area. Block by block on the Dask cluster (``client``, ``scheduler``,
+    ``workers`` local processes, else threads in this process: see
+    :func:`~geoseg.results.blocks.block_session`), at most ``max_in_flight`` blocks at a time.
     """
-    from geoseg.dask.session import cpu_count, dask_session
     from geoseg.dask.stream import stream
     from geoseg.progress import Progress
 
@@ -787,8 +788,7 @@ def stats(
     from geoseg.raster.scenes import file_token
 
     stat = file_token(raster)
-    with dask_session(client, scheduler, workers or cpu_count(), processes=True) as session:
-        limit = max_in_flight or max(4, 2 * session.threads)
+    with block_session(client, scheduler, workers, max_in_flight) as (session, limit):
         for _, res in stream(
             session.client,
             count_block,
