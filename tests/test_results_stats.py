@@ -329,7 +329,7 @@ def test_zones_on_a_geographic_raster_weigh_rows_by_their_area(
 
 
 def test_class_prefix_counts_equal_a_cumulative_sum(rng: np.random.Generator) -> None:
-    from geoseg.results.stats import StatsTask, _ClassPrefix
+    from geoseg.results.counting import StatsTask, _ClassPrefix
 
     # rows and a size that are not multiples of 64; a mask; a value the metadata does not name
     data = rng.integers(0, 4, (37, 101)).astype(np.uint8)
@@ -358,7 +358,9 @@ def test_a_block_counted_in_strips_equals_it_counted_whole(
 ) -> None:
     import dataclasses
 
-    from geoseg.results.stats import count_block, plan_stats, read_zones
+    from geoseg.results.counting import count_block
+    from geoseg.results.stats import plan_stats
+    from geoseg.results.zones import read_zones
 
     a = random_classes(rng, 100, 90)
     path = class_raster(tmp_path / "c.tif", a)
