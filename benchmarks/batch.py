@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from geoseg.dask.session import dask_session
-from geoseg.jobs.batch import run_batch
+from geoseg.jobs.run import run_batch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from predict import LANDSAT, ROOT, build_scene  # noqa: E402  (benchmarks/predict.py)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from common import tiled_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = 6
@@ -72,7 +73,6 @@ def build_model(work: Path) -> Path:
 def build_scene(work: Path, size: int) -> Path:
     """A seeded 3-band uint8 scene: blocky fields with noise, in 512² blocks."""
     import rasterio
-    from rasterio.transform import from_origin
 
     path = work / f"scene-{size}.tif"
     if path.exists():
@@ -81,19 +81,7 @@ def build_scene(work: Path, size: int) -> Path:
     cells = rng.integers(0, 256, (3, size // 32 + 1, size // 32 + 1)).astype(np.float32)
     data = np.repeat(np.repeat(cells, 32, 1), 32, 2)[:, :size, :size]
     data = (data + rng.normal(0, 12, data.shape)).clip(0, 255).astype(np.uint8)
-    profile = dict(
-        driver="GTiff",
-        width=size,
-        height=size,
-        count=3,
-        dtype="uint8",
-        crs="EPSG:32633",
-        transform=from_origin(400000, 5800000, 10, 10),
-        tiled=True,
-        blockxsize=512,
-        blockysize=512,
-        compress="deflate",
-    )
+    profile = tiled_profile(size, 3, "uint8", (400000, 5800000))
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data)
     return path

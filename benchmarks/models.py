@@ -24,12 +24,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from geoseg.classes import IGNORE_VALUE
 from geoseg.engines.crf import CRFParams
 from geoseg.engines.infer import InferenceOptions, forward
 from geoseg.models.dilation import GriddingWarning
 from geoseg.models.load import load_model
 from geoseg.training.chips import load_manifest, make_chips, manifest_classes
-from geoseg.training.datasets import IGNORE_INDEX, ChipDataset
+from geoseg.training.datasets import ChipDataset
 from geoseg.training.metrics import Scores, confusion_matrix
 from geoseg.training.train import train
 
@@ -67,7 +68,7 @@ def ensure_chips(chips: Path) -> None:
     from geoseg.classes import parse_class_names
 
     make_chips(
-        [(SCENE / "image.tif", SCENE / "label.tif")],
+        [(str(SCENE / "image.tif"), str(SCENE / "label.tif"))],
         chips,
         size=128,
         stride=64,
@@ -98,7 +99,7 @@ def scores(
         x = val.images[i : i + 8]
         y = val.labels[i : i + 8].astype(np.int64)
         pred = forward(network, x, torch.device("cpu"), options).argmax(1).numpy()
-        cm += confusion_matrix(np.where(y == IGNORE_INDEX, -1, y), pred, k)
+        cm += confusion_matrix(np.where(y == IGNORE_VALUE, -1, y), pred, k)
     return Scores(cm, names)
 
 

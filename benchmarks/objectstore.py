@@ -21,7 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from geoseg import objectstore
+from geoseg.objectstore import client as store_client
+from geoseg.objectstore import reads, uploads
 from tests.s3server import _start, set_aws_env
 
 MiB = 1024 * 1024
@@ -47,33 +48,33 @@ def main() -> None:
         server = _start(Path(tmp) / "server.log")
         try:
             set_aws_env(_Env(), server.endpoint)  # type: ignore[arg-type]
-            client = objectstore.s3_client()
+            client = store_client.s3_client()
             client.create_bucket(Bucket="bench")
             local = Path(tmp) / "upload.bin"
             with open(local, "wb") as f:
                 f.writelines(os.urandom(MiB) for _ in range(size // MiB + 1))
                 f.truncate(size)
-            modes = [("single PUT", size + 1, objectstore.PART_SIZE, 1)] + [
+            modes = [("single PUT", size + 1, uploads.PART_SIZE, 1)] + [
                 (f"multipart {p} MiB x {t}", 0, p * MiB, t)
                 for p, t in ((8, 4), (8, 1), (16, 4), (32, 4))
             ]
             rows = []
             tracemalloc.start()
             for name, threshold, part, threads in modes:
-                objectstore.PART_THREADS = threads
+                uploads.PART_THREADS = threads
                 walls, cpus, peaks = [], [], []
                 for i in range(args.repeat):
                     tracemalloc.reset_peak()
                     base = tracemalloc.get_traced_memory()[0]
                     t, c = time.perf_counter(), time.process_time()
                     with open(local, "rb") as f:
-                        objectstore.upload_fileobj(
+                        uploads.upload_fileobj(
                             f, f"s3://bench/{i}.bin", threshold=threshold, part_size=part, size=size
                         )
                     walls.append(time.perf_counter() - t)
                     cpus.append(time.process_time() - c)
                     peaks.append(tracemalloc.get_traced_memory()[1] - base)
-                    objectstore.delete(f"s3://bench/{i}.bin")
+                    reads.delete(f"s3://bench/{i}.bin")
                 rows.append(
                     {
                         "mode": name,

@@ -14,14 +14,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
+from common import random_forest
 
 from geoseg.dask.session import connect
 from geoseg.errors import GeosegError
-from geoseg.training.chips import load_manifest, make_chips, manifest_classes
-from geoseg.training.datasets import IGNORE_INDEX, ChipDataset
-from geoseg.training.metrics import Scores, confusion_matrix
+from geoseg.training.chips import load_manifest, make_chips
 from geoseg.training.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,31 +69,6 @@ SCENES = [
         "WorldView-3 pan 0.3 m (EPSG:4326), some roads",
     ),
 ]
-
-
-def forest_scores(chips: Path) -> Scores:
-    from sklearn.ensemble import RandomForestClassifier
-
-    m = load_manifest(chips)
-    names = [c.name for c in manifest_classes(m)]
-    tr, va = ChipDataset(chips, m, "train"), ChipDataset(chips, m, "val")
-
-    def px(ds: ChipDataset) -> tuple[np.ndarray, np.ndarray]:
-        x = ds.images.transpose(0, 2, 3, 1).reshape(-1, ds.images.shape[1])
-        y = ds.labels.reshape(-1)
-        keep = y != IGNORE_INDEX
-        return x[keep], y[keep]
-
-    xt, yt = px(tr)
-    rng = np.random.default_rng(0)
-    if len(yt) > 200_000:
-        pick = rng.choice(len(yt), 200_000, replace=False)
-        xt, yt = xt[pick], yt[pick]
-    rf = RandomForestClassifier(
-        n_estimators=100, min_samples_leaf=5, n_jobs=-1, random_state=0
-    ).fit(xt, yt)
-    xv, yv = px(va)
-    return Scores(confusion_matrix(yv, rf.predict(xv), len(names)), names)
 
 
 def main() -> None:
@@ -174,7 +147,7 @@ def run_scene(
     res = train(
         chips, work / f"{name}.pt", arch="unet-small", epochs=epochs, batch_size=8, lr=2e-3, seed=0
     )
-    rf = forest_scores(chips)
+    rf = random_forest(chips, max_pixels=200_000, seed=0).scores
     val = res.best_scores
     return {
         "scene": name,

@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
-import psutil
 import rasterio
+from common import PeakRSS, predict_command
 from rasterio.windows import Window
 
 from geoseg.options import PredictOptions
@@ -237,52 +237,12 @@ def _drive_engine(task: Any, seconds: float, cycle: bool) -> dict[str, Any]:
     }
 
 
-class PeakRSS(threading.Thread):
-    """Polls the summed RSS of a process and all its descendants (worker processes too)."""
-
-    def __init__(self, pid: int) -> None:
-        super().__init__(daemon=True)
-        self.proc = psutil.Process(pid)
-        self.peak = 0
-        self.running = True
-
-    def run(self) -> None:
-        while self.running:
-            try:
-                procs = [self.proc, *self.proc.children(recursive=True)]
-                rss = 0
-                for p in procs:
-                    try:
-                        rss += p.memory_info().rss
-                    except psutil.Error:
-                        pass
-                self.peak = max(self.peak, rss)
-            except psutil.Error:
-                pass
-            time.sleep(0.1)
-
-
 def run_predict(
     scene: Path, out: Path, model: Path, tile: int, batch: int, extra: list[str] | None = None
 ) -> tuple[float, int]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "geoseg.cli.main",
-        "predict",
-        str(scene),
-        "-o",
-        str(out),
-        "--model",
-        str(model),
-        "--tile",
-        str(tile),
-        "--batch-size",
-        str(batch),
-        "--overwrite",
-        "--quiet",
-        *(extra or []),
-    ]
+    cmd = predict_command(
+        scene, out, model, ["--tile", str(tile), "--batch-size", str(batch), *(extra or [])]
+    )
     # the process's own high-water mark as the kernel keeps it, through /usr/bin/time: sampling
     # every 0.1 s misses short peaks, such as GDAL's COG copy at the end (20-40 MB). (The
     # rusage of a child forked from this process would start at this process's size.)
@@ -290,17 +250,16 @@ def run_predict(
     timer = ["/usr/bin/time", "-f", "%M", "-o", str(hwm)] if Path("/usr/bin/time").exists() else []
     t0 = time.perf_counter()
     proc = subprocess.Popen([*timer, *cmd])
-    mon = PeakRSS(proc.pid)
+    mon = PeakRSS(proc.pid, tree=True)
     mon.start()
     rc = proc.wait()
     wall = time.perf_counter() - t0
-    mon.running = False
-    mon.join()
+    peak = mon.stop()
     if rc:
         raise SystemExit(f"geoseg predict failed with exit code {rc}")
     text = hwm.read_text().strip()
     hwm.unlink()
-    return wall, max(mon.peak, int(text.splitlines()[-1]) * 1024 if text else 0)
+    return wall, max(peak, int(text.splitlines()[-1]) * 1024 if text else 0)
 
 
 def main() -> None:

@@ -14,39 +14,20 @@ from __future__ import annotations
 
 import sys
 
-import numpy as np
 import torch
+from common import random_forest
 
 import geoseg
 from geoseg.training.chips import load_manifest, manifest_classes
-from geoseg.training.datasets import IGNORE_INDEX, ChipDataset
-from geoseg.training.metrics import Scores, confusion_matrix
-from geoseg.training.train import validate
+from geoseg.training.datasets import ChipDataset
+from geoseg.training.epoch import validate
 
 
 def main(chips_dir: str, model_paths: list[str], max_pixels: int = 300_000, seed: int = 0) -> None:
-    from sklearn.ensemble import RandomForestClassifier
-
     manifest = load_manifest(chips_dir)
     names = [c.name for c in manifest_classes(manifest)]
-    train = ChipDataset(chips_dir, manifest, "train")
-    val = ChipDataset(chips_dir, manifest, "val")
-
-    def pixels(ds: ChipDataset) -> tuple[np.ndarray, np.ndarray]:
-        x = ds.images.transpose(0, 2, 3, 1).reshape(-1, ds.images.shape[1])
-        y = ds.labels.reshape(-1)
-        keep = y != IGNORE_INDEX
-        return x[keep], y[keep]
-
-    xt, yt = pixels(train)
-    rng = np.random.default_rng(seed)
-    if len(yt) > max_pixels:
-        pick = rng.choice(len(yt), max_pixels, replace=False)
-        xt, yt = xt[pick], yt[pick]
-    rf = RandomForestClassifier(n_estimators=100, min_samples_leaf=5, n_jobs=-1, random_state=seed)
-    rf.fit(xt, yt)
-    xv, yv = pixels(val)
-    columns = [("random forest", Scores(confusion_matrix(yv, rf.predict(xv), len(names)), names))]
+    rf = random_forest(chips_dir, max_pixels, seed)
+    columns = [("random forest", rf.scores)]
     for path in model_paths:
         model = geoseg.load_model(path)
         norm = model.normalization
@@ -55,7 +36,8 @@ def main(chips_dir: str, model_paths: list[str], max_pixels: int = 300_000, seed
         )
         columns.append((path, validate(model.network, own, torch.device("cpu"), names, 16)))
     print(
-        f"validation chips: {len(val)}, pixels: {len(yv)}  (train pixels for the forest: {len(yt)})"
+        f"validation chips: {rf.val_chips}, pixels: {rf.val_pixels}  (train pixels for the forest: "
+        f"{rf.train_pixels})"
     )
     for i, (label, _) in enumerate(columns):
         print(f"  [{i}] {label}")

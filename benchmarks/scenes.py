@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+from common import geoseg_command
 from rasterio.enums import Resampling
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,19 +92,9 @@ def make_inputs(folder: Path) -> dict[str, list[str]]:
 def run(inputs: list[str], out: Path) -> float:
     t0 = time.perf_counter()
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "geoseg.cli.main",
-            "predict",
-            *inputs,
-            "-o",
-            str(out),
-            "--workers",
-            "1",
-            "--overwrite",
-            "--quiet",
-        ],
+        geoseg_command(
+            "predict", *inputs, "-o", str(out), "--workers", "1", "--overwrite", "--quiet"
+        ),
         check=True,
     )
     return time.perf_counter() - t0

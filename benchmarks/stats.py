@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import rasterio
 import shapely
+from common import tiled_profile
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
@@ -100,20 +101,7 @@ def make_inputs(folder: Path, n: int, zones: int, rng: np.random.Generator) -> t
         ClassInfo(i, name, (30 * i, 255 - 30 * i, 100)) for i, name in enumerate(BENCH_CLASSES)
     ]
     tmp = folder / f"classes-{n}.tmp.tif"
-    profile = dict(
-        driver="GTiff",
-        width=n,
-        height=n,
-        count=1,
-        dtype="uint8",
-        nodata=CLASS_NODATA,
-        tiled=True,
-        blockxsize=512,
-        blockysize=512,
-        compress="deflate",
-        crs="EPSG:32633",
-        transform=from_origin(300000, 5800000, 10, 10),
-    )
+    profile = tiled_profile(n, 1, "uint8", (300000, 5800000), nodata=CLASS_NODATA)
     half, margin, strip = n // 2, 16, 1024  # the field at half resolution, smoothed, then bilinear
     noise = np.zeros((0, half + 2 * margin), np.float32)
     edges = None

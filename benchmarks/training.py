@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import rasterio
 import torch
+from common import train_pixels
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
@@ -37,7 +38,6 @@ import geoseg
 from geoseg.dask.session import dask_session
 from geoseg.engines.infer import normalize
 from geoseg.training.chips import load_manifest, make_chips, manifest_classes
-from geoseg.training.datasets import IGNORE_INDEX, ChipDataset
 from geoseg.training.metrics import Scores, confusion_matrix
 from geoseg.training.train import train
 
@@ -193,16 +193,7 @@ def forest(
 ) -> Scores:
     from sklearn.ensemble import RandomForestClassifier
 
-    m = load_manifest(chips)
-    ds = ChipDataset(chips, m, "train")
-    x = ds.images.transpose(0, 2, 3, 1).reshape(-1, ds.images.shape[1])
-    y = ds.labels.reshape(-1)
-    keep = y != IGNORE_INDEX
-    x, y = x[keep], y[keep]
-    rng = np.random.default_rng(0)
-    if len(y) > RF_PIXELS:
-        pick = rng.choice(len(y), RF_PIXELS, replace=False)
-        x, y = x[pick], y[pick]
+    x, y = train_pixels(chips, RF_PIXELS, 0)
     rf = RandomForestClassifier(n_estimators=RF_TREES, n_jobs=threads, random_state=0).fit(x, y)
     flat = x_test.reshape(x_test.shape[0], -1).T
     scored = y_test.reshape(-1) >= 0

@@ -15,14 +15,12 @@ import json
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import rasterio
-from rasterio.transform import from_origin
+from common import PeakRSS, geoseg_command, tiled_profile
 from rasterio.windows import Window
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,21 +45,7 @@ def build(path: Path, size: int, seed: int = 0) -> None:
     written strip by strip: about 3,000 polygons per megapixel."""
     rng = np.random.default_rng(seed)
     coarse = rng.integers(0, 8, (size // 64 + 2, size // 64 + 2)).astype(np.uint8)
-    profile = dict(
-        driver="GTiff",
-        width=size,
-        height=size,
-        count=1,
-        dtype="uint8",
-        nodata=255,
-        crs="EPSG:32633",
-        transform=from_origin(300000, 5900000, 10, 10),
-        tiled=True,
-        blockxsize=512,
-        blockysize=512,
-        compress="deflate",
-        BIGTIFF="IF_SAFER",
-    )
+    profile = tiled_profile(size, 1, "uint8", (300000, 5900000), nodata=255, BIGTIFF="IF_SAFER")
     with rasterio.open(path, "w", **profile) as dst:
         for r0 in range(0, size, 1024):
             h = min(1024, size - r0)
@@ -81,27 +65,13 @@ def build(path: Path, size: int, seed: int = 0) -> None:
 def measure(cmd: list[str]) -> tuple[float, float, str]:
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    peak = [0]
-    done = threading.Event()
-
-    def poll() -> None:
-        p = psutil.Process(proc.pid)
-        while not done.is_set():
-            try:
-                rss = sum(q.memory_info().rss for q in [p, *p.children(recursive=True)])
-                peak[0] = max(peak[0], rss)
-            except psutil.Error:
-                pass
-            time.sleep(0.05)
-
-    th = threading.Thread(target=poll, daemon=True)
-    th.start()
+    mon = PeakRSS(proc.pid, tree=True, interval=0.05)
+    mon.start()
     out, _ = proc.communicate()
-    done.set()
-    th.join()
+    peak = mon.stop()
     if proc.returncode:
         raise SystemExit(f"{cmd} failed")
-    return time.perf_counter() - t0, peak[0] / 2**20, out.strip()
+    return time.perf_counter() - t0, peak / 2**20, out.strip()
 
 
 def main() -> None:
@@ -124,16 +94,7 @@ def main() -> None:
             [sys.executable, "-c", SINGLE_PASS, str(raster), str(single)]
         )
         t_blocks, m_blocks, _ = measure(
-            [
-                sys.executable,
-                "-m",
-                "geoseg.cli.main",
-                "vectorize",
-                str(raster),
-                "-o",
-                str(blocks),
-                "--quiet",
-            ]
+            geoseg_command("vectorize", str(raster), "-o", str(blocks), "--quiet")
         )
         import pyogrio
 

@@ -27,14 +27,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 import rasterio
+from common import PeakRSS, geoseg_command, predict_command
 from rasterio.windows import Window
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,10 +95,7 @@ def cheap_model(work: Path) -> Path:
     out = work / "cheap-geoseg.onnx"
     classes = ",".join(f"{i}=class{i}" for i in range(1, 9))
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "geoseg.cli.main",
+        geoseg_command(
             "import",
             str(src),
             "-o",
@@ -111,7 +107,7 @@ def cheap_model(work: Path) -> Path:
             "--std",
             "1500,1500,1500",
             "--overwrite",
-        ],
+        ),
         check=True,
     )
     return out
@@ -179,29 +175,6 @@ class Cluster:
                 p.kill()
 
 
-class PeakRSS(threading.Thread):
-    """The highest RSS of one process, sampled every 0.1 s until stopped."""
-
-    def __init__(self, pid: int) -> None:
-        super().__init__(daemon=True)
-        self.proc = psutil.Process(pid)
-        self.peak = 0
-        self.running = True
-
-    def run(self) -> None:
-        while self.running:
-            try:
-                self.peak = max(self.peak, self.proc.memory_info().rss)
-            except psutil.Error:
-                return
-            time.sleep(0.1)
-
-    def stop(self) -> float:
-        self.running = False
-        self.join()
-        return self.peak / 2**20
-
-
 def client_run(cmd: list[str]) -> dict[str, float]:
     """Run a geoseg command; its wall time, user+system CPU and peak RSS (the kernel's)."""
     stats = Path(tempfile.mkstemp(prefix="geoseg-bench-", suffix=".time")[1])
@@ -211,21 +184,6 @@ def client_run(cmd: list[str]) -> dict[str, float]:
     user, system, rss = stats.read_text().split()[-3:]
     stats.unlink()
     return {"wall_s": wall, "cpu_s": float(user) + float(system), "peak_mb": int(rss) / 1024}
-
-
-def predict_cmd(scene: Path, out: Path, model: Path | None, extra: list[str]) -> list[str]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "geoseg.cli.main",
-        "predict",
-        str(scene),
-        "-o",
-        str(out),
-        "--overwrite",
-        "--quiet",
-    ]
-    return cmd + (["--model", str(model)] if model else []) + extra
 
 
 def client_cpu(work: Path, sizes: list[int]) -> dict[str, Any]:
@@ -247,9 +205,9 @@ def client_cpu(work: Path, sizes: list[int]) -> dict[str, Any]:
             try:
                 mon = cluster.watch_worker()
                 runs[size] = client_run(
-                    predict_cmd(scene, target, model, [*args, "--scheduler", cluster.address])
+                    predict_command(scene, target, model, [*args, "--scheduler", cluster.address])
                 )
-                runs[size]["worker_peak_mb"] = mon.stop()
+                runs[size]["worker_peak_mb"] = mon.stop() / 2**20
             finally:
                 cluster.close()
         mpx = (big * big - small * small) / 1e6
@@ -273,7 +231,7 @@ def builtin(work: Path, size: int) -> dict[str, Any]:
         for mode in runs:
             extra = ["--probabilities", str(work / "bp.tif")] if mode == "probabilities" else []
             runs[mode].append(
-                client_run(predict_cmd(scene, work / "bc.tif", None, extra))["wall_s"]
+                client_run(predict_command(scene, work / "bc.tif", None, extra))["wall_s"]
             )
     best = {m: min(v) for m, v in runs.items()}
     ratio = best["probabilities"] / best["classes"]

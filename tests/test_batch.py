@@ -17,7 +17,10 @@ from click.testing import CliRunner
 from rio_cogeo.cogeo import cog_validate
 
 from geoseg.cli.main import cli
-from geoseg.jobs.batch import JobError, JobLockedError, job_lock, load_job, run_batch
+from geoseg.errors import JobError, JobLockedError
+from geoseg.jobs.batch.load import load_job
+from geoseg.jobs.lock import job_lock
+from geoseg.jobs.run import run_batch
 from tests.conftest import random_scene, write_raster
 
 

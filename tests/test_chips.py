@@ -305,7 +305,7 @@ def snapshot(root: Path) -> dict[str, bytes]:
 def test_a_failed_or_interrupted_run_leaves_the_folder_exactly_as_it_was(
     tmp_path: Path, rng: np.random.Generator, dask_client: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import geoseg.training.chips
+    import geoseg.training.chips.make
 
     img, lab = tmp_path / "i.tif", tmp_path / "l.tif"
     labeled_scene(img, lab, rng, 96, 96)
@@ -339,7 +339,7 @@ def test_a_failed_or_interrupted_run_leaves_the_folder_exactly_as_it_was(
         raise KeyboardInterrupt
 
     # interrupted while the new chips are being moved in: the moves are undone
-    monkeypatch.setattr(geoseg.training.chips, "_update_manifest", interrupted)
+    monkeypatch.setattr(geoseg.training.chips.make, "update_manifest", interrupted)
     with pytest.raises(KeyboardInterrupt):
         make_chips([(str(img), str(lab))], out, size=32, ignore_value=0, client=dask_client)
     assert snapshot(out) == before
@@ -442,7 +442,7 @@ def test_defaults_fit_a_small_scene_with_nodata_borders(
 
 
 def test_plan_windows_cover_the_scene_without_crossing_blocks() -> None:
-    from geoseg.training.chips import auto_chip_size, auto_split_block, plan_windows
+    from geoseg.training.chips.plan import auto_chip_size, auto_split_block, plan_windows
 
     for height, width, stride in ((100, 150, 32), (293, 443, 64), (512, 512, 32), (40, 33, 32)):
         size = auto_chip_size(height, width)
@@ -463,7 +463,7 @@ def test_split_is_stratified_by_class() -> None:
     """A rare class in 3 of 30 blocks: for every seed validation holds some of it and training
     keeps some; a class in one block only stays in training. Random blocks missed it in
     validation for most seeds, and then the epoch kept was the best at the other classes."""
-    from geoseg.training.chips import plan_windows
+    from geoseg.training.chips.plan import plan_windows
 
     block, size = 64, 32
     height, width = 5 * block, 6 * block
@@ -491,7 +491,7 @@ def test_split_is_stratified_by_class() -> None:
 
 def test_split_skips_unlabelled_blocks() -> None:
     """Blocks without a labelled pixel never take a validation place."""
-    from geoseg.training.chips import plan_windows
+    from geoseg.training.chips.plan import plan_windows
 
     classes = {(0, 0): np.array([5, 5]), (0, 64): np.array([0, 7]), (64, 0): np.array([3])}
     for seed in range(10):
@@ -505,7 +505,7 @@ def test_unstratified_split_is_the_seeded_shuffle() -> None:
     (the built-in model's validation blocks) were drawn with; the stratified draw may differ."""
     import random
 
-    from geoseg.training.chips import choose_split
+    from geoseg.training.chips.plan import choose_split
 
     blocks = [(r, c) for r in range(0, 256, 64) for c in range(0, 256, 64)]
     classes = {b: np.array([100, i % 3]) for i, b in enumerate(blocks) if i % 5}
@@ -525,7 +525,7 @@ def test_chip_validation_holds_a_rare_class(tmp_path: Path, dask_client: object)
     hold building pixels and so do the training chips; the class counts per block that decide it
     match the label raster (nodata and the ignore value never count)."""
     from geoseg.raster.read import open_scene
-    from geoseg.training.chips import _block_classes, label_source
+    from geoseg.training.chips.plan import _block_classes, label_source
 
     rng = np.random.default_rng(11)
     h, w, block = 320, 384, 64

@@ -412,7 +412,7 @@ def test_a_map_job_runs_once_and_resumes(
     model_factory: Callable[..., Path],
     dask_client: Any,
 ) -> None:
-    from geoseg.jobs.batch import run_batch
+    from geoseg.jobs.run import run_batch
 
     scene, data = whole
     pieces(tmp_path, data)

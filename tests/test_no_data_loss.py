@@ -19,9 +19,11 @@ from rasterio.windows import Window
 
 import geoseg
 from geoseg.cli.main import cli
-from geoseg.errors import ChipError, OutputError
+from geoseg.errors import ChipError, JobError, JobLockedError, OutputError
 from geoseg.fs import LOCK_NAME, publish_all
-from geoseg.jobs.batch import JobError, JobLockedError, load_job, run_batch
+from geoseg.jobs.batch.job import outputs_for
+from geoseg.jobs.batch.load import load_job
+from geoseg.jobs.run import run_batch
 from geoseg.raster.read import open_scene
 from geoseg.raster.sink import RasterSink, open_sinks
 from geoseg.training.evaluate import evaluate
@@ -177,7 +179,7 @@ def test_job_output_names_are_checked_against_each_other(
     small_scene(tmp_path / "s" / "x-classes.tif")
     small_scene(tmp_path / "s" / "x-probabilities.tif")
     job = load_job(job_file(tmp_path, model, "[s/*.tif]", "out"))
-    names = [p.name for s in job.scenes for p in geoseg.jobs.batch.outputs_for(job, s).values()]
+    names = [p.name for s in job.scenes for p in outputs_for(job, s).values()]
     assert len(names) == len(set(names)) and "x-classes-probabilities.tif" in names
     small_scene(tmp_path / "t" / "x-classes.tif")
     with pytest.raises(

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import rasterio
 
-from geoseg import objectstore
 from geoseg.errors import OutputError
+from geoseg.objectstore import checks, reads, uploads, urls
+from geoseg.objectstore import client as store_client
 from tests.conftest import write_raster
 from tests.s3server import S3Server, free_port, set_aws_env
 
@@ -29,19 +30,19 @@ def one_line(exc: pytest.ExceptionInfo[OutputError]) -> str:
 
 
 def bucket_of(url: str) -> str:
-    return objectstore.split_s3_url(url)[0]
+    return urls.split_s3_url(url)[0]
 
 
 # --- no server needed ----------------------------------------------------------------------
 
 
 def test_urls() -> None:
-    assert objectstore.is_s3_url("s3://b-1/k/x.tif") and not objectstore.is_s3_url("/vsis3/b/k")
-    assert not objectstore.is_s3_url(Path("s3:/b/k"))
-    assert objectstore.split_s3_url("s3://bkt/a/b.tif") == ("bkt", "a/b.tif")
-    assert objectstore.split_s3_url("s3://bkt") == ("bkt", "")
-    assert objectstore.to_vsis3("s3://bkt/a/b.tif") == "/vsis3/bkt/a/b.tif"
-    assert objectstore.to_vsis3("/data/x.tif") == "/data/x.tif"
+    assert urls.is_s3_url("s3://b-1/k/x.tif") and not urls.is_s3_url("/vsis3/b/k")
+    assert not urls.is_s3_url(Path("s3:/b/k"))
+    assert urls.split_s3_url("s3://bkt/a/b.tif") == ("bkt", "a/b.tif")
+    assert urls.split_s3_url("s3://bkt") == ("bkt", "")
+    assert urls.to_vsis3("s3://bkt/a/b.tif") == "/vsis3/bkt/a/b.tif"
+    assert urls.to_vsis3("/data/x.tif") == "/data/x.tif"
     for bad in (
         "s3://",
         "s3:///key.tif",
@@ -51,7 +52,7 @@ def test_urls() -> None:
         "/tmp/x.tif",
     ):
         with pytest.raises(OutputError) as exc:
-            objectstore.split_s3_url(bad)
+            urls.split_s3_url(bad)
         assert bad in one_line(exc)
 
 
@@ -61,36 +62,36 @@ def test_gdal_options_follow_the_aws_endpoint_and_keep_the_users(
     set_aws_env(monkeypatch, "http://127.0.0.1:9000")
     monkeypatch.delenv("AWS_REGION")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-central-1")
-    assert objectstore.gdal_s3_env() == {
+    assert store_client.gdal_s3_env() == {
         "AWS_S3_ENDPOINT": "127.0.0.1:9000",
         "AWS_HTTPS": "NO",
         "AWS_VIRTUAL_HOSTING": "FALSE",
         "AWS_REGION": "eu-central-1",
     }
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "https://store.example:8443")
-    assert objectstore.gdal_s3_env()["AWS_S3_ENDPOINT"] == "store.example:8443"
-    assert objectstore.gdal_s3_env()["AWS_HTTPS"] == "YES"
+    assert store_client.gdal_s3_env()["AWS_S3_ENDPOINT"] == "store.example:8443"
+    assert store_client.gdal_s3_env()["AWS_HTTPS"] == "YES"
     monkeypatch.setenv("AWS_VIRTUAL_HOSTING", "TRUE")  # the user's GDAL setting stays theirs
-    assert "AWS_VIRTUAL_HOSTING" not in objectstore.gdal_s3_env()
+    assert "AWS_VIRTUAL_HOSTING" not in store_client.gdal_s3_env()
     # GDAL's own options alone also set boto3's endpoint, and GDAL needs nothing more
     for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION"):
         monkeypatch.delenv(name)
     monkeypatch.setenv("AWS_S3_ENDPOINT", "minio.local:9000")
     monkeypatch.setenv("AWS_HTTPS", "NO")
-    assert objectstore.endpoint_url() == "http://minio.local:9000"
-    assert objectstore.gdal_s3_env() == {}
+    assert store_client.endpoint_url() == "http://minio.local:9000"
+    assert store_client.gdal_s3_env() == {}
     monkeypatch.delenv("AWS_S3_ENDPOINT")
-    assert objectstore.endpoint_url() is None and objectstore.gdal_s3_env() == {}
+    assert store_client.endpoint_url() is None and store_client.gdal_s3_env() == {}
 
 
 def test_client_is_made_once_per_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("boto3")
     set_aws_env(monkeypatch, "http://127.0.0.1:9000")
-    client = objectstore.s3_client()
-    assert objectstore.s3_client() is client
+    client = store_client.s3_client()
+    assert store_client.s3_client() is client
     assert client.meta.endpoint_url == "http://127.0.0.1:9000"
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9001")
-    other = objectstore.s3_client()
+    other = store_client.s3_client()
     assert other is not client and other.meta.endpoint_url == "http://127.0.0.1:9001"
 
 
@@ -102,19 +103,19 @@ def test_unreachable_endpoint_is_one_line_naming_it(
     endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     set_aws_env(monkeypatch, endpoint)
     with pytest.raises(OutputError) as exc:
-        objectstore.check_s3_output("s3://bkt/out.tif", overwrite=False)
+        checks.check_s3_output("s3://bkt/out.tif", overwrite=False)
     message = one_line(exc)
     assert "cannot reach" in message and endpoint in message and "AWS_ENDPOINT_URL" in message
     (tmp_path / "x.bin").write_bytes(b"x")
     with pytest.raises(OutputError) as exc:
-        objectstore.upload_file(tmp_path / "x.bin", "s3://bkt/out.tif")
+        uploads.upload_file(tmp_path / "x.bin", "s3://bkt/out.tif")
     assert "s3://bkt/out.tif" in one_line(exc) and endpoint in one_line(exc)
     # GDAL's own variables name it too when they set the endpoint
     monkeypatch.delenv("AWS_ENDPOINT_URL")
     monkeypatch.setenv("AWS_S3_ENDPOINT", endpoint.removeprefix("http://"))
     monkeypatch.setenv("AWS_HTTPS", "NO")
     with pytest.raises(OutputError) as exc:
-        objectstore.check_s3_folder("s3://bkt/cells/", overwrite=False, marker="collection.json")
+        checks.check_s3_folder("s3://bkt/cells/", overwrite=False, marker="collection.json")
     assert endpoint in one_line(exc) and "AWS_S3_ENDPOINT" in one_line(exc)
 
 
@@ -125,20 +126,20 @@ def test_round_trip(s3_bucket: str, s3_server: S3Server, tmp_path: Path) -> None
     local = tmp_path / "item.json"
     local.write_bytes(b'{"type": "Feature"}')
     url = f"{s3_bucket}/run/item.json"
-    assert not objectstore.exists(url) and objectstore.read_bytes(url) is None
-    objectstore.upload_file(local, url, content_type="application/json")
-    objectstore.put_bytes(f"{s3_bucket}/run/a.txt", b"a")
-    objectstore.put_bytes(f"{s3_bucket}/other.txt", b"b")
-    assert objectstore.exists(url) and objectstore.read_bytes(url) == local.read_bytes()
+    assert not reads.exists(url) and reads.read_bytes(url) is None
+    uploads.upload_file(local, url, content_type="application/json")
+    uploads.put_bytes(f"{s3_bucket}/run/a.txt", b"a")
+    uploads.put_bytes(f"{s3_bucket}/other.txt", b"b")
+    assert reads.exists(url) and reads.read_bytes(url) == local.read_bytes()
     head = s3_server.client().head_object(Bucket=bucket_of(url), Key="run/item.json")
     assert head["ContentType"] == "application/json"
-    assert list(objectstore.list_keys(f"{s3_bucket}/run/")) == [f"{s3_bucket}/run/a.txt", url]
-    objectstore.delete(url)
-    objectstore.delete(url)  # deleting what is gone is no error
-    assert not objectstore.exists(url) and objectstore.read_bytes(url) is None
-    assert list(objectstore.list_keys(f"{s3_bucket}/run/")) == [f"{s3_bucket}/run/a.txt"]
+    assert list(reads.list_keys(f"{s3_bucket}/run/")) == [f"{s3_bucket}/run/a.txt", url]
+    reads.delete(url)
+    reads.delete(url)  # deleting what is gone is no error
+    assert not reads.exists(url) and reads.read_bytes(url) is None
+    assert list(reads.list_keys(f"{s3_bucket}/run/")) == [f"{s3_bucket}/run/a.txt"]
     with pytest.raises(OutputError) as exc:
-        objectstore.upload_file(tmp_path / "missing.tif", url)
+        uploads.upload_file(tmp_path / "missing.tif", url)
     assert one_line(exc).startswith(f"cannot upload {tmp_path / 'missing.tif'} to {url}: ")
 
 
@@ -147,14 +148,14 @@ def test_multipart_upload_round_trip(
 ) -> None:
     data = np.random.default_rng(0).integers(0, 256, 11 * MiB + 123, np.uint8).tobytes()
     (tmp_path / "big.bin").write_bytes(data)
-    monkeypatch.setattr(objectstore, "MULTIPART_THRESHOLD", 5 * MiB)
-    monkeypatch.setattr(objectstore, "PART_SIZE", 5 * MiB)
+    monkeypatch.setattr(uploads, "MULTIPART_THRESHOLD", 5 * MiB)
+    monkeypatch.setattr(uploads, "PART_SIZE", 5 * MiB)
     url = f"{s3_bucket}/big.bin"
-    objectstore.upload_file(tmp_path / "big.bin", url)
-    assert objectstore.read_bytes(url) == data
+    uploads.upload_file(tmp_path / "big.bin", url)
+    assert reads.read_bytes(url) == data
     head = s3_server.client().head_object(Bucket=bucket_of(url), Key="big.bin")
     assert head["ETag"].endswith('-3"'), head["ETag"]  # three parts: a multipart upload indeed
-    assert objectstore.in_progress_uploads(s3_bucket + "/") == []
+    assert reads.in_progress_uploads(s3_bucket + "/") == []
 
 
 class FailingReader(io.RawIOBase):
@@ -174,7 +175,7 @@ class FailingReader(io.RawIOBase):
     def readinto(self, buffer: Any) -> int:
         if self.data.tell() >= self.fail_at:
             if self.watch:
-                self.in_progress = objectstore.in_progress_uploads(self.watch)
+                self.in_progress = reads.in_progress_uploads(self.watch)
             raise self.error
         n = min(len(buffer), self.fail_at - self.data.tell())
         chunk = self.data.read(n)
@@ -190,28 +191,26 @@ def test_upload_failing_midway_leaves_the_previous_object_and_no_upload(
     error: BaseException,
 ) -> None:
     url = f"{s3_bucket}/out.tif"
-    objectstore.put_bytes(url, b"previous run")
+    uploads.put_bytes(url, b"previous run")
     reader = FailingReader(20 * MiB, fail_at=12 * MiB, error=error, watch=s3_bucket + "/")
     with pytest.raises(type(error) if isinstance(error, KeyboardInterrupt) else OutputError) as exc:
-        objectstore.upload_fileobj(
-            io.BufferedReader(reader), url, threshold=5 * MiB, part_size=5 * MiB
-        )
+        uploads.upload_fileobj(io.BufferedReader(reader), url, threshold=5 * MiB, part_size=5 * MiB)
     assert reader.in_progress == [url], "the upload had not started when it failed"
     if isinstance(error, OSError):
         message = one_line(exc)  # type: ignore[arg-type]
         assert url in message and "disk read error" in message
-    assert objectstore.read_bytes(url) == b"previous run"
-    assert objectstore.in_progress_uploads(s3_bucket + "/") == []
-    assert list(objectstore.list_keys(s3_bucket + "/")) == [url]
+    assert reads.read_bytes(url) == b"previous run"
+    assert reads.in_progress_uploads(s3_bucket + "/") == []
+    assert list(reads.list_keys(s3_bucket + "/")) == [url]
 
 
 def test_single_put_failing_midway_leaves_no_object(s3_bucket: str) -> None:
     url = f"{s3_bucket}/item.json"
     reader = FailingReader(1000, fail_at=400, error=OSError("gone"))
     with pytest.raises(OutputError) as exc:
-        objectstore.upload_fileobj(io.BufferedReader(reader), url)
+        uploads.upload_fileobj(io.BufferedReader(reader), url)
     assert url in one_line(exc)
-    assert list(objectstore.list_keys(s3_bucket + "/")) == []
+    assert list(reads.list_keys(s3_bucket + "/")) == []
 
 
 def test_part_refused_by_the_store_aborts_the_upload(
@@ -220,7 +219,7 @@ def test_part_refused_by_the_store_aborts_the_upload(
     """The store itself failing mid-upload (here: it deletes the upload under us, as a lifecycle
     rule or a second client could) is one line, and nothing appears."""
     url = f"{s3_bucket}/out.tif"
-    real = objectstore._upload_part
+    real = uploads._upload_part
     calls: list[int] = []
 
     def upload_part(
@@ -231,82 +230,82 @@ def test_part_refused_by_the_store_aborts_the_upload(
             s3_server.client().abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
         return real(client, url, bucket, key, upload_id, number, *args)
 
-    monkeypatch.setattr(objectstore, "_upload_part", upload_part)
-    monkeypatch.setattr(objectstore, "PART_THREADS", 1)
+    monkeypatch.setattr(uploads, "_upload_part", upload_part)
+    monkeypatch.setattr(uploads, "PART_THREADS", 1)
     data = bytes(16 * MiB)
     with pytest.raises(OutputError) as exc:
-        objectstore.upload_fileobj(io.BytesIO(data), url, threshold=5 * MiB, part_size=5 * MiB)
+        uploads.upload_fileobj(io.BytesIO(data), url, threshold=5 * MiB, part_size=5 * MiB)
     assert url in one_line(exc)
     assert 2 in calls
-    assert not objectstore.exists(url)
-    assert objectstore.in_progress_uploads(s3_bucket + "/") == []
+    assert not reads.exists(url)
+    assert reads.in_progress_uploads(s3_bucket + "/") == []
 
 
 def test_checks_pass_and_write_nothing(s3_bucket: str) -> None:
     url = f"{s3_bucket}/out/classes.tif"
-    assert objectstore.check_s3_output(url, overwrite=False) == url
+    assert checks.check_s3_output(url, overwrite=False) == url
     assert (
-        objectstore.check_s3_folder(f"{s3_bucket}/cells", overwrite=False, marker="collection.json")
+        checks.check_s3_folder(f"{s3_bucket}/cells", overwrite=False, marker="collection.json")
         == f"{s3_bucket}/cells/"
     )
-    assert list(objectstore.list_keys(s3_bucket + "/")) == []
-    assert objectstore.in_progress_uploads(s3_bucket + "/") == []
+    assert list(reads.list_keys(s3_bucket + "/")) == []
+    assert reads.in_progress_uploads(s3_bucket + "/") == []
 
 
 def test_missing_bucket_is_one_line(s3_bucket: str) -> None:
     for check in (
-        lambda: objectstore.check_s3_output("s3://no-such-bucket/out.tif", False),
-        lambda: objectstore.check_s3_folder("s3://no-such-bucket/cells/", False, "m"),
-        lambda: objectstore.put_bytes("s3://no-such-bucket/out.tif", b"x"),
+        lambda: checks.check_s3_output("s3://no-such-bucket/out.tif", False),
+        lambda: checks.check_s3_folder("s3://no-such-bucket/cells/", False, "m"),
+        lambda: uploads.put_bytes("s3://no-such-bucket/out.tif", b"x"),
     ):
         with pytest.raises(OutputError) as exc:
             check()
         message = one_line(exc)
         assert "bucket no-such-bucket does not exist" in message
-        assert objectstore.endpoint_url() in message  # type: ignore[operator]
+        assert store_client.endpoint_url() in message  # type: ignore[operator]
 
 
 def test_existing_key_needs_overwrite(s3_bucket: str, tmp_path: Path) -> None:
     url = f"{s3_bucket}/out.tif"
-    objectstore.put_bytes(url, b"mine")
+    uploads.put_bytes(url, b"mine")
     with pytest.raises(OutputError) as exc:
-        objectstore.check_s3_output(url, overwrite=False)
+        checks.check_s3_output(url, overwrite=False)
     assert one_line(exc) == f"output {url} exists; pass --overwrite to replace it"
-    assert objectstore.check_s3_output(url, overwrite=True) == url
+    assert checks.check_s3_output(url, overwrite=True) == url
     with pytest.raises(OutputError) as exc:
-        objectstore.check_s3_output(f"{s3_bucket}/folder/", overwrite=True)
+        checks.check_s3_output(f"{s3_bucket}/folder/", overwrite=True)
     assert "names a folder" in one_line(exc)
     # the write itself is conditional too: an object that appeared after the checks is kept
     (tmp_path / "new.tif").write_bytes(b"new")
     for threshold in (None, 0):  # one PUT, and a (one-part) multipart upload
         with pytest.raises(OutputError) as exc, open(tmp_path / "new.tif", "rb") as f:
-            objectstore.upload_fileobj(f, url, overwrite=False, threshold=threshold)
+            uploads.upload_fileobj(f, url, overwrite=False, threshold=threshold)
         assert "exists; pass --overwrite" in one_line(exc)
-        assert objectstore.read_bytes(url) == b"mine"
-    objectstore.upload_file(tmp_path / "new.tif", url, overwrite=True)
-    assert objectstore.read_bytes(url) == b"new"
-    assert objectstore.in_progress_uploads(s3_bucket + "/") == []
+        assert reads.read_bytes(url) == b"mine"
+    uploads.upload_file(tmp_path / "new.tif", url, overwrite=True)
+    assert reads.read_bytes(url) == b"new"
+    assert reads.in_progress_uploads(s3_bucket + "/") == []
 
 
 def test_folder_not_made_by_geoseg_is_refused_even_with_overwrite(s3_bucket: str) -> None:
     theirs, ours = f"{s3_bucket}/theirs/", f"{s3_bucket}/ours/"
-    objectstore.put_bytes(theirs + "notes.txt", b"x")
+    uploads.put_bytes(theirs + "notes.txt", b"x")
     for overwrite in (False, True):
         with pytest.raises(OutputError) as exc:
-            objectstore.check_s3_folder(theirs, overwrite, marker="collection.json")
+            checks.check_s3_folder(theirs, overwrite, marker="collection.json")
         assert one_line(exc) == (
             f"output folder {theirs} holds objects that geoseg did not make "
             "(no collection.json); choose an empty prefix"
         )
     # a prefix is not a folder: s3://b/the does not take in s3://b/theirs/
-    assert objectstore.check_s3_folder(f"{s3_bucket}/the", False, "collection.json")
-    objectstore.put_bytes(ours + "collection.json", b"{}")
-    objectstore.put_bytes(ours + "0_0.tif", b"cell")
-    assert objectstore.check_s3_folder(ours, False, "collection.json") == ours  # resumed
+    assert checks.check_s3_folder(f"{s3_bucket}/the", False, "collection.json")
+    uploads.put_bytes(ours + "collection.json", b"{}")
+    uploads.put_bytes(ours + "0_0.tif", b"cell")
+    assert checks.check_s3_folder(ours, False, "collection.json") == ours  # resumed
     with pytest.raises(OutputError) as exc:
-        objectstore.check_s3_folder(ours, False, "collection.json", resume=False)
+        checks.check_s3_folder(ours, False, "collection.json", resume=False)
     assert "exists; pass --overwrite" in one_line(exc)
-    assert objectstore.check_s3_folder(ours, True, "collection.json", resume=False) == ours
+    assert checks.check_s3_folder(ours, True, "collection.json", resume=False) == ours
 
 
 def test_refused_credentials_are_one_line(
@@ -342,9 +341,9 @@ def test_refused_credentials_are_one_line(
             monkeypatch.setenv("AWS_ACCESS_KEY_ID", key_id)
             monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
             for action in (
-                lambda: objectstore.check_s3_output(url, overwrite=False),
-                lambda: objectstore.check_s3_folder(s3_bucket + "/cells/", False, "m"),
-                lambda: objectstore.upload_file(tmp_path / "x.tif", url),
+                lambda: checks.check_s3_output(url, overwrite=False),
+                lambda: checks.check_s3_folder(s3_bucket + "/cells/", False, "m"),
+                lambda: uploads.upload_file(tmp_path / "x.tif", url),
             ):
                 with pytest.raises(OutputError) as exc:
                     action()
@@ -354,10 +353,10 @@ def test_refused_credentials_are_one_line(
                 assert "AWS_PROFILE" in message
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", keys["writer"]["AccessKeyId"])
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", keys["writer"]["SecretAccessKey"])
-        assert objectstore.check_s3_output(url, overwrite=False) == url
-        objectstore.upload_file(tmp_path / "x.tif", url)
-    assert objectstore.read_bytes(url) == b"x"
-    assert objectstore.in_progress_uploads(s3_bucket + "/") == []
+        assert checks.check_s3_output(url, overwrite=False) == url
+        uploads.upload_file(tmp_path / "x.tif", url)
+    assert reads.read_bytes(url) == b"x"
+    assert reads.in_progress_uploads(s3_bucket + "/") == []
 
 
 def test_missing_credentials_are_one_line(s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -365,7 +364,7 @@ def test_missing_credentials_are_one_line(s3_bucket: str, monkeypatch: pytest.Mo
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance metadata lookup
     with pytest.raises(OutputError) as exc:
-        objectstore.check_s3_output(f"{s3_bucket}/out.tif", overwrite=False)
+        checks.check_s3_output(f"{s3_bucket}/out.tif", overwrite=False)
     assert "no AWS credentials" in one_line(exc) and "AWS_PROFILE" in one_line(exc)
 
 
@@ -375,16 +374,16 @@ def uploaded_scene(s3_bucket: str, tmp_path: Path) -> tuple[str, np.ndarray]:
     array = np.random.default_rng(3).integers(0, 255, (3, 64, 80), np.uint8)
     local = write_raster(tmp_path / "scene.tif", array)
     url = f"{s3_bucket}/scenes/scene.tif"
-    objectstore.upload_file(local, url, content_type="image/tiff")
+    uploads.upload_file(local, url, content_type="image/tiff")
     return url, array
 
 
-@pytest.mark.parametrize("name", [objectstore.to_vsis3, lambda url: url], ids=["vsis3", "s3-url"])
+@pytest.mark.parametrize("name", [urls.to_vsis3, lambda url: url], ids=["vsis3", "s3-url"])
 def test_gdal_reads_an_uploaded_scene(
     uploaded_scene: tuple[str, np.ndarray], name: Callable[[str], str]
 ) -> None:
     url, array = uploaded_scene
-    with rasterio.Env(**objectstore.gdal_s3_env()), rasterio.open(name(url)) as src:
+    with rasterio.Env(**store_client.gdal_s3_env()), rasterio.open(name(url)) as src:
         assert src.crs == "EPSG:32633" and src.count == 3
         assert np.array_equal(src.read(), array)
 
@@ -395,8 +394,8 @@ def test_open_scene_reads_vsis3_within_the_gdal_options(
     from geoseg.raster.read import open_scene
 
     url, _ = uploaded_scene
-    with rasterio.Env(**objectstore.gdal_s3_env()):
-        info = open_scene(objectstore.to_vsis3(url))
+    with rasterio.Env(**store_client.gdal_s3_env()):
+        info = open_scene(urls.to_vsis3(url))
     assert (info.width, info.height, info.count, info.dtype) == (80, 64, 3, "uint8")
 
 
@@ -406,13 +405,13 @@ def test_gdal_options_the_user_set_are_used(
     """GDAL's own AWS_S3_ENDPOINT / AWS_HTTPS / AWS_VIRTUAL_HOSTING, set by the user instead of
     AWS_ENDPOINT_URL, reach the same server for reads and for boto3's writes."""
     url, array = uploaded_scene
-    host = objectstore.gdal_s3_env()["AWS_S3_ENDPOINT"]
+    host = store_client.gdal_s3_env()["AWS_S3_ENDPOINT"]
     monkeypatch.delenv("AWS_ENDPOINT_URL")
     monkeypatch.setenv("AWS_S3_ENDPOINT", host)
     monkeypatch.setenv("AWS_HTTPS", "NO")
     monkeypatch.setenv("AWS_VIRTUAL_HOSTING", "FALSE")
-    assert objectstore.gdal_s3_env() == {}  # GDAL reads them, and AWS_REGION, itself
-    with rasterio.Env(**objectstore.gdal_s3_env()), rasterio.open(objectstore.to_vsis3(url)) as src:
+    assert store_client.gdal_s3_env() == {}  # GDAL reads them, and AWS_REGION, itself
+    with rasterio.Env(**store_client.gdal_s3_env()), rasterio.open(urls.to_vsis3(url)) as src:
         assert np.array_equal(src.read(), array)
-    objectstore.put_bytes(url + ".aux.json", b"{}")
-    assert objectstore.exists(url + ".aux.json")
+    uploads.put_bytes(url + ".aux.json", b"{}")
+    assert reads.exists(url + ".aux.json")

@@ -9,8 +9,9 @@ import click
 import pytest
 
 from geoseg.cli.main import cli
-from geoseg.errors import OptionError
-from geoseg.jobs.batch import SCHEMA, JobError, load_job
+from geoseg.errors import JobError, OptionError
+from geoseg.jobs.batch.job import SCHEMA
+from geoseg.jobs.batch.load import load_job
 from geoseg.options import CRFParams, PredictOptions, VectorOptions, choices, key_of
 
 #: geoseg predict's options that say where things go and how the run is hosted, not how it infers

@@ -108,7 +108,7 @@ def test_bad_pretrained_weights_are_one_line_before_training(
             return ref18.state_dict()
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(geoseg.training.train, "_run_epoch", no_training)
+    monkeypatch.setattr(geoseg.training.train, "run_epoch", no_training)
     monkeypatch.setattr(api, "load_state_dict_from_url", download)
     r34, _ = tv_weights(tmp_path, "resnet34")
     r50, _ = tv_weights(tmp_path, "resnet50")

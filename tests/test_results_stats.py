@@ -328,12 +328,53 @@ def test_zones_on_a_geographic_raster_weigh_rows_by_their_area(
     assert sum(r["area_m2"] for r in res.rows if r["name"] == "n") == pytest.approx(north, rel=1e-6)
 
 
-def test_bit_prefix_counts_equal_a_cumulative_sum(rng: np.random.Generator) -> None:
-    from geoseg.results.stats import _BitPrefix
+def test_class_prefix_counts_equal_a_cumulative_sum(rng: np.random.Generator) -> None:
+    from geoseg.results.counting import StatsTask, _ClassPrefix
 
-    flags = rng.random((37, 101)) < 0.4  # rows and a size that are not multiples of 64
-    pos = np.concatenate([[0, flags.size], rng.integers(0, flags.size + 1, 500)])
-    expect = np.concatenate([[0], np.cumsum(flags.ravel())])[pos]
-    prefix = _BitPrefix(flags)
-    assert prefix(pos).tolist() == expect.tolist()
-    assert prefix.total == int(flags.sum())
+    # rows and a size that are not multiples of 64; a mask; a value the metadata does not name
+    data = rng.integers(0, 4, (37, 101)).astype(np.uint8)
+    data[rng.random(data.shape) < 0.1] = 9
+    data[rng.random(data.shape) < 0.1] = CLASS_NODATA
+    valid = rng.random(data.shape) < 0.9
+    task = StatsTask("x.tif", 0, 0, 37, 101, "", (), 37, nodata=CLASS_NODATA, values=(0, 1, 2, 3))
+    prefix = _ClassPrefix(data, valid, task)
+    assert prefix.values == [0, 1, 2, 3, 9]
+    pos = np.concatenate([[0, data.size], rng.integers(0, data.size + 1, 500)])
+    for k, v in enumerate(prefix.values):
+        cum = np.concatenate([[0], np.cumsum(((data == v) & valid).ravel())])
+        assert prefix(pos)[k].tolist() == cum[pos].tolist()
+        rows = pos // 101
+        keep = rows < 37
+        row_end = prefix(np.arange(1, 38) * 101)
+        after = prefix.after(row_end, rows[keep], pos[keep])[k]
+        assert after.tolist() == (cum[(rows[keep] + 1) * 101] - cum[pos[keep]]).tolist()
+    assert prefix.row_counts().tolist() == [
+        ((data == v) & valid).sum(axis=1).tolist() for v in prefix.values
+    ]
+
+
+def test_a_block_counted_in_strips_equals_it_counted_whole(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    import dataclasses
+
+    from geoseg.results.counting import count_block
+    from geoseg.results.stats import plan_stats
+    from geoseg.results.zones import read_zones
+
+    a = random_classes(rng, 100, 90)
+    path = class_raster(tmp_path / "c.tif", a)
+    x0, y1 = 300000.0, 5800000.0
+    geoms = [
+        shapely.Point(x0 + 300, y1 - 400).buffer(333),
+        shapely.box(x0 + 123.4, y1 - 987.6, x0 + 876.5, y1 - 55.5),
+    ]
+    zones = read_zones(write_zones(tmp_path / "z.gpkg", geoms, ["a", "b"]), "name")
+    for zone_set in (zones, None):
+        (task,), _ = plan_stats(str(path), zone_set, 128, (0, 1, 2, 3))
+        whole = count_block(dataclasses.replace(task, strip=0))
+        strips = count_block(dataclasses.replace(task, strip=16))
+        assert whole.zone.tolist() == strips.zone.tolist()
+        assert whole.value.tolist() == strips.value.tolist()
+        assert strips.pixels == pytest.approx(whole.pixels, rel=1e-12)
+        assert strips.area == pytest.approx(whole.area, rel=1e-12)

@@ -16,7 +16,9 @@ import shapely
 from PIL import Image
 
 from geoseg.classes import CLASS_NODATA
-from geoseg.jobs.batch import JobError, load_job, run_batch
+from geoseg.errors import JobError
+from geoseg.jobs.batch.load import load_job
+from geoseg.jobs.run import run_batch
 from geoseg.results.quicklook import NODATA_RGB, quicklook
 from tests.conftest import random_scene, write_raster
 from tests.test_results_stats import class_raster, write_zones

@@ -232,7 +232,7 @@ def test_batch_links_outputs_to_the_source_stac_item(
     model4: str,
     dask_client: Any,
 ) -> None:
-    from geoseg.jobs.batch import run_batch
+    from geoseg.jobs.run import run_batch
 
     _, arr = stack
     files = band_files(tmp_path / "scene", arr)

@@ -17,8 +17,8 @@ from click.testing import CliRunner
 
 from geoseg.classes import ClassInfo, class_tags
 from geoseg.cli.main import cli
-from geoseg.errors import OutputError
-from geoseg.vector.vectorize import VectorizeError, vectorize
+from geoseg.errors import OutputError, VectorizeError
+from geoseg.vector.vectorize import vectorize
 from tests.conftest import write_raster
 
 T = Affine(10.0, 0, 399960, 0, -10.0, 5800020)  # UTM 33N, near 52.3 N 13.5 E

@@ -16,10 +16,10 @@ from geoseg.cli.main import cli
 from geoseg.errors import OptionError
 from geoseg.memory import parse_size
 from geoseg.options import PredictOptions
-from geoseg.prediction.tile_budget import (
+from geoseg.prediction.tile_budget import choose_tile
+from geoseg.prediction.tile_costs import (
     TileCost,
     TileCosts,
-    choose_tile,
     cost_cache_path,
     load_costs,
     measure_costs,

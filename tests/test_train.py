@@ -95,7 +95,7 @@ def test_resume_continues_exactly_where_it_stopped(
 def test_weight_average_is_an_exponential_average_of_the_steps() -> None:
     """Each step moves the average toward the weights by 1 - decay, with the decay held low over
     the first steps (so the random start fades) and the half-life given in steps."""
-    from geoseg.training.train import WeightAverage
+    from geoseg.training.epoch import WeightAverage
 
     net = torch.nn.Linear(2, 1)
     avg = WeightAverage(net, half_life_steps=4)
@@ -275,7 +275,7 @@ def test_overwrite_drops_the_old_resume_state_and_resume_refuses_another_run(
         raise KeyboardInterrupt
 
     # a new run over the old one, interrupted in its first epoch: nothing is left to resume
-    monkeypatch.setattr(geoseg.training.train, "_run_epoch", interrupted)
+    monkeypatch.setattr(geoseg.training.train, "run_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train(
             out,

@@ -13,9 +13,11 @@ import shapely
 
 import geoseg
 from geoseg.dask.processes import worker_commands
-from geoseg.errors import GeosegError, SchedulerError
-from geoseg.jobs.batch import JobError, load_job
-from geoseg.vector.vectorize import BlockResult, Polygon, merge_blocks, vectorize
+from geoseg.errors import GeosegError, JobError, SchedulerError
+from geoseg.jobs.batch.load import load_job
+from geoseg.vector.blocks import BlockResult
+from geoseg.vector.merge import Polygon, merge_blocks
+from geoseg.vector.vectorize import vectorize
 from tests.conftest import random_scene, write_raster
 
 

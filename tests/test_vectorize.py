@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from rasterio.features import shapes
 
 from geoseg.cli.main import cli
-from geoseg.errors import OutputError
-from geoseg.vector.vectorize import VectorizeError, vectorize
+from geoseg.errors import OutputError, VectorizeError
+from geoseg.vector.vectorize import vectorize
 from tests.conftest import write_raster
 
 T = Affine(2.0, 0, 500000, 0, -2.0, 4000000)

@@ -291,7 +291,9 @@ def test_s3_outputs_single_and_cells(
     dask_client: Any,
     s3_bucket: str,
 ) -> None:
-    from geoseg.objectstore import exists, gdal_s3_env, list_keys, to_vsis3
+    from geoseg.objectstore.client import gdal_s3_env
+    from geoseg.objectstore.reads import exists, list_keys
+    from geoseg.objectstore.urls import to_vsis3
 
     scene = scene_factory(bands=3, height=150, width=170)
     model = model_factory(in_channels=3)
@@ -318,7 +320,7 @@ def test_s3_outputs_single_and_cells(
     again = predict(scene, prefix, model, dask_client, cells=512)
     assert again.cells_kept == 1 and again.cells == 0
     # a scene read from the object store gives the same classes
-    from geoseg.objectstore import upload_file
+    from geoseg.objectstore.uploads import upload_file
 
     upload_file(scene, f"{s3_bucket}/in/scene.tif")
     from_s3 = tmp_path / "from-s3.tif"
@@ -335,7 +337,8 @@ def test_s3_failure_midway_leaves_no_object(
     s3_bucket: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import geoseg.objectstore as store
+    import geoseg.objectstore.uploads as store
+    from geoseg.objectstore.reads import exists
 
     scene = scene_factory(bands=3, height=96, width=120)
     model = model_factory(in_channels=3)
@@ -352,7 +355,7 @@ def test_s3_failure_midway_leaves_no_object(
     url = f"{s3_bucket}/x/classes.tif"
     with pytest.raises(GeosegError, match="connection reset"):
         predict(scene, url, model, dask_client, probabilities=f"{s3_bucket}/x/probs.tif")
-    assert not store.exists(f"{s3_bucket}/x/probs.tif")
+    assert not exists(f"{s3_bucket}/x/probs.tif")
 
 
 def test_batch_job_with_cells_and_confidence(
@@ -360,7 +363,7 @@ def test_batch_job_with_cells_and_confidence(
     model_factory: Callable[..., Path],
     dask_client: Any,
 ) -> None:
-    from geoseg.jobs.batch import run_batch
+    from geoseg.jobs.run import run_batch
     from tests.conftest import random_scene, write_raster
 
     rng = np.random.default_rng(5)
@@ -405,8 +408,10 @@ def test_batch_job_writes_to_an_object_store_and_resumes(
     dask_client: Any,
     s3_bucket: str,
 ) -> None:
-    from geoseg.jobs.batch import run_batch
-    from geoseg.objectstore import gdal_s3_env, list_keys, to_vsis3
+    from geoseg.jobs.run import run_batch
+    from geoseg.objectstore.client import gdal_s3_env
+    from geoseg.objectstore.reads import list_keys
+    from geoseg.objectstore.urls import to_vsis3
     from tests.conftest import random_scene, write_raster
 
     rng = np.random.default_rng(9)

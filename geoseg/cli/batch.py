@@ -45,7 +45,7 @@ def batch_command(
     quiet: bool,
 ) -> None:
     """Segment every scene of JOB once (skipping finished ones), or run its recipe steps."""
-    from geoseg.jobs.batch import run_batch
+    from geoseg.jobs.run import run_batch
 
     report = run_batch(
         job,

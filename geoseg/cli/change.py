@@ -7,26 +7,20 @@ from typing import Any
 import click
 
 from geoseg.cli.options import (
-    overwrite_option,
-    quiet_option,
+    output_option,
     report_errors,
-    scheduler_option,
+    run_options,
+    take_run_options,
     take_vector_options,
     vector_options,
-    workers_option,
+    vector_output_option,
 )
 
 
 @click.command("change")
 @click.argument("before")
 @click.argument("after")
-@click.option(
-    "-o",
-    "--output",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="From-to class raster (COG on BEFORE's grid), one value per class pair that occurs.",
-)
+@output_option("From-to class raster (COG on BEFORE's grid), one value per class pair that occurs.")
 @click.option(
     "--table",
     default=None,
@@ -34,17 +28,11 @@ from geoseg.cli.options import (
     help="Transition table: .csv or .parquet (pixels, m² and ha per class pair).",
 )
 @click.option("--changes-only", is_flag=True, help="Write unchanged pixels as nodata.")
-@click.option(
-    "--vector",
-    default=None,
-    type=click.Path(dir_okay=False),
-    help="Also write polygons of the changes (format by extension, as 'geoseg vectorize').",
-)
+@vector_output_option("the changes")
 @vector_options
-@workers_option("Local Dask worker processes (default: one per core).")
-@scheduler_option
-@overwrite_option
-@quiet_option
+@run_options(
+    "Local Dask worker processes (default: none; one worker in this process, a thread per core)."
+)
 @report_errors
 def change_command(
     before: str,
@@ -53,16 +41,13 @@ def change_command(
     table: str | None,
     changes_only: bool,
     vector: str | None,
-    workers: int | None,
-    scheduler: str | None,
-    overwrite: bool,
-    quiet: bool,
     **options: Any,
 ) -> None:
     """Class change from BEFORE to AFTER (classes matched by name; AFTER resampled onto BEFORE's
     grid by nearest neighbour when they differ)."""
     from geoseg.results.change import change
 
+    run = take_run_options(options)
     result = change(
         before,
         after,
@@ -71,12 +56,9 @@ def change_command(
         changes_only=changes_only,
         vector=vector,
         vector_options=take_vector_options(options),
-        overwrite=overwrite,
-        workers=workers,
-        scheduler=scheduler,
-        quiet=quiet,
+        **run,
     )
-    if not quiet:
+    if not run["quiet"]:
         changed = sum(r["area_m2"] for r in result.rows if r["changed"])
         click.echo(
             f"wrote {result.output}: {changed / 1e4:.2f} ha changed of "

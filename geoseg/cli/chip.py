@@ -8,27 +8,18 @@ import click
 
 from geoseg.cli.options import (
     chip_options,
+    cluster_options,
+    output_option,
     report_errors,
-    scheduler_option,
-    take_options,
-    workers_option,
 )
-from geoseg.options import ChipOptions
+from geoseg.options import ChipOptions, take_fields
 
 
 @click.command("chip")
 @click.argument("pairs", nargs=-1, required=True, metavar="IMAGE LABELS [IMAGE LABELS ...]")
-@click.option(
-    "-o",
-    "--output",
-    "out_dir",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Chips folder (created, or grown if it exists).",
-)
+@output_option("Chips folder (created, or grown if it exists).", kind="folder", name="out_dir")
 @chip_options
-@workers_option("Local Dask workers, threads of this process (default: one, a thread per core).")
-@scheduler_option
+@cluster_options("Local Dask workers, threads of this process (default: one, a thread per core).")
 @report_errors
 def chip_command(
     pairs: tuple[str, ...], out_dir: str, workers: int | None, scheduler: str | None, **options: Any
@@ -38,7 +29,7 @@ def chip_command(
 
     if len(pairs) % 2:
         raise click.UsageError("give IMAGE LABELS pairs: an even number of paths")
-    chip_opts = ChipOptions(**take_options(options, ChipOptions))
+    chip_opts = ChipOptions(**take_fields(options, ChipOptions))
     summary = make_chips(
         list(zip(pairs[::2], pairs[1::2])), out_dir, chip_opts, workers=workers, scheduler=scheduler
     )

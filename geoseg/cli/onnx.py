@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from geoseg.cli.options import overwrite_option, report_errors
+from geoseg.cli.options import output_option, overwrite_option, report_errors
 
 
 def _floats(text: str, hint: str) -> list[float]:
@@ -21,9 +21,7 @@ def _floats(text: str, hint: str) -> list[float]:
 
 @click.command("export")
 @click.argument("model")
-@click.option(
-    "-o", "--output", required=True, type=click.Path(dir_okay=False), help="ONNX file to write."
-)
+@output_option("ONNX file to write.")
 @overwrite_option
 @report_errors
 def export_command(model: str, output: str, overwrite: bool) -> None:
@@ -35,13 +33,7 @@ def export_command(model: str, output: str, overwrite: bool) -> None:
 
 @click.command("import")
 @click.argument("source", type=click.Path(dir_okay=False))
-@click.option(
-    "-o",
-    "--output",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="geoseg ONNX model to write.",
-)
+@output_option("geoseg ONNX model to write.")
 @click.option(
     "--classes",
     required=True,

@@ -1,4 +1,5 @@
-"""Options shared by several commands, and the one place library errors become Click errors."""
+"""Options shared by several commands (each declared once here), and the one place library
+errors become Click errors."""
 
 from __future__ import annotations
 
@@ -10,18 +11,24 @@ import threading
 import types
 import typing
 import warnings
-from typing import Any, Callable, Literal, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Callable, Literal, TypeVar, Union
 
 import click
 
 from geoseg.errors import GeosegError, GeosegWarning
 from geoseg.options import (
+    VECTOR_FORMAT_HELP,
     ChipOptions,
     CRFParams,
+    MapOptions,
     PredictOptions,
     TrainOptions,
     VectorOptions,
+    take_fields,
 )
+
+if TYPE_CHECKING:
+    from rasterio.windows import Window
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -81,6 +88,59 @@ scheduler_option = click.option(
     default=None,
     help="Address of an existing Dask scheduler (tcp://host:8786); default: a local cluster.",
 )
+
+
+def cluster_options(workers_help: str) -> Callable[[F], F]:
+    """``--workers`` (``workers_help`` says what N starts and the default) and ``--scheduler``:
+    where a command's Dask tasks run."""
+
+    def decorate(func: F) -> F:
+        return workers_option(workers_help)(scheduler_option(func))
+
+    return decorate
+
+
+def run_options(workers_help: str, verbose: bool = False) -> Callable[[F], F]:
+    """How a command that writes outputs runs: :func:`cluster_options`, ``--overwrite``,
+    ``--quiet`` (and ``--verbose``); :func:`take_run_options` makes them the library's keywords."""
+    last = [overwrite_option, quiet_option] + ([verbose_option] if verbose else [])
+
+    def decorate(func: F) -> F:
+        return _apply([cluster_options(workers_help), *last], func)
+
+    return decorate
+
+
+_RUN_NAMES = ("workers", "scheduler", "overwrite", "quiet", "verbose")
+
+
+def take_run_options(values: dict[str, Any]) -> dict[str, Any]:
+    """Remove :func:`run_options`' values from a command's parameters, as library keywords
+    (``workers``, ``scheduler``, ``overwrite``, ``quiet`` and ``verbose`` where given)."""
+    return {name: values.pop(name) for name in _RUN_NAMES if name in values}
+
+
+_PATH_KINDS = {"file": click.Path(dir_okay=False), "folder": click.Path(file_okay=False)}
+
+
+def output_option(
+    help: str, kind: Literal["file", "folder", "any"] = "file", name: str = "output"
+) -> Callable[[F], F]:
+    """The required ``-o/--output``: a file, a folder, or (``any``) a path or URL the library
+    checks; ``name`` is the command's parameter."""
+    return click.option(
+        "-o", "--output", name, required=True, type=_PATH_KINDS.get(kind), help=help
+    )
+
+
+def vector_output_option(of: str) -> Callable[[F], F]:
+    """``--vector FILE``: also polygons of ``of`` (e.g. "the classes"), shaped by :func:`vector_options`."""
+    return click.option(
+        "--vector",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help=f"Also write polygons of {of} ({VECTOR_FORMAT_HELP}); the options below shape them.",
+    )
 
 
 def auto_or_int(value: str, minimum: int, hint: str) -> int | str:
@@ -260,11 +320,91 @@ def train_options(func: F) -> F:
     return _apply(_field_options(TrainOptions), func)
 
 
-def take_options(values: dict[str, Any], cls: type) -> dict[str, Any]:
-    """Remove an options dataclass's values from a command's parameters (as its keywords)."""
-    return {f.name: values.pop(f.name) for f in dataclasses.fields(cls) if f.name in values}
-
-
 def take_vector_options(values: dict[str, Any]) -> dict[str, Any]:
     """Remove the vector options' values from a command's parameters (as vectorize keywords)."""
-    return {f.name: values.pop(f.name) for f in dataclasses.fields(VectorOptions)}
+    return take_fields(values, VectorOptions)
+
+
+def map_options(func: F) -> F:
+    """One option per :class:`MapOptions` field (``--crs``, ``--resolution``, ``--order``, ``--aoi``)."""
+    return _apply(_field_options(MapOptions), func)
+
+
+# --- what `geoseg predict` and `geoseg map` share -------------------------------------------------
+
+model_option = click.option(
+    "--model",
+    "model",
+    default=None,
+    metavar="NAME_OR_PATH",
+    help="Model file or built-in name (default: the built-in model).",
+)
+
+
+def scene_output_option(what: str) -> Callable[[F], F]:
+    """``-o/--output`` of ``geoseg predict`` and ``geoseg map``: the class raster ``what`` (e.g.
+    "to write"), a file or, with ``--cells``, a folder; local or ``s3://``."""
+    return output_option(
+        f"Class raster (COG) {what}: a path or s3://bucket/key.tif; with --cells, a folder or "
+        "s3://bucket/prefix/.",
+        kind="any",
+    )
+
+
+def scene_run_options(*extra: Callable[[Any], Any]) -> Callable[[F], F]:
+    """The options ``geoseg predict`` and ``geoseg map`` share after ``--model`` (and map's
+    grid): the :class:`PredictOptions`, the cluster, the extra outputs with the polygons'
+    options, then a command's ``extra`` options, ``--overwrite``, ``--quiet`` and ``--verbose``.
+    :func:`take_scene_run_options` makes their values the library's keywords."""
+
+    def decorate(func: F) -> F:
+        return _apply(
+            [
+                predict_options,
+                cluster_options(
+                    "Local Dask worker processes, 2 threads each (default: one worker in this "
+                    "process; see README)."
+                ),
+                click.option(
+                    "--probabilities",
+                    default=None,
+                    help="Also write per-class probabilities (uint8 0-255) to this COG (path or s3:// URL; with --cells: any value, the cells go into the folder).",
+                ),
+                click.option(
+                    "--confidence",
+                    default=None,
+                    help="Also write the winning class's probability (one uint8 band, 1-255, 0 = nodata) to this COG (path or s3:// URL; with --cells: any value).",
+                ),
+                vector_output_option("the classes"),
+                vector_options,
+                *extra,
+                overwrite_option,
+                quiet_option,
+                verbose_option,
+            ],
+            func,
+        )
+
+    return decorate
+
+
+def take_scene_run_options(values: dict[str, Any]) -> dict[str, Any]:
+    """Remove :func:`scene_run_options`' values from a command's parameters, as the keywords of
+    ``geoseg.predict`` and ``geoseg.map`` (``options``, ``vector_options``, ``workers``, ...,
+    ``quiet``)."""
+    return {
+        "options": take_predict_options(values),
+        "vector_options": take_vector_options(values),
+        **{name: values.pop(name) for name in ("probabilities", "confidence", "vector")},
+        **take_run_options(values),
+    }
+
+
+def echo_skipped(windows: list[Window]) -> None:
+    """Say on stderr which windows a run with ``--on-error skip`` wrote as nodata."""
+    for window in windows:
+        click.echo(
+            f"skipped window rows {window.row_off}-{window.row_off + window.height}, columns "
+            f"{window.col_off}-{window.col_off + window.width} (nodata written)",
+            err=True,
+        )

@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
-from geoseg.cli.options import (
-    overwrite_option,
-    quiet_option,
-    report_errors,
-    scheduler_option,
-    workers_option,
-)
+from geoseg.cli.options import output_option, report_errors, run_options, take_run_options
 
 
 @click.command("stats")
 @click.argument("classes")
-@click.option(
-    "-o",
-    "--output",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="Table: .csv or .parquet (a row per zone and class), or .gpkg (the zones with a "
-    "<class>_m2 column per class; needs --zones).",
+@output_option(
+    "Table: .csv or .parquet (a row per zone and class), or .gpkg (the zones with a "
+    "<class>_m2 column per class; needs --zones)."
 )
 @click.option("--zones", default=None, help="Polygons (any OGR file, any CRS) to count per zone.")
 @click.option(
@@ -33,12 +25,11 @@ from geoseg.cli.options import (
     "--block-size",
     type=click.IntRange(min=64),
     default=None,
-    help="Pixels per block task side (default: about 1024, aligned to the raster's tiles).",
+    help="Pixels per block task side (default: about 4096, aligned to the raster's tiles).",
 )
-@workers_option("Local Dask worker processes (default: one per core).")
-@scheduler_option
-@overwrite_option
-@quiet_option
+@run_options(
+    "Local Dask worker processes (default: none; one worker in this process, a thread per core)."
+)
 @report_errors
 def stats_command(
     classes: str,
@@ -46,26 +37,16 @@ def stats_command(
     zones: str | None,
     zone_field: str | None,
     block_size: int | None,
-    workers: int | None,
-    scheduler: str | None,
-    overwrite: bool,
-    quiet: bool,
+    **options: Any,
 ) -> None:
     """Pixels, m², ha and share of each class of a class raster CLASSES (per zone with --zones)."""
     from geoseg.results.stats import stats
 
+    run = take_run_options(options)
     result = stats(
-        classes,
-        output,
-        zones=zones,
-        zone_field=zone_field,
-        overwrite=overwrite,
-        block_size=block_size,
-        workers=workers,
-        scheduler=scheduler,
-        quiet=quiet,
+        classes, output, zones=zones, zone_field=zone_field, block_size=block_size, **run
     )
-    if not quiet:
+    if not run["quiet"]:
         click.echo(
             f"wrote {result.output}: {len(result.rows)} rows, {result.valid_area_m2 / 1e6:.4f} km² "
             f"counted in {result.seconds:.1f} s",

@@ -7,24 +7,18 @@ from typing import Any
 import click
 
 from geoseg.cli.options import (
+    output_option,
     overwrite_option,
     quiet_option,
     report_errors,
-    take_options,
     train_options,
 )
-from geoseg.options import TrainOptions
+from geoseg.options import TrainOptions, take_fields
 
 
 @click.command("train")
 @click.argument("chips_dir", type=click.Path(file_okay=False))
-@click.option(
-    "-o",
-    "--output",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="Model file to write (best epoch).",
-)
+@output_option("Model file to write (best epoch).")
 @train_options
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last epoch.")
 @overwrite_option
@@ -36,7 +30,7 @@ def train_command(
     """Train a segmentation model on CHIPS_DIR (made by 'geoseg chip')."""
     from geoseg.training.train import train
 
-    train_opts = TrainOptions(**take_options(options, TrainOptions))
+    train_opts = TrainOptions(**take_fields(options, TrainOptions))
     result = train(chips_dir, output, train_opts, resume=resume, overwrite=overwrite, quiet=quiet)
     if result.best_scores is not None:
         click.echo(result.best_scores.table())

@@ -7,27 +7,19 @@ from typing import Any
 import click
 
 from geoseg.cli.options import (
-    overwrite_option,
-    quiet_option,
+    output_option,
     report_errors,
-    scheduler_option,
+    run_options,
+    take_run_options,
     take_vector_options,
     vector_options,
-    verbose_option,
-    workers_option,
 )
 from geoseg.options import VECTOR_FORMAT_HELP
 
 
 @click.command("vectorize")
 @click.argument("raster")
-@click.option(
-    "-o",
-    "--output",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help=f"Polygon file; format by extension: {VECTOR_FORMAT_HELP}",
-)
+@output_option(f"Polygon file; format by extension: {VECTOR_FORMAT_HELP}")
 @vector_options
 @click.option(
     "--probabilities",
@@ -35,38 +27,22 @@ from geoseg.options import VECTOR_FORMAT_HELP
     type=click.Path(dir_okay=False),
     help="Probabilities raster from 'geoseg predict', for a mean_probability attribute.",
 )
-@workers_option("Local Dask worker processes (default: one per core).")
-@scheduler_option
-@overwrite_option
-@quiet_option
-@verbose_option
+@run_options("Local Dask worker processes (default: one per core).", verbose=True)
 @report_errors
 def vectorize_command(
     raster: str,
     output: str,
     probabilities: str | None,
-    workers: int | None,
-    scheduler: str | None,
-    overwrite: bool,
-    quiet: bool,
-    verbose: bool,
     **options: Any,
 ) -> None:
     """Polygonize a class RASTER: one polygon per connected region, merged across blocks."""
     from geoseg.vector.vectorize import vectorize
 
+    run = take_run_options(options)
     result = vectorize(
-        raster,
-        output,
-        probabilities=probabilities,
-        overwrite=overwrite,
-        workers=workers,
-        scheduler=scheduler,
-        quiet=quiet,
-        verbose=verbose,
-        **take_vector_options(options),
+        raster, output, probabilities=probabilities, **run, **take_vector_options(options)
     )
-    if not quiet:
+    if not run["quiet"]:
         click.echo(
             f"wrote {result.output}: {result.polygons} polygons in {result.seconds:.1f} s", err=True
         )

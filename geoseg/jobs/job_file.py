@@ -1,7 +1,7 @@
 """Job files (prediction, map and recipe jobs): the one YAML reader and the one validator.
 
 :func:`read_job_file` reads a job file once; :func:`check_schema` checks its keys and YAML types
-against a schema (:data:`geoseg.jobs.batch.SCHEMA`, built from the options dataclasses with
+against a schema (:data:`geoseg.jobs.batch.job.SCHEMA`, built from the options dataclasses with
 :func:`geoseg.options.job_schema`) and :func:`check_values` checks a section's values by
 building its options dataclass. Every problem is named by its place in the file
 (``predict.tile``, ``steps[2].train.epochs``), so one error lists them all before any work.
@@ -18,6 +18,7 @@ import yaml
 
 from geoseg.errors import GeosegError, JobError, first_line
 from geoseg.options import key_of
+from geoseg.paths import is_virtual
 
 
 def read_job_file(
@@ -85,3 +86,11 @@ def check_values(
         )
     except GeosegError as exc:
         problems.append(f"{place}: {first_line(exc)}")
+
+
+def resolve_path(base: Path, text: str) -> str:
+    """A path written in a job file, relative to the file's folder ``base`` (absolute paths and
+    URLs as written)."""
+    if is_virtual(text) or os.path.isabs(text):
+        return text
+    return str((base / text).resolve())

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from geoseg.errors import GeosegError, JobError, first_line
-from geoseg.jobs.job_file import check_schema, check_values, read_job_file
+from geoseg.jobs.job_file import check_schema, check_values, read_job_file, resolve_path
+from geoseg.jobs.lock import job_lock
+from geoseg.jobs.report import BatchReport, SceneOutcome
 from geoseg.options import MapOptions, PredictOptions, job_schema
 from geoseg.version import __version__
 
@@ -40,11 +42,10 @@ def run_map_job(
     verbose: bool = False,
     progress: bool = False,
     doc: Any = None,
-) -> Any:
+) -> BatchReport:
     """Run a map job file (see the module; ``doc``: its parsed YAML, when read already) and
-    return its :class:`geoseg.jobs.batch.BatchReport` (one outcome: the map)."""
+    return its :class:`geoseg.jobs.report.BatchReport` (one outcome: the map)."""
     from geoseg.fs import write_json_atomic
-    from geoseg.jobs.batch import BatchReport, SceneOutcome, _resolve, job_lock
     from geoseg.mapping import run_map
     from geoseg.mapping.plan import plan_map
 
@@ -64,14 +65,16 @@ def run_map_job(
         raise JobError(f"{job_path}: " + "; ".join(problems))
     assert isinstance(section, dict)
     base = path.resolve().parent
-    scenes = [_resolve(base, str(s)) for s in section["scenes"]]
-    output = section["output"] if "://" in section["output"] else _resolve(base, section["output"])
+    scenes = [resolve_path(base, str(s)) for s in section["scenes"]]
+    output = (
+        section["output"] if "://" in section["output"] else resolve_path(base, section["output"])
+    )
     aoi = section.get("aoi")
     mopts = MapOptions(
         crs=section.get("crs"),
         resolution=section.get("resolution"),
         order=section.get("order", "given"),
-        aoi=_resolve(base, aoi) if aoi else None,
+        aoi=resolve_path(base, aoi) if aoi else None,
     )
     given: dict[str, Any] = {
         k: (tuple(v) if isinstance(v, list) and k != "bands" else v)
@@ -83,9 +86,9 @@ def run_map_job(
     if (
         isinstance(model, str)
         and not model.startswith("builtin")
-        and os.path.exists(_resolve(base, model))
+        and os.path.exists(resolve_path(base, model))
     ):
-        model = _resolve(base, model)
+        model = resolve_path(base, model)
     record_file = Path(output.rstrip("/") + ".geoseg.json") if "://" not in output else None
     record_old = _read_record(record_file)
     outcome = SceneOutcome(output, "done")

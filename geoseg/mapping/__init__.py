@@ -15,7 +15,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any, Sequence
 
-from geoseg.options import MapOptions, PredictOptions
+from geoseg.options import MapOptions, PredictOptions, take_fields
 
 if TYPE_CHECKING:
     from geoseg.dask.stream import TaskSlots
@@ -52,18 +52,12 @@ def map(  # noqa: A001 - geoseg.map, like rasterio.merge: the library's name for
     the cluster are as for :func:`geoseg.predict`. The result's ``extras`` hold ``scenes`` and
     ``planning_seconds``.
     """
-    import dataclasses
-
     from geoseg.mapping.plan import plan_map
 
     t0 = time.perf_counter()
-    map_names = {f.name for f in dataclasses.fields(MapOptions)}
-    mopts = dataclasses.replace(
-        map_options or MapOptions(), **{k: v for k, v in keywords.items() if k in map_names}
-    )
-    opts = PredictOptions.from_keywords(
-        options, **{k: v for k, v in keywords.items() if k not in map_names}
-    )
+    rest = dict(keywords)
+    mopts = MapOptions.from_keywords(map_options, **take_fields(rest, MapOptions))
+    opts = PredictOptions.from_keywords(options, **rest)
     inputs = [scenes] if isinstance(scenes, (str, os.PathLike)) else list(scenes)
     mplan = plan_map(
         inputs,
@@ -107,8 +101,7 @@ def run_map(
     """Run a planned map (:func:`geoseg.mapping.plan.plan_map`) on a cluster and commit its
     outputs, all or nothing (a batch job plans once to check whether it is done)."""
     from geoseg.dask.session import inference_session
-    from geoseg.fs import lock_output_folders
-    from geoseg.prediction import execute
+    from geoseg.prediction import execute, locked_session
     from geoseg.progress import Progress
 
     t0 = time.perf_counter() if started is None else started
@@ -124,10 +117,8 @@ def run_map(
             f"{mplan.grid.resolution[0]:g} x {mplan.grid.resolution[1]:g}, planned in {mplan.seconds:.2f} s"
             + (f"; newest first ({dated})" if mplan.order == "newest" else "")
         )
-        locks = lock_output_folders(
-            [plan.output, plan.probabilities, plan.confidence, plan.vector], "map"
-        )
-        with locks, inference_session(client, scheduler, workers, verbose) as session:
+        cluster = inference_session(client, scheduler, workers, verbose)
+        with locked_session(plan, cluster, "map") as session:
             result = execute(
                 plan,
                 session,

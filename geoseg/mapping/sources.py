@@ -155,16 +155,9 @@ def _stac_scene(
     item: Any, href: str, name: str, band_names: Sequence[str], resampling: str
 ) -> MapScene:
     """A STAC item's band assets as one scene (a VRT string), with the item's datetime."""
-    from geoseg.raster.scenes import stac_item_scene
+    from geoseg.raster.scenes import check_stac_item, stac_item_scene
 
-    if (
-        not isinstance(item, dict)
-        or item.get("type") != "Feature"
-        or not isinstance(item.get("assets"), dict)
-    ):
-        raise SceneError(
-            f"{name} is not a STAC item (a GeoJSON Feature with assets); give STAC items"
-        )
+    check_stac_item(item, name, "give STAC items")
     try:
         resolved = stac_item_scene(item, href, band_names, resampling)
     except SceneError as exc:

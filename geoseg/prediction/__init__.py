@@ -10,11 +10,12 @@ imports neither torch nor dask (``geoseg`` re-exports :func:`predict`); the stag
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from geoseg.options import PredictOptions
 
@@ -117,7 +118,6 @@ def predict(
     all or nothing, polygons included.
     """
     from geoseg.dask.session import inference_session
-    from geoseg.fs import lock_output_folders
     from geoseg.prediction.plan import plan_predict
     from geoseg.progress import Progress
 
@@ -143,10 +143,8 @@ def predict(
     try:
         if plan.destinations.cells and not plan.destinations.remote:
             Path(plan.destinations.output).mkdir(exist_ok=True)  # locked while cells are written
-        locks = lock_output_folders(
-            [plan.output, plan.probabilities, plan.confidence, plan.vector], "predict"
-        )
-        with locks, inference_session(client, scheduler, workers, verbose) as session:
+        cluster = inference_session(client, scheduler, workers, verbose)
+        with locked_session(plan, cluster, "predict") as session:
             result = execute(
                 plan,
                 session,
@@ -165,6 +163,20 @@ def predict(
             return result
     finally:
         plan.destinations.cleanup()
+
+
+@contextlib.contextmanager
+def locked_session(
+    plan: PredictPlan, session: contextlib.AbstractContextManager[DaskSession], what: str
+) -> Iterator[DaskSession]:
+    """``session`` entered once ``plan``'s output folders are locked (shared: a batch job cannot
+    clean them up meanwhile) for ``what``; what :func:`predict` and ``geoseg.map`` run
+    :func:`execute` in."""
+    from geoseg.fs import lock_output_folders
+
+    outputs = [plan.output, plan.probabilities, plan.confidence, plan.vector]
+    with lock_output_folders(outputs, what), session as entered:
+        yield entered
 
 
 def execute(

@@ -185,7 +185,7 @@ def write_cell_file(array: np.ndarray, meta: RasterMeta, destination: str, task:
     meta = RasterMeta(meta.spec, meta.colormap, tuple(tags.items()), meta.descriptions)
     transform = Affine(*task.transform) if task.transform is not None else None
     if destination.startswith("s3://"):
-        from geoseg.objectstore import upload_file
+        from geoseg.objectstore.uploads import upload_file
 
         fd, name = tempfile.mkstemp(prefix=".geoseg-cell-", suffix=".tif")
         os.close(fd)

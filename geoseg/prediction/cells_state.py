@@ -17,7 +17,9 @@ TOKEN_TAG = "GEOSEG_CELL_TOKEN"
 
 def run_token(plan: PredictPlan, metas: Sequence[RasterMeta]) -> str:
     """What a cell's content depends on: the scene's files, the model, the inference options,
-    the tiling and the rasters (their encoding included)."""
+    the tiling and the rasters (their encoding included). The options by their repr (every
+    field, by value): a token of the object would hash its class's module path, so moving the
+    class would make every finished cell look foreign."""
     from dask.base import tokenize
 
     layout = plan.layout
@@ -25,7 +27,7 @@ def run_token(plan: PredictPlan, metas: Sequence[RasterMeta]) -> str:
         file_token(plan.scene.path),
         plan.scene.path,
         plan.model.sha256,
-        plan.options,
+        repr(plan.options),
         plan.bands,
         plan.margin,
         plan.tile,
@@ -47,7 +49,9 @@ def finished_cells(
     assert plan.layout is not None
     env = {}
     if dest.remote:
-        from geoseg.objectstore import gdal_s3_env, list_keys, to_vsis3
+        from geoseg.objectstore.client import gdal_s3_env
+        from geoseg.objectstore.reads import list_keys
+        from geoseg.objectstore.urls import to_vsis3
 
         env = gdal_s3_env()
         present = {url for url in list_keys(dest.output)}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from geoseg.errors import OutputError
 from geoseg.fs import check_output_path
-from geoseg.objectstore import is_s3_url as is_s3
+from geoseg.objectstore.urls import is_s3_url as is_s3
 
 #: The file that marks a folder of cells as geoseg's (a rerun resumes it; nothing else is touched).
 CELLS_MARKER = ".geoseg-cells.json"
@@ -76,7 +76,7 @@ class Destinations:
     def upload(self, staged: list[tuple[Path, str]], overwrite: bool) -> None:
         """Upload each staged local file to its URL (object-store outputs); without
         ``overwrite`` an object that appeared meanwhile is not replaced."""
-        from geoseg.objectstore import upload_file
+        from geoseg.objectstore.uploads import upload_file
 
         for local, url in staged:
             if local.exists():
@@ -115,7 +115,7 @@ def check_destinations(
         if place is None:
             continue
         if is_s3(place):
-            from geoseg.objectstore import check_s3_output
+            from geoseg.objectstore.checks import check_s3_output
 
             check_s3_output(place, overwrite, what[name])
             if dest.staging is None:
@@ -132,7 +132,7 @@ def _check_cells(dest: Destinations, overwrite: bool) -> Destinations:
         n for n, v in (("probabilities", dest.probabilities), ("confidence", dest.confidence)) if v
     ]
     if dest.remote:
-        from geoseg.objectstore import check_s3_folder
+        from geoseg.objectstore.checks import check_s3_folder
 
         if not dest.output.endswith("/"):
             dest.output += "/"

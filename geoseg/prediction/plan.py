@@ -187,7 +187,7 @@ def plan_predict(
     """
     from geoseg.models.config import resolve_model_path
     from geoseg.models.load import read_model_config
-    from geoseg.objectstore import is_s3_url, to_vsis3
+    from geoseg.objectstore.urls import is_s3_url, to_vsis3
     from geoseg.prediction.destinations import skipped_report_path
 
     # GDAL's own reader for s3:// scenes (rasterio would open them through a boto3 session)

@@ -270,7 +270,7 @@ def finish_cells(
 def publish_folder_files(dest: Destinations, files: dict[str, bytes]) -> None:
     """Write small files (mosaics, STAC, marker) into a cells folder or prefix, each atomically."""
     if dest.remote:
-        from geoseg.objectstore import put_bytes
+        from geoseg.objectstore.uploads import put_bytes
 
         for name, data in files.items():
             put_bytes(dest.output.rstrip("/") + "/" + name, data)

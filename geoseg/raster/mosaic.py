@@ -198,34 +198,22 @@ class MosaicSource:
         self, index: int, bands: Sequence[int], row: int, col: int, height: int, width: int
     ) -> tuple[np.ndarray, np.ndarray]:
         """A window of one scene on the output grid (inside its footprint window)."""
-        from rasterio.errors import RasterioError
         from rasterio.windows import Window
 
-        from geoseg.errors import SceneError
-        from geoseg.raster.read import root_cause
+        from geoseg.paths import describe
+        from geoseg.raster.read import read_window
 
         s = self.scenes[index]
-        failure = None
-        try:
-            ds = self._dataset(index)
-            if s.offset is not None:
-                win = Window(col - s.offset[1], row - s.offset[0], width, height)
-            else:
-                win = Window(col - s.window[1], row - s.window[0], width, height)
-            block = ds.read(list(bands), window=win)
-            mask = ds.dataset_mask(window=win) > 0
-        except RasterioError as exc:
-            failure = root_cause(exc)
-        if failure is not None:
-            from geoseg.paths import describe
 
-            raise SceneError(
-                f"cannot read {describe(s.name)} for the map (rows {row}-{row + height}, columns "
-                f"{col}-{col + width} of the output): {failure}; the file may be corrupt or truncated"
+        def where() -> str:
+            return (
+                f"{describe(s.name)} for the map (rows {row}-{row + height}, columns "
+                f"{col}-{col + width} of the output)"
             )
-        if np.issubdtype(block.dtype, np.floating):
-            mask &= ~np.isnan(block).any(axis=0)
-        return block, mask
+
+        r0, c0 = s.offset if s.offset is not None else s.window[:2]
+        window = Window(col - c0, row - r0, width, height)
+        return read_window(lambda: self._dataset(index), bands, window, where)
 
     def _dataset(self, index: int) -> Any:
         """The scene opened (and for one off the grid, warped onto it over its footprint)."""

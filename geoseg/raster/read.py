@@ -9,7 +9,7 @@ import re
 import threading
 import warnings
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import rasterio
@@ -45,7 +45,7 @@ def read_env(path: str | None = None, cache_bytes: int | None = None) -> rasteri
     bound_block_cache(cache_bytes)
     remote: dict[str, Any] = dict(REMOTE_READ_ENV) if path is not None and is_remote(path) else {}
     if path is not None and ("s3://" in path or "/vsis3/" in path):
-        from geoseg.objectstore import gdal_s3_env
+        from geoseg.objectstore.client import gdal_s3_env
 
         remote.update(gdal_s3_env())  # the endpoint of AWS_ENDPOINT_URL, as boto3 reads it
     return rasterio.Env(**READ_ENV, **remote)
@@ -206,6 +206,33 @@ def parse_bands(spec: str | Sequence[int] | None, count: int, expected: int) -> 
     return bands
 
 
+def read_window(
+    dataset: Callable[[], Any],
+    bands: Sequence[int],
+    window: Window,
+    where: Callable[[], str],
+    out: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(data, valid)`` of ``window`` of the dataset ``dataset()`` opens or returns (``out``:
+    arrays to read into): GDAL's mask, NaN pixels invalid. A failed open or read is one
+    :class:`SceneError` line, "cannot read ``where()``" (made only then), with GDAL's root cause."""
+    into = (None, None) if out is None else out
+    failure: str | None = None
+    try:
+        src = dataset()
+        block = src.read(list(bands), window=window, out=into[0])
+        mask = np.greater(src.dataset_mask(window=window), 0, out=into[1])
+    except RasterioError as exc:
+        failure = root_cause(exc)
+    if failure is not None:
+        # Raised outside the except block: GDAL's exception chain does not survive pickling
+        # back from a Dask worker, and this message says all of it.
+        raise SceneError(f"cannot read {where()}: {failure}; the file may be corrupt or truncated")
+    if np.issubdtype(block.dtype, np.floating):
+        mask &= ~np.isnan(block).any(axis=0)
+    return block, mask
+
+
 def read_mirrored(
     src: rasterio.io.DatasetReader,
     bands: Sequence[int],
@@ -230,22 +257,13 @@ def read_mirrored(
     c0, c1 = int(cols.min()), int(cols.max()) + 1
     window = Window(c0, r0, c1 - c0, r1 - r0)
     inside = _in_order(rows) and _in_order(cols)  # nothing mirrored: the window is the block
-    into = out if out is not None and inside else (None, None)
-    failure: str | None = None
-    try:
-        block = src.read(list(bands), window=window, out=into[0])
-        mask = np.greater(src.dataset_mask(window=window), 0, out=into[1])
-    except RasterioError as exc:
-        failure = root_cause(exc)
-    if failure is not None:
-        # Raised outside the except block: GDAL's exception chain does not survive pickling
-        # back from a Dask worker, and this message says all of it.
-        raise SceneError(
-            f"cannot read window (col {c0}, row {r0}, {c1 - c0}x{r1 - r0}) of {describe(src.name)}: "
-            f"{failure}; the file may be corrupt or truncated"
-        )
-    if np.issubdtype(block.dtype, np.floating):
-        mask &= ~np.isnan(block).any(axis=0)
+    block, mask = read_window(
+        lambda: src,
+        bands,
+        window,
+        lambda: f"window (col {c0}, row {r0}, {c1 - c0}x{r1 - r0}) of {describe(src.name)}",
+        out if inside else None,
+    )
     if inside:
         return block, mask
     if out is None:

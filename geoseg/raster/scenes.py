@@ -316,15 +316,19 @@ def read_stac_item(href: str) -> dict[str, Any]:
         item = json.loads(text)
     except json.JSONDecodeError as exc:
         raise SceneError(f"{href} is not JSON ({exc}); give a STAC item or a raster") from None
+    check_stac_item(item, href, "give a STAC item or a raster")
+    return item
+
+
+def check_stac_item(item: Any, name: str, hint: str) -> None:
+    """A parsed document must be a STAC item: a GeoJSON Feature with assets (else one line
+    naming ``name``, then ``hint``)."""
     if (
         not isinstance(item, dict)
         or item.get("type") != "Feature"
         or not isinstance(item.get("assets"), dict)
     ):
-        raise SceneError(
-            f"{href} is not a STAC item (a GeoJSON Feature with assets); give a STAC item or a raster"
-        )
-    return item
+        raise SceneError(f"{name} is not a STAC item (a GeoJSON Feature with assets); {hint}")
 
 
 def _asset_names(key: str, asset: dict[str, Any]) -> set[str]:

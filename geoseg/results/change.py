@@ -25,6 +25,7 @@ from geoseg.fs import check_distinct_paths, check_output_path, lock_output_folde
 from geoseg.raster.block_cache import READ_CACHE_BYTES
 from geoseg.raster.read import no_georef_warning, open_scene, read_env
 from geoseg.results.areas import row_areas
+from geoseg.results.blocks import block_session
 from geoseg.results.classes import colour_of, name_of, raster_class_info
 from geoseg.results.tables import check_table_path, stage_table
 
@@ -250,7 +251,6 @@ def change(
     .csv or .parquet) and the changes' polygons (``vector``, as :func:`geoseg.vector.vectorize.vectorize`
     writes them, with ``vector_options``). Classes are matched by name; AFTER is resampled onto
     BEFORE's grid by nearest neighbour when the grids differ."""
-    from geoseg.dask.session import cpu_count, dask_session
     from geoseg.progress import Progress
     from geoseg.raster.sink import RasterSink, open_sinks
 
@@ -322,8 +322,7 @@ def change(
     progress = Progress(2 * len(tasks), unit="blocks", quiet=quiet)
     locks = lock_output_folders([out, table_path, vector_path], "change")
     try:
-        with dask_session(client, scheduler, workers or cpu_count(), processes=True) as session:
-            limit = max_in_flight or max(4, 2 * session.threads)
+        with block_session(client, scheduler, workers, max_in_flight) as (session, limit):
             sums = _count(session.client, tasks, limit, progress)
             rows, classes, codes, values = _describe(sums, modulus, before_classes, changes_only)
             dtype, nodata = class_raster_dtype([c.value for c in classes])

@@ -1,14 +1,15 @@
 """Exact fractions of pixels covered by polygons, by area accumulation, vectorized in numpy.
 
-Each polygon edge is cut at the pixel grid lines; a piece inside pixel (r, c) that descends by
-``dy`` adds ``dy`` times the part of the pixel's width to its right to pixel (r, c) and the rest
-to (r, c + 1); summed along a row these give, in every pixel, the exact area of the polygon
-inside it (the accumulation scan conversion of font rasterizers). Only pixels an edge touches
-get a fraction; between them a row's coverage stays the same, so a polygon comes out as a
-few *edge cells* with fractions and *runs* of pixels it covers alike (entirely, but for edges
-lying exactly along a row). The cost follows the
-polygons' perimeters in pixels, not their areas (exactextract's per-feature coverage grid and
-per-cell operations cost about 60 ns per covered pixel; see docs/benchmarks.md).
+Each polygon edge is cut at the pixel grid lines into *pieces*; a piece inside pixel (r, c) that
+descends by ``dy`` adds ``dy`` times the part of the pixel's width to its right to pixel (r, c)
+and ``dy`` to every pixel after it in the row; summed over the pieces of a row these give, in
+every pixel, the exact area of the polygon inside it (the accumulation scan conversion of font
+rasterizers).
+So a sum over the covered pixels weighted by their fractions is a sum over the pieces, each
+weighted by what lies at and to the right of it in its row (:func:`pieces`): its cost follows
+the polygons' perimeters in pixels, not their areas, and needs no sorting or grouping of the
+pieces (exactextract's per-feature coverage grid and per-cell operations cost about 60 ns per
+covered pixel; see docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -17,25 +18,33 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: Sums this close to a whole number are that number (rounding of a sum that is exactly 0 or 1).
-SNAP = 1e-9
-
 
 @dataclass
-class Coverage:
-    """Pixels of a ``height`` x ``width`` grid covered by numbered polygons: edge cells with their
-    covered fraction, and runs ``[start, stop)`` of a row with one fraction for all their pixels
-    (1 inside a polygon; less where an edge runs exactly along the row, as a box's top does)."""
+class Edges:
+    """Polygon edges ``(x0, y0) -> (x1, y1)`` (x = column, y = row, from the grid's corner),
+    oriented so that covered area counts positive, level edges (which add no area) left out;
+    ``zone``: each edge's polygon number."""
 
-    cell_zone: np.ndarray
-    cell_row: np.ndarray
-    cell_col: np.ndarray
-    cell_fraction: np.ndarray
-    run_zone: np.ndarray
-    run_row: np.ndarray
-    run_start: np.ndarray
-    run_stop: np.ndarray
-    run_fraction: np.ndarray
+    x0: np.ndarray
+    y0: np.ndarray
+    x1: np.ndarray
+    y1: np.ndarray
+    zone: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.zone)
+
+    def take(self, index: np.ndarray | slice) -> Edges:
+        """The edges at ``index`` (a mask, positions or a slice)."""
+        return Edges(
+            self.x0[index], self.y0[index], self.x1[index], self.y1[index], self.zone[index]
+        )
+
+    def shifted(self, col_off: float, row_off: float) -> Edges:
+        """The same edges in a grid whose corner is at ``(col_off, row_off)``."""
+        return Edges(
+            self.x0 - col_off, self.y0 - row_off, self.x1 - col_off, self.y1 - row_off, self.zone
+        )
 
 
 def _polygons(geoms: np.ndarray, zones: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -54,23 +63,22 @@ def _polygons(geoms: np.ndarray, zones: np.ndarray) -> tuple[np.ndarray, np.ndar
     return geoms[keep], zones[keep]
 
 
-def _edges(
-    geoms: np.ndarray, zones: np.ndarray, col_off: float, row_off: float, flip_y: bool
-) -> tuple[np.ndarray, ...]:
-    """Every ring edge ``(x0, y0, x1, y1, zone)`` in the grid's coordinates (x = column, y = row,
-    from the grid's corner), rings oriented so that covered area counts positive."""
+def polygon_edges(geoms: np.ndarray, zones: np.ndarray) -> Edges:
+    """Every ring edge of valid polygons ``geoms`` (shapely, in pixel units: x = column, y = row
+    growing downwards; they may overlap each other), numbered ``zones``, as :class:`Edges` in the
+    order of ``geoms``."""
     import shapely
 
-    polys, pzone = _polygons(geoms, zones)
-    # exteriors counter-clockwise in y-up coordinates: clockwise once y points down (see module doc)
-    polys = shapely.orient_polygons(polys, exterior_cw=not flip_y)
+    polys, pzone = _polygons(np.asarray(geoms, dtype=object), np.asarray(zones, dtype=np.int64))
+    # with y pointing down, an exterior clockwise in these numbers is counter-clockwise on the map
+    polys = shapely.orient_polygons(polys, exterior_cw=True)
     rings, rpoly = shapely.get_rings(polys, return_index=True)
     xy, ring = shapely.get_coordinates(rings, return_index=True)
-    x = xy[:, 0] - col_off
-    y = (-xy[:, 1] if flip_y else xy[:, 1]) - row_off
+    x, y = xy[:, 0], xy[:, 1]
     same = ring[1:] == ring[:-1]
+    same &= y[1:] != y[:-1]  # a level edge adds no area
     zone = pzone[rpoly[ring[:-1][same]]]
-    return x[:-1][same], y[:-1][same], x[1:][same], y[1:][same], zone
+    return Edges(x[:-1][same], y[:-1][same], x[1:][same], y[1:][same], zone)
 
 
 def _spans(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -78,117 +86,108 @@ def _spans(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     count = np.maximum(hi - lo + 1, 0).astype(np.int64)
     owner = np.repeat(np.arange(len(lo)), count)
     first = np.cumsum(count) - count
-    return owner, lo[owner] + (np.arange(len(owner)) - first[owner])
+    return owner, (lo.astype(np.int64) - first)[owner] + np.arange(len(owner))
 
 
-def _sorted_order(key: np.ndarray, limit: int) -> np.ndarray:
-    """The stable order of non-negative ``key`` (all below ``limit``): the indices packed into
-    the keys' spare low bits and sorted as one int64 (numpy's vectorized sort, several times
-    faster than an argsort of the same keys), or an argsort where the bits do not suffice."""
-    n = len(key)
-    index_bits = max(int(n - 1).bit_length(), 1)
-    if max(int(limit - 1), 1).bit_length() + index_bits > 63:
-        return np.argsort(key, kind="stable")
-    packed = np.sort((key << index_bits) | np.arange(n, dtype=np.int64))
-    return packed & ((1 << index_bits) - 1)
+@dataclass
+class Pieces:
+    """The pieces of edges within the pixels of a grid: for each, its edge (index into the
+    :class:`Edges`), ``row``, ``col`` (-1: left of the grid, all pieces there of a row gathered
+    as one), the height ``dy`` it descends (signed: covered area positive) and ``right``, the
+    part of it lying in its own pixel's width to its right.
+
+    The polygon of the pieces covers of pixel (r, c) the fraction: the sum of ``dy`` over the
+    pieces of row r left of column c, plus ``right`` of those in column c. Pieces right of the
+    grid are left out: they cover nothing in it.
+    """
+
+    edge: np.ndarray
+    row: np.ndarray
+    col: np.ndarray
+    dy: np.ndarray
+    right: np.ndarray
 
 
-def coverage(
-    geoms: np.ndarray,
-    zones: np.ndarray,
-    height: int,
-    width: int,
-    col_off: float = 0.0,
-    row_off: float = 0.0,
-    flip_y: bool = False,
-) -> Coverage:
-    """Exact covered fractions of the pixels of a ``height`` x ``width`` grid by polygons
-    ``geoms`` (shapely, in pixel units: x = column, y = row, or y = -row with ``flip_y``; the
-    grid's corner at ``(col_off, row_off)``), numbered ``zones``; parts outside the grid are
-    ignored. Polygons must be valid (shapely.make_valid); they may overlap each other.
+def pieces(edges: Edges, height: int, width: int) -> Pieces:
+    """The :class:`Pieces` of ``edges`` in a ``height`` x ``width`` grid (corner at 0, 0).
 
     Each edge is cut into its parts within each row of the grid, and each of those into its
-    pieces within each column, directly from the whole numbers between their ends (no sorting
-    along the edges); the pieces' contributions are then grouped by (zone, row, column) with
-    one sort of packed integer keys.
+    pieces within each column, directly from the whole numbers between their ends.
     """
-    x0, y0, x1, y1, ez = _edges(
-        np.asarray(geoms, dtype=object), np.asarray(zones, dtype=np.int64), col_off, row_off, flip_y
-    )
-    slanted = y0 != y1  # a level edge adds no area
-    x0, y0, x1, y1, ez = x0[slanted], y0[slanted], x1[slanted], y1[slanted], ez[slanted]
-    zone_ids, ezi = np.unique(ez, return_inverse=True)
+    x0, y0, x1, y1 = edges.x0, edges.y0, edges.x1, edges.y1
     # the edges' parts within each row of the grid (rows outside it dropped)
     ymin, ymax = np.minimum(y0, y1), np.maximum(y0, y1)
     edge, row = _spans(np.maximum(np.floor(ymin), 0), np.minimum(np.ceil(ymax) - 1, height - 1))
     slope = (x1 - x0) / (y1 - y0)
+    ex0, ey0, es = x0[edge], y0[edge], slope[edge]
     ya = np.maximum(row, ymin[edge])
     yb = np.minimum(row + 1, ymax[edge])
-    xa = x0[edge] + (ya - y0[edge]) * slope[edge]
-    xb = x0[edge] + (yb - y0[edge]) * slope[edge]
-    dy_row = np.where(y1[edge] > y0[edge], yb - ya, ya - yb)
+    xa = ex0 + (ya - ey0) * es
+    xb = ex0 + (yb - ey0) * es
+    dy_row = yb - ya
+    down = (y1 > y0)[edge]
+    np.negative(dy_row, out=dy_row, where=~down)
     xlo, xhi = np.minimum(xa, xb), np.maximum(xa, xb)
     # each row part's pieces within each column; every piece left of the grid gathered into
     # column -1 (all that matters there is their sum), pieces right of it dropped
-    clo = np.floor(xlo)
-    chi = np.maximum(np.ceil(xhi) - 1, clo)
-    part, col = _spans(np.maximum(clo, -1), np.maximum(np.minimum(chi, width - 1), -1))
-    lo_p, hi_p = xlo[part], xhi[part]
-    lower = np.where(col <= -1, lo_p, np.maximum(col, lo_p))
-    upper = np.minimum(col + 1, hi_p)
-    width_p = hi_p - lo_p
-    with np.errstate(divide="ignore", invalid="ignore"):
-        share = np.where(width_p > 0, (upper - lower) / width_p, 1.0)
-    dy = dy_row[part] * share
-    fx = np.clip((lower + upper) * 0.5 - col, 0.0, 1.0)
-    row_p = row[part].astype(np.int64)
-    col_p = col.astype(np.int64)
-    zi = ezi[edge[part]].astype(np.int64)
-    # each piece: dy * (1 - fx) to its own pixel, dy * fx to the next one in the row
-    nxt = col_p + 1 < width
-    c = np.concatenate([col_p, col_p[nxt] + 1])
-    r = np.concatenate([row_p, row_p[nxt]])
-    z = np.concatenate([zi, zi[nxt]])
-    v = np.concatenate([dy * (1.0 - fx), (dy * fx)[nxt]])
-    span = width + 1
-    key = (z * height + r) * span + (c + 1)
-    order = _sorted_order(key, max(len(zone_ids), 1) * height * span)
-    key, v = key[order], v[order]
-    first = np.empty(len(key), dtype=bool)
-    first[:1] = True
-    np.not_equal(key[1:], key[:-1], out=first[1:])
-    starts = np.flatnonzero(first)
-    acc = np.add.reduceat(v, starts) if len(starts) else np.zeros(0)
-    key = key[starts]
-    group = key // span  # (zone, row)
-    col = key % span - 1
-    # cumulative sums within each (zone, row): the coverage of each edge cell
-    total = np.cumsum(acc)
-    new = np.empty(len(group), dtype=bool)
-    new[:1] = True
-    np.not_equal(group[1:], group[:-1], out=new[1:])
-    base = (total - acc)[new]
-    cover = total - np.repeat(base, np.diff(np.append(np.flatnonzero(new), len(group))))
-    zone = zone_ids[group // height]
-    row = group % height
-    # runs: from after an edge cell to the next edge cell of the same (zone, row), or the row's end
-    has_next = np.append(~new[1:], False)
-    stop = np.where(has_next, np.append(col[1:], 0), width)
-    start = col + 1
-    # sums that should be whole numbers carry rounding errors of about 1e-15: snap them
-    whole = np.rint(cover)
-    cover = np.where(np.abs(cover - whole) < SNAP, whole, cover)
-    run = (stop > start) & (cover != 0)
-    cells = (col >= 0) & (cover != 0)
-    out = Coverage(
-        zone[cells],
-        row[cells],
-        col[cells],
-        cover[cells],
-        zone[run],
-        row[run],
-        start[run],
-        stop[run],
-        cover[run],
-    )
-    return out
+    clo = np.maximum(np.floor(xlo), -1)
+    chi = np.maximum(np.minimum(np.ceil(xhi) - 1, width - 1), clo)
+    one = (clo == chi) | (clo >= width)  # most parts lie within one column: no spans for those
+    if one.all():
+        part, col = np.arange(len(clo)), clo.astype(np.int64)
+    else:
+        chi = np.where(clo >= width, clo - 1, chi)  # right of the grid: no piece
+        part, col = _spans(clo, chi)
+    lo_p, hi_p, dy_p = xlo[part], xhi[part], dy_row[part]
+    colf = col.astype(np.float64)
+    lower = np.where(col < 0, lo_p, np.maximum(colf, lo_p))
+    upper = np.minimum(colf + 1, hi_p)
+    if not one.all():  # a part across columns: each piece its share of the part's height
+        width_p = hi_p - lo_p
+        with np.errstate(divide="ignore", invalid="ignore"):
+            dy_p = dy_p * np.where(width_p > 0, (upper - lower) / width_p, 1.0)
+    # the part of the piece's pixel to its right: 1 - its mean x within the pixel
+    right = np.clip(colf + 1 - (lower + upper) * 0.5, 0.0, 1.0) * dy_p
+    keep = col < width
+    if not keep.all():
+        part, col, dy_p, right = part[keep], col[keep], dy_p[keep], right[keep]
+    return Pieces(edge[part], row[part], col, dy_p, right)
+
+
+def coverage_grid(edges: Edges, zones: int, height: int, width: int) -> np.ndarray:
+    """The covered fraction of every pixel by each zone ``0 .. zones - 1``, a dense
+    ``(zones, height, width)`` array (for tests and small grids)."""
+    p = pieces(edges, height, width)
+    acc = np.zeros((zones, height, width + 2))
+    z = edges.zone[p.edge]
+    # dy - right to the pixel itself counted from its start, ``right`` more there
+    np.add.at(acc, (z, p.row, p.col + 2), p.dy)
+    np.add.at(acc, (z, p.row, p.col + 1), p.right)
+    np.add.at(acc, (z, p.row, p.col + 2), -p.right)
+    return np.cumsum(acc, axis=2)[:, :, 1:-1]
+
+
+def shared_edges(edges: Edges) -> tuple[np.ndarray, np.ndarray]:
+    """Edges two zones share, run in opposite directions (the border of two neighbours):
+    ``(keep, other)``, one edge of each such pair kept and ``other`` the zone of its neighbour
+    (-1 for an edge no other zone shares). The neighbour's pieces of a shared edge are the
+    kept one's, negated: a border is cut into pieces once, not once for each side."""
+    x0, y0, x1, y1 = edges.x0, edges.y0, edges.x1, edges.y1
+    flip = (x0 > x1) | ((x0 == x1) & (y0 > y1))
+    ax, ay = np.where(flip, x1, x0), np.where(flip, y1, y0)
+    bx, by = np.where(flip, x0, x1), np.where(flip, y0, y1)
+    order = np.lexsort((by, bx, ay, ax))
+    key = np.column_stack([ax, ay, bx, by])[order]
+    same = np.all(key[1:] == key[:-1], axis=1)  # sorted position i equals i + 1
+    # pairs: a run of exactly two equal edges, in opposite directions, of two zones
+    before = np.concatenate([[False], same[:-1]])
+    after = np.concatenate([same[1:], [False]])
+    i = np.flatnonzero(same & ~before & ~after)
+    a, b = order[i], order[i + 1]
+    pair = (flip[a] != flip[b]) & (edges.zone[a] != edges.zone[b])
+    a, b = a[pair], b[pair]
+    keep = np.ones(len(edges), dtype=bool)
+    keep[b] = False
+    other = np.full(len(edges), -1, dtype=np.int64)
+    other[a] = edges.zone[b]
+    return keep, other

@@ -56,7 +56,7 @@ def output_quicklook(output: str | os.PathLike[str], cells: bool, overwrite: boo
     import warnings
 
     from geoseg.errors import GeosegWarning
-    from geoseg.objectstore import is_s3_url
+    from geoseg.objectstore.urls import is_s3_url
 
     if is_s3_url(str(output)):
         warnings.warn(

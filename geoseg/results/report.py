@@ -82,7 +82,7 @@ def thumbnail(png: Path, width: int = THUMB_WIDTH) -> str | None:
 
 
 def render_report(report: dict[str, Any], folder: Path, page: Path) -> str:
-    """The page for a batch report (:meth:`geoseg.jobs.batch.BatchReport.as_dict`), whose scene
+    """The page for a batch report (:meth:`geoseg.jobs.report.BatchReport.as_dict`), whose scene
     outputs are named relative to ``folder``, linked relative to ``page``."""
     e = html.escape
     scenes = sorted(

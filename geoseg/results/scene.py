@@ -18,7 +18,7 @@ def check_stats_section(section: Any, base: Path) -> tuple[dict[str, Any] | None
     its problems (zones missing, without CRS or without the field, an unknown format), found
     before any scene runs. ``stats: {}`` counts classes without zones."""
     from geoseg.errors import ResultsError
-    from geoseg.results.stats import read_zones
+    from geoseg.results.zones import read_zones
 
     if section is None or not isinstance(section, dict):
         return None, []

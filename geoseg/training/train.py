@@ -3,7 +3,6 @@ cosine or poly decay, validation mIoU every epoch, best checkpoint kept, resumab
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -11,15 +10,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from geoseg.classes import IGNORE_VALUE
 from geoseg.engines.infer import resolve_device
 from geoseg.errors import ChipError, OutputError, TrainingError, first_line
 from geoseg.fs import atomic_path, check_output_path, remove_quietly
@@ -27,10 +24,11 @@ from geoseg.models import create_model, get_architecture, output_stride
 from geoseg.models.checkpoint import ModelConfig, build_config, save_model
 from geoseg.models.pretrained import load_pretrained
 from geoseg.options import TrainOptions
-from geoseg.progress import Progress
 from geoseg.training.chips import load_manifest, manifest_classes
 from geoseg.training.datasets import ChipDataset
-from geoseg.training.metrics import Scores, confusion_matrix
+from geoseg.training.epoch import WeightAverage, class_weights, lr_lambda, run_epoch, validate
+from geoseg.training.metrics import Scores
+from geoseg.training.resume import load_state, resume_state_path
 from geoseg.version import __version__
 
 DEFAULT_ARCH = "unet-small"
@@ -99,100 +97,6 @@ class TrainResult:
     best_scores: Scores | None = None
 
 
-class WeightAverage:
-    """Exponential moving average of a network's weights (Polyak averaging), updated after every
-    optimizer step; validated and saved in place of the raw weights, which on small chip sets
-    jump from epoch to epoch. Float buffers (batch-norm statistics) are averaged too."""
-
-    def __init__(self, network: nn.Module, half_life_steps: float) -> None:
-        self.network = copy.deepcopy(network).eval()
-        for p in self.network.parameters():
-            p.requires_grad_(False)
-        self.decay = 0.5 ** (1.0 / max(half_life_steps, 1e-9))
-        self.steps = 0
-
-    @torch.no_grad()
-    def update(self, network: nn.Module) -> None:
-        # the first steps follow the network closely, so the start's random weights fade fast
-        self.steps += 1
-        decay = min(self.decay, (1 + self.steps) / (10 + self.steps))
-        for avg, cur in zip(self.network.state_dict().values(), network.state_dict().values()):
-            if avg.dtype.is_floating_point:
-                avg.lerp_(cur.detach(), 1.0 - decay)
-            else:
-                avg.copy_(cur)
-
-
-def class_weights(pixels: dict[int, int], values: list[int], mode: str) -> torch.Tensor:
-    """Per-class loss weights from train pixel counts: inverse frequency, its square root, or none."""
-    counts = np.array([max(pixels.get(v, 0), 1) for v in values], dtype=np.float64)
-    if mode == "none":
-        w = np.ones_like(counts)
-    elif mode == "inverse":
-        w = counts.sum() / counts
-    elif mode == "sqrt":
-        w = np.sqrt(counts.sum() / counts)
-    else:
-        raise TrainingError(f"unknown --class-weights {mode!r}; use inverse, sqrt or none")
-    return torch.tensor(w / w.mean(), dtype=torch.float32)
-
-
-def dice_loss(
-    logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_VALUE
-) -> torch.Tensor:
-    """Soft Dice over labelled pixels, averaged over the classes present in the batch."""
-    k = logits.shape[1]
-    valid = (target != ignore_index).unsqueeze(1)
-    probs = torch.softmax(logits.float(), dim=1) * valid
-    onehot = F.one_hot(target.clamp(max=k - 1) * (target != ignore_index), k).permute(0, 3, 1, 2)
-    onehot = onehot.float() * valid
-    inter = (probs * onehot).sum(dim=(0, 2, 3))
-    denom = probs.sum(dim=(0, 2, 3)) + onehot.sum(dim=(0, 2, 3))
-    present = onehot.sum(dim=(0, 2, 3)) > 0
-    if not present.any():
-        return logits.sum() * 0.0
-    dice = (2 * inter + 1.0) / (denom + 1.0)
-    return 1.0 - dice[present].mean()
-
-
-def lr_lambda(total_steps: int, warmup_steps: int, schedule: str) -> Callable[[int], float]:
-    """Linear warm-up, then cosine (to 1%) or poly(0.9) decay, as a multiplier of the base LR."""
-    if schedule not in ("cosine", "poly"):
-        raise TrainingError(f"unknown --schedule {schedule!r}; use cosine or poly")
-
-    def f(step: int) -> float:
-        if step < warmup_steps:
-            return 0.1 + 0.9 * step / max(1, warmup_steps)
-        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        t = min(max(t, 0.0), 1.0)
-        if schedule == "cosine":
-            return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t))
-        return max((1 - t) ** 0.9, 0.01)
-
-    return f
-
-
-@torch.no_grad()
-def validate(
-    network: nn.Module,
-    dataset: ChipDataset,
-    device: torch.device,
-    names: list[str],
-    batch_size: int,
-) -> Scores:
-    """Scores of ``network`` on every labelled pixel of ``dataset``."""
-    network.eval()
-    k = len(names)
-    cm = np.zeros((k, k), dtype=np.int64)
-    for i in range(0, len(dataset), batch_size):
-        x = torch.from_numpy(dataset.images[i : i + batch_size]).to(device)
-        y = dataset.labels[i : i + batch_size].astype(np.int64)
-        pred = network(x).argmax(1).cpu().numpy()
-        y = np.where(y == IGNORE_VALUE, -1, y)
-        cm += confusion_matrix(y, pred, k)
-    return Scores(cm, names)
-
-
 def train(
     chips_dir: str | os.PathLike[str],
     output: str | os.PathLike[str],
@@ -209,7 +113,7 @@ def train(
     ``options`` (:class:`geoseg.options.TrainOptions`), with any of its fields given as
     ``keywords`` replacing its own (``train(chips, "m.pt", arch="unet", epochs=30)``). ``ema``
     above 0 validates and keeps a moving average of the weights whose half-life is that many
-    epochs (:class:`WeightAverage`) instead of the raw weights."""
+    epochs (:class:`geoseg.training.epoch.WeightAverage`) instead of the raw weights."""
     o = TrainOptions.from_keywords(options, **keywords)
     arch, epochs, patience, batch_size, dice_weight = (
         o.arch,
@@ -259,7 +163,7 @@ def train(
     }
     state: dict[str, Any] = {}
     if resume:
-        state = _load_state(state_path, identity)
+        state = load_state(state_path, identity)
     dev = resolve_device(device)
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -413,7 +317,7 @@ def train(
         t0 = time.perf_counter()
         while True:
             try:
-                loss_avg = _run_epoch(
+                loss_avg = run_epoch(
                     network,
                     loader,
                     optimizer,
@@ -525,91 +429,6 @@ def train(
                 tmp,
             )
     return TrainResult(out, best_epoch, best_miou if len(val_ds) else None, history, best_scores)
-
-
-def resume_state_path(output: Path) -> Path:
-    """Where training keeps what ``--resume`` needs, next to the model file."""
-    return output.with_name(f".{output.name}.state.pt")
-
-
-def _describe(identity: dict[str, Any]) -> str:
-    classes = ",".join(f"{v}={n}" for v, n in identity["classes"])
-    args = (
-        json.dumps(identity["arch_kwargs"], sort_keys=True)
-        if identity["arch_kwargs"]
-        else "default arguments"
-    )
-    return f"{identity['arch']} ({args}), classes {classes}, {len(identity['bands'])} bands"
-
-
-def _load_state(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
-    """A resume state, refused in one line when it belongs to another architecture or class set."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file: torch raises several kinds
-        raise TrainingError(
-            f"cannot resume: {path} is damaged ({first_line(exc)[:120]}); "
-            "train without --resume, with --overwrite"
-        ) from None
-    if not isinstance(state, dict) or "model" not in state:
-        raise TrainingError(
-            f"cannot resume: {path} is not a geoseg training state; train without --resume"
-        )
-    if "identity" in state:
-        saved = json.loads(state["identity"])
-        if saved != json.loads(json.dumps(identity, sort_keys=True)):
-            raise TrainingError(
-                f"cannot resume: the interrupted run trained {_describe(saved)}, this one asks for "
-                f"{_describe(identity)}; resume with the same --arch, --arch-args and chips, "
-                "or train without --resume, with --overwrite"
-            )
-    return state
-
-
-def _run_epoch(
-    network: nn.Module,
-    loader: DataLoader,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    scaler: Any,
-    weights: torch.Tensor,
-    dice_weight: float,
-    dev: torch.device,
-    use_amp: bool,
-    amp_dtype: torch.dtype,
-    quiet: bool,
-    epoch: int,
-    epochs: int,
-    channels_last: bool = False,
-    average: WeightAverage | None = None,
-) -> float:
-    network.train()
-    progress = Progress(len(loader), unit=f"batches (epoch {epoch + 1}/{epochs})", quiet=quiet)
-    total, n = 0.0, 0
-    for x, y in loader:
-        x = x.to(dev, non_blocking=True)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        y = y.to(dev, non_blocking=True)
-        with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
-            logits = network(x)
-            loss = F.cross_entropy(logits.float(), y, weight=weights, ignore_index=IGNORE_VALUE)
-            if dice_weight:
-                loss = loss + dice_weight * dice_loss(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
-            continue  # a batch with no labelled pixel gives NaN cross-entropy
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        if average is not None:
-            average.update(network)
-        total += float(loss.detach())
-        n += 1
-        progress.update(1, int(x.shape[0] * x.shape[2] * x.shape[3]))
-    progress.close()
-    return total / max(n, 1)
 
 
 def _save_best(

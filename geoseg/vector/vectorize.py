@@ -10,12 +10,9 @@ whole raster in one pass.
 
 from __future__ import annotations
 
-import contextlib
-import glob
 import json
 import math
 import os
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,372 +20,26 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 import rasterio
-from affine import Affine
-from rasterio.windows import Window
 
 from geoseg.classes import read_class_names
-from geoseg.errors import OutputError, VectorizeError, first_line
+from geoseg.errors import VectorizeError, first_line
 from geoseg.fs import (
     check_distinct_paths,
     check_output_path,
     lock_output_folders,
-    publish_file,
     remove_quietly,
     temporary_sibling,
 )
-from geoseg.options import VECTOR_FORMATS
-from geoseg.raster.block_cache import READ_CACHE_BYTES
-from geoseg.raster.read import no_georef_warning, open_scene, read_env
+from geoseg.raster.read import no_georef_warning, open_scene
+from geoseg.vector.blocks import BlockResult, BlockTask, Finished, run_block_task
+from geoseg.vector.formats import output_crs, output_format, require_pyarrow
+from geoseg.vector.geometry import Measurer, apply_transform, reprojector
+from geoseg.vector.merge import merge_blocks
 from geoseg.vector.styles import qml_sidecar, raster_classes, write_gpkg_style, write_qml_sidecar
+from geoseg.vector.write import GpkgWriter, ogr_date, publish_polygons, simplify_layer
 
 if TYPE_CHECKING:
     from geoseg.dask.stream import TaskSlots
-
-
-@dataclass(frozen=True)
-class BlockTask:
-    """One block of the class raster, with the halo a sieve needs; paths and windows only."""
-
-    raster: str
-    block_row: int
-    block_col: int
-    row_off: int
-    col_off: int
-    height: int
-    width: int
-    connectivity: int
-    skip: tuple[int, ...]
-    sieve_pixels: int
-    halo: int
-    probabilities: str | None
-    prob_band: tuple[tuple[int, int], ...]
-    transform: tuple[float, ...] | None = None
-    crs_wkt: str | None = None
-    segmentize: bool = False
-
-
-@dataclass
-class Finished:
-    """Regions completed inside one block, already in CRS coordinates and measured (columns)."""
-
-    wkb: list[bytes]
-    classes: np.ndarray
-    area: np.ndarray
-    perimeter: np.ndarray
-    pixels: np.ndarray
-    prob_sum: np.ndarray | None
-
-
-@dataclass
-class BlockResult:
-    """Components of one block: the regions it finished, and the parts touching its border
-    (class, pixel count, probability sum, polygon in pixel coordinates) with border ids."""
-
-    block_row: int
-    block_col: int
-    classes: np.ndarray
-    pixels: np.ndarray
-    prob_sum: np.ndarray | None
-    geoms: dict[int, bytes]
-    top: np.ndarray
-    bottom: np.ndarray
-    left: np.ndarray
-    right: np.ndarray
-    finished: Finished | None = None
-
-
-def _structure(connectivity: int) -> np.ndarray:
-    from scipy import ndimage
-
-    return ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
-
-
-def read_valid_classes(
-    src: Any, window: Window, skip: Sequence[int]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Class values and the mask of pixels that become polygons (not nodata, not skipped)."""
-    data = src.read(1, window=window)
-    valid = src.read_masks(1, window=window) > 0
-    if skip:
-        valid &= ~np.isin(data, np.asarray(skip))
-    return data, valid
-
-
-def label_components(
-    data: np.ndarray, valid: np.ndarray, connectivity: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Connected components of equal class: label image (0 = none) and class per label."""
-    from scipy import ndimage
-
-    labels = np.zeros(data.shape, dtype=np.int32)
-    classes = [0]
-    structure = _structure(connectivity)
-    n = 0
-    for v in np.unique(data[valid]):
-        lab, k = ndimage.label((data == v) & valid, structure=structure)
-        hit = lab > 0
-        labels[hit] = lab[hit] + n
-        classes.extend([int(v)] * k)
-        n += k
-    return labels, np.asarray(classes, dtype=np.int64)
-
-
-def run_block_task(task: BlockTask) -> BlockResult:
-    """Label and polygonize one block (in global pixel coordinates)."""
-    import shapely
-    from rasterio.features import shapes, sieve
-
-    h = task.halo
-    with read_env(task.raster, READ_CACHE_BYTES), no_georef_warning():
-        with rasterio.open(task.raster) as src:
-            r0, c0 = max(task.row_off - h, 0), max(task.col_off - h, 0)
-            r1 = min(task.row_off + task.height + h, src.height)
-            c1 = min(task.col_off + task.width + h, src.width)
-            data, valid = read_valid_classes(src, Window(c0, r0, c1 - c0, r1 - r0), ())
-            if task.sieve_pixels > 1:
-                data = sieve(
-                    data,
-                    size=task.sieve_pixels,
-                    connectivity=task.connectivity,
-                    mask=valid.astype(np.uint8),
-                )
-            ys, xs = task.row_off - r0, task.col_off - c0
-            data = data[ys : ys + task.height, xs : xs + task.width]
-            valid = valid[ys : ys + task.height, xs : xs + task.width]
-            if task.skip:
-                valid &= ~np.isin(data, np.asarray(task.skip))
-            probs = None
-            if task.probabilities:
-                with rasterio.open(task.probabilities) as psrc:
-                    probs = psrc.read(
-                        window=Window(task.col_off, task.row_off, task.width, task.height)
-                    )
-    labels, classes = label_components(data, valid, task.connectivity)
-    n = len(classes)
-    pixels = np.bincount(labels.ravel(), minlength=n)
-    prob_sum = None
-    if probs is not None:
-        prob_sum = np.zeros(n, dtype=np.float64)
-        for v, band in task.prob_band:
-            sel = (data == v) & (labels > 0)
-            if sel.any():
-                prob_sum += np.bincount(labels[sel], weights=probs[band][sel] / 255.0, minlength=n)
-    on_border = np.zeros(n, dtype=bool)
-    on_border[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = True
-    transform = Affine.translation(task.col_off, task.row_off)
-    geoms: dict[int, bytes] = {}
-    inner_ids: list[int] = []
-    inner_geoms: list[Any] = []
-    # shapes() builds in-memory rasters (the mask's has no geotransform): rasterio warns about them
-    with no_georef_warning():
-        found = list(
-            shapes(labels, mask=labels > 0, connectivity=task.connectivity, transform=transform)
-        )
-    for geom, value in found:
-        g = shapely.geometry.shape(geom)
-        if on_border[int(value)]:
-            geoms[int(value)] = shapely.to_wkb(g)
-        else:
-            inner_ids.append(int(value))
-            inner_geoms.append(g)
-    finished = None
-    if inner_ids:
-        ids = np.asarray(inner_ids)
-        arr = np.asarray(inner_geoms, dtype=object)
-        if task.segmentize:
-            arr = shapely.segmentize(arr, 1.0)
-        if not shapely.is_valid(arr).all():  # 8-connected regions touching themselves at a corner
-            arr = shapely.make_valid(arr)
-        if task.transform is not None:
-            arr = apply_transform(arr, Affine(*task.transform))
-        area, perim = Measurer.from_wkt(task.crs_wkt).many(arr)
-        finished = Finished(
-            list(shapely.to_wkb(arr)),
-            classes[ids],
-            area,
-            perim,
-            pixels[ids],
-            None if prob_sum is None else prob_sum[ids],
-        )
-    return BlockResult(
-        task.block_row,
-        task.block_col,
-        classes,
-        pixels,
-        prob_sum,
-        geoms,
-        labels[0].copy(),
-        labels[-1].copy(),
-        labels[:, 0].copy(),
-        labels[:, -1].copy(),
-        finished,
-    )
-
-
-class _Groups:
-    """Union-find over global component ids, with the members of each group."""
-
-    def __init__(self) -> None:
-        self.parent: dict[int, int] = {}
-        self.members: dict[int, list[int]] = {}
-
-    def add(self, g: int) -> None:
-        self.parent[g] = g
-        self.members[g] = [g]
-
-    def find(self, g: int) -> int:
-        root = g
-        while self.parent[root] != root:
-            root = self.parent[root]
-        while self.parent[g] != root:
-            self.parent[g], g = root, self.parent[g]
-        return root
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra == rb:
-            return
-        if len(self.members[ra]) < len(self.members[rb]):
-            ra, rb = rb, ra
-        self.parent[rb] = ra
-        self.members[ra].extend(self.members.pop(rb))
-
-
-def _join_pairs(
-    groups: _Groups, a: np.ndarray, b: np.ndarray, ca: np.ndarray, cb: np.ndarray, connectivity: int
-) -> None:
-    """Union components on two facing pixel lines (global ids ``a``/``b``, classes ``ca``/``cb``)."""
-    offsets = (0,) if connectivity == 4 else (-1, 0, 1)
-    n = len(a)
-    for off in offsets:
-        lo, hi = max(0, -off), min(n, n - off)
-        x, y = a[lo:hi], b[lo + off : hi + off]
-        cx, cy = ca[lo:hi], cb[lo + off : hi + off]
-        keep = (x > 0) & (y > 0) & (cx == cy)
-        if keep.any():
-            for p, q in set(zip(x[keep].tolist(), y[keep].tolist())):
-                groups.union(p, q)
-
-
-@dataclass
-class Polygon:
-    """A finished region: class, geometry in pixel coordinates, pixel count, probability sum."""
-
-    value: int
-    geometry: Any
-    pixels: int
-    prob_sum: float | None
-
-
-def merge_blocks(
-    results: Iterator[list[BlockResult]], connectivity: int, n_rows: int
-) -> Iterator[Polygon | Finished]:
-    """Given block rows in order, yield each block's finished regions, and each region that
-    crosses block borders once no later row can extend it."""
-    import shapely
-
-    groups = _Groups()
-    info: dict[int, tuple[int, int, float | None, bytes]] = {}
-    prev_bottom: np.ndarray | None = None
-    prev_bottom_cls: np.ndarray | None = None
-    next_id = 0  # global ids: a running count of components, unique and far from int64's end
-    for r, row in enumerate(results):
-        row = sorted(row, key=lambda b: b.block_col)
-        tops, bottoms, tcls, bcls = [], [], [], []
-        lefts_rights: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-        for b in row:
-            if b.finished is not None:
-                yield b.finished
-            base = next_id
-            next_id += len(b.classes)
-            local_ids = np.arange(len(b.classes), dtype=np.int64)
-            gid = np.where(local_ids > 0, local_ids + base, 0)
-            for local, wkb in b.geoms.items():
-                g = base + local
-                groups.add(g)
-                info[g] = (
-                    int(b.classes[local]),
-                    int(b.pixels[local]),
-                    None if b.prob_sum is None else float(b.prob_sum[local]),
-                    wkb,
-                )
-            tops.append(gid[b.top])
-            bottoms.append(gid[b.bottom])
-            tcls.append(b.classes[b.top])
-            bcls.append(b.classes[b.bottom])
-            lefts_rights.append((gid[b.left], gid[b.right], b.classes[b.left], b.classes[b.right]))
-        for (_, right, _, rcls), (left, _, lcls, _) in zip(lefts_rights, lefts_rights[1:]):
-            _join_pairs(groups, right, left, rcls, lcls, connectivity)
-        top, top_cls = np.concatenate(tops), np.concatenate(tcls)
-        if prev_bottom is not None and prev_bottom_cls is not None:
-            _join_pairs(groups, prev_bottom, top, prev_bottom_cls, top_cls, connectivity)
-        prev_bottom, prev_bottom_cls = np.concatenate(bottoms), np.concatenate(bcls)
-        last = r == n_rows - 1
-        open_roots = set() if last else {groups.find(int(g)) for g in np.unique(prev_bottom) if g}
-        for root in [g for g in list(groups.members) if g not in open_roots]:
-            members = groups.members.pop(root)
-            parts = [info.pop(m) for m in members]
-            for m in members:
-                del groups.parent[m]
-            geoms = shapely.from_wkb([p[3] for p in parts])
-            geom = geoms[0] if len(geoms) == 1 else shapely.union_all(geoms)
-            if not geom.is_valid:  # 8-connected regions touching themselves at a corner
-                geom = shapely.make_valid(geom)
-            probs = [p[2] for p in parts]
-            yield Polygon(
-                parts[0][0],
-                geom,
-                sum(p[1] for p in parts),
-                None if probs[0] is None else float(sum(probs)),  # type: ignore[arg-type]
-            )
-
-
-def apply_transform(geom: Any, transform: Affine) -> Any:
-    """Pixel coordinates -> CRS coordinates (exact affine map of every vertex)."""
-    import shapely
-
-    a, b, c, d, e, f = transform.a, transform.b, transform.c, transform.d, transform.e, transform.f
-
-    def fn(xy: np.ndarray) -> np.ndarray:
-        return np.column_stack([a * xy[:, 0] + b * xy[:, 1] + c, d * xy[:, 0] + e * xy[:, 1] + f])
-
-    return shapely.transform(geom, fn)
-
-
-class Measurer:
-    """Area (square metres) and perimeter (metres); geodesic on the ellipsoid for geographic CRSs."""
-
-    def __init__(self, crs: Any) -> None:
-        self.geod = None
-        self.factor = 1.0
-        if crs is not None and crs.is_geographic:
-            from pyproj import CRS as ProjCRS
-            from pyproj import Geod
-
-            self.geod = ProjCRS.from_user_input(crs.to_wkt()).get_geod() or Geod(ellps="WGS84")
-        elif crs is not None:
-            self.factor = float(crs.linear_units_factor[1]) if crs.linear_units_factor else 1.0
-
-    @classmethod
-    def from_wkt(cls, wkt: str | None) -> "Measurer":
-        from rasterio.crs import CRS
-
-        return cls(CRS.from_wkt(wkt) if wkt else None)
-
-    def __call__(self, geom: Any) -> tuple[float, float]:
-        if self.geod is not None:
-            area, perimeter = self.geod.geometry_area_perimeter(geom)
-            return abs(area), perimeter
-        return geom.area * self.factor**2, geom.length * self.factor
-
-    def many(self, geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Areas and perimeters of an array of geometries (vectorized unless geodesic)."""
-        import shapely
-
-        if self.geod is not None:
-            pairs = [self(g) for g in geoms]
-            return np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
-        return shapely.area(geoms) * self.factor**2, shapely.length(geoms) * self.factor
 
 
 @dataclass
@@ -399,17 +50,6 @@ class VectorizeResult:
     polygons: int
     per_class: dict[int, int] = field(default_factory=dict)
     seconds: float = 0.0
-
-
-def output_format(path: Path) -> tuple[str, bool]:
-    """GDAL driver for an output path by extension, or a one-line error listing the choices."""
-    try:
-        return VECTOR_FORMATS[path.suffix.lower()]
-    except KeyError:
-        raise VectorizeError(
-            f"unknown vector format {path.suffix or '(no extension)'!r} for {path.name}; use one of "
-            + ", ".join(sorted(VECTOR_FORMATS))
-        ) from None
 
 
 def _block_size(src: Any, requested: int | None) -> int:
@@ -493,7 +133,7 @@ def vectorize(
     sidecar = qml_sidecar(out) if classes and driver != "GPKG" else None
     if sidecar is not None:
         check_output_path(sidecar, overwrite, "style sidecar")
-    reproject = _reprojector(info.crs, target) if target is not None else None
+    reproject = reprojector(info.crs, target) if target is not None else None
     pixel_area = (
         abs(info.transform.a * info.transform.e - info.transform.b * info.transform.d) or 1.0
     )
@@ -537,10 +177,10 @@ def vectorize(
             dask_session(
                 client, scheduler, workers or cpu_count(), processes=True, verbose=verbose
             ) as session,
-            _ogr_date(timestamp),
+            ogr_date(timestamp),
         ):
             limit = max_in_flight or max(2 * cols, 2 * session.threads)
-            writer = _GpkgWriter(
+            writer = GpkgWriter(
                 tmp,
                 info.crs if simplify else out_crs,
                 probabilities is not None,
@@ -575,10 +215,10 @@ def vectorize(
             writer.close()
             progress.close()
             if simplify:
-                _simplify_layer(tmp, simplify, measure, reproject, out_crs)
+                simplify_layer(tmp, simplify, measure, reproject, out_crs)
             if classes and driver == "GPKG":
                 write_gpkg_style(tmp, classes, "polygons", timestamp=timestamp)
-            _publish(tmp, out, driver, out_crs)
+            publish_polygons(tmp, out, driver, out_crs)
             if sidecar is not None:
                 write_qml_sidecar(out, classes)
     except BaseException:
@@ -587,76 +227,6 @@ def vectorize(
     finally:
         locks.close()
     return VectorizeResult(out, sum(per_class.values()), per_class, time.perf_counter() - t0)
-
-
-def output_crs(out: Path, src_crs: Any, dst_crs: str | None) -> tuple[Any, Any]:
-    """``(target, written)``: the CRS to reproject to (None: keep the raster's) and the CRS the
-    file ends up in, checked against the format (GeoJSON holds EPSG:4326 only, as RFC 7946 says)."""
-    driver, any_crs = output_format(out)
-    target = _target_crs(dst_crs, src_crs)
-    written = target if target is not None else src_crs
-    if written is not None and not any_crs and written.to_epsg() != 4326:
-        raise VectorizeError(
-            f"{driver} holds WGS 84 (EPSG:4326) coordinates only, and the raster is in "
-            f"{written.to_string()}; add --dst-crs EPSG:4326, or write .gpkg or .fgb instead"
-        )
-    return target, written
-
-
-def _target_crs(dst_crs: str | None, src_crs: Any) -> Any:
-    """The CRS polygons are written in when ``--dst-crs`` is given (None: the raster's own)."""
-    if dst_crs is None:
-        return None
-    from rasterio.crs import CRS
-    from rasterio.errors import CRSError
-
-    try:
-        crs = CRS.from_user_input(dst_crs)
-    except CRSError:
-        raise VectorizeError(
-            f"--dst-crs {dst_crs!r} is not a CRS PROJ knows; give e.g. EPSG:4326 or a WKT string"
-        ) from None
-    if src_crs is None:
-        raise VectorizeError("--dst-crs needs a raster with a CRS; this one has none")
-    return None if crs == src_crs else crs
-
-
-def _reprojector(src_crs: Any, dst_crs: Any) -> Any:
-    """A function reprojecting an array of geometries (vertices, x/y order) from the raster's CRS."""
-    import shapely
-    from pyproj import Transformer
-
-    transformer = Transformer.from_crs(src_crs.to_wkt(), dst_crs.to_wkt(), always_xy=True)
-
-    def xy(coords: np.ndarray) -> np.ndarray:
-        x, y = transformer.transform(coords[:, 0], coords[:, 1])
-        return np.column_stack([x, y])
-
-    def apply(geoms: Any) -> Any:
-        return shapely.transform(geoms, xy)
-
-    return apply
-
-
-#: Serializes the process-wide OGR_CURRENT_DATE (see :func:`_ogr_date`).
-_OGR_DATE_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def _ogr_date(timestamp: str | None) -> Iterator[None]:
-    """Scope OGR_CURRENT_DATE (the GeoPackage last-change stamp) in pyogrio's GDAL, then reset it."""
-    if timestamp is None:
-        yield
-        return
-    import pyogrio
-
-    # the option is process-wide: polygonizations run at once (a batch's scenes) take turns
-    with _OGR_DATE_LOCK:
-        pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": timestamp})
-        try:
-            yield
-        finally:
-            pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": None})
 
 
 def _rows(
@@ -701,228 +271,12 @@ def _probability_bands(path: str, info: Any, names: dict[int, str]) -> tuple[tup
     return tuple((v, i) for i, v in enumerate(values))
 
 
-class _GpkgWriter:
-    """Appends features to a GeoPackage in batches, so memory does not grow with the layer."""
-
-    FIELDS = ["class", "class_name", "area_m2", "perim_m", "pixels"]
-
-    def __init__(
-        self, path: Path, crs: Any, with_prob: bool, batch: int = 20000, reproject: Any = None
-    ) -> None:
-        self.path = path
-        self.crs = crs.to_wkt() if crs is not None else None
-        self.reproject = reproject
-        self.with_prob = with_prob
-        self.batch = batch
-        self.written = False
-        self._reset()
-
-    def _reset(self) -> None:
-        self.wkb: list[bytes] = []
-        self.cols: list[list[Any]] = [[] for _ in range(6)]
-
-    def add(
-        self,
-        geom: Any,
-        value: int,
-        name: str,
-        area: float,
-        perim: float,
-        pixels: int,
-        mean_prob: float | None,
-    ) -> None:
-        import shapely
-
-        self.wkb.append(shapely.to_wkb(geom))
-        for col, v in zip(self.cols, (value, name, area, perim, pixels, mean_prob)):
-            col.append(v)
-        if len(self.wkb) >= self.batch:
-            self.flush()
-
-    def add_many(self, f: Finished, names: dict[int, str]) -> None:
-        """Append a block's finished regions (already measured, WKB)."""
-        values = f.classes.tolist()
-        self.wkb.extend(f.wkb)
-        self.cols[0].extend(values)
-        self.cols[1].extend(names.get(v, str(v)) for v in values)
-        self.cols[2].extend(f.area.tolist())
-        self.cols[3].extend(f.perimeter.tolist())
-        self.cols[4].extend(f.pixels.tolist())
-        mean = (
-            [None] * len(values)
-            if f.prob_sum is None
-            else (f.prob_sum / np.maximum(f.pixels, 1)).tolist()
-        )
-        self.cols[5].extend(mean)
-        if len(self.wkb) >= self.batch:
-            self.flush()
-
-    def flush(self) -> None:
-        import pyogrio
-
-        if not self.wkb and self.written:
-            return
-        c = self.cols
-        data = [
-            np.asarray(c[0], dtype=np.int32),
-            np.asarray(c[1], dtype=object),
-            np.asarray(c[2], dtype=np.float64),
-            np.asarray(c[3], dtype=np.float64),
-            np.asarray(c[4], dtype=np.int64),
-        ]
-        fields = list(self.FIELDS)
-        wkb = np.asarray(self.wkb, dtype=object)
-        if self.reproject is not None and len(wkb):
-            import shapely
-
-            wkb = shapely.to_wkb(self.reproject(shapely.from_wkb(wkb)))
-        if self.with_prob:
-            data.append(np.asarray([np.nan if v is None else v for v in c[5]], dtype=np.float64))
-            fields.append("mean_prob")
-        pyogrio.raw.write(
-            str(self.path),
-            wkb,
-            data,
-            fields,
-            crs=self.crs,
-            geometry_type="MultiPolygon",
-            promote_to_multi=True,
-            driver="GPKG",
-            layer="polygons",
-            append=self.written,
-        )
-        self.written = True
-        self._reset()
-
-    def close(self) -> None:
-        self.flush()
-
-
-def _simplify_layer(
-    path: Path, tolerance: float, measure: Measurer, reproject: Any = None, out_crs: Any = None
-) -> None:
-    """Simplify the whole layer as a coverage (shared borders once), recompute measures, then
-    reproject it when asked (simplification and measures work in the raster's CRS)."""
-    import pyogrio
-    import shapely
-
-    meta, _, wkb, data = pyogrio.raw.read(str(path), layer="polygons")
-    if wkb is None or len(wkb) == 0:
-        return
-    geoms = shapely.coverage_simplify(shapely.from_wkb(wkb), tolerance)
-    fields = list(meta["fields"])
-    data = list(data)
-    for i, g in enumerate(geoms):
-        area, perim = measure(g)
-        data[fields.index("area_m2")][i] = area
-        data[fields.index("perim_m")][i] = perim
-    crs = meta["crs"]
-    if reproject is not None:
-        geoms = reproject(geoms)
-        crs = out_crs.to_wkt()
-    remove_quietly(path)
-    pyogrio.raw.write(
-        str(path),
-        np.asarray(shapely.to_wkb(geoms), dtype=object),
-        data,
-        fields,
-        crs=crs,
-        geometry_type="MultiPolygon",
-        promote_to_multi=True,
-        driver="GPKG",
-        layer="polygons",
-    )
-
-
-def _publish(tmp: Path, out: Path, driver: str, crs: Any) -> None:
-    """Move the staged GeoPackage to the output path, converting the format if needed."""
-    import pyogrio
-
-    if driver == "GPKG":
-        publish_file(tmp, out)
-        return
-    staged = temporary_sibling(out, out.suffix)
-    try:
-        if driver == "Parquet":
-            _write_geoparquet(tmp, staged)
-        else:
-            meta, _, wkb, data = pyogrio.raw.read(str(tmp), layer="polygons")
-            opts: dict[str, Any] = (
-                {"SPATIAL_INDEX": "YES"} if driver in ("FlatGeobuf", "ESRI Shapefile") else {}
-            )
-            if driver in ("GeoJSON", "FlatGeobuf"):
-                opts["layer"] = out.stem  # not the staged file's hidden name
-            if driver == "ESRI Shapefile":
-                staged = staged.with_suffix(".shp")
-            pyogrio.raw.write(
-                str(staged),
-                wkb if wkb is not None else np.array([], dtype=object),
-                data,
-                list(meta["fields"]),
-                crs=meta["crs"],
-                geometry_type="MultiPolygon",
-                driver=driver,
-                **opts,
-            )
-        if driver == "ESRI Shapefile":
-            for side in staged.parent.glob(glob.escape(staged.stem) + ".*"):
-                publish_file(side, out.with_suffix(side.suffix))
-        else:
-            publish_file(staged, out)
-    finally:
-        remove_quietly(tmp)
-
-
-def _write_geoparquet(src: Path, dst: Path) -> None:
-    """GeoParquet 1.0 (WKB geometry + 'geo' metadata) through pyarrow."""
-    _require_pyarrow()
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    import pyogrio
-    import shapely
-
-    meta, _, wkb, data = pyogrio.raw.read(str(src), layer="polygons")
-    geoms = shapely.from_wkb(wkb) if wkb is not None else np.array([])
-    cols = {name: pa.array(values) for name, values in zip(meta["fields"], data)}
-    cols["geometry"] = pa.array(list(wkb) if wkb is not None else [], type=pa.binary())
-    bbox = list(shapely.total_bounds(geoms)) if len(geoms) else []
-    crs_json = None
-    if meta["crs"]:
-        from pyproj import CRS as ProjCRS
-
-        crs_json = ProjCRS.from_user_input(meta["crs"]).to_json_dict()
-    geo = {
-        "version": "1.0.0",
-        "primary_column": "geometry",
-        "columns": {
-            "geometry": {
-                "encoding": "WKB",
-                "geometry_types": ["MultiPolygon"],
-                "crs": crs_json,
-                "bbox": bbox,
-            }
-        },
-    }
-    table = pa.table(cols).replace_schema_metadata({b"geo": json.dumps(geo).encode()})
-    pq.write_table(table, dst)
-
-
-def _require_pyarrow() -> None:
-    try:
-        import pyarrow  # noqa: F401
-        import pyarrow.parquet  # noqa: F401
-    except ImportError:
-        raise OutputError(
-            "GeoParquet output needs pyarrow: pip install 'geoseg[parquet]'"
-        ) from None
-
-
 def check_vector_options(
     output: str | os.PathLike[str], crs: Any = None, **options: Any
 ) -> tuple[Any, Any]:
     """Check polygon options before any work (predict runs it before predicting): the values
     (as :class:`geoseg.options.VectorOptions`), the format and what it needs (pyarrow), and the
-    CRS the file would be in (GeoJSON: EPSG:4326). Returns :func:`output_crs`'s ``(target, written)``."""
+    CRS the file would be in (GeoJSON: EPSG:4326). Returns :func:`geoseg.vector.formats.output_crs`'s ``(target, written)``."""
     from geoseg.options import VectorOptions
 
     run_keys = ("timestamp", "quiet", "verbose", "workers", "scheduler", "dst_crs", "style")
@@ -937,5 +291,5 @@ def check_vector_options(
         raise VectorizeError(f"unknown vector option ({first_line(exc)})") from None
     out = Path(output)
     if output_format(out)[0] == "Parquet":
-        _require_pyarrow()
+        require_pyarrow()
     return output_crs(out, crs, options.get("dst_crs"))

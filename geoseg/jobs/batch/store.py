@@ -15,7 +15,10 @@ import tempfile
 from pathlib import Path
 
 from geoseg.errors import OutputError
-from geoseg.objectstore import check_s3_folder, is_s3_url, list_keys, read_bytes, upload_file
+from geoseg.objectstore.checks import check_s3_folder
+from geoseg.objectstore.reads import list_keys, read_bytes
+from geoseg.objectstore.uploads import upload_file
+from geoseg.objectstore.urls import is_s3_url
 
 #: Marks a prefix as a geoseg batch's output folder (written before any scene).
 BATCH_MARKER = ".geoseg-batch.json"
@@ -32,7 +35,7 @@ def staging_folder(url: str) -> Path:
 def prepare(url: str, staging: Path, record_suffix: str) -> set[str]:
     """Check the prefix (reachable, writable, geoseg's or empty), mark it as a batch's, fetch
     every scene record into ``staging`` and return the names of the objects already there."""
-    from geoseg.objectstore import put_bytes
+    from geoseg.objectstore.uploads import put_bytes
 
     prefix = check_s3_folder(url, True, BATCH_MARKER)
     names: set[str] = set()
