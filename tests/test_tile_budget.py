@@ -136,3 +136,26 @@ def test_builtin_model_classes_do_not_depend_on_the_automatic_tile(
         and "give --memory-budget" in res.output
         and not (tmp_path / "small.tif").exists()
     )
+
+
+def test_an_engine_that_cannot_be_measured_falls_back_with_a_warning(
+    cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Measuring is an optimisation: where it fails for a reason other than the request, the
+    plan goes on with the fallback tile and says so; without a fallback the error is raised."""
+    from geoseg.errors import GeosegWarning
+    from geoseg.models.load import load_model
+    from geoseg.options import InferenceOptions
+    from geoseg.prediction import tile_budget
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("no such provider")
+
+    monkeypatch.setattr("geoseg.engines.resolve_engine", broken)
+    model = load_model(None)
+    args = (model, 3000, 3000, 4, "uint16", 48, 16, InferenceOptions())
+    with pytest.warns(GeosegWarning, match="could not measure .* using --tile 512"):
+        choice = tile_budget.plan_auto_tile(*args, budget=2_000_000_000, fallback=512)
+    assert choice.tile == 512 and choice.unmeasured == "memory not measured"
+    with pytest.raises(RuntimeError, match="no such provider"):
+        tile_budget.plan_auto_tile(*args, budget=2_000_000_000)

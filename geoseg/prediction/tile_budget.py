@@ -166,7 +166,7 @@ def default_budget(device: str, task_threads: int | None = None) -> int:
     return int(memory_limit() * MEMORY_SHARE / max(1, task_threads))
 
 
-def auto_tile_within_budget(
+def plan_auto_tile(
     model: "LoadedModel",
     height: int,
     width: int,
@@ -179,127 +179,101 @@ def auto_tile_within_budget(
     device: str = "auto",
     batch_size: int = 4,
     budget: int | None = None,
+    fallback: int | None = None,
 ) -> TileChoice:
     """The automatic tile for this scene, model and engine (see the module's docstring):
-    costs measured on this machine once per model, engine and device, and kept."""
-    from geoseg.engines import device_name, resolve_engine
-    from geoseg.engines.fused import CPU_RUN_PIXELS
+    costs measured on this machine once per model, engine and device, and kept. Where
+    measuring fails for a reason other than the request (an engine that cannot start here),
+    ``fallback`` with a warning (None: the error is raised)."""
+    try:
+        from geoseg.engines import device_name, resolve_engine
+        from geoseg.engines.fused import CPU_RUN_PIXELS
 
-    dev = device_name(device)
-    cuda = dev.startswith("cuda")
-    one = TileGrid.create(
-        height, width, round_up(max(height, width), stride) + 2 * margin, margin, stride
-    )
-    if budget is None and max(one.tile_height, one.tile_width) <= 512:
-        # the whole scene in one tile no larger than geoseg's long-standing default: least work
-        return TileChoice(
-            max(one.tile_height, one.tile_width),
-            one.overlap_factor,
-            0,
-            0,
-            unmeasured="the whole scene in one tile",
+        dev = device_name(device)
+        cuda = dev.startswith("cuda")
+        one = TileGrid.create(
+            height, width, round_up(max(height, width), stride) + 2 * margin, margin, stride
         )
-    name = resolve_engine(engine, model.format, dev.split(":")[0], options)
-    device_key = dev
-    if cuda:
-        import torch
-
-        device_key = f"{dev} {torch.cuda.get_device_name(torch.device(dev))}"
-    cpu_batches = name == "onnx" and not cuda
-
-    def tiles_per_run(pixels: int) -> int:
-        if cpu_batches:
-            return max(1, min(batch_size, CPU_RUN_PIXELS // max(1, pixels)))
-        return batch_size if cuda else 1
-
-    path = cost_cache_path(model.sha256, name, device_key, options)
-    costs = load_costs(path)
-    built: list[bool] = []
-
-    def build() -> Any:
-        from geoseg.prediction.worker_models import (
-            _build_engine,  # the worker's own engine, with its settings
-        )
-
-        return _build_engine(model.path, model.sha256, dev, name, options, None)
-
-    def warm() -> None:
-        if not built:  # a .pt model's ONNX conversion (once per hash) is not a tile's cost
-            build()
-            built.append(True)
-
-    def measured_tiles(tile: int) -> int:
-        """Tiles in a measuring run: as the CPU engine batches them; one on a GPU (a batch's
-        memory is extrapolated, and a GPU worker halves its batch where it runs out)."""
-        return tiles_per_run(tile * tile) if cpu_batches else 1
-
-    def measure(tile: int) -> TileCost | None:
-        warm()
-        return measure_tile(build, tile, measured_tiles(tile), channels, dtype, dev)
-
-    def run_pixels(tile: int) -> int:
-        return tile * tile * measured_tiles(tile)
-
-    given = budget is not None
-    if budget is None:
+        if budget is None and max(one.tile_height, one.tile_width) <= 512:
+            # the whole scene in one tile no larger than geoseg's long-standing default: least work
+            return TileChoice(
+                max(one.tile_height, one.tile_width),
+                one.overlap_factor,
+                0,
+                0,
+                unmeasured="the whole scene in one tile",
+            )
+        name = resolve_engine(engine, model.format, dev.split(":")[0], options)
+        device_key = dev
         if cuda:
+            import torch
+
+            device_key = f"{dev} {torch.cuda.get_device_name(torch.device(dev))}"
+        cpu_batches = name == "onnx" and not cuda
+
+        def tiles_per_run(pixels: int) -> int:
+            if cpu_batches:
+                return max(1, min(batch_size, CPU_RUN_PIXELS // max(1, pixels)))
+            return batch_size if cuda else 1
+
+        path = cost_cache_path(model.sha256, name, device_key, options)
+        costs = load_costs(path)
+        built: list[bool] = []
+
+        def build() -> Any:
+            from geoseg.prediction.worker_models import (
+                _build_engine,  # the worker's own engine, with its settings
+            )
+
+            return _build_engine(model.path, model.sha256, dev, name, options, None)
+
+        def warm() -> None:
+            if not built:  # a .pt model's ONNX conversion (once per hash) is not a tile's cost
+                build()
+                built.append(True)
+
+        def measured_tiles(tile: int) -> int:
+            """Tiles in a measuring run: as the CPU engine batches them; one on a GPU (a batch's
+            memory is extrapolated, and a GPU worker halves its batch where it runs out)."""
+            return tiles_per_run(tile * tile) if cpu_batches else 1
+
+        def measure(tile: int) -> TileCost | None:
             warm()
-        budget = default_budget(dev)
-    high = round_up(max(height, width), stride) + 2 * margin
-    if not cuda:
-        high = min(high, max(CPU_MAX_TILE, 2 * margin + stride))
-    low = min(high, max(2 * margin + stride, round_up(LADDER_START, stride)))
-    changed = measure_costs(costs, ladder(low, high, stride), budget, measure, run_pixels)
-    choice = choose_tile(height, width, margin, stride, costs, budget, tiles_per_run, high, given)
-    # on a GPU a tile is measured before it is used (never out of memory there); on the CPU
-    # memory extrapolates safely
-    for _ in range(4):
-        if costs.measured(choice.tile) or not cuda:
-            break
-        changed = measure_costs(costs, [choice.tile], budget, measure, run_pixels) or changed
+            return measure_tile(build, tile, measured_tiles(tile), channels, dtype, dev)
+
+        def run_pixels(tile: int) -> int:
+            return tile * tile * measured_tiles(tile)
+
+        given = budget is not None
+        if budget is None:
+            if cuda:
+                warm()
+            budget = default_budget(dev)
+        high = round_up(max(height, width), stride) + 2 * margin
+        if not cuda:
+            high = min(high, max(CPU_MAX_TILE, 2 * margin + stride))
+        low = min(high, max(2 * margin + stride, round_up(LADDER_START, stride)))
+        changed = measure_costs(costs, ladder(low, high, stride), budget, measure, run_pixels)
         choice = choose_tile(
             height, width, margin, stride, costs, budget, tiles_per_run, high, given
         )
-    if changed:
-        save_costs(path, costs)
-    return choice
-
-
-def plan_auto_tile(
-    model: "LoadedModel",
-    height: int,
-    width: int,
-    channels: int,
-    dtype: Any,
-    margin: int,
-    stride: int,
-    options: "InferenceOptions",
-    engine: str,
-    device: str,
-    batch_size: int,
-    budget: int | None,
-    fallback: int,
-) -> TileChoice:
-    """:func:`auto_tile_within_budget`, or ``fallback`` (with a warning) where measuring fails
-    for a reason other than the request (an engine that cannot start here)."""
-    try:
-        return auto_tile_within_budget(
-            model,
-            height,
-            width,
-            channels,
-            dtype,
-            margin,
-            stride,
-            options,
-            engine,
-            device,
-            batch_size,
-            budget,
-        )
+        # on a GPU a tile is measured before it is used (never out of memory there); on the CPU
+        # memory extrapolates safely
+        for _ in range(4):
+            if costs.measured(choice.tile) or not cuda:
+                break
+            changed = measure_costs(costs, [choice.tile], budget, measure, run_pixels) or changed
+            choice = choose_tile(
+                height, width, margin, stride, costs, budget, tiles_per_run, high, given
+            )
+        if changed:
+            save_costs(path, costs)
+        return choice
     except GeosegError:
         raise
     except Exception as exc:  # noqa: BLE001 - measuring is an optimisation: plan as before
+        if fallback is None:
+            raise
         warnings.warn(
             f"could not measure {model.name}'s memory per tile ({exc.__class__.__name__}: {exc}); "
             f"using --tile {fallback}",
