@@ -6,7 +6,8 @@ STAMP := $(VENV)/.geoseg-installed
 
 .PHONY: install demo test test-all bench lock docs docs-check
 
-$(STAMP): pyproject.toml
+# the compiled kernel (geoseg/results/_zonal.c) is built in place by pip install -e: rebuilt when it changes
+$(STAMP): pyproject.toml geoseg/results/_zonal.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -e '.[test,baseline,docs]'
 	touch $(STAMP)

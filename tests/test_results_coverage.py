@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import shapely
 
-from geoseg.results.coverage import coverage_grid, pieces, polygon_edges
+from geoseg.results.coverage import coverage_grid, polygon_edges
 
 
 def test_coverage_equals_exactextract_for_overlapping_polygons_with_holes(
@@ -43,13 +43,78 @@ def test_coverage_equals_exactextract_for_overlapping_polygons_with_holes(
         assert abs(grid[i].sum() - inside) < 1e-9 * max(inside, 1)
 
 
-def test_pieces_right_of_the_grid_are_left_out_and_left_of_it_gathered() -> None:
-    # a box from x = -3.5 to x = 60 (the grid is 10 wide), rows 1 to 3
-    edges = polygon_edges(np.array([shapely.box(-3.5, 1, 60, 3)], dtype=object), np.zeros(1))
-    p = pieces(edges, 5, 10)
-    assert sorted(zip(p.row.tolist(), p.col.tolist())) == [(1, -1), (2, -1)]
-    grid = coverage_grid(edges, 1, 5, 10)
-    assert grid[0].tolist() == [[0.0] * 10, [1.0] * 10, [1.0] * 10, [0.0] * 10, [0.0] * 10]
+def test_polygons_across_the_grid_s_sides_cover_each_pixel_by_its_intersection(
+    rng: np.random.Generator,
+) -> None:
+    """Shallow and steep polygons reaching past the left and right sides of the grid (pieces
+    left of it gathered, those right of it dropped, a row part from the last column onwards
+    cut at the grid's edge): each pixel's fraction equals shapely's area of the polygon in it."""
+    h, w = 9, 11
+    geoms = [
+        shapely.box(-3.5, 1, 60, 3),  # whole rows
+        shapely.Polygon([(-7.3, 0.2), (18.9, 2.6), (14.1, 8.7), (-2.2, 6.1)]),
+        shapely.Polygon([(9.6, -1), (40, 4.4), (10.3, 8.2)]),  # from the last column rightwards
+    ]
+    for _ in range(5):
+        c = shapely.Point(rng.uniform(-4, w + 4), rng.uniform(-2, h + 2))
+        geoms.append(shapely.affinity.scale(c.buffer(rng.uniform(2, 9), 3), 3.0, 0.4))
+    grid = coverage_grid(
+        polygon_edges(np.array(geoms, dtype=object), np.arange(len(geoms))), len(geoms), h, w
+    )
+    cells = np.array([[shapely.box(c, r, c + 1, r + 1) for c in range(w)] for r in range(h)])
+    for i, g in enumerate(geoms):
+        expect = shapely.area(shapely.intersection(cells, g))
+        assert np.abs(grid[i] - expect).max() < 1e-9, i
+    assert grid[0].tolist() == [[0.0] * w] + [[1.0] * w] * 2 + [[0.0] * w] * (h - 3)
+
+
+def test_the_kernel_refuses_what_it_cannot_count() -> None:
+    """Wrong types, lengths, zones and coordinates are errors, not memory read out of bounds."""
+    import pytest
+
+    from geoseg.results._zonal import count_strip
+
+    data, lut = np.zeros((2, 3), np.uint8), np.zeros(256, np.uint16)
+    xy, zone = np.array([0.5]), np.zeros(1, np.int64)
+
+    def call(**change: object) -> None:
+        args = dict(
+            data=data,
+            valid=None,
+            lut=lut,
+            h=2,
+            w=3,
+            slots=1,
+            x0=xy,
+            y0=np.array([0.0]),
+            x1=xy,
+            y1=np.array([2.0]),
+            zone=zone,
+            other=zone,
+            zones=1,
+            areas=None,
+            pix=np.zeros((1, 1)),
+            area=None,
+            tot_pix=None,
+            tot_area=None,
+        )
+        args.update(change)
+        count_strip(*args.values())
+
+    call()  # a valid call
+    for bad, error in [
+        (dict(zone=np.array([1])), ValueError),  # no such zone
+        (dict(other=np.array([-1])), ValueError),
+        (dict(x0=np.array([np.nan])), ValueError),
+        (dict(y1=np.array([1e300])), ValueError),
+        (dict(h=3), ValueError),  # more rows than the data holds
+        (dict(data=data.astype(np.float32)), TypeError),
+        (dict(lut=np.full(256, 7, np.uint16)), ValueError),  # slots beyond those counted
+        (dict(pix=np.zeros(1, np.float32)), TypeError),
+        (dict(y0=np.zeros(2)), ValueError),  # lengths differ
+    ]:
+        with pytest.raises(error):
+            call(**bad)
 
 
 def test_a_border_two_zones_share_is_kept_once_with_its_neighbour() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from geoseg.results.areas import row_areas
 from geoseg.results.stats import class_column, stats
 from tests.conftest import write_raster
 
+CRS_WKT = rasterio.crs.CRS.from_epsg(32633).to_wkt()
 CLASSES = [
     ClassInfo(0, "water", (0, 0, 255)),
     ClassInfo(1, "forest", (0, 128, 0)),
@@ -328,36 +330,65 @@ def test_zones_on_a_geographic_raster_weigh_rows_by_their_area(
     assert sum(r["area_m2"] for r in res.rows if r["name"] == "n") == pytest.approx(north, rel=1e-6)
 
 
-def test_class_prefix_counts_equal_a_cumulative_sum(rng: np.random.Generator) -> None:
-    from geoseg.results.counting import StatsTask, _ClassPrefix
+@pytest.mark.parametrize("dtype", ["uint8", "int8", "uint16", "int16", "int32"])
+def test_any_integer_pixels_are_counted_by_value(
+    tmp_path: Path, rng: np.random.Generator, dtype: str
+) -> None:
+    """Negative values, values the metadata does not name, nodata and a mask, in 8 to 32 bits,
+    with and without a zone over the whole block: the kernel's counts equal a bincount of the
+    valid pixels (negative values dropped: they are no classes)."""
+    from geoseg.results.counting import StatsTask, count_block
+    from geoseg.results.coverage import polygon_edges
 
-    # rows and a size that are not multiples of 64; a mask; a value the metadata does not name
-    data = rng.integers(0, 4, (37, 101)).astype(np.uint8)
-    data[rng.random(data.shape) < 0.1] = 9
-    data[rng.random(data.shape) < 0.1] = CLASS_NODATA
-    valid = rng.random(data.shape) < 0.9
-    task = StatsTask("x.tif", 0, 0, 37, 101, "", (), 37, nodata=CLASS_NODATA, values=(0, 1, 2, 3))
-    prefix = _ClassPrefix(data, valid, task)
-    assert prefix.values == [0, 1, 2, 3, 9]
-    pos = np.concatenate([[0, data.size], rng.integers(0, data.size + 1, 500)])
-    for k, v in enumerate(prefix.values):
-        cum = np.concatenate([[0], np.cumsum(((data == v) & valid).ravel())])
-        assert prefix(pos)[k].tolist() == cum[pos].tolist()
-        rows = pos // 101
-        keep = rows < 37
-        row_end = prefix(np.arange(1, 38) * 101)
-        after = prefix.after(row_end, rows[keep], pos[keep])[k]
-        assert after.tolist() == (cum[(rows[keep] + 1) * 101] - cum[pos[keep]]).tolist()
-    assert prefix.row_counts().tolist() == [
-        ((data == v) & valid).sum(axis=1).tolist() for v in prefix.values
-    ]
+    h, w = 37, 101  # rows and a width that are not multiples of anything
+    info = np.iinfo(dtype)
+    nodata = int(info.min) if info.min < 0 else int(info.max)
+    a = rng.integers(0, 4, (h, w)).astype(dtype)
+    a[rng.random(a.shape) < 0.1] = 9 if info.max < 300 else 300  # not a class of the metadata
+    a[rng.random(a.shape) < 0.1] = nodata
+    if info.min < 0:
+        a[rng.random(a.shape) < 0.1] = -3
+    valid = rng.random(a.shape) < 0.9
+    path = tmp_path / "c.tif"
+    write_raster(path, a, crs="EPSG:32633", nodata=nodata)
+    with rasterio.open(path, "r+") as dst:
+        dst.write_mask(np.where(valid, 255, 0).astype(np.uint8))
+        transform = tuple(dst.transform)[:6]
+    keep = valid & (a != nodata) & (a >= 0)
+    values, counts = np.unique(a[keep], return_counts=True)
+    whole = shapely.box(-1, -1, w + 1, h + 1)
+    edges = polygon_edges(np.array([whole], dtype=object), np.zeros(1))
+    xy = np.column_stack([edges.x0, edges.y0, edges.x1, edges.y1])
+    base = StatsTask(
+        str(path),
+        0,
+        0,
+        h,
+        w,
+        CRS_WKT,
+        transform,
+        h,
+        masked=True,
+        nodata=nodata,
+        values=(0, 1, 2, 3),
+    )
+    for task in (
+        base,
+        dataclasses.replace(
+            base,
+            edges=xy,
+            edge_zones=np.column_stack([np.zeros(len(xy), np.int64), np.full(len(xy), -1)]),
+        ),
+    ):
+        got = count_block(task)
+        assert got.value.tolist() == values.tolist()
+        assert got.pixels == pytest.approx(counts.astype(float), rel=1e-12)
+        assert got.area == pytest.approx(counts * 100.0, rel=1e-12)
 
 
 def test_a_block_counted_in_strips_equals_it_counted_whole(
     tmp_path: Path, rng: np.random.Generator
 ) -> None:
-    import dataclasses
-
     from geoseg.results.counting import count_block
     from geoseg.results.stats import plan_stats
     from geoseg.results.zones import read_zones

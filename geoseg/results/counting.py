@@ -1,22 +1,21 @@
 """One block task of ``geoseg stats``: a window of the class raster counted per (zone, class),
-in strips, from per-class bit prefix counts and the zones' edge pieces (see
-:mod:`geoseg.results.stats` for the run and docs/results.md for the method)."""
+in strips, by the compiled kernel :mod:`geoseg.results._zonal` from the pixels and the zones'
+edges (see :mod:`geoseg.results.coverage` for the method, :mod:`geoseg.results.stats` for the
+run and docs/results.md for the measurements)."""
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import rasterio
 from rasterio.windows import Window
 
+from geoseg.errors import ResultsError
 from geoseg.raster.read import no_georef_warning, read_env
 from geoseg.results.areas import row_areas
-
-if TYPE_CHECKING:
-    pass
 
 
 @dataclass(frozen=True)
@@ -113,20 +112,20 @@ def _count_window(
         row_off,
         height,
     )
-    if edges is None and valid is None and bool(np.all(areas == areas[0])):
+    same_area = bool(np.all(areas == areas[0]))
+    if edges is None and valid is None and same_area:
         found = _count_known(data, task.values, task.nodata)
         if found is not None:
             pixels = found[None, :].astype(np.float64)
             return _block_counts(np.full(1, -1, np.int64), pixels, pixels * areas[0])
-    prefix = _ClassPrefix(data, valid, task)
+    slots = _Slots(data, valid, task)
     if edges is None or edge_zones is None:
-        rows = prefix.row_counts()
-        pixels = rows.sum(axis=1, dtype=np.float64)[None, :]
-        return _block_counts(np.full(1, -1, np.int64), pixels, (rows @ areas)[None, :])
-    zone_ids, pixels, area = _count_zones(
-        task, row_off, edges, edge_zones, data, valid, areas, prefix
-    )
-    return _block_counts(zone_ids, pixels, area)
+        zone_ids = np.full(1, -1, np.int64)
+        pixels, area = slots.count(None, areas, same_area)
+    else:
+        zone_ids, strip_edges = _strip_edges(task, row_off, edges, edge_zones)
+        pixels, area = slots.count(strip_edges, areas, same_area)
+    return _block_counts(zone_ids, *slots.by_value(pixels, area))
 
 
 #: This thread's open datasets, by path and the file's state: a worker's stats tasks reuse one
@@ -151,10 +150,14 @@ def _open_raster(path: str) -> Any:
     return src
 
 
-def _block_counts(zone_ids: np.ndarray, pixels: np.ndarray, area: np.ndarray) -> BlockCounts:
-    """The non-zero cells of ``(zone, value)`` arrays of pixels and m²."""
+def _block_counts(
+    zone_ids: np.ndarray, pixels: np.ndarray, area: np.ndarray, values: np.ndarray | None = None
+) -> BlockCounts:
+    """The non-zero cells of ``(zone, column)`` arrays of pixels and m² (``values``: each
+    column's value, else its number)."""
     z, v = np.nonzero(pixels)
-    return BlockCounts(zone_ids[z], v.astype(np.int64), pixels[z, v], area[z, v])
+    value = v.astype(np.int64) if values is None else values[v]
+    return BlockCounts(zone_ids[z], value, pixels[z, v], area[z, v])
 
 
 def _count_known(
@@ -179,18 +182,6 @@ def _count_known(
     return counts
 
 
-def _popcount(words: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """Set bits of each uint64 (into ``out``, uint8, when given)."""
-    if hasattr(np, "bitwise_count"):  # numpy >= 2.0
-        return np.bitwise_count(words, out=out)
-    bits = np.unpackbits(words.reshape(-1).view(np.uint8)).reshape(-1, 64)  # pragma: no cover
-    got = bits.sum(axis=1).reshape(words.shape)  # pragma: no cover
-    if out is None:  # pragma: no cover
-        return got
-    out[...] = got  # pragma: no cover
-    return out  # pragma: no cover
-
-
 #: This thread's work buffers, kept from block to block.
 _SCRATCH = threading.local()
 
@@ -208,238 +199,159 @@ def _scratch(name: str, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndar
     return buf[:size].view(dtype).reshape(shape)
 
 
-class _ClassPrefix:
-    """How many valid pixels of a block hold each value before any flat position.
-
-    One pass per value: the pixels holding it packed to bits, 64 to a word, and a running count
-    per word (numpy compares, packs and counts in SIMD: about 0.1 ns a pixel); a count up to a
-    position is the word's running count and the set bits of the word below it. ``values``: the
-    raster's class values found in the block, then any others it holds (found by a bincount:
-    a raster without class metadata); negative values are counted but are no classes.
-    """
+class _Slots:
+    """A block's pixels as the counting kernel's slots (:mod:`geoseg.results._zonal`): the
+    classes the raster's metadata names, then any other value the block holds (found when the
+    kernel's "other" slot counts something: a raster without class metadata), nodata and masked
+    pixels ignored. 8- and 16-bit pixels index a table of slots; wider ones are numbered first."""
 
     def __init__(self, data: np.ndarray, valid: np.ndarray | None, task: StatsTask) -> None:
         self.shape = data.shape
+        self.valid = None if valid is None else np.ascontiguousarray(valid).view(np.uint8)
+        self.nodata = task.nodata
+        self.codes: np.ndarray | None = None  # the values of wider pixels, by number
+        if data.dtype.itemsize <= 2 and data.dtype.kind in "ui":
+            self.pixels = data.view(np.uint8 if data.dtype.itemsize == 1 else np.uint16)
+            self.signed = data.dtype.kind == "i"
+        else:
+            codes, numbers = np.unique(data, return_inverse=True)
+            if len(codes) > 65535:
+                raise ResultsError(
+                    f"{task.raster} holds more than 65,535 values in one block: not classes; "
+                    "give a class raster"
+                )
+            self.codes, self.signed = codes, False
+            self.pixels = numbers.reshape(data.shape).astype(np.uint16)
+        self.size = 1 << (8 * self.pixels.dtype.itemsize)
         info = np.iinfo(data.dtype) if data.dtype.kind in "ui" else None
-        nodata = task.nodata
         self.values = [
-            v for v in task.values if v != nodata and (info is None or info.min <= v <= info.max)
+            v
+            for v in task.values
+            if v != self.nodata and (info is None or info.min <= v <= info.max)
         ]
-        self._pack(data, valid)
-        if int(self.before[:, -1].sum()) == data.size:  # every pixel holds a class
-            return
-        invalid = 0 if valid is None else data.size - int(np.count_nonzero(valid))
-        if nodata is not None and (info is None or info.min <= nodata <= info.max):
-            is_nodata = np.equal(data, nodata, out=_scratch("flags", data.shape, np.dtype(bool)))
-            if valid is not None:
-                is_nodata &= valid
-            invalid += int(np.count_nonzero(is_nodata))
-        if int(self.before[:, -1].sum()) + invalid != data.size:
-            low = int(info.min) if info is not None else 0
-            found = np.bincount(
-                (data if valid is None else data[valid]).ravel().astype(np.int64) - low
-            )
-            known = set(self.values)
-            self.values += [
-                int(v) + low
-                for v in np.flatnonzero(found)
-                if int(v) + low not in known and int(v) + low != nodata
-            ]
-            self._pack(data, valid)
 
-    def _pack(self, data: np.ndarray, valid: np.ndarray | None) -> None:
-        """The words and running counts of every value."""
-        flat = data.ravel()
-        ok = None if valid is None else valid.ravel()
-        k, n = len(self.values), flat.size // 64 + 1  # a spare word: position ``size``
-        words = _scratch("words", (k, n), np.dtype("<u8"))
-        words[:, -1] = 0
-        as_bytes = words.view(np.uint8)
-        flags = _scratch("flags", (flat.size,), np.dtype(bool))  # one buffer: no page faults
-        for i, v in enumerate(self.values):
-            np.equal(flat, v, out=flags)
-            if ok is not None:
-                flags &= ok
-            packed = np.packbits(flags, bitorder="little")
-            as_bytes[i, : len(packed)] = packed
-        self.words = words
-        self.before = _scratch("before", (k, n + 1), np.dtype(np.int32))
-        self.before[:, 0] = 0
-        counts = _scratch("counts", words.shape, np.dtype(np.uint8))
-        np.cumsum(_popcount(words, counts), axis=1, out=self.before[:, 1:])
+    def _index(self, value: float) -> int | None:
+        """The table index of a pixel ``value`` (None: no pixel holds it)."""
+        if self.codes is not None:
+            at = int(np.searchsorted(self.codes, value))
+            return at if at < len(self.codes) and self.codes[at] == value else None
+        return int(value) % self.size
 
-    def __call__(self, pos: np.ndarray) -> np.ndarray:
-        """Pixels of each value among the block's first ``pos`` (flat positions): ``(values,
-        len(pos))``."""
-        word = pos >> 6
-        low = (np.uint64(1) << (pos & 63).astype(np.uint64)) - np.uint64(1)
-        return self.before[:, word] + _popcount(self.words[:, word] & low)
+    def _value(self, index: int) -> int:
+        """The pixel value at table ``index``."""
+        if self.codes is not None:
+            return int(self.codes[index])
+        return index - self.size if self.signed and index >= self.size // 2 else index
 
-    def row_counts(self) -> np.ndarray:
-        """Pixels of each value in each row of the block: ``(values, rows)``."""
+    def _lut(self) -> np.ndarray:
+        """Slot of every table index: the values' numbers, ``len(values)`` for any other value,
+        one more (ignored) for nodata and NaN."""
+        k = len(self.values)
+        lut = np.full(self.size, k, np.uint16)
+        for s, v in enumerate(self.values):
+            at = self._index(v)
+            if at is not None:
+                lut[at] = s
+        for skip in [self.nodata] if self.nodata is not None else []:
+            at = self._index(skip)
+            if at is not None:
+                lut[at] = k + 1
+        if self.codes is not None and self.codes.dtype.kind == "f":
+            lut[: len(self.codes)][np.isnan(self.codes)] = k + 1
+        return lut
+
+    def count(
+        self, edges: StripEdges | None, areas: np.ndarray, same_area: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Pixels (covered fractions) and m² by (zone, slot) of the zones of ``edges``, or of
+        the whole block (one zone) without them; ``areas``: m² of a pixel by row."""
+        from geoseg.results._zonal import count_strip
+
         h, w = self.shape
-        return np.diff(self(np.arange(h + 1, dtype=np.int64) * w), axis=1)
+        xy, z = np.zeros(0), np.zeros(0, np.int64)
+        e = edges or StripEdges(xy, xy, xy, xy, z, z, 1)
+        while True:
+            k = len(self.values) + 1
+            pix = np.zeros((e.zones, k))
+            area = None if same_area else np.zeros((e.zones, k))
+            whole = edges is None  # the block's own count: into the one row
+            count_strip(
+                self.pixels,
+                self.valid,
+                self._lut(),
+                h,
+                w,
+                k,
+                e.x0,
+                e.y0,
+                e.x1,
+                e.y1,
+                e.zone,
+                e.other,
+                e.zones,
+                None if same_area else areas,
+                pix,
+                area,
+                pix[0] if whole else None,
+                area[0] if whole and area is not None else None,
+            )
+            if not pix[:, -1].any() or not self._widen():
+                break
+        if not whole:
+            pix, area = pix[:-1], None if area is None else area[:-1]  # the spare zone
+        return pix[:, :-1], (pix * areas[0] if area is None else area)[:, :-1]
 
-    def after(self, row_end: np.ndarray, rows: np.ndarray, pos: np.ndarray) -> np.ndarray:
-        """Pixels of each value from flat positions ``pos`` to the end of their ``rows``
-        (``row_end``: :meth:`__call__` at each row's end), ``(values, len(pos))``, in this
-        thread's buffers (valid until the next call)."""
-        k, n = len(self.values), len(pos)
-        word = pos >> 6
-        low = (np.uint64(1) << (pos & 63).astype(np.uint64)) - np.uint64(1)
-        bits = _scratch("q_words", (k, n), np.dtype("<u8"))
-        np.take(self.words, word, axis=1, out=bits, mode="clip")
-        np.bitwise_and(bits, low, out=bits)
-        out = _scratch("q_after", (k, n), np.dtype(np.int32))
-        np.take(row_end, rows, axis=1, out=out, mode="clip")
-        out -= _popcount(bits, _scratch("q_bits", (k, n), np.dtype(np.uint8)))
-        out -= np.take(
-            self.before,
-            word,
-            axis=1,
-            out=_scratch("q_before", (k, n), np.dtype(np.int32)),
-            mode="clip",
-        )
-        return out
+    def _widen(self) -> bool:
+        """Add the values the block holds that are not yet slots; whether there were any."""
+        if self.codes is not None:
+            present = range(len(self.codes))
+        else:
+            held = self.pixels if self.valid is None else self.pixels[self.valid.view(bool)]
+            present = np.flatnonzero(np.bincount(held.ravel(), minlength=self.size)).tolist()
+        known = set(self.values)
+        extra = [
+            self._value(i)
+            for i in present
+            if self._value(i) not in known
+            and self._value(i) != self.nodata
+            and not (self.codes is not None and np.isnan(self.codes[i]))
+        ]
+        self.values += sorted(extra)
+        return bool(extra)
 
-    def table(self, per_value: np.ndarray) -> np.ndarray:
-        """``(values, n)`` as ``(n, classes)`` by class value (negative values dropped)."""
-        size = max([v for v in self.values if v >= 0], default=0) + 1
-        out = np.zeros((per_value.shape[1], size))
-        for k, v in enumerate(self.values):
-            if v >= 0:
-                out[:, v] = per_value[k]
-        return out
+    def by_value(self, pixels: np.ndarray, area: np.ndarray) -> tuple[np.ndarray, ...]:
+        """``(zone, slot)`` arrays as ``(pixels, m², values)``, negative values (no classes)
+        dropped."""
+        values = np.asarray(self.values, np.int64)
+        keep = values >= 0
+        return pixels[:, keep], area[:, keep], values[keep]
 
 
-#: Edge pieces counted at a time: their arrays stay small enough for the allocator to reuse
-#: (one block's pieces at once, about 50,000, made a few MB of new arrays a block, each page of
-#: them a fault of about 5 µs on a virtual machine).
-PIECES_AT_ONCE = 8192
+class StripEdges(NamedTuple):
+    """The zones' edges ``(x0, y0) -> (x1, y1)`` in a strip's pixels (x = column, y = row), the
+    zone of each and its neighbour across a shared border, numbered ``0 .. zones - 1`` (the
+    last: the neighbour of edges no other zone shares), as the kernel takes them."""
+
+    x0: np.ndarray
+    y0: np.ndarray
+    x1: np.ndarray
+    y1: np.ndarray
+    zone: np.ndarray
+    other: np.ndarray
+    zones: int
 
 
-def _count_zones(
-    task: StatsTask,
-    row_off: int,
-    e: np.ndarray,
-    edge_zones: np.ndarray,
-    data: np.ndarray,
-    valid: np.ndarray | None,
-    areas: np.ndarray,
-    prefix: _ClassPrefix,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pixels and m² by (zone, value): ``(zone ids, pixels, m²)``.
-
-    The zones' edges cut into pieces in the block's pixels (:func:`~geoseg.results.coverage.
-    pieces`): a zone covers a pixel by the sum of the heights of its pieces left of it in the
-    row, and by the part right of a piece in the piece's own pixel. So each piece counts its
-    height times the pixels of each class after it in its row (two prefix counts), and its own
-    pixel's part for that pixel's class: no coverage grid, no pass over the pixels per zone, and
-    overlapping zones cost nothing more. A border two zones share counts for both, negated for
-    the second.
-    """
-    from geoseg.results.coverage import Edges
-
-    h, w = data.shape
+def _strip_edges(
+    task: StatsTask, row_off: int, e: np.ndarray, edge_zones: np.ndarray
+) -> tuple[np.ndarray, StripEdges]:
+    """The zones of a strip (their numbers among the raster's zones) and their edges ``e``
+    (rows ``x0, y0, x1, y1`` in the raster's pixels; ``edge_zones``: zone and neighbour of
+    each, -1 for none) in the strip's pixels, the zones numbered from 0."""
     zone_ids = np.unique(edge_zones[edge_zones >= 0])
     count = len(zone_ids)
     local = np.searchsorted(zone_ids, edge_zones)
-    local[edge_zones < 0] = count  # a spare last zone for the edges no neighbour shares
-    edges = Edges(
-        e[:, 0] - task.col_off,
-        e[:, 1] - row_off,
-        e[:, 2] - task.col_off,
-        e[:, 3] - row_off,
-        local[:, 0],
-    )
-    row_end = prefix(np.arange(1, h + 1, dtype=np.int64) * w)
-    # the edges in goes of about PIECES_AT_ONCE pieces (one a row of the block, most of them)
-    rows = np.clip(np.ceil(np.maximum(edges.y0, edges.y1)), 0, h) - np.clip(
-        np.floor(np.minimum(edges.y0, edges.y1)), 0, h
-    )
-    go = (np.cumsum(rows) // PIECES_AT_ONCE).astype(np.int64)
-    cuts = np.flatnonzero(np.diff(go)) + 1
-    size = 1
-    pixels = area = np.zeros((count, 1))
-    for a, b in zip([0, *cuts.tolist()], [*cuts.tolist(), len(edges)]):
-        got = _count_pieces(
-            edges.take(slice(a, b)),
-            local[a:b, 1],
-            count,
-            data,
-            valid,
-            areas,
-            prefix,
-            row_end,
-            task.nodata,
-        )
-        if got[0].shape[1] > size:
-            size = got[0].shape[1]
-            pixels = np.pad(pixels, ((0, 0), (0, size - pixels.shape[1])))
-            area = np.pad(area, ((0, 0), (0, size - area.shape[1])))
-        pixels[:, : got[0].shape[1]] += got[0]
-        area[:, : got[1].shape[1]] += got[1]
-    return zone_ids, pixels, area
-
-
-def _count_pieces(
-    edges: Any,
-    other: np.ndarray,
-    count: int,
-    data: np.ndarray,
-    valid: np.ndarray | None,
-    areas: np.ndarray,
-    prefix: _ClassPrefix,
-    row_end: np.ndarray,
-    nodata: int | None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`_count_zones` for some of the block's edges, numbered ``0 .. count - 1`` (their
-    ``zone`` and ``other``, ``count`` for none): ``(pixels, m²)``, ``count`` rows each."""
-    from geoseg.results.coverage import pieces
-
-    h, w = data.shape
-    p = pieces(edges, h, w)
-    zone, neighbour = edges.zone[p.edge], other[p.edge]
-    bins = count + 1
-    same_area = bool(np.all(areas == areas[0]))
-    weights = [p.dy] if same_area else [p.dy, p.dy * areas[p.row]]
-    # whole pixels after each piece in its row, by value: (values, pieces), summed by zone
-    row_start = p.row * w
-    after = prefix.after(row_end, p.row, row_start + p.col + 1)
-    k = len(prefix.values)
-    slot = np.arange(k)[:, None]
-    mine = (zone * k + slot).ravel()
-    theirs = (neighbour * k + slot).ravel()
-    weighted = _scratch("weighted", after.shape, np.dtype(np.float64))
-    sums = []
-    for weight in weights:
-        flat = np.multiply(after, weight, out=weighted).ravel()
-        got = np.bincount(mine, flat, bins * k) - np.bincount(theirs, flat, bins * k)
-        sums.append(prefix.table(got.reshape(bins, k)[:count].T))
-    # each piece's own pixel: the part right of it, for that pixel's value
-    own = np.flatnonzero(p.col >= 0)
-    at = row_start[own] + p.col[own]
-    value = data.ravel()[at].astype(np.int64)
-    keep = value >= 0
-    if valid is not None:
-        keep &= valid.ravel()[at]
-    if nodata is not None:
-        keep &= value != nodata
-    size = max(sums[0].shape[1], int(value[keep].max()) + 1 if keep.any() else 1)
-    value = value[keep]
-    mine_cell = zone[own][keep] * size + value
-    theirs_cell = neighbour[own][keep] * size + value
-    part = p.right[own][keep]
-    out = []
-    for i, s in enumerate(sums):
-        wpart = part if i == 0 else part * areas[p.row[own][keep]]
-        # (a bincount of nothing is of integers, whatever the weights)
-        cells: np.ndarray = np.bincount(mine_cell, wpart, bins * size) - np.bincount(
-            theirs_cell, wpart, bins * size
-        )
-        total = cells.astype(np.float64).reshape(bins, size)[:count]
-        total[:, : s.shape[1]] += s
-        out.append(total)
-    if same_area:
-        return out[0], out[0] * areas[0]
-    return out[0], out[1]
+    local[edge_zones < 0] = count
+    shift = np.array([task.col_off, row_off, task.col_off, row_off], np.float64)
+    x0, y0, x1, y1 = np.ascontiguousarray((e - shift).T)
+    zone, other = np.ascontiguousarray(local.T)
+    return zone_ids, StripEdges(x0, y0, x1, y1, zone, other, count + 1)

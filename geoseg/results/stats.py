@@ -211,14 +211,22 @@ def stats(
 
     from geoseg.raster.scenes import file_token
 
-    stat = file_token(raster)
+    # one token for the run (the raster as it is now, the zones, the blocks), the block's number
+    # after it: tokenizing each task's edges cost the client 4 ms a block
+    run = tokenize(
+        raster,
+        file_token(raster),
+        None if zones is None else (str(zones), file_token(str(zones)), zone_field),
+        block,
+        tasks[0].strip if tasks else 0,
+    )
     with block_session(client, scheduler, workers, max_in_flight) as (session, limit):
         for _, res in stream(
             session.client,
             count_block,
             tasks,
             limit,
-            key=lambda t, i: f"geoseg-stats-{tokenize(t, stat)}",
+            key=lambda t, i: f"geoseg-stats-{run}-{i}",
         ):
             progress.update(1)
             for z, v, p, a in zip(
