@@ -22,6 +22,7 @@ from rasterio.windows import Window
 from geoseg.classes import ClassInfo, class_raster_dtype, class_tags
 from geoseg.errors import ResultsError
 from geoseg.fs import check_distinct_paths, check_output_path, lock_output_folders
+from geoseg.memory import imports_frozen
 from geoseg.raster.block_cache import READ_CACHE_BYTES
 from geoseg.raster.read import no_georef_warning, open_scene, read_env
 from geoseg.results.areas import row_areas
@@ -229,6 +230,7 @@ def _pale(c: tuple[int, int, int]) -> tuple[int, int, int]:
     return tuple(int(round(v + (255 - v) * 0.65)) for v in c)  # type: ignore[return-value]
 
 
+@imports_frozen
 def change(
     before: str | os.PathLike[str],
     after: str | os.PathLike[str],

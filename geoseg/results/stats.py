@@ -23,6 +23,7 @@ import rasterio
 from geoseg.classes import ClassInfo
 from geoseg.errors import ResultsError
 from geoseg.fs import check_distinct_paths
+from geoseg.memory import imports_frozen
 from geoseg.raster.read import no_georef_warning, open_scene
 from geoseg.results.areas import row_areas
 from geoseg.results.blocks import block_session
@@ -156,6 +157,7 @@ def plan_stats(
     return tasks, info
 
 
+@imports_frozen
 def stats(
     classes: str | os.PathLike[str],
     output: str | os.PathLike[str] | None = None,
@@ -205,7 +207,7 @@ def stats(
     row_areas(info.crs, info.transform, info.height, 0, 1)  # a rotated geographic grid fails here
     zone_set = read_zones(zones, zone_field) if zones is not None else None
     tasks, _ = plan_stats(raster, zone_set, block, tuple(sorted(class_map)), info, validity)
-    sums: dict[tuple[int, int], list[float]] = {}
+    parts: list[Any] = []
     progress = Progress(len(tasks), unit="blocks", quiet=quiet)
     from dask.base import tokenize
 
@@ -229,14 +231,9 @@ def stats(
             key=lambda t, i: f"geoseg-stats-{run}-{i}",
         ):
             progress.update(1)
-            for z, v, p, a in zip(
-                res.zone.tolist(), res.value.tolist(), res.pixels.tolist(), res.area.tolist()
-            ):
-                s = sums.setdefault((z, v), [0.0, 0.0])
-                s[0] += p
-                s[1] += a
+            parts.append(res)
     progress.close()
-    result = _table(sums, class_map, zone_set)
+    result = _table(parts, class_map, zone_set)
     result.classes = class_map
     if zone_set is not None:
         result.zones = len(zone_set.keys)
@@ -252,32 +249,47 @@ def stats(
     return result
 
 
-def _table(
-    sums: dict[tuple[int, int], list[float]], class_map: dict[int, ClassInfo], zones: Zones | None
-) -> StatsResult:
-    """Rows per zone (in the file's order) and class (every named class, then other values)."""
-    values = sorted(set(class_map) | {v for _, v in sums})
-    zone_ids = range(len(zones.keys)) if zones is not None else [-1]
+def _table(parts: list[Any], class_map: dict[int, ClassInfo], zones: Zones | None) -> StatsResult:
+    """Rows per zone (in the file's order) and class (every named class, then other values)
+    from the blocks' :class:`~geoseg.results.counting.BlockCounts`, summed."""
+    zone = np.concatenate([p.zone for p in parts] or [np.zeros(0, np.int64)])
+    value = np.concatenate([p.value for p in parts] or [np.zeros(0, np.int64)])
+    values = sorted(set(class_map) | set(np.unique(value).tolist()))
+    n = len(zones.keys) if zones is not None else 1
+    cell = (np.maximum(zone, 0) * len(values) + np.searchsorted(values, value)).astype(np.int64)
+    size = n * len(values)
+
+    def summed(name: str) -> np.ndarray:
+        weights = np.concatenate([getattr(p, name) for p in parts] or [np.zeros(0)])
+        return np.bincount(cell, weights, size).reshape(n, len(values))
+
+    pixels, area = summed("pixels"), summed("area")
+    valid = area.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(valid[:, None] > 0, area / valid[:, None], 0.0)
+    names = [name_of(class_map, v) for v in values]
+    counts: list[list[Any]] = (
+        np.rint(pixels).astype(np.int64).tolist() if zones is None else pixels.tolist()
+    )
     rows: list[dict[str, Any]] = []
-    valid_total = 0.0
-    for z in zone_ids:
-        valid = sum(sums.get((z, v), [0.0, 0.0])[1] for v in values)
-        valid_total += valid
-        for v in values:
-            p, a = sums.get((z, v), [0.0, 0.0])
-            row: dict[str, Any] = {
+    for z, (pz, az, sz) in enumerate(zip(counts, area.tolist(), share.tolist())):
+        head = {zones.field: zones.keys[z]} if zones is not None else {}
+        rows += [
+            {
+                **head,
                 "class": v,
-                "class_name": name_of(class_map, v),
-                "pixels": int(round(p)) if zones is None else p,
+                "class_name": name,
+                "pixels": p,
                 "area_m2": a,
                 "area_ha": a / 1e4,
-                "share": a / valid if valid else 0.0,
+                "share": sh,
             }
-            if zones is not None:
-                row = {zones.field: zones.keys[z], **row}
-            rows.append(row)
+            for v, name, p, a, sh in zip(values, names, pz, az, sz)
+        ]
     return StatsResult(
-        rows, zone_field=zones.field if zones is not None else None, valid_area_m2=valid_total
+        rows,
+        zone_field=zones.field if zones is not None else None,
+        valid_area_m2=float(valid.sum()),
     )
 
 
