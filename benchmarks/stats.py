@@ -177,8 +177,8 @@ def measure(what: str, path: str, zones: str) -> None:
     """One measurement in this (fresh) process: wall and CPU seconds and peak RSS, as JSON on stdout.
 
     ``read`` / ``read2``: every 2048² window read once by 1 / 2 threads (:func:`_read_all`);
-    ``stats`` / ``zones``: geoseg.stats without / with the zones on an in-process Dask cluster
-    of 2 threads (started before the clock starts).
+    ``stats`` / ``zones``: geoseg.stats without / with the zones on the in-process Dask cluster
+    it starts itself when given none (a thread per core; started before the clock starts).
     """
     out: dict[str, object] = {}
     if what.startswith("read"):
@@ -186,14 +186,12 @@ def measure(what: str, path: str, zones: str) -> None:
         _read_all(path, 2 if what == "read2" else 1)
         out["seconds"], out["cpu_s"] = time.perf_counter() - t, _cpu() - cpu
     else:
-        from distributed import Client, LocalCluster
-
+        from geoseg.dask.session import connect
         from geoseg.results.stats import stats
 
-        cluster = LocalCluster(
-            n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0"
-        )
-        client = Client(cluster)
+        # the cluster geoseg stats starts when given none (block_session): threads in this
+        # process, without the dashboard's watchers
+        client, cluster = connect(None, None, processes=False, dashboard=False)
         cpu, t = _cpu(), time.perf_counter()
         res = stats(
             path,

@@ -391,7 +391,7 @@ def test_a_block_counted_in_strips_equals_it_counted_whole(
 ) -> None:
     from geoseg.results.counting import count_block
     from geoseg.results.stats import plan_stats
-    from geoseg.results.zones import read_zones
+    from geoseg.results.zones import read_zones, zone_edges
 
     a = random_classes(rng, 100, 90)
     path = class_raster(tmp_path / "c.tif", a)
@@ -401,11 +401,26 @@ def test_a_block_counted_in_strips_equals_it_counted_whole(
         shapely.box(x0 + 123.4, y1 - 987.6, x0 + 876.5, y1 - 55.5),
     ]
     zones = read_zones(write_zones(tmp_path / "z.gpkg", geoms, ["a", "b"]), "name")
-    for zone_set in (zones, None):
-        (task,), _ = plan_stats(str(path), zone_set, 128, (0, 1, 2, 3))
+    with rasterio.open(path) as src:
+        grid = (src.crs, src.transform, src.width, src.height)
+    for edges in (zone_edges(zones, *grid), None):
+        (task,), _ = plan_stats(str(path), edges, 128, (0, 1, 2, 3))
         whole = count_block(dataclasses.replace(task, strip=0))
         strips = count_block(dataclasses.replace(task, strip=16))
         assert whole.zone.tolist() == strips.zone.tolist()
         assert whole.value.tolist() == strips.value.tolist()
         assert strips.pixels == pytest.approx(whole.pixels, rel=1e-12)
         assert strips.area == pytest.approx(whole.area, rel=1e-12)
+
+
+def test_blocks_are_as_few_as_keep_every_thread_busy() -> None:
+    """Two blocks per thread of the cluster at least, aligned to the tiles, 2048 to 16384."""
+    from geoseg.results.stats import _block_size
+
+    assert _block_size((512, 512), 16384, 16384, 2) == 8192  # 4 blocks for 2 threads
+    assert _block_size((512, 512), 16384, 16384, 8) == 4096  # 16 for 8
+    assert _block_size((512, 512), 16384, 16384, 64) == 2048  # never smaller
+    assert _block_size((512, 512), 10**6, 10**6, 2) == 16384  # never larger
+    assert _block_size((512, 512), 1000, 1000, 2) == 2048  # one block: a small raster
+    assert _block_size((1, 7000), 9000, 7000, 1) == 8192  # strips: 256-pixel multiples
+    assert _block_size((384, 384), 20000, 20000, 2) == 15360  # 384 x 40, doubled from 1920
