@@ -113,11 +113,6 @@ def _count_window(
         height,
     )
     same_area = bool(np.all(areas == areas[0]))
-    if edges is None and valid is None and same_area:
-        found = _count_known(data, task.values, task.nodata)
-        if found is not None:
-            pixels = found[None, :].astype(np.float64)
-            return _block_counts(np.full(1, -1, np.int64), pixels, pixels * areas[0])
     slots = _Slots(data, valid, task)
     if edges is None or edge_zones is None:
         zone_ids = np.full(1, -1, np.int64)
@@ -151,35 +146,12 @@ def _open_raster(path: str) -> Any:
 
 
 def _block_counts(
-    zone_ids: np.ndarray, pixels: np.ndarray, area: np.ndarray, values: np.ndarray | None = None
+    zone_ids: np.ndarray, pixels: np.ndarray, area: np.ndarray, values: np.ndarray
 ) -> BlockCounts:
     """The non-zero cells of ``(zone, column)`` arrays of pixels and m² (``values``: each
-    column's value, else its number)."""
+    column's value)."""
     z, v = np.nonzero(pixels)
-    value = v.astype(np.int64) if values is None else values[v]
-    return BlockCounts(zone_ids[z], value, pixels[z, v], area[z, v])
-
-
-def _count_known(
-    data: np.ndarray, values: tuple[int, ...], nodata: int | None
-) -> np.ndarray | None:
-    """Pixels of each of the raster's class ``values`` by comparisons (a few times faster than
-    a bincount, which widens every pixel to 64 bits); None when the block holds other values."""
-    if not values or data.dtype.kind not in "ui":
-        return None
-    wanted = sorted(set(values) | ({nodata} if nodata is not None else set()))
-    info = np.iinfo(data.dtype)
-    if wanted[0] < info.min or wanted[-1] > info.max:
-        return None
-    counts = np.zeros(wanted[-1] + 1, np.int64)
-    flags = _scratch("flags", data.shape, np.dtype(bool))
-    for v in wanted:
-        counts[v] = np.count_nonzero(np.equal(data, v, out=flags))
-    if counts.sum() != data.size:
-        return None
-    if nodata is not None:
-        counts[nodata] = 0
-    return counts
+    return BlockCounts(zone_ids[z], values[v], pixels[z, v], area[z, v])
 
 
 #: This thread's work buffers, kept from block to block.
