@@ -39,7 +39,7 @@ static int get_buffer(PyObject *obj, Buf *b, const char *name, const char *fmt,
     if (PyObject_GetBuffer(obj, &b->view, flags) < 0) return -1;
     b->held = 1;
     const char *got = b->view.format ? b->view.format : "B";
-    if (got[0] == '<' || got[0] == '=' || got[0] == '@') got++;
+    if (got[0] == '=' || got[0] == '@' || (got[0] == '<' && PY_LITTLE_ENDIAN)) got++;
     char want = fmt[0];
     int ok = got[0] == want && got[1] == '\0';
     if (!ok && want == 'q' && got[1] == '\0' && got[0] == 'l' && sizeof(long) == 8) ok = 1;
@@ -426,8 +426,8 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_zonal",
-    "The compiled inner loop of geoseg stats with zones (see geoseg.results.counting).", -1,
-    methods,
+    "The compiled inner loop of geoseg stats (see geoseg.results.counting).", -1, methods, NULL,
+    NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__zonal(void) { return PyModule_Create(&module); }
