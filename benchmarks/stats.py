@@ -3,8 +3,8 @@ rasterization, and the time of class areas per zone against reading the raster o
 
     python benchmarks/stats.py [--size 16384] [--zones 1000]
 
-Prints one JSON object: per zone size, the mean and worst relative area error of both methods;
-seconds to read the raster once (every window read, so every tile decompressed), to count it
+Prints one JSON object and writes it to benchmarks/stats.json: per zone size, the mean and worst
+relative area error of both methods; seconds to read the raster once (every window read, so every tile decompressed), to count it
 without zones and with the zones, their ratios, and each measurement's peak memory. Each
 measurement runs in a fresh process (no GDAL block cache carried over; the page cache warm for
 all), the Dask cluster inside it.
@@ -278,6 +278,7 @@ def main() -> None:
             }
         )
     print(json.dumps(result, indent=1))
+    (Path(__file__).parent / "stats.json").write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":
