@@ -4,9 +4,9 @@ rasterization, and the time of class areas per zone against reading the raster o
     python benchmarks/stats.py [--size 16384] [--zones 1000]
 
 Prints one JSON object and writes it to benchmarks/stats.json: per zone size, the mean and worst
-relative area error of both methods; seconds to read the raster once (every window read, so every tile decompressed), to count it
-without zones and with the zones, their ratios, and each measurement's peak memory. Each
-measurement runs in a fresh process (no GDAL block cache carried over; the page cache warm for
+relative area error of both methods; seconds to read the raster once (every window read, so
+every tile decompressed), to count it without zones and with the zones, their ratios, and each
+measurement's peak memory. Each measurement runs in a fresh process (no GDAL block cache carried over; the page cache warm for
 all), the Dask cluster inside it.
 """
 
