@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import shapely
 
@@ -136,3 +138,35 @@ def test_a_border_two_zones_share_is_kept_once_with_its_neighbour() -> None:
     border = coverage_grid(edges.take(np.array([i])), 3, 8, 8)[int(edges.zone[i])]
     mine[j] -= border
     assert np.abs(mine - whole).max() < 1e-12
+
+
+def test_the_kernel_compiles_without_warnings(tmp_path: Path) -> None:
+    """geoseg/results/_zonal.c, the project's one C file, stays clean under -Wall -Wextra
+    -Wpedantic (ruff and mypy do not read it)."""
+    import shutil
+    import subprocess
+    import sysconfig
+
+    import pytest
+
+    cc = shutil.which("gcc") or shutil.which("cc") or shutil.which("clang")
+    if cc is None:
+        pytest.skip("no C compiler")
+    source = Path(__file__).resolve().parents[1] / "geoseg" / "results" / "_zonal.c"
+    res = subprocess.run(
+        [
+            cc,
+            "-std=c11",
+            "-O2",
+            "-Wall",
+            "-Wextra",
+            "-Wpedantic",
+            "-Werror",
+            "-fsyntax-only",
+            f"-I{sysconfig.get_paths()['include']}",
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stderr
