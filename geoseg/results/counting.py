@@ -112,14 +112,13 @@ def _count_window(
         row_off,
         height,
     )
-    same_area = bool(np.all(areas == areas[0]))
     slots = _Slots(data, valid, task)
     if edges is None or edge_zones is None:
         zone_ids = np.full(1, -1, np.int64)
-        pixels, area = slots.count(None, areas, same_area)
+        pixels, area = slots.count(None, areas)
     else:
         zone_ids, strip_edges = _strip_edges(task, row_off, edges, edge_zones)
-        pixels, area = slots.count(strip_edges, areas, same_area)
+        pixels, area = slots.count(strip_edges, areas)
     return _block_counts(zone_ids, *slots.by_value(pixels, area))
 
 
@@ -195,14 +194,10 @@ class _Slots:
             self.codes, self.signed = codes, False
             self.pixels = numbers.reshape(data.shape).astype(np.uint16)
         self.size = 1 << (8 * self.pixels.dtype.itemsize)
-        info = np.iinfo(data.dtype) if data.dtype.kind in "ui" else None
-        self.values = [
-            v
-            for v in task.values
-            if v != self.nodata and (info is None or info.min <= v <= info.max)
-        ]
+        info = np.iinfo(data.dtype)  # an integer raster (raster_class_info refuses others)
+        self.values = [v for v in task.values if v != self.nodata and info.min <= v <= info.max]
 
-    def _index(self, value: float) -> int | None:
+    def _index(self, value: int) -> int | None:
         """The table index of a pixel ``value`` (None: no pixel holds it)."""
         if self.codes is not None:
             at = int(np.searchsorted(self.codes, value))
@@ -217,24 +212,19 @@ class _Slots:
 
     def _lut(self) -> np.ndarray:
         """Slot of every table index: the values' numbers, ``len(values)`` for any other value,
-        one more (ignored) for nodata and NaN."""
+        one more (ignored) for nodata."""
         k = len(self.values)
         lut = np.full(self.size, k, np.uint16)
         for s, v in enumerate(self.values):
             at = self._index(v)
             if at is not None:
                 lut[at] = s
-        for skip in [self.nodata] if self.nodata is not None else []:
-            at = self._index(skip)
-            if at is not None:
-                lut[at] = k + 1
-        if self.codes is not None and self.codes.dtype.kind == "f":
-            lut[: len(self.codes)][np.isnan(self.codes)] = k + 1
+        at = None if self.nodata is None else self._index(self.nodata)
+        if at is not None:
+            lut[at] = k + 1
         return lut
 
-    def count(
-        self, edges: StripEdges | None, areas: np.ndarray, same_area: bool
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def count(self, edges: StripEdges | None, areas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Pixels (covered fractions) and m² by (zone, slot) of the zones of ``edges``, or of
         the whole block (one zone) without them; ``areas``: m² of a pixel by row."""
         from geoseg.results._zonal import count_strip
@@ -242,11 +232,12 @@ class _Slots:
         h, w = self.shape
         xy, z = np.zeros(0), np.zeros(0, np.int64)
         e = edges or StripEdges(xy, xy, xy, xy, z, z, 1)
+        whole = edges is None  # the block's own count: into the one row
+        same_area = bool(np.all(areas == areas[0]))  # then m² are the pixels times one area
         while True:
             k = len(self.values) + 1
             pix = np.zeros((e.zones, k))
             area = None if same_area else np.zeros((e.zones, k))
-            whole = edges is None  # the block's own count: into the one row
             count_strip(
                 self.pixels,
                 self.valid,
@@ -280,14 +271,7 @@ class _Slots:
         else:
             held = self.pixels if self.valid is None else self.pixels[self.valid.view(bool)]
             present = np.flatnonzero(np.bincount(held.ravel(), minlength=self.size)).tolist()
-        known = set(self.values)
-        extra = [
-            self._value(i)
-            for i in present
-            if self._value(i) not in known
-            and self._value(i) != self.nodata
-            and not (self.codes is not None and np.isnan(self.codes[i]))
-        ]
+        extra = {self._value(i) for i in present} - set(self.values) - {self.nodata}
         self.values += sorted(extra)
         return bool(extra)
 

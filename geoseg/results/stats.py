@@ -34,7 +34,7 @@ from geoseg.results.tables import check_table_path, publish, stage_table
 if TYPE_CHECKING:
     from geoseg.dask.stream import TaskSlots
 
-from geoseg.results.counting import StatsTask, count_block
+from geoseg.results.counting import BlockCounts, StatsTask, count_block
 from geoseg.results.zones import ZoneEdges, Zones, read_zones, zone_edges
 
 #: Output formats of ``geoseg stats`` by extension.
@@ -221,7 +221,7 @@ def stats(
 
     from geoseg.raster.scenes import file_token
 
-    parts: list[Any] = []
+    parts: list[BlockCounts] = []
     with block_session(client, scheduler, workers, max_in_flight) as (session, limit):
         block = block_size or _block_size(tile, info.height, info.width, session.threads)
         tasks, _ = plan_stats(raster, edges, block, tuple(sorted(class_map)), info, validity)
@@ -261,7 +261,9 @@ def stats(
     return result
 
 
-def _table(parts: list[Any], class_map: dict[int, ClassInfo], zones: Zones | None) -> StatsResult:
+def _table(
+    parts: list[BlockCounts], class_map: dict[int, ClassInfo], zones: Zones | None
+) -> StatsResult:
     """Rows per zone (in the file's order) and class (every named class, then other values)
     from the blocks' :class:`~geoseg.results.counting.BlockCounts`, summed."""
     zone = np.concatenate([p.zone for p in parts] or [np.zeros(0, np.int64)])
